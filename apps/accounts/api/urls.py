@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from apps.accounts.api import views
+
+urlpatterns = [
+    path("auth/devices/", views.DeviceRegisterView.as_view(), name="device-register"),
+    path("auth/token/rotate/", views.TokenRotateView.as_view(), name="token-rotate"),
+    path("me/", views.MeView.as_view(), name="me"),
+    path("devices/", views.DeviceListView.as_view(), name="device-list"),
+    path("devices/<uuid:device_id>/revoke/", views.DeviceRevokeView.as_view(), name="device-revoke"),
+]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from apps.accounts import selectors, services
+from apps.accounts.api.serializers import (
+    DeviceRegisterInputSerializer,
+    DeviceRevokeInputSerializer,
+    DeviceSerializer,
+    IssuedTokenSerializer,
+    MeSerializer,
+)
+from apps.accounts.models import Device, DeviceToken, User
+
+
+class LoginThrottle(AnonRateThrottle):
+    scope = "login"
+
+
+class InvalidCredentials(exceptions.APIException):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = "Wrong username or password."
+    default_code = "invalid_credentials"
+
+
+def _issued(device: Device, token: DeviceToken, raw_token: str) -> dict[str, object]:
+    return {"device": device, "token": raw_token, "expires_at": token.expires_at}
+
+
+class DeviceRegisterView(APIView):
+    """Sign in on a phone or tablet: registers the device and returns its token (once)."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [LoginThrottle]
+
+    @extend_schema(request=DeviceRegisterInputSerializer, responses={201: IssuedTokenSerializer})
+    def post(self, request: Request) -> Response:
+        payload = DeviceRegisterInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        user = authenticate(request._request, username=data["username"], password=data["password"])
+        if not isinstance(user, User):
+            raise InvalidCredentials()
+        device, token, raw_token = services.device_register(
+            user=user, name=data["device_name"], platform=data["platform"]
+        )
+        return Response(IssuedTokenSerializer(_issued(device, token, raw_token)).data, status=status.HTTP_201_CREATED)
+
+
+class TokenRotateView(APIView):
+    """Exchange the current token for a new one; the old one stops working at once."""
+
+    @extend_schema(request=None, responses={201: IssuedTokenSerializer})
+    def post(self, request: Request) -> Response:
+        assert isinstance(request.auth, DeviceToken)
+        token, raw_token = services.device_token_rotate(token=request.auth)
+        return Response(
+            IssuedTokenSerializer(_issued(token.device, token, raw_token)).data, status=status.HTTP_201_CREATED
+        )
+
+
+class MeView(APIView):
+    @extend_schema(responses=MeSerializer)
+    def get(self, request: Request) -> Response:
+        assert isinstance(request.user, User)
+        return Response(MeSerializer(request.user).data)
+
+
+class DeviceListView(APIView):
+    @extend_schema(responses=DeviceSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        assert isinstance(request.user, User)
+        return Response(DeviceSerializer(selectors.device_list(user=request.user), many=True).data)
+
+
+class DeviceRevokeView(APIView):
+    """Revoke one of your own devices (a lost tablet); its token and sockets die at once."""
+
+    @extend_schema(request=DeviceRevokeInputSerializer, responses=DeviceSerializer)
+    def post(self, request: Request, device_id: str) -> Response:
+        assert isinstance(request.user, User)
+        device = get_object_or_404(selectors.device_list(user=request.user), pk=device_id)
+        payload = DeviceRevokeInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        device = services.device_revoke(device=device, revoked_by=request.user, reason=payload.validated_data["reason"])
+        return Response(DeviceSerializer(device).data)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from apps.accounts.models import DeviceToken, User
+from apps.accounts.selectors import TokenRejected, device_token_for
+from apps.accounts.services import device_mark_seen
+
+
+class DeviceTokenAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <token>``; the request then knows its user and device."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request: Request) -> tuple[User, DeviceToken] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.", code="token_malformed")
+        try:
+            raw_token = parts[1].decode()
+        except UnicodeDecodeError as error:
+            raise exceptions.AuthenticationFailed("Malformed token.", code="token_malformed") from error
+        try:
+            token = device_token_for(raw_token=raw_token)
+        except TokenRejected as rejection:
+            raise exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value) from None
+        device_mark_seen(device=token.device)
+        return token.device.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

@@ -1,0 +1,93 @@
+"""Writes for people and devices."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.models import Device, DeviceToken, User, hash_token
+
+TOKEN_PREFIX = "tdm_"  # noqa: S105 — a marker that makes leaked tokens greppable, not a secret
+
+
+def device_group_name(device_id: object) -> str:
+    """The channel-layer group every open websocket of one device joins."""
+    return f"device.{device_id}"
+
+
+def _new_raw_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@transaction.atomic
+def device_token_issue(*, device: Device) -> tuple[DeviceToken, str]:
+    """Issue a fresh token for a device; the raw value is returned once and never stored."""
+    raw_token = _new_raw_token()
+    token = DeviceToken.objects.create(
+        device=device,
+        key_hash=hash_token(raw_token),
+        key_prefix=raw_token[: len(TOKEN_PREFIX) + 6],
+        expires_at=timezone.now() + timedelta(days=settings.DEVICE_TOKEN_TTL_DAYS),
+    )
+    return token, raw_token
+
+
+@transaction.atomic
+def device_register(*, user: User, name: str, platform: str) -> tuple[Device, DeviceToken, str]:
+    device = Device.objects.create(user=user, name=name, platform=platform, last_seen_at=timezone.now())
+    token, raw_token = device_token_issue(device=device)
+    return device, token, raw_token
+
+
+@transaction.atomic
+def device_token_rotate(*, token: DeviceToken) -> tuple[DeviceToken, str]:
+    """Replace a token with a new one; the old one stops working at once."""
+    DeviceToken.objects.filter(pk=token.pk, revoked_at=None).update(revoked_at=timezone.now())
+    return device_token_issue(device=token.device)
+
+
+def device_revoke(*, device: Device, revoked_by: User | None, reason: str = "") -> Device:
+    """Revoke a device and every token it holds, and close its open websockets.
+
+    Idempotent: revoking a revoked device changes nothing and sends nothing again.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        newly_revoked = Device.objects.filter(pk=device.pk, revoked_at=None).update(
+            revoked_at=now, revoked_by=revoked_by, revoke_reason=reason[:200]
+        )
+        DeviceToken.objects.filter(device=device, revoked_at=None).update(revoked_at=now)
+        if newly_revoked:
+            transaction.on_commit(lambda: _disconnect_device_sockets(device.pk))
+    device.refresh_from_db()
+    return device
+
+
+def _disconnect_device_sockets(device_id: object) -> None:
+    channel_layer = get_channel_layer()
+    if channel_layer is None:
+        return
+    async_to_sync(channel_layer.group_send)(device_group_name(device_id), {"type": "device.revoked"})
+
+
+def device_mark_seen(*, device: Device) -> None:
+    """Record that the device was just seen, writing at most once a minute per device."""
+    now = timezone.now()
+    Device.objects.filter(pk=device.pk, last_seen_at__lt=now - timedelta(minutes=1)).update(last_seen_at=now)
+
+
+def devices_revoke_unseen(*, unseen_for_days: int) -> int:
+    """Revoke every device not seen for the given number of days; returns how many."""
+    cutoff = timezone.now() - timedelta(days=unseen_for_days)
+    stale = Device.objects.filter(revoked_at=None, last_seen_at__lt=cutoff).order_by("pk")
+    revoked = 0
+    for device in stale.iterator():
+        device_revoke(device=device, revoked_by=None, reason=f"not seen for {unseen_for_days} days")
+        revoked += 1
+    return revoked

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from apps.accounts import services
+
+
+@shared_task(acks_late=True)
+def revoke_unseen_devices() -> int:
+    """Periodic: a device nobody has used for a long time is treated as lost."""
+    return services.devices_revoke_unseen(unseen_for_days=settings.DEVICE_REVOKE_UNSEEN_DAYS)

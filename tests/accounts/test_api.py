@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apps.accounts.models import Device, DeviceToken
+from tests.accounts.factories import PASSWORD, UserFactory
+from tests.conftest import CrewMember
+
+pytestmark = pytest.mark.django_db
+
+REGISTER_URL = "/api/v1/auth/devices/"
+
+
+def register_body(username: str, **overrides: object) -> dict[str, object]:
+    return {
+        "username": username,
+        "password": PASSWORD,
+        "device_name": "Unit 7 tablet",
+        "platform": "android",
+        **overrides,
+    }
+
+
+def test_sign_in_registers_a_device_and_its_token_works(api_client: APIClient) -> None:
+    user = UserFactory.create()
+
+    response = api_client.post(REGISTER_URL, register_body(user.username), format="json")
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["device"]["name"] == "Unit 7 tablet"
+    assert body["token"].startswith("tdm_")
+    me = api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {body['token']}")
+    assert me.status_code == 200
+    assert me.json()["username"] == user.username
+
+
+def test_token_is_stored_only_as_a_hash(api_client: APIClient) -> None:
+    user = UserFactory.create()
+
+    raw_token = api_client.post(REGISTER_URL, register_body(user.username), format="json").json()["token"]
+
+    stored = DeviceToken.objects.get(device__user=user)
+    assert raw_token not in (stored.key_hash, stored.key_prefix)
+    assert len(stored.key_hash) == 64
+
+
+def test_wrong_password_is_refused_and_registers_nothing(api_client: APIClient) -> None:
+    user = UserFactory.create()
+
+    response = api_client.post(REGISTER_URL, register_body(user.username, password="nope"), format="json")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_credentials"
+    assert not Device.objects.exists()
+
+
+def test_malformed_json_gets_400_in_the_error_shape(api_client: APIClient) -> None:
+    response = api_client.generic("POST", REGISTER_URL, '{"username": "a",', content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "status": 400,
+        "code": "parse_error",
+        "detail": response.json()["detail"],
+        "errors": [],
+    }
+    assert "JSON" in response.json()["detail"]
+
+
+def test_wrong_type_names_the_field(api_client: APIClient) -> None:
+    user = UserFactory.create()
+
+    response = api_client.post(REGISTER_URL, register_body(user.username, platform="toaster"), format="json")
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid_input"
+    assert body["errors"] == [
+        {"field": "platform", "code": "invalid_choice", "detail": '"toaster" is not a valid choice.'}
+    ]
+
+
+def test_missing_fields_are_each_named(api_client: APIClient) -> None:
+    response = api_client.post(REGISTER_URL, {}, format="json")
+
+    assert response.status_code == 400
+    fields = {error["field"] for error in response.json()["errors"]}
+    assert fields == {"username", "password", "device_name", "platform"}
+
+
+def test_unknown_field_is_refused_not_ignored(api_client: APIClient) -> None:
+    user = UserFactory.create()
+
+    response = api_client.post(REGISTER_URL, register_body(user.username, devce_name="typo"), format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "devce_name", "code": "unknown_field", "detail": "Unknown field."}]
+    assert not Device.objects.exists()
+
+
+def test_a_json_array_instead_of_an_object_is_refused(api_client: APIClient) -> None:
+    response = api_client.post(REGISTER_URL, [1, 2], format="json")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_input"
+
+
+def test_request_without_token_is_401(api_client: APIClient) -> None:
+    response = api_client.get("/api/v1/me/")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_unknown_token_is_401(api_client: APIClient) -> None:
+    response = api_client.get("/api/v1/me/", HTTP_AUTHORIZATION="Bearer tdm_forged")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_invalid"
+
+
+def test_malformed_authorization_header_is_401(api_client: APIClient) -> None:
+    response = api_client.get("/api/v1/me/", HTTP_AUTHORIZATION="Bearer two parts")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_malformed"
+
+
+def test_expired_token_is_401_and_says_so(api_client: APIClient, crew_member: CrewMember) -> None:
+    DeviceToken.objects.filter(device=crew_member.device).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = crew_member.client().get("/api/v1/me/")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_expired"
+
+
+def test_revoked_device_is_401_at_once(api_client: APIClient, crew_member: CrewMember) -> None:
+    assert crew_member.client().get("/api/v1/me/").status_code == 200
+
+    revoke = crew_member.client().post(
+        f"/api/v1/devices/{crew_member.device.pk}/revoke/", {"reason": "lost"}, format="json"
+    )
+
+    assert revoke.status_code == 200
+    assert revoke.json()["revoked_at"] is not None
+    response = crew_member.client().get("/api/v1/me/")
+    assert response.status_code == 401
+    assert response.json()["code"] == "device_revoked"
+
+
+def test_revoking_one_device_leaves_the_others_working(api_client: APIClient, crew_member: CrewMember) -> None:
+    from tests.accounts.factories import device_with_token
+
+    phone, phone_token = device_with_token(crew_member.user, name="Phone")
+
+    crew_member.client().post(f"/api/v1/devices/{phone.pk}/revoke/", {}, format="json")
+
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {phone_token}").status_code == 401
+    assert crew_member.client().get("/api/v1/me/").status_code == 200
+
+
+def test_rotation_replaces_the_token(api_client: APIClient, crew_member: CrewMember) -> None:
+    response = crew_member.client().post("/api/v1/auth/token/rotate/")
+
+    assert response.status_code == 201
+    new_token = response.json()["token"]
+    assert crew_member.client().get("/api/v1/me/").status_code == 401
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {new_token}").status_code == 200
+
+
+def test_outsider_cannot_see_or_revoke_another_users_device(
+    api_client: APIClient, crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    listed = outsider.client().get("/api/v1/devices/")
+    response = outsider.client().post(f"/api/v1/devices/{crew_member.device.pk}/revoke/", {}, format="json")
+
+    assert [device["id"] for device in listed.json()] == [str(outsider.device.pk)]
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    crew_member.device.refresh_from_db()
+    assert crew_member.device.revoked_at is None
+
+
+def test_revoke_with_wrong_type_names_the_field(api_client: APIClient, crew_member: CrewMember) -> None:
+    response = crew_member.client().post(
+        f"/api/v1/devices/{crew_member.device.pk}/revoke/", {"reason": ["x"]}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "reason"
+    crew_member.device.refresh_from_db()
+    assert crew_member.device.revoked_at is None

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.accounts import services
+from apps.accounts.models import Device
+from tests.accounts.factories import DeviceFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_revoking_twice_keeps_the_first_revocation() -> None:
+    device = DeviceFactory.create()
+    first = services.device_revoke(device=device, revoked_by=None, reason="lost")
+
+    second = services.device_revoke(device=device, revoked_by=None, reason="again")
+
+    assert second.revoked_at == first.revoked_at
+    assert second.revoke_reason == "lost"
+
+
+def test_unseen_devices_are_revoked_and_recent_ones_kept() -> None:
+    stale = DeviceFactory.create(last_seen_at=timezone.now() - timedelta(days=31))
+    recent = DeviceFactory.create(last_seen_at=timezone.now() - timedelta(days=2))
+
+    revoked = services.devices_revoke_unseen(unseen_for_days=30)
+
+    assert revoked == 1
+    assert Device.objects.get(pk=stale.pk).revoked_at is not None
+    assert Device.objects.get(pk=recent.pk).revoked_at is None

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.accounts.models import Device, Program, Role, User
+from apps.teams.models import Unit
+from tests.accounts.factories import MembershipFactory, ProgramFactory, UserFactory, device_with_token
+from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker
+from tests.teams.factories import UnitFactory, UnitMemberFactory
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".data" / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def live_server_logs() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def asgi(django_db_setup: None, live_server_logs: Path) -> Iterator[AsgiServer]:
+    """A real uvicorn process serving config.asgi against the test database."""
+    with asgi_server(live_server_logs) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup: None, live_server_logs: Path) -> Iterator[LiveProcess]:
+    """A real Celery worker process consuming from the test Redis against the test database."""
+    with celery_worker(live_server_logs) as process:
+        yield process
+
+
+@dataclass
+class CrewMember:
+    """A field user riding in a unit, signed in on one device."""
+
+    user: User
+    unit: Unit
+    device: Device
+    token: str
+
+    def client(self) -> APIClient:
+        """An API client signed in as this member's device."""
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
+        return client
+
+
+def make_crew_member(program: Program, role: Role = Role.CLINICIAN, unit: Unit | None = None) -> CrewMember:
+    user = UserFactory.create()
+    MembershipFactory.create(user=user, program=program, role=role)
+    unit = unit or UnitFactory.create(program=program)
+    UnitMemberFactory.create(unit=unit, user=user)
+    device, token = device_with_token(user)
+    return CrewMember(user, unit, device, token)
+
+
+@pytest.fixture
+def program(db: None) -> Program:
+    return ProgramFactory.create(slug="bheard-harlem", name="B-HEARD Harlem")
+
+
+@pytest.fixture
+def crew_member(program: Program) -> CrewMember:
+    return make_crew_member(program)
+
+
+@pytest.fixture
+def outsider(program: Program) -> CrewMember:
+    """A crew member of another unit of the same program: sees nothing of crew_member's unit."""
+    return make_crew_member(program)
+
+
+@pytest.fixture
+def foreign_dispatcher(db: None) -> CrewMember:
+    """A dispatcher of another program: sees nothing of this program at all."""
+    return make_crew_member(ProgramFactory.create(slug="boston-pilot", name="Boston pilot"), role=Role.DISPATCHER)
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+
+from apps.accounts import services
+from tests.conftest import CrewMember
+from tests.live import AsgiServer
+from tests.realtime.client import authenticated_socket, close_code, open_socket, receive, send
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
+
+
+def test_device_authenticates_with_its_first_message(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "auth", "token": crew_member.token})
+
+        assert receive(socket) == {
+            "type": "auth.ok",
+            "device": str(crew_member.device.pk),
+            "user": str(crew_member.user.pk),
+        }
+        send(socket, {"type": "ping"})
+        assert receive(socket) == {"type": "pong"}
+
+
+def test_unknown_token_is_closed_with_4401(asgi: AsgiServer, db: None) -> None:
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "auth", "token": "tdm_forged"})
+
+        assert receive(socket) == {"type": "auth.failed", "code": "token_invalid"}
+        assert close_code(socket) == 4401
+
+
+def test_revoked_device_is_closed_with_4403(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost")
+
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "auth", "token": crew_member.token})
+
+        assert receive(socket) == {"type": "auth.failed", "code": "device_revoked"}
+        assert close_code(socket) == 4403
+
+
+def test_revoking_a_connected_device_closes_its_socket_within_a_second(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        started = time.monotonic()
+        services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost tablet")
+
+        assert receive(socket, timeout=1) == {"type": "device.revoked", "purge_local_data": True}
+        assert close_code(socket, timeout=1) == 4403
+        assert time.monotonic() - started < 1
+
+
+def test_messages_before_auth_get_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "ping"})
+
+        assert receive(socket)["code"] == "not_authenticated"
+        send(socket, {"type": "auth", "token": crew_member.token})
+        assert receive(socket)["type"] == "auth.ok"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "field"),
+    [
+        ("{not json", "malformed_json", None),
+        ("[1, 2]", "invalid_message", "type"),
+        ('{"type": 7}', "invalid_message", "type"),
+        ('{"type": "launch"}', "unknown_type", "type"),
+        ('{"type": "auth", "token": 5}', "already_authenticated", None),
+    ],
+)
+def test_malformed_frames_get_an_error_and_keep_the_connection(
+    asgi: AsgiServer, crew_member: CrewMember, frame: str, code: str, field: str | None
+) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        socket.send(frame)
+
+        error = receive(socket)
+        assert (error["type"], error["code"], error["field"]) == ("error", code, field)
+        send(socket, {"type": "ping"})
+        assert receive(socket) == {"type": "pong"}
+
+
+def test_auth_with_a_non_string_token_names_the_field(asgi: AsgiServer, db: None) -> None:
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "auth", "token": 5})
+
+        assert receive(socket) == {
+            "type": "error",
+            "code": "invalid_message",
+            "detail": "'token' must be a non-empty string.",
+            "field": "token",
+        }
+
+
+def test_binary_and_oversized_frames_are_refused(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        socket.send(b"\x00\x01")
+        assert receive(socket)["code"] == "binary_not_supported"
+        socket.send(json.dumps({"type": "ping", "padding": "x" * 70_000}))
+        assert receive(socket)["code"] == "frame_too_large"
+
+
+def test_token_is_never_needed_in_the_url(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    with open_socket(f"{asgi.ws_url}", additional_headers={"X-Ignored": crew_member.token}) as socket:
+        send(socket, {"type": "ping"})
+        assert receive(socket)["code"] == "not_authenticated"
+    assert crew_member.token not in asgi.live.log()
+
+
+def test_browser_socket_from_a_foreign_origin_is_refused(asgi: AsgiServer, db: None) -> None:
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        open_socket(asgi.ws_url, origin="https://evil.example")
+
+    assert refused.value.response.status_code == 403
+
+
+def test_idle_socket_survives_past_the_redis_socket_timeout(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    """redis-py 8 defaults to a 5 s socket timeout, which closed idle consumers with 1011."""
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        time.sleep(7)
+
+        services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost")
+        assert receive(socket, timeout=2)["type"] == "device.revoked"
+
+
+def test_more_than_a_hundred_devices_connect_and_receive_at_once(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    """redis-py 8 caps a pool at 100 connections by default; 150 sockets must all work."""
+    from tests.accounts.factories import device_with_token
+
+    tokens = [device_with_token(crew_member.user, name=f"Device {index}") for index in range(150)]
+
+    async def connect_all() -> list[dict[str, object]]:
+        async def one(token: str) -> dict[str, object]:
+            async with websockets.connect(f"{asgi.ws_url}/ws/v1/device/", open_timeout=30) as socket:
+                await socket.send(json.dumps({"type": "auth", "token": token}))
+                assert json.loads(await socket.recv())["type"] == "auth.ok"
+                await socket.send(json.dumps({"type": "ping"}))
+                reply: dict[str, object] = json.loads(await socket.recv())
+                return reply
+
+        return await asyncio.gather(*(one(token) for _device, token in tokens))
+
+    replies = asyncio.run(connect_all())
+
+    assert replies == [{"type": "pong"}] * 150

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from django.db import connection
+
+from tests.live import PROJECT_ROOT
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        ALLOWED_HOSTS="tandem.example.org",
+        **extra,
+    )
+    return env
+
+
+def test_deploy_check_is_clean_under_production_settings(tmp_path: object) -> None:
+    secret = "a-long-random-production-secret-" + "x" * 40
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=PROJECT_ROOT,
+        env=production_env(SECRET_KEY=secret),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_a_secret_key() -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT_ROOT,
+        env=production_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    assert "Set the environment variable SECRET_KEY" in result.stderr
+
+
+def test_secret_key_can_come_from_a_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    secret_file = Path(str(tmp_path)) / "secret"
+    secret_file.write_text("file-secret-" + "y" * 50 + "\n")
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)",
+        ],
+        cwd=PROJECT_ROOT,
+        env=production_env(SECRET_KEY_FILE=str(secret_file)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.stdout.strip() == "file-secret-" + "y" * 50
+
+
+def test_tests_run_on_real_postgresql(db: None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        version = cursor.fetchone()
+
+    assert connection.vendor == "postgresql"
+    assert version is not None and int(version[0].split(".")[0]) >= 16
