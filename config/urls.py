@@ -9,6 +9,7 @@ from apps.common.health import healthz
 api_v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.teams.api.urls")),
+    path("", include("apps.sync.api.urls")),
 ]
 
 urlpatterns = [

@@ -1,14 +1,19 @@
-"""The one websocket of a field device: authenticate, join groups, forward events.
+"""The one websocket of a field device: authenticate, join groups, forward.
 
 Protocol (JSON text frames):
 
     client → {"type": "auth", "token": "<device token>"}   must be the first message
     server → {"type": "auth.ok", "device": "<id>", "user": "<id>"}
+    client → {"type": "feed.subscribe", "cursor": "<cursor or null>"}
+    server → {"type": "feed.entries", "entries": [...], "cursor": "...", "has_more": false}
+             at once (possibly empty: "caught up"), then whenever the feed grows
     client → {"type": "ping"}                               server → {"type": "pong"}
-    server → {"type": "error", "code": "...", "detail": "..."}  bad frame; socket stays open
+    server → {"type": "error", "code": "...", "detail": "...", "field": ...}  bad frame; socket stays open
     server → {"type": "device.revoked", "purge_local_data": true}, then close 4403
 
 The token travels in the first message, not the URL, so it never lands in access logs.
+Feed entries are read from the database (the same pages as GET /api/v1/sync/feed/); the
+channel layer only carries nudges, so a lost nudge delays delivery but never loses it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from django.conf import settings
 from apps.accounts.models import DeviceToken
 from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
+from apps.realtime.handlers import HandlerError, handler_for
+from apps.sync import selectors as feed
+from apps.sync.scopes import feed_group_name, scopes_for_user
 
 
 class CloseCode:
@@ -34,28 +42,45 @@ class CloseCode:
 
 
 MAX_FRAME_BYTES = 64 * 1024
+FEED_PAGE_SIZE = 200
+# Backoff while committed entries wait behind an older, still-running transaction.
+HELD_BACK_RETRY_SECONDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @database_sync_to_async
-def _authenticate(raw_token: str) -> DeviceToken:
+def _authenticate(raw_token: str) -> tuple[DeviceToken, list[str]]:
     token = device_token_for(raw_token=raw_token)
     device_mark_seen(device=token.device)
-    return token
+    return token, scopes_for_user(token.device.user)
+
+
+@database_sync_to_async
+def _read_feed(scopes: list[str], cursor: str | None, device_id: Any) -> feed.FeedPage:
+    return feed.feed_page(scopes=scopes, cursor=cursor, limit=FEED_PAGE_SIZE, reader_device_id=device_id)
 
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
     token: DeviceToken | None = None
+    scopes: list[str]
     groups_joined: list[str]
     auth_timer: asyncio.Task[None] | None = None
+    feed_cursor: str | None = None
+    feed_subscribed = False
+    feed_lock: asyncio.Lock
+    feed_retry: asyncio.Task[None] | None = None
+    feed_poll: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
+        self.scopes = []
         self.groups_joined = []
+        self.feed_lock = asyncio.Lock()
         await self.accept()
         self.auth_timer = asyncio.create_task(self._close_unless_authenticated())
 
     async def disconnect(self, code: int) -> None:
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
+        for task in (self.auth_timer, self.feed_retry, self.feed_poll):
+            if task is not None:
+                task.cancel()
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -84,6 +109,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("not_authenticated", "Send {'type': 'auth', 'token': ...} first.")
         elif kind == "ping":
             await self.send_json({"type": "pong"})
+        elif kind == "feed.subscribe":
+            await self.handle_feed_subscribe(message)
+        elif (handler := handler_for(kind)) is not None:
+            await self.run_domain_handler(handler, message)
         else:
             await self.send_error("unknown_type", f"Unknown message type {kind!r}.", field="type")
 
@@ -96,7 +125,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("invalid_message", "'token' must be a non-empty string.", field="token")
             return
         try:
-            self.token = await _authenticate(raw_token)
+            self.token, self.scopes = await _authenticate(raw_token)
         except TokenRejected as rejection:
             code = CloseCode.REVOKED if rejection.problem is TokenProblem.REVOKED else CloseCode.UNAUTHENTICATED
             await self.send_json({"type": "auth.failed", "code": rejection.problem.value})
@@ -106,7 +135,77 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             self.auth_timer.cancel()
         device = self.token.device
         await self.join(device_group_name(device.pk))
+        for scope in self.scopes:
+            await self.join(feed_group_name(scope))
         await self.send_json({"type": "auth.ok", "device": str(device.pk), "user": str(device.user_id)})
+
+    async def handle_feed_subscribe(self, message: dict[str, Any]) -> None:
+        cursor = message.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            await self.send_error("invalid_message", "'cursor' must be a string or null.", field="cursor")
+            return
+        try:
+            feed.FeedPosition.decode(cursor)
+        except feed.InvalidCursor as error:
+            await self.send_error("invalid_cursor", str(error), field="cursor")
+            return
+        self.feed_cursor = cursor
+        self.feed_subscribed = True
+        await self.send_feed(always_answer=True)
+        if self.feed_poll is None and settings.FEED_SAFETY_POLL_SECONDS > 0:
+            self.feed_poll = asyncio.create_task(self._poll_feed())
+
+    async def send_feed(self, *, always_answer: bool = False) -> None:
+        """Send every servable entry after this socket's cursor, in order, once.
+
+        With always_answer, a page is sent even when empty: the reply to a subscribe tells
+        the device it is caught up.
+        """
+        assert self.token is not None
+        async with self.feed_lock:
+            while True:
+                page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
+                cursor = page.position.encode()
+                if page.entries or cursor != self.feed_cursor or always_answer:
+                    always_answer = False
+                    await self.send_json(
+                        {
+                            "type": "feed.entries",
+                            "entries": [feed.entry_as_message(entry) for entry in page.entries],
+                            "cursor": cursor,
+                            "has_more": page.has_more,
+                        }
+                    )
+                self.feed_cursor = cursor
+                if not page.has_more:
+                    break
+        if page.held_back and (self.feed_retry is None or self.feed_retry.done()):
+            self.feed_retry = asyncio.create_task(self._retry_held_back())
+
+    async def _retry_held_back(self) -> None:
+        for delay in HELD_BACK_RETRY_SECONDS:
+            await asyncio.sleep(delay)
+            assert self.token is not None
+            page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
+            if page.entries or page.position.encode() != self.feed_cursor or page.has_more:
+                await self.send_feed()
+            if not page.held_back:
+                return
+
+    async def _poll_feed(self) -> None:
+        # A safety net under the nudges, which the channel layer may drop.
+        while True:
+            await asyncio.sleep(settings.FEED_SAFETY_POLL_SECONDS)
+            await self.send_feed()
+
+    async def run_domain_handler(self, handler: Any, message: dict[str, Any]) -> None:
+        try:
+            reply = await database_sync_to_async(handler)(self.token, message)
+        except HandlerError as refusal:
+            await self.send_error(refusal.code, refusal.detail, field=refusal.field)
+            return
+        if reply is not None:
+            await self.send_json(reply)
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -122,10 +221,14 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     # Channel-layer events, sent to the groups this socket joined.
 
+    async def feed_nudge(self, event: dict[str, Any]) -> None:
+        if self.feed_subscribed:
+            await self.send_feed()
+
     async def device_revoked(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "device.revoked", "purge_local_data": True})
         await self.close(code=CloseCode.REVOKED)
 
     async def realtime_event(self, event: dict[str, Any]) -> None:
-        """Forward a domain event's payload as it is; payloads carry ids, never health information."""
+        """Forward a mechanism's payload as it is; payloads carry ids, never health information."""
         await self.send_json(event["payload"])

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "apps.common",
     "apps.accounts",
     "apps.teams",
+    "apps.sync",
     "apps.realtime",
 ]
 
@@ -190,6 +191,8 @@ DEVICE_TOKEN_TTL_DAYS = env_int("DEVICE_TOKEN_TTL_DAYS", 30)
 DEVICE_REVOKE_UNSEEN_DAYS = env_int("DEVICE_REVOKE_UNSEEN_DAYS", 30)
 # A websocket that has not authenticated by then is closed.
 WEBSOCKET_AUTH_TIMEOUT_SECONDS = env_int("WEBSOCKET_AUTH_TIMEOUT_SECONDS", 10)
+# A connected device re-reads its feed this often even without a nudge (0 turns it off).
+FEED_SAFETY_POLL_SECONDS = env_int("FEED_SAFETY_POLL_SECONDS", 30)
 
 LOGGING = {
     "version": 1,
