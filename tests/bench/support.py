@@ -1,0 +1,61 @@
+"""Shared set-up for benchmarks: a fresh, migrated database of their own, and the result line."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+BENCH_DATABASE = "tandem_bench"
+
+
+@contextmanager
+def bench_django(settings_module: str = "config.settings.test") -> Iterator[None]:
+    """Set Django up against a freshly created database `tandem_bench` and migrate it."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", settings_module)
+    import django
+    from django.conf import settings
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    database = settings.DATABASES["default"]
+    original_name = database["NAME"]
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    connection.close()
+    database["NAME"] = BENCH_DATABASE
+    call_command("migrate", verbosity=0)
+    try:
+        yield
+    finally:
+        connection.close()
+        database["NAME"] = original_name
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(values_seconds: list[float]) -> dict[str, float]:
+    ms = [value * 1000 for value in values_seconds]
+    return {
+        "p50_ms": round(percentile(ms, 0.50), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2) if ms else float("nan"),
+        "n": len(ms),
+    }
+
+
+def emit(bench: str, **figures: Any) -> None:
+    """The one line of JSON every benchmark ends with."""
+    print(json.dumps({"bench": bench, **figures}), flush=True)
