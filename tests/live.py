@@ -108,7 +108,7 @@ class AsgiServer:
 @contextlib.contextmanager
 def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **env: str) -> Iterator[AsgiServer]:
     port = free_port()
-    if server == "uvicorn":
+    if server.startswith("uvicorn"):
         command = [
             sys.executable,
             "-m",
@@ -122,6 +122,8 @@ def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **
             "off",
             "--no-access-log",
         ]
+        if server != "uvicorn":  # e.g. "uvicorn-wsproto": another websocket implementation
+            command += ["--ws", server.removeprefix("uvicorn-")]
     elif server == "daphne":
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     else:

@@ -197,3 +197,11 @@ def test_revoke_with_wrong_type_names_the_field(api_client: APIClient, crew_memb
     assert response.json()["errors"][0]["field"] == "reason"
     crew_member.device.refresh_from_db()
     assert crew_member.device.revoked_at is None
+
+
+def test_rotation_refuses_a_body_it_does_not_understand(crew_member: CrewMember) -> None:
+    response = crew_member.client().post("/api/v1/auth/token/rotate/", {"keep_old": True}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0] == {"field": "keep_old", "code": "unknown_field", "detail": "Unknown field."}
+    assert crew_member.client().get("/api/v1/me/").status_code == 200

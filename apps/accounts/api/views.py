@@ -19,6 +19,7 @@ from apps.accounts.api.serializers import (
     MeSerializer,
 )
 from apps.accounts.models import Device, DeviceToken, User
+from apps.common.api.serializers import StrictSerializer
 
 
 class LoginThrottle(AnonRateThrottle):
@@ -62,6 +63,7 @@ class TokenRotateView(APIView):
     @extend_schema(request=None, responses={201: IssuedTokenSerializer})
     def post(self, request: Request) -> Response:
         assert isinstance(request.auth, DeviceToken)
+        StrictSerializer(data=request.data or {}).is_valid(raise_exception=True)
         token, raw_token = services.device_token_rotate(token=request.auth)
         return Response(
             IssuedTokenSerializer(_issued(token.device, token, raw_token)).data, status=status.HTTP_201_CREATED
