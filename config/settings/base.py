@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     # Ours, from the bottom of the dependency stack up (see DESIGN.md section 4).
     "apps.common",
     "apps.accounts",
+    "apps.audit",
     "apps.teams",
     "apps.sync",
     "apps.realtime",
@@ -150,6 +151,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic work; the database scheduler picks these up and the admin can adjust them.
 CELERY_BEAT_SCHEDULE = {
     "revoke-unseen-devices": {"task": "apps.accounts.tasks.revoke_unseen_devices", "schedule": 3600.0},
+    "purge-expired-audit-events": {"task": "apps.audit.tasks.purge_expired_audit_events", "schedule": 86400.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -165,7 +167,11 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "apps.common.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"device": "600/min", "login": "10/min"},
+    "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.DeviceRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "device": env_str("THROTTLE_DEVICE_RATE", "1200/min"),
+        "login": env_str("THROTTLE_LOGIN_RATE", "10/min"),
+    },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -189,6 +195,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 
 
 DEVICE_TOKEN_TTL_DAYS = env_int("DEVICE_TOKEN_TTL_DAYS", 30)
 DEVICE_REVOKE_UNSEEN_DAYS = env_int("DEVICE_REVOKE_UNSEEN_DAYS", 30)
+# HIPAA asks for six years of audit records; programs may keep them longer.
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 366)
 # A websocket that has not authenticated by then is closed.
 WEBSOCKET_AUTH_TIMEOUT_SECONDS = env_int("WEBSOCKET_AUTH_TIMEOUT_SECONDS", 10)
 # A connected device re-reads its feed this often even without a nudge (0 turns it off).

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
+
+from tests.conftest import CrewMember
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def three_per_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache.clear()
+    monkeypatch.setattr(
+        SimpleRateThrottle, "THROTTLE_RATES", {**api_settings.DEFAULT_THROTTLE_RATES, "device": "3/min"}
+    )
+
+
+def test_a_device_over_its_rate_gets_429_with_retry_after(three_per_minute: None, crew_member: CrewMember) -> None:
+    statuses = [crew_member.client().get("/api/v1/me/").status_code for _ in range(4)]
+    refused = crew_member.client().get("/api/v1/me/")
+
+    assert statuses == [200, 200, 200, 429]
+    assert refused.json()["code"] == "throttled"
+    assert int(refused["Retry-After"]) > 0
+
+
+def test_the_limit_is_per_device_not_per_crew(
+    three_per_minute: None, crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    for _ in range(3):
+        crew_member.client().get("/api/v1/me/")
+
+    assert crew_member.client().get("/api/v1/me/").status_code == 429
+    assert outsider.client().get("/api/v1/me/").status_code == 200
