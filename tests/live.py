@@ -43,7 +43,8 @@ def child_environment(**extra: str) -> dict[str, str]:
     env.update(
         DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
-        DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.test"),
+        # The settings this process runs with, whatever the inherited environment says.
+        DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE,
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -5,7 +5,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from apps.accounts.models import DeviceToken, User
-from apps.accounts.selectors import TokenRejected, device_token_for
+from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
 from apps.accounts.services import device_mark_seen
 
 
@@ -27,7 +27,11 @@ class DeviceTokenAuthentication(BaseAuthentication):
         try:
             token = device_token_for(raw_token=raw_token)
         except TokenRejected as rejection:
-            raise exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value) from None
+            failure = exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value)
+            if rejection.problem is TokenProblem.REVOKED:
+                # A lost tablet that comes back online wipes what it holds.
+                failure.extra_body = {"purge_local_data": True}  # type: ignore[attr-defined]
+            raise failure from None
         device_mark_seen(device=token.device)
         return token.device.user, token
 

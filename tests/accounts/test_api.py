@@ -205,3 +205,28 @@ def test_rotation_refuses_a_body_it_does_not_understand(crew_member: CrewMember)
     assert response.status_code == 400
     assert response.json()["errors"][0] == {"field": "keep_old", "code": "unknown_field", "detail": "Unknown field."}
     assert crew_member.client().get("/api/v1/me/").status_code == 200
+
+
+def test_repeated_failed_sign_ins_lock_the_account(api_client: APIClient) -> None:
+    user = UserFactory.create()
+    for _ in range(5):
+        api_client.post(REGISTER_URL, register_body(user.username, password="wrong"), format="json")
+
+    locked = api_client.post(REGISTER_URL, register_body(user.username), format="json")
+
+    assert locked.status_code == 429
+    assert locked.json()["code"] == "account_locked"
+    assert int(locked["Retry-After"]) > 0
+    assert not Device.objects.filter(user=user).exists()
+
+
+def test_revoked_device_is_told_to_purge_its_local_data(crew_member: CrewMember) -> None:
+    from apps.accounts import services
+
+    services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost")
+
+    response = crew_member.client().get("/api/v1/me/")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "device_revoked"
+    assert response.json()["purge_local_data"] is True

@@ -48,6 +48,7 @@ class DeviceRegisterView(APIView):
         payload = DeviceRegisterInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
+        # While locked out, authenticate() returns None and django-axes answers 429.
         user = authenticate(request._request, username=data["username"], password=data["password"])
         if not isinstance(user, User):
             raise InvalidCredentials()

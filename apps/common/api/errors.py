@@ -91,6 +91,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else exc.default_code
         body = error_body(exc.status_code, code, str(exc.detail))
+        # Instructions a client must act on, e.g. purge_local_data for a revoked device.
+        body.update(getattr(exc, "extra_body", {}))
 
     set_rollback()
     return Response(body, status=exc.status_code, headers=headers)

@@ -1,0 +1,51 @@
+"""Hostile input against the published schema: property-based requests, valid and invalid,
+to every operation of a real server must never produce a 5xx nor a response that
+contradicts the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.generation import GenerationMode
+
+from tests.conftest import CrewMember
+from tests.live import AsgiServer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
+
+EXAMPLES_PER_OPERATION_AND_MODE = 20
+
+
+def test_api_survives_hostile_input(
+    asgi: AsgiServer, crew_member: CrewMember, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = schemathesis.openapi.from_url(f"{asgi.http_url}/api/schema/?format=json")
+    headers = {"Authorization": f"Bearer {crew_member.token}"}
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    cases_run: dict[str, int] = {}
+
+    def run_examples(operation: Any, mode: GenerationMode) -> None:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION_AND_MODE,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case: schemathesis.Case) -> None:
+            cases_run[operation.label] = cases_run.get(operation.label, 0) + 1
+            case.call_and_validate(base_url=asgi.http_url, headers=headers)
+
+        check()
+
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            run_examples(operation, mode)
+
+    with capsys.disabled():
+        print(f"\nschemathesis: {sum(cases_run.values())} cases over {len(cases_run)} operations")
+    assert len(cases_run) == len(operations) >= 8
