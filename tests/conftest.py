@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
+from django.test import Client
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Device, Program, Role, User
 from apps.teams.models import Unit
-from tests.accounts.factories import MembershipFactory, ProgramFactory, UserFactory, device_with_token
+from tests.accounts.factories import PASSWORD, MembershipFactory, ProgramFactory, UserFactory, device_with_token
 from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
@@ -98,3 +101,20 @@ def foreign_dispatcher(db: None) -> CrewMember:
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()
+
+
+def sign_in_to_admin(client: Client, user: User) -> Client:
+    """Sign a staff user in through the real admin form, password and one-time code."""
+    device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+    code = str(TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift).token()).zfill(device.digits)
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        {"username": user.username, "password": PASSWORD, "otp_device": device.persistent_id, "otp_token": code},
+    )
+    assert response.status_code == 302, response.content
+    return client
+
+
+@pytest.fixture
+def superuser_client(client: Client, db: None) -> Client:
+    return sign_in_to_admin(client, UserFactory.create(is_staff=True, is_superuser=True))
