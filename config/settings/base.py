@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "apps.teams",
     "apps.sync",
     "apps.realtime",
+    "apps.demo",
 ]
 
 MIDDLEWARE = [
