@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "apps.teams",
     "apps.sync",
     "apps.realtime",
+    "apps.demo",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client, override_settings
+from rest_framework.test import APIClient
+
+from apps.accounts.api.views import LoginThrottle
+from apps.accounts.models import Membership, Program, Role, User
+from apps.demo.nyc import precinct_stats
+from apps.demo.services import DEFAULT_DEMO_PASSWORD
+from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
+
+pytestmark = pytest.mark.django_db
+
+DEMO_PASSWORD = "a-demo-passphrase-for-tests"
+COUNTED = (Program, Zone, Unit, UnitMember, User, Membership)
+
+
+@pytest.fixture(autouse=True)
+def fresh_sign_in_budget() -> None:
+    """Sign-ins are throttled per address across the whole run; give these tests a full budget."""
+    throttle = LoginThrottle()
+    throttle.cache.delete(throttle.cache_format % {"scope": throttle.scope, "ident": "127.0.0.1"})
+
+
+@pytest.fixture
+def demo_password(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DEMO_PASSWORD", DEMO_PASSWORD)
+    return DEMO_PASSWORD
+
+
+def seed(*args: str) -> str:
+    out = StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def counts() -> dict[str, int]:
+    return {model.__name__: model.objects.count() for model in COUNTED}
+
+
+def sign_in(username: str, password: str) -> APIClient:
+    client = APIClient()
+    response = client.post(
+        "/api/v1/auth/devices/",
+        {"username": username, "password": password, "device_name": "Demo tablet", "platform": "android"},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}")
+    return client
+
+
+def test_seed_creates_two_programs(demo_password: str) -> None:
+    seed()
+
+    programs = {program.slug: program for program in Program.objects.all()}
+    assert set(programs) == {"nyc-bheard", "boston"}
+    assert programs["nyc-bheard"].name == "NYC B-HEARD (demo)"
+    assert programs["nyc-bheard"].time_zone == "America/New_York"
+    assert programs["boston"].name == "Boston crisis response (demo)"
+
+
+def test_seed_creates_a_user_of_every_role(demo_password: str) -> None:
+    seed()
+
+    assert set(Membership.objects.values_list("role", flat=True)) == set(Role.values)
+    for slug in ("nyc-bheard", "boston"):
+        roles = set(Membership.objects.filter(program__slug=slug).values_list("role", flat=True))
+        assert Role.program_wide_roles() <= roles, slug
+
+
+def test_nyc_has_units_of_every_response_model_and_boston_its_three(demo_password: str) -> None:
+    seed()
+
+    nyc = set(Unit.objects.filter(program__slug="nyc-bheard").values_list("response_model", flat=True))
+    boston = set(Unit.objects.filter(program__slug="boston").values_list("response_model", flat=True))
+    assert nyc == set(ResponseModel.values)
+    assert boston == {ResponseModel.CO_RESPONSE, ResponseModel.EMT_CLINICIAN, ResponseModel.COMMUNITY_RESPONSE}
+
+
+def test_every_unit_has_a_crew_of_two_to_four_in_the_roles_its_model_needs(demo_password: str) -> None:
+    seed()
+
+    expected_roles = {
+        ResponseModel.EMT_CLINICIAN: {Role.EMT, Role.CLINICIAN},
+        ResponseModel.CO_RESPONSE: {Role.POLICE_OFFICER, Role.CLINICIAN},
+        ResponseModel.COMMUNITY_RESPONSE: {Role.PEER_RESPONDER},
+        ResponseModel.MOBILE_TREATMENT: {Role.CLINICIAN, Role.PARAMEDIC, Role.PEER_RESPONDER},
+    }
+    for unit in Unit.objects.all():
+        members = list(unit.members.all())
+        roles = set(Membership.objects.filter(user__in=members, program=unit.program).values_list("role", flat=True))
+        assert 2 <= len(members) <= 4, unit.call_sign
+        assert roles == expected_roles[ResponseModel(unit.response_model)], unit.call_sign
+        on_shift = set(UnitMember.objects.filter(unit=unit).values_list("is_on_shift", flat=True))
+        assert on_shift == {unit.status != UnitStatus.OUT_OF_SERVICE}, unit.call_sign
+
+
+def test_nyc_zones_are_the_precincts_of_the_extract(demo_password: str) -> None:
+    seed()
+
+    zones = Zone.objects.filter(program__slug="nyc-bheard")
+    assert set(zones.values_list("code", flat=True)) == {stats.zone_code for stats in precinct_stats()}
+    harlem = zones.get(code="PCT-025")
+    assert (harlem.name, harlem.borough) == ("25th Precinct (Manhattan)", "Manhattan")
+    # No coordinates are made up.
+    assert not Zone.objects.filter(latitude__isnull=False).exists()
+    assert not Zone.objects.filter(longitude__isnull=False).exists()
+
+
+def test_nyc_units_are_based_in_the_precincts_with_most_mental_health_calls(demo_password: str) -> None:
+    seed()
+
+    units = Unit.objects.filter(program__slug="nyc-bheard")
+    busiest = [stats.zone_code for stats in precinct_stats()[: units.count()]]
+    assert sorted(units.values_list("home_zone__code", flat=True)) == sorted(busiest)
+    first_home = units.get(call_sign="BH-01").home_zone
+    assert first_home is not None
+    assert first_home.code == busiest[0]
+
+
+def test_administrator_is_a_superuser_and_can_use_the_admin(demo_password: str) -> None:
+    seed()
+
+    admin = User.objects.get(username="admin")
+    assert admin.is_staff and admin.is_superuser
+    assert admin.roles_in(Program.objects.get(slug="nyc-bheard")) == {Role.ADMINISTRATOR}
+    client = Client()
+    assert client.login(username="admin", password=demo_password)
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/auth/group/").status_code == 200
+
+
+def test_only_the_administrator_is_staff(demo_password: str) -> None:
+    seed()
+
+    assert list(User.objects.filter(is_staff=True).values_list("username", flat=True)) == ["admin"]
+
+
+def test_running_twice_creates_nothing_twice(demo_password: str) -> None:
+    seed()
+    first = counts()
+
+    seed()
+
+    assert counts() == first
+    assert first["Program"] == 2
+
+
+def test_running_again_keeps_what_changed_while_the_demo_was_used(demo_password: str) -> None:
+    seed()
+    Unit.objects.filter(call_sign="BH-01").update(status=UnitStatus.ON_SCENE)
+
+    seed()
+
+    assert Unit.objects.get(program__slug="nyc-bheard", call_sign="BH-01").status == UnitStatus.ON_SCENE
+
+
+def test_demo_crew_member_signs_in_and_sees_only_their_own_unit(demo_password: str) -> None:
+    seed()
+
+    client = sign_in("nyc.bh01.clinician", demo_password)
+    units = client.get("/api/v1/units/").json()["results"]
+
+    assert [unit["call_sign"] for unit in units] == ["BH-01"]
+
+
+def test_demo_dispatcher_of_boston_sees_no_nyc_unit(demo_password: str) -> None:
+    seed()
+
+    client = sign_in("bos.dispatcher", demo_password)
+    units = client.get("/api/v1/units/").json()["results"]
+    zones = client.get("/api/v1/zones/").json()["results"]
+
+    assert {unit["program"] for unit in units} == {"boston"}
+    assert len(units) == Unit.objects.filter(program__slug="boston").count()
+    assert {zone["program"] for zone in zones} == {"boston"}
+
+
+@override_settings(DEBUG=True)
+def test_default_password_works_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+
+    output = seed()
+
+    assert DEFAULT_DEMO_PASSWORD in output
+    sign_in("nyc.dispatcher", DEFAULT_DEMO_PASSWORD)
+
+
+@override_settings(DEBUG=False)
+def test_default_password_is_refused_outside_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+
+    with pytest.raises(CommandError, match="Set DEMO_PASSWORD"):
+        seed()
+
+    assert not Program.objects.exists()
+    assert not User.objects.exists()
+
+
+def test_weak_demo_password_is_refused_and_creates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_PASSWORD", "short")
+
+    with pytest.raises(CommandError, match="too weak"):
+        seed()
+
+    assert not Program.objects.exists()
+    assert not User.objects.exists()
+
+
+def test_output_lists_urls_and_logins_but_not_a_configured_password(demo_password: str) -> None:
+    output = seed()
+
+    assert demo_password not in output
+    for url in ("/admin/", "/api/docs/", "/healthz", "ws://127.0.0.1:8000/ws/v1/device/"):
+        assert url in output
+    lines = output.splitlines()
+    assert any(line.split()[:4] == ["nyc.bh01.emt", "EMT", "nyc-bheard", "BH-01"] for line in lines if line.strip())
+
+
+def test_urls_follow_the_configured_port(demo_password: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TANDEM_PORT", "8123")
+
+    output = seed()
+
+    assert "http://127.0.0.1:8123/admin/" in output
+
+
+def test_a_new_password_reaches_existing_users_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_PASSWORD", "first-demo-passphrase")
+    seed()
+    monkeypatch.setenv("DEMO_PASSWORD", "second-demo-passphrase")
+
+    seed()
+    kept = User.objects.get(username="nyc.ct01.peer1").check_password("first-demo-passphrase")
+    seed("--reset-passwords")
+
+    assert kept
+    assert User.objects.get(username="nyc.ct01.peer1").check_password("second-demo-passphrase")
