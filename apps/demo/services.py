@@ -8,6 +8,7 @@ so re-running the seed on start-up does not undo what someone just showed.
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from django.contrib.auth.hashers import make_password
 from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from django.utils import timezone
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
 from apps.accounts.models import Membership, Program, Role, User
 from apps.demo.nyc import PrecinctStats, precinct_stats
@@ -268,6 +270,19 @@ class _Seeder:
             ):
                 self.member(self.user(username), program, role, unit)
         return program
+
+
+def admin_one_time_codes(admin: User, count: int = 5) -> list[str]:
+    """Fresh single-use sign-in codes for the demo administrator's second factor.
+
+    The admin asks staff for a one-time code; a demo has no authenticator app set up, so
+    each seed issues new random backup codes (and withdraws the old ones) and prints them.
+    """
+    device, _ = StaticDevice.objects.get_or_create(user=admin, name="demo backup codes", defaults={"confirmed": True})
+    device.token_set.all().delete()
+    codes = [secrets.token_hex(4) for _ in range(count)]
+    StaticToken.objects.bulk_create([StaticToken(device=device, token=code) for code in codes])
+    return codes
 
 
 @transaction.atomic

@@ -5,12 +5,13 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
+from django_otp.plugins.otp_static.models import StaticDevice
 from rest_framework.test import APIClient
 
 from apps.accounts.api.views import LoginThrottle
 from apps.accounts.models import Membership, Program, Role, User
 from apps.demo.nyc import precinct_stats
-from apps.demo.services import DEFAULT_DEMO_PASSWORD
+from apps.demo.services import DEFAULT_DEMO_PASSWORD, admin_one_time_codes
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 
 pytestmark = pytest.mark.django_db
@@ -129,8 +130,18 @@ def test_administrator_is_a_superuser_and_can_use_the_admin(demo_password: str) 
     admin = User.objects.get(username="admin")
     assert admin.is_staff and admin.is_superuser
     assert admin.roles_in(Program.objects.get(slug="nyc-bheard")) == {Role.ADMINISTRATOR}
+    code = admin_one_time_codes(admin)[0]
     client = Client()
-    assert client.login(username="admin", password=demo_password)
+    signed_in = client.post(
+        "/admin/login/?next=/admin/",
+        {
+            "username": "admin",
+            "password": demo_password,
+            "otp_device": StaticDevice.objects.get(user=admin).persistent_id,
+            "otp_token": code,
+        },
+    )
+    assert signed_in.status_code == 302
     assert client.get("/admin/").status_code == 200
     assert client.get("/admin/auth/group/").status_code == 200
 

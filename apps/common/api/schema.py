@@ -29,6 +29,8 @@ ERROR_SCHEMA: dict[str, Any] = {
     "additionalProperties": True,
 }
 
+NO_NUL_CHARACTERS = "^[^\\u0000]*$"
+
 ERROR_RESPONSES = {
     "400": "Malformed request or invalid fields.",
     "401": "Missing, unknown or expired token, or revoked device.",
@@ -61,4 +63,8 @@ class StrictSerializerExtension(OpenApiSerializerExtension):
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
         schema["additionalProperties"] = False
+        for field_schema in schema.get("properties", {}).values():
+            if field_schema.get("type") == "string" and not ({"enum", "format", "pattern"} & set(field_schema)):
+                # DRF refuses NUL characters in text (PostgreSQL cannot store them).
+                field_schema["pattern"] = NO_NUL_CHARACTERS
         return schema

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.demo.services import DEFAULT_DEMO_PASSWORD, DemoLogin, demo_seed
+from apps.accounts.models import User
+from apps.demo.services import ADMIN_USERNAME, DEFAULT_DEMO_PASSWORD, DemoLogin, admin_one_time_codes, demo_seed
 
 
 def base_url() -> str:
@@ -41,6 +42,11 @@ class Command(BaseCommand):
         except ValidationError as error:
             raise CommandError(f"DEMO_PASSWORD is too weak: {' '.join(error.messages)}") from error
         self.print_summary(logins, password_from_env=bool(configured))
+        codes = admin_one_time_codes(User.objects.get(username=ADMIN_USERNAME))
+        self.stdout.write(
+            f"Admin sign-in also asks for a one-time code: pick the device 'demo backup codes' and use"
+            f" one of these, each once: {', '.join(codes)} (new ones on every seed_demo)."
+        )
 
     def print_summary(self, logins: list[DemoLogin], *, password_from_env: bool) -> None:
         url = base_url()
