@@ -28,7 +28,8 @@ def _check_redis() -> None:
 
 
 def _check_worker() -> None:
-    if not celery_app.control.ping(timeout=1.0):
+    # limit=1: answer as soon as one worker replies instead of waiting out the timeout.
+    if not celery_app.control.ping(timeout=1.0, limit=1):
         raise RuntimeError("no Celery worker answered")
 
 
