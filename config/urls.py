@@ -16,6 +16,7 @@ api_v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.teams.api.urls")),
     path("", include("apps.sync.api.urls")),
+    path("", include("apps.notifications.api.urls")),
 ]
 
 urlpatterns = [

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "apps.teams",
     "apps.sync",
     "apps.realtime",
+    "apps.notifications",
     "apps.demo",
 ]
 
@@ -197,6 +198,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "revoke-unseen-devices": {"task": "apps.accounts.tasks.revoke_unseen_devices", "schedule": 3600.0},
     "purge-expired-audit-events": {"task": "apps.audit.tasks.purge_expired_audit_events", "schedule": 86400.0},
+    "notifications-sweep": {"task": "apps.notifications.tasks.sweep", "schedule": 5.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -262,3 +264,5 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+from config.settings.notifications import *  # noqa: E402, F403
