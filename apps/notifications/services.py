@@ -492,27 +492,25 @@ def receipt_record(*, notification_id: UUID | str, device: Device, status: str) 
     if recipient is None or device.is_revoked:
         raise NotificationNotFound("Not found.")
     now = timezone.now()
+    reached = AttemptStatus.reached()
+    stamps = {field: now for step, field in RECEIPT_TIMESTAMPS.items() if reached.index(step) <= reached.index(receipt)}
     with transaction.atomic():
         attempts = NotificationAttempt.objects.filter(recipient=recipient, device=device)
-        has_attempts = attempts.exists()
-        attempts.filter(status__in=AttemptStatus.before(receipt)).exclude(status=AttemptStatus.QUEUED).update(
+        # The receipt comes from the app itself, so the device's in-app attempt records it even
+        # if its own send has not run yet (the app found it by a pull or through a push).
+        in_app = attempts.filter(channel=Channel.IN_APP)
+        in_app.filter(status__in=AttemptStatus.before(receipt)).update(status=receipt)
+        others = attempts.exclude(channel=Channel.IN_APP)
+        others.filter(status__in=AttemptStatus.before(receipt)).exclude(status=AttemptStatus.QUEUED).update(
             status=receipt
         )
         # What the device already has need not be sent to it again (a queued push, say).
-        attempts.filter(status=AttemptStatus.QUEUED).update(
+        others.filter(status=AttemptStatus.QUEUED).update(
             status=AttemptStatus.SUPPRESSED, error_reason="already confirmed by the device"
         )
-        reached = AttemptStatus.reached()
-        for step, field in RECEIPT_TIMESTAMPS.items():
-            if reached.index(step) <= reached.index(receipt):
-                attempts.filter(**{f"{field}__isnull": True}, status__in=reached).update(**{field: now})
-        if not has_attempts:
-            # The device found it by itself (a pull after reconnecting): still a receipt.
-            stamps = {
-                field: now
-                for step, field in RECEIPT_TIMESTAMPS.items()
-                if reached.index(step) <= reached.index(receipt)
-            }
+        for field, moment in stamps.items():
+            attempts.filter(**{f"{field}__isnull": True}, status__in=reached).update(**{field: moment})
+        if not in_app.exists():
             NotificationAttempt.objects.create(
                 notification_id=recipient.notification_id,
                 recipient=recipient,

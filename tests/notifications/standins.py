@@ -215,7 +215,9 @@ class StandIn:
         if to == "+15005550429" and self.first_time(to):
             return self._json(429, {"code": 20429, "message": "Too Many Requests", "status": 429})
         sid = "SM" + secrets.token_hex(16)
-        return self._json(201, {"sid": sid, "status": "queued", "to": to, "from": form.get("From"), "body": form["Body"]})
+        return self._json(
+            201, {"sid": sid, "status": "queued", "to": to, "from": form.get("From"), "body": form["Body"]}
+        )
 
     def _web_push(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         """A browser push service (RFC 8030) checking VAPID (RFC 8292) and decrypting (RFC 8291)."""

@@ -136,7 +136,9 @@ def test_apns_send_uses_http2_and_a_provider_token(
     assert request.content["notification_id"] == str(notification.pk)
 
 
-@pytest.mark.parametrize(("token", "reason"), [("dead" * 16, "apns 410 Unregistered"), ("bad0" * 16, "apns 400 BadDeviceToken")])
+@pytest.mark.parametrize(
+    ("token", "reason"), [("dead" * 16, "apns 410 Unregistered"), ("bad0" * 16, "apns 400 BadDeviceToken")]
+)
 def test_apns_unregistered_or_bad_token_is_disabled(
     providers: tuple[StandIn, ApnsStandIn], program: Program, crew_member: CrewMember, token: str, reason: str
 ) -> None:
