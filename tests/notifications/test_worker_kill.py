@@ -1,0 +1,76 @@
+"""A worker killed with SIGKILL in the middle of an SMS send: the redelivered task sends nothing."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from apps.accounts.models import Program
+from apps.notifications import services
+from apps.notifications.models import AttemptStatus, NotificationAttempt
+from tests.live import celery_worker
+from tests.notifications.conftest import provider_settings
+from tests.notifications.standins import HELD_NUMBER, ApnsStandIn, StandIn
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
+
+QUEUE = "notifications-kill"
+VISIBILITY_TIMEOUT = 2
+
+
+def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
+    django_db_setup: None,
+    live_server_logs: Path,
+    settings: SettingsWrapper,
+    http_stand_in: StandIn,
+    apns_stand_in: ApnsStandIn,
+    program: Program,
+) -> None:
+    http_stand_in.reset()
+    settings.NOTIFICATIONS_TASK_QUEUE = QUEUE
+    env = {
+        **provider_settings(http_stand_in, apns_stand_in),
+        "CELERY_WORKER_QUEUES": QUEUE,
+        "NOTIFICATIONS_TASK_QUEUE": QUEUE,
+        # The solo pool runs the task in the worker process itself, so one SIGKILL ends both;
+        # the short visibility timeout lets the broker hand the unacknowledged task out again soon.
+        "CELERY_WORKER_POOL": "solo",
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    }
+    with celery_worker(live_server_logs, name="notifications-kill-first", **env) as first:
+        notification = services.notify(
+            program=program,
+            contacts=[services.Contact(phone_number=HELD_NUMBER)],
+            kind="followup.reminder",
+            text="Your care team will call you today",
+        )
+        assert http_stand_in.held.wait(15), first.log()
+        taken_at = time.monotonic()
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        [task_id] = re.findall(r"send_attempt\[([0-9a-f-]+)\] received", first.log())
+    http_stand_in.release()
+    attempt = NotificationAttempt.objects.get(notification=notification)
+    assert attempt.status == AttemptStatus.SENDING  # claimed, provider called, answer never recorded
+
+    time.sleep(max(0.0, VISIBILITY_TIMEOUT + 0.5 - (time.monotonic() - taken_at)))
+    with celery_worker(live_server_logs, name="notifications-kill-second", **env) as second:
+        deadline = time.monotonic() + 20
+        while f"send_attempt[{task_id}] succeeded" not in second.log():
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.1)
+        assert f"send_attempt[{task_id}] succeeded" in second.log() and "'not_claimed'" in second.log()
+
+    assert len(http_stand_in.of("twilio")) == 1
+    assert NotificationAttempt.objects.get(pk=attempt.pk).status == AttemptStatus.SENDING
+    # Later the sweep closes it as unknown rather than risk a second text.
+    settings.NOTIFICATIONS_SENDING_STALE_SECONDS = 0
+    assert services.attempts_abandon_stale(now=timezone.now()) == 1
+    assert NotificationAttempt.objects.get(pk=attempt.pk).status == AttemptStatus.FAILED
+    assert len(http_stand_in.of("twilio")) == 1
