@@ -6,6 +6,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from django.utils import timezone
@@ -43,7 +44,7 @@ def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
         "CELERY_WORKER_POOL": "solo",
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
-    with celery_worker(live_server_logs, name="notifications-kill-first", **env) as first:
+    with celery_worker(live_server_logs, name="notifications-kill-first", **cast(dict[str, Any], env)) as first:
         notification = services.notify(
             program=program,
             contacts=[services.Contact(phone_number=HELD_NUMBER)],
@@ -60,7 +61,7 @@ def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
     assert attempt.status == AttemptStatus.SENDING  # claimed, provider called, answer never recorded
 
     time.sleep(max(0.0, VISIBILITY_TIMEOUT + 0.5 - (time.monotonic() - taken_at)))
-    with celery_worker(live_server_logs, name="notifications-kill-second", **env) as second:
+    with celery_worker(live_server_logs, name="notifications-kill-second", **cast(dict[str, Any], env)) as second:
         deadline = time.monotonic() + 20
         while f"send_attempt[{task_id}] succeeded" not in second.log():
             assert time.monotonic() < deadline, second.log()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from django.utils import timezone
@@ -15,6 +16,7 @@ from apps.notifications import services
 from apps.notifications.models import (
     AttemptStatus,
     Channel,
+    Notification,
     NotificationAttempt,
     PushRegistration,
     Urgency,
@@ -42,7 +44,7 @@ def provider_worker(
         "NOTIFICATIONS_TASK_QUEUE": QUEUE,
         "NOTIFICATIONS_RETRY_BASE_SECONDS": "1",
     }
-    with celery_worker(live_server_logs, name="notifications-providers", **env) as process:
+    with celery_worker(live_server_logs, name="notifications-providers", **cast(dict[str, Any], env)) as process:
         yield process
 
 
@@ -70,7 +72,7 @@ def _status(attempt: NotificationAttempt) -> str:
     return NotificationAttempt.objects.get(pk=attempt.pk).status
 
 
-def _urgent(program: Program, member: CrewMember) -> object:
+def _urgent(program: Program, member: CrewMember) -> Notification:
     return services.notify(
         program=program,
         recipients=[member.user.pk],
