@@ -86,18 +86,20 @@ def _urgent(program: Program, member: CrewMember) -> Notification:
 def test_unconfirmed_push_falls_back_to_sms_after_the_configured_time(
     stand_ins: StandIn, settings: SettingsWrapper, program: Program, crew_member: CrewMember
 ) -> None:
-    settings.NOTIFICATIONS_URGENT_FALLBACK_SECONDS = 1
+    settings.NOTIFICATIONS_URGENT_FALLBACK_SECONDS = 2
     crew_member.user.phone_number = "+15005550006"
     crew_member.user.save()
     PushRegistrationFactory.create(device=crew_member.device, token="fcm-ok-chain")
+    started = time.monotonic()
 
     notification = _urgent(program, crew_member)
 
+    assert sweep.apply_async(queue=QUEUE).get(timeout=10)["fallbacks_started"] == 0  # not yet due
+    assert time.monotonic() - started < 2  # (so the sweep above really ran before the deadline)
     push = NotificationAttempt.objects.get(notification=notification, channel=Channel.PUSH)
     wait_for(lambda: _status(push) == AttemptStatus.SENT)
     assert stand_ins.of("twilio") == []
-    assert sweep.apply_async(queue=QUEUE).get(timeout=10)["fallbacks_started"] == 0  # not yet due
-    time.sleep(1.1)
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - started)))
 
     assert sweep.apply_async(queue=QUEUE).get(timeout=10)["fallbacks_started"] == 1
 
