@@ -526,6 +526,35 @@ def receipt_record(*, notification_id: UUID | str, device: Device, status: str) 
     return recipient
 
 
+SMS_DELIVERED = {"delivered"}
+SMS_NOT_DELIVERED = {"undelivered", "failed"}
+
+
+def sms_status_record(*, provider_message_id: str, status: str, error_code: str = "") -> bool:
+    """The SMS provider's delivery report for a message we sent; True if it changed an attempt.
+
+    Reports arrive out of order and more than once; statuses only move forward.
+    """
+    if not provider_message_id:
+        return False
+    attempts = NotificationAttempt.objects.filter(channel=Channel.SMS, provider_message_id=provider_message_id)
+    now = timezone.now()
+    if status in SMS_DELIVERED:
+        return bool(
+            attempts.filter(status__in=[AttemptStatus.SENDING, AttemptStatus.SENT]).update(
+                status=AttemptStatus.DELIVERED, delivered_at=now
+            )
+        )
+    if status in SMS_NOT_DELIVERED:
+        reason = f"twilio {status} {error_code}".strip()
+        return bool(
+            attempts.filter(status__in=[AttemptStatus.SENDING, AttemptStatus.SENT]).update(
+                status=AttemptStatus.FAILED, failed_at=now, error_reason=reason[:200]
+            )
+        )
+    return False
+
+
 # --- push registrations and preferences --------------------------------------------------------
 
 

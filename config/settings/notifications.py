@@ -84,6 +84,9 @@ TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN", "")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER", "")
 TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID", "")
 TWILIO_API_BASE = env_str("TWILIO_API_BASE", "https://api.twilio.com")
+# Where Twilio reports delivery (delivered / undelivered / failed), exactly as Twilio will call
+# it, e.g. https://tandem.example.org/api/v1/notifications/sms/twilio-status/; empty: no reports.
+TWILIO_STATUS_CALLBACK_URL = env_str("TWILIO_STATUS_CALLBACK_URL", "")
 
 # Email through Django's email backends when NOTIFICATIONS_EMAIL_BACKEND is "django".
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")

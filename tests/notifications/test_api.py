@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
@@ -9,6 +11,7 @@ from rest_framework.test import APIClient
 from apps.accounts import services as accounts_services
 from apps.accounts.models import Program, Role
 from apps.notifications import services
+from apps.notifications.channels.twilio import request_signature
 from apps.notifications.models import AttemptStatus, Notification, NotificationAttempt, PushRegistration, Urgency
 from tests.conftest import CrewMember, make_crew_member
 from tests.notifications import keys
@@ -247,3 +250,62 @@ def test_dispatcher_sees_the_delivery_summary_and_others_get_404(
     assert seen.json()["acknowledged_by"] == [str(crew_member.user.pk)]
     assert outsider.client().get(url).status_code == 404
     assert foreign_dispatcher.client().get(url).status_code == 404
+
+
+STATUS_URL = "https://tandem.example.org/api/v1/notifications/sms/twilio-status/"
+
+
+def _sent_sms(program: Program) -> NotificationAttempt:
+    notification = services.notify(
+        program=program,
+        contacts=[services.Contact(phone_number="+15005550006")],
+        kind="followup.reminder",
+        text="Your care team will call you today",
+    )
+    attempt = NotificationAttempt.objects.get(notification=notification)
+    NotificationAttempt.objects.filter(pk=attempt.pk).update(status=AttemptStatus.SENT, provider_message_id="SM123")
+    return attempt
+
+
+def _report(settings: SettingsWrapper, body: dict[str, str], signature: str | None = None) -> int:
+    settings.TWILIO_AUTH_TOKEN = "standin-auth-token"
+    settings.TWILIO_STATUS_CALLBACK_URL = STATUS_URL
+    signed = signature or request_signature(auth_token="standin-auth-token", url=STATUS_URL, params=body)
+    response = APIClient().post(
+        "/api/v1/notifications/sms/twilio-status/",
+        urlencode(body),  # as Twilio sends it
+        content_type="application/x-www-form-urlencoded",
+        HTTP_X_TWILIO_SIGNATURE=signed,
+    )
+    return response.status_code
+
+
+@pytest.mark.parametrize(
+    ("report", "status", "reason"),
+    [
+        ({"MessageStatus": "delivered"}, AttemptStatus.DELIVERED, ""),
+        ({"MessageStatus": "undelivered", "ErrorCode": "30003"}, AttemptStatus.FAILED, "twilio undelivered 30003"),
+    ],
+)
+def test_twilio_delivery_report_is_recorded_on_the_sms_attempt(
+    settings: SettingsWrapper, program: Program, report: dict[str, str], status: str, reason: str
+) -> None:
+    attempt = _sent_sms(program)
+
+    code = _report(settings, {"MessageSid": "SM123", "AccountSid": "AC1", **report})
+
+    attempt.refresh_from_db()
+    assert code == 204
+    assert (attempt.status, attempt.error_reason) == (status, reason)
+
+
+def test_twilio_report_with_a_wrong_signature_is_refused_and_changes_nothing(
+    settings: SettingsWrapper, program: Program
+) -> None:
+    attempt = _sent_sms(program)
+
+    code = _report(settings, {"MessageSid": "SM123", "MessageStatus": "failed"}, signature="forged=")
+
+    attempt.refresh_from_db()
+    assert code == 403
+    assert attempt.status == AttemptStatus.SENT

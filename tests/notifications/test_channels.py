@@ -14,6 +14,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from apps.accounts.models import Program
 from apps.notifications import services
+from apps.notifications.channels.twilio import request_signature
 from apps.notifications.models import (
     AttemptStatus,
     Channel,
@@ -220,6 +221,7 @@ def test_twilio_sms_follows_the_messages_api_contract(
 ) -> None:
     stand_in, _ = providers
     settings.NOTIFICATIONS_LINK_BASE_URL = "https://tandem.example.org"
+    settings.TWILIO_STATUS_CALLBACK_URL = "https://tandem.example.org/api/v1/notifications/sms/twilio-status/"
 
     attempt = _send(_sms_to(program, "+15005550006"))
 
@@ -231,6 +233,7 @@ def test_twilio_sms_follows_the_messages_api_contract(
         "From": "+15005550006",
         "Body": "Tandem: Your care team will call you today "
         "https://tandem.example.org/followups/4c1e3c84-1a57-4f0e-9c57-0b8e5a1b0b9e",
+        "StatusCallback": "https://tandem.example.org/api/v1/notifications/sms/twilio-status/",
     }
 
 
@@ -289,3 +292,32 @@ def test_default_backend_writes_to_the_outbox_folder(
     assert attempt.status == AttemptStatus.SENT
     assert written["body"] == TEXT
     assert written["data"]["notification_id"] == str(notification.pk)
+
+
+def test_the_request_signature_matches_twilios_published_example() -> None:
+    signature = request_signature(
+        auth_token="12345",
+        url="https://mycompany.com/myapp.php?foo=1&bar=2",
+        params={
+            "CallSid": "CA1234567890ABCDE",
+            "Caller": "+14158675310",
+            "Digits": "1234",
+            "From": "+14158675310",
+            "To": "+18005551212",
+        },
+    )
+
+    assert signature == "GvWf1cFY/Q7PnoempGyD5oXAezc="
+
+
+def test_a_provider_switched_on_without_credentials_fails_the_attempt_with_a_reason(
+    settings: SettingsWrapper, program: Program, crew_member: CrewMember
+) -> None:
+    settings.NOTIFICATIONS_FCM_BACKEND = "fcm"
+    settings.FCM_SERVICE_ACCOUNT = ""
+    registration = PushRegistrationFactory.create(device=crew_member.device, token="fcm-ok-3")
+    notification = _urgent(program, crew_member)
+
+    attempt = _send(_push_attempt(notification, registration))
+
+    assert (attempt.status, attempt.error_reason) == (AttemptStatus.FAILED, "push not configured")

@@ -19,4 +19,5 @@ urlpatterns = [
         name="push-registration-delete",
     ),
     path("notifications/push-config/", views.PushConfigView.as_view(), name="push-config"),
+    path("notifications/sms/twilio-status/", views.TwilioStatusView.as_view(), name="twilio-status"),
 ]

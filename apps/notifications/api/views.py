@@ -3,7 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework import exceptions, status
+from rest_framework.parsers import FormParser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +22,7 @@ from apps.notifications.api.serializers import (
     ReceiptInputSerializer,
     ReceiptSerializer,
 )
+from apps.notifications.channels.twilio import signature_is_valid
 from apps.notifications.models import PushProvider
 
 
@@ -109,3 +112,29 @@ class DeliverySummaryView(APIView):
         assert isinstance(request.user, User)
         notification = get_object_or_404(selectors.notifications_overseen_by(user=request.user), pk=notification_id)
         return Response(DeliverySummarySerializer(selectors.delivery_summary(notification=notification)).data)
+
+
+class TwilioStatusView(APIView):
+    """Twilio's delivery reports for our SMS, authenticated by their X-Twilio-Signature."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    parser_classes = [FormParser]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        params = {key: str(request.data.get(key, "")) for key in request.data}
+        if not signature_is_valid(
+            auth_token=settings.TWILIO_AUTH_TOKEN,
+            # The URL Twilio was given, not the one this request reached through proxies.
+            url=settings.TWILIO_STATUS_CALLBACK_URL,
+            params=params,
+            signature=request.headers.get("X-Twilio-Signature", ""),
+        ):
+            raise exceptions.PermissionDenied("Invalid Twilio signature.", code="invalid_signature")
+        services.sms_status_record(
+            provider_message_id=params.get("MessageSid", ""),
+            status=params.get("MessageStatus", ""),
+            error_code=params.get("ErrorCode", ""),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)

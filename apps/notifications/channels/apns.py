@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import jwt
+from django.core.exceptions import ImproperlyConfigured
 
 from apps.notifications.channels.base import PUSH_TITLE, Message, PushTarget, SendResult, retry_after_seconds
 
@@ -30,7 +31,7 @@ _provider_tokens: dict[tuple[str, str], tuple[str, float]] = {}
 _clients: dict[tuple[str, str], httpx.Client] = {}
 
 
-class ApnsConfigurationError(Exception):
+class ApnsConfigurationError(ImproperlyConfigured):
     pass
 
 

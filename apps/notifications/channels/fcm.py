@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import jwt
+from django.core.exceptions import ImproperlyConfigured
 
 from apps.notifications.channels.base import PUSH_TITLE, Message, PushTarget, SendResult, retry_after_seconds
 
@@ -37,7 +38,7 @@ _tokens: dict[str, _AccessToken] = {}
 _tokens_lock = threading.Lock()
 
 
-class FcmConfigurationError(Exception):
+class FcmConfigurationError(ImproperlyConfigured):
     pass
 
 

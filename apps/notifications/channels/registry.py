@@ -68,6 +68,7 @@ def sms_backend() -> AddressBackend:
             messaging_service_sid=settings.TWILIO_MESSAGING_SERVICE_SID,
             base_url=settings.TWILIO_API_BASE,
             timeout=float(settings.NOTIFICATIONS_HTTP_TIMEOUT_SECONDS),
+            status_callback_url=settings.TWILIO_STATUS_CALLBACK_URL,
         )
     raise _unknown("NOTIFICATIONS_SMS_BACKEND", name)
 

@@ -1,17 +1,24 @@
 """SMS through Twilio's Programmable Messaging REST API.
 
 POST {TWILIO_API_BASE}/2010-04-01/Accounts/{AccountSid}/Messages.json
-HTTP basic auth (AccountSid, AuthToken); form fields To, From | MessagingServiceSid, Body
+HTTP basic auth (AccountSid, AuthToken); form fields To, From | MessagingServiceSid, Body,
+StatusCallback (Twilio then POSTs delivery reports there, signed with X-Twilio-Signature)
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+
 import httpx
+from django.core.exceptions import ImproperlyConfigured
 
 from apps.notifications.channels.base import Message, SendResult, retry_after_seconds
 
 
-class TwilioConfigurationError(Exception):
+class TwilioConfigurationError(ImproperlyConfigured):
     pass
 
 
@@ -25,6 +32,7 @@ class TwilioSmsBackend:
         messaging_service_sid: str,
         base_url: str,
         timeout: float,
+        status_callback_url: str = "",
     ) -> None:
         if not (account_sid and auth_token and (from_number or messaging_service_sid)):
             raise TwilioConfigurationError(
@@ -34,6 +42,7 @@ class TwilioSmsBackend:
         self.from_number, self.messaging_service_sid = from_number, messaging_service_sid
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.status_callback_url = status_callback_url
 
     def send(self, address: str, message: Message) -> SendResult:
         form = {"To": address, "Body": message.sms_body()}
@@ -41,6 +50,8 @@ class TwilioSmsBackend:
             form["MessagingServiceSid"] = self.messaging_service_sid
         else:
             form["From"] = self.from_number
+        if self.status_callback_url:
+            form["StatusCallback"] = self.status_callback_url
         try:
             response = httpx.post(
                 f"{self.base_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json",
@@ -60,3 +71,18 @@ class TwilioSmsBackend:
         if response.status_code == httpx.codes.TOO_MANY_REQUESTS or response.status_code >= 500:
             return SendResult.retry(reason, retry_after_seconds(response.headers.get("Retry-After")))
         return SendResult.failed(reason)
+
+
+def request_signature(*, auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """Twilio's X-Twilio-Signature: HMAC-SHA1 of the URL followed by each POST name and value,
+    sorted by name, keyed with the auth token, base64-encoded."""
+    payload = url + "".join(f"{name}{params[name]}" for name in sorted(params))
+    digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signature_is_valid(*, auth_token: str, url: str, params: Mapping[str, str], signature: str) -> bool:
+    if not auth_token or not url or not signature:
+        return False
+    expected = request_signature(auth_token=auth_token, url=url, params=params)
+    return hmac.compare_digest(expected, signature)

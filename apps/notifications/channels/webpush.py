@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 
 import requests
+from django.core.exceptions import ImproperlyConfigured
 from pywebpush import WebPushException, webpush
 
 from apps.notifications.channels.base import PUSH_TITLE, Message, PushTarget, SendResult, retry_after_seconds
 
 
-class WebPushConfigurationError(Exception):
+class WebPushConfigurationError(ImproperlyConfigured):
     pass
 
 
