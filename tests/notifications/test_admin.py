@@ -5,19 +5,18 @@ from django.test import Client
 from apps.accounts.models import Program
 from apps.notifications import services
 from apps.notifications.models import NotificationAttempt, Urgency
-from tests.accounts.factories import UserFactory
 from tests.conftest import CrewMember
 from tests.notifications.factories import PushRegistrationFactory
 
 
 def test_supervisor_reads_a_notifications_delivery_in_the_admin_but_cannot_change_it(
-    client: Client, program: Program, crew_member: CrewMember
+    superuser_client: Client, program: Program, crew_member: CrewMember
 ) -> None:
+    client = superuser_client
     PushRegistrationFactory.create(device=crew_member.device, token="fcm-secret-token-value")
     notification = services.notify(
         program=program, recipients=[crew_member.user.pk], kind="assignment.offered", urgency=Urgency.URGENT, text="New"
     )
-    client.force_login(UserFactory.create(is_staff=True, is_superuser=True))
 
     listing = client.get("/admin/notifications/notification/")
     detail = client.get(f"/admin/notifications/notification/{notification.pk}/change/")

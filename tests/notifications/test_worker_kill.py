@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
-from pytest_django.fixtures import Settings as SettingsWrapper
 
 from apps.accounts.models import Program
 from apps.notifications import services
@@ -28,13 +28,11 @@ VISIBILITY_TIMEOUT = 2
 def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
     django_db_setup: None,
     live_server_logs: Path,
-    settings: SettingsWrapper,
     http_stand_in: StandIn,
     apns_stand_in: ApnsStandIn,
     program: Program,
 ) -> None:
     http_stand_in.reset()
-    settings.NOTIFICATIONS_TASK_QUEUE = QUEUE
     env = {
         **provider_settings(http_stand_in, apns_stand_in),
         "CELERY_WORKER_QUEUES": QUEUE,
@@ -45,12 +43,14 @@ def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
     with celery_worker(live_server_logs, name="notifications-kill-first", **cast(dict[str, Any], env)) as first:
-        notification = services.notify(
-            program=program,
-            contacts=[services.Contact(phone_number=HELD_NUMBER)],
-            kind="followup.reminder",
-            text="Your care team will call you today",
-        )
+        # Overridden only here: the workers must start with this process's own settings module.
+        with override_settings(NOTIFICATIONS_TASK_QUEUE=QUEUE):
+            notification = services.notify(
+                program=program,
+                contacts=[services.Contact(phone_number=HELD_NUMBER)],
+                kind="followup.reminder",
+                text="Your care team will call you today",
+            )
         assert http_stand_in.held.wait(15), first.log()
         taken_at = time.monotonic()
         first.process.send_signal(signal.SIGKILL)
@@ -71,7 +71,7 @@ def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
     assert len(http_stand_in.of("twilio")) == 1
     assert NotificationAttempt.objects.get(pk=attempt.pk).status == AttemptStatus.SENDING
     # Later the sweep closes it as unknown rather than risk a second text.
-    settings.NOTIFICATIONS_SENDING_STALE_SECONDS = 0
-    assert services.attempts_abandon_stale(now=timezone.now()) == 1
+    with override_settings(NOTIFICATIONS_SENDING_STALE_SECONDS=0):
+        assert services.attempts_abandon_stale(now=timezone.now()) == 1
     assert NotificationAttempt.objects.get(pk=attempt.pk).status == AttemptStatus.FAILED
     assert len(http_stand_in.of("twilio")) == 1
