@@ -15,7 +15,7 @@ from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember
 from tests.live import AsgiServer, LiveProcess
 from tests.notifications import payloads
-from tests.realtime.client import authenticated_socket, close_code, receive
+from tests.realtime.client import authenticated_socket, close_code, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
@@ -94,3 +94,32 @@ def test_revoked_device_gets_nothing_while_the_users_other_device_does(
     lost_client = crew_member.client()
     lost_client.credentials(HTTP_AUTHORIZATION=f"Bearer {lost_token}")
     assert lost_client.get("/api/v1/notifications/").status_code == 401
+
+
+def test_device_confirms_over_its_socket_and_another_users_receipt_is_refused(
+    asgi: AsgiServer, program: Program, crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    notification = services.notify(
+        program=program,
+        recipients=[crew_member.user.pk],
+        kind="assignment.offered",
+        urgency=Urgency.URGENT,
+        text="New assignment offered to your unit",
+    )
+    receipt = {"type": "notification.receipt", "id": str(notification.pk), "status": "acknowledged"}
+
+    with authenticated_socket(asgi.ws_url, outsider.token) as socket:
+        send(socket, receipt)
+        refused = receive(socket)
+        send(socket, {**receipt, "status": "read"})
+        malformed = receive(socket)
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, receipt)
+        accepted = receive(socket)
+
+    assert (refused["type"], refused["code"], refused["field"]) == ("error", "not_found", "id")
+    assert (malformed["code"], malformed["field"]) == ("invalid_message", "status")
+    assert accepted == {"type": "notification.receipt.ok", "id": str(notification.pk), "status": "acknowledged"}
+    recipient = notification.recipients.get()
+    assert recipient.acknowledged_at is not None
+    assert not NotificationAttempt.objects.filter(device=outsider.device).exists()
