@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerExtension
+from rest_framework import serializers
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -30,6 +31,8 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 NO_NUL_CHARACTERS = "^[^\\u0000]*$"
+# At least one character Python's str.strip() keeps: \s plus the separators it also strips.
+NOT_BLANK_NO_NUL = "^[^\\u0000]*[^\\u0000\\s\\u001c-\\u001f\\u0085][^\\u0000]*$"
 
 ERROR_RESPONSES = {
     "400": "Malformed request or invalid fields.",
@@ -63,8 +66,15 @@ class StrictSerializerExtension(OpenApiSerializerExtension):
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
         schema["additionalProperties"] = False
-        for field_schema in schema.get("properties", {}).values():
-            if field_schema.get("type") == "string" and not ({"enum", "format", "pattern"} & set(field_schema)):
-                # DRF refuses NUL characters in text (PostgreSQL cannot store them).
-                field_schema["pattern"] = NO_NUL_CHARACTERS
+        fields = self.target.fields
+        for name, field_schema in schema.get("properties", {}).items():
+            if field_schema.get("type") != "string" or {"enum", "format", "pattern"} & set(field_schema):
+                continue
+            field = fields.get(name)
+            trimmed_and_required = (
+                isinstance(field, serializers.CharField) and field.trim_whitespace and not field.allow_blank
+            )
+            # DRF refuses NUL characters (PostgreSQL cannot store them) and, once it has trimmed
+            # the whitespace, a blank value.
+            field_schema["pattern"] = NOT_BLANK_NO_NUL if trimmed_and_required else NO_NUL_CHARACTERS
         return schema
