@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "apps.teams",
     "apps.sync",
     "apps.realtime",
+    "apps.care",
 ]
 
 MIDDLEWARE = [

@@ -6,4 +6,8 @@ from apps.sync.api import views
 
 urlpatterns = [
     path("sync/feed/", views.FeedView.as_view(), name="sync-feed"),
+    path("sync/snapshot/", views.SnapshotView.as_view(), name="sync-snapshot"),
+    path("sync/push/", views.PushView.as_view(), name="sync-push"),
+    path("sync/quarantine/", views.QuarantineView.as_view(), name="sync-quarantine"),
+    path("sync/conflicts/", views.ConflictListView.as_view(), name="sync-conflicts"),
 ]
