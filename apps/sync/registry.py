@@ -30,7 +30,7 @@ class Refused(Exception):
     code, kept for a person, and the rest of the batch goes on.
     """
 
-    def __init__(self, code: str, detail: str, *, field: str | None = None) -> None:
+    def __init__(self, code: str, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail

@@ -8,10 +8,7 @@ from typing import Any
 from apps.accounts.models import User
 from apps.sync import push
 from tests.conftest import CrewMember
-from tests.sync.helpers import encounter_fields, now_iso
-
-_counter = iter(range(10**9, 2 * 10**9))
-
+from tests.sync.helpers import encounter_fields, mutation_ids, now_iso
 
 def pushed(
     member: CrewMember,
@@ -29,7 +26,7 @@ def pushed(
         user=user or member.user,
         mutations=[
             {
-                "mutation_id": next(_counter),
+                "mutation_id": next(mutation_ids),
                 "type": record_type,
                 "id": str(record_id),
                 "op": op,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,6 +13,11 @@ from rest_framework.test import APIClient
 from tests.conftest import CrewMember
 
 PROTOCOL = {"HTTP_TANDEM_SYNC_PROTOCOL": "2", "HTTP_TANDEM_CLIENT_VERSION": "tandem-test/1.0"}
+
+
+# One increasing source of mutation ids for every helper, so a device's ids keep rising
+# whichever helper pushes for it.
+mutation_ids = itertools.count(1_000_000)
 
 
 def now_iso() -> str:
@@ -37,8 +43,9 @@ class SimDevice:
         fields: dict[str, Any] | None = None,
         base_version: int | None = None,
     ) -> dict[str, Any]:
+        mutation_id = max(self.next_mutation_id, next(mutation_ids))
         mutation = {
-            "mutation_id": self.next_mutation_id,
+            "mutation_id": mutation_id,
             "type": record_type,
             "id": str(record_id),
             "op": op,
@@ -46,7 +53,7 @@ class SimDevice:
             "fields": fields or {},
             "observed_at": now_iso(),
         }
-        self.next_mutation_id += 1
+        self.next_mutation_id = mutation_id + 1
         return mutation
 
     def push(self, *mutations: dict[str, Any], expect: int = 200) -> list[dict[str, Any]]:

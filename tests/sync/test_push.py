@@ -67,7 +67,7 @@ def test_a_reused_mutation_id_with_other_content_is_rejected_and_the_first_stand
     device = SimDevice(crew_member)
     record_id, _ = created(device, location="first")
     reused = device.mutation("update", "care.encounter", record_id, {"location": "second"}, base_version=1)
-    reused["mutation_id"] = 1
+    reused["mutation_id"] -= 1
 
     [result] = device.push(reused)
 
@@ -79,7 +79,6 @@ def test_out_of_order_mutation_is_quarantined_and_visible_to_the_user_and_a_supe
     program: Program, crew_member: CrewMember, outsider: CrewMember
 ) -> None:
     device = SimDevice(crew_member)
-    device.next_mutation_id = 10
     created(device)
     late = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
     late["mutation_id"] = 5
