@@ -41,6 +41,7 @@ from apps.sync.models import (
     RecordVersion,
     SyncedRecord,
 )
+from apps.sync.scopes import user_scope
 from apps.sync.services import Publisher, lock_device, lock_records
 
 MAX_FIELDS_BYTES = 64 * 1024
@@ -100,7 +101,10 @@ def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> E
             )
             return envelope
         envelope.mutation_id = mutation_id
-    unknown = sorted(set(raw) - {"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at"})
+    known = {"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at"}
+    if keyed_by_content:
+        known.add("content")  # the client's own record state: part of the key, never applied
+    unknown = sorted(set(raw) - known)
     if unknown:
         envelope.problem = _error("unknown_field", f"Unknown key {unknown[0]!r}.", f"{prefix}.{unknown[0]}")
         return envelope
@@ -587,6 +591,8 @@ def _apply_one(row: Mutation, state: _BatchState) -> None:
             changed_fields=sorted(changes),
             echo=bool(conflicts),
         )
+    elif conflicts:
+        state.publisher.reannounce(head, user_scope(row.user_id))  # the device learns the server's state
     state.publisher.conflicts += conflicts
     status = PushStatus.CONFLICT if conflicts else PushStatus.APPLIED
     row.status = MutationStatus.CONFLICT if conflicts else MutationStatus.APPLIED
@@ -638,6 +644,7 @@ def _delete(
         # A delete that meets an edit its device never saw: the record and the edit stay.
         conflict = _conflict(row, synced_type, head, ConflictKind.DELETE_VS_EDIT, "", None, None, None)
         state.publisher.conflicts.append(conflict)
+        state.publisher.reannounce(head, user_scope(row.user_id))  # the device gets the record back
         row.status = MutationStatus.CONFLICT
         row.result = _result(
             row, PushStatus.CONFLICT, version=head.version, data=head.data, conflicts=[_conflict_wire(conflict)]

@@ -226,6 +226,23 @@ class Publisher:
         self.nudged |= visible_before | visible_after
         return new_head
 
+    def reannounce(self, head: SyncedRecord, scope: str) -> None:
+        """Send the record as it stands to one scope (no new version): a device whose change
+        was kept as a conflict learns the server's state through its feed."""
+        self.entries.append(
+            ChangeEntry(
+                program_id=head.program_id,
+                scope=scope,
+                record_type=head.record_type,
+                record_id=head.record_id,
+                operation=ChangeOperation.REMOVE if head.is_deleted else ChangeOperation.UPSERT,
+                data={} if head.is_deleted else head.data,
+                version=head.version,
+                reason=RemoveReason.DELETED if head.is_deleted else "",
+            )
+        )
+        self.nudged.add(scope)
+
     def flush(self) -> None:
         if self.dirty_heads:
             SyncedRecord.objects.bulk_create(

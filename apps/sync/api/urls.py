@@ -10,4 +10,6 @@ urlpatterns = [
     path("sync/push/", views.PushView.as_view(), name="sync-push"),
     path("sync/quarantine/", views.QuarantineView.as_view(), name="sync-quarantine"),
     path("sync/conflicts/", views.ConflictListView.as_view(), name="sync-conflicts"),
+    path("sync/watermelon/pull/", views.WatermelonPullView.as_view(), name="sync-watermelon-pull"),
+    path("sync/watermelon/push/", views.WatermelonPushView.as_view(), name="sync-watermelon-push"),
 ]

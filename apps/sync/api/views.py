@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import DeviceToken, User
 from apps.common.api.errors import DomainError, error_body
-from apps.sync import conf, push, selectors, services
+from apps.sync import conf, push, selectors, services, watermelon
 from apps.sync.api.protocol import PROTOCOL_HEADER, client_version_of, protocol_of
 from apps.sync.api.serializers import (
     ConflictSerializer,
@@ -181,3 +181,62 @@ class ConflictListView(APIView):
         user, _token = _device_auth(request)
         conflicts = selectors.open_conflicts_visible_to(user=user)[:200]
         return Response({"results": ConflictSerializer(conflicts, many=True).data})
+
+
+class WatermelonPullView(APIView):
+    """WatermelonDB `pullChanges`: `?last_pulled_at=<timestamp or empty>`.
+
+    Answers `{"changes": {...}, "timestamp": n}`; every upsert is under `updated` (use
+    `sendCreatedAsUpdated: true`); clinical removals are `updated` rows with `deleted: true`.
+    410 `cursor_expired`: reset the local database and sync again (push the outbox first).
+    """
+
+    @extend_schema(parameters=[_PROTOCOL_PARAMETER], responses=dict)
+    def get(self, request: Request) -> Response:
+        user, token = _device_auth(request)
+        protocol_of(request, minimum=2)
+        raw = request.query_params.get("last_pulled_at") or ""
+        if raw in ("", "null", "0"):
+            last_pulled_at = None
+        elif raw.isdigit():
+            last_pulled_at = int(raw)
+        else:
+            raise DomainError("last_pulled_at is a timestamp this server issued.", code="invalid_cursor",
+                              field="last_pulled_at", status_code=400)
+        scopes = services.user_scopes_refresh(user=user)
+        try:
+            body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
+        except selectors.InvalidCursor as error:
+            raise cursor_error(error) from error
+        return Response(body)
+
+
+class WatermelonPushView(APIView):
+    """WatermelonDB `pushChanges`: body `{"changes": {...}, "lastPulledAt": n}`.
+
+    Always 200 once the body is read: refused records are listed in
+    `experimentalRejectedIds` (kept in quarantine) and the others apply.
+    """
+
+    @extend_schema(request=dict, parameters=[_PROTOCOL_PARAMETER], responses=dict)
+    def post(self, request: Request) -> Response:
+        user, token = _device_auth(request)
+        protocol_of(request, minimum=2)
+        body = request.data
+        if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
+            raise DomainError("The body is {\"changes\": {...}, \"lastPulledAt\": n}.", code="invalid_input",
+                              field="changes", status_code=400)
+        count = sum(
+            len(table.get(kind) or []) if isinstance(table, dict) else 0
+            for table in body["changes"].values()
+            for kind in ("created", "updated", "deleted")
+        )
+        if count > conf.PUSH_MAX_MUTATIONS:
+            return batch_too_large_response(BatchTooLarge(count))
+        try:
+            answer = watermelon.push_changes(
+                device=token.device, user=user, changes=body["changes"], client_version=client_version_of(request)
+            )
+        except ValueError as error:
+            raise DomainError(str(error), code="invalid_input", field="changes", status_code=400) from error
+        return Response(answer)
