@@ -9,6 +9,8 @@ publishes the change to the feed in one transaction.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import uuid
 from typing import Any
 from uuid import UUID
@@ -112,13 +114,50 @@ def _soft_delete(record: CareRecord) -> CareRecord:
     return record
 
 
+def remembered(apply: Any) -> Any:
+    """Keep the per-batch cache in step with what an apply wrote, for later lookups."""
+
+    @functools.wraps(apply)
+    def wrapper(context: WriteContext, change: Change) -> Any:
+        record = apply(context, change)
+        _remember(context, record)
+        return record
+
+    return wrapper
+
+
+_REFERENCES: dict[str, type[Any]] = {
+    "unit_id": Unit,
+    "person_id": Person,
+    "encounter_id": Encounter,
+    "referral_id": Referral,
+    "amends_id": ClinicalNote,
+}
+
+
+def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> None:
+    """Load every record a batch's changes refer to, one query per table."""
+    wanted: dict[type[Any], set[UUID]] = {}
+    for fields in fields_list:
+        for name, model in _REFERENCES.items():
+            value = fields.get(name)
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    wanted.setdefault(model, set()).add(UUID(value))
+    for model, ids in wanted.items():
+        missing = [record_id for record_id in ids if (model.__name__, record_id) not in context.cache]
+        found = model._default_manager.in_bulk(missing)
+        for record_id in missing:
+            context.cache[(model.__name__, record_id)] = found.get(record_id)
+
+
+@remembered
 def person_apply(context: WriteContext, change: Change) -> Person:
     values = dict(change.values)
     if change.operation == "create":
         unit = _parent(context, Unit, values.pop("unit_id"), "unit_id")
         person = Person(id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values)
-        person.save(force_insert=True)
-        _remember(context, person)
+        context.insert_later(person)
         return person
     person = change.record
     assert isinstance(person, Person)
@@ -130,6 +169,7 @@ def person_apply(context: WriteContext, change: Change) -> Person:
     return person
 
 
+@remembered
 def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     values = dict(change.values)
     person_id = values.get("person_id")
@@ -140,8 +180,7 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
         encounter = Encounter(
             id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values
         )
-        encounter.save(force_insert=True)
-        _remember(context, encounter)
+        context.insert_later(encounter)
         return encounter
     encounter = change.record
     assert isinstance(encounter, Encounter)
@@ -160,6 +199,7 @@ def _same_program(record: CareRecord, program_id: UUID, field: str) -> None:
         raise Refused("parent_not_found", "That record belongs to another program.", field=field)
 
 
+@remembered
 def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
     values = dict(change.values)
     if change.operation == "create":
@@ -180,8 +220,7 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
             created_by=context.user,
             **values,
         )
-        note.save(force_insert=True)
-        _remember(context, note)
+        context.insert_later(note)
         return note
     note = change.record
     assert isinstance(note, ClinicalNote)
@@ -200,6 +239,7 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
     return note
 
 
+@remembered
 def referral_apply(context: WriteContext, change: Change) -> Referral:
     values = dict(change.values)
     if change.operation == "create":
@@ -212,8 +252,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
             created_by=context.user,
             **values,
         )
-        referral.save(force_insert=True)
-        _remember(context, referral)
+        context.insert_later(referral)
         return referral
     referral = change.record
     assert isinstance(referral, Referral)
@@ -225,6 +264,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
     return referral
 
 
+@remembered
 def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOutcomeEvent:
     if change.operation != "create":
         raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")

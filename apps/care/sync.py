@@ -77,7 +77,8 @@ class ReferralOutcomeWire(CareWire):
 def wire(serializer_class: type[serializers.Serializer[Any]]) -> Any:
     def to_wire(record: CareRecord) -> dict[str, Any]:
         # Through JSON, so the stored form compares equal to what the feed sends.
-        data: dict[str, Any] = json.loads(json.dumps(serializer_class(record).data))
+        serializer = registry.bound_serializer(serializer_class, partial=False)
+        data: dict[str, Any] = json.loads(json.dumps(serializer.to_representation(record)))
         return data
 
     return to_wire
@@ -97,7 +98,11 @@ def program_id_of(record: CareRecord) -> Any:
 
 
 def register_synced_types() -> None:
-    common: dict[str, Any] = {"scopes_of": scopes_of, "program_id_of": program_id_of}
+    common: dict[str, Any] = {
+        "scopes_of": scopes_of,
+        "program_id_of": program_id_of,
+        "prepare": services.prepare_batch,
+    }
     registry.register(
         registry.SyncedType(
             name="care.person",

@@ -12,6 +12,7 @@ app's own services). Adding a record type to sync is a registration, never a cha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,26 @@ class WriteContext:
     # The push's apps.sync.services.Publisher: a change that also changes another synced
     # record (an outcome event changes its referral's status) publishes that record into it.
     publisher: Any = None
+    # New rows handed to insert_later, written in bulk with the rest of the batch.
+    pending_inserts: list[models.Model] = field(default_factory=list)
+
+    def insert_later(self, record: models.Model) -> None:
+        """Insert a new record with the batch's bulk writes (at once outside a push).
+
+        For records nothing else in the same apply reads back from the database.
+        """
+        if self.publisher is None:
+            record.save(force_insert=True)
+        else:
+            self.pending_inserts.append(record)
+
+    def flush_inserts(self) -> None:
+        by_model: dict[type[models.Model], list[models.Model]] = {}
+        for record in self.pending_inserts:
+            by_model.setdefault(type(record), []).append(record)
+        for model, records in by_model.items():
+            model._default_manager.bulk_create(records)
+        self.pending_inserts = []
 
 
 @dataclass(frozen=True)
@@ -81,9 +102,21 @@ class SyncedType:
     watermelon_table: str = ""
     # Clinical records are soft-deleted and, for WatermelonDB, deleted by a flag.
     is_clinical: bool = True
+    # Optional: called once per batch with the incoming fields of every mutation of this
+    # type, so the app can load what it will look up (parents) in one query per table.
+    prepare: Callable[[WriteContext, list[dict[str, Any]]], None] | None = None
 
     def writable_fields(self) -> set[str]:
         return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}
+
+
+@functools.lru_cache(maxsize=256)
+def bound_serializer(serializer_class: type[serializers.Serializer[Any]], *, partial: bool) -> Any:
+    """One reusable serializer per type and mode: building one per record costs a deep copy
+    of every field, which dominated a batch's time."""
+    serializer = serializer_class(partial=partial)
+    serializer.fields  # noqa: B018 — build and bind the fields once
+    return serializer
 
 
 _registry: dict[str, SyncedType] = {}
