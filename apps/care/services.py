@@ -159,7 +159,7 @@ def person_apply(context: WriteContext, change: Change) -> Person:
         person = Person(id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values)
         context.insert_later(person)
         return person
-    person = change.record
+    person = change.record  # type: ignore[assignment]
     assert isinstance(person, Person)
     if change.operation == "delete":
         return _soft_delete(person)  # type: ignore[return-value]
@@ -182,7 +182,7 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
         )
         context.insert_later(encounter)
         return encounter
-    encounter = change.record
+    encounter = change.record  # type: ignore[assignment]
     assert isinstance(encounter, Encounter)
     if change.operation == "delete":
         return _soft_delete(encounter)  # type: ignore[return-value]
@@ -222,7 +222,7 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
         )
         context.insert_later(note)
         return note
-    note = change.record
+    note = change.record  # type: ignore[assignment]
     assert isinstance(note, ClinicalNote)
     if note.created_by_id != context.user.pk:
         raise Refused("not_author", "Only its author changes a note; others write an addendum.")
@@ -254,7 +254,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
         )
         context.insert_later(referral)
         return referral
-    referral = change.record
+    referral = change.record  # type: ignore[assignment]
     assert isinstance(referral, Referral)
     if change.operation == "delete":
         return _soft_delete(referral)  # type: ignore[return-value]

@@ -69,7 +69,7 @@ class ReferralWire(CareWire):
 
 class ReferralOutcomeWire(CareWire):
     referral_id = serializers.UUIDField()
-    outcome = serializers.ChoiceField(choices=ReferralOutcomeEvent._meta.get_field("outcome").choices)
+    outcome = serializers.ChoiceField(choices=[status for status in ReferralStatus.values if status != "open"])
     observed_at = serializers.DateTimeField()
     details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
 

@@ -237,6 +237,7 @@ def _store(
     envelopes repeat a mutation stored by an earlier request."""
     rows_by_index: dict[int, Mutation] = {}
     replayed: set[int] = set()
+    existing: dict[Any, Mutation]
     with transaction.atomic():
         lock_device(device.pk)
         if keyed_by_content:

@@ -47,8 +47,11 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
     from apps.accounts.models import Role
     from apps.sync.scopes import program_role_scope, unit_scope
 
-    scopes = [unit_scope(unit_id), program_role_scope(program_id, Role.CASE_MANAGER),
-              program_role_scope(program_id, Role.SUPERVISOR)]
+    scopes = [
+        unit_scope(unit_id),
+        program_role_scope(program_id, Role.CASE_MANAGER),
+        program_role_scope(program_id, Role.SUPERVISOR),
+    ]
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -130,9 +133,10 @@ def main() -> None:
         seed_records(program.pk, unit.pk, user.pk, SNAPSHOT_RECORDS)
         logs = Path(__file__).resolve().parents[2] / ".data" / "bench-logs"
 
-        with asgi_server(logs, name="web-pull") as server, httpx.Client(
-            base_url=server.http_url, headers=headers, timeout=120
-        ) as client:
+        with (
+            asgi_server(logs, name="web-pull") as server,
+            httpx.Client(base_url=server.http_url, headers=headers, timeout=120) as client,
+        ):
             client.get("/healthz")
             client.get("/api/v1/sync/feed/", params={"limit": 1})  # warm: imports, connection
             rss_before = rss_kib(server.live.process.pid)

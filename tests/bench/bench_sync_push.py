@@ -83,21 +83,21 @@ def raw_floor(rows: int) -> float:
     params = connection.get_connection_params()
     program_id, unit_id, user_id = _one_unit()
     started = time.perf_counter()
-    with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}) as raw:
-        with raw.cursor() as cursor:
-            for start in range(0, rows, BATCH):
-                values = [
-                    (uuid.uuid4(), program_id, unit_id, user_id, "125th St & Lexington Ave", "Calm, oriented.")
-                    for _ in range(min(BATCH, rows - start))
-                ]
-                cursor.executemany(
-                    "INSERT INTO care_encounter (id, program_id, unit_id, created_by_id, created_at, updated_at,"
-                    " is_deleted, started_at, location, assessment, disposition)"
-                    " VALUES (%s, %s, %s, %s, now(), now(), false, now(), %s, %s, '')"
-                    " ON CONFLICT (id) DO UPDATE SET location = EXCLUDED.location, updated_at = now()",
-                    values,
-                )
-                raw.commit()
+    connect_params = {k: v for k, v in params.items() if k != "cursor_factory"}
+    with psycopg.connect(**connect_params) as raw, raw.cursor() as cursor:
+        for start in range(0, rows, BATCH):
+            values = [
+                (uuid.uuid4(), program_id, unit_id, user_id, "125th St & Lexington Ave", "Calm, oriented.")
+                for _ in range(min(BATCH, rows - start))
+            ]
+            cursor.executemany(
+                "INSERT INTO care_encounter (id, program_id, unit_id, created_by_id, created_at, updated_at,"
+                " is_deleted, started_at, location, assessment, disposition)"
+                " VALUES (%s, %s, %s, %s, now(), now(), false, now(), %s, %s, '')"
+                " ON CONFLICT (id) DO UPDATE SET location = EXCLUDED.location, updated_at = now()",
+                values,
+            )
+            raw.commit()
     return time.perf_counter() - started
 
 

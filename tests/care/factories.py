@@ -10,6 +10,7 @@ from apps.sync import push
 from tests.conftest import CrewMember
 from tests.sync.helpers import encounter_fields, mutation_ids, now_iso
 
+
 def pushed(
     member: CrewMember,
     record_type: str,

@@ -22,12 +22,14 @@ def test_a_signed_note_never_changes_and_an_addendum_amends_it(crew_member: Crew
     fields = {"encounter_id": str(encounter_id), "body": "Person calm.", "signed_at": "2026-11-20T15:00:00+00:00"}
     assert pushed(crew_member, "care.note", fields, record_id=note_id)["status"] == "applied"
 
-    edit = pushed(crew_member, "care.note", {"body": "Person agitated."}, op="update", record_id=note_id,
-                  base_version=1)
+    edit = pushed(
+        crew_member, "care.note", {"body": "Person agitated."}, op="update", record_id=note_id, base_version=1
+    )
     delete = pushed(crew_member, "care.note", {}, op="delete", record_id=note_id, base_version=1)
     addendum = pushed(
-        crew_member, "care.note", {"encounter_id": str(encounter_id), "amends_id": str(note_id),
-                                   "body": "Correction: agitated on arrival."}
+        crew_member,
+        "care.note",
+        {"encounter_id": str(encounter_id), "amends_id": str(note_id), "body": "Correction: agitated on arrival."},
     )
 
     assert (edit["status"], edit["error"]["code"]) == ("quarantined", "note_signed")
@@ -44,8 +46,7 @@ def test_a_signed_note_never_changes_and_an_addendum_amends_it(crew_member: Crew
 
 def test_only_the_author_edits_a_draft_note(crew_member: CrewMember) -> None:
     note_id = uuid.uuid4()
-    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."},
-           record_id=note_id)
+    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
 
     result = pushed(teammate, "care.note", {"body": "Rewritten."}, op="update", record_id=note_id, base_version=1)
@@ -56,21 +57,33 @@ def test_only_the_author_edits_a_draft_note(crew_member: CrewMember) -> None:
 
 def test_referral_status_is_derived_from_append_only_outcome_events(crew_member: CrewMember) -> None:
     referral_id = uuid.uuid4()
-    pushed(crew_member, "care.referral",
-           {"encounter_id": str(encounter(crew_member)), "service_type": "housing", "reason": "Unhoused."},
-           record_id=referral_id)
+    pushed(
+        crew_member,
+        "care.referral",
+        {"encounter_id": str(encounter(crew_member)), "service_type": "housing", "reason": "Unhoused."},
+        record_id=referral_id,
+    )
     teammate = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
     _, cursor = teammate.pull()
     event_id = uuid.uuid4()
 
-    connected = pushed(crew_member, "care.referral_outcome",
-                       {"referral_id": str(referral_id), "outcome": "connected",
-                        "observed_at": "2026-11-21T10:00:00+00:00"}, record_id=event_id)
+    connected = pushed(
+        crew_member,
+        "care.referral_outcome",
+        {"referral_id": str(referral_id), "outcome": "connected", "observed_at": "2026-11-21T10:00:00+00:00"},
+        record_id=event_id,
+    )
     # Recorded later, but it happened earlier: the status stays "connected".
-    referral_outcome_record(referral=Referral.objects.get(pk=referral_id), outcome="scheduled",
-                            observed_at="2026-11-20T10:00:00+00:00", details="", actor=crew_member.user)
-    change = pushed(crew_member, "care.referral_outcome", {"outcome": "declined"}, op="update", record_id=event_id,
-                    base_version=1)
+    referral_outcome_record(
+        referral=Referral.objects.get(pk=referral_id),
+        outcome="scheduled",
+        observed_at="2026-11-20T10:00:00+00:00",
+        details="",
+        actor=crew_member.user,
+    )
+    change = pushed(
+        crew_member, "care.referral_outcome", {"outcome": "declined"}, op="update", record_id=event_id, base_version=1
+    )
     entries, _ = teammate.pull(cursor)
 
     assert connected["status"] == "applied"
@@ -81,8 +94,9 @@ def test_referral_status_is_derived_from_append_only_outcome_events(crew_member:
     assert referral_updates[-1]["data"]["status"] == "connected"
 
 
-def test_a_note_for_an_encounter_of_another_unit_is_not_permitted(crew_member: CrewMember,
-                                                                  outsider: CrewMember) -> None:
+def test_a_note_for_an_encounter_of_another_unit_is_not_permitted(
+    crew_member: CrewMember, outsider: CrewMember
+) -> None:
     theirs = encounter(outsider)
 
     result = pushed(crew_member, "care.note", {"encounter_id": str(theirs), "body": "Sneaky."})

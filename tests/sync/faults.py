@@ -114,7 +114,7 @@ def _read_request(connection: socket.socket) -> bytes | None:
 
 
 def _read_to_end(connection: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = connection.recv(65536)
         if not chunk:

@@ -20,6 +20,13 @@ PROTOCOL = {"HTTP_TANDEM_SYNC_PROTOCOL": "2", "HTTP_TANDEM_CLIENT_VERSION": "tan
 mutation_ids = itertools.count(1_000_000)
 
 
+def sync_client(member: CrewMember) -> APIClient:
+    """An API client of the member's device speaking sync protocol 2."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {member.token}", **PROTOCOL)
+    return client
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -33,7 +40,7 @@ class SimDevice:
     outbox: list[dict[str, Any]] = field(default_factory=list)
 
     def client(self) -> APIClient:
-        return self.member.client()
+        return sync_client(self.member)
 
     def mutation(
         self,
@@ -57,7 +64,7 @@ class SimDevice:
         return mutation
 
     def push(self, *mutations: dict[str, Any], expect: int = 200) -> list[dict[str, Any]]:
-        response = self.client().post("/api/v1/sync/push/", {"mutations": list(mutations)}, format="json", **PROTOCOL)
+        response = self.client().post("/api/v1/sync/push/", {"mutations": list(mutations)}, format="json")
         assert response.status_code == expect, response.content
         results: list[dict[str, Any]] = response.json().get("results", [])
         return results
@@ -66,7 +73,7 @@ class SimDevice:
         entries: list[dict[str, Any]] = []
         while True:
             params = {"cursor": cursor} if cursor else {}
-            response = self.client().get("/api/v1/sync/feed/", params, **PROTOCOL)
+            response = self.client().get("/api/v1/sync/feed/", params)
             assert response.status_code == 200, response.content
             body = response.json()
             entries += body["entries"]

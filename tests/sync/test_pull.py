@@ -16,7 +16,7 @@ from apps.sync.models import Mutation, MutationStatus
 from apps.teams.models import UnitMember
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import PROTOCOL, SimDevice
+from tests.sync.helpers import SimDevice, sync_client
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +26,8 @@ def snapshot(member: CrewMember, limit: int = 1000) -> tuple[list[list[dict[str,
     pages: list[list[dict[str, Any]]] = []
     cursor = ""
     while True:
-        response = member.client().get("/api/v1/sync/snapshot/", {"cursor": cursor, "limit": limit}, **PROTOCOL)
+        params: dict[str, str | int] = {"cursor": cursor, "limit": limit}
+        response = sync_client(member).get("/api/v1/sync/snapshot/", params)
         assert response.status_code == 200, response.content
         body = response.json()
         pages.append(body["records"])
@@ -58,14 +59,14 @@ def test_snapshot_pages_through_every_live_record_in_scope_once(
 
 def test_what_changes_while_a_snapshot_is_read_is_in_the_feed_after_it(crew_member: CrewMember) -> None:
     first = encounter(crew_member)
-    response = crew_member.client().get("/api/v1/sync/snapshot/", {"limit": 1}, **PROTOCOL)
+    response = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1})
     cursor = response.json()["cursor"]
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     during = encounter(teammate, location="during the snapshot")
     device = SimDevice(teammate)
     device.push(device.mutation("update", "care.encounter", first, {"location": "moved"}, base_version=1))
 
-    rest = crew_member.client().get("/api/v1/sync/snapshot/", {"cursor": cursor}, **PROTOCOL).json()
+    rest = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": cursor}).json()
     entries, _ = SimDevice(crew_member).pull(rest["feed_cursor"])
 
     fed = {(entry["id"], entry["version"]) for entry in entries}
@@ -78,12 +79,12 @@ def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(cr
     encounter(crew_member)
 
     services.feed_prune(older_than=timedelta(0))
-    expired = crew_member.client().get("/api/v1/sync/feed/", {"cursor": old_cursor}, **PROTOCOL)
+    expired = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": old_cursor})
     pages, feed_cursor = snapshot(crew_member)
 
     assert expired.status_code == 410 and expired.json()["code"] == "cursor_expired"
     assert str(record_id) in [record["id"] for record in pages[0]]
-    assert crew_member.client().get("/api/v1/sync/feed/", {"cursor": feed_cursor}, **PROTOCOL).status_code == 200
+    assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
 
 def test_reassigned_encounter_is_removed_from_the_old_units_devices_and_their_edits_are_quarantined(
@@ -144,7 +145,7 @@ def test_user_scope_refresh_is_idempotent(program: Program, crew_member: CrewMem
 
 def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: CrewMember) -> None:
     no_header = crew_member.client().get("/api/v1/sync/snapshot/")
-    bad = crew_member.client().get("/api/v1/sync/snapshot/", {"cursor": uuid.uuid4().hex}, **PROTOCOL)
+    bad = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": uuid.uuid4().hex})
 
     assert no_header.status_code == 426
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "cursor"

@@ -11,7 +11,7 @@ from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import PROTOCOL, SimDevice, encounter_fields
+from tests.sync.helpers import SimDevice, encounter_fields, sync_client
 
 # The feed serves only what every older transaction has finished, so these tests commit.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,13 +131,11 @@ def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(
 
 
 def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(crew_member: CrewMember) -> None:
-    client = crew_member.client()
+    client = sync_client(crew_member)
 
-    not_a_list = client.post("/api/v1/sync/push/", {"mutations": {"a": 1}}, format="json", **PROTOCOL)
-    not_json = client.post("/api/v1/sync/push/", "{oops", content_type="application/json", **PROTOCOL)
-    too_many = client.post(
-        "/api/v1/sync/push/", {"mutations": [{}] * (conf.PUSH_MAX_MUTATIONS + 1)}, format="json", **PROTOCOL
-    )
+    not_a_list = client.post("/api/v1/sync/push/", {"mutations": {"a": 1}}, format="json")
+    not_json = client.post("/api/v1/sync/push/", "{oops", content_type="application/json")
+    too_many = client.post("/api/v1/sync/push/", {"mutations": [{}] * (conf.PUSH_MAX_MUTATIONS + 1)}, format="json")
 
     assert not_a_list.status_code == 400 and not_a_list.json()["errors"][0]["field"] == "mutations"
     assert not_json.status_code == 400
@@ -249,7 +247,7 @@ def test_pushing_needs_protocol_2_and_the_feed_still_serves_version_1(crew_membe
     client = crew_member.client()
 
     no_header = client.post("/api/v1/sync/push/", {"mutations": []}, format="json")
-    future = client.post("/api/v1/sync/push/", {"mutations": []}, format="json", HTTP_TANDEM_SYNC_PROTOCOL="99")
+    future = client.post("/api/v1/sync/push/", {"mutations": []}, format="json", headers={"Tandem-Sync-Protocol": "99"})
     old_feed = client.get("/api/v1/sync/feed/")
 
     assert no_header.status_code == 426 and no_header.json()["code"] == "sync_protocol_unsupported"
@@ -269,7 +267,7 @@ def test_device_times_are_kept_as_observed_and_implausible_ones_flagged(crew_mem
     assert result["status"] == "applied"
     assert result["warnings"][0]["code"] == "observed_at_implausible"
     stored = Mutation.objects.get()
-    assert stored.observed_at.year == 2031 and stored.observed_at_plausible is False
+    assert stored.observed_at is not None and stored.observed_at.year == 2031 and stored.observed_at_plausible is False
     assert (stored.user, stored.device, stored.client_version) == (
         crew_member.user,
         crew_member.device,

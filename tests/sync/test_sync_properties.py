@@ -112,9 +112,7 @@ class SyncMachine(RuleBasedStateMachine):
         value = f"v{next(values)}"
         self.seen_when_editing.add((record_id, name, tablet.local.get((record_id, name))))
         tablet.local[(record_id, name)] = value
-        tablet.outbox.append(
-            self._mutation(tablet, "update", record_id, {name: value}, tablet.versions.get(record_id))
-        )
+        tablet.outbox.append(self._mutation(tablet, "update", record_id, {name: value}, tablet.versions.get(record_id)))
 
     @precondition(lambda self: any(tablet.outbox for tablet in self.tablets))
     @rule(device=st.integers(0, DEVICES - 1), answer_lost=st.booleans())

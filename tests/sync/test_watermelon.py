@@ -69,7 +69,10 @@ def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer,
     assert Encounter.objects.get(pk=preseeded).assessment == "A: calm now."
     same_field = Conflict.objects.get(record_id=preseeded)
     assert (same_field.field, same_field.device_value, same_field.user) == (
-        "assessment", "B: still agitated.", teammate.user)
+        "assessment",
+        "B: still agitated.",
+        teammate.user,
+    )
     # The delete is soft, and B's edit that met it is kept as a conflict rather than lost.
     deleted = Encounter.objects.get(pk=encounter_id)
     assert deleted.is_deleted and deleted.location == "Lenox Ave"

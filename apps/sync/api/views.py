@@ -96,14 +96,13 @@ class SnapshotView(APIView):
         # The records' JSON goes out as stored, never parsed: a 50,000-record first sync
         # costs the server little more than the bytes.
         parts = [
-            '{"type":%s,"id":"%s","version":%d,"data":%s}' % (json.dumps(record_type), record_id, version, data)
+            f'{{"type":{json.dumps(record_type)},"id":"{record_id}","version":{int(version)},"data":{data}}}'
             for record_type, record_id, version, data in page.rows
         ]
-        body = '{"records":[%s],"cursor":%s,"has_more":%s,"feed_cursor":%s}' % (
-            ",".join(parts),
-            json.dumps(page.cursor),
-            "true" if page.cursor else "false",
-            json.dumps(page.feed_cursor),
+        has_more = "true" if page.cursor else "false"
+        body = (
+            f'{{"records":[{",".join(parts)}],"cursor":{json.dumps(page.cursor)},'
+            f'"has_more":{has_more},"feed_cursor":{json.dumps(page.feed_cursor)}}}'
         )
         return HttpResponse(body, content_type="application/json")
 
@@ -201,8 +200,12 @@ class WatermelonPullView(APIView):
         elif raw.isdigit():
             last_pulled_at = int(raw)
         else:
-            raise DomainError("last_pulled_at is a timestamp this server issued.", code="invalid_cursor",
-                              field="last_pulled_at", status_code=400)
+            raise DomainError(
+                "last_pulled_at is a timestamp this server issued.",
+                code="invalid_cursor",
+                field="last_pulled_at",
+                status_code=400,
+            )
         scopes = services.user_scopes_refresh(user=user)
         try:
             body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
@@ -224,8 +227,12 @@ class WatermelonPushView(APIView):
         protocol_of(request, minimum=2)
         body = request.data
         if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
-            raise DomainError("The body is {\"changes\": {...}, \"lastPulledAt\": n}.", code="invalid_input",
-                              field="changes", status_code=400)
+            raise DomainError(
+                'The body is {"changes": {...}, "lastPulledAt": n}.',
+                code="invalid_input",
+                field="changes",
+                status_code=400,
+            )
         count = sum(
             len(table.get(kind) or []) if isinstance(table, dict) else 0
             for table in body["changes"].values()
