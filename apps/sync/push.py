@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -43,7 +43,7 @@ from apps.sync.models import (
     SyncedRecord,
 )
 from apps.sync.scopes import user_scope
-from apps.sync.services import Publisher, lock_device, lock_records
+from apps.sync.services import Publisher, lock_device, lock_records, raw_cursor
 
 MAX_FIELDS_BYTES = 64 * 1024
 MUTATION_ID_MAX = (1 << 63) - 1
@@ -470,11 +470,11 @@ def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refus
 def _save_results(rows: list[Mutation]) -> None:
     """One statement for the whole batch's results (Django's bulk_update builds a CASE per
     row and column, which cost more than applying the mutations)."""
-    with connection.cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(
             "UPDATE sync_mutation AS m SET status = r.status, result = r.result, error_code = r.error_code,"
             " applied_at = r.applied_at"
-            " FROM unnest(%s::bigint[], %s::text[], %s::jsonb[], %s::text[], %s::timestamptz[])"
+            " FROM unnest(%b::bigint[], %b::text[], %b::jsonb[], %b::text[], %b::timestamptz[])"
             " AS r(id, status, result, error_code, applied_at) WHERE m.id = r.id",
             [
                 [row.pk for row in rows],

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
@@ -46,6 +47,13 @@ _DEVICE_LOCK_SALT = 0x0DE7_1CE0_0000_0002
 def _lock_key(value: UUID, salt: int) -> int:
     key = ((value.int >> 64) ^ salt) & ((1 << 64) - 1)
     return key - (1 << 64) if key >= _SIGNED_64 else key
+
+
+def raw_cursor() -> psycopg.Cursor[Any]:
+    """A cursor on Django's connection (same transaction) that binds parameters on the server
+    in binary: Django's client-side binding quotes every array element in Python."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def lock_records(record_ids: Iterable[UUID]) -> None:
@@ -249,15 +257,15 @@ class Publisher:
     def flush(self) -> None:
         # One set-based statement per table: a push writes several rows per mutation, and
         # building them through the ORM cost more than writing them.
-        with connection.cursor() as cursor:
+        with raw_cursor() as cursor:
             if self.dirty_heads:
                 heads = list(self.dirty_heads.values())
                 cursor.execute(
                     "INSERT INTO sync_syncedrecord"
                     " (record_id, record_type, program_id, version, data, scopes, is_deleted, updated_at)"
                     " SELECT r.record_id, r.record_type, r.program_id, r.version, r.data,"
-                    " string_to_array(r.scopes, %s)::varchar[], r.is_deleted, now()"
-                    " FROM unnest(%s::uuid[], %s::text[], %s::uuid[], %s::int[], %s::jsonb[], %s::text[], %s::bool[])"
+                    " string_to_array(r.scopes, %b)::varchar[], r.is_deleted, now()"
+                    " FROM unnest(%b::uuid[], %b::text[], %b::uuid[], %b::int[], %b::jsonb[], %b::text[], %b::bool[])"
                     " AS r(record_id, record_type, program_id, version, data, scopes, is_deleted)"
                     " ON CONFLICT (record_id) DO UPDATE SET record_type = EXCLUDED.record_type,"
                     " program_id = EXCLUDED.program_id, version = EXCLUDED.version, data = EXCLUDED.data,"
@@ -277,10 +285,10 @@ class Publisher:
                 cursor.execute(
                     "INSERT INTO sync_recordversion (record_id, record_type, version, data, changed_fields,"
                     " is_deleted, user_id, device_id, mutation_id, created_at)"
-                    " SELECT v.record_id, v.record_type, v.version, v.data, string_to_array(v.changed, %s)::varchar[],"
+                    " SELECT v.record_id, v.record_type, v.version, v.data, string_to_array(v.changed, %b)::varchar[],"
                     " v.is_deleted, v.user_id, v.device_id, v.mutation_id, now()"
-                    " FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::jsonb[], %s::text[], %s::bool[], %s::uuid[],"
-                    " %s::uuid[], %s::bigint[])"
+                    " FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::jsonb[], %b::text[], %b::bool[], %b::uuid[],"
+                    " %b::uuid[], %b::bigint[])"
                     " AS v(record_id, record_type, version, data, changed, is_deleted, user_id, device_id,"
                     " mutation_id)",
                     [
@@ -301,7 +309,7 @@ class Publisher:
             if self.scope_adds:
                 cursor.execute(
                     "INSERT INTO sync_syncedrecordscope (scope, record_id)"
-                    " SELECT * FROM unnest(%s::text[], %s::uuid[]) ON CONFLICT DO NOTHING",
+                    " SELECT * FROM unnest(%b::text[], %b::uuid[]) ON CONFLICT DO NOTHING",
                     [[row.scope for row in self.scope_adds], [row.record_id for row in self.scope_adds]],
                 )
             if self.entries:
@@ -311,8 +319,8 @@ class Publisher:
                     " version, reason, origin_device_id, created_at)"
                     " SELECT e.program_id, e.scope, e.record_type, e.record_id, e.operation, e.data, e.version,"
                     " e.reason, e.origin_device_id, now()"
-                    " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::uuid[], %s::text[], %s::jsonb[], %s::int[],"
-                    " %s::text[], %s::uuid[])"
+                    " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::uuid[], %b::text[], %b::jsonb[], %b::int[],"
+                    " %b::text[], %b::uuid[])"
                     " AS e(program_id, scope, record_type, record_id, operation, data, version, reason,"
                     " origin_device_id)",
                     [
