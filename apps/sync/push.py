@@ -747,3 +747,23 @@ def _conflict(
 
 def _conflict_wire(conflict: Conflict) -> dict[str, Any]:
     return {"id": str(conflict.id), "kind": conflict.kind, "field": conflict.field or None}
+
+
+def apply_stranded(*, older_than: timedelta) -> int:
+    """Apply mutations stored but left unapplied (the server died between storing and
+    applying, and the device has not come back to retry). Returns how many devices."""
+    cutoff = timezone.now() - older_than
+    stranded = (
+        Mutation.objects.filter(status=MutationStatus.RECEIVED, received_at__lte=cutoff)
+        .values_list("device_id", "user_id")
+        .distinct()
+    )
+    devices = 0
+    for device_id, user_id in stranded:
+        device = Device.objects.filter(pk=device_id).first()
+        user = User.objects.filter(pk=user_id).first()
+        if device is None or user is None:
+            continue
+        apply_received(device=device, user=user)
+        devices += 1
+    return devices

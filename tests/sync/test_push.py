@@ -286,3 +286,32 @@ def test_a_device_of_another_user_keeps_its_own_mutation_ids(crew_member: CrewMe
 
     assert (a["status"], b["status"]) == ("applied", "applied")
     assert Mutation.objects.filter(status=MutationStatus.APPLIED).count() == 2
+
+
+def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member: CrewMember) -> None:
+    """The server died between storing a batch and applying it, and the device never came back."""
+    from datetime import timedelta
+
+    from apps.sync import push
+
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    envelope = push.parse_envelope(
+        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)), 0
+    )
+    push._store(
+        device=crew_member.device,
+        user=crew_member.user,
+        envelopes=[envelope],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )
+    assert Mutation.objects.get().status == MutationStatus.RECEIVED
+
+    swept = push.apply_stranded(older_than=timedelta(0))
+    again = push.apply_stranded(older_than=timedelta(0))
+
+    assert (swept, again) == (1, 0)
+    assert Mutation.objects.get().status == MutationStatus.APPLIED
+    assert Encounter.objects.filter(pk=record_id).count() == 1
