@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+import uuid
+
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.expressions import RawSQL
 
-from apps.accounts.models import Program
+from apps.accounts.models import Device, Program, User
 
 
 class ChangeOperation(models.TextChoices):
     UPSERT = "upsert", "Created or changed"
     REMOVE = "remove", "Removed from this scope (deleted, or no longer visible)"
+
+
+class RemoveReason(models.TextChoices):
+    DELETED = "deleted", "The record was deleted"
+    OUT_OF_SCOPE = "out_of_scope", "The reader may no longer see the record"
 
 
 class ChangeEntry(models.Model):
@@ -28,6 +36,10 @@ class ChangeEntry(models.Model):
     record_id = models.UUIDField()
     operation = models.CharField(max_length=8, choices=ChangeOperation.choices)
     data = models.JSONField(default=dict)
+    # The record's server version after this change (null for changes made outside the registry).
+    version = models.PositiveIntegerField(null=True, blank=True)
+    # For removals: deleted, or merely out of this scope's sight.
+    reason = models.CharField(max_length=16, choices=RemoveReason.choices, blank=True)
     # Which device made the change, so its own writes are not sent back to it as news.
     origin_device_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -35,7 +47,224 @@ class ChangeEntry(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["scope", "transaction_id", "id"], name="change_entry_scope_order"),
+            models.Index(fields=["transaction_id", "id"], name="change_entry_order"),
         ]
 
     def __str__(self) -> str:
         return f"{self.record_type} {self.record_id} {self.operation} → {self.scope}"
+
+
+class FeedRetention(models.Model):
+    """How far back the feed still reaches: entries of older transactions were pruned.
+
+    One row. A cursor from before ``pruned_below_transaction_id`` cannot be continued: the
+    device re-bootstraps (HTTP 410, ``cursor_expired``).
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    pruned_below_transaction_id = models.BigIntegerField(default=0)
+    pruned_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"feed pruned below transaction {self.pruned_below_transaction_id}"
+
+
+class SyncedRecord(models.Model):
+    """The sync layer's head of one synced record: its version, its wire form, who sees it.
+
+    Domain tables hold the record itself; this row is what the feed, the bootstrap snapshot
+    and the three-way merge read, kept in step by ``apps.sync.services`` in the same
+    transaction as every write of the record.
+    """
+
+    # Client-made UUIDs are unique across record types, so the record id alone is the key.
+    record_id = models.UUIDField(primary_key=True)
+    record_type = models.CharField(max_length=64)
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
+    version = models.PositiveIntegerField()
+    data = models.JSONField()
+    scopes = ArrayField(models.CharField(max_length=80), default=list)
+    is_deleted = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.record_type} {self.record_id} v{self.version}"
+
+
+class SyncedRecordScope(models.Model):
+    """One (scope, record) pair of a live record: the bootstrap snapshot walks these in key order."""
+
+    id = models.BigAutoField(primary_key=True)
+    scope = models.CharField(max_length=80)
+    record = models.ForeignKey(SyncedRecord, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "record"], name="synced_record_scope_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} → {self.record_id}"
+
+
+class RecordVersion(models.Model):
+    """Every version of every synced record: the base of a three-way merge, and its history."""
+
+    id = models.BigAutoField(primary_key=True)
+    record_id = models.UUIDField()
+    record_type = models.CharField(max_length=64)
+    version = models.PositiveIntegerField()
+    data = models.JSONField()
+    # The wire fields this version changed (what its writer meant to write).
+    changed_fields = ArrayField(models.CharField(max_length=64), default=list)
+    is_deleted = models.BooleanField(default=False)
+    user = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    device = models.ForeignKey(Device, null=True, on_delete=models.SET_NULL, related_name="+")
+    mutation = models.ForeignKey("Mutation", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["record_id", "version"], name="record_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.record_type} {self.record_id} v{self.version}"
+
+
+class MutationOperation(models.TextChoices):
+    CREATE = "create", "Create"
+    UPDATE = "update", "Update"
+    DELETE = "delete", "Delete"
+
+
+class MutationStatus(models.TextChoices):
+    RECEIVED = "received", "Stored, not applied yet"
+    APPLIED = "applied", "Applied"
+    CONFLICT = "conflict", "Applied as far as it merged; the rest kept as a conflict"
+    QUARANTINED = "quarantined", "Kept, not applied: needs a person"
+
+
+class Mutation(models.Model):
+    """The mutation ledger: every client mutation, stored before it is applied.
+
+    Keyed by (device, mutation_id): a retried or replayed mutation finds its row and gets
+    its stored result back (DESIGN.md P2). Who, when and from which device is recorded on
+    every row (P8).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    # The device's own increasing number; null for clients that cannot number their
+    # changes (WatermelonDB), which are keyed by the content hash instead.
+    mutation_id = models.BigIntegerField(null=True, blank=True)
+    payload_hash = models.CharField(max_length=64)
+    record_type = models.CharField(max_length=64, blank=True)
+    record_id = models.UUIDField(null=True, blank=True)
+    operation = models.CharField(max_length=8, blank=True)
+    base_version = models.PositiveIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict)
+    observed_at = models.DateTimeField(null=True, blank=True)
+    observed_at_plausible = models.BooleanField(default=True)
+    client_version = models.CharField(max_length=100, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=12, choices=MutationStatus.choices, default=MutationStatus.RECEIVED)
+    result = models.JSONField(default=dict)
+    error_code = models.CharField(max_length=64, blank=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "mutation_id"],
+                condition=models.Q(mutation_id__isnull=False),
+                name="mutation_unique_device_mutation_id",
+            ),
+            models.UniqueConstraint(
+                fields=["device", "payload_hash"],
+                condition=models.Q(mutation_id__isnull=True),
+                name="mutation_unique_device_payload",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["device", "id"],
+                condition=models.Q(status="received"),
+                name="mutation_received",
+            ),
+            models.Index(
+                fields=["user", "received_at"],
+                condition=models.Q(status="quarantined"),
+                name="mutation_quarantined",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}#{self.mutation_id} {self.status}"
+
+
+class ConflictKind(models.TextChoices):
+    SAME_FIELD = "same_field", "Both sides changed the same field"
+    DELETE_VS_EDIT = "delete_vs_edit", "A delete met an edit the deleting device had not seen"
+    EDIT_VS_DELETE = "edit_vs_delete", "An edit met a delete its device had not seen"
+
+
+class Conflict(models.Model):
+    """Two competing values of one field (or a delete against an edit), both kept for a person.
+
+    The record keeps the server's value; the device's value waits here until a case manager
+    resolves it (DESIGN.md P3).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
+    record_type = models.CharField(max_length=64)
+    record_id = models.UUIDField()
+    kind = models.CharField(max_length=16, choices=ConflictKind.choices)
+    field = models.CharField(max_length=64, blank=True)
+    base_value = models.JSONField(null=True)
+    server_value = models.JSONField(null=True)
+    device_value = models.JSONField(null=True)
+    server_version = models.PositiveIntegerField()
+    is_clinical_text = models.BooleanField(default=False)
+    mutation = models.ForeignKey(Mutation, on_delete=models.PROTECT, related_name="conflicts")
+    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    resolution = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["program", "created_at"], condition=models.Q(resolved_at=None), name="conflict_open"),
+            models.Index(fields=["record_id"], name="conflict_record"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.record_type} {self.record_id} {self.field}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+class UserScopeState(models.Model):
+    """The scopes a user's devices were last served, to notice what the user has lost (P5)."""
+
+    user = models.OneToOneField(User, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    scopes = ArrayField(models.CharField(max_length=80), default=list)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"scopes of {self.user_id}"
+
+
+class IssuedCursor(models.Model):
+    """A feed position behind a plain number, for clients whose cursor must be a number
+    (WatermelonDB's ``lastPulledAt``)."""
+
+    id = models.BigAutoField(primary_key=True)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    position = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"cursor {self.id} of {self.device_id}"

@@ -1,17 +1,21 @@
-"""Reads of the change feed: complete, ordered pages from a cursor."""
+"""Reads of the sync mechanism: complete, ordered feed pages from a cursor; the bootstrap
+snapshot; quarantined mutations and open conflicts for the people who must see them."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
 from django.db.models import F, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from apps.sync.models import ChangeEntry
+from apps.accounts.models import Role, User
+from apps.sync.models import ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
 
 # Every transaction with an id below this one has finished: entries written by them are
 # all visible now, and no later transaction can add more below it.
@@ -20,6 +24,10 @@ _OLDEST_RUNNING_TRANSACTION = RawSQL("pg_snapshot_xmin(pg_current_snapshot())::t
 
 class InvalidCursor(ValueError):
     pass
+
+
+class CursorExpired(InvalidCursor):
+    """The cursor is older than the feed's retention: the device must re-bootstrap."""
 
 
 @dataclass(frozen=True, order=True)
@@ -80,6 +88,7 @@ def feed_page(
     A device's own writes are skipped (it has them already); the cursor still moves past them.
     """
     position = FeedPosition.decode(cursor)
+    _check_retention(position)
     rows = list(_servable(scopes).filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -88,6 +97,15 @@ def feed_page(
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
     held_back = not has_more and _has_held_back(scopes)
     return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back)
+
+
+def _check_retention(position: FeedPosition) -> None:
+    pruned_below = FeedRetention.objects.filter(pk=1).values_list("pruned_below_transaction_id", flat=True).first()
+    if pruned_below and position.transaction_id < pruned_below:
+        raise CursorExpired(
+            "This cursor is older than the feed's retention; bootstrap again from the snapshot "
+            "(keep the outbox: push it after the snapshot)."
+        )
 
 
 def _has_held_back(scopes: list[str]) -> bool:
@@ -101,11 +119,143 @@ def _has_held_back(scopes: list[str]) -> bool:
 
 def entry_as_message(entry: ChangeEntry) -> dict[str, Any]:
     """The wire form of an entry, the same over HTTP and the websocket."""
-    return {
+    message: dict[str, Any] = {
         "cursor": FeedPosition.of(entry).encode(),
         "type": entry.record_type,
         "id": str(entry.record_id),
         "op": entry.operation,
         "data": entry.data,
         "changed_at": entry.created_at.isoformat(),
+        "version": entry.version,
     }
+    if entry.reason:
+        message["reason"] = entry.reason
+    return message
+
+
+# The bootstrap snapshot: every live record in the reader's scopes, straight from the
+# record heads, in pages of keyset order, ending with the feed cursor to continue from.
+
+_FEED_END = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class SnapshotPosition:
+    feed: FeedPosition
+    scope: str
+    after: UUID | None
+
+    def encode(self) -> str:
+        raw = json.dumps([self.feed.transaction_id, self.feed.entry_id, self.scope, str(self.after or "")])
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> SnapshotPosition:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+            transaction_id, entry_id, scope, after = json.loads(raw)
+            position = cls(FeedPosition(int(transaction_id), int(entry_id)), str(scope), UUID(after) if after else None)
+        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as error:
+            raise InvalidCursor("Not a snapshot cursor this server issued.") from error
+        if position.feed.transaction_id < 0 or position.feed.entry_id < 0:
+            raise InvalidCursor("Not a snapshot cursor this server issued.")
+        return position
+
+
+@dataclass(frozen=True)
+class SnapshotPage:
+    # (record_type, record_id, version, data as JSON text): passed through, never parsed.
+    rows: list[tuple[str, UUID, int, str]]
+    cursor: str | None  # None when this is the last page
+    feed_cursor: str | None  # set on the last page: pull the feed from here
+
+
+def snapshot_start() -> FeedPosition:
+    """Where the feed must continue after a snapshot begun now.
+
+    Taken before the first page is read: every transaction that has not committed yet has
+    an id at or above the oldest running one, so its changes are in the feed after this
+    position; everything committed before is in the record heads the snapshot reads.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        (oldest_running,) = cursor.fetchone()
+    return FeedPosition(max(int(oldest_running) - 1, 0), _FEED_END)
+
+
+_SNAPSHOT_SQL = """
+SELECT r.record_type, r.record_id, r.version, r.data::text
+FROM sync_syncedrecordscope s
+JOIN sync_syncedrecord r ON r.record_id = s.record_id
+WHERE s.scope = %s AND s.record_id > %s AND NOT r.is_deleted
+  AND NOT EXISTS (
+    SELECT 1 FROM sync_syncedrecordscope seen WHERE seen.record_id = s.record_id AND seen.scope = ANY(%s)
+  )
+ORDER BY s.record_id
+LIMIT %s
+"""
+_LOWEST_UUID = UUID(int=0)
+
+
+def snapshot_page(*, scopes: list[str], cursor: str | None, limit: int = 1000) -> SnapshotPage:
+    """The next page of the snapshot of everything these scopes see.
+
+    Scopes are walked one at a time in order; a record seen through an earlier scope is not
+    sent again. Resumable: send the cursor back for the next page.
+    """
+    scopes = sorted(set(scopes))
+    position = SnapshotPosition.decode(cursor) if cursor else SnapshotPosition(snapshot_start(), "", None)
+    rows: list[tuple[str, UUID, int, str]] = []
+    remaining = [scope for scope in scopes if scope >= position.scope]
+    after = position.after
+    current_scope = position.scope
+    with connection.cursor() as db:
+        for scope in remaining:
+            if scope != position.scope:
+                after = None
+            current_scope = scope
+            earlier = [other for other in scopes if other < scope]
+            db.execute(_SNAPSHOT_SQL, [scope, after or _LOWEST_UUID, earlier, limit - len(rows) + 1])
+            fetched = db.fetchall()
+            if len(fetched) > limit - len(rows):
+                fetched = fetched[: limit - len(rows)]
+                rows += fetched
+                after = fetched[-1][1] if fetched else after
+                next_cursor = SnapshotPosition(position.feed, current_scope, after).encode()
+                return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
+            rows += fetched
+            if len(rows) >= limit:
+                after = fetched[-1][1] if fetched else after
+                next_cursor = SnapshotPosition(position.feed, current_scope, after).encode()
+                return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
+    return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode())
+
+
+# What people must see: quarantined mutations and open conflicts.
+
+_OVERSEERS = frozenset({Role.SUPERVISOR, Role.ADMINISTRATOR})
+_CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
+
+
+def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
+    """A user sees their own quarantined mutations; a supervisor sees those of everyone in
+    the programs they supervise."""
+    supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
+    return (
+        Mutation.objects.filter(status=MutationStatus.QUARANTINED)
+        .filter(Q(user=user) | Q(user__memberships__program__in=supervised))
+        .distinct()
+        .select_related("device", "user")
+        .order_by("-received_at", "-id")
+    )
+
+
+def open_conflicts_visible_to(*, user: User) -> QuerySet[Conflict]:
+    """Case managers and supervisors see their programs' open conflicts; a field user sees
+    the conflicts of their own mutations."""
+    resolving = user.memberships.filter(role__in=_CONFLICT_RESOLVERS).values("program_id")
+    return (
+        Conflict.objects.filter(resolved_at=None)
+        .filter(Q(user=user) | Q(program__in=resolving))
+        .order_by("-created_at")
+    )

@@ -1,17 +1,84 @@
-"""Writes to the change feed. Domain services call these inside their own transaction."""
+"""Writes of the sync mechanism: the change feed, record heads and versions, scope changes.
+
+Domain services call ``lock_records`` before they change a synced record and
+``publish_record`` after, inside their own transaction; the push path (apps.sync.push)
+uses the same machinery for a whole batch at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Max, Subquery
+from django.utils import timezone
 
-from apps.sync.models import ChangeEntry, ChangeOperation
-from apps.sync.scopes import feed_group_name
+from apps.accounts.models import Device, User
+from apps.sync import registry
+from apps.sync.models import (
+    ChangeEntry,
+    ChangeOperation,
+    Conflict,
+    FeedRetention,
+    Mutation,
+    RecordVersion,
+    RemoveReason,
+    SyncedRecord,
+    SyncedRecordScope,
+    UserScopeState,
+)
+from apps.sync.scopes import feed_group_name, scopes_for_user, user_scope
+
+_SIGNED_64 = 1 << 63
+# Joins a short list into one array element for unnest (never appears in scopes or names).
+_SEPARATOR = "\x1f"
+# Advisory-lock namespaces, so a device lock never collides with a record lock.
+_RECORD_LOCK_SALT = 0x5EC0_0000_0000_0001
+_DEVICE_LOCK_SALT = 0x0DE7_1CE0_0000_0002
+
+
+def _lock_key(value: UUID, salt: int) -> int:
+    key = ((value.int >> 64) ^ salt) & ((1 << 64) - 1)
+    return key - (1 << 64) if key >= _SIGNED_64 else key
+
+
+def raw_cursor() -> psycopg.Cursor[Any]:
+    """A cursor on Django's connection (same transaction) that binds parameters on the server
+    in binary: Django's client-side binding quotes every array element in Python."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+def lock_records(record_ids: Iterable[UUID]) -> None:
+    """Serialise writers of these records until the transaction ends.
+
+    Every writer of a synced record (a push, a case manager in the admin, a domain service)
+    takes this lock first, in one fixed order, so versions are numbered without gaps or
+    forks and no two writers deadlock. It also covers records that do not exist yet.
+    """
+    keys = sorted({_lock_key(record_id, _RECORD_LOCK_SALT) for record_id in record_ids})
+    if not keys:
+        return
+    assert connection.in_atomic_block, "lock_records needs a transaction"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(%s::bigint[]) AS key ORDER BY 1) AS keys",
+            [keys],
+        )
+
+
+def lock_device(device_id: UUID) -> None:
+    """One push of a device at a time: a retry waits for the attempt it repeats."""
+    assert connection.in_atomic_block, "lock_device needs a transaction"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(device_id, _DEVICE_LOCK_SALT)])
 
 
 def record_change(
@@ -55,5 +122,351 @@ def nudge_scopes(scopes: Iterable[str]) -> None:
     if channel_layer is None:
         return
     send = async_to_sync(channel_layer.group_send)
-    for scope in scopes:
+    for scope in sorted(set(scopes)):
         send(feed_group_name(scope), {"type": "feed.nudge"})
+
+
+class Publisher:
+    """Collects the sync-side writes of many record changes and writes them in bulk.
+
+    ``publish`` computes a record's next version, its feed entries (upserts to the scopes
+    that see it, removals to the scopes that lost it) and its scope rows; ``flush`` writes
+    them all with a handful of statements and nudges the scopes after commit.
+    """
+
+    def __init__(self, heads: dict[UUID, SyncedRecord] | None = None) -> None:
+        self.heads: dict[UUID, SyncedRecord] = heads if heads is not None else {}
+        self.dirty_heads: dict[UUID, SyncedRecord] = {}
+        self.versions: list[RecordVersion] = []
+        self.entries: list[ChangeEntry] = []
+        self.scope_adds: list[SyncedRecordScope] = []
+        self.scope_removes: dict[UUID, set[str]] = {}
+        self.conflicts: list[Conflict] = []
+        self.nudged: set[str] = set()
+
+    def publish(
+        self,
+        synced_type: registry.SyncedType,
+        record: Any,
+        *,
+        user: User | None,
+        device: Device | None,
+        mutation: Mutation | None = None,
+        changed_fields: Sequence[str] | None = None,
+        is_deleted: bool = False,
+        echo_to_origin: bool = False,
+    ) -> SyncedRecord:
+        """Record a new version of ``record`` (already saved by its domain service).
+
+        Returns the head; an unchanged record keeps its version and writes nothing.
+        With ``echo_to_origin`` the writing device gets its own change back (it merged
+        into something the device does not have yet).
+        """
+        record_id: UUID = record.pk
+        head = self.heads.get(record_id)
+        data = synced_type.to_wire(record)
+        scopes = sorted(set(synced_type.scopes_of(record)))
+        if head is not None and head.data == data and head.scopes == scopes and head.is_deleted == is_deleted:
+            return head
+        visible_before = set() if head is None or head.is_deleted else set(head.scopes)
+        visible_after = set() if is_deleted else set(scopes)
+        version = (head.version if head is not None else 0) + 1
+        program_id = synced_type.program_id_of(record)
+        new_head = SyncedRecord(
+            record_id=record_id,
+            record_type=synced_type.name,
+            program_id=program_id,
+            version=version,
+            data=data,
+            scopes=scopes,
+            is_deleted=is_deleted,
+        )
+        self.heads[record_id] = new_head
+        self.dirty_heads[record_id] = new_head
+        if changed_fields is None:
+            previous = head.data if head is not None else {}
+            changed_fields = [name for name in data if previous.get(name) != data[name]]
+        self.versions.append(
+            RecordVersion(
+                record_id=record_id,
+                record_type=synced_type.name,
+                version=version,
+                data=data,
+                changed_fields=list(changed_fields),
+                is_deleted=is_deleted,
+                user=user,
+                device=device,
+                mutation=mutation,
+            )
+        )
+        origin = None if echo_to_origin or device is None else device.pk
+        reason = RemoveReason.DELETED if is_deleted else RemoveReason.OUT_OF_SCOPE
+        # Removals first: a reader of a lost scope and a kept one ends with the record.
+        for scope in sorted(visible_before - visible_after):
+            self.entries.append(
+                ChangeEntry(
+                    program_id=program_id,
+                    scope=scope,
+                    record_type=synced_type.name,
+                    record_id=record_id,
+                    operation=ChangeOperation.REMOVE,
+                    data={},
+                    version=version,
+                    reason=reason,
+                    origin_device_id=origin,
+                )
+            )
+        for scope in sorted(visible_after):
+            self.entries.append(
+                ChangeEntry(
+                    program_id=program_id,
+                    scope=scope,
+                    record_type=synced_type.name,
+                    record_id=record_id,
+                    operation=ChangeOperation.UPSERT,
+                    data=data,
+                    version=version,
+                    origin_device_id=origin,
+                )
+            )
+        self.scope_adds += [
+            SyncedRecordScope(scope=scope, record_id=record_id) for scope in visible_after - visible_before
+        ]
+        if visible_before - visible_after:
+            self.scope_removes.setdefault(record_id, set()).update(visible_before - visible_after)
+        self.nudged |= visible_before | visible_after
+        return new_head
+
+    def reannounce(self, head: SyncedRecord, scope: str) -> None:
+        """Send the record as it stands to one scope (no new version): a device whose change
+        was kept as a conflict learns the server's state through its feed."""
+        self.entries.append(
+            ChangeEntry(
+                program_id=head.program_id,
+                scope=scope,
+                record_type=head.record_type,
+                record_id=head.record_id,
+                operation=ChangeOperation.REMOVE if head.is_deleted else ChangeOperation.UPSERT,
+                data={} if head.is_deleted else head.data,
+                version=head.version,
+                reason=RemoveReason.DELETED if head.is_deleted else "",
+            )
+        )
+        self.nudged.add(scope)
+
+    def flush(self) -> None:
+        # One set-based statement per table: a push writes several rows per mutation, and
+        # building them through the ORM cost more than writing them.
+        with raw_cursor() as cursor:
+            if self.dirty_heads:
+                heads = list(self.dirty_heads.values())
+                cursor.execute(
+                    "INSERT INTO sync_syncedrecord"
+                    " (record_id, record_type, program_id, version, data, scopes, is_deleted, updated_at)"
+                    " SELECT r.record_id, r.record_type, r.program_id, r.version, r.data,"
+                    " string_to_array(r.scopes, %b)::varchar[], r.is_deleted, now()"
+                    " FROM unnest(%b::uuid[], %b::text[], %b::uuid[], %b::int[], %b::jsonb[], %b::text[], %b::bool[])"
+                    " AS r(record_id, record_type, program_id, version, data, scopes, is_deleted)"
+                    " ON CONFLICT (record_id) DO UPDATE SET record_type = EXCLUDED.record_type,"
+                    " program_id = EXCLUDED.program_id, version = EXCLUDED.version, data = EXCLUDED.data,"
+                    " scopes = EXCLUDED.scopes, is_deleted = EXCLUDED.is_deleted, updated_at = EXCLUDED.updated_at",
+                    [
+                        _SEPARATOR,
+                        [head.record_id for head in heads],
+                        [head.record_type for head in heads],
+                        [head.program_id for head in heads],
+                        [head.version for head in heads],
+                        [json.dumps(head.data) for head in heads],
+                        [_SEPARATOR.join(head.scopes) for head in heads],
+                        [head.is_deleted for head in heads],
+                    ],
+                )
+            if self.versions:
+                cursor.execute(
+                    "INSERT INTO sync_recordversion (record_id, record_type, version, data, changed_fields,"
+                    " is_deleted, user_id, device_id, mutation_id, created_at)"
+                    " SELECT v.record_id, v.record_type, v.version, v.data, string_to_array(v.changed, %b)::varchar[],"
+                    " v.is_deleted, v.user_id, v.device_id, v.mutation_id, now()"
+                    " FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::jsonb[], %b::text[], %b::bool[], %b::uuid[],"
+                    " %b::uuid[], %b::bigint[])"
+                    " AS v(record_id, record_type, version, data, changed, is_deleted, user_id, device_id,"
+                    " mutation_id)",
+                    [
+                        _SEPARATOR,
+                        [v.record_id for v in self.versions],
+                        [v.record_type for v in self.versions],
+                        [v.version for v in self.versions],
+                        [json.dumps(v.data) for v in self.versions],
+                        [_SEPARATOR.join(v.changed_fields) for v in self.versions],
+                        [v.is_deleted for v in self.versions],
+                        [v.user_id for v in self.versions],
+                        [v.device_id for v in self.versions],
+                        [v.mutation_id for v in self.versions],
+                    ],
+                )
+            for record_id, scopes in self.scope_removes.items():
+                SyncedRecordScope.objects.filter(record_id=record_id, scope__in=scopes).delete()
+            if self.scope_adds:
+                cursor.execute(
+                    "INSERT INTO sync_syncedrecordscope (scope, record_id)"
+                    " SELECT * FROM unnest(%b::text[], %b::uuid[]) ON CONFLICT DO NOTHING",
+                    [[row.scope for row in self.scope_adds], [row.record_id for row in self.scope_adds]],
+                )
+            if self.entries:
+                entries = self.entries
+                cursor.execute(
+                    "INSERT INTO sync_changeentry (program_id, scope, record_type, record_id, operation, data,"
+                    " version, reason, origin_device_id, created_at)"
+                    " SELECT e.program_id, e.scope, e.record_type, e.record_id, e.operation, e.data, e.version,"
+                    " e.reason, e.origin_device_id, now()"
+                    " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::uuid[], %b::text[], %b::jsonb[], %b::int[],"
+                    " %b::text[], %b::uuid[])"
+                    " AS e(program_id, scope, record_type, record_id, operation, data, version, reason,"
+                    " origin_device_id)",
+                    [
+                        [e.program_id for e in entries],
+                        [e.scope for e in entries],
+                        [e.record_type for e in entries],
+                        [e.record_id for e in entries],
+                        [str(e.operation) for e in entries],
+                        [json.dumps(e.data) for e in entries],
+                        [e.version for e in entries],
+                        [str(e.reason) for e in entries],
+                        [e.origin_device_id for e in entries],
+                    ],
+                )
+        if self.conflicts:
+            Conflict.objects.bulk_create(self.conflicts)
+        if self.nudged:
+            nudged = sorted(self.nudged)
+            transaction.on_commit(lambda: nudge_scopes(nudged))
+        self.dirty_heads, self.versions, self.entries = {}, [], []
+        self.scope_adds, self.scope_removes, self.conflicts, self.nudged = [], {}, [], set()
+
+
+def publish_record(
+    *,
+    type_name: str,
+    record: Any,
+    user: User | None,
+    device: Device | None = None,
+    is_deleted: bool = False,
+) -> SyncedRecord:
+    """Publish a record a domain service has just saved: new version, feed entries, scopes.
+
+    Call it inside the service's transaction, after ``lock_records`` and the write.
+    """
+    synced_type = registry.get(type_name)
+    if synced_type is None:
+        raise LookupError(f"record type {type_name!r} is not registered for sync")
+    assert connection.in_atomic_block, "publish_record needs the writing transaction"
+    lock_records([record.pk])
+    publisher = Publisher(SyncedRecord.objects.in_bulk([record.pk]))
+    head = publisher.publish(synced_type, record, user=user, device=device, is_deleted=is_deleted)
+    publisher.flush()
+    return head
+
+
+# Scope changes of a user (P5): what their devices may no longer see, and what they now may.
+
+_SCOPE_CHANGE_CHUNK = 2_000
+
+
+def user_scopes_refresh(*, user: User) -> list[str]:
+    """Bring the user's devices in line with what the user may see now.
+
+    Records the user could see through a scope they lost (left a unit, lost a role) and
+    cannot see through any other get a removal in the user's own scope; records of a scope
+    they gained get an upsert there, so a device need not re-bootstrap. Called before every
+    pull and by the services that change memberships; idempotent and cheap when nothing
+    changed. Returns the user's scopes.
+    """
+    current = scopes_for_user(user)
+    state = UserScopeState.objects.filter(user=user).first()
+    if state is not None and sorted(state.scopes) == current:
+        return current
+    with transaction.atomic():
+        state, created = UserScopeState.objects.select_for_update().get_or_create(
+            user=user, defaults={"scopes": current}
+        )
+        if created or sorted(state.scopes) == current:
+            return current
+        lost = sorted(set(state.scopes) - set(current))
+        gained = sorted(set(current) - set(state.scopes))
+        kept = sorted(set(state.scopes) & set(current))
+        target = user_scope(user.pk)
+        if lost:
+            still_visible = SyncedRecordScope.objects.filter(scope__in=current).values("record_id")
+            lost_records = (
+                SyncedRecord.objects.filter(
+                    record_id__in=SyncedRecordScope.objects.filter(scope__in=lost).values("record_id")
+                )
+                .exclude(record_id__in=Subquery(still_visible))
+                .order_by("record_id")
+            )
+            _append_for_user(lost_records, target, ChangeOperation.REMOVE)
+        if gained:
+            already_visible = SyncedRecordScope.objects.filter(scope__in=kept).values("record_id")
+            gained_records = (
+                SyncedRecord.objects.filter(
+                    record_id__in=SyncedRecordScope.objects.filter(scope__in=gained).values("record_id"),
+                    is_deleted=False,
+                )
+                .exclude(record_id__in=Subquery(already_visible))
+                .order_by("record_id")
+            )
+            _append_for_user(gained_records, target, ChangeOperation.UPSERT)
+        state.scopes = current
+        state.save(update_fields=["scopes", "updated_at"])
+        transaction.on_commit(lambda: nudge_scopes([target]))
+    return current
+
+
+def _append_for_user(records: Any, scope: str, operation: ChangeOperation) -> None:
+    batch: list[ChangeEntry] = []
+    for head in records.iterator(chunk_size=_SCOPE_CHANGE_CHUNK):
+        batch.append(
+            ChangeEntry(
+                program_id=head.program_id,
+                scope=scope,
+                record_type=head.record_type,
+                record_id=head.record_id,
+                operation=operation,
+                data=head.data if operation == ChangeOperation.UPSERT else {},
+                version=head.version,
+                reason=RemoveReason.OUT_OF_SCOPE if operation == ChangeOperation.REMOVE else "",
+            )
+        )
+        if len(batch) >= _SCOPE_CHANGE_CHUNK:
+            ChangeEntry.objects.bulk_create(batch)
+            batch = []
+    if batch:
+        ChangeEntry.objects.bulk_create(batch)
+
+
+# Retention.
+
+
+def feed_prune(*, older_than: timedelta, batch_size: int = 10_000) -> int:
+    """Delete feed entries older than the retention; cursors from before then get 410.
+
+    Entries are pruned by whole transactions, so a cursor is either fully served or expired.
+    Returns how many entries were deleted.
+    """
+    cutoff = timezone.now() - older_than
+    last_transaction = ChangeEntry.objects.filter(created_at__lt=cutoff).aggregate(last=Max("transaction_id"))["last"]
+    if last_transaction is None:
+        return 0
+    with transaction.atomic():
+        retention, _ = FeedRetention.objects.select_for_update().get_or_create(pk=1)
+        retention.pruned_below_transaction_id = max(retention.pruned_below_transaction_id, last_transaction + 1)
+        retention.pruned_at = timezone.now()
+        retention.save()
+    deleted = 0
+    while True:
+        ids = list(
+            ChangeEntry.objects.filter(transaction_id__lte=last_transaction).values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return deleted
+        deleted += ChangeEntry.objects.filter(id__in=ids).delete()[0]

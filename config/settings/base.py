@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "apps.sync",
     "apps.realtime",
     "apps.notifications",
+    "apps.care",
     "apps.demo",
 ]
 
@@ -198,6 +199,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "revoke-unseen-devices": {"task": "apps.accounts.tasks.revoke_unseen_devices", "schedule": 3600.0},
     "purge-expired-audit-events": {"task": "apps.audit.tasks.purge_expired_audit_events", "schedule": 86400.0},
+    "sync-prune-feed": {"task": "apps.sync.tasks.prune_feed", "schedule": 86400.0},
+    "sync-apply-stranded": {"task": "apps.sync.tasks.apply_stranded_mutations", "schedule": 60.0},
     "notifications-sweep": {"task": "apps.notifications.tasks.sweep", "schedule": 5.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

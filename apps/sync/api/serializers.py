@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from apps.common.api.serializers import StrictSerializer
+from apps.sync import conf
+from apps.sync.models import Conflict, Mutation
 
 
 class FeedQuerySerializer(StrictSerializer):
@@ -12,15 +16,119 @@ class FeedQuerySerializer(StrictSerializer):
 
 class FeedEntrySerializer(serializers.Serializer[dict[str, object]]):
     cursor = serializers.CharField(help_text="Position of this entry; resume after it.")
-    type = serializers.CharField(help_text="Record type, e.g. `dispatch.assignment`.")
+    type = serializers.CharField(help_text="Record type, e.g. `care.encounter`.")
     id = serializers.UUIDField()
     op = serializers.ChoiceField(choices=["upsert", "remove"])
     # Named as on the wire; only describes the schema, never used to read `.data` of.
     data = serializers.DictField()  # type: ignore[assignment]
     changed_at = serializers.DateTimeField()
+    version = serializers.IntegerField(allow_null=True, help_text="The record's server version after this change.")
+    reason = serializers.ChoiceField(
+        choices=["deleted", "out_of_scope"], required=False, help_text="For removals: why the record goes."
+    )
 
 
 class FeedPageSerializer(serializers.Serializer[dict[str, object]]):
     entries = FeedEntrySerializer(many=True)
     cursor = serializers.CharField(help_text="Opaque; send it back to continue.")
     has_more = serializers.BooleanField()
+
+
+class SnapshotQuerySerializer(StrictSerializer):
+    cursor = serializers.CharField(required=False, allow_blank=True, max_length=400)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=conf.SNAPSHOT_PAGE_MAX, default=1000)
+
+
+class SnapshotRecordSerializer(serializers.Serializer[dict[str, object]]):
+    type = serializers.CharField()
+    id = serializers.UUIDField()
+    version = serializers.IntegerField()
+    data = serializers.DictField()  # type: ignore[assignment]
+
+
+class SnapshotPageSerializer(serializers.Serializer[dict[str, object]]):
+    records = SnapshotRecordSerializer(many=True)
+    cursor = serializers.CharField(allow_null=True, help_text="Send back for the next page; null on the last.")
+    has_more = serializers.BooleanField()
+    feed_cursor = serializers.CharField(allow_null=True, help_text="On the last page: pull the feed from here.")
+
+
+class MutationInputSerializer(serializers.Serializer[dict[str, object]]):
+    """Describes a mutation for the schema; the push view checks each one itself so one bad
+    mutation never fails the others."""
+
+    mutation_id = serializers.IntegerField(min_value=1, help_text="Per device, increasing.")
+    type = serializers.CharField()
+    id = serializers.UUIDField(help_text="The record's client-made id.")
+    op = serializers.ChoiceField(choices=["create", "update", "delete"])
+    base_version = serializers.IntegerField(allow_null=True, required=False)
+    fields = serializers.DictField(required=False)  # type: ignore[assignment]
+    observed_at = serializers.DateTimeField(required=False)
+
+
+class PushInputSerializer(serializers.Serializer[dict[str, object]]):
+    mutations = MutationInputSerializer(many=True)
+
+
+class PushResultSerializer(serializers.Serializer[dict[str, object]]):
+    mutation_id = serializers.IntegerField(allow_null=True)
+    type = serializers.CharField(allow_null=True)
+    id = serializers.UUIDField(allow_null=True)
+    status = serializers.ChoiceField(choices=["applied", "duplicate", "conflict", "quarantined", "rejected"])
+    original_status = serializers.CharField(required=False)
+    version = serializers.IntegerField(allow_null=True)
+    data = serializers.DictField(required=False)  # type: ignore[assignment]
+    error = serializers.DictField(required=False)
+    conflicts = serializers.ListField(child=serializers.DictField(), required=False)
+    warnings = serializers.ListField(child=serializers.DictField(), required=False)
+
+
+class PushOutputSerializer(serializers.Serializer[dict[str, object]]):
+    results = PushResultSerializer(many=True)
+
+
+class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
+    error = serializers.SerializerMethodField()
+    type = serializers.CharField(source="record_type")
+    op = serializers.CharField(source="operation")
+
+    class Meta:
+        model = Mutation
+        fields = [
+            "id",
+            "device",
+            "user",
+            "mutation_id",
+            "type",
+            "record_id",
+            "op",
+            "error",
+            "payload",
+            "observed_at",
+            "received_at",
+            "client_version",
+        ]
+
+    def get_error(self, mutation: Mutation) -> dict[str, Any] | None:
+        error = mutation.result.get("error")
+        return error if isinstance(error, dict) else None
+
+
+class ConflictSerializer(serializers.ModelSerializer[Conflict]):
+    class Meta:
+        model = Conflict
+        fields = [
+            "id",
+            "record_type",
+            "record_id",
+            "kind",
+            "field",
+            "base_value",
+            "server_value",
+            "device_value",
+            "server_version",
+            "is_clinical_text",
+            "device",
+            "user",
+            "created_at",
+        ]

@@ -1,42 +1,249 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+import json
+from typing import Any
+
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import DeviceToken, User
-from apps.common.api.errors import DomainError
-from apps.sync import selectors
-from apps.sync.api.serializers import FeedPageSerializer, FeedQuerySerializer
-from apps.sync.scopes import scopes_for_user
+from apps.common.api.errors import DomainError, error_body
+from apps.sync import conf, push, selectors, services, watermelon
+from apps.sync.api.protocol import PROTOCOL_HEADER, client_version_of, protocol_of
+from apps.sync.api.serializers import (
+    ConflictSerializer,
+    FeedPageSerializer,
+    FeedQuerySerializer,
+    PushInputSerializer,
+    PushOutputSerializer,
+    QuarantinedMutationSerializer,
+    SnapshotPageSerializer,
+    SnapshotQuerySerializer,
+)
+
+_PROTOCOL_PARAMETER = OpenApiParameter(
+    PROTOCOL_HEADER, location=OpenApiParameter.HEADER, required=False, type=int, description="Sync protocol (2)."
+)
+
+
+def _device_auth(request: Request) -> tuple[User, DeviceToken]:
+    assert isinstance(request.user, User) and isinstance(request.auth, DeviceToken)
+    return request.user, request.auth
+
+
+def cursor_error(error: selectors.InvalidCursor) -> DomainError:
+    if isinstance(error, selectors.CursorExpired):
+        return DomainError(str(error), code="cursor_expired", field="cursor", status_code=status.HTTP_410_GONE)
+    return DomainError(str(error), code="invalid_cursor", field="cursor", status_code=400)
 
 
 class FeedView(APIView):
     """Pull the change feed of everything this device's user may see, from a cursor.
 
-    Start with no cursor; keep the returned cursor and send it back. `has_more` means
-    pull again at once. Entries are in server order; apply them in order.
+    Start with no cursor (or from a snapshot's `feed_cursor`); keep the returned cursor and
+    send it back. `has_more` means pull again at once. Entries are in server order; apply
+    them in order. 410 `cursor_expired`: bootstrap again from the snapshot, keeping the outbox.
     """
 
-    @extend_schema(parameters=[FeedQuerySerializer], responses=FeedPageSerializer)
+    @extend_schema(parameters=[FeedQuerySerializer, _PROTOCOL_PARAMETER], responses=FeedPageSerializer)
     def get(self, request: Request) -> Response:
-        assert isinstance(request.user, User) and isinstance(request.auth, DeviceToken)
+        user, token = _device_auth(request)
+        protocol = protocol_of(request)
         query = FeedQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
+        scopes = services.user_scopes_refresh(user=user)
         try:
             page = selectors.feed_page(
-                scopes=scopes_for_user(request.user),
+                scopes=scopes,
                 cursor=query.validated_data.get("cursor"),
                 limit=query.validated_data["limit"],
-                reader_device_id=request.auth.device_id,
+                reader_device_id=token.device_id,
             )
         except selectors.InvalidCursor as error:
-            raise DomainError(str(error), code="invalid_cursor", field="cursor", status_code=400) from error
-        return Response(
-            {
-                "entries": [selectors.entry_as_message(entry) for entry in page.entries],
-                "cursor": page.position.encode(),
-                "has_more": page.has_more,
-            }
+            raise cursor_error(error) from error
+        entries = [selectors.entry_as_message(entry) for entry in page.entries]
+        if protocol < 2:
+            for entry in entries:  # version 1 clients know only the first shape
+                entry.pop("version", None)
+                entry.pop("reason", None)
+        return Response({"entries": entries, "cursor": page.position.encode(), "has_more": page.has_more})
+
+
+class SnapshotView(APIView):
+    """First sync: every live record this device's user may see, page by page.
+
+    Send the returned `cursor` back until `has_more` is false; the last page carries
+    `feed_cursor`, where the feed continues (nothing committed meanwhile is missed).
+    """
+
+    @extend_schema(parameters=[SnapshotQuerySerializer, _PROTOCOL_PARAMETER], responses=SnapshotPageSerializer)
+    def get(self, request: Request) -> HttpResponse:
+        user, _token = _device_auth(request)
+        protocol_of(request, minimum=2)
+        query = SnapshotQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        scopes = services.user_scopes_refresh(user=user)
+        try:
+            page = selectors.snapshot_page(
+                scopes=scopes, cursor=query.validated_data.get("cursor") or None, limit=query.validated_data["limit"]
+            )
+        except selectors.InvalidCursor as error:
+            raise cursor_error(error) from error
+        # The records' JSON goes out as stored, never parsed: a 50,000-record first sync
+        # costs the server little more than the bytes.
+        parts = [
+            f'{{"type":{json.dumps(record_type)},"id":"{record_id}","version":{int(version)},"data":{data}}}'
+            for record_type, record_id, version, data in page.rows
+        ]
+        has_more = "true" if page.cursor else "false"
+        body = (
+            f'{{"records":[{",".join(parts)}],"cursor":{json.dumps(page.cursor)},'
+            f'"has_more":{has_more},"feed_cursor":{json.dumps(page.feed_cursor)}}}'
         )
+        return HttpResponse(body, content_type="application/json")
+
+
+class PushView(APIView):
+    """Push a batch of mutations; each gets its own result (see the protocol documentation).
+
+    200 with per-mutation results whenever the batch was read: content errors are results,
+    not request errors. 5xx: nothing is lost, retry the same batch.
+    """
+
+    @extend_schema(request=PushInputSerializer, parameters=[_PROTOCOL_PARAMETER], responses=PushOutputSerializer)
+    def post(self, request: Request) -> Response:
+        user, token = _device_auth(request)
+        protocol_of(request, minimum=2)
+        try:
+            mutations = _mutations_of(request.data)
+        except BatchTooLarge as error:
+            return batch_too_large_response(error)
+        results = push.push_mutations(
+            device=token.device, user=user, mutations=mutations, client_version=client_version_of(request)
+        )
+        return Response({"results": results})
+
+
+def _mutations_of(body: Any) -> list[Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("mutations"), list):
+        raise DomainError('The body is {"mutations": [...]}.', code="invalid_input", field="mutations", status_code=400)
+    unknown = sorted(set(body) - {"mutations"})
+    if unknown:
+        raise DomainError("Unknown field.", code="unknown_field", field=unknown[0], status_code=400)
+    mutations: list[Any] = body["mutations"]
+    if len(mutations) > conf.PUSH_MAX_MUTATIONS:
+        raise BatchTooLarge(len(mutations))
+    return mutations
+
+
+class BatchTooLarge(DomainError):
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"A push carries at most {conf.PUSH_MAX_MUTATIONS} mutations; this one has {size}. "
+            "Split it and send the parts in order.",
+            code="batch_too_large",
+            field="mutations",
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+
+
+def batch_too_large_response(error: BatchTooLarge) -> Response:
+    body = error_body(
+        error.status_code,
+        error.code,
+        error.detail,
+        [{"field": error.field, "code": error.code, "detail": error.detail}],
+    )
+    body["limit"] = conf.PUSH_MAX_MUTATIONS
+    return Response(body, status=error.status_code)
+
+
+class QuarantineView(APIView):
+    """Mutations kept but not applied: your own, and, for supervisors, everyone's in their programs."""
+
+    @extend_schema(responses=QuarantinedMutationSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        user, _token = _device_auth(request)
+        mutations = selectors.quarantined_mutations_visible_to(user=user)[:200]
+        return Response({"results": QuarantinedMutationSerializer(mutations, many=True).data})
+
+
+class ConflictListView(APIView):
+    """Open conflicts: your own, and, for case managers and supervisors, their programs'."""
+
+    @extend_schema(responses=ConflictSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        user, _token = _device_auth(request)
+        conflicts = selectors.open_conflicts_visible_to(user=user)[:200]
+        return Response({"results": ConflictSerializer(conflicts, many=True).data})
+
+
+class WatermelonPullView(APIView):
+    """WatermelonDB `pullChanges`: `?last_pulled_at=<timestamp or empty>`.
+
+    Answers `{"changes": {...}, "timestamp": n}`; every upsert is under `updated` (use
+    `sendCreatedAsUpdated: true`); clinical removals are `updated` rows with `deleted: true`.
+    410 `cursor_expired`: reset the local database and sync again (push the outbox first).
+    """
+
+    @extend_schema(parameters=[_PROTOCOL_PARAMETER], responses=dict)
+    def get(self, request: Request) -> Response:
+        user, token = _device_auth(request)
+        protocol_of(request, minimum=2)
+        raw = request.query_params.get("last_pulled_at") or ""
+        if raw in ("", "null", "0"):
+            last_pulled_at = None
+        elif raw.isdigit():
+            last_pulled_at = int(raw)
+        else:
+            raise DomainError(
+                "last_pulled_at is a timestamp this server issued.",
+                code="invalid_cursor",
+                field="last_pulled_at",
+                status_code=400,
+            )
+        scopes = services.user_scopes_refresh(user=user)
+        try:
+            body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
+        except selectors.InvalidCursor as error:
+            raise cursor_error(error) from error
+        return Response(body)
+
+
+class WatermelonPushView(APIView):
+    """WatermelonDB `pushChanges`: body `{"changes": {...}, "lastPulledAt": n}`.
+
+    Always 200 once the body is read: refused records are listed in
+    `experimentalRejectedIds` (kept in quarantine) and the others apply.
+    """
+
+    @extend_schema(request=dict, parameters=[_PROTOCOL_PARAMETER], responses=dict)
+    def post(self, request: Request) -> Response:
+        user, token = _device_auth(request)
+        protocol_of(request, minimum=2)
+        body = request.data
+        if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
+            raise DomainError(
+                'The body is {"changes": {...}, "lastPulledAt": n}.',
+                code="invalid_input",
+                field="changes",
+                status_code=400,
+            )
+        count = sum(
+            len(table.get(kind) or []) if isinstance(table, dict) else 0
+            for table in body["changes"].values()
+            for kind in ("created", "updated", "deleted")
+        )
+        if count > conf.PUSH_MAX_MUTATIONS:
+            return batch_too_large_response(BatchTooLarge(count))
+        try:
+            answer = watermelon.push_changes(
+                device=token.device, user=user, changes=body["changes"], client_version=client_version_of(request)
+            )
+        except ValueError as error:
+            raise DomainError(str(error), code="invalid_input", field="changes", status_code=400) from error
+        return Response(answer)

@@ -1,0 +1,369 @@
+"""Writes of care records.
+
+Field devices write through sync: the ``*_apply`` functions below are what apps.sync calls
+for each pushed change (registered in apps.care.sync). They check the domain's rules and
+raise ``Refused`` before writing anything. Writes made on the server (a case manager, a
+supervisor moving an encounter) are the other functions here: each locks, writes and
+publishes the change to the feed in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import uuid
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+
+from apps.accounts.models import Role, User
+from apps.care.models import (
+    CareRecord,
+    ClinicalNote,
+    Encounter,
+    Person,
+    Referral,
+    ReferralOutcomeEvent,
+    ReferralStatus,
+)
+from apps.sync.models import SyncedRecord
+from apps.sync.registry import Change, Refused, WriteContext
+from apps.sync.services import Publisher, lock_records, publish_record
+from apps.teams.models import Unit, UnitMember
+
+RESOLVER_ROLES = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
+
+
+# Who may write: the crew of the record's unit, and the program's case managers and supervisors.
+
+
+def _access(context: WriteContext) -> tuple[set[UUID], set[UUID]]:
+    cached = context.cache.get("care.access")
+    if cached is None:
+        user = context.user
+        unit_ids = set(UnitMember.objects.filter(user=user).values_list("unit_id", flat=True))
+        programs = set(user.memberships.filter(role__in=RESOLVER_ROLES).values_list("program_id", flat=True))
+        cached = context.cache["care.access"] = (unit_ids, programs)
+    return cached
+
+
+def may_work_in(context: WriteContext, *, program_id: UUID, unit_id: UUID) -> bool:
+    unit_ids, programs = _access(context)
+    return unit_id in unit_ids or program_id in programs
+
+
+def _cached(context: WriteContext, model: type[Any], record_id: UUID | None) -> Any:
+    if record_id is None:
+        return None
+    key = (model.__name__, record_id)
+    if key not in context.cache:
+        context.cache[key] = model._default_manager.filter(pk=record_id).first()
+    return context.cache[key]
+
+
+def _remember(context: WriteContext, record: Any) -> None:
+    context.cache[(type(record).__name__, record.pk)] = record
+
+
+def _parent(context: WriteContext, model: type[Any], record_id: UUID, field: str) -> Any:
+    parent = _cached(context, model, record_id)
+    if parent is None or getattr(parent, "is_deleted", False):
+        raise Refused("parent_not_found", f"No such {model.__name__.lower()} {record_id}.", field=field)
+    return parent
+
+
+def may_write_person(context: WriteContext, record: Person | None, values: dict[str, Any]) -> bool:
+    return _may_write_unit_record(context, record, values)
+
+
+def may_write_encounter(context: WriteContext, record: Encounter | None, values: dict[str, Any]) -> bool:
+    return _may_write_unit_record(context, record, values)
+
+
+def _may_write_unit_record(context: WriteContext, record: CareRecord | None, values: dict[str, Any]) -> bool:
+    if record is not None:
+        return may_work_in(context, program_id=record.program_id, unit_id=record.unit_id)
+    unit = _cached(context, Unit, values.get("unit_id"))
+    return unit is not None and may_work_in(context, program_id=unit.program_id, unit_id=unit.pk)
+
+
+def may_write_child(parent_model: type[Any], parent_field: str) -> Any:
+    def may_write(context: WriteContext, record: CareRecord | None, values: dict[str, Any]) -> bool:
+        if record is not None:
+            return may_work_in(context, program_id=record.program_id, unit_id=record.unit_id)
+        parent = _parent(context, parent_model, values[parent_field], parent_field)
+        return may_work_in(context, program_id=parent.program_id, unit_id=parent.unit_id)
+
+    return may_write
+
+
+# Applying pushed changes.
+
+
+def _save(record: CareRecord, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(record, name, value)
+    record.save(update_fields=[*values, "updated_at"])
+
+
+def _soft_delete(record: CareRecord) -> CareRecord:
+    # Clinical records are never hard-deleted: the row stays, flagged, for the record.
+    record.is_deleted = True
+    record.save(update_fields=["is_deleted", "updated_at"])
+    return record
+
+
+def remembered(apply: Any) -> Any:
+    """Keep the per-batch cache in step with what an apply wrote, for later lookups."""
+
+    @functools.wraps(apply)
+    def wrapper(context: WriteContext, change: Change) -> Any:
+        record = apply(context, change)
+        _remember(context, record)
+        return record
+
+    return wrapper
+
+
+_REFERENCES: dict[str, type[Any]] = {
+    "unit_id": Unit,
+    "person_id": Person,
+    "encounter_id": Encounter,
+    "referral_id": Referral,
+    "amends_id": ClinicalNote,
+}
+
+
+def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> None:
+    """Load every record a batch's changes refer to, one query per table."""
+    wanted: dict[type[Any], set[UUID]] = {}
+    for fields in fields_list:
+        for name, model in _REFERENCES.items():
+            value = fields.get(name)
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    wanted.setdefault(model, set()).add(UUID(value))
+    for model, ids in wanted.items():
+        missing = [record_id for record_id in ids if (model.__name__, record_id) not in context.cache]
+        found = model._default_manager.in_bulk(missing)
+        for record_id in missing:
+            context.cache[(model.__name__, record_id)] = found.get(record_id)
+
+
+@remembered
+def person_apply(context: WriteContext, change: Change) -> Person:
+    values = dict(change.values)
+    if change.operation == "create":
+        unit = _parent(context, Unit, values.pop("unit_id"), "unit_id")
+        person = Person(id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values)
+        context.insert_later(person)
+        return person
+    person = change.record  # type: ignore[assignment]
+    assert isinstance(person, Person)
+    if change.operation == "delete":
+        return _soft_delete(person)  # type: ignore[return-value]
+    if "unit_id" in values and values.pop("unit_id") != person.unit_id:
+        raise Refused("unit_change_not_allowed", "A person's unit is changed on the server.", field="unit_id")
+    _save(person, values)
+    return person
+
+
+@remembered
+def encounter_apply(context: WriteContext, change: Change) -> Encounter:
+    values = dict(change.values)
+    person_id = values.get("person_id")
+    if change.operation == "create":
+        unit = _parent(context, Unit, values.pop("unit_id"), "unit_id")
+        if person_id is not None:
+            _same_program(_parent(context, Person, person_id, "person_id"), unit.program_id, "person_id")
+        encounter = Encounter(
+            id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values
+        )
+        context.insert_later(encounter)
+        return encounter
+    encounter = change.record  # type: ignore[assignment]
+    assert isinstance(encounter, Encounter)
+    if change.operation == "delete":
+        return _soft_delete(encounter)  # type: ignore[return-value]
+    if "unit_id" in values and values.pop("unit_id") != encounter.unit_id:
+        raise Refused("unit_change_not_allowed", "An encounter is moved to another unit on the server.", "unit_id")
+    if person_id is not None:
+        _same_program(_parent(context, Person, person_id, "person_id"), encounter.program_id, "person_id")
+    _save(encounter, values)
+    return encounter
+
+
+def _same_program(record: CareRecord, program_id: UUID, field: str) -> None:
+    if record.program_id != program_id:
+        raise Refused("parent_not_found", "That record belongs to another program.", field=field)
+
+
+@remembered
+def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
+    values = dict(change.values)
+    if change.operation == "create":
+        encounter = _parent(context, Encounter, values.pop("encounter_id"), "encounter_id")
+        amends_id = values.pop("amends_id", None)
+        if amends_id is not None:
+            amended = _parent(context, ClinicalNote, amends_id, "amends_id")
+            if amended.encounter_id != encounter.pk or not amended.is_signed:
+                raise Refused(
+                    "invalid_addendum", "An addendum amends a signed note of the same encounter.", "amends_id"
+                )
+        note = ClinicalNote(
+            id=change.record_id,
+            program_id=encounter.program_id,
+            unit_id=encounter.unit_id,
+            encounter=encounter,
+            amends_id=amends_id,
+            created_by=context.user,
+            **values,
+        )
+        context.insert_later(note)
+        return note
+    note = change.record  # type: ignore[assignment]
+    assert isinstance(note, ClinicalNote)
+    if note.created_by_id != context.user.pk:
+        raise Refused("not_author", "Only its author changes a note; others write an addendum.")
+    if note.is_signed:
+        # P3: a signed note is a clinical document; a later change is an addendum.
+        raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", "body")
+    if change.operation == "delete":
+        return _soft_delete(note)  # type: ignore[return-value]
+    if "encounter_id" in values and values.pop("encounter_id") != note.encounter_id:
+        raise Refused("parent_change_not_allowed", "A note stays with its encounter.", "encounter_id")
+    if "amends_id" in values and values.pop("amends_id") != note.amends_id:
+        raise Refused("parent_change_not_allowed", "An addendum stays with the note it amends.", "amends_id")
+    _save(note, values)
+    return note
+
+
+@remembered
+def referral_apply(context: WriteContext, change: Change) -> Referral:
+    values = dict(change.values)
+    if change.operation == "create":
+        encounter = _parent(context, Encounter, values.pop("encounter_id"), "encounter_id")
+        referral = Referral(
+            id=change.record_id,
+            program_id=encounter.program_id,
+            unit_id=encounter.unit_id,
+            encounter=encounter,
+            created_by=context.user,
+            **values,
+        )
+        context.insert_later(referral)
+        return referral
+    referral = change.record  # type: ignore[assignment]
+    assert isinstance(referral, Referral)
+    if change.operation == "delete":
+        return _soft_delete(referral)  # type: ignore[return-value]
+    if "encounter_id" in values and values.pop("encounter_id") != referral.encounter_id:
+        raise Refused("parent_change_not_allowed", "A referral stays with its encounter.", "encounter_id")
+    _save(referral, values)
+    return referral
+
+
+@remembered
+def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOutcomeEvent:
+    if change.operation != "create":
+        raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")
+    values = dict(change.values)
+    referral = _parent(context, Referral, values.pop("referral_id"), "referral_id")
+    event = ReferralOutcomeEvent(
+        id=change.record_id,
+        program_id=referral.program_id,
+        unit_id=referral.unit_id,
+        referral=referral,
+        created_by=context.user,
+        **values,
+    )
+    event.save(force_insert=True)
+    _refresh_referral_status(referral, context=context)
+    return event
+
+
+def _refresh_referral_status(referral: Referral, *, context: WriteContext | None) -> None:
+    """The referral's status is its latest outcome's (by when it happened, then when recorded)."""
+    latest = referral.outcomes.order_by("-observed_at", "-created_at", "-id").values_list("outcome", flat=True).first()
+    status = latest or ReferralStatus.OPEN
+    if referral.status == status:
+        return
+    referral.status = status
+    referral.save(update_fields=["status", "updated_at"])
+    publisher = context.publisher if context is not None else None
+    if isinstance(publisher, Publisher):
+        _publish_into(publisher, referral, context)
+    else:
+        publish_record(type_name="care.referral", record=referral, user=context.user if context else None)
+
+
+def _publish_into(publisher: Publisher, record: CareRecord, context: WriteContext | None) -> None:
+    from apps.sync import registry
+
+    synced_type = registry.get("care.referral")
+    assert synced_type is not None
+    if record.pk not in publisher.heads:
+        lock_records([record.pk])
+        head = SyncedRecord.objects.filter(pk=record.pk).first()
+        if head is not None:
+            publisher.heads[record.pk] = head
+    publisher.publish(
+        synced_type,
+        record,
+        user=context.user if context else None,
+        device=context.device if context else None,
+        echo_to_origin=True,
+    )
+
+
+# Server-side writes.
+
+
+@transaction.atomic
+def referral_outcome_record(
+    *, referral: Referral, outcome: str, observed_at: Any, details: str, actor: User
+) -> ReferralOutcomeEvent:
+    """A case manager records an outcome (a phone call, a clinic's report)."""
+    event_id = uuid.uuid4()
+    lock_records([referral.pk, event_id])
+    context = WriteContext(user=actor, device=None)
+    event = referral_outcome_apply(
+        context,
+        Change(
+            "create",
+            event_id,
+            None,
+            {"referral_id": referral.pk, "outcome": outcome, "observed_at": observed_at, "details": details},
+        ),
+    )
+    publish_record(type_name="care.referral_outcome", record=event, user=actor)
+    return event
+
+
+@transaction.atomic
+def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Encounter:
+    """Move an encounter and everything under it to another unit of the same program.
+
+    The old unit's devices are told to remove them; the new unit's get them (P5).
+    """
+    from apps.sync import registry
+
+    if unit.program_id != encounter.program_id:
+        raise Refused("unit_in_other_program", "The unit belongs to another program.", field="unit")
+    notes = list(ClinicalNote.objects.filter(encounter=encounter))
+    referrals = list(Referral.objects.filter(encounter=encounter))
+    outcomes = list(ReferralOutcomeEvent.objects.filter(referral__in=referrals))
+    records: list[tuple[str, CareRecord]] = [("care.encounter", encounter)]
+    records += [("care.note", note) for note in notes] + [("care.referral", referral) for referral in referrals]
+    records += [("care.referral_outcome", outcome) for outcome in outcomes]
+    lock_records([record.pk for _name, record in records])
+    publisher = Publisher(SyncedRecord.objects.in_bulk([record.pk for _name, record in records]))
+    for type_name, record in records:
+        record.unit = unit
+        record.save(update_fields=["unit", "updated_at"])
+        synced_type = registry.get(type_name)
+        assert synced_type is not None
+        publisher.publish(synced_type, record, user=actor, device=None, is_deleted=record.is_deleted)
+    publisher.flush()
+    return encounter

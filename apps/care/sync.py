@@ -1,0 +1,169 @@
+"""What care syncs to field devices: the wire form of each record type, and its registration."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.accounts.models import Role
+from apps.care import services
+from apps.care.models import (
+    CareRecord,
+    ClinicalNote,
+    Disposition,
+    Encounter,
+    Person,
+    Referral,
+    ReferralOutcomeEvent,
+    ReferralStatus,
+    ServiceType,
+)
+from apps.common.api.serializers import StrictSerializer
+from apps.sync import registry
+from apps.sync.scopes import program_role_scope, unit_scope
+
+
+class CareWire(StrictSerializer):
+    """Fields every care record carries on the wire (all read-only: the server sets them)."""
+
+    unit_id = serializers.UUIDField(read_only=True)
+    program_id = serializers.UUIDField(read_only=True)
+    author_id = serializers.UUIDField(source="created_by_id", read_only=True)
+    deleted = serializers.BooleanField(source="is_deleted", read_only=True)
+
+
+class PersonWire(CareWire):
+    unit_id = serializers.UUIDField()
+    given_name = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
+    family_name = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
+    date_of_birth = serializers.DateField(allow_null=True, required=False, default=None)
+    phone_number = serializers.CharField(max_length=32, allow_blank=True, required=False, default="")
+
+
+class EncounterWire(CareWire):
+    unit_id = serializers.UUIDField()
+    person_id = serializers.UUIDField(allow_null=True, required=False, default=None)
+    started_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+    location = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
+    assessment = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    disposition = serializers.ChoiceField(choices=Disposition.choices, allow_blank=True, required=False, default="")
+
+
+class NoteWire(CareWire):
+    encounter_id = serializers.UUIDField()
+    amends_id = serializers.UUIDField(allow_null=True, required=False, default=None)
+    body = serializers.CharField(max_length=50_000)
+    signed_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+
+
+class ReferralWire(CareWire):
+    encounter_id = serializers.UUIDField()
+    service_type = serializers.ChoiceField(choices=ServiceType.choices)
+    service_name = serializers.CharField(max_length=200, allow_blank=True, required=False, default="")
+    reason = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    status = serializers.ChoiceField(choices=ReferralStatus.choices, read_only=True)
+
+
+class ReferralOutcomeWire(CareWire):
+    referral_id = serializers.UUIDField()
+    outcome = serializers.ChoiceField(choices=[status for status in ReferralStatus.values if status != "open"])
+    observed_at = serializers.DateTimeField()
+    details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+
+
+def wire(serializer_class: type[serializers.Serializer[Any]]) -> Any:
+    def to_wire(record: CareRecord) -> dict[str, Any]:
+        # Through JSON, so the stored form compares equal to what the feed sends.
+        serializer = registry.bound_serializer(serializer_class, partial=False)
+        data: dict[str, Any] = json.loads(json.dumps(serializer.to_representation(record)))
+        return data
+
+    return to_wire
+
+
+def scopes_of(record: CareRecord) -> list[str]:
+    """The unit's crew, and the program's case managers and supervisors."""
+    return [
+        unit_scope(record.unit_id),
+        program_role_scope(record.program_id, Role.CASE_MANAGER),
+        program_role_scope(record.program_id, Role.SUPERVISOR),
+    ]
+
+
+def program_id_of(record: CareRecord) -> Any:
+    return record.program_id
+
+
+def register_synced_types() -> None:
+    common: dict[str, Any] = {
+        "scopes_of": scopes_of,
+        "program_id_of": program_id_of,
+        "prepare": services.prepare_batch,
+    }
+    registry.register(
+        registry.SyncedType(
+            name="care.person",
+            model=Person,
+            serializer=PersonWire,
+            to_wire=wire(PersonWire),
+            may_write=services.may_write_person,
+            apply=services.person_apply,
+            watermelon_table="persons",
+            **common,
+        )
+    )
+    registry.register(
+        registry.SyncedType(
+            name="care.encounter",
+            model=Encounter,
+            serializer=EncounterWire,
+            to_wire=wire(EncounterWire),
+            may_write=services.may_write_encounter,
+            apply=services.encounter_apply,
+            clinical_text_fields=frozenset({"assessment"}),
+            watermelon_table="encounters",
+            **common,
+        )
+    )
+    registry.register(
+        registry.SyncedType(
+            name="care.note",
+            model=ClinicalNote,
+            serializer=NoteWire,
+            to_wire=wire(NoteWire),
+            may_write=services.may_write_child(Encounter, "encounter_id"),
+            apply=services.note_apply,
+            clinical_text_fields=frozenset({"body"}),
+            watermelon_table="notes",
+            **common,
+        )
+    )
+    registry.register(
+        registry.SyncedType(
+            name="care.referral",
+            model=Referral,
+            serializer=ReferralWire,
+            to_wire=wire(ReferralWire),
+            may_write=services.may_write_child(Encounter, "encounter_id"),
+            apply=services.referral_apply,
+            clinical_text_fields=frozenset({"reason"}),
+            watermelon_table="referrals",
+            **common,
+        )
+    )
+    registry.register(
+        registry.SyncedType(
+            name="care.referral_outcome",
+            model=ReferralOutcomeEvent,
+            serializer=ReferralOutcomeWire,
+            to_wire=wire(ReferralOutcomeWire),
+            may_write=services.may_write_child(Referral, "referral_id"),
+            apply=services.referral_outcome_apply,
+            clinical_text_fields=frozenset({"details"}),
+            watermelon_table="referral_outcomes",
+            **common,
+        )
+    )

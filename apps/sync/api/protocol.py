@@ -1,0 +1,41 @@
+"""Which sync protocol a request speaks (header ``Tandem-Sync-Protocol``), and the client's
+app version (header ``Tandem-Client-Version``, kept on every stored mutation)."""
+
+from __future__ import annotations
+
+from rest_framework.request import Request
+
+from apps.common.api.errors import DomainError
+from apps.sync import conf
+
+PROTOCOL_HEADER = "Tandem-Sync-Protocol"
+CLIENT_VERSION_HEADER = "Tandem-Client-Version"
+
+
+def protocol_of(request: Request, *, minimum: int = 1) -> int:
+    """The request's protocol version; 426 when this server does not speak it.
+
+    No header means version 1, the feed as first shipped, so older clients keep working.
+    """
+    raw = request.headers.get(PROTOCOL_HEADER)
+    supported = sorted(conf.SUPPORTED_PROTOCOLS)
+    if raw is None:
+        version = 1
+    else:
+        try:
+            version = int(raw)
+        except ValueError:
+            version = -1
+    if version not in supported or version < minimum:
+        usable = [str(v) for v in supported if v >= minimum]
+        raise DomainError(
+            f"Sync protocol {raw or 1} is not supported here; use one of {', '.join(usable)} (update the app).",
+            code="sync_protocol_unsupported",
+            field=PROTOCOL_HEADER,
+            status_code=426,
+        )
+    return version
+
+
+def client_version_of(request: Request) -> str:
+    return (request.headers.get(CLIENT_VERSION_HEADER) or "")[:100]

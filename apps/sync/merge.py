@@ -1,0 +1,101 @@
+"""Three-way merge of one record's fields, against the version the device last saw.
+
+Pure functions: no database, no Django. The rules (DESIGN.md P3):
+
+- a field only the device changed takes the device's value;
+- a field only the server changed (since the device's base) keeps the server's value;
+- a field both changed to the same value is settled;
+- a field both changed to different values is a conflict: the record keeps the server's
+  value and both are kept for a person to resolve. Nothing is silently overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class FieldConflict:
+    field: str
+    base: Any
+    server: Any
+    device: Any
+
+
+@dataclass
+class MergeResult:
+    # Wire values the device changed that apply cleanly.
+    changes: dict[str, Any] = field(default_factory=dict)
+    conflicts: list[FieldConflict] = field(default_factory=list)
+
+
+def merge_fields(*, base: Mapping[str, Any], current: Mapping[str, Any], incoming: Mapping[str, Any]) -> MergeResult:
+    """Merge the device's ``incoming`` wire values into ``current``, given the ``base`` it saw.
+
+    A field absent from ``base`` (an unknown base) is treated as changed on both sides, so
+    a differing value is a conflict rather than a guess.
+    """
+    result = MergeResult()
+    for name, device_value in incoming.items():
+        server_value = current.get(name)
+        if device_value == server_value:
+            continue
+        base_value = base.get(name, MISSING)
+        if base_value is not MISSING and server_value == base_value:
+            result.changes[name] = device_value
+        elif base_value is not MISSING and device_value == base_value:
+            continue  # the device did not change it; the server's newer value stands
+        else:
+            result.conflicts.append(
+                FieldConflict(
+                    field=name,
+                    base=None if base_value is MISSING else base_value,
+                    server=server_value,
+                    device=device_value,
+                )
+            )
+    return result
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """What the merge needs to know of one stored version."""
+
+    version: int
+    data: Mapping[str, Any]
+    device_id: Any
+    changed_fields: Iterable[str]
+    is_deleted: bool = False
+
+
+def effective_base(*, base_version: int, versions: Iterable[VersionView], device_id: Any) -> dict[str, Any] | None:
+    """The field values the device's edit was made against.
+
+    That is the version it last pulled, advanced by the device's own later writes: a device
+    that queued two edits of one field offline sent both against the same base, and its
+    second edit must replace its first, not conflict with it. Returns None when the base
+    version is unknown.
+    """
+    ordered = sorted(versions, key=lambda view: view.version)
+    if base_version == 0:
+        base: dict[str, Any] = {}
+    else:
+        found = next((view for view in ordered if view.version == base_version), None)
+        if found is None:
+            return None
+        base = dict(found.data)
+    for view in ordered:
+        if view.version > base_version and view.device_id is not None and view.device_id == device_id:
+            for name in view.changed_fields:
+                if name in view.data:
+                    base[name] = view.data[name]
+    return base
+
+
+def changed_by_others_since(*, base_version: int, versions: Iterable[VersionView], device_id: Any) -> bool:
+    """Whether anyone but this device wrote the record after the device's base version."""
+    return any(view.version > base_version and view.device_id != device_id for view in versions)

@@ -1,0 +1,769 @@
+"""Push: a device's batch of mutations, stored first, then applied one by one.
+
+1. **Store.** Every mutation with a usable ``mutation_id`` is written to the ledger
+   (``Mutation``) and committed before anything is applied. A mutation id the device
+   already used finds its row: the stored result is returned and nothing changes (P2).
+2. **Apply.** The device's stored, unapplied mutations are applied in order. Each one is
+   all-or-nothing; the happy path applies a whole batch in one transaction with bulk
+   writes, and any failure replays the batch one mutation per transaction, so a bad
+   mutation is quarantined alone and never blocks the others.
+3. **Answer** with a result per mutation: applied, duplicate, conflict, quarantined or
+   rejected, and the server version.
+
+Content errors (invalid fields, a record the user may not touch, an unknown record type)
+are stored results: the device stops retrying and a person can see them. Server faults
+raise, answer 5xx, and the device retries: the ledger makes the retry safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.db import DatabaseError, DataError, IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+
+from apps.accounts.models import Device, User
+from apps.sync import conf, merge, registry
+from apps.sync.models import (
+    Conflict,
+    ConflictKind,
+    Mutation,
+    MutationOperation,
+    MutationStatus,
+    RecordVersion,
+    SyncedRecord,
+)
+from apps.sync.scopes import user_scope
+from apps.sync.services import Publisher, lock_device, lock_records, raw_cursor
+
+MAX_FIELDS_BYTES = 64 * 1024
+MUTATION_ID_MAX = (1 << 63) - 1
+
+
+class PushStatus:
+    """Per-mutation results on the wire."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    QUARANTINED = "quarantined"
+    REJECTED = "rejected"
+
+
+@dataclass
+class Envelope:
+    """One mutation as the device sent it, checked for shape but not yet applied."""
+
+    index: int
+    raw: Any
+    mutation_id: int | None
+    payload_hash: str
+    record_type: str = ""
+    record_id: UUID | None = None
+    operation: str = ""
+    base_version: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    observed_at: datetime | None = None
+    observed_at_plausible: bool = True
+    # A content problem found while parsing: the mutation is stored and quarantined.
+    problem: dict[str, Any] | None = None
+    # Why it cannot be stored at all (no usable mutation id).
+    rejection: dict[str, Any] | None = None
+
+
+def _error(code: str, detail: str, field_name: str | None = None) -> dict[str, Any]:
+    return {"code": code, "detail": detail, "field": field_name}
+
+
+def payload_hash(raw: Any) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> Envelope:
+    prefix = f"mutations.{index}"
+    envelope = Envelope(index=index, raw=raw, mutation_id=None, payload_hash=payload_hash(raw))
+    if not isinstance(raw, dict):
+        envelope.rejection = _error("invalid_mutation", "A mutation is a JSON object.", prefix)
+        return envelope
+    if not keyed_by_content:
+        mutation_id = raw.get("mutation_id")
+        if type(mutation_id) is not int or not 1 <= mutation_id <= MUTATION_ID_MAX:
+            envelope.rejection = _error(
+                "invalid_mutation_id", "mutation_id must be a positive integer.", f"{prefix}.mutation_id"
+            )
+            return envelope
+        envelope.mutation_id = mutation_id
+    known = {"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at"}
+    if keyed_by_content:
+        known.add("content")  # the client's own record state: part of the key, never applied
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        envelope.problem = _error("unknown_field", f"Unknown key {unknown[0]!r}.", f"{prefix}.{unknown[0]}")
+        return envelope
+    record_type = raw.get("type")
+    if not isinstance(record_type, str) or not record_type:
+        envelope.problem = _error("required", "type is a record type name.", f"{prefix}.type")
+        return envelope
+    envelope.record_type = record_type[:64]
+    try:
+        envelope.record_id = UUID(str(raw.get("id")))
+    except ValueError:
+        envelope.problem = _error("invalid_id", "id must be a UUID.", f"{prefix}.id")
+        return envelope
+    operation = raw.get("op")
+    if operation not in MutationOperation.values:
+        envelope.problem = _error("invalid_op", "op must be create, update or delete.", f"{prefix}.op")
+        return envelope
+    envelope.operation = operation
+    base_version = raw.get("base_version")
+    if base_version is not None and (type(base_version) is not int or base_version < 0):
+        envelope.problem = _error(
+            "invalid_base_version", "base_version must be a non-negative integer.", f"{prefix}.base_version"
+        )
+        return envelope
+    envelope.base_version = base_version
+    fields = raw.get("fields", {})
+    if not isinstance(fields, dict):
+        envelope.problem = _error("invalid_fields", "fields must be an object.", f"{prefix}.fields")
+        return envelope
+    if len(json.dumps(fields)) > MAX_FIELDS_BYTES:
+        envelope.problem = _error(
+            "fields_too_large", f"fields are limited to {MAX_FIELDS_BYTES} bytes.", f"{prefix}.fields"
+        )
+        return envelope
+    envelope.fields = fields
+    observed_at = raw.get("observed_at")
+    if observed_at is not None:
+        parsed = parse_datetime(observed_at) if isinstance(observed_at, str) else None
+        if parsed is None or parsed.tzinfo is None:
+            envelope.problem = _error(
+                "invalid_observed_at", "observed_at is an ISO 8601 time with an offset.", f"{prefix}.observed_at"
+            )
+            return envelope
+        envelope.observed_at = parsed
+        envelope.observed_at_plausible = observed_at_is_plausible(parsed)
+    return envelope
+
+
+def observed_at_is_plausible(observed_at: datetime, now: datetime | None = None) -> bool:
+    """A device's clock may be wrong; its time is kept as observed and flagged when unlikely.
+
+    Plausible: not ahead of the server by more than the allowed skew, and not older than
+    the longest offline period a device is expected to survive.
+    """
+    now = now or timezone.now()
+    skew = timedelta(seconds=conf.CLOCK_SKEW_SECONDS)
+    oldest = now - timedelta(days=conf.MAX_OFFLINE_DAYS)
+    return oldest <= observed_at <= now + skew
+
+
+@dataclass
+class PushOutcome:
+    results: list[dict[str, Any]]
+
+
+def push_mutations(
+    *,
+    device: Device,
+    user: User,
+    mutations: list[Any],
+    client_version: str = "",
+    keyed_by_content: bool = False,
+) -> list[dict[str, Any]]:
+    """Store, apply and answer a batch of one device's mutations (see the module docstring).
+
+    With ``keyed_by_content`` (clients that do not number their changes), a mutation is
+    identified by its content instead of a mutation id: sending the same change twice is
+    a replay.
+    """
+    envelopes = [parse_envelope(raw, index, keyed_by_content=keyed_by_content) for index, raw in enumerate(mutations)]
+    results: dict[int, dict[str, Any]] = {}
+    for envelope in envelopes:
+        if envelope.rejection is not None:
+            results[envelope.index] = _rejected(envelope, envelope.rejection)
+    storable = [envelope for envelope in envelopes if envelope.rejection is None]
+    rows_by_index, replayed = _store(
+        device=device,
+        user=user,
+        envelopes=storable,
+        client_version=client_version,
+        results=results,
+        keyed_by_content=keyed_by_content,
+    )
+    if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
+        apply_received(device=device, user=user)
+    fresh = {row.pk: row for row in Mutation.objects.filter(pk__in=[row.pk for row in rows_by_index.values()])}
+    for index, row in rows_by_index.items():
+        stored = fresh[row.pk]
+        result = dict(stored.result)
+        if index in replayed:
+            result["original_status"] = result.get("status")
+            result["status"] = PushStatus.DUPLICATE
+        results[index] = result
+    return [results[envelope.index] for envelope in envelopes]
+
+
+def _rejected(envelope: Envelope, error: dict[str, Any]) -> dict[str, Any]:
+    raw = envelope.raw if isinstance(envelope.raw, dict) else {}
+    return {
+        "mutation_id": raw.get("mutation_id"),
+        "type": raw.get("type"),
+        "id": raw.get("id"),
+        "status": PushStatus.REJECTED,
+        "version": None,
+        "error": error,
+    }
+
+
+def _store(
+    *,
+    device: Device,
+    user: User,
+    envelopes: list[Envelope],
+    client_version: str,
+    results: dict[int, dict[str, Any]],
+    keyed_by_content: bool,
+) -> tuple[dict[int, Mutation], set[int]]:
+    """Write the batch to the ledger and commit: returns each envelope's row, and which
+    envelopes repeat a mutation stored by an earlier request."""
+    rows_by_index: dict[int, Mutation] = {}
+    replayed: set[int] = set()
+    existing: dict[Any, Mutation]
+    with transaction.atomic():
+        lock_device(device.pk)
+        if keyed_by_content:
+            existing = {
+                row.payload_hash: row
+                for row in Mutation.objects.filter(
+                    device=device, mutation_id=None, payload_hash__in=[envelope.payload_hash for envelope in envelopes]
+                )
+            }
+            highest = 0
+        else:
+            existing = {
+                row.mutation_id: row
+                for row in Mutation.objects.filter(
+                    device=device, mutation_id__in=[envelope.mutation_id for envelope in envelopes]
+                )
+            }
+            highest = Mutation.objects.filter(device=device).aggregate(top=Max("mutation_id"))["top"] or 0
+        new_rows: dict[Any, Mutation] = {}
+        for envelope in envelopes:
+            key = envelope.payload_hash if keyed_by_content else envelope.mutation_id
+            stored = existing.get(key)
+            if stored is not None:
+                if stored.payload_hash != envelope.payload_hash:
+                    results[envelope.index] = _rejected(
+                        envelope,
+                        _error(
+                            "mutation_id_reused",
+                            "This mutation_id was already used for a different mutation; that one stands.",
+                            f"mutations.{envelope.index}.mutation_id",
+                        ),
+                    )
+                else:
+                    rows_by_index[envelope.index] = stored
+                    if stored.status != MutationStatus.RECEIVED:
+                        replayed.add(envelope.index)
+                continue
+            if key in new_rows:  # the same mutation twice in one batch
+                if new_rows[key].payload_hash != envelope.payload_hash:
+                    results[envelope.index] = _rejected(
+                        envelope,
+                        _error(
+                            "mutation_id_reused",
+                            "This mutation_id appears twice in the batch with different content.",
+                            f"mutations.{envelope.index}.mutation_id",
+                        ),
+                    )
+                else:
+                    rows_by_index[envelope.index] = new_rows[key]
+                    replayed.add(envelope.index)
+                continue
+            problem = envelope.problem
+            if not keyed_by_content and problem is None:
+                assert envelope.mutation_id is not None
+                if envelope.mutation_id <= highest:
+                    problem = _error(
+                        "mutation_out_of_order",
+                        f"mutation_id {envelope.mutation_id} is not above {highest}, the highest this device sent; "
+                        "mutations must be sent in the order they were made. Kept for review, not applied.",
+                        f"mutations.{envelope.index}.mutation_id",
+                    )
+                else:
+                    highest = envelope.mutation_id
+            row = Mutation(
+                device=device,
+                user=user,
+                mutation_id=envelope.mutation_id,
+                payload_hash=envelope.payload_hash,
+                record_type=envelope.record_type,
+                record_id=envelope.record_id,
+                operation=envelope.operation,
+                base_version=envelope.base_version,
+                payload=envelope.raw,
+                observed_at=envelope.observed_at,
+                observed_at_plausible=envelope.observed_at_plausible,
+                client_version=client_version[:100],
+            )
+            if problem is not None:
+                row.status = MutationStatus.QUARANTINED
+                row.error_code = problem["code"]
+                row.result = _result(row, PushStatus.QUARANTINED, error=problem)
+            new_rows[key] = row
+            rows_by_index[envelope.index] = row
+        Mutation.objects.bulk_create(list(new_rows.values()))
+    return rows_by_index, replayed
+
+
+def _result(
+    row: Mutation,
+    status: str,
+    *,
+    version: int | None = None,
+    data: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    conflicts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "mutation_id": row.mutation_id,
+        "type": row.record_type or None,
+        "id": str(row.record_id) if row.record_id else None,
+        "status": status,
+        "version": version,
+    }
+    if data is not None:
+        result["data"] = data
+    if error is not None:
+        result["error"] = error
+    if conflicts:
+        result["conflicts"] = conflicts
+    if not row.observed_at_plausible:
+        result["warnings"] = [
+            _error("observed_at_implausible", "The device clock looks wrong; the time is kept as observed.")
+        ]
+    return result
+
+
+class _FallBack(Exception):
+    """Something in the batch failed: undo it and go one mutation per transaction."""
+
+
+def apply_received(*, device: Device, user: User) -> None:
+    """Apply every stored, unapplied mutation of the device, in the order it made them."""
+    try:
+        with transaction.atomic():
+            lock_device(device.pk)
+            rows = list(Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id"))
+            if rows:
+                _apply_rows(rows, device=device, user=user)
+        return
+    except _FallBack:
+        pass
+    # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
+    while True:
+        with transaction.atomic():
+            lock_device(device.pk)
+            row = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id").first()
+            if row is None:
+                return
+            try:
+                with transaction.atomic():
+                    _apply_rows([row], device=device, user=user, raise_refusals=True)
+            except registry.Refused as refusal:
+                _quarantine_alone(
+                    row, _error(refusal.code, refusal.detail, refusal.field and f"fields.{refusal.field}")
+                )
+            except (IntegrityError, DataError) as fault:
+                # The database refused the content (a reference to a missing record, a
+                # value out of range): keep it for a person rather than retrying forever.
+                _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__))
+
+
+def _quarantine_alone(row: Mutation, error: dict[str, Any]) -> None:
+    row.status = MutationStatus.QUARANTINED
+    row.error_code = error["code"]
+    row.result = _result(row, PushStatus.QUARANTINED, error=error)
+    row.applied_at = timezone.now()
+    row.save(update_fields=["status", "error_code", "result", "applied_at"])
+
+
+@dataclass
+class _BatchState:
+    context: registry.WriteContext
+    publisher: Publisher
+    records: dict[UUID, Any]
+    versions: dict[UUID, list[merge.VersionView]]
+    program_ids: set[UUID]
+    raise_refusals: bool
+
+
+def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refusals: bool = False) -> None:
+    record_ids = {row.record_id for row in rows if row.record_id is not None}
+    lock_records(record_ids)
+    heads = SyncedRecord.objects.in_bulk(list(record_ids))
+    by_type: dict[str, list[UUID]] = defaultdict(list)
+    for record_id, head in heads.items():
+        by_type[head.record_type].append(record_id)
+    records: dict[UUID, Any] = {}
+    for type_name, ids in by_type.items():
+        synced_type = registry.get(type_name)
+        if synced_type is not None:
+            records.update(synced_type.model._default_manager.in_bulk(ids))
+    # Versions from the oldest base any mutation names: enough for every three-way merge.
+    bases = [row.base_version or 0 for row in rows if row.record_id in heads]
+    versions: dict[UUID, list[merge.VersionView]] = defaultdict(list)
+    if bases:
+        for version in RecordVersion.objects.filter(record_id__in=list(heads), version__gte=min(bases)).order_by(
+            "record_id", "version"
+        ):
+            versions[version.record_id].append(_view(version))
+    publisher = Publisher(heads)
+    state = _BatchState(
+        context=registry.WriteContext(user=user, device=device, publisher=publisher),
+        publisher=publisher,
+        records=records,
+        versions=versions,
+        program_ids=set(user.memberships.values_list("program_id", flat=True)),
+        raise_refusals=raise_refusals,
+    )
+    fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if isinstance(row.payload, dict) and isinstance(row.payload.get("fields"), dict):
+            fields_by_type[row.record_type].append(row.payload["fields"])
+    for type_name, fields_list in fields_by_type.items():
+        synced_type = registry.get(type_name)
+        if synced_type is not None and synced_type.prepare is not None:
+            synced_type.prepare(state.context, fields_list)
+    now = timezone.now()
+    for row in rows:
+        try:
+            _apply_one(row, state)
+        except registry.Refused:
+            if raise_refusals:
+                raise
+            raise _FallBack() from None
+        except DatabaseError:
+            if raise_refusals:
+                raise
+            raise _FallBack() from None
+        row.applied_at = now
+    try:
+        state.context.flush_inserts()
+        state.publisher.flush()
+        _save_results(rows)
+    except (IntegrityError, DataError):
+        if raise_refusals:
+            raise
+        raise _FallBack() from None
+
+
+def _save_results(rows: list[Mutation]) -> None:
+    """One statement for the whole batch's results (Django's bulk_update builds a CASE per
+    row and column, which cost more than applying the mutations)."""
+    with raw_cursor() as cursor:
+        cursor.execute(
+            "UPDATE sync_mutation AS m SET status = r.status, result = r.result, error_code = r.error_code,"
+            " applied_at = r.applied_at"
+            " FROM unnest(%b::bigint[], %b::text[], %b::jsonb[], %b::text[], %b::timestamptz[])"
+            " AS r(id, status, result, error_code, applied_at) WHERE m.id = r.id",
+            [
+                [row.pk for row in rows],
+                [row.status for row in rows],
+                [json.dumps(row.result) for row in rows],
+                [row.error_code for row in rows],
+                [row.applied_at for row in rows],
+            ],
+        )
+
+
+def _view(version: RecordVersion) -> merge.VersionView:
+    return merge.VersionView(
+        version=version.version,
+        data=version.data,
+        device_id=version.device_id,
+        changed_fields=version.changed_fields,
+        is_deleted=version.is_deleted,
+    )
+
+
+def _quarantine(row: Mutation, code: str, detail: str, field_name: str | None = None) -> None:
+    row.status = MutationStatus.QUARANTINED
+    row.error_code = code
+    row.result = _result(row, PushStatus.QUARANTINED, error=_error(code, detail, field_name))
+
+
+def _validate(
+    synced_type: registry.SyncedType, row: Mutation, fields: dict[str, Any], *, partial: bool
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Validate wire fields; returns (internal values, normalised wire values) or quarantines."""
+    serializer = registry.bound_serializer(synced_type.serializer, partial=partial)
+    try:
+        internal: dict[str, Any] = dict(serializer.run_validation(fields))
+    except serializers.ValidationError as error:
+        flat = _first_error(error.detail)
+        _quarantine(row, "invalid_fields", flat[1], f"fields.{flat[0]}" if flat[0] else "fields")
+        return None
+    wire = {
+        name: serializer.fields[name].to_representation(value) if value is not None else None
+        for name, value in internal.items()
+    }
+    # Round-trip through JSON so values compare like the stored wire form.
+    wire = json.loads(json.dumps(wire, default=str))
+    return internal, wire
+
+
+def _first_error(errors: Any, path: str = "") -> tuple[str, str]:
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            child = key if key != "non_field_errors" else ""
+            return _first_error(value, f"{path}.{child}".strip(".") if child else path)
+    if isinstance(errors, list) and errors:
+        return _first_error(errors[0], path)
+    return path, str(errors)
+
+
+def _apply_one(row: Mutation, state: _BatchState) -> None:
+    if row.status != MutationStatus.RECEIVED:
+        return
+    synced_type = registry.get(row.record_type)
+    if synced_type is None:
+        _quarantine(row, "unknown_record_type", f"No record type {row.record_type!r} syncs here.", "type")
+        return
+    assert row.record_id is not None
+    fields = row.payload.get("fields", {}) if isinstance(row.payload, dict) else {}
+    head = state.publisher.heads.get(row.record_id)
+    record = state.records.get(row.record_id)
+    context = state.context
+    if head is not None and (head.record_type != synced_type.name or head.program_id not in state.program_ids):
+        # Another type's record, or another program's: the id is not this device's to use.
+        _quarantine(row, "not_permitted", "This record may not be changed by this user.", "id")
+        return
+    if head is None:
+        if row.operation != MutationOperation.CREATE:
+            _quarantine(row, "record_not_found", "No such record (it was never pushed, or not by this user).", "id")
+            return
+        _create(row, synced_type, fields, state)
+        return
+    if record is None:
+        raise DatabaseError(f"synced record {row.record_id} has a head but no row")
+    if not synced_type.may_write(context, record, {}):
+        _quarantine(row, "not_permitted", "This user may no longer change this record.", "id")
+        return
+    # Stored versions, and those this batch wrote and has not flushed yet.
+    versions = state.versions.get(row.record_id, []) + [
+        _view(version) for version in state.publisher.versions if version.record_id == row.record_id
+    ]
+    base_version = row.base_version or 0
+    if row.operation == MutationOperation.CREATE:
+        base_version = 0  # created offline twice, or replayed: merge against nothing
+    if base_version > head.version:
+        _quarantine(
+            row, "invalid_base_version", f"base_version is ahead of the server ({head.version}).", "base_version"
+        )
+        return
+    if row.operation == MutationOperation.DELETE:
+        _delete(row, synced_type, record, head, base_version, versions, state)
+        return
+    validated = _validate(synced_type, row, fields, partial=True)
+    if validated is None:
+        return
+    internal, wire = validated
+    if internal and not synced_type.may_write(context, record, internal):
+        _quarantine(row, "not_permitted", "This user may not make this change.", "fields")
+        return
+    base = merge.effective_base(
+        base_version=base_version, versions=versions, device_id=context.device and context.device.pk
+    )
+    if base is None:
+        _quarantine(row, "invalid_base_version", "The base version is unknown.", "base_version")
+        return
+    if head.is_deleted:
+        # An edit that meets a delete: the record stays deleted, the edit is kept.
+        changed = {name: value for name, value in wire.items() if base.get(name, merge.MISSING) != value}
+        conflicts = [
+            _conflict(
+                row, synced_type, head, ConflictKind.EDIT_VS_DELETE, name, base.get(name), head.data.get(name), value
+            )
+            for name, value in sorted(changed.items())
+        ] or [_conflict(row, synced_type, head, ConflictKind.EDIT_VS_DELETE, "", None, None, None)]
+        state.publisher.conflicts += conflicts
+        row.status = MutationStatus.CONFLICT
+        row.result = _result(
+            row,
+            PushStatus.CONFLICT,
+            version=head.version,
+            data=head.data,
+            conflicts=[_conflict_wire(conflict) for conflict in conflicts],
+        )
+        return
+    merged = merge.merge_fields(base=base, current=head.data, incoming=wire)
+    conflicts = [
+        _conflict(row, synced_type, head, ConflictKind.SAME_FIELD, item.field, item.base, item.server, item.device)
+        for item in merged.conflicts
+    ]
+    changes = {name: internal[name] for name in merged.changes}
+    new_head = head
+    if changes:
+        new_head = _write(
+            row,
+            synced_type,
+            registry.Change(MutationOperation.UPDATE, row.record_id, record, changes),
+            state,
+            changed_fields=sorted(changes),
+            echo=bool(conflicts),
+        )
+    elif conflicts:
+        state.publisher.reannounce(head, user_scope(row.user_id))  # the device learns the server's state
+    state.publisher.conflicts += conflicts
+    status = PushStatus.CONFLICT if conflicts else PushStatus.APPLIED
+    row.status = MutationStatus.CONFLICT if conflicts else MutationStatus.APPLIED
+    row.result = _result(
+        row,
+        status,
+        version=new_head.version,
+        data=new_head.data,
+        conflicts=[_conflict_wire(conflict) for conflict in conflicts],
+    )
+
+
+def _create(row: Mutation, synced_type: registry.SyncedType, fields: dict[str, Any], state: _BatchState) -> None:
+    validated = _validate(synced_type, row, fields, partial=False)
+    if validated is None:
+        return
+    internal, _wire = validated
+    if not synced_type.may_write(state.context, None, internal):
+        _quarantine(row, "not_permitted", "This user may not create this record here.", "fields")
+        return
+    assert row.record_id is not None
+    head = _write(
+        row,
+        synced_type,
+        registry.Change(MutationOperation.CREATE, row.record_id, None, internal),
+        state,
+        changed_fields=None,
+        echo=False,
+    )
+    row.status = MutationStatus.APPLIED
+    row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
+
+
+def _delete(
+    row: Mutation,
+    synced_type: registry.SyncedType,
+    record: Any,
+    head: SyncedRecord,
+    base_version: int,
+    versions: list[merge.VersionView],
+    state: _BatchState,
+) -> None:
+    device_id = state.context.device and state.context.device.pk
+    if head.is_deleted:
+        row.status = MutationStatus.APPLIED
+        row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
+        return
+    if merge.changed_by_others_since(base_version=base_version, versions=versions, device_id=device_id):
+        # A delete that meets an edit its device never saw: the record and the edit stay.
+        conflict = _conflict(row, synced_type, head, ConflictKind.DELETE_VS_EDIT, "", None, None, None)
+        state.publisher.conflicts.append(conflict)
+        state.publisher.reannounce(head, user_scope(row.user_id))  # the device gets the record back
+        row.status = MutationStatus.CONFLICT
+        row.result = _result(
+            row, PushStatus.CONFLICT, version=head.version, data=head.data, conflicts=[_conflict_wire(conflict)]
+        )
+        return
+    new_head = _write(
+        row,
+        synced_type,
+        registry.Change(MutationOperation.DELETE, head.record_id, record, {}),
+        state,
+        changed_fields=["deleted"],
+        echo=False,
+        is_deleted=True,
+    )
+    row.status = MutationStatus.APPLIED
+    row.result = _result(row, PushStatus.APPLIED, version=new_head.version, data=new_head.data)
+
+
+def _write(
+    row: Mutation,
+    synced_type: registry.SyncedType,
+    change: registry.Change,
+    state: _BatchState,
+    *,
+    changed_fields: list[str] | None,
+    echo: bool,
+    is_deleted: bool = False,
+) -> SyncedRecord:
+    saved = synced_type.apply(state.context, change)
+    state.records[change.record_id] = saved
+    return state.publisher.publish(
+        synced_type,
+        saved,
+        user=state.context.user,
+        device=state.context.device,
+        mutation=row,
+        changed_fields=changed_fields,
+        is_deleted=is_deleted,
+        echo_to_origin=echo,
+    )
+
+
+def _conflict(
+    row: Mutation,
+    synced_type: registry.SyncedType,
+    head: SyncedRecord,
+    kind: str,
+    field_name: str,
+    base_value: Any,
+    server_value: Any,
+    device_value: Any,
+) -> Conflict:
+    return Conflict(
+        program_id=head.program_id,
+        record_type=synced_type.name,
+        record_id=head.record_id,
+        kind=kind,
+        field=field_name,
+        base_value=base_value,
+        server_value=server_value,
+        device_value=device_value,
+        server_version=head.version,
+        is_clinical_text=field_name in synced_type.clinical_text_fields,
+        mutation=row,
+        device_id=row.device_id,
+        user_id=row.user_id,
+    )
+
+
+def _conflict_wire(conflict: Conflict) -> dict[str, Any]:
+    return {"id": str(conflict.id), "kind": conflict.kind, "field": conflict.field or None}
+
+
+def apply_stranded(*, older_than: timedelta) -> int:
+    """Apply mutations stored but left unapplied (the server died between storing and
+    applying, and the device has not come back to retry). Returns how many devices."""
+    cutoff = timezone.now() - older_than
+    stranded = (
+        Mutation.objects.filter(status=MutationStatus.RECEIVED, received_at__lte=cutoff)
+        .values_list("device_id", "user_id")
+        .distinct()
+    )
+    devices = 0
+    for device_id, user_id in stranded:
+        device = Device.objects.filter(pk=device_id).first()
+        user = User.objects.filter(pk=user_id).first()
+        if device is None or user is None:
+            continue
+        apply_received(device=device, user=user)
+        devices += 1
+    return devices

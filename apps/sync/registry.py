@@ -1,0 +1,141 @@
+"""The registry of synced record types: what a domain app tells the sync mechanism.
+
+A domain app registers each record type it syncs in its ``AppConfig.ready()``::
+
+    register(SyncedType(name="care.encounter", model=Encounter, serializer=EncounterWire, ...))
+
+The mechanism then stores, merges, versions and feeds those records without knowing what
+an encounter is: the app says which wire fields exist and which of them are clinical text,
+which scopes may see a record, who may write it, and how a change is applied (through the
+app's own services). Adding a record type to sync is a registration, never a change here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from django.db import models
+from rest_framework import serializers
+
+from apps.accounts.models import Device, User
+
+
+class Refused(Exception):
+    """A domain rule refuses a change (a signed note's text, an append-only event).
+
+    Raised by ``apply`` before it writes anything; the mutation is quarantined with this
+    code, kept for a person, and the rest of the batch goes on.
+    """
+
+    def __init__(self, code: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.field = field
+
+
+@dataclass
+class WriteContext:
+    """Who is writing, from where, plus a per-batch cache apps may use for lookups."""
+
+    user: User
+    device: Device | None
+    cache: dict[Any, Any] = field(default_factory=dict)
+    # The push's apps.sync.services.Publisher: a change that also changes another synced
+    # record (an outcome event changes its referral's status) publishes that record into it.
+    publisher: Any = None
+    # New rows handed to insert_later, written in bulk with the rest of the batch.
+    pending_inserts: list[models.Model] = field(default_factory=list)
+
+    def insert_later(self, record: models.Model) -> None:
+        """Insert a new record with the batch's bulk writes (at once outside a push).
+
+        For records nothing else in the same apply reads back from the database.
+        """
+        if self.publisher is None:
+            record.save(force_insert=True)
+        else:
+            self.pending_inserts.append(record)
+
+    def flush_inserts(self) -> None:
+        by_model: dict[type[models.Model], list[models.Model]] = {}
+        for record in self.pending_inserts:
+            by_model.setdefault(type(record), []).append(record)
+        for model, records in by_model.items():
+            model._default_manager.bulk_create(records)
+        self.pending_inserts = []
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change for ``apply``: internal (validated) values of the fields to write."""
+
+    operation: str  # create, update, delete
+    record_id: UUID
+    record: models.Model | None  # the current record; None for a create
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SyncedType:
+    name: str
+    model: type[models.Model]
+    # Validates incoming wire fields (partial for updates); its read-only fields are ignored.
+    serializer: type[serializers.Serializer[Any]]
+    # The record's wire form: what the feed, the snapshot and the merge see.
+    to_wire: Callable[[Any], dict[str, Any]]
+    # Which scopes may see the record now (they change when the record moves).
+    scopes_of: Callable[[Any], Iterable[str]]
+    program_id_of: Callable[[Any], UUID]
+    # May this user write this record (None: create with these values)?
+    may_write: Callable[[WriteContext, Any | None, dict[str, Any]], bool]
+    # Applies a change through the domain app's services and returns the saved record.
+    # Must raise Refused before writing when a rule refuses the change.
+    apply: Callable[[WriteContext, Change], Any]
+    # Wire fields holding clinical text: never overwritten by a concurrent edit.
+    clinical_text_fields: frozenset[str] = frozenset()
+    # Table name for WatermelonDB clients.
+    watermelon_table: str = ""
+    # Clinical records are soft-deleted and, for WatermelonDB, deleted by a flag.
+    is_clinical: bool = True
+    # Optional: called once per batch with the incoming fields of every mutation of this
+    # type, so the app can load what it will look up (parents) in one query per table.
+    prepare: Callable[[WriteContext, list[dict[str, Any]]], None] | None = None
+
+    def writable_fields(self) -> set[str]:
+        return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}
+
+
+@functools.lru_cache(maxsize=256)
+def bound_serializer(serializer_class: type[serializers.Serializer[Any]], *, partial: bool) -> Any:
+    """One reusable serializer per type and mode: building one per record costs a deep copy
+    of every field, which dominated a batch's time."""
+    serializer = serializer_class(partial=partial)
+    serializer.fields  # noqa: B018 — build and bind the fields once
+    return serializer
+
+
+_registry: dict[str, SyncedType] = {}
+
+
+def register(synced_type: SyncedType) -> None:
+    existing = _registry.get(synced_type.name)
+    if existing is not None and existing.model is not synced_type.model:
+        raise ValueError(f"record type {synced_type.name!r} is already registered")
+    _registry[synced_type.name] = synced_type
+
+
+def get(name: str) -> SyncedType | None:
+    return _registry.get(name)
+
+
+def all_types() -> list[SyncedType]:
+    return sorted(_registry.values(), key=lambda synced_type: synced_type.name)
+
+
+def by_watermelon_table(table: str) -> SyncedType | None:
+    return next((t for t in _registry.values() if t.watermelon_table and t.watermelon_table == table), None)

@@ -1,0 +1,192 @@
+"""A WatermelonDB-compatible pull / push pair over the same feed, ledger and merge.
+
+WatermelonDB's sync protocol has two traps that lose data, and this adapter defeats both:
+
+1. A record in a pull's ``deleted`` list is destroyed on the device even when it has
+   unpushed local edits. So removals of clinical records are never sent as ``deleted``:
+   they come as ``updated`` rows with ``deleted: true``. Watermelon keeps the local edits
+   (per-column), the edits are pushed, and the server keeps them (a conflict or a
+   quarantine) instead of the device silently dropping them.
+2. One failing record fails a whole push, and the queue is stuck. So the push never fails
+   for a record's content: each record is a mutation of its own, and the ones that are
+   quarantined are answered in ``experimentalRejectedIds`` while the rest apply.
+
+Every upsert is sent as ``updated`` (clients use ``sendCreatedAsUpdated: true``) and a
+device's own writes are not sent back to it, so its writes never come back as creations.
+WatermelonDB cannot number its changes, so a mutation is keyed by its content: pushing the
+same record state again is a replay. Tables need an ``updated_at`` column (WatermelonDB sets
+it on every local change) and a ``server_version`` number column (the base of the merge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from apps.accounts.models import Device, User
+from apps.sync import push, registry, selectors
+from apps.sync.models import ChangeOperation, IssuedCursor
+
+_LOCAL_COLUMNS = {"id", "_status", "_changed", "server_version", "updated_at", "created_at"}
+_PULL_PAGE = 500
+_PULL_PAGES_PER_SYNC = 20
+
+
+class UnknownTimestamp(selectors.CursorExpired):
+    """A lastPulledAt this server did not issue to this device (or has forgotten)."""
+
+
+def _empty_changes() -> dict[str, dict[str, list[Any]]]:
+    return {
+        synced_type.watermelon_table: {"created": [], "updated": [], "deleted": []}
+        for synced_type in registry.all_types()
+        if synced_type.watermelon_table
+    }
+
+
+def _raw(record_id: str, data: dict[str, Any], version: int | None) -> dict[str, Any]:
+    raw = {name: value for name, value in data.items() if name not in _LOCAL_COLUMNS}
+    raw["id"] = record_id
+    raw["server_version"] = version or 0
+    return raw
+
+
+def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> dict[str, Any]:
+    """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n}``."""
+    changes = _empty_changes()
+    if not last_pulled_at:
+        position = _snapshot_into(changes, scopes)
+    else:
+        issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
+        if issued is None:
+            raise UnknownTimestamp("This lastPulledAt was not issued to this device; reset and sync again.")
+        position = _feed_into(changes, scopes, issued.position, device)
+    timestamp = IssuedCursor.objects.create(device=device, position=position).pk
+    # Only tables with changes: an app that does not sync a table is not warned about it.
+    changes = {table: kinds for table, kinds in changes.items() if any(kinds.values())}
+    return {"changes": changes, "timestamp": timestamp}
+
+
+def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str]) -> str:
+    import json
+
+    cursor: str | None = None
+    while True:
+        page = selectors.snapshot_page(scopes=scopes, cursor=cursor, limit=selectors_limit())
+        for record_type, record_id, version, data in page.rows:
+            synced_type = registry.get(record_type)
+            if synced_type is not None and synced_type.watermelon_table:
+                changes[synced_type.watermelon_table]["updated"].append(_raw(str(record_id), json.loads(data), version))
+        if page.cursor is None:
+            assert page.feed_cursor is not None
+            return page.feed_cursor
+        cursor = page.cursor
+
+
+def selectors_limit() -> int:
+    return 2_000
+
+
+def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], cursor: str, device: Device) -> str:
+    latest: dict[str, tuple[registry.SyncedType, dict[str, Any] | None]] = {}
+    for _ in range(_PULL_PAGES_PER_SYNC):
+        page = selectors.feed_page(scopes=scopes, cursor=cursor, limit=_PULL_PAGE, reader_device_id=device.pk)
+        for entry in page.entries:
+            synced_type = registry.get(entry.record_type)
+            if synced_type is None or not synced_type.watermelon_table:
+                continue
+            record_id = str(entry.record_id)
+            latest.pop(record_id, None)  # keep feed order: the last change of a record wins
+            if entry.operation == ChangeOperation.UPSERT:
+                latest[record_id] = (synced_type, _raw(record_id, entry.data, entry.version))
+            else:
+                latest[record_id] = (synced_type, None)
+        cursor = page.position.encode()
+        if not page.has_more:
+            break
+    for record_id, (synced_type, raw) in latest.items():
+        table = changes[synced_type.watermelon_table]
+        if raw is not None:
+            table["updated"].append(raw)
+        elif synced_type.is_clinical:
+            # Trap 1: never "deleted" for clinical records; a flag keeps unpushed edits alive.
+            table["updated"].append({"id": record_id, "deleted": True})
+        else:
+            table["deleted"].append(record_id)
+    return cursor
+
+
+def push_changes(*, device: Device, user: User, changes: Any, client_version: str = "") -> dict[str, Any]:
+    """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
+    if not isinstance(changes, dict):
+        raise ValueError("changes must be an object of tables")
+    mutations: list[dict[str, Any]] = []
+    tables: list[str] = []
+    for table, table_changes in sorted(changes.items()):
+        if not isinstance(table_changes, dict):
+            raise ValueError(f"changes.{table} must be an object")
+        synced_type = registry.by_watermelon_table(table)
+        type_name = synced_type.name if synced_type else f"watermelon.{table}"
+        for mutation in _mutations_of(type_name, table_changes):
+            mutations.append(mutation)
+            tables.append(table)
+    results = push.push_mutations(
+        device=device, user=user, mutations=mutations, client_version=client_version, keyed_by_content=True
+    )
+    rejected: dict[str, list[str]] = {}
+    for table, mutation, result in zip(tables, mutations, results, strict=True):
+        if result["status"] in (push.PushStatus.QUARANTINED, push.PushStatus.REJECTED) or (
+            result["status"] == push.PushStatus.DUPLICATE
+            and result.get("original_status") in (push.PushStatus.QUARANTINED, push.PushStatus.REJECTED)
+        ):
+            rejected.setdefault(table, []).append(str(mutation.get("id")))
+    return {"experimentalRejectedIds": rejected, "results": results}
+
+
+def _mutations_of(type_name: str, table_changes: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    for raw in _list(table_changes.get("created")):
+        yield {
+            "type": type_name,
+            "id": raw.get("id") if isinstance(raw, dict) else None,
+            "op": "create",
+            "fields": _fields(raw, None),
+            "content": raw,
+        }
+    for raw in _list(table_changes.get("updated")):
+        changed = _changed_columns(raw)
+        fields = _fields(raw, changed)
+        op = "update"
+        if isinstance(raw, dict) and fields.pop("deleted", False) is True:
+            op, fields = "delete", {}  # trap 1, push side: a clinical delete travels as a flag
+        base = raw.get("server_version") if isinstance(raw, dict) else None
+        yield {
+            "type": type_name,
+            "id": raw.get("id") if isinstance(raw, dict) else None,
+            "op": op,
+            "base_version": base if isinstance(base, int) and base > 0 else None,
+            "fields": fields,
+            "content": raw,
+        }
+    for record_id in _list(table_changes.get("deleted")):
+        yield {"type": type_name, "id": record_id, "op": "delete", "content": record_id}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _changed_columns(raw: Any) -> set[str] | None:
+    changed = raw.get("_changed") if isinstance(raw, dict) else None
+    if not isinstance(changed, str) or not changed:
+        return None
+    return {column for column in changed.split(",") if column}
+
+
+def _fields(raw: Any, only: set[str] | None) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        name: value
+        for name, value in raw.items()
+        if name not in _LOCAL_COLUMNS and (only is None or name in only) and not name.startswith("_")
+    }

@@ -1,0 +1,189 @@
+"""Push throughput: 20 devices, 10,000 mutations in batches of 200, over HTTP into PostgreSQL.
+
+    python -m tests.bench sync_push        (under `python -m config.embedded`, or make bench)
+
+Real uvicorn processes (SYNC_BENCH_WEB_PROCESSES, default 2, devices split between them)
+serve the push endpoint; each device sends its batches in order from its own thread. Each
+device's 500 mutations: 200 encounter creates, 200 clinical-note creates, 100 encounter
+updates. Beside it, the raw floor: the same number of rows upserted straight through
+psycopg (executemany, one transaction per 200 rows), and the ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.bench.support import bench_django, emit
+
+DEVICES = 20
+PER_DEVICE = 500
+BATCH = 200
+WEB_PROCESSES = int(os.environ.get("SYNC_BENCH_WEB_PROCESSES", "2"))
+
+
+def device_mutations(unit_id: str) -> list[dict[str, Any]]:
+    mutations: list[dict[str, Any]] = []
+    encounters = [uuid.uuid4() for _ in range(200)]
+    next_id = iter(range(1, 10_000))
+    for record_id in encounters:
+        mutations.append(
+            {
+                "mutation_id": next(next_id),
+                "type": "care.encounter",
+                "id": str(record_id),
+                "op": "create",
+                "fields": {
+                    "unit_id": unit_id,
+                    "started_at": "2026-11-20T14:05:00+00:00",
+                    "location": "125th St & Lexington Ave",
+                    "assessment": "Calm, oriented; reports three nights without sleep.",
+                },
+                "observed_at": "2026-11-20T14:06:00+00:00",
+            }
+        )
+    for n, record_id in enumerate(encounters):
+        mutations.append(
+            {
+                "mutation_id": next(next_id),
+                "type": "care.note",
+                "id": str(uuid.uuid4()),
+                "op": "create",
+                "fields": {"encounter_id": str(record_id), "body": f"Note {n}: safety plan reviewed with the person."},
+                "observed_at": "2026-11-20T14:20:00+00:00",
+            }
+        )
+    for record_id in encounters[:100]:
+        mutations.append(
+            {
+                "mutation_id": next(next_id),
+                "type": "care.encounter",
+                "id": str(record_id),
+                "op": "update",
+                "base_version": 1,
+                "fields": {"disposition": "referred"},
+                "observed_at": "2026-11-20T14:30:00+00:00",
+            }
+        )
+    return mutations
+
+
+def raw_floor(rows: int) -> float:
+    """Seconds to upsert the same number of rows straight through psycopg."""
+    import psycopg
+    from django.db import connection
+
+    connection.ensure_connection()
+    params = connection.get_connection_params()
+    program_id, unit_id, user_id = _one_unit()
+    started = time.perf_counter()
+    connect_params = {k: v for k, v in params.items() if k != "cursor_factory"}
+    with psycopg.connect(**connect_params) as raw, raw.cursor() as cursor:
+        for start in range(0, rows, BATCH):
+            values = [
+                (uuid.uuid4(), program_id, unit_id, user_id, "125th St & Lexington Ave", "Calm, oriented.")
+                for _ in range(min(BATCH, rows - start))
+            ]
+            cursor.executemany(
+                "INSERT INTO care_encounter (id, program_id, unit_id, created_by_id, created_at, updated_at,"
+                " is_deleted, started_at, location, assessment, disposition)"
+                " VALUES (%s, %s, %s, %s, now(), now(), false, now(), %s, %s, '')"
+                " ON CONFLICT (id) DO UPDATE SET location = EXCLUDED.location, updated_at = now()",
+                values,
+            )
+            raw.commit()
+    return time.perf_counter() - started
+
+
+def _one_unit() -> tuple[Any, Any, Any]:
+    from apps.teams.models import UnitMember
+
+    member = UnitMember.objects.select_related("unit").first()
+    assert member is not None
+    return member.unit.program_id, member.unit_id, member.user_id
+
+
+def main() -> None:
+    with bench_django():
+        from apps.accounts.models import DevicePlatform, Membership, Program, Role, User
+        from apps.accounts.services import device_register
+        from apps.sync.models import Mutation, MutationStatus
+        from apps.teams.models import ResponseModel, Unit, UnitMember
+        from tests.live import asgi_server
+
+        program = Program.objects.create(slug="bench", name="Bench")
+        unit = Unit.objects.create(program=program, call_sign="B-1", response_model=ResponseModel.EMT_CLINICIAN)
+        tokens = []
+        for n in range(DEVICES):
+            user = User.objects.create(username=f"clinician{n}")
+            Membership.objects.create(user=user, program=program, role=Role.CLINICIAN)
+            UnitMember.objects.create(unit=unit, user=user)
+            _device, _token, raw = device_register(user=user, name=f"Tablet {n}", platform=DevicePlatform.ANDROID)
+            tokens.append(raw)
+        plans = [device_mutations(str(unit.pk)) for _ in range(DEVICES)]
+        logs = Path(__file__).resolve().parents[2] / ".data" / "bench-logs"
+
+        import contextlib
+
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(asgi_server(logs, name=f"web-push-{n}")) for n in range(WEB_PROCESSES)]
+            # Warm each process (imports, first connection) before the clock starts.
+            for server in servers:
+                httpx.get(f"{server.http_url}/healthz", timeout=30)
+            failures: list[str] = []
+            latencies: list[float] = []
+            lock = threading.Lock()
+
+            def device(n: int) -> None:
+                url = f"{servers[n % len(servers)].http_url}/api/v1/sync/push/"
+                headers = {"Authorization": f"Bearer {tokens[n]}", "Tandem-Sync-Protocol": "2"}
+                with httpx.Client(timeout=120, headers=headers) as client:
+                    for start in range(0, PER_DEVICE, BATCH):
+                        begun = time.perf_counter()
+                        response = client.post(url, json={"mutations": plans[n][start : start + BATCH]})
+                        with lock:
+                            latencies.append(time.perf_counter() - begun)
+                        if response.status_code != 200:
+                            failures.append(f"{response.status_code} {response.text[:200]}")
+
+            threads = [threading.Thread(target=device, args=(n,)) for n in range(DEVICES)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - started
+
+        total = DEVICES * PER_DEVICE
+        applied = Mutation.objects.filter(status=MutationStatus.APPLIED).count()
+        floor_seconds = raw_floor(total)
+        rate = total / elapsed
+        floor_rate = total / floor_seconds
+        from tests.bench.support import summary_ms
+
+        emit(
+            "sync_push",
+            devices=DEVICES,
+            mutations=total,
+            batch=BATCH,
+            web_processes=WEB_PROCESSES,
+            applied=applied,
+            failures=len(failures),
+            first_failure=failures[0] if failures else None,
+            seconds=round(elapsed, 2),
+            mutations_per_second=round(rate),
+            target_mutations_per_second=5000,
+            batch_latency=summary_ms(latencies),
+            raw_floor_rows_per_second=round(floor_rate),
+            ratio_of_raw_floor=round(rate / floor_rate, 3),
+        )
+
+
+if __name__ == "__main__":
+    main()

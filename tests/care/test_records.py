@@ -1,0 +1,107 @@
+"""Care rules under sync: signed notes and addenda, append-only outcomes, derived status."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from apps.care.models import ClinicalNote, Referral, ReferralOutcomeEvent
+from apps.care.services import referral_outcome_record
+from apps.sync.models import Mutation
+from tests.care.factories import encounter, pushed
+from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import SimDevice
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_signed_note_never_changes_and_an_addendum_amends_it(crew_member: CrewMember) -> None:
+    encounter_id = encounter(crew_member)
+    note_id = uuid.uuid4()
+    fields = {"encounter_id": str(encounter_id), "body": "Person calm.", "signed_at": "2026-11-20T15:00:00+00:00"}
+    assert pushed(crew_member, "care.note", fields, record_id=note_id)["status"] == "applied"
+
+    edit = pushed(
+        crew_member, "care.note", {"body": "Person agitated."}, op="update", record_id=note_id, base_version=1
+    )
+    delete = pushed(crew_member, "care.note", {}, op="delete", record_id=note_id, base_version=1)
+    addendum = pushed(
+        crew_member,
+        "care.note",
+        {"encounter_id": str(encounter_id), "amends_id": str(note_id), "body": "Correction: agitated on arrival."},
+    )
+
+    assert (edit["status"], edit["error"]["code"]) == ("quarantined", "note_signed")
+    assert (delete["status"], delete["error"]["code"]) == ("quarantined", "note_signed")
+    assert addendum["status"] == "applied"
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (note.body, note.is_deleted) == ("Person calm.", False)
+    assert [a.body for a in note.addenda.all()] == ["Correction: agitated on arrival."]
+    # The refused text is kept, not lost.
+    assert Mutation.objects.get(error_code="note_signed", operation="update").payload["fields"]["body"] == (
+        "Person agitated."
+    )
+
+
+def test_only_the_author_edits_a_draft_note(crew_member: CrewMember) -> None:
+    note_id = uuid.uuid4()
+    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+
+    result = pushed(teammate, "care.note", {"body": "Rewritten."}, op="update", record_id=note_id, base_version=1)
+
+    assert (result["status"], result["error"]["code"]) == ("quarantined", "not_author")
+    assert ClinicalNote.objects.get(pk=note_id).body == "Draft."
+
+
+def test_referral_status_is_derived_from_append_only_outcome_events(crew_member: CrewMember) -> None:
+    referral_id = uuid.uuid4()
+    pushed(
+        crew_member,
+        "care.referral",
+        {"encounter_id": str(encounter(crew_member)), "service_type": "housing", "reason": "Unhoused."},
+        record_id=referral_id,
+    )
+    teammate = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    _, cursor = teammate.pull()
+    event_id = uuid.uuid4()
+
+    connected = pushed(
+        crew_member,
+        "care.referral_outcome",
+        {"referral_id": str(referral_id), "outcome": "connected", "observed_at": "2026-11-21T10:00:00+00:00"},
+        record_id=event_id,
+    )
+    # Recorded later, but it happened earlier: the status stays "connected".
+    referral_outcome_record(
+        referral=Referral.objects.get(pk=referral_id),
+        outcome="scheduled",
+        observed_at="2026-11-20T10:00:00+00:00",
+        details="",
+        actor=crew_member.user,
+    )
+    change = pushed(
+        crew_member, "care.referral_outcome", {"outcome": "declined"}, op="update", record_id=event_id, base_version=1
+    )
+    entries, _ = teammate.pull(cursor)
+
+    assert connected["status"] == "applied"
+    assert (change["status"], change["error"]["code"]) == ("quarantined", "append_only")
+    assert Referral.objects.get(pk=referral_id).status == "connected"
+    assert ReferralOutcomeEvent.objects.filter(referral_id=referral_id).count() == 2
+    referral_updates = [e for e in entries if e["type"] == "care.referral"]
+    assert referral_updates[-1]["data"]["status"] == "connected"
+
+
+def test_a_note_for_an_encounter_of_another_unit_is_not_permitted(
+    crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    theirs = encounter(outsider)
+
+    result = pushed(crew_member, "care.note", {"encounter_id": str(theirs), "body": "Sneaky."})
+    missing = pushed(crew_member, "care.note", {"encounter_id": str(uuid.uuid4()), "body": "Orphan."})
+
+    assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted")
+    assert (missing["status"], missing["error"]["code"]) == ("quarantined", "parent_not_found")
+    assert ClinicalNote.objects.count() == 0

@@ -1,0 +1,94 @@
+"""Test helpers: a device that pushes and pulls over the API the way a mobile client does."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rest_framework.test import APIClient
+
+from tests.conftest import CrewMember
+
+PROTOCOL = {"HTTP_TANDEM_SYNC_PROTOCOL": "2", "HTTP_TANDEM_CLIENT_VERSION": "tandem-test/1.0"}
+
+
+# One increasing source of mutation ids for every helper, so a device's ids keep rising
+# whichever helper pushes for it.
+mutation_ids = itertools.count(1_000_000)
+
+
+def sync_client(member: CrewMember) -> APIClient:
+    """An API client of the member's device speaking sync protocol 2."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {member.token}", **PROTOCOL)
+    return client
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class SimDevice:
+    """A member's device with an outbox and a mutation counter."""
+
+    member: CrewMember
+    next_mutation_id: int = 1
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def client(self) -> APIClient:
+        return sync_client(self.member)
+
+    def mutation(
+        self,
+        op: str,
+        record_type: str,
+        record_id: uuid.UUID | str,
+        fields: dict[str, Any] | None = None,
+        base_version: int | None = None,
+    ) -> dict[str, Any]:
+        mutation_id = max(self.next_mutation_id, next(mutation_ids))
+        mutation = {
+            "mutation_id": mutation_id,
+            "type": record_type,
+            "id": str(record_id),
+            "op": op,
+            "base_version": base_version,
+            "fields": fields or {},
+            "observed_at": now_iso(),
+        }
+        self.next_mutation_id = mutation_id + 1
+        return mutation
+
+    def push(self, *mutations: dict[str, Any], expect: int = 200) -> list[dict[str, Any]]:
+        response = self.client().post("/api/v1/sync/push/", {"mutations": list(mutations)}, format="json")
+        assert response.status_code == expect, response.content
+        results: list[dict[str, Any]] = response.json().get("results", [])
+        return results
+
+    def pull(self, cursor: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        entries: list[dict[str, Any]] = []
+        while True:
+            params = {"cursor": cursor} if cursor else {}
+            response = self.client().get("/api/v1/sync/feed/", params)
+            assert response.status_code == 200, response.content
+            body = response.json()
+            entries += body["entries"]
+            cursor = body["cursor"]
+            if not body["has_more"]:
+                return entries, cursor
+
+
+def encounter_fields(member: CrewMember, **overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "unit_id": str(member.unit.pk),
+        "started_at": "2026-11-20T14:05:00+00:00",
+        "location": "125th St & Lexington Ave",
+        "assessment": "",
+        "disposition": "",
+    }
+    fields.update(overrides)
+    return fields

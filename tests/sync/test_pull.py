@@ -1,0 +1,151 @@
+"""Pull: the bootstrap snapshot, tombstones, retention (410) and scope changes (P5)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from apps.accounts.models import Program, Role
+from apps.care.models import Encounter
+from apps.care.services import encounter_reassign
+from apps.sync import services
+from apps.sync.models import Mutation, MutationStatus
+from apps.teams.models import UnitMember
+from tests.care.factories import encounter
+from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import SimDevice, sync_client
+from tests.teams.factories import UnitFactory, UnitMemberFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def snapshot(member: CrewMember, limit: int = 1000) -> tuple[list[list[dict[str, Any]]], str]:
+    pages: list[list[dict[str, Any]]] = []
+    cursor = ""
+    while True:
+        params: dict[str, str | int] = {"cursor": cursor, "limit": limit}
+        response = sync_client(member).get("/api/v1/sync/snapshot/", params)
+        assert response.status_code == 200, response.content
+        body = response.json()
+        pages.append(body["records"])
+        if not body["has_more"]:
+            assert body["cursor"] is None
+            return pages, body["feed_cursor"]
+        assert body["feed_cursor"] is None
+        cursor = body["cursor"]
+
+
+def test_snapshot_pages_through_every_live_record_in_scope_once(
+    program: Program, crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    ours = sorted(str(encounter(crew_member)) for _ in range(5))
+    encounter(outsider)
+    case_manager = make_crew_member(program, role=Role.CASE_MANAGER, unit=crew_member.unit)
+
+    pages, feed_cursor = snapshot(crew_member, limit=2)
+    manager_pages, _ = snapshot(case_manager, limit=3)
+
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert sorted(record["id"] for page in pages for record in page) == ours
+    assert pages[0][0]["version"] == 1 and pages[0][0]["data"]["unit_id"] == str(crew_member.unit.pk)
+    # Seen through two scopes (the unit and the program's case managers), sent once.
+    manager_ids = [record["id"] for page in manager_pages for record in page]
+    assert len(manager_ids) == len(set(manager_ids)) == 6
+    assert feed_cursor
+
+
+def test_what_changes_while_a_snapshot_is_read_is_in_the_feed_after_it(crew_member: CrewMember) -> None:
+    first = encounter(crew_member)
+    response = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1})
+    cursor = response.json()["cursor"]
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    during = encounter(teammate, location="during the snapshot")
+    device = SimDevice(teammate)
+    device.push(device.mutation("update", "care.encounter", first, {"location": "moved"}, base_version=1))
+
+    rest = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": cursor}).json()
+    entries, _ = SimDevice(crew_member).pull(rest["feed_cursor"])
+
+    fed = {(entry["id"], entry["version"]) for entry in entries}
+    assert (str(during), 1) in fed and (str(first), 2) in fed
+
+
+def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(crew_member: CrewMember) -> None:
+    record_id = encounter(crew_member)
+    old_cursor = SimDevice(crew_member).pull()[1]
+    encounter(crew_member)
+
+    services.feed_prune(older_than=timedelta(0))
+    expired = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": old_cursor})
+    pages, feed_cursor = snapshot(crew_member)
+
+    assert expired.status_code == 410 and expired.json()["code"] == "cursor_expired"
+    assert str(record_id) in [record["id"] for record in pages[0]]
+    assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
+
+
+def test_reassigned_encounter_is_removed_from_the_old_units_devices_and_their_edits_are_quarantined(
+    program: Program, crew_member: CrewMember
+) -> None:
+    record_id = encounter(crew_member, location="before")
+    old_crew = SimDevice(crew_member)
+    _, cursor = old_crew.pull()
+    new_unit = UnitFactory.create(program=program)
+    new_crew = SimDevice(make_crew_member(program, unit=new_unit))
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+
+    encounter_reassign(encounter=Encounter.objects.get(pk=record_id), unit=new_unit, actor=supervisor.user)
+    removed, _ = old_crew.pull(cursor)
+    gained, _ = new_crew.pull()
+    [pending] = old_crew.push(old_crew.mutation("update", "care.encounter", record_id, {"location": "offline"}, 1))
+
+    assert [(e["id"], e["op"], e.get("reason")) for e in removed] == [(str(record_id), "remove", "out_of_scope")]
+    assert [(e["id"], e["op"]) for e in gained] == [(str(record_id), "upsert")]
+    assert (pending["status"], pending["error"]["code"]) == ("quarantined", "not_permitted")
+    assert Encounter.objects.get(pk=record_id).location == "before"
+    kept = supervisor.client().get("/api/v1/sync/quarantine/").json()["results"]
+    assert [m["payload"]["fields"] for m in kept] == [{"location": "offline"}]
+
+
+def test_leaving_a_unit_removes_its_records_and_joining_one_brings_them(
+    program: Program, crew_member: CrewMember
+) -> None:
+    stays_visible = make_crew_member(program, unit=crew_member.unit)
+    record_id = encounter(stays_visible)
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    other_unit = UnitFactory.create(program=program)
+    elsewhere = encounter(make_crew_member(program, unit=other_unit))
+
+    UnitMember.objects.filter(user=crew_member.user, unit=crew_member.unit).delete()
+    UnitMemberFactory.create(user=crew_member.user, unit=other_unit)
+    entries, _ = device.pull(cursor)
+
+    assert {(e["id"], e["op"]) for e in entries} == {(str(record_id), "remove"), (str(elsewhere), "upsert")}
+    [late] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1))
+    assert late["status"] == "quarantined"
+    assert Mutation.objects.filter(status=MutationStatus.QUARANTINED, user=crew_member.user).count() == 1
+
+
+def test_user_scope_refresh_is_idempotent(program: Program, crew_member: CrewMember) -> None:
+    encounter(crew_member)
+    services.user_scopes_refresh(user=crew_member.user)
+    UnitMember.objects.filter(user=crew_member.user).delete()
+
+    services.user_scopes_refresh(user=crew_member.user)
+    entries, cursor = SimDevice(crew_member).pull()
+    services.user_scopes_refresh(user=crew_member.user)
+
+    assert [e["op"] for e in entries].count("remove") == 1
+    assert SimDevice(crew_member).pull(cursor)[0] == []
+
+
+def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: CrewMember) -> None:
+    no_header = crew_member.client().get("/api/v1/sync/snapshot/")
+    bad = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": uuid.uuid4().hex})
+
+    assert no_header.status_code == 426
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "cursor"

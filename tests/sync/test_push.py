@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from apps.accounts.models import Program, Role
+from apps.care.models import Encounter
+from apps.sync import conf
+from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
+from tests.accounts.factories import device_with_token
+from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+
+# The feed serves only what every older transaction has finished, so these tests commit.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def teammate_device(member: CrewMember) -> SimDevice:
+    """Another device of the same unit's crew."""
+    return SimDevice(make_crew_member(member.unit.program, unit=member.unit))
+
+
+def created(device: SimDevice, **overrides: Any) -> tuple[uuid.UUID, dict[str, Any]]:
+    record_id = uuid.uuid4()
+    [result] = device.push(
+        device.mutation("create", "care.encounter", record_id, encounter_fields(device.member, **overrides))
+    )
+    assert result["status"] == "applied", result
+    return record_id, result
+
+
+def test_a_created_record_is_applied_versioned_and_fed_to_the_crew_but_not_echoed(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    teammate = teammate_device(crew_member)
+
+    record_id, result = created(device, location="Marcus Garvey Park")
+
+    assert result["version"] == 1 and result["data"]["location"] == "Marcus Garvey Park"
+    assert Encounter.objects.get(pk=record_id).created_by == crew_member.user
+    entries, _ = teammate.pull()
+    assert [(e["id"], e["op"], e["version"]) for e in entries] == [(str(record_id), "upsert", 1)]
+    assert device.pull()[0] == []  # its own write does not come back
+
+
+def test_replayed_batch_returns_the_stored_results_and_changes_nothing(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    batch = [
+        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)),
+        device.mutation("update", "care.encounter", record_id, {"location": "Harlem Hospital"}, base_version=1),
+    ]
+    first = device.push(*batch)
+    counts = (Mutation.objects.count(), RecordVersion.objects.count(), ChangeEntry.objects.count())
+
+    again = device.push(*batch)
+
+    assert [r["status"] for r in first] == ["applied", "applied"]
+    assert [r["status"] for r in again] == ["duplicate", "duplicate"]
+    assert [r["original_status"] for r in again] == ["applied", "applied"]
+    assert [r["version"] for r in again] == [r["version"] for r in first] == [1, 2]
+    assert (Mutation.objects.count(), RecordVersion.objects.count(), ChangeEntry.objects.count()) == counts
+
+
+def test_a_reused_mutation_id_with_other_content_is_rejected_and_the_first_stands(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id, _ = created(device, location="first")
+    reused = device.mutation("update", "care.encounter", record_id, {"location": "second"}, base_version=1)
+    reused["mutation_id"] -= 1
+
+    [result] = device.push(reused)
+
+    assert result["status"] == "rejected" and result["error"]["code"] == "mutation_id_reused"
+    assert Encounter.objects.get(pk=record_id).location == "first"
+
+
+def test_out_of_order_mutation_is_quarantined_and_visible_to_the_user_and_a_supervisor(
+    program: Program, crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    device = SimDevice(crew_member)
+    created(device)
+    late = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+    late["mutation_id"] = 5
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+
+    [result] = device.push(late)
+
+    assert result["status"] == "quarantined" and result["error"]["code"] == "mutation_out_of_order"
+    assert Encounter.objects.count() == 1
+    own = crew_member.client().get("/api/v1/sync/quarantine/").json()["results"]
+    supervised = supervisor.client().get("/api/v1/sync/quarantine/").json()["results"]
+    outsiders = outsider.client().get("/api/v1/sync/quarantine/").json()["results"]
+    assert [m["mutation_id"] for m in own] == [m["mutation_id"] for m in supervised] == [5]
+    assert own[0]["payload"]["fields"]["location"] == late["fields"]["location"]  # kept, not lost
+    assert outsiders == []
+
+
+def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    good_id = uuid.uuid4()
+    mutations = [
+        device.mutation("create", "care.unknown_thing", uuid.uuid4(), {}),
+        device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member, started_at=12)),
+        device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member, mood="calm")),
+        device.mutation("update", "care.encounter", uuid.uuid4(), {"location": "x"}, base_version=1),
+        device.mutation("create", "care.encounter", good_id, encounter_fields(crew_member)),
+        {"mutation_id": "seven", "type": "care.encounter", "id": str(uuid.uuid4()), "op": "create"},
+        device.mutation("create", "care.encounter", "not-a-uuid", {}),
+        device.mutation("explode", "care.encounter", uuid.uuid4(), {}),
+    ]
+
+    results = device.push(*mutations)
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("quarantined", "unknown_record_type"),
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "record_not_found"),
+        ("applied", None),
+        ("rejected", "invalid_mutation_id"),
+        ("quarantined", "invalid_id"),
+        ("quarantined", "invalid_op"),
+    ]
+    assert results[1]["error"]["field"] == "fields.started_at"
+    assert results[2]["error"]["field"] == "fields.mood"
+    assert list(Encounter.objects.values_list("pk", flat=True)) == [good_id]
+    # The device's next sync is not blocked by what was quarantined.
+    [later] = device.push(device.mutation("update", "care.encounter", good_id, {"location": "y"}, base_version=1))
+    assert later["status"] == "applied"
+
+
+def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(crew_member: CrewMember) -> None:
+    client = sync_client(crew_member)
+
+    not_a_list = client.post("/api/v1/sync/push/", {"mutations": {"a": 1}}, format="json")
+    not_json = client.post("/api/v1/sync/push/", "{oops", content_type="application/json")
+    too_many = client.post("/api/v1/sync/push/", {"mutations": [{}] * (conf.PUSH_MAX_MUTATIONS + 1)}, format="json")
+
+    assert not_a_list.status_code == 400 and not_a_list.json()["errors"][0]["field"] == "mutations"
+    assert not_json.status_code == 400
+    assert too_many.status_code == 413
+    assert too_many.json()["code"] == "batch_too_large" and too_many.json()["limit"] == conf.PUSH_MAX_MUTATIONS
+    assert Mutation.objects.count() == 0
+
+
+def test_another_units_record_cannot_be_changed(crew_member: CrewMember, outsider: CrewMember) -> None:
+    record_id, _ = created(SimDevice(crew_member), location="ours")
+    intruder = SimDevice(outsider)
+
+    [update] = intruder.push(intruder.mutation("update", "care.encounter", record_id, {"location": "theirs"}, 1))
+    [create] = intruder.push(intruder.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+
+    assert (update["status"], update["error"]["code"]) == ("quarantined", "not_permitted")
+    assert (create["status"], create["error"]["code"]) == ("quarantined", "not_permitted")
+    assert "data" not in update  # nothing of the record is disclosed
+    assert Encounter.objects.get(pk=record_id).location == "ours"
+    assert Encounter.objects.count() == 1
+
+
+def test_edits_of_different_fields_merge(crew_member: CrewMember) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+
+    [first] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "Pier 17"}, 1))
+    [second] = teammate.push(teammate.mutation("update", "care.encounter", record_id, {"disposition": "referred"}, 1))
+
+    assert (first["status"], second["status"]) == ("applied", "applied")
+    encounter = Encounter.objects.get(pk=record_id)
+    assert (encounter.location, encounter.disposition) == ("Pier 17", "referred")
+    assert second["version"] == 3 and second["data"]["location"] == "Pier 17"
+    assert Conflict.objects.count() == 0
+
+
+def test_same_field_edits_keep_both_values_as_a_conflict_and_clinical_text_is_never_overwritten(
+    crew_member: CrewMember,
+) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device, assessment="Calm, oriented.")
+
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Agitated; paranoid."}, 1))
+    [late] = teammate.push(
+        teammate.mutation(
+            "update", "care.encounter", record_id, {"assessment": "Calm; accepted referral.", "location": "Home"}, 1
+        )
+    )
+
+    assert late["status"] == "conflict"
+    encounter = Encounter.objects.get(pk=record_id)
+    assert encounter.assessment == "Agitated; paranoid."  # the first writer's text stands
+    assert encounter.location == "Home"  # the other field of the same edit merged
+    conflict = Conflict.objects.get()
+    assert (conflict.field, conflict.kind, conflict.is_clinical_text) == ("assessment", "same_field", True)
+    assert (conflict.base_value, conflict.server_value, conflict.device_value) == (
+        "Calm, oriented.",
+        "Agitated; paranoid.",
+        "Calm; accepted referral.",
+    )
+    assert late["conflicts"] == [{"id": str(conflict.id), "kind": "same_field", "field": "assessment"}]
+    # The losing device gets the merged record back through the feed (it differs from its own).
+    entries, _ = teammate.pull()
+    assert entries[-1]["data"]["assessment"] == "Agitated; paranoid."
+
+
+def test_a_devices_queued_edits_of_one_field_replace_each_other_without_conflict(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id, _ = created(device)
+
+    results = device.push(
+        device.mutation("update", "care.encounter", record_id, {"location": "A"}, 1),
+        device.mutation("update", "care.encounter", record_id, {"location": "B"}, 1),
+    )
+
+    assert [r["status"] for r in results] == ["applied", "applied"]
+    assert Encounter.objects.get(pk=record_id).location == "B"
+
+
+def test_a_delete_meeting_an_unseen_edit_is_a_conflict_and_the_record_stays(crew_member: CrewMember) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"location": "edited"}, 1))
+
+    [deleted] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+
+    assert deleted["status"] == "conflict" and deleted["conflicts"][0]["kind"] == "delete_vs_edit"
+    assert Encounter.objects.get(pk=record_id).is_deleted is False
+
+
+def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(crew_member: CrewMember) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    _, cursor = teammate.pull()
+
+    [deleted] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+    [edit] = teammate.push(teammate.mutation("update", "care.encounter", record_id, {"location": "late"}, 1))
+
+    assert deleted["status"] == "applied" and deleted["version"] == 2
+    assert Encounter.objects.get(pk=record_id).is_deleted is True  # never hard-deleted
+    entries, _ = teammate.pull(cursor)
+    assert [(e["op"], e.get("reason")) for e in entries] == [("remove", "deleted")]
+    assert edit["status"] == "conflict"
+    conflict = Conflict.objects.get()
+    assert (conflict.kind, conflict.field, conflict.device_value) == ("edit_vs_delete", "location", "late")
+
+
+def test_pushing_needs_protocol_2_and_the_feed_still_serves_version_1(crew_member: CrewMember) -> None:
+    client = crew_member.client()
+
+    no_header = client.post("/api/v1/sync/push/", {"mutations": []}, format="json")
+    future = client.post("/api/v1/sync/push/", {"mutations": []}, format="json", headers={"Tandem-Sync-Protocol": "99"})
+    old_feed = client.get("/api/v1/sync/feed/")
+
+    assert no_header.status_code == 426 and no_header.json()["code"] == "sync_protocol_unsupported"
+    assert future.status_code == 426 and future.json()["errors"][0]["field"] == "Tandem-Sync-Protocol"
+    assert old_feed.status_code == 200
+
+
+def test_device_times_are_kept_as_observed_and_implausible_ones_flagged(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    mutation = device.mutation(
+        "create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member, started_at="2031-01-01T00:00:00+00:00")
+    )
+    mutation["observed_at"] = "2031-01-01T00:00:00+00:00"
+
+    [result] = device.push(mutation)
+
+    assert result["status"] == "applied"
+    assert result["warnings"][0]["code"] == "observed_at_implausible"
+    stored = Mutation.objects.get()
+    assert stored.observed_at is not None and stored.observed_at.year == 2031 and stored.observed_at_plausible is False
+    assert (stored.user, stored.device, stored.client_version) == (
+        crew_member.user,
+        crew_member.device,
+        "tandem-test/1.0",
+    )
+
+
+def test_a_device_of_another_user_keeps_its_own_mutation_ids(crew_member: CrewMember) -> None:
+    """Mutation ids are per device: two devices both starting at 1 do not collide."""
+    first = SimDevice(crew_member)
+    second_device, token = device_with_token(crew_member.user, "Phone")
+    second = SimDevice(CrewMember(crew_member.user, crew_member.unit, second_device, token))
+
+    [a] = first.push(first.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+    [b] = second.push(second.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+
+    assert (a["status"], b["status"]) == ("applied", "applied")
+    assert Mutation.objects.filter(status=MutationStatus.APPLIED).count() == 2
+
+
+def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member: CrewMember) -> None:
+    """The server died between storing a batch and applying it, and the device never came back."""
+    from datetime import timedelta
+
+    from apps.sync import push
+
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    envelope = push.parse_envelope(
+        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)), 0
+    )
+    push._store(
+        device=crew_member.device,
+        user=crew_member.user,
+        envelopes=[envelope],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )
+    assert Mutation.objects.get().status == MutationStatus.RECEIVED
+
+    swept = push.apply_stranded(older_than=timedelta(0))
+    again = push.apply_stranded(older_than=timedelta(0))
+
+    assert (swept, again) == (1, 0)
+    assert Mutation.objects.get().status == MutationStatus.APPLIED
+    assert Encounter.objects.filter(pk=record_id).count() == 1

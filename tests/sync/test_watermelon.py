@@ -1,0 +1,80 @@
+"""The real WatermelonDB sync (npm @nozbe/watermelondb, in Node) against the real server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from apps.care.models import ClinicalNote, Encounter
+from apps.sync.models import Conflict, Mutation, MutationStatus
+from tests.care.factories import encounter
+from tests.conftest import CrewMember, make_crew_member
+from tests.live import AsgiServer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
+
+PROJECT = Path(__file__).resolve().parent / "watermelon"
+
+
+def node_project() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is required for the WatermelonDB test (install nodejs and npm).")
+    if not (PROJECT / "node_modules" / "@nozbe" / "watermelondb").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is required to install the WatermelonDB test's packages.")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(PROJECT)], check=True, timeout=300)
+    return node
+
+
+def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    node = node_project()
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    preseeded = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit), location="preseeded")
+
+    run = subprocess.run(
+        [node, "sync_test.js"],
+        cwd=PROJECT,
+        env={
+            "PATH": str(Path(node).parent),
+            "BASE_URL": asgi.http_url,
+            "TOKEN_A": crew_member.token,
+            "TOKEN_B": teammate.token,
+            "UNIT_ID": str(crew_member.unit.pk),
+            "PRESEEDED_ID": str(preseeded),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    encounter_id = uuid.UUID(summary["encounterId"])
+    # Created once each, by the tablet that made them, never duplicated.
+    assert Encounter.objects.filter(pk=encounter_id, created_by=crew_member.user).count() == 1
+    assert ClinicalNote.objects.get(pk=summary["noteId"]).body == "Draft note."
+    # The rejected record is kept in quarantine, visible, not applied.
+    orphan = Mutation.objects.get(record_id=summary["orphanId"])
+    assert (orphan.status, orphan.error_code) == (MutationStatus.QUARANTINED, "parent_not_found")
+    assert not ClinicalNote.objects.filter(pk=summary["orphanId"]).exists()
+    # Same-field edits: the first stands, the second is kept as a conflict.
+    assert Encounter.objects.get(pk=preseeded).assessment == "A: calm now."
+    same_field = Conflict.objects.get(record_id=preseeded)
+    assert (same_field.field, same_field.device_value, same_field.user) == (
+        "assessment",
+        "B: still agitated.",
+        teammate.user,
+    )
+    # The delete is soft, and B's edit that met it is kept as a conflict rather than lost.
+    deleted = Encounter.objects.get(pk=encounter_id)
+    assert deleted.is_deleted and deleted.location == "Lenox Ave"
+    kept = Conflict.objects.get(record_id=encounter_id, kind="edit_vs_delete")
+    assert kept.device_value == "B: moved to clinic"

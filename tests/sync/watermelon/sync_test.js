@@ -1,0 +1,239 @@
+// Two tablets running the real WatermelonDB sync against a running Tandem server.
+//
+//   BASE_URL=http://127.0.0.1:8000 TOKEN_A=... TOKEN_B=... UNIT_ID=... PRESEEDED_ID=... node sync_test.js
+//
+// Exits non-zero on the first failed expectation; prints one JSON line of what the Python
+// test checks on the server side.
+'use strict'
+
+const assert = require('node:assert/strict')
+const crypto = require('node:crypto')
+const { Database, Model, appSchema, tableSchema } = require('@nozbe/watermelondb')
+const LokiJSAdapter = require('@nozbe/watermelondb/adapters/lokijs').default
+const { synchronize } = require('@nozbe/watermelondb/sync')
+
+const { BASE_URL, TOKEN_A, TOKEN_B, UNIT_ID, PRESEEDED_ID } = process.env
+
+const common = [
+  { name: 'unit_id', type: 'string', isOptional: true },
+  { name: 'author_id', type: 'string', isOptional: true },
+  { name: 'deleted', type: 'boolean' },
+  { name: 'server_version', type: 'number' },
+  { name: 'updated_at', type: 'number' },
+]
+
+const schema = appSchema({
+  version: 1,
+  tables: [
+    tableSchema({
+      name: 'encounters',
+      columns: [
+        ...common,
+        { name: 'person_id', type: 'string', isOptional: true },
+        { name: 'started_at', type: 'string' },
+        { name: 'ended_at', type: 'string', isOptional: true },
+        { name: 'location', type: 'string' },
+        { name: 'assessment', type: 'string' },
+        { name: 'disposition', type: 'string' },
+      ],
+    }),
+    tableSchema({
+      name: 'notes',
+      columns: [
+        ...common,
+        { name: 'encounter_id', type: 'string' },
+        { name: 'amends_id', type: 'string', isOptional: true },
+        { name: 'body', type: 'string' },
+        { name: 'signed_at', type: 'string', isOptional: true },
+      ],
+    }),
+  ],
+})
+
+// Plain classes: no decorators, no build step.
+class SyncedModel extends Model {
+  get updatedAt() {
+    return this._getRaw('updated_at')
+  }
+  get serverVersion() {
+    return this._getRaw('server_version')
+  }
+  get deleted() {
+    return this._getRaw('deleted')
+  }
+}
+
+class Encounter extends SyncedModel {
+  static table = 'encounters'
+  get location() {
+    return this._getRaw('location')
+  }
+  get assessment() {
+    return this._getRaw('assessment')
+  }
+}
+
+class Note extends SyncedModel {
+  static table = 'notes'
+  get body() {
+    return this._getRaw('body')
+  }
+}
+
+function tablet(name, token) {
+  const adapter = new LokiJSAdapter({
+    schema,
+    dbName: name,
+    useWebWorker: false,
+    useIncrementalIndexedDB: true,
+    extraLokiOptions: { autosave: false },
+  })
+  const database = new Database({ adapter, modelClasses: [Encounter, Note] })
+  const headers = {
+    Authorization: `Bearer ${token}`,
+    'Content-Type': 'application/json',
+    'Tandem-Sync-Protocol': '2',
+    'Tandem-Client-Version': 'watermelon-test/1.0',
+  }
+  const seen = { pulls: [], pushes: [] }
+  async function sync() {
+    await synchronize({
+      database,
+      sendCreatedAsUpdated: true,
+      // WatermelonDB merges a pulled record into a locally edited one column by column, and
+      // would take the pulled server_version too: the edit would then claim a base it never
+      // saw and silently overwrite the other writer. Keep the base the edit was made on, so
+      // the server's three-way merge sees the collision.
+      conflictResolver: (_table, local, _remote, resolved) => {
+        if (local._status !== 'synced') resolved.server_version = local.server_version
+        return resolved
+      },
+      pullChanges: async ({ lastPulledAt }) => {
+        const url = `${BASE_URL}/api/v1/sync/watermelon/pull/?last_pulled_at=${lastPulledAt || ''}`
+        const response = await fetch(url, { headers })
+        if (!response.ok) throw new Error(`pull ${response.status}: ${await response.text()}`)
+        const body = await response.json()
+        seen.pulls.push(body)
+        return body
+      },
+      pushChanges: async ({ changes, lastPulledAt }) => {
+        const response = await fetch(`${BASE_URL}/api/v1/sync/watermelon/push/`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ changes, lastPulledAt }),
+        })
+        if (!response.ok) throw new Error(`push ${response.status}: ${await response.text()}`)
+        const body = await response.json()
+        seen.pushes.push(body)
+        return { experimentalRejectedIds: body.experimentalRejectedIds }
+      },
+    })
+  }
+  return { database, sync, seen }
+}
+
+async function createEncounter(database, fields) {
+  const id = crypto.randomUUID()
+  await database.write(async () => {
+    await database.get('encounters').create((record) => {
+      record._raw.id = id
+      record._setRaw('unit_id', UNIT_ID)
+      record._setRaw('started_at', '2026-11-20T14:05:00Z')
+      record._setRaw('disposition', '')
+      record._setRaw('assessment', '')
+      for (const [column, value] of Object.entries(fields)) record._setRaw(column, value)
+    })
+  })
+  return id
+}
+
+async function createNote(database, encounterId, body) {
+  const id = crypto.randomUUID()
+  await database.write(async () => {
+    await database.get('notes').create((record) => {
+      record._raw.id = id
+      record._setRaw('encounter_id', encounterId)
+      record._setRaw('body', body)
+    })
+  })
+  return id
+}
+
+async function edit(database, table, id, fields) {
+  const record = await database.get(table).find(id)
+  await database.write(async () => {
+    await record.update((r) => {
+      for (const [column, value] of Object.entries(fields)) r._setRaw(column, value)
+    })
+  })
+}
+
+const find = (database, table, id) => database.get(table).find(id)
+const pulledIds = (body, table) => (body.changes[table] ? body.changes[table].updated.map((raw) => raw.id) : [])
+
+async function main() {
+  const a = tablet('tablet-a', TOKEN_A)
+  const b = tablet('tablet-b', TOKEN_B)
+
+  // First sync brings what the server already has.
+  await a.sync()
+  await b.sync()
+  assert.equal((await find(a.database, 'encounters', PRESEEDED_ID)).location, 'preseeded')
+  assert.equal((await find(b.database, 'encounters', PRESEEDED_ID)).serverVersion, 1)
+
+  // A documents offline, then syncs. Its own writes never come back to it as creations.
+  const encounterId = await createEncounter(a.database, { location: 'Lenox Ave', assessment: 'Tearful.' })
+  const noteId = await createNote(a.database, encounterId, 'Draft note.')
+  await a.sync()
+  await a.sync()
+  const echo = a.seen.pulls[a.seen.pulls.length - 1]
+  for (const table of Object.keys(echo.changes)) {
+    assert.deepEqual(echo.changes[table].created, [], 'nothing comes back as created')
+  }
+  assert.ok(!pulledIds(echo, 'encounters').includes(encounterId), 'own write not echoed')
+  assert.equal((await find(a.database, 'notes', noteId))._raw._status, 'synced')
+
+  // B gets them.
+  await b.sync()
+  assert.equal((await find(b.database, 'encounters', encounterId)).location, 'Lenox Ave')
+  assert.equal((await find(b.database, 'notes', noteId)).body, 'Draft note.')
+
+  // Trap 2: one bad record (a note of an encounter that does not exist) does not fail the
+  // push; it is rejected alone and the good change beside it applies.
+  const orphanId = await createNote(a.database, crypto.randomUUID(), 'Orphan note.')
+  await edit(a.database, 'encounters', encounterId, { disposition: 'referred' })
+  await a.sync()
+  const rejected = a.seen.pushes[a.seen.pushes.length - 1].experimentalRejectedIds
+  assert.deepEqual(rejected, { notes: [orphanId] })
+  assert.equal((await find(a.database, 'notes', orphanId))._raw._status, 'created', 'kept locally, unsynced')
+  assert.equal((await find(a.database, 'encounters', encounterId))._raw._status, 'synced')
+
+  // Same field, both offline: the second writer's text is kept as a conflict, and the
+  // second tablet then receives the server's text (its write came back merged).
+  await b.sync()
+  await edit(a.database, 'encounters', PRESEEDED_ID, { assessment: 'A: calm now.' })
+  await edit(b.database, 'encounters', PRESEEDED_ID, { assessment: 'B: still agitated.' })
+  await a.sync()
+  await b.sync()
+  await b.sync()
+  assert.equal((await find(b.database, 'encounters', PRESEEDED_ID)).assessment, 'A: calm now.')
+
+  // Trap 1: A deletes an encounter (a clinical record: a flag, not a destroy) while B has
+  // an unpushed edit of it. B's edit survives the pull and reaches the server.
+  await edit(b.database, 'encounters', encounterId, { location: 'B: moved to clinic' })
+  await edit(a.database, 'encounters', encounterId, { deleted: true })
+  await a.sync()
+  await b.sync()
+  const onB = await find(b.database, 'encounters', encounterId)
+  assert.equal(onB.deleted, true, 'B learns of the delete')
+  assert.equal(onB.location, 'B: moved to clinic', 'B keeps its edit')
+
+  console.log(
+    JSON.stringify({ encounterId, noteId, orphanId, pulls: a.seen.pulls.length + b.seen.pulls.length }),
+  )
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
