@@ -1,6 +1,6 @@
 """Pull: first sync of 50,000 records, and an incremental pull of 500 changes in a big feed.
 
-    python -m tests.bench sync_pull        (under `python -m config.embedded`, or make bench)
+    python -m tests.bench sync_pull        (under `python config/embedded.py`, or make bench)
 
 1. First sync: a device whose user sees 50,000 encounters pages through
    GET /api/v1/sync/snapshot/ (5,000 per page) from a real uvicorn process. Reported: the

@@ -1,6 +1,6 @@
 """Push throughput: 20 devices, 10,000 mutations in batches of 200, over HTTP into PostgreSQL.
 
-    python -m tests.bench sync_push        (under `python -m config.embedded`, or make bench)
+    python -m tests.bench sync_push        (under `python config/embedded.py`, or make bench)
 
 Real uvicorn processes (SYNC_BENCH_WEB_PROCESSES, default 2, devices split between them)
 serve the push endpoint; each device sends its batches in order from its own thread. Each
