@@ -11,8 +11,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import DeviceToken, User
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError, error_body
-from apps.sync import conf, push, selectors, services, watermelon
+from apps.sync import audit, conf, push, selectors, services, watermelon
 from apps.sync.api.protocol import PROTOCOL_HEADER, client_version_of, protocol_of
 from apps.sync.api.serializers import (
     ConflictSerializer,
@@ -33,6 +35,10 @@ _PROTOCOL_PARAMETER = OpenApiParameter(
 def _device_auth(request: Request) -> tuple[User, DeviceToken]:
     assert isinstance(request.user, User) and isinstance(request.auth, DeviceToken)
     return request.user, request.auth
+
+
+def _accessor(request: Request) -> Accessor:
+    return Accessor.from_request(request, AccessChannel.SYNC)
 
 
 def cursor_error(error: selectors.InvalidCursor) -> DomainError:
@@ -66,6 +72,10 @@ class FeedView(APIView):
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
         entries = [selectors.entry_as_message(entry) for entry in page.entries]
+        audit.record_reads(
+            accessor=_accessor(request),
+            records=((entry["type"], entry["id"]) for entry in entries if entry["op"] == "upsert"),
+        )
         if protocol < 2:
             for entry in entries:  # version 1 clients know only the first shape
                 entry.pop("version", None)
@@ -93,6 +103,9 @@ class SnapshotView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
+        audit.record_reads(
+            accessor=_accessor(request), records=((record_type, record_id) for record_type, record_id, *_ in page.rows)
+        )
         # The records' JSON goes out as stored, never parsed: a 50,000-record first sync
         # costs the server little more than the bytes.
         parts = [
@@ -125,6 +138,7 @@ class PushView(APIView):
         results = push.push_mutations(
             device=token.device, user=user, mutations=mutations, client_version=client_version_of(request)
         )
+        audit.record_writes(accessor=_accessor(request), mutations=mutations, results=results)
         return Response({"results": results})
 
 
@@ -211,6 +225,7 @@ class WatermelonPullView(APIView):
             body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
+        audit.record_reads(accessor=_accessor(request), records=audit.watermelon_records(body["changes"]))
         return Response(body)
 
 
@@ -246,4 +261,9 @@ class WatermelonPushView(APIView):
             )
         except ValueError as error:
             raise DomainError(str(error), code="invalid_input", field="changes", status_code=400) from error
+        audit.record_watermelon_writes(
+            accessor=_accessor(request),
+            changes=body["changes"],
+            rejected_ids=answer.get("experimentalRejectedIds") or [],
+        )
         return Response(answer)

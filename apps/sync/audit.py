@@ -1,0 +1,79 @@
+"""Every synced record a device receives or writes is health information (DESIGN.md P8):
+the sync endpoints record who read or wrote which record, when, from which device."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
+from apps.sync import registry
+
+_WRITE_ACTIONS = {"create": AccessAction.CREATE, "update": AccessAction.UPDATE, "delete": AccessAction.DELETE}
+# Results of mutations that changed (or tried to change and kept as a conflict) a record.
+_WRITTEN = {"applied", "conflict"}
+
+
+def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> None:
+    """Audit records served to a device, given as (record type, record id) pairs."""
+    by_type: dict[str, list[UUID]] = defaultdict(list)
+    for record_type, record_id in records:
+        if registry.get(record_type) is not None:
+            by_type[record_type].append(UUID(str(record_id)))
+    for record_type, record_ids in by_type.items():
+        record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
+
+
+def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
+    """Audit the records a push wrote, from its per-mutation results."""
+    operation_of = {
+        mutation.get("mutation_id"): mutation.get("op") for mutation in mutations if isinstance(mutation, dict)
+    }
+    by_key: dict[tuple[str, AccessAction], list[UUID]] = defaultdict(list)
+    for result in results:
+        action = _WRITE_ACTIONS.get(str(operation_of.get(result.get("mutation_id"))), AccessAction.UPDATE)
+        if result.get("status") in _WRITTEN and result.get("type") and result.get("id"):
+            by_key[(result["type"], action)].append(UUID(result["id"]))
+    for (record_type, action), record_ids in by_key.items():
+        record_access(accessor=accessor, action=action, record_type=record_type, record_ids=record_ids)
+
+
+def watermelon_records(changes: dict[str, dict[str, list[Any]]]) -> Iterable[tuple[str, Any]]:
+    """(type, id) of every record in a WatermelonDB changes object."""
+    for table, kinds in changes.items():
+        synced_type = registry.by_watermelon_table(table)
+        if synced_type is None:
+            continue
+        for raw in (*kinds.get("created", []), *kinds.get("updated", [])):
+            if isinstance(raw, dict) and raw.get("id"):
+                yield synced_type.name, raw["id"]
+
+
+def record_watermelon_writes(*, accessor: Accessor, changes: Any, rejected_ids: Iterable[str]) -> None:
+    """Audit the records a WatermelonDB push wrote (every record it sent but those it refused)."""
+    rejected = set(rejected_ids)
+    by_key: dict[tuple[str, AccessAction], list[UUID]] = defaultdict(list)
+    for table, kinds in (changes or {}).items():
+        synced_type = registry.by_watermelon_table(table)
+        if synced_type is None or not isinstance(kinds, dict):
+            continue
+        for kind, action in (("created", AccessAction.CREATE), ("updated", AccessAction.UPDATE)):
+            for raw in kinds.get(kind) or []:
+                if isinstance(raw, dict) and _is_uuid(raw.get("id")) and raw["id"] not in rejected:
+                    by_key[(synced_type.name, action)].append(UUID(raw["id"]))
+        for record_id in kinds.get("deleted") or []:
+            if _is_uuid(record_id) and record_id not in rejected:
+                by_key[(synced_type.name, AccessAction.DELETE)].append(UUID(record_id))
+    for (record_type, action), record_ids in by_key.items():
+        record_access(accessor=accessor, action=action, record_type=record_type, record_ids=record_ids)
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        UUID(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)

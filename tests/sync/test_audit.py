@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_push_records_who_wrote_which_record_from_which_device(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+
+    device.push(device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)))
+    device.push(device.mutation("update", "care.encounter", record_id, {"location": "Harlem"}, base_version=1))
+
+    events = list(
+        AuditEvent.objects.order_by("id").values_list(
+            "action", "record_type", "record_id", "actor_id", "device_id", "channel"
+        )
+    )
+    assert events == [
+        ("create", "care.encounter", record_id, crew_member.user.pk, crew_member.device.pk, "sync"),
+        ("update", "care.encounter", record_id, crew_member.user.pk, crew_member.device.pk, "sync"),
+    ]
+
+
+def test_a_pull_records_every_record_served_to_the_device(crew_member: CrewMember) -> None:
+    writer = SimDevice(crew_member)
+    reader = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    record_id = uuid.uuid4()
+    writer.push(writer.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)))
+
+    entries, _ = reader.pull()
+
+    assert [entry["id"] for entry in entries] == [str(record_id)]
+    reads = AuditEvent.objects.filter(action="read")
+    assert list(reads.values_list("record_id", "actor_id", "device_id")) == [
+        (record_id, reader.member.user.pk, reader.member.device.pk)
+    ]
+
+
+def test_a_first_sync_snapshot_records_what_it_served(crew_member: CrewMember) -> None:
+    writer = SimDevice(crew_member)
+    record_ids = {uuid.uuid4() for _ in range(3)}
+    for record_id in record_ids:
+        writer.push(writer.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)))
+    reader = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+
+    response = sync_client(reader).get("/api/v1/sync/snapshot/")
+
+    assert response.status_code == 200
+    served = set(AuditEvent.objects.filter(action="read", actor_id=reader.user.pk).values_list("record_id", flat=True))
+    assert served == record_ids
+
+
+def test_an_outsider_pull_reads_and_records_nothing(crew_member: CrewMember, outsider: CrewMember) -> None:
+    writer = SimDevice(crew_member)
+    writer.push(writer.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+
+    entries, _ = SimDevice(outsider).pull()
+
+    assert entries == []
+    assert not AuditEvent.objects.filter(action="read").exists()
