@@ -8,6 +8,8 @@ Protocol (JSON text frames):
     server → {"type": "feed.entries", "entries": [...], "cursor": "...", "has_more": false}
              at once (possibly empty: "caught up"), then whenever the feed grows
     client → {"type": "ping"}                               server → {"type": "pong"}
+    client → {"type": "<domain message>", ..., "request_id": "<optional tag>"}
+    server → the domain app's reply (or an error frame), carrying the same request_id
     server → {"type": "error", "code": "...", "detail": "...", "field": ...}  bad frame; socket stays open
     server → {"type": "device.revoked", "purge_local_data": true}, then close 4403
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -33,6 +36,8 @@ from apps.realtime.handlers import HandlerError, handler_for
 from apps.sync import selectors as feed
 from apps.sync.scopes import feed_group_name, scopes_for_user
 
+logger = logging.getLogger(__name__)
+
 
 class CloseCode:
     """Application close codes (4000-4999), stable for clients to act on."""
@@ -42,6 +47,7 @@ class CloseCode:
 
 
 MAX_FRAME_BYTES = 64 * 1024
+MAX_REQUEST_ID_LENGTH = 100
 FEED_PAGE_SIZE = 200
 # Backoff while committed entries wait behind an older, still-running transaction.
 HELD_BACK_RETRY_SECONDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -199,20 +205,35 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_feed()
 
     async def run_domain_handler(self, handler: Any, message: dict[str, Any]) -> None:
+        # A client may tag a request to match the answer to it; the tag comes back as sent.
+        request_id = message.get("request_id")
+        if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH):
+            await self.send_error(
+                "invalid_message",
+                f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
+                field="request_id",
+            )
+            return
+        tag = {"request_id": request_id} if request_id is not None else {}
         try:
             reply = await database_sync_to_async(handler)(self.token, message)
         except HandlerError as refusal:
-            await self.send_error(refusal.code, refusal.detail, field=refusal.field)
+            await self.send_error(refusal.code, refusal.detail, field=refusal.field, **tag)
+            return
+        except Exception:
+            # A server fault: the client should retry; the socket stays open.
+            logger.exception("websocket handler for %s failed", message["type"])
+            await self.send_error("server_error", "Could not process the message; retry.", **tag)
             return
         if reply is not None:
-            await self.send_json(reply)
+            await self.send_json({**reply, **tag})
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.append(group)
 
-    async def send_error(self, code: str, detail: str, *, field: str | None = None) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail, "field": field})
+    async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str) -> None:
+        await self.send_json({"type": "error", "code": code, "detail": detail, "field": field, **extra})
 
     async def _close_unless_authenticated(self) -> None:
         await asyncio.sleep(settings.WEBSOCKET_AUTH_TIMEOUT_SECONDS)
