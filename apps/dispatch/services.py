@@ -399,9 +399,15 @@ def assignment_offer(
 
 
 def _offer(
-    *, incident: Incident, unit: Unit, actor: User | None, device: Device | None, additional: bool = False
+    *,
+    incident: Incident,
+    unit: Unit,
+    actor: User | None,
+    device: Device | None,
+    additional: bool = False,
+    now: datetime | None = None,
 ) -> Assignment:
-    now = timezone.now()
+    now = now or timezone.now()
     timing = selectors.timing_for(program_id=incident.program_id, priority=incident.priority)
     assignment = Assignment.objects.create(
         incident=incident,
@@ -433,7 +439,7 @@ def _offer_to_next_unit(*, incident: Incident, now: datetime) -> Assignment | No
     ):
         try:
             with transaction.atomic():
-                return _offer(incident=incident, unit=recommendation.unit, actor=None, device=None)
+                return _offer(incident=incident, unit=recommendation.unit, actor=None, device=None, now=now)
         except IntegrityError:
             continue  # taken by a concurrent offer since we looked: try the next one
     return None
