@@ -4,7 +4,7 @@ import os
 import signal
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ def offered(program: Program, dispatcher: CrewMember, unit: Unit) -> Assignment:
     return services.assignment_offer(incident=make_incident(program, dispatcher), unit=unit, actor=dispatcher.user)
 
 
-def later(seconds: int) -> timezone.datetime:
+def later(seconds: int) -> datetime:
     return timezone.now() + timedelta(seconds=seconds)
 
 
@@ -197,7 +197,7 @@ def test_beat_runs_the_sweep_every_few_seconds() -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["dispatch-sweep-deadlines"]
 
     assert entry["task"] == tasks.sweep_deadlines.name
-    assert 0 < entry["schedule"] <= 10
+    assert 0 < entry["schedule"] <= 10  # type: ignore[operator]
 
 
 def _kill_worker_and_its_children(worker: LiveProcess) -> None:
@@ -212,8 +212,9 @@ def _kill_worker_and_its_children(worker: LiveProcess) -> None:
 def _blocked_backends() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        (count,) = cursor.fetchone()  # type: ignore[misc]
-    return int(count)
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 @pytest.mark.live
