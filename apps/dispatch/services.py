@@ -73,19 +73,12 @@ def _publish_incident(incident: Incident, *, origin_device_id: UUID | None = Non
 def _publish_assignment(assignment: Assignment, *, origin_device_id: UUID | None = None) -> None:
     program_id = assignment.incident.program_id
     payload = assignment_payload(assignment)
-    record_change(
-        program_id=program_id,
-        record_type=ASSIGNMENT_RECORD,
-        record_id=assignment.pk,
-        scopes=staff_scopes(program_id),
-        data=payload,
-        origin_device_id=origin_device_id,
-    )
     if assignment.status in (AssignmentStatus.DECLINED, AssignmentStatus.TIMED_OUT, AssignmentStatus.CANCELLED):
         # The crew no longer needs the call's details on their devices (P5): tell them to drop it.
         crew_operation, crew_data = ChangeOperation.REMOVE, assignment_payload(assignment, with_incident=False)
     else:
         crew_operation, crew_data = ChangeOperation.UPSERT, payload
+    # The crew's entry first: its nudge is the first to go out after commit.
     record_change(
         program_id=program_id,
         record_type=ASSIGNMENT_RECORD,
@@ -95,14 +88,23 @@ def _publish_assignment(assignment: Assignment, *, origin_device_id: UUID | None
         operation=crew_operation,
         origin_device_id=origin_device_id,
     )
+    record_change(
+        program_id=program_id,
+        record_type=ASSIGNMENT_RECORD,
+        record_id=assignment.pk,
+        scopes=staff_scopes(program_id),
+        data=payload,
+        origin_device_id=origin_device_id,
+    )
 
 
 def _publish_unit(unit: Unit, *, origin_device_id: UUID | None = None) -> None:
+    # For the unit board. The crew follows its own state through its assignments.
     record_change(
         program_id=unit.program_id,
         record_type=UNIT_RECORD,
         record_id=unit.pk,
-        scopes=[unit_scope(unit.pk), *staff_scopes(unit.program_id)],
+        scopes=staff_scopes(unit.program_id),
         data=unit_payload(unit),
         origin_device_id=origin_device_id,
     )

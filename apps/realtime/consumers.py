@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -32,6 +33,7 @@ from django.conf import settings
 from apps.accounts.models import DeviceToken
 from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
+from apps.realtime import gc_policy
 from apps.realtime.handlers import HandlerError, handler_for
 from apps.sync import selectors as feed
 from apps.sync.scopes import feed_group_name, scopes_for_user
@@ -53,16 +55,30 @@ FEED_PAGE_SIZE = 200
 HELD_BACK_RETRY_SECONDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-@database_sync_to_async
-def _authenticate(raw_token: str) -> tuple[DeviceToken, list[str]]:
+def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a database call in the event loop's thread pool.
+
+    Channels' default (thread_sensitive) runs every consumer's database calls, for every
+    socket of the process, one at a time in a single thread; a burst of feed reads after an
+    assignment then queues behind itself. These calls hold no state between them, so they
+    may run side by side, each thread with its own connection (kept when
+    DATABASE_CONN_MAX_AGE > 0).
+    """
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
+def _authenticate_now(raw_token: str) -> tuple[DeviceToken, list[str]]:
     token = device_token_for(raw_token=raw_token)
     device_mark_seen(device=token.device)
     return token, scopes_for_user(token.device.user)
 
 
-@database_sync_to_async
-def _read_feed(scopes: list[str], cursor: str | None, device_id: Any) -> feed.FeedPage:
+def _read_feed_now(scopes: list[str], cursor: str | None, device_id: Any) -> feed.FeedPage:
     return feed.feed_page(scopes=scopes, cursor=cursor, limit=FEED_PAGE_SIZE, reader_device_id=device_id)
+
+
+_authenticate = _in_thread_pool(_authenticate_now)
+_read_feed = _in_thread_pool(_read_feed_now)
 
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
@@ -75,8 +91,12 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     feed_lock: asyncio.Lock
     feed_retry: asyncio.Task[None] | None = None
     feed_poll: asyncio.Task[None] | None = None
+    feed_sender: asyncio.Task[None] | None = None
+    # Set by a nudge; cleared when a read starts. Nudges during a read make one more read.
+    feed_dirty = False
 
     async def connect(self) -> None:
+        gc_policy.start_in_this_process()
         self.scopes = []
         self.groups_joined = []
         self.feed_lock = asyncio.Lock()
@@ -84,7 +104,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         self.auth_timer = asyncio.create_task(self._close_unless_authenticated())
 
     async def disconnect(self, code: int) -> None:
-        for task in (self.auth_timer, self.feed_retry, self.feed_poll):
+        for task in (self.auth_timer, self.feed_retry, self.feed_poll, self.feed_sender):
             if task is not None:
                 task.cancel()
         for group in self.groups_joined:
@@ -216,7 +236,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             return
         tag = {"request_id": request_id} if request_id is not None else {}
         try:
-            reply = await database_sync_to_async(handler)(self.token, message)
+            reply = await _in_thread_pool(handler)(self.token, message)
         except HandlerError as refusal:
             await self.send_error(refusal.code, refusal.detail, field=refusal.field, **tag)
             return
@@ -243,7 +263,17 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     # Channel-layer events, sent to the groups this socket joined.
 
     async def feed_nudge(self, event: dict[str, Any]) -> None:
-        if self.feed_subscribed:
+        # Read in a task of its own, so this socket's next channel-layer message is not held
+        # up, and coalesce: one transaction nudges several scopes, all served by one read.
+        if not self.feed_subscribed:
+            return
+        self.feed_dirty = True
+        if self.feed_sender is None or self.feed_sender.done():
+            self.feed_sender = asyncio.create_task(self._send_while_dirty())
+
+    async def _send_while_dirty(self) -> None:
+        while self.feed_dirty:
+            self.feed_dirty = False
             await self.send_feed()
 
     async def device_revoked(self, event: dict[str, Any]) -> None:

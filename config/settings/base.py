@@ -262,6 +262,10 @@ AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 366)
 WEBSOCKET_AUTH_TIMEOUT_SECONDS = env_int("WEBSOCKET_AUTH_TIMEOUT_SECONDS", 10)
 # A connected device re-reads its feed this often even without a nudge (0 turns it off).
 FEED_SAFETY_POLL_SECONDS = env_int("FEED_SAFETY_POLL_SECONDS", 30)
+# Web processes only: freeze long-lived objects this often so CPython's full collections
+# stay short with thousands of sockets (0 = off), and collect fully this often.
+WEBSOCKET_GC_FREEZE_SECONDS = env_int("WEBSOCKET_GC_FREEZE_SECONDS", 0)
+WEBSOCKET_GC_FULL_COLLECT_SECONDS = env_int("WEBSOCKET_GC_FULL_COLLECT_SECONDS", 3600)
 
 # Dispatch defaults; a program overrides them per priority (dispatch.ResponseTiming).
 DISPATCH_ACK_RESEND_SECONDS = env_int("DISPATCH_ACK_RESEND_SECONDS", 60)

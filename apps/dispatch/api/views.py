@@ -70,7 +70,9 @@ def _require_dispatch(user: User, program_id: UUID) -> None:
 
 
 class IncidentListCreateView(APIView):
-    @extend_schema(parameters=[s.IncidentQuerySerializer], responses=OpenApiTypes.OBJECT)
+    @extend_schema(
+        operation_id="dispatch_incidents_list", parameters=[s.IncidentQuerySerializer], responses=OpenApiTypes.OBJECT
+    )
     def get(self, request: Request) -> Response:
         """Incidents of the programs you dispatch for, newest first."""
         user, _device = _actor(request)
@@ -229,7 +231,7 @@ class UnitAvailabilityView(APIView):
 
 
 class AssignmentListView(APIView):
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(operation_id="dispatch_assignments_list", responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         """Assignments you may see: your unit's (crew), or your programs' (dispatch)."""
         user, _device = _actor(request)
