@@ -69,8 +69,8 @@ def rss_kb(pid: int) -> int:
 # Set-up (sync Django, before the event loop starts)
 
 
-def create_world() -> dict[str, Any]:
-    """One program, a dispatcher, UNITS units of 4 crew devices each; returns raw tokens."""
+def create_world(units_count: int = UNITS) -> dict[str, Any]:
+    """One program, a dispatcher, units of 4 crew devices each; returns raw tokens."""
     from django.db import transaction
 
     from apps.accounts.models import Device, DevicePlatform, DeviceToken, Membership, Program, Role, User, hash_token
@@ -89,11 +89,11 @@ def create_world() -> dict[str, Any]:
                 response_model=ResponseModel.EMT_CLINICIAN,
                 status=UnitStatus.AVAILABLE,
             )
-            for index in range(UNITS)
+            for index in range(units_count)
         )
         users = User.objects.bulk_create(
             User(username=f"crew-{index:05d}", password="!")  # an unusable password
-            for index in range(UNITS * DEVICES_PER_UNIT)
+            for index in range(units_count * DEVICES_PER_UNIT)
         )
         Membership.objects.bulk_create(Membership(user=user, program=program, role=Role.CLINICIAN) for user in users)
         UnitMember.objects.bulk_create(
@@ -128,7 +128,7 @@ def stamp(stamps: list[float]) -> None:
     stamps.append(time.monotonic())
 
 
-def writer_main(seconds: float, rate: float) -> None:
+def writer_main(seconds: float, rate: float, prefix: str = "BENCH") -> None:
     """Take in incidents and offer each to the next unit, printing `assignment unit_index commit_time`."""
     import django
 
@@ -157,7 +157,7 @@ def writer_main(seconds: float, rate: float) -> None:
             program=program,
             actor=dispatcher,
             device=None,
-            external_call_id=f"BENCH-{index:06d}",
+            external_call_id=f"{prefix}-{index:06d}",
             source="911",
             priority="high",
             received_at=timezone.now(),
@@ -244,7 +244,11 @@ async def connect_all(ws_url: str, devices: list[Device], receipts: dict[str, di
 
 
 async def measure_delivery(
-    devices: list[Device], receipts: dict[str, dict[int, float]]
+    devices: list[Device],
+    receipts: dict[str, dict[int, float]],
+    seconds: float = DURATION_SECONDS,
+    rate: float = RATE_PER_SECOND,
+    prefix: str = "BENCH",
 ) -> tuple[list[float], int, int, float]:
     from tests.live import child_environment
 
@@ -253,8 +257,9 @@ async def measure_delivery(
         "-m",
         "tests.bench.bench_dispatch",
         "writer",
-        str(DURATION_SECONDS),
-        str(RATE_PER_SECOND),
+        str(seconds),
+        str(rate),
+        prefix,
         env=child_environment(),
         stdout=asyncio.subprocess.PIPE,
     )
@@ -410,7 +415,7 @@ async def run(server: Any, world: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "writer":
-        writer_main(float(sys.argv[2]), float(sys.argv[3]))
+        writer_main(float(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
         return
     fd_limit = raise_fd_limit()
     from tests.bench.support import bench_django, emit
