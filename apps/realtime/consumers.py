@@ -12,6 +12,8 @@ Protocol (JSON text frames):
     server → the domain app's reply (or an error frame), carrying the same request_id
     server → {"type": "error", "code": "...", "detail": "...", "field": ...}  bad frame; socket stays open
     server → {"type": "device.revoked", "purge_local_data": true}, then close 4403
+    server → {"type": "scopes.changed", "removed": [...], "added": [...]}  the user's units or roles
+             changed; drop what belonged to a removed scope
 
 The token travels in the first message, not the URL, so it never lands in access logs.
 Feed entries are read from the database (the same pages as GET /api/v1/sync/feed/); the
@@ -30,7 +32,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.accounts.models import DeviceToken
+from apps.accounts.models import DeviceToken, User
 from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
 from apps.realtime import gc_policy
@@ -77,7 +79,12 @@ def _read_feed_now(scopes: list[str], cursor: str | None, device_id: Any) -> fee
     return feed.feed_page(scopes=scopes, cursor=cursor, limit=FEED_PAGE_SIZE, reader_device_id=device_id)
 
 
+def _scopes_of_now(user_id: Any) -> list[str]:
+    return scopes_for_user(User.objects.get(pk=user_id))
+
+
 _authenticate = _in_thread_pool(_authenticate_now)
+_scopes_of = _in_thread_pool(_scopes_of_now)
 _read_feed = _in_thread_pool(_read_feed_now)
 
 
@@ -274,6 +281,24 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     async def _send_while_dirty(self) -> None:
         while self.feed_dirty:
             self.feed_dirty = False
+            await self.send_feed()
+
+    async def scopes_changed(self, event: dict[str, Any]) -> None:
+        """The user's units or roles changed: follow exactly the scopes they may see now."""
+        if self.token is None:
+            return
+        scopes = await _scopes_of(self.token.device.user_id)
+        removed = sorted(set(self.scopes) - set(scopes))
+        added = sorted(set(scopes) - set(self.scopes))
+        self.scopes = scopes
+        for scope in removed:
+            group = feed_group_name(scope)
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined.remove(group)
+        for scope in added:
+            await self.join(feed_group_name(scope))
+        await self.send_json({"type": "scopes.changed", "removed": removed, "added": added})
+        if self.feed_subscribed:
             await self.send_feed()
 
     async def device_revoked(self, event: dict[str, Any]) -> None:
