@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -124,8 +125,6 @@ class TriageRule(models.Model):
         return f"{self.position}. {self.reason} → {self.response}"
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         for field in ("when_all", "when_any"):
             conditions = getattr(self, field)
             if not isinstance(conditions, dict):

@@ -231,21 +231,8 @@ def incident_intake(
     Idempotent by the caller's external call id: the unique constraint decides, so two
     concurrent retries of one CAD post create one incident and both get it back.
     """
-    answers = {
-        answer: fields.get(answer)
-        for answer in (
-            "mental_health_nexus",
-            "weapon",
-            "violence_in_progress",
-            "imminent_self_harm",
-            "medical_emergency",
-        )
-    }
-    answers |= {
-        "substance_use": fields.get("substance_use", False),
-        "known_high_risk": fields.get("known_high_risk", False),
-        "acuity": fields.get("acuity", "moderate"),
-    }
+    # An unsaved incident fills in the screen's defaults (acuity, substance use, ...).
+    answers = Incident(**fields).screen_answers()
     decision = triage(program_id=program.pk, answers=answers)
     try:
         with transaction.atomic():
