@@ -17,6 +17,7 @@ api_v1 = [
     path("", include("apps.teams.api.urls")),
     path("", include("apps.sync.api.urls")),
     path("", include("apps.notifications.api.urls")),
+    path("", include("apps.dispatch.api.urls")),
 ]
 
 urlpatterns = [

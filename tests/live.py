@@ -135,7 +135,9 @@ def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **
 
 
 @contextlib.contextmanager
-def celery_worker(log_dir: Path, *, name: str = "worker", concurrency: int = 1, **env: str) -> Iterator[LiveProcess]:
+def celery_worker(
+    log_dir: Path, *, name: str = "worker", concurrency: int = 1, queues: str | None = None, **env: str
+) -> Iterator[LiveProcess]:
     command = [
         sys.executable,
         "-m",
@@ -152,6 +154,9 @@ def celery_worker(log_dir: Path, *, name: str = "worker", concurrency: int = 1, 
         "--without-gossip",
         "--without-mingle",
     ]
+    if queues:
+        # A queue of its own keeps other workers from taking the tasks a test means for this one.
+        command += ["--queues", queues]
     with _spawn(command, log_dir / f"{name}.log", child_environment(**env)) as live:
         from config.celery import app
 

@@ -8,8 +8,12 @@ Protocol (JSON text frames):
     server → {"type": "feed.entries", "entries": [...], "cursor": "...", "has_more": false}
              at once (possibly empty: "caught up"), then whenever the feed grows
     client → {"type": "ping"}                               server → {"type": "pong"}
+    client → {"type": "<domain message>", ..., "request_id": "<optional tag>"}
+    server → the domain app's reply (or an error frame), carrying the same request_id
     server → {"type": "error", "code": "...", "detail": "...", "field": ...}  bad frame; socket stays open
     server → {"type": "device.revoked", "purge_local_data": true}, then close 4403
+    server → {"type": "scopes.changed", "removed": [...], "added": [...]}  the user's units or roles
+             changed; drop what belonged to a removed scope
 
 The token travels in the first message, not the URL, so it never lands in access logs.
 Feed entries are read from the database (the same pages as GET /api/v1/sync/feed/); the
@@ -20,18 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.accounts.models import DeviceToken
+from apps.accounts.models import DeviceToken, User
 from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
+from apps.realtime import gc_policy
 from apps.realtime.handlers import HandlerError, handler_for
 from apps.sync import selectors as feed
 from apps.sync.scopes import feed_group_name, scopes_for_user
+
+logger = logging.getLogger(__name__)
 
 
 class CloseCode:
@@ -42,21 +51,41 @@ class CloseCode:
 
 
 MAX_FRAME_BYTES = 64 * 1024
+MAX_REQUEST_ID_LENGTH = 100
 FEED_PAGE_SIZE = 200
 # Backoff while committed entries wait behind an older, still-running transaction.
 HELD_BACK_RETRY_SECONDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-@database_sync_to_async
-def _authenticate(raw_token: str) -> tuple[DeviceToken, list[str]]:
+def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a database call in the event loop's thread pool.
+
+    Channels' default (thread_sensitive) runs every consumer's database calls, for every
+    socket of the process, one at a time in a single thread; a burst of feed reads after an
+    assignment then queues behind itself. These calls hold no state between them, so they
+    may run side by side, each thread with its own connection (kept when
+    DATABASE_CONN_MAX_AGE > 0).
+    """
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
+def _authenticate_now(raw_token: str) -> tuple[DeviceToken, list[str]]:
     token = device_token_for(raw_token=raw_token)
     device_mark_seen(device=token.device)
     return token, scopes_for_user(token.device.user)
 
 
-@database_sync_to_async
-def _read_feed(scopes: list[str], cursor: str | None, device_id: Any) -> feed.FeedPage:
+def _read_feed_now(scopes: list[str], cursor: str | None, device_id: Any) -> feed.FeedPage:
     return feed.feed_page(scopes=scopes, cursor=cursor, limit=FEED_PAGE_SIZE, reader_device_id=device_id)
+
+
+def _scopes_of_now(user_id: Any) -> list[str]:
+    return scopes_for_user(User.objects.get(pk=user_id))
+
+
+_authenticate = _in_thread_pool(_authenticate_now)
+_scopes_of = _in_thread_pool(_scopes_of_now)
+_read_feed = _in_thread_pool(_read_feed_now)
 
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
@@ -69,8 +98,12 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     feed_lock: asyncio.Lock
     feed_retry: asyncio.Task[None] | None = None
     feed_poll: asyncio.Task[None] | None = None
+    feed_sender: asyncio.Task[None] | None = None
+    # Set by a nudge; cleared when a read starts. Nudges during a read make one more read.
+    feed_dirty = False
 
     async def connect(self) -> None:
+        gc_policy.start_in_this_process()
         self.scopes = []
         self.groups_joined = []
         self.feed_lock = asyncio.Lock()
@@ -78,7 +111,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         self.auth_timer = asyncio.create_task(self._close_unless_authenticated())
 
     async def disconnect(self, code: int) -> None:
-        for task in (self.auth_timer, self.feed_retry, self.feed_poll):
+        for task in (self.auth_timer, self.feed_retry, self.feed_poll, self.feed_sender):
             if task is not None:
                 task.cancel()
         for group in self.groups_joined:
@@ -199,20 +232,35 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_feed()
 
     async def run_domain_handler(self, handler: Any, message: dict[str, Any]) -> None:
+        # A client may tag a request to match the answer to it; the tag comes back as sent.
+        request_id = message.get("request_id")
+        if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH):
+            await self.send_error(
+                "invalid_message",
+                f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
+                field="request_id",
+            )
+            return
+        tag = {"request_id": request_id} if request_id is not None else {}
         try:
-            reply = await database_sync_to_async(handler)(self.token, message)
+            reply = await _in_thread_pool(handler)(self.token, message)
         except HandlerError as refusal:
-            await self.send_error(refusal.code, refusal.detail, field=refusal.field)
+            await self.send_error(refusal.code, refusal.detail, field=refusal.field, **tag)
+            return
+        except Exception:
+            # A server fault: the client should retry; the socket stays open.
+            logger.exception("websocket handler for %s failed", message["type"])
+            await self.send_error("server_error", "Could not process the message; retry.", **tag)
             return
         if reply is not None:
-            await self.send_json(reply)
+            await self.send_json({**reply, **tag})
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.append(group)
 
-    async def send_error(self, code: str, detail: str, *, field: str | None = None) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail, "field": field})
+    async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str) -> None:
+        await self.send_json({"type": "error", "code": code, "detail": detail, "field": field, **extra})
 
     async def _close_unless_authenticated(self) -> None:
         await asyncio.sleep(settings.WEBSOCKET_AUTH_TIMEOUT_SECONDS)
@@ -222,6 +270,34 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     # Channel-layer events, sent to the groups this socket joined.
 
     async def feed_nudge(self, event: dict[str, Any]) -> None:
+        # Read in a task of its own, so this socket's next channel-layer message is not held
+        # up, and coalesce: one transaction nudges several scopes, all served by one read.
+        if not self.feed_subscribed:
+            return
+        self.feed_dirty = True
+        if self.feed_sender is None or self.feed_sender.done():
+            self.feed_sender = asyncio.create_task(self._send_while_dirty())
+
+    async def _send_while_dirty(self) -> None:
+        while self.feed_dirty:
+            self.feed_dirty = False
+            await self.send_feed()
+
+    async def scopes_changed(self, event: dict[str, Any]) -> None:
+        """The user's units or roles changed: follow exactly the scopes they may see now."""
+        if self.token is None:
+            return
+        scopes = await _scopes_of(self.token.device.user_id)
+        removed = sorted(set(self.scopes) - set(scopes))
+        added = sorted(set(scopes) - set(self.scopes))
+        self.scopes = scopes
+        for scope in removed:
+            group = feed_group_name(scope)
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined.remove(group)
+        for scope in added:
+            await self.join(feed_group_name(scope))
+        await self.send_json({"type": "scopes.changed", "removed": removed, "added": added})
         if self.feed_subscribed:
             await self.send_feed()
 

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "apps.sync",
     "apps.realtime",
     "apps.notifications",
+    "apps.dispatch",
     "apps.care",
     "apps.demo",
 ]
@@ -202,6 +203,12 @@ CELERY_BEAT_SCHEDULE = {
     "sync-prune-feed": {"task": "apps.sync.tasks.prune_feed", "schedule": 86400.0},
     "sync-apply-stranded": {"task": "apps.sync.tasks.apply_stranded_mutations", "schedule": 60.0},
     "notifications-sweep": {"task": "apps.notifications.tasks.sweep", "schedule": 5.0},
+    # Overdue acknowledgements and missed check-ins; the due times live in the database.
+    "dispatch-sweep-deadlines": {
+        "task": "apps.dispatch.tasks.sweep_deadlines",
+        "schedule": float(env_int("DISPATCH_SWEEP_INTERVAL_SECONDS", 5)),
+        "options": {"expires": 60},
+    },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -255,6 +262,19 @@ AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 366)
 WEBSOCKET_AUTH_TIMEOUT_SECONDS = env_int("WEBSOCKET_AUTH_TIMEOUT_SECONDS", 10)
 # A connected device re-reads its feed this often even without a nudge (0 turns it off).
 FEED_SAFETY_POLL_SECONDS = env_int("FEED_SAFETY_POLL_SECONDS", 30)
+# Web processes only: freeze long-lived objects this often so CPython's full collections
+# stay short with thousands of sockets (0 = off), and collect fully this often.
+WEBSOCKET_GC_FREEZE_SECONDS = env_int("WEBSOCKET_GC_FREEZE_SECONDS", 0)
+WEBSOCKET_GC_FULL_COLLECT_SECONDS = env_int("WEBSOCKET_GC_FULL_COLLECT_SECONDS", 3600)
+
+# Dispatch defaults; a program overrides them per priority (dispatch.ResponseTiming).
+DISPATCH_ACK_RESEND_SECONDS = env_int("DISPATCH_ACK_RESEND_SECONDS", 60)
+DISPATCH_ACK_ESCALATE_SECONDS = env_int("DISPATCH_ACK_ESCALATE_SECONDS", 120)
+DISPATCH_CHECKIN_INTERVAL_SECONDS = env_int("DISPATCH_CHECKIN_INTERVAL_SECONDS", 15 * 60)
+# How far a device's clock may run ahead of the server's before its observed time is refused.
+DISPATCH_CLOCK_SKEW_SECONDS = env_int("DISPATCH_CLOCK_SKEW_SECONDS", 120)
+# The oldest offline-recorded time accepted.
+DISPATCH_MAX_OFFLINE_HOURS = env_int("DISPATCH_MAX_OFFLINE_HOURS", 24)
 
 LOGGING = {
     "version": 1,

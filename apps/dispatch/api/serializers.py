@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.common.api.serializers import StrictSerializer
+from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
+from apps.teams.models import UnitStatus
+
+
+class LocationSerializer(StrictSerializer):
+    address = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    zone = serializers.CharField(
+        max_length=32, required=False, allow_null=True, default=None, help_text="Zone code within the program."
+    )
+    latitude = serializers.DecimalField(
+        max_digits=9, decimal_places=6, min_value=-90, max_value=90, required=False, allow_null=True, default=None
+    )
+    longitude = serializers.DecimalField(
+        max_digits=9, decimal_places=6, min_value=-180, max_value=180, required=False, allow_null=True, default=None
+    )
+    accuracy_m = serializers.IntegerField(min_value=0, max_value=100_000, required=False, allow_null=True, default=None)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if (attrs["latitude"] is None) != (attrs["longitude"] is None):
+            raise serializers.ValidationError({"longitude": "Give latitude and longitude together."})
+        return attrs
+
+
+class SafetyScreenSerializer(StrictSerializer):
+    mental_health_nexus = serializers.BooleanField()
+    weapon = serializers.BooleanField()
+    violence_in_progress = serializers.BooleanField()
+    imminent_self_harm = serializers.BooleanField()
+    medical_emergency = serializers.BooleanField()
+    substance_use = serializers.BooleanField(required=False, default=False)
+    known_high_risk = serializers.BooleanField(required=False, default=False)
+    acuity = serializers.ChoiceField(choices=Acuity.choices, required=False, default=Acuity.MODERATE)
+    hazards = serializers.ListField(
+        child=serializers.CharField(max_length=60),
+        max_length=20,
+        required=False,
+        default=list,
+        help_text="E.g. dogs, needles.",
+    )
+
+
+class IncidentIntakeSerializer(StrictSerializer):
+    program = serializers.SlugField(help_text="The program's slug.")
+    external_call_id = serializers.CharField(
+        max_length=64, help_text="Your (CAD's) id for the call. A retry with the same id returns the same incident."
+    )
+    # Named as on the wire; DRF fields have a `source` attribute of their own.
+    source = serializers.ChoiceField(choices=IncidentSource.choices)  # type: ignore[assignment]
+    priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.HIGH)
+    received_at = serializers.DateTimeField(
+        required=False, default=None, allow_null=True, help_text="When the call came in; defaults to now."
+    )
+    location = LocationSerializer()
+    callback_number = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
+    nature = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    safety_screen = SafetyScreenSerializer()
+
+
+class IncidentQuerySerializer(StrictSerializer):
+    program = serializers.SlugField(required=False)
+    status = serializers.ChoiceField(choices=["open", "closed"], required=False)
+    page = serializers.IntegerField(required=False, min_value=1)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
+
+
+class OverrideSerializer(StrictSerializer):
+    response = serializers.ChoiceField(choices=Response.choices)
+    reason = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+
+
+class CloseSerializer(StrictSerializer):
+    unserved_reason = serializers.ChoiceField(
+        choices=UnservedReason.choices, required=False, allow_blank=True, default=""
+    )
+    note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class OfferSerializer(StrictSerializer):
+    unit = serializers.UUIDField()
+    additional = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Give a unit that already holds an active assignment this one as well.",
+    )
+
+
+class ObservedSerializer(StrictSerializer):
+    observed_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="When it happened by the device's clock (recorded offline); the server's time orders.",
+    )
+
+
+class StatusUpdateSerializer(ObservedSerializer):
+    status = serializers.ChoiceField(
+        choices=[
+            AssignmentStatus.EN_ROUTE,
+            AssignmentStatus.ON_SCENE,
+            AssignmentStatus.TRANSPORTING,
+            AssignmentStatus.CLEARED,
+        ]
+    )
+    event_id = serializers.UUIDField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Your id for this update; a retry with it applies once.",
+    )
+
+
+class ReasonSerializer(ObservedSerializer):
+    reason = serializers.CharField(max_length=300)
+
+
+class CancelSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=300)
+
+
+class UnitAvailabilitySerializer(ObservedSerializer):
+    status = serializers.ChoiceField(choices=[UnitStatus.AVAILABLE, UnitStatus.OUT_OF_SERVICE])
+
+
+class BoardQuerySerializer(StrictSerializer):
+    program = serializers.SlugField()

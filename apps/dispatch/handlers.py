@@ -1,0 +1,90 @@
+"""Websocket messages a crew sends about its assignments (registered with apps.realtime).
+
+    client → {"type": "assignment.acknowledge", "assignment": "<id>", "observed_at": "<ISO 8601, optional>"}
+    server → {"type": "assignment.acknowledged", "assignment": {...}}   (same answer to every retry / member)
+    client → {"type": "assignment.check_in", "assignment": "<id>", "observed_at": "..."}
+    server → {"type": "assignment.checked_in", "assignment": {...}}
+
+A refusal is an error frame naming the field: `superseded` (the offer went to another unit),
+`not_found` (no such assignment of your unit's), `invalid_message`, `time_in_future`, ...
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+
+from apps.accounts.models import DeviceToken
+from apps.common.api.errors import DomainError
+from apps.dispatch import services
+from apps.dispatch.models import Assignment
+from apps.dispatch.payloads import assignment_payload
+from apps.realtime.handlers import HandlerError, register
+from apps.teams.models import UnitMember
+
+
+def _assignment_id(message: dict[str, Any]) -> uuid.UUID:
+    raw = message.get("assignment")
+    if not isinstance(raw, str):
+        raise HandlerError("invalid_message", "'assignment' must be an assignment id.", field="assignment")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise HandlerError("invalid_message", "'assignment' is not a valid id.", field="assignment") from None
+
+
+def _observed_at(message: dict[str, Any]) -> datetime | None:
+    raw = message.get("observed_at")
+    if raw is None:
+        return None
+    parsed = parse_datetime(raw) if isinstance(raw, str) else None
+    if parsed is None or parsed.tzinfo is None:
+        raise HandlerError(
+            "invalid_message", "'observed_at' must be an ISO 8601 time with a UTC offset.", field="observed_at"
+        )
+    return parsed
+
+
+def _crew_assignment(token: DeviceToken, assignment_id: uuid.UUID) -> None:
+    """Only the crew of the assigned unit may answer it; anyone else learns nothing."""
+    crew_units = UnitMember.objects.filter(user_id=token.device.user_id).values("unit_id")
+    if not Assignment.objects.filter(pk=assignment_id, unit_id__in=crew_units).exists():
+        raise HandlerError("not_found", "No such assignment for your unit.", field="assignment")
+
+
+def _refused(error: DomainError) -> HandlerError:
+    return HandlerError(error.code, error.detail, field=error.field)
+
+
+def handle_acknowledge(token: DeviceToken, message: dict[str, Any]) -> dict[str, Any]:
+    assignment_id = _assignment_id(message)
+    observed_at = _observed_at(message)
+    _crew_assignment(token, assignment_id)
+    try:
+        assignment = services.assignment_acknowledge(
+            assignment_id=assignment_id, user=token.device.user, device=token.device, observed_at=observed_at
+        )
+    except DomainError as error:
+        raise _refused(error) from None
+    return {"type": "assignment.acknowledged", "assignment": assignment_payload(assignment, with_incident=False)}
+
+
+def handle_check_in(token: DeviceToken, message: dict[str, Any]) -> dict[str, Any]:
+    assignment_id = _assignment_id(message)
+    observed_at = _observed_at(message)
+    _crew_assignment(token, assignment_id)
+    try:
+        assignment = services.assignment_check_in(
+            assignment_id=assignment_id, user=token.device.user, device=token.device, observed_at=observed_at
+        )
+    except DomainError as error:
+        raise _refused(error) from None
+    return {"type": "assignment.checked_in", "assignment": assignment_payload(assignment, with_incident=False)}
+
+
+def register_all() -> None:
+    register("assignment.acknowledge", handle_acknowledge)
+    register("assignment.check_in", handle_check_in)

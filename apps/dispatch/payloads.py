@@ -1,0 +1,120 @@
+"""The JSON shapes of dispatch records, shared by the change feed and the REST API.
+
+Kept out of the API layer so services can put the same shape in the feed that a GET returns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from apps.dispatch.models import Assignment, Incident, SupervisorAlert, TimelineEvent
+from apps.teams.models import Unit
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _coordinate(value: Decimal | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _id(value: object) -> str | None:
+    return str(value) if value is not None else None
+
+
+def incident_payload(incident: Incident) -> dict[str, Any]:
+    return {
+        "id": str(incident.pk),
+        "program": _id(incident.program_id),
+        "external_call_id": incident.external_call_id,
+        "source": incident.source,
+        "priority": incident.priority,
+        "received_at": _iso(incident.received_at),
+        "location": {
+            "address": incident.address,
+            "zone": _id(incident.zone_id),
+            "latitude": _coordinate(incident.latitude),
+            "longitude": _coordinate(incident.longitude),
+            "accuracy_m": incident.location_accuracy_m,
+        },
+        "callback_number": incident.callback_number,
+        "nature": incident.nature,
+        "safety_screen": {**incident.screen_answers(), "hazards": incident.hazards},
+        "triage": {
+            "recommended_response": incident.recommended_response,
+            "reasons": incident.triage_reasons,
+            "chosen_response": incident.chosen_response,
+            "override_reason": incident.override_reason,
+            "eligible": incident.is_eligible,
+        },
+        "status": incident.status,
+        "served_at": _iso(incident.served_at),
+        "closed_at": _iso(incident.closed_at),
+        "unserved_reason": incident.unserved_reason,
+        "unserved_note": incident.unserved_note,
+    }
+
+
+def assignment_payload(assignment: Assignment, *, with_incident: bool = True) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": str(assignment.pk),
+        "incident_id": str(assignment.incident_id),
+        "unit": str(assignment.unit_id),
+        "status": assignment.status,
+        "is_additional": assignment.is_additional,
+        "offered_at": _iso(assignment.offered_at),
+        "ack_due_at": _iso(assignment.escalate_due_at or assignment.resend_due_at),
+        "resend_count": assignment.resend_count,
+        "acknowledged_at": _iso(assignment.acknowledged_at),
+        "acknowledged_by": _id(assignment.acknowledged_by_id),
+        "acknowledged_device": _id(assignment.acknowledged_device_id),
+        "checkin_due_at": _iso(assignment.checkin_due_at),
+        "last_checkin_at": _iso(assignment.last_checkin_at),
+        "ended_at": _iso(assignment.ended_at),
+        "end_reason": assignment.end_reason,
+        "superseded_by": _id(assignment.superseded_by_id),
+    }
+    if with_incident:
+        payload["incident"] = incident_payload(assignment.incident)
+    return payload
+
+
+def unit_payload(unit: Unit) -> dict[str, Any]:
+    return {
+        "id": str(unit.pk),
+        "call_sign": unit.call_sign,
+        "response_model": unit.response_model,
+        "status": unit.status,
+        "status_changed_at": _iso(unit.status_changed_at),
+        "home_zone": _id(unit.home_zone_id),
+        "latitude": _coordinate(unit.latitude),
+        "longitude": _coordinate(unit.longitude),
+    }
+
+
+def alert_payload(alert: SupervisorAlert) -> dict[str, Any]:
+    return {
+        "id": str(alert.pk),
+        "kind": alert.kind,
+        "incident": str(alert.incident_id),
+        "assignment": _id(alert.assignment_id),
+        "unit": _id(alert.unit_id),
+        "raised_at": _iso(alert.raised_at),
+    }
+
+
+def event_payload(event: TimelineEvent) -> dict[str, Any]:
+    return {
+        "id": str(event.pk),
+        "kind": event.kind,
+        "assignment": _id(event.assignment_id),
+        "at": _iso(event.at),
+        "observed_at": _iso(event.observed_at),
+        "applied": event.applied,
+        "actor": _id(event.actor_id),
+        "device": _id(event.device_id),
+        "detail": event.detail,
+    }

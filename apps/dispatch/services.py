@@ -1,0 +1,867 @@
+"""Writes for dispatch: intake and triage, offers and acknowledgements, crew status, escalation.
+
+Every change to an incident, an assignment or a unit's status becomes a change-feed entry in
+the same transaction (apps.sync), addressed to the unit's crew and to the program's
+dispatchers and supervisors; connected devices are nudged after commit. Rows are locked in a
+fixed order — incident, then assignment, then units by primary key — so concurrent actions
+on one incident queue up instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.accounts.models import Device, Program, Role, User
+from apps.common.api.errors import DomainError
+from apps.dispatch import selectors
+from apps.dispatch.models import (
+    UNIT_STATUS_FOR,
+    AlertKind,
+    Assignment,
+    AssignmentStatus,
+    EventKind,
+    Incident,
+    IncidentStatus,
+    SupervisorAlert,
+    TimelineEvent,
+    TriagePolicy,
+    UnservedReason,
+)
+from apps.dispatch.payloads import alert_payload, assignment_payload, incident_payload, unit_payload
+from apps.sync.models import ChangeOperation
+from apps.sync.scopes import program_role_scope, unit_scope
+from apps.sync.services import record_change
+from apps.teams.models import Unit, UnitStatus
+
+logger = logging.getLogger(__name__)
+
+INCIDENT_RECORD = "dispatch.incident"
+ASSIGNMENT_RECORD = "dispatch.assignment"
+ALERT_RECORD = "dispatch.alert"
+UNIT_RECORD = "teams.unit"
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed entries
+
+
+def staff_scopes(program_id: UUID) -> list[str]:
+    return [program_role_scope(program_id, Role.DISPATCHER), program_role_scope(program_id, Role.SUPERVISOR)]
+
+
+def _publish_incident(incident: Incident, *, origin_device_id: UUID | None = None) -> None:
+    record_change(
+        program_id=incident.program_id,
+        record_type=INCIDENT_RECORD,
+        record_id=incident.pk,
+        scopes=staff_scopes(incident.program_id),
+        data=incident_payload(incident),
+        origin_device_id=origin_device_id,
+    )
+
+
+def _publish_assignment(assignment: Assignment, *, origin_device_id: UUID | None = None) -> None:
+    program_id = assignment.incident.program_id
+    payload = assignment_payload(assignment)
+    if assignment.status in (AssignmentStatus.DECLINED, AssignmentStatus.TIMED_OUT, AssignmentStatus.CANCELLED):
+        # The crew no longer needs the call's details on their devices (P5): tell them to drop it.
+        crew_operation, crew_data = ChangeOperation.REMOVE, assignment_payload(assignment, with_incident=False)
+    else:
+        crew_operation, crew_data = ChangeOperation.UPSERT, payload
+    # The crew's entry first: its nudge is the first to go out after commit.
+    record_change(
+        program_id=program_id,
+        record_type=ASSIGNMENT_RECORD,
+        record_id=assignment.pk,
+        scopes=[unit_scope(assignment.unit_id)],
+        data=crew_data,
+        operation=crew_operation,
+        origin_device_id=origin_device_id,
+    )
+    record_change(
+        program_id=program_id,
+        record_type=ASSIGNMENT_RECORD,
+        record_id=assignment.pk,
+        scopes=staff_scopes(program_id),
+        data=payload,
+        origin_device_id=origin_device_id,
+    )
+
+
+def _publish_unit(unit: Unit, *, origin_device_id: UUID | None = None) -> None:
+    # For the unit board. The crew follows its own state through its assignments.
+    record_change(
+        program_id=unit.program_id,
+        record_type=UNIT_RECORD,
+        record_id=unit.pk,
+        scopes=staff_scopes(unit.program_id),
+        data=unit_payload(unit),
+        origin_device_id=origin_device_id,
+    )
+
+
+def alert_supervisors(
+    *, kind: AlertKind, incident: Incident, assignment: Assignment | None = None, unit: Unit | None = None
+) -> SupervisorAlert:
+    """Raise an alert to the program's supervisors and dispatchers. Call inside the transaction.
+
+    Today the alert reaches them over the change feed (their websockets, within a second of
+    commit, and their next pull). This is the one place escalations leave dispatch: when
+    apps.notifications lands, schedule its push/SMS to the on-duty supervisors here, with
+    transaction.on_commit and the alert's id only.
+    """
+    alert = SupervisorAlert.objects.create(
+        program_id=incident.program_id, kind=kind, incident=incident, assignment=assignment, unit=unit
+    )
+    record_change(
+        program_id=incident.program_id,
+        record_type=ALERT_RECORD,
+        record_id=alert.pk,
+        scopes=staff_scopes(incident.program_id),
+        data=alert_payload(alert),
+    )
+    logger.info("dispatch alert %s kind=%s incident=%s", alert.pk, kind, incident.pk)
+    return alert
+
+
+def _event(
+    *,
+    incident: Incident,
+    kind: EventKind,
+    assignment: Assignment | None = None,
+    actor: User | None = None,
+    device: Device | None = None,
+    observed_at: datetime | None = None,
+    applied: bool = True,
+    client_event_id: UUID | None = None,
+    at: datetime | None = None,
+    **detail: Any,
+) -> TimelineEvent:
+    return TimelineEvent.objects.create(
+        incident=incident,
+        assignment=assignment,
+        kind=kind,
+        at=at or timezone.now(),
+        observed_at=observed_at,
+        applied=applied,
+        actor=actor,
+        device=device,
+        client_event_id=client_event_id,
+        detail=detail,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Device-reported times
+
+
+def validate_observed_at(
+    observed_at: datetime | None, *, not_before: datetime | None = None, field: str = "observed_at"
+) -> datetime | None:
+    """A device's clock is kept as what the user observed; the server's clock orders events.
+
+    Times that cannot be true are refused, naming the field: ahead of the server by more
+    than the allowed skew, older than the longest plausible offline spell, or before the
+    thing they report on existed.
+    """
+    if observed_at is None:
+        return None
+    now = timezone.now()
+    skew = timedelta(seconds=settings.DISPATCH_CLOCK_SKEW_SECONDS)
+    if observed_at > now + skew:
+        raise DomainError(
+            f"{field} is in the future; check the device clock.",
+            code="time_in_future",
+            field=field,
+            status_code=400,
+        )
+    if observed_at < now - timedelta(hours=settings.DISPATCH_MAX_OFFLINE_HOURS):
+        raise DomainError(
+            f"{field} is more than {settings.DISPATCH_MAX_OFFLINE_HOURS} hours old.",
+            code="time_too_old",
+            field=field,
+            status_code=400,
+        )
+    if not_before is not None and observed_at < not_before - skew:
+        raise DomainError(
+            f"{field} is before the assignment was offered.",
+            code="time_before_offer",
+            field=field,
+            status_code=400,
+        )
+    return observed_at
+
+
+# ---------------------------------------------------------------------------------------------
+# Intake and triage
+
+
+@dataclass(frozen=True)
+class TriageDecision:
+    response: str
+    reasons: list[str]
+    policy: TriagePolicy
+
+
+def triage(*, program_id: UUID, answers: dict[str, Any]) -> TriageDecision:
+    """Apply the program's triage policy to the safety-screen answers: first matching rule wins."""
+    policy = selectors.triage_policy_for(program_id=program_id)
+    for rule in policy.rules.all():
+        decisive = rule.matches(answers)
+        if decisive:
+            return TriageDecision(rule.response, [f"{rule.reason} ({', '.join(decisive)})"], policy)
+    return TriageDecision(policy.fallback_response, [policy.fallback_reason], policy)
+
+
+def incident_intake(
+    *, program: Program, actor: User, device: Device | None, external_call_id: str, **fields: Any
+) -> tuple[Incident, bool]:
+    """Create an incident from a call, triaged; returns (incident, created).
+
+    Idempotent by the caller's external call id: the unique constraint decides, so two
+    concurrent retries of one CAD post create one incident and both get it back.
+    """
+    # An unsaved incident fills in the screen's defaults (acuity, substance use, ...).
+    answers = Incident(**fields).screen_answers()
+    decision = triage(program_id=program.pk, answers=answers)
+    try:
+        with transaction.atomic():
+            incident = Incident.objects.create(
+                program=program,
+                external_call_id=external_call_id,
+                triage_policy=decision.policy,
+                recommended_response=decision.response,
+                triage_reasons=decision.reasons,
+                chosen_response=decision.response,
+                created_by=actor,
+                **fields,
+            )
+            _event(
+                incident=incident, kind=EventKind.RECEIVED, actor=actor, device=device, recommended=decision.response
+            )
+            _publish_incident(incident, origin_device_id=device.pk if device else None)
+    except IntegrityError as error:
+        if _constraint_of(error) != "incident_unique_external_call":
+            raise
+        return Incident.objects.get(program=program, external_call_id=external_call_id), False
+    return incident, True
+
+
+def _constraint_of(error: IntegrityError) -> str | None:
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+@transaction.atomic
+def incident_override(
+    *, incident: Incident, actor: User, device: Device | None, response: str, reason: str
+) -> Incident:
+    """The dispatcher picks a different response model than triage recommended, saying why."""
+    incident = Incident.objects.select_for_update().get(pk=incident.pk)
+    if incident.is_closed:
+        raise DomainError("The incident is closed.", code="incident_closed")
+    if response != incident.recommended_response and not reason.strip():
+        raise DomainError("Say why the recommendation is overridden.", code="required", field="reason", status_code=400)
+    previous = incident.chosen_response
+    incident.chosen_response = response
+    incident.override_reason = reason.strip() if response != incident.recommended_response else ""
+    incident.save(update_fields=["chosen_response", "override_reason", "updated_at"])
+    _event(
+        incident=incident,
+        kind=EventKind.OVERRIDDEN,
+        actor=actor,
+        device=device,
+        previous=previous,
+        chosen=response,
+        reason=incident.override_reason,
+    )
+    _publish_incident(incident, origin_device_id=device.pk if device else None)
+    return incident
+
+
+@transaction.atomic
+def incident_close(
+    *, incident: Incident, actor: User, device: Device | None, unserved_reason: str = "", note: str = ""
+) -> Incident:
+    """Close an incident. An eligible call no unit served must say why (a database constraint
+    enforces it too); any assignment still active is cancelled."""
+    incident = Incident.objects.select_for_update().get(pk=incident.pk)
+    if incident.is_closed:
+        if incident.unserved_reason == unserved_reason:
+            return incident  # a retried close
+        raise DomainError("The incident is already closed.", code="incident_closed")
+    if incident.served_at is not None and unserved_reason:
+        raise DomainError(
+            "A unit served this incident; it has no unserved reason.",
+            code="served",
+            field="unserved_reason",
+            status_code=400,
+        )
+    if incident.is_eligible and incident.served_at is None and not unserved_reason:
+        raise DomainError(
+            "No unit served this eligible call: say why (e.g. no_unit_available).",
+            code="unserved_reason_required",
+            field="unserved_reason",
+            status_code=400,
+        )
+    if unserved_reason == UnservedReason.OTHER and not note.strip():
+        raise DomainError("Describe the reason in a note.", code="required", field="note", status_code=400)
+    now = timezone.now()
+    active = list(
+        Assignment.objects.select_for_update()
+        .select_related("incident")
+        .filter(incident=incident, status__in=AssignmentStatus.active())
+        .order_by("pk")
+    )
+    for assignment in active:
+        _end(assignment, status=AssignmentStatus.CANCELLED, reason="incident closed", now=now)
+        _event(
+            incident=incident,
+            assignment=assignment,
+            kind=EventKind.CANCELLED,
+            actor=actor,
+            device=device,
+            reason="incident closed",
+        )
+        _publish_assignment(assignment)
+    incident.status = IncidentStatus.CLOSED
+    incident.closed_at = now
+    incident.closed_by = actor
+    incident.unserved_reason = unserved_reason
+    incident.unserved_note = note.strip()
+    incident.save(update_fields=["status", "closed_at", "closed_by", "unserved_reason", "unserved_note", "updated_at"])
+    _event(incident=incident, kind=EventKind.CLOSED, actor=actor, device=device, unserved_reason=unserved_reason)
+    _refresh_units([assignment.unit_id for assignment in active], now=now)
+    _publish_incident(incident, origin_device_id=device.pk if device else None)
+    return incident
+
+
+# ---------------------------------------------------------------------------------------------
+# Offers
+
+
+def assignment_offer(
+    *,
+    incident: Incident,
+    unit: Unit,
+    actor: User | None,
+    device: Device | None = None,
+    additional: bool = False,
+) -> Assignment:
+    """Offer an incident to a unit. A unit holds one active assignment unless the dispatcher
+    explicitly adds one (`additional`); the database's partial unique index decides."""
+    with transaction.atomic():
+        incident = Incident.objects.select_for_update().get(pk=incident.pk)
+        if incident.is_closed:
+            raise DomainError("The incident is closed.", code="incident_closed")
+        if unit.program_id != incident.program_id:
+            raise DomainError("No such unit.", code="not_found", field="unit", status_code=404)
+        if Unit.objects.filter(pk=unit.pk, status=UnitStatus.OUT_OF_SERVICE).exists():
+            raise DomainError("The unit is out of service.", code="unit_out_of_service", field="unit")
+        try:
+            with transaction.atomic():
+                assignment = _offer(incident=incident, unit=unit, actor=actor, device=device, additional=additional)
+        except IntegrityError as error:
+            constraint = _constraint_of(error)
+            if constraint == "assignment_one_active_per_unit":
+                raise DomainError(
+                    "The unit already has an active assignment; send additional=true to add this one.",
+                    code="unit_busy",
+                    field="unit",
+                ) from None
+            if constraint == "assignment_one_active_per_incident_unit":
+                raise DomainError(
+                    "The unit already holds this incident.", code="already_assigned", field="unit"
+                ) from None
+            raise
+        return assignment
+
+
+def _offer(
+    *,
+    incident: Incident,
+    unit: Unit,
+    actor: User | None,
+    device: Device | None,
+    additional: bool = False,
+    now: datetime | None = None,
+) -> Assignment:
+    now = now or timezone.now()
+    timing = selectors.timing_for(program_id=incident.program_id, priority=incident.priority)
+    assignment = Assignment.objects.create(
+        incident=incident,
+        unit=unit,
+        is_additional=additional,
+        offered_at=now,
+        offered_by=actor,
+        resend_due_at=now + timedelta(seconds=timing.ack_resend_seconds),
+        escalate_due_at=now + timedelta(seconds=timing.ack_escalate_seconds),
+    )
+    _event(
+        incident=incident,
+        assignment=assignment,
+        kind=EventKind.OFFERED,
+        actor=actor,
+        device=device,
+        unit=str(unit.pk),
+        additional=additional,
+    )
+    _publish_assignment(assignment, origin_device_id=device.pk if device else None)
+    _refresh_units([unit.pk], now=now)
+    return assignment
+
+
+def _offer_to_next_unit(*, incident: Incident, now: datetime) -> Assignment | None:
+    """Offer the incident to the nearest available unit that has not had it yet."""
+    for recommendation in selectors.recommended_units(
+        incident=incident, exclude_unit_ids=selectors.units_already_offered(incident=incident)
+    ):
+        try:
+            with transaction.atomic():
+                return _offer(incident=incident, unit=recommendation.unit, actor=None, device=None, now=now)
+        except IntegrityError:
+            continue  # taken by a concurrent offer since we looked: try the next one
+    return None
+
+
+def _end(assignment: Assignment, *, status: AssignmentStatus, reason: str, now: datetime) -> None:
+    assignment.status = status
+    assignment.ended_at = now
+    assignment.end_reason = reason
+    assignment.resend_due_at = None
+    assignment.escalate_due_at = None
+    assignment.checkin_due_at = None
+    assignment.save(
+        update_fields=[
+            "status",
+            "ended_at",
+            "end_reason",
+            "resend_due_at",
+            "escalate_due_at",
+            "checkin_due_at",
+            "updated_at",
+        ]
+    )
+
+
+def _refresh_units(unit_ids: Iterable[UUID], *, now: datetime) -> None:
+    """Derive each unit's board status from its active assignments; publish what changed."""
+    progress = AssignmentStatus.progress()
+    for unit in Unit.objects.select_for_update().filter(pk__in=set(unit_ids)).order_by("pk"):
+        statuses = list(
+            Assignment.objects.filter(unit=unit, status__in=AssignmentStatus.active()).values_list("status", flat=True)
+        )
+        if statuses:
+            status = UNIT_STATUS_FOR[AssignmentStatus(max(statuses, key=progress.index))]
+        elif unit.status == UnitStatus.OUT_OF_SERVICE:
+            status = UnitStatus.OUT_OF_SERVICE
+        else:
+            status = UnitStatus.AVAILABLE
+        if status != unit.status:
+            unit.status = status
+            unit.status_changed_at = now
+            unit.save(update_fields=["status", "status_changed_at", "updated_at"])
+            _publish_unit(unit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crew actions
+
+
+class Superseded(DomainError):
+    """A late answer to an offer that has since been re-offered to another unit."""
+
+    code = "superseded"
+
+
+def _lock_assignment(assignment_id: UUID) -> Assignment:
+    """Lock the incident, then the assignment (the fixed order)."""
+    incident_id = Assignment.objects.values_list("incident_id", flat=True).get(pk=assignment_id)
+    Incident.objects.select_for_update().filter(pk=incident_id).get()
+    return Assignment.objects.select_for_update().select_related("incident", "unit").get(pk=assignment_id)
+
+
+def _refuse_ended(assignment: Assignment) -> None:
+    if assignment.status == AssignmentStatus.TIMED_OUT:
+        raise Superseded(
+            "This assignment was not acknowledged in time and has been offered to another unit.",
+            field="assignment",
+        )
+    if assignment.status in (AssignmentStatus.DECLINED, AssignmentStatus.CANCELLED):
+        raise DomainError(
+            f"This assignment was {assignment.status}.", code=f"assignment_{assignment.status}", field="assignment"
+        )
+
+
+@transaction.atomic
+def assignment_acknowledge(
+    *, assignment_id: UUID, user: User, device: Device, observed_at: datetime | None = None
+) -> Assignment:
+    """A crew member acknowledges an offer. First wins: a second member's ack, or a retried
+    one, changes nothing and returns the same assignment, saying who acknowledged it from
+    which device and when. An ack after the offer went to another unit is refused as superseded."""
+    assignment = _lock_assignment(assignment_id)
+    if assignment.acknowledged_at is not None:
+        return assignment
+    _refuse_ended(assignment)
+    observed_at = validate_observed_at(observed_at, not_before=assignment.offered_at)
+    now = timezone.now()
+    assignment.status = AssignmentStatus.ACKNOWLEDGED
+    assignment.acknowledged_at = now
+    assignment.acknowledged_by = user
+    assignment.acknowledged_device = device
+    assignment.resend_due_at = None
+    assignment.escalate_due_at = None
+    assignment.save(
+        update_fields=[
+            "status",
+            "acknowledged_at",
+            "acknowledged_by",
+            "acknowledged_device",
+            "resend_due_at",
+            "escalate_due_at",
+            "updated_at",
+        ]
+    )
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=EventKind.ACKNOWLEDGED,
+        actor=user,
+        device=device,
+        observed_at=observed_at,
+        at=now,
+    )
+    _publish_assignment(assignment, origin_device_id=device.pk)
+    return assignment
+
+
+CREW_STATUS_EVENTS = {
+    AssignmentStatus.EN_ROUTE: EventKind.EN_ROUTE,
+    AssignmentStatus.ON_SCENE: EventKind.ON_SCENE,
+    AssignmentStatus.TRANSPORTING: EventKind.TRANSPORTING,
+    AssignmentStatus.CLEARED: EventKind.CLEARED,
+}
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    assignment: Assignment
+    applied: bool
+
+
+@transaction.atomic
+def assignment_update_status(
+    *,
+    assignment_id: UUID,
+    user: User,
+    device: Device | None,
+    status: AssignmentStatus,
+    observed_at: datetime | None = None,
+    client_event_id: UUID | None = None,
+) -> StatusUpdate:
+    """Move an acknowledged assignment along en route → on scene → transporting → cleared.
+
+    Updates recorded offline may arrive late and out of order: one that the assignment has
+    already moved past is kept in the timeline (with its observed time) but does not move
+    the status back (`applied: false`). A retried update with the same client_event_id
+    applies once and returns the same answer.
+    """
+    assignment = _lock_assignment(assignment_id)
+    if client_event_id is not None:
+        earlier = TimelineEvent.objects.filter(client_event_id=client_event_id).first()
+        if earlier is not None:
+            if earlier.assignment_id != assignment.pk:
+                raise DomainError(
+                    "This event id was used for another assignment.",
+                    code="event_id_reused",
+                    field="event_id",
+                    status_code=400,
+                )
+            return StatusUpdate(assignment, earlier.applied)
+    _refuse_ended(assignment)
+    if assignment.status == AssignmentStatus.OFFERED:
+        raise DomainError("Acknowledge the assignment first.", code="not_acknowledged", field="status")
+    observed_at = validate_observed_at(observed_at, not_before=assignment.offered_at)
+    progress = AssignmentStatus.progress()
+    applied = progress.index(status) > progress.index(assignment.status)
+    now = timezone.now()
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=CREW_STATUS_EVENTS[status],
+        actor=user,
+        device=device,
+        observed_at=observed_at,
+        applied=applied,
+        client_event_id=client_event_id,
+        at=now,
+    )
+    if not applied:
+        return StatusUpdate(assignment, False)
+    assignment.status = status
+    timing = selectors.timing_for(program_id=assignment.incident.program_id, priority=assignment.incident.priority)
+    if status == AssignmentStatus.ON_SCENE:
+        assignment.checkin_due_at = now + timedelta(seconds=timing.checkin_interval_seconds)
+    elif status in (AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
+        assignment.checkin_due_at = None
+    if status == AssignmentStatus.CLEARED:
+        assignment.ended_at = now
+    assignment.save(update_fields=["status", "checkin_due_at", "ended_at", "updated_at"])
+    if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
+        served = Incident.objects.filter(pk=assignment.incident_id, served_at=None).update(served_at=now)
+        if served:
+            assignment.incident.refresh_from_db()
+            _publish_incident(assignment.incident)
+    _publish_assignment(assignment, origin_device_id=device.pk if device else None)
+    _refresh_units([assignment.unit_id], now=now)
+    return StatusUpdate(assignment, True)
+
+
+@transaction.atomic
+def assignment_decline(
+    *, assignment_id: UUID, user: User, device: Device, reason: str, observed_at: datetime | None = None
+) -> Assignment:
+    """The crew declines (before going en route), saying why; the incident goes to the next unit."""
+    assignment = _lock_assignment(assignment_id)
+    if assignment.status == AssignmentStatus.DECLINED:
+        return assignment
+    _refuse_ended(assignment)
+    if assignment.status not in (AssignmentStatus.OFFERED, AssignmentStatus.ACKNOWLEDGED):
+        raise DomainError("Only an assignment not yet under way can be declined.", code="under_way", field="assignment")
+    observed_at = validate_observed_at(observed_at, not_before=assignment.offered_at)
+    now = timezone.now()
+    _end(assignment, status=AssignmentStatus.DECLINED, reason=reason.strip(), now=now)
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=EventKind.DECLINED,
+        actor=user,
+        device=device,
+        observed_at=observed_at,
+        reason=reason.strip(),
+    )
+    _publish_assignment(assignment, origin_device_id=device.pk)
+    _refresh_units([assignment.unit_id], now=now)
+    still_covered = Assignment.objects.filter(incident=assignment.incident, status__in=AssignmentStatus.active())
+    if not still_covered.exists():
+        _reoffer_or_alert(assignment.incident, previous=assignment, now=now)
+    return assignment
+
+
+@transaction.atomic
+def assignment_cancel(*, assignment_id: UUID, actor: User, device: Device | None, reason: str) -> Assignment:
+    """Dispatch withdraws an offer or recalls a unit."""
+    assignment = _lock_assignment(assignment_id)
+    if assignment.status == AssignmentStatus.CANCELLED:
+        return assignment
+    if not assignment.is_active:
+        raise DomainError(
+            f"This assignment is already {assignment.status}.", code="assignment_ended", field="assignment"
+        )
+    now = timezone.now()
+    _end(assignment, status=AssignmentStatus.CANCELLED, reason=reason.strip(), now=now)
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=EventKind.CANCELLED,
+        actor=actor,
+        device=device,
+        reason=reason.strip(),
+    )
+    _publish_assignment(assignment, origin_device_id=device.pk if device else None)
+    _refresh_units([assignment.unit_id], now=now)
+    return assignment
+
+
+@transaction.atomic
+def assignment_check_in(
+    *, assignment_id: UUID, user: User, device: Device, observed_at: datetime | None = None
+) -> Assignment:
+    """A crew on scene confirms it is safe; the next check-in is due one interval from now."""
+    assignment = _lock_assignment(assignment_id)
+    _refuse_ended(assignment)
+    if assignment.status != AssignmentStatus.ON_SCENE:
+        raise DomainError("Check-ins are for crews on scene.", code="not_on_scene", field="assignment")
+    observed_at = validate_observed_at(observed_at, not_before=assignment.offered_at)
+    now = timezone.now()
+    timing = selectors.timing_for(program_id=assignment.incident.program_id, priority=assignment.incident.priority)
+    assignment.last_checkin_at = now
+    assignment.checkin_due_at = now + timedelta(seconds=timing.checkin_interval_seconds)
+    assignment.save(update_fields=["last_checkin_at", "checkin_due_at", "updated_at"])
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=EventKind.CHECKED_IN,
+        actor=user,
+        device=device,
+        observed_at=observed_at,
+        at=now,
+    )
+    _publish_assignment(assignment, origin_device_id=device.pk)
+    return assignment
+
+
+@transaction.atomic
+def unit_set_availability(
+    *, unit: Unit, actor: User, device: Device | None, status: UnitStatus, observed_at: datetime | None = None
+) -> Unit:
+    """A crew (or dispatcher) puts a unit in or out of service; not while it holds an assignment."""
+    validate_observed_at(observed_at)
+    unit = Unit.objects.select_for_update().get(pk=unit.pk)
+    if Assignment.objects.filter(unit=unit, status__in=AssignmentStatus.active()).exists():
+        raise DomainError("The unit holds an active assignment; clear it first.", code="unit_busy", field="status")
+    if unit.status != status:
+        unit.status = status
+        unit.status_changed_at = timezone.now()
+        unit.save(update_fields=["status", "status_changed_at", "updated_at"])
+        _publish_unit(unit, origin_device_id=device.pk if device else None)
+    return unit
+
+
+# ---------------------------------------------------------------------------------------------
+# Escalation and check-in deadlines
+
+
+def _reoffer_or_alert(incident: Incident, *, previous: Assignment, now: datetime) -> Assignment | None:
+    if incident.is_closed:
+        return None
+    successor = _offer_to_next_unit(incident=incident, now=now)
+    if successor is None:
+        alert_supervisors(kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=previous, unit=previous.unit)
+    return successor
+
+
+def _resend(assignment: Assignment, now: datetime) -> None:
+    """First deadline: send the offer again (a new feed entry nudges every device of the crew)."""
+    Assignment.objects.filter(pk=assignment.pk).update(
+        resend_due_at=None, resend_count=F("resend_count") + 1, updated_at=now
+    )
+    assignment.refresh_from_db()
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=EventKind.RESENT,
+        at=now,
+        resend_count=assignment.resend_count,
+    )
+    _publish_assignment(assignment)
+
+
+def _escalate(assignment: Assignment, now: datetime) -> None:
+    """Second deadline: alert supervisors and dispatchers, and offer the incident to the next
+    recommended unit. With no other unit free, the offer stays with this one (a late ack is
+    still welcome) and the alert says no unit is available."""
+    incident = assignment.incident
+    alert_supervisors(kind=AlertKind.ACK_OVERDUE, incident=incident, assignment=assignment, unit=assignment.unit)
+    _event(incident=incident, assignment=assignment, kind=EventKind.ESCALATED, at=now)
+    successor = _offer_to_next_unit(incident=incident, now=now)
+    if successor is None:
+        Assignment.objects.filter(pk=assignment.pk).update(resend_due_at=None, escalate_due_at=None, updated_at=now)
+        alert_supervisors(
+            kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
+        )
+        return
+    _end(assignment, status=AssignmentStatus.TIMED_OUT, reason="not acknowledged in time", now=now)
+    assignment.superseded_by = successor
+    assignment.save(update_fields=["superseded_by"])
+    _event(
+        incident=incident, assignment=assignment, kind=EventKind.TIMED_OUT, at=now, offered_to=str(successor.unit_id)
+    )
+    _publish_assignment(assignment)
+    _refresh_units([assignment.unit_id], now=now)
+
+
+def _missed_checkin(assignment: Assignment, now: datetime) -> None:
+    """A crew on scene did not confirm it is safe: alert, and expect the next check-in one interval on."""
+    timing = selectors.timing_for(program_id=assignment.incident.program_id, priority=assignment.incident.priority)
+    Assignment.objects.filter(pk=assignment.pk).update(
+        checkin_due_at=now + timedelta(seconds=timing.checkin_interval_seconds), updated_at=now
+    )
+    _event(incident=assignment.incident, assignment=assignment, kind=EventKind.CHECKIN_MISSED, at=now)
+    alert_supervisors(
+        kind=AlertKind.CHECKIN_MISSED, incident=assignment.incident, assignment=assignment, unit=assignment.unit
+    )
+
+
+@dataclass
+class SweepResult:
+    resent: int = 0
+    escalated: int = 0
+    checkins_missed: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "resent": self.resent,
+            "escalated": self.escalated,
+            "checkins_missed": self.checkins_missed,
+            "failed": self.failed,
+        }
+
+
+def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepResult:
+    """Act on every deadline that has passed: re-send, escalate, missed check-ins.
+
+    Each due assignment is claimed with SELECT … FOR UPDATE SKIP LOCKED together with its
+    incident, acted on and committed in its own transaction, and its due time cleared or
+    moved in that same transaction. So two sweeps at once (two beats, a retried task) never
+    act on one deadline twice, and a sweep killed mid-way rolls back and leaves the deadline
+    due for the next one.
+    """
+    now = now or timezone.now()
+    result = SweepResult()
+    # Escalations first: an assignment overdue for both acts on the later, stronger deadline.
+    result.escalated, failed_escalations = _sweep(
+        Q(status=AssignmentStatus.OFFERED, escalate_due_at__lte=now), "escalate_due_at", _escalate, now, limit
+    )
+    result.resent, failed_resends = _sweep(
+        Q(status=AssignmentStatus.OFFERED, resend_due_at__lte=now), "resend_due_at", _resend, now, limit
+    )
+    result.checkins_missed, failed_checkins = _sweep(
+        Q(status=AssignmentStatus.ON_SCENE, checkin_due_at__lte=now), "checkin_due_at", _missed_checkin, now, limit
+    )
+    result.failed = failed_escalations + failed_resends + failed_checkins
+    return result
+
+
+def _sweep(
+    due: Q, order_by: str, act: Callable[[Assignment, datetime], None], now: datetime, limit: int
+) -> tuple[int, int]:
+    handled = 0
+    failed: set[UUID] = set()
+    while handled < limit:
+        claimed: UUID | None = None
+        try:
+            with transaction.atomic():
+                assignment = (
+                    Assignment.objects.select_for_update(of=("self", "incident"), skip_locked=True)
+                    .select_related("incident", "unit")
+                    .filter(due)
+                    .exclude(pk__in=failed)
+                    .order_by(order_by, "pk")
+                    .first()
+                )
+                if assignment is None:
+                    break
+                claimed = assignment.pk
+                act(assignment, now)
+        except Exception:
+            if claimed is None:
+                raise
+            # One bad row must not hold up every other deadline; it stays due for the next sweep.
+            logger.exception("dispatch sweep could not act on assignment %s", claimed)
+            failed.add(claimed)
+            continue
+        handled += 1
+    return handled, len(failed)

@@ -1,0 +1,272 @@
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.accounts.models import Program
+from apps.dispatch import services, tasks
+from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, EventKind, SupervisorAlert, TimelineEvent
+from apps.sync.models import ChangeEntry
+from apps.sync.scopes import program_role_scope, unit_scope
+from apps.teams.models import Unit
+from tests.conftest import CrewMember
+from tests.dispatch.factories import fast_timing, make_incident
+from tests.live import LiveProcess, celery_worker
+from tests.teams.factories import UnitFactory
+
+
+def offered(program: Program, dispatcher: CrewMember, unit: Unit) -> Assignment:
+    return services.assignment_offer(incident=make_incident(program, dispatcher), unit=unit, actor=dispatcher.user)
+
+
+def later(seconds: int) -> datetime:
+    return timezone.now() + timedelta(seconds=seconds)
+
+
+def test_first_deadline_resends_the_offer_once(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = offered(program, dispatcher, crew_member.unit)
+    crew_entries = ChangeEntry.objects.filter(record_id=assignment.pk, scope=unit_scope(crew_member.unit.pk))
+
+    first = services.sweep_deadlines(now=later(61))
+    again = services.sweep_deadlines(now=later(61))
+
+    assignment.refresh_from_db()
+    assert (first.resent, first.escalated, again.resent) == (1, 0, 0)
+    assert assignment.status == AssignmentStatus.OFFERED and assignment.resend_count == 1
+    assert assignment.resend_due_at is None and assignment.escalate_due_at is not None
+    assert crew_entries.count() == 2  # the offer, and the offer again: every device is nudged anew
+    assert assignment.timeline.filter(kind=EventKind.RESENT).count() == 1
+
+
+def test_deadlines_are_configured_per_priority(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    fast_timing(program, resend=5, escalate=10)
+    assignment = offered(program, dispatcher, crew_member.unit)
+
+    assert services.sweep_deadlines(now=later(6)).resent == 1
+    assert assignment.escalate_due_at - assignment.offered_at == timedelta(seconds=10)  # type: ignore[operator]
+
+
+def test_second_deadline_alerts_supervisors_and_offers_the_next_unit(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    next_unit = UnitFactory.create(program=program)
+    assignment = offered(program, dispatcher, crew_member.unit)
+
+    result = services.sweep_deadlines(now=later(121))
+
+    assignment.refresh_from_db()
+    assert result.escalated == 1
+    assert assignment.status == AssignmentStatus.TIMED_OUT and assignment.superseded_by is not None
+    successor = assignment.superseded_by
+    assert (successor.unit_id, successor.status) == (next_unit.pk, AssignmentStatus.OFFERED)
+    alert = SupervisorAlert.objects.get(assignment=assignment)
+    assert alert.kind == AlertKind.ACK_OVERDUE
+    assert set(ChangeEntry.objects.filter(record_id=alert.pk).values_list("scope", flat=True)) == {
+        program_role_scope(program.pk, "dispatcher"),
+        program_role_scope(program.pk, "supervisor"),
+    }
+    # The first crew is told to drop the call; the next crew gets it.
+    crew_view = ChangeEntry.objects.filter(record_id=assignment.pk, scope=unit_scope(crew_member.unit.pk)).last()
+    assert crew_view is not None and crew_view.operation == "remove" and "incident" not in crew_view.data
+    assert ChangeEntry.objects.filter(record_id=successor.pk, scope=unit_scope(next_unit.pk)).exists()
+
+
+def test_a_late_ack_after_the_re_offer_is_told_superseded(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    UnitFactory.create(program=program)
+    assignment = offered(program, dispatcher, crew_member.unit)
+    services.sweep_deadlines(now=later(121))
+
+    response = crew_member.client().post(f"/api/v1/dispatch/assignments/{assignment.pk}/acknowledge/")
+
+    assert response.status_code == 409
+    assert (response.json()["code"], response.json()["errors"][0]["field"]) == ("superseded", "assignment")
+    assignment.refresh_from_db()
+    assert assignment.acknowledged_at is None and assignment.status == AssignmentStatus.TIMED_OUT
+
+
+def test_with_no_other_unit_free_the_offer_stays_and_supervisors_hear_so(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = offered(program, dispatcher, crew_member.unit)
+
+    services.sweep_deadlines(now=later(121))
+    again = services.sweep_deadlines(now=later(300))
+
+    assignment.refresh_from_db()
+    assert assignment.status == AssignmentStatus.OFFERED and assignment.escalate_due_at is None
+    assert sorted(SupervisorAlert.objects.values_list("kind", flat=True)) == ["ack_overdue", "no_unit_available"]
+    assert again.escalated == 0
+    ack = crew_member.client().post(f"/api/v1/dispatch/assignments/{assignment.pk}/acknowledge/")
+    assert ack.status_code == 200  # a late ack is still welcome: nobody else could go
+
+
+def test_missed_check_in_alerts_the_supervisor_and_a_check_in_does_not(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    fast_timing(program, checkin=600)
+    quiet = offered(program, dispatcher, crew_member.unit)
+    services.assignment_acknowledge(assignment_id=quiet.pk, user=crew_member.user, device=crew_member.device)
+    services.assignment_update_status(
+        assignment_id=quiet.pk, user=crew_member.user, device=crew_member.device, status=AssignmentStatus.ON_SCENE
+    )
+
+    early = services.sweep_deadlines(now=later(300))
+    # Ten minutes on, the crew checks in just before its deadline: the next one moves out.
+    Assignment.objects.filter(pk=quiet.pk).update(checkin_due_at=later(1))
+    services.assignment_check_in(assignment_id=quiet.pk, user=crew_member.user, device=crew_member.device)
+    still_fine = services.sweep_deadlines(now=later(300))
+    missed = services.sweep_deadlines(now=later(700))
+
+    assert (early.checkins_missed, still_fine.checkins_missed, missed.checkins_missed) == (0, 0, 1)
+    assert SupervisorAlert.objects.get().kind == AlertKind.CHECKIN_MISSED
+    assert quiet.timeline.filter(kind=EventKind.CHECKIN_MISSED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sweeps_act_on_each_deadline_exactly_once(program: Program, dispatcher: CrewMember) -> None:
+    """Two beats (or a retried task) run sweeps at once: SKIP LOCKED hands each due row to one."""
+    busy = [UnitFactory.create(program=program) for _ in range(12)]
+    spare = [UnitFactory.create(program=program) for _ in range(12)]
+    assignments = [offered(program, dispatcher, unit) for unit in busy]
+    sweepers = 4
+    barrier = threading.Barrier(sweepers)
+    results: list[services.SweepResult] = []
+
+    def sweep() -> None:
+        try:
+            barrier.wait()
+            results.append(services.sweep_deadlines(now=later(121)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(sweepers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(result.escalated for result in results) == len(assignments)
+    assert sum(result.failed for result in results) == 0
+    for assignment in assignments:
+        assert TimelineEvent.objects.filter(assignment=assignment, kind=EventKind.ESCALATED).count() == 1
+        assert SupervisorAlert.objects.filter(assignment=assignment, kind=AlertKind.ACK_OVERDUE).count() == 1
+        assert Assignment.objects.filter(incident_id=assignment.incident_id).count() == 2
+        successor = Assignment.objects.get(incident_id=assignment.incident_id, status=AssignmentStatus.OFFERED)
+        assert successor.unit_id != assignment.unit_id
+    # Sweeps raced for the free units; the unique index let each unit take one offer only.
+    new_units = list(Assignment.objects.filter(status=AssignmentStatus.OFFERED).values_list("unit_id", flat=True))
+    assert len(new_units) == len(set(new_units)) == len(spare)
+
+
+def make_due(assignment: Assignment) -> None:
+    past = timezone.now() - timedelta(seconds=1)
+    Assignment.objects.filter(pk=assignment.pk).update(resend_due_at=None, escalate_due_at=past)
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_runs_the_sweep(worker: LiveProcess, program: Program, dispatcher: CrewMember) -> None:
+    first = UnitFactory.create(program=program)
+    UnitFactory.create(program=program)
+    assignment = offered(program, dispatcher, first)
+    make_due(assignment)
+
+    result = tasks.sweep_deadlines.delay().get(timeout=30)
+
+    assert result["escalated"] == 1
+    assignment.refresh_from_db()
+    assert assignment.status == AssignmentStatus.TIMED_OUT
+
+
+def test_beat_runs_the_sweep_every_few_seconds() -> None:
+    entry = settings.CELERY_BEAT_SCHEDULE["dispatch-sweep-deadlines"]
+
+    assert entry["task"] == tasks.sweep_deadlines.name
+    assert 0 < entry["schedule"] <= 10  # type: ignore[operator]
+
+
+def _kill_worker_and_its_children(worker: LiveProcess) -> None:
+    pid = worker.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    os.kill(pid, signal.SIGKILL)  # the parent first, so it cannot re-queue the task itself
+    for child in children:
+        os.kill(int(child), signal.SIGKILL)
+    worker.process.wait(10)
+
+
+def _blocked_backends() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_escalation_is_redelivered_and_escalates_once(
+    live_server_logs: Path, program: Program, dispatcher: CrewMember
+) -> None:
+    queue = f"dispatch-kill-{os.getpid()}"
+    first = UnitFactory.create(program=program)
+    next_unit = UnitFactory.create(program=program)
+    assignment = offered(program, dispatcher, first)
+    make_due(assignment)
+
+    with celery_worker(live_server_logs, name="doomed-worker", queues=queue) as doomed:
+        # Hold the next unit's row, so the worker blocks half-way through the escalation:
+        # alert and timeline written, the new offer waiting on the unit.
+        with transaction.atomic():
+            Unit.objects.select_for_update().get(pk=next_unit.pk)
+            task = tasks.sweep_deadlines.apply_async(queue=queue)
+            deadline = time.monotonic() + 30
+            while _blocked_backends() == 0:
+                assert time.monotonic() < deadline, doomed.log()
+                time.sleep(0.05)
+            _kill_worker_and_its_children(doomed)
+        # The killed worker's transaction never commits: nothing of the escalation is left.
+        _wait_until_lockable(assignment)
+        assert SupervisorAlert.objects.count() == 0
+        assert Assignment.objects.get(pk=assignment.pk).status == AssignmentStatus.OFFERED
+
+    time.sleep(1.5)  # older than the visibility timeout of the worker that takes over
+    with celery_worker(live_server_logs, name="heir-worker", queues=queue, CELERY_VISIBILITY_TIMEOUT="1") as heir:
+        deadline = time.monotonic() + 30
+        while Assignment.objects.get(pk=assignment.pk).status == AssignmentStatus.OFFERED:
+            assert time.monotonic() < deadline, heir.log()
+            time.sleep(0.1)
+        assert task.id in heir.log()  # the very task the killed worker held, delivered again
+
+    assert TimelineEvent.objects.filter(assignment=assignment, kind=EventKind.ESCALATED).count() == 1
+    assert SupervisorAlert.objects.filter(kind=AlertKind.ACK_OVERDUE).count() == 1
+    successor = Assignment.objects.get(incident_id=assignment.incident_id, status=AssignmentStatus.OFFERED)
+    assert successor.unit_id == next_unit.pk
+
+
+def _wait_until_lockable(assignment: Assignment, timeout: float = 15) -> None:
+    """PostgreSQL ends the dead worker's session when it next talks to it; wait for its locks to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with transaction.atomic():
+                Assignment.objects.select_for_update(nowait=True).get(pk=assignment.pk)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
