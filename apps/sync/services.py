@@ -121,9 +121,15 @@ def nudge_scopes(scopes: Iterable[str]) -> None:
     channel_layer = get_channel_layer()
     if channel_layer is None:
         return
-    send = async_to_sync(channel_layer.group_send)
-    for scope in sorted(set(scopes)):
-        send(feed_group_name(scope), {"type": "feed.nudge"})
+    # In the order given (a crew's scope before the dispatchers'), each scope once. One
+    # async_to_sync for all: each call costs a thread, an event loop and a connection.
+    groups = [feed_group_name(scope) for scope in dict.fromkeys(scopes)]
+
+    async def send_all() -> None:
+        for group in groups:
+            await channel_layer.group_send(group, {"type": "feed.nudge"})
+
+    async_to_sync(send_all)()
 
 
 class Publisher:

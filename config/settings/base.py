@@ -264,7 +264,9 @@ WEBSOCKET_AUTH_TIMEOUT_SECONDS = env_int("WEBSOCKET_AUTH_TIMEOUT_SECONDS", 10)
 FEED_SAFETY_POLL_SECONDS = env_int("FEED_SAFETY_POLL_SECONDS", 30)
 # Web processes only: freeze long-lived objects this often so CPython's full collections
 # stay short with thousands of sockets (0 = off), and collect fully this often.
-WEBSOCKET_GC_FREEZE_SECONDS = env_int("WEBSOCKET_GC_FREEZE_SECONDS", 0)
+# On by default: with thousands of sockets a full collection stalls every one of them for
+# 0.3-0.6 s (apps/realtime/gc_policy.py, tests/bench/bench_dispatch.py); 0 turns it off.
+WEBSOCKET_GC_FREEZE_SECONDS = env_int("WEBSOCKET_GC_FREEZE_SECONDS", 5)
 WEBSOCKET_GC_FULL_COLLECT_SECONDS = env_int("WEBSOCKET_GC_FULL_COLLECT_SECONDS", 3600)
 
 # Dispatch defaults; a program overrides them per priority (dispatch.ResponseTiming).
