@@ -157,3 +157,16 @@ def recommended_units(*, incident: Incident, exclude_unit_ids: set[UUID] | None 
 
 def units_already_offered(*, incident: Incident) -> set[UUID]:
     return set(Assignment.objects.filter(incident=incident).values_list("unit_id", flat=True))
+
+
+def alerted_staff_ids(*, program_id: UUID) -> list[UUID]:
+    """Who hears of escalations: the program's active supervisors and dispatchers."""
+    return list(
+        User.objects.filter(
+            is_active=True,
+            memberships__program_id=program_id,
+            memberships__role__in=[Role.SUPERVISOR, Role.DISPATCHER],
+        )
+        .distinct()
+        .values_list("pk", flat=True)
+    )

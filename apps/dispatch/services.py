@@ -38,6 +38,8 @@ from apps.dispatch.models import (
     UnservedReason,
 )
 from apps.dispatch.payloads import alert_payload, assignment_payload, incident_payload, unit_payload
+from apps.notifications.models import Urgency
+from apps.notifications.services import notify
 from apps.sync.models import ChangeOperation
 from apps.sync.scopes import program_role_scope, unit_scope
 from apps.sync.services import record_change
@@ -115,10 +117,9 @@ def alert_supervisors(
 ) -> SupervisorAlert:
     """Raise an alert to the program's supervisors and dispatchers. Call inside the transaction.
 
-    Today the alert reaches them over the change feed (their websockets, within a second of
-    commit, and their next pull). This is the one place escalations leave dispatch: when
-    apps.notifications lands, schedule its push/SMS to the on-duty supervisors here, with
-    transaction.on_commit and the alert's id only.
+    The alert reaches them over the change feed (their open websockets within a second of
+    commit, and their next pull), and through notifications by push, then SMS if no device
+    confirms it: a supervisor away from the screen must still hear of it.
     """
     alert = SupervisorAlert.objects.create(
         program_id=incident.program_id, kind=kind, incident=incident, assignment=assignment, unit=unit
@@ -130,6 +131,17 @@ def alert_supervisors(
         scopes=staff_scopes(incident.program_id),
         data=alert_payload(alert),
     )
+    staff = selectors.alerted_staff_ids(program_id=incident.program_id)
+    if staff:
+        notify(
+            program=incident.program,
+            recipients=staff,
+            kind="dispatch.alert",
+            urgency=Urgency.URGENT,
+            text="Dispatch alert: an assignment needs your attention.",
+            link=f"/dispatch/incidents/{incident.pk}",
+            dedupe_key=f"dispatch-alert-{alert.pk}",
+        )
     logger.info("dispatch alert %s kind=%s incident=%s", alert.pk, kind, incident.pk)
     return alert
 

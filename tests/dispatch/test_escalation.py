@@ -12,13 +12,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.accounts.models import Program
+from apps.accounts.models import Program, Role
 from apps.dispatch import services, tasks
 from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, EventKind, SupervisorAlert, TimelineEvent
 from apps.sync.models import ChangeEntry
 from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import Unit
-from tests.conftest import CrewMember
+from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import fast_timing, make_incident
 from tests.live import LiveProcess, celery_worker
 from tests.teams.factories import UnitFactory
@@ -270,3 +270,21 @@ def _wait_until_lockable(assignment: Assignment, timeout: float = 15) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_an_escalation_reaches_supervisors_through_notifications_too(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    from apps.notifications.models import Notification
+
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    assignment = offered(program, dispatcher, crew_member.unit)
+
+    services.sweep_deadlines(now=later(121))
+
+    alert = SupervisorAlert.objects.get(assignment=assignment)
+    notification = Notification.objects.get(dedupe_key=f"dispatch-alert-{alert.pk}")
+    assert (notification.kind, notification.urgency) == ("dispatch.alert", "urgent")
+    recipients = set(notification.recipients.values_list("user_id", flat=True))
+    assert recipients == {dispatcher.user.pk, supervisor.user.pk}
+    assert crew_member.user.pk not in recipients
