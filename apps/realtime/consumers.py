@@ -35,9 +35,13 @@ from django.conf import settings
 from apps.accounts.models import DeviceToken, User
 from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
 from apps.realtime import gc_policy
 from apps.realtime.handlers import HandlerError, handler_for
+from apps.sync import audit as sync_audit
 from apps.sync import selectors as feed
+from apps.sync.models import ChangeEntry
 from apps.sync.scopes import feed_group_name, scopes_for_user
 
 logger = logging.getLogger(__name__)
@@ -83,9 +87,18 @@ def _scopes_of_now(user_id: Any) -> list[str]:
     return scopes_for_user(User.objects.get(pk=user_id))
 
 
+def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None:
+    # Health information sent down a socket is a read like any other (P8).
+    sync_audit.record_reads(
+        accessor=Accessor.from_token(token, AccessChannel.WEBSOCKET),
+        records=((entry.record_type, entry.record_id) for entry in entries if entry.operation == "upsert"),
+    )
+
+
 _authenticate = _in_thread_pool(_authenticate_now)
 _scopes_of = _in_thread_pool(_scopes_of_now)
 _read_feed = _in_thread_pool(_read_feed_now)
+_audit_delivered = _in_thread_pool(_audit_delivered_now)
 
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
@@ -197,7 +210,14 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         assert self.token is not None
         async with self.feed_lock:
             while True:
-                page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
+                try:
+                    page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
+                except feed.InvalidCursor as error:
+                    # Older than the feed keeps (410 over HTTP): bootstrap from the snapshot.
+                    self.feed_subscribed = False
+                    code = "cursor_expired" if isinstance(error, feed.CursorExpired) else "invalid_cursor"
+                    await self.send_error(code, str(error), field="cursor")
+                    return
                 cursor = page.position.encode()
                 if page.entries or cursor != self.feed_cursor or always_answer:
                     always_answer = False
@@ -209,6 +229,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                             "has_more": page.has_more,
                         }
                     )
+                    if page.entries:
+                        await _audit_delivered(self.token, page.entries)
                 self.feed_cursor = cursor
                 if not page.has_more:
                     break

@@ -81,3 +81,44 @@ def test_bad_subscribe_cursor_gets_an_error_frame(asgi: AsgiServer, crew_member:
         assert receive(socket)["field"] == "cursor"
         send(socket, {"type": "feed.subscribe", "cursor": "not-a-cursor"})
         assert receive(socket)["code"] == "invalid_cursor"
+
+
+def test_health_records_sent_down_a_socket_are_audited_as_reads(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    from apps.audit.models import AuditEvent
+    from tests.conftest import make_crew_member
+    from tests.sync.helpers import SimDevice, encounter_fields
+
+    writer = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        receive(socket)
+        record_id = uuid.uuid4()
+        writer.push(writer.mutation("create", "care.encounter", record_id, encounter_fields(writer.member)))
+        assert [entry["id"] for entry in receive(socket)["entries"]] == [str(record_id)]
+
+    deadline = time.monotonic() + 5
+    while not AuditEvent.objects.filter(action="read", actor_id=crew_member.user.pk).exists():
+        assert time.monotonic() < deadline, "no audit event for the socket read"
+        time.sleep(0.05)
+    event = AuditEvent.objects.get(action="read", actor_id=crew_member.user.pk)
+    assert (event.record_id, event.device_id, event.channel) == (record_id, crew_member.device.pk, "websocket")
+
+
+def test_a_cursor_older_than_the_feed_keeps_gets_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    from datetime import timedelta
+
+    first_cursor = None
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        receive(socket)
+        record(crew_member, 1)
+        first_cursor = receive(socket)["cursor"]
+    record(crew_member, 2)
+    services.feed_prune(older_than=timedelta(0))
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": first_cursor})
+        error = receive(socket)
+        assert (error["type"], error["code"], error["field"]) == ("error", "cursor_expired", "cursor")
+        send(socket, {"type": "ping"})
+        assert receive(socket) == {"type": "pong"}
