@@ -91,7 +91,7 @@ def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None
     # Health information sent down a socket is a read like any other (P8).
     sync_audit.record_reads(
         accessor=Accessor.from_token(token, AccessChannel.WEBSOCKET),
-        records=((entry.record_type, entry.record_id) for entry in entries if entry.operation == "upsert"),
+        records=((entry.record_type, entry.record_id) for entry in entries),
     )
 
 
@@ -229,8 +229,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                             "has_more": page.has_more,
                         }
                     )
-                    if page.entries:
-                        await _audit_delivered(self.token, page.entries)
+                    audited = [entry for entry in page.entries if sync_audit.is_audited(entry)]
+                    if audited:
+                        await _audit_delivered(self.token, audited)
                 self.feed_cursor = cursor
                 if not page.has_more:
                     break

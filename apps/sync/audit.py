@@ -11,10 +11,16 @@ from uuid import UUID
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.sync import registry
+from apps.sync.models import ChangeEntry, ChangeOperation
 
 _WRITE_ACTIONS = {"create": AccessAction.CREATE, "update": AccessAction.UPDATE, "delete": AccessAction.DELETE}
 # Results of mutations that changed (or tried to change and kept as a conflict) a record.
 _WRITTEN = {"applied", "conflict"}
+
+
+def is_audited(entry: ChangeEntry) -> bool:
+    """Whether serving this feed entry reads a synced (health) record."""
+    return entry.operation == ChangeOperation.UPSERT and registry.get(entry.record_type) is not None
 
 
 def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> None:
