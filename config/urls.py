@@ -17,6 +17,9 @@ api_v1 = [
     path("", include("apps.teams.api.urls")),
     path("", include("apps.sync.api.urls")),
     path("", include("apps.notifications.api.urls")),
+    path("", include("apps.care.api.urls")),
+    path("", include("apps.directory.api.urls")),
+    path("", include("apps.followups.api.urls")),
 ]
 
 urlpatterns = [

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "apps.realtime",
     "apps.notifications",
     "apps.care",
+    "apps.directory",
+    "apps.followups",
     "apps.demo",
 ]
 
@@ -202,6 +204,10 @@ CELERY_BEAT_SCHEDULE = {
     "sync-prune-feed": {"task": "apps.sync.tasks.prune_feed", "schedule": 86400.0},
     "sync-apply-stranded": {"task": "apps.sync.tasks.apply_stranded_mutations", "schedule": 60.0},
     "notifications-sweep": {"task": "apps.notifications.tasks.sweep", "schedule": 5.0},
+    "followups-sweep": {
+        "task": "apps.followups.tasks.sweep_due_reminders",
+        "schedule": float(env_int("FOLLOWUPS_SWEEP_SECONDS", 30)),
+    },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -268,4 +274,5 @@ LOGGING = {
     },
 }
 
+from config.settings.followups import *  # noqa: E402, F403
 from config.settings.notifications import *  # noqa: E402, F403
