@@ -26,6 +26,8 @@ def referral(member: CrewMember, *, encounter_fields: dict[str, Any] | None = No
 def case_manager(member: CrewMember, *, of_program: bool = True) -> CrewMember:
     """A case manager of the member's program, owning its follow-ups (program-wide assignment)."""
     manager = make_crew_member(member.unit.program, role=Role.CASE_MANAGER)
+    manager.user.email = f"{manager.user.username}@example.org"
+    manager.user.save(update_fields=["email"])
     if of_program:
         CaseManagerAssignment.objects.create(program=member.unit.program, case_manager=manager.user)
     return manager
