@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from uuid import UUID
 
 from django.conf import settings
@@ -291,16 +292,20 @@ def attempt_record(
 
 CLAIM_SQL = """
 UPDATE followups_reminder SET claimed_at = %(now)s
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM followups_reminder
     WHERE sent_at IS NULL AND cancelled_at IS NULL AND due_at <= %(now)s
       AND (claimed_at IS NULL OR claimed_at < %(stale)s)
     ORDER BY due_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
+))
 RETURNING id
 """
+
+
+# The ids are gathered into an array first (an InitPlan), so the UPDATE finds its rows by
+# primary key instead of joining against the whole table.
 
 
 def reminders_claim_due(*, now: dt.datetime, limit: int | None = None) -> list[int]:
@@ -322,11 +327,14 @@ def reminders_dispatch_due(*, now: dt.datetime | None = None) -> int:
         ids = reminders_claim_due(now=now or timezone.now())
         queue = settings.FOLLOWUPS_TASK_QUEUE
 
-        def enqueue() -> None:
-            from apps.followups.tasks import send_reminder
+        chunk = settings.FOLLOWUPS_SEND_CHUNK
 
-            for reminder_id in ids:
-                send_reminder.apply_async((reminder_id,), queue=queue)
+        def enqueue() -> None:
+            from apps.followups.tasks import send_reminders
+
+            # Chunks spare a broker round trip and a task per reminder; each id stays idempotent.
+            for start in range(0, len(ids), chunk):
+                send_reminders.apply_async((ids[start : start + chunk],), queue=queue)
 
         if ids:
             transaction.on_commit(enqueue)
@@ -381,6 +389,16 @@ def reminder_send(*, reminder_id: int) -> str:
         elif outcome != "deferred":
             Reminder.objects.filter(pk=reminder.pk).update(cancelled_at=now, cancel_reason=outcome)
     return outcome
+
+
+def reminders_send(*, reminder_ids: list[int]) -> dict[str, int]:
+    """Send a chunk of reminders in one transaction (one commit, not one per reminder).
+
+    All or nothing: a worker killed mid-chunk committed none of it, and the redelivered chunk
+    sends each reminder once; each one is also idempotent on its own.
+    """
+    with transaction.atomic():
+        return dict(Counter(reminder_send(reminder_id=reminder_id) for reminder_id in reminder_ids))
 
 
 def _supervisors(program_id: UUID) -> list[UUID]:

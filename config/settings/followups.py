@@ -11,6 +11,8 @@ FOLLOWUPS_SWEEP_BATCH = env_int("FOLLOWUPS_SWEEP_BATCH", 10_000)
 # A claimed reminder still unsent after this long (its task was lost) is dispatched again;
 # sending is idempotent, so a late duplicate task changes nothing.
 FOLLOWUPS_REDISPATCH_AFTER_SECONDS = env_int("FOLLOWUPS_REDISPATCH_AFTER_SECONDS", 600)
+# Reminders one send task takes (ids only; each sent in its own transaction).
+FOLLOWUPS_SEND_CHUNK = env_int("FOLLOWUPS_SEND_CHUNK", 25)
 FOLLOWUPS_TASK_QUEUE = env_str("FOLLOWUPS_TASK_QUEUE", "celery")
 # Default supervisor margin for a schedule step that does not set its own (minutes).
 FOLLOWUPS_OVERDUE_MARGIN_MINUTES = env_int("FOLLOWUPS_OVERDUE_MARGIN_MINUTES", 240)

@@ -126,11 +126,13 @@ def main() -> None:
         print(f"filled: {filled}", flush=True)
         stale = now - __import__("datetime").timedelta(seconds=settings.FOLLOWUPS_REDISPATCH_AFTER_SECONDS)
         args = {"now": now, "stale": stale, "limit": DUE}
-        with connection.cursor() as cursor:
-            cursor.execute("EXPLAIN " + services.CLAIM_SQL, args)
+        # The claim as the sweep runs it, measured by the server and rolled back.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + services.CLAIM_SQL, args)
             explain = "\n".join(row[0] for row in cursor.fetchall())
+            transaction.set_rollback(True)
         print(explain, flush=True)
-        find_sql = services.CLAIM_SQL.split("WHERE id IN (", 1)[1].rsplit(")", 1)[0]
+        find_sql = services.CLAIM_SQL.split("WHERE id = ANY(ARRAY(", 1)[1].rsplit("))", 1)[0]
         finds = []
         for _ in range(5):
             with transaction.atomic(), connection.cursor() as cursor:
@@ -154,14 +156,15 @@ def main() -> None:
             dispatched = services.reminders_dispatch_due(now=timezone.now())
             assert dispatched == DUE, dispatched
             dispatch_s = time.perf_counter() - started
-            pending = Reminder.objects.filter(pk__in=claimed, sent_at=None)
+            # Through the sweep's partial index: cheap enough to poll without slowing the worker.
+            pending = Reminder.objects.filter(sent_at=None, cancelled_at=None, due_at__lte=now)
             deadline = time.monotonic() + 600
             while pending.exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
             send_s = time.perf_counter() - started
             sent = Reminder.objects.filter(pk__in=claimed, sent_at__isnull=False).count()
             emails = NotificationAttempt.objects.filter(channel="email")
-            while emails.filter(status="queued").exists() and time.monotonic() < deadline:
+            while emails.filter(status__in=["queued", "sending"]).exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
             emails_s = time.perf_counter() - started
             emails_sent = emails.filter(status="sent").count()

@@ -13,6 +13,7 @@ from apps.care.models import Referral
 from apps.care.services import referral_outcome_record
 from apps.followups import services
 from apps.followups.models import (
+    ContactAttempt,
     FollowUpPlan,
     PlanTrigger,
     Reminder,
@@ -199,3 +200,39 @@ def test_an_overdue_step_alerts_the_supervisors(crew_member: CrewMember) -> None
 
     notification = Notification.objects.get(kind="followup.overdue")
     assert list(notification.recipients.values_list("user_id", flat=True)) == [supervisor.pk]
+
+
+def test_a_contact_attempt_made_offline_syncs_and_is_never_rewritten(
+    crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    [step, *_] = steps_of(referral(crew_member))
+    attempt_id = uuid.uuid4()
+    fields = {
+        "step_id": str(step.pk),
+        "method": "phone",
+        "result": "left_message",
+        "notes": "Left a callback number.",
+        "attempted_at": "2026-11-21T16:00:00+00:00",
+    }
+
+    created = pushed(crew_member, "followups.contact_attempt", fields, record_id=attempt_id)
+    edited = pushed(
+        crew_member,
+        "followups.contact_attempt",
+        {"result": "reached"},
+        op="update",
+        record_id=attempt_id,
+        base_version=1,
+    )
+    foreign = pushed(outsider, "followups.contact_attempt", fields)
+
+    assert created["status"] == "applied"
+    assert (edited["status"], edited["error"]["code"]) == ("quarantined", "append_only")
+    assert foreign["status"] != "applied"
+    attempt = ContactAttempt.objects.get()
+    assert (attempt.pk, attempt.result, attempt.step_id, attempt.created_by_id) == (
+        attempt_id,
+        "left_message",
+        step.pk,
+        crew_member.user.pk,
+    )
