@@ -18,6 +18,9 @@ api_v1 = [
     path("", include("apps.sync.api.urls")),
     path("", include("apps.notifications.api.urls")),
     path("", include("apps.dispatch.api.urls")),
+    path("", include("apps.care.api.urls")),
+    path("", include("apps.directory.api.urls")),
+    path("", include("apps.followups.api.urls")),
 ]
 
 urlpatterns = [

@@ -165,3 +165,28 @@ def celery_worker(
             if live.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Celery worker did not come up:\n{live.log()}")
         yield live
+
+
+@contextlib.contextmanager
+def celery_beat(log_dir: Path, *, name: str = "beat", schedule_file: Path, **env: str) -> Iterator[LiveProcess]:
+    """A real beat process with its own file-based schedule (celery.beat.PersistentScheduler).
+
+    Each beat keeps its own schedule state, so two of them both fire every entry: the worst
+    case a periodic task that must act once has to survive.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "-S",
+        "celery.beat:PersistentScheduler",
+        "--schedule",
+        str(schedule_file),
+    ]
+    with _spawn(command, log_dir / f"{name}.log", child_environment(**env)) as live:
+        yield live

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import models
 
 from apps.accounts.models import Program
+from apps.directory.models import Service, ServiceType
 from apps.teams.models import Unit
 
 
@@ -83,22 +84,52 @@ class ClinicalNote(CareRecord):
         return self.signed_at is not None
 
 
-class ServiceType(models.TextChoices):
-    CRISIS_STABILISATION = "crisis_stabilisation", "Crisis stabilisation"
-    OUTPATIENT_MENTAL_HEALTH = "outpatient_mental_health", "Outpatient mental health"
-    SUBSTANCE_USE = "substance_use", "Substance-use treatment"
-    HOUSING = "housing", "Housing"
-    PRIMARY_CARE = "primary_care", "Primary care"
-    PEER_SUPPORT = "peer_support", "Peer support"
-
-
 class ReferralStatus(models.TextChoices):
     OPEN = "open", "Open (no outcome yet)"
     SCHEDULED = "scheduled", "Scheduled"
     CONNECTED = "connected", "Connected"
+    ATTENDED = "attended", "Attended"
     DECLINED = "declined", "Declined"
     NO_SHOW = "no_show", "No-show"
     UNABLE_TO_REACH = "unable_to_reach", "Unable to reach"
+
+
+class ReferralTaskStatus(models.TextChoices):
+    """Where the referral stands with the receiving service (the FHIR referral-management task)."""
+
+    REQUESTED = "requested", "Requested"
+    RECEIVED = "received", "Received"
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed"
+
+    @classmethod
+    def allowed_next(cls, current: str) -> frozenset[str]:
+        return TASK_TRANSITIONS.get(current, frozenset())
+
+    @classmethod
+    def closed(cls) -> frozenset[str]:
+        return frozenset({cls.REJECTED, cls.COMPLETED, cls.CANCELLED, cls.FAILED})
+
+
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    ReferralTaskStatus.REQUESTED: frozenset(
+        {"received", "accepted", "rejected", "cancelled", "failed"},
+    ),
+    ReferralTaskStatus.RECEIVED: frozenset({"accepted", "rejected", "cancelled", "failed"}),
+    ReferralTaskStatus.ACCEPTED: frozenset({"in_progress", "completed", "cancelled", "failed"}),
+    ReferralTaskStatus.IN_PROGRESS: frozenset({"completed", "cancelled", "failed"}),
+}
+
+
+class ReferralPriority(models.TextChoices):
+    ROUTINE = "routine", "Routine"
+    URGENT = "urgent", "Urgent"
+    ASAP = "asap", "As soon as possible"
+    STAT = "stat", "Immediately"
 
 
 class Referral(CareRecord):
@@ -107,9 +138,22 @@ class Referral(CareRecord):
     encounter = models.ForeignKey(Encounter, on_delete=models.PROTECT, related_name="referrals")
     service_type = models.CharField(max_length=32, choices=ServiceType.choices)
     service_name = models.CharField(max_length=200, blank=True)
+    # The directory entry, when the service is listed there.
+    service = models.ForeignKey(Service, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     reason = models.TextField(blank=True, help_text="Clinical text.")
+    priority = models.CharField(max_length=16, choices=ReferralPriority.choices, default=ReferralPriority.ROUTINE)
+    warm_handoff = models.BooleanField(default=False, help_text="The team introduced the person in person.")
+    appointment_at = models.DateTimeField(null=True, blank=True)
+    # What the person agreed to: sharing their information with the service; being contacted
+    # by the program (follow-up calls, appointment reminders). Reminders go only with the latter.
+    consent_to_share = models.BooleanField(default=False)
+    consent_to_contact = models.BooleanField(default=False)
     # Derived from the latest outcome event; stored so feeds and lists need no join.
     status = models.CharField(max_length=32, choices=ReferralStatus.choices, default=ReferralStatus.OPEN)
+    # The latest task status event's; changed only through referral_task_status_change.
+    task_status = models.CharField(
+        max_length=16, choices=ReferralTaskStatus.choices, default=ReferralTaskStatus.REQUESTED
+    )
 
     def __str__(self) -> str:
         return f"referral {self.pk}"
@@ -130,3 +174,18 @@ class ReferralOutcomeEvent(CareRecord):
 
     def __str__(self) -> str:
         return f"{self.outcome} of referral {self.referral_id}"
+
+
+class ReferralTaskEvent(CareRecord):
+    """One step of a referral's task timeline (requested → … → completed). Append-only."""
+
+    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="task_events")
+    from_status = models.CharField(max_length=16, choices=ReferralTaskStatus.choices)
+    to_status = models.CharField(max_length=16, choices=ReferralTaskStatus.choices)
+    reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["referral", "created_at"], name="referral_task_timeline")]
+
+    def __str__(self) -> str:
+        return f"{self.from_status} → {self.to_status} of referral {self.referral_id}"

@@ -16,8 +16,10 @@ from typing import Any
 from uuid import UUID
 
 from django.db import transaction
+from rest_framework import status as http_status
 
 from apps.accounts.models import Role, User
+from apps.care import hooks
 from apps.care.models import (
     CareRecord,
     ClinicalNote,
@@ -26,7 +28,11 @@ from apps.care.models import (
     Referral,
     ReferralOutcomeEvent,
     ReferralStatus,
+    ReferralTaskEvent,
+    ReferralTaskStatus,
 )
+from apps.common.api.errors import DomainError
+from apps.directory.models import Service
 from apps.sync.models import SyncedRecord
 from apps.sync.registry import Change, Refused, WriteContext
 from apps.sync.services import Publisher, lock_records, publish_record
@@ -132,6 +138,7 @@ _REFERENCES: dict[str, type[Any]] = {
     "encounter_id": Encounter,
     "referral_id": Referral,
     "amends_id": ClinicalNote,
+    "service_id": Service,
 }
 
 
@@ -181,6 +188,7 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
             id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values
         )
         context.insert_later(encounter)
+        hooks.run("encounter_saved", encounter, actor=context.user)
         return encounter
     encounter = change.record  # type: ignore[assignment]
     assert isinstance(encounter, Encounter)
@@ -191,6 +199,7 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     if person_id is not None:
         _same_program(_parent(context, Person, person_id, "person_id"), encounter.program_id, "person_id")
     _save(encounter, values)
+    hooks.run("encounter_saved", encounter, actor=context.user)
     return encounter
 
 
@@ -244,6 +253,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
     values = dict(change.values)
     if change.operation == "create":
         encounter = _parent(context, Encounter, values.pop("encounter_id"), "encounter_id")
+        _check_service(context, values.get("service_id"), encounter.program_id)
         referral = Referral(
             id=change.record_id,
             program_id=encounter.program_id,
@@ -253,6 +263,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
             **values,
         )
         context.insert_later(referral)
+        hooks.run("referral_saved", referral, actor=context.user)
         return referral
     referral = change.record  # type: ignore[assignment]
     assert isinstance(referral, Referral)
@@ -260,8 +271,19 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
         return _soft_delete(referral)  # type: ignore[return-value]
     if "encounter_id" in values and values.pop("encounter_id") != referral.encounter_id:
         raise Refused("parent_change_not_allowed", "A referral stays with its encounter.", "encounter_id")
+    if "service_id" in values:
+        _check_service(context, values["service_id"], referral.program_id)
     _save(referral, values)
+    hooks.run("referral_saved", referral, actor=context.user)
     return referral
+
+
+def _check_service(context: WriteContext, service_id: UUID | None, program_id: UUID) -> None:
+    if service_id is None:
+        return
+    service = _cached(context, Service, service_id)
+    if service is None or service.program_id != program_id:
+        raise Refused("service_not_found", "No such service in this program's directory.", field="service_id")
 
 
 @remembered
@@ -270,6 +292,8 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
         raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")
     values = dict(change.values)
     referral = _parent(context, Referral, values.pop("referral_id"), "referral_id")
+    if referral.task_status == ReferralTaskStatus.CANCELLED:
+        raise Refused("referral_cancelled", "The referral was cancelled; it takes no outcome.", field="referral_id")
     event = ReferralOutcomeEvent(
         id=change.record_id,
         program_id=referral.program_id,
@@ -280,6 +304,7 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     )
     event.save(force_insert=True)
     _refresh_referral_status(referral, context=context)
+    hooks.run("outcome_recorded", event, actor=context.user)
     return event
 
 
@@ -338,6 +363,42 @@ def referral_outcome_record(
         ),
     )
     publish_record(type_name="care.referral_outcome", record=event, user=actor)
+    return event
+
+
+class InvalidTransition(DomainError):
+    status_code = http_status.HTTP_409_CONFLICT
+    code = "invalid_transition"
+
+
+@transaction.atomic
+def referral_task_status_change(*, referral: Referral, to_status: str, reason: str, actor: User) -> ReferralTaskEvent:
+    """Move a referral along its task timeline (received, accepted, …, completed, cancelled).
+
+    Only the transitions of ``TASK_TRANSITIONS`` are allowed: a cancelled, rejected, failed or
+    completed referral is closed. "Unable to reach" is an outcome, not a cancellation.
+    """
+    lock_records([referral.pk])
+    referral = Referral.objects.select_for_update().get(pk=referral.pk)
+    current = referral.task_status
+    if to_status not in ReferralTaskStatus.allowed_next(current):
+        raise InvalidTransition(
+            f"A referral that is {ReferralTaskStatus(current).label.lower()} cannot become "
+            f"{ReferralTaskStatus(to_status).label.lower()}.",
+            field="status",
+        )
+    event = ReferralTaskEvent.objects.create(
+        program_id=referral.program_id,
+        unit_id=referral.unit_id,
+        referral=referral,
+        created_by=actor,
+        from_status=current,
+        to_status=to_status,
+        reason=reason,
+    )
+    referral.task_status = to_status
+    referral.save(update_fields=["task_status", "updated_at"])
+    publish_record(type_name="care.referral", record=referral, user=actor)
     return event
 
 

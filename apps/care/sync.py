@@ -17,10 +17,12 @@ from apps.care.models import (
     Person,
     Referral,
     ReferralOutcomeEvent,
+    ReferralPriority,
     ReferralStatus,
-    ServiceType,
+    ReferralTaskStatus,
 )
 from apps.common.api.serializers import StrictSerializer
+from apps.directory.models import ServiceType
 from apps.sync import registry
 from apps.sync.scopes import program_role_scope, unit_scope
 
@@ -63,8 +65,15 @@ class ReferralWire(CareWire):
     encounter_id = serializers.UUIDField()
     service_type = serializers.ChoiceField(choices=ServiceType.choices)
     service_name = serializers.CharField(max_length=200, allow_blank=True, required=False, default="")
+    service_id = serializers.UUIDField(allow_null=True, required=False, default=None)
     reason = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    priority = serializers.ChoiceField(choices=ReferralPriority.choices, required=False, default="routine")
+    warm_handoff = serializers.BooleanField(required=False, default=False)
+    appointment_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+    consent_to_share = serializers.BooleanField(required=False, default=False)
+    consent_to_contact = serializers.BooleanField(required=False, default=False)
     status = serializers.ChoiceField(choices=ReferralStatus.choices, read_only=True)
+    task_status = serializers.ChoiceField(choices=ReferralTaskStatus.choices, read_only=True)
 
 
 class ReferralOutcomeWire(CareWire):

@@ -555,6 +555,31 @@ def sms_status_record(*, provider_message_id: str, status: str, error_code: str 
     return False
 
 
+# Carrier opt-out words (CTIA): any of them alone stops texts to the number; START resumes.
+SMS_STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+SMS_START_WORDS = frozenset({"START", "UNSTOP", "YES"})
+
+
+def sms_inbound_record(*, from_number: str, body: str) -> str:
+    """A reply to our SMS arrived through the SMS backend's inbound hook: honour STOP and START.
+
+    Returns what it did ("opted_out", "opted_in" or "ignored"); the text itself is not kept.
+    """
+    word = body.strip().upper()
+    if not from_number or word not in SMS_STOP_WORDS | SMS_START_WORDS:
+        return "ignored"
+    allowed = word in SMS_START_WORDS
+    with transaction.atomic():
+        updated = NotificationPreference.objects.filter(phone_number=from_number).update(sms_allowed=allowed)
+        if not updated:
+            try:
+                with transaction.atomic():
+                    NotificationPreference.objects.create(phone_number=from_number, sms_allowed=allowed)
+            except IntegrityError:  # a concurrent reply created it
+                NotificationPreference.objects.filter(phone_number=from_number).update(sms_allowed=allowed)
+    return "opted_in" if allowed else "opted_out"
+
+
 # --- push registrations and preferences --------------------------------------------------------
 
 

@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "apps.notifications",
     "apps.dispatch",
     "apps.care",
+    "apps.directory",
+    "apps.followups",
     "apps.demo",
 ]
 
@@ -209,6 +211,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(env_int("DISPATCH_SWEEP_INTERVAL_SECONDS", 5)),
         "options": {"expires": 60},
     },
+    "followups-sweep": {
+        "task": "apps.followups.tasks.sweep_due_reminders",
+        "schedule": float(env_int("FOLLOWUPS_SWEEP_SECONDS", 30)),
+    },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -245,6 +251,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "ReferralStatusEnum": "apps.care.models.ReferralStatus",
+        "ReferralTaskStatusEnum": "apps.care.models.ReferralTaskStatus",
+        "FollowUpStepStatusEnum": "apps.followups.models.StepStatus",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "apps.common.api.schema.add_error_responses",
@@ -290,4 +301,5 @@ LOGGING = {
     },
 }
 
+from config.settings.followups import *  # noqa: E402, F403
 from config.settings.notifications import *  # noqa: E402, F403

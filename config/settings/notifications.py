@@ -87,6 +87,8 @@ TWILIO_API_BASE = env_str("TWILIO_API_BASE", "https://api.twilio.com")
 # Where Twilio reports delivery (delivered / undelivered / failed), exactly as Twilio will call
 # it, e.g. https://tandem.example.org/api/v1/notifications/sms/twilio-status/; empty: no reports.
 TWILIO_STATUS_CALLBACK_URL = env_str("TWILIO_STATUS_CALLBACK_URL", "")
+# The URL Twilio posts replies to (STOP / START), as configured on the number.
+TWILIO_INBOUND_URL = env_str("TWILIO_INBOUND_URL", "")
 
 # Email through Django's email backends when NOTIFICATIONS_EMAIL_BACKEND is "django".
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")

@@ -20,4 +20,5 @@ urlpatterns = [
     ),
     path("notifications/push-config/", views.PushConfigView.as_view(), name="push-config"),
     path("notifications/sms/twilio-status/", views.TwilioStatusView.as_view(), name="twilio-status"),
+    path("notifications/sms/twilio-inbound/", views.TwilioInboundView.as_view(), name="twilio-inbound"),
 ]

@@ -138,3 +138,24 @@ class TwilioStatusView(APIView):
             error_code=params.get("ErrorCode", ""),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TwilioInboundView(APIView):
+    """Replies to our SMS (Twilio's inbound webhook): STOP opts the number out, START back in."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    parser_classes = [FormParser]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        params = {key: str(request.data.get(key, "")) for key in request.data}
+        if not signature_is_valid(
+            auth_token=settings.TWILIO_AUTH_TOKEN,
+            url=settings.TWILIO_INBOUND_URL,
+            params=params,
+            signature=request.headers.get("X-Twilio-Signature", ""),
+        ):
+            raise exceptions.PermissionDenied("Invalid Twilio signature.", code="invalid_signature")
+        services.sms_inbound_record(from_number=params.get("From", ""), body=params.get("Body", ""))
+        return Response(status=status.HTTP_204_NO_CONTENT)

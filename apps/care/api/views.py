@@ -1,0 +1,81 @@
+"""Referrals on the server: a case manager reads one, moves its task status, records outcomes.
+
+Every read and write here is health information and is audited (P8).
+"""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.models import User
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
+from apps.care import selectors, services
+from apps.care.api.serializers import OutcomeInputSerializer, ReferralSerializer, TaskStatusInputSerializer
+from apps.care.models import Referral
+from apps.common.api.errors import DomainError
+from apps.sync.registry import Refused
+
+
+def _referral(request: Request, referral_id: str) -> Referral:
+    assert isinstance(request.user, User)
+    return get_object_or_404(selectors.referrals_visible_to(user=request.user), pk=referral_id)
+
+
+def _audit(request: Request, action: AccessAction, referral: Referral) -> None:
+    record_access(
+        accessor=Accessor.from_request(request),
+        action=action,
+        record_type="care.referral",
+        record_ids=[referral.pk],
+        program_id=referral.program_id,
+    )
+
+
+class ReferralDetailView(APIView):
+    @extend_schema(responses=ReferralSerializer)
+    def get(self, request: Request, referral_id: str) -> Response:
+        referral = _referral(request, referral_id)
+        _audit(request, AccessAction.READ, referral)
+        return Response(ReferralSerializer(referral).data)
+
+
+class ReferralTaskStatusView(APIView):
+    """Move the referral along its timeline (received, accepted, in progress, completed, …)."""
+
+    @extend_schema(request=TaskStatusInputSerializer, responses=ReferralSerializer)
+    def post(self, request: Request, referral_id: str) -> Response:
+        referral = _referral(request, referral_id)
+        payload = TaskStatusInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        assert isinstance(request.user, User)
+        services.referral_task_status_change(
+            referral=referral,
+            to_status=payload.validated_data["status"],
+            reason=payload.validated_data["reason"],
+            actor=request.user,
+        )
+        _audit(request, AccessAction.UPDATE, referral)
+        return Response(ReferralSerializer(_referral(request, referral_id)).data)
+
+
+class ReferralOutcomeView(APIView):
+    """Record an outcome (connected, attended, no-show, declined, unable to reach)."""
+
+    @extend_schema(request=OutcomeInputSerializer, responses={201: ReferralSerializer})
+    def post(self, request: Request, referral_id: str) -> Response:
+        referral = _referral(request, referral_id)
+        payload = OutcomeInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        assert isinstance(request.user, User)
+        try:
+            services.referral_outcome_record(referral=referral, actor=request.user, **payload.validated_data)
+        except Refused as refused:
+            raise DomainError(refused.detail, code=refused.code, field=refused.field) from refused
+        _audit(request, AccessAction.CREATE, referral)
+        return Response(ReferralSerializer(_referral(request, referral_id)).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.common.api.serializers import StrictSerializer
+from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep, StepEvent, StepStatus
+
+
+class AttemptSerializer(serializers.ModelSerializer[ContactAttempt]):
+    recorded_by = serializers.UUIDField(source="created_by_id", read_only=True)
+
+    class Meta:
+        model = ContactAttempt
+        fields = ["id", "method", "result", "notes", "attempted_at", "recorded_by", "created_at"]
+
+
+class StepEventSerializer(serializers.ModelSerializer[StepEvent]):
+    class Meta:
+        model = StepEvent
+        fields = ["action", "actor", "occurred_at", "due_at", "reason"]
+
+
+class StepSerializer(serializers.ModelSerializer[FollowUpStep]):
+    encounter = serializers.UUIDField(source="plan.encounter_id", read_only=True)
+    is_overdue = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FollowUpStep
+        fields = [
+            "id",
+            "program",
+            "unit",
+            "plan",
+            "encounter",
+            "key",
+            "label",
+            "due_at",
+            "is_overdue",
+            "owner",
+            "status",
+            "closed_at",
+            "closed_by",
+            "closing_outcome",
+            "missed_reason",
+        ]
+
+    def get_is_overdue(self, step: FollowUpStep) -> bool:
+        return step.is_open and step.due_at < self.context["now"]
+
+
+class StepDetailSerializer(StepSerializer):
+    attempts = serializers.SerializerMethodField()
+    history = serializers.SerializerMethodField()
+
+    class Meta(StepSerializer.Meta):
+        fields = [*StepSerializer.Meta.fields, "attempts", "history"]
+
+    def get_attempts(self, step: FollowUpStep) -> list[dict[str, Any]]:
+        attempts = step.attempts.filter(is_deleted=False).order_by("attempted_at", "pk")
+        return list(AttemptSerializer(attempts, many=True).data)
+
+    def get_history(self, step: FollowUpStep) -> list[dict[str, Any]]:
+        return list(StepEventSerializer(step.events.order_by("pk"), many=True).data)
+
+
+class StepQuerySerializer(StrictSerializer):
+    status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
+    mine = serializers.BooleanField(required=False, default=False)
+    due_before = serializers.DateTimeField(required=False)
+    page = serializers.IntegerField(required=False, min_value=1)
+    page_size = serializers.IntegerField(required=False, min_value=1)
+
+
+class AttemptInputSerializer(StrictSerializer):
+    id = serializers.UUIDField(required=False)
+    method = serializers.ChoiceField(choices=ContactMethod.choices)
+    result = serializers.ChoiceField(choices=ContactResult.choices)
+    notes = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
+    attempted_at = serializers.DateTimeField()
+
+
+class CompleteInputSerializer(StrictSerializer):
+    note = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+
+
+class RescheduleInputSerializer(StrictSerializer):
+    due_at = serializers.DateTimeField()
+    reason = serializers.CharField(max_length=300)
+
+
+class MissedInputSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=300)
+
+
+class AssignInputSerializer(StrictSerializer):
+    owner_id = serializers.UUIDField()

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class FollowupsConfig(AppConfig):
+    name = "apps.followups"
+    label = "followups"
+
+    def ready(self) -> None:
+        # React to care's events (plans on encounters and referrals, steps closed by outcomes)
+        # and let devices sync contact attempts.
+        from apps.care import hooks
+        from apps.followups import services, sync
+
+        hooks.register("encounter_saved", services.on_encounter_saved)
+        hooks.register("referral_saved", services.on_referral_saved)
+        hooks.register("outcome_recorded", services.on_outcome_recorded)
+        sync.register_synced_types()

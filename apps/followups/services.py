@@ -1,0 +1,481 @@
+"""Writes of follow-ups: plans from the schedule, step changes, attempts, and reminders.
+
+Care calls ``on_*`` (registered in AppConfig.ready) inside its writing transaction. Every step
+change locks the step row first; the reminder sender locks the step before the reminder too,
+so the two never deadlock and a step closed just before its reminder fires sends nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from rest_framework import status as http_status
+
+from apps.accounts.models import Membership, Program, Role, User
+from apps.care.models import Disposition, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskStatus
+from apps.common.api.errors import DomainError
+from apps.followups.models import (
+    CaseManagerAssignment,
+    ContactAttempt,
+    FollowUpPlan,
+    FollowUpStep,
+    PlanTrigger,
+    Reminder,
+    ReminderKind,
+    StepAction,
+    StepEvent,
+    StepStatus,
+)
+from apps.followups.schedule import schedule_for
+from apps.notifications import services as notifications
+from apps.notifications.models import Channel, NotificationPreference, Urgency
+from apps.teams.models import Unit
+
+logger = logging.getLogger(__name__)
+
+# Dispositions after which the person stays in the community (not transported anywhere).
+COMMUNITY_DISPOSITIONS = frozenset({Disposition.RESOLVED_ON_SCENE, Disposition.REFERRED, Disposition.DECLINED_SERVICES})
+# Outcomes after which an appointment reminder to the person makes no sense any more.
+APPOINTMENT_SETTLED = frozenset({ReferralStatus.ATTENDED, ReferralStatus.DECLINED, ReferralStatus.NO_SHOW})
+
+
+class StepClosed(DomainError):
+    status_code = http_status.HTTP_409_CONFLICT
+    code = "step_closed"
+
+
+def _invalid(field: str, detail: str, code: str = "invalid") -> DomainError:
+    return DomainError(detail, code=code, field=field, status_code=http_status.HTTP_400_BAD_REQUEST)
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+
+def owner_for(*, program_id: UUID, zone_id: UUID | None) -> UUID | None:
+    """The case manager of the zone, else of the program; None leaves the step to the supervisors."""
+    assignments: dict[UUID | None, UUID] = dict(
+        CaseManagerAssignment.objects.filter(program_id=program_id).values_list("zone_id", "case_manager_id")
+    )
+    if zone_id is not None and zone_id in assignments:
+        return assignments[zone_id]
+    return assignments.get(None)
+
+
+def plan_for_encounter(*, encounter: Encounter, trigger: PlanTrigger, anchor_at: dt.datetime) -> FollowUpPlan | None:
+    """Plan the encounter's follow-up once; a second call (another referral, a re-push) changes nothing."""
+    existing = FollowUpPlan.objects.filter(encounter_id=encounter.pk)
+    if existing.exists():
+        if trigger == PlanTrigger.REFERRAL:
+            # The person stayed in the community and was referred: the plan is the referral's now
+            # (its steps stay as planned).
+            existing.update(trigger=trigger)
+        return None
+    unit = Unit.objects.only("home_zone_id").get(pk=encounter.unit_id)
+    owner_id = owner_for(program_id=encounter.program_id, zone_id=unit.home_zone_id)
+    try:
+        with transaction.atomic():
+            plan = FollowUpPlan.objects.create(
+                program_id=encounter.program_id,
+                unit_id=encounter.unit_id,
+                encounter_id=encounter.pk,
+                person_id=encounter.person_id,
+                trigger=trigger,
+                anchor_at=anchor_at,
+            )
+            for entry in schedule_for(program_id=encounter.program_id, trigger=trigger):
+                step = FollowUpStep.objects.create(
+                    program_id=plan.program_id,
+                    unit_id=plan.unit_id,
+                    plan=plan,
+                    key=entry.key,
+                    label=entry.label,
+                    due_at=anchor_at + dt.timedelta(minutes=entry.offset_minutes),
+                    owner_id=owner_id,
+                    overdue_margin_minutes=entry.overdue_margin_minutes,
+                    completed_by_outcomes=list(entry.completed_by_outcomes),
+                )
+                StepEvent.objects.create(step=step, action=StepAction.PLANNED, due_at=step.due_at)
+                _plan_reminders(step)
+    except IntegrityError:  # a concurrent push planned it first
+        return None
+    return plan
+
+
+def _plan_reminders(step: FollowUpStep) -> None:
+    Reminder.objects.bulk_create(
+        [
+            Reminder(program_id=step.program_id, step=step, kind=ReminderKind.OWNER_DUE, due_at=step.due_at),
+            Reminder(
+                program_id=step.program_id,
+                step=step,
+                kind=ReminderKind.SUPERVISOR_OVERDUE,
+                due_at=step.due_at + dt.timedelta(minutes=step.overdue_margin_minutes),
+            ),
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def _cancel_reminders(step: FollowUpStep, *, reason: str) -> int:
+    return Reminder.objects.filter(step=step, sent_at=None, cancelled_at=None).update(
+        cancelled_at=timezone.now(), cancel_reason=reason
+    )
+
+
+def on_encounter_saved(encounter: Encounter, *, actor: User | None) -> None:
+    if encounter.is_deleted or encounter.ended_at is None or encounter.disposition not in COMMUNITY_DISPOSITIONS:
+        return
+    plan_for_encounter(encounter=encounter, trigger=PlanTrigger.COMMUNITY, anchor_at=encounter.ended_at)
+
+
+def on_referral_saved(referral: Referral, *, actor: User | None) -> None:
+    if referral.is_deleted:
+        return
+    encounter = referral.encounter
+    plan_for_encounter(
+        encounter=encounter, trigger=PlanTrigger.REFERRAL, anchor_at=encounter.ended_at or timezone.now()
+    )
+    _plan_appointment_reminder(referral)
+
+
+def _plan_appointment_reminder(referral: Referral) -> None:
+    """One reminder to the person per appointment time, only with their consent to be contacted."""
+    unsent = Reminder.objects.filter(
+        referral_id=referral.pk, kind=ReminderKind.PERSON_APPOINTMENT, sent_at=None, cancelled_at=None
+    )
+    if not referral.consent_to_contact or referral.appointment_at is None:
+        unsent.update(cancelled_at=timezone.now(), cancel_reason="no appointment or no consent to contact")
+        return
+    due_at = referral.appointment_at - dt.timedelta(hours=settings.FOLLOWUPS_APPOINTMENT_LEAD_HOURS)
+    unsent.exclude(due_at=due_at).update(cancelled_at=timezone.now(), cancel_reason="appointment moved")
+    Reminder.objects.bulk_create(
+        [
+            Reminder(
+                program_id=referral.program_id,
+                referral_id=referral.pk,
+                kind=ReminderKind.PERSON_APPOINTMENT,
+                due_at=due_at,
+            )
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def on_outcome_recorded(event: ReferralOutcomeEvent, *, actor: User | None) -> None:
+    """An outcome (recorded offline or by a case manager) completes the steps it answers."""
+    referral = event.referral
+    steps = list(
+        FollowUpStep.objects.select_for_update()
+        .filter(
+            plan__encounter_id=referral.encounter_id,
+            status=StepStatus.PENDING,
+            completed_by_outcomes__contains=[event.outcome],
+        )
+        .order_by("pk")
+    )
+    now = timezone.now()
+    for step in steps:
+        FollowUpStep.objects.filter(pk=step.pk).update(
+            status=StepStatus.COMPLETED, closed_at=now, closed_by=actor, closing_outcome=event, updated_at=now
+        )
+        StepEvent.objects.create(
+            step=step, action=StepAction.COMPLETED, actor=actor, due_at=step.due_at, reason=f"outcome {event.outcome}"
+        )
+        _cancel_reminders(step, reason="step completed")
+    if event.outcome in APPOINTMENT_SETTLED:
+        Reminder.objects.filter(
+            referral_id=referral.pk, kind=ReminderKind.PERSON_APPOINTMENT, sent_at=None, cancelled_at=None
+        ).update(cancelled_at=now, cancel_reason=f"outcome {event.outcome}")
+
+
+# --- step changes ------------------------------------------------------------------------------
+
+
+def _lock_open(step: FollowUpStep) -> FollowUpStep:
+    locked = FollowUpStep.objects.select_for_update().get(pk=step.pk)
+    if not locked.is_open:
+        raise StepClosed(f"The step is already {locked.get_status_display().lower()}.", field="status")
+    return locked
+
+
+@transaction.atomic
+def step_complete(*, step: FollowUpStep, actor: User, note: str = "") -> FollowUpStep:
+    step = _lock_open(step)
+    now = timezone.now()
+    step.status, step.closed_at, step.closed_by = StepStatus.COMPLETED, now, actor
+    step.save(update_fields=["status", "closed_at", "closed_by", "updated_at"])
+    StepEvent.objects.create(step=step, action=StepAction.COMPLETED, actor=actor, due_at=step.due_at, reason=note)
+    _cancel_reminders(step, reason="step completed")
+    return step
+
+
+@transaction.atomic
+def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str) -> FollowUpStep:
+    if not reason.strip():
+        raise _invalid("reason", "Say why the step was missed.", code="required")
+    step = _lock_open(step)
+    now = timezone.now()
+    step.status, step.closed_at, step.closed_by, step.missed_reason = StepStatus.MISSED, now, actor, reason
+    step.save(update_fields=["status", "closed_at", "closed_by", "missed_reason", "updated_at"])
+    StepEvent.objects.create(step=step, action=StepAction.MISSED, actor=actor, due_at=step.due_at, reason=reason)
+    _cancel_reminders(step, reason="step missed")
+    return step
+
+
+@transaction.atomic
+def step_reschedule(*, step: FollowUpStep, actor: User, due_at: dt.datetime, reason: str) -> FollowUpStep:
+    if due_at <= timezone.now():
+        raise _invalid("due_at", "The new due time is in the past.", code="due_at_in_past")
+    if not reason.strip():
+        raise _invalid("reason", "Say why the step is rescheduled.", code="required")
+    step = _lock_open(step)
+    step.due_at = due_at
+    step.save(update_fields=["due_at", "updated_at"])
+    StepEvent.objects.create(step=step, action=StepAction.RESCHEDULED, actor=actor, due_at=due_at, reason=reason)
+    _cancel_reminders(step, reason="step rescheduled")
+    _plan_reminders(step)
+    return step
+
+
+@transaction.atomic
+def step_assign(*, step: FollowUpStep, actor: User, owner: User) -> FollowUpStep:
+    if not Membership.objects.filter(user=owner, program_id=step.program_id, role=Role.CASE_MANAGER).exists():
+        raise _invalid("owner_id", "The owner must be a case manager of the step's program.")
+    step = _lock_open(step)
+    step.owner = owner
+    step.save(update_fields=["owner", "updated_at"])
+    StepEvent.objects.create(step=step, action=StepAction.ASSIGNED, actor=actor, due_at=step.due_at)
+    return step
+
+
+@transaction.atomic
+def attempt_record(
+    *,
+    step: FollowUpStep,
+    actor: User,
+    method: str,
+    result: str,
+    notes: str,
+    attempted_at: dt.datetime,
+    attempt_id: UUID | None = None,
+) -> ContactAttempt:
+    """A case manager records a try at the contact; a step stays open until completed or missed."""
+    if attempted_at > timezone.now() + dt.timedelta(minutes=5):
+        raise _invalid("attempted_at", "An attempt cannot be in the future.")
+    from apps.sync.services import lock_records, publish_record
+
+    attempt = ContactAttempt(
+        program_id=step.program_id,
+        unit_id=step.unit_id,
+        step=step,
+        created_by=actor,
+        method=method,
+        result=result,
+        notes=notes,
+        attempted_at=attempted_at,
+    )
+    if attempt_id is not None:
+        attempt.id = attempt_id
+    lock_records([attempt.pk])
+    attempt.save(force_insert=True)
+    publish_record(type_name="followups.contact_attempt", record=attempt, user=actor)
+    return attempt
+
+
+# --- reminders -----------------------------------------------------------------------------
+
+CLAIM_SQL = """
+UPDATE followups_reminder SET claimed_at = %(now)s
+WHERE id = ANY(ARRAY(
+    SELECT id FROM followups_reminder
+    WHERE sent_at IS NULL AND cancelled_at IS NULL AND due_at <= %(now)s
+      AND (claimed_at IS NULL OR claimed_at < %(stale)s)
+    ORDER BY due_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id
+"""
+
+
+# The ids are gathered into an array first (an InitPlan), so the UPDATE finds its rows by
+# primary key instead of joining against the whole table.
+
+
+def reminders_claim_due(*, now: dt.datetime, limit: int | None = None) -> list[int]:
+    """Claim due reminders: each is claimed by exactly one sweep, however many beats run.
+
+    Rows another sweep has locked are skipped, and a claimed row no longer matches, so no two
+    sweeps claim the same reminder. A claim whose task was lost is retaken after the re-dispatch
+    window; sending is idempotent, so that is safe.
+    """
+    stale = now - dt.timedelta(seconds=settings.FOLLOWUPS_REDISPATCH_AFTER_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIM_SQL, {"now": now, "stale": stale, "limit": limit or settings.FOLLOWUPS_SWEEP_BATCH})
+        return [row[0] for row in cursor.fetchall()]
+
+
+def reminders_dispatch_due(*, now: dt.datetime | None = None) -> int:
+    """The periodic sweep: claim what is due and queue one send task per reminder after commit."""
+    with transaction.atomic():
+        ids = reminders_claim_due(now=now or timezone.now())
+        queue = settings.FOLLOWUPS_TASK_QUEUE
+
+        chunk = settings.FOLLOWUPS_SEND_CHUNK
+
+        def enqueue() -> None:
+            from apps.followups.tasks import send_reminders
+
+            # Chunks spare a broker round trip and a task per reminder; each id stays idempotent.
+            for start in range(0, len(ids), chunk):
+                send_reminders.apply_async((ids[start : start + chunk],), queue=queue)
+
+        if ids:
+            transaction.on_commit(enqueue)
+    return len(ids)
+
+
+def person_quiet_until(*, program: Program, phone_number: str, moment: dt.datetime) -> dt.datetime | None:
+    """When quiet hours around ``moment`` end for the person, or None: their own preference's
+    hours and time zone if they gave some, else the program's default hours in the program's zone."""
+    preference = NotificationPreference.objects.filter(phone_number=phone_number).first() if phone_number else None
+    if preference is None or preference.quiet_hours_start is None:
+        preference = NotificationPreference(
+            quiet_hours_start=dt.time.fromisoformat(settings.FOLLOWUPS_PERSON_QUIET_START),
+            quiet_hours_end=dt.time.fromisoformat(settings.FOLLOWUPS_PERSON_QUIET_END),
+            time_zone=program.time_zone,
+        )
+    return preference.quiet_until(moment)
+
+
+def reminder_send(*, reminder_id: int) -> str:
+    """Send one claimed reminder, once. Idempotent: a redelivered or duplicate task finds it sent.
+
+    The notification and the "sent" mark commit together (the notification is deduplicated by
+    the reminder's id too), so a worker killed before the commit leaves it for the redelivery
+    and one killed after leaves nothing to do.
+    """
+    row = Reminder.objects.filter(pk=reminder_id).values("step_id", "referral_id").first()
+    if row is None:
+        return "gone"
+    with transaction.atomic():
+        # Step first, then reminder: the same order as every step change, so no deadlock, and a
+        # step completed a moment ago is seen as completed here.
+        step = FollowUpStep.objects.select_for_update().filter(pk=row["step_id"]).first() if row["step_id"] else None
+        reminder = (
+            Reminder.objects.select_for_update()
+            .select_related("program")
+            .filter(pk=reminder_id, sent_at=None, cancelled_at=None)
+            .first()
+        )
+        if reminder is None:
+            return "already_done"
+        now = timezone.now()
+        if reminder.kind == ReminderKind.PERSON_APPOINTMENT:
+            outcome = _send_to_person(reminder, now=now)
+        else:
+            assert step is not None
+            outcome = _send_to_staff(reminder, step)
+        if outcome == "sent":
+            Reminder.objects.filter(pk=reminder.pk, sent_at=None).update(
+                sent_at=now, notification_id=reminder.notification_id
+            )
+        elif outcome != "deferred":
+            Reminder.objects.filter(pk=reminder.pk).update(cancelled_at=now, cancel_reason=outcome)
+    return outcome
+
+
+def reminders_send(*, reminder_ids: list[int]) -> dict[str, int]:
+    """Send a chunk of reminders in one transaction (one commit, not one per reminder).
+
+    All or nothing: a worker killed mid-chunk committed none of it, and the redelivered chunk
+    sends each reminder once; each one is also idempotent on its own.
+    """
+    with transaction.atomic():
+        return dict(Counter(reminder_send(reminder_id=reminder_id) for reminder_id in reminder_ids))
+
+
+def _supervisors(program_id: UUID) -> list[UUID]:
+    return list(
+        Membership.objects.filter(program_id=program_id, role=Role.SUPERVISOR, user__is_active=True)
+        .order_by("user_id")
+        .values_list("user_id", flat=True)
+    )
+
+
+def _send_to_staff(reminder: Reminder, step: FollowUpStep) -> str:
+    if not step.is_open:
+        return "step closed"
+    if reminder.kind == ReminderKind.OWNER_DUE and reminder.due_at != step.due_at:
+        return "step rescheduled"
+    link = f"/followups/steps/{step.pk}"
+    dedupe_key = f"followups.reminder.{reminder.pk}"
+    if reminder.kind == ReminderKind.OWNER_DUE and step.owner_id is not None:
+        owner = User.objects.get(pk=step.owner_id)
+        # In the app and by email, both at once (low urgency: no push, no later fallback).
+        contacts = [notifications.Contact(email=owner.email)] if owner.email else []
+        notification = notifications.notify(
+            program=reminder.program,
+            recipients=[owner.pk],
+            contacts=contacts,
+            kind="followup.due",
+            urgency=Urgency.LOW,
+            text="A follow-up contact is due.",
+            link=link,
+            dedupe_key=dedupe_key,
+        )
+    else:
+        supervisors = _supervisors(step.program_id)
+        if not supervisors:
+            return "no supervisor to alert"
+        overdue = reminder.kind == ReminderKind.SUPERVISOR_OVERDUE
+        notification = notifications.notify(
+            program=reminder.program,
+            recipients=supervisors,
+            kind="followup.overdue" if overdue else "followup.unowned",
+            urgency=Urgency.NORMAL,
+            text="A follow-up contact is overdue." if overdue else "A follow-up contact is due and has no owner.",
+            link=link,
+            dedupe_key=dedupe_key,
+        )
+    reminder.notification_id = notification.pk
+    return "sent"
+
+
+def _send_to_person(reminder: Reminder, *, now: dt.datetime) -> str:
+    assert reminder.referral_id is not None
+    referral = (
+        Referral.objects.select_related("encounter__person").filter(pk=reminder.referral_id, is_deleted=False).first()
+    )
+    if referral is None or not referral.consent_to_contact:
+        return "no consent to contact"
+    if referral.task_status in ReferralTaskStatus.closed() or referral.status in APPOINTMENT_SETTLED:
+        return "referral closed"
+    person = referral.encounter.person
+    phone_number = person.phone_number if person is not None else ""
+    if not phone_number:
+        return "no phone number"
+    preference = NotificationPreference.objects.filter(phone_number=phone_number).first()
+    if preference is not None and not preference.allows(Channel.SMS):
+        return "opted out"
+    quiet_until = person_quiet_until(program=reminder.program, phone_number=phone_number, moment=now)
+    if quiet_until is not None:
+        # Back to the queue with the end of quiet hours as its due time; the sweep takes it then.
+        Reminder.objects.filter(pk=reminder.pk).update(due_at=quiet_until, claimed_at=None)
+        return "deferred"
+    notification = notifications.notify(
+        program=reminder.program,
+        contacts=[notifications.Contact(phone_number=phone_number)],
+        kind="followup.appointment",
+        urgency=Urgency.NORMAL,
+        text="Reminder from your care team: you have an appointment soon. Reply STOP to opt out.",
+        dedupe_key=f"followups.reminder.{reminder.pk}",
+    )
+    reminder.notification_id = notification.pk
+    return "sent"

@@ -1,0 +1,73 @@
+"""What follow-ups syncs to field devices: contact attempts, made offline on a tablet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.care import services as care_services
+from apps.care.sync import CareWire, program_id_of, scopes_of, wire
+from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
+from apps.sync import registry
+from apps.sync.registry import Change, Refused, WriteContext
+
+
+class ContactAttemptWire(CareWire):
+    step_id = serializers.UUIDField()
+    method = serializers.ChoiceField(choices=ContactMethod.choices)
+    result = serializers.ChoiceField(choices=ContactResult.choices)
+    notes = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    attempted_at = serializers.DateTimeField()
+
+
+def _step(context: WriteContext, step_id: Any) -> FollowUpStep:
+    key = ("FollowUpStep", step_id)
+    if key not in context.cache:
+        context.cache[key] = FollowUpStep.objects.filter(pk=step_id).first()
+    step = context.cache[key]
+    if step is None:
+        raise Refused("parent_not_found", f"No such follow-up step {step_id}.", field="step_id")
+    return step
+
+
+def may_write_attempt(context: WriteContext, record: ContactAttempt | None, values: dict[str, Any]) -> bool:
+    if record is not None:
+        return care_services.may_work_in(context, program_id=record.program_id, unit_id=record.unit_id)
+    step = _step(context, values["step_id"])
+    return care_services.may_work_in(context, program_id=step.program_id, unit_id=step.unit_id)
+
+
+def attempt_apply(context: WriteContext, change: Change) -> ContactAttempt:
+    """An attempt is a record of what happened: created once, never changed or deleted."""
+    if change.operation != "create":
+        raise Refused("append_only", "A contact attempt is never changed; record another one.")
+    values = dict(change.values)
+    step = _step(context, values.pop("step_id"))
+    attempt = ContactAttempt(
+        id=change.record_id,
+        program_id=step.program_id,
+        unit_id=step.unit_id,
+        step=step,
+        created_by=context.user,
+        **values,
+    )
+    context.insert_later(attempt)
+    return attempt
+
+
+def register_synced_types() -> None:
+    registry.register(
+        registry.SyncedType(
+            name="followups.contact_attempt",
+            model=ContactAttempt,
+            serializer=ContactAttemptWire,
+            to_wire=wire(ContactAttemptWire),
+            scopes_of=scopes_of,
+            program_id_of=program_id_of,
+            may_write=may_write_attempt,
+            apply=attempt_apply,
+            clinical_text_fields=frozenset({"notes"}),
+            watermelon_table="contact_attempts",
+        )
+    )

@@ -1,0 +1,199 @@
+"""The follow-up and referral API: the queue, step actions, bad input and outsiders."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from django.utils import timezone
+
+from apps.accounts.models import Role
+from apps.audit.models import AuditEvent
+from apps.care.models import Referral, ReferralOutcomeEvent
+from apps.followups.models import ContactAttempt, FollowUpStep, StepStatus
+from tests.conftest import CrewMember, make_crew_member
+from tests.followups.factories import case_manager, referral, steps_of
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _snapshot(step: FollowUpStep) -> tuple[object, ...]:
+    step.refresh_from_db()
+    return (step.status, step.due_at, step.owner_id, step.closed_at, step.events.count(), step.attempts.count())
+
+
+def test_a_case_manager_works_the_queue(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    [first, second, *_] = steps_of(referral(crew_member))
+    client = manager.client()
+
+    queue = client.get("/api/v1/followups/steps/?status=pending&mine=true")
+    attempt = client.post(
+        f"/api/v1/followups/steps/{first.pk}/attempts/",
+        {"method": "phone", "result": "no_answer", "notes": "Voicemail full.", "attempted_at": timezone.now()},
+        format="json",
+    )
+    completed = client.post(f"/api/v1/followups/steps/{first.pk}/complete/", {}, format="json")
+    missed = client.post(f"/api/v1/followups/steps/{second.pk}/missed/", {"reason": "Moved away"}, format="json")
+
+    assert queue.status_code == 200 and queue.json()["count"] == 4
+    assert attempt.status_code == 201 and ContactAttempt.objects.get().result == "no_answer"
+    assert completed.status_code == 200 and completed.json()["status"] == "completed"
+    assert [a["result"] for a in completed.json()["attempts"]] == ["no_answer"]
+    assert missed.json()["missed_reason"] == "Moved away"
+    # Every read and write of a step about a person is attributable (P8).
+    assert AuditEvent.objects.filter(actor_id=manager.user.pk, record_type="followups.step").count() >= 3
+    assert AuditEvent.objects.filter(record_type="followups.contact_attempt", device_id=manager.device.pk).exists()
+
+
+def test_a_due_time_in_the_past_is_refused_and_nothing_changes(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    [step, *_] = steps_of(referral(crew_member))
+    before = _snapshot(step)
+
+    response = manager.client().post(
+        f"/api/v1/followups/steps/{step.pk}/reschedule/",
+        {"due_at": (timezone.now() - dt.timedelta(hours=1)).isoformat(), "reason": "Typo"},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "due_at", "code": "due_at_in_past", "detail": "The new due time is in the past."}
+    ]
+    assert _snapshot(step) == before
+
+
+def test_a_closed_step_cannot_be_closed_again(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    [step, *_] = steps_of(referral(crew_member))
+    manager.client().post(f"/api/v1/followups/steps/{step.pk}/complete/", {}, format="json")
+    before = _snapshot(step)
+
+    response = manager.client().post(f"/api/v1/followups/steps/{step.pk}/missed/", {"reason": "x"}, format="json")
+
+    assert (response.status_code, response.json()["code"]) == (409, "step_closed")
+    assert _snapshot(step) == before and step.status == StepStatus.COMPLETED
+
+
+def test_missing_reason_and_unknown_fields_name_the_field(crew_member: CrewMember) -> None:
+    [step, *_] = steps_of(referral(crew_member))
+    client = case_manager(crew_member).client()
+
+    missed = client.post(f"/api/v1/followups/steps/{step.pk}/missed/", {}, format="json")
+    attempt = client.post(
+        f"/api/v1/followups/steps/{step.pk}/attempts/",
+        {"method": "pigeon", "result": "reached", "attempted_at": timezone.now(), "mood": "ok"},
+        format="json",
+    )
+
+    assert missed.status_code == 400 and [e["field"] for e in missed.json()["errors"]] == ["reason"]
+    assert attempt.status_code == 400 and {e["field"] for e in attempt.json()["errors"]} == {"mood"}
+    assert not ContactAttempt.objects.exists()
+
+
+def test_completing_a_cancelled_referral_is_refused_and_nothing_changes(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member)
+    client = case_manager(crew_member).client()
+    assert (
+        client.post(
+            f"/api/v1/care/referrals/{referral_id}/status/", {"status": "cancelled", "reason": "Moved"}, format="json"
+        ).json()["task_status"]
+        == "cancelled"
+    )
+
+    completed = client.post(f"/api/v1/care/referrals/{referral_id}/status/", {"status": "completed"}, format="json")
+    outcome = client.post(
+        f"/api/v1/care/referrals/{referral_id}/outcomes/",
+        {"outcome": "attended", "observed_at": timezone.now().isoformat()},
+        format="json",
+    )
+
+    assert (completed.status_code, completed.json()["code"]) == (409, "invalid_transition")
+    assert completed.json()["errors"][0]["field"] == "status"
+    assert (outcome.status_code, outcome.json()["code"]) == (409, "referral_cancelled")
+    referral_row = Referral.objects.get(pk=referral_id)
+    assert (referral_row.task_status, referral_row.status) == ("cancelled", "open")
+    assert referral_row.task_events.count() == 1 and not ReferralOutcomeEvent.objects.exists()
+
+
+def test_the_referral_timeline_and_an_outcome_recorded_by_a_case_manager(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member, priority="urgent", warm_handoff=True, consent_to_share=True)
+    client = case_manager(crew_member).client()
+    for status in ("received", "accepted", "in_progress"):
+        assert (
+            client.post(f"/api/v1/care/referrals/{referral_id}/status/", {"status": status}, format="json").status_code
+            == 200
+        )
+
+    response = client.post(
+        f"/api/v1/care/referrals/{referral_id}/outcomes/",
+        {"outcome": "attended", "observed_at": timezone.now().isoformat()},
+        format="json",
+    )
+
+    body = response.json()
+    assert response.status_code == 201
+    assert [e["to_status"] for e in body["task_timeline"]] == ["received", "accepted", "in_progress"]
+    assert (body["status"], body["priority"], body["warm_handoff"]) == ("attended", "urgent", True)
+    by_key = {s.key: s.status for s in steps_of(referral_id)}
+    assert by_key == {
+        "first_contact": "completed",
+        "connection_check": "completed",
+        "outcome_7d": "completed",
+        "outcome_30d": "pending",
+    }
+
+
+def test_an_outcome_on_a_referral_of_another_program_is_not_found(
+    crew_member: CrewMember, foreign_dispatcher: CrewMember
+) -> None:
+    referral_id = referral(crew_member)
+    foreign_manager = make_crew_member(foreign_dispatcher.unit.program, role=Role.CASE_MANAGER)
+
+    response = foreign_manager.client().post(
+        f"/api/v1/care/referrals/{referral_id}/outcomes/",
+        {"outcome": "connected", "observed_at": timezone.now().isoformat()},
+        format="json",
+    )
+
+    assert response.status_code == 404
+    assert not ReferralOutcomeEvent.objects.exists()
+
+
+@pytest.mark.parametrize("who", ["outsider", "foreign_dispatcher"])
+def test_outsiders_see_and_change_nothing(
+    crew_member: CrewMember, outsider: CrewMember, foreign_dispatcher: CrewMember, who: str
+) -> None:
+    """A crew of another unit, or anyone of another program, gets 404 on every endpoint."""
+    referral_id = referral(crew_member)
+    [step, *_] = steps_of(referral_id)
+    before = _snapshot(step)
+    client = {"outsider": outsider, "foreign_dispatcher": foreign_dispatcher}[who].client()
+    later = (timezone.now() + dt.timedelta(days=1)).isoformat()
+
+    responses = [
+        client.get(f"/api/v1/followups/steps/{step.pk}/"),
+        client.post(
+            f"/api/v1/followups/steps/{step.pk}/attempts/",
+            {"method": "phone", "result": "reached", "attempted_at": timezone.now().isoformat()},
+            format="json",
+        ),
+        client.post(f"/api/v1/followups/steps/{step.pk}/complete/", {}, format="json"),
+        client.post(f"/api/v1/followups/steps/{step.pk}/reschedule/", {"due_at": later, "reason": "x"}, format="json"),
+        client.post(f"/api/v1/followups/steps/{step.pk}/missed/", {"reason": "x"}, format="json"),
+        client.post(f"/api/v1/followups/steps/{step.pk}/assign/", {"owner_id": str(uuid.uuid4())}, format="json"),
+        client.get(f"/api/v1/care/referrals/{referral_id}/"),
+        client.post(f"/api/v1/care/referrals/{referral_id}/status/", {"status": "received"}, format="json"),
+        client.post(
+            f"/api/v1/care/referrals/{referral_id}/outcomes/",
+            {"outcome": "connected", "observed_at": timezone.now().isoformat()},
+            format="json",
+        ),
+    ]
+
+    assert [r.status_code for r in responses] == [404] * len(responses)
+    assert client.get("/api/v1/followups/steps/").json()["count"] == 0
+    assert _snapshot(step) == before
+    assert Referral.objects.get(pk=referral_id).task_status == "requested"

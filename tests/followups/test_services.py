@@ -1,0 +1,238 @@
+"""Plans from the schedule, outcomes flowing back, step changes, and the reminder claim."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from django.utils import timezone
+
+from apps.accounts.models import Role
+from apps.care.models import Referral
+from apps.care.services import referral_outcome_record
+from apps.followups import services
+from apps.followups.models import (
+    ContactAttempt,
+    FollowUpPlan,
+    PlanTrigger,
+    Reminder,
+    ReminderKind,
+    ScheduleStep,
+    StepEvent,
+    StepStatus,
+)
+from apps.notifications.models import Notification, NotificationPreference
+from apps.notifications.services import sms_inbound_record
+from tests.accounts.factories import MembershipFactory
+from tests.care.factories import encounter, pushed
+from tests.conftest import CrewMember
+from tests.followups.factories import case_manager, referral, steps_of
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ENDED = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
+
+
+def test_a_referral_gets_the_default_schedule_owned_by_the_programs_case_manager(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+
+    referral_id = referral(crew_member)
+
+    steps = steps_of(referral_id)
+    assert [(s.key, s.due_at - ENDED) for s in steps] == [
+        ("first_contact", dt.timedelta(hours=24)),
+        ("connection_check", dt.timedelta(hours=72)),
+        ("outcome_7d", dt.timedelta(days=7)),
+        ("outcome_30d", dt.timedelta(days=30)),
+    ]
+    assert {s.owner_id for s in steps} == {manager.user.pk}
+    assert FollowUpPlan.objects.get().trigger == PlanTrigger.REFERRAL
+    # Two reminders a step: to the owner when due, to the supervisors past the margin.
+    assert Reminder.objects.filter(kind=ReminderKind.OWNER_DUE).count() == 4
+    overdue = Reminder.objects.get(step=steps[0], kind=ReminderKind.SUPERVISOR_OVERDUE)
+    assert overdue.due_at == steps[0].due_at + dt.timedelta(minutes=240)
+
+
+def test_a_second_referral_or_a_repush_does_not_plan_twice(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    pushed(crew_member, "care.referral", {"encounter_id": str(encounter_id), "service_type": "housing"})
+
+    assert FollowUpPlan.objects.count() == 1
+    assert len(steps_of(referral_id)) == 4
+
+
+def test_a_programs_own_schedule_replaces_the_default(crew_member: CrewMember) -> None:
+    program = crew_member.unit.program
+    ScheduleStep.objects.create(
+        program=program,
+        trigger=PlanTrigger.COMMUNITY,
+        key="same_day",
+        label="Same-day call",
+        offset_minutes=180,
+        overdue_margin_minutes=60,
+        completed_by_outcomes=[],
+    )
+
+    encounter(crew_member, ended_at="2026-11-20T15:00:00+00:00", disposition="resolved_on_scene")
+    # A transported person gets no community plan.
+    encounter(crew_member, ended_at="2026-11-20T15:00:00+00:00", disposition="transported_voluntary")
+
+    [plan] = FollowUpPlan.objects.all()
+    assert plan.trigger == PlanTrigger.COMMUNITY
+    assert [(s.key, s.due_at - ENDED, s.owner_id) for s in plan.steps.all()] == [
+        ("same_day", dt.timedelta(hours=3), None)
+    ]
+
+
+def test_an_outcome_pushed_from_a_tablet_completes_the_matching_steps(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member)
+    event_id = uuid.uuid4()
+
+    result = pushed(
+        crew_member,
+        "care.referral_outcome",
+        {"referral_id": str(referral_id), "outcome": "connected", "observed_at": "2026-11-21T10:00:00+00:00"},
+        record_id=event_id,
+    )
+
+    assert result["status"] == "applied"
+    by_key = {s.key: s for s in steps_of(referral_id)}
+    assert by_key["first_contact"].status == StepStatus.COMPLETED
+    assert by_key["first_contact"].closing_outcome_id == event_id
+    assert by_key["connection_check"].status == StepStatus.COMPLETED
+    assert (by_key["outcome_7d"].status, by_key["outcome_30d"].status) == (StepStatus.PENDING, StepStatus.PENDING)
+    # Their reminders will not fire.
+    assert not Reminder.objects.filter(step=by_key["first_contact"], cancelled_at=None).exists()
+
+
+def test_unable_to_reach_is_an_outcome_that_closes_nothing(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member)
+    manager = case_manager(crew_member, of_program=False)
+
+    referral_outcome_record(
+        referral=Referral.objects.get(pk=referral_id),
+        outcome="unable_to_reach",
+        observed_at=timezone.now(),
+        details="",
+        actor=manager.user,
+    )
+
+    referral_row = Referral.objects.get(pk=referral_id)
+    assert (referral_row.status, referral_row.task_status) == ("unable_to_reach", "requested")
+    assert {s.status for s in steps_of(referral_id)} == {StepStatus.PENDING}
+
+
+def test_a_step_is_completed_rescheduled_or_missed_and_each_is_in_its_history(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    first, second, third, _ = steps_of(referral(crew_member))
+    later = timezone.now() + dt.timedelta(days=2)
+
+    services.step_reschedule(step=first, actor=manager.user, due_at=later, reason="Person asked for Friday")
+    services.step_mark_missed(step=second, actor=manager.user, reason="Phone disconnected")
+    services.step_complete(step=third, actor=manager.user)
+
+    first.refresh_from_db()
+    assert first.due_at == later and first.status == StepStatus.PENDING
+    # The old due reminder is cancelled, a new one waits for the new time.
+    reminders = Reminder.objects.filter(step=first, kind=ReminderKind.OWNER_DUE)
+    assert sorted((r.due_at == later, r.cancelled_at is None) for r in reminders) == [(False, False), (True, True)]
+    assert list(StepEvent.objects.filter(step__in=[first, second, third]).values_list("action", flat=True)) == [
+        "planned",
+        "planned",
+        "planned",
+        "rescheduled",
+        "missed",
+        "completed",
+    ]
+
+
+def test_the_claim_hands_each_due_reminder_to_one_sweep_only(crew_member: CrewMember) -> None:
+    steps_of(referral(crew_member))
+    now = ENDED + dt.timedelta(days=8)  # first contact, connection check and the 7-day step are due
+
+    first = services.reminders_claim_due(now=now)
+    second = services.reminders_claim_due(now=now)
+
+    assert len(first) == 6  # three owner reminders and three supervisor alerts
+    assert second == []
+
+
+def test_a_stop_reply_opts_the_number_out_and_the_appointment_reminder_is_not_sent(crew_member: CrewMember) -> None:
+    person_id = uuid.uuid4()
+    pushed(
+        crew_member,
+        "care.person",
+        {"unit_id": str(crew_member.unit.pk), "phone_number": "+12125550101"},
+        record_id=person_id,
+    )
+    referral_id = referral(
+        crew_member,
+        encounter_fields={"person_id": str(person_id)},
+        consent_to_contact=True,
+        appointment_at=(timezone.now() + dt.timedelta(hours=2)).isoformat(),
+    )
+    reminder = Reminder.objects.get(referral_id=referral_id, kind=ReminderKind.PERSON_APPOINTMENT)
+
+    assert sms_inbound_record(from_number="+12125550101", body=" stop ") == "opted_out"
+    assert services.reminder_send(reminder_id=reminder.pk) == "opted out"
+
+    assert NotificationPreference.objects.get(phone_number="+12125550101").sms_allowed is False
+    assert not Notification.objects.filter(kind="followup.appointment").exists()
+    reminder.refresh_from_db()
+    assert (reminder.sent_at, reminder.cancel_reason) == (None, "opted out")
+
+
+def test_no_appointment_reminder_without_consent_to_contact(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member, appointment_at=(timezone.now() + dt.timedelta(hours=30)).isoformat())
+
+    assert not Reminder.objects.filter(referral_id=referral_id).exists()
+
+
+def test_an_overdue_step_alerts_the_supervisors(crew_member: CrewMember) -> None:
+    supervisor = MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR).user
+    [step, *_] = steps_of(referral(crew_member))
+    alert = Reminder.objects.get(step=step, kind=ReminderKind.SUPERVISOR_OVERDUE)
+
+    assert services.reminder_send(reminder_id=alert.pk) == "sent"
+    assert services.reminder_send(reminder_id=alert.pk) == "already_done"
+
+    notification = Notification.objects.get(kind="followup.overdue")
+    assert list(notification.recipients.values_list("user_id", flat=True)) == [supervisor.pk]
+
+
+def test_a_contact_attempt_made_offline_syncs_and_is_never_rewritten(
+    crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    [step, *_] = steps_of(referral(crew_member))
+    attempt_id = uuid.uuid4()
+    fields = {
+        "step_id": str(step.pk),
+        "method": "phone",
+        "result": "left_message",
+        "notes": "Left a callback number.",
+        "attempted_at": "2026-11-21T16:00:00+00:00",
+    }
+
+    created = pushed(crew_member, "followups.contact_attempt", fields, record_id=attempt_id)
+    edited = pushed(
+        crew_member,
+        "followups.contact_attempt",
+        {"result": "reached"},
+        op="update",
+        record_id=attempt_id,
+        base_version=1,
+    )
+    foreign = pushed(outsider, "followups.contact_attempt", fields)
+
+    assert created["status"] == "applied"
+    assert (edited["status"], edited["error"]["code"]) == ("quarantined", "append_only")
+    assert foreign["status"] != "applied"
+    attempt = ContactAttempt.objects.get()
+    assert (attempt.pk, attempt.result, attempt.step_id, attempt.created_by_id) == (
+        attempt_id,
+        "left_message",
+        step.pk,
+        crew_member.user.pk,
+    )

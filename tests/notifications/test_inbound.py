@@ -1,0 +1,47 @@
+"""Replies to our SMS through Twilio's inbound webhook: STOP opts the number out, START back in."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+from pytest_django.fixtures import Settings as SettingsWrapper
+from rest_framework.test import APIClient
+
+from apps.notifications.channels.twilio import request_signature
+from apps.notifications.models import NotificationPreference
+
+pytestmark = pytest.mark.django_db
+
+INBOUND_URL = "https://tandem.example.org/api/v1/notifications/sms/twilio-inbound/"
+NUMBER = "+12125550142"
+
+
+def _reply(settings: SettingsWrapper, body: str, signature: str | None = None) -> int:
+    settings.TWILIO_AUTH_TOKEN = "standin-auth-token"
+    settings.TWILIO_INBOUND_URL = INBOUND_URL
+    params = {"From": NUMBER, "Body": body, "MessageSid": "SM1"}
+    signed = signature or request_signature(auth_token="standin-auth-token", url=INBOUND_URL, params=params)
+    response = APIClient().post(
+        "/api/v1/notifications/sms/twilio-inbound/",
+        urlencode(params),
+        content_type="application/x-www-form-urlencoded",
+        HTTP_X_TWILIO_SIGNATURE=signed,
+    )
+    return response.status_code
+
+
+def test_stop_opts_out_and_start_opts_back_in(settings: SettingsWrapper) -> None:
+    assert _reply(settings, "Stop") == 204
+    assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is False
+
+    assert _reply(settings, "hello?") == 204  # anything else changes nothing
+    assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is False
+
+    assert _reply(settings, "START") == 204
+    assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is True
+
+
+def test_an_unsigned_reply_is_refused_and_changes_nothing(settings: SettingsWrapper) -> None:
+    assert _reply(settings, "STOP", signature="forged") == 403
+    assert not NotificationPreference.objects.exists()
