@@ -52,10 +52,16 @@ class Tablet:
         return push.push_mutations(device=self.member.device, user=self.member.user, mutations=batch)
 
     def take(self, record_id: uuid.UUID, data: dict[str, Any], version: int) -> None:
+        """Apply a record from the server, as a client does: fields with an edit still in the
+        outbox keep the local value (it is pushed later and merged by the server)."""
         if version >= self.versions.get(record_id, 0):
             self.versions[record_id] = version
+            pending = {
+                name for mutation in self.outbox if mutation["id"] == str(record_id) for name in mutation["fields"]
+            }
             for name in FIELDS:
-                self.local[(record_id, name)] = data[name]
+                if name not in pending:
+                    self.local[(record_id, name)] = data[name]
 
 
 class SyncMachine(RuleBasedStateMachine):
