@@ -24,6 +24,7 @@ from apps.dispatch.models import Assignment, Incident, TimelineEvent
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
+from apps.sync import services as sync_services
 from apps.sync.models import Conflict
 from apps.workspace.filters import QueueFilter
 from apps.workspace.scoping import ProgramScopedAdmin
@@ -259,6 +260,29 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
         ("Where the device's value came from", {"fields": ["user", "device", "mutation", "created_at"]}),
         ("Resolution", {"fields": ["resolved_at", "resolved_by", "resolution"]}),
     ]
+    workspace_may_change = True  # its actions call sync's conflict_resolve
+    actions = ["keep_server_value", "take_device_value"]
+
+    def _resolve(self, request: HttpRequest, queryset: QuerySet[Conflict], choice: str) -> None:
+        assert isinstance(request.user, User)
+        resolved = 0
+        for conflict in queryset.order_by("pk"):
+            try:
+                sync_services.conflict_resolve(conflict=conflict, choice=choice, resolved_by=request.user)
+            except DomainError as error:
+                self.message_user(request, f"{conflict}: {error.detail}", messages.WARNING)
+            else:
+                resolved += 1
+        if resolved:
+            self.message_user(request, f"Resolved {resolved} conflict(s).", messages.SUCCESS)
+
+    @admin.action(description="Resolve: keep the server's value", permissions=["change"])
+    def keep_server_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:
+        self._resolve(request, queryset, sync_services.ConflictChoice.SERVER)
+
+    @admin.action(description="Resolve: take the device's value", permissions=["change"])
+    def take_device_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:
+        self._resolve(request, queryset, sync_services.ConflictChoice.DEVICE)
 
 
 # --- every other registration: scoped by program -------------------------------------------

@@ -9,7 +9,9 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.accounts.models import Program, Role, User
+from apps.care.models import Encounter
 from apps.followups.models import FollowUpStep, StepAction, StepStatus
+from apps.sync.models import Conflict
 from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory
 from tests.conftest import make_crew_member, sign_in_to_admin
@@ -153,3 +155,16 @@ def test_field_staff_without_a_workspace_role_see_no_admin_page(program: Program
 
     assert clinician.get(changelist_url(FollowUpStep)).status_code == 403
     assert "Queues" not in clinician.get("/admin/").content.decode()
+
+
+def test_a_conflict_is_resolved_from_the_admin_through_the_sync_service(program: Program) -> None:
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+
+    page = client.get(change_url(Conflict, day.conflict.pk)).content.decode()
+    assert "Agitated." in page and "Calm." in page  # both versions, side by side
+    client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(day.conflict.pk)]})
+
+    conflict = Conflict.objects.get(pk=day.conflict.pk)
+    assert (conflict.resolved_by, conflict.resolution) == (day.case_manager, "Take the device's value")
+    assert Encounter.objects.get(pk=conflict.record_id).assessment == "Calm."

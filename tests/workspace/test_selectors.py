@@ -10,6 +10,7 @@ from apps.care.services import referral_outcome_record
 from apps.dispatch import services as dispatch
 from apps.followups import services as followups
 from apps.followups.models import FollowUpStep, StepStatus
+from apps.sync.services import conflict_resolve
 from apps.workspace.selectors import end_of_today, queue_counts
 from tests.accounts.factories import ProgramFactory
 from tests.conftest import make_crew_member
@@ -80,12 +81,15 @@ def test_the_counts_drop_as_the_work_is_done(program: Program) -> None:
     rider = make_crew_member(program, unit=day.missed_checkin.unit)
     dispatch.assignment_check_in(assignment_id=day.missed_checkin.pk, user=rider.user, device=rider.device)
 
+    conflict_resolve(conflict=day.conflict, choice="server", resolved_by=day.case_manager)
+
     after = counts(day.case_manager, timezone.now())
-    assert (after["referrals_awaiting_outcome"], after["assignments_not_acknowledged"], after["checkins_missed"]) == (
-        0,
-        0,
-        0,
-    )
+    assert (
+        after["referrals_awaiting_outcome"],
+        after["assignments_not_acknowledged"],
+        after["checkins_missed"],
+        after["conflicts_to_resolve"],
+    ) == (0, 0, 0, 0)
 
 
 def test_the_outsider_of_another_program_counts_none_of_it(program: Program) -> None:
