@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
 from apps.notifications import selectors
-from apps.notifications.models import Notification, NotificationAttempt, NotificationPreference, PushRegistration
+from apps.notifications.models import (
+    AttemptStatus,
+    Notification,
+    NotificationAttempt,
+    NotificationPreference,
+    PushRegistration,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -41,9 +50,27 @@ class NotificationAdmin(ReadOnlyAdmin):
     list_filter = ["urgency", "kind", "program"]
     inlines = [AttemptInline]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
+        # The list's delivery column from one query, not three per row.
+        reached = selectors.STATUS_ORDER[selectors.STATUS_ORDER.index(AttemptStatus.DELIVERED) :]
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                devices=Count("attempts__device", distinct=True),
+                devices_delivered=Count("attempts__device", distinct=True, filter=Q(attempts__status__in=reached)),
+                acknowledged=Count("recipients", distinct=True, filter=Q(recipients__acknowledged_at__isnull=False)),
+            )
+        )
+
     @admin.display(description="Delivery")
     def delivery(self, notification: Notification) -> str:
-        return selectors.delivery_summary(notification=notification).describe()
+        counted: Any = notification
+        acknowledged = counted.acknowledged
+        return (
+            f"delivered to {counted.devices_delivered} of {counted.devices} devices, "
+            f"acknowledged by {acknowledged if acknowledged else 'nobody'}"
+        )
 
 
 @admin.register(PushRegistration)

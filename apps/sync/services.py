@@ -16,16 +16,19 @@ from uuid import UUID
 import psycopg
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Max, Subquery
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError
 
-from apps.accounts.models import Device, User
+from apps.accounts.models import Device, Role, User
+from apps.common.api.errors import DomainError
 from apps.sync import registry
 from apps.sync.models import (
     ChangeEntry,
     ChangeOperation,
     Conflict,
+    ConflictKind,
     FeedRetention,
     Mutation,
     RecordVersion,
@@ -476,3 +479,71 @@ def feed_prune(*, older_than: timedelta, batch_size: int = 10_000) -> int:
         if not ids:
             return deleted
         deleted += ChangeEntry.objects.filter(id__in=ids).delete()[0]
+
+
+# Conflicts: a case manager chooses which of the two kept values stands (DESIGN.md P3).
+
+
+class ConflictChoice(models.TextChoices):
+    SERVER = "server", "Keep the server's value"
+    DEVICE = "device", "Take the device's value"
+
+
+_CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
+
+
+@transaction.atomic
+def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> Conflict:
+    """Resolve a conflict by choosing a side, recording who and when.
+
+    Choosing the device's value writes it through the record type's own ``apply`` (so the
+    domain's rules hold: a signed note still refuses, and an addendum is the way) and the
+    publish path (a new version in the feed for every device that sees the record). Choosing
+    the server's value changes nothing: the record already holds it.
+    """
+    if choice not in ConflictChoice.values:
+        raise DomainError("Choose server or device.", code="invalid", field="choice", status_code=400)
+    may_resolve = (
+        resolved_by.is_superuser
+        or resolved_by.memberships.filter(program_id=conflict.program_id, role__in=_CONFLICT_RESOLVERS).exists()
+    )
+    if not may_resolve:
+        raise DomainError("No such conflict.", code="not_found", status_code=404)
+    lock_records([conflict.record_id])
+    conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
+    if not conflict.is_open:
+        raise DomainError("The conflict is already resolved.", code="conflict_resolved", field="choice")
+    if choice == ConflictChoice.DEVICE:
+        _apply_device_value(conflict, resolved_by)
+    conflict.resolved_at = timezone.now()
+    conflict.resolved_by = resolved_by
+    conflict.resolution = ConflictChoice(choice).label
+    conflict.save(update_fields=["resolved_at", "resolved_by", "resolution"])
+    return conflict
+
+
+def _apply_device_value(conflict: Conflict, actor: User) -> None:
+    if conflict.kind != ConflictKind.SAME_FIELD:
+        raise DomainError(
+            "Only a same-field conflict takes the device's value here; restore or delete the record instead.",
+            code="unsupported_resolution",
+            field="choice",
+        )
+    synced_type = registry.get(conflict.record_type)
+    if synced_type is None:
+        raise LookupError(f"record type {conflict.record_type!r} is not registered for sync")
+    record = synced_type.model._default_manager.get(pk=conflict.record_id)
+    serializer = registry.bound_serializer(synced_type.serializer, partial=True)
+    try:
+        values = dict(serializer.run_validation({conflict.field: conflict.device_value}))
+    except ValidationError as error:
+        raise DomainError("The device's value is no longer valid.", code="invalid", field="choice") from error
+    context = registry.WriteContext(user=actor, device=None)
+    if not synced_type.may_write(context, record, values):
+        raise DomainError("You may not change this record.", code="forbidden", field="choice", status_code=403)
+    try:
+        saved = synced_type.apply(context, registry.Change("update", record.pk, record, values))
+    except registry.Refused as refused:
+        raise DomainError(refused.detail, code=refused.code, field="choice") from refused
+    context.flush_inserts()
+    publish_record(type_name=synced_type.name, record=saved, user=actor)

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "apps.directory",
     "apps.followups",
     "apps.demo",
+    "apps.workspace",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,323 @@
+"""The case manager's workspace in the admin.
+
+Imported last (``apps.workspace`` is last in INSTALLED_APPS), so every other app's admin is
+registered already: this module registers the workspace's own admins of the domain records,
+then wraps every registration on the site in ``ProgramScopedAdmin`` so that no admin page
+shows a record of a program the user does not work for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from apps.accounts.models import Device, Program, Role, User
+from apps.audit.models import AuditEvent
+from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
+from apps.common.api.errors import DomainError
+from apps.dispatch.models import Assignment, Incident, TimelineEvent
+from apps.followups import services as followup_services
+from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
+from apps.notifications.models import NotificationPreference, PushRegistration
+from apps.sync import services as sync_services
+from apps.sync.models import Conflict
+from apps.workspace.filters import QueueFilter
+from apps.workspace.scoping import ProgramScopedAdmin
+
+admin.site.index_template = "workspace/index.html"
+
+
+def _all_fields(model: type[Model]) -> list[str]:
+    return [field.name for field in model._meta.concrete_fields]
+
+
+class ReadOnlyWorkspaceAdmin(ProgramScopedAdmin):
+    """Records written by the field and the domain services: the admin shows, never edits."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return _all_fields(self.model)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return self.fields or _all_fields(self.model)
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+# --- follow-up steps -----------------------------------------------------------------------
+
+
+class StepActionForm(ActionForm):
+    owner = forms.ModelChoiceField(
+        queryset=User.objects.filter(memberships__role=Role.CASE_MANAGER).distinct().order_by("username"),
+        required=False,
+        label="Reassign to",
+    )
+
+
+class StepEventInline(ReadOnlyInline):
+    model = StepEvent
+    fields = ["occurred_at", "action", "actor", "due_at", "reason"]
+    ordering = ["occurred_at", "id"]
+
+
+class AttemptInline(ReadOnlyInline):
+    model = ContactAttempt
+    fk_name = "step"
+    fields = ["attempted_at", "method", "result", "notes", "created_by"]
+    ordering = ["attempted_at"]
+
+
+@admin.register(FollowUpStep)
+class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
+    workspace_may_change = True  # its actions call the follow-up services
+    list_display = ["due_at", "label", "person_name", "status", "owner", "unit", "program"]
+    list_filter = [QueueFilter, "program", "unit__home_zone", "unit__response_model", "status", "owner", "due_at"]
+    search_fields = [
+        "plan__person__given_name",
+        "plan__person__family_name",
+        "=plan__person__phone_number",
+        "=plan__encounter__id",
+    ]
+    list_select_related = ["program", "owner", "unit", "plan__person"]
+    ordering = ["due_at"]
+    date_hierarchy = "due_at"
+    inlines = [AttemptInline, StepEventInline]
+    action_form = StepActionForm
+    actions = ["mark_completed", "reassign"]
+
+    @admin.display(description="Person")
+    def person_name(self, step: FollowUpStep) -> str:
+        person = step.plan.person
+        if person is None:
+            return "—"
+        return f"{person.given_name} {person.family_name}".strip() or "(unnamed)"
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[FollowUpStep], act: Any, done: str) -> None:
+        assert isinstance(request.user, User)
+        worked, refused = 0, []
+        for step in queryset.order_by("pk"):
+            try:
+                act(step, request.user)
+            except DomainError as error:
+                refused.append(f"{step}: {error.detail}")
+            else:
+                worked += 1
+        if worked:
+            self.message_user(request, f"{done} {worked} step(s).", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+
+    @admin.action(description="Mark selected steps completed", permissions=["change"])
+    def mark_completed(self, request: HttpRequest, queryset: QuerySet[FollowUpStep]) -> None:
+        self._each(
+            request,
+            queryset,
+            lambda step, actor: followup_services.step_complete(step=step, actor=actor, note="completed in the admin"),
+            "Completed",
+        )
+
+    @admin.action(description="Reassign selected steps (choose the case manager)", permissions=["change"])
+    def reassign(self, request: HttpRequest, queryset: QuerySet[FollowUpStep]) -> None:
+        owner_id = request.POST.get("owner")
+        owner = User.objects.filter(pk=owner_id).first() if owner_id else None
+        if owner is None:
+            self.message_user(request, "Choose the case manager to reassign to.", messages.ERROR)
+            return
+        self._each(
+            request,
+            queryset,
+            lambda step, actor: followup_services.step_assign(step=step, actor=actor, owner=owner),
+            f"Reassigned to {owner.username}:",
+        )
+
+
+# --- care ----------------------------------------------------------------------------------
+
+
+class OutcomeInline(ReadOnlyInline):
+    model = ReferralOutcomeEvent
+    fk_name = "referral"
+    fields = ["observed_at", "outcome", "details", "created_by"]
+    ordering = ["observed_at"]
+    verbose_name_plural = "Outcome timeline"
+
+
+class TaskEventInline(ReadOnlyInline):
+    model = ReferralTaskEvent
+    fk_name = "referral"
+    fields = ["created_at", "from_status", "to_status", "reason", "created_by"]
+    ordering = ["created_at"]
+    verbose_name_plural = "Status timeline (with the service)"
+
+
+@admin.register(Referral)
+class ReferralAdmin(ReadOnlyWorkspaceAdmin):
+    list_display = ["created_at", "service_type", "service_name", "status", "task_status", "priority", "program"]
+    list_filter = [QueueFilter, "program", "unit__home_zone", "status", "task_status", "priority", "service_type"]
+    search_fields = [
+        "encounter__person__given_name",
+        "encounter__person__family_name",
+        "=encounter__person__phone_number",
+    ]
+    list_select_related = ["program"]
+    ordering = ["-created_at"]
+    inlines = [OutcomeInline, TaskEventInline]
+
+
+class NoteInline(ReadOnlyInline):
+    model = ClinicalNote
+    fk_name = "encounter"
+    fields = ["created_at", "created_by", "body", "signed_at", "amends"]
+    ordering = ["created_at"]
+    verbose_name_plural = "Notes (read-only; a change is an addendum)"
+
+
+@admin.register(Encounter)
+class EncounterAdmin(ReadOnlyWorkspaceAdmin):
+    list_display = ["started_at", "ended_at", "disposition", "unit", "program"]
+    list_filter = ["program", "unit__home_zone", "unit__response_model", "disposition"]
+    search_fields = ["person__given_name", "person__family_name", "=person__phone_number"]
+    list_select_related = ["program", "unit"]
+    ordering = ["-started_at"]
+    inlines = [NoteInline]
+
+
+# --- dispatch ------------------------------------------------------------------------------
+
+
+class TimelineInline(ReadOnlyInline):
+    model = TimelineEvent
+    fk_name = "incident"
+    fields = ["at", "kind", "assignment", "actor", "observed_at"]
+
+
+@admin.register(Incident)
+class IncidentAdmin(ReadOnlyWorkspaceAdmin):
+    list_display = [
+        "external_call_id",
+        "received_at",
+        "zone",
+        "chosen_response",
+        "status",
+        "served_at",
+        "unserved_reason",
+        "program",
+    ]
+    list_filter = [QueueFilter, "program", "zone", "chosen_response", "status", "unserved_reason", "received_at"]
+    search_fields = ["=external_call_id", "=id", "=callback_number"]
+    list_select_related = ["program", "zone"]
+    ordering = ["-received_at"]
+    inlines = [TimelineInline]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ReadOnlyWorkspaceAdmin):
+    program_path = "incident__program"
+    list_display = ["offered_at", "incident", "unit", "status", "acknowledged_at", "last_checkin_at"]
+    list_filter = [QueueFilter, "incident__program", "unit__response_model", "status"]
+    search_fields = ["=incident__external_call_id", "unit__call_sign"]
+    list_select_related = ["incident", "unit"]
+    ordering = ["-offered_at"]
+
+
+# --- sync conflicts ------------------------------------------------------------------------
+
+
+@admin.register(Conflict)
+class ConflictAdmin(ReadOnlyWorkspaceAdmin):
+    list_display = ["created_at", "record_type", "field", "kind", "user", "resolved_at", "program"]
+    list_filter = [QueueFilter, "program", "kind", "record_type", "is_clinical_text"]
+    search_fields = ["=record_id"]
+    list_select_related = ["program", "user"]
+    ordering = ["-created_at"]
+    fieldsets = [
+        (None, {"fields": ["program", "record_type", "record_id", "field", "kind", "is_clinical_text"]}),
+        ("Side by side", {"fields": ["base_value", "server_value", "device_value", "server_version"]}),
+        ("Where the device's value came from", {"fields": ["user", "device", "mutation", "created_at"]}),
+        ("Resolution", {"fields": ["resolved_at", "resolved_by", "resolution"]}),
+    ]
+    workspace_may_change = True  # its actions call sync's conflict_resolve
+    actions = ["keep_server_value", "take_device_value"]
+
+    def _resolve(self, request: HttpRequest, queryset: QuerySet[Conflict], choice: str) -> None:
+        assert isinstance(request.user, User)
+        resolved = 0
+        for conflict in queryset.order_by("pk"):
+            try:
+                sync_services.conflict_resolve(conflict=conflict, choice=choice, resolved_by=request.user)
+            except DomainError as error:
+                self.message_user(request, f"{conflict}: {error.detail}", messages.WARNING)
+            else:
+                resolved += 1
+        if resolved:
+            self.message_user(request, f"Resolved {resolved} conflict(s).", messages.SUCCESS)
+
+    @admin.action(description="Resolve: keep the server's value", permissions=["change"])
+    def keep_server_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:
+        self._resolve(request, queryset, sync_services.ConflictChoice.SERVER)
+
+    @admin.action(description="Resolve: take the device's value", permissions=["change"])
+    def take_device_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:
+        self._resolve(request, queryset, sync_services.ConflictChoice.DEVICE)
+
+
+# --- every other registration: scoped by program -------------------------------------------
+
+# How each model registered by another app reaches its program; a model with a ``program``
+# field needs no entry, and a model with neither stays with superusers.
+PROGRAM_PATHS: dict[type[Model], str] = {
+    Program: "id",
+    User: "memberships__program",
+    Device: "user__memberships__program",
+    AuditEvent: "program_id",
+    PushRegistration: "device__user__memberships__program",
+    NotificationPreference: "user__memberships__program",
+}
+
+
+def _program_path(model: type[Model]) -> str | None:
+    if model in PROGRAM_PATHS:
+        return PROGRAM_PATHS[model]
+    field_names = {field.name for field in model._meta.get_fields()}
+    return "program" if "program" in field_names else None
+
+
+def scope_every_registration(site: admin.AdminSite) -> None:
+    for model, model_admin in list(site._registry.items()):
+        if isinstance(model_admin, ProgramScopedAdmin):
+            continue
+        base = type(model_admin)
+        scoped = type(
+            f"ProgramScoped{base.__name__}",
+            (ProgramScopedAdmin, base),
+            {"program_path": _program_path(model), "__module__": base.__module__},
+        )
+        site.unregister(model)
+        site.register(model, scoped)
+
+
+scope_every_registration(admin.site)

@@ -1,0 +1,114 @@
+"""Every admin page shows a staff user only their programs' records.
+
+``ProgramScopedAdmin`` is mixed into every ModelAdmin on the site (``apps.workspace.admin``
+wraps the registrations of the other apps and defines its own on top of it). A model is
+scoped by ``program_path``, the lookup from it to its program; a model with no path is for
+superusers only. Superusers see everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.utils import NotRelationField, get_fields_from_path
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest
+
+from apps.workspace.access import request_program_ids
+
+
+class ProgramScopedAdmin(admin.ModelAdmin):
+    # The lookup from the model to its program ("program", "incident__program", "id" for
+    # Program itself); None keeps the model to superusers.
+    program_path: str | None = "program"
+    # Whether workspace staff may use this admin's change page and actions without a Django
+    # model permission: only admins whose every change goes through a domain service say so.
+    workspace_may_change: bool = False
+
+    def _is_superuser(self, request: HttpRequest) -> bool:
+        return bool(getattr(request.user, "is_superuser", False))
+
+    def _works_here(self, request: HttpRequest) -> bool:
+        return self.program_path is not None and bool(request_program_ids(request))
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        if self._is_superuser(request):
+            return queryset
+        if not self._works_here(request):
+            return queryset.none()
+        assert self.program_path is not None
+        lookup = {f"{self.program_path}__in": request_program_ids(request)}
+        if self._path_is_multivalued():
+            # Through a to-many relation (a user's memberships): a subquery, so no duplicate rows.
+            return queryset.filter(pk__in=self.model._default_manager.filter(**lookup).values("pk"))
+        return queryset.filter(**lookup)
+
+    def _path_is_multivalued(self) -> bool:
+        assert self.program_path is not None
+        try:
+            fields = get_fields_from_path(self.model, self.program_path)
+        except FieldDoesNotExist:
+            return False
+        return any(field.many_to_many or field.one_to_many for field in fields)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        # A record of another program is "not found", exactly like one that does not exist:
+        # the admin's default (a redirect saying it may have been deleted) would confirm it exists.
+        found = super().get_object(request, object_id, from_field)
+        if found is None:
+            raise Http404("No such record.")
+        return found
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        filters = super().get_list_filter(request)
+        if self._is_superuser(request):
+            return filters
+        # A related filter would list every program's zones, units and people; offer only
+        # the values the user's own records have.
+        return [self._related_only(entry) for entry in filters]
+
+    def _related_only(self, entry: Any) -> Any:
+        if not isinstance(entry, str):
+            return entry
+        try:
+            field = get_fields_from_path(self.model, entry)[-1]
+        except (FieldDoesNotExist, NotRelationField):
+            return entry
+        if field.is_relation:
+            return (entry, admin.RelatedOnlyFieldListFilter)
+        return entry
+
+    # Permissions: superusers keep Django's; workspace staff get view (and, where the admin
+    # allows it, change) by their role; a model without a program path stays superusers'.
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        if self._is_superuser(request):
+            return super().has_module_permission(request)
+        return self._works_here(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        if self._is_superuser(request):
+            return super().has_view_permission(request, obj)
+        return self._works_here(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        if self._is_superuser(request):
+            return super().has_change_permission(request, obj)
+        if not self._works_here(request):
+            return False
+        if self.workspace_may_change:
+            return True
+        return super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        if not self._is_superuser(request) and not self._works_here(request):
+            return False
+        return bool(super().has_add_permission(request, *args))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        if not self._is_superuser(request) and not self._works_here(request):
+            return False
+        return super().has_delete_permission(request, obj)

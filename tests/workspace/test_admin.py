@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.utils import quote
+from django.db.models import Model
+from django.test import Client
+from django.urls import reverse
+
+from apps.accounts.models import Program, Role, User
+from apps.care.models import Encounter
+from apps.followups.models import FollowUpStep, StepAction, StepStatus
+from apps.sync.models import Conflict
+from apps.workspace.selectors import queue_counts
+from tests.accounts.factories import ProgramFactory
+from tests.conftest import make_crew_member, sign_in_to_admin
+from tests.followups.factories import case_manager
+from tests.workspace.scenario import staff, workday
+
+
+def changelist_url(model: type[Model]) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+
+
+def change_url(model: type[Model], pk: Any) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(pk)])
+
+
+def outsider_of(program: Program) -> User:
+    elsewhere = ProgramFactory.create(slug=f"not-{program.slug}", name="Another program")
+    return staff(make_crew_member(elsewhere, role=Role.CASE_MANAGER).user)
+
+
+def test_an_outsider_sees_nothing_of_the_program_in_any_admin(program: Program) -> None:
+    day = workday(program)
+    insider = sign_in_to_admin(Client(), day.case_manager)
+    outsider = sign_in_to_admin(Client(), outsider_of(program))
+
+    checked = set()
+    for model, model_admin in admin.site._registry.items():
+        path = getattr(model_admin, "program_path", "unscoped")
+        assert path != "unscoped", f"{model._meta.label} is registered without program scoping"
+        if path is None:
+            # Not tied to a program (schedules of beat, lockouts, OTP devices): superusers only.
+            assert outsider.get(changelist_url(model)).status_code == 403, model._meta.label
+            assert insider.get(changelist_url(model)).status_code == 403, model._meta.label
+            continue
+        ours = list(model._default_manager.filter(**{f"{path}__in": [program.pk]}).values_list("pk", flat=True)[:5])
+        if not ours:
+            continue
+        checked.add(model._meta.label_lower)
+
+        response = outsider.get(changelist_url(model))
+        assert response.status_code == 200, model._meta.label
+        shown = {row.pk for row in response.context["cl"].result_list}
+        assert not shown & set(ours), model._meta.label
+        page = response.content.decode()
+        for pk in ours:
+            assert str(pk) not in page, model._meta.label
+            assert outsider.get(change_url(model, pk)).status_code == 404, model._meta.label
+            # The program's own case manager does see it: the 404 is scoping, not a broken page.
+            assert insider.get(change_url(model, pk)).status_code == 200, model._meta.label
+
+    assert checked >= {
+        "accounts.program",
+        "accounts.user",
+        "accounts.device",
+        "teams.unit",
+        "followups.followupstep",
+        "followups.casemanagerassignment",
+        "care.referral",
+        "care.encounter",
+        "dispatch.incident",
+        "dispatch.assignment",
+        "sync.conflict",
+    }
+
+
+def test_the_admin_home_shows_each_queue_linking_to_a_list_of_exactly_its_items(program: Program) -> None:
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+
+    home = client.get("/admin/")
+
+    assert home.status_code == 200
+    page = home.content.decode()
+    queues = queue_counts(user=day.case_manager)
+    assert len(queues) == 7
+    for queue in queues:
+        assert queue.label in page
+        assert queue.url.replace("&", "&amp;") in page
+        listed = client.get(queue.url)
+        assert listed.status_code == 200, queue.key
+        assert listed.context["cl"].result_count == queue.count, queue.key
+    for _label, count, url in next(queue for queue in queues if queue.key == "eligible_not_served").breakdown:
+        assert client.get(url).context["cl"].result_count == count
+
+
+def test_bulk_mark_completed_goes_through_the_follow_up_service(program: Program) -> None:
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+    open_steps = [step for step in day.steps if step.status == StepStatus.PENDING][:2]
+
+    response = client.post(
+        changelist_url(FollowUpStep),
+        {"action": "mark_completed", "_selected_action": [str(step.pk) for step in open_steps]},
+    )
+
+    assert response.status_code == 302
+    for step in FollowUpStep.objects.filter(pk__in=[step.pk for step in open_steps]):
+        assert (step.status, step.closed_by) == (StepStatus.COMPLETED, day.case_manager)
+        assert step.events.filter(action=StepAction.COMPLETED, actor=day.case_manager).count() == 1
+
+
+def test_bulk_reassign_takes_a_case_manager_of_the_program_and_refuses_anyone_else(program: Program) -> None:
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+    step = next(step for step in day.steps if step.status == StepStatus.PENDING)
+    colleague = case_manager(day.crew, of_program=False).user
+
+    refused = client.post(
+        changelist_url(FollowUpStep),
+        {"action": "reassign", "_selected_action": [str(step.pk)], "owner": str(day.crew.user.pk)},
+        follow=True,
+    )
+    step.refresh_from_db()
+    assert step.owner == day.case_manager  # a clinician cannot own a follow-up: nothing changed
+    assert "case manager" in refused.content.decode()
+
+    client.post(
+        changelist_url(FollowUpStep),
+        {"action": "reassign", "_selected_action": [str(step.pk)], "owner": str(colleague.pk)},
+    )
+    step.refresh_from_db()
+    assert step.owner == colleague
+    assert step.events.filter(action=StepAction.ASSIGNED, actor=day.case_manager).count() == 1
+
+
+def test_an_outsider_cannot_work_the_programs_steps_through_a_bulk_action(program: Program) -> None:
+    day = workday(program)
+    outsider = sign_in_to_admin(Client(), outsider_of(program))
+    step = next(step for step in day.steps if step.status == StepStatus.PENDING)
+
+    outsider.post(changelist_url(FollowUpStep), {"action": "mark_completed", "_selected_action": [str(step.pk)]})
+
+    step.refresh_from_db()
+    assert step.status == StepStatus.PENDING
+    assert not step.events.filter(action=StepAction.COMPLETED).exists()
+
+
+def test_field_staff_without_a_workspace_role_see_no_admin_page(program: Program) -> None:
+    workday(program)
+    clinician = sign_in_to_admin(Client(), staff(make_crew_member(program).user))
+
+    assert clinician.get(changelist_url(FollowUpStep)).status_code == 403
+    assert "Queues" not in clinician.get("/admin/").content.decode()
+
+
+def test_a_conflict_is_resolved_from_the_admin_through_the_sync_service(program: Program) -> None:
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+
+    page = client.get(change_url(Conflict, day.conflict.pk)).content.decode()
+    assert "Agitated." in page and "Calm." in page  # both versions, side by side
+    client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(day.conflict.pk)]})
+
+    conflict = Conflict.objects.get(pk=day.conflict.pk)
+    assert (conflict.resolved_by, conflict.resolution) == (day.case_manager, "Take the device's value")
+    assert Encounter.objects.get(pk=conflict.record_id).assessment == "Calm."
