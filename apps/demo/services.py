@@ -122,6 +122,7 @@ BOSTON_UNITS: Sequence[UnitPlan] = (
 )
 
 PROGRAM_STAFF_ROLES = (Role.DISPATCHER, Role.SUPERVISOR, Role.CASE_MANAGER)
+ADMIN_WORKSPACE_ROLES = frozenset({Role.SUPERVISOR, Role.CASE_MANAGER})
 ROLE_SHORT_NAMES = {
     Role.EMT: "emt",
     Role.PARAMEDIC: "paramedic",
@@ -216,14 +217,14 @@ class _Seeder:
         self.reset_passwords = reset_passwords
         self.logins: list[DemoLogin] = []
 
-    def user(self, username: str, *, administrator: bool = False) -> User:
+    def user(self, username: str, *, administrator: bool = False, staff: bool = False) -> User:
         first_name, last_name = _name_for(username)
         if administrator:
             first_name, last_name = "Demo", "Administrator"
         fields: dict[str, object] = {
             "first_name": first_name,
             "last_name": last_name,
-            "is_staff": administrator,
+            "is_staff": administrator or staff,
             "is_superuser": administrator,
         }
         user, created = User.objects.update_or_create(
@@ -254,7 +255,8 @@ class _Seeder:
                 defaults={"name": zone_plan.name, "borough": zone_plan.borough},
             )
         for role in PROGRAM_STAFF_ROLES:
-            user = self.user(f"{plan.username_prefix}.{ROLE_SHORT_NAMES[role]}")
+            # Case managers and supervisors work in the admin (scoped to their program).
+            user = self.user(f"{plan.username_prefix}.{ROLE_SHORT_NAMES[role]}", staff=role in ADMIN_WORKSPACE_ROLES)
             self.member(user, program, role)
         for unit_plan in plan.units:
             structure = {"response_model": unit_plan.response_model, "home_zone": zones[unit_plan.home_zone_code]}

@@ -146,10 +146,38 @@ def test_administrator_is_a_superuser_and_can_use_the_admin(demo_password: str) 
     assert client.get("/admin/auth/group/").status_code == 200
 
 
-def test_only_the_administrator_is_staff(demo_password: str) -> None:
+def test_only_the_administrator_case_managers_and_supervisors_are_staff(demo_password: str) -> None:
     seed()
 
-    assert list(User.objects.filter(is_staff=True).values_list("username", flat=True)) == ["admin"]
+    staff = set(User.objects.filter(is_staff=True).values_list("username", flat=True))
+    assert staff == {"admin", "nyc.casemanager", "nyc.supervisor", "bos.casemanager", "bos.supervisor"}
+    assert set(User.objects.filter(is_superuser=True).values_list("username", flat=True)) == {"admin"}
+
+
+def test_a_demo_case_manager_works_in_the_admin_on_their_program_only(demo_password: str) -> None:
+    seed()
+    case_manager = User.objects.get(username="nyc.casemanager")
+    code = admin_one_time_codes(case_manager)[0]
+    client = Client()
+
+    signed_in = client.post(
+        "/admin/login/?next=/admin/",
+        {
+            "username": "nyc.casemanager",
+            "password": demo_password,
+            "otp_device": StaticDevice.objects.get(user=case_manager).persistent_id,
+            "otp_token": code,
+        },
+    )
+
+    assert signed_in.status_code == 302
+    assert client.get("/admin/").status_code == 200
+    units = client.get("/admin/teams/unit/")
+    assert units.status_code == 200
+    assert "BH-01" in units.content.decode()
+    boston_unit = Unit.objects.filter(program__slug="boston").first()
+    assert boston_unit is not None
+    assert client.get(f"/admin/teams/unit/{boston_unit.pk}/change/").status_code == 404
 
 
 def test_running_twice_creates_nothing_twice(demo_password: str) -> None:

@@ -12,6 +12,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from apps.accounts.models import User
 from apps.demo.services import ADMIN_USERNAME, DEFAULT_DEMO_PASSWORD, DemoLogin, admin_one_time_codes, demo_seed
 
+# Staff whose admin backup codes are printed: one of each kind is enough to try the workspace.
+STAFF_WITH_PRINTED_CODES = (ADMIN_USERNAME, "nyc.casemanager", "nyc.supervisor", "bos.casemanager")
+
 
 def base_url() -> str:
     """Where `make run` serves (the Procfile's TANDEM_HOST / TANDEM_PORT)."""
@@ -42,11 +45,12 @@ class Command(BaseCommand):
         except ValidationError as error:
             raise CommandError(f"DEMO_PASSWORD is too weak: {' '.join(error.messages)}") from error
         self.print_summary(logins, password_from_env=bool(configured))
-        codes = admin_one_time_codes(User.objects.get(username=ADMIN_USERNAME))
         self.stdout.write(
-            f"Admin sign-in also asks for a one-time code: pick the device 'demo backup codes' and use"
-            f" one of these, each once: {', '.join(codes)} (new ones on every seed_demo)."
+            "Admin sign-in also asks for a one-time code: pick the device 'demo backup codes' and use"
+            " one of the user's codes below, each once (new ones on every seed_demo)."
         )
+        for user in User.objects.filter(is_staff=True, username__in=STAFF_WITH_PRINTED_CODES).order_by("username"):
+            self.stdout.write(f"  {user.username:<16} {', '.join(admin_one_time_codes(user))}")
 
     def print_summary(self, logins: list[DemoLogin], *, password_from_env: bool) -> None:
         url = base_url()
