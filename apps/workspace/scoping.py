@@ -17,6 +17,7 @@ from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 
 from apps.workspace.access import request_program_ids
+from apps.workspace.audit import record_admin_reads
 
 
 class ProgramScopedAdmin(admin.ModelAdmin):
@@ -60,7 +61,16 @@ class ProgramScopedAdmin(admin.ModelAdmin):
         found = super().get_object(request, object_id, from_field)
         if found is None:
             raise Http404("No such record.")
+        if request.method == "GET":
+            record_admin_reads(request, self.model, [found])
         return found
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            record_admin_reads(request, self.model, changelist.result_list)
+        return response
 
     def get_list_filter(self, request: HttpRequest) -> Any:
         filters = super().get_list_filter(request)

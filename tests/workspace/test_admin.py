@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from apps.accounts.models import Program, Role, User
 from apps.care.models import Encounter
+from apps.dispatch.models import Incident
 from apps.followups.models import FollowUpStep, StepAction, StepStatus
 from apps.sync.models import Conflict
 from apps.workspace.selectors import queue_counts
@@ -168,3 +169,32 @@ def test_a_conflict_is_resolved_from_the_admin_through_the_sync_service(program:
     conflict = Conflict.objects.get(pk=day.conflict.pk)
     assert (conflict.resolved_by, conflict.resolution) == (day.case_manager, "Take the device's value")
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Calm."
+
+
+def test_opening_and_listing_health_records_in_the_admin_is_audited(program: Program) -> None:
+    from apps.audit.models import AuditEvent
+
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+    encounter = Encounter.objects.filter(program=program).first()
+    assert encounter is not None
+
+    opened = client.get(change_url(Encounter, encounter.pk))
+    listed = client.get(changelist_url(FollowUpStep))
+
+    assert (opened.status_code, listed.status_code) == (200, 200)
+    admin_reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=day.case_manager.pk)
+    assert admin_reads.filter(record_type="care.encounter", record_id=encounter.pk).count() == 1
+    listed_steps = set(admin_reads.filter(record_type="followups.step").values_list("record_id", flat=True))
+    assert listed_steps == set(FollowUpStep.objects.filter(program=program).values_list("pk", flat=True))
+
+
+def test_admin_pages_of_other_records_leave_no_audit_event(program: Program) -> None:
+    from apps.audit.models import AuditEvent
+
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+
+    client.get(changelist_url(Incident))
+
+    assert not AuditEvent.objects.filter(channel="admin").exists()

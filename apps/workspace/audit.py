@@ -1,0 +1,39 @@
+"""Health records opened or listed in the admin are reads like any other (DESIGN.md P8)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models import Model
+from django.http import HttpRequest
+
+from apps.audit.models import AccessAction, AccessChannel
+from apps.audit.services import Accessor, record_access
+from apps.followups.models import FollowUpStep
+from apps.sync import registry
+
+# Health records that are not synced to devices but are about a person all the same.
+_UNSYNCED_HEALTH_RECORDS: dict[type[Model], str] = {FollowUpStep: "followups.step"}
+
+
+def health_record_type(model: type[Model]) -> str | None:
+    """The audit name of a model holding health information, or None for other models."""
+    for synced_type in registry.all_types():
+        if synced_type.model is model:
+            return synced_type.name
+    return _UNSYNCED_HEALTH_RECORDS.get(model)
+
+
+def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterable[Any]) -> None:
+    record_type = health_record_type(model)
+    if record_type is None:
+        return
+    record_ids = [record.pk for record in records]
+    if record_ids:
+        record_access(
+            accessor=Accessor.from_request(request, AccessChannel.ADMIN),
+            action=AccessAction.READ,
+            record_type=record_type,
+            record_ids=record_ids,
+        )
