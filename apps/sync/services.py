@@ -547,3 +547,8 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
         raise DomainError(refused.detail, code=refused.code, field="choice") from refused
     context.flush_inserts()
     publish_record(type_name=synced_type.name, record=saved, user=actor)
+
+
+def user_scopes_refresh_by_id(user_id: UUID) -> None:
+    """user_scopes_refresh for a user known by id (the crew-change listener)."""
+    user_scopes_refresh(user=User.objects.get(pk=user_id))

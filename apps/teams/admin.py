@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
+from django.contrib import admin
+from django.http import HttpRequest
+
+from apps.teams import services
 from apps.teams.models import Unit, UnitMember, Zone
 
 
@@ -26,3 +30,13 @@ class UnitAdmin(admin.ModelAdmin):
     search_fields = ["call_sign"]
     list_select_related = ["program", "home_zone"]
     inlines = [UnitMemberInline]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model is UnitMember:
+            # The crew changed: what its members' devices may see changes with it.
+            touched = {member.user_id for member in formset.new_objects}
+            touched |= {member.user_id for member in formset.deleted_objects}
+            touched |= {member.user_id for member, _fields in formset.changed_objects}
+            for user_id in sorted(touched):
+                services.crew_changed(user_id=user_id)
