@@ -6,13 +6,23 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
+from apps.accounts.models import Role, User
 from apps.common.api.errors import DomainError
 from apps.directory.models import Service
 
+# Who records what a provider reports: the program's case managers, supervisors and administrators.
+CAPACITY_REPORTER_ROLES = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
+
 
 @transaction.atomic
-def capacity_report(*, service: Service, available: int, total: int | None) -> Service:
+def capacity_report(*, service: Service, reporter: User, available: int, total: int | None) -> Service:
     """Record the beds / slots a provider has free now (the real-time bed registry)."""
+    if not reporter.memberships.filter(program_id=service.program_id, role__in=CAPACITY_REPORTER_ROLES).exists():
+        raise DomainError(
+            "Only case managers and supervisors report capacity.",
+            code="permission_denied",
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
     if total is not None and available > total:
         raise DomainError(
             "Available capacity cannot exceed the total.",

@@ -3,18 +3,15 @@ from __future__ import annotations
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.models import Role, User
+from apps.accounts.models import User
 from apps.common.api.pagination import StandardPagination
 from apps.directory import selectors, services
 from apps.directory.api.serializers import CapacitySerializer, ServiceSearchSerializer, ServiceSerializer
 from apps.directory.models import Service
-
-CAPACITY_ROLES = (Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR)
 
 
 def _user(request: Request) -> User:
@@ -56,12 +53,13 @@ class CapacityView(APIView):
     def post(self, request: Request, service_id: str) -> Response:
         user = _user(request)
         service = get_object_or_404(selectors.services_visible_to(user=user), pk=service_id)
-        if not user.memberships.filter(program_id=service.program_id, role__in=CAPACITY_ROLES).exists():
-            raise exceptions.PermissionDenied("Only case managers and supervisors report capacity.")
         payload = CapacitySerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         services.capacity_report(
-            service=service, available=payload.validated_data["available"], total=payload.validated_data["total"]
+            service=service,
+            reporter=user,
+            available=payload.validated_data["available"],
+            total=payload.validated_data["total"],
         )
         service = selectors.services_visible_to(user=user).get(pk=service.pk)
         return Response(ServiceSerializer(service, context={"now": timezone.now()}).data)
