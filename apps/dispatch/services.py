@@ -177,6 +177,31 @@ def _event(
 # Device-reported times
 
 
+def _record_crew_report(
+    assignment: Assignment,
+    *,
+    kind: EventKind,
+    user: User,
+    device: Device,
+    observed_at: datetime | None,
+    at: datetime | None = None,
+    **detail: Any,
+) -> None:
+    """A crew member's report: kept in the timeline and fed to the crew (but the reporting
+    device) and the dispatchers."""
+    _event(
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=kind,
+        actor=user,
+        device=device,
+        observed_at=observed_at,
+        at=at,
+        **detail,
+    )
+    _publish_assignment(assignment, origin_device_id=device.pk)
+
+
 def validate_observed_at(
     observed_at: datetime | None, *, not_before: datetime | None = None, field: str = "observed_at"
 ) -> datetime | None:
@@ -545,16 +570,9 @@ def assignment_acknowledge(
             "updated_at",
         ]
     )
-    _event(
-        incident=assignment.incident,
-        assignment=assignment,
-        kind=EventKind.ACKNOWLEDGED,
-        actor=user,
-        device=device,
-        observed_at=observed_at,
-        at=now,
+    _record_crew_report(
+        assignment, kind=EventKind.ACKNOWLEDGED, user=user, device=device, observed_at=observed_at, at=now
     )
-    _publish_assignment(assignment, origin_device_id=device.pk)
     return assignment
 
 
@@ -654,16 +672,9 @@ def assignment_decline(
     observed_at = validate_observed_at(observed_at, not_before=assignment.offered_at)
     now = timezone.now()
     _end(assignment, status=AssignmentStatus.DECLINED, reason=reason.strip(), now=now)
-    _event(
-        incident=assignment.incident,
-        assignment=assignment,
-        kind=EventKind.DECLINED,
-        actor=user,
-        device=device,
-        observed_at=observed_at,
-        reason=reason.strip(),
+    _record_crew_report(
+        assignment, kind=EventKind.DECLINED, user=user, device=device, observed_at=observed_at, reason=reason.strip()
     )
-    _publish_assignment(assignment, origin_device_id=device.pk)
     _refresh_units([assignment.unit_id], now=now)
     still_covered = Assignment.objects.filter(incident=assignment.incident, status__in=AssignmentStatus.active())
     if not still_covered.exists():
@@ -711,16 +722,9 @@ def assignment_check_in(
     assignment.last_checkin_at = now
     assignment.checkin_due_at = now + timedelta(seconds=timing.checkin_interval_seconds)
     assignment.save(update_fields=["last_checkin_at", "checkin_due_at", "updated_at"])
-    _event(
-        incident=assignment.incident,
-        assignment=assignment,
-        kind=EventKind.CHECKED_IN,
-        actor=user,
-        device=device,
-        observed_at=observed_at,
-        at=now,
+    _record_crew_report(
+        assignment, kind=EventKind.CHECKED_IN, user=user, device=device, observed_at=observed_at, at=now
     )
-    _publish_assignment(assignment, origin_device_id=device.pk)
     return assignment
 
 
