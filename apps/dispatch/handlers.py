@@ -19,11 +19,9 @@ from django.utils.dateparse import parse_datetime
 
 from apps.accounts.models import DeviceToken
 from apps.common.api.errors import DomainError
-from apps.dispatch import services
-from apps.dispatch.models import Assignment
+from apps.dispatch import selectors, services
 from apps.dispatch.payloads import assignment_payload
 from apps.realtime.handlers import HandlerError, register
-from apps.teams.models import UnitMember
 
 
 def _assignment_id(message: dict[str, Any]) -> uuid.UUID:
@@ -50,8 +48,7 @@ def _observed_at(message: dict[str, Any]) -> datetime | None:
 
 def _crew_assignment(token: DeviceToken, assignment_id: uuid.UUID) -> None:
     """Only the crew of the assigned unit may answer it; anyone else learns nothing."""
-    crew_units = UnitMember.objects.filter(user_id=token.device.user_id).values("unit_id")
-    if not Assignment.objects.filter(pk=assignment_id, unit_id__in=crew_units).exists():
+    if not selectors.crew_assignments(user=token.device.user).filter(pk=assignment_id).exists():
         raise HandlerError("not_found", "No such assignment for your unit.", field="assignment")
 
 

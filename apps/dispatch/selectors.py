@@ -46,6 +46,11 @@ def incidents_visible_to(*, user: User) -> QuerySet[Incident]:
     return Incident.objects.filter(program__in=dispatch_programs(user=user)).select_related("program")
 
 
+def crew_assignments(*, user: User) -> QuerySet[Assignment]:
+    """Assignments of the units the user rides in: the ones they may answer."""
+    return Assignment.objects.filter(unit_id__in=UnitMember.objects.filter(user=user).values("unit_id"))
+
+
 def assignments_visible_to(*, user: User) -> QuerySet[Assignment]:
     crew_units = UnitMember.objects.filter(user=user).values("unit_id")
     return (
