@@ -13,6 +13,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # Development-only fallback; production settings refuse to start without a real key.
 SECRET_KEY = env_str("SECRET_KEY", "insecure-development-key-not-for-production")
 DEBUG = env_bool("DEBUG", False)
+# Fernet keys for health information encrypted at rest, newest first (see README "Encryption
+# at rest"). Development-only fallback; production settings refuse to start without keys.
+FIELD_ENCRYPTION_KEYS = env_str("FIELD_ENCRYPTION_KEYS", "ZGV2ZWxvcG1lbnQtb25seS1rZXktMDAwMDAwMDAwMDA=").split(",")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

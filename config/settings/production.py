@@ -6,6 +6,7 @@ from config.env import env_bool, env_int, env_list, env_str
 from config.settings.base import *  # noqa: F403
 
 SECRET_KEY = env_str("SECRET_KEY")
+FIELD_ENCRYPTION_KEYS = env_str("FIELD_ENCRYPTION_KEYS").split(",")
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
 
