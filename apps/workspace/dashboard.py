@@ -1,0 +1,374 @@
+"""The program dashboard's figures: aggregates computed by PostgreSQL, never by looping over rows.
+
+Every figure is about one program and one date range in the program's own time zone. The
+dispatch figures count the calls *received* in the range (with their assignments, whatever
+day those were offered); the care figures count encounters *started* and referrals *made* in
+the range; the follow-up figure counts steps *due* in the range. Nothing here names a person:
+the dashboard shows counts, rates and durations only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.db.models import Aggregate, Count, Exists, F, FloatField, Func, OuterRef, Q, QuerySet
+from django.db.models.functions import ExtractHour
+
+from apps.accounts.models import Program, Role, User
+from apps.care.models import Disposition, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus
+from apps.dispatch.models import Assignment, Incident, IncidentStatus, Response, UnservedReason
+from apps.followups.models import FollowUpStep, StepStatus
+
+# Who sees a program's dashboard: the people who run it (not case managers, not crews).
+DASHBOARD_ROLES = frozenset({Role.SUPERVISOR, Role.ADMINISTRATOR})
+
+# The referral outcomes that mean the person got to the service.
+CONNECTED_OUTCOMES = (ReferralStatus.CONNECTED, ReferralStatus.ATTENDED)
+CONNECTION_DAYS = (7, 30)
+
+NO_ZONE = "No zone"
+NOT_RECORDED = "Not recorded"
+
+
+def dashboard_programs(user: User) -> QuerySet[Program]:
+    """The programs whose dashboard this user may see: those they supervise or administer."""
+    if not (user.is_active and user.is_staff):
+        return Program.objects.none()
+    if user.is_superuser:
+        return Program.objects.order_by("name")
+    led = user.memberships.filter(role__in=DASHBOARD_ROLES).values("program_id")
+    return Program.objects.filter(pk__in=led).order_by("name")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A program and a range of whole days (both ends included) in the program's time zone."""
+
+    program: Program
+    start: dt.date
+    end: dt.date
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.program.time_zone)
+
+    @property
+    def starts_at(self) -> dt.datetime:
+        return dt.datetime.combine(self.start, dt.time.min, tzinfo=self.tz)
+
+    @property
+    def ends_at(self) -> dt.datetime:
+        """The first instant after the range (midnight after the last day)."""
+        return dt.datetime.combine(self.end + dt.timedelta(days=1), dt.time.min, tzinfo=self.tz)
+
+    def within(self, field_name: str) -> Q:
+        return Q(**{f"{field_name}__gte": self.starts_at, f"{field_name}__lt": self.ends_at})
+
+
+def default_window(program: Program, now: dt.datetime, days: int = 30) -> Window:
+    """The last ``days`` days up to and including today, in the program's time zone."""
+    today = now.astimezone(ZoneInfo(program.time_zone)).date()
+    return Window(program, today - dt.timedelta(days=days - 1), today)
+
+
+# --- SQL helpers ---------------------------------------------------------------------------
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's continuous percentile (interpolates between the two nearest values)."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, fraction: float, expression: Any, **extra: Any) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("A percentile is a fraction between 0 and 1.")
+        # A float from our own code, formatted by repr: never user input in the SQL.
+        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+
+
+def seconds_between(earlier: str, later: str) -> Func:
+    return Func(
+        F(later) - F(earlier),
+        template="EXTRACT(EPOCH FROM %(expressions)s)::double precision",
+        output_field=FloatField(),
+    )
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Duration:
+    """Median and 90th percentile, in seconds, of ``count`` measured intervals (None when none)."""
+
+    count: int
+    median_seconds: float | None
+    p90_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Rate:
+    numerator: int
+    denominator: int
+
+    @property
+    def percent(self) -> float | None:
+        return None if self.denominator == 0 else 100.0 * self.numerator / self.denominator
+
+
+@dataclass
+class Dashboard:
+    window: Window
+    calls: int = 0
+    # (zone label, {response: count}), zones by descending total.
+    calls_by_zone: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+    calls_by_hour: list[int] = field(default_factory=lambda: [0] * 24)
+    chosen_response: dict[str, int] = field(default_factory=dict)
+    recommended_response: dict[str, int] = field(default_factory=dict)
+    overridden: int = 0
+    eligible: int = 0
+    eligible_served: int = 0
+    eligible_open: int = 0
+    eligible_unserved_by_reason: dict[str, int] = field(default_factory=dict)
+    offer_to_acknowledgement: Duration = Duration(0, None, None)
+    call_to_on_scene: Duration = Duration(0, None, None)
+    dispositions: dict[str, int] = field(default_factory=dict)
+    referrals: int = 0
+    # days -> connected within that many days, of the referrals at least that old.
+    referral_connection: dict[int, Rate] = field(default_factory=dict)
+    referrals_too_recent: dict[int, int] = field(default_factory=dict)
+    steps_due: int = 0
+    steps_on_time: int = 0
+    steps_late: int = 0
+    steps_missed: int = 0
+    steps_open: int = 0
+
+    @property
+    def eligible_unserved(self) -> int:
+        return sum(self.eligible_unserved_by_reason.values())
+
+    @property
+    def steps_on_time_rate(self) -> Rate:
+        return Rate(self.steps_on_time, self.steps_due)
+
+
+def _incidents(window: Window) -> QuerySet[Incident]:
+    return Incident.objects.filter(window.within("received_at"), program=window.program)
+
+
+def _calls(board: Dashboard) -> None:
+    window = board.window
+    by_zone: dict[str, dict[str, int]] = {}
+    rows = _incidents(window).order_by().values("zone__name", "chosen_response").annotate(n=Count("pk"))
+    for row in rows:
+        zone = row["zone__name"] or NO_ZONE
+        by_zone.setdefault(zone, {})[row["chosen_response"]] = row["n"]
+    board.calls_by_zone = sorted(by_zone.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    board.calls = sum(sum(counts.values()) for counts in by_zone.values())
+
+    hours = (
+        _incidents(window)
+        .annotate(hour=ExtractHour("received_at", tzinfo=window.tz))
+        .order_by()
+        .values("hour")
+        .annotate(n=Count("pk"))
+    )
+    for row in hours:
+        board.calls_by_hour[row["hour"]] = row["n"]
+
+    mix = _incidents(window).aggregate(
+        overridden=Count("pk", filter=~Q(chosen_response=F("recommended_response"))),
+        **{f"chosen:{value}": Count("pk", filter=Q(chosen_response=value)) for value in Response.values},
+        **{f"recommended:{value}": Count("pk", filter=Q(recommended_response=value)) for value in Response.values},
+    )
+    board.overridden = mix.pop("overridden")
+    for key, count in mix.items():
+        kind, value = key.split(":", 1)
+        if count:
+            (board.chosen_response if kind == "chosen" else board.recommended_response)[value] = count
+
+
+def _eligible(board: Dashboard) -> None:
+    teams = Response.team_responses()
+    rows = (
+        _incidents(board.window)
+        .filter(Q(recommended_response__in=teams) | Q(chosen_response__in=teams))
+        .order_by()
+        .values("unserved_reason")
+        .annotate(
+            served=Count("pk", filter=Q(served_at__isnull=False)),
+            open=Count("pk", filter=Q(served_at=None, status=IncidentStatus.OPEN)),
+            unserved=Count("pk", filter=Q(served_at=None, status=IncidentStatus.CLOSED)),
+        )
+    )
+    for row in rows:
+        board.eligible_served += row["served"]
+        board.eligible_open += row["open"]
+        if row["unserved"]:
+            board.eligible_unserved_by_reason[row["unserved_reason"]] = row["unserved"]
+    board.eligible_unserved_by_reason = dict(
+        sorted(board.eligible_unserved_by_reason.items(), key=lambda item: (-item[1], item[0]))
+    )
+    board.eligible = board.eligible_served + board.eligible_open + board.eligible_unserved
+
+
+def _duration(rows: QuerySet[Any], earlier: str, later: str) -> Duration:
+    seconds = seconds_between(earlier, later)
+    figures = rows.aggregate(n=Count("pk"), median=PercentileCont(0.5, seconds), p90=PercentileCont(0.9, seconds))
+    return Duration(figures["n"], figures["median"], figures["p90"])
+
+
+def _timings(board: Dashboard) -> None:
+    window = board.window
+    acknowledged = Assignment.objects.filter(
+        incident__program=window.program,
+        incident__received_at__gte=window.starts_at,
+        incident__received_at__lt=window.ends_at,
+        acknowledged_at__isnull=False,
+    )
+    board.offer_to_acknowledgement = _duration(acknowledged, "offered_at", "acknowledged_at")
+    board.call_to_on_scene = _duration(_incidents(window).filter(served_at__isnull=False), "received_at", "served_at")
+
+
+def _dispositions(board: Dashboard) -> None:
+    window = board.window
+    rows = (
+        Encounter.objects.filter(window.within("started_at"), program=window.program, is_deleted=False)
+        .order_by()
+        .values("disposition")
+        .annotate(n=Count("pk"))
+    )
+    counts = {row["disposition"]: row["n"] for row in rows}
+    # In the model's order, then encounters without one.
+    board.dispositions = {value: counts[value] for value in Disposition.values if value in counts}
+    if counts.get(""):
+        board.dispositions[""] = counts[""]
+
+
+def _referrals(board: Dashboard, now: dt.datetime) -> None:
+    window = board.window
+    aggregates: dict[str, Any] = {"total": Count("pk")}
+    for days in CONNECTION_DAYS:
+        connected = ReferralOutcomeEvent.objects.filter(
+            referral=OuterRef("pk"),
+            is_deleted=False,
+            outcome__in=CONNECTED_OUTCOMES,
+            observed_at__lte=OuterRef("created_at") + dt.timedelta(days=days),
+        )
+        # Only referrals at least this old can have had the whole time to connect.
+        old_enough = Q(created_at__lte=now - dt.timedelta(days=days))
+        aggregates[f"old_{days}"] = Count("pk", filter=old_enough)
+        aggregates[f"connected_{days}"] = Count("pk", filter=old_enough & Q(Exists(connected)))
+    figures = Referral.objects.filter(window.within("created_at"), program=window.program, is_deleted=False).aggregate(
+        **aggregates
+    )
+    board.referrals = figures["total"]
+    for days in CONNECTION_DAYS:
+        board.referral_connection[days] = Rate(figures[f"connected_{days}"], figures[f"old_{days}"])
+        board.referrals_too_recent[days] = figures["total"] - figures[f"old_{days}"]
+
+
+def _steps(board: Dashboard, now: dt.datetime) -> None:
+    window = board.window
+    # On time: closed before the step counted as overdue (its due time plus the program's margin).
+    overdue_at = F("due_at") + Func(F("overdue_margin_minutes"), template="make_interval(mins => %(expressions)s)")
+    completed = Q(status=StepStatus.COMPLETED)
+    figures = FollowUpStep.objects.filter(window.within("due_at"), program=window.program, due_at__lte=now).aggregate(
+        due=Count("pk"),
+        on_time=Count("pk", filter=completed & Q(closed_at__lte=overdue_at)),
+        late=Count("pk", filter=completed & Q(closed_at__gt=overdue_at)),
+        missed=Count("pk", filter=Q(status=StepStatus.MISSED)),
+        open=Count("pk", filter=Q(status=StepStatus.PENDING)),
+    )
+    board.steps_due = figures["due"]
+    board.steps_on_time = figures["on_time"]
+    board.steps_late = figures["late"]
+    board.steps_missed = figures["missed"]
+    board.steps_open = figures["open"]
+
+
+def program_dashboard(*, window: Window, now: dt.datetime) -> Dashboard:
+    """Every figure of one program's dashboard for the window (the caller checked access)."""
+    board = Dashboard(window)
+    _calls(board)
+    _eligible(board)
+    _timings(board)
+    _dispositions(board)
+    _referrals(board, now)
+    _steps(board, now)
+    return board
+
+
+# --- labels and the flat list of every figure (the CSV and the tables) ---------------------
+
+RESPONSE_LABELS = dict(Response.choices)
+REASON_LABELS = dict(UnservedReason.choices)
+DISPOSITION_LABELS = {**dict(Disposition.choices), "": NOT_RECORDED}
+
+
+@dataclass(frozen=True)
+class FigureRow:
+    """One number of the dashboard: ``figure`` names the chart or table, ``bucket`` its bar."""
+
+    figure: str
+    bucket: str
+    series: str
+    value: float | int | None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def figure_rows(board: Dashboard) -> list[FigureRow]:
+    rows = [FigureRow("calls", "total", "", board.calls)]
+    for zone, counts in board.calls_by_zone:
+        for response, count in counts.items():
+            rows.append(FigureRow("calls_by_zone", zone, RESPONSE_LABELS.get(response, response), count))
+    rows += [FigureRow("calls_by_hour", f"{hour:02d}:00", "", n) for hour, n in enumerate(board.calls_by_hour)]
+    for value, label in Response.choices:
+        rows.append(FigureRow("response_mix", label, "chosen", board.chosen_response.get(value, 0)))
+        rows.append(FigureRow("response_mix", label, "recommended", board.recommended_response.get(value, 0)))
+    rows.append(FigureRow("response_mix", "overridden by the dispatcher", "", board.overridden))
+    rows += [
+        FigureRow("eligible_calls", "eligible", "", board.eligible),
+        FigureRow("eligible_calls", "served", "", board.eligible_served),
+        FigureRow("eligible_calls", "not served", "", board.eligible_unserved),
+        FigureRow("eligible_calls", "still open", "", board.eligible_open),
+    ]
+    for reason, count in board.eligible_unserved_by_reason.items():
+        rows.append(FigureRow("not_served_reasons", REASON_LABELS.get(reason, reason), "", count))
+    for name, duration in (
+        ("offer_to_acknowledgement_seconds", board.offer_to_acknowledgement),
+        ("call_to_on_scene_seconds", board.call_to_on_scene),
+    ):
+        rows += [
+            FigureRow(name, "count", "", duration.count),
+            FigureRow(name, "median", "", _round(duration.median_seconds)),
+            FigureRow(name, "p90", "", _round(duration.p90_seconds)),
+        ]
+    for disposition, count in board.dispositions.items():
+        rows.append(FigureRow("dispositions", DISPOSITION_LABELS.get(disposition, disposition), "", count))
+    rows.append(FigureRow("referrals", "made", "", board.referrals))
+    for days, rate in board.referral_connection.items():
+        name = f"referrals_connected_within_{days}_days"
+        rows += [
+            FigureRow(name, "connected", "", rate.numerator),
+            FigureRow(name, "old enough to count", "", rate.denominator),
+            FigureRow(name, "too recent", "", board.referrals_too_recent[days]),
+            FigureRow(name, "percent", "", _round(rate.percent)),
+        ]
+    rows += [
+        FigureRow("follow_up_steps", "due", "", board.steps_due),
+        FigureRow("follow_up_steps", "completed on time", "", board.steps_on_time),
+        FigureRow("follow_up_steps", "completed late", "", board.steps_late),
+        FigureRow("follow_up_steps", "missed", "", board.steps_missed),
+        FigureRow("follow_up_steps", "still open", "", board.steps_open),
+        FigureRow("follow_up_steps", "percent on time", "", _round(board.steps_on_time_rate.percent)),
+    ]
+    return rows
