@@ -163,13 +163,33 @@ def _incidents(window: Window) -> QuerySet[Incident]:
 
 def _calls(board: Dashboard) -> None:
     window = board.window
+    # One pass for the zones and the response mix: the groups are few (zones x responses x responses).
     by_zone: dict[str, dict[str, int]] = {}
-    rows = _incidents(window).order_by().values("zone__name", "chosen_response").annotate(n=Count("pk"))
-    for row in rows:
-        zone = row["zone__name"] or NO_ZONE
-        by_zone.setdefault(zone, {})[row["chosen_response"]] = row["n"]
+    groups = (
+        _incidents(window)
+        .order_by()
+        .values("zone__name", "chosen_response", "recommended_response")
+        .annotate(n=Count("pk"))
+    )
+    for group in groups:
+        zone, chosen, recommended, n = (
+            group["zone__name"] or NO_ZONE,
+            group["chosen_response"],
+            group["recommended_response"],
+            group["n"],
+        )
+        by_zone.setdefault(zone, {})
+        by_zone[zone][chosen] = by_zone[zone].get(chosen, 0) + n
+        board.chosen_response[chosen] = board.chosen_response.get(chosen, 0) + n
+        board.recommended_response[recommended] = board.recommended_response.get(recommended, 0) + n
+        board.overridden += n if chosen != recommended else 0
     board.calls_by_zone = sorted(by_zone.items(), key=lambda item: (-sum(item[1].values()), item[0]))
-    board.calls = sum(sum(counts.values()) for counts in by_zone.values())
+    board.calls = sum(board.chosen_response.values())
+    # In the order of the choices, as the charts and the CSV show them.
+    board.chosen_response = {v: board.chosen_response[v] for v in Response.values if v in board.chosen_response}
+    board.recommended_response = {
+        v: board.recommended_response[v] for v in Response.values if v in board.recommended_response
+    }
 
     hours = (
         _incidents(window)
@@ -180,17 +200,6 @@ def _calls(board: Dashboard) -> None:
     )
     for row in hours:
         board.calls_by_hour[row["hour"]] = row["n"]
-
-    mix = _incidents(window).aggregate(
-        overridden=Count("pk", filter=~Q(chosen_response=F("recommended_response"))),
-        **{f"chosen:{value}": Count("pk", filter=Q(chosen_response=value)) for value in Response.values},
-        **{f"recommended:{value}": Count("pk", filter=Q(recommended_response=value)) for value in Response.values},
-    )
-    board.overridden = mix.pop("overridden")
-    for key, count in mix.items():
-        kind, value = key.split(":", 1)
-        if count:
-            (board.chosen_response if kind == "chosen" else board.recommended_response)[value] = count
 
 
 def _eligible(board: Dashboard) -> None:
