@@ -369,17 +369,18 @@ def _counting_queries() -> Iterator[list[str]]:
     from django.db.backends import utils
 
     executed: list[str] = []
-    original = utils.CursorWrapper._execute
+    cursor_class: Any = utils.CursorWrapper  # a private method, absent from the type stubs
+    original = cursor_class._execute
 
     def counted(self: Any, sql: str, *args: Any) -> Any:
         executed.append(sql)
         return original(self, sql, *args)
 
-    utils.CursorWrapper._execute = counted  # type: ignore[method-assign]
+    cursor_class._execute = counted
     try:
         yield executed
     finally:
-        utils.CursorWrapper._execute = original  # type: ignore[method-assign]
+        cursor_class._execute = original
 
 
 def _time(client: Any, url: str) -> tuple[float, int, int]:
