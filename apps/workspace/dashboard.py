@@ -202,37 +202,32 @@ def _calls(board: Dashboard) -> None:
         board.calls_by_hour[row["hour"]] = row["n"]
 
 
-def _eligible(board: Dashboard) -> None:
+def _eligible_and_on_scene(board: Dashboard) -> None:
+    """One pass over the range's calls: eligible calls served or not (and why), and how long
+    from the call to a unit on scene for every served call."""
     teams = Response.team_responses()
-    rows = (
-        _incidents(board.window)
-        .filter(Q(recommended_response__in=teams) | Q(chosen_response__in=teams))
-        .order_by()
-        .values("unserved_reason")
-        .annotate(
-            served=Count("pk", filter=Q(served_at__isnull=False)),
-            open=Count("pk", filter=Q(served_at=None, status=IncidentStatus.OPEN)),
-            unserved=Count("pk", filter=Q(served_at=None, status=IncidentStatus.CLOSED)),
-        )
+    eligible = Q(recommended_response__in=teams) | Q(chosen_response__in=teams)
+    unserved = eligible & Q(served_at=None, status=IncidentStatus.CLOSED)
+    on_scene = Q(served_at__isnull=False)
+    seconds = seconds_between("received_at", "served_at")
+    figures = _incidents(board.window).aggregate(
+        served=Count("pk", filter=eligible & on_scene),
+        open=Count("pk", filter=eligible & Q(served_at=None, status=IncidentStatus.OPEN)),
+        **{f"reason:{reason}": Count("pk", filter=unserved & Q(unserved_reason=reason)) for reason in UnservedReason},
+        on_scene_n=Count("pk", filter=on_scene),
+        on_scene_median=PercentileCont(0.5, seconds, filter=on_scene),
+        on_scene_p90=PercentileCont(0.9, seconds, filter=on_scene),
     )
-    for row in rows:
-        board.eligible_served += row["served"]
-        board.eligible_open += row["open"]
-        if row["unserved"]:
-            board.eligible_unserved_by_reason[row["unserved_reason"]] = row["unserved"]
-    board.eligible_unserved_by_reason = dict(
-        sorted(board.eligible_unserved_by_reason.items(), key=lambda item: (-item[1], item[0]))
-    )
+    board.eligible_served, board.eligible_open = figures["served"], figures["open"]
+    reasons = {reason: figures[f"reason:{reason}"] for reason in UnservedReason.values}
+    board.eligible_unserved_by_reason = {
+        reason: n for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])) if n
+    }
     board.eligible = board.eligible_served + board.eligible_open + board.eligible_unserved
+    board.call_to_on_scene = Duration(figures["on_scene_n"], figures["on_scene_median"], figures["on_scene_p90"])
 
 
-def _duration(rows: QuerySet[Any], earlier: str, later: str) -> Duration:
-    seconds = seconds_between(earlier, later)
-    figures = rows.aggregate(n=Count("pk"), median=PercentileCont(0.5, seconds), p90=PercentileCont(0.9, seconds))
-    return Duration(figures["n"], figures["median"], figures["p90"])
-
-
-def _timings(board: Dashboard) -> None:
+def _offer_to_acknowledgement(board: Dashboard) -> None:
     window = board.window
     acknowledged = Assignment.objects.filter(
         incident__program=window.program,
@@ -240,8 +235,11 @@ def _timings(board: Dashboard) -> None:
         incident__received_at__lt=window.ends_at,
         acknowledged_at__isnull=False,
     )
-    board.offer_to_acknowledgement = _duration(acknowledged, "offered_at", "acknowledged_at")
-    board.call_to_on_scene = _duration(_incidents(window).filter(served_at__isnull=False), "received_at", "served_at")
+    seconds = seconds_between("offered_at", "acknowledged_at")
+    figures = acknowledged.aggregate(
+        n=Count("pk"), median=PercentileCont(0.5, seconds), p90=PercentileCont(0.9, seconds)
+    )
+    board.offer_to_acknowledgement = Duration(figures["n"], figures["median"], figures["p90"])
 
 
 def _dispositions(board: Dashboard) -> None:
@@ -305,8 +303,8 @@ def program_dashboard(*, window: Window, now: dt.datetime) -> Dashboard:
     """Every figure of one program's dashboard for the window (the caller checked access)."""
     board = Dashboard(window)
     _calls(board)
-    _eligible(board)
-    _timings(board)
+    _eligible_and_on_scene(board)
+    _offer_to_acknowledgement(board)
     _dispositions(board)
     _referrals(board, now)
     _steps(board, now)
