@@ -17,6 +17,7 @@ BAR_HEIGHT = 16
 LABEL_WIDTH = 220
 PLOT_WIDTH = 420
 VALUE_WIDTH = 60
+LEGEND_LINE = 16
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Row:
 class LegendEntry:
     series: str
     fill: str
-    x: float
+    y: float
 
 
 @dataclass(frozen=True)
@@ -91,17 +92,16 @@ def bar_chart(
         drawn.append(
             Row(label, total, y + (ROW_HEIGHT - BAR_HEIGHT) / 2, y + ROW_HEIGHT * 0.7, round(x + 4, 2), tuple(segments))
         )
+    # The legend (only for stacked bars) lists one series a line under the bars, so long
+    # names never overlap.
     legend_y = len(rows) * ROW_HEIGHT + 8
     stacked = len(order) > 1
     legend = (
-        tuple(
-            LegendEntry(key, fills[key], LABEL_WIDTH + index * (PLOT_WIDTH / max(len(order), 1)))
-            for index, key in enumerate(order)
-        )
+        tuple(LegendEntry(key, fills[key], legend_y + index * LEGEND_LINE) for index, key in enumerate(order))
         if stacked
         else ()
     )
-    height = len(rows) * ROW_HEIGHT + (ROW_HEIGHT * 2 if stacked else 4)
+    height = len(rows) * ROW_HEIGHT + (8 + len(order) * LEGEND_LINE if stacked else 4)
     return BarChart(
         name,
         title,
