@@ -46,18 +46,15 @@ class DashboardForm(forms.Form):
     def __init__(self, *args: Any, default: Window, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.default = default
-        self.fields["start"].widget = forms.DateInput(attrs={"type": "date"})
-        self.fields["end"].widget = forms.DateInput(attrs={"type": "date"})
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        start = cleaned.get("start") or self.default.start
-        end = cleaned.get("end") or self.default.end
         if "start" in self.errors or "end" in self.errors:
             return cleaned
-        if cleaned.get("start") and not cleaned.get("end") and start > end:
-            # A start after today with no end given: the range is that one day.
-            end = start
+        given_start, given_end = cleaned.get("start"), cleaned.get("end")
+        # Only a start: from then to today. Only an end: the default's length up to it.
+        end = given_end or max(self.default.end, given_start or self.default.end)
+        start = given_start or (end - (self.default.end - self.default.start))
         if end < start:
             self.add_error("end", "The end date is before the start date.")
         elif (end - start).days + 1 > MAX_DAYS:
