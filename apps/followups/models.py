@@ -15,6 +15,7 @@ from django.db.models import Q
 
 from apps.accounts.models import Program
 from apps.care.models import CareRecord, Encounter, Person, Referral, ReferralOutcomeEvent
+from apps.common.encryption import EncryptedTextField
 from apps.common.models import TimeStampedModel
 from apps.teams.models import Unit, Zone
 
@@ -165,7 +166,7 @@ class ContactAttempt(CareRecord):
     step = models.ForeignKey(FollowUpStep, on_delete=models.PROTECT, related_name="attempts")
     method = models.CharField(max_length=16, choices=ContactMethod.choices)
     result = models.CharField(max_length=16, choices=ContactResult.choices)
-    notes = models.TextField(blank=True, help_text="Clinical text.")
+    notes = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     attempted_at = models.DateTimeField()
 
     def __str__(self) -> str:
