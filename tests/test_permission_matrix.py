@@ -259,7 +259,7 @@ def build_world(program: Program, crew: CrewMember) -> World:
     )
 
 
-def database_state(ignore_rows_of: set[int]) -> dict[str, str]:
+def database_state(ignore_rows_of: set[uuid.UUID]) -> dict[str, str]:
     """A checksum of every table's rows. The outsiders' own bookkeeping (a device's last-seen
     time, lockout logs, sessions) is left out: it is theirs, not the program's."""
     skipped = {"audit_auditevent", "accounts_device", "axes_accesslog", "axes_accessattempt", "django_session"}

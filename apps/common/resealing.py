@@ -71,7 +71,7 @@ def models_with_encrypted_fields() -> list[type[models.Model]]:
 def _batches(model: type[models.Model], columns: list[str], batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
     """Rows (pk, *columns) in primary-key order, one batch at a time (keyset pagination)."""
     quote = connection.ops.quote_name
-    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)  # type: ignore[union-attr]
+    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     selected = ", ".join([pk, *(quote(column) for column in columns)])
     last: Any = None
     while True:
@@ -100,7 +100,7 @@ def _rewrite(
     count = ResealCount()
     columns = [field.column for field in fields]
     quote = connection.ops.quote_name
-    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)  # type: ignore[union-attr]
+    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     for rows in _batches(model, columns, batch_size):
         changes: list[tuple[str, str, Any, str, str]] = []
         for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -17,7 +18,7 @@ from tests.sync.helpers import now_iso
 pytestmark = pytest.mark.django_db
 
 
-def stored(table: str, column: str, record_id: object) -> str:
+def stored(table: str, column: str, record_id: Any) -> str:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {column} FROM {table} WHERE id = %s", [record_id])  # noqa: S608 — fixed names
         return str(cursor.fetchone()[0])

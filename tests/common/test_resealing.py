@@ -6,6 +6,7 @@ import importlib
 import io
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -25,7 +26,7 @@ OLD_KEY = Fernet.generate_key().decode()
 NEW_KEY = Fernet.generate_key().decode()
 
 
-def raw(table: str, column: str, record_id: object) -> str:
+def raw(table: str, column: str, record_id: Any) -> str:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {column} FROM {table} WHERE id = %s", [record_id])  # noqa: S608 — fixed names
         return str(cursor.fetchone()[0])
@@ -116,7 +117,7 @@ def test_a_value_changed_meanwhile_is_not_overwritten(settings, monkeypatch, cre
     settings.FIELD_ENCRYPTION_KEYS = [NEW_KEY, OLD_KEY]
     original_batches = resealing._batches
 
-    def batches_then_edit(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def batches_then_edit(*args: Any, **kwargs: Any) -> Iterator[list[tuple[Any, ...]]]:
         for rows in original_batches(*args, **kwargs):
             Encounter.objects.filter(pk=encounter_id).update(assessment="Edited meanwhile")
             yield rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -117,7 +118,7 @@ def test_an_offer_delivered_over_the_websocket_is_recorded_for_the_receiving_dev
         assignment = services.assignment_offer(
             incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
         )
-        delivered = []
+        delivered: list[dict[str, Any]] = []
         while not any(entry["id"] == str(assignment.pk) for entry in delivered):
             delivered.extend(receive(socket, timeout=3)["entries"])
 
