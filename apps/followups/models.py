@@ -102,7 +102,9 @@ class FollowUpStep(TimeStampedModel):
     closing_outcome = models.ForeignKey(
         ReferralOutcomeEvent, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    missed_reason = models.CharField(max_length=300, blank=True)
+    # Why a contact did not happen often says something clinical ("admitted overnight"):
+    # sealed at rest; the API keeps it to 300 characters.
+    missed_reason = EncryptedTextField(blank=True)
 
     class Meta:
         indexes = [
@@ -138,7 +140,8 @@ class StepEvent(models.Model):
     )
     occurred_at = models.DateTimeField(auto_now_add=True)
     due_at = models.DateTimeField(null=True, blank=True, help_text="The due time after the event.")
-    reason = models.CharField(max_length=300, blank=True)
+    # Sealed at rest for the same reason as a missed step's (300 characters at the API).
+    reason = EncryptedTextField(blank=True)
 
     def __str__(self) -> str:
         return f"{self.action} step {self.step_id}"

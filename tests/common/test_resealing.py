@@ -66,6 +66,8 @@ def test_the_command_finds_every_encrypted_column_without_knowing_the_apps():
         ("dispatch.Incident", "nature"),
         ("dispatch.Incident", "unserved_note"),
         ("followups.ContactAttempt", "notes"),
+        ("followups.FollowUpStep", "missed_reason"),
+        ("followups.StepEvent", "reason"),
     }
 
 

@@ -13,6 +13,8 @@ from apps.common.resealing import open_sealed, seal_plaintext
 
 SEALED_COLUMNS = {
     "ContactAttempt": ["notes"],
+    "FollowUpStep": ["missed_reason"],
+    "StepEvent": ["reason"],
 }
 
 
