@@ -16,6 +16,7 @@ from tests.conftest import CrewMember, make_crew_member, sign_in_to_admin
 from tests.dispatch.factories import intake_body, make_incident
 from tests.live import AsgiServer
 from tests.realtime.client import authenticated_socket, receive, send
+from tests.sync.helpers import PROTOCOL
 from tests.workspace.scenario import staff
 
 
@@ -129,3 +130,18 @@ def test_an_offer_delivered_over_the_websocket_is_recorded_for_the_receiving_dev
     assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [
         ("read", "websocket", "dispatch.assignment")
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_offer_pulled_from_the_feed_over_http_is_recorded(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+
+    pulled = crew_member.client().get("/api/v1/sync/feed/", **PROTOCOL)
+
+    assert pulled.status_code == 200
+    assert str(assignment.pk) in {entry["id"] for entry in pulled.json()["entries"]}
+    assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [("read", "sync", "dispatch.assignment")]
