@@ -16,7 +16,7 @@ from tests.conftest import CrewMember, make_crew_member, sign_in_to_admin
 from tests.dispatch.factories import intake_body, make_incident
 from tests.live import AsgiServer
 from tests.realtime.client import authenticated_socket, receive, send
-from tests.sync.helpers import PROTOCOL
+from tests.sync.helpers import sync_client
 from tests.workspace.scenario import staff
 
 
@@ -140,7 +140,7 @@ def test_an_offer_pulled_from_the_feed_over_http_is_recorded(
         incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
     )
 
-    pulled = crew_member.client().get("/api/v1/sync/feed/", **PROTOCOL)
+    pulled = sync_client(crew_member).get("/api/v1/sync/feed/")
 
     assert pulled.status_code == 200
     assert str(assignment.pk) in {entry["id"] for entry in pulled.json()["entries"]}
