@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Model
 from django.http import HttpRequest
 
+from apps.audit import registry as health_records
 from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor, record_access
 from apps.followups.models import FollowUpStep
@@ -22,7 +23,7 @@ def health_record_type(model: type[Model]) -> str | None:
     for synced_type in registry.all_types():
         if synced_type.model is model:
             return synced_type.name
-    return _UNSYNCED_HEALTH_RECORDS.get(model)
+    return _UNSYNCED_HEALTH_RECORDS.get(model) or health_records.health_record_type_of(model)
 
 
 def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterable[Any]) -> None:
