@@ -5,8 +5,8 @@ outcomes, follow-up steps, sync conflicts and an audit trail (INSERT … SELECT,
 a supervisor in through the real admin login with a one-time code, and times the server's
 rendering of every page a supervisor works in: the home page with its queues, every
 changelist the workspace shows them (and each queue's list), change pages, and the program
-dashboard. Figures: the median of five requests per page (after one to warm up), in ms, and
-the number of queries each page runs. Target: every page under 300 ms.
+dashboard. Figures: the median (and the best) of five requests per page after one to warm up,
+in ms, and the number of queries each page runs. Target: every page under 300 ms.
 """
 
 from __future__ import annotations
@@ -383,7 +383,7 @@ def _counting_queries() -> Iterator[list[str]]:
         cursor_class._execute = original
 
 
-def _time(client: Any, url: str) -> tuple[float, int, int]:
+def _time(client: Any, url: str) -> tuple[float, float, int]:
     response = client.get(url)  # warm: templates, caches, the plan of each query
     assert response.status_code == 200, (url, response.status_code)
     with _counting_queries() as queries:
@@ -393,7 +393,8 @@ def _time(client: Any, url: str) -> tuple[float, int, int]:
         started = time.perf_counter()
         response = client.get(url)
         timings.append(time.perf_counter() - started)
-    return statistics.median(timings) * 1000, len(queries), response.status_code
+        assert response.status_code == 200, (url, response.status_code)
+    return statistics.median(timings) * 1000, min(timings) * 1000, len(queries)
 
 
 def main() -> None:
@@ -407,11 +408,12 @@ def main() -> None:
         client = Client()
         _sign_in(client, supervisor)
         pages: dict[str, float] = {}
+        best: dict[str, float] = {}
         queries: dict[str, int] = {}
         for name, url in _pages(program).items():
-            ms, query_count, _status = _time(client, url)
-            pages[name], queries[name] = round(ms, 1), query_count
-            print(f"{name:45s} {ms:8.1f} ms {query_count:4d} queries  {url}", flush=True)
+            ms, best_ms, query_count = _time(client, url)
+            pages[name], best[name], queries[name] = round(ms, 1), round(best_ms, 1), query_count
+            print(f"{name:45s} {ms:8.1f} ms (best {best_ms:6.1f}) {query_count:4d} queries  {url}", flush=True)
         slowest = max(pages, key=lambda name: pages[name])
         emit(
             "admin",
@@ -422,6 +424,8 @@ def main() -> None:
             incidents=INCIDENTS,
             **filled,
             pages=pages,
+            # The fastest of the five: less disturbed by other work on a shared machine.
+            best_ms=best,
             queries=queries,
         )
 
