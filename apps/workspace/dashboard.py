@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import Aggregate, Count, Exists, F, FloatField, Func, OuterRef, Q, QuerySet
+from django.contrib.postgres.fields import ArrayField
+from django.db.models import Aggregate, Count, F, FloatField, Func, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import ExtractHour
 
 from apps.accounts.models import Program, Role, User
@@ -78,17 +79,26 @@ def default_window(program: Program, now: dt.datetime, days: int = 30) -> Window
 
 
 class PercentileCont(Aggregate):
-    """PostgreSQL's continuous percentile (interpolates between the two nearest values)."""
+    """PostgreSQL's continuous percentiles (interpolating between the two nearest values),
+    several from one sort: ``percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY …)``."""
 
     function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
+    template = "%(function)s(ARRAY[%(fractions)s]::double precision[]) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = ArrayField(FloatField())
 
-    def __init__(self, fraction: float, expression: Any, **extra: Any) -> None:
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError("A percentile is a fraction between 0 and 1.")
-        # A float from our own code, formatted by repr: never user input in the SQL.
-        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+    def __init__(self, fractions: tuple[float, ...], expression: Any, **extra: Any) -> None:
+        if not fractions or not all(0.0 <= fraction <= 1.0 for fraction in fractions):
+            raise ValueError("Percentiles are fractions between 0 and 1.")
+        # Floats from our own code, formatted by repr: never user input in the SQL.
+        super().__init__(expression, fractions=", ".join(repr(float(f)) for f in fractions), **extra)
+
+
+MEDIAN_AND_P90 = (0.5, 0.9)
+
+
+def _duration(count: int, percentiles: list[float | None] | None) -> Duration:
+    median, p90 = percentiles or (None, None)
+    return Duration(count, median, p90)
 
 
 def seconds_between(earlier: str, later: str) -> Func:
@@ -206,17 +216,21 @@ def _eligible_and_on_scene(board: Dashboard) -> None:
     """One pass over the range's calls: eligible calls served or not (and why), and how long
     from the call to a unit on scene for every served call."""
     teams = Response.team_responses()
+    # Cheap, selective tests first: PostgreSQL stops at the first false one, row by row.
     eligible = Q(recommended_response__in=teams) | Q(chosen_response__in=teams)
-    unserved = eligible & Q(served_at=None, status=IncidentStatus.CLOSED)
     on_scene = Q(served_at__isnull=False)
     seconds = seconds_between("received_at", "served_at")
     figures = _incidents(board.window).aggregate(
-        served=Count("pk", filter=eligible & on_scene),
-        open=Count("pk", filter=eligible & Q(served_at=None, status=IncidentStatus.OPEN)),
-        **{f"reason:{reason}": Count("pk", filter=unserved & Q(unserved_reason=reason)) for reason in UnservedReason},
+        served=Count("pk", filter=on_scene & eligible),
+        open=Count("pk", filter=Q(status=IncidentStatus.OPEN, served_at=None) & eligible),
+        **{
+            f"reason:{reason}": Count(
+                "pk", filter=Q(unserved_reason=reason, served_at=None, status=IncidentStatus.CLOSED) & eligible
+            )
+            for reason in UnservedReason
+        },
         on_scene_n=Count("pk", filter=on_scene),
-        on_scene_median=PercentileCont(0.5, seconds, filter=on_scene),
-        on_scene_p90=PercentileCont(0.9, seconds, filter=on_scene),
+        on_scene=PercentileCont(MEDIAN_AND_P90, seconds, filter=on_scene),
     )
     board.eligible_served, board.eligible_open = figures["served"], figures["open"]
     reasons = {reason: figures[f"reason:{reason}"] for reason in UnservedReason.values}
@@ -224,7 +238,7 @@ def _eligible_and_on_scene(board: Dashboard) -> None:
         reason: n for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])) if n
     }
     board.eligible = board.eligible_served + board.eligible_open + board.eligible_unserved
-    board.call_to_on_scene = Duration(figures["on_scene_n"], figures["on_scene_median"], figures["on_scene_p90"])
+    board.call_to_on_scene = _duration(figures["on_scene_n"], figures["on_scene"])
 
 
 def _offer_to_acknowledgement(board: Dashboard) -> None:
@@ -236,10 +250,8 @@ def _offer_to_acknowledgement(board: Dashboard) -> None:
         acknowledged_at__isnull=False,
     )
     seconds = seconds_between("offered_at", "acknowledged_at")
-    figures = acknowledged.aggregate(
-        n=Count("pk"), median=PercentileCont(0.5, seconds), p90=PercentileCont(0.9, seconds)
-    )
-    board.offer_to_acknowledgement = Duration(figures["n"], figures["median"], figures["p90"])
+    figures = acknowledged.aggregate(n=Count("pk"), percentiles=PercentileCont(MEDIAN_AND_P90, seconds))
+    board.offer_to_acknowledgement = _duration(figures["n"], figures["percentiles"])
 
 
 def _dispositions(board: Dashboard) -> None:
@@ -259,20 +271,24 @@ def _dispositions(board: Dashboard) -> None:
 
 def _referrals(board: Dashboard, now: dt.datetime) -> None:
     window = board.window
+    # When the person first got to the service (NULL when not yet): one lookup per referral.
+    first_connected = (
+        ReferralOutcomeEvent.objects.filter(referral=OuterRef("pk"), is_deleted=False, outcome__in=CONNECTED_OUTCOMES)
+        .order_by("observed_at")
+        .values("observed_at")[:1]
+    )
     aggregates: dict[str, Any] = {"total": Count("pk")}
     for days in CONNECTION_DAYS:
-        connected = ReferralOutcomeEvent.objects.filter(
-            referral=OuterRef("pk"),
-            is_deleted=False,
-            outcome__in=CONNECTED_OUTCOMES,
-            observed_at__lte=OuterRef("created_at") + dt.timedelta(days=days),
-        )
         # Only referrals at least this old can have had the whole time to connect.
         old_enough = Q(created_at__lte=now - dt.timedelta(days=days))
         aggregates[f"old_{days}"] = Count("pk", filter=old_enough)
-        aggregates[f"connected_{days}"] = Count("pk", filter=old_enough & Q(Exists(connected)))
-    figures = Referral.objects.filter(window.within("created_at"), program=window.program, is_deleted=False).aggregate(
-        **aggregates
+        aggregates[f"connected_{days}"] = Count(
+            "pk", filter=old_enough & Q(first_connected__lte=F("created_at") + dt.timedelta(days=days))
+        )
+    figures = (
+        Referral.objects.filter(window.within("created_at"), program=window.program, is_deleted=False)
+        .annotate(first_connected=Subquery(first_connected))
+        .aggregate(**aggregates)
     )
     board.referrals = figures["total"]
     for days in CONNECTION_DAYS:
