@@ -26,12 +26,13 @@ def test_each_queue_counts_its_programs_work(program: Program) -> None:
     day = workday(program)
     now = timezone.now()
     # One of the manager's steps comes due later today.
-    later_today = now + (end_of_today(now) - now) / 2
+    midnight = end_of_today(now, program.time_zone)
+    later_today = now + (midnight - now) / 2
     open_steps = [step for step in day.steps if step.status == StepStatus.PENDING]
     followups.step_reschedule(step=open_steps[-1], actor=day.case_manager, due_at=later_today, reason="agreed time")
     steps = FollowUpStep.objects.filter(pk__in=[step.pk for step in open_steps])
     overdue = [step for step in steps if step.due_at < now]
-    due_today = [step for step in steps if now <= step.due_at < end_of_today(now) and step.owner == day.case_manager]
+    due_today = [step for step in steps if now <= step.due_at < midnight and step.owner == day.case_manager]
     assert open_steps[-1] in due_today
 
     assert counts(day.case_manager, now) == {
@@ -56,7 +57,10 @@ def test_the_counts_drop_as_the_work_is_done(program: Program) -> None:
     now = timezone.now()
     open_steps = [step for step in day.steps if step.status == StepStatus.PENDING]
     followups.step_reschedule(
-        step=open_steps[-1], actor=day.case_manager, due_at=now + (end_of_today(now) - now) / 2, reason="agreed"
+        step=open_steps[-1],
+        actor=day.case_manager,
+        due_at=now + (end_of_today(now, program.time_zone) - now) / 2,
+        reason="agreed",
     )
     before = counts(day.case_manager, timezone.now())
     assert before["steps_overdue"] >= 1, "the scenario's encounter ended days ago: its first step is overdue"
