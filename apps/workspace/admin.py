@@ -82,9 +82,14 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 class StepActionForm(ActionForm):
-    # The choices are narrowed to the user's programs' case managers per request (see
-    # FollowUpStepAdmin.changelist_view); the service checks the step's program again.
-    owner = forms.ModelChoiceField(queryset=User.objects.none(), required=False, label="Reassign to")
+    # Shown narrowed to the user's programs' case managers (FollowUpStepAdmin.changelist_view);
+    # the reassign action checks the choice against those again, and the service checks the
+    # step's program.
+    owner = forms.ModelChoiceField(
+        queryset=User.objects.filter(memberships__role=Role.CASE_MANAGER).distinct().order_by("username"),
+        required=False,
+        label="Reassign to",
+    )
     due_at = forms.DateTimeField(
         required=False,
         label="Reschedule to",
@@ -214,9 +219,9 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
 
     @admin.action(description="Reschedule selected steps (choose the time and say why)", permissions=["change"])
     def reschedule(self, request: HttpRequest, queryset: QuerySet[FollowUpStep]) -> None:
-        form = StepActionForm(request.POST)
-        form.fields["owner"].queryset = self._owner_choices(request)  # type: ignore[attr-defined]
-        if not form.is_valid() or form.cleaned_data["due_at"] is None or not form.cleaned_data["reason"].strip():
+        # The action form's own fields, on their own (the admin checked the action already).
+        form = work.RescheduleForm(request.POST)
+        if not form.is_valid() or not form.cleaned_data["reason"].strip():
             self.message_user(request, "Choose the new due time and say why the steps are rescheduled.", messages.ERROR)
             return
         # The time was typed as a wall-clock time: each step's program's.
