@@ -273,6 +273,8 @@ def _forms(timeline: Timeline, program_ids: list[Any], data: Any = None, bound: 
         "outcome": {"observed_at": now},
         "reschedule": {"due_at": now + dt.timedelta(days=1)},
     }
+    if len(timeline.referrals) == 1:
+        initial["outcome"]["referral"] = timeline.referrals[0].pk
     built = {}
     for name, action in ACTIONS.items():
         form = action.form_class(data if name == bound else None, prefix=name, initial=initial.get(name))

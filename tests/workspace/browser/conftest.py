@@ -30,6 +30,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from apps.accounts.models import User
 from tests.accounts.factories import PASSWORD
+from tests.dispatch.factories import seed_default_triage_policy
 from tests.live import AsgiServer
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
@@ -103,6 +104,12 @@ class Remote:
 
     def __repr__(self) -> str:
         return f"Remote({self._thread.call(repr, self._target)})"
+
+
+@pytest.fixture(autouse=True)
+def default_triage_policy(db: None) -> None:
+    """These tests commit, and an earlier committing test flushed what the migrations seeded."""
+    seed_default_triage_policy()
 
 
 @pytest.fixture(scope="session")
