@@ -115,7 +115,7 @@ class AttemptInline(ReadOnlyInline):
 @admin.register(FollowUpStep)
 class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
     workspace_may_change = True  # its actions call the follow-up services
-    list_display = ["due_at", "label", "person_name", "status", "owner", "unit", "program", "timeline_link"]
+    list_display = ["due_at", "person_name", "timeline_link", "label", "status", "owner", "unit", "program"]
     list_filter = [QueueFilter, "program", "unit__home_zone", "unit__response_model", "status", "owner", "due_at"]
     search_fields = [
         "plan__person__given_name",
