@@ -15,21 +15,8 @@ from apps.accounts.services import device_group_name
 from apps.notifications.channels.base import Message, SendResult
 
 
-def send_in_app(device_id: object, message: Message) -> SendResult:
-    channel_layer = get_channel_layer()
-    if channel_layer is None:
-        return SendResult.failed("in_app: no channel layer configured")
-    try:
-        async_to_sync(channel_layer.group_send)(
-            device_group_name(device_id), {"type": "realtime.event", "payload": message.in_app_payload()}
-        )
-    except OSError as error:
-        return SendResult.retry(f"in_app: {type(error).__name__}")
-    return SendResult.sent()
-
-
 def send_in_app_many(sends: Sequence[tuple[object, Message]]) -> list[SendResult]:
-    """``send_in_app`` for a chunk of attempts: one event loop hop for all of them, not one each."""
+    """Hand each (device, message) to the device's group; one event loop hop for the whole chunk."""
     if not sends:
         return []
     channel_layer = get_channel_layer()
