@@ -217,6 +217,8 @@ def main() -> None:
             Reminder.objects.filter(pk__in=claimed).update(claimed_at=None)
             assert len(claimed) == found == swept == DUE, (len(claimed), found, swept)
         with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, now
+            time.sleep(1.5)
             cursor.execute(
                 "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'followups_reminder'"
             )
