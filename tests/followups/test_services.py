@@ -257,8 +257,9 @@ def test_a_chunk_of_reminders_is_sent_once_however_often_its_task_runs(crew_memb
     assert set(due.values_list("recipients__user_id", flat=True)) == {manager.user.pk, None}  # and the email contact
     assert set(overdue.values_list("recipients__user_id", flat=True)) == {supervisor.pk}
     for reminder in Reminder.objects.filter(pk__in=ids):
-        assert reminder.sent_at is not None
-        assert Notification.objects.filter(pk=reminder.notification_id, dedupe_key=f"followups.reminder.{reminder.pk}")
+        assert reminder.sent_at is not None and reminder.notification_id is not None
+        notification = Notification.objects.get(pk=reminder.notification_id)
+        assert notification.dedupe_key == f"followups.reminder.{reminder.pk}"
 
 
 def test_a_due_reminder_whose_owner_left_the_program_alerts_the_supervisors(crew_member: CrewMember) -> None:
