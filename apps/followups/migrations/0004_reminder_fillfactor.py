@@ -11,7 +11,7 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-    dependencies = [("followups", "0001_initial")]
+    dependencies = [("followups", "0003_seal_existing_health_information")]
 
     operations = [
         migrations.RunSQL(
