@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('accounts', '0001_initial'),
         ('care', '0006_encounter_referral_time_indexes'),
-        ('followups', '0003_seal_existing_health_information'),
+        ('followups', '0004_reminder_fillfactor'),
         ('teams', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
