@@ -138,6 +138,7 @@ def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **
 def celery_worker(
     log_dir: Path, *, name: str = "worker", concurrency: int = 1, queues: str | None = None, **env: str
 ) -> Iterator[LiveProcess]:
+    hostname = f"{name}-{os.getpid()}@{socket.gethostname()}"
     command = [
         sys.executable,
         "-m",
@@ -150,7 +151,7 @@ def celery_worker(
         "--concurrency",
         str(concurrency),
         "--hostname",
-        f"{name}-{os.getpid()}@%h",
+        hostname,
         "--without-gossip",
         "--without-mingle",
     ]
@@ -161,7 +162,8 @@ def celery_worker(
         from config.celery import app
 
         deadline = time.monotonic() + 60
-        while not app.control.ping(timeout=0.5):
+        # Ping this worker by name: another worker of the session answering must not count.
+        while not app.control.ping(destination=[hostname], timeout=0.5):
             if live.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Celery worker did not come up:\n{live.log()}")
         yield live
