@@ -32,7 +32,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.sync import conf, merge, registry
+from apps.sync import bulk, conf, merge, registry
 from apps.sync.models import (
     Conflict,
     ConflictKind,
@@ -43,7 +43,7 @@ from apps.sync.models import (
     SyncedRecord,
 )
 from apps.sync.scopes import user_scope
-from apps.sync.services import Publisher, lock_device, lock_records, raw_cursor
+from apps.sync.services import PendingVersion, Publisher, lock_device, lock_records, raw_cursor
 
 MAX_FIELDS_BYTES = 64 * 1024
 MUTATION_ID_MAX = (1 << 63) - 1
@@ -199,12 +199,17 @@ def push_mutations(
         results=results,
         keyed_by_content=keyed_by_content,
     )
+    final = {row.pk: row.result for row in rows_by_index.values() if row.status != MutationStatus.RECEIVED}
+    applied: dict[int, dict[str, Any]] = {}
     if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
-        apply_received(device=device, user=user)
-    fresh = {row.pk: row for row in Mutation.objects.filter(pk__in=[row.pk for row in rows_by_index.values()])}
+        applied = apply_received(device=device, user=user, known={row.pk: row for row in rows_by_index.values()})
+    # Results of mutations applied by an earlier request (replays) come from the ledger.
+    stored_results = {**final, **applied}
+    missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
+    if missing:
+        stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
     for index, row in rows_by_index.items():
-        stored = fresh[row.pk]
-        result = dict(stored.result)
+        result = dict(stored_results[row.pk])
         if index in replayed:
             result["original_status"] = result.get("status")
             result["status"] = PushStatus.DUPLICATE
@@ -321,7 +326,9 @@ def _store(
                 row.result = _result(row, PushStatus.QUARANTINED, error=problem)
             new_rows[key] = row
             rows_by_index[envelope.index] = row
-        Mutation.objects.bulk_create(list(new_rows.values()))
+        inserted = bulk.insert(list(new_rows.values()), returning=["id", "mutation_id", "payload_hash"])
+        for pk, mutation_id, stored_hash in inserted:
+            new_rows[stored_hash if keyed_by_content else mutation_id].pk = pk
     return rows_by_index, replayed
 
 
@@ -358,24 +365,39 @@ class _FallBack(Exception):
     """Something in the batch failed: undo it and go one mutation per transaction."""
 
 
-def apply_received(*, device: Device, user: User) -> None:
-    """Apply every stored, unapplied mutation of the device, in the order it made them."""
+def apply_received(
+    *, device: Device, user: User, known: dict[int, Mutation] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Apply every stored, unapplied mutation of the device, in the order it made them.
+
+    ``known`` are ledger rows the caller has in memory (the batch it just stored), so they
+    are not read again. Returns the result of every mutation applied here, by row id.
+    """
+    known = known or {}
     try:
         with transaction.atomic():
             lock_device(device.pk)
-            rows = list(Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id"))
+            ids = list(
+                Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED)
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
+            unknown = [pk for pk in ids if pk not in known or known[pk].status != MutationStatus.RECEIVED]
+            fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
+            rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
                 _apply_rows(rows, device=device, user=user)
-        return
+        return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
+    results: dict[int, dict[str, Any]] = {}
     while True:
         with transaction.atomic():
             lock_device(device.pk)
             row = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id").first()
             if row is None:
-                return
+                return results
             try:
                 with transaction.atomic():
                     _apply_rows([row], device=device, user=user, raise_refusals=True)
@@ -387,6 +409,7 @@ def apply_received(*, device: Device, user: User) -> None:
                 # The database refused the content (a reference to a missing record, a
                 # value out of range): keep it for a person rather than retrying forever.
                 _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__))
+            results[row.pk] = row.result
 
 
 def _quarantine_alone(row: Mutation, error: dict[str, Any]) -> None:
@@ -486,7 +509,7 @@ def _save_results(rows: list[Mutation]) -> None:
         )
 
 
-def _view(version: RecordVersion) -> merge.VersionView:
+def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
     return merge.VersionView(
         version=version.version,
         data=version.data,

@@ -22,6 +22,7 @@ from django.db import models
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
+from apps.sync import bulk
 
 
 class Refused(Exception):
@@ -50,6 +51,8 @@ class WriteContext:
     publisher: Any = None
     # New rows handed to insert_later, written in bulk with the rest of the batch.
     pending_inserts: list[models.Model] = field(default_factory=list)
+    # Changed rows handed to update_later: the record, and the fields to write.
+    pending_updates: dict[tuple[type[models.Model], Any], tuple[models.Model, set[str]]] = field(default_factory=dict)
 
     def insert_later(self, record: models.Model) -> None:
         """Insert a new record with the batch's bulk writes (at once outside a push).
@@ -61,13 +64,31 @@ class WriteContext:
         else:
             self.pending_inserts.append(record)
 
+    def update_later(self, record: models.Model, fields: Iterable[str]) -> None:
+        """Save these fields of an existing record with the batch's bulk writes (at once
+        outside a push). The in-memory record is what later changes of the batch see."""
+        if self.publisher is None:
+            record.save(update_fields=list(fields))
+            return
+        key = (type(record), record.pk)
+        _record, pending = self.pending_updates.get(key, (record, set()))
+        self.pending_updates[key] = (record, pending | set(fields))
+
     def flush_inserts(self) -> None:
+        """Write the pending inserts, then the pending updates: one statement per model
+        (and per set of changed fields)."""
         by_model: dict[type[models.Model], list[models.Model]] = {}
         for record in self.pending_inserts:
             by_model.setdefault(type(record), []).append(record)
-        for model, records in by_model.items():
-            model._default_manager.bulk_create(records)
+        for records in by_model.values():
+            bulk.insert(records)
         self.pending_inserts = []
+        by_fields: dict[tuple[type[models.Model], tuple[str, ...]], list[models.Model]] = {}
+        for record, fields in self.pending_updates.values():
+            by_fields.setdefault((type(record), tuple(sorted(fields))), []).append(record)
+        for (_model, names), records in by_fields.items():
+            bulk.update(records, names)
+        self.pending_updates = {}
 
 
 @dataclass(frozen=True)
