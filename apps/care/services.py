@@ -31,6 +31,7 @@ from apps.care.models import (
     ReferralTaskEvent,
     ReferralTaskStatus,
 )
+from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.directory.models import Service
 from apps.sync.models import SyncedRecord
@@ -154,7 +155,7 @@ def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> N
                     wanted.setdefault(model, set()).add(UUID(value))
     for model, ids in wanted.items():
         missing = [record_id for record_id in ids if (model.__name__, record_id) not in context.cache]
-        found = model._default_manager.in_bulk(missing)
+        found = {record.pk: record for record in model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid"))}
         for record_id in missing:
             context.cache[(model.__name__, record_id)] = found.get(record_id)
 

@@ -32,7 +32,8 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.sync import bulk, conf, merge, registry
+from apps.common import bulk
+from apps.sync import conf, merge, registry
 from apps.sync.models import (
     Conflict,
     ConflictKind,
@@ -249,7 +250,9 @@ def _store(
             existing = {
                 row.payload_hash: row
                 for row in Mutation.objects.filter(
-                    device=device, mutation_id=None, payload_hash__in=[envelope.payload_hash for envelope in envelopes]
+                    device=device,
+                    mutation_id=None,
+                    payload_hash__in=bulk.any_of([envelope.payload_hash for envelope in envelopes], "text"),
                 )
             }
             highest = 0
@@ -257,7 +260,8 @@ def _store(
             existing = {
                 row.mutation_id: row
                 for row in Mutation.objects.filter(
-                    device=device, mutation_id__in=[envelope.mutation_id for envelope in envelopes]
+                    device=device,
+                    mutation_id__in=bulk.any_of([envelope.mutation_id for envelope in envelopes], "bigint"),
                 )
             }
             highest = Mutation.objects.filter(device=device).aggregate(top=Max("mutation_id"))["top"] or 0
@@ -433,7 +437,7 @@ class _BatchState:
 def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refusals: bool = False) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids)
-    heads = SyncedRecord.objects.in_bulk(list(record_ids))
+    heads = {head.pk: head for head in SyncedRecord.objects.filter(pk__in=bulk.any_of(record_ids, "uuid"))}
     by_type: dict[str, list[UUID]] = defaultdict(list)
     for record_id, head in heads.items():
         by_type[head.record_type].append(record_id)
@@ -441,14 +445,18 @@ def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refus
     for type_name, ids in by_type.items():
         synced_type = registry.get(type_name)
         if synced_type is not None:
-            records.update(synced_type.model._default_manager.in_bulk(ids))
+            records.update(
+                (record.pk, record)
+                for record in synced_type.model._default_manager.filter(pk__in=bulk.any_of(ids, "uuid"))
+            )
     # Versions from the oldest base any mutation names: enough for every three-way merge.
     bases = [row.base_version or 0 for row in rows if row.record_id in heads]
     versions: dict[UUID, list[merge.VersionView]] = defaultdict(list)
     if bases:
-        for version in RecordVersion.objects.filter(record_id__in=list(heads), version__gte=min(bases)).order_by(
-            "record_id", "version"
-        ):
+        stored_versions = RecordVersion.objects.filter(
+            record_id__in=bulk.any_of(heads, "uuid"), version__gte=min(bases)
+        ).order_by("record_id", "version")
+        for version in stored_versions:
             versions[version.record_id].append(_view(version))
     publisher = Publisher(heads)
     state = _BatchState(
