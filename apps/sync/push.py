@@ -33,7 +33,7 @@ from rest_framework import serializers
 
 from apps.accounts.models import Device, User
 from apps.common import bulk
-from apps.sync import conf, merge, registry
+from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
     Conflict,
     ConflictKind,
@@ -490,15 +490,15 @@ def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refus
         row.applied_at = now
     try:
         state.context.flush_inserts()
+        _save_results(rows, state.publisher)
         state.publisher.flush()
-        _save_results(rows)
     except (IntegrityError, DataError):
         if raise_refusals:
             raise
         raise _FallBack() from None
 
 
-def _save_results(rows: list[Mutation]) -> None:
+def _save_results(rows: list[Mutation], publisher: Publisher | None = None) -> None:
     """One statement for the whole batch's results (Django's bulk_update builds a CASE per
     row and column, which cost more than applying the mutations)."""
     with raw_cursor() as cursor:
@@ -510,7 +510,12 @@ def _save_results(rows: list[Mutation]) -> None:
             [
                 [row.pk for row in rows],
                 [row.status for row in rows],
-                [json.dumps(row.result) for row in rows],
+                [
+                    publisher.stored_form(row.record_id, row.result)
+                    if publisher is not None and row.record_id is not None
+                    else json.dumps(sealing.seal_tree(row.result))
+                    for row in rows
+                ],
                 [row.error_code for row in rows],
                 [row.applied_at for row in rows],
             ],

@@ -120,6 +120,9 @@ class SyncedType:
     apply: Callable[[WriteContext, Change], Any]
     # Wire fields holding clinical text: never overwritten by a concurrent edit.
     clinical_text_fields: frozenset[str] = frozenset()
+    # Wire fields holding health information (clinical text, who a person is): sealed in
+    # every copy sync stores (apps.sync.sealing). Clinical text fields always are.
+    health_fields: frozenset[str] = frozenset()
     # Table name for WatermelonDB clients.
     watermelon_table: str = ""
     # Clinical records are soft-deleted and, for WatermelonDB, deleted by a flag.
@@ -153,6 +156,21 @@ def register(synced_type: SyncedType) -> None:
     if existing is not None and existing.model is not synced_type.model:
         raise ValueError(f"record type {synced_type.name!r} is already registered")
     _registry[synced_type.name] = synced_type
+    _health_names.cache_clear()
+
+
+def health_names() -> frozenset[str]:
+    """Every wire field name a registered type declares as health information (or clinical
+    text): stored copies seal these wherever they appear."""
+    return _health_names()
+
+
+@functools.cache
+def _health_names() -> frozenset[str]:
+    found: set[str] = set()
+    for synced_type in _registry.values():
+        found |= synced_type.health_fields | synced_type.clinical_text_fields
+    return frozenset(found)
 
 
 def get(name: str) -> SyncedType | None:

@@ -24,7 +24,7 @@ from rest_framework.exceptions import ValidationError
 
 from apps.accounts.models import Device, Role, User
 from apps.common.api.errors import DomainError
-from apps.sync import registry
+from apps.sync import registry, sealing
 from apps.sync.models import (
     ChangeEntry,
     ChangeOperation,
@@ -180,6 +180,13 @@ class Publisher:
         self.scope_removes: dict[UUID, set[str]] = {}
         self.conflicts: list[Conflict] = []
         self.nudged: set[str] = set()
+        # Per record: each health value's sealed form, so the copies of a version (head,
+        # version row, feed entries, the push's result) share one sealing.
+        self.sealed: dict[UUID, dict[str, str]] = {}
+
+    def stored_form(self, record_id: UUID, data: dict[str, Any]) -> str:
+        """``data`` as stored: JSON text with its health fields sealed."""
+        return json.dumps(sealing.seal_tree(data, self.sealed.setdefault(record_id, {})))
 
     def publish(
         self,
@@ -218,7 +225,7 @@ class Publisher:
             scopes=scopes,
             is_deleted=is_deleted,
         )
-        stored = json.dumps(data)
+        stored = self.stored_form(record_id, data)
         self.heads[record_id] = new_head
         self.dirty_heads[record_id] = _PendingHead(new_head, stored)
         if changed_fields is None:
@@ -256,7 +263,11 @@ class Publisher:
         """Send the record as it stands to one scope (no new version): a device whose change
         was kept as a conflict learns the server's state through its feed."""
         pending = self.dirty_heads.get(head.record_id)
-        stored = pending.stored if pending is not None and pending.head is head else json.dumps(head.data)
+        stored = (
+            pending.stored
+            if pending is not None and pending.head is head
+            else self.stored_form(head.record_id, head.data)
+        )
         self.entries.append(
             (
                 head.program_id,
@@ -358,6 +369,7 @@ class Publisher:
             transaction.on_commit(lambda: nudge_scopes(nudged))
         self.dirty_heads, self.versions, self.entries = {}, [], []
         self.scope_adds, self.scope_removes, self.conflicts, self.nudged = [], {}, [], set()
+        self.sealed = {}
 
 
 def publish_record(
@@ -559,3 +571,72 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
 def user_scopes_refresh_by_id(user_id: UUID) -> None:
     """user_scopes_refresh for a user known by id (the crew-change listener)."""
     user_scopes_refresh(user=User.objects.get(pk=user_id))
+
+
+# Key rotation: the stored copies of records sealed again with the newest key.
+
+_RESEAL_CHUNK = 2_000
+# (table, key column, key type, JSON columns, sealed whole or by health field)
+_SEALED_COLUMNS: list[tuple[str, str, str, tuple[str, ...], bool]] = [
+    ("sync_syncedrecord", "record_id", "uuid", ("data",), False),
+    ("sync_recordversion", "id", "bigint", ("data",), False),
+    ("sync_changeentry", "id", "bigint", ("data",), False),
+    ("sync_mutation", "id", "bigint", ("payload", "result"), False),
+    ("sync_conflict", "id", "uuid", ("base_value", "server_value", "device_value"), True),
+]
+
+
+def reseal_stored_copies(*, chunk_size: int = _RESEAL_CHUNK) -> int:
+    """Seal every health value in sync's stored copies with the newest key in
+    FIELD_ENCRYPTION_KEYS (and seal any still plain). Returns how many rows changed.
+
+    Run after putting a new key in front; the old key can go once this has finished.
+    Rows are read and rewritten in chunks, each locked in its own transaction, so pushes
+    and pulls go on meanwhile. Idempotent: a second run changes nothing but what was
+    written with an older key in between.
+    """
+    changed = 0
+    for table, key, key_type, columns, whole in _SEALED_COLUMNS:
+        after: Any = None
+        while True:
+            with transaction.atomic(), raw_cursor() as cursor:
+                select = ", ".join(f"{column}::text" for column in columns)
+                where = f"WHERE {key} > %s " if after is not None else ""
+                cursor.execute(
+                    f"SELECT {key}, {select} FROM {table} {where}ORDER BY {key} LIMIT %s FOR UPDATE",  # noqa: S608 — names are constants above
+                    [after, chunk_size] if after is not None else [chunk_size],
+                )
+                rows = cursor.fetchall()
+                if not rows:
+                    break
+                after = rows[-1][0]
+                updates: list[list[Any]] = []
+                for row in rows:
+                    values, row_changed = [], False
+                    for text in row[1:]:
+                        fresh, column_changed = _reseal_column(text, whole=whole)
+                        values.append(fresh)
+                        row_changed = row_changed or column_changed
+                    if row_changed:
+                        updates.append([row[0], *values])
+                if updates:
+                    assignments = ", ".join(f"{column} = r.{column}" for column in columns)
+                    casts = ", ".join("%b::jsonb[]" for _column in columns)
+                    cursor.execute(
+                        f"UPDATE {table} AS t SET {assignments} FROM unnest(%b::{key_type}[], {casts})"  # noqa: S608
+                        f" AS r({key}, {', '.join(columns)}) WHERE t.{key} = r.{key}",
+                        [list(column) for column in zip(*updates, strict=True)],
+                    )
+                    changed += len(updates)
+    return changed
+
+
+def _reseal_column(text: str | None, *, whole: bool) -> tuple[str | None, bool]:
+    if text is None:
+        return None, False
+    value = json.loads(text)
+    if not whole:
+        fresh, changed = sealing.reseal_tree(value)
+        return json.dumps(fresh), changed
+    sealed = sealing.reseal_value(value)
+    return json.dumps(sealed), sealed != value
