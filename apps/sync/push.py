@@ -47,6 +47,7 @@ from apps.sync.scopes import user_scope
 from apps.sync.services import PendingVersion, Publisher, lock_device, lock_records, raw_cursor
 
 MAX_FIELDS_BYTES = 64 * 1024
+_OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
 
 
@@ -121,7 +122,7 @@ def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> E
         envelope.problem = _error("invalid_id", "id must be a UUID.", f"{prefix}.id")
         return envelope
     operation = raw.get("op")
-    if operation not in MutationOperation.values:
+    if operation not in _OPERATIONS:
         envelope.problem = _error("invalid_op", "op must be create, update or delete.", f"{prefix}.op")
         return envelope
     envelope.operation = operation
@@ -192,6 +193,7 @@ def push_mutations(
         if envelope.rejection is not None:
             results[envelope.index] = _rejected(envelope, envelope.rejection)
     storable = [envelope for envelope in envelopes if envelope.rejection is None]
+    sealed: dict[UUID | None, dict[str, str]] = {}
     rows_by_index, replayed = _store(
         device=device,
         user=user,
@@ -199,11 +201,14 @@ def push_mutations(
         client_version=client_version,
         results=results,
         keyed_by_content=keyed_by_content,
+        sealed=sealed,
     )
     final = {row.pk: row.result for row in rows_by_index.values() if row.status != MutationStatus.RECEIVED}
     applied: dict[int, dict[str, Any]] = {}
     if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
-        applied = apply_received(device=device, user=user, known={row.pk: row for row in rows_by_index.values()})
+        applied = apply_received(
+            device=device, user=user, known={row.pk: row for row in rows_by_index.values()}, sealed=sealed
+        )
     # Results of mutations applied by an earlier request (replays) come from the ledger.
     stored_results = {**final, **applied}
     missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
@@ -238,6 +243,7 @@ def _store(
     client_version: str,
     results: dict[int, dict[str, Any]],
     keyed_by_content: bool,
+    sealed: dict[UUID | None, dict[str, str]] | None = None,
 ) -> tuple[dict[int, Mutation], set[int]]:
     """Write the batch to the ledger and commit: returns each envelope's row, and which
     envelopes repeat a mutation stored by an earlier request."""
@@ -311,8 +317,8 @@ def _store(
                 else:
                     highest = envelope.mutation_id
             row = Mutation(
-                device=device,
-                user=user,
+                device_id=device.pk,
+                user_id=user.pk,
                 mutation_id=envelope.mutation_id,
                 payload_hash=envelope.payload_hash,
                 record_type=envelope.record_type,
@@ -330,7 +336,15 @@ def _store(
                 row.result = _result(row, PushStatus.QUARANTINED, error=problem)
             new_rows[key] = row
             rows_by_index[envelope.index] = row
+        # Health fields are sealed here, each record's values remembered, so the version the
+        # apply writes reuses the sealing of an unchanged value instead of sealing it again.
+        plain_payloads = [row.payload for row in new_rows.values()]
+        for row in new_rows.values():
+            memo = sealed.setdefault(row.record_id, {}) if sealed is not None and row.record_id is not None else None
+            row.payload = sealing.seal_tree(row.payload, memo)
         inserted = bulk.insert(list(new_rows.values()), returning=["id", "mutation_id", "payload_hash"])
+        for row, payload in zip(new_rows.values(), plain_payloads, strict=True):
+            row.payload = payload
         for pk, mutation_id, stored_hash in inserted:
             new_rows[stored_hash if keyed_by_content else mutation_id].pk = pk
     return rows_by_index, replayed
@@ -370,7 +384,11 @@ class _FallBack(Exception):
 
 
 def apply_received(
-    *, device: Device, user: User, known: dict[int, Mutation] | None = None
+    *,
+    device: Device,
+    user: User,
+    known: dict[int, Mutation] | None = None,
+    sealed: dict[UUID | None, dict[str, str]] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
@@ -390,7 +408,7 @@ def apply_received(
             fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
-                _apply_rows(rows, device=device, user=user)
+                _apply_rows(rows, device=device, user=user, sealed=sealed)
         return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
@@ -434,7 +452,14 @@ class _BatchState:
     raise_refusals: bool
 
 
-def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refusals: bool = False) -> None:
+def _apply_rows(
+    rows: list[Mutation],
+    *,
+    device: Device,
+    user: User,
+    raise_refusals: bool = False,
+    sealed: dict[UUID | None, dict[str, str]] | None = None,
+) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids)
     heads = {head.pk: head for head in SyncedRecord.objects.filter(pk__in=bulk.any_of(record_ids, "uuid"))}
@@ -459,6 +484,9 @@ def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refus
         for version in stored_versions:
             versions[version.record_id].append(_view(version))
     publisher = Publisher(heads)
+    for sealed_id, memo in (sealed or {}).items():
+        if sealed_id is not None:
+            publisher.sealed[sealed_id] = dict(memo)
     state = _BatchState(
         context=registry.WriteContext(user=user, device=device, publisher=publisher),
         publisher=publisher,
