@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import connection, models
 from django.db.models.expressions import DatabaseDefault, RawSQL
+from django.utils import timezone
 
 
 def _json_value(value: Any) -> Any:
@@ -72,9 +73,19 @@ def _is_plain(model_field: Any) -> bool:
     return type(model_field) in _PLAIN_FIELDS
 
 
-def _converter(model_field: Any, *, add: bool) -> Any:
-    """How a record's value of this field becomes its JSON form (None: skip the column)."""
+def _converter(model_field: Any, *, add: bool, now: dt.datetime) -> Any:
+    """How a record's value of this field becomes its JSON form (_SKIP: leave the column out)."""
     attname = model_field.attname
+    stamped = getattr(model_field, "auto_now", False) or (add and getattr(model_field, "auto_now_add", False))
+    if stamped and type(model_field) is models.DateTimeField:
+        # auto_now / auto_now_add: one timestamp for the batch, as its one statement gets.
+        text = now.isoformat()
+
+        def stamp(record: Any) -> Any:
+            setattr(record, attname, now)
+            return text
+
+        return stamp
     if (
         not _is_plain(model_field)
         or getattr(model_field, "auto_now", False)
@@ -104,7 +115,8 @@ _SKIP = object()
 
 
 def _columns(fields: Sequence[Any], records: Sequence[Any], *, add: bool) -> list[dict[str, Any]]:
-    converters = [(model_field.column, _converter(model_field, add=add)) for model_field in fields]
+    now = timezone.now()
+    converters = [(model_field.column, _converter(model_field, add=add, now=now)) for model_field in fields]
     rows: list[dict[str, Any]] = []
     for record in records:
         row: dict[str, Any] = {}

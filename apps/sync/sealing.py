@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import models
 
-from apps.common.encryption import is_sealed, reseal, seal_json, unseal_json
+from apps.common.encryption import is_sealed, reseal, seal_json, unseal, unseal_json
 from apps.sync import registry
 
 health_names = registry.health_names
@@ -94,7 +94,8 @@ def unseal_text(text: str) -> str:
     """JSON text (as PostgreSQL prints jsonb) with its sealed values opened, unparsed."""
     if "gAAAAA" not in text:
         return text
-    return _SEALED_MEMBER.sub(lambda match: json.dumps(unseal_json(match.group(1))), text)
+    # A sealed value is the value's JSON text: it goes back in as it is, never parsed.
+    return _SEALED_MEMBER.sub(lambda match: unseal(match.group(1)), text)
 
 
 def _newest_key() -> Fernet:
