@@ -159,6 +159,16 @@ def register(synced_type: SyncedType) -> None:
     _health_names.cache_clear()
 
 
+_declared_health_fields: set[str] = set()
+
+
+def declare_health_fields(*names: str) -> None:
+    """Name fields of feed-only records (written with ``services.record_change``, not
+    registered here) that hold health information: sealed like a synced type's."""
+    _declared_health_fields.update(names)
+    _health_names.cache_clear()
+
+
 def health_names() -> frozenset[str]:
     """Every wire field name a registered type declares as health information (or clinical
     text): stored copies seal these wherever they appear."""
@@ -167,7 +177,7 @@ def health_names() -> frozenset[str]:
 
 @functools.cache
 def _health_names() -> frozenset[str]:
-    found: set[str] = set()
+    found: set[str] = set(_declared_health_fields)
     for synced_type in _registry.values():
         found |= synced_type.health_fields | synced_type.clinical_text_fields
     return frozenset(found)
