@@ -4,18 +4,22 @@ import os
 import subprocess
 import sys
 
+from cryptography.fernet import Fernet
 from django.db import connection
 
 from tests.live import PROJECT_ROOT
 
 
-def production_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
+def production_env(*, without: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("SECRET_KEY", "FIELD_ENCRYPTION_KEYS")}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings.production",
         ALLOWED_HOSTS="tandem.example.org",
+        FIELD_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
         **extra,
     )
+    for name in without:
+        env.pop(name)
     return env
 
 
@@ -47,6 +51,22 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
 
     assert result.returncode != 0
     assert "Set the environment variable SECRET_KEY" in result.stderr
+
+
+def test_production_refuses_to_start_without_health_information_keys() -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT_ROOT,
+        env=production_env(
+            SECRET_KEY="a-long-random-production-secret-" + "x" * 40, without=("FIELD_ENCRYPTION_KEYS",)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    assert "Set the environment variable FIELD_ENCRYPTION_KEYS" in result.stderr
 
 
 def test_secret_key_can_come_from_a_file(tmp_path: object) -> None:

@@ -56,3 +56,27 @@ def programs_of(*, user: User) -> QuerySet[Program]:
 def programs_where(*, user: User, roles: frozenset[Role]) -> QuerySet[Program]:
     """Programs in which the user holds at least one of the given roles."""
     return Program.objects.filter(memberships__user=user, memberships__role__in=roles).distinct()
+
+
+def overseeing_roles() -> frozenset[Role]:
+    """Roles that may see and revoke the devices of everyone in their program."""
+    return frozenset({Role.SUPERVISOR, Role.ADMINISTRATOR})
+
+
+def program_of_member(*, user: User, slug: str) -> Program | None:
+    """A program the user works for (None for any other: it does not exist for them)."""
+    return programs_of(user=user).filter(slug=slug).first()
+
+
+def may_oversee_devices(*, user: User, program: Program) -> bool:
+    return programs_where(user=user, roles=overseeing_roles()).filter(pk=program.pk).exists()
+
+
+def program_device_list(*, program: Program) -> QuerySet[Device]:
+    """Devices of everyone who works for the program, newest first."""
+    return (
+        Device.objects.filter(user__memberships__program=program)
+        .select_related("user")
+        .distinct()
+        .order_by("-created_at", "pk")
+    )

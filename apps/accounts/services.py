@@ -9,6 +9,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, User, hash_token
@@ -85,7 +86,9 @@ def device_mark_seen(*, device: Device) -> None:
 def devices_revoke_unseen(*, unseen_for_days: int) -> int:
     """Revoke every device not seen for the given number of days; returns how many."""
     cutoff = timezone.now() - timedelta(days=unseen_for_days)
-    stale = Device.objects.filter(revoked_at=None, last_seen_at__lt=cutoff).order_by("pk")
+    # A device never seen since it was registered counts from its registration.
+    unseen = Q(last_seen_at__lt=cutoff) | Q(last_seen_at=None, created_at__lt=cutoff)
+    stale = Device.objects.filter(unseen, revoked_at=None).order_by("pk")
     revoked = 0
     for device in stale.iterator():
         device_revoke(device=device, revoked_by=None, reason=f"not seen for {unseen_for_days} days")

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import models
 
 from apps.accounts.models import Program
+from apps.common.encryption import EncryptedTextField
 from apps.directory.models import Service, ServiceType
 from apps.teams.models import Unit
 
@@ -60,7 +61,7 @@ class Encounter(CareRecord):
     started_at = models.DateTimeField(help_text="As the device observed it.")
     ended_at = models.DateTimeField(null=True, blank=True)
     location = models.CharField(max_length=300, blank=True)
-    assessment = models.TextField(blank=True, help_text="Clinical text.")
+    assessment = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     disposition = models.CharField(max_length=32, choices=Disposition.choices, blank=True)
 
     def __str__(self) -> str:
@@ -73,7 +74,7 @@ class ClinicalNote(CareRecord):
 
     encounter = models.ForeignKey(Encounter, on_delete=models.PROTECT, related_name="notes")
     amends = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="addenda")
-    body = models.TextField()
+    body = EncryptedTextField(help_text="Clinical text (sealed at rest).")
     signed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
@@ -140,7 +141,7 @@ class Referral(CareRecord):
     service_name = models.CharField(max_length=200, blank=True)
     # The directory entry, when the service is listed there.
     service = models.ForeignKey(Service, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    reason = models.TextField(blank=True, help_text="Clinical text.")
+    reason = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     priority = models.CharField(max_length=16, choices=ReferralPriority.choices, default=ReferralPriority.ROUTINE)
     warm_handoff = models.BooleanField(default=False, help_text="The team introduced the person in person.")
     appointment_at = models.DateTimeField(null=True, blank=True)
@@ -167,7 +168,7 @@ class ReferralOutcomeEvent(CareRecord):
         max_length=32, choices=[(c.value, c.label) for c in ReferralStatus if c != ReferralStatus.OPEN]
     )
     observed_at = models.DateTimeField(help_text="When it happened, as the device observed it.")
-    details = models.TextField(blank=True, help_text="Clinical text.")
+    details = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
 
     class Meta:
         indexes = [models.Index(fields=["referral", "observed_at"], name="outcome_timeline")]
@@ -182,7 +183,9 @@ class ReferralTaskEvent(CareRecord):
     referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="task_events")
     from_status = models.CharField(max_length=16, choices=ReferralTaskStatus.choices)
     to_status = models.CharField(max_length=16, choices=ReferralTaskStatus.choices)
-    reason = models.CharField(max_length=300, blank=True)
+    # A service's reason for rejecting or failing a referral often says why clinically.
+    # Sealed at rest; its 300-character limit is the API's.
+    reason = EncryptedTextField(blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["referral", "created_at"], name="referral_task_timeline")]

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import transaction
+from django.utils import timezone
 from rest_framework import status as http_status
 
 from apps.accounts.models import Role, User
@@ -430,3 +431,45 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
         publisher.publish(synced_type, record, user=actor, device=None, is_deleted=record.is_deleted)
     publisher.flush()
     return encounter
+
+
+@transaction.atomic
+def note_addendum_add(*, note: ClinicalNote, body: str, actor: User) -> ClinicalNote:
+    """Amend a signed note on the server (a case manager's correction): a new, signed note.
+
+    The signed note itself never changes (P3). The addendum goes through the same rules as one
+    pushed from a device (``note_apply``: a signed, live note of the same encounter) and is
+    published to the feed, so the crew's devices get it like any other note.
+    """
+    if not body.strip():
+        raise DomainError("Write the addendum's text.", code="required", field="body", status_code=400)
+    addendum_id = uuid.uuid4()
+    lock_records([note.pk, addendum_id])
+    current = ClinicalNote.objects.filter(pk=note.pk, is_deleted=False).first()
+    if current is None or not current.is_signed:
+        raise DomainError(
+            "Only a signed note takes an addendum; a draft is changed by its author.",
+            code="note_not_signed",
+            field="amends_id",
+            status_code=400,
+        )
+    context = WriteContext(user=actor, device=None)
+    try:
+        addendum = note_apply(
+            context,
+            Change(
+                "create",
+                addendum_id,
+                None,
+                {
+                    "encounter_id": current.encounter_id,
+                    "amends_id": current.pk,
+                    "body": body,
+                    "signed_at": timezone.now(),
+                },
+            ),
+        )
+    except Refused as refused:
+        raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=400) from refused
+    publish_record(type_name="care.note", record=addendum, user=actor)
+    return addendum

@@ -33,12 +33,12 @@ class UnreadableHealthInformation(Exception):
 
 
 @cache
-def _keyring() -> MultiFernet:
+def _fernets() -> list[Fernet]:
     keys = [key.strip() for key in settings.FIELD_ENCRYPTION_KEYS if key.strip()]
     if not keys:
         raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS must list at least one Fernet key.")
     try:
-        return MultiFernet([Fernet(key) for key in keys])
+        return [Fernet(key) for key in keys]
     except ValueError as error:
         raise ImproperlyConfigured(
             "FIELD_ENCRYPTION_KEYS holds a value that is not a Fernet key "
@@ -46,9 +46,15 @@ def _keyring() -> MultiFernet:
         ) from error
 
 
+@cache
+def _keyring() -> MultiFernet:
+    return MultiFernet(_fernets())
+
+
 @receiver(setting_changed)
 def _forget_keyring(*, setting: str, **_: Any) -> None:
     if setting == "FIELD_ENCRYPTION_KEYS":
+        _fernets.cache_clear()
         _keyring.cache_clear()
 
 
@@ -100,3 +106,12 @@ class EncryptedTextField(models.TextField):
         if value is None or value == "":
             return value
         return unseal(value)
+
+
+def is_sealed_with_newest_key(sealed: str) -> bool:
+    """Whether the first key in FIELD_ENCRYPTION_KEYS opens the value (nothing to reseal)."""
+    try:
+        _fernets()[0].decrypt(sealed.encode())
+    except InvalidToken:
+        return False
+    return True

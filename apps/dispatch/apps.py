@@ -9,6 +9,13 @@ class DispatchConfig(AppConfig):
 
     def ready(self) -> None:
         # Crews acknowledge and check in over their websocket as well as over REST.
+        from apps.audit.registry import register_health_record
         from apps.dispatch import handlers
+        from apps.dispatch.models import Assignment, Incident
+        from apps.dispatch.services import ASSIGNMENT_RECORD, INCIDENT_RECORD
 
         handlers.register_all()
+        # A call's callback number, address and nature are health information: reading an
+        # incident (or an assignment, which carries its incident) is audited like a note.
+        register_health_record(INCIDENT_RECORD, Incident)
+        register_health_record(ASSIGNMENT_RECORD, Assignment)

@@ -13,6 +13,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, Program
+from apps.common.encryption import EncryptedTextField
 from apps.common.models import TimeStampedModel
 from apps.teams.models import ResponseModel, Unit, UnitStatus, Zone
 
@@ -190,7 +191,9 @@ class Incident(TimeStampedModel):
     longitude = models.DecimalField(max_digits=9, decimal_places=6, null=True, blank=True)
     location_accuracy_m = models.PositiveIntegerField(null=True, blank=True)
     callback_number = models.CharField(max_length=32, blank=True)
-    nature = models.TextField(blank=True, help_text="Nature of the call, as the caller described it.")
+    nature = EncryptedTextField(
+        blank=True, help_text="Nature of the call, as the caller described it (sealed at rest)."
+    )
 
     # Structured safety screen.
     mental_health_nexus = models.BooleanField()
@@ -216,7 +219,8 @@ class Incident(TimeStampedModel):
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     unserved_reason = models.CharField(max_length=32, choices=UnservedReason.choices, blank=True)
-    unserved_note = models.CharField(max_length=500, blank=True)
+    # What happened to the person instead is health information: sealed at rest (500 characters at the API).
+    unserved_note = EncryptedTextField(blank=True)
 
     class Meta:
         constraints = [

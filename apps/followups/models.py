@@ -15,6 +15,7 @@ from django.db.models import Q
 
 from apps.accounts.models import Program
 from apps.care.models import CareRecord, Encounter, Person, Referral, ReferralOutcomeEvent
+from apps.common.encryption import EncryptedTextField
 from apps.common.models import TimeStampedModel
 from apps.teams.models import Unit, Zone
 
@@ -101,7 +102,9 @@ class FollowUpStep(TimeStampedModel):
     closing_outcome = models.ForeignKey(
         ReferralOutcomeEvent, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    missed_reason = models.CharField(max_length=300, blank=True)
+    # Why a contact did not happen often says something clinical ("admitted overnight"):
+    # sealed at rest; the API keeps it to 300 characters.
+    missed_reason = EncryptedTextField(blank=True)
 
     class Meta:
         indexes = [
@@ -137,7 +140,8 @@ class StepEvent(models.Model):
     )
     occurred_at = models.DateTimeField(auto_now_add=True)
     due_at = models.DateTimeField(null=True, blank=True, help_text="The due time after the event.")
-    reason = models.CharField(max_length=300, blank=True)
+    # Sealed at rest for the same reason as a missed step's (300 characters at the API).
+    reason = EncryptedTextField(blank=True)
 
     def __str__(self) -> str:
         return f"{self.action} step {self.step_id}"
@@ -165,7 +169,7 @@ class ContactAttempt(CareRecord):
     step = models.ForeignKey(FollowUpStep, on_delete=models.PROTECT, related_name="attempts")
     method = models.CharField(max_length=16, choices=ContactMethod.choices)
     result = models.CharField(max_length=16, choices=ContactResult.choices)
-    notes = models.TextField(blank=True, help_text="Clinical text.")
+    notes = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     attempted_at = models.DateTimeField()
 
     def __str__(self) -> str:

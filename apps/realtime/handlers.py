@@ -38,3 +38,8 @@ def register(message_type: str, handler: Handler) -> None:
 
 def handler_for(message_type: str) -> Handler | None:
     return _handlers.get(message_type)
+
+
+def registered_types() -> frozenset[str]:
+    """Every client message type a domain app answers (the permission matrix test walks them)."""
+    return frozenset(_handlers)

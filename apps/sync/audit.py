@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+from apps.audit import registry as health_records
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.sync import registry
@@ -18,16 +19,21 @@ _WRITE_ACTIONS = {"create": AccessAction.CREATE, "update": AccessAction.UPDATE, 
 _WRITTEN = {"applied", "conflict"}
 
 
+def _is_health_record(record_type: str) -> bool:
+    # Synced records, and feed-only ones their app names as health information (incidents).
+    return registry.get(record_type) is not None or health_records.is_health_record(record_type)
+
+
 def is_audited(entry: ChangeEntry) -> bool:
-    """Whether serving this feed entry reads a synced (health) record."""
-    return entry.operation == ChangeOperation.UPSERT and registry.get(entry.record_type) is not None
+    """Whether serving this feed entry reads a health record."""
+    return entry.operation == ChangeOperation.UPSERT and _is_health_record(entry.record_type)
 
 
 def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> None:
     """Audit records served to a device, given as (record type, record id) pairs."""
     by_type: dict[str, list[UUID]] = defaultdict(list)
     for record_type, record_id in records:
-        if registry.get(record_type) is not None:
+        if _is_health_record(record_type):
             by_type[record_type].append(UUID(str(record_id)))
     for record_type, record_ids in by_type.items():
         record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)

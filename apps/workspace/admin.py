@@ -8,16 +8,23 @@ shows a record of a program the user does not work for.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from apps.accounts.models import Device, Program, Role, User
-from apps.audit.models import AuditEvent
+from apps.audit.models import AccessAction, AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
 from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident, TimelineEvent
@@ -26,8 +33,12 @@ from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
 from apps.sync import services as sync_services
 from apps.sync.models import Conflict
+from apps.workspace import work
+from apps.workspace.access import request_program_ids
+from apps.workspace.audit import record_admin_action
 from apps.workspace.filters import QueueFilter
 from apps.workspace.scoping import ProgramScopedAdmin
+from apps.workspace.work import LocalDateTimeInput
 
 admin.site.index_template = "workspace/index.html"
 
@@ -71,11 +82,21 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 class StepActionForm(ActionForm):
+    # Shown narrowed to the user's programs' case managers (FollowUpStepAdmin.changelist_view);
+    # the reassign action checks the choice against those again, and the service checks the
+    # step's program.
     owner = forms.ModelChoiceField(
         queryset=User.objects.filter(memberships__role=Role.CASE_MANAGER).distinct().order_by("username"),
         required=False,
         label="Reassign to",
     )
+    due_at = forms.DateTimeField(
+        required=False,
+        label="Reschedule to",
+        widget=LocalDateTimeInput(),
+        help_text="In each step's program's time zone.",
+    )
+    reason = forms.CharField(required=False, max_length=300, label="Reason")
 
 
 class StepEventInline(ReadOnlyInline):
@@ -94,7 +115,7 @@ class AttemptInline(ReadOnlyInline):
 @admin.register(FollowUpStep)
 class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
     workspace_may_change = True  # its actions call the follow-up services
-    list_display = ["due_at", "label", "person_name", "status", "owner", "unit", "program"]
+    list_display = ["due_at", "person_name", "timeline_link", "label", "status", "owner", "unit", "program"]
     list_filter = [QueueFilter, "program", "unit__home_zone", "unit__response_model", "status", "owner", "due_at"]
     search_fields = [
         "plan__person__given_name",
@@ -107,7 +128,15 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
     date_hierarchy = "due_at"
     inlines = [AttemptInline, StepEventInline]
     action_form = StepActionForm
-    actions = ["mark_completed", "reassign"]
+    actions = ["mark_completed", "reassign", "reschedule"]
+    change_form_template = "workspace/followupstep_change_form.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        timeline = self.admin_site.admin_view(functools.partial(work.timeline_view, self))
+        return [
+            path("<path:object_id>/timeline/", timeline, name="followups_followupstep_timeline"),
+            *super().get_urls(),
+        ]
 
     @admin.display(description="Person")
     def person_name(self, step: FollowUpStep) -> str:
@@ -116,18 +145,47 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
             return "—"
         return f"{person.given_name} {person.family_name}".strip() or "(unnamed)"
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[FollowUpStep], act: Any, done: str) -> None:
+    @admin.display(description="Work it")
+    def timeline_link(self, step: FollowUpStep) -> str:
+        url = reverse("admin:followups_followupstep_timeline", args=[step.pk])
+        return format_html('<a class="timeline-link" href="{}">Timeline</a>', url)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        action_form = getattr(response, "context_data", {}).get("action_form")
+        if action_form is not None:
+            action_form.fields["owner"].queryset = self._owner_choices(request)
+        return response
+
+    def _owner_choices(self, request: HttpRequest) -> QuerySet[User]:
+        if getattr(request.user, "is_superuser", False):
+            return User.objects.filter(memberships__role=Role.CASE_MANAGER).distinct().order_by("username")
+        return work.case_managers_of(request_program_ids(request))
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[FollowUpStep], act: Any, done: str, description: str
+    ) -> None:
         assert isinstance(request.user, User)
-        worked, refused = 0, []
-        for step in queryset.order_by("pk"):
+        worked, refused = [], []
+        for step in queryset.select_related("program").order_by("pk"):
             try:
                 act(step, request.user)
             except DomainError as error:
                 refused.append(f"{step}: {error.detail}")
             else:
-                worked += 1
+                worked.append(step)
+        for program_id in sorted({step.program_id for step in worked}):
+            record_admin_action(
+                request,
+                record_type="followups.step",
+                record_ids=[step.pk for step in worked if step.program_id == program_id],
+                action=AccessAction.UPDATE,
+                program_id=program_id,
+                description=f"Bulk action: {description}",
+                logged=[step for step in worked if step.program_id == program_id],
+            )
         if worked:
-            self.message_user(request, f"{done} {worked} step(s).", messages.SUCCESS)
+            self.message_user(request, f"{done} {len(worked)} step(s).", messages.SUCCESS)
         for reason in refused:
             self.message_user(request, reason, messages.WARNING)
 
@@ -138,21 +196,43 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
             queryset,
             lambda step, actor: followup_services.step_complete(step=step, actor=actor, note="completed in the admin"),
             "Completed",
+            "completed",
         )
 
     @admin.action(description="Reassign selected steps (choose the case manager)", permissions=["change"])
     def reassign(self, request: HttpRequest, queryset: QuerySet[FollowUpStep]) -> None:
         owner_id = request.POST.get("owner")
-        owner = User.objects.filter(pk=owner_id).first() if owner_id else None
+        owner = None
+        if owner_id:
+            with contextlib.suppress(ValueError, ValidationError):
+                owner = self._owner_choices(request).filter(pk=owner_id).first()
         if owner is None:
-            self.message_user(request, "Choose the case manager to reassign to.", messages.ERROR)
+            self.message_user(request, "Choose a case manager of your programs to reassign to.", messages.ERROR)
             return
         self._each(
             request,
             queryset,
             lambda step, actor: followup_services.step_assign(step=step, actor=actor, owner=owner),
             f"Reassigned to {owner.username}:",
+            f"reassigned to user {owner.pk}",
         )
+
+    @admin.action(description="Reschedule selected steps (choose the time and say why)", permissions=["change"])
+    def reschedule(self, request: HttpRequest, queryset: QuerySet[FollowUpStep]) -> None:
+        # The action form's own fields, on their own (the admin checked the action already).
+        form = work.RescheduleForm(request.POST)
+        if not form.is_valid() or not form.cleaned_data["reason"].strip():
+            self.message_user(request, "Choose the new due time and say why the steps are rescheduled.", messages.ERROR)
+            return
+        # The time was typed as a wall-clock time: each step's program's.
+        wall_clock = timezone.make_naive(form.cleaned_data["due_at"])
+        reason = form.cleaned_data["reason"]
+
+        def act(step: FollowUpStep, actor: User) -> None:
+            due_at = wall_clock.replace(tzinfo=ZoneInfo(step.program.time_zone))
+            followup_services.step_reschedule(step=step, actor=actor, due_at=due_at, reason=reason)
+
+        self._each(request, queryset, act, "Rescheduled", f"rescheduled to {wall_clock:%Y-%m-%d %H:%M} local")
 
 
 # --- care ----------------------------------------------------------------------------------
@@ -265,16 +345,27 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
 
     def _resolve(self, request: HttpRequest, queryset: QuerySet[Conflict], choice: str) -> None:
         assert isinstance(request.user, User)
-        resolved = 0
+        resolved: list[Conflict] = []
         for conflict in queryset.order_by("pk"):
             try:
                 sync_services.conflict_resolve(conflict=conflict, choice=choice, resolved_by=request.user)
             except DomainError as error:
                 self.message_user(request, f"{conflict}: {error.detail}", messages.WARNING)
             else:
-                resolved += 1
+                resolved.append(conflict)
+        # The record the resolution wrote (the conflict's own row holds the clinical text too).
+        for conflict in resolved:
+            record_admin_action(
+                request,
+                record_type=conflict.record_type,
+                record_ids=[conflict.record_id],
+                action=AccessAction.UPDATE,
+                program_id=conflict.program_id,
+                description=f"Bulk action: resolved conflict ({choice})",
+                logged=[conflict],
+            )
         if resolved:
-            self.message_user(request, f"Resolved {resolved} conflict(s).", messages.SUCCESS)
+            self.message_user(request, f"Resolved {len(resolved)} conflict(s).", messages.SUCCESS)
 
     @admin.action(description="Resolve: keep the server's value", permissions=["change"])
     def keep_server_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:

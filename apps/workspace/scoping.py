@@ -72,6 +72,25 @@ class ProgramScopedAdmin(admin.ModelAdmin):
             record_admin_reads(request, self.model, changelist.result_list)
         return response
 
+    # Add and change forms: a foreign key or many-to-many offers only the user's programs'
+    # records (program, zone, unit, person, owner, …), so another program's id posted by hand
+    # is "not one of the available choices" and nothing is saved.
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        return self._scope_choices(request, formfield)
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        formfield = super().formfield_for_manytomany(db_field, request, **kwargs)
+        return self._scope_choices(request, formfield)
+
+    def _scope_choices(self, request: HttpRequest, formfield: Any) -> Any:
+        queryset = getattr(formfield, "queryset", None)
+        if queryset is None or self._is_superuser(request):
+            return formfield
+        formfield.queryset = scope_choices(queryset, self.admin_site, request_program_ids(request))
+        return formfield
+
     def get_list_filter(self, request: HttpRequest) -> Any:
         filters = super().get_list_filter(request)
         if self._is_superuser(request):
@@ -122,3 +141,29 @@ class ProgramScopedAdmin(admin.ModelAdmin):
         if not self._is_superuser(request) and not self._works_here(request):
             return False
         return super().has_delete_permission(request, obj)
+
+
+def choice_path(model: type[Model], site: admin.AdminSite) -> str | bool | None:
+    """How a related model's rows reach their program: its admin's path, else its ``program``
+    field; False when the model is not program data at all (choices stay as they are)."""
+    model_admin = site._registry.get(model)
+    if isinstance(model_admin, ProgramScopedAdmin):
+        return model_admin.program_path
+    if any(field.name == "program" for field in model._meta.get_fields()):
+        return "program"
+    return False
+
+
+def scope_choices(queryset: QuerySet[Any], site: admin.AdminSite, program_ids: list[Any]) -> QuerySet[Any]:
+    path = choice_path(queryset.model, site)
+    if path is False:
+        return queryset
+    if path is None:
+        # Kept to superusers in the admin: no choice of it for anyone else either.
+        return queryset.none()
+    assert isinstance(path, str)
+    lookup = {f"{path}__in": program_ids}
+    fields = get_fields_from_path(queryset.model, path)
+    if any(field.many_to_many or field.one_to_many for field in fields):
+        return queryset.filter(pk__in=queryset.model._default_manager.filter(**lookup).values("pk"))
+    return queryset.filter(**lookup)

@@ -8,12 +8,14 @@ and the model's changelist applies the same condition when opened from the home 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
-from django.db.models import Count, Exists, Model, OuterRef, Q
+from django.db.models import Count, DateTimeField, Exists, Expression, F, Model, OuterRef, Q, Value
+from django.db.models.sql.compiler import SQLCompiler
 from django.urls import reverse
 from django.utils import timezone
 
@@ -34,13 +36,48 @@ from apps.sync.models import Conflict
 from apps.workspace.access import workspace_program_ids
 
 
-def end_of_today(now: dt.datetime) -> dt.datetime:
-    local = timezone.localtime(now)
-    return local.replace(hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=1)
+def end_of_today(now: dt.datetime, time_zone: str) -> dt.datetime:
+    """Midnight after ``now`` in the time zone (a program's): "today" is the program's day, not UTC's."""
+    local = now.astimezone(ZoneInfo(time_zone))
+    tomorrow = local.date() + dt.timedelta(days=1)
+    return dt.datetime.combine(tomorrow, dt.time.min, tzinfo=ZoneInfo(time_zone))
+
+
+class EndOfLocalDay(Expression):
+    """``end_of_today`` in SQL, per row, in the time zone the row's program names.
+
+    One condition serves a user whose programs lie in different zones, and the home page
+    needs no query for the zones first."""
+
+    output_field = DateTimeField()
+
+    def __init__(self, now: dt.datetime, time_zone: str) -> None:
+        super().__init__()
+        self.now: Any = Value(now, output_field=DateTimeField())
+        self.time_zone: Any = F(time_zone)  # a column once the query resolves it
+
+    def get_source_expressions(self) -> list[Any]:
+        return [self.now, self.time_zone]
+
+    def set_source_expressions(self, exprs: Sequence[Any]) -> None:
+        self.now, self.time_zone = exprs
+
+    def as_sql(self, compiler: SQLCompiler, connection: Any) -> tuple[str, list[Any]]:
+        now_sql, now_params = compiler.compile(self.now)
+        zone_sql, zone_params = compiler.compile(self.time_zone)
+        # timestamptz AT TIME ZONE z is the local wall time; local midnight AT TIME ZONE z is back
+        # to an instant (so a day of 23 or 25 hours is right too).
+        sql = f"((date_trunc('day', ({now_sql}) AT TIME ZONE {zone_sql}) + interval '1 day') AT TIME ZONE {zone_sql})"
+        return sql, [*now_params, *zone_params, *zone_params]
 
 
 def _my_steps_due_today(user: User, now: dt.datetime) -> Q:
-    return Q(status=StepStatus.PENDING, owner=user, due_at__gte=now, due_at__lt=end_of_today(now))
+    return Q(
+        status=StepStatus.PENDING,
+        owner=user,
+        due_at__gte=now,
+        due_at__lt=EndOfLocalDay(now, "program__time_zone"),
+    )
 
 
 def _overdue_steps(user: User, now: dt.datetime) -> Q:

@@ -31,3 +31,15 @@ def test_unseen_devices_are_revoked_and_recent_ones_kept() -> None:
     assert revoked == 1
     assert Device.objects.get(pk=stale.pk).revoked_at is not None
     assert Device.objects.get(pk=recent.pk).revoked_at is None
+
+
+def test_a_device_never_seen_counts_from_its_registration() -> None:
+    forgotten = DeviceFactory.create(last_seen_at=None)
+    Device.objects.filter(pk=forgotten.pk).update(created_at=timezone.now() - timedelta(days=31))
+    just_registered = DeviceFactory.create(last_seen_at=None)
+
+    revoked = services.devices_revoke_unseen(unseen_for_days=30)
+
+    assert revoked == 1
+    assert Device.objects.get(pk=forgotten.pk).revoked_at is not None
+    assert Device.objects.get(pk=just_registered.pk).revoked_at is None

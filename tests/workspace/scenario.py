@@ -97,3 +97,38 @@ def workday(program: Program) -> Workday:
         steps=steps_of(referral_id),
         conflict=Conflict.objects.get(record_id=encounter_id),
     )
+
+
+@dataclass
+class Casework:
+    """A known person's follow-up: an encounter with a signed note and a referral, and its steps."""
+
+    day: Workday
+    person_id: uuid.UUID
+    encounter_id: uuid.UUID
+    note_id: uuid.UUID
+    referral_id: uuid.UUID
+    steps: list[FollowUpStep]
+
+    def overdue_step(self) -> FollowUpStep:
+        """The earliest open step past its due time, as the database has it now."""
+        overdue = FollowUpStep.objects.filter(
+            pk__in=[step.pk for step in self.steps], status="pending", due_at__lt=timezone.now()
+        )
+        found = overdue.order_by("due_at").first()
+        assert found is not None, "the scenario's encounter ended days ago: a step is overdue"
+        return found
+
+
+def casework(day: Workday) -> Casework:
+    crew = day.crew
+    person_id = uuid.uuid4()
+    person = {"unit_id": str(crew.unit.pk), "given_name": "Rosa", "family_name": "Diaz", "phone_number": "+12125550143"}
+    assert pushed(crew, "care.person", person, record_id=person_id)["status"] == "applied"
+    referral_id = referral(crew, encounter_fields={"person_id": str(person_id)}, service_name="Harlem Clinic")
+    steps = steps_of(referral_id)
+    encounter_id = steps[0].plan.encounter_id
+    note_id = uuid.uuid4()
+    note = {"encounter_id": str(encounter_id), "body": "Calm on arrival.", "signed_at": "2026-11-20T15:00:00+00:00"}
+    assert pushed(crew, "care.note", note, record_id=note_id)["status"] == "applied"
+    return Casework(day, person_id, encounter_id, note_id, referral_id, steps)

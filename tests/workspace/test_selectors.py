@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 from django.utils import timezone
 
@@ -11,7 +12,7 @@ from apps.dispatch import services as dispatch
 from apps.followups import services as followups
 from apps.followups.models import FollowUpStep, StepStatus
 from apps.sync.services import conflict_resolve
-from apps.workspace.selectors import end_of_today, queue_counts
+from apps.workspace.selectors import end_of_today, queue_counts, queue_queryset
 from tests.accounts.factories import ProgramFactory
 from tests.conftest import make_crew_member
 from tests.followups.factories import case_manager
@@ -26,12 +27,13 @@ def test_each_queue_counts_its_programs_work(program: Program) -> None:
     day = workday(program)
     now = timezone.now()
     # One of the manager's steps comes due later today.
-    later_today = now + (end_of_today(now) - now) / 2
+    midnight = end_of_today(now, program.time_zone)
+    later_today = now + (midnight - now) / 2
     open_steps = [step for step in day.steps if step.status == StepStatus.PENDING]
     followups.step_reschedule(step=open_steps[-1], actor=day.case_manager, due_at=later_today, reason="agreed time")
     steps = FollowUpStep.objects.filter(pk__in=[step.pk for step in open_steps])
     overdue = [step for step in steps if step.due_at < now]
-    due_today = [step for step in steps if now <= step.due_at < end_of_today(now) and step.owner == day.case_manager]
+    due_today = [step for step in steps if now <= step.due_at < midnight and step.owner == day.case_manager]
     assert open_steps[-1] in due_today
 
     assert counts(day.case_manager, now) == {
@@ -56,7 +58,10 @@ def test_the_counts_drop_as_the_work_is_done(program: Program) -> None:
     now = timezone.now()
     open_steps = [step for step in day.steps if step.status == StepStatus.PENDING]
     followups.step_reschedule(
-        step=open_steps[-1], actor=day.case_manager, due_at=now + (end_of_today(now) - now) / 2, reason="agreed"
+        step=open_steps[-1],
+        actor=day.case_manager,
+        due_at=now + (end_of_today(now, program.time_zone) - now) / 2,
+        reason="agreed",
     )
     before = counts(day.case_manager, timezone.now())
     assert before["steps_overdue"] >= 1, "the scenario's encounter ended days ago: its first step is overdue"
@@ -101,3 +106,34 @@ def test_the_outsider_of_another_program_counts_none_of_it(program: Program) -> 
     assert set(counts(outsider, timezone.now()).values()) == {0}
     assert queue_counts(user=field_staff) == []  # not a workspace role: no queues at all
     assert counts(day.case_manager, timezone.now())["conflicts_to_resolve"] == 1
+
+
+def test_due_today_is_the_programs_day_not_utcs(program: Program) -> None:
+    day = workday(program)
+    program.time_zone = "America/Los_Angeles"
+    program.save(update_fields=["time_zone"])
+    los_angeles = ZoneInfo(program.time_zone)
+    some_day = (timezone.now().astimezone(los_angeles) + dt.timedelta(days=2)).date()
+
+    def local(days: int, hour: int) -> dt.datetime:
+        return dt.datetime.combine(some_day + dt.timedelta(days=days), dt.time(hour), tzinfo=los_angeles)
+
+    late_evening, after_midnight = local(0, 22), local(1, 1)
+    open_steps = [step for step in day.steps if step.status == StepStatus.PENDING][:2]
+    for step, due_at in zip(open_steps, (late_evening, after_midnight), strict=True):
+        followups.step_reschedule(step=step, actor=day.case_manager, due_at=due_at, reason="agreed time")
+
+    def due_today(now: dt.datetime) -> set[object]:
+        rows = queue_queryset(user=day.case_manager, key="steps_due_today", now=now)
+        return set(rows.filter(pk__in=[step.pk for step in open_steps]).values_list("pk", flat=True))
+
+    # 19:00 in Los Angeles is already tomorrow in UTC: both steps fall on that UTC day, but
+    # only the one before local midnight is due today.
+    evening = local(0, 19)
+    assert evening.astimezone(dt.UTC).date() == after_midnight.astimezone(dt.UTC).date()
+    assert due_today(evening) == {open_steps[0].pk}
+    # 15:00 in Los Angeles is still today in UTC, and 22:00 local is tomorrow in UTC: due today all the same.
+    afternoon = local(0, 15)
+    assert afternoon.astimezone(dt.UTC).date() < late_evening.astimezone(dt.UTC).date()
+    assert due_today(afternoon) == {open_steps[0].pk}
+    assert counts(day.case_manager, afternoon)["steps_due_today"] >= 1

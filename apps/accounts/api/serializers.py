@@ -25,6 +25,22 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
         fields = ["id", "name", "platform", "created_at", "last_seen_at", "revoked_at"]
 
 
+class DeviceOwnerSerializer(serializers.ModelSerializer[User]):
+    class Meta:
+        model = User
+        fields = ["id", "username", "first_name", "last_name"]
+
+
+class ProgramDeviceSerializer(serializers.ModelSerializer[Device]):
+    """A device as a supervisor sees it: whose it is and whether it is still trusted."""
+
+    user = DeviceOwnerSerializer(read_only=True)
+
+    class Meta:
+        model = Device
+        fields = ["id", "user", "name", "platform", "created_at", "last_seen_at", "revoked_at", "revoke_reason"]
+
+
 class IssuedTokenSerializer(serializers.Serializer[Any]):
     device = DeviceSerializer()
     token = serializers.CharField(help_text="Shown once; send as `Authorization: Bearer <token>`.")

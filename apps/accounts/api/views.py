@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
@@ -17,8 +18,10 @@ from apps.accounts.api.serializers import (
     DeviceSerializer,
     IssuedTokenSerializer,
     MeSerializer,
+    ProgramDeviceSerializer,
 )
-from apps.accounts.models import Device, DeviceToken, User
+from apps.accounts.models import Device, DeviceToken, Program, User
+from apps.common.api.pagination import StandardPagination
 from apps.common.api.serializers import StrictSerializer
 
 
@@ -96,3 +99,41 @@ class DeviceRevokeView(APIView):
         payload.is_valid(raise_exception=True)
         device = services.device_revoke(device=device, revoked_by=request.user, reason=payload.validated_data["reason"])
         return Response(DeviceSerializer(device).data)
+
+
+def _overseen_program(request: Request, slug: str) -> Program:
+    """The program whose devices the requester oversees: 404 outside their programs, 403 for
+    members who do not supervise it."""
+    assert isinstance(request.user, User)
+    program = selectors.program_of_member(user=request.user, slug=slug)
+    if program is None:
+        raise Http404("No such program.")
+    if not selectors.may_oversee_devices(user=request.user, program=program):
+        raise exceptions.PermissionDenied("Only the program's supervisors and administrators can do this.")
+    return program
+
+
+class ProgramDeviceListView(APIView):
+    """Every device of the people working for the program (supervisors, administrators)."""
+
+    @extend_schema(responses=ProgramDeviceSerializer(many=True))
+    def get(self, request: Request, program: str) -> Response:
+        devices = selectors.program_device_list(program=_overseen_program(request, program))
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(devices, request, view=self) or []
+        return paginator.get_paginated_response(ProgramDeviceSerializer(page, many=True).data)
+
+
+class ProgramDeviceRevokeView(APIView):
+    """Revoke a crew member's device (lost, stolen, left the program): its token stops working
+    at once, its open websockets close within a second, and it is told to purge what it holds."""
+
+    @extend_schema(request=DeviceRevokeInputSerializer, responses=ProgramDeviceSerializer)
+    def post(self, request: Request, program: str, device_id: str) -> Response:
+        assert isinstance(request.user, User)
+        overseen = _overseen_program(request, program)
+        device = get_object_or_404(selectors.program_device_list(program=overseen), pk=device_id)
+        payload = DeviceRevokeInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        device = services.device_revoke(device=device, revoked_by=request.user, reason=payload.validated_data["reason"])
+        return Response(ProgramDeviceSerializer(device).data)

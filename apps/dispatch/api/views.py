@@ -6,6 +6,8 @@ on the assignments of their own unit. Anything else is not found (404) and chang
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -21,12 +23,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import Device, DeviceToken, Program, User
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
 from apps.common.api.errors import DomainError
 from apps.common.api.pagination import StandardPagination
 from apps.dispatch import selectors, services
 from apps.dispatch.api import serializers as s
 from apps.dispatch.models import Assignment, AssignmentStatus, Incident
 from apps.dispatch.payloads import assignment_payload, event_payload, incident_payload, unit_payload
+from apps.dispatch.services import ASSIGNMENT_RECORD, INCIDENT_RECORD
 from apps.teams.models import Unit, UnitStatus, Zone
 
 
@@ -59,6 +64,28 @@ def _assignment(request: Request, assignment_id: UUID) -> Assignment:
     return get_object_or_404(selectors.assignments_visible_to(user=user), pk=assignment_id)
 
 
+def _audit_incidents(request: Request, action: AccessAction, incidents: Iterable[Incident]) -> None:
+    """A call's callback number, address and nature are health information (P8)."""
+    _audit(request, action, INCIDENT_RECORD, ((incident.pk, incident.program_id) for incident in incidents))
+
+
+def _audit_assignments(request: Request, action: AccessAction, assignments: Iterable[Assignment]) -> None:
+    """An assignment is sent with its incident, so handing one out is a read of the call."""
+    records = ((assignment.pk, assignment.incident.program_id) for assignment in assignments)
+    _audit(request, action, ASSIGNMENT_RECORD, records)
+
+
+def _audit(request: Request, action: AccessAction, record_type: str, records: Iterable[tuple[UUID, UUID]]) -> None:
+    by_program: dict[UUID, list[UUID]] = defaultdict(list)
+    for record_id, program_id in records:
+        by_program[program_id].append(record_id)
+    accessor = Accessor.from_request(request)
+    for program_id, record_ids in by_program.items():
+        record_access(
+            accessor=accessor, action=action, record_type=record_type, record_ids=record_ids, program_id=program_id
+        )
+
+
 def _require_crew(user: User, assignment: Assignment) -> None:
     if not selectors.is_crew_of(user=user, unit_id=assignment.unit_id):
         raise PermissionDenied("Only the crew of the assigned unit can do this.")
@@ -84,6 +111,7 @@ class IncidentListCreateView(APIView):
             incidents = incidents.filter(status=query["status"])
         paginator = StandardPagination()
         page = paginator.paginate_queryset(incidents, request, view=self) or []
+        _audit_incidents(request, AccessAction.READ, page)
         return paginator.get_paginated_response([incident_payload(incident) for incident in page])
 
     @extend_schema(request=s.IncidentIntakeSerializer, responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT})
@@ -118,6 +146,8 @@ class IncidentListCreateView(APIView):
             nature=data["nature"],
             **screen,
         )
+        # A retried intake answers with the stored incident: a read, not a second creation.
+        _audit_incidents(request, AccessAction.CREATE if created else AccessAction.READ, [incident])
         return Response(incident_payload(incident), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -127,6 +157,7 @@ class IncidentDetailView(APIView):
         """The incident with its assignments and its timeline (server time order)."""
         incident = _incident(request, incident_id)
         assignments = incident.assignments.select_related("incident").order_by("offered_at")
+        _audit_incidents(request, AccessAction.READ, [incident])
         return Response(
             {
                 **incident_payload(incident),
@@ -146,6 +177,7 @@ class IncidentOverrideView(APIView):
         incident = services.incident_override(
             incident=incident, actor=user, device=device, response=data["response"], reason=data["reason"]
         )
+        _audit_incidents(request, AccessAction.UPDATE, [incident])
         return Response(incident_payload(incident))
 
 
@@ -159,6 +191,7 @@ class IncidentCloseView(APIView):
         incident = services.incident_close(
             incident=incident, actor=user, device=device, unserved_reason=data["unserved_reason"], note=data["note"]
         )
+        _audit_incidents(request, AccessAction.UPDATE, [incident])
         return Response(incident_payload(incident))
 
 
@@ -189,6 +222,7 @@ class IncidentOfferView(APIView):
         assignment = services.assignment_offer(
             incident=incident, unit=unit, actor=user, device=device, additional=data["additional"]
         )
+        _audit_assignments(request, AccessAction.CREATE, [assignment])
         return Response(assignment_payload(assignment), status=status.HTTP_201_CREATED)
 
 
@@ -240,13 +274,16 @@ class AssignmentListView(APIView):
             assignments = assignments.filter(status__in=AssignmentStatus.active())
         paginator = StandardPagination()
         page = paginator.paginate_queryset(assignments, request, view=self) or []
+        _audit_assignments(request, AccessAction.READ, page)
         return paginator.get_paginated_response([assignment_payload(a) for a in page])
 
 
 class AssignmentDetailView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, assignment_id: UUID) -> Response:
-        return Response(assignment_payload(_assignment(request, assignment_id)))
+        assignment = _assignment(request, assignment_id)
+        _audit_assignments(request, AccessAction.READ, [assignment])
+        return Response(assignment_payload(assignment))
 
 
 class AssignmentAcknowledgeView(APIView):
@@ -262,6 +299,7 @@ class AssignmentAcknowledgeView(APIView):
         assignment = services.assignment_acknowledge(
             assignment_id=assignment.pk, user=user, device=device, observed_at=data["observed_at"]
         )
+        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
 
 
@@ -283,6 +321,7 @@ class AssignmentStatusView(APIView):
             observed_at=data["observed_at"],
             client_event_id=data["event_id"],
         )
+        _audit_assignments(request, AccessAction.UPDATE, [update.assignment])
         return Response({**assignment_payload(update.assignment), "applied": update.applied})
 
 
@@ -302,6 +341,7 @@ class AssignmentDeclineView(APIView):
             reason=data["reason"],
             observed_at=data["observed_at"],
         )
+        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
 
 
@@ -317,6 +357,7 @@ class AssignmentCheckInView(APIView):
         assignment = services.assignment_check_in(
             assignment_id=assignment.pk, user=user, device=device, observed_at=data["observed_at"]
         )
+        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
 
 
@@ -331,4 +372,5 @@ class AssignmentCancelView(APIView):
         assignment = services.assignment_cancel(
             assignment_id=assignment.pk, actor=user, device=device, reason=data["reason"]
         )
+        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))

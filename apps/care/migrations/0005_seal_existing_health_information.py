@@ -1,0 +1,36 @@
+"""Seal the health information stored in plaintext before these columns were encrypted.
+
+Idempotent (sealed values are recognised and left alone) and batched; reversible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+
+from apps.common.resealing import open_sealed, seal_plaintext
+
+SEALED_COLUMNS = {
+    "ClinicalNote": ["body"],
+    "Encounter": ["assessment"],
+    "Referral": ["reason"],
+    "ReferralOutcomeEvent": ["details"],
+    "ReferralTaskEvent": ["reason"],
+}
+
+
+def seal_existing(apps: Any, schema_editor: Any) -> None:
+    for model_name, field_names in SEALED_COLUMNS.items():
+        seal_plaintext(apps.get_model("care", model_name), field_names)
+
+
+def open_existing(apps: Any, schema_editor: Any) -> None:
+    for model_name, field_names in SEALED_COLUMNS.items():
+        open_sealed(apps.get_model("care", model_name), field_names)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("care", "0004_sealed_health_information")]
+
+    operations = [migrations.RunPython(seal_existing, open_existing, elidable=True)]

@@ -1,0 +1,147 @@
+"""Reading an incident (its callback number, address, nature) is audited like a clinical note (P8)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from apps.accounts.models import Program, Role
+from apps.audit.models import AuditEvent
+from apps.dispatch import services
+from tests.conftest import CrewMember, make_crew_member, sign_in_to_admin
+from tests.dispatch.factories import intake_body, make_incident
+from tests.live import AsgiServer
+from tests.realtime.client import authenticated_socket, receive, send
+from tests.sync.helpers import sync_client
+from tests.workspace.scenario import staff
+
+
+def events(**filters: object) -> list[tuple[str, str, str]]:
+    return list(AuditEvent.objects.filter(**filters).values_list("action", "channel", "record_type"))
+
+
+@pytest.mark.django_db
+def test_incident_detail_and_list_are_recorded_with_who_and_which_device(
+    program: Program, dispatcher: CrewMember
+) -> None:
+    incident = make_incident(program, dispatcher, callback_number="+12125550199")
+    client = dispatcher.client()
+
+    assert client.get(f"/api/v1/dispatch/incidents/{incident.pk}/").status_code == 200
+    assert client.get("/api/v1/dispatch/incidents/").status_code == 200
+
+    reads = AuditEvent.objects.filter(record_type="dispatch.incident", record_id=incident.pk, action="read")
+    assert reads.count() == 2
+    for event in reads:
+        assert (event.actor_id, event.device_id, event.program_id, event.channel) == (
+            dispatcher.user.pk,
+            dispatcher.device.pk,
+            program.pk,
+            "api",
+        )
+
+
+@pytest.mark.django_db
+def test_intake_is_a_creation_and_its_retry_a_read(program: Program, dispatcher: CrewMember) -> None:
+    body = intake_body(program)
+    first = dispatcher.client().post("/api/v1/dispatch/incidents/", body, format="json")
+    retry = dispatcher.client().post("/api/v1/dispatch/incidents/", body, format="json")
+
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert events(record_id=first.json()["id"]) == [
+        ("create", "api", "dispatch.incident"),
+        ("read", "api", "dispatch.incident"),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_crew_reading_its_assignment_is_recorded(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+
+    response = crew_member.client().get(f"/api/v1/dispatch/assignments/{assignment.pk}/")
+    listed = crew_member.client().get("/api/v1/dispatch/assignments/")
+
+    assert (response.status_code, listed.status_code) == (200, 200)
+    assert response.json()["incident"]["callback_number"] == assignment.incident.callback_number
+    assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [
+        ("read", "api", "dispatch.assignment"),
+        ("read", "api", "dispatch.assignment"),
+    ]
+
+
+@pytest.mark.django_db
+def test_an_outsider_reads_nothing_and_leaves_no_trace_of_a_read(
+    program: Program, dispatcher: CrewMember, foreign_dispatcher: CrewMember
+) -> None:
+    incident = make_incident(program, dispatcher)
+    before = AuditEvent.objects.count()
+
+    detail = foreign_dispatcher.client().get(f"/api/v1/dispatch/incidents/{incident.pk}/")
+    listed = foreign_dispatcher.client().get("/api/v1/dispatch/incidents/")
+
+    assert detail.status_code == 404
+    assert listed.json()["results"] == []
+    assert AuditEvent.objects.count() == before
+
+
+@pytest.mark.django_db
+def test_opening_an_incident_in_the_admin_is_recorded(program: Program, dispatcher: CrewMember) -> None:
+    incident = make_incident(program, dispatcher)
+    manager = staff(make_crew_member(program, role=Role.CASE_MANAGER).user)
+    client = sign_in_to_admin(Client(), manager)
+
+    opened = client.get(reverse("admin:dispatch_incident_change", args=[incident.pk]))
+    listed = client.get(reverse("admin:dispatch_incident_changelist"))
+
+    assert (opened.status_code, listed.status_code) == (200, 200)
+    assert events(record_id=incident.pk, actor_id=manager.pk) == [
+        ("read", "admin", "dispatch.incident"),
+        ("read", "admin", "dispatch.incident"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.live
+def test_an_offer_delivered_over_the_websocket_is_recorded_for_the_receiving_device(
+    asgi: AsgiServer, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        assert receive(socket)["type"] == "feed.entries"
+        assignment = services.assignment_offer(
+            incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+        )
+        delivered: list[dict[str, Any]] = []
+        while not any(entry["id"] == str(assignment.pk) for entry in delivered):
+            delivered.extend(receive(socket, timeout=3)["entries"])
+
+    # The audit row is written right after the frame goes out, by the server process.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not AuditEvent.objects.filter(record_id=assignment.pk).exists():
+        time.sleep(0.05)
+    assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [
+        ("read", "websocket", "dispatch.assignment")
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_offer_pulled_from_the_feed_over_http_is_recorded(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+
+    pulled = sync_client(crew_member).get("/api/v1/sync/feed/")
+
+    assert pulled.status_code == 200
+    assert str(assignment.pk) in {entry["id"] for entry in pulled.json()["entries"]}
+    assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [("read", "sync", "dispatch.assignment")]

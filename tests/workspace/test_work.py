@@ -1,0 +1,371 @@
+"""Working a follow-up from the admin: the timeline page, its forms, and the bulk actions.
+
+Every form calls the domain service the API calls; a refusal is an error on the form."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.accounts.models import Program
+from apps.audit.models import AuditEvent
+from apps.care import services as care_services
+from apps.care.models import ClinicalNote, Referral, ReferralStatus
+from apps.common.api.errors import DomainError
+from apps.followups.models import ContactAttempt, FollowUpStep, StepAction, StepStatus
+from apps.sync.models import Conflict
+from tests.conftest import sign_in_to_admin
+from tests.followups.factories import case_manager
+from tests.workspace.scenario import Casework, casework, workday
+from tests.workspace.test_admin import changelist_url, outsider_of
+
+
+def timeline_url(step: FollowUpStep) -> str:
+    return reverse("admin:followups_followupstep_timeline", args=[step.pk])
+
+
+def local_input(moment: dt.datetime, program: Program) -> str:
+    """A time as a case manager types it into the form: wall-clock time in the program's zone."""
+    return moment.astimezone(ZoneInfo(program.time_zone)).strftime("%Y-%m-%dT%H:%M")
+
+
+def post_form(client: Client, step: FollowUpStep, name: str, **fields: Any) -> Any:
+    data = {"_form": name, **{f"{name}-{key}": value for key, value in fields.items()}}
+    return client.post(timeline_url(step), data)
+
+
+@pytest.fixture
+def work(program: Program) -> Casework:
+    return casework(workday(program))
+
+
+@pytest.fixture
+def manager(work: Casework) -> Client:
+    return sign_in_to_admin(Client(), work.day.case_manager)
+
+
+def admin_writes(work: Casework, record_type: str) -> Any:
+    return AuditEvent.objects.filter(
+        channel="admin", actor_id=work.day.case_manager.pk, record_type=record_type
+    ).exclude(action="read")
+
+
+def test_the_overdue_queue_leads_to_the_persons_timeline_in_one_click(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+
+    queue = manager.get(f"{changelist_url(FollowUpStep)}?queue=steps_overdue")
+    assert step in queue.context["cl"].result_list
+    assert f'href="{timeline_url(step)}"' in queue.content.decode()
+
+    page = manager.get(timeline_url(step))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Rosa Diaz" in html
+    assert "Calm on arrival." in html  # the signed note, read-only
+    assert "Harlem Clinic" in html  # the referral and its status
+    assert html.count('class="timeline-step') == len(work.steps)
+    # Every health record shown is a read in the audit trail.
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
+    assert set(reads.values_list("record_type", flat=True)) >= {
+        "care.person",
+        "care.encounter",
+        "care.note",
+        "care.referral",
+        "followups.step",
+    }
+
+
+def test_a_contact_attempt_is_recorded_through_the_service_and_audited(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+
+    response = post_form(
+        manager,
+        step,
+        "attempt",
+        method="phone",
+        result="no_answer",
+        notes="Rang twice.",
+        attempted_at=local_input(timezone.now() - dt.timedelta(minutes=10), work.day.program),
+    )
+
+    assert response.status_code == 302
+    attempt = ContactAttempt.objects.get(step=step)
+    assert (attempt.method, attempt.result, attempt.created_by) == ("phone", "no_answer", work.day.case_manager)
+    # Entered in the program's zone, stored as that instant.
+    assert abs(attempt.attempted_at - (timezone.now() - dt.timedelta(minutes=10))) < dt.timedelta(minutes=2)
+    assert list(admin_writes(work, "followups.contact_attempt").values_list("record_id", "action")) == [
+        (attempt.pk, "create")
+    ]
+    assert LogEntry.objects.get(object_id=str(step.pk)).change_message.startswith("Recorded a contact attempt.")
+    assert "Rang twice." in manager.get(timeline_url(step)).content.decode()
+
+
+def test_an_attempt_in_the_future_is_refused_on_the_form(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+
+    response = post_form(
+        manager,
+        step,
+        "attempt",
+        method="phone",
+        result="reached",
+        attempted_at=local_input(timezone.now() + dt.timedelta(hours=2), work.day.program),
+    )
+
+    assert response.status_code == 400
+    assert response.context["forms"]["attempt"].errors == {"attempted_at": ["An attempt cannot be in the future."]}
+    assert not ContactAttempt.objects.filter(step=step).exists()
+
+
+def test_a_referral_outcome_recorded_on_the_timeline_completes_the_steps_it_answers(
+    work: Casework, manager: Client
+) -> None:
+    overdue = [step for step in work.steps if step.due_at < timezone.now()]
+
+    response = post_form(
+        manager,
+        overdue[0],
+        "outcome",
+        referral=str(work.referral_id),
+        outcome="connected",
+        observed_at=local_input(timezone.now(), work.day.program),
+        details="Clinic confirmed intake.",
+    )
+
+    assert response.status_code == 302
+    assert Referral.objects.get(pk=work.referral_id).status == ReferralStatus.CONNECTED
+    for step in FollowUpStep.objects.filter(pk__in=[step.pk for step in overdue]):
+        assert (step.status, step.closed_by) == (StepStatus.COMPLETED, work.day.case_manager)
+    assert admin_writes(work, "care.referral_outcome").count() == 1
+
+
+def test_another_referral_is_not_a_choice_of_the_outcome_form(work: Casework, manager: Client) -> None:
+    # The workday's own referral is of another (unknown) person: not on this timeline.
+    response = post_form(
+        manager,
+        work.overdue_step(),
+        "outcome",
+        referral=str(work.day.referral_id),
+        outcome="connected",
+        observed_at=local_input(timezone.now(), work.day.program),
+    )
+
+    assert response.status_code == 400
+    assert "referral" in response.context["forms"]["outcome"].errors
+    assert Referral.objects.get(pk=work.day.referral_id).status == ReferralStatus.OPEN
+
+
+def test_rescheduling_into_the_past_is_a_clear_form_error_and_changes_nothing(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+
+    response = post_form(
+        manager,
+        step,
+        "reschedule",
+        due_at=local_input(timezone.now() - dt.timedelta(hours=1), work.day.program),
+        reason="Person asked for a call tomorrow.",
+    )
+
+    assert response.status_code == 400
+    assert response.context["forms"]["reschedule"].errors == {"due_at": ["The new due time is in the past."]}
+    assert "The new due time is in the past." in response.content.decode()
+    step.refresh_from_db()
+    assert not step.events.filter(action=StepAction.RESCHEDULED).exists()
+
+
+def test_rescheduling_takes_the_wall_clock_time_of_the_programs_zone(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+    tomorrow = timezone.now().astimezone(ZoneInfo(work.day.program.time_zone)) + dt.timedelta(days=1)
+    nine_am = tomorrow.replace(hour=9, minute=0, second=0, microsecond=0)
+
+    response = post_form(manager, step, "reschedule", due_at=nine_am.strftime("%Y-%m-%dT%H:%M"), reason="Agreed.")
+
+    assert response.status_code == 302
+    step.refresh_from_db()
+    assert step.due_at == nine_am
+    assert step.events.get(action=StepAction.RESCHEDULED).reason == "Agreed."
+
+
+def test_mark_missed_needs_a_reason_and_a_closed_step_refuses_on_the_form(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+
+    blank = post_form(manager, step, "missed", reason="  ")
+    assert blank.status_code == 400
+    assert "reason" in blank.context["forms"]["missed"].errors
+
+    assert post_form(manager, step, "missed", reason="Moved out of state.").status_code == 302
+    step.refresh_from_db()
+    assert (step.status, step.missed_reason) == (StepStatus.MISSED, "Moved out of state.")
+
+    again = post_form(manager, step, "complete", note="")
+    assert again.status_code == 400
+    assert again.context["forms"]["complete"].non_field_errors() == ["The step is already missed."]
+
+
+def test_reassign_offers_only_the_programs_case_managers(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+    colleague = case_manager(work.day.crew, of_program=False).user
+    elsewhere = outsider_of(work.day.program)
+
+    refused = post_form(manager, step, "reassign", owner=str(elsewhere.pk))
+    assert refused.status_code == 400
+    assert "owner" in refused.context["forms"]["reassign"].errors
+    step.refresh_from_db()
+    assert step.owner == work.day.case_manager
+
+    assert post_form(manager, step, "reassign", owner=str(colleague.pk)).status_code == 302
+    step.refresh_from_db()
+    assert step.owner == colleague
+
+
+def test_an_addendum_amends_a_signed_note_which_itself_never_changes(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+
+    response = post_form(manager, step, "addendum", note=str(work.note_id), body="Correction: agitated at first.")
+
+    assert response.status_code == 302
+    note = ClinicalNote.objects.get(pk=work.note_id)
+    assert note.body == "Calm on arrival."
+    [addendum] = note.addenda.all()
+    assert (addendum.body, addendum.created_by, addendum.encounter_id) == (
+        "Correction: agitated at first.",
+        work.day.case_manager,
+        work.encounter_id,
+    )
+    assert addendum.is_signed
+    assert list(admin_writes(work, "care.note").values_list("record_id", "action")) == [(addendum.pk, "create")]
+    assert "Correction: agitated at first." in manager.get(timeline_url(step)).content.decode()
+
+
+def test_note_addendum_add_refuses_a_draft_and_an_empty_text(work: Casework) -> None:
+    note = ClinicalNote.objects.get(pk=work.note_id)
+    draft = ClinicalNote.objects.create(
+        program=note.program, unit=note.unit, encounter=note.encounter, created_by=note.created_by, body="Draft."
+    )
+
+    with pytest.raises(DomainError) as not_signed:
+        care_services.note_addendum_add(note=draft, body="More.", actor=work.day.case_manager)
+    with pytest.raises(DomainError) as empty:
+        care_services.note_addendum_add(note=note, body="  ", actor=work.day.case_manager)
+
+    assert (not_signed.value.code, empty.value.code) == ("note_not_signed", "required")
+    assert not ClinicalNote.objects.filter(amends__isnull=False).exists()
+
+
+def test_an_outsider_can_neither_open_nor_work_the_timeline(work: Casework) -> None:
+    outsider = sign_in_to_admin(Client(), outsider_of(work.day.program))
+    step = work.overdue_step()
+
+    assert outsider.get(timeline_url(step)).status_code == 404
+    posted = post_form(outsider, step, "missed", reason="Not mine.")
+
+    assert posted.status_code == 404
+    step.refresh_from_db()
+    assert step.status == StepStatus.PENDING
+
+
+# --- bulk actions --------------------------------------------------------------------------
+
+
+def test_bulk_reschedule_goes_through_the_service_and_is_audited(work: Casework, manager: Client) -> None:
+    steps = [step for step in work.steps if step.status == StepStatus.PENDING][:2]
+    tomorrow = timezone.now().astimezone(ZoneInfo(work.day.program.time_zone)) + dt.timedelta(days=1)
+    ten_am = tomorrow.replace(hour=10, minute=0, second=0, microsecond=0)
+
+    manager.post(
+        changelist_url(FollowUpStep),
+        {
+            "action": "reschedule",
+            "_selected_action": [str(step.pk) for step in steps],
+            "due_at": ten_am.strftime("%Y-%m-%dT%H:%M"),
+            "reason": "Clinic closed this week.",
+        },
+    )
+
+    for step in FollowUpStep.objects.filter(pk__in=[step.pk for step in steps]):
+        assert step.due_at == ten_am
+        assert step.events.get(action=StepAction.RESCHEDULED, actor=work.day.case_manager).reason == (
+            "Clinic closed this week."
+        )
+    audited = admin_writes(work, "followups.step").filter(action="update")
+    assert set(audited.values_list("record_id", flat=True)) == {step.pk for step in steps}
+    assert set(audited.values_list("program_id", flat=True)) == {work.day.program.pk}
+    logged = LogEntry.objects.filter(user=work.day.case_manager, object_id__in=[str(step.pk) for step in steps])
+    assert {entry.change_message for entry in logged} == {
+        "Bulk action: rescheduled to " + f"{ten_am:%Y-%m-%d %H:%M} local"
+    }
+
+
+def test_bulk_reschedule_into_the_past_changes_nothing_and_says_why(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+    past = timezone.now().astimezone(ZoneInfo(work.day.program.time_zone)) - dt.timedelta(days=1)
+
+    response = manager.post(
+        changelist_url(FollowUpStep),
+        {
+            "action": "reschedule",
+            "_selected_action": [str(step.pk)],
+            "due_at": past.strftime("%Y-%m-%dT%H:%M"),
+            "reason": "Oops.",
+        },
+        follow=True,
+    )
+
+    assert "The new due time is in the past." in response.content.decode()
+    assert not step.events.filter(action=StepAction.RESCHEDULED).exists()
+    assert not admin_writes(work, "followups.step").exists()
+
+
+def test_every_bulk_action_leaves_who_what_when_in_the_audit_trail(work: Casework, manager: Client) -> None:
+    step = work.overdue_step()
+    colleague = case_manager(work.day.crew, of_program=False).user
+    before = timezone.now()
+
+    manager.post(
+        changelist_url(FollowUpStep),
+        {"action": "reassign", "_selected_action": [str(step.pk)], "owner": str(colleague.pk)},
+    )
+    manager.post(changelist_url(FollowUpStep), {"action": "mark_completed", "_selected_action": [str(step.pk)]})
+    conflict = work.day.conflict
+    manager.post(changelist_url(Conflict), {"action": "keep_server_value", "_selected_action": [str(conflict.pk)]})
+
+    writes = AuditEvent.objects.filter(channel="admin", actor_id=work.day.case_manager.pk).exclude(action="read")
+    assert list(writes.order_by("id").values_list("record_type", "record_id", "action")) == [
+        ("followups.step", step.pk, "update"),
+        ("followups.step", step.pk, "update"),
+        ("care.encounter", conflict.record_id, "update"),
+    ]
+    assert all(event.occurred_at >= before for event in writes)
+    assert all(event.actor_username == work.day.case_manager.username for event in writes)
+    messages = list(
+        LogEntry.objects.filter(user=work.day.case_manager).order_by("id").values_list("change_message", flat=True)
+    )
+    assert messages == [
+        f"Bulk action: reassigned to user {colleague.pk}",
+        "Bulk action: completed",
+        "Bulk action: resolved conflict (server)",
+    ]
+
+
+def test_the_reassign_choices_of_the_bulk_action_are_the_users_programs_case_managers(
+    work: Casework, manager: Client
+) -> None:
+    elsewhere = outsider_of(work.day.program)
+
+    page = manager.get(changelist_url(FollowUpStep))
+
+    choices = set(page.context["action_form"].fields["owner"].queryset)
+    assert work.day.case_manager in choices
+    assert elsewhere not in choices
+    manager.post(
+        changelist_url(FollowUpStep),
+        {"action": "reassign", "_selected_action": [str(work.overdue_step().pk)], "owner": str(elsewhere.pk)},
+    )
+    assert work.overdue_step().owner == work.day.case_manager
