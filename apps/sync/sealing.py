@@ -20,11 +20,9 @@ import json
 import re
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
-from django.conf import settings
 from django.db import models
 
-from apps.common.encryption import is_sealed, reseal, seal_json, unseal, unseal_json
+from apps.common.encryption import is_sealed, is_sealed_with_newest_key, reseal, seal_json, unseal, unseal_json
 from apps.sync import registry
 
 health_names = registry.health_names
@@ -98,19 +96,11 @@ def unseal_text(text: str) -> str:
     return _SEALED_MEMBER.sub(lambda match: unseal(match.group(1)), text)
 
 
-def _newest_key() -> Fernet:
-    return Fernet(next(key.strip() for key in settings.FIELD_ENCRYPTION_KEYS if key.strip()))
-
-
 def reseal_value(value: Any) -> Any:
     """A value sealed with the newest key: as it is if it already is, else sealed again
     (or sealed for the first time, if it was stored plain)."""
     if isinstance(value, str) and is_sealed(value):
-        try:
-            _newest_key().decrypt(value.encode())
-        except InvalidToken:
-            return reseal(value)
-        return value
+        return value if is_sealed_with_newest_key(value) else reseal(value)
     return seal_json(value)
 
 
