@@ -64,6 +64,10 @@ class Encounter(CareRecord):
     assessment = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     disposition = models.CharField(max_length=32, choices=Disposition.choices, blank=True)
 
+    class Meta:
+        # A program's encounters by time: the admin's list (newest first) and the dashboard's range.
+        indexes = [models.Index(fields=["program", "started_at", "id"], name="encounter_started")]
+
     def __str__(self) -> str:
         return f"encounter {self.pk}"
 
@@ -155,6 +159,10 @@ class Referral(CareRecord):
     task_status = models.CharField(
         max_length=16, choices=ReferralTaskStatus.choices, default=ReferralTaskStatus.REQUESTED
     )
+
+    class Meta:
+        # A program's referrals by time: the admin's list (newest first) and the dashboard's range.
+        indexes = [models.Index(fields=["program", "created_at", "id"], name="referral_created")]
 
     def __str__(self) -> str:
         return f"referral {self.pk}"

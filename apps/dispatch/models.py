@@ -255,7 +255,11 @@ class Incident(TimeStampedModel):
                 name="incident_other_reason_has_note",
             ),
         ]
-        indexes = [models.Index(fields=["program", "status", "received_at"], name="incident_board")]
+        indexes = [
+            models.Index(fields=["program", "status", "received_at"], name="incident_board"),
+            # A program's calls by time: the admin's list (newest first) and the dashboard's date range.
+            models.Index(fields=["program", "received_at", "id"], name="incident_received"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.external_call_id} ({self.get_status_display()})"
@@ -368,6 +372,8 @@ class Assignment(TimeStampedModel):
             ),
         ]
         indexes = [
+            # The admin's list, newest offer first.
+            models.Index(fields=["offered_at", "id"], name="assignment_offered"),
             models.Index(
                 fields=["resend_due_at"], condition=Q(resend_due_at__isnull=False), name="assignment_resend_due"
             ),

@@ -110,6 +110,8 @@ class FollowUpStep(TimeStampedModel):
         indexes = [
             models.Index(fields=["program", "status", "due_at"], name="followup_step_queue"),
             models.Index(fields=["owner", "status", "due_at"], name="followup_step_owner"),
+            # The admin's list in due order (its tie-break is the newest id first) and the dashboard.
+            models.Index(fields=["program", "due_at", "-id"], name="followup_step_due"),
         ]
         constraints = [models.UniqueConstraint(fields=["plan", "key"], name="followup_step_key")]
 

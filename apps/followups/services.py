@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from functools import partial
 from uuid import UUID
 
 from django.conf import settings
@@ -322,23 +323,34 @@ def reminders_claim_due(*, now: dt.datetime, limit: int | None = None) -> list[i
 
 
 def reminders_dispatch_due(*, now: dt.datetime | None = None) -> int:
-    """The periodic sweep: claim what is due and queue one send task per reminder after commit."""
-    with transaction.atomic():
-        ids = reminders_claim_due(now=now or timezone.now())
-        queue = settings.FOLLOWUPS_TASK_QUEUE
+    """The periodic sweep: claim what is due and queue its sends, a chunk of ids per task.
 
-        chunk = settings.FOLLOWUPS_SEND_CHUNK
+    It claims in batches of ``FOLLOWUPS_CLAIM_BATCH``, each in its own short transaction whose
+    chunks are queued as soon as it commits: the first reminders go out while the sweep is
+    still claiming the rest, and no transaction holds thousands of row locks for long.
+    """
+    now = now or timezone.now()
+    queue = settings.FOLLOWUPS_TASK_QUEUE
+    chunk = settings.FOLLOWUPS_SEND_CHUNK
+    batch = max(settings.FOLLOWUPS_CLAIM_BATCH, chunk)
+    total = 0
+    while total < settings.FOLLOWUPS_SWEEP_BATCH:
+        with transaction.atomic():
+            ids = reminders_claim_due(now=now, limit=min(batch, settings.FOLLOWUPS_SWEEP_BATCH - total))
+            if ids:
+                transaction.on_commit(partial(_enqueue_sends, ids, chunk=chunk, queue=queue))
+        total += len(ids)
+        if len(ids) < batch:
+            break
+    return total
 
-        def enqueue() -> None:
-            from apps.followups.tasks import send_reminders
 
-            # Chunks spare a broker round trip and a task per reminder; each id stays idempotent.
-            for start in range(0, len(ids), chunk):
-                send_reminders.apply_async((ids[start : start + chunk],), queue=queue)
+def _enqueue_sends(ids: list[int], *, chunk: int, queue: str) -> None:
+    from apps.followups.tasks import send_reminders
 
-        if ids:
-            transaction.on_commit(enqueue)
-    return len(ids)
+    # Chunks spare a broker round trip and a task per reminder; each id stays idempotent.
+    for start in range(0, len(ids), chunk):
+        send_reminders.apply_async((ids[start : start + chunk],), queue=queue)
 
 
 def person_quiet_until(*, program: Program, phone_number: str, moment: dt.datetime) -> dt.datetime | None:
@@ -355,50 +367,133 @@ def person_quiet_until(*, program: Program, phone_number: str, moment: dt.dateti
 
 
 def reminder_send(*, reminder_id: int) -> str:
-    """Send one claimed reminder, once. Idempotent: a redelivered or duplicate task finds it sent.
-
-    The notification and the "sent" mark commit together (the notification is deduplicated by
-    the reminder's id too), so a worker killed before the commit leaves it for the redelivery
-    and one killed after leaves nothing to do.
-    """
-    row = Reminder.objects.filter(pk=reminder_id).values("step_id", "referral_id").first()
-    if row is None:
-        return "gone"
-    with transaction.atomic():
-        # Step first, then reminder: the same order as every step change, so no deadlock, and a
-        # step completed a moment ago is seen as completed here.
-        step = FollowUpStep.objects.select_for_update().filter(pk=row["step_id"]).first() if row["step_id"] else None
-        reminder = (
-            Reminder.objects.select_for_update()
-            .select_related("program")
-            .filter(pk=reminder_id, sent_at=None, cancelled_at=None)
-            .first()
-        )
-        if reminder is None:
-            return "already_done"
-        now = timezone.now()
-        if reminder.kind == ReminderKind.PERSON_APPOINTMENT:
-            outcome = _send_to_person(reminder, now=now)
-        else:
-            assert step is not None
-            outcome = _send_to_staff(reminder, step)
-        if outcome == "sent":
-            Reminder.objects.filter(pk=reminder.pk, sent_at=None).update(
-                sent_at=now, notification_id=reminder.notification_id
-            )
-        elif outcome != "deferred":
-            Reminder.objects.filter(pk=reminder.pk).update(cancelled_at=now, cancel_reason=outcome)
-    return outcome
+    """Send one claimed reminder, once; returns what became of it (see ``reminders_send``)."""
+    return _reminders_send([reminder_id])[reminder_id]
 
 
 def reminders_send(*, reminder_ids: list[int]) -> dict[str, int]:
-    """Send a chunk of reminders in one transaction (one commit, not one per reminder).
+    """Send a chunk of claimed reminders, each once; returns how many ended which way.
 
-    All or nothing: a worker killed mid-chunk committed none of it, and the redelivered chunk
-    sends each reminder once; each one is also idempotent on its own.
+    One transaction for the chunk: its steps and reminders are locked (steps first, then
+    reminders, each in id order: the order of every step change, so no deadlock, and a step
+    completed a moment ago is seen as completed here), the notifications are created in bulk,
+    and the "sent" marks commit with them. All or nothing: a worker killed mid-chunk committed
+    none of it, and a redelivered or duplicate chunk finds its reminders sent and does nothing.
     """
+    return dict(Counter(_reminders_send(reminder_ids).values()))
+
+
+def _reminders_send(reminder_ids: list[int]) -> dict[int, str]:
+    outcomes: dict[int, str] = dict.fromkeys(reminder_ids, "gone")
     with transaction.atomic():
-        return dict(Counter(reminder_send(reminder_id=reminder_id) for reminder_id in reminder_ids))
+        step_ids = sorted(
+            {step_id for step_id in Reminder.objects.filter(pk__in=reminder_ids).values_list("step_id", flat=True)}
+            - {None}
+        )
+        steps = {
+            step.pk: step for step in FollowUpStep.objects.select_for_update().filter(pk__in=step_ids).order_by("pk")
+        }
+        # Only the reminders are locked; their programs are read apart, unlocked (every chunk
+        # shares them, and locking them with the reminders made the workers take turns).
+        reminders = list(Reminder.objects.select_for_update().filter(pk__in=reminder_ids).order_by("pk"))
+        now = timezone.now()
+        staff: list[tuple[Reminder, FollowUpStep]] = []
+        for reminder in reminders:
+            if reminder.sent_at is not None or reminder.cancelled_at is not None:
+                outcomes[reminder.pk] = "already_done"
+            elif reminder.kind == ReminderKind.PERSON_APPOINTMENT:
+                outcomes[reminder.pk] = _send_to_person(reminder, now=now)
+            else:
+                staff.append((reminder, steps[reminder.step_id]))  # type: ignore[index]
+        outcomes.update(_send_to_staff(staff))
+        done = [reminder for reminder in reminders if outcomes[reminder.pk] not in ("already_done", "deferred")]
+        sent = [reminder for reminder in done if outcomes[reminder.pk] == "sent"]
+        if sent:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    MARK_SENT_SQL,
+                    {
+                        "now": now,
+                        "ids": [reminder.pk for reminder in sent],
+                        "notification_ids": [str(reminder.notification_id) for reminder in sent],
+                    },
+                )
+        for reminder in done:
+            if outcomes[reminder.pk] != "sent":
+                Reminder.objects.filter(pk=reminder.pk).update(cancelled_at=now, cancel_reason=outcomes[reminder.pk])
+    return outcomes
+
+
+MARK_SENT_SQL = """
+UPDATE followups_reminder AS reminder SET sent_at = %(now)s, notification_id = sent.notification_id
+FROM unnest(%(ids)s::bigint[], %(notification_ids)s::uuid[]) AS sent(id, notification_id)
+WHERE reminder.id = sent.id AND reminder.sent_at IS NULL
+"""
+
+
+def _send_to_staff(staff: list[tuple[Reminder, FollowUpStep]]) -> dict[int, str]:
+    """Due reminders to the owners, overdue alerts to the supervisors: one bulk ``notify_many``."""
+    outcomes: dict[int, str] = {}
+    owner_ids = {step.owner_id for reminder, step in staff if reminder.kind == ReminderKind.OWNER_DUE and step.owner_id}
+    owners = {user.pk: user for user in User.objects.filter(pk__in=owner_ids, is_active=True)}
+    # An owner who left the program cannot be notified in it: the supervisors hear instead.
+    members = set(
+        Membership.objects.filter(user_id__in=list(owners), program_id__in=[r.program_id for r, _ in staff])
+        .values_list("program_id", "user_id")
+        .distinct()
+    )
+    programs = {
+        program.pk: program for program in Program.objects.filter(pk__in={reminder.program_id for reminder, _ in staff})
+    }
+    supervisors_of: dict[UUID, list[UUID]] = {}
+    requests: list[notifications.NotificationRequest] = []
+    to_notify: list[Reminder] = []
+    for reminder, step in staff:
+        if not step.is_open:
+            outcomes[reminder.pk] = "step closed"
+            continue
+        if reminder.kind == ReminderKind.OWNER_DUE and reminder.due_at != step.due_at:
+            outcomes[reminder.pk] = "step rescheduled"
+            continue
+        program = programs[reminder.program_id]
+        link = f"/followups/steps/{step.pk}"
+        dedupe_key = f"followups.reminder.{reminder.pk}"
+        owner = owners.get(step.owner_id) if step.owner_id is not None else None
+        if reminder.kind == ReminderKind.OWNER_DUE and owner is not None and (step.program_id, owner.pk) in members:
+            # In the app and by email, both at once (low urgency: no push, no later fallback).
+            request = notifications.NotificationRequest(
+                program=program,
+                recipients=[owner.pk],
+                contacts=[notifications.Contact(email=owner.email)] if owner.email else [],
+                kind="followup.due",
+                urgency=Urgency.LOW,
+                text="A follow-up contact is due.",
+                link=link,
+                dedupe_key=dedupe_key,
+            )
+        else:
+            if step.program_id not in supervisors_of:
+                supervisors_of[step.program_id] = _supervisors(step.program_id)
+            supervisors = supervisors_of[step.program_id]
+            if not supervisors:
+                outcomes[reminder.pk] = "no supervisor to alert"
+                continue
+            overdue = reminder.kind == ReminderKind.SUPERVISOR_OVERDUE
+            request = notifications.NotificationRequest(
+                program=program,
+                recipients=supervisors,
+                kind="followup.overdue" if overdue else "followup.unowned",
+                urgency=Urgency.NORMAL,
+                text="A follow-up contact is overdue." if overdue else "A follow-up contact is due and has no owner.",
+                link=link,
+                dedupe_key=dedupe_key,
+            )
+        requests.append(request)
+        to_notify.append(reminder)
+    for reminder, notification in zip(to_notify, notifications.notify_many(requests=requests), strict=True):
+        reminder.notification_id = notification.pk
+        outcomes[reminder.pk] = "sent"
+    return outcomes
 
 
 def _supervisors(program_id: UUID) -> list[UUID]:
@@ -407,45 +502,6 @@ def _supervisors(program_id: UUID) -> list[UUID]:
         .order_by("user_id")
         .values_list("user_id", flat=True)
     )
-
-
-def _send_to_staff(reminder: Reminder, step: FollowUpStep) -> str:
-    if not step.is_open:
-        return "step closed"
-    if reminder.kind == ReminderKind.OWNER_DUE and reminder.due_at != step.due_at:
-        return "step rescheduled"
-    link = f"/followups/steps/{step.pk}"
-    dedupe_key = f"followups.reminder.{reminder.pk}"
-    if reminder.kind == ReminderKind.OWNER_DUE and step.owner_id is not None:
-        owner = User.objects.get(pk=step.owner_id)
-        # In the app and by email, both at once (low urgency: no push, no later fallback).
-        contacts = [notifications.Contact(email=owner.email)] if owner.email else []
-        notification = notifications.notify(
-            program=reminder.program,
-            recipients=[owner.pk],
-            contacts=contacts,
-            kind="followup.due",
-            urgency=Urgency.LOW,
-            text="A follow-up contact is due.",
-            link=link,
-            dedupe_key=dedupe_key,
-        )
-    else:
-        supervisors = _supervisors(step.program_id)
-        if not supervisors:
-            return "no supervisor to alert"
-        overdue = reminder.kind == ReminderKind.SUPERVISOR_OVERDUE
-        notification = notifications.notify(
-            program=reminder.program,
-            recipients=supervisors,
-            kind="followup.overdue" if overdue else "followup.unowned",
-            urgency=Urgency.NORMAL,
-            text="A follow-up contact is overdue." if overdue else "A follow-up contact is due and has no owner.",
-            link=link,
-            dedupe_key=dedupe_key,
-        )
-    reminder.notification_id = notification.pk
-    return "sent"
 
 
 def _send_to_person(reminder: Reminder, *, now: dt.datetime) -> str:

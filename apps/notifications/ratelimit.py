@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import cache
 
 import redis
@@ -41,3 +42,24 @@ def take(*, channel: str, recipient_key: str) -> bool:
     pipe.expire(key, window * 2)
     count = int(pipe.execute()[0])
     return count <= limit
+
+
+def take_many(sends: Sequence[tuple[str, str]]) -> list[bool]:
+    """``take`` for several (channel, recipient key) pairs in one round trip, in order.
+
+    The counters move exactly as with one ``take`` each: a recipient twice in the list counts twice.
+    """
+    window = settings.NOTIFICATIONS_RATE_WINDOW_SECONDS
+    bucket = int(time.time() // window)
+    limited = [(channel, key, limit_for(channel)) for channel, key in sends]
+    counted = [(channel, key) for channel, key, limit in limited if limit is not None]
+    counts: list[int] = []
+    if counted:
+        pipe = _client(settings.REDIS_URL).pipeline(transaction=True)
+        for channel, key in counted:
+            name = f"tandem:notifications:rate:{channel}:{key}:{bucket}"
+            pipe.incr(name)
+            pipe.expire(name, window * 2)
+        counts = [int(value) for value in pipe.execute()[::2]]
+    answers = iter(counts)
+    return [limit is None or next(answers) <= limit for _, _, limit in limited]

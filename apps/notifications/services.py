@@ -7,17 +7,21 @@ the fallback goes out), records every attempt, and sends after commit from Celer
 from __future__ import annotations
 
 import logging
+import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import reduce
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Model, Q
 from django.utils import timezone
 from rest_framework import status as http_status
 
@@ -25,7 +29,7 @@ from apps.accounts.models import Device, Membership, Program, User
 from apps.common.api.errors import DomainError
 from apps.notifications import ratelimit
 from apps.notifications.channels import Message, Outcome, PushTarget, SendResult, registry
-from apps.notifications.channels.in_app import send_in_app
+from apps.notifications.channels.in_app import send_in_app_many
 from apps.notifications.models import (
     AttemptStatus,
     Channel,
@@ -89,6 +93,21 @@ def _validate(*, kind: str, text: str, link: str, urgency: str) -> None:
         raise _invalid("urgency", f"Urgency is one of {', '.join(Urgency.values)}.")
 
 
+@dataclass(frozen=True)
+class NotificationRequest:
+    """One notification to create: the arguments of ``notify``, for ``notify_many``."""
+
+    program: Program
+    kind: str
+    text: str
+    link: str = ""
+    urgency: str = Urgency.NORMAL
+    recipients: Sequence[UUID | str] = ()
+    unit: UUID | str | None = None
+    contacts: Sequence[Contact] = ()
+    dedupe_key: str = ""
+
+
 def notify(
     *,
     program: Program,
@@ -107,55 +126,302 @@ def notify(
     about: no names, no health information. The same ``dedupe_key`` twice returns the first
     notification and sends nothing again. Sending starts after the caller's transaction commits.
     """
-    _validate(kind=kind, text=text, link=link, urgency=urgency)
-    if dedupe_key:
-        existing = Notification.objects.filter(program=program, dedupe_key=dedupe_key).first()
-        if existing is not None:
-            return existing
-    users = _resolve_users(program=program, recipients=recipients, unit=unit)
+    request = NotificationRequest(
+        program=program,
+        kind=kind,
+        text=text,
+        link=link,
+        urgency=urgency,
+        recipients=recipients,
+        unit=unit,
+        contacts=contacts,
+        dedupe_key=dedupe_key,
+    )
+    return notify_many(requests=[request])[0]
+
+
+def notify_many(*, requests: Sequence[NotificationRequest]) -> list[Notification]:
+    """``notify`` for many notifications at once, in order: the same rules, a fixed number of queries.
+
+    The lookups (users, memberships, preferences, devices, push registrations) are one query
+    each for the whole batch, the rows are bulk inserts, and the sends go out as a few tasks
+    that each take a chunk of attempt ids. Any invalid request refuses the whole batch.
+    """
+    for request in requests:
+        _validate(kind=request.kind, text=request.text, link=request.link, urgency=request.urgency)
+    results: list[Notification | None] = [None] * len(requests)
+    existing = _existing_by_dedupe_key(requests)
+    fresh: list[int] = []
+    first_of_key: dict[tuple[UUID, str], int] = {}
+    for index, request in enumerate(requests):
+        key = (request.program.pk, request.dedupe_key)
+        if request.dedupe_key and key in existing:
+            results[index] = existing[key]
+        elif request.dedupe_key and key in first_of_key:
+            continue  # the same key twice in one batch: one notification, filled in below
+        else:
+            first_of_key[key] = index
+            fresh.append(index)
+    users_of = _resolve_users_many([requests[index] for index in fresh])
     try:
         with transaction.atomic():
-            notification = Notification.objects.create(
-                program=program,
-                kind=kind,
-                text=text.strip(),
-                link=link,
-                urgency=urgency,
-                unit_id=unit,
-                dedupe_key=dedupe_key,
-            )
-            now = timezone.now()
-            due_now: list[UUID] = []
-            for user in users:
-                due_now += _plan_user(notification=notification, user=user, now=now)
-            for contact in contacts:
-                due_now += _plan_contact(notification=notification, contact=contact, now=now)
+            planner = _Planner(now=timezone.now(), users=[user for users in users_of for user in users])
+            for index, users in zip(fresh, users_of, strict=True):
+                results[index] = planner.plan(requests[index], users=users)
+            planner.save()
     except IntegrityError:
-        if dedupe_key:  # a concurrent call with the same key won the race
-            return Notification.objects.get(program=program, dedupe_key=dedupe_key)
-        raise
-    _dispatch_on_commit(due_now)
-    return notification
+        if not any(requests[index].dedupe_key for index in fresh):
+            raise
+        if len(requests) > 1:
+            # A concurrent call took one of the keys first: settle each request on its own.
+            return [notify_many(requests=[request])[0] for request in requests]
+        # A concurrent call with the same key won the race.
+        return [Notification.objects.get(program=requests[0].program, dedupe_key=requests[0].dedupe_key)]
+    _dispatch_on_commit(planner.due_now)
+    for index, request in enumerate(requests):
+        if results[index] is None:
+            results[index] = results[first_of_key[(request.program.pk, request.dedupe_key)]]
+    return [notification for notification in results if notification is not None]
 
 
-def _resolve_users(*, program: Program, recipients: Sequence[UUID | str], unit: UUID | str | None) -> list[User]:
-    user_ids = {str(user_id) for user_id in recipients}
-    if unit is not None:
-        unit_row = Unit.objects.filter(pk=unit, program=program).first()
-        if unit_row is None:
-            raise _invalid("unit", "No such unit in this program.")
-        # Only the crew on shift: an off-shift member is not woken for an assignment.
-        user_ids |= {
-            str(uid) for uid in unit_row.memberships.filter(is_on_shift=True).values_list("user_id", flat=True)
-        }
-    users = list(User.objects.filter(pk__in=user_ids, is_active=True).order_by("pk"))
-    members = set(
-        Membership.objects.filter(program=program, user__in=users).values_list("user_id", flat=True).distinct()
+def _existing_by_dedupe_key(requests: Sequence[NotificationRequest]) -> dict[tuple[UUID, str], Notification]:
+    keys = {(request.program.pk, request.dedupe_key) for request in requests if request.dedupe_key}
+    if not keys:
+        return {}
+    rows = Notification.objects.filter(
+        program_id__in={program_id for program_id, _ in keys}, dedupe_key__in={key for _, key in keys}
     )
-    if any(user.pk not in members for user in users) or len(users) != len(user_ids):
-        # Nothing crosses from one program to another, not even a notification.
-        raise _invalid("recipients", "Every recipient must be an active member of the notification's program.")
-    return users
+    return {(row.program_id, row.dedupe_key): row for row in rows if (row.program_id, row.dedupe_key) in keys}
+
+
+def _resolve_users_many(requests: Sequence[NotificationRequest]) -> list[list[User]]:
+    """The users each request reaches, checked: every one an active member of its program."""
+    wanted: list[set[str]] = []
+    for request in requests:
+        try:
+            user_ids = {str(UUID(str(user_id))) for user_id in request.recipients}
+        except ValueError:
+            raise _invalid("recipients", "Recipients are user ids.") from None
+        if request.unit is not None:
+            unit_row = Unit.objects.filter(pk=request.unit, program=request.program).first()
+            if unit_row is None:
+                raise _invalid("unit", "No such unit in this program.")
+            # Only the crew on shift: an off-shift member is not woken for an assignment.
+            user_ids |= {
+                str(uid) for uid in unit_row.memberships.filter(is_on_shift=True).values_list("user_id", flat=True)
+            }
+        wanted.append(user_ids)
+    all_ids = set().union(*wanted) if wanted else set()
+    if not all_ids:
+        return [[] for _ in requests]
+    users = {str(user.pk): user for user in User.objects.filter(pk__in=all_ids, is_active=True)}
+    members = set(
+        Membership.objects.filter(
+            program_id__in={request.program.pk for request in requests}, user_id__in=list(users)
+        ).values_list("program_id", "user_id")
+    )
+    resolved: list[list[User]] = []
+    for request, user_ids in zip(requests, wanted, strict=True):
+        if any(user_id not in users or (request.program.pk, users[user_id].pk) not in members for user_id in user_ids):
+            # Nothing crosses from one program to another, not even a notification.
+            raise _invalid("recipients", "Every recipient must be an active member of the notification's program.")
+        resolved.append(sorted((users[user_id] for user_id in user_ids), key=lambda user: user.pk))
+    return resolved
+
+
+class _Preferences:
+    """The preferences that may apply to a set of users and addresses, read in one query.
+
+    A lookup answers what ``filter(user | phone | email).first()`` would: the oldest row by id.
+    """
+
+    def __init__(
+        self, *, users: Iterable[object] = (), phone_numbers: Iterable[str] = (), emails: Iterable[str] = ()
+    ) -> None:
+        queries = []
+        if user_ids := set(users):
+            queries.append(Q(user_id__in=user_ids))
+        if phones := {phone for phone in phone_numbers if phone}:
+            queries.append(Q(phone_number__in=phones))
+        if addresses := {email for email in emails if email}:
+            queries.append(Q(email__in=addresses))
+        self.rows: list[NotificationPreference] = []
+        if queries:
+            self.rows = list(NotificationPreference.objects.filter(reduce(operator.or_, queries)).order_by("pk"))
+
+    def get(self, *, user_id: object = None, phone_number: str = "", email: str = "") -> NotificationPreference | None:
+        for row in self.rows:
+            if (
+                (user_id is not None and row.user_id == user_id)
+                or (phone_number and row.phone_number == phone_number)
+                or (email and row.email == email)
+            ):
+                return row
+        return None
+
+
+class _Planner:
+    """Builds the rows of a batch of notifications in memory, then inserts them in bulk."""
+
+    def __init__(self, *, now: datetime, users: Sequence[User]) -> None:
+        self.now = now
+        self.notifications: list[Notification] = []
+        self.recipients: list[NotificationRecipient] = []
+        self.attempts: list[NotificationAttempt] = []
+        self.due_now: list[tuple[UUID, str]] = []
+        self._contact_preferences: _Preferences | None = None
+        self._pending_contacts: list[tuple[Notification, NotificationRecipient, Contact]] = []
+        user_ids = {user.pk for user in users}
+        self.user_preferences = _Preferences(users=user_ids)
+        self.devices: dict[UUID, list[Device]] = {}
+        for device in Device.objects.filter(user_id__in=user_ids, revoked_at=None).order_by("pk"):
+            self.devices.setdefault(device.user_id, []).append(device)
+        self._registrations: dict[UUID, list[PushRegistration]] | None = None
+
+    def registrations_of(self, devices: list[Device]) -> list[PushRegistration]:
+        if self._registrations is None:
+            every_device = [device for devices_of in self.devices.values() for device in devices_of]
+            self._registrations = {}
+            for registration in PushRegistration.objects.filter(device__in=every_device, disabled_at=None).order_by(
+                "pk"
+            ):
+                self._registrations.setdefault(registration.device_id, []).append(registration)
+        found = [registration for device in devices for registration in self._registrations.get(device.pk, [])]
+        return sorted(found, key=lambda registration: registration.pk)
+
+    def plan(self, request: NotificationRequest, *, users: list[User]) -> Notification:
+        notification = Notification(
+            program=request.program,
+            kind=request.kind,
+            text=request.text.strip(),
+            link=request.link,
+            urgency=request.urgency,
+            unit_id=request.unit,
+            dedupe_key=request.dedupe_key,
+        )
+        self.notifications.append(notification)
+        for user in users:
+            self._plan_user(notification, user)
+        for contact in request.contacts:
+            if not contact.phone_number and not contact.email:
+                raise _invalid("contacts", "A contact needs a phone number or an email address.")
+            recipient = NotificationRecipient(
+                notification=notification, phone_number=contact.phone_number, email=contact.email
+            )
+            self.recipients.append(recipient)
+            self._pending_contacts.append((notification, recipient, contact))
+        return notification
+
+    def _add(self, attempt: NotificationAttempt, preference: NotificationPreference | None, urgency: str) -> None:
+        attempt.due_at = _due_at(preference=preference, urgency=urgency, channel=attempt.channel, now=self.now)
+        attempt.dispatched_at = self.now if attempt.due_at <= self.now else None
+        self.attempts.append(attempt)
+        if attempt.dispatched_at is not None:
+            self.due_now.append((attempt.pk, attempt.channel))
+
+    def _plan_user(self, notification: Notification, user: User) -> None:
+        urgency = Urgency(notification.urgency)
+        preference = self.user_preferences.get(user_id=user.pk)
+        devices = self.devices.get(user.pk, [])
+        fallback = FALLBACK_CHANNEL.get(urgency)
+        delay = (
+            settings.NOTIFICATIONS_URGENT_FALLBACK_SECONDS
+            if urgency == Urgency.URGENT
+            else settings.NOTIFICATIONS_NORMAL_FALLBACK_SECONDS
+        )
+        recipient = NotificationRecipient(
+            notification=notification,
+            user=user,
+            fallback_due_at=self.now + timedelta(seconds=delay) if fallback else None,
+        )
+        self.recipients.append(recipient)
+        channels = IMMEDIATE_CHANNELS[urgency]
+        planned = 0
+        if Channel.IN_APP in channels:
+            for device in devices:
+                attempt = NotificationAttempt(
+                    notification=notification, recipient=recipient, channel=Channel.IN_APP, device=device
+                )
+                self._add(attempt, preference, urgency)
+                planned += 1
+        if Channel.PUSH in channels and devices:
+            for registration in self.registrations_of(devices):
+                attempt = NotificationAttempt(
+                    notification=notification,
+                    recipient=recipient,
+                    channel=Channel.PUSH,
+                    device_id=registration.device_id,
+                    push_registration=registration,
+                )
+                self._add(attempt, preference, urgency)
+                planned += 1
+        if fallback and not planned:
+            # No device to try first: go straight to the fallback rather than wait for nothing.
+            recipient.fallback_started_at = self.now
+            address = user.phone_number if fallback == Channel.SMS else user.email
+            if not address:
+                self.attempts.append(
+                    NotificationAttempt(
+                        notification=notification,
+                        recipient=recipient,
+                        channel=fallback,
+                        status=AttemptStatus.FAILED,
+                        failed_at=self.now,
+                        error_reason=f"no {Channel(fallback).label} address on file",
+                    )
+                )
+                return
+            attempt = NotificationAttempt(
+                notification=notification, recipient=recipient, channel=fallback, address=address
+            )
+            self._add(attempt, preference, urgency)
+
+    def _plan_contacts(self) -> None:
+        pending = self._pending_contacts
+        if not pending:
+            return
+        preferences = _Preferences(
+            phone_numbers=[contact.phone_number for _, _, contact in pending],
+            emails=[contact.email for _, _, contact in pending],
+        )
+        for notification, recipient, contact in pending:
+            prefer_sms = notification.urgency != Urgency.LOW
+            if contact.phone_number and (prefer_sms or not contact.email):
+                channel, address = Channel.SMS, contact.phone_number
+            else:
+                channel, address = Channel.EMAIL, contact.email
+            preference = preferences.get(phone_number=contact.phone_number, email=contact.email)
+            attempt = NotificationAttempt(
+                notification=notification, recipient=recipient, channel=channel, address=address
+            )
+            self._add(attempt, preference, notification.urgency)
+
+    def save(self) -> None:
+        self._plan_contacts()
+        _bulk_insert(Notification, self.notifications)
+        _bulk_insert(NotificationRecipient, self.recipients)
+        _bulk_insert(NotificationAttempt, self.attempts)
+
+
+def _bulk_insert(model: type[Model], rows: Sequence[Model]) -> None:
+    """``bulk_create`` for rows whose ids are made here: one array per column, not one parameter per value.
+
+    ``INSERT … SELECT * FROM unnest(…)`` keeps the statement the same size however many rows
+    there are, so neither Django nor the driver spends time per value building it. Values go
+    through each field's ``pre_save`` (timestamps) and ``get_db_prep_save``, as in ``save()``.
+    """
+    if not rows:
+        return
+    fields = list(model._meta.concrete_fields)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    values = [[field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows] for field in fields]
+    table = connection.ops.quote_name(model._meta.db_table)
+    with connection.cursor() as cursor:
+        # Names and types come from the model's own metadata; every value is a parameter.
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})", values)  # noqa: S608
+    for row in rows:
+        row._state.adding, row._state.db = False, connection.alias
 
 
 def _preference_for(
@@ -178,76 +444,7 @@ def _due_at(*, preference: NotificationPreference | None, urgency: str, channel:
     return preference.quiet_until(now) or now
 
 
-def _plan_user(*, notification: Notification, user: User, now: datetime) -> list[UUID]:
-    urgency = Urgency(notification.urgency)
-    preference = _preference_for(user=user)
-    devices = list(Device.objects.filter(user=user, revoked_at=None).order_by("pk"))
-    fallback = FALLBACK_CHANNEL.get(urgency)
-    delay = (
-        settings.NOTIFICATIONS_URGENT_FALLBACK_SECONDS
-        if urgency == Urgency.URGENT
-        else settings.NOTIFICATIONS_NORMAL_FALLBACK_SECONDS
-    )
-    recipient = NotificationRecipient.objects.create(
-        notification=notification,
-        user=user,
-        fallback_due_at=now + timedelta(seconds=delay) if fallback else None,
-    )
-    attempts: list[NotificationAttempt] = []
-    channels = IMMEDIATE_CHANNELS[urgency]
-    if Channel.IN_APP in channels:
-        attempts += [
-            NotificationAttempt(notification=notification, recipient=recipient, channel=Channel.IN_APP, device=device)
-            for device in devices
-        ]
-    if Channel.PUSH in channels:
-        registrations = PushRegistration.objects.filter(device__in=devices, disabled_at=None).order_by("pk")
-        attempts += [
-            NotificationAttempt(
-                notification=notification,
-                recipient=recipient,
-                channel=Channel.PUSH,
-                device_id=registration.device_id,
-                push_registration=registration,
-            )
-            for registration in registrations
-        ]
-    for attempt in attempts:
-        attempt.due_at = _due_at(preference=preference, urgency=urgency, channel=attempt.channel, now=now)
-        attempt.dispatched_at = now if attempt.due_at <= now else None
-    NotificationAttempt.objects.bulk_create(attempts)
-    due_now = [attempt.pk for attempt in attempts if attempt.dispatched_at is not None]
-    if fallback and not attempts:
-        # No device to try first: go straight to the fallback rather than wait for nothing.
-        due_now += _start_fallback(recipient=recipient, now=now)
-    return due_now
-
-
-def _plan_contact(*, notification: Notification, contact: Contact, now: datetime) -> list[UUID]:
-    if not contact.phone_number and not contact.email:
-        raise _invalid("contacts", "A contact needs a phone number or an email address.")
-    recipient = NotificationRecipient.objects.create(
-        notification=notification, phone_number=contact.phone_number, email=contact.email
-    )
-    prefer_sms = notification.urgency != Urgency.LOW
-    if contact.phone_number and (prefer_sms or not contact.email):
-        channel, address = Channel.SMS, contact.phone_number
-    else:
-        channel, address = Channel.EMAIL, contact.email
-    preference = _preference_for(phone_number=contact.phone_number, email=contact.email)
-    due_at = _due_at(preference=preference, urgency=notification.urgency, channel=channel, now=now)
-    attempt = NotificationAttempt.objects.create(
-        notification=notification,
-        recipient=recipient,
-        channel=channel,
-        address=address,
-        due_at=due_at,
-        dispatched_at=now if due_at <= now else None,
-    )
-    return [attempt.pk] if attempt.dispatched_at else []
-
-
-def _start_fallback(*, recipient: NotificationRecipient, now: datetime) -> list[UUID]:
+def _start_fallback(*, recipient: NotificationRecipient, now: datetime) -> list[tuple[UUID, str]]:
     """Create the fallback attempt of a recipient (SMS for urgent, email for normal)."""
     notification = recipient.notification
     channel = FALLBACK_CHANNEL.get(Urgency(notification.urgency))
@@ -279,49 +476,126 @@ def _start_fallback(*, recipient: NotificationRecipient, now: datetime) -> list[
             "dispatched_at": now if due_at <= now else None,
         },
     )
-    return [attempt.pk] if created and attempt.dispatched_at else []
+    return [(attempt.pk, attempt.channel)] if created and attempt.dispatched_at else []
 
 
-def _dispatch_on_commit(attempt_ids: Iterable[UUID]) -> None:
-    ids = [str(attempt_id) for attempt_id in attempt_ids]
-    if not ids:
+def _dispatch_on_commit(attempts: Iterable[tuple[UUID, str]]) -> None:
+    """Queue the sends after commit: a task per chunk of attempt ids of one channel.
+
+    In-app attempts never share a task with provider calls, so a slow push or SMS provider
+    cannot hold back what goes to open sockets.
+    """
+    by_channel: dict[str, list[str]] = {}
+    for attempt_id, channel in attempts:
+        by_channel.setdefault(channel, []).append(str(attempt_id))
+    if not by_channel:
         return
     queue = settings.NOTIFICATIONS_TASK_QUEUE
+    chunk = settings.NOTIFICATIONS_SEND_CHUNK
 
     def enqueue() -> None:
-        from apps.notifications.tasks import send_attempt
+        from apps.notifications.tasks import send_attempts
 
-        for attempt_id in ids:
-            send_attempt.apply_async((attempt_id,), queue=queue)
+        for ids in by_channel.values():
+            for start in range(0, len(ids), chunk):
+                send_attempts.apply_async((ids[start : start + chunk],), queue=queue)
 
     transaction.on_commit(enqueue)
 
 
 # --- sending --------------------------------------------------------------------------------
 
+CLAIM_SQL = """
+UPDATE notifications_notificationattempt SET status = %(sending)s, claimed_at = %(now)s, tries = tries + 1
+WHERE id = ANY(%(ids)s::uuid[]) AND status = %(queued)s AND due_at <= %(now)s
+RETURNING id
+"""
+
+RECORD_SENT_SQL = """
+UPDATE notifications_notificationattempt AS attempt
+SET sent_at = %(now)s, provider_message_id = sent.provider_message_id, error_reason = '',
+    status = CASE WHEN attempt.status = %(sending)s THEN %(sent)s ELSE attempt.status END
+FROM unnest(%(ids)s::uuid[], %(provider_message_ids)s::text[]) AS sent(id, provider_message_id)
+WHERE attempt.id = sent.id
+"""
+
 
 def attempt_send(*, attempt_id: str) -> str:
-    """Send one attempt, at most once: the row is claimed before the provider is called.
+    """Send one attempt, at most once (see ``attempts_send``); returns what became of it."""
+    outcomes = _attempts_send([attempt_id])
+    return outcomes.get(str(attempt_id), "not_claimed")
 
-    A retried or redelivered task finds the row no longer queued and sends nothing. If the
-    worker dies between the claim and the provider's answer, the row stays "sending" and the
-    sweep later marks its outcome unknown — never a second SMS.
+
+def attempts_send(*, attempt_ids: Sequence[str]) -> dict[str, int]:
+    """Send a chunk of attempts, each at most once; returns how many ended which way.
+
+    Every row is claimed (queued → sending, committed) before its provider is called, all in
+    one statement, so a retried or redelivered task finds the rows no longer queued and sends
+    nothing again. If the worker dies between the claim and the recorded answers, the rows stay
+    "sending" and the sweep later marks their outcome unknown — never a second SMS.
     """
+    outcomes = _attempts_send(attempt_ids)
+    counts = Counter(outcomes.values())
+    if len(outcomes) < len(attempt_ids):
+        counts["not_claimed"] += len(attempt_ids) - len(outcomes)
+    return dict(counts)
+
+
+def _attempts_send(attempt_ids: Sequence[str]) -> dict[str, str]:
     now = timezone.now()
-    claimed = NotificationAttempt.objects.filter(pk=attempt_id, status=AttemptStatus.QUEUED, due_at__lte=now).update(
-        status=AttemptStatus.SENDING, claimed_at=now, tries=F("tries") + 1
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            CLAIM_SQL,
+            {
+                "ids": [str(attempt_id) for attempt_id in attempt_ids],
+                "now": now,
+                "sending": AttemptStatus.SENDING,
+                "queued": AttemptStatus.QUEUED,
+            },
+        )
+        claimed = [row[0] for row in cursor.fetchall()]
     if not claimed:
-        return "not_claimed"
-    attempt = NotificationAttempt.objects.select_related(
-        "notification", "recipient", "recipient__user", "device", "push_registration"
-    ).get(pk=attempt_id)
-    refusal = _refusal(attempt)
-    if refusal is not None:
-        status, reason = refusal
-        _finish(attempt, status=status, reason=reason)
-        return status
-    message = Message(
+        return {}
+    attempts = list(
+        NotificationAttempt.objects.select_related(
+            "notification", "recipient", "recipient__user", "device", "push_registration"
+        )
+        .filter(pk__in=claimed)
+        .order_by("created_at", "pk")
+    )
+    outcomes: dict[str, str] = {}
+    to_send: list[NotificationAttempt] = []
+    for attempt, refusal in zip(attempts, _refusals(attempts), strict=True):
+        if refusal is not None:
+            status, reason = refusal
+            _finish(attempt, status=status, reason=reason)
+            outcomes[str(attempt.pk)] = status
+        else:
+            to_send.append(attempt)
+    sent: list[tuple[NotificationAttempt, SendResult]] = []
+    with _Backends() as backends:
+        in_app = [attempt for attempt in to_send if attempt.channel == Channel.IN_APP]
+        others = [attempt for attempt in to_send if attempt.channel != Channel.IN_APP]
+        results = send_in_app_many([(attempt.device_id, _message(attempt)) for attempt in in_app])
+        for attempt in others:
+            try:
+                result = backends.send(attempt, _message(attempt))
+            except ImproperlyConfigured as error:
+                logger.error("notification attempt %s: channel not configured: %s", attempt.pk, error)
+                result = SendResult.failed(f"{attempt.channel} not configured")
+            results.append(result)
+        for attempt, result in zip([*in_app, *others], results, strict=True):
+            outcomes[str(attempt.pk)] = result.outcome.value
+            if result.outcome is Outcome.SENT:
+                sent.append((attempt, result))
+            else:
+                _record(attempt, result)
+    _record_sent(sent)
+    return outcomes
+
+
+def _message(attempt: NotificationAttempt) -> Message:
+    return Message(
         notification_id=str(attempt.notification_id),
         attempt_id=str(attempt.pk),
         kind=attempt.notification.kind,
@@ -330,43 +604,97 @@ def attempt_send(*, attempt_id: str) -> str:
         link=attempt.notification.link,
         link_base_url=settings.NOTIFICATIONS_LINK_BASE_URL,
     )
-    try:
-        result = _send(attempt, message)
-    except ImproperlyConfigured as error:
-        logger.error("notification attempt %s: channel not configured: %s", attempt.pk, error)
-        result = SendResult.failed(f"{attempt.channel} not configured")
-    _record(attempt, result)
-    return result.outcome.value
 
 
-def _refusal(attempt: NotificationAttempt) -> tuple[AttemptStatus, str] | None:
-    if attempt.device is not None and attempt.device.is_revoked:
-        return AttemptStatus.FAILED, "device revoked"
-    registration = attempt.push_registration
-    if attempt.channel == Channel.PUSH and (registration is None or not registration.is_enabled):
-        return AttemptStatus.FAILED, "push registration disabled"
-    recipient = attempt.recipient
-    if attempt.channel != Channel.IN_APP:
-        preference = _preference_for(user=recipient.user, phone_number=recipient.phone_number, email=recipient.email)
-        if preference is not None and not preference.allows(attempt.channel):
-            return AttemptStatus.SUPPRESSED, "recipient opted out of this channel"
-        # Counted once per attempt: a retry of the same message is not a second message.
-        if attempt.tries == 1 and not ratelimit.take(channel=attempt.channel, recipient_key=recipient.rate_limit_key):
-            return AttemptStatus.SUPPRESSED, "rate limited"
-    return None
-
-
-def _send(attempt: NotificationAttempt, message: Message) -> SendResult:
-    if attempt.channel == Channel.IN_APP:
-        return send_in_app(attempt.device_id, message)
-    if attempt.channel == Channel.PUSH:
+def _refusals(attempts: Sequence[NotificationAttempt]) -> list[tuple[AttemptStatus, str] | None]:
+    """Why each attempt must not go out (revoked device, opt-out, rate limit), or None."""
+    addressed = [attempt for attempt in attempts if attempt.channel != Channel.IN_APP]
+    preferences = _Preferences(
+        users=[attempt.recipient.user_id for attempt in addressed if attempt.recipient.user_id],
+        phone_numbers=[attempt.recipient.phone_number for attempt in addressed],
+        emails=[attempt.recipient.email for attempt in addressed],
+    )
+    refusals: list[tuple[AttemptStatus, str] | None] = []
+    counted: list[tuple[int, NotificationAttempt]] = []
+    for attempt in attempts:
+        refusal: tuple[AttemptStatus, str] | None = None
         registration = attempt.push_registration
-        assert registration is not None
-        target = PushTarget(registration.provider, registration.token, registration.p256dh, registration.auth_secret)
-        return registry.push_backend(registration.provider).send(target, message)
-    if attempt.channel == Channel.SMS:
-        return registry.sms_backend().send(attempt.address, message)
-    return registry.email_backend().send(attempt.address, message)
+        recipient = attempt.recipient
+        if attempt.device is not None and attempt.device.is_revoked:
+            refusal = AttemptStatus.FAILED, "device revoked"
+        elif attempt.channel == Channel.PUSH and (registration is None or not registration.is_enabled):
+            refusal = AttemptStatus.FAILED, "push registration disabled"
+        elif attempt.channel != Channel.IN_APP:
+            preference = preferences.get(
+                user_id=recipient.user_id, phone_number=recipient.phone_number, email=recipient.email
+            )
+            if preference is not None and not preference.allows(attempt.channel):
+                refusal = AttemptStatus.SUPPRESSED, "recipient opted out of this channel"
+            elif attempt.tries == 1:
+                # Counted once per attempt: a retry of the same message is not a second message.
+                counted.append((len(refusals), attempt))
+        refusals.append(refusal)
+    allowed = ratelimit.take_many([(attempt.channel, attempt.recipient.rate_limit_key) for _, attempt in counted])
+    for (index, _), ok in zip(counted, allowed, strict=True):
+        if not ok:
+            refusals[index] = AttemptStatus.SUPPRESSED, "rate limited"
+    return refusals
+
+
+class _Backends:
+    """The adapters of one chunk of sends, built once and closed after (one SMTP connection)."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+        self._stack = ExitStack()
+
+    def __enter__(self) -> _Backends:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _backend(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._built:
+            backend = build()
+            if hasattr(backend, "__enter__"):
+                backend = self._stack.enter_context(backend)
+            self._built[name] = backend
+        return self._built[name]
+
+    def send(self, attempt: NotificationAttempt, message: Message) -> SendResult:
+        if attempt.channel == Channel.PUSH:
+            registration = attempt.push_registration
+            assert registration is not None
+            target = PushTarget(
+                registration.provider, registration.token, registration.p256dh, registration.auth_secret
+            )
+            provider = registration.provider
+            backend = self._backend(f"push-{provider}", lambda: registry.push_backend(provider))
+            return backend.send(target, message)
+        if attempt.channel == Channel.SMS:
+            return self._backend("sms", registry.sms_backend).send(attempt.address, message)
+        return self._backend("email", registry.email_backend).send(attempt.address, message)
+
+
+def _record_sent(sent: Sequence[tuple[NotificationAttempt, SendResult]]) -> None:
+    """Record the provider's answers of sent attempts in one statement.
+
+    A device's receipt may have overtaken the provider's answer; the status never steps back from it.
+    """
+    if not sent:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            RECORD_SENT_SQL,
+            {
+                "now": timezone.now(),
+                "ids": [str(attempt.pk) for attempt, _ in sent],
+                "provider_message_ids": [result.provider_message_id for _, result in sent],
+                "sending": AttemptStatus.SENDING,
+                "sent": AttemptStatus.SENT,
+            },
+        )
 
 
 def _finish(attempt: NotificationAttempt, *, status: AttemptStatus, reason: str) -> None:
@@ -436,10 +764,10 @@ def fallbacks_start(*, now: datetime) -> int:
             .filter(fallback_due_at__lte=now, fallback_started_at=None, confirmed_at=None)
             .order_by("fallback_due_at")[: settings.NOTIFICATIONS_SWEEP_BATCH]
         )
-        attempt_ids: list[UUID] = []
+        attempts: list[tuple[UUID, str]] = []
         for recipient in due:
-            attempt_ids += _start_fallback(recipient=recipient, now=now)
-        _dispatch_on_commit(attempt_ids)
+            attempts += _start_fallback(recipient=recipient, now=now)
+        _dispatch_on_commit(attempts)
     return len(due)
 
 
@@ -451,9 +779,9 @@ def attempts_dispatch_due(*, now: datetime) -> int:
             .filter(status=AttemptStatus.QUEUED, due_at__lte=now)
             .filter(Q(dispatched_at=None) | Q(dispatched_at__lt=now - REDISPATCH_AFTER))
             .order_by("due_at")
-            .values_list("pk", flat=True)[: settings.NOTIFICATIONS_SWEEP_BATCH]
+            .values_list("pk", "channel")[: settings.NOTIFICATIONS_SWEEP_BATCH]
         )
-        NotificationAttempt.objects.filter(pk__in=due).update(dispatched_at=now)
+        NotificationAttempt.objects.filter(pk__in=[pk for pk, _ in due]).update(dispatched_at=now)
         _dispatch_on_commit(due)
     return len(due)
 

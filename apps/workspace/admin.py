@@ -125,7 +125,6 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
     ]
     list_select_related = ["program", "owner", "unit", "plan__person"]
     ordering = ["due_at"]
-    date_hierarchy = "due_at"
     inlines = [AttemptInline, StepEventInline]
     action_form = StepActionForm
     actions = ["mark_completed", "reassign", "reschedule"]

@@ -9,3 +9,10 @@ class WorkspaceConfig(AppConfig):
     name = "apps.workspace"
     label = "workspace"
     verbose_name = "Workspace"
+
+    def ready(self) -> None:
+        from django.contrib import admin
+
+        from apps.workspace.views import install_dashboard_url
+
+        install_dashboard_url(admin.site)

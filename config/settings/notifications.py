@@ -14,6 +14,9 @@ _BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 # The Celery queue that notification sends go to (workers consume "celery" unless told otherwise).
 NOTIFICATIONS_TASK_QUEUE = env_str("NOTIFICATIONS_TASK_QUEUE", "celery")
+# Attempts (of one channel) one send task takes: claimed in one statement, one SMTP session.
+# A worker killed mid-chunk leaves at most this many sends with an unknown outcome.
+NOTIFICATIONS_SEND_CHUNK = env_int("NOTIFICATIONS_SEND_CHUNK", 100)
 
 # How long a device has to confirm an urgent (normal) notification before the fallback
 # channel (SMS for urgent, email for normal) goes out.

@@ -2,7 +2,11 @@
 
 Figures: the sweep's time to find and to claim the 10,000 due reminders (with the EXPLAIN of
 the claim, which must use the partial index, not scan the table), and the throughput of
-sending all 10,000 through a real Celery worker (two processes) with the outbox backends.
+sending all 10,000 through the real path: a beat process fires the sweep, a Celery worker (two
+processes) claims and sends with the outbox backend (BENCH_NOTIFICATIONS_BACKEND=console for
+log lines instead). Rates are timed by the database's own clock: from the first claim to the
+last "sent" mark; the CPU of the worker, PostgreSQL and Redis is counted too, so a figure taken
+beside other work can be judged by its CPU per reminder.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from tests.bench.support import bench_django, emit
 
@@ -106,20 +112,73 @@ def _fill(now: object) -> dict[str, object]:
     return {"steps": steps, "reminders": reminders, "fill_s": round(time.perf_counter() - started, 1)}
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (their exited children included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total / tick
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _server_pids(worker_pid: int) -> dict[str, list[int]]:
+    """The processes that do the sending: the worker and its pool, PostgreSQL, Redis."""
+    from django.conf import settings
+
+    postmaster = int((Path(settings.DATABASES["default"]["HOST"]) / "postmaster.pid").read_text().split()[0])
+    redis_address = settings.REDIS_URL.split("//", 1)[1].split("/", 1)[0]
+    redis = [
+        int(cmdline.parent.name)
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline")
+        if redis_address.encode() in _read(cmdline) and b"redis-server" in _read(cmdline)
+    ]
+    return {
+        "worker": [worker_pid, *_children(worker_pid)],
+        "postgres": [postmaster, *_children(postmaster)],
+        "redis": redis,
+    }
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def main() -> None:
     outbox = tempfile.mkdtemp(prefix="followups-bench-outbox-")
+    backend = os.environ.get("BENCH_NOTIFICATIONS_BACKEND", "outbox")  # or "console"
     os.environ["NOTIFICATIONS_OUTBOX_DIR"] = outbox
+    os.environ["NOTIFICATIONS_EMAIL_BACKEND"] = backend
     os.environ["FOLLOWUPS_SWEEP_BATCH"] = str(DUE)
     os.environ["FOLLOWUPS_TASK_QUEUE"] = queue = f"followups-bench-{uuid.uuid4().hex[:8]}"
     with bench_django():
         from django.conf import settings
         from django.db import connection, transaction
+        from django.db.models import Max, Min
+        from django.test import override_settings
         from django.utils import timezone
 
         from apps.followups import services
         from apps.followups.models import Reminder
         from apps.notifications.models import NotificationAttempt
-        from tests.live import celery_worker
+        from tests.live import celery_beat, celery_worker
 
         now = timezone.now()
         filled = _fill(now)
@@ -133,7 +192,7 @@ def main() -> None:
             transaction.set_rollback(True)
         print(explain, flush=True)
         find_sql = services.CLAIM_SQL.split("WHERE id = ANY(ARRAY(", 1)[1].rsplit("))", 1)[0]
-        finds = []
+        finds, claims, sweeps = [], [], []
         for _ in range(5):
             with transaction.atomic(), connection.cursor() as cursor:
                 started = time.perf_counter()
@@ -141,45 +200,78 @@ def main() -> None:
                 found = len(cursor.fetchall())
                 finds.append(time.perf_counter() - started)
                 transaction.set_rollback(True)
-        started = time.perf_counter()
-        with transaction.atomic():
-            claimed = services.reminders_claim_due(now=now)
-        claim_s = time.perf_counter() - started
-        assert len(claimed) == found == DUE, (len(claimed), found)
-        # Put them back unclaimed: the timed send below starts from the sweep itself.
-        Reminder.objects.filter(pk__in=claimed).update(claimed_at=None)
+        for _ in range(3):
+            # One UPDATE of all 10,000 (rolled back) ...
+            with transaction.atomic():
+                started = time.perf_counter()
+                claimed = services.reminders_claim_due(now=now)
+                claims.append(time.perf_counter() - started)
+                transaction.set_rollback(True)
+            # ... and the sweep as it runs: batches of FOLLOWUPS_CLAIM_BATCH, each committed and its
+            # sends queued (to a queue no worker reads, emptied after), then put back unclaimed.
+            with override_settings(FOLLOWUPS_TASK_QUEUE=f"{queue}-discarded"):
+                started = time.perf_counter()
+                swept = services.reminders_dispatch_due(now=now)
+                sweeps.append(time.perf_counter() - started)
+            redis.Redis.from_url(settings.REDIS_URL).delete(f"{queue}-discarded")
+            Reminder.objects.filter(pk__in=claimed).update(claimed_at=None)
+            assert len(claimed) == found == swept == DUE, (len(claimed), found, swept)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, now
+            time.sleep(1.5)
+            cursor.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'followups_reminder'"
+            )
+            updated, hot = cursor.fetchone()
 
         log_dir = Path(tempfile.mkdtemp(prefix="followups-bench-logs-"))
-        env = {"CELERY_WORKER_QUEUES": f"celery,{queue}", "NOTIFICATIONS_OUTBOX_DIR": outbox}
-        with celery_worker(log_dir, name="followups-bench", concurrency=2, **env):
-            started = time.perf_counter()
-            dispatched = services.reminders_dispatch_due(now=timezone.now())
-            assert dispatched == DUE, dispatched
-            dispatch_s = time.perf_counter() - started
-            # Through the sweep's partial index: cheap enough to poll without slowing the worker.
-            pending = Reminder.objects.filter(sent_at=None, cancelled_at=None, due_at__lte=now)
-            deadline = time.monotonic() + 600
-            while pending.exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            send_s = time.perf_counter() - started
-            sent = Reminder.objects.filter(pk__in=claimed, sent_at__isnull=False).count()
-            emails = NotificationAttempt.objects.filter(channel="email")
-            while emails.filter(status__in=["queued", "sending"]).exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            emails_s = time.perf_counter() - started
-            emails_sent = emails.filter(status="sent").count()
+        env = {
+            "CELERY_WORKER_QUEUES": f"celery,{queue}",
+            "NOTIFICATIONS_OUTBOX_DIR": outbox,
+            "NOTIFICATIONS_EMAIL_BACKEND": backend,
+            "FOLLOWUPS_SWEEP_SECONDS": "1",
+        }
+        with celery_worker(log_dir, name="followups-bench", concurrency=2, **env) as worker:
+            pids = _server_pids(worker.process.pid)
+            cpu_before = {name: _cpu_seconds(group) for name, group in pids.items()}
+            # The real path: beat sends the sweep, the worker claims and queues, the worker sends.
+            with celery_beat(log_dir, name="followups-bench-beat", schedule_file=log_dir / "beat", **env):
+                reminders = Reminder.objects.filter(due_at__lte=now, sent_at=None, cancelled_at=None)
+                deadline = time.monotonic() + 900
+                while reminders.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                emails = NotificationAttempt.objects.filter(channel="email")
+                while emails.filter(status__in=["queued", "sending"]).exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            cpu = {name: round(_cpu_seconds(group) - cpu_before[name], 2) for name, group in pids.items()}
+        done = Reminder.objects.filter(due_at__lte=now, claimed_at__isnull=False)
+        first_claim = done.aggregate(first=Min("claimed_at"))["first"]
+        last_sent = done.aggregate(last=Max("sent_at"))["last"]
+        sent = done.filter(sent_at__isnull=False).count()
+        emails_sent = emails.filter(status="sent").count()
+        last_email = emails.aggregate(last=Max("sent_at"))["last"]
+        reminders_s = (last_sent - first_claim).total_seconds()
+        emails_s = (last_email - first_claim).total_seconds()
+        cpu_total = sum(cpu.values())
         emit(
             "followups",
             **filled,
             due=DUE,
+            backend=backend,
             sweep_find_ms={"best": round(min(finds) * 1000, 1), "worst": round(max(finds) * 1000, 1)},
-            sweep_claim_ms=round(claim_s * 1000, 1),
+            claim_one_update_ms={"best": round(min(claims) * 1000, 1), "worst": round(max(claims) * 1000, 1)},
+            sweep_find_and_claim_ms={"best": round(min(sweeps) * 1000, 1), "worst": round(max(sweeps) * 1000, 1)},
+            sweep_target_ms=100,
             claim_uses_index="reminder_to_send" in explain,
-            dispatch_s=round(dispatch_s, 2),
+            reminder_updates_hot=f"{hot}/{updated}",
             reminders_sent=sent,
-            reminders_per_s=round(sent / send_s, 1),
+            reminders_per_s=round(sent / reminders_s, 1),
             reminder_emails_sent=emails_sent,
             emails_per_s=round(emails_sent / emails_s, 1),
+            end_to_end_s=round(emails_s, 2),
+            send_target_per_s=500,
+            cpu_s=cpu,
+            cpu_ms_per_reminder=round(cpu_total * 1000 / max(sent, 1), 2),
             worker_processes=2,
         )
 

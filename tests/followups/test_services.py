@@ -236,3 +236,41 @@ def test_a_contact_attempt_made_offline_syncs_and_is_never_rewritten(
         step.pk,
         crew_member.user.pk,
     )
+
+
+def test_a_chunk_of_reminders_is_sent_once_however_often_its_task_runs(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    supervisor = MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR).user
+    for _ in range(3):
+        steps_of(referral(crew_member))
+    now = ENDED + dt.timedelta(days=2)  # each plan's first contact is due, and overdue for the supervisors
+    ids = services.reminders_claim_due(now=now)
+
+    first = services.reminders_send(reminder_ids=ids)
+    again = services.reminders_send(reminder_ids=[*ids, 0])
+
+    assert first == {"sent": 6}
+    assert again == {"already_done": 6, "gone": 1}
+    due = Notification.objects.filter(kind="followup.due")
+    overdue = Notification.objects.filter(kind="followup.overdue")
+    assert (due.count(), overdue.count()) == (3, 3)
+    assert set(due.values_list("recipients__user_id", flat=True)) == {manager.user.pk, None}  # and the email contact
+    assert set(overdue.values_list("recipients__user_id", flat=True)) == {supervisor.pk}
+    for reminder in Reminder.objects.filter(pk__in=ids):
+        assert reminder.sent_at is not None and reminder.notification_id is not None
+        notification = Notification.objects.get(pk=reminder.notification_id)
+        assert notification.dedupe_key == f"followups.reminder.{reminder.pk}"
+
+
+def test_a_due_reminder_whose_owner_left_the_program_alerts_the_supervisors(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    supervisor = MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR).user
+    [step, *_] = steps_of(referral(crew_member))
+    manager.user.memberships.all().delete()
+    reminder = Reminder.objects.get(step=step, kind=ReminderKind.OWNER_DUE)
+
+    assert services.reminder_send(reminder_id=reminder.pk) == "sent"
+
+    notification = Notification.objects.get(kind="followup.unowned")
+    assert list(notification.recipients.values_list("user_id", flat=True)) == [supervisor.pk]
+    assert not Notification.objects.filter(recipients__user=manager.user).exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from apps.notifications.models import (
     Urgency,
 )
 from apps.notifications.tasks import send_attempt, sweep
+from config.celery import app
 from tests.conftest import CrewMember
 from tests.live import LiveProcess, celery_worker
 from tests.notifications.conftest import provider_settings
@@ -45,6 +48,13 @@ def provider_worker(
         "NOTIFICATIONS_RETRY_BASE_SECONDS": "1",
     }
     with celery_worker(live_server_logs, name="notifications-providers", **cast(dict[str, Any], env)) as process:
+        # celery_worker returns once any worker answers a ping, and the session's shared worker
+        # may be the one that did: wait for this one, or the first test's 2-second fallback
+        # deadline can pass while its sends sit in the queue.
+        hostname = f"notifications-providers-{os.getpid()}@{socket.gethostname()}"
+        deadline = time.monotonic() + 60
+        while not app.control.ping(destination=[hostname], timeout=0.5):
+            assert time.monotonic() < deadline, process.log()
         yield process
 
 
