@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from apps.accounts.models import DeviceToken, User
 from apps.audit.models import AccessAction, AccessChannel, AuditEvent
+from apps.common import bulk
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def record_access(
         )
         for record_id in record_ids
     ]
-    AuditEvent.objects.bulk_create(events)
+    # One statement however many records (a sync push audits hundreds at once).
+    bulk.insert(events)
     return len(events)
 
 

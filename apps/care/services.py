@@ -32,6 +32,7 @@ from apps.care.models import (
     ReferralTaskEvent,
     ReferralTaskStatus,
 )
+from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.directory.models import Service
 from apps.sync.models import SyncedRecord
@@ -108,16 +109,17 @@ def may_write_child(parent_model: type[Any], parent_field: str) -> Any:
 # Applying pushed changes.
 
 
-def _save(record: CareRecord, values: dict[str, Any]) -> None:
+def _save(context: WriteContext, record: CareRecord, values: dict[str, Any]) -> None:
     for name, value in values.items():
         setattr(record, name, value)
-    record.save(update_fields=[*values, "updated_at"])
+    # With a push's other writes, in one statement for the batch.
+    context.update_later(record, [*values, "updated_at"])
 
 
-def _soft_delete(record: CareRecord) -> CareRecord:
+def _soft_delete(context: WriteContext, record: CareRecord) -> CareRecord:
     # Clinical records are never hard-deleted: the row stays, flagged, for the record.
     record.is_deleted = True
-    record.save(update_fields=["is_deleted", "updated_at"])
+    context.update_later(record, ["is_deleted", "updated_at"])
     return record
 
 
@@ -154,7 +156,7 @@ def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> N
                     wanted.setdefault(model, set()).add(UUID(value))
     for model, ids in wanted.items():
         missing = [record_id for record_id in ids if (model.__name__, record_id) not in context.cache]
-        found = model._default_manager.in_bulk(missing)
+        found = {record.pk: record for record in model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid"))}
         for record_id in missing:
             context.cache[(model.__name__, record_id)] = found.get(record_id)
 
@@ -170,10 +172,10 @@ def person_apply(context: WriteContext, change: Change) -> Person:
     person = change.record  # type: ignore[assignment]
     assert isinstance(person, Person)
     if change.operation == "delete":
-        return _soft_delete(person)  # type: ignore[return-value]
+        return _soft_delete(context, person)  # type: ignore[return-value]
     if "unit_id" in values and values.pop("unit_id") != person.unit_id:
         raise Refused("unit_change_not_allowed", "A person's unit is changed on the server.", field="unit_id")
-    _save(person, values)
+    _save(context, person, values)
     return person
 
 
@@ -194,12 +196,12 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     encounter = change.record  # type: ignore[assignment]
     assert isinstance(encounter, Encounter)
     if change.operation == "delete":
-        return _soft_delete(encounter)  # type: ignore[return-value]
+        return _soft_delete(context, encounter)  # type: ignore[return-value]
     if "unit_id" in values and values.pop("unit_id") != encounter.unit_id:
         raise Refused("unit_change_not_allowed", "An encounter is moved to another unit on the server.", "unit_id")
     if person_id is not None:
         _same_program(_parent(context, Person, person_id, "person_id"), encounter.program_id, "person_id")
-    _save(encounter, values)
+    _save(context, encounter, values)
     hooks.run("encounter_saved", encounter, actor=context.user)
     return encounter
 
@@ -240,12 +242,12 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
         # P3: a signed note is a clinical document; a later change is an addendum.
         raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", "body")
     if change.operation == "delete":
-        return _soft_delete(note)  # type: ignore[return-value]
+        return _soft_delete(context, note)  # type: ignore[return-value]
     if "encounter_id" in values and values.pop("encounter_id") != note.encounter_id:
         raise Refused("parent_change_not_allowed", "A note stays with its encounter.", "encounter_id")
     if "amends_id" in values and values.pop("amends_id") != note.amends_id:
         raise Refused("parent_change_not_allowed", "An addendum stays with the note it amends.", "amends_id")
-    _save(note, values)
+    _save(context, note, values)
     return note
 
 
@@ -269,12 +271,12 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
     referral = change.record  # type: ignore[assignment]
     assert isinstance(referral, Referral)
     if change.operation == "delete":
-        return _soft_delete(referral)  # type: ignore[return-value]
+        return _soft_delete(context, referral)  # type: ignore[return-value]
     if "encounter_id" in values and values.pop("encounter_id") != referral.encounter_id:
         raise Refused("parent_change_not_allowed", "A referral stays with its encounter.", "encounter_id")
     if "service_id" in values:
         _check_service(context, values["service_id"], referral.program_id)
-    _save(referral, values)
+    _save(context, referral, values)
     hooks.run("referral_saved", referral, actor=context.user)
     return referral
 

@@ -120,6 +120,7 @@ def register_synced_types() -> None:
             to_wire=wire(PersonWire),
             may_write=services.may_write_person,
             apply=services.person_apply,
+            health_fields=frozenset({"given_name", "family_name", "date_of_birth", "phone_number"}),
             watermelon_table="persons",
             **common,
         )

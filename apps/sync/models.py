@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Device, Program, User
+from apps.sync.sealing import HealthJSONField, SealedJSONField
 
 
 class ChangeOperation(models.TextChoices):
@@ -35,7 +36,7 @@ class ChangeEntry(models.Model):
     record_type = models.CharField(max_length=64)
     record_id = models.UUIDField()
     operation = models.CharField(max_length=8, choices=ChangeOperation.choices)
-    data = models.JSONField(default=dict)
+    data = HealthJSONField(default=dict)
     # The record's server version after this change (null for changes made outside the registry).
     version = models.PositiveIntegerField(null=True, blank=True)
     # For removals: deleted, or merely out of this scope's sight.
@@ -82,7 +83,7 @@ class SyncedRecord(models.Model):
     record_type = models.CharField(max_length=64)
     program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
     version = models.PositiveIntegerField()
-    data = models.JSONField()
+    data = HealthJSONField()
     scopes = ArrayField(models.CharField(max_length=80), default=list)
     is_deleted = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -112,7 +113,7 @@ class RecordVersion(models.Model):
     record_id = models.UUIDField()
     record_type = models.CharField(max_length=64)
     version = models.PositiveIntegerField()
-    data = models.JSONField()
+    data = HealthJSONField()
     # The wire fields this version changed (what its writer meant to write).
     changed_fields = ArrayField(models.CharField(max_length=64), default=list)
     is_deleted = models.BooleanField(default=False)
@@ -160,13 +161,13 @@ class Mutation(models.Model):
     record_id = models.UUIDField(null=True, blank=True)
     operation = models.CharField(max_length=8, blank=True)
     base_version = models.PositiveIntegerField(null=True, blank=True)
-    payload = models.JSONField(default=dict)
+    payload = HealthJSONField(default=dict)
     observed_at = models.DateTimeField(null=True, blank=True)
     observed_at_plausible = models.BooleanField(default=True)
     client_version = models.CharField(max_length=100, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     status = models.CharField(max_length=12, choices=MutationStatus.choices, default=MutationStatus.RECEIVED)
-    result = models.JSONField(default=dict)
+    result = HealthJSONField(default=dict)
     error_code = models.CharField(max_length=64, blank=True)
     applied_at = models.DateTimeField(null=True, blank=True)
 
@@ -219,9 +220,9 @@ class Conflict(models.Model):
     record_id = models.UUIDField()
     kind = models.CharField(max_length=16, choices=ConflictKind.choices)
     field = models.CharField(max_length=64, blank=True)
-    base_value = models.JSONField(null=True)
-    server_value = models.JSONField(null=True)
-    device_value = models.JSONField(null=True)
+    base_value = SealedJSONField(null=True)
+    server_value = SealedJSONField(null=True)
+    device_value = SealedJSONField(null=True)
     server_version = models.PositiveIntegerField()
     is_clinical_text = models.BooleanField(default=False)
     mutation = models.ForeignKey(Mutation, on_delete=models.PROTECT, related_name="conflicts")

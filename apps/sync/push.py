@@ -32,7 +32,8 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.sync import conf, merge, registry
+from apps.common import bulk
+from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
     Conflict,
     ConflictKind,
@@ -43,9 +44,10 @@ from apps.sync.models import (
     SyncedRecord,
 )
 from apps.sync.scopes import user_scope
-from apps.sync.services import Publisher, lock_device, lock_records, raw_cursor
+from apps.sync.services import PendingVersion, Publisher, lock_device, lock_records, raw_cursor
 
 MAX_FIELDS_BYTES = 64 * 1024
+_OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
 
 
@@ -120,7 +122,7 @@ def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> E
         envelope.problem = _error("invalid_id", "id must be a UUID.", f"{prefix}.id")
         return envelope
     operation = raw.get("op")
-    if operation not in MutationOperation.values:
+    if operation not in _OPERATIONS:
         envelope.problem = _error("invalid_op", "op must be create, update or delete.", f"{prefix}.op")
         return envelope
     envelope.operation = operation
@@ -191,6 +193,7 @@ def push_mutations(
         if envelope.rejection is not None:
             results[envelope.index] = _rejected(envelope, envelope.rejection)
     storable = [envelope for envelope in envelopes if envelope.rejection is None]
+    sealed: dict[UUID | None, dict[str, str]] = {}
     rows_by_index, replayed = _store(
         device=device,
         user=user,
@@ -198,13 +201,21 @@ def push_mutations(
         client_version=client_version,
         results=results,
         keyed_by_content=keyed_by_content,
+        sealed=sealed,
     )
+    final = {row.pk: row.result for row in rows_by_index.values() if row.status != MutationStatus.RECEIVED}
+    applied: dict[int, dict[str, Any]] = {}
     if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
-        apply_received(device=device, user=user)
-    fresh = {row.pk: row for row in Mutation.objects.filter(pk__in=[row.pk for row in rows_by_index.values()])}
+        applied = apply_received(
+            device=device, user=user, known={row.pk: row for row in rows_by_index.values()}, sealed=sealed
+        )
+    # Results of mutations applied by an earlier request (replays) come from the ledger.
+    stored_results = {**final, **applied}
+    missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
+    if missing:
+        stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
     for index, row in rows_by_index.items():
-        stored = fresh[row.pk]
-        result = dict(stored.result)
+        result = dict(stored_results[row.pk])
         if index in replayed:
             result["original_status"] = result.get("status")
             result["status"] = PushStatus.DUPLICATE
@@ -232,6 +243,7 @@ def _store(
     client_version: str,
     results: dict[int, dict[str, Any]],
     keyed_by_content: bool,
+    sealed: dict[UUID | None, dict[str, str]] | None = None,
 ) -> tuple[dict[int, Mutation], set[int]]:
     """Write the batch to the ledger and commit: returns each envelope's row, and which
     envelopes repeat a mutation stored by an earlier request."""
@@ -244,7 +256,9 @@ def _store(
             existing = {
                 row.payload_hash: row
                 for row in Mutation.objects.filter(
-                    device=device, mutation_id=None, payload_hash__in=[envelope.payload_hash for envelope in envelopes]
+                    device=device,
+                    mutation_id=None,
+                    payload_hash__in=bulk.any_of([envelope.payload_hash for envelope in envelopes], "text"),
                 )
             }
             highest = 0
@@ -252,7 +266,8 @@ def _store(
             existing = {
                 row.mutation_id: row
                 for row in Mutation.objects.filter(
-                    device=device, mutation_id__in=[envelope.mutation_id for envelope in envelopes]
+                    device=device,
+                    mutation_id__in=bulk.any_of([envelope.mutation_id for envelope in envelopes], "bigint"),
                 )
             }
             highest = Mutation.objects.filter(device=device).aggregate(top=Max("mutation_id"))["top"] or 0
@@ -302,8 +317,8 @@ def _store(
                 else:
                     highest = envelope.mutation_id
             row = Mutation(
-                device=device,
-                user=user,
+                device_id=device.pk,
+                user_id=user.pk,
                 mutation_id=envelope.mutation_id,
                 payload_hash=envelope.payload_hash,
                 record_type=envelope.record_type,
@@ -321,7 +336,17 @@ def _store(
                 row.result = _result(row, PushStatus.QUARANTINED, error=problem)
             new_rows[key] = row
             rows_by_index[envelope.index] = row
-        Mutation.objects.bulk_create(list(new_rows.values()))
+        # Health fields are sealed here, each record's values remembered, so the version the
+        # apply writes reuses the sealing of an unchanged value instead of sealing it again.
+        plain_payloads = [row.payload for row in new_rows.values()]
+        for row in new_rows.values():
+            memo = sealed.setdefault(row.record_id, {}) if sealed is not None and row.record_id is not None else None
+            row.payload = sealing.seal_tree(row.payload, memo)
+        inserted = bulk.insert(list(new_rows.values()), returning=["id", "mutation_id", "payload_hash"])
+        for row, payload in zip(new_rows.values(), plain_payloads, strict=True):
+            row.payload = payload
+        for pk, mutation_id, stored_hash in inserted:
+            new_rows[stored_hash if keyed_by_content else mutation_id].pk = pk
     return rows_by_index, replayed
 
 
@@ -358,24 +383,43 @@ class _FallBack(Exception):
     """Something in the batch failed: undo it and go one mutation per transaction."""
 
 
-def apply_received(*, device: Device, user: User) -> None:
-    """Apply every stored, unapplied mutation of the device, in the order it made them."""
+def apply_received(
+    *,
+    device: Device,
+    user: User,
+    known: dict[int, Mutation] | None = None,
+    sealed: dict[UUID | None, dict[str, str]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Apply every stored, unapplied mutation of the device, in the order it made them.
+
+    ``known`` are ledger rows the caller has in memory (the batch it just stored), so they
+    are not read again. Returns the result of every mutation applied here, by row id.
+    """
+    known = known or {}
     try:
         with transaction.atomic():
             lock_device(device.pk)
-            rows = list(Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id"))
+            ids = list(
+                Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED)
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
+            unknown = [pk for pk in ids if pk not in known or known[pk].status != MutationStatus.RECEIVED]
+            fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
+            rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
-                _apply_rows(rows, device=device, user=user)
-        return
+                _apply_rows(rows, device=device, user=user, sealed=sealed)
+        return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
+    results: dict[int, dict[str, Any]] = {}
     while True:
         with transaction.atomic():
             lock_device(device.pk)
             row = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id").first()
             if row is None:
-                return
+                return results
             try:
                 with transaction.atomic():
                     _apply_rows([row], device=device, user=user, raise_refusals=True)
@@ -387,6 +431,7 @@ def apply_received(*, device: Device, user: User) -> None:
                 # The database refused the content (a reference to a missing record, a
                 # value out of range): keep it for a person rather than retrying forever.
                 _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__))
+            results[row.pk] = row.result
 
 
 def _quarantine_alone(row: Mutation, error: dict[str, Any]) -> None:
@@ -407,10 +452,17 @@ class _BatchState:
     raise_refusals: bool
 
 
-def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refusals: bool = False) -> None:
+def _apply_rows(
+    rows: list[Mutation],
+    *,
+    device: Device,
+    user: User,
+    raise_refusals: bool = False,
+    sealed: dict[UUID | None, dict[str, str]] | None = None,
+) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids)
-    heads = SyncedRecord.objects.in_bulk(list(record_ids))
+    heads = {head.pk: head for head in SyncedRecord.objects.filter(pk__in=bulk.any_of(record_ids, "uuid"))}
     by_type: dict[str, list[UUID]] = defaultdict(list)
     for record_id, head in heads.items():
         by_type[head.record_type].append(record_id)
@@ -418,16 +470,23 @@ def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refus
     for type_name, ids in by_type.items():
         synced_type = registry.get(type_name)
         if synced_type is not None:
-            records.update(synced_type.model._default_manager.in_bulk(ids))
+            records.update(
+                (record.pk, record)
+                for record in synced_type.model._default_manager.filter(pk__in=bulk.any_of(ids, "uuid"))
+            )
     # Versions from the oldest base any mutation names: enough for every three-way merge.
     bases = [row.base_version or 0 for row in rows if row.record_id in heads]
     versions: dict[UUID, list[merge.VersionView]] = defaultdict(list)
     if bases:
-        for version in RecordVersion.objects.filter(record_id__in=list(heads), version__gte=min(bases)).order_by(
-            "record_id", "version"
-        ):
+        stored_versions = RecordVersion.objects.filter(
+            record_id__in=bulk.any_of(heads, "uuid"), version__gte=min(bases)
+        ).order_by("record_id", "version")
+        for version in stored_versions:
             versions[version.record_id].append(_view(version))
     publisher = Publisher(heads)
+    for sealed_id, memo in (sealed or {}).items():
+        if sealed_id is not None:
+            publisher.sealed[sealed_id] = dict(memo)
     state = _BatchState(
         context=registry.WriteContext(user=user, device=device, publisher=publisher),
         publisher=publisher,
@@ -459,15 +518,15 @@ def _apply_rows(rows: list[Mutation], *, device: Device, user: User, raise_refus
         row.applied_at = now
     try:
         state.context.flush_inserts()
+        _save_results(rows, state.publisher)
         state.publisher.flush()
-        _save_results(rows)
     except (IntegrityError, DataError):
         if raise_refusals:
             raise
         raise _FallBack() from None
 
 
-def _save_results(rows: list[Mutation]) -> None:
+def _save_results(rows: list[Mutation], publisher: Publisher | None = None) -> None:
     """One statement for the whole batch's results (Django's bulk_update builds a CASE per
     row and column, which cost more than applying the mutations)."""
     with raw_cursor() as cursor:
@@ -479,14 +538,19 @@ def _save_results(rows: list[Mutation]) -> None:
             [
                 [row.pk for row in rows],
                 [row.status for row in rows],
-                [json.dumps(row.result) for row in rows],
+                [
+                    publisher.stored_form(row.record_id, row.result)
+                    if publisher is not None and row.record_id is not None
+                    else json.dumps(sealing.seal_tree(row.result))
+                    for row in rows
+                ],
                 [row.error_code for row in rows],
                 [row.applied_at for row in rows],
             ],
         )
 
 
-def _view(version: RecordVersion) -> merge.VersionView:
+def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
     return merge.VersionView(
         version=version.version,
         data=version.data,

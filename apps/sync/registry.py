@@ -19,9 +19,11 @@ from typing import Any
 from uuid import UUID
 
 from django.db import models
+from django.utils import timezone
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
+from apps.common import bulk
 
 
 class Refused(Exception):
@@ -50,6 +52,8 @@ class WriteContext:
     publisher: Any = None
     # New rows handed to insert_later, written in bulk with the rest of the batch.
     pending_inserts: list[models.Model] = field(default_factory=list)
+    # Changed rows handed to update_later: the record, and the fields to write.
+    pending_updates: dict[tuple[type[models.Model], Any], tuple[models.Model, set[str]]] = field(default_factory=dict)
 
     def insert_later(self, record: models.Model) -> None:
         """Insert a new record with the batch's bulk writes (at once outside a push).
@@ -61,13 +65,31 @@ class WriteContext:
         else:
             self.pending_inserts.append(record)
 
+    def update_later(self, record: models.Model, fields: Iterable[str]) -> None:
+        """Save these fields of an existing record with the batch's bulk writes (at once
+        outside a push). The in-memory record is what later changes of the batch see."""
+        if self.publisher is None:
+            record.save(update_fields=list(fields))
+            return
+        key = (type(record), record.pk)
+        _record, pending = self.pending_updates.get(key, (record, set()))
+        self.pending_updates[key] = (record, pending | set(fields))
+
     def flush_inserts(self) -> None:
+        """Write the pending inserts, then the pending updates: one statement per model
+        (and per set of changed fields)."""
         by_model: dict[type[models.Model], list[models.Model]] = {}
         for record in self.pending_inserts:
             by_model.setdefault(type(record), []).append(record)
-        for model, records in by_model.items():
-            model._default_manager.bulk_create(records)
+        for records in by_model.values():
+            bulk.insert(records)
         self.pending_inserts = []
+        by_fields: dict[tuple[type[models.Model], tuple[str, ...]], list[models.Model]] = {}
+        for record, fields in self.pending_updates.values():
+            by_fields.setdefault((type(record), tuple(sorted(fields))), []).append(record)
+        for (_model, names), records in by_fields.items():
+            bulk.update(records, names)
+        self.pending_updates = {}
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,9 @@ class SyncedType:
     apply: Callable[[WriteContext, Change], Any]
     # Wire fields holding clinical text: never overwritten by a concurrent edit.
     clinical_text_fields: frozenset[str] = frozenset()
+    # Wire fields holding health information (clinical text, who a person is): sealed in
+    # every copy sync stores (apps.sync.sealing). Clinical text fields always are.
+    health_fields: frozenset[str] = frozenset()
     # Table name for WatermelonDB clients.
     watermelon_table: str = ""
     # Clinical records are soft-deleted and, for WatermelonDB, deleted by a flag.
@@ -115,7 +140,11 @@ def bound_serializer(serializer_class: type[serializers.Serializer[Any]], *, par
     """One reusable serializer per type and mode: building one per record costs a deep copy
     of every field, which dominated a batch's time."""
     serializer = serializer_class(partial=partial)
-    serializer.fields  # noqa: B018 — build and bind the fields once
+    for wire_field in serializer.fields.values():  # build and bind the fields once
+        if isinstance(wire_field, serializers.DateTimeField) and not hasattr(wire_field, "timezone"):
+            # The wire's times are in the server's zone, never a request's: and looking the
+            # active zone up per value (a context-local read) cost more than the rest of it.
+            wire_field.timezone = timezone.get_default_timezone()
     return serializer
 
 
@@ -127,6 +156,31 @@ def register(synced_type: SyncedType) -> None:
     if existing is not None and existing.model is not synced_type.model:
         raise ValueError(f"record type {synced_type.name!r} is already registered")
     _registry[synced_type.name] = synced_type
+    _health_names.cache_clear()
+
+
+_declared_health_fields: set[str] = set()
+
+
+def declare_health_fields(*names: str) -> None:
+    """Name fields of feed-only records (written with ``services.record_change``, not
+    registered here) that hold health information: sealed like a synced type's."""
+    _declared_health_fields.update(names)
+    _health_names.cache_clear()
+
+
+def health_names() -> frozenset[str]:
+    """Every wire field name a registered type declares as health information (or clinical
+    text): stored copies seal these wherever they appear."""
+    return _health_names()
+
+
+@functools.cache
+def _health_names() -> frozenset[str]:
+    found: set[str] = set(_declared_health_fields)
+    for synced_type in _registry.values():
+        found |= synced_type.health_fields | synced_type.clinical_text_fields
+    return frozenset(found)
 
 
 def get(name: str) -> SyncedType | None:

@@ -15,6 +15,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Role, User
+from apps.sync import sealing
 from apps.sync.models import ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
 
 # Every transaction with an id below this one has finished: entries written by them are
@@ -216,7 +217,8 @@ def snapshot_page(*, scopes: list[str], cursor: str | None, limit: int = 1000) -
             current_scope = scope
             earlier = [other for other in scopes if other < scope]
             db.execute(_SNAPSHOT_SQL, [scope, after or _LOWEST_UUID, earlier, limit - len(rows) + 1])
-            fetched = db.fetchall()
+            # Health fields are stored sealed: opened in the text, still never parsed.
+            fetched = [(kind, record_id, version, sealing.unseal_text(data)) for kind, record_id, version, data in db]
             if len(fetched) > limit - len(rows):
                 fetched = fetched[: limit - len(rows)]
                 rows += fetched

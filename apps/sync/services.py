@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -23,7 +24,7 @@ from rest_framework.exceptions import ValidationError
 
 from apps.accounts.models import Device, Role, User
 from apps.common.api.errors import DomainError
-from apps.sync import registry
+from apps.sync import registry, sealing
 from apps.sync.models import (
     ChangeEntry,
     ChangeOperation,
@@ -31,7 +32,6 @@ from apps.sync.models import (
     ConflictKind,
     FeedRetention,
     Mutation,
-    RecordVersion,
     RemoveReason,
     SyncedRecord,
     SyncedRecordScope,
@@ -40,6 +40,8 @@ from apps.sync.models import (
 from apps.sync.scopes import feed_group_name, scopes_for_user, user_scope
 
 _SIGNED_64 = 1 << 63
+_UPSERT = ChangeOperation.UPSERT.value
+_REMOVE = ChangeOperation.REMOVE.value
 # Joins a short list into one array element for unnest (never appears in scopes or names).
 _SEPARATOR = "\x1f"
 # Advisory-lock namespaces, so a device lock never collides with a record lock.
@@ -135,23 +137,56 @@ def nudge_scopes(scopes: Iterable[str]) -> None:
     async_to_sync(send_all)()
 
 
+@dataclass(slots=True)
+class PendingVersion:
+    """A version a Publisher has computed and not written yet (what a merge reads of it)."""
+
+    record_id: UUID
+    record_type: str
+    version: int
+    data: dict[str, Any]
+    stored: str  # ``data`` as stored: JSON text
+    changed_fields: list[str]
+    is_deleted: bool
+    user_id: UUID | None
+    device_id: UUID | None
+    mutation_id: int | None
+
+
+@dataclass(slots=True)
+class _PendingHead:
+    head: SyncedRecord
+    stored: str
+
+
 class Publisher:
     """Collects the sync-side writes of many record changes and writes them in bulk.
 
     ``publish`` computes a record's next version, its feed entries (upserts to the scopes
     that see it, removals to the scopes that lost it) and its scope rows; ``flush`` writes
-    them all with a handful of statements and nudges the scopes after commit.
+    them all with a handful of statements and nudges the scopes after commit. Pending rows
+    are plain tuples, and a version's data is serialised once for its head, its version
+    row and all its feed entries: building model instances per row cost more than the
+    database's work.
     """
 
     def __init__(self, heads: dict[UUID, SyncedRecord] | None = None) -> None:
         self.heads: dict[UUID, SyncedRecord] = heads if heads is not None else {}
-        self.dirty_heads: dict[UUID, SyncedRecord] = {}
-        self.versions: list[RecordVersion] = []
-        self.entries: list[ChangeEntry] = []
-        self.scope_adds: list[SyncedRecordScope] = []
+        self.dirty_heads: dict[UUID, _PendingHead] = {}
+        self.versions: list[PendingVersion] = []
+        # (program_id, scope, record_type, record_id, operation, stored data, version, reason, origin)
+        self.entries: list[tuple[UUID, str, str, UUID, str, str, int, str, UUID | None]] = []
+        self.scope_adds: list[tuple[str, UUID]] = []
         self.scope_removes: dict[UUID, set[str]] = {}
         self.conflicts: list[Conflict] = []
         self.nudged: set[str] = set()
+        # Per record: each health value's sealed form, so the copies of a version (head,
+        # version row, feed entries, the push's result) share one sealing.
+        self.sealed: dict[UUID, dict[str, str]] = {}
+
+    def stored_form(self, record_id: UUID, data: dict[str, Any]) -> str:
+        """``data`` as stored: JSON text with its health fields sealed."""
+        return json.dumps(sealing.seal_tree(data, self.sealed.setdefault(record_id, {})))
 
     def publish(
         self,
@@ -190,57 +225,35 @@ class Publisher:
             scopes=scopes,
             is_deleted=is_deleted,
         )
+        stored = self.stored_form(record_id, data)
         self.heads[record_id] = new_head
-        self.dirty_heads[record_id] = new_head
+        self.dirty_heads[record_id] = _PendingHead(new_head, stored)
         if changed_fields is None:
             previous = head.data if head is not None else {}
             changed_fields = [name for name in data if previous.get(name) != data[name]]
         self.versions.append(
-            RecordVersion(
+            PendingVersion(
                 record_id=record_id,
                 record_type=synced_type.name,
                 version=version,
                 data=data,
+                stored=stored,
                 changed_fields=list(changed_fields),
                 is_deleted=is_deleted,
-                user=user,
-                device=device,
-                mutation=mutation,
+                user_id=user.pk if user is not None else None,
+                device_id=device.pk if device is not None else None,
+                mutation_id=mutation.pk if mutation is not None else None,
             )
         )
         origin = None if echo_to_origin or device is None else device.pk
-        reason = RemoveReason.DELETED if is_deleted else RemoveReason.OUT_OF_SCOPE
+        reason = RemoveReason.DELETED.value if is_deleted else RemoveReason.OUT_OF_SCOPE.value
+        name = synced_type.name
         # Removals first: a reader of a lost scope and a kept one ends with the record.
         for scope in sorted(visible_before - visible_after):
-            self.entries.append(
-                ChangeEntry(
-                    program_id=program_id,
-                    scope=scope,
-                    record_type=synced_type.name,
-                    record_id=record_id,
-                    operation=ChangeOperation.REMOVE,
-                    data={},
-                    version=version,
-                    reason=reason,
-                    origin_device_id=origin,
-                )
-            )
+            self.entries.append((program_id, scope, name, record_id, _REMOVE, "{}", version, reason, origin))
         for scope in sorted(visible_after):
-            self.entries.append(
-                ChangeEntry(
-                    program_id=program_id,
-                    scope=scope,
-                    record_type=synced_type.name,
-                    record_id=record_id,
-                    operation=ChangeOperation.UPSERT,
-                    data=data,
-                    version=version,
-                    origin_device_id=origin,
-                )
-            )
-        self.scope_adds += [
-            SyncedRecordScope(scope=scope, record_id=record_id) for scope in visible_after - visible_before
-        ]
+            self.entries.append((program_id, scope, name, record_id, _UPSERT, stored, version, "", origin))
+        self.scope_adds += [(scope, record_id) for scope in visible_after - visible_before]
         if visible_before - visible_after:
             self.scope_removes.setdefault(record_id, set()).update(visible_before - visible_after)
         self.nudged |= visible_before | visible_after
@@ -249,26 +262,32 @@ class Publisher:
     def reannounce(self, head: SyncedRecord, scope: str) -> None:
         """Send the record as it stands to one scope (no new version): a device whose change
         was kept as a conflict learns the server's state through its feed."""
+        pending = self.dirty_heads.get(head.record_id)
+        stored = (
+            pending.stored
+            if pending is not None and pending.head is head
+            else self.stored_form(head.record_id, head.data)
+        )
         self.entries.append(
-            ChangeEntry(
-                program_id=head.program_id,
-                scope=scope,
-                record_type=head.record_type,
-                record_id=head.record_id,
-                operation=ChangeOperation.REMOVE if head.is_deleted else ChangeOperation.UPSERT,
-                data={} if head.is_deleted else head.data,
-                version=head.version,
-                reason=RemoveReason.DELETED if head.is_deleted else "",
+            (
+                head.program_id,
+                scope,
+                head.record_type,
+                head.record_id,
+                _REMOVE if head.is_deleted else _UPSERT,
+                "{}" if head.is_deleted else stored,
+                head.version,
+                RemoveReason.DELETED.value if head.is_deleted else "",
+                None,
             )
         )
         self.nudged.add(scope)
 
     def flush(self) -> None:
-        # One set-based statement per table: a push writes several rows per mutation, and
-        # building them through the ORM cost more than writing them.
+        # One set-based statement per table: a push writes several rows per mutation.
         with raw_cursor() as cursor:
             if self.dirty_heads:
-                heads = list(self.dirty_heads.values())
+                heads = [pending.head for pending in self.dirty_heads.values()]
                 cursor.execute(
                     "INSERT INTO sync_syncedrecord"
                     " (record_id, record_type, program_id, version, data, scopes, is_deleted, updated_at)"
@@ -285,12 +304,13 @@ class Publisher:
                         [head.record_type for head in heads],
                         [head.program_id for head in heads],
                         [head.version for head in heads],
-                        [json.dumps(head.data) for head in heads],
+                        [pending.stored for pending in self.dirty_heads.values()],
                         [_SEPARATOR.join(head.scopes) for head in heads],
                         [head.is_deleted for head in heads],
                     ],
                 )
             if self.versions:
+                versions = self.versions
                 cursor.execute(
                     "INSERT INTO sync_recordversion (record_id, record_type, version, data, changed_fields,"
                     " is_deleted, user_id, device_id, mutation_id, created_at)"
@@ -302,27 +322,35 @@ class Publisher:
                     " mutation_id)",
                     [
                         _SEPARATOR,
-                        [v.record_id for v in self.versions],
-                        [v.record_type for v in self.versions],
-                        [v.version for v in self.versions],
-                        [json.dumps(v.data) for v in self.versions],
-                        [_SEPARATOR.join(v.changed_fields) for v in self.versions],
-                        [v.is_deleted for v in self.versions],
-                        [v.user_id for v in self.versions],
-                        [v.device_id for v in self.versions],
-                        [v.mutation_id for v in self.versions],
+                        [v.record_id for v in versions],
+                        [v.record_type for v in versions],
+                        [v.version for v in versions],
+                        [v.stored for v in versions],
+                        [_SEPARATOR.join(v.changed_fields) for v in versions],
+                        [v.is_deleted for v in versions],
+                        [v.user_id for v in versions],
+                        [v.device_id for v in versions],
+                        [v.mutation_id for v in versions],
                     ],
                 )
-            for record_id, scopes in self.scope_removes.items():
-                SyncedRecordScope.objects.filter(record_id=record_id, scope__in=scopes).delete()
+            if self.scope_removes:
+                cursor.execute(
+                    "DELETE FROM sync_syncedrecordscope AS s"
+                    " USING unnest(%b::uuid[], %b::text[]) AS r(record_id, scope)"
+                    " WHERE s.record_id = r.record_id AND s.scope = r.scope",
+                    [
+                        [record_id for record_id, scopes in self.scope_removes.items() for _scope in scopes],
+                        [scope for scopes in self.scope_removes.values() for scope in scopes],
+                    ],
+                )
             if self.scope_adds:
                 cursor.execute(
                     "INSERT INTO sync_syncedrecordscope (scope, record_id)"
                     " SELECT * FROM unnest(%b::text[], %b::uuid[]) ON CONFLICT DO NOTHING",
-                    [[row.scope for row in self.scope_adds], [row.record_id for row in self.scope_adds]],
+                    [[scope for scope, _id in self.scope_adds], [record_id for _scope, record_id in self.scope_adds]],
                 )
             if self.entries:
-                entries = self.entries
+                columns = list(zip(*self.entries, strict=True))
                 cursor.execute(
                     "INSERT INTO sync_changeentry (program_id, scope, record_type, record_id, operation, data,"
                     " version, reason, origin_device_id, created_at)"
@@ -332,17 +360,7 @@ class Publisher:
                     " %b::text[], %b::uuid[])"
                     " AS e(program_id, scope, record_type, record_id, operation, data, version, reason,"
                     " origin_device_id)",
-                    [
-                        [e.program_id for e in entries],
-                        [e.scope for e in entries],
-                        [e.record_type for e in entries],
-                        [e.record_id for e in entries],
-                        [str(e.operation) for e in entries],
-                        [json.dumps(e.data) for e in entries],
-                        [e.version for e in entries],
-                        [str(e.reason) for e in entries],
-                        [e.origin_device_id for e in entries],
-                    ],
+                    [list(column) for column in columns],
                 )
         if self.conflicts:
             Conflict.objects.bulk_create(self.conflicts)
@@ -351,6 +369,7 @@ class Publisher:
             transaction.on_commit(lambda: nudge_scopes(nudged))
         self.dirty_heads, self.versions, self.entries = {}, [], []
         self.scope_adds, self.scope_removes, self.conflicts, self.nudged = [], {}, [], set()
+        self.sealed = {}
 
 
 def publish_record(
@@ -552,3 +571,72 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
 def user_scopes_refresh_by_id(user_id: UUID) -> None:
     """user_scopes_refresh for a user known by id (the crew-change listener)."""
     user_scopes_refresh(user=User.objects.get(pk=user_id))
+
+
+# Key rotation: the stored copies of records sealed again with the newest key.
+
+_RESEAL_CHUNK = 2_000
+# (table, key column, key type, JSON columns, sealed whole or by health field)
+_SEALED_COLUMNS: list[tuple[str, str, str, tuple[str, ...], bool]] = [
+    ("sync_syncedrecord", "record_id", "uuid", ("data",), False),
+    ("sync_recordversion", "id", "bigint", ("data",), False),
+    ("sync_changeentry", "id", "bigint", ("data",), False),
+    ("sync_mutation", "id", "bigint", ("payload", "result"), False),
+    ("sync_conflict", "id", "uuid", ("base_value", "server_value", "device_value"), True),
+]
+
+
+def reseal_stored_copies(*, chunk_size: int = _RESEAL_CHUNK) -> int:
+    """Seal every health value in sync's stored copies with the newest key in
+    FIELD_ENCRYPTION_KEYS (and seal any still plain). Returns how many rows changed.
+
+    Run after putting a new key in front; the old key can go once this has finished.
+    Rows are read and rewritten in chunks, each locked in its own transaction, so pushes
+    and pulls go on meanwhile. Idempotent: a second run changes nothing but what was
+    written with an older key in between.
+    """
+    changed = 0
+    for table, key, key_type, columns, whole in _SEALED_COLUMNS:
+        after: Any = None
+        while True:
+            with transaction.atomic(), raw_cursor() as cursor:
+                select = ", ".join(f"{column}::text" for column in columns)
+                where = f"WHERE {key} > %s " if after is not None else ""
+                cursor.execute(
+                    f"SELECT {key}, {select} FROM {table} {where}ORDER BY {key} LIMIT %s FOR UPDATE",  # noqa: S608 — names are constants above
+                    [after, chunk_size] if after is not None else [chunk_size],
+                )
+                rows = cursor.fetchall()
+                if not rows:
+                    break
+                after = rows[-1][0]
+                updates: list[list[Any]] = []
+                for row in rows:
+                    values, row_changed = [], False
+                    for text in row[1:]:
+                        fresh, column_changed = _reseal_column(text, whole=whole)
+                        values.append(fresh)
+                        row_changed = row_changed or column_changed
+                    if row_changed:
+                        updates.append([row[0], *values])
+                if updates:
+                    assignments = ", ".join(f"{column} = r.{column}" for column in columns)
+                    casts = ", ".join("%b::jsonb[]" for _column in columns)
+                    cursor.execute(
+                        f"UPDATE {table} AS t SET {assignments} FROM unnest(%b::{key_type}[], {casts})"  # noqa: S608
+                        f" AS r({key}, {', '.join(columns)}) WHERE t.{key} = r.{key}",
+                        [list(column) for column in zip(*updates, strict=True)],
+                    )
+                    changed += len(updates)
+    return changed
+
+
+def _reseal_column(text: str | None, *, whole: bool) -> tuple[str | None, bool]:
+    if text is None:
+        return None, False
+    value = json.loads(text)
+    if not whole:
+        fresh, changed = sealing.reseal_tree(value)
+        return json.dumps(fresh), changed
+    sealed = sealing.reseal_value(value)
+    return json.dumps(sealed), sealed != value

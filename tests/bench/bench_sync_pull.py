@@ -12,7 +12,9 @@
    p99 of 20 pulls each.
 
 Records are seeded with set-based SQL in the shapes the sync layer writes (the push path
-is measured by bench_sync_push); the reads are the real endpoints.
+is measured by bench_sync_push), the assessments sealed as the push path seals health
+information; the reads are the real endpoints, which open them. (The 1,000,000 rows in
+other scopes are plain: the device never reads them.)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
     from django.db import connection
 
     from apps.accounts.models import Role
+    from apps.common.encryption import seal_json
     from apps.sync.scopes import program_role_scope, unit_scope
 
     scopes = [
@@ -56,9 +59,9 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
         cursor.execute(
             """
             CREATE TEMP TABLE seed AS
-            SELECT gen_random_uuid() AS id, n FROM generate_series(1, %s) AS n
+            SELECT gen_random_uuid() AS id, n, sealed FROM unnest(%s::text[]) WITH ORDINALITY AS t(sealed, n)
             """,
-            [count],
+            [[seal_json(f"Calm, oriented. Visit {n}") for n in range(1, count + 1)]],
         )
         cursor.execute(
             """
@@ -77,7 +80,7 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
                    jsonb_build_object('unit_id', %s::text, 'program_id', %s::text, 'author_id', %s::text,
                                       'deleted', false, 'person_id', null, 'started_at', '2026-11-20T14:05:00Z',
                                       'ended_at', null, 'location', 'Street ' || n,
-                                      'assessment', 'Calm, oriented. Visit ' || n, 'disposition', ''),
+                                      'assessment', sealed, 'disposition', ''),
                    %s::varchar[], false, now()
             FROM seed
             """,
@@ -91,22 +94,27 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
         cursor.execute("ANALYZE")
 
 
-def seed_feed(program_id: uuid.UUID, rows: int, scope: str, chunk: int = 100_000) -> None:
-    """`rows` feed entries in `scope`, one transaction per chunk (the feed is ordered by them)."""
+def seed_feed(program_id: uuid.UUID, rows: int, scope: str, chunk: int = 100_000, sealed: bool = False) -> None:
+    """`rows` feed entries in `scope`, one transaction per chunk (the feed is ordered by them);
+    with ``sealed`` the assessments are sealed, as the push path stores them."""
     from django.db import connection, transaction
 
+    from apps.common.encryption import seal_json
+
     for start in range(0, rows, chunk):
+        size = min(chunk, rows - start)
+        assessments = [seal_json(f"Visit {n}") if sealed else f"Visit {n}" for n in range(1, size + 1)]
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
                 """
                 INSERT INTO sync_changeentry (program_id, scope, record_type, record_id, operation, data, version,
                                               reason, origin_device_id, created_at)
                 SELECT %s, %s, 'care.encounter', gen_random_uuid(), 'upsert',
-                       jsonb_build_object('location', 'Street ' || n, 'assessment', 'Visit ' || n), 1, '', null,
+                       jsonb_build_object('location', 'Street ' || n, 'assessment', assessment), 1, '', null,
                        now()
-                FROM generate_series(1, %s) AS n
+                FROM unnest(%s::text[]) WITH ORDINALITY AS t(assessment, n)
                 """,
-                [program_id, scope, min(chunk, rows - start)],
+                [program_id, scope, assessments],
             )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE sync_changeentry")
@@ -148,6 +156,7 @@ def main() -> None:
                 size += len(response.content)
                 body = json.loads(response.content)
                 received += len(body["records"])
+                assert all(record["data"]["assessment"].startswith("Calm") for record in body["records"][:1])  # opened
                 pages += 1
                 if not body["has_more"]:
                     feed_cursor = body["feed_cursor"]
@@ -164,13 +173,14 @@ def main() -> None:
                 while start["has_more"]:
                     start = client.get("/api/v1/sync/feed/", params={"cursor": cursor, "limit": 1000}).json()
                     cursor = start["cursor"]
-                seed_feed(program.pk, INCREMENTAL, unit_scope(unit.pk))
+                seed_feed(program.pk, INCREMENTAL, unit_scope(unit.pk), sealed=True)
                 timings = []
                 for _ in range(20):
                     begun = time.perf_counter()
                     page = client.get("/api/v1/sync/feed/", params={"cursor": cursor, "limit": INCREMENTAL})
                     timings.append(time.perf_counter() - begun)
                     assert page.status_code == 200 and len(page.json()["entries"]) == INCREMENTAL
+                    assert page.json()["entries"][0]["data"]["assessment"].startswith("Visit")  # opened
                 return summary_ms(timings), feed_rows
 
             small, _ = incremental(SMALL_FEED, 0)
