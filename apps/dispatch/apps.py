@@ -13,9 +13,12 @@ class DispatchConfig(AppConfig):
         from apps.dispatch import handlers
         from apps.dispatch.models import Assignment, Incident
         from apps.dispatch.services import ASSIGNMENT_RECORD, INCIDENT_RECORD
+        from apps.sync import registry as sync_registry
 
         handlers.register_all()
         # A call's callback number, address and nature are health information: reading an
         # incident (or an assignment, which carries its incident) is audited like a note.
         register_health_record(INCIDENT_RECORD, Incident)
         register_health_record(ASSIGNMENT_RECORD, Assignment)
+        # The same fields travel in the change feed, so its stored copies seal them too.
+        sync_registry.declare_health_fields("nature", "callback_number", "unserved_note", "address")

@@ -12,6 +12,7 @@ from apps.dispatch import services
 from apps.dispatch.models import Incident, UnservedReason
 from tests.conftest import CrewMember
 from tests.dispatch.factories import make_incident
+from tests.sync.helpers import sync_client
 
 pytestmark = pytest.mark.django_db
 
@@ -49,3 +50,27 @@ def test_the_unserved_note_rule_still_holds_on_the_sealed_column(program: Progra
         closing.update(status="closed", closed_at=timezone.now(), unserved_reason=UnservedReason.OTHER)
     closing.update(status="closed", closed_at=timezone.now(), unserved_reason=UnservedReason.OTHER, unserved_note="x")
     assert is_sealed(stored("unserved_note", incident))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_feed_copy_of_an_offer_is_sealed_and_the_crew_pulls_it_in_plain(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    incident = make_incident(
+        program, dispatcher, nature="Neighbour reports he talks of ending his life", callback_number="+12125550123"
+    )
+    services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT data::text FROM sync_changeentry WHERE data::text LIKE %s", [f"%{incident.pk}%"])
+        stored_copies = [row[0] for row in cursor.fetchall()]
+    pulled = sync_client(crew_member).get("/api/v1/sync/feed/").json()["entries"]
+
+    assert stored_copies
+    for copy in stored_copies:
+        for plaintext in ("ending his life", "5550123", "1 Main St"):
+            assert plaintext not in copy
+    offered = next(entry for entry in pulled if entry["data"].get("incident_id") == str(incident.pk))
+    assert offered["data"]["incident"]["nature"] == "Neighbour reports he talks of ending his life"
+    assert offered["data"]["incident"]["callback_number"] == "+12125550123"
+    assert offered["data"]["incident"]["location"]["address"] == "1 Main St"
