@@ -1,8 +1,6 @@
-"""The program dashboard (/admin/dashboard/) in a real browser, as a supervisor sees it.
-
-The dashboard is built by separate work; this test describes what it must show and passes
-once that work is merged: charts (``[data-chart]``) carrying values (``[data-value]``), at
-least one of them above zero for a program with a working day behind it."""
+"""The program dashboard (/admin/dashboard/) in a real browser, as a supervisor sees it
+after a working day of the program: charts (``[data-chart]``) carrying values
+(``[data-value]``), at least one of them above zero."""
 
 from __future__ import annotations
 
@@ -26,7 +24,7 @@ def test_a_supervisor_sees_the_programs_dashboard_with_charts_that_have_values(
     admin_browser.sign_in(day.supervisor)
     response = page.goto(admin_browser.url(DASHBOARD))
     assert response is not None
-    assert response.status == 200, f"{DASHBOARD} answered {response.status}: the program dashboard is not served"
+    assert response.status == 200, f"{DASHBOARD} answered {response.status}"
     admin_browser.screenshot("dashboard")
 
     charts = page.locator("[data-chart]")
