@@ -54,6 +54,14 @@ class Disposition(models.TextChoices):
     UNABLE_TO_LOCATE = "unable_to_locate", "Unable to locate"
 
 
+class TransportDestination(models.TextChoices):
+    """Where a transported person was taken: programs report community transports apart
+    from hospital ones (the point of a crisis response is fewer emergency-room visits)."""
+
+    COMMUNITY_LOCATION = "community_location", "Community location (crisis centre, respite, sobering, shelter)"
+    HOSPITAL = "hospital", "Hospital"
+
+
 class Encounter(CareRecord):
     """What a team found and did on scene."""
 
@@ -63,6 +71,9 @@ class Encounter(CareRecord):
     location = models.CharField(max_length=300, blank=True)
     assessment = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     disposition = models.CharField(max_length=32, choices=Disposition.choices, blank=True)
+    # Read only with a transported disposition: fields merge one by one in offline sync, so a
+    # constraint tying the two could refuse a merge of two valid edits.
+    transport_destination = models.CharField(max_length=24, choices=TransportDestination.choices, blank=True)
 
     class Meta:
         # A program's encounters by time: the admin's list (newest first) and the dashboard's range.

@@ -20,6 +20,7 @@ from apps.care.models import (
     ReferralPriority,
     ReferralStatus,
     ReferralTaskStatus,
+    TransportDestination,
 )
 from apps.common.api.serializers import StrictSerializer
 from apps.directory.models import ServiceType
@@ -52,6 +53,9 @@ class EncounterWire(CareWire):
     location = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
     assessment = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
     disposition = serializers.ChoiceField(choices=Disposition.choices, allow_blank=True, required=False, default="")
+    transport_destination = serializers.ChoiceField(
+        choices=TransportDestination.choices, allow_blank=True, required=False, default=""
+    )
 
 
 class NoteWire(CareWire):

@@ -19,7 +19,14 @@ from django.db.models import Aggregate, Count, F, FloatField, Func, OuterRef, Q,
 from django.db.models.functions import ExtractHour
 
 from apps.accounts.models import Program, Role, User
-from apps.care.models import Disposition, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus
+from apps.care.models import (
+    Disposition,
+    Encounter,
+    Referral,
+    ReferralOutcomeEvent,
+    ReferralStatus,
+    TransportDestination,
+)
 from apps.dispatch.models import Assignment, Incident, IncidentStatus, Response, UnservedReason
 from apps.followups.models import FollowUpStep, StepStatus
 
@@ -148,6 +155,8 @@ class Dashboard:
     offer_to_acknowledgement: Duration = Duration(0, None, None)
     call_to_on_scene: Duration = Duration(0, None, None)
     dispositions: dict[str, int] = field(default_factory=dict)
+    # Of the transported: where to (community location, hospital, "" not recorded).
+    transport_destinations: dict[str, int] = field(default_factory=dict)
     referrals: int = 0
     # days -> connected within that many days, of the referrals at least that old.
     referral_connection: dict[int, Rate] = field(default_factory=dict)
@@ -259,14 +268,25 @@ def _dispositions(board: Dashboard) -> None:
     rows = (
         Encounter.objects.filter(window.within("started_at"), program=window.program, is_deleted=False)
         .order_by()
-        .values("disposition")
+        .values("disposition", "transport_destination")
         .annotate(n=Count("pk"))
     )
-    counts = {row["disposition"]: row["n"] for row in rows}
-    # In the model's order, then encounters without one.
-    board.dispositions = {value: counts[value] for value in Disposition.values if value in counts}
+    counts: dict[str, int] = {}
+    destinations: dict[str, int] = {}
+    for row in rows:
+        counts[row["disposition"]] = counts.get(row["disposition"], 0) + row["n"]
+        if row["disposition"] in TRANSPORTED:
+            destinations[row["transport_destination"]] = destinations.get(row["transport_destination"], 0) + row["n"]
+    board.dispositions = _in_order_then_blank(counts, Disposition.values)
+    board.transport_destinations = _in_order_then_blank(destinations, TransportDestination.values)
+
+
+def _in_order_then_blank(counts: dict[str, int], order: list[str]) -> dict[str, int]:
+    """The counts in the choices' order, then the records without a value."""
+    ordered = {value: counts[value] for value in order if value in counts}
     if counts.get(""):
-        board.dispositions[""] = counts[""]
+        ordered[""] = counts[""]
+    return ordered
 
 
 def _referrals(board: Dashboard, now: dt.datetime) -> None:
@@ -332,6 +352,8 @@ def program_dashboard(*, window: Window, now: dt.datetime) -> Dashboard:
 RESPONSE_LABELS = dict(Response.choices)
 REASON_LABELS = dict(UnservedReason.choices)
 DISPOSITION_LABELS = {**dict(Disposition.choices), "": NOT_RECORDED}
+DESTINATION_LABELS = {**dict(TransportDestination.choices), "": NOT_RECORDED}
+TRANSPORTED = frozenset({Disposition.TRANSPORTED_VOLUNTARY, Disposition.TRANSPORTED_INVOLUNTARY})
 
 
 @dataclass(frozen=True)
@@ -377,6 +399,8 @@ def figure_rows(board: Dashboard) -> list[FigureRow]:
         ]
     for disposition, count in board.dispositions.items():
         rows.append(FigureRow("dispositions", DISPOSITION_LABELS.get(disposition, disposition), "", count))
+    for destination, count in board.transport_destinations.items():
+        rows.append(FigureRow("transported_to", DESTINATION_LABELS.get(destination, destination), "", count))
     rows.append(FigureRow("referrals", "made", "", board.referrals))
     for days, rate in board.referral_connection.items():
         name = f"referrals_connected_within_{days}_days"

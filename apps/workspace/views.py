@@ -22,6 +22,7 @@ from apps.accounts.models import Program, User
 from apps.common.api.errors import error_body
 from apps.workspace import charts
 from apps.workspace.dashboard import (
+    DESTINATION_LABELS,
     DISPOSITION_LABELS,
     REASON_LABELS,
     RESPONSE_LABELS,
@@ -195,6 +196,15 @@ def _charts(board: Dashboard) -> dict[str, Any]:
             title="Encounter dispositions",
             description="What the team's encounters ended with.",
             rows=[(DISPOSITION_LABELS.get(value, value), {"Encounters": n}) for value, n in board.dispositions.items()],
+        ),
+        "destination_chart": charts.bar_chart(
+            name="transported-to",
+            title="Transported to",
+            description="Where the transported encounters took the person: a community location or a hospital.",
+            rows=[
+                (DESTINATION_LABELS.get(value, value), {"Encounters": n})
+                for value, n in board.transport_destinations.items()
+            ],
         ),
         "steps_chart": charts.bar_chart(
             name="follow-up-steps",

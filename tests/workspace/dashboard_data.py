@@ -194,11 +194,13 @@ def known_program(program: Program) -> Known:
     served(known, local(31, 23, 50, month=10), 60, 5)
     served(known, local(11, 0, 5), 60, 5)
 
-    # Encounters started in the range: 2 resolved, 1 transported, 1 without a disposition
-    # (and 4 referred, from the referrals below); a deleted one and one outside do not count.
+    # Encounters started in the range: 2 resolved, 2 transported (one to a crisis centre, one
+    # to hospital), 1 without a disposition (and 4 referred, from the referrals below); a
+    # deleted one and one outside do not count.
     encounter(known, local(2, 10), "resolved_on_scene")
     encounter(known, local(4, 10), "resolved_on_scene")
-    encounter(known, local(4, 12), "transported_voluntary")
+    encounter(known, local(4, 12), "transported_voluntary", transport_destination="community_location")
+    encounter(known, local(5, 12), "transported_involuntary", transport_destination="hospital")
     encounter(known, local(6, 12), "")
     encounter(known, local(6, 13), "resolved_on_scene", is_deleted=True)
     encounter(known, local(12, 13), "resolved_on_scene")

@@ -99,7 +99,14 @@ def test_dispositions_of_encounters_started_in_the_range(program: Program) -> No
 
     board = figures(program)
 
-    assert board.dispositions == {"resolved_on_scene": 2, "referred": 4, "transported_voluntary": 1, "": 1}
+    assert board.dispositions == {
+        "resolved_on_scene": 2,
+        "referred": 4,
+        "transported_voluntary": 1,
+        "transported_involuntary": 1,
+        "": 1,
+    }
+    assert board.transport_destinations == {"community_location": 1, "hospital": 1}
 
 
 def test_referral_connection_counts_only_referrals_old_enough(program: Program) -> None:
@@ -197,6 +204,7 @@ def test_a_supervisor_sees_the_charts_with_their_numbers(program: Program) -> No
         "response-mix",
         "eligible-served",
         "dispositions",
+        "transported-to",
         "follow-up-steps",
     }
     assert parser.charts["calls-by-hour"] == [
@@ -229,6 +237,7 @@ def test_a_supervisor_sees_the_charts_with_their_numbers(program: Program) -> No
     assert parser.charts["calls-by-zone"] == ["5", "1", "2", "1"]
     assert parser.charts["eligible-served"] == ["4", "2", "1", "1"]
     assert parser.charts["follow-up-steps"] == ["2", "1", "1", "1"]
+    assert parser.charts["transported-to"] == ["1", "1"]
     assert parser.titles["calls-by-hour"] == "Calls by hour of day"
     page = response.content.decode()
     assert "25 min 00 s" in page and "37 min 00 s" in page  # call to on scene: median, p90
@@ -279,6 +288,7 @@ def test_the_csv_has_one_row_per_figure_and_bucket(program: Program) -> None:
     assert cells[("call_to_on_scene_seconds", "p90", "")] == "2220.0"
     assert cells[("offer_to_acknowledgement_seconds", "p90", "")] == "111.0"
     assert cells[("dispositions", "Not recorded", "")] == "1"
+    assert cells[("transported_to", "Hospital", "")] == "1"
     assert cells[("follow_up_steps", "percent on time", "")] == "40.0"
     # The page counts referrals as of now (after 16 November every one here is 7 days old).
     assert cells[("referrals_connected_within_7_days", "connected", "")] == "2"

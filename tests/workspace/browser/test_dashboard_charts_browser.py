@@ -21,7 +21,7 @@ def test_the_dashboards_charts_draw_the_known_numbers(admin_browser: AdminBrowse
     admin_browser.open(f"/admin/dashboard/?program={program.slug}&start=2026-11-01&end=2026-11-10")
     admin_browser.screenshot("dashboard-known-data")
 
-    assert page.locator("svg[data-chart]").count() == 6
+    assert page.locator("svg[data-chart]").count() == 7
     hours = page.locator("svg[data-chart=calls-by-hour] rect[data-value]").evaluate_all(
         "bars => bars.map(bar => Number(bar.dataset.value))"
     )
