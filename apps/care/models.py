@@ -73,7 +73,9 @@ class Encounter(CareRecord):
     disposition = models.CharField(max_length=32, choices=Disposition.choices, blank=True)
     # Read only with a transported disposition: fields merge one by one in offline sync, so a
     # constraint tying the two could refuse a merge of two valid edits.
-    transport_destination = models.CharField(max_length=24, choices=TransportDestination.choices, blank=True)
+    transport_destination = models.CharField(
+        max_length=24, choices=TransportDestination.choices, blank=True, default="", db_default=""
+    )
 
     class Meta:
         # A program's encounters by time: the admin's list (newest first) and the dashboard's range.

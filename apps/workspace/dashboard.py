@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.postgres.fields import ArrayField
-from django.db.models import Aggregate, Count, F, FloatField, Func, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Aggregate, Count, F, FloatField, Func, Min, Q, QuerySet
 from django.db.models.functions import ExtractHour
 
 from apps.accounts.models import Program, Role, User
@@ -23,7 +23,6 @@ from apps.care.models import (
     Disposition,
     Encounter,
     Referral,
-    ReferralOutcomeEvent,
     ReferralStatus,
     TransportDestination,
 )
@@ -252,11 +251,10 @@ def _eligible_and_on_scene(board: Dashboard) -> None:
 
 def _offer_to_acknowledgement(board: Dashboard) -> None:
     window = board.window
+    # Offers made in the range, by the offering time and the unit (a small table) rather than
+    # a join to every call.
     acknowledged = Assignment.objects.filter(
-        incident__program=window.program,
-        incident__received_at__gte=window.starts_at,
-        incident__received_at__lt=window.ends_at,
-        acknowledged_at__isnull=False,
+        window.within("offered_at"), unit__program=window.program, acknowledged_at__isnull=False
     )
     seconds = seconds_between("offered_at", "acknowledged_at")
     figures = acknowledged.aggregate(n=Count("pk"), percentiles=PercentileCont(MEDIAN_AND_P90, seconds))
@@ -291,11 +289,11 @@ def _in_order_then_blank(counts: dict[str, int], order: list[str]) -> dict[str, 
 
 def _referrals(board: Dashboard, now: dt.datetime) -> None:
     window = board.window
-    # When the person first got to the service (NULL when not yet): one lookup per referral.
-    first_connected = (
-        ReferralOutcomeEvent.objects.filter(referral=OuterRef("pk"), is_deleted=False, outcome__in=CONNECTED_OUTCOMES)
-        .order_by("observed_at")
-        .values("observed_at")[:1]
+    # When the person first got to the service (NULL when not yet): one grouped join, which
+    # the aggregate below reads as a subquery (a correlated lookup would run once per count).
+    first_connected = Min(
+        "outcomes__observed_at",
+        filter=Q(outcomes__is_deleted=False, outcomes__outcome__in=CONNECTED_OUTCOMES),
     )
     aggregates: dict[str, Any] = {"total": Count("pk")}
     for days in CONNECTION_DAYS:
@@ -307,7 +305,7 @@ def _referrals(board: Dashboard, now: dt.datetime) -> None:
         )
     figures = (
         Referral.objects.filter(window.within("created_at"), program=window.program, is_deleted=False)
-        .annotate(first_connected=Subquery(first_connected))
+        .annotate(first_connected=first_connected)
         .aggregate(**aggregates)
     )
     board.referrals = figures["total"]
