@@ -68,7 +68,7 @@ class Encounter(CareRecord):
     person = models.ForeignKey(Person, null=True, blank=True, on_delete=models.PROTECT, related_name="encounters")
     started_at = models.DateTimeField(help_text="As the device observed it.")
     ended_at = models.DateTimeField(null=True, blank=True)
-    location = models.CharField(max_length=300, blank=True)
+    location = EncryptedTextField(blank=True, help_text="Where the team met the person (sealed at rest).")
     assessment = EncryptedTextField(blank=True, help_text="Clinical text (sealed at rest).")
     disposition = models.CharField(max_length=32, choices=Disposition.choices, blank=True)
     # Read only with a transported disposition: fields merge one by one in offline sync, so a

@@ -138,6 +138,7 @@ def register_synced_types() -> None:
             may_write=services.may_write_encounter,
             apply=services.encounter_apply,
             clinical_text_fields=frozenset({"assessment"}),
+            health_fields=frozenset({"location"}),
             watermelon_table="encounters",
             **common,
         )

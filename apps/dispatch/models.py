@@ -331,7 +331,8 @@ class Assignment(TimeStampedModel):
     checkin_due_at = models.DateTimeField(null=True, blank=True)
     last_checkin_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    end_reason = models.CharField(max_length=300, blank=True)
+    # Why a crew declined or dispatch withdrew the offer: free text, often about the person.
+    end_reason = EncryptedTextField(blank=True)
     superseded_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="supersedes"
     )

@@ -26,7 +26,9 @@ def stored(table: str, column: str, record_id: Any) -> str:
 
 def test_every_clinical_text_column_holds_ciphertext_and_reads_back_as_plaintext(crew_member: CrewMember):
     # given an encounter, a signed note with an addendum, a referral, an outcome and a task step
-    encounter_id = encounter(crew_member, assessment="Hearing voices since Tuesday; denies intent.")
+    encounter_id = encounter(
+        crew_member, assessment="Hearing voices since Tuesday; denies intent.", location="Behind 210 Pleasant Ave"
+    )
     note_id, addendum_id, referral_id, outcome_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     note = {"encounter_id": str(encounter_id), "body": "Agreed a safety plan with sister.", "signed_at": now_iso()}
     assert pushed(crew_member, "care.note", note, record_id=note_id)["status"] == "applied"
@@ -51,6 +53,7 @@ def test_every_clinical_text_column_holds_ciphertext_and_reads_back_as_plaintext
     # then the tables hold no plaintext
     columns = [
         ("care_encounter", "assessment", encounter_id, "Hearing voices"),
+        ("care_encounter", "location", encounter_id, "Pleasant"),
         ("care_clinicalnote", "body", note_id, "safety plan"),
         ("care_clinicalnote", "body", addendum_id, "Sister"),
         ("care_referral", "reason", referral_id, "Psychosis"),
@@ -64,6 +67,7 @@ def test_every_clinical_text_column_holds_ciphertext_and_reads_back_as_plaintext
 
     # and the ORM hands back the plaintext
     assert Encounter.objects.get(pk=encounter_id).assessment == "Hearing voices since Tuesday; denies intent."
+    assert Encounter.objects.get(pk=encounter_id).location == "Behind 210 Pleasant Ave"
     assert ClinicalNote.objects.get(pk=note_id).body == "Agreed a safety plan with sister."
     assert ClinicalNote.objects.get(pk=addendum_id).body == "Sister's number corrected."
     assert Referral.objects.get(pk=referral_id).reason == "Psychosis"

@@ -60,9 +60,11 @@ def test_the_command_finds_every_encrypted_column_without_knowing_the_apps():
     assert found == {
         ("care.ClinicalNote", "body"),
         ("care.Encounter", "assessment"),
+        ("care.Encounter", "location"),
         ("care.Referral", "reason"),
         ("care.ReferralOutcomeEvent", "details"),
         ("care.ReferralTaskEvent", "reason"),
+        ("dispatch.Assignment", "end_reason"),
         ("dispatch.Incident", "nature"),
         ("dispatch.Incident", "unserved_note"),
         ("followups.ContactAttempt", "notes"),
@@ -86,7 +88,7 @@ def test_after_rotation_and_reseal_the_old_key_can_go(settings, crew_member: Cre
 
     # then every value is sealed anew, the registered hook ran, and the counts are printed
     assert raw("care_encounter", "assessment", encounter_ids[0]) != sealed_with_old
-    assert "care.Encounter (assessment): 5 resealed, 0 sealed from plaintext, 0 already current" in output
+    assert "care.Encounter (location, assessment): 10 resealed, 0 sealed from plaintext, 0 already current" in output
     assert "care.ClinicalNote (body): 1 resealed" in output
     assert "reseal_copies: 7 resealed" in output
     assert hook_calls == ["called"]
@@ -108,7 +110,7 @@ def test_running_it_again_changes_nothing(settings, crew_member: CrewMember):
 
     output = reseal()
 
-    assert "care.Encounter (assessment): 0 resealed, 0 sealed from plaintext, 1 already current" in output
+    assert "care.Encounter (location, assessment): 0 resealed, 0 sealed from plaintext, 2 already current" in output
     assert raw("care_encounter", "assessment", encounter_id) == before
 
 

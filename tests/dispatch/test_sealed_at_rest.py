@@ -74,3 +74,26 @@ def test_the_feed_copy_of_an_offer_is_sealed_and_the_crew_pulls_it_in_plain(
     assert offered["data"]["incident"]["nature"] == "Neighbour reports he talks of ending his life"
     assert offered["data"]["incident"]["callback_number"] == "+12125550123"
     assert offered["data"]["incident"]["location"]["address"] == "1 Main St"
+
+
+def test_a_crews_reason_for_declining_is_ciphertext_in_the_database(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+
+    services.assignment_decline(
+        assignment_id=assignment.pk,
+        user=crew_member.user,
+        device=crew_member.device,
+        reason="We treated him last week; he asked for another team",
+    )
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT end_reason FROM dispatch_assignment WHERE id = %s", [assignment.pk])
+        (stored_reason,) = cursor.fetchone()
+    assert is_sealed(stored_reason)
+    assert "treated" not in stored_reason
+    assignment.refresh_from_db()
+    assert assignment.end_reason == "We treated him last week; he asked for another team"

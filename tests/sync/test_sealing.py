@@ -81,14 +81,14 @@ def test_clinical_text_is_stored_sealed_in_every_sync_copy(program: Program, cre
 
     stored = raw_sync_text()
 
-    for secret in (ASSESSMENT, NOTE, NAME, "Agitated.", "Calm."):
+    for secret in (ASSESSMENT, NOTE, NAME, "Agitated.", "Calm.", "Lexington"):
         assert secret not in stored
     assert "gAAAAA" in stored
     # Structure stays readable by the database: ids, versions and plain fields.
     head = SyncedRecord.objects.filter(pk=encounter_id).values_list("version", flat=True).get()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT data->>'location' FROM sync_syncedrecord WHERE record_id = %s", [encounter_id])
-        assert cursor.fetchone()[0] == "125th St & Lexington Ave"
+        cursor.execute("SELECT data->>'unit_id' FROM sync_syncedrecord WHERE record_id = %s", [encounter_id])
+        assert cursor.fetchone()[0] == str(crew_member.unit.pk)
     assert head == 2
 
 
