@@ -25,29 +25,13 @@ def limit_for(channel: str) -> int | None:
     }.get(Channel(channel))
 
 
-def take(*, channel: str, recipient_key: str) -> bool:
-    """Count one message to this recipient on this channel; False when over the limit.
+def take_many(sends: Sequence[tuple[str, str]]) -> list[bool]:
+    """Count one message per (channel, recipient key) pair, in one round trip; for each, in
+    order, False when that recipient is over the channel's limit. A recipient twice in the
+    list counts twice.
 
     INCR is atomic, so concurrent workers never both take the last slot. A window may let
     up to twice the limit through across its boundary; that is the price of one round trip.
-    """
-    limit = limit_for(channel)
-    if limit is None:
-        return True
-    window = settings.NOTIFICATIONS_RATE_WINDOW_SECONDS
-    bucket = int(time.time() // window)
-    key = f"tandem:notifications:rate:{channel}:{recipient_key}:{bucket}"
-    pipe = _client(settings.REDIS_URL).pipeline(transaction=True)
-    pipe.incr(key)
-    pipe.expire(key, window * 2)
-    count = int(pipe.execute()[0])
-    return count <= limit
-
-
-def take_many(sends: Sequence[tuple[str, str]]) -> list[bool]:
-    """``take`` for several (channel, recipient key) pairs in one round trip, in order.
-
-    The counters move exactly as with one ``take`` each: a recipient twice in the list counts twice.
     """
     window = settings.NOTIFICATIONS_RATE_WINDOW_SECONDS
     bucket = int(time.time() // window)

@@ -21,11 +21,12 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Model, Q
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import status as http_status
 
 from apps.accounts.models import Device, Membership, Program, User
+from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.notifications import ratelimit
 from apps.notifications.channels import Message, Outcome, PushTarget, SendResult, registry
@@ -398,30 +399,9 @@ class _Planner:
 
     def save(self) -> None:
         self._plan_contacts()
-        _bulk_insert(Notification, self.notifications)
-        _bulk_insert(NotificationRecipient, self.recipients)
-        _bulk_insert(NotificationAttempt, self.attempts)
-
-
-def _bulk_insert(model: type[Model], rows: Sequence[Model]) -> None:
-    """``bulk_create`` for rows whose ids are made here: one array per column, not one parameter per value.
-
-    ``INSERT … SELECT * FROM unnest(…)`` keeps the statement the same size however many rows
-    there are, so neither Django nor the driver spends time per value building it. Values go
-    through each field's ``pre_save`` (timestamps) and ``get_db_prep_save``, as in ``save()``.
-    """
-    if not rows:
-        return
-    fields = list(model._meta.concrete_fields)
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
-    values = [[field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows] for field in fields]
-    table = connection.ops.quote_name(model._meta.db_table)
-    with connection.cursor() as cursor:
-        # Names and types come from the model's own metadata; every value is a parameter.
-        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})", values)  # noqa: S608
-    for row in rows:
-        row._state.adding, row._state.db = False, connection.alias
+        bulk.insert(self.notifications)
+        bulk.insert(self.recipients)
+        bulk.insert(self.attempts)
 
 
 def _preference_for(
