@@ -374,6 +374,10 @@ class InvalidTransition(DomainError):
     code = "invalid_transition"
 
 
+# A task step's reason is a sentence (sealed at rest, so the database no longer bounds it).
+TASK_REASON_MAX_LENGTH = 300
+
+
 @transaction.atomic
 def referral_task_status_change(*, referral: Referral, to_status: str, reason: str, actor: User) -> ReferralTaskEvent:
     """Move a referral along its task timeline (received, accepted, …, completed, cancelled).
@@ -381,6 +385,13 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
     Only the transitions of ``TASK_TRANSITIONS`` are allowed: a cancelled, rejected, failed or
     completed referral is closed. "Unable to reach" is an outcome, not a cancellation.
     """
+    if len(reason) > TASK_REASON_MAX_LENGTH:
+        raise DomainError(
+            f"Keep the reason to {TASK_REASON_MAX_LENGTH} characters.",
+            code="max_length",
+            field="reason",
+            status_code=400,
+        )
     lock_records([referral.pk])
     referral = Referral.objects.select_for_update().get(pk=referral.pk)
     current = referral.task_status

@@ -205,8 +205,21 @@ def _lock_open(step: FollowUpStep) -> FollowUpStep:
     return locked
 
 
+# Why a step was missed, moved or completed early: a sentence, not a case note (sealed at
+# rest, so the database no longer bounds it).
+REASON_MAX_LENGTH = 300
+
+
+def _check_reason(text: str, *, field: str, missing: str | None) -> None:
+    if missing is not None and not text.strip():
+        raise _invalid(field, missing, code="required")
+    if len(text) > REASON_MAX_LENGTH:
+        raise _invalid(field, f"Keep it to {REASON_MAX_LENGTH} characters.", code="max_length")
+
+
 @transaction.atomic
 def step_complete(*, step: FollowUpStep, actor: User, note: str = "") -> FollowUpStep:
+    _check_reason(note, field="note", missing=None)
     step = _lock_open(step)
     now = timezone.now()
     step.status, step.closed_at, step.closed_by = StepStatus.COMPLETED, now, actor
@@ -218,8 +231,7 @@ def step_complete(*, step: FollowUpStep, actor: User, note: str = "") -> FollowU
 
 @transaction.atomic
 def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str) -> FollowUpStep:
-    if not reason.strip():
-        raise _invalid("reason", "Say why the step was missed.", code="required")
+    _check_reason(reason, field="reason", missing="Say why the step was missed.")
     step = _lock_open(step)
     now = timezone.now()
     step.status, step.closed_at, step.closed_by, step.missed_reason = StepStatus.MISSED, now, actor, reason
@@ -233,8 +245,7 @@ def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str) -> FollowU
 def step_reschedule(*, step: FollowUpStep, actor: User, due_at: dt.datetime, reason: str) -> FollowUpStep:
     if due_at <= timezone.now():
         raise _invalid("due_at", "The new due time is in the past.", code="due_at_in_past")
-    if not reason.strip():
-        raise _invalid("reason", "Say why the step is rescheduled.", code="required")
+    _check_reason(reason, field="reason", missing="Say why the step is rescheduled.")
     step = _lock_open(step)
     step.due_at = due_at
     step.save(update_fields=["due_at", "updated_at"])

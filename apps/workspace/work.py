@@ -32,6 +32,7 @@ from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
+from apps.followups.services import REASON_MAX_LENGTH
 from apps.sync.registry import Refused
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_action, record_admin_reads
@@ -77,16 +78,16 @@ class OutcomeForm(forms.Form):
 
 
 class CompleteForm(forms.Form):
-    note = forms.CharField(required=False, max_length=300, label="Note (optional)")
+    note = forms.CharField(required=False, max_length=REASON_MAX_LENGTH, label="Note (optional)")
 
 
 class RescheduleForm(forms.Form):
     due_at = _local_datetime_field("New due time")
-    reason = forms.CharField(max_length=300)
+    reason = forms.CharField(max_length=REASON_MAX_LENGTH)
 
 
 class MissedForm(forms.Form):
-    reason = forms.CharField(max_length=300, label="Why it was missed")
+    reason = forms.CharField(max_length=REASON_MAX_LENGTH, label="Why it was missed")
 
 
 class ReassignForm(forms.Form):

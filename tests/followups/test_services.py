@@ -11,6 +11,7 @@ from django.utils import timezone
 from apps.accounts.models import Role
 from apps.care.models import Referral
 from apps.care.services import referral_outcome_record
+from apps.common.api.errors import DomainError
 from apps.followups import services
 from apps.followups.models import (
     ContactAttempt,
@@ -122,6 +123,20 @@ def test_unable_to_reach_is_an_outcome_that_closes_nothing(crew_member: CrewMemb
     referral_row = Referral.objects.get(pk=referral_id)
     assert (referral_row.status, referral_row.task_status) == ("unable_to_reach", "requested")
     assert {s.status for s in steps_of(referral_id)} == {StepStatus.PENDING}
+
+
+def test_a_reason_longer_than_the_limit_is_refused_by_the_service_and_nothing_changes(crew_member: CrewMember) -> None:
+    manager = case_manager(crew_member)
+    first, *_ = steps_of(referral(crew_member))
+    too_long = "x" * (services.REASON_MAX_LENGTH + 1)
+
+    with pytest.raises(DomainError) as refused:
+        services.step_mark_missed(step=first, actor=manager.user, reason=too_long)
+
+    assert (refused.value.field, refused.value.code) == ("reason", "max_length")
+    first.refresh_from_db()
+    assert first.status == StepStatus.PENDING
+    assert not StepEvent.objects.filter(step=first, action="missed").exists()
 
 
 def test_a_step_is_completed_rescheduled_or_missed_and_each_is_in_its_history(crew_member: CrewMember) -> None:

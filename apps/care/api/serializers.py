@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.care.models import Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskEvent, ReferralTaskStatus
+from apps.care.services import TASK_REASON_MAX_LENGTH
 from apps.common.api.serializers import StrictSerializer
 
 
@@ -64,7 +65,7 @@ class ReferralSerializer(serializers.ModelSerializer[Referral]):
 
 class TaskStatusInputSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=ReferralTaskStatus.choices)
-    reason = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    reason = serializers.CharField(max_length=TASK_REASON_MAX_LENGTH, required=False, allow_blank=True, default="")
 
 
 class OutcomeInputSerializer(StrictSerializer):

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from apps.common.api.serializers import StrictSerializer
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep, StepEvent, StepStatus
+from apps.followups.services import REASON_MAX_LENGTH
 
 
 class AttemptSerializer(serializers.ModelSerializer[ContactAttempt]):
@@ -82,16 +83,16 @@ class AttemptInputSerializer(StrictSerializer):
 
 
 class CompleteInputSerializer(StrictSerializer):
-    note = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    note = serializers.CharField(max_length=REASON_MAX_LENGTH, required=False, allow_blank=True, default="")
 
 
 class RescheduleInputSerializer(StrictSerializer):
     due_at = serializers.DateTimeField()
-    reason = serializers.CharField(max_length=300)
+    reason = serializers.CharField(max_length=REASON_MAX_LENGTH)
 
 
 class MissedInputSerializer(StrictSerializer):
-    reason = serializers.CharField(max_length=300)
+    reason = serializers.CharField(max_length=REASON_MAX_LENGTH)
 
 
 class AssignInputSerializer(StrictSerializer):
