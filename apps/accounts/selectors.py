@@ -59,7 +59,8 @@ def programs_where(*, user: User, roles: frozenset[Role]) -> QuerySet[Program]:
 
 
 def overseeing_roles() -> frozenset[Role]:
-    """Roles that may see and revoke the devices of everyone in their program."""
+    """Roles that oversee a program: they see and revoke the devices of everyone in it, and
+    its dashboard."""
     return frozenset({Role.SUPERVISOR, Role.ADMINISTRATOR})
 
 

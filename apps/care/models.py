@@ -53,6 +53,11 @@ class Disposition(models.TextChoices):
     DECLINED_SERVICES = "declined_services", "Declined services"
     UNABLE_TO_LOCATE = "unable_to_locate", "Unable to locate"
 
+    @classmethod
+    def transported(cls) -> frozenset[str]:
+        """The dispositions after which the encounter records where the person was taken."""
+        return frozenset({cls.TRANSPORTED_VOLUNTARY, cls.TRANSPORTED_INVOLUNTARY})
+
 
 class TransportDestination(models.TextChoices):
     """Where a transported person was taken: programs report community transports apart

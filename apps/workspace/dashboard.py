@@ -18,7 +18,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.db.models import Aggregate, Count, F, FloatField, Func, Min, Q, QuerySet
 from django.db.models.functions import ExtractHour
 
-from apps.accounts.models import Program, Role, User
+from apps.accounts.models import Program, User
+from apps.accounts.selectors import overseeing_roles, programs_where
 from apps.care.models import (
     Disposition,
     Encounter,
@@ -29,9 +30,6 @@ from apps.care.models import (
 from apps.dispatch.models import Assignment, Incident, IncidentStatus, Response, UnservedReason
 from apps.followups.models import FollowUpStep, StepStatus
 
-# Who sees a program's dashboard: the people who run it (not case managers, not crews).
-DASHBOARD_ROLES = frozenset({Role.SUPERVISOR, Role.ADMINISTRATOR})
-
 # The referral outcomes that mean the person got to the service.
 CONNECTED_OUTCOMES = (ReferralStatus.CONNECTED, ReferralStatus.ATTENDED)
 CONNECTION_DAYS = (7, 30)
@@ -41,13 +39,13 @@ NOT_RECORDED = "Not recorded"
 
 
 def dashboard_programs(user: User) -> QuerySet[Program]:
-    """The programs whose dashboard this user may see: those they supervise or administer."""
+    """The programs whose dashboard this user may see: those they supervise or administer
+    (the people who run a program, not its case managers or crews)."""
     if not (user.is_active and user.is_staff):
         return Program.objects.none()
     if user.is_superuser:
         return Program.objects.order_by("name")
-    led = user.memberships.filter(role__in=DASHBOARD_ROLES).values("program_id")
-    return Program.objects.filter(pk__in=led).order_by("name")
+    return programs_where(user=user, roles=overseeing_roles()).order_by("name")
 
 
 @dataclass(frozen=True)
@@ -147,7 +145,6 @@ class Dashboard:
     chosen_response: dict[str, int] = field(default_factory=dict)
     recommended_response: dict[str, int] = field(default_factory=dict)
     overridden: int = 0
-    eligible: int = 0
     eligible_served: int = 0
     eligible_open: int = 0
     eligible_unserved_by_reason: dict[str, int] = field(default_factory=dict)
@@ -169,6 +166,10 @@ class Dashboard:
     @property
     def eligible_unserved(self) -> int:
         return sum(self.eligible_unserved_by_reason.values())
+
+    @property
+    def eligible(self) -> int:
+        return self.eligible_served + self.eligible_open + self.eligible_unserved
 
     @property
     def steps_on_time_rate(self) -> Rate:
@@ -245,7 +246,6 @@ def _eligible_and_on_scene(board: Dashboard) -> None:
     board.eligible_unserved_by_reason = {
         reason: n for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0])) if n
     }
-    board.eligible = board.eligible_served + board.eligible_open + board.eligible_unserved
     board.call_to_on_scene = _duration(figures["on_scene_n"], figures["on_scene"])
 
 
@@ -269,11 +269,12 @@ def _dispositions(board: Dashboard) -> None:
         .values("disposition", "transport_destination")
         .annotate(n=Count("pk"))
     )
+    transported = Disposition.transported()
     counts: dict[str, int] = {}
     destinations: dict[str, int] = {}
     for row in rows:
         counts[row["disposition"]] = counts.get(row["disposition"], 0) + row["n"]
-        if row["disposition"] in TRANSPORTED:
+        if row["disposition"] in transported:
             destinations[row["transport_destination"]] = destinations.get(row["transport_destination"], 0) + row["n"]
     board.dispositions = _in_order_then_blank(counts, Disposition.values)
     board.transport_destinations = _in_order_then_blank(destinations, TransportDestination.values)
@@ -351,7 +352,6 @@ RESPONSE_LABELS = dict(Response.choices)
 REASON_LABELS = dict(UnservedReason.choices)
 DISPOSITION_LABELS = {**dict(Disposition.choices), "": NOT_RECORDED}
 DESTINATION_LABELS = {**dict(TransportDestination.choices), "": NOT_RECORDED}
-TRANSPORTED = frozenset({Disposition.TRANSPORTED_VOLUNTARY, Disposition.TRANSPORTED_INVOLUNTARY})
 
 
 @dataclass(frozen=True)
