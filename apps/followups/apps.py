@@ -10,10 +10,14 @@ class FollowupsConfig(AppConfig):
     def ready(self) -> None:
         # React to care's events (plans on encounters and referrals, steps closed by outcomes)
         # and let devices sync contact attempts.
+        from apps.audit.registry import register_health_record
         from apps.care import hooks
         from apps.followups import services, sync
+        from apps.followups.models import FollowUpStep
 
         hooks.register("encounter_saved", services.on_encounter_saved)
         hooks.register("referral_saved", services.on_referral_saved)
         hooks.register("outcome_recorded", services.on_outcome_recorded)
         sync.register_synced_types()
+        # A step is about a person (who to contact, why it was missed): reading it is audited.
+        register_health_record("followups.step", FollowUpStep)

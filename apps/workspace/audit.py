@@ -13,11 +13,7 @@ from apps.accounts.models import User
 from apps.audit import registry as health_records
 from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor, record_access
-from apps.followups.models import FollowUpStep
 from apps.sync import registry
-
-# Health records that are not synced to devices but are about a person all the same.
-_UNSYNCED_HEALTH_RECORDS: dict[type[Model], str] = {FollowUpStep: "followups.step"}
 
 
 def health_record_type(model: type[Model]) -> str | None:
@@ -25,7 +21,7 @@ def health_record_type(model: type[Model]) -> str | None:
     for synced_type in registry.all_types():
         if synced_type.model is model:
             return synced_type.name
-    return _UNSYNCED_HEALTH_RECORDS.get(model) or health_records.health_record_type_of(model)
+    return health_records.health_record_type_of(model)
 
 
 def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterable[Any]) -> None:
