@@ -526,7 +526,7 @@ def _apply_rows(
         raise _FallBack() from None
 
 
-def _save_results(rows: list[Mutation], publisher: Publisher | None = None) -> None:
+def _save_results(rows: list[Mutation], publisher: Publisher) -> None:
     """One statement for the whole batch's results (Django's bulk_update builds a CASE per
     row and column, which cost more than applying the mutations)."""
     with raw_cursor() as cursor:
@@ -540,7 +540,7 @@ def _save_results(rows: list[Mutation], publisher: Publisher | None = None) -> N
                 [row.status for row in rows],
                 [
                     publisher.stored_form(row.record_id, row.result)
-                    if publisher is not None and row.record_id is not None
+                    if row.record_id is not None
                     else json.dumps(sealing.seal_tree(row.result))
                     for row in rows
                 ],
