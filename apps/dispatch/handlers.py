@@ -18,6 +18,8 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 
 from apps.accounts.models import DeviceToken
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors, services
 from apps.dispatch.payloads import assignment_payload
@@ -62,7 +64,11 @@ def handle_acknowledge(token: DeviceToken, message: dict[str, Any]) -> dict[str,
     _crew_assignment(token, assignment_id)
     try:
         assignment = services.assignment_acknowledge(
-            assignment_id=assignment_id, user=token.device.user, device=token.device, observed_at=observed_at
+            assignment_id=assignment_id,
+            user=token.device.user,
+            device=token.device,
+            observed_at=observed_at,
+            accessor=Accessor.from_token(token, AccessChannel.WEBSOCKET),
         )
     except DomainError as error:
         raise _refused(error) from None
@@ -75,7 +81,11 @@ def handle_check_in(token: DeviceToken, message: dict[str, Any]) -> dict[str, An
     _crew_assignment(token, assignment_id)
     try:
         assignment = services.assignment_check_in(
-            assignment_id=assignment_id, user=token.device.user, device=token.device, observed_at=observed_at
+            assignment_id=assignment_id,
+            user=token.device.user,
+            device=token.device,
+            observed_at=observed_at,
+            accessor=Accessor.from_token(token, AccessChannel.WEBSOCKET),
         )
     except DomainError as error:
         raise _refused(error) from None

@@ -22,6 +22,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, Program, Role, User
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors
 from apps.dispatch.models import (
@@ -175,6 +177,19 @@ def _event(
 
 # ---------------------------------------------------------------------------------------------
 # Device-reported times
+
+
+def _audit_crew_report(accessor: Accessor | None, assignment: Assignment) -> None:
+    """A crew member's report writes to the call's record: recorded in the report's own
+    transaction (P8), so a refused report leaves no trace and an accepted one always does."""
+    if accessor is not None:
+        record_access(
+            accessor=accessor,
+            action=AccessAction.UPDATE,
+            record_type=ASSIGNMENT_RECORD,
+            record_ids=[assignment.pk],
+            program_id=assignment.incident.program_id,
+        )
 
 
 def _record_crew_report(
@@ -542,12 +557,18 @@ def _refuse_ended(assignment: Assignment) -> None:
 
 @transaction.atomic
 def assignment_acknowledge(
-    *, assignment_id: UUID, user: User, device: Device, observed_at: datetime | None = None
+    *,
+    assignment_id: UUID,
+    user: User,
+    device: Device,
+    observed_at: datetime | None = None,
+    accessor: Accessor | None = None,
 ) -> Assignment:
     """A crew member acknowledges an offer. First wins: a second member's ack, or a retried
     one, changes nothing and returns the same assignment, saying who acknowledged it from
     which device and when. An ack after the offer went to another unit is refused as superseded."""
     assignment = _lock_assignment(assignment_id)
+    _audit_crew_report(accessor, assignment)
     if assignment.acknowledged_at is not None:
         return assignment
     _refuse_ended(assignment)
@@ -599,6 +620,7 @@ def assignment_update_status(
     status: AssignmentStatus,
     observed_at: datetime | None = None,
     client_event_id: UUID | None = None,
+    accessor: Accessor | None = None,
 ) -> StatusUpdate:
     """Move an acknowledged assignment along en route → on scene → transporting → cleared.
 
@@ -608,6 +630,7 @@ def assignment_update_status(
     applies once and returns the same answer.
     """
     assignment = _lock_assignment(assignment_id)
+    _audit_crew_report(accessor, assignment)
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(client_event_id=client_event_id).first()
         if earlier is not None:
@@ -660,10 +683,17 @@ def assignment_update_status(
 
 @transaction.atomic
 def assignment_decline(
-    *, assignment_id: UUID, user: User, device: Device, reason: str, observed_at: datetime | None = None
+    *,
+    assignment_id: UUID,
+    user: User,
+    device: Device,
+    reason: str,
+    observed_at: datetime | None = None,
+    accessor: Accessor | None = None,
 ) -> Assignment:
     """The crew declines (before going en route), saying why; the incident goes to the next unit."""
     assignment = _lock_assignment(assignment_id)
+    _audit_crew_report(accessor, assignment)
     if assignment.status == AssignmentStatus.DECLINED:
         return assignment
     _refuse_ended(assignment)
@@ -709,10 +739,16 @@ def assignment_cancel(*, assignment_id: UUID, actor: User, device: Device | None
 
 @transaction.atomic
 def assignment_check_in(
-    *, assignment_id: UUID, user: User, device: Device, observed_at: datetime | None = None
+    *,
+    assignment_id: UUID,
+    user: User,
+    device: Device,
+    observed_at: datetime | None = None,
+    accessor: Accessor | None = None,
 ) -> Assignment:
     """A crew on scene confirms it is safe; the next check-in is due one interval from now."""
     assignment = _lock_assignment(assignment_id)
+    _audit_crew_report(accessor, assignment)
     _refuse_ended(assignment)
     if assignment.status != AssignmentStatus.ON_SCENE:
         raise DomainError("Check-ins are for crews on scene.", code="not_on_scene", field="assignment")

@@ -145,3 +145,36 @@ def test_an_offer_pulled_from_the_feed_over_http_is_recorded(
     assert pulled.status_code == 200
     assert str(assignment.pk) in {entry["id"] for entry in pulled.json()["entries"]}
     assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [("read", "sync", "dispatch.assignment")]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.live
+def test_an_acknowledgement_over_the_websocket_is_recorded_as_a_write_from_the_device(
+    asgi: AsgiServer, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "assignment.acknowledge", "assignment": str(assignment.pk)})
+        answer = receive(socket)
+
+    assert answer["type"] == "assignment.acknowledged"
+    assert events(record_id=assignment.pk, device_id=crew_member.device.pk, action="update") == [
+        ("update", "websocket", "dispatch.assignment")
+    ]
+
+
+@pytest.mark.django_db
+def test_a_refused_crew_report_leaves_no_write_in_the_audit_trail(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+
+    refused = crew_member.client().post(f"/api/v1/dispatch/assignments/{assignment.pk}/check-in/", {}, format="json")
+
+    assert refused.status_code == 409
+    assert events(record_id=assignment.pk, action="update") == []

@@ -297,9 +297,12 @@ class AssignmentAcknowledgeView(APIView):
         data = _valid(s.ObservedSerializer, request.data)
         assert device is not None
         assignment = services.assignment_acknowledge(
-            assignment_id=assignment.pk, user=user, device=device, observed_at=data["observed_at"]
+            assignment_id=assignment.pk,
+            user=user,
+            device=device,
+            observed_at=data["observed_at"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
 
 
@@ -320,8 +323,8 @@ class AssignmentStatusView(APIView):
             status=AssignmentStatus(data["status"]),
             observed_at=data["observed_at"],
             client_event_id=data["event_id"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_assignments(request, AccessAction.UPDATE, [update.assignment])
         return Response({**assignment_payload(update.assignment), "applied": update.applied})
 
 
@@ -340,8 +343,8 @@ class AssignmentDeclineView(APIView):
             device=device,
             reason=data["reason"],
             observed_at=data["observed_at"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
 
 
@@ -355,9 +358,12 @@ class AssignmentCheckInView(APIView):
         data = _valid(s.ObservedSerializer, request.data)
         assert device is not None
         assignment = services.assignment_check_in(
-            assignment_id=assignment.pk, user=user, device=device, observed_at=data["observed_at"]
+            assignment_id=assignment.pk,
+            user=user,
+            device=device,
+            observed_at=data["observed_at"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
 
 
