@@ -179,17 +179,19 @@ def _event(
 # Device-reported times
 
 
-def _audit_crew_report(accessor: Accessor | None, assignment: Assignment) -> None:
-    """A crew member's report writes to the call's record: recorded in the report's own
-    transaction (P8), so a refused report leaves no trace and an accepted one always does."""
-    if accessor is not None:
-        record_access(
-            accessor=accessor,
-            action=AccessAction.UPDATE,
-            record_type=ASSIGNMENT_RECORD,
-            record_ids=[assignment.pk],
-            program_id=assignment.incident.program_id,
-        )
+def _audit(accessor: Accessor | None, action: AccessAction, record: Incident | Assignment) -> None:
+    """A write to a call's record, recorded in the write's own transaction (P8): a refused
+    write leaves no trace and an accepted one always does. Internal callers (the escalation
+    sweep) pass no accessor."""
+    if accessor is None:
+        return
+    if isinstance(record, Incident):
+        record_type, program_id = INCIDENT_RECORD, record.program_id
+    else:
+        record_type, program_id = ASSIGNMENT_RECORD, record.incident.program_id
+    record_access(
+        accessor=accessor, action=action, record_type=record_type, record_ids=[record.pk], program_id=program_id
+    )
 
 
 def _record_crew_report(
@@ -276,7 +278,13 @@ def triage(*, program_id: UUID, answers: dict[str, Any]) -> TriageDecision:
 
 
 def incident_intake(
-    *, program: Program, actor: User, device: Device | None, external_call_id: str, **fields: Any
+    *,
+    program: Program,
+    actor: User,
+    device: Device | None,
+    external_call_id: str,
+    accessor: Accessor | None = None,
+    **fields: Any,
 ) -> tuple[Incident, bool]:
     """Create an incident from a call, triaged; returns (incident, created).
 
@@ -302,10 +310,14 @@ def incident_intake(
                 incident=incident, kind=EventKind.RECEIVED, actor=actor, device=device, recommended=decision.response
             )
             _publish_incident(incident, origin_device_id=device.pk if device else None)
+            _audit(accessor, AccessAction.CREATE, incident)
     except IntegrityError as error:
         if _constraint_of(error) != "incident_unique_external_call":
             raise
-        return Incident.objects.get(program=program, external_call_id=external_call_id), False
+        # A retried intake answers with the stored incident: a read, not a second creation.
+        stored = Incident.objects.get(program=program, external_call_id=external_call_id)
+        _audit(accessor, AccessAction.READ, stored)
+        return stored, False
     return incident, True
 
 
@@ -316,10 +328,17 @@ def _constraint_of(error: IntegrityError) -> str | None:
 
 @transaction.atomic
 def incident_override(
-    *, incident: Incident, actor: User, device: Device | None, response: str, reason: str
+    *,
+    incident: Incident,
+    actor: User,
+    device: Device | None,
+    response: str,
+    reason: str,
+    accessor: Accessor | None = None,
 ) -> Incident:
     """The dispatcher picks a different response model than triage recommended, saying why."""
     incident = Incident.objects.select_for_update().get(pk=incident.pk)
+    _audit(accessor, AccessAction.UPDATE, incident)
     if incident.is_closed:
         raise DomainError("The incident is closed.", code="incident_closed")
     if response != incident.recommended_response and not reason.strip():
@@ -343,11 +362,18 @@ def incident_override(
 
 @transaction.atomic
 def incident_close(
-    *, incident: Incident, actor: User, device: Device | None, unserved_reason: str = "", note: str = ""
+    *,
+    incident: Incident,
+    actor: User,
+    device: Device | None,
+    unserved_reason: str = "",
+    note: str = "",
+    accessor: Accessor | None = None,
 ) -> Incident:
     """Close an incident. An eligible call no unit served must say why (a database constraint
     enforces it too); any assignment still active is cancelled."""
     incident = Incident.objects.select_for_update().get(pk=incident.pk)
+    _audit(accessor, AccessAction.UPDATE, incident)
     if incident.is_closed:
         if incident.unserved_reason == unserved_reason:
             return incident  # a retried close
@@ -409,6 +435,7 @@ def assignment_offer(
     actor: User | None,
     device: Device | None = None,
     additional: bool = False,
+    accessor: Accessor | None = None,
 ) -> Assignment:
     """Offer an incident to a unit. A unit holds one active assignment unless the dispatcher
     explicitly adds one (`additional`); the database's partial unique index decides."""
@@ -436,6 +463,7 @@ def assignment_offer(
                     "The unit already holds this incident.", code="already_assigned", field="unit"
                 ) from None
             raise
+        _audit(accessor, AccessAction.CREATE, assignment)
         return assignment
 
 
@@ -568,7 +596,7 @@ def assignment_acknowledge(
     one, changes nothing and returns the same assignment, saying who acknowledged it from
     which device and when. An ack after the offer went to another unit is refused as superseded."""
     assignment = _lock_assignment(assignment_id)
-    _audit_crew_report(accessor, assignment)
+    _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.acknowledged_at is not None:
         return assignment
     _refuse_ended(assignment)
@@ -630,7 +658,7 @@ def assignment_update_status(
     applies once and returns the same answer.
     """
     assignment = _lock_assignment(assignment_id)
-    _audit_crew_report(accessor, assignment)
+    _audit(accessor, AccessAction.UPDATE, assignment)
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(client_event_id=client_event_id).first()
         if earlier is not None:
@@ -693,7 +721,7 @@ def assignment_decline(
 ) -> Assignment:
     """The crew declines (before going en route), saying why; the incident goes to the next unit."""
     assignment = _lock_assignment(assignment_id)
-    _audit_crew_report(accessor, assignment)
+    _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.status == AssignmentStatus.DECLINED:
         return assignment
     _refuse_ended(assignment)
@@ -713,9 +741,12 @@ def assignment_decline(
 
 
 @transaction.atomic
-def assignment_cancel(*, assignment_id: UUID, actor: User, device: Device | None, reason: str) -> Assignment:
+def assignment_cancel(
+    *, assignment_id: UUID, actor: User, device: Device | None, reason: str, accessor: Accessor | None = None
+) -> Assignment:
     """Dispatch withdraws an offer or recalls a unit."""
     assignment = _lock_assignment(assignment_id)
+    _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.status == AssignmentStatus.CANCELLED:
         return assignment
     if not assignment.is_active:
@@ -748,7 +779,7 @@ def assignment_check_in(
 ) -> Assignment:
     """A crew on scene confirms it is safe; the next check-in is due one interval from now."""
     assignment = _lock_assignment(assignment_id)
-    _audit_crew_report(accessor, assignment)
+    _audit(accessor, AccessAction.UPDATE, assignment)
     _refuse_ended(assignment)
     if assignment.status != AssignmentStatus.ON_SCENE:
         raise DomainError("Check-ins are for crews on scene.", code="not_on_scene", field="assignment")

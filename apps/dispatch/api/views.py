@@ -144,10 +144,9 @@ class IncidentListCreateView(APIView):
             location_accuracy_m=location["accuracy_m"],
             callback_number=data["callback_number"],
             nature=data["nature"],
+            accessor=Accessor.from_request(request),
             **screen,
         )
-        # A retried intake answers with the stored incident: a read, not a second creation.
-        _audit_incidents(request, AccessAction.CREATE if created else AccessAction.READ, [incident])
         return Response(incident_payload(incident), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -175,9 +174,13 @@ class IncidentOverrideView(APIView):
         incident = _incident(request, incident_id)
         data = _valid(s.OverrideSerializer, request.data)
         incident = services.incident_override(
-            incident=incident, actor=user, device=device, response=data["response"], reason=data["reason"]
+            incident=incident,
+            actor=user,
+            device=device,
+            response=data["response"],
+            reason=data["reason"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_incidents(request, AccessAction.UPDATE, [incident])
         return Response(incident_payload(incident))
 
 
@@ -189,9 +192,13 @@ class IncidentCloseView(APIView):
         incident = _incident(request, incident_id)
         data = _valid(s.CloseSerializer, request.data)
         incident = services.incident_close(
-            incident=incident, actor=user, device=device, unserved_reason=data["unserved_reason"], note=data["note"]
+            incident=incident,
+            actor=user,
+            device=device,
+            unserved_reason=data["unserved_reason"],
+            note=data["note"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_incidents(request, AccessAction.UPDATE, [incident])
         return Response(incident_payload(incident))
 
 
@@ -220,9 +227,13 @@ class IncidentOfferView(APIView):
         if unit is None:
             raise DomainError("No such unit.", code="not_found", field="unit", status_code=400)
         assignment = services.assignment_offer(
-            incident=incident, unit=unit, actor=user, device=device, additional=data["additional"]
+            incident=incident,
+            unit=unit,
+            actor=user,
+            device=device,
+            additional=data["additional"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_assignments(request, AccessAction.CREATE, [assignment])
         return Response(assignment_payload(assignment), status=status.HTTP_201_CREATED)
 
 
@@ -376,7 +387,10 @@ class AssignmentCancelView(APIView):
         _require_dispatch(user, assignment.incident.program_id)
         data = _valid(s.CancelSerializer, request.data)
         assignment = services.assignment_cancel(
-            assignment_id=assignment.pk, actor=user, device=device, reason=data["reason"]
+            assignment_id=assignment.pk,
+            actor=user,
+            device=device,
+            reason=data["reason"],
+            accessor=Accessor.from_request(request),
         )
-        _audit_assignments(request, AccessAction.UPDATE, [assignment])
         return Response(assignment_payload(assignment))
