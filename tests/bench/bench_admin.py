@@ -76,13 +76,13 @@ def _fill_program(cursor: Any, params: dict[str, Any], prefix: str, incidents: i
                CASE WHEN g <= %(open)s OR g %% 33 = 0 THEN NULL ELSE %(crew)s END,
                CASE WHEN g <= %(open)s OR g %% 33 = 0 THEN NULL ELSE %(device)s END,
                CASE WHEN g <= %(open)s THEN NULL ELSE i.received_at + interval '1 hour' END,
-               CASE WHEN g %% 33 = 0 AND g > %(open)s THEN 'Busy' ELSE '' END
+               CASE WHEN g %% 33 = 0 AND g > %(open)s THEN %(declined_reason)s ELSE '' END
         FROM generate_series(1, %(n)s) g JOIN dispatch_incident i ON i.id = md5(%(prefix)s || 'i' || g)::uuid
         UNION ALL
         SELECT md5(%(prefix)s || 'ad' || g)::uuid, i.received_at, i.received_at, i.id,
                (%(units)s::uuid[])[1 + (g + 7) %% cardinality(%(units)s::uuid[])], 'declined', false,
                i.received_at + interval '5 seconds', 0, NULL, NULL, NULL, i.received_at + interval '20 seconds',
-               'Out of area'
+               %(out_of_area)s
         FROM generate_series(10, %(n)s, 10) g JOIN dispatch_incident i ON i.id = md5(%(prefix)s || 'i' || g)::uuid
         """,
         p,
@@ -225,6 +225,7 @@ def _fill(now: Any) -> dict[str, Any]:
     from django.db import connection
 
     from apps.accounts.models import Device, DevicePlatform, Membership, Role, User
+    from apps.common.encryption import seal
     from apps.teams.models import ResponseModel, Unit, Zone
     from tests.accounts.factories import PASSWORD, ProgramFactory
 
@@ -272,6 +273,9 @@ def _fill(now: Any) -> dict[str, Any]:
         "referrals": REFERRALS,
         "conflicts": CONFLICTS,
         "audit": AUDIT_EVENTS,
+        # A crew's reason for declining is sealed at rest, as the services store it.
+        "declined_reason": seal("Busy"),
+        "out_of_area": seal("Out of area"),
     }
     with connection.cursor() as cursor:
         _fill_program(cursor, params, "p", INCIDENTS)

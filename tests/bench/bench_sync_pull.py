@@ -59,9 +59,13 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
         cursor.execute(
             """
             CREATE TEMP TABLE seed AS
-            SELECT gen_random_uuid() AS id, n, sealed FROM unnest(%s::text[]) WITH ORDINALITY AS t(sealed, n)
+            SELECT gen_random_uuid() AS id, n, sealed, sealed_location
+            FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(sealed, sealed_location, n)
             """,
-            [[seal_json(f"Calm, oriented. Visit {n}") for n in range(1, count + 1)]],
+            [
+                [seal_json(f"Calm, oriented. Visit {n}") for n in range(1, count + 1)],
+                [seal_json(f"Street {n}") for n in range(1, count + 1)],
+            ],
         )
         cursor.execute(
             """
@@ -79,7 +83,7 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
             SELECT id, 'care.encounter', %s, 1,
                    jsonb_build_object('unit_id', %s::text, 'program_id', %s::text, 'author_id', %s::text,
                                       'deleted', false, 'person_id', null, 'started_at', '2026-11-20T14:05:00Z',
-                                      'ended_at', null, 'location', 'Street ' || n,
+                                      'ended_at', null, 'location', sealed_location,
                                       'assessment', sealed, 'disposition', ''),
                    %s::varchar[], false, now()
             FROM seed
