@@ -50,23 +50,30 @@ def record_access(
     record_ids: Iterable[UUID],
     program_id: UUID | None = None,
 ) -> int:
-    events = [
-        AuditEvent(
-            actor_id=accessor.user.pk if accessor.user else None,
-            actor_username=accessor.user.get_username() if accessor.user else "",
-            device_id=accessor.device_id,
-            program_id=program_id,
-            action=action,
-            channel=accessor.channel,
-            record_type=record_type,
-            record_id=record_id,
-            ip_address=accessor.ip_address,
+    record_ids = list(record_ids)
+    if not record_ids:
+        return 0
+    # One statement however many records (a sync push audits hundreds at once): what the
+    # events share is bound once, the record ids as one array.
+    with bulk.server_cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_auditevent (occurred_at, actor_id, actor_username, device_id, program_id, action,"
+            " channel, record_type, record_id, ip_address)"
+            " SELECT now(), %s::uuid, %s::text, %s::uuid, %s::uuid, %s::text, %s::text, %s::text, r.record_id, %s::inet"
+            " FROM unnest(%b::uuid[]) AS r(record_id)",
+            [
+                accessor.user.pk if accessor.user else None,
+                accessor.user.get_username() if accessor.user else "",
+                accessor.device_id,
+                program_id,
+                str(action),
+                str(accessor.channel),
+                record_type,
+                accessor.ip_address,
+                record_ids,
+            ],
         )
-        for record_id in record_ids
-    ]
-    # One statement however many records (a sync push audits hundreds at once).
-    bulk.insert(events)
-    return len(events)
+    return len(record_ids)
 
 
 @transaction.atomic

@@ -34,6 +34,7 @@ from apps.care.models import (
 )
 from apps.common import bulk
 from apps.common.api.errors import DomainError
+from apps.common.encryption import sealed_field_names
 from apps.directory.models import Service
 from apps.sync.models import SyncedRecord
 from apps.sync.registry import Change, Refused, WriteContext
@@ -156,7 +157,9 @@ def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> N
                     wanted.setdefault(model, set()).add(UUID(value))
     for model, ids in wanted.items():
         missing = [record_id for record_id in ids if (model.__name__, record_id) not in context.cache]
-        found = {record.pk: record for record in model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid"))}
+        # Parents are read for their references and flags, never their clinical text.
+        parents = model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid")).defer(*sealed_field_names(model))
+        found = {record.pk: record for record in parents}
         for record_id in missing:
             context.cache[(model.__name__, record_id)] = found.get(record_id)
 

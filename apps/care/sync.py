@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rest_framework import serializers
@@ -87,16 +86,6 @@ class ReferralOutcomeWire(CareWire):
     details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
 
 
-def wire(serializer_class: type[serializers.Serializer[Any]]) -> Any:
-    def to_wire(record: CareRecord) -> dict[str, Any]:
-        # Through JSON, so the stored form compares equal to what the feed sends.
-        serializer = registry.bound_serializer(serializer_class, partial=False)
-        data: dict[str, Any] = json.loads(json.dumps(serializer.to_representation(record)))
-        return data
-
-    return to_wire
-
-
 def scopes_of(record: CareRecord) -> list[str]:
     """The unit's crew, and the program's case managers and supervisors."""
     return [
@@ -121,7 +110,7 @@ def register_synced_types() -> None:
             name="care.person",
             model=Person,
             serializer=PersonWire,
-            to_wire=wire(PersonWire),
+            to_wire=registry.representation(PersonWire),
             may_write=services.may_write_person,
             apply=services.person_apply,
             health_fields=frozenset({"given_name", "family_name", "date_of_birth", "phone_number"}),
@@ -134,7 +123,7 @@ def register_synced_types() -> None:
             name="care.encounter",
             model=Encounter,
             serializer=EncounterWire,
-            to_wire=wire(EncounterWire),
+            to_wire=registry.representation(EncounterWire),
             may_write=services.may_write_encounter,
             apply=services.encounter_apply,
             clinical_text_fields=frozenset({"assessment"}),
@@ -148,7 +137,7 @@ def register_synced_types() -> None:
             name="care.note",
             model=ClinicalNote,
             serializer=NoteWire,
-            to_wire=wire(NoteWire),
+            to_wire=registry.representation(NoteWire),
             may_write=services.may_write_child(Encounter, "encounter_id"),
             apply=services.note_apply,
             clinical_text_fields=frozenset({"body"}),
@@ -161,7 +150,7 @@ def register_synced_types() -> None:
             name="care.referral",
             model=Referral,
             serializer=ReferralWire,
-            to_wire=wire(ReferralWire),
+            to_wire=registry.representation(ReferralWire),
             may_write=services.may_write_child(Encounter, "encounter_id"),
             apply=services.referral_apply,
             clinical_text_fields=frozenset({"reason"}),
@@ -174,7 +163,7 @@ def register_synced_types() -> None:
             name="care.referral_outcome",
             model=ReferralOutcomeEvent,
             serializer=ReferralOutcomeWire,
-            to_wire=wire(ReferralOutcomeWire),
+            to_wire=registry.representation(ReferralOutcomeWire),
             may_write=services.may_write_child(Referral, "referral_id"),
             apply=services.referral_outcome_apply,
             clinical_text_fields=frozenset({"details"}),

@@ -108,6 +108,12 @@ class EncryptedTextField(models.TextField):
         return unseal(value)
 
 
+def sealed_field_names(model: type[models.Model]) -> list[str]:
+    """The model's encrypted fields: ``.defer()`` them where only the record's references are
+    read, and no value is opened for nothing."""
+    return [field.name for field in model._meta.concrete_fields if isinstance(field, EncryptedTextField)]
+
+
 def is_sealed_with_newest_key(sealed: str) -> bool:
     """Whether the first key in FIELD_ENCRYPTION_KEYS opens the value (nothing to reseal)."""
     try:

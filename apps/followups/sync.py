@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.care import services as care_services
-from apps.care.sync import CareWire, program_id_of, scopes_of, wire
+from apps.care.sync import CareWire, program_id_of, scopes_of
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
 from apps.sync import registry
 from apps.sync.registry import Change, Refused, WriteContext
@@ -62,7 +62,7 @@ def register_synced_types() -> None:
             name="followups.contact_attempt",
             model=ContactAttempt,
             serializer=ContactAttemptWire,
-            to_wire=wire(ContactAttemptWire),
+            to_wire=registry.representation(ContactAttemptWire),
             scopes_of=scopes_of,
             program_id_of=program_id_of,
             may_write=may_write_attempt,

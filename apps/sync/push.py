@@ -44,7 +44,7 @@ from apps.sync.models import (
     SyncedRecord,
 )
 from apps.sync.scopes import user_scope
-from apps.sync.services import PendingVersion, Publisher, lock_device, lock_records, raw_cursor
+from apps.sync.services import PendingVersion, Publisher, lock_device, lock_records
 
 MAX_FIELDS_BYTES = 64 * 1024
 _OPERATIONS = frozenset(MutationOperation.values)
@@ -338,16 +338,54 @@ def _store(
             rows_by_index[envelope.index] = row
         # Health fields are sealed here, each record's values remembered, so the version the
         # apply writes reuses the sealing of an unchanged value instead of sealing it again.
-        plain_payloads = [row.payload for row in new_rows.values()]
+        stored_payloads = []
         for row in new_rows.values():
             memo = sealed.setdefault(row.record_id, {}) if sealed is not None and row.record_id is not None else None
-            row.payload = sealing.seal_tree(row.payload, memo)
-        inserted = bulk.insert(list(new_rows.values()), returning=["id", "mutation_id", "payload_hash"])
-        for row, payload in zip(new_rows.values(), plain_payloads, strict=True):
-            row.payload = payload
+            stored_payloads.append(json.dumps(sealing.seal_tree(row.payload, memo)))
+        inserted = _insert_ledger(list(new_rows.values()), stored_payloads)
         for pk, mutation_id, stored_hash in inserted:
-            new_rows[stored_hash if keyed_by_content else mutation_id].pk = pk
+            row = new_rows[stored_hash if keyed_by_content else mutation_id]
+            row.pk = pk
+            row._state.adding = False
     return rows_by_index, replayed
+
+
+def _insert_ledger(rows: list[Mutation], stored_payloads: list[str]) -> list[tuple[int, int | None, str]]:
+    """One statement for the batch's ledger rows; returns (id, mutation_id, payload_hash) of each."""
+    if not rows:
+        return []
+    with bulk.server_cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO sync_mutation (device_id, user_id, mutation_id, payload_hash, record_type, record_id,"
+            " operation, base_version, payload, observed_at, observed_at_plausible, client_version, received_at,"
+            " status, result, error_code)"
+            " SELECT m.device_id, m.user_id, m.mutation_id, m.payload_hash, m.record_type, m.record_id, m.operation,"
+            " m.base_version, m.payload, m.observed_at, m.observed_at_plausible, m.client_version, now(), m.status,"
+            " m.result, m.error_code"
+            " FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::uuid[], %b::text[],"
+            " %b::int[], %b::jsonb[], %b::timestamptz[], %b::bool[], %b::text[], %b::text[], %b::jsonb[], %b::text[])"
+            " AS m(device_id, user_id, mutation_id, payload_hash, record_type, record_id, operation, base_version,"
+            " payload, observed_at, observed_at_plausible, client_version, status, result, error_code)"
+            " RETURNING id, mutation_id, payload_hash",
+            [
+                [row.device_id for row in rows],
+                [row.user_id for row in rows],
+                [row.mutation_id for row in rows],
+                [row.payload_hash for row in rows],
+                [row.record_type for row in rows],
+                [row.record_id for row in rows],
+                [row.operation for row in rows],
+                [row.base_version for row in rows],
+                stored_payloads,
+                [row.observed_at for row in rows],
+                [row.observed_at_plausible for row in rows],
+                [row.client_version for row in rows],
+                [str(row.status) for row in rows],
+                [json.dumps(sealing.seal_tree(row.result)) for row in rows],
+                [row.error_code for row in rows],
+            ],
+        )
+        return cursor.fetchall()
 
 
 def _result(
@@ -529,7 +567,7 @@ def _apply_rows(
 def _save_results(rows: list[Mutation], publisher: Publisher) -> None:
     """One statement for the whole batch's results (Django's bulk_update builds a CASE per
     row and column, which cost more than applying the mutations)."""
-    with raw_cursor() as cursor:
+    with bulk.server_cursor() as cursor:
         cursor.execute(
             "UPDATE sync_mutation AS m SET status = r.status, result = r.result, error_code = r.error_code,"
             " applied_at = r.applied_at"
@@ -539,7 +577,7 @@ def _save_results(rows: list[Mutation], publisher: Publisher) -> None:
                 [row.pk for row in rows],
                 [row.status for row in rows],
                 [
-                    publisher.stored_form(row.record_id, row.result)
+                    publisher.stored_with_data(row.record_id, row.result)
                     if row.record_id is not None
                     else json.dumps(sealing.seal_tree(row.result))
                     for row in rows
@@ -569,7 +607,8 @@ def _quarantine(row: Mutation, code: str, detail: str, field_name: str | None = 
 def _validate(
     synced_type: registry.SyncedType, row: Mutation, fields: dict[str, Any], *, partial: bool
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """Validate wire fields; returns (internal values, normalised wire values) or quarantines."""
+    """Validate wire fields; returns (internal values, normalised wire values) or quarantines.
+    A create (not ``partial``) gets no wire values: nothing merges with them."""
     serializer = registry.bound_serializer(synced_type.serializer, partial=partial)
     try:
         internal: dict[str, Any] = dict(serializer.run_validation(fields))
@@ -577,6 +616,8 @@ def _validate(
         flat = _first_error(error.detail)
         _quarantine(row, "invalid_fields", flat[1], f"fields.{flat[0]}" if flat[0] else "fields")
         return None
+    if not partial:
+        return internal, {}  # a create merges with nothing: its wire form is what it stores
     wire = {
         name: serializer.fields[name].to_representation(value) if value is not None else None
         for name, value in internal.items()

@@ -13,6 +13,7 @@ app's own services). Adding a record type to sync is a registration, never a cha
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from uuid import UUID
 from django.db import models
 from django.utils import timezone
 from rest_framework import serializers
+from rest_framework import ISO_8601
+from rest_framework.settings import api_settings
 
 from apps.accounts.models import Device, User
 from apps.common import bulk
@@ -146,6 +149,65 @@ def bound_serializer(serializer_class: type[serializers.Serializer[Any]], *, par
             # active zone up per value (a context-local read) cost more than the rest of it.
             wire_field.timezone = timezone.get_default_timezone()
     return serializer
+
+
+def _wire_value(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[[Any], Any] | None:
+    """How a field turns a present (not None) value into its wire form, as DRF's
+    ``to_representation`` would and already JSON-ready; None when this field needs DRF."""
+    if "format" in vars(wire_field) or len(wire_field.source_attrs) != 1:
+        return None
+    kind = type(wire_field)
+    if kind is serializers.UUIDField and getattr(wire_field, "uuid_format", None) == "hex_verbose":
+        return str
+    if kind in (serializers.CharField, serializers.ChoiceField):
+        return str
+    if kind is serializers.BooleanField:
+        return bool
+    if kind is serializers.DateField and api_settings.DATE_FORMAT == ISO_8601:
+        return lambda value: value if isinstance(value, str) else value.isoformat()
+    zone = getattr(wire_field, "timezone", None)
+    if kind is serializers.DateTimeField and api_settings.DATETIME_FORMAT == ISO_8601 and zone is not None:
+
+        def moment(value: Any) -> Any:
+            if isinstance(value, str):
+                return value
+            value = value.astimezone(zone) if timezone.is_aware(value) else timezone.make_aware(value, zone)
+            text: str = value.isoformat()
+            return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
+
+        return moment
+    return None
+
+
+def representation(serializer_class: type[serializers.Serializer[Any]]) -> Callable[[Any], dict[str, Any]]:
+    """A record's wire form through ``serializer_class``, compiled once into a plan of plain
+    attribute reads and conversions: DRF's ``to_representation`` per record (and a JSON
+    round trip to normalise it) cost more than the rest of publishing a change. Falls back
+    to DRF for any serializer with a field the plan does not know."""
+    serializer = bound_serializer(serializer_class, partial=False)
+    plan: list[tuple[str, str, Callable[[Any], Any]]] = []
+    for name, wire_field in serializer.fields.items():
+        if wire_field.write_only:
+            continue
+        convert = _wire_value(wire_field)
+        if convert is None:
+
+            def through_drf(record: Any) -> dict[str, Any]:
+                drf = bound_serializer(serializer_class, partial=False)
+                data: dict[str, Any] = json.loads(json.dumps(drf.to_representation(record)))
+                return data
+
+            return through_drf
+        plan.append((name, wire_field.source_attrs[0], convert))
+
+    def to_wire(record: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name, attribute, convert in plan:
+            value = getattr(record, attribute)
+            data[name] = None if value is None else convert(value)
+        return data
+
+    return to_wire
 
 
 _registry: dict[str, SyncedType] = {}

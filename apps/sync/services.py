@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
@@ -23,6 +22,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from apps.accounts.models import Device, Role, User
+from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.sync import registry, sealing
 from apps.sync.models import (
@@ -52,13 +52,6 @@ _DEVICE_LOCK_SALT = 0x0DE7_1CE0_0000_0002
 def _lock_key(value: UUID, salt: int) -> int:
     key = ((value.int >> 64) ^ salt) & ((1 << 64) - 1)
     return key - (1 << 64) if key >= _SIGNED_64 else key
-
-
-def raw_cursor() -> psycopg.Cursor[Any]:
-    """A cursor on Django's connection (same transaction) that binds parameters on the server
-    in binary: Django's client-side binding quotes every array element in Python."""
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
 
 
 def lock_records(record_ids: Iterable[UUID]) -> None:
@@ -188,6 +181,16 @@ class Publisher:
         """``data`` as stored: JSON text with its health fields sealed."""
         return json.dumps(sealing.seal_tree(data, self.sealed.setdefault(record_id, {})))
 
+    def stored_with_data(self, record_id: UUID, document: dict[str, Any]) -> str:
+        """``document`` as stored, when its ``data`` is the record's new version (a push's
+        result): the version's stored text goes in as it is, sealed once for all copies."""
+        pending = self.dirty_heads.get(record_id)
+        data = document.get("data")
+        if pending is None or data is not pending.head.data:
+            return self.stored_form(record_id, document)
+        rest = sealing.seal_tree({key: value for key, value in document.items() if key != "data"})
+        return json.dumps({**rest, "data": None})[: -len("null}")] + pending.stored + "}"
+
     def publish(
         self,
         synced_type: registry.SyncedType,
@@ -285,7 +288,7 @@ class Publisher:
 
     def flush(self) -> None:
         # One set-based statement per table: a push writes several rows per mutation.
-        with raw_cursor() as cursor:
+        with bulk.server_cursor() as cursor:
             if self.dirty_heads:
                 heads = [pending.head for pending in self.dirty_heads.values()]
                 cursor.execute(
@@ -599,7 +602,7 @@ def reseal_stored_copies(*, chunk_size: int = _RESEAL_CHUNK) -> int:
     for table, key, key_type, columns, whole in _SEALED_COLUMNS:
         after: Any = None
         while True:
-            with transaction.atomic(), raw_cursor() as cursor:
+            with transaction.atomic(), bulk.server_cursor() as cursor:
                 select = ", ".join(f"{column}::text" for column in columns)
                 where = f"WHERE {key} > %s " if after is not None else ""
                 cursor.execute(

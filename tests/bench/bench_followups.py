@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from tests.bench.support import bench_django, emit
+from tests.bench.support import bench_django, children, cpu_seconds, emit, postgres_pids
 
 STEPS = 1_000_000
 DUE = 10_000
@@ -112,35 +112,10 @@ def _fill(now: object) -> dict[str, object]:
     return {"steps": steps, "reminders": reminders, "fill_s": round(time.perf_counter() - started, 1)}
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes so far (their exited children included)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return total / tick
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def _server_pids(worker_pid: int) -> dict[str, list[int]]:
     """The processes that do the sending: the worker and its pool, PostgreSQL, Redis."""
     from django.conf import settings
 
-    postmaster = int((Path(settings.DATABASES["default"]["HOST"]) / "postmaster.pid").read_text().split()[0])
     redis_address = settings.REDIS_URL.split("//", 1)[1].split("/", 1)[0]
     redis = [
         int(cmdline.parent.name)
@@ -148,8 +123,8 @@ def _server_pids(worker_pid: int) -> dict[str, list[int]]:
         if redis_address.encode() in _read(cmdline) and b"redis-server" in _read(cmdline)
     ]
     return {
-        "worker": [worker_pid, *_children(worker_pid)],
-        "postgres": [postmaster, *_children(postmaster)],
+        "worker": [worker_pid, *children(worker_pid)],
+        "postgres": postgres_pids(),
         "redis": redis,
     }
 
@@ -233,7 +208,7 @@ def main() -> None:
         }
         with celery_worker(log_dir, name="followups-bench", concurrency=2, **env) as worker:
             pids = _server_pids(worker.process.pid)
-            cpu_before = {name: _cpu_seconds(group) for name, group in pids.items()}
+            cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
             # The real path: beat sends the sweep, the worker claims and queues, the worker sends.
             with celery_beat(log_dir, name="followups-bench-beat", schedule_file=log_dir / "beat", **env):
                 reminders = Reminder.objects.filter(due_at__lte=now, sent_at=None, cancelled_at=None)
@@ -243,7 +218,7 @@ def main() -> None:
                 emails = NotificationAttempt.objects.filter(channel="email")
                 while emails.filter(status__in=["queued", "sending"]).exists() and time.monotonic() < deadline:
                     time.sleep(0.2)
-            cpu = {name: round(_cpu_seconds(group) - cpu_before[name], 2) for name, group in pids.items()}
+            cpu = {name: round(cpu_seconds(group) - cpu_before[name], 2) for name, group in pids.items()}
         done = Reminder.objects.filter(due_at__lte=now, claimed_at__isnull=False)
         first_claim = done.aggregate(first=Min("claimed_at"))["first"]
         last_sent = done.aggregate(last=Max("sent_at"))["last"]

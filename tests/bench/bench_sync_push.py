@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.bench.support import bench_django, emit
+from tests.bench.support import bench_django, cpu_seconds, emit, postgres_pids
 
 DEVICES = 20
 PER_DEVICE = 500
@@ -110,6 +110,11 @@ def _one_unit() -> tuple[Any, Any, Any]:
     return member.unit.program_id, member.unit_id, member.user_id
 
 
+def cpu_used(web_pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the web processes, PostgreSQL, and this client."""
+    return {"web": cpu_seconds(web_pids), "database": cpu_seconds(postgres_pids()), "client": time.process_time()}
+
+
 def main() -> None:
     with bench_django():
         from apps.accounts.models import DevicePlatform, Membership, Program, Role, User
@@ -164,14 +169,19 @@ def main() -> None:
                             failures.append(f"{response.status_code} {response.text[:200]}")
 
             threads = [threading.Thread(target=device, args=(n,)) for n in range(DEVICES)]
+            web = [server.live.process.pid for server in servers]
+            cpu_before = cpu_used(web)
             started = time.perf_counter()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             elapsed = time.perf_counter() - started
+            cpu_after = cpu_used(web)
 
         total = DEVICES * PER_DEVICE
+        # Where the two cores went, per mutation: web processes, PostgreSQL, this client.
+        cpu_ms = {name: round((cpu_after[name] - cpu_before[name]) * 1000 / total, 3) for name in cpu_before}
         applied = Mutation.objects.filter(status=MutationStatus.APPLIED).count()
         floor_seconds = raw_floor(total)
         rate = total / elapsed
@@ -191,6 +201,7 @@ def main() -> None:
             mutations_per_second=round(rate),
             target_mutations_per_second=5000,
             batch_latency=summary_ms(latencies),
+            cpu_ms_per_mutation=cpu_ms,
             raw_floor_rows_per_second=round(floor_rate),
             ratio_of_raw_floor=round(rate / floor_rate, 3),
         )

@@ -7,6 +7,7 @@ import os
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 BENCH_DATABASE = "tandem_bench"
@@ -59,3 +60,36 @@ def summary_ms(values_seconds: list[float]) -> dict[str, float]:
 def emit(bench: str, **figures: Any) -> None:
     """The one line of JSON every benchmark ends with."""
     print(json.dumps({"bench": bench, **figures}), flush=True)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (their exited children included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total / tick
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def postgres_pids() -> list[int]:
+    """The postmaster and its children now (backends come and go; an exited one's CPU is
+    counted in the postmaster's)."""
+    from django.conf import settings
+
+    postmaster = int((Path(settings.DATABASES["default"]["HOST"]) / "postmaster.pid").read_text().split()[0])
+    return [postmaster, *children(postmaster)]
