@@ -59,9 +59,11 @@ def record_access(
         cursor.execute(
             "INSERT INTO audit_auditevent (occurred_at, actor_id, actor_username, device_id, program_id, action,"
             " channel, record_type, record_id, ip_address)"
-            " SELECT now(), %s::uuid, %s::text, %s::uuid, %s::uuid, %s::text, %s::text, %s::text, r.record_id, %s::inet"
+            " SELECT %s::timestamptz, %s::uuid, %s::text, %s::uuid, %s::uuid, %s::text, %s::text, %s::text,"
+            " r.record_id, %s::inet"
             " FROM unnest(%b::uuid[]) AS r(record_id)",
             [
+                timezone.now(),
                 accessor.user.pk if accessor.user else None,
                 accessor.user.get_username() if accessor.user else "",
                 accessor.device_id,

@@ -31,7 +31,12 @@ class ChangeEntry(models.Model):
     id = models.BigAutoField(primary_key=True)
     # The writing transaction's 64-bit id (xid8 as bigint), assigned by PostgreSQL.
     transaction_id = models.BigIntegerField(db_default=RawSQL("pg_current_xact_id()::text::bigint", []))
-    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
+    # Written only by the sync mechanism, in the transaction of a write to a record of this
+    # program: no database constraint or index, whose checks on every entry of a push cost
+    # more than the entry (a program is never deleted; if one were, the ORM cascades).
+    program = models.ForeignKey(
+        Program, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
     scope = models.CharField(max_length=80)
     record_type = models.CharField(max_length=64)
     record_id = models.UUIDField()
@@ -81,7 +86,8 @@ class SyncedRecord(models.Model):
     # Client-made UUIDs are unique across record types, so the record id alone is the key.
     record_id = models.UUIDField(primary_key=True)
     record_type = models.CharField(max_length=64)
-    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
+    # Copied from the domain record it heads, in the same transaction: no constraint to check.
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     version = models.PositiveIntegerField()
     data = HealthJSONField()
     scopes = ArrayField(models.CharField(max_length=80), default=list)
@@ -97,7 +103,10 @@ class SyncedRecordScope(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     scope = models.CharField(max_length=80)
-    record = models.ForeignKey(SyncedRecord, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    # Found by (scope, record): the unique constraint's index serves every lookup.
+    record = models.ForeignKey(
+        SyncedRecord, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["scope", "record"], name="synced_record_scope_unique")]
@@ -117,9 +126,18 @@ class RecordVersion(models.Model):
     # The wire fields this version changed (what its writer meant to write).
     changed_fields = ArrayField(models.CharField(max_length=64), default=list)
     is_deleted = models.BooleanField(default=False)
-    user = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
-    device = models.ForeignKey(Device, null=True, on_delete=models.SET_NULL, related_name="+")
-    mutation = models.ForeignKey("Mutation", null=True, on_delete=models.SET_NULL, related_name="+")
+    # Who wrote it, from where, by which mutation: history, written in the same transaction
+    # as the ledger row and the record, so no database constraint or index to check per
+    # version (users and devices are deactivated and revoked, never deleted).
+    user = models.ForeignKey(
+        User, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
+    )
+    device = models.ForeignKey(
+        Device, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
+    )
+    mutation = models.ForeignKey(
+        "Mutation", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -354,20 +354,24 @@ def _insert_ledger(rows: list[Mutation], stored_payloads: list[str]) -> list[tup
     """One statement for the batch's ledger rows; returns (id, mutation_id, payload_hash) of each."""
     if not rows:
         return []
+    received_at = timezone.now()
+    for row in rows:
+        row.received_at = received_at
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "INSERT INTO sync_mutation (device_id, user_id, mutation_id, payload_hash, record_type, record_id,"
             " operation, base_version, payload, observed_at, observed_at_plausible, client_version, received_at,"
             " status, result, error_code)"
             " SELECT m.device_id, m.user_id, m.mutation_id, m.payload_hash, m.record_type, m.record_id, m.operation,"
-            " m.base_version, m.payload, m.observed_at, m.observed_at_plausible, m.client_version, now(), m.status,"
-            " m.result, m.error_code"
+            " m.base_version, m.payload, m.observed_at, m.observed_at_plausible, m.client_version, %b::timestamptz,"
+            " m.status, m.result, m.error_code"
             " FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::uuid[], %b::text[],"
             " %b::int[], %b::jsonb[], %b::timestamptz[], %b::bool[], %b::text[], %b::text[], %b::jsonb[], %b::text[])"
             " AS m(device_id, user_id, mutation_id, payload_hash, record_type, record_id, operation, base_version,"
             " payload, observed_at, observed_at_plausible, client_version, status, result, error_code)"
             " RETURNING id, mutation_id, payload_hash",
             [
+                received_at,
                 [row.device_id for row in rows],
                 [row.user_id for row in rows],
                 [row.mutation_id for row in rows],

@@ -21,8 +21,7 @@ from uuid import UUID
 
 from django.db import models
 from django.utils import timezone
-from rest_framework import serializers
-from rest_framework import ISO_8601
+from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
 
 from apps.accounts.models import Device, User
