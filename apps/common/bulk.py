@@ -137,11 +137,10 @@ def _columns(fields: Sequence[Any], records: Sequence[Any], *, add: bool) -> lis
     return rows
 
 
-def insert(records: Sequence[models.Model], *, returning: Sequence[str] = ()) -> list[tuple[Any, ...]]:
-    """INSERT new rows of one model; returns the ``returning`` columns of each new row (in
-    no promised order: match them by a unique key)."""
+def insert(records: Sequence[models.Model]) -> None:
+    """INSERT new rows of one model, all in one statement."""
     if not records:
-        return []
+        return
     model = type(records[0])
     meta = model._meta
     fields = [
@@ -154,20 +153,16 @@ def insert(records: Sequence[models.Model], *, returning: Sequence[str] = ()) ->
     names = [model_field.column for model_field in fields if model_field.column in rows[0]]
     columns = ", ".join(connection.ops.quote_name(name) for name in names)
     table = connection.ops.quote_name(meta.db_table)
-    returned = ", ".join(connection.ops.quote_name(name) for name in returning)
-    suffix = f" RETURNING {returned}" if returning else ""
     with connection.cursor() as cursor:
         cursor.execute(
             # Names only from the model's metadata, quoted; the rows are one bound parameter.
             f"INSERT INTO {table} ({columns}) SELECT {columns}"  # noqa: S608
-            f" FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb){suffix}",
+            f" FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)",
             [json.dumps(rows)],
         )
-        found = cursor.fetchall() if returning else []
     for record in records:
         record._state.adding = False
         record._state.db = connection.alias
-    return found
 
 
 def update(records: Sequence[models.Model], field_names: Sequence[str]) -> None:
