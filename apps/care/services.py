@@ -32,7 +32,6 @@ from apps.care.models import (
     ReferralTaskEvent,
     ReferralTaskStatus,
 )
-from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.common.encryption import sealed_field_names
 from apps.directory.models import Service
@@ -62,26 +61,6 @@ def may_work_in(context: WriteContext, *, program_id: UUID, unit_id: UUID) -> bo
     return unit_id in unit_ids or program_id in programs
 
 
-def _cached(context: WriteContext, model: type[Any], record_id: UUID | None) -> Any:
-    if record_id is None:
-        return None
-    key = (model.__name__, record_id)
-    if key not in context.cache:
-        context.cache[key] = model._default_manager.filter(pk=record_id).first()
-    return context.cache[key]
-
-
-def _remember(context: WriteContext, record: Any) -> None:
-    context.cache[(type(record).__name__, record.pk)] = record
-
-
-def _parent(context: WriteContext, model: type[Any], record_id: UUID, field: str) -> Any:
-    parent = _cached(context, model, record_id)
-    if parent is None or getattr(parent, "is_deleted", False):
-        raise Refused("parent_not_found", f"No such {model.__name__.lower()} {record_id}.", field=field)
-    return parent
-
-
 def may_write_person(context: WriteContext, record: Person | None, values: dict[str, Any]) -> bool:
     return _may_write_unit_record(context, record, values)
 
@@ -93,7 +72,7 @@ def may_write_encounter(context: WriteContext, record: Encounter | None, values:
 def _may_write_unit_record(context: WriteContext, record: CareRecord | None, values: dict[str, Any]) -> bool:
     if record is not None:
         return may_work_in(context, program_id=record.program_id, unit_id=record.unit_id)
-    unit = _cached(context, Unit, values.get("unit_id"))
+    unit = context.cached(Unit, values.get("unit_id"))
     return unit is not None and may_work_in(context, program_id=unit.program_id, unit_id=unit.pk)
 
 
@@ -101,7 +80,7 @@ def may_write_child(parent_model: type[Any], parent_field: str) -> Any:
     def may_write(context: WriteContext, record: CareRecord | None, values: dict[str, Any]) -> bool:
         if record is not None:
             return may_work_in(context, program_id=record.program_id, unit_id=record.unit_id)
-        parent = _parent(context, parent_model, values[parent_field], parent_field)
+        parent = context.parent(parent_model, values[parent_field], parent_field)
         return may_work_in(context, program_id=parent.program_id, unit_id=parent.unit_id)
 
     return may_write
@@ -130,7 +109,7 @@ def remembered(apply: Any) -> Any:
     @functools.wraps(apply)
     def wrapper(context: WriteContext, change: Change) -> Any:
         record = apply(context, change)
-        _remember(context, record)
+        context.remember(record)
         return record
 
     return wrapper
@@ -156,19 +135,15 @@ def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> N
                 with contextlib.suppress(ValueError):
                     wanted.setdefault(model, set()).add(UUID(value))
     for model, ids in wanted.items():
-        missing = [record_id for record_id in ids if (model.__name__, record_id) not in context.cache]
         # Parents are read for their references and flags, never their clinical text.
-        parents = model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid")).defer(*sealed_field_names(model))
-        found = {record.pk: record for record in parents}
-        for record_id in missing:
-            context.cache[(model.__name__, record_id)] = found.get(record_id)
+        context.preload(model, ids, defer=sealed_field_names(model))
 
 
 @remembered
 def person_apply(context: WriteContext, change: Change) -> Person:
     values = dict(change.values)
     if change.operation == "create":
-        unit = _parent(context, Unit, values.pop("unit_id"), "unit_id")
+        unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         person = Person(id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values)
         context.insert_later(person)
         return person
@@ -187,9 +162,9 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     values = dict(change.values)
     person_id = values.get("person_id")
     if change.operation == "create":
-        unit = _parent(context, Unit, values.pop("unit_id"), "unit_id")
+        unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         if person_id is not None:
-            _same_program(_parent(context, Person, person_id, "person_id"), unit.program_id, "person_id")
+            _same_program(context.parent(Person, person_id, "person_id"), unit.program_id, "person_id")
         encounter = Encounter(
             id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values
         )
@@ -203,7 +178,7 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     if "unit_id" in values and values.pop("unit_id") != encounter.unit_id:
         raise Refused("unit_change_not_allowed", "An encounter is moved to another unit on the server.", "unit_id")
     if person_id is not None:
-        _same_program(_parent(context, Person, person_id, "person_id"), encounter.program_id, "person_id")
+        _same_program(context.parent(Person, person_id, "person_id"), encounter.program_id, "person_id")
     _save(context, encounter, values)
     hooks.run("encounter_saved", encounter, actor=context.user)
     return encounter
@@ -218,10 +193,10 @@ def _same_program(record: CareRecord, program_id: UUID, field: str) -> None:
 def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
     values = dict(change.values)
     if change.operation == "create":
-        encounter = _parent(context, Encounter, values.pop("encounter_id"), "encounter_id")
+        encounter = context.parent(Encounter, values.pop("encounter_id"), "encounter_id")
         amends_id = values.pop("amends_id", None)
         if amends_id is not None:
-            amended = _parent(context, ClinicalNote, amends_id, "amends_id")
+            amended = context.parent(ClinicalNote, amends_id, "amends_id")
             if amended.encounter_id != encounter.pk or not amended.is_signed:
                 raise Refused(
                     "invalid_addendum", "An addendum amends a signed note of the same encounter.", "amends_id"
@@ -258,7 +233,7 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
 def referral_apply(context: WriteContext, change: Change) -> Referral:
     values = dict(change.values)
     if change.operation == "create":
-        encounter = _parent(context, Encounter, values.pop("encounter_id"), "encounter_id")
+        encounter = context.parent(Encounter, values.pop("encounter_id"), "encounter_id")
         _check_service(context, values.get("service_id"), encounter.program_id)
         referral = Referral(
             id=change.record_id,
@@ -287,7 +262,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
 def _check_service(context: WriteContext, service_id: UUID | None, program_id: UUID) -> None:
     if service_id is None:
         return
-    service = _cached(context, Service, service_id)
+    service = context.cached(Service, service_id)
     if service is None or service.program_id != program_id:
         raise Refused("service_not_found", "No such service in this program's directory.", field="service_id")
 
@@ -297,7 +272,7 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     if change.operation != "create":
         raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")
     values = dict(change.values)
-    referral = _parent(context, Referral, values.pop("referral_id"), "referral_id")
+    referral = context.parent(Referral, values.pop("referral_id"), "referral_id")
     if referral.task_status == ReferralTaskStatus.CANCELLED:
         raise Refused("referral_cancelled", "The referral was cancelled; it takes no outcome.", field="referral_id")
     event = ReferralOutcomeEvent(

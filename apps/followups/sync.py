@@ -21,20 +21,10 @@ class ContactAttemptWire(CareWire):
     attempted_at = serializers.DateTimeField()
 
 
-def _step(context: WriteContext, step_id: Any) -> FollowUpStep:
-    key = ("FollowUpStep", step_id)
-    if key not in context.cache:
-        context.cache[key] = FollowUpStep.objects.filter(pk=step_id).first()
-    step = context.cache[key]
-    if step is None:
-        raise Refused("parent_not_found", f"No such follow-up step {step_id}.", field="step_id")
-    return step
-
-
 def may_write_attempt(context: WriteContext, record: ContactAttempt | None, values: dict[str, Any]) -> bool:
     if record is not None:
         return care_services.may_work_in(context, program_id=record.program_id, unit_id=record.unit_id)
-    step = _step(context, values["step_id"])
+    step = context.parent(FollowUpStep, values["step_id"], "step_id")
     return care_services.may_work_in(context, program_id=step.program_id, unit_id=step.unit_id)
 
 
@@ -43,7 +33,7 @@ def attempt_apply(context: WriteContext, change: Change) -> ContactAttempt:
     if change.operation != "create":
         raise Refused("append_only", "A contact attempt is never changed; record another one.")
     values = dict(change.values)
-    step = _step(context, values.pop("step_id"))
+    step = context.parent(FollowUpStep, values.pop("step_id"), "step_id")
     attempt = ContactAttempt(
         id=change.record_id,
         program_id=step.program_id,

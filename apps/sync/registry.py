@@ -57,6 +57,38 @@ class WriteContext:
     # Changed rows handed to update_later: the record, and the fields to write.
     pending_updates: dict[tuple[type[models.Model], Any], tuple[models.Model, set[str]]] = field(default_factory=dict)
 
+    def cached(self, model: type[models.Model], record_id: UUID | None) -> Any:
+        """The record of ``model`` with this id (None if there is none), read once per batch."""
+        if record_id is None:
+            return None
+        key = (model, record_id)
+        if key not in self.cache:
+            self.cache[key] = model._default_manager.filter(pk=record_id).first()
+        return self.cache[key]
+
+    def preload(self, model: type[models.Model], record_ids: Iterable[UUID], *, defer: Iterable[str] = ()) -> None:
+        """Read every record of ``model`` a batch will look up, in one query."""
+        missing = [record_id for record_id in set(record_ids) if (model, record_id) not in self.cache]
+        if not missing:
+            return
+        found = {
+            record.pk: record
+            for record in model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid")).defer(*defer)
+        }
+        for record_id in missing:
+            self.cache[(model, record_id)] = found.get(record_id)
+
+    def remember(self, record: models.Model) -> None:
+        """Keep the cache in step with a record the batch has just written."""
+        self.cache[(type(record), record.pk)] = record
+
+    def parent(self, model: type[models.Model], record_id: UUID, field: str) -> Any:
+        """The live record a change refers to, or a refusal naming the field."""
+        parent = self.cached(model, record_id)
+        if parent is None or getattr(parent, "is_deleted", False):
+            raise Refused("parent_not_found", f"No such {model._meta.verbose_name} {record_id}.", field=field)
+        return parent
+
     def insert_later(self, record: models.Model) -> None:
         """Insert a new record with the batch's bulk writes (at once outside a push).
 

@@ -114,24 +114,32 @@ class DeliverySummaryView(APIView):
         return Response(DeliverySummarySerializer(selectors.delivery_summary(notification=notification)).data)
 
 
-class TwilioStatusView(APIView):
-    """Twilio's delivery reports for our SMS, authenticated by their X-Twilio-Signature."""
+class _TwilioWebhook(APIView):
+    """A request from Twilio, authenticated by its X-Twilio-Signature over the URL Twilio was
+    given (not the one this request reached through proxies) and the form parameters."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
     parser_classes = [FormParser]
 
-    @extend_schema(exclude=True)
-    def post(self, request: Request) -> Response:
+    def signed_params(self, request: Request, url: str) -> dict[str, str]:
         params = {key: str(request.data.get(key, "")) for key in request.data}
         if not signature_is_valid(
             auth_token=settings.TWILIO_AUTH_TOKEN,
-            # The URL Twilio was given, not the one this request reached through proxies.
-            url=settings.TWILIO_STATUS_CALLBACK_URL,
+            url=url,
             params=params,
             signature=request.headers.get("X-Twilio-Signature", ""),
         ):
             raise exceptions.PermissionDenied("Invalid Twilio signature.", code="invalid_signature")
+        return params
+
+
+class TwilioStatusView(_TwilioWebhook):
+    """Twilio's delivery reports for our SMS."""
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        params = self.signed_params(request, settings.TWILIO_STATUS_CALLBACK_URL)
         services.sms_status_record(
             provider_message_id=params.get("MessageSid", ""),
             status=params.get("MessageStatus", ""),
@@ -140,22 +148,11 @@ class TwilioStatusView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TwilioInboundView(APIView):
+class TwilioInboundView(_TwilioWebhook):
     """Replies to our SMS (Twilio's inbound webhook): STOP opts the number out, START back in."""
-
-    authentication_classes = []
-    permission_classes = [AllowAny]
-    parser_classes = [FormParser]
 
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
-        params = {key: str(request.data.get(key, "")) for key in request.data}
-        if not signature_is_valid(
-            auth_token=settings.TWILIO_AUTH_TOKEN,
-            url=settings.TWILIO_INBOUND_URL,
-            params=params,
-            signature=request.headers.get("X-Twilio-Signature", ""),
-        ):
-            raise exceptions.PermissionDenied("Invalid Twilio signature.", code="invalid_signature")
+        params = self.signed_params(request, settings.TWILIO_INBOUND_URL)
         services.sms_inbound_record(from_number=params.get("From", ""), body=params.get("Body", ""))
         return Response(status=status.HTTP_204_NO_CONTENT)
