@@ -67,8 +67,7 @@ def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any
     Channels' default (thread_sensitive) runs every consumer's database calls, for every
     socket of the process, one at a time in a single thread; a burst of feed reads after an
     assignment then queues behind itself. These calls hold no state between them, so they
-    may run side by side, each thread with its own connection (kept when
-    DATABASE_CONN_MAX_AGE > 0).
+    may run side by side, each borrowing a connection from the process's pool.
     """
     return database_sync_to_async(function, thread_sensitive=False)
 

@@ -427,8 +427,6 @@ def main() -> None:
         env = {
             # The safety poll is a net under lost nudges; here it would only add noise.
             "FEED_SAFETY_POLL_SECONDS": "3600",
-            # Each websocket's feed reads run in a thread pool: keep their connections open.
-            "DATABASE_CONN_MAX_AGE": "60",
             "LOG_LEVEL": "WARNING",
             # CPython's full collections stall every socket of the process; see apps/realtime/gc_policy.py.
             "WEBSOCKET_GC_FREEZE_SECONDS": os.environ.get("BENCH_GC_FREEZE_SECONDS", "5"),

@@ -107,7 +107,6 @@ def main() -> None:
     results: dict[str, Any] = {}
     env = {
         "FEED_SAFETY_POLL_SECONDS": "3600",
-        "DATABASE_CONN_MAX_AGE": "60",
         "LOG_LEVEL": "WARNING",
         "WEBSOCKET_GC_FREEZE_SECONDS": "5",
     }

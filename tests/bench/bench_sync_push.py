@@ -144,11 +144,7 @@ def main() -> None:
         import contextlib
 
         with contextlib.ExitStack() as stack:
-            # Configured as README recommends for production: a web process keeps its connection.
-            servers = [
-                stack.enter_context(asgi_server(logs, name=f"web-push-{n}", DATABASE_CONN_MAX_AGE="60"))
-                for n in range(WEB_PROCESSES)
-            ]
+            servers = [stack.enter_context(asgi_server(logs, name=f"web-push-{n}")) for n in range(WEB_PROCESSES)]
             # Warm each process (imports, first connection) before the clock starts.
             for server in servers:
                 httpx.get(f"{server.http_url}/healthz", timeout=30)

@@ -29,14 +29,21 @@ def bench_django(settings_module: str = "config.settings.test") -> Iterator[None
     with connection.cursor() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
         cursor.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
-    connection.close()
+    _drop_connections(connection)
     database["NAME"] = BENCH_DATABASE
     call_command("migrate", verbosity=0)
     try:
         yield
     finally:
-        connection.close()
+        _drop_connections(connection)
         database["NAME"] = original_name
+
+
+def _drop_connections(connection: Any) -> None:
+    """Close the connection and the process's pool: a pooled connection would go back to
+    its pool still on the database it was opened on."""
+    connection.close()
+    connection.close_pool()
 
 
 def percentile(values: list[float], fraction: float) -> float:
