@@ -130,7 +130,7 @@ DATABASES = {
 }
 # Each request of an ASGI process runs its database work in a thread of its own, so a
 # thread's persistent connection would die with the request: connections are pooled per
-# process instead (psycopg_pool), kept across requests with their prepared statements.
+# process instead (psycopg_pool) and kept across requests.
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
 if DATABASE_POOL_SIZE > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
