@@ -138,8 +138,7 @@ class PendingVersion:
     record_type: str
     version: int
     data: dict[str, Any]
-    stored: str  # ``data`` as stored: JSON text
-    document: int  # its position (from 1) in the Publisher's documents
+    document: int  # ``data`` as stored: its number (from 1) in the Publisher's documents
     changed_fields: list[str]
     is_deleted: bool
     user_id: UUID | None
@@ -150,7 +149,6 @@ class PendingVersion:
 @dataclass(slots=True)
 class _PendingHead:
     head: SyncedRecord
-    stored: str
     document: int
 
 
@@ -199,7 +197,8 @@ class Publisher:
         if pending is None or data is not pending.head.data:
             return self.stored_form(record_id, document)
         rest = sealing.seal_tree({key: value for key, value in document.items() if key != "data"})
-        return json.dumps({**rest, "data": None})[: -len("null}")] + pending.stored + "}"
+        stored = self.documents[pending.document - 1]
+        return json.dumps({**rest, "data": None})[: -len("null}")] + stored + "}"
 
     def publish(
         self,
@@ -238,10 +237,9 @@ class Publisher:
             scopes=scopes,
             is_deleted=is_deleted,
         )
-        stored = self.stored_form(record_id, data)
-        document = self._document(stored)
+        document = self._document(self.stored_form(record_id, data))
         self.heads[record_id] = new_head
-        self.dirty_heads[record_id] = _PendingHead(new_head, stored, document)
+        self.dirty_heads[record_id] = _PendingHead(new_head, document)
         if changed_fields is None:
             previous = head.data if head is not None else {}
             changed_fields = [name for name in data if previous.get(name) != data[name]]
@@ -251,7 +249,6 @@ class Publisher:
                 record_type=synced_type.name,
                 version=version,
                 data=data,
-                stored=stored,
                 document=document,
                 changed_fields=list(changed_fields),
                 is_deleted=is_deleted,
