@@ -26,7 +26,8 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, DataError, IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -504,7 +505,8 @@ def _apply_rows(
 ) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids)
-    heads = {head.pk: head for head in SyncedRecord.objects.filter(pk__in=bulk.any_of(record_ids, "uuid"))}
+    opened: dict[UUID, dict[str, str]] = {}
+    heads = _read_heads(record_ids, opened)
     by_type: dict[str, list[UUID]] = defaultdict(list)
     for record_id, head in heads.items():
         by_type[head.record_type].append(record_id)
@@ -516,19 +518,15 @@ def _apply_rows(
                 (record.pk, record)
                 for record in synced_type.model._default_manager.filter(pk__in=bulk.any_of(ids, "uuid"))
             )
-    # Versions from the oldest base any mutation names: enough for every three-way merge.
-    bases = [row.base_version or 0 for row in rows if row.record_id in heads]
-    versions: dict[UUID, list[merge.VersionView]] = defaultdict(list)
-    if bases:
-        stored_versions = RecordVersion.objects.filter(
-            record_id__in=bulk.any_of(heads, "uuid"), version__gte=min(bases)
-        ).order_by("record_id", "version")
-        for version in stored_versions:
-            versions[version.record_id].append(_view(version))
+    versions = _merge_history(rows, heads)
     publisher = Publisher(heads)
+    # What the head's and the ledger's copies already sealed, each record's own: a version
+    # that keeps a value keeps its sealing instead of sealing it again.
+    for record_id, memo in opened.items():
+        publisher.sealed[record_id] = memo
     for sealed_id, memo in (sealed or {}).items():
         if sealed_id is not None:
-            publisher.sealed[sealed_id] = dict(memo)
+            publisher.sealed.setdefault(sealed_id, {}).update(memo)
     state = _BatchState(
         context=registry.WriteContext(user=user, device=device, publisher=publisher),
         publisher=publisher,
@@ -566,6 +564,56 @@ def _apply_rows(
         if raise_refusals:
             raise
         raise _FallBack() from None
+
+
+def _read_heads(record_ids: set[UUID], opened: dict[UUID, dict[str, str]]) -> dict[UUID, SyncedRecord]:
+    """The records' heads, their data opened; ``opened`` gets each record's sealed values."""
+    heads: dict[UUID, SyncedRecord] = {}
+    stored_text = Cast("data", output_field=TextField())
+    stored = SyncedRecord.objects.filter(pk__in=bulk.any_of(record_ids, "uuid")).values_list(
+        "record_id", "record_type", "program_id", "version", "scopes", "is_deleted", stored_text
+    )
+    for record_id, record_type, program_id, version, scopes, is_deleted, data in stored:
+        memo = opened[record_id] = {}
+        heads[record_id] = SyncedRecord(
+            record_id=record_id,
+            record_type=record_type,
+            program_id=program_id,
+            version=version,
+            data=sealing.unseal_tree(json.loads(data), memo),
+            scopes=scopes,
+            is_deleted=is_deleted,
+        )
+    return heads
+
+
+def _merge_history(rows: list[Mutation], heads: dict[UUID, SyncedRecord]) -> dict[UUID, list[merge.VersionView]]:
+    """Each record's versions a three-way merge of this batch may need: from the oldest
+    base a mutation names. A device that saw the newest version merges against the head
+    alone, so its versions are not read."""
+    oldest_base: dict[UUID, int] = {}
+    for row in rows:
+        head = heads.get(row.record_id) if row.record_id is not None else None
+        if head is None:
+            continue
+        base = 0 if row.operation == MutationOperation.CREATE else row.base_version or 0
+        if base < head.version:
+            oldest_base[head.record_id] = min(base, oldest_base.get(head.record_id, base))
+    versions: dict[UUID, list[merge.VersionView]] = defaultdict(list)
+    for record_id, head in heads.items():
+        if record_id not in oldest_base:
+            versions[record_id].append(
+                merge.VersionView(
+                    version=head.version, data=head.data, device_id=None, changed_fields=(), is_deleted=head.is_deleted
+                )
+            )
+    if oldest_base:
+        stored_versions = RecordVersion.objects.filter(
+            record_id__in=bulk.any_of(oldest_base, "uuid"), version__gte=min(oldest_base.values())
+        ).order_by("record_id", "version")
+        for version in stored_versions:
+            versions[version.record_id].append(_view(version))
+    return versions
 
 
 def _save_results(rows: list[Mutation], publisher: Publisher) -> None:
