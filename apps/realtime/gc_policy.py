@@ -9,8 +9,9 @@ this policy periodically moves every object alive into the permanent generation
 The cost: a reference cycle among frozen objects that becomes garbage (a socket that went
 away) is not reclaimed until the next full collection, which this policy runs, unfrozen,
 every WEBSOCKET_GC_FULL_COLLECT_SECONDS — one long pause at a known rate instead of many
-at random. Off unless WEBSOCKET_GC_FREEZE_SECONDS > 0; it runs only in processes that
-serve websockets.
+at random. Off unless WEBSOCKET_GC_FREEZE_SECONDS > 0. It runs in every web process from
+its start (config/asgi.py): the objects alive after start-up (modules, settings, URL
+patterns) are frozen at once, so the collections a busy push sets off stay short too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def start_in_this_process() -> bool:
     with _lock:
         if not _started:
             _started = True
+            gc.freeze()
             threading.Thread(target=_run, args=(freeze_every,), name="gc-freeze", daemon=True).start()
     return True
 

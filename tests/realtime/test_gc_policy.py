@@ -25,3 +25,24 @@ def test_gc_policy_can_be_turned_off(settings: Any) -> None:
     settings.WEBSOCKET_GC_FREEZE_SECONDS = 0
 
     assert gc_policy.start_in_this_process() is False
+
+
+def test_web_process_freezes_its_start_up_objects_before_any_websocket() -> None:
+    """A web process that only serves HTTP (no device connected yet) still gets short
+    collections: loading the application freezes what start-up left alive."""
+    import subprocess
+    import sys
+
+    from tests.live import child_environment
+
+    probe = "import gc, config.asgi; print(gc.get_freeze_count())"
+    for freeze_seconds, expect_frozen in (("5", True), ("0", False)):
+        completed = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=child_environment(WEBSOCKET_GC_FREEZE_SECONDS=freeze_seconds),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert (int(completed.stdout.split()[-1]) > 0) is expect_frozen, completed.stderr[-2000:]
