@@ -103,7 +103,9 @@ def test_a_worker_killed_mid_send_leaves_exactly_one_reminder_after_redelivery(
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
     # Hold the step's row lock from outside, so the send is caught mid-task, inside its transaction.
-    with psycopg.connect(database_url()) as holder:
+    # Watched from a connection of its own, in autocommit: inside the holder's transaction,
+    # pg_stat_activity would show the snapshot of its first read, taken before the worker waited.
+    with psycopg.connect(database_url()) as holder, psycopg.connect(database_url(), autocommit=True) as watcher:
         holder.execute("SELECT id FROM followups_followupstep WHERE id = %s FOR UPDATE", [step.pk])
         with celery_worker(live_server_logs, name="followups-kill-first", **env) as first:
             with override_settings(FOLLOWUPS_TASK_QUEUE=QUEUE):
@@ -111,7 +113,7 @@ def test_a_worker_killed_mid_send_leaves_exactly_one_reminder_after_redelivery(
             _wait(lambda: "send_reminders[" in first.log(), 15, first)
             _wait(
                 lambda: (
-                    holder.execute(
+                    watcher.execute(
                         "SELECT count(*) FROM pg_stat_activity"
                         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
                     ).fetchone()[0]  # type: ignore[index]
