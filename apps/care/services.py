@@ -35,7 +35,6 @@ from apps.care.models import (
 from apps.common.api.errors import DomainError
 from apps.common.encryption import sealed_field_names
 from apps.directory.models import Service
-from apps.sync.models import SyncedRecord
 from apps.sync.registry import Change, Refused, WriteContext
 from apps.sync.services import Publisher, lock_records, publish_record
 from apps.teams.models import Unit, UnitMember
@@ -311,9 +310,7 @@ def _publish_into(publisher: Publisher, record: CareRecord, context: WriteContex
     assert synced_type is not None
     if record.pk not in publisher.heads:
         lock_records([record.pk])
-        head = SyncedRecord.objects.filter(pk=record.pk).first()
-        if head is not None:
-            publisher.heads[record.pk] = head
+        publisher.read_heads([record.pk])
     publisher.publish(
         synced_type,
         record,
@@ -411,7 +408,8 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
     records += [("care.note", note) for note in notes] + [("care.referral", referral) for referral in referrals]
     records += [("care.referral_outcome", outcome) for outcome in outcomes]
     lock_records([record.pk for _name, record in records])
-    publisher = Publisher(SyncedRecord.objects.in_bulk([record.pk for _name, record in records]))
+    publisher = Publisher()
+    publisher.read_heads([record.pk for _name, record in records])
     for type_name, record in records:
         record.unit = unit
         record.save(update_fields=["unit", "updated_at"])

@@ -26,8 +26,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, DataError, IntegrityError, transaction
-from django.db.models import Max, TextField
-from django.db.models.functions import Cast
+from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -42,10 +41,9 @@ from apps.sync.models import (
     MutationOperation,
     MutationStatus,
     RecordVersion,
-    SyncedRecord,
 )
 from apps.sync.scopes import user_scope
-from apps.sync.services import PendingVersion, Publisher, lock_device, lock_records
+from apps.sync.services import Head, PendingVersion, Publisher, lock_device, lock_records
 
 MAX_FIELDS_BYTES = 64 * 1024
 _OPERATIONS = frozenset(MutationOperation.values)
@@ -505,8 +503,9 @@ def _apply_rows(
 ) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids)
-    opened: dict[UUID, dict[str, str]] = {}
-    heads = _read_heads(record_ids, opened)
+    publisher = Publisher()
+    publisher.read_heads(record_ids)
+    heads = publisher.heads
     by_type: dict[str, list[UUID]] = defaultdict(list)
     for record_id, head in heads.items():
         by_type[head.record_type].append(record_id)
@@ -519,11 +518,7 @@ def _apply_rows(
                 for record in synced_type.model._default_manager.filter(pk__in=bulk.any_of(ids, "uuid"))
             )
     versions = _merge_history(rows, heads)
-    publisher = Publisher(heads)
-    # What the head's and the ledger's copies already sealed, each record's own: a version
-    # that keeps a value keeps its sealing instead of sealing it again.
-    for record_id, memo in opened.items():
-        publisher.sealed[record_id] = memo
+    # What the ledger's copies already sealed, each record's own: the version reuses it.
     for sealed_id, memo in (sealed or {}).items():
         if sealed_id is not None:
             publisher.sealed.setdefault(sealed_id, {}).update(memo)
@@ -566,28 +561,7 @@ def _apply_rows(
         raise _FallBack() from None
 
 
-def _read_heads(record_ids: set[UUID], opened: dict[UUID, dict[str, str]]) -> dict[UUID, SyncedRecord]:
-    """The records' heads, their data opened; ``opened`` gets each record's sealed values."""
-    heads: dict[UUID, SyncedRecord] = {}
-    stored_text = Cast("data", output_field=TextField())
-    stored = SyncedRecord.objects.filter(pk__in=bulk.any_of(record_ids, "uuid")).values_list(
-        "record_id", "record_type", "program_id", "version", "scopes", "is_deleted", stored_text
-    )
-    for record_id, record_type, program_id, version, scopes, is_deleted, data in stored:
-        memo = opened[record_id] = {}
-        heads[record_id] = SyncedRecord(
-            record_id=record_id,
-            record_type=record_type,
-            program_id=program_id,
-            version=version,
-            data=sealing.unseal_tree(json.loads(data), memo),
-            scopes=scopes,
-            is_deleted=is_deleted,
-        )
-    return heads
-
-
-def _merge_history(rows: list[Mutation], heads: dict[UUID, SyncedRecord]) -> dict[UUID, list[merge.VersionView]]:
+def _merge_history(rows: list[Mutation], heads: dict[UUID, Head]) -> dict[UUID, list[merge.VersionView]]:
     """Each record's versions a three-way merge of this batch may need: from the oldest
     base a mutation names. A device that saw the newest version merges against the head
     alone, so its versions are not read."""
@@ -818,7 +792,7 @@ def _delete(
     row: Mutation,
     synced_type: registry.SyncedType,
     record: Any,
-    head: SyncedRecord,
+    head: Head,
     base_version: int,
     versions: list[merge.VersionView],
     state: _BatchState,
@@ -860,7 +834,7 @@ def _write(
     changed_fields: list[str] | None,
     echo: bool,
     is_deleted: bool = False,
-) -> SyncedRecord:
+) -> Head:
     saved = synced_type.apply(state.context, change)
     state.records[change.record_id] = saved
     return state.publisher.publish(
@@ -878,7 +852,7 @@ def _write(
 def _conflict(
     row: Mutation,
     synced_type: registry.SyncedType,
-    head: SyncedRecord,
+    head: Head,
     kind: str,
     field_name: str,
     base_value: Any,

@@ -18,6 +18,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
 from django.db.models import Max, Subquery
+from django.db.models.functions import Cast
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -147,8 +148,21 @@ class PendingVersion:
 
 
 @dataclass(slots=True)
+class Head:
+    """A record's head (``SyncedRecord``'s columns) as a Publisher reads and writes it."""
+
+    record_id: UUID
+    record_type: str
+    program_id: UUID
+    version: int
+    data: dict[str, Any]
+    scopes: list[str]
+    is_deleted: bool
+
+
+@dataclass(slots=True)
 class _PendingHead:
-    head: SyncedRecord
+    head: Head
     document: int
 
 
@@ -163,8 +177,8 @@ class Publisher:
     document once, and no model instance is built per row.
     """
 
-    def __init__(self, heads: dict[UUID, SyncedRecord] | None = None) -> None:
-        self.heads: dict[UUID, SyncedRecord] = heads if heads is not None else {}
+    def __init__(self) -> None:
+        self.heads: dict[UUID, Head] = {}
         self.dirty_heads: dict[UUID, _PendingHead] = {}
         self.versions: list[PendingVersion] = []
         # Stored data (JSON text) of the versions and re-announcements, numbered from 1.
@@ -180,6 +194,21 @@ class Publisher:
         # Per record: each health value's sealed form, so the copies of a version (head,
         # version row, feed entries, the push's result) share one sealing.
         self.sealed: dict[UUID, dict[str, str]] = {}
+
+    def read_heads(self, record_ids: Iterable[UUID]) -> None:
+        """Read the heads of these records (those it does not hold yet). Each head's data is
+        opened with its record's memo, so a version that keeps a value keeps its sealing."""
+        wanted = {record_id for record_id in record_ids if record_id not in self.heads}
+        if not wanted:
+            return
+        stored_text = Cast("data", output_field=models.TextField())
+        stored = SyncedRecord.objects.filter(pk__in=bulk.any_of(wanted, "uuid")).values_list(
+            "record_id", "record_type", "program_id", "version", "scopes", "is_deleted", stored_text
+        )
+        for record_id, record_type, program_id, version, scopes, is_deleted, data in stored:
+            memo = self.sealed.setdefault(record_id, {})
+            opened = sealing.unseal_tree(json.loads(data), memo)
+            self.heads[record_id] = Head(record_id, record_type, program_id, version, opened, scopes, is_deleted)
 
     def _document(self, stored: str) -> int:
         self.documents.append(stored)
@@ -211,7 +240,7 @@ class Publisher:
         changed_fields: Sequence[str] | None = None,
         is_deleted: bool = False,
         echo_to_origin: bool = False,
-    ) -> SyncedRecord:
+    ) -> Head:
         """Record a new version of ``record`` (already saved by its domain service).
 
         Returns the head; an unchanged record keeps its version and writes nothing.
@@ -228,15 +257,7 @@ class Publisher:
         visible_after = set() if is_deleted else set(scopes)
         version = (head.version if head is not None else 0) + 1
         program_id = synced_type.program_id_of(record)
-        new_head = SyncedRecord(
-            record_id=record_id,
-            record_type=synced_type.name,
-            program_id=program_id,
-            version=version,
-            data=data,
-            scopes=scopes,
-            is_deleted=is_deleted,
-        )
+        new_head = Head(record_id, synced_type.name, program_id, version, data, scopes, is_deleted)
         document = self._document(self.stored_form(record_id, data))
         self.heads[record_id] = new_head
         self.dirty_heads[record_id] = _PendingHead(new_head, document)
@@ -271,7 +292,7 @@ class Publisher:
         self.nudged |= visible_before | visible_after
         return new_head
 
-    def reannounce(self, head: SyncedRecord, scope: str) -> None:
+    def reannounce(self, head: Head, scope: str) -> None:
         """Send the record as it stands to one scope (no new version): a device whose change
         was kept as a conflict learns the server's state through its feed."""
         pending = self.dirty_heads.get(head.record_id)
@@ -408,7 +429,7 @@ def publish_record(
     user: User | None,
     device: Device | None = None,
     is_deleted: bool = False,
-) -> SyncedRecord:
+) -> Head:
     """Publish a record a domain service has just saved: new version, feed entries, scopes.
 
     Call it inside the service's transaction, after ``lock_records`` and the write.
@@ -418,7 +439,8 @@ def publish_record(
         raise LookupError(f"record type {type_name!r} is not registered for sync")
     assert connection.in_atomic_block, "publish_record needs the writing transaction"
     lock_records([record.pk])
-    publisher = Publisher(SyncedRecord.objects.in_bulk([record.pk]))
+    publisher = Publisher()
+    publisher.read_heads([record.pk])
     head = publisher.publish(synced_type, record, user=user, device=device, is_deleted=is_deleted)
     publisher.flush()
     return head
