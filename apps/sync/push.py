@@ -636,12 +636,14 @@ def _validate(
     """Validate wire fields; returns (internal values, normalised wire values) or quarantines.
     A create (not ``partial``) gets no wire values: nothing merges with them."""
     serializer = registry.bound_serializer(synced_type.serializer, partial=partial)
-    try:
-        internal: dict[str, Any] = dict(serializer.run_validation(fields))
-    except serializers.ValidationError as error:
-        flat = _first_error(error.detail)
-        _quarantine(row, "invalid_fields", flat[1], f"fields.{flat[0]}" if flat[0] else "fields")
-        return None
+    internal: dict[str, Any] | None = registry.validation(synced_type.serializer, partial=partial)(fields)
+    if internal is None:  # the compiled checks could not vouch for it: DRF decides
+        try:
+            internal = dict(serializer.run_validation(fields))
+        except serializers.ValidationError as error:
+            flat = _first_error(error.detail)
+            _quarantine(row, "invalid_fields", flat[1], f"fields.{flat[0]}" if flat[0] else "fields")
+            return None
     if not partial:
         return internal, {}  # a create merges with nothing: its wire form is what it stores
     wire = {
