@@ -7,12 +7,16 @@ decide which scopes a record belongs to; this module decides which scopes a user
 
 from __future__ import annotations
 
+import functools
 from uuid import UUID
 
 from apps.accounts.models import Membership, Role, User
 from apps.teams.models import UnitMember
 
 
+# Cached: every record published names its scopes, and a push publishes hundreds of records
+# of the same few units and programs.
+@functools.lru_cache(maxsize=4096)
 def unit_scope(unit_id: UUID | str) -> str:
     return f"unit.{unit_id}"
 
@@ -21,6 +25,7 @@ def user_scope(user_id: UUID | str) -> str:
     return f"user.{user_id}"
 
 
+@functools.lru_cache(maxsize=4096)
 def program_role_scope(program_id: UUID | str, role: Role | str) -> str:
     return f"program.{program_id}.{Role(role).value}"
 
