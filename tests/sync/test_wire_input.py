@@ -30,7 +30,7 @@ TEXTS = ['Calm, oriented; été "quoted"', "", "   ", "  padded  ", "a\x00b", "b
 def _values(wire_field: serializers.Field[Any, Any, Any, Any]) -> st.SearchStrategy[Any]:
     """Values a device might send for this field: mostly good ones (so that whole changes
     pass), and every kind of bad one."""
-    anything = st.sampled_from([None, 7, 1.5, True, [], {}, "", "  "])
+    anything: st.SearchStrategy[Any] = st.sampled_from([None, 7, 1.5, True, [], {}, "", "  "])
     if isinstance(wire_field, serializers.ChoiceField):
         good: st.SearchStrategy[Any] = st.sampled_from(list(wire_field.choice_strings_to_values))
         bad = st.one_of(st.sampled_from(["bogus", "REFERRED", 1]), anything)
