@@ -6,12 +6,14 @@ the process moves (tests/bench/bench_dispatch.py). Connection objects are long-l
 this policy periodically moves every object alive into the permanent generation
 (gc.freeze), which later collections skip; they then scan only what was allocated since.
 
-The cost: a reference cycle among frozen objects that becomes garbage (a socket that went
-away) is not reclaimed until the next full collection, which this policy runs, unfrozen,
-every WEBSOCKET_GC_FULL_COLLECT_SECONDS — one long pause at a known rate instead of many
-at random. Off unless WEBSOCKET_GC_FREEZE_SECONDS > 0. It runs in every web process from
-its start (config/asgi.py): the objects alive after start-up (modules, settings, URL
-patterns) are frozen at once, so the collections a busy push sets off stay short too.
+Each round collects before it freezes, walking only what was allocated since the round
+before, so garbage is never frozen. The cost: a reference cycle among frozen objects that
+becomes garbage later (a socket that went away, a request that was in flight) is not
+reclaimed until the next full collection, which this policy runs, unfrozen, every
+WEBSOCKET_GC_FULL_COLLECT_SECONDS — one long pause at a known rate instead of many at
+random. Off unless WEBSOCKET_GC_FREEZE_SECONDS > 0. It runs in every web process from its
+start (config/asgi.py): the objects alive after start-up (modules, settings, URL patterns)
+are frozen at once, so the collections a busy push sets off stay short too.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ def _run(freeze_every: int) -> None:
 
 
 def tick(*, last_full_collection: float, now: float) -> float:
-    """One round: a full collection when one is due, then freeze. Returns when the last full one ran."""
+    """One round: collect, then freeze what is alive. Returns when the last full collection ran."""
     full_every = settings.WEBSOCKET_GC_FULL_COLLECT_SECONDS
     if full_every > 0 and now - last_full_collection >= full_every:
-        gc.unfreeze()
-        gc.collect()
+        gc.unfreeze()  # this round's collection walks everything, earlier rounds' objects too
         last_full_collection = now
+    # Garbage first: otherwise a cycle that is already garbage (a request answered, a socket
+    # gone) would be frozen with the live objects, where no collection reaches it.
+    gc.collect()
     gc.freeze()
     return last_full_collection

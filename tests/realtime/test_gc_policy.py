@@ -19,6 +19,31 @@ def test_gc_policy_freezes_live_objects_and_collects_fully_when_due(settings: An
     assert (kept, frozen > 0, collected_at) == (100.0, True, 161.0)
 
 
+def test_a_freezing_round_collects_garbage_cycles_rather_than_freeze_them(settings: Any) -> None:
+    import gc
+    import weakref
+
+    from apps.realtime import gc_policy
+
+    class Node:
+        partner: Any = None
+
+    settings.WEBSOCKET_GC_FULL_COLLECT_SECONDS = 3600
+    first, second = Node(), Node()
+    first.partner, second.partner = second, first  # a cycle: only the collector frees it
+    freed = weakref.ref(first)
+    del first, second
+    gc.disable()  # no automatic collection may free it before the round does
+    try:
+        gc_policy.tick(last_full_collection=100.0, now=130.0)  # no full collection due
+        garbage_frozen = freed() is not None
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+    assert not garbage_frozen
+
+
 def test_gc_policy_can_be_turned_off(settings: Any) -> None:
     from apps.realtime import gc_policy
 
