@@ -53,15 +53,17 @@ def test_gc_policy_can_be_turned_off(settings: Any) -> None:
 
 
 def test_web_process_freezes_its_start_up_objects_before_any_websocket() -> None:
-    """A web process that only serves HTTP (no device connected yet) still gets short
-    collections: loading the application freezes what start-up left alive."""
+    """A web process that only serves HTTP (no device connected yet) still gets short and
+    few collections: loading the application freezes what start-up left alive and raises the
+    young collections' threshold."""
     import subprocess
     import sys
 
+    from apps.realtime.gc_policy import YOUNG_COLLECTION_THRESHOLD
     from tests.live import child_environment
 
-    probe = "import gc, config.asgi; print(gc.get_freeze_count())"
-    for freeze_seconds, expect_frozen in (("5", True), ("0", False)):
+    probe = "import gc, config.asgi; print(gc.get_freeze_count(), gc.get_threshold()[0])"
+    for freeze_seconds, expected in (("5", (True, YOUNG_COLLECTION_THRESHOLD)), ("0", (False, 700))):
         completed = subprocess.run(
             [sys.executable, "-c", probe],
             env=child_environment(WEBSOCKET_GC_FREEZE_SECONDS=freeze_seconds),
@@ -70,4 +72,5 @@ def test_web_process_freezes_its_start_up_objects_before_any_websocket() -> None
             timeout=60,
             check=True,
         )
-        assert (int(completed.stdout.split()[-1]) > 0) is expect_frozen, completed.stderr[-2000:]
+        frozen, young_threshold = (int(word) for word in completed.stdout.split()[-2:])
+        assert (frozen > 0, young_threshold) == expected, completed.stderr[-2000:]
