@@ -167,6 +167,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "tandem",
+        # One connection pool per process, not per thread (see the class).
+        "OPTIONS": {"pool_class": "apps.common.cache.ProcessConnectionPool"},
     }
 }
 
