@@ -192,7 +192,7 @@ def push_mutations(
         if envelope.rejection is not None:
             results[envelope.index] = _rejected(envelope, envelope.rejection)
     storable = [envelope for envelope in envelopes if envelope.rejection is None]
-    sealed: dict[UUID | None, dict[str, str]] = {}
+    sealed: dict[UUID | None, dict[Any, str]] = {}
     rows_by_index, replayed = _store(
         device=device,
         user=user,
@@ -242,7 +242,7 @@ def _store(
     client_version: str,
     results: dict[int, dict[str, Any]],
     keyed_by_content: bool,
-    sealed: dict[UUID | None, dict[str, str]] | None = None,
+    sealed: dict[UUID | None, dict[Any, str]] | None = None,
 ) -> tuple[dict[int, Mutation], set[int]]:
     """Write the batch to the ledger and commit: returns each envelope's row, and which
     envelopes repeat a mutation stored by an earlier request."""
@@ -429,7 +429,7 @@ def apply_received(
     device: Device,
     user: User,
     known: dict[int, Mutation] | None = None,
-    sealed: dict[UUID | None, dict[str, str]] | None = None,
+    sealed: dict[UUID | None, dict[Any, str]] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
@@ -499,7 +499,7 @@ def _apply_rows(
     device: Device,
     user: User,
     raise_refusals: bool = False,
-    sealed: dict[UUID | None, dict[str, str]] | None = None,
+    sealed: dict[UUID | None, dict[Any, str]] | None = None,
 ) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids)

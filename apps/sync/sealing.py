@@ -28,19 +28,25 @@ from apps.sync import registry
 health_names = registry.health_names
 
 
-def _seal_value(value: Any, memo: dict[str, str] | None) -> Any:
+def _memo_key(value: Any) -> Any:
+    # A string (clinical text, mostly) keys itself; anything else by its JSON. Tagged, so the
+    # text "1" and the number 1 never share a sealing.
+    return ("text", value) if type(value) is str else json.dumps(value)
+
+
+def _seal_value(value: Any, memo: dict[Any, str] | None) -> Any:
     if value is None or value == "" or (isinstance(value, str) and is_sealed(value)):
         return value
     if memo is None:
         return seal_json(value)
-    key = json.dumps(value)
+    key = _memo_key(value)
     token = memo.get(key)
     if token is None:
         token = memo[key] = seal_json(value)
     return token
 
 
-def seal_tree(value: Any, memo: dict[str, str] | None = None) -> Any:
+def seal_tree(value: Any, memo: dict[Any, str] | None = None) -> Any:
     """A copy of ``value`` with every health field's value sealed, at any depth.
 
     ``memo`` maps a value's JSON to its sealed form: pass one per record (never share one
@@ -50,30 +56,38 @@ def seal_tree(value: Any, memo: dict[str, str] | None = None) -> Any:
     return _seal(value, names, memo)
 
 
-def _seal(value: Any, names: frozenset[str], memo: dict[str, str] | None) -> Any:
+_NOT_CONTAINERS = frozenset({str, int, float, bool, type(None)})
+
+
+def _seal(value: Any, names: frozenset[str], memo: dict[Any, str] | None) -> Any:
     if isinstance(value, dict):
         return {
-            key: _seal_value(item, memo) if key in names else _seal(item, names, memo) for key, item in value.items()
+            key: _seal_value(item, memo)
+            if key in names
+            else item
+            if type(item) in _NOT_CONTAINERS
+            else _seal(item, names, memo)
+            for key, item in value.items()
         }
     if isinstance(value, list):
         return [_seal(item, names, memo) for item in value]
     return value
 
 
-def unseal_tree(value: Any, memo: dict[str, str] | None = None) -> Any:
+def unseal_tree(value: Any, memo: dict[Any, str] | None = None) -> Any:
     """A copy of ``value`` with every sealed health field opened. With ``memo``, records
     each opened value's sealed form, so an unchanged value is not sealed again."""
     return _unseal(value, health_names(), memo)
 
 
-def _unseal(value: Any, names: frozenset[str], memo: dict[str, str] | None) -> Any:
+def _unseal(value: Any, names: frozenset[str], memo: dict[Any, str] | None) -> Any:
     if isinstance(value, dict):
         opened: dict[str, Any] = {}
         for key, item in value.items():
             if key in names and isinstance(item, str) and is_sealed(item):
                 opened[key] = plain = unseal_json(item)
                 if memo is not None:
-                    memo[json.dumps(plain)] = item
+                    memo[_memo_key(plain)] = item
             else:
                 opened[key] = _unseal(item, names, memo)
         return opened

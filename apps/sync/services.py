@@ -193,7 +193,7 @@ class Publisher:
         self.nudged: set[str] = set()
         # Per record: each health value's sealed form, so the copies of a version (head,
         # version row, feed entries, the push's result) share one sealing.
-        self.sealed: dict[UUID, dict[str, str]] = {}
+        self.sealed: dict[UUID, dict[Any, str]] = {}
 
     def read_heads(self, record_ids: Iterable[UUID]) -> None:
         """Read the heads of these records (those it does not hold yet). Each head's data is

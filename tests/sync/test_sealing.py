@@ -146,3 +146,18 @@ def test_a_copy_no_configured_key_opens_fails_loudly(settings: Any, crew_member:
 
     with pytest.raises(UnreadableHealthInformation):
         Mutation.objects.get(record_id=note_id)
+
+
+def test_a_records_memo_reuses_a_sealing_only_for_the_same_value_of_the_same_type() -> None:
+    """Copies of one record share the sealing of an unchanged value; a value that changed
+    type (the text "1", the number 1, true) gets its own, and each opens to what it was."""
+    from apps.sync import sealing
+
+    memo: dict[Any, str] = {}
+    first = sealing.seal_tree({"assessment": "Calm, oriented."}, memo)
+    again = sealing.seal_tree({"assessment": "Calm, oriented.", "disposition": ""}, memo)
+    variants = [sealing.seal_tree({"assessment": value}, memo) for value in ("1", 1, True)]
+
+    assert again["assessment"] == first["assessment"]
+    assert len({variant["assessment"] for variant in variants}) == 3
+    assert [sealing.unseal_tree(variant)["assessment"] for variant in variants] == ["1", 1, True]
