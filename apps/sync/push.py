@@ -85,13 +85,20 @@ def _error(code: str, detail: str, field_name: str | None = None) -> dict[str, A
     return {"code": code, "detail": detail, "field": field_name}
 
 
+def _canonical(raw: Any) -> str:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def payload_hash(raw: Any) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return hashlib.sha256(_canonical(raw).encode()).hexdigest()
 
 
 def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> Envelope:
     prefix = f"mutations.{index}"
-    envelope = Envelope(index=index, raw=raw, mutation_id=None, payload_hash=payload_hash(raw))
+    canonical = _canonical(raw)
+    envelope = Envelope(
+        index=index, raw=raw, mutation_id=None, payload_hash=hashlib.sha256(canonical.encode()).hexdigest()
+    )
     if not isinstance(raw, dict):
         envelope.rejection = _error("invalid_mutation", "A mutation is a JSON object.", prefix)
         return envelope
@@ -136,7 +143,8 @@ def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> E
     if not isinstance(fields, dict):
         envelope.problem = _error("invalid_fields", "fields must be an object.", f"{prefix}.fields")
         return envelope
-    if len(json.dumps(fields)) > MAX_FIELDS_BYTES:
+    # Measured as compact JSON; the whole mutation's, already made, bounds it.
+    if len(canonical) > MAX_FIELDS_BYTES and len(_canonical(fields)) > MAX_FIELDS_BYTES:
         envelope.problem = _error(
             "fields_too_large", f"fields are limited to {MAX_FIELDS_BYTES} bytes.", f"{prefix}.fields"
         )

@@ -130,6 +130,30 @@ def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(
     assert later["status"] == "applied"
 
 
+def test_a_mutation_with_oversized_fields_is_quarantined_and_one_within_the_limit_applies(
+    crew_member: CrewMember,
+) -> None:
+    from apps.sync.push import MAX_FIELDS_BYTES
+
+    device = SimDevice(crew_member)
+    encounter_id, _ = created(device)
+    within = uuid.uuid4()
+    # A note body at its own limit (50,000 characters) is within the 64 KiB of fields.
+    fields_within = {"encounter_id": str(encounter_id), "body": "n" * 50_000}
+    fields_over = {"encounter_id": str(encounter_id), "body": "n" * MAX_FIELDS_BYTES}
+
+    results = device.push(
+        device.mutation("create", "care.note", uuid.uuid4(), fields_over),
+        device.mutation("create", "care.note", within, fields_within),
+    )
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("quarantined", "fields_too_large"),
+        ("applied", None),
+    ]
+    assert results[0]["error"]["field"] == "mutations.0.fields"
+
+
 def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(crew_member: CrewMember) -> None:
     client = sync_client(crew_member)
 
