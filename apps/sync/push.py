@@ -86,11 +86,8 @@ def _error(code: str, detail: str, field_name: str | None = None) -> dict[str, A
 
 
 def _canonical(raw: Any) -> str:
+    """A mutation's JSON with its keys sorted: what its payload hash is made of."""
     return json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def payload_hash(raw: Any) -> str:
-    return hashlib.sha256(_canonical(raw).encode()).hexdigest()
 
 
 def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> Envelope:

@@ -49,7 +49,7 @@ def _seal_value(value: Any, memo: dict[Any, str] | None) -> Any:
 def seal_tree(value: Any, memo: dict[Any, str] | None = None) -> Any:
     """A copy of ``value`` with every health field's value sealed, at any depth.
 
-    ``memo`` maps a value's JSON to its sealed form: pass one per record (never share one
+    ``memo`` maps a value to its sealed form: pass one per record (never share one
     across records: equal notes of two people would show as equal ciphertext).
     """
     names = health_names()
