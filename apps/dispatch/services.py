@@ -514,7 +514,18 @@ def _offer_to_next_unit(*, incident: Incident, now: datetime) -> Assignment | No
     return None
 
 
+# Why an assignment ended: a sentence (sealed at rest, so the database no longer bounds it).
+END_REASON_MAX_LENGTH = 300
+
+
 def _end(assignment: Assignment, *, status: AssignmentStatus, reason: str, now: datetime) -> None:
+    if len(reason) > END_REASON_MAX_LENGTH:
+        raise DomainError(
+            f"Keep the reason to {END_REASON_MAX_LENGTH} characters.",
+            code="max_length",
+            field="reason",
+            status_code=400,
+        )
     assignment.status = status
     assignment.ended_at = now
     assignment.end_reason = reason

@@ -10,8 +10,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import Program
+from apps.common.api.errors import DomainError
 from apps.dispatch import selectors, services
 from apps.dispatch.models import Assignment, AssignmentStatus, Incident, UnservedReason
+from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import ResponseModel, Unit, UnitStatus
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
@@ -263,6 +265,21 @@ def test_dispatcher_cancels_and_the_unit_is_free_again(
     crew_member.unit.refresh_from_db()
     assert response.json()["status"] == "cancelled" and crew_member.unit.status == UnitStatus.AVAILABLE
     assert post(crew_member, body["id"], "acknowledge").json()["code"] == "assignment_cancelled"
+
+
+def test_an_end_reason_past_its_limit_is_refused_by_the_service_and_the_offer_stands(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    # The reason is sealed at rest, so no column bounds it: the service does.
+    body = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+
+    with pytest.raises(DomainError) as refused:
+        services.assignment_cancel(
+            assignment_id=body["id"], actor=dispatcher.user, device=None, reason="x" * (END_REASON_MAX_LENGTH + 1)
+        )
+
+    assert (refused.value.code, refused.value.field) == ("max_length", "reason")
+    assert Assignment.objects.get(pk=body["id"]).status == AssignmentStatus.OFFERED
 
 
 def test_crew_sets_its_unit_in_and_out_of_service(program: Program, crew_member: CrewMember) -> None:

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from apps.common.api.serializers import StrictSerializer
 from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
+from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import UnitStatus
 
 
@@ -118,11 +119,11 @@ class StatusUpdateSerializer(ObservedSerializer):
 
 
 class ReasonSerializer(ObservedSerializer):
-    reason = serializers.CharField(max_length=300)
+    reason = serializers.CharField(max_length=END_REASON_MAX_LENGTH)
 
 
 class CancelSerializer(StrictSerializer):
-    reason = serializers.CharField(max_length=300)
+    reason = serializers.CharField(max_length=END_REASON_MAX_LENGTH)
 
 
 class UnitAvailabilitySerializer(ObservedSerializer):
