@@ -37,7 +37,6 @@ from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_fo
 from apps.accounts.services import device_group_name, device_mark_seen
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
-from apps.realtime import gc_policy
 from apps.realtime.handlers import HandlerError, handler_for
 from apps.sync import audit as sync_audit
 from apps.sync import selectors as feed
@@ -115,7 +114,6 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     feed_dirty = False
 
     async def connect(self) -> None:
-        gc_policy.start_in_this_process()
         self.scopes = []
         self.groups_joined = []
         self.feed_lock = asyncio.Lock()
