@@ -6,7 +6,6 @@ from django.db import migrations
 from apps.common.resealing import open_sealed, seal_plaintext
 
 
-
 def seal_existing(apps, schema_editor):
     seal_plaintext(apps.get_model("care", "Encounter"), ["location"])
 
