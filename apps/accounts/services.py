@@ -80,7 +80,12 @@ def _disconnect_device_sockets(device_id: object) -> None:
 def device_mark_seen(*, device: Device) -> None:
     """Record that the device was just seen, writing at most once a minute per device."""
     now = timezone.now()
-    Device.objects.filter(pk=device.pk, last_seen_at__lt=now - timedelta(minutes=1)).update(last_seen_at=now)
+    stale_before = now - timedelta(minutes=1)
+    if device.last_seen_at is not None and device.last_seen_at >= stale_before:
+        return  # seen within the minute (as read with its token): most requests write nothing
+    Device.objects.filter(Q(last_seen_at__lt=stale_before) | Q(last_seen_at=None), pk=device.pk).update(
+        last_seen_at=now
+    )
 
 
 def devices_revoke_unseen(*, unseen_for_days: int) -> int:
