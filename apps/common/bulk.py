@@ -28,9 +28,22 @@ from django.utils import timezone
 def server_cursor() -> psycopg.Cursor[Any]:
     """A cursor on Django's connection (same transaction) that binds parameters on the server
     (``%b`` binds in binary): Django's client-side binding quotes every array element in
-    Python, which for a batch's arrays cost more than the statement."""
+    Python, which for a batch's arrays cost more than the statement.
+
+    Its statements are fixed texts with the batch in parameters, so the connection prepares
+    those it runs often (``prepare_threshold`` in the settings): PostgreSQL then parses
+    each once per connection instead of at every batch. Errors come out as Django's
+    (``django.db.IntegrityError`` and the rest), as from the ORM's cursors."""
     connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
+    return _ServerCursor(connection.connection)
+
+
+class _ServerCursor(psycopg.Cursor[Any]):
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Any:
+        with connection.wrap_database_errors:
+            return super().execute(query, params, prepare=prepare, binary=binary)
 
 
 def _json_value(value: Any) -> Any:
@@ -153,7 +166,7 @@ def insert(records: Sequence[models.Model]) -> None:
     names = [model_field.column for model_field in fields if model_field.column in rows[0]]
     columns = ", ".join(connection.ops.quote_name(name) for name in names)
     table = connection.ops.quote_name(meta.db_table)
-    with connection.cursor() as cursor:
+    with server_cursor() as cursor:
         cursor.execute(
             # Names only from the model's metadata, quoted; the rows are one bound parameter.
             f"INSERT INTO {table} ({columns}) SELECT {columns}"  # noqa: S608
@@ -178,7 +191,7 @@ def update(records: Sequence[models.Model], field_names: Sequence[str]) -> None:
         f"{connection.ops.quote_name(model_field.column)} = r.{connection.ops.quote_name(model_field.column)}"
         for model_field in fields
     )
-    with connection.cursor() as cursor:
+    with server_cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} AS t SET {assignments}"  # noqa: S608 — names from the model's metadata
             f" FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS r WHERE t.{pk} = r.{pk}",
