@@ -32,7 +32,7 @@ def server_cursor() -> psycopg.Cursor[Any]:
 
     Its statements are fixed texts with the batch in parameters, so the connection prepares
     those it runs often (``prepare_threshold`` in the settings): PostgreSQL then parses
-    each once per connection instead of at every batch. Errors come out as Django's
+    each once per connection and soon plans it once too, instead of at every batch. Errors come out as Django's
     (``django.db.IntegrityError`` and the rest), as from the ORM's cursors."""
     connection.ensure_connection()
     return _ServerCursor(connection.connection)

@@ -139,8 +139,8 @@ if DATABASE_POOL_SIZE > 0:
         "max_size": DATABASE_POOL_SIZE,
         "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
     }
-# A statement run five times on a connection is prepared: parsed once, its plan kept by
-# PostgreSQL. Only the batch statements of apps.common.bulk (parameters bound on the
+# A statement run five times on a connection is prepared: parsed once, and after five more
+# runs PostgreSQL keeps a generic plan for it. Only the batch statements of apps.common.bulk (parameters bound on the
 # server, fixed texts) are; the ORM binds values into its SQL text and prepares nothing.
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
