@@ -50,7 +50,7 @@ def _access(context: WriteContext) -> tuple[set[UUID], set[UUID]]:
     if cached is None:
         user = context.user
         unit_ids = set(UnitMember.objects.filter(user=user).values_list("unit_id", flat=True))
-        programs = set(user.memberships.filter(role__in=RESOLVER_ROLES).values_list("program_id", flat=True))
+        programs = {program_id for program_id, role in context.program_roles() if role in RESOLVER_ROLES}
         cached = context.cache["care.access"] = (unit_ids, programs)
     return cached
 

@@ -26,7 +26,6 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, DataError, IntegrityError, transaction
-from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -267,14 +266,11 @@ def _store(
             }
             highest = 0
         else:
-            existing = {
-                row.mutation_id: row
-                for row in Mutation.objects.filter(
-                    device=device,
-                    mutation_id__in=bulk.any_of([envelope.mutation_id for envelope in envelopes], "bigint"),
-                )
-            }
-            highest = Mutation.objects.filter(device=device).aggregate(top=Max("mutation_id"))["top"] or 0
+            highest, existing_ids = _ledger_position(device.pk, [envelope.mutation_id for envelope in envelopes])
+            # Only a retried or replayed batch has rows already: they are read in full.
+            existing = (
+                {row.mutation_id: row for row in Mutation.objects.filter(pk__in=existing_ids)} if existing_ids else {}
+            )
         new_rows: dict[Any, Mutation] = {}
         for envelope in envelopes:
             key = envelope.payload_hash if keyed_by_content else envelope.mutation_id
@@ -352,6 +348,20 @@ def _store(
             row.pk = pk
             row._state.adding = False
     return rows_by_index, replayed
+
+
+def _ledger_position(device_id: UUID, mutation_ids: list[int | None]) -> tuple[int, list[int]]:
+    """The highest mutation id the device has sent, and the ledger rows of these mutation
+    ids that already exist: one statement, run at every push."""
+    with bulk.server_cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce((SELECT max(mutation_id) FROM sync_mutation WHERE device_id = %b), 0),"
+            " array(SELECT id FROM sync_mutation WHERE device_id = %b AND mutation_id = ANY(%b::bigint[]))",
+            [device_id, device_id, mutation_ids],
+        )
+        row = cursor.fetchone()
+    assert row is not None  # scalar subqueries: always one row
+    return row[0], row[1]
 
 
 def _insert_ledger(rows: list[Mutation], stored_payloads: list[str]) -> list[tuple[int, int | None, str]]:
@@ -445,11 +455,7 @@ def apply_received(
     try:
         with transaction.atomic():
             lock_device(device.pk)
-            ids = list(
-                Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED)
-                .order_by("id")
-                .values_list("id", flat=True)
-            )
+            ids = _received_ids(device.pk)
             unknown = [pk for pk in ids if pk not in known or known[pk].status != MutationStatus.RECEIVED]
             fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
@@ -478,6 +484,16 @@ def apply_received(
                 # value out of range): keep it for a person rather than retrying forever.
                 _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__))
             results[row.pk] = row.result
+
+
+def _received_ids(device_id: UUID) -> list[int]:
+    """The device's stored, unapplied mutations, in the order it made them."""
+    with bulk.server_cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM sync_mutation WHERE device_id = %b AND status = %b ORDER BY id",
+            [device_id, MutationStatus.RECEIVED.value],
+        )
+        return [pk for (pk,) in cursor.fetchall()]
 
 
 def _quarantine_alone(row: Mutation, error: dict[str, Any]) -> None:
@@ -527,12 +543,13 @@ def _apply_rows(
     for sealed_id, memo in (sealed or {}).items():
         if sealed_id is not None:
             publisher.sealed.setdefault(sealed_id, {}).update(memo)
+    context = registry.WriteContext(user=user, device=device, publisher=publisher)
     state = _BatchState(
-        context=registry.WriteContext(user=user, device=device, publisher=publisher),
+        context=context,
         publisher=publisher,
         records=records,
         versions=versions,
-        program_ids=set(user.memberships.values_list("program_id", flat=True)),
+        program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
     )
     fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -47,6 +47,9 @@ class Refused(Exception):
         self.field = field
 
 
+_PROGRAM_ROLES = "sync.program_roles"
+
+
 @dataclass
 class WriteContext:
     """Who is writing, from where, plus a per-batch cache apps may use for lookups."""
@@ -61,6 +64,14 @@ class WriteContext:
     pending_inserts: list[models.Model] = field(default_factory=list)
     # Changed rows handed to update_later: the record, and the fields to write.
     pending_updates: dict[tuple[type[models.Model], Any], tuple[models.Model, set[str]]] = field(default_factory=dict)
+
+    def program_roles(self) -> list[tuple[UUID, str]]:
+        """The writer's (program id, role) pairs, read once per batch: the sync mechanism
+        and the apps' write rules both ask."""
+        roles = self.cache.get(_PROGRAM_ROLES)
+        if roles is None:
+            roles = self.cache[_PROGRAM_ROLES] = list(self.user.memberships.values_list("program_id", "role"))
+        return roles
 
     def cached(self, model: type[models.Model], record_id: UUID | None) -> Any:
         """The record of ``model`` with this id (None if there is none), read once per batch."""

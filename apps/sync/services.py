@@ -18,7 +18,6 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
 from django.db.models import Max, Subquery
-from django.db.models.functions import Cast
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -201,10 +200,13 @@ class Publisher:
         wanted = {record_id for record_id in record_ids if record_id not in self.heads}
         if not wanted:
             return
-        stored_text = Cast("data", output_field=models.TextField())
-        stored = SyncedRecord.objects.filter(pk__in=bulk.any_of(wanted, "uuid")).values_list(
-            "record_id", "record_type", "program_id", "version", "scopes", "is_deleted", stored_text
-        )
+        with bulk.server_cursor() as cursor:
+            cursor.execute(
+                "SELECT record_id, record_type, program_id, version, scopes, is_deleted, data::text"
+                " FROM sync_syncedrecord WHERE record_id = ANY(%b::uuid[])",
+                [list(wanted)],
+            )
+            stored = cursor.fetchall()
         for record_id, record_type, program_id, version, scopes, is_deleted, data in stored:
             memo = self.sealed.setdefault(record_id, {})
             opened = sealing.unseal_tree(json.loads(data), memo)
