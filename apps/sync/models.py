@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models.expressions import RawSQL
 
@@ -37,6 +38,8 @@ class ChangeEntry(models.Model):
     program = models.ForeignKey(
         Program, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
     )
+    # A scope, or an audience of several (apps.sync.scopes.audience_of): a record's change
+    # is one entry for everyone who sees it.
     scope = models.CharField(max_length=80)
     record_type = models.CharField(max_length=64)
     record_id = models.UUIDField()
@@ -75,6 +78,23 @@ class FeedRetention(models.Model):
         return f"feed pruned below transaction {self.pruned_below_transaction_id}"
 
 
+class Audience(models.Model):
+    """Several scopes addressed at once, under one key (``apps.sync.scopes.audience_of``).
+
+    Written in the transaction of the first change addressed to it, never changed or
+    deleted: a reader's audiences are its scopes and every audience that includes one.
+    """
+
+    key = models.CharField(max_length=80, primary_key=True)
+    scopes = ArrayField(models.CharField(max_length=80))
+
+    class Meta:
+        indexes = [GinIndex(fields=["scopes"], name="audience_scopes")]
+
+    def __str__(self) -> str:
+        return ", ".join(self.scopes)
+
+
 class SyncedRecord(models.Model):
     """The sync layer's head of one synced record: its version, its wire form, who sees it.
 
@@ -91,28 +111,16 @@ class SyncedRecord(models.Model):
     version = models.PositiveIntegerField()
     data = HealthJSONField()
     scopes = ArrayField(models.CharField(max_length=80), default=list)
+    # The audience of ``scopes``: the bootstrap snapshot walks records by audience, in key order.
+    audience = models.CharField(max_length=80, default="")
     is_deleted = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        indexes = [models.Index(fields=["audience", "record_id"], name="synced_record_audience")]
+
     def __str__(self) -> str:
         return f"{self.record_type} {self.record_id} v{self.version}"
-
-
-class SyncedRecordScope(models.Model):
-    """One (scope, record) pair of a live record: the bootstrap snapshot walks these in key order."""
-
-    id = models.BigAutoField(primary_key=True)
-    scope = models.CharField(max_length=80)
-    # Found by (scope, record): the unique constraint's index serves every lookup.
-    record = models.ForeignKey(
-        SyncedRecord, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
-    )
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["scope", "record"], name="synced_record_scope_unique")]
-
-    def __str__(self) -> str:
-        return f"{self.scope} → {self.record_id}"
 
 
 class RecordVersion(models.Model):

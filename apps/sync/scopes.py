@@ -8,6 +8,8 @@ decide which scopes a record belongs to; this module decides which scopes a user
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Iterable
 from uuid import UUID
 
 from apps.accounts.models import Membership, Role, User
@@ -41,6 +43,28 @@ def scopes_for_user(user: User) -> list[str]:
     )
     scopes += [program_role_scope(program_id, role) for program_id, role in program_roles]
     return sorted(set(scopes))
+
+
+# An audience: every scope one change is addressed to at once. A record seen by a unit's
+# crew and its program's case managers and supervisors gets one feed entry for the three,
+# not one per scope, and its head is found under that one audience. A single scope is its
+# own audience; several share a key, registered in ``apps.sync.models.Audience`` so that a
+# reader finds the audiences that include any of its scopes.
+AUDIENCE_PREFIX = "audience."
+_AUDIENCE_SEPARATOR = "\x1f"  # never appears in a scope
+
+
+def audience_of(scopes: Iterable[str]) -> str:
+    """The audience key of these scopes ("" for none)."""
+    return _audience_key(tuple(sorted(set(scopes))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _audience_key(scopes: tuple[str, ...]) -> str:
+    if len(scopes) <= 1:
+        return scopes[0] if scopes else ""
+    digest = hashlib.sha256(_AUDIENCE_SEPARATOR.join(scopes).encode()).hexdigest()
+    return f"{AUDIENCE_PREFIX}{digest[:32]}"
 
 
 def feed_group_name(scope: str) -> str:

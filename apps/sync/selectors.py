@@ -11,16 +11,12 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Role, User
 from apps.sync import sealing
 from apps.sync.models import ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
-
-# Every transaction with an id below this one has finished: entries written by them are
-# all visible now, and no later transaction can add more below it.
-_OLDEST_RUNNING_TRANSACTION = RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint", [])
 
 
 class InvalidCursor(ValueError):
@@ -67,18 +63,48 @@ class FeedPage:
     held_back: bool
 
 
+def audiences_of(*, including_any_of: list[str], excluding_any_of: list[str] | None = None) -> RawSQL:
+    """The audiences that include one of these scopes and none of the excluded ones: the
+    scopes themselves, and every registered audience of several scopes.
+
+    A subquery, so the audiences are read in the snapshot of the statement that uses them:
+    an audience commits no later than the first entry addressed to it.
+    """
+    return RawSQL(_AUDIENCES_SQL, _audiences_params(including_any_of, excluding_any_of or []))  # noqa: S611 — a constant
+
+
+_AUDIENCES_SQL = (
+    "SELECT scope FROM unnest(%s::varchar[]) AS scope WHERE NOT scope = ANY(%s::varchar[])"
+    " UNION ALL SELECT key FROM sync_audience WHERE scopes && %s::varchar[] AND NOT scopes && %s::varchar[]"
+)
+
+
+def _audiences_params(including: list[str], excluded: list[str]) -> list[Any]:
+    return [including, excluded, including, excluded]
+
+
 def _after(position: FeedPosition) -> Q:
     return Q(transaction_id__gt=position.transaction_id) | Q(
         transaction_id=position.transaction_id, id__gt=position.entry_id
     )
 
 
-def _servable(scopes: list[str]) -> QuerySet[ChangeEntry]:
-    return (
-        ChangeEntry.objects.filter(scope__in=scopes)
-        .alias(horizon=_OLDEST_RUNNING_TRANSACTION)
-        .filter(transaction_id__lt=F("horizon"))
-    )
+def _reading_position(scopes: list[str]) -> tuple[int, list[str]]:
+    """The oldest running transaction, and the audiences a reader of these scopes reads,
+    in one snapshot.
+
+    Every entry of a transaction below that one committed before the snapshot, and with it
+    (or before it) every audience the entry names: read together, the audiences are
+    complete for every entry that may be served. Given as values, the planner sees which
+    audiences and walks the (scope, transaction) index for each.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, ARRAY({_AUDIENCES_SQL})",
+            _audiences_params(scopes, []),
+        )
+        horizon, audiences = cursor.fetchone()
+    return int(horizon), list(audiences)
 
 
 def feed_page(
@@ -90,13 +116,15 @@ def feed_page(
     """
     position = FeedPosition.decode(cursor)
     _check_retention(position)
-    rows = list(_servable(scopes).filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
+    horizon, audiences = _reading_position(scopes)
+    servable = ChangeEntry.objects.filter(scope__in=audiences, transaction_id__lt=horizon)
+    rows = list(servable.filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
     if rows:
         position = FeedPosition.of(rows[-1])
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
-    held_back = not has_more and _has_held_back(scopes)
+    held_back = not has_more and ChangeEntry.objects.filter(scope__in=audiences, transaction_id__gte=horizon).exists()
     return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back)
 
 
@@ -107,15 +135,6 @@ def _check_retention(position: FeedPosition) -> None:
             "This cursor is older than the feed's retention; bootstrap again from the snapshot "
             "(keep the outbox: push it after the snapshot)."
         )
-
-
-def _has_held_back(scopes: list[str]) -> bool:
-    return (
-        ChangeEntry.objects.filter(scope__in=scopes)
-        .alias(horizon=_OLDEST_RUNNING_TRANSACTION)
-        .filter(transaction_id__gte=F("horizon"))
-        .exists()
-    )
 
 
 def entry_as_message(entry: ChangeEntry) -> dict[str, Any]:
@@ -143,19 +162,21 @@ _FEED_END = (1 << 63) - 1
 @dataclass(frozen=True)
 class SnapshotPosition:
     feed: FeedPosition
-    scope: str
+    audience: str
     after: UUID | None
 
     def encode(self) -> str:
-        raw = json.dumps([self.feed.transaction_id, self.feed.entry_id, self.scope, str(self.after or "")])
+        raw = json.dumps([self.feed.transaction_id, self.feed.entry_id, self.audience, str(self.after or "")])
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, cursor: str) -> SnapshotPosition:
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-            transaction_id, entry_id, scope, after = json.loads(raw)
-            position = cls(FeedPosition(int(transaction_id), int(entry_id)), str(scope), UUID(after) if after else None)
+            transaction_id, entry_id, audience, after = json.loads(raw)
+            position = cls(
+                FeedPosition(int(transaction_id), int(entry_id)), str(audience), UUID(after) if after else None
+            )
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as error:
             raise InvalidCursor("Not a snapshot cursor this server issued.") from error
         if position.feed.transaction_id < 0 or position.feed.entry_id < 0:
@@ -185,14 +206,10 @@ def snapshot_start() -> FeedPosition:
 
 
 _SNAPSHOT_SQL = """
-SELECT r.record_type, r.record_id, r.version, r.data::text
-FROM sync_syncedrecordscope s
-JOIN sync_syncedrecord r ON r.record_id = s.record_id
-WHERE s.scope = %s AND s.record_id > %s AND NOT r.is_deleted
-  AND NOT EXISTS (
-    SELECT 1 FROM sync_syncedrecordscope seen WHERE seen.record_id = s.record_id AND seen.scope = ANY(%s)
-  )
-ORDER BY s.record_id
+SELECT record_type, record_id, version, data::text
+FROM sync_syncedrecord
+WHERE audience = %s AND record_id > %s AND NOT is_deleted
+ORDER BY record_id
 LIMIT %s
 """
 _LOWEST_UUID = UUID(int=0)
@@ -201,34 +218,38 @@ _LOWEST_UUID = UUID(int=0)
 def snapshot_page(*, scopes: list[str], cursor: str | None, limit: int = 1000) -> SnapshotPage:
     """The next page of the snapshot of everything these scopes see.
 
-    Scopes are walked one at a time in order; a record seen through an earlier scope is not
-    sent again. Resumable: send the cursor back for the next page.
+    The reader's audiences are walked one at a time in key order, each record once (a
+    record has one audience). Resumable: send the cursor back for the next page. An
+    audience first used after the snapshot began holds only records changed since, which
+    the feed from ``feed_cursor`` brings.
     """
-    scopes = sorted(set(scopes))
     position = SnapshotPosition.decode(cursor) if cursor else SnapshotPosition(snapshot_start(), "", None)
     rows: list[tuple[str, UUID, int, str]] = []
-    remaining = [scope for scope in scopes if scope >= position.scope]
     after = position.after
-    current_scope = position.scope
+    current = position.audience
     with connection.cursor() as db:
-        for scope in remaining:
-            if scope != position.scope:
+        db.execute(
+            f"SELECT audience FROM ({_AUDIENCES_SQL}) AS a(audience) WHERE audience >= %s ORDER BY audience",  # noqa: S608 — a constant
+            [*_audiences_params(sorted(set(scopes)), []), position.audience],
+        )
+        audiences = [audience for (audience,) in db.fetchall()]
+        for audience in audiences:
+            if audience != position.audience:
                 after = None
-            current_scope = scope
-            earlier = [other for other in scopes if other < scope]
-            db.execute(_SNAPSHOT_SQL, [scope, after or _LOWEST_UUID, earlier, limit - len(rows) + 1])
+            current = audience
+            db.execute(_SNAPSHOT_SQL, [audience, after or _LOWEST_UUID, limit - len(rows) + 1])
             # Health fields are stored sealed: opened in the text, still never parsed.
             fetched = [(kind, record_id, version, sealing.unseal_text(data)) for kind, record_id, version, data in db]
             if len(fetched) > limit - len(rows):
                 fetched = fetched[: limit - len(rows)]
                 rows += fetched
                 after = fetched[-1][1] if fetched else after
-                next_cursor = SnapshotPosition(position.feed, current_scope, after).encode()
+                next_cursor = SnapshotPosition(position.feed, current, after).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
             rows += fetched
             if len(rows) >= limit:
                 after = fetched[-1][1] if fetched else after
-                next_cursor = SnapshotPosition(position.feed, current_scope, after).encode()
+                next_cursor = SnapshotPosition(position.feed, current, after).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
     return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode())
 

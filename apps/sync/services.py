@@ -17,7 +17,7 @@ from uuid import UUID
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
-from django.db.models import Max, Subquery
+from django.db.models import Max
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -34,10 +34,10 @@ from apps.sync.models import (
     Mutation,
     RemoveReason,
     SyncedRecord,
-    SyncedRecordScope,
     UserScopeState,
 )
-from apps.sync.scopes import feed_group_name, scopes_for_user, user_scope
+from apps.sync.scopes import audience_of, feed_group_name, scopes_for_user, user_scope
+from apps.sync.selectors import audiences_of
 
 _SIGNED_64 = 1 << 63
 _UPSERT = ChangeOperation.UPSERT.value
@@ -168,12 +168,12 @@ class _PendingHead:
 class Publisher:
     """Collects the sync-side writes of many record changes and writes them in bulk.
 
-    ``publish`` computes a record's next version, its feed entries (upserts to the scopes
-    that see it, removals to the scopes that lost it) and its scope rows; ``flush`` writes
-    them all in one statement and nudges the scopes after commit. Pending rows are plain
-    tuples, and a version's data is serialised once and sent once, as a numbered document
-    its head, its version row and all its feed entries refer to: PostgreSQL parses each
-    document once, and no model instance is built per row.
+    ``publish`` computes a record's next version and its feed entries (an upsert to the
+    audience that sees it, a removal to the scopes that lost it); ``flush`` writes them all
+    in one statement and nudges the scopes after commit. Pending rows are plain tuples, and
+    a version's data is serialised once and sent once, as a numbered document its head, its
+    version row and its feed entry refer to: PostgreSQL parses each document once, and no
+    model instance is built per row.
     """
 
     def __init__(self) -> None:
@@ -182,12 +182,11 @@ class Publisher:
         self.versions: list[PendingVersion] = []
         # Stored data (JSON text) of the versions and re-announcements, numbered from 1.
         self.documents: list[str] = []
-        # (program_id, scope, record_type, record_id, operation, document (0: none), version,
+        # (program_id, audience, record_type, record_id, operation, document (0: none), version,
         # reason, origin)
         self.entries: list[tuple[UUID, str, str, UUID, str, int, int, str, UUID | None]] = []
-        # (scope, record_id, whether the record is new: its rows cannot exist yet)
-        self.scope_adds: list[tuple[str, UUID, bool]] = []
-        self.scope_removes: dict[UUID, set[str]] = {}
+        # Audiences of several scopes the entries and heads name: key → scopes.
+        self.audiences: dict[str, list[str]] = {}
         self.conflicts: list[Conflict] = []
         self.nudged: set[str] = set()
         # Per record: each health value's sealed form, so the copies of a version (head,
@@ -283,16 +282,22 @@ class Publisher:
         origin = None if echo_to_origin or device is None else device.pk
         reason = RemoveReason.DELETED.value if is_deleted else RemoveReason.OUT_OF_SCOPE.value
         name = synced_type.name
-        # Removals first: a reader of a lost scope and a kept one ends with the record.
-        for scope in sorted(visible_before - visible_after):
-            self.entries.append((program_id, scope, name, record_id, _REMOVE, 0, version, reason, origin))
-        for scope in sorted(visible_after):
-            self.entries.append((program_id, scope, name, record_id, _UPSERT, document, version, "", origin))
-        self.scope_adds += [(scope, record_id, head is None) for scope in visible_after - visible_before]
+        # Removal first: a reader of a lost scope and a kept one ends with the record.
         if visible_before - visible_after:
-            self.scope_removes.setdefault(record_id, set()).update(visible_before - visible_after)
+            lost = self._audience(visible_before - visible_after)
+            self.entries.append((program_id, lost, name, record_id, _REMOVE, 0, version, reason, origin))
+        if visible_after:
+            seen_by = self._audience(visible_after)
+            self.entries.append((program_id, seen_by, name, record_id, _UPSERT, document, version, "", origin))
         self.nudged |= visible_before | visible_after
         return new_head
+
+    def _audience(self, scopes: Iterable[str]) -> str:
+        scopes = sorted(scopes)
+        key = audience_of(scopes)
+        if len(scopes) > 1:
+            self.audiences[key] = scopes
+        return key
 
     def reannounce(self, head: Head, scope: str) -> None:
         """Send the record as it stands to one scope (no new version): a device whose change
@@ -320,19 +325,7 @@ class Publisher:
         self.nudged.add(scope)
 
     def flush(self) -> None:
-        if self.scope_removes:
-            # Before the statement below: a record may lose a scope and regain it in one batch.
-            with bulk.server_cursor() as cursor:
-                cursor.execute(
-                    "DELETE FROM sync_syncedrecordscope AS s"
-                    " USING unnest(%b::uuid[], %b::text[]) AS r(record_id, scope)"
-                    " WHERE s.record_id = r.record_id AND s.scope = r.scope",
-                    [
-                        [record_id for record_id, scopes in self.scope_removes.items() for _scope in scopes],
-                        [scope for scopes in self.scope_removes.values() for scope in scopes],
-                    ],
-                )
-        if self.dirty_heads or self.versions or self.entries or self.scope_adds:
+        if self.dirty_heads or self.versions or self.entries:
             self._write_all()
         if self.conflicts:
             Conflict.objects.bulk_create(self.conflicts)
@@ -340,33 +333,38 @@ class Publisher:
             nudged = sorted(self.nudged)
             transaction.on_commit(lambda: nudge_scopes(nudged))
         self.dirty_heads, self.versions, self.entries, self.documents = {}, [], [], []
-        self.scope_adds, self.scope_removes, self.conflicts, self.nudged = [], {}, [], set()
+        self.audiences, self.conflicts, self.nudged = {}, [], set()
         self.sealed = {}
 
     def _write_all(self) -> None:
-        """Heads, versions, feed entries and scope rows in one statement. Each row names its
-        data by document number; a new record's scope rows go in plainly (none can exist),
-        others skip a pair already there."""
+        """Heads, versions, feed entries and new audiences in one statement. Each row names
+        its data by document number."""
         heads = list(self.dirty_heads.values())
+        head_audiences = [self._audience(pending.head.scopes) for pending in heads]
         versions = self.versions
         entries: list[Sequence[Any]] = list(zip(*self.entries, strict=True)) if self.entries else [[]] * 9
-        new_scopes = [(scope, record_id) for scope, record_id, new in self.scope_adds if new]
-        more_scopes = [(scope, record_id) for scope, record_id, new in self.scope_adds if not new]
         with bulk.server_cursor() as cursor:
             cursor.execute(
                 "WITH document AS ("
                 "  SELECT d.data, d.n FROM unnest(%b::jsonb[]) WITH ORDINALITY AS d(data, n)"
+                "), audience AS ("
+                # An audience commits with the first entry or head that names it.
+                "  INSERT INTO sync_audience (key, scopes)"
+                "  SELECT a.key, string_to_array(a.scopes, %b)::varchar[] FROM unnest(%b::text[], %b::text[])"
+                "  AS a(key, scopes) ON CONFLICT DO NOTHING"
                 "), head AS ("
                 "  INSERT INTO sync_syncedrecord"
-                "  (record_id, record_type, program_id, version, data, scopes, is_deleted, updated_at)"
+                "  (record_id, record_type, program_id, version, data, scopes, audience, is_deleted, updated_at)"
                 "  SELECT h.record_id, h.record_type, h.program_id, h.version, document.data,"
-                "  string_to_array(h.scopes, %b)::varchar[], h.is_deleted, now()"
-                "  FROM unnest(%b::uuid[], %b::text[], %b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::bool[])"
-                "  AS h(record_id, record_type, program_id, version, document, scopes, is_deleted)"
+                "  string_to_array(h.scopes, %b)::varchar[], h.audience, h.is_deleted, now()"
+                "  FROM unnest(%b::uuid[], %b::text[], %b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],"
+                "  %b::bool[])"
+                "  AS h(record_id, record_type, program_id, version, document, scopes, audience, is_deleted)"
                 "  JOIN document ON document.n = h.document"
                 "  ON CONFLICT (record_id) DO UPDATE SET record_type = EXCLUDED.record_type,"
                 "  program_id = EXCLUDED.program_id, version = EXCLUDED.version, data = EXCLUDED.data,"
-                "  scopes = EXCLUDED.scopes, is_deleted = EXCLUDED.is_deleted, updated_at = EXCLUDED.updated_at"
+                "  scopes = EXCLUDED.scopes, audience = EXCLUDED.audience, is_deleted = EXCLUDED.is_deleted,"
+                "  updated_at = EXCLUDED.updated_at"
                 "), version AS ("
                 "  INSERT INTO sync_recordversion (record_id, record_type, version, data, changed_fields,"
                 "  is_deleted, user_id, device_id, mutation_id, created_at)"
@@ -378,25 +376,23 @@ class Publisher:
                 "  AS v(record_id, record_type, version, document, changed, is_deleted, user_id, device_id,"
                 "  mutation_id)"
                 "  JOIN document ON document.n = v.document"
-                "), entry AS ("
-                # In the order published: the feed's sequence follows it.
-                "  INSERT INTO sync_changeentry (program_id, scope, record_type, record_id, operation, data,"
-                "  version, reason, origin_device_id, created_at)"
-                "  SELECT e.program_id, e.scope, e.record_type, e.record_id, e.operation,"
-                "  coalesce(document.data, '{}'::jsonb), e.version, e.reason, e.origin_device_id, now()"
-                "  FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::uuid[], %b::text[], %b::bigint[], %b::int[],"
-                "  %b::text[], %b::uuid[]) WITH ORDINALITY"
-                "  AS e(program_id, scope, record_type, record_id, operation, document, version, reason,"
-                "  origin_device_id, n)"
-                "  LEFT JOIN document ON document.n = e.document"
-                "  ORDER BY e.n"
-                "), new_scope AS ("
-                "  INSERT INTO sync_syncedrecordscope (scope, record_id) SELECT * FROM unnest(%b::text[], %b::uuid[])"
                 ")"
-                " INSERT INTO sync_syncedrecordscope (scope, record_id)"
-                " SELECT * FROM unnest(%b::text[], %b::uuid[]) ON CONFLICT DO NOTHING",
+                # In the order published: the feed's sequence follows it.
+                " INSERT INTO sync_changeentry (program_id, scope, record_type, record_id, operation, data,"
+                " version, reason, origin_device_id, created_at)"
+                " SELECT e.program_id, e.scope, e.record_type, e.record_id, e.operation,"
+                " coalesce(document.data, '{}'::jsonb), e.version, e.reason, e.origin_device_id, now()"
+                " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::uuid[], %b::text[], %b::bigint[], %b::int[],"
+                " %b::text[], %b::uuid[]) WITH ORDINALITY"
+                " AS e(program_id, scope, record_type, record_id, operation, document, version, reason,"
+                " origin_device_id, n)"
+                " LEFT JOIN document ON document.n = e.document"
+                " ORDER BY e.n",
                 [
                     self.documents,
+                    _SEPARATOR,
+                    list(self.audiences),
+                    [_SEPARATOR.join(scopes) for scopes in self.audiences.values()],
                     _SEPARATOR,
                     [pending.head.record_id for pending in heads],
                     [pending.head.record_type for pending in heads],
@@ -404,6 +400,7 @@ class Publisher:
                     [pending.head.version for pending in heads],
                     [pending.document for pending in heads],
                     [_SEPARATOR.join(pending.head.scopes) for pending in heads],
+                    head_audiences,
                     [pending.head.is_deleted for pending in heads],
                     _SEPARATOR,
                     [v.record_id for v in versions],
@@ -416,10 +413,6 @@ class Publisher:
                     [v.device_id for v in versions],
                     [v.mutation_id for v in versions],
                     *[list(column) for column in entries],
-                    [scope for scope, _id in new_scopes],
-                    [record_id for _scope, record_id in new_scopes],
-                    [scope for scope, _id in more_scopes],
-                    [record_id for _scope, record_id in more_scopes],
                 ],
             )
 
@@ -477,25 +470,15 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         kept = sorted(set(state.scopes) & set(current))
         target = user_scope(user.pk)
         if lost:
-            still_visible = SyncedRecordScope.objects.filter(scope__in=current).values("record_id")
-            lost_records = (
-                SyncedRecord.objects.filter(
-                    record_id__in=SyncedRecordScope.objects.filter(scope__in=lost).values("record_id")
-                )
-                .exclude(record_id__in=Subquery(still_visible))
-                .order_by("record_id")
-            )
+            # Records no scope the user keeps sees: each audience is all or nothing.
+            lost_records = SyncedRecord.objects.filter(
+                audience__in=audiences_of(including_any_of=lost, excluding_any_of=current)
+            ).order_by("record_id")
             _append_for_user(lost_records, target, ChangeOperation.REMOVE)
         if gained:
-            already_visible = SyncedRecordScope.objects.filter(scope__in=kept).values("record_id")
-            gained_records = (
-                SyncedRecord.objects.filter(
-                    record_id__in=SyncedRecordScope.objects.filter(scope__in=gained).values("record_id"),
-                    is_deleted=False,
-                )
-                .exclude(record_id__in=Subquery(already_visible))
-                .order_by("record_id")
-            )
+            gained_records = SyncedRecord.objects.filter(
+                audience__in=audiences_of(including_any_of=gained, excluding_any_of=kept), is_deleted=False
+            ).order_by("record_id")
             _append_for_user(gained_records, target, ChangeOperation.UPSERT)
         state.scopes = current
         state.save(update_fields=["scopes", "updated_at"])

@@ -43,12 +43,12 @@ def rss_kib(pid: int) -> int:
 
 
 def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, count: int) -> None:
-    """`count` encounters with their sync heads and scope rows, as the push path leaves them."""
+    """`count` encounters with their sync heads and audience, as the push path leaves them."""
     from django.db import connection
 
     from apps.accounts.models import Role
     from apps.common.encryption import seal_json
-    from apps.sync.scopes import program_role_scope, unit_scope
+    from apps.sync.scopes import audience_of, program_role_scope, unit_scope
 
     scopes = [
         unit_scope(unit_id),
@@ -78,21 +78,21 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
         )
         cursor.execute(
             """
-            INSERT INTO sync_syncedrecord (record_id, record_type, program_id, version, data, scopes, is_deleted,
-                                           updated_at)
+            INSERT INTO sync_syncedrecord (record_id, record_type, program_id, version, data, scopes, audience,
+                                           is_deleted, updated_at)
             SELECT id, 'care.encounter', %s, 1,
                    jsonb_build_object('unit_id', %s::text, 'program_id', %s::text, 'author_id', %s::text,
                                       'deleted', false, 'person_id', null, 'started_at', '2026-11-20T14:05:00Z',
                                       'ended_at', null, 'location', sealed_location,
                                       'assessment', sealed, 'disposition', ''),
-                   %s::varchar[], false, now()
+                   %s::varchar[], %s, false, now()
             FROM seed
             """,
-            [program_id, str(unit_id), str(program_id), str(user_id), scopes],
+            [program_id, str(unit_id), str(program_id), str(user_id), sorted(scopes), audience_of(scopes)],
         )
         cursor.execute(
-            "INSERT INTO sync_syncedrecordscope (scope, record_id) SELECT s, id FROM seed, unnest(%s::text[]) s",
-            [scopes],
+            "INSERT INTO sync_audience (key, scopes) VALUES (%s, %s::varchar[]) ON CONFLICT DO NOTHING",
+            [audience_of(scopes), sorted(scopes)],
         )
         cursor.execute("DROP TABLE seed")
         cursor.execute("ANALYZE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -12,7 +13,8 @@ from apps.accounts.models import Program, Role
 from apps.care.models import Encounter
 from apps.care.services import encounter_reassign
 from apps.sync import services
-from apps.sync.models import Mutation, MutationStatus
+from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus
+from apps.sync.scopes import audience_of, program_role_scope, unit_scope
 from apps.teams.models import UnitMember
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
@@ -128,6 +130,50 @@ def test_leaving_a_unit_removes_its_records_and_joining_one_brings_them(
     [late] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1))
     assert late["status"] == "quarantined"
     assert Mutation.objects.filter(status=MutationStatus.QUARANTINED, user=crew_member.user).count() == 1
+
+
+def test_a_change_seen_through_three_scopes_is_one_feed_entry_each_reader_gets(
+    program: Program, crew_member: CrewMember
+) -> None:
+    case_manager = make_crew_member(program, role=Role.CASE_MANAGER)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    record_id = encounter(crew_member)
+
+    [entry] = ChangeEntry.objects.filter(record_id=record_id)
+    readers = (make_crew_member(program, unit=crew_member.unit), case_manager, supervisor)
+    received = [[e["id"] for e in SimDevice(reader).pull()[0]] for reader in readers]
+
+    scopes = [
+        unit_scope(crew_member.unit.pk),
+        program_role_scope(program.pk, Role.CASE_MANAGER),
+        program_role_scope(program.pk, Role.SUPERVISOR),
+    ]
+    assert entry.scope == audience_of(scopes)
+    assert Audience.objects.get(key=entry.scope).scopes == sorted(scopes)
+    assert received == [[str(record_id)]] * 3
+
+
+def test_leaving_a_unit_keeps_what_a_program_role_still_shows(program: Program, crew_member: CrewMember) -> None:
+    manager = make_crew_member(program, role=Role.CASE_MANAGER, unit=crew_member.unit)
+    record_id = encounter(crew_member)
+    device = SimDevice(manager)
+    _, cursor = device.pull()
+
+    UnitMember.objects.filter(user=manager.user, unit=crew_member.unit).delete()
+    entries, _ = device.pull(cursor)
+    pages, _ = snapshot(manager)
+
+    assert entries == []
+    assert [record["id"] for page in pages for record in page] == [str(record_id)]
+
+
+def test_heads_stored_before_audiences_get_the_audience_of_their_scopes() -> None:
+    migration = importlib.import_module("apps.sync.migrations.0005_feed_audiences")
+    unit, staff = f"unit.{uuid.uuid4()}", f"program.{uuid.uuid4()}.case_manager"
+
+    assert migration._audience_key([staff, unit, staff]) == audience_of([unit, staff])
+    assert migration._audience_key([unit]) == audience_of([unit]) == unit
+    assert migration._audience_key([]) == audience_of([]) == ""
 
 
 def test_user_scope_refresh_is_idempotent(program: Program, crew_member: CrewMember) -> None:
