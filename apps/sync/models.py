@@ -177,8 +177,11 @@ class Mutation(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="+")
-    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    # Found by device through the indexes below (its mutation ids, its content hashes, its
+    # unapplied rows) and by user through its quarantined rows: an index of either alone
+    # would only be written, twice per mutation (stored, then its result).
+    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="+", db_index=False)
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+", db_index=False)
     # The device's own increasing number; null for clients that cannot number their
     # changes (WatermelonDB), which are keyed by the content hash instead.
     mutation_id = models.BigIntegerField(null=True, blank=True)
