@@ -217,6 +217,7 @@ def push_mutations(
     missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
     if missing:
         stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
+    _put_back_version_data([stored_results[pk] for pk in final.keys() | missing])
     for index, row in rows_by_index.items():
         result = dict(stored_results[row.pk])
         if index in replayed:
@@ -224,6 +225,30 @@ def push_mutations(
             result["status"] = PushStatus.DUPLICATE
         results[index] = result
     return [results[envelope.index] for envelope in envelopes]
+
+
+def _put_back_version_data(stored: list[dict[str, Any]]) -> None:
+    """Give results read from the ledger the data of the version they name (the ledger
+    stores results without it; results stored before that still carry theirs)."""
+    wanted = {
+        (UUID(result["id"]), result["version"])
+        for result in stored
+        if "data" not in result
+        and result.get("status") in (PushStatus.APPLIED, PushStatus.CONFLICT)
+        and result.get("id")
+        and result.get("version") is not None
+    }
+    if not wanted:
+        return
+    versions = RecordVersion.objects.filter(
+        record_id__in=bulk.any_of({record_id for record_id, _version in wanted}, "uuid"),
+        version__in=bulk.any_of({version for _record_id, version in wanted}, "int"),
+    ).values_list("record_id", "version", "data")
+    data = {(record_id, version): value for record_id, version, value in versions}
+    for result in stored:
+        key = (UUID(result["id"]), result["version"]) if result.get("id") else None
+        if "data" not in result and key in data:
+            result["data"] = data[key]
 
 
 def _rejected(envelope: Envelope, error: dict[str, Any]) -> dict[str, Any]:
@@ -575,7 +600,7 @@ def _apply_rows(
         row.applied_at = now
     try:
         state.context.flush_inserts()
-        _save_results(rows, state.publisher)
+        _save_results(rows)
         state.publisher.flush()
     except (IntegrityError, DataError):
         if raise_refusals:
@@ -612,9 +637,10 @@ def _merge_history(rows: list[Mutation], heads: dict[UUID, Head]) -> dict[UUID, 
     return versions
 
 
-def _save_results(rows: list[Mutation], publisher: Publisher) -> None:
+def _save_results(rows: list[Mutation]) -> None:
     """One statement for the whole batch's results (Django's bulk_update builds a CASE per
-    row and column, which cost more than applying the mutations)."""
+    row and column, which cost more than applying the mutations). A result's data is its
+    version's, which the ledger does not repeat: a replay reads it back from the version."""
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "UPDATE sync_mutation AS m SET status = r.status, result = r.result, error_code = r.error_code,"
@@ -625,9 +651,7 @@ def _save_results(rows: list[Mutation], publisher: Publisher) -> None:
                 [row.pk for row in rows],
                 [row.status for row in rows],
                 [
-                    publisher.stored_with_data(row.record_id, row.result)
-                    if row.record_id is not None
-                    else json.dumps(sealing.seal_tree(row.result))
+                    json.dumps(sealing.seal_tree({key: value for key, value in row.result.items() if key != "data"}))
                     for row in rows
                 ],
                 [row.error_code for row in rows],

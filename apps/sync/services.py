@@ -219,17 +219,6 @@ class Publisher:
         """``data`` as stored: JSON text with its health fields sealed."""
         return json.dumps(sealing.seal_tree(data, self.sealed.setdefault(record_id, {})))
 
-    def stored_with_data(self, record_id: UUID, document: dict[str, Any]) -> str:
-        """``document`` as stored, when its ``data`` is the record's new version (a push's
-        result): the version's stored text goes in as it is, sealed once for all copies."""
-        pending = self.dirty_heads.get(record_id)
-        data = document.get("data")
-        if pending is None or data is not pending.head.data:
-            return self.stored_form(record_id, document)
-        rest = sealing.seal_tree({key: value for key, value in document.items() if key != "data"})
-        stored = self.documents[pending.document - 1]
-        return json.dumps({**rest, "data": None})[: -len("null}")] + stored + "}"
-
     def publish(
         self,
         synced_type: registry.SyncedType,

@@ -60,7 +60,11 @@ def test_replayed_batch_returns_the_stored_results_and_changes_nothing(crew_memb
     assert [r["status"] for r in again] == ["duplicate", "duplicate"]
     assert [r["original_status"] for r in again] == ["applied", "applied"]
     assert [r["version"] for r in again] == [r["version"] for r in first] == [1, 2]
+    assert [r["data"] for r in again] == [r["data"] for r in first]
+    assert again[1]["data"]["location"] == "Harlem Hospital"
     assert (Mutation.objects.count(), RecordVersion.objects.count(), ChangeEntry.objects.count()) == counts
+    # The ledger names each result's version; its data is the version's, not stored twice.
+    assert [sorted(m.result) for m in Mutation.objects.order_by("id")] == [sorted(set(first[0]) - {"data"})] * 2
 
 
 def test_a_reused_mutation_id_with_other_content_is_rejected_and_the_first_stands(crew_member: CrewMember) -> None:
