@@ -1,24 +1,12 @@
-"""Static files are served by WhiteNoise without putting every other request through threads."""
+"""Static files are served by WhiteNoise, and every other request passes on to Django."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
-from django.conf import settings
-from django.utils.module_loading import import_string
 
 from tests.live import asgi_server
-
-
-def test_every_middleware_keeps_the_asgi_chain_asynchronous() -> None:
-    # One synchronous-only middleware makes Django run the chain around it in a thread, and
-    # the chain inside it back on the event loop: two thread hops on every request.
-    synchronous_only = [
-        path for path in settings.MIDDLEWARE if not getattr(import_string(path), "async_capable", False)
-    ]
-
-    assert synchronous_only == []
 
 
 def test_a_web_process_serves_static_files_and_passes_on_what_is_not_one(live_server_logs: Path) -> None:
