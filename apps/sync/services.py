@@ -169,11 +169,11 @@ class Publisher:
     """Collects the sync-side writes of many record changes and writes them in bulk.
 
     ``publish`` computes a record's next version and its feed entries (an upsert to the
-    audience that sees it, a removal to the scopes that lost it); ``flush`` writes them all
-    in one statement and nudges the scopes after commit. Pending rows are plain tuples, and
-    a version's data is serialised once and sent once, as a numbered document its head, its
-    version row and its feed entry refer to: PostgreSQL parses each document once, and no
-    model instance is built per row.
+    audience that sees it, a removal to the audience of the scopes that lost it); ``flush``
+    writes them all in one statement and nudges the scopes after commit. Pending rows are
+    plain tuples, and a version's data is serialised once and sent once, as a numbered
+    document its head, its version row and its feed entry refer to: PostgreSQL parses each
+    document once, and no model instance is built per row.
     """
 
     def __init__(self) -> None:
