@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from apps.accounts.models import Device, Program, Role, User
 from apps.teams.models import Unit
 from tests.accounts.factories import PASSWORD, MembershipFactory, ProgramFactory, UserFactory, device_with_token
-from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker
+from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker, wait_until_workers_idle
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".data" / "test-artifacts"
@@ -54,10 +54,21 @@ def asgi(django_db_setup: None, live_server_logs: Path) -> Iterator[AsgiServer]:
 
 
 @pytest.fixture(scope="session")
-def worker(django_db_setup: None, live_server_logs: Path) -> Iterator[LiveProcess]:
-    """A real Celery worker process consuming from the test Redis against the test database."""
+def session_worker(django_db_setup: None, live_server_logs: Path) -> Iterator[LiveProcess]:
     with celery_worker(live_server_logs) as process:
         yield process
+
+
+@pytest.fixture
+def worker(session_worker: LiveProcess) -> Iterator[LiveProcess]:
+    """A real Celery worker process consuming from the test Redis against the test database.
+
+    The test ends once the worker has finished what it was given and what that set off (a
+    sweep's alert sends notifications): its tables are emptied next, and a task still
+    reading them would deadlock the emptying and leave rows to the next test.
+    """
+    yield session_worker
+    wait_until_workers_idle()
 
 
 @dataclass

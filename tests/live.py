@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import redis
 from django.conf import settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +168,24 @@ def celery_worker(
             if live.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Celery worker did not come up:\n{live.log()}")
         yield live
+
+
+def wait_until_workers_idle(timeout: float = 30) -> None:
+    """Until no live worker runs or holds a task and none waits in the queue (seen twice in
+    a row: a task that ends may publish another)."""
+    from config.celery import app
+
+    deadline = time.monotonic() + timeout
+    idle_readings = 0
+    while idle_readings < 2:
+        inspect = app.control.inspect(timeout=0.5)
+        replies = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+        held = [task["name"] for tasks in replies for task in tasks]
+        with redis.Redis.from_url(app.conf.broker_url) as broker:
+            queued = broker.llen(app.conf.task_default_queue)  # the broker's list of waiting tasks
+        idle_readings = idle_readings + 1 if not held and not queued else 0
+        if idle_readings < 2 and time.monotonic() > deadline:
+            raise RuntimeError(f"The live worker is still busy after {timeout} s: {held}, {queued} queued.")
 
 
 @contextlib.contextmanager
