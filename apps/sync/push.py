@@ -230,25 +230,25 @@ def push_mutations(
 def _put_back_version_data(stored: list[dict[str, Any]]) -> None:
     """Give results read from the ledger the data of the version they name (the ledger
     stores results without it; results stored before that still carry theirs)."""
-    wanted = {
-        (UUID(result["id"]), result["version"])
-        for result in stored
-        if "data" not in result
-        and result.get("status") in (PushStatus.APPLIED, PushStatus.CONFLICT)
-        and result.get("id")
-        and result.get("version") is not None
-    }
-    if not wanted:
+    # Several results may name one version (an edit that changed nothing, a conflict).
+    lacking: dict[tuple[UUID, int], list[dict[str, Any]]] = defaultdict(list)
+    for result in stored:
+        if (
+            "data" not in result
+            and result.get("status") in (PushStatus.APPLIED, PushStatus.CONFLICT)
+            and result.get("id")
+            and result.get("version") is not None
+        ):
+            lacking[(UUID(result["id"]), result["version"])].append(result)
+    if not lacking:
         return
     versions = RecordVersion.objects.filter(
-        record_id__in=bulk.any_of({record_id for record_id, _version in wanted}, "uuid"),
-        version__in=bulk.any_of({version for _record_id, version in wanted}, "int"),
+        record_id__in=bulk.any_of({record_id for record_id, _version in lacking}, "uuid"),
+        version__in=bulk.any_of({version for _record_id, version in lacking}, "int"),
     ).values_list("record_id", "version", "data")
-    data = {(record_id, version): value for record_id, version, value in versions}
-    for result in stored:
-        key = (UUID(result["id"]), result["version"]) if result.get("id") else None
-        if "data" not in result and key in data:
-            result["data"] = data[key]
+    for record_id, version, data in versions:
+        for result in lacking.get((record_id, version), []):
+            result["data"] = data
 
 
 def _rejected(envelope: Envelope, error: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,23 @@ def test_replayed_batch_returns_the_stored_results_and_changes_nothing(crew_memb
     assert [sorted(m.result) for m in Mutation.objects.order_by("id")] == [sorted(set(first[0]) - {"data"})] * 2
 
 
+def test_a_replay_gives_every_result_naming_one_version_its_data(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    fields = encounter_fields(crew_member)
+    batch = [
+        device.mutation("create", "care.encounter", record_id, fields),
+        # Changes nothing: applied at the version the create made.
+        device.mutation("update", "care.encounter", record_id, {"location": fields["location"]}, base_version=1),
+    ]
+    first = device.push(*batch)
+
+    again = device.push(*batch)
+
+    assert [r["version"] for r in first] == [1, 1]
+    assert [r["data"] for r in again] == [r["data"] for r in first]
+
+
 def test_a_reused_mutation_id_with_other_content_is_rejected_and_the_first_stands(crew_member: CrewMember) -> None:
     device = SimDevice(crew_member)
     record_id, _ = created(device, location="first")
