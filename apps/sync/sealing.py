@@ -22,7 +22,16 @@ from typing import Any
 
 from django.db import models
 
-from apps.common.encryption import is_sealed, is_sealed_with_newest_key, reseal, seal_json, unseal, unseal_json
+from apps.common.encryption import (
+    FERNET_PREFIX,
+    SEALED_PREFIX,
+    is_sealed,
+    is_sealed_with_newest_key,
+    reseal,
+    seal_json,
+    unseal,
+    unseal_json,
+)
 from apps.sync import registry
 
 health_names = registry.health_names
@@ -96,15 +105,17 @@ def _unseal(value: Any, names: frozenset[str], memo: dict[Any, str] | None) -> A
     return value
 
 
-# A sealed value as PostgreSQL prints a jsonb string member: after `": `, a Fernet token
-# (url-safe base64, so never a quote or backslash inside), in quotes. Inside a plain string
-# the quotes would be escaped, so this never matches part of one.
-_SEALED_MEMBER = re.compile(r'(?<=": )"(gAAAAA[A-Za-z0-9_\-=]+)"')
+# A sealed value as PostgreSQL prints a jsonb string member: after `": `, a sealed token
+# (a prefix, then url-safe base64, so never a quote or backslash inside), in quotes. Inside
+# a plain string the quotes would be escaped, so this never matches part of one.
+_SEALED_MEMBER = re.compile(
+    r'(?<=": )"((?:' + re.escape(SEALED_PREFIX) + "|" + re.escape(FERNET_PREFIX) + r')[A-Za-z0-9_\-=]+)"'
+)
 
 
 def unseal_text(text: str) -> str:
     """JSON text (as PostgreSQL prints jsonb) with its sealed values opened, unparsed."""
-    if "gAAAAA" not in text:
+    if SEALED_PREFIX not in text and FERNET_PREFIX not in text:
         return text
     # A sealed value is the value's JSON text: it goes back in as it is, never parsed.
     return _SEALED_MEMBER.sub(lambda match: unseal(match.group(1)), text)

@@ -5,14 +5,17 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.common.encryption import (
+    SEALED_PREFIX,
     UnreadableHealthInformation,
     is_sealed,
+    is_sealed_with_newest_key,
     reseal,
     seal,
     seal_json,
     unseal,
     unseal_json,
 )
+from apps.sync.sealing import unseal_text
 
 OLD_KEY = Fernet.generate_key().decode()
 NEW_KEY = Fernet.generate_key().decode()
@@ -47,6 +50,47 @@ def test_rotation_keeps_old_values_readable_and_reseals_them_with_the_new_key(se
     assert unseal(resealed) == "written last year"
     with pytest.raises(UnreadableHealthInformation):
         unseal(sealed_with_old)
+
+
+def test_a_value_names_its_key_so_rotation_knows_what_is_left_to_reseal(settings):
+    settings.FIELD_ENCRYPTION_KEYS = [OLD_KEY]
+    sealed_with_old = seal("written last year")
+    assert sealed_with_old.startswith(SEALED_PREFIX)
+    assert is_sealed_with_newest_key(sealed_with_old)
+    settings.FIELD_ENCRYPTION_KEYS = [NEW_KEY, OLD_KEY]
+    assert not is_sealed_with_newest_key(sealed_with_old)
+    assert is_sealed_with_newest_key(reseal(sealed_with_old))
+
+
+def test_values_sealed_by_earlier_releases_still_open_and_reseal_to_the_current_format(settings):
+    # Earlier releases sealed with Fernet, from the same configured keys.
+    settings.FIELD_ENCRYPTION_KEYS = [NEW_KEY]
+    from_an_earlier_release = Fernet(NEW_KEY).encrypt(b"written before the upgrade").decode()
+    assert is_sealed(from_an_earlier_release)
+    assert unseal(from_an_earlier_release) == "written before the upgrade"
+    assert not is_sealed_with_newest_key(from_an_earlier_release)  # the reseal command converts it
+    resealed = reseal(from_an_earlier_release)
+    assert resealed.startswith(SEALED_PREFIX) and is_sealed_with_newest_key(resealed)
+    assert unseal(resealed) == "written before the upgrade"
+    # The snapshot opens both formats inside JSON text (sync seals a value's JSON).
+    earlier_json = Fernet(NEW_KEY).encrypt(b'"then"').decode()
+    text = f'{{"a": "{earlier_json}", "b": "{seal_json("now")}", "c": "plain"}}'
+    assert unseal_text(text) == '{"a": "then", "b": "now", "c": "plain"}'
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "not_base64"])
+def test_a_damaged_value_fails_loudly(settings, damage):
+    settings.FIELD_ENCRYPTION_KEYS = [NEW_KEY]
+    sealed = seal("private")
+    body = sealed[len(SEALED_PREFIX) :]
+    damaged = {
+        "flip": SEALED_PREFIX + body[:20] + ("A" if body[20] != "A" else "B") + body[21:],
+        "truncate": sealed[:-8],
+        "not_base64": SEALED_PREFIX + "***",
+    }[damage]
+    with pytest.raises(UnreadableHealthInformation):
+        unseal(damaged)
+    assert not is_sealed_with_newest_key(damaged)
 
 
 def test_a_value_no_key_opens_fails_loudly_instead_of_showing_ciphertext(settings):

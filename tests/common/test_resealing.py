@@ -16,7 +16,7 @@ from django.db import connection
 
 from apps.care.models import ClinicalNote, Encounter
 from apps.common import resealing
-from apps.common.encryption import UnreadableHealthInformation, is_sealed, unseal
+from apps.common.encryption import SEALED_PREFIX, UnreadableHealthInformation, is_sealed, unseal
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember
 
@@ -112,6 +112,25 @@ def test_running_it_again_changes_nothing(settings, crew_member: CrewMember):
 
     assert "care.Encounter (location, assessment): 0 resealed, 0 sealed from plaintext, 2 already current" in output
     assert raw("care_encounter", "assessment", encounter_id) == before
+
+
+def test_values_an_earlier_release_sealed_with_fernet_are_converted_with_the_same_key(
+    settings, crew_member: CrewMember
+):
+    settings.FIELD_ENCRYPTION_KEYS = [NEW_KEY]
+    encounter_id = encounter(crew_member, assessment="Sealed before the upgrade")
+    with connection.cursor() as cursor:  # as the earlier release stored it
+        cursor.execute(
+            "UPDATE care_encounter SET assessment = %s WHERE id = %s",
+            [Fernet(NEW_KEY).encrypt(b"Sealed before the upgrade").decode(), encounter_id],
+        )
+    assert Encounter.objects.get(pk=encounter_id).assessment == "Sealed before the upgrade"
+
+    output = reseal()
+
+    assert "care.Encounter (location, assessment): 1 resealed, 0 sealed from plaintext, 1 already current" in output
+    assert raw("care_encounter", "assessment", encounter_id).startswith(SEALED_PREFIX)
+    assert Encounter.objects.get(pk=encounter_id).assessment == "Sealed before the upgrade"
 
 
 def test_a_value_changed_meanwhile_is_not_overwritten(settings, monkeypatch, crew_member: CrewMember):
