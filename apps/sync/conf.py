@@ -17,3 +17,6 @@ FEED_RETENTION_DAYS = env_int("SYNC_FEED_RETENTION_DAYS", 30)
 # first. Requests without the header are version 1 (the feed as first shipped).
 SUPPORTED_PROTOCOLS = [int(version) for version in env_list("SYNC_SUPPORTED_PROTOCOLS", ["2", "1"])]
 SNAPSHOT_PAGE_MAX = 5_000
+# Writes of synced records nudge a scope at most once per this window (and once more at its
+# end if more came in it); 0 nudges at every write (apps.sync.nudges).
+NUDGE_WINDOW_MS = env_int("SYNC_NUDGE_WINDOW_MS", 250)

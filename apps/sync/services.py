@@ -24,7 +24,7 @@ from rest_framework.exceptions import ValidationError
 from apps.accounts.models import Device, Role, User
 from apps.common import bulk
 from apps.common.api.errors import DomainError
-from apps.sync import registry, sealing
+from apps.sync import nudges, registry, sealing
 from apps.sync.models import (
     ChangeEntry,
     ChangeOperation,
@@ -320,7 +320,7 @@ class Publisher:
             Conflict.objects.bulk_create(self.conflicts)
         if self.nudged:
             nudged = sorted(self.nudged)
-            transaction.on_commit(lambda: nudge_scopes(nudged))
+            transaction.on_commit(lambda: nudges.nudge_soon(nudged))
         self.dirty_heads, self.versions, self.entries, self.documents = {}, [], [], []
         self.audiences, self.conflicts, self.nudged = {}, [], set()
         self.sealed = {}
