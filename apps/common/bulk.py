@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,6 +22,8 @@ import psycopg
 from django.db import connection, models
 from django.db.models.expressions import DatabaseDefault, RawSQL
 from django.utils import timezone
+
+from apps.common import jsontext
 
 
 def server_cursor() -> psycopg.Cursor[Any]:
@@ -171,7 +172,7 @@ def insert(records: Sequence[models.Model]) -> None:
             # Names only from the model's metadata, quoted; the rows are one bound parameter.
             f"INSERT INTO {table} ({columns}) SELECT {columns}"  # noqa: S608
             f" FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)",
-            [json.dumps(rows)],
+            [jsontext.dumps(rows)],
         )
     for record in records:
         record._state.adding = False
@@ -195,7 +196,7 @@ def update(records: Sequence[models.Model], field_names: Sequence[str]) -> None:
         cursor.execute(
             f"UPDATE {table} AS t SET {assignments}"  # noqa: S608 — names from the model's metadata
             f" FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS r WHERE t.{pk} = r.{pk}",
-            [json.dumps(rows)],
+            [jsontext.dumps(rows)],
         )
 
 

@@ -31,7 +31,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.common import bulk
+from apps.common import bulk, jsontext
 from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
     Conflict,
@@ -366,7 +366,7 @@ def _store(
         stored_payloads = []
         for row in new_rows.values():
             memo = sealed.setdefault(row.record_id, {}) if sealed is not None and row.record_id is not None else None
-            stored_payloads.append(json.dumps(sealing.seal_tree(row.payload, memo)))
+            stored_payloads.append(jsontext.dumps(sealing.seal_tree(row.payload, memo)))
         inserted = _insert_ledger(list(new_rows.values()), stored_payloads)
         for pk, mutation_id, stored_hash in inserted:
             row = new_rows[stored_hash if keyed_by_content else mutation_id]
@@ -424,7 +424,7 @@ def _insert_ledger(rows: list[Mutation], stored_payloads: list[str]) -> list[tup
                 [row.observed_at_plausible for row in rows],
                 [row.client_version for row in rows],
                 [str(row.status) for row in rows],
-                [json.dumps(sealing.seal_tree(row.result)) for row in rows],
+                [jsontext.dumps(sealing.seal_tree(row.result)) for row in rows],
                 [row.error_code for row in rows],
             ],
         )
@@ -651,7 +651,9 @@ def _save_results(rows: list[Mutation]) -> None:
                 [row.pk for row in rows],
                 [row.status for row in rows],
                 [
-                    json.dumps(sealing.seal_tree({key: value for key, value in row.result.items() if key != "data"}))
+                    jsontext.dumps(
+                        sealing.seal_tree({key: value for key, value in row.result.items() if key != "data"})
+                    )
                     for row in rows
                 ],
                 [row.error_code for row in rows],

@@ -22,7 +22,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from apps.accounts.models import Device, Role, User
-from apps.common import bulk
+from apps.common import bulk, jsontext
 from apps.common.api.errors import DomainError
 from apps.sync import nudges, registry, sealing
 from apps.sync.models import (
@@ -217,7 +217,7 @@ class Publisher:
 
     def stored_form(self, record_id: UUID, data: dict[str, Any]) -> str:
         """``data`` as stored: JSON text with its health fields sealed."""
-        return json.dumps(sealing.seal_tree(data, self.sealed.setdefault(record_id, {})))
+        return jsontext.dumps(sealing.seal_tree(data, self.sealed.setdefault(record_id, {})))
 
     def publish(
         self,
