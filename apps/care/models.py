@@ -24,7 +24,9 @@ class CareRecord(models.Model):
     # The unit whose crew works the record: who sees it (with the program's case managers
     # and supervisors). Children carry their encounter's unit so scopes need no join.
     unit = models.ForeignKey(Unit, on_delete=models.PROTECT, related_name="+")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # No index: nothing looks records up by their author (a user leaves by being deactivated),
+    # and every push would pay for it.
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     is_deleted = models.BooleanField(default=False)
@@ -70,6 +72,8 @@ class TransportDestination(models.TextChoices):
 class Encounter(CareRecord):
     """What a team found and did on scene."""
 
+    # Found by program through the (program, started_at, id) index below.
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="+", db_index=False)
     person = models.ForeignKey(Person, null=True, blank=True, on_delete=models.PROTECT, related_name="encounters")
     started_at = models.DateTimeField(help_text="As the device observed it.")
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -95,9 +99,15 @@ class ClinicalNote(CareRecord):
     once signed. A later change to a signed note is an addendum: a new note that amends it."""
 
     encounter = models.ForeignKey(Encounter, on_delete=models.PROTECT, related_name="notes")
-    amends = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="addenda")
+    amends = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="addenda", db_index=False
+    )
     body = EncryptedTextField(help_text="Clinical text (sealed at rest).")
     signed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        # Addenda only: most notes amend nothing, and a push of notes need not index them.
+        indexes = [models.Index(fields=["amends"], condition=models.Q(amends__isnull=False), name="note_addenda")]
 
     def __str__(self) -> str:
         return f"note {self.pk}"
@@ -158,6 +168,8 @@ class ReferralPriority(models.TextChoices):
 class Referral(CareRecord):
     """A connection to a service. Its status is derived from its outcome events."""
 
+    # Found by program through the (program, created_at, id) index below.
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="+", db_index=False)
     encounter = models.ForeignKey(Encounter, on_delete=models.PROTECT, related_name="referrals")
     service_type = models.CharField(max_length=32, choices=ServiceType.choices)
     service_name = models.CharField(max_length=200, blank=True)
@@ -189,7 +201,8 @@ class Referral(CareRecord):
 class ReferralOutcomeEvent(CareRecord):
     """One step of a referral's outcome timeline. Append-only: never changed, never deleted."""
 
-    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="outcomes")
+    # Found by referral through the (referral, observed_at) index below.
+    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="outcomes", db_index=False)
     outcome = models.CharField(
         max_length=32, choices=[(c.value, c.label) for c in ReferralStatus if c != ReferralStatus.OPEN]
     )
@@ -206,7 +219,8 @@ class ReferralOutcomeEvent(CareRecord):
 class ReferralTaskEvent(CareRecord):
     """One step of a referral's task timeline (requested → … → completed). Append-only."""
 
-    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="task_events")
+    # Found by referral through the (referral, created_at) index below.
+    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="task_events", db_index=False)
     from_status = models.CharField(max_length=16, choices=ReferralTaskStatus.choices)
     to_status = models.CharField(max_length=16, choices=ReferralTaskStatus.choices)
     # A service's reason for rejecting or failing a referral often says why clinically.

@@ -107,7 +107,10 @@ class SyncedRecord(models.Model):
     record_id = models.UUIDField(primary_key=True)
     record_type = models.CharField(max_length=64)
     # Copied from the domain record it heads, in the same transaction: no constraint to check.
-    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    # No index: heads are read by record and by audience, never by program.
+    program = models.ForeignKey(
+        Program, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
     version = models.PositiveIntegerField()
     data = HealthJSONField()
     scopes = ArrayField(models.CharField(max_length=80), default=list)
