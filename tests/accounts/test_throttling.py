@@ -35,3 +35,19 @@ def test_the_limit_is_per_device_not_per_crew(
 
     assert crew_member.client().get("/api/v1/me/").status_code == 429
     assert outsider.client().get("/api/v1/me/").status_code == 200
+
+
+def test_the_count_starts_again_in_the_next_window(
+    three_per_minute: None, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.accounts.throttling import DeviceRateThrottle
+
+    clock = [1_800_000_000.0 + 50]  # ten seconds before a minute ends
+    monkeypatch.setattr(DeviceRateThrottle, "timer", lambda self: clock[0])
+    statuses = [crew_member.client().get("/api/v1/me/").status_code for _ in range(4)]
+    refused = crew_member.client().get("/api/v1/me/")
+    clock[0] += 10
+
+    assert statuses == [200, 200, 200, 429]
+    assert int(refused["Retry-After"]) == 10
+    assert crew_member.client().get("/api/v1/me/").status_code == 200
