@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+from uuid import UUID
 
 from rest_framework import serializers
 
@@ -86,13 +88,19 @@ class ReferralOutcomeWire(CareWire):
     details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
 
 
-def scopes_of(record: CareRecord) -> list[str]:
+def scopes_of(record: CareRecord) -> tuple[str, ...]:
     """The unit's crew, and the program's case managers and supervisors."""
-    return [
-        unit_scope(record.unit_id),
-        program_role_scope(record.program_id, Role.CASE_MANAGER),
-        program_role_scope(record.program_id, Role.SUPERVISOR),
-    ]
+    return _unit_and_program_scopes(record.unit_id, record.program_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_and_program_scopes(unit_id: UUID, program_id: UUID) -> tuple[str, ...]:
+    # Asked at every change a push publishes, and a batch's records share a few units.
+    return (
+        unit_scope(unit_id),
+        program_role_scope(program_id, Role.CASE_MANAGER),
+        program_role_scope(program_id, Role.SUPERVISOR),
+    )
 
 
 def program_id_of(record: CareRecord) -> Any:
