@@ -124,7 +124,12 @@ _REFERENCES: dict[str, type[Any]] = {
 }
 
 
-def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> None:
+# What applying a note reads of its encounter. Other types read their parents whole (but for
+# their clinical text): a referral's follow-up hooks read its encounter's times and disposition.
+_NOTE_READS_OF_ENCOUNTER = ("program_id", "unit_id", "is_deleted")
+
+
+def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]], *, type_name: str = "") -> None:
     """Load every record a batch's changes refer to, one query per table."""
     wanted: dict[type[Any], set[UUID]] = {}
     for fields in fields_list:
@@ -134,8 +139,16 @@ def prepare_batch(context: WriteContext, fields_list: list[dict[str, Any]]) -> N
                 with contextlib.suppress(ValueError):
                     wanted.setdefault(model, set()).add(UUID(value))
     for model, ids in wanted.items():
-        # Parents are read for their references and flags, never their clinical text.
-        context.preload(model, ids, defer=sealed_field_names(model))
+        if type_name == "care.note" and model is Encounter:
+            context.preload(model, ids, only=_NOTE_READS_OF_ENCOUNTER)
+        else:
+            # Parents are read for their references and flags, never their clinical text.
+            context.preload(model, ids, defer=sealed_field_names(model))
+
+
+def batch_preparer(type_name: str) -> Any:
+    """``prepare_batch`` for the changes of one record type."""
+    return functools.partial(prepare_batch, type_name=type_name)
 
 
 @remembered

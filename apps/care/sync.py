@@ -111,11 +111,11 @@ def register_synced_types() -> None:
     common: dict[str, Any] = {
         "scopes_of": scopes_of,
         "program_id_of": program_id_of,
-        "prepare": services.prepare_batch,
     }
     registry.register(
         registry.SyncedType(
             name="care.person",
+            prepare=services.batch_preparer("care.person"),
             model=Person,
             serializer=PersonWire,
             to_wire=registry.representation(PersonWire),
@@ -129,6 +129,7 @@ def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
             name="care.encounter",
+            prepare=services.batch_preparer("care.encounter"),
             model=Encounter,
             serializer=EncounterWire,
             to_wire=registry.representation(EncounterWire),
@@ -143,6 +144,7 @@ def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
             name="care.note",
+            prepare=services.batch_preparer("care.note"),
             model=ClinicalNote,
             serializer=NoteWire,
             to_wire=registry.representation(NoteWire),
@@ -156,6 +158,7 @@ def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
             name="care.referral",
+            prepare=services.batch_preparer("care.referral"),
             model=Referral,
             serializer=ReferralWire,
             to_wire=registry.representation(ReferralWire),
@@ -169,6 +172,7 @@ def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
             name="care.referral_outcome",
+            prepare=services.batch_preparer("care.referral_outcome"),
             model=ReferralOutcomeEvent,
             serializer=ReferralOutcomeWire,
             to_wire=registry.representation(ReferralOutcomeWire),

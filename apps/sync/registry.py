@@ -82,15 +82,28 @@ class WriteContext:
             self.cache[key] = model._default_manager.filter(pk=record_id).first()
         return self.cache[key]
 
-    def preload(self, model: type[models.Model], record_ids: Iterable[UUID], *, defer: Iterable[str] = ()) -> None:
-        """Read every record of ``model`` a batch will look up, in one query."""
-        missing = [record_id for record_id in set(record_ids) if (model, record_id) not in self.cache]
+    def preload(
+        self,
+        model: type[models.Model],
+        record_ids: Iterable[UUID],
+        *,
+        defer: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+    ) -> None:
+        """Read every record of ``model`` a batch will look up, in one query: all their
+        columns but ``defer``, or ``only`` these (a record read in part is read again by a
+        later preload that wants more)."""
+        defer = set(defer)
+        missing = [
+            record_id
+            for record_id in set(record_ids)
+            if (model, record_id) not in self.cache
+            or (only is None and not _read_beyond(self.cache[(model, record_id)], defer))
+        ]
         if not missing:
             return
-        found = {
-            record.pk: record
-            for record in model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid")).defer(*defer)
-        }
+        found_in = model._default_manager.filter(pk__in=bulk.any_of(missing, "uuid"))
+        found = {record.pk: record for record in (found_in.only(*only) if only is not None else found_in.defer(*defer))}
         for record_id in missing:
             self.cache[(model, record_id)] = found.get(record_id)
 
@@ -140,6 +153,11 @@ class WriteContext:
         for (_model, names), records in by_fields.items():
             bulk.update(records, names)
         self.pending_updates = {}
+
+
+def _read_beyond(record: models.Model | None, defer: set[str]) -> bool:
+    """Whether a cached record was read with every column but these (a missing one, None, is)."""
+    return record is None or record.get_deferred_fields() <= defer
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,28 @@ def test_a_note_for_an_encounter_of_another_unit_is_not_permitted(
     assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted")
     assert (missing["status"], missing["error"]["code"]) == ("quarantined", "parent_not_found")
     assert ClinicalNote.objects.count() == 0
+
+
+def test_a_batch_reads_a_notes_encounter_in_part_and_again_whole_for_a_referral(
+    crew_member: CrewMember, django_assert_num_queries: Any
+) -> None:
+    from apps.care.models import Encounter
+    from apps.care.services import prepare_batch
+    from apps.sync.registry import WriteContext
+
+    encounter_id = encounter(crew_member, ended_at="2026-11-20T15:00:00+00:00", disposition="referred")
+    context = WriteContext(user=crew_member.user, device=crew_member.device)
+    refers_to_it = [{"encounter_id": str(encounter_id)}]
+
+    prepare_batch(context, refers_to_it, type_name="care.note")
+    read_for_notes = context.cached(Encounter, encounter_id)
+    prepare_batch(context, refers_to_it, type_name="care.referral")
+    read_for_referrals = context.cached(Encounter, encounter_id)
+    prepare_batch(context, refers_to_it, type_name="care.note")  # a part is never read over the whole
+
+    assert {"started_at", "ended_at", "disposition"} <= read_for_notes.get_deferred_fields()
+    assert read_for_referrals.get_deferred_fields() == {"location", "assessment"}  # only the sealed text
+    assert context.cached(Encounter, encounter_id) is read_for_referrals
+    with django_assert_num_queries(0):  # what a referral's follow-up hooks read is there
+        assert read_for_referrals.disposition == "referred"
+        assert read_for_referrals.ended_at is not None
