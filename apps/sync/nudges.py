@@ -7,9 +7,9 @@ program-wide scopes again, every connected device of them would read its feed ag
 nudges alone cost the pushing process a Redis round trip per scope per push.
 
 So writes of synced records (pushes, and a case manager's edits) nudge through a
-``CoalescingNudger``: a scope not nudged within the last window is
-nudged at once; a scope nudged more recently is held, and nudged once when its window ends,
-however many pushes came in it. Every change is followed by a nudge within one window (a
+``CoalescingNudger``: a scope not nudged within the last window is nudged at once; a scope
+nudged more recently is held, and nudged once when its window ends, however many writes came
+in it. Every change is followed by a nudge within one window (a
 nudge carries no data: the device reads everything committed before it). The sends run on
 the nudger's own thread and event loop, so a push answers without waiting for Redis. A
 nudge lost with its process delays a device until its next pull or safety poll, as any lost
@@ -37,6 +37,9 @@ Send = Callable[[list[str]], Awaitable[None]]
 
 
 class CoalescingNudger:
+    """One process's nudges (see the module docstring); ``send`` delivers a list of scopes'
+    nudges, on the nudger's own event loop."""
+
     def __init__(self, *, window_seconds: float, send: Send, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window_seconds
         self._send = send
