@@ -341,20 +341,7 @@ def _store(
                     )
                 else:
                     highest = envelope.mutation_id
-            row = Mutation(
-                device_id=device.pk,
-                user_id=user.pk,
-                mutation_id=envelope.mutation_id,
-                payload_hash=envelope.payload_hash,
-                record_type=envelope.record_type,
-                record_id=envelope.record_id,
-                operation=envelope.operation,
-                base_version=envelope.base_version,
-                payload=envelope.raw,
-                observed_at=envelope.observed_at,
-                observed_at_plausible=envelope.observed_at_plausible,
-                client_version=client_version[:100],
-            )
+            row = new_ledger_row(envelope, device_id=device.pk, user_id=user.pk, client_version=client_version)
             if problem is not None:
                 row.status = MutationStatus.QUARANTINED
                 row.error_code = problem["code"]
@@ -373,6 +360,35 @@ def _store(
             row.pk = pk
             row._state.adding = False
     return rows_by_index, replayed
+
+
+def new_ledger_row(envelope: Envelope, *, device_id: UUID, user_id: UUID, client_version: str) -> Mutation:
+    """The ledger row of a mutation about to be stored, received and not applied yet.
+
+    Built from every column in the model's order: Django's keyword path through ``Model()``
+    cost about twice as much, once per mutation of every push.
+    """
+    columns: list[Any] = [
+        None,  # id, from the insert
+        device_id,
+        user_id,
+        envelope.mutation_id,
+        envelope.payload_hash,
+        envelope.record_type,
+        envelope.record_id,
+        envelope.operation,
+        envelope.base_version,
+        envelope.raw,  # payload
+        envelope.observed_at,
+        envelope.observed_at_plausible,
+        client_version[:100],
+        None,  # received_at, when the batch is inserted
+        MutationStatus.RECEIVED,
+        {},  # result
+        "",  # error_code
+        None,  # applied_at
+    ]
+    return Mutation(*columns)  # type: ignore[misc]  # the stubs type positional columns as keywords
 
 
 def _ledger_position(device_id: UUID, mutation_ids: list[int | None]) -> tuple[int, list[int]]:

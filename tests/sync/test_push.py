@@ -360,3 +360,42 @@ def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member
     assert (swept, again) == (1, 0)
     assert Mutation.objects.get().status == MutationStatus.APPLIED
     assert Encounter.objects.filter(pk=record_id).count() == 1
+
+
+def test_a_new_ledger_row_holds_what_the_keyword_built_one_would() -> None:
+    """The push builds ledger rows from their columns in order: a column added, removed or
+    moved must show here, not as values in the wrong columns."""
+    from apps.sync.models import Mutation
+    from apps.sync.push import new_ledger_row, parse_envelope
+
+    raw = {
+        "mutation_id": 7,
+        "type": "care.note",
+        "id": str(uuid.uuid4()),
+        "op": "update",
+        "base_version": 2,
+        "fields": {"body": "x"},
+        "observed_at": "2026-11-20T14:20:00+00:00",
+    }
+    envelope = parse_envelope(raw, 0)
+    device_id, user_id = uuid.uuid4(), uuid.uuid4()
+
+    positional = new_ledger_row(envelope, device_id=device_id, user_id=user_id, client_version="tablet 1.4")
+    by_keyword = Mutation(
+        device_id=device_id,
+        user_id=user_id,
+        mutation_id=7,
+        payload_hash=envelope.payload_hash,
+        record_type="care.note",
+        record_id=envelope.record_id,
+        operation="update",
+        base_version=2,
+        payload=raw,
+        observed_at=envelope.observed_at,
+        observed_at_plausible=envelope.observed_at_plausible,
+        client_version="tablet 1.4",
+    )
+
+    columns = [field.attname for field in Mutation._meta.concrete_fields]
+    assert [getattr(positional, name) for name in columns] == [getattr(by_keyword, name) for name in columns]
+    assert positional._state.adding and positional.get_deferred_fields() == set()
