@@ -29,7 +29,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from channels.layers import get_channel_layer
+
 from apps.sync import conf
+from apps.sync.scopes import feed_group_name
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +123,8 @@ class CoalescingNudger:
         loop.call_soon_threadsafe(function, *args)
 
 
-async def _group_send(scopes: list[str]) -> None:
-    from channels.layers import get_channel_layer
-
-    from apps.sync.scopes import feed_group_name
-
+async def send_nudges(scopes: list[str]) -> None:
+    """Nudge the devices reading these scopes, in this order."""
     channel_layer = get_channel_layer()
     if channel_layer is None:
         return
@@ -132,7 +132,7 @@ async def _group_send(scopes: list[str]) -> None:
         await channel_layer.group_send(feed_group_name(scope), {"type": "feed.nudge"})
 
 
-_nudger = CoalescingNudger(window_seconds=conf.NUDGE_WINDOW_MS / 1000, send=_group_send)
+_nudger = CoalescingNudger(window_seconds=conf.NUDGE_WINDOW_MS / 1000, send=send_nudges)
 
 
 def nudge_soon(scopes: Iterable[str]) -> None:

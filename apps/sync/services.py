@@ -15,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -36,7 +35,7 @@ from apps.sync.models import (
     SyncedRecord,
     UserScopeState,
 )
-from apps.sync.scopes import audience_of, feed_group_name, scopes_for_user, user_scope
+from apps.sync.scopes import audience_of, scopes_for_user, user_scope
 from apps.sync.selectors import audiences_of
 
 _SIGNED_64 = 1 << 63
@@ -114,20 +113,11 @@ def record_change(
 
 
 def nudge_scopes(scopes: Iterable[str]) -> None:
-    """Tell connected devices reading these scopes to pull. Carries no data: a lost nudge
-    delays a device until its next pull, it never loses a change."""
-    channel_layer = get_channel_layer()
-    if channel_layer is None:
-        return
+    """Tell connected devices reading these scopes to pull, now. Carries no data: a lost
+    nudge delays a device until its next pull, it never loses a change."""
     # In the order given (a crew's scope before the dispatchers'), each scope once. One
     # async_to_sync for all: each call costs a thread, an event loop and a connection.
-    groups = [feed_group_name(scope) for scope in dict.fromkeys(scopes)]
-
-    async def send_all() -> None:
-        for group in groups:
-            await channel_layer.group_send(group, {"type": "feed.nudge"})
-
-    async_to_sync(send_all)()
+    async_to_sync(nudges.send_nudges)(list(dict.fromkeys(scopes)))
 
 
 @dataclass(slots=True)
