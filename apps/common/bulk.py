@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.models.expressions import DatabaseDefault, RawSQL
 from django.utils import timezone
 
@@ -96,7 +96,7 @@ def _is_plain(model_field: Any) -> bool:
     return type(model_field) in _PLAIN_FIELDS
 
 
-def _converter(model_field: Any, *, add: bool, now: dt.datetime) -> Any:
+def _converter(model_field: Any, *, add: bool, now: dt.datetime, db: Any) -> Any:
     """How a record's value of this field becomes its JSON form (_SKIP: leave the column out)."""
     attname = model_field.attname
     stamped = getattr(model_field, "auto_now", False) or (add and getattr(model_field, "auto_now_add", False))
@@ -119,7 +119,7 @@ def _converter(model_field: Any, *, add: bool, now: dt.datetime) -> Any:
             value = model_field.pre_save(record, add)
             if isinstance(value, DatabaseDefault):
                 return _SKIP
-            return _json_value(model_field.get_db_prep_save(value, connection))
+            return _json_value(model_field.get_db_prep_save(value, db))
 
         return prepared
 
@@ -137,9 +137,9 @@ def _converter(model_field: Any, *, add: bool, now: dt.datetime) -> Any:
 _SKIP = object()
 
 
-def _columns(fields: Sequence[Any], records: Sequence[Any], *, add: bool) -> list[dict[str, Any]]:
+def _columns(fields: Sequence[Any], records: Sequence[Any], *, add: bool, db: Any) -> list[dict[str, Any]]:
     now = timezone.now()
-    converters = [(model_field.column, _converter(model_field, add=add, now=now)) for model_field in fields]
+    converters = [(model_field.column, _converter(model_field, add=add, now=now, db=db)) for model_field in fields]
     rows: list[dict[str, Any]] = []
     for record in records:
         row: dict[str, Any] = {}
@@ -163,10 +163,11 @@ def insert(records: Sequence[models.Model]) -> None:
         if not (model_field.primary_key and getattr(records[0], model_field.attname) is None)
         and not model_field.generated
     ]
-    rows = _columns(fields, records, add=True)
+    db = _current_connection()
+    rows = _columns(fields, records, add=True, db=db)
     names = [model_field.column for model_field in fields if model_field.column in rows[0]]
-    columns = ", ".join(connection.ops.quote_name(name) for name in names)
-    table = connection.ops.quote_name(meta.db_table)
+    columns = ", ".join(db.ops.quote_name(name) for name in names)
+    table = db.ops.quote_name(meta.db_table)
     with server_cursor() as cursor:
         cursor.execute(
             # Names only from the model's metadata, quoted; the rows are one bound parameter.
@@ -176,7 +177,7 @@ def insert(records: Sequence[models.Model]) -> None:
         )
     for record in records:
         record._state.adding = False
-        record._state.db = connection.alias
+        record._state.db = db.alias
 
 
 def update(records: Sequence[models.Model], field_names: Sequence[str]) -> None:
@@ -185,12 +186,12 @@ def update(records: Sequence[models.Model], field_names: Sequence[str]) -> None:
         return
     meta = type(records[0])._meta
     fields: list[Any] = [meta.get_field(name) for name in field_names]
-    rows = _columns([meta.pk, *fields], records, add=False)
-    table = connection.ops.quote_name(meta.db_table)
-    pk = connection.ops.quote_name(meta.pk.column)
+    db = _current_connection()
+    rows = _columns([meta.pk, *fields], records, add=False, db=db)
+    table = db.ops.quote_name(meta.db_table)
+    pk = db.ops.quote_name(meta.pk.column)
     assignments = ", ".join(
-        f"{connection.ops.quote_name(model_field.column)} = r.{connection.ops.quote_name(model_field.column)}"
-        for model_field in fields
+        f"{db.ops.quote_name(model_field.column)} = r.{db.ops.quote_name(model_field.column)}" for model_field in fields
     )
     with server_cursor() as cursor:
         cursor.execute(
@@ -198,6 +199,12 @@ def update(records: Sequence[models.Model], field_names: Sequence[str]) -> None:
             f" FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS r WHERE t.{pk} = r.{pk}",
             [jsontext.dumps(rows)],
         )
+
+
+def _current_connection() -> Any:
+    """This thread's database connection. ``django.db.connection`` finds it again at every
+    attribute read (a context-local lookup), which per row of a batch adds up."""
+    return connections[DEFAULT_DB_ALIAS]
 
 
 def any_of(values: Iterable[Any], db_type: str) -> RawSQL:

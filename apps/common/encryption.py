@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -112,9 +114,13 @@ def _forget_keys(*, setting: str, **_: Any) -> None:
 
 
 def seal(plaintext: str) -> str:
+    return _seal_bytes(plaintext.encode())
+
+
+def _seal_bytes(plaintext: bytes) -> str:
     key = _keys()[0]
     nonce = os.urandom(_NONCE_BYTES)
-    sealed = key.key_id + nonce + key.cipher.encrypt(nonce, plaintext.encode(), None)
+    sealed = key.key_id + nonce + key.cipher.encrypt(nonce, plaintext, None)
     return SEALED_PREFIX + base64.urlsafe_b64encode(sealed).decode()
 
 
@@ -157,6 +163,12 @@ def is_sealed(value: str) -> bool:
 
 
 def seal_json(value: Any) -> str:
+    if type(value) is str:
+        # Most sealed values are clinical text: orjson writes it ten times faster. Other
+        # values (non-finite floats, which orjson writes as null) and lone surrogates (which
+        # it refuses) keep the standard library's text.
+        with contextlib.suppress(orjson.JSONEncodeError):
+            return _seal_bytes(orjson.dumps(value))
     return seal(json.dumps(value, separators=(",", ":")))
 
 

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import orjson
 from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -84,17 +85,61 @@ def _error(code: str, detail: str, field_name: str | None = None) -> dict[str, A
     return {"code": code, "detail": detail, "field": field_name}
 
 
-def _canonical(raw: Any) -> str:
-    """A mutation's JSON with its keys sorted: what its payload hash is made of."""
-    return json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+_CANONICAL_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 
 
-def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> Envelope:
+def _not_json(value: Any) -> Any:
+    raise TypeError
+
+
+def _canonical(raw: Any) -> bytes:
+    """A mutation's JSON with its keys sorted, as ASCII: what its payload hash is made of.
+
+    The text is the standard library's (``sort_keys``, compact separators, ``default=str``)
+    byte for byte, as every release has hashed it: a replay across an upgrade must still be
+    recognised. orjson writes the same text four times faster for a mutation without floats
+    (the two write some differently: 1e-05 against 0.00001, Infinity against null) whose text
+    is printable ASCII (the standard library escapes DEL and beyond). Anything else the
+    standard library writes, as it does the values of an in-process caller that a request's
+    JSON never holds (dates, subclasses of str and int, dataclasses).
+    """
+    if not _holds_float(raw):
+        try:
+            text = orjson.dumps(raw, default=_not_json, option=_CANONICAL_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            if text.isascii() and b"\x7f" not in text:
+                return text
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _holds_float(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    for item in value:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _holds_float(item)):
+            return True
+    return False
+
+
+def parse_envelope(
+    raw: Any, index: int, *, keyed_by_content: bool = False, plausible: tuple[datetime, datetime] | None = None
+) -> Envelope:
     prefix = f"mutations.{index}"
     canonical = _canonical(raw)
-    envelope = Envelope(
-        index=index, raw=raw, mutation_id=None, payload_hash=hashlib.sha256(canonical.encode()).hexdigest()
-    )
+    envelope = Envelope(index=index, raw=raw, mutation_id=None, payload_hash=hashlib.sha256(canonical).hexdigest())
     if not isinstance(raw, dict):
         envelope.rejection = _error("invalid_mutation", "A mutation is a JSON object.", prefix)
         return envelope
@@ -155,25 +200,19 @@ def parse_envelope(raw: Any, index: int, *, keyed_by_content: bool = False) -> E
             )
             return envelope
         envelope.observed_at = parsed
-        envelope.observed_at_plausible = observed_at_is_plausible(parsed)
+        oldest, latest = plausible or plausible_times(timezone.now())
+        envelope.observed_at_plausible = oldest <= parsed <= latest
     return envelope
 
 
-def observed_at_is_plausible(observed_at: datetime, now: datetime | None = None) -> bool:
-    """A device's clock may be wrong; its time is kept as observed and flagged when unlikely.
+def plausible_times(now: datetime) -> tuple[datetime, datetime]:
+    """The oldest and the latest plausible device time.
 
-    Plausible: not ahead of the server by more than the allowed skew, and not older than
-    the longest offline period a device is expected to survive.
+    A device's clock may be wrong; its time is kept as observed and flagged when unlikely:
+    ahead of the server by more than the allowed skew, or older than the longest offline
+    period a device is expected to survive. A batch's mutations share one window.
     """
-    now = now or timezone.now()
-    skew = timedelta(seconds=conf.CLOCK_SKEW_SECONDS)
-    oldest = now - timedelta(days=conf.MAX_OFFLINE_DAYS)
-    return oldest <= observed_at <= now + skew
-
-
-@dataclass
-class PushOutcome:
-    results: list[dict[str, Any]]
+    return now - timedelta(days=conf.MAX_OFFLINE_DAYS), now + timedelta(seconds=conf.CLOCK_SKEW_SECONDS)
 
 
 def push_mutations(
@@ -190,7 +229,11 @@ def push_mutations(
     identified by its content instead of a mutation id: sending the same change twice is
     a replay.
     """
-    envelopes = [parse_envelope(raw, index, keyed_by_content=keyed_by_content) for index, raw in enumerate(mutations)]
+    plausible = plausible_times(timezone.now())
+    envelopes = [
+        parse_envelope(raw, index, keyed_by_content=keyed_by_content, plausible=plausible)
+        for index, raw in enumerate(mutations)
+    ]
     results: dict[int, dict[str, Any]] = {}
     for envelope in envelopes:
         if envelope.rejection is not None:
@@ -758,7 +801,7 @@ def _apply_one(row: Mutation, state: _BatchState) -> None:
         return
     # Stored versions, and those this batch wrote and has not flushed yet.
     versions = state.versions.get(row.record_id, []) + [
-        _view(version) for version in state.publisher.versions if version.record_id == row.record_id
+        _view(version) for version in state.publisher.pending_versions.get(row.record_id, ())
     ]
     base_version = row.base_version or 0
     if row.operation == MutationOperation.CREATE:

@@ -170,6 +170,8 @@ class Publisher:
         self.heads: dict[UUID, Head] = {}
         self.dirty_heads: dict[UUID, _PendingHead] = {}
         self.versions: list[PendingVersion] = []
+        # The same versions by record, for a merge of a later change of the batch.
+        self.pending_versions: dict[UUID, list[PendingVersion]] = {}
         # Stored data (JSON text) of the versions and re-announcements, numbered from 1.
         self.documents: list[str] = []
         # (program_id, audience, record_type, record_id, operation, document (0: none), version,
@@ -244,20 +246,20 @@ class Publisher:
         if changed_fields is None:
             previous = head.data if head is not None else {}
             changed_fields = [name for name in data if previous.get(name) != data[name]]
-        self.versions.append(
-            PendingVersion(
-                record_id=record_id,
-                record_type=synced_type.name,
-                version=version,
-                data=data,
-                document=document,
-                changed_fields=list(changed_fields),
-                is_deleted=is_deleted,
-                user_id=user.pk if user is not None else None,
-                device_id=device.pk if device is not None else None,
-                mutation_id=mutation.pk if mutation is not None else None,
-            )
+        pending = PendingVersion(
+            record_id=record_id,
+            record_type=synced_type.name,
+            version=version,
+            data=data,
+            document=document,
+            changed_fields=list(changed_fields),
+            is_deleted=is_deleted,
+            user_id=user.pk if user is not None else None,
+            device_id=device.pk if device is not None else None,
+            mutation_id=mutation.pk if mutation is not None else None,
         )
+        self.versions.append(pending)
+        self.pending_versions.setdefault(record_id, []).append(pending)
         origin = None if echo_to_origin or device is None else device.pk
         reason = RemoveReason.DELETED.value if is_deleted else RemoveReason.OUT_OF_SCOPE.value
         name = synced_type.name
@@ -312,6 +314,7 @@ class Publisher:
             nudged = sorted(self.nudged)
             transaction.on_commit(lambda: nudges.nudge_soon(nudged))
         self.dirty_heads, self.versions, self.entries, self.documents = {}, [], [], []
+        self.pending_versions = {}
         self.audiences, self.conflicts, self.nudged = {}, [], set()
         self.sealed = {}
 

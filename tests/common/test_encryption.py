@@ -40,6 +40,17 @@ def test_json_values_round_trip(settings):
     assert unseal_json(seal_json(value)) == value
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["Naïve note ✓\n\t\x00\x7f \u2028", "", "lone \ud800 surrogate", float("inf"), 1e-05, 2**70, None],
+    ids=["text", "empty", "surrogate", "infinite", "small float", "big int", "null"],
+)
+def test_every_json_value_round_trips_as_itself(settings, value):
+    settings.FIELD_ENCRYPTION_KEYS = [NEW_KEY]
+    opened = unseal_json(seal_json(value))
+    assert opened == value and type(opened) is type(value)
+
+
 def test_rotation_keeps_old_values_readable_and_reseals_them_with_the_new_key(settings):
     settings.FIELD_ENCRYPTION_KEYS = [OLD_KEY]
     sealed_with_old = seal("written last year")
