@@ -30,7 +30,6 @@ from apps.sync.models import (
     Conflict,
     ConflictKind,
     FeedRetention,
-    Mutation,
     RemoveReason,
     SyncedRecord,
     UserScopeState,
@@ -218,7 +217,7 @@ class Publisher:
         *,
         user: User | None,
         device: Device | None,
-        mutation: Mutation | None = None,
+        mutation_id: int | None = None,
         changed_fields: Sequence[str] | None = None,
         is_deleted: bool = False,
         echo_to_origin: bool = False,
@@ -256,7 +255,7 @@ class Publisher:
             is_deleted=is_deleted,
             user_id=user.pk if user is not None else None,
             device_id=device.pk if device is not None else None,
-            mutation_id=mutation.pk if mutation is not None else None,
+            mutation_id=mutation_id,
         )
         self.versions.append(pending)
         self.pending_versions.setdefault(record_id, []).append(pending)

@@ -362,11 +362,14 @@ def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member
     assert Encounter.objects.filter(pk=record_id).count() == 1
 
 
-def test_a_new_ledger_row_holds_what_the_keyword_built_one_would() -> None:
-    """The push builds ledger rows from their columns in order: a column added, removed or
-    moved must show here, not as values in the wrong columns."""
+def test_a_new_ledger_row_holds_what_the_model_would_column_for_column() -> None:
+    """The push holds the rows it stores as plain values named and ordered like the ledger's
+    columns: a column added, removed or moved must show here, not as a value the apply reads
+    under the wrong name."""
+    import dataclasses
+
     from apps.sync.models import Mutation
-    from apps.sync.push import new_ledger_row, parse_envelope
+    from apps.sync.push import NewLedgerRow, new_ledger_row, parse_envelope
 
     raw = {
         "mutation_id": 7,
@@ -380,8 +383,8 @@ def test_a_new_ledger_row_holds_what_the_keyword_built_one_would() -> None:
     envelope = parse_envelope(raw, 0)
     device_id, user_id = uuid.uuid4(), uuid.uuid4()
 
-    positional = new_ledger_row(envelope, device_id=device_id, user_id=user_id, client_version="tablet 1.4")
-    by_keyword = Mutation(
+    plain = new_ledger_row(envelope, device_id=device_id, user_id=user_id, client_version="tablet 1.4")
+    model = Mutation(
         device_id=device_id,
         user_id=user_id,
         mutation_id=7,
@@ -397,5 +400,8 @@ def test_a_new_ledger_row_holds_what_the_keyword_built_one_would() -> None:
     )
 
     columns = [field.attname for field in Mutation._meta.concrete_fields]
-    assert [getattr(positional, name) for name in columns] == [getattr(by_keyword, name) for name in columns]
-    assert positional._state.adding and positional.get_deferred_fields() == set()
+    assert [field.name for field in dataclasses.fields(NewLedgerRow)] == columns
+    unset_until_stored = {"id": (0, None), "received_at": (None, None)}
+    for name in columns:
+        expected = unset_until_stored.get(name, (getattr(model, name), getattr(model, name)))
+        assert (getattr(plain, name), getattr(model, name)) == expected, name
