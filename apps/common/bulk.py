@@ -210,5 +210,19 @@ def _current_connection() -> Any:
 def any_of(values: Iterable[Any], db_type: str) -> RawSQL:
     """``field__in=any_of(ids, "uuid")``: the values as one array parameter. A plain
     ``__in`` list prepares every value in Python, which for a batch's hundreds of ids cost
-    more than the query."""
-    return RawSQL(f"SELECT unnest(%s::{db_type}[])", [list(values)])  # noqa: S611 — the type is the caller's literal
+    more than the query.
+
+    Ids and integers travel as the array's text (``{a,b,c}``), which needs no quoting:
+    Django's client-side binding would otherwise quote each element in Python, twice the
+    time for a batch's 200 ids."""
+    values = list(values)
+    if db_type in _LITERAL_ARRAY_TYPES and all(type(value) in _LITERAL_ARRAY_TYPES[db_type] for value in values):
+        parameter: Any = "{" + ",".join(map(str, values)) + "}"
+    else:
+        parameter = values
+    return RawSQL(f"SELECT unnest(%s::{db_type}[])", [parameter])  # noqa: S611 — the type is the caller's literal
+
+
+# Types whose elements' text is a valid array element as it is (no comma, brace, quote or
+# space), by the Python classes allowed.
+_LITERAL_ARRAY_TYPES: dict[str, tuple[type[Any], ...]] = {"uuid": (uuid.UUID,), "int": (int,), "bigint": (int,)}

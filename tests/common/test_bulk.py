@@ -36,3 +36,23 @@ def test_a_batch_statement_the_database_refuses_raises_djangos_error() -> None:
         bulk.insert([Program(slug="north", name="North again")])
 
     assert list(Program.objects.filter(slug="north").values_list("name", flat=True)) == ["North"]
+
+
+def test_any_of_finds_exactly_the_values_given_whatever_their_type() -> None:
+    programs = [Program.objects.create(slug=f"any{n}", name=f'Any {n}, "quoted" {{braced}}') for n in range(4)]
+    wanted = programs[:3]
+
+    by_id = Program.objects.filter(pk__in=bulk.any_of([program.pk for program in wanted], "uuid"))
+    by_name = Program.objects.filter(name__in=bulk.any_of([program.name for program in wanted], "text"))
+    of_none = Program.objects.filter(pk__in=bulk.any_of([], "uuid"))
+
+    assert set(by_id) == set(wanted)
+    assert set(by_name) == set(wanted)
+    assert list(of_none) == []
+    integers = bulk.any_of([2**40, -3], "bigint")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT x FROM unnest(%s::bigint[]) AS x WHERE x IN ({integers.sql}) ORDER BY x",  # noqa: S608
+            [[2**40, -3, 5], *integers.params],
+        )
+        assert cursor.fetchall() == [(-3,), (2**40,)]
