@@ -125,7 +125,7 @@ def _converter(model_field: Any, *, add: bool, now: dt.datetime, db: Any) -> Any
 
     def plain(record: Any) -> Any:
         value = getattr(record, attname)
-        if value is None or type(value) in (str, int, bool, float):
+        if value is None or type(value) in _WRITTEN_AS_IS:
             return value
         if isinstance(value, DatabaseDefault):
             return _SKIP
@@ -135,6 +135,9 @@ def _converter(model_field: Any, *, add: bool, now: dt.datetime, db: Any) -> Any
 
 
 _SKIP = object()
+# Values the batch's JSON (apps.common.jsontext) writes as PostgreSQL reads them: ids and
+# times as their ISO text, in C, instead of converted here first.
+_WRITTEN_AS_IS = frozenset({str, int, bool, float, uuid.UUID, dt.datetime, dt.date})
 
 
 def _columns(fields: Sequence[Any], records: Sequence[Any], *, add: bool, db: Any) -> list[dict[str, Any]]:

@@ -58,3 +58,23 @@ def test_a_pretty_printed_answer_is_drfs() -> None:
 )
 def test_stored_documents_are_the_standard_librarys_compact_text(value: Any) -> None:
     assert jsontext.dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_batch_rows_ids_and_times_are_written_alike_with_or_without_a_huge_integer() -> None:
+    row = {
+        "id": uuid.uuid4(),
+        "at": dt.datetime(2026, 12, 4, 5, 0, 0, 123456, tzinfo=dt.UTC),
+        "on": dt.date(2026, 12, 4),
+        "when": dt.time(14, 5, 1),
+    }
+    expected = {
+        "id": str(row["id"]),
+        "at": "2026-12-04T05:00:00.123456+00:00",
+        "on": "2026-12-04",
+        "when": "14:05:01",
+    }
+
+    assert json.loads(jsontext.dumps([row])) == [expected]
+    assert json.loads(jsontext.dumps([{**row, "huge": 2**70}])) == [{**expected, "huge": 2**70}]  # the fallback
+    with pytest.raises(TypeError):
+        jsontext.dumps({"huge": 2**70, "other": object()})
