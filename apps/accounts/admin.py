@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -21,6 +23,12 @@ class UserAdmin(BaseUserAdmin):
     list_display = ["username", "first_name", "last_name", "is_active", "is_staff"]
     list_filter = ["is_active", "is_staff", "memberships__role", "memberships__program"]
     fieldsets = (*BaseUserAdmin.fieldsets, ("Contact", {"fields": ["phone_number"]}))  # type: ignore[misc]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model is Membership and (formset.new_objects or formset.deleted_objects or formset.changed_objects):
+            # A program role changed: what the user's devices may see changes with it.
+            services.access_changed(user_id=form.instance.pk)
 
 
 @admin.register(Program)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
+from uuid import UUID
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -13,6 +15,27 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, User, hash_token
+
+# What a user's devices may see follows their program roles (here) and their units (the
+# teams app). The mechanisms that serve devices (the change feed, the websockets) register
+# with ``on_access_change`` and are told, inside the transaction that made the change, whose
+# access changed; the apps that make such changes know nothing of them.
+AccessChangeListener = Callable[[UUID], None]
+
+_access_change_listeners: list[AccessChangeListener] = []
+
+
+def on_access_change(listener: AccessChangeListener) -> None:
+    """Register a callable taking a user id, run whenever what that user may see changes."""
+    if listener not in _access_change_listeners:
+        _access_change_listeners.append(listener)
+
+
+def access_changed(*, user_id: UUID) -> None:
+    """Tell the listeners; call inside the transaction that changed a role or a crew."""
+    for listener in _access_change_listeners:
+        listener(user_id)
+
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 — a marker that makes leaked tokens greppable, not a secret
 

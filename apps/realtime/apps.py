@@ -8,8 +8,8 @@ class RealtimeConfig(AppConfig):
     label = "realtime"
 
     def ready(self) -> None:
+        from apps.accounts.services import on_access_change
         from apps.realtime.services import refresh_device_scopes
-        from apps.teams.services import on_crew_change
 
-        # Open sockets follow their user's crews at once, not at the next reconnect.
-        on_crew_change(lambda user_id: refresh_device_scopes(user_id=user_id))
+        # Open sockets follow their user's crews and roles at once, not at the next reconnect.
+        on_access_change(lambda user_id: refresh_device_scopes(user_id=user_id))

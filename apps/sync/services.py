@@ -586,7 +586,7 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
 
 
 def user_scopes_refresh_by_id(user_id: UUID) -> None:
-    """user_scopes_refresh for a user known by id (the crew-change listener)."""
+    """user_scopes_refresh for a user known by id (the access-change listener)."""
     user_scopes_refresh(user=User.objects.get(pk=user_id))
 
 

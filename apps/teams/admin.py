@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.teams import services
+from apps.accounts.services import access_changed
 from apps.teams.models import Unit, UnitMember, Zone
 
 
@@ -39,4 +39,4 @@ class UnitAdmin(admin.ModelAdmin):
             touched |= {member.user_id for member in formset.deleted_objects}
             touched |= {member.user_id for member, _fields in formset.changed_objects}
             for user_id in sorted(touched):
-                services.crew_changed(user_id=user_id)
+                access_changed(user_id=user_id)

@@ -4,12 +4,14 @@ import uuid
 
 import pytest
 from django.db import transaction
+from django.test import Client
 
-from apps.accounts.models import Program
+from apps.accounts.models import Program, Role
 from apps.realtime.services import refresh_device_scopes
 from apps.sync import services
-from apps.sync.scopes import unit_scope
+from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import UnitMember
+from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember, make_crew_member
 from tests.live import AsgiServer
 from tests.realtime.client import authenticated_socket, receive, send
@@ -54,3 +56,28 @@ def test_a_member_moved_to_another_unit_follows_the_new_unit_only(
         message = receive(socket)
 
     assert [entry["id"] for entry in message["entries"]] == [new_note]
+
+
+def test_a_role_taken_away_in_the_admin_stops_the_users_open_sockets_at_once(
+    asgi: AsgiServer, program: Program, superuser_client: Client
+) -> None:
+    case_manager = make_crew_member(program, role=Role.CASE_MANAGER)
+    case_managers = program_role_scope(program.pk, Role.CASE_MANAGER)
+    change_url = f"/admin/accounts/user/{case_manager.user.pk}/change/"
+    with authenticated_socket(asgi.ws_url, case_manager.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        assert receive(socket)["entries"] == []
+
+        data = resubmitted(superuser_client.get(change_url))
+        response = superuser_client.post(change_url, {**data, "memberships-0-role": Role.CLINICIAN.value})
+        assert response.status_code == 302
+
+        assert receive(socket) == {"type": "scopes.changed", "removed": [case_managers], "added": []}
+        with transaction.atomic():  # a change for the program's case managers: no longer theirs
+            services.record_change(
+                program_id=program.pk, record_type="test.note", record_id=uuid.uuid4(), scopes=[case_managers], data={}
+            )
+        own_unit_note = note_for(case_manager)
+        message = receive(socket)
+
+    assert [entry["id"] for entry in message["entries"]] == [own_unit_note]
