@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.forms import CheckboxInput
-from django.http import HttpResponse
 
 
-def resubmitted(change_page: HttpResponse) -> dict[str, Any]:
-    """What an admin change page posts back as it stands: its form and its inline formsets."""
+def resubmitted(change_page: Any) -> dict[str, Any]:
+    """What an admin change page (the test client's response, with its context) posts back
+    as it stands: its form and its inline formsets."""
     forms = [change_page.context["adminform"].form]
     for inline in change_page.context["inline_admin_formsets"]:
         forms += [inline.formset.management_form, *inline.formset.forms]
