@@ -142,12 +142,9 @@ if DATABASE_POOL_SIZE > 0:
         "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
     }
 # A statement run five times on a connection is prepared: parsed once, and after five more
-# runs PostgreSQL keeps a generic plan for it. The ORM binds its values on the server too
-# (instead of into the SQL text), so the queries every request runs (the device's token, the
-# writer's roles and units) are prepared like apps.common.bulk's batch statements: a push of
-# one mutation cost PostgreSQL 2.7-3.0 ms instead of 3.5-4.5.
+# runs PostgreSQL keeps a generic plan for it. Only the batch statements of apps.common.bulk (parameters bound on the
+# server, fixed texts) are; the ORM binds values into its SQL text and prepares nothing.
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
-DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
