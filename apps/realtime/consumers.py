@@ -136,7 +136,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             message = json.loads(text_data)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nested deeper than the parser reads
             await self.send_error("malformed_json", "The frame is not valid JSON.")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

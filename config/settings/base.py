@@ -243,7 +243,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.DeviceTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.common.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "apps.common.api.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import uuid
 from datetime import timedelta
@@ -192,6 +193,9 @@ def test_user_scope_refresh_is_idempotent(program: Program, crew_member: CrewMem
 def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: CrewMember) -> None:
     no_header = crew_member.client().get("/api/v1/sync/snapshot/")
     bad = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": uuid.uuid4().hex})
+    nested = base64.urlsafe_b64encode(("[" * 5_000 + "]" * 5_000).encode()).decode()  # deeper than JSON reads
+    too_deep = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": nested})
 
     assert no_header.status_code == 426
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "cursor"
+    assert too_deep.status_code == 400 and too_deep.json()["errors"][0]["field"] == "cursor"

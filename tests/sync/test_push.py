@@ -180,10 +180,15 @@ def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(cr
 
     not_a_list = client.post("/api/v1/sync/push/", {"mutations": {"a": 1}}, format="json")
     not_json = client.post("/api/v1/sync/push/", "{oops", content_type="application/json")
+    # Nested deeper than Python's parser recurses, in a few kilobytes.
+    too_deep = client.post(
+        "/api/v1/sync/push/", '{"mutations": [' + "[" * 5_000 + "]" * 5_000 + "]}", content_type="application/json"
+    )
     too_many = client.post("/api/v1/sync/push/", {"mutations": [{}] * (conf.PUSH_MAX_MUTATIONS + 1)}, format="json")
 
     assert not_a_list.status_code == 400 and not_a_list.json()["errors"][0]["field"] == "mutations"
     assert not_json.status_code == 400
+    assert (too_deep.status_code, too_deep.json()["code"]) == (400, "parse_error")
     assert too_many.status_code == 413
     assert too_many.json()["code"] == "batch_too_large" and too_many.json()["limit"] == conf.PUSH_MAX_MUTATIONS
     assert Mutation.objects.count() == 0
