@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +49,7 @@ from apps.sync.services import Head, PendingVersion, Publisher, lock_device, loc
 MAX_FIELDS_BYTES = 64 * 1024
 _OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
+BASE_VERSION_MAX = (1 << 31) - 1  # the ledger's column: a version beyond it was never served
 
 
 class PushStatus:
@@ -138,9 +140,64 @@ def _holds_float(value: Any) -> bool:
 def parse_envelope(
     raw: Any, index: int, *, keyed_by_content: bool = False, plausible: tuple[datetime, datetime] | None = None
 ) -> Envelope:
-    prefix = f"mutations.{index}"
     canonical = _canonical(raw)
-    envelope = Envelope(index=index, raw=raw, mutation_id=None, payload_hash=hashlib.sha256(canonical).hexdigest())
+    payload_hash = hashlib.sha256(canonical).hexdigest()
+    # Both are escaped in the canonical text, so only a mutation that may hold them is walked.
+    unstorable = (b"\\u0000" in canonical or b"\\ud" in canonical) and _holds_unstorable_text(raw)
+    if unstorable:
+        # PostgreSQL's text and jsonb refuse NUL and unpaired surrogates: the ledger keeps a
+        # copy with each replaced by U+FFFD, and the mutation is quarantined saying why.
+        raw = _storable(raw)
+    envelope = _read_envelope(
+        raw,
+        index,
+        payload_hash=payload_hash,
+        canonical_size=len(canonical),
+        keyed_by_content=keyed_by_content,
+        plausible=plausible,
+    )
+    if unstorable and envelope.rejection is None and envelope.problem is None:
+        envelope.problem = _error(
+            "invalid_text", "Text may not hold NUL characters or unpaired surrogates.", f"mutations.{index}"
+        )
+    return envelope
+
+
+def _holds_unstorable_text(value: Any) -> bool:
+    if type(value) is str:
+        return "\x00" in value or (not value.isascii() and _SURROGATE.search(value) is not None)
+    if type(value) is dict:
+        return any(_holds_unstorable_text(key) or _holds_unstorable_text(item) for key, item in value.items())
+    if type(value) is list:
+        return any(_holds_unstorable_text(item) for item in value)
+    return False
+
+
+def _storable(value: Any) -> Any:
+    if type(value) is str:
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
+    if type(value) is dict:
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_storable(item) for item in value]
+    return value
+
+
+# A str parsed from JSON holds a surrogate only unpaired (a pair becomes one character).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _read_envelope(
+    raw: Any,
+    index: int,
+    *,
+    payload_hash: str,
+    canonical_size: int,
+    keyed_by_content: bool,
+    plausible: tuple[datetime, datetime] | None,
+) -> Envelope:
+    prefix = f"mutations.{index}"
+    envelope = Envelope(index=index, raw=raw, mutation_id=None, payload_hash=payload_hash)
     if not isinstance(raw, dict):
         envelope.rejection = _error("invalid_mutation", "A mutation is a JSON object.", prefix)
         return envelope
@@ -175,7 +232,7 @@ def parse_envelope(
         return envelope
     envelope.operation = operation
     base_version = raw.get("base_version")
-    if base_version is not None and (type(base_version) is not int or base_version < 0):
+    if base_version is not None and (type(base_version) is not int or not 0 <= base_version <= BASE_VERSION_MAX):
         envelope.problem = _error(
             "invalid_base_version", "base_version must be a non-negative integer.", f"{prefix}.base_version"
         )
@@ -186,7 +243,7 @@ def parse_envelope(
         envelope.problem = _error("invalid_fields", "fields must be an object.", f"{prefix}.fields")
         return envelope
     # Measured as compact JSON; the whole mutation's, already made, bounds it.
-    if len(canonical) > MAX_FIELDS_BYTES and len(_canonical(fields)) > MAX_FIELDS_BYTES:
+    if canonical_size > MAX_FIELDS_BYTES and len(_canonical(fields)) > MAX_FIELDS_BYTES:
         envelope.problem = _error(
             "fields_too_large", f"fields are limited to {MAX_FIELDS_BYTES} bytes.", f"{prefix}.fields"
         )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -410,3 +411,52 @@ def test_a_new_ledger_row_holds_what_the_model_would_column_for_column() -> None
     for name in columns:
         expected = unset_until_stored.get(name, (getattr(model, name), getattr(model, name)))
         assert (getattr(plain, name), getattr(model, name)) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("spoil", "code"),
+    [
+        (lambda mutation: mutation.update(type="care.enc\u0000ounter"), "invalid_text"),
+        (lambda mutation: mutation.update({"odd\u0000key": 1}), "unknown_field"),  # stored, its NUL replaced
+        (lambda mutation: mutation["fields"].update(disposition="refer\u0000red"), "invalid_text"),
+        (lambda mutation: mutation["fields"].update(disposition="half \ud800 a pair"), "invalid_text"),
+        (lambda mutation: mutation["fields"].update({"\udc00": "x"}), "invalid_text"),
+        (lambda mutation: mutation.update(op="update", base_version=2**40), "invalid_base_version"),
+    ],
+    ids=["nul in type", "nul in a key", "nul in a value", "lone surrogate", "lone surrogate key", "huge base"],
+)
+def test_text_and_numbers_the_database_cannot_store_are_quarantined_and_the_rest_applies(
+    crew_member: CrewMember, spoil: Any, code: str
+) -> None:
+    device = SimDevice(crew_member)
+    bad = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+    spoil(bad)
+    good = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+
+    body = json.dumps({"mutations": [bad, good]})  # the client's escapes, as a device sends them
+    response = device.client().post("/api/v1/sync/push/", body, content_type="application/json")
+
+    assert response.status_code == 200, response.content
+    first, second = response.json()["results"]
+    assert (first["status"], first["error"]["code"]) == ("quarantined", code)
+    assert second["status"] == "applied"
+    kept = Mutation.objects.get(device=crew_member.device, mutation_id=bad["mutation_id"])
+    assert kept.status == MutationStatus.QUARANTINED and kept.error_code == code
+    replay = device.client().post("/api/v1/sync/push/", body, content_type="application/json")
+    assert [result["status"] for result in replay.json()["results"]] == ["duplicate", "duplicate"]
+
+
+def test_a_nul_in_the_client_version_is_dropped(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    client = device.client()
+    client.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {crew_member.token}",
+        HTTP_TANDEM_SYNC_PROTOCOL="2",
+        HTTP_TANDEM_CLIENT_VERSION="tablet\u00001.4",
+    )
+    mutation = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+
+    response = client.post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json")
+
+    assert response.status_code == 200 and response.json()["results"][0]["status"] == "applied"
+    assert Mutation.objects.get(device=crew_member.device).client_version == "tablet1.4"

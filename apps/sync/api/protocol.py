@@ -38,4 +38,5 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
 
 
 def client_version_of(request: Request) -> str:
-    return (request.headers.get(CLIENT_VERSION_HEADER) or "")[:100]
+    # Stored with each mutation: a NUL (which PostgreSQL's text refuses) is dropped.
+    return (request.headers.get(CLIENT_VERSION_HEADER) or "").replace("\x00", "")[:100]
