@@ -185,11 +185,20 @@ def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(cr
     too_deep = client.post(
         "/api/v1/sync/push/", '{"mutations": [' + "[" * 5_000 + "]" * 5_000 + "]}", content_type="application/json"
     )
+    # Parsed, but deeper than reading it back recurses (a field's value stored sealed).
+    deep_value = "[" * 500 + '"x"' + "]" * 500
+    mutation = {"mutation_id": 1, "type": "care.note", "id": str(uuid.uuid4()), "op": "create", "fields": {"x": 0}}
+    deep_field = client.post(
+        "/api/v1/sync/push/",
+        json.dumps({"mutations": [mutation]}).replace('{"x": 0}', '{"signed_at": ' + deep_value + "}"),
+        content_type="application/json",
+    )
     too_many = client.post("/api/v1/sync/push/", {"mutations": [{}] * (conf.PUSH_MAX_MUTATIONS + 1)}, format="json")
 
     assert not_a_list.status_code == 400 and not_a_list.json()["errors"][0]["field"] == "mutations"
     assert not_json.status_code == 400
     assert (too_deep.status_code, too_deep.json()["code"]) == (400, "parse_error")
+    assert (deep_field.status_code, deep_field.json()["code"]) == (400, "parse_error")
     assert too_many.status_code == 413
     assert too_many.json()["code"] == "batch_too_large" and too_many.json()["limit"] == conf.PUSH_MAX_MUTATIONS
     assert Mutation.objects.count() == 0

@@ -1,8 +1,11 @@
-"""The API's JSON parser: DRF's, with JSON nested too deeply to read answered as a 400.
+"""The API's JSON parser: DRF's, refusing JSON nested too deeply with a 400.
 
-DRF turns what the standard library cannot parse (``ValueError``) into a 400, but a body
-nested deeper than Python's recursion limit (a few hundred ``[`` in a row, well within the
-body size limit) raises ``RecursionError`` instead, which surfaced as a 500.
+No request of this API nests more than a few levels (a push: the body, its list of
+mutations, a mutation, its fields, a value). Deeper JSON only costs: a body of a few
+thousand ``[`` in a row (a few kilobytes, well within the size limit) made the standard
+library's parser raise ``RecursionError``, which DRF does not turn into a parse error, and
+a few hundred levels parsed but overflowed the recursion of what reads the data next (the
+sealing of a push's stored copy). Both surfaced as a 500, which a client retries forever.
 """
 
 from __future__ import annotations
@@ -13,12 +16,33 @@ from typing import IO, Any
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
+MAX_NESTING = 32
+
 
 class JSONParser(parsers.JSONParser):
     def parse(
         self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> Any:
         try:
-            return super().parse(stream, media_type, parser_context)
+            data = super().parse(stream, media_type, parser_context)
         except RecursionError:
-            raise ParseError("JSON parse error - nested too deeply.") from None
+            data = None
+            too_deep = True
+        else:
+            too_deep = _nested_deeper_than(data, MAX_NESTING)
+        if too_deep:
+            raise ParseError(f"JSON parse error - nested deeper than {MAX_NESTING} levels.")
+        return data
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    # Iterative: the point is not to recurse as deep as the data goes.
+    pending = [(value, 1)] if type(value) is dict or type(value) is list else []
+    while pending:
+        container, depth = pending.pop()
+        if depth > limit:
+            return True
+        for child in container.values() if type(container) is dict else container:
+            if type(child) is dict or type(child) is list:
+                pending.append((child, depth + 1))
+    return False
