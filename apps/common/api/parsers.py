@@ -26,13 +26,14 @@ class JSONParser(parsers.JSONParser):
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:
-            data = None
-            too_deep = True
-        else:
-            too_deep = _nested_deeper_than(data, MAX_NESTING)
-        if too_deep:
-            raise ParseError(f"JSON parse error - nested deeper than {MAX_NESTING} levels.")
+            raise _too_deep() from None
+        if _nested_deeper_than(data, MAX_NESTING):
+            raise _too_deep()
         return data
+
+
+def _too_deep() -> ParseError:
+    return ParseError(f"JSON parse error - nested deeper than {MAX_NESTING} levels.")
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:
