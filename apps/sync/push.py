@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -165,7 +164,7 @@ def parse_envelope(
 
 def _holds_unstorable_text(value: Any) -> bool:
     if type(value) is str:
-        return "\x00" in value or (not value.isascii() and _SURROGATE.search(value) is not None)
+        return "\x00" in value or (not value.isascii() and registry.SURROGATE.search(value) is not None)
     if type(value) is dict:
         return any(_holds_unstorable_text(key) or _holds_unstorable_text(item) for key, item in value.items())
     if type(value) is list:
@@ -175,16 +174,12 @@ def _holds_unstorable_text(value: Any) -> bool:
 
 def _storable(value: Any) -> Any:
     if type(value) is str:
-        return _SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
+        return registry.SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
     if type(value) is dict:
         return {_storable(key): _storable(item) for key, item in value.items()}
     if type(value) is list:
         return [_storable(item) for item in value]
     return value
-
-
-# A str parsed from JSON holds a surrogate only unpaired (a pair becomes one character).
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _read_envelope(

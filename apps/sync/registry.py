@@ -279,7 +279,8 @@ def representation(serializer_class: type[serializers.Serializer[Any]]) -> Calla
 # words the error).
 _ASK_DRF: Any = object()
 _ABSENT: Any = object()
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# A str parsed from JSON holds a surrogate only unpaired (a pair becomes one character).
+SURROGATE = re.compile("[\ud800-\udfff]")
 _CHAR_VALIDATORS = (MaxLengthValidator, ProhibitNullCharactersValidator, ProhibitSurrogateCharactersValidator)
 
 
@@ -294,7 +295,7 @@ def _char_check(wire_field: serializers.CharField) -> Callable[[Any], Any]:
             return "" if allow_blank else _ASK_DRF
         if (longest is not None and len(text) > longest) or "\x00" in text:
             return _ASK_DRF
-        if not text.isascii() and _SURROGATE.search(text):
+        if not text.isascii() and SURROGATE.search(text):
             return _ASK_DRF
         return text
 
