@@ -27,6 +27,13 @@ class CursorExpired(InvalidCursor):
     """The cursor is older than the feed's retention: the device must re-bootstrap."""
 
 
+class CursorAhead(CursorExpired):
+    """The cursor names a transaction this database has not reached: it was issued by a
+    database since restored from a backup, or replaced. Continuing from it would skip every
+    change until the transaction ids catch up, so the device re-bootstraps like from an
+    expired one."""
+
+
 @dataclass(frozen=True, order=True)
 class FeedPosition:
     transaction_id: int
@@ -89,9 +96,9 @@ def _after(position: FeedPosition) -> Q:
     )
 
 
-def _reading_position(scopes: list[str]) -> tuple[int, list[str]]:
-    """The oldest running transaction, and the audiences a reader of these scopes reads,
-    in one snapshot.
+def _reading_position(scopes: list[str]) -> tuple[int, int, list[str]]:
+    """The oldest running transaction, the next transaction id to be assigned, and the
+    audiences a reader of these scopes reads, in one snapshot.
 
     Every entry of a transaction below that one committed before the snapshot, and with it
     (or before it) every audience the entry names: read together, the audiences are
@@ -100,11 +107,12 @@ def _reading_position(scopes: list[str]) -> tuple[int, list[str]]:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, ARRAY({_AUDIENCES_SQL})",
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+            f" pg_snapshot_xmax(pg_current_snapshot())::text::bigint, ARRAY({_AUDIENCES_SQL})",
             _audiences_params(scopes, []),
         )
-        horizon, audiences = cursor.fetchone()
-    return int(horizon), list(audiences)
+        horizon, next_transaction_id, audiences = cursor.fetchone()
+    return int(horizon), int(next_transaction_id), list(audiences)
 
 
 def feed_page(
@@ -116,7 +124,13 @@ def feed_page(
     """
     position = FeedPosition.decode(cursor)
     _check_retention(position)
-    horizon, audiences = _reading_position(scopes)
+    horizon, next_transaction_id, audiences = _reading_position(scopes)
+    if position.transaction_id >= next_transaction_id:
+        # Every position served is below the oldest running transaction, so below this.
+        raise CursorAhead(
+            "This cursor is ahead of the feed (the server's database was restored or replaced); "
+            "bootstrap again from the snapshot (keep the outbox: push it after the snapshot)."
+        )
     servable = ChangeEntry.objects.filter(scope__in=audiences, transaction_id__lt=horizon)
     rows = list(servable.filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
     has_more = len(rows) > limit

@@ -122,3 +122,13 @@ def test_a_cursor_older_than_the_feed_keeps_gets_an_error_frame(asgi: AsgiServer
         assert (error["type"], error["code"], error["field"]) == ("error", "cursor_expired", "cursor")
         send(socket, {"type": "ping"})
         assert receive(socket) == {"type": "pong"}
+
+
+def test_a_cursor_ahead_of_the_database_gets_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    from apps.sync.selectors import FeedPosition
+
+    ahead = FeedPosition((1 << 62), 1).encode()  # beyond any transaction this database has run
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": ahead})
+        error = receive(socket)
+        assert (error["type"], error["code"], error["field"]) == ("error", "cursor_expired", "cursor")

@@ -9,11 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from apps.accounts.models import Program, Role
 from apps.care.models import Encounter
 from apps.care.services import encounter_reassign
-from apps.sync import services
+from apps.sync import selectors, services
 from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus
 from apps.sync.scopes import audience_of, program_role_scope, unit_scope
 from apps.teams.models import UnitMember
@@ -87,6 +88,29 @@ def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(cr
 
     assert expired.status_code == 410 and expired.json()["code"] == "cursor_expired"
     assert str(record_id) in [record["id"] for record in pages[0]]
+    assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
+
+
+def test_a_cursor_from_a_database_since_restored_gets_410_not_an_empty_feed(crew_member: CrewMember) -> None:
+    """Restored from a backup, the database hands out transaction ids the devices' cursors
+    have passed already: continuing from such a cursor would skip every change until the
+    ids caught up. The device re-bootstraps instead."""
+    _, cursor = SimDevice(crew_member).pull()
+    served = selectors.FeedPosition.decode(cursor)
+    # The database restored to before the device's last pull: its cursor is a thousand
+    # transactions ahead of anything this one has assigned.
+    with connection.cursor() as sql:
+        sql.execute("SELECT pg_current_xact_id()::text::bigint")
+        (now,) = sql.fetchone()
+    ahead = selectors.FeedPosition(now + 1000, served.entry_id).encode()
+    record_id = encounter(crew_member)
+
+    refused = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": ahead})
+    pages, feed_cursor = snapshot(crew_member)
+
+    assert refused.status_code == 410
+    assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("cursor_expired", "cursor")
+    assert str(record_id) in [record["id"] for page in pages for record in page]
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
 
