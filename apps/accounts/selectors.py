@@ -32,6 +32,9 @@ class TokenRejected(Exception):
 
 def device_token_for(*, raw_token: str) -> DeviceToken:
     """The usable token behind a raw value; raises TokenRejected saying why not."""
+    if not raw_token.isascii():
+        # Tokens are URL-safe ASCII; a websocket's JSON may carry what UTF-8 cannot even hash.
+        raise TokenRejected(TokenProblem.UNKNOWN)
     token = DeviceToken.objects.select_related("device", "device__user").filter(key_hash=hash_token(raw_token)).first()
     if token is None or not token.device.user.is_active:
         raise TokenRejected(TokenProblem.UNKNOWN)
