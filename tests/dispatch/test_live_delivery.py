@@ -231,6 +231,19 @@ def test_an_outsider_cannot_answer_another_units_assignment(
             "observed_at",
         ),
         ({"type": "assignment.acknowledge", "request_id": 7}, "invalid_message", "request_id"),
+        # Text no database column could hold: refused by shape before anything is stored.
+        ({"type": "assignment.acknowledge", "assignment": "\x00"}, "invalid_message", "assignment"),
+        ({"type": "assignment.acknowledge", "assignment": "\ud800"}, "invalid_message", "assignment"),
+        (
+            {
+                "type": "assignment.check_in",
+                "assignment": "00000000-0000-0000-0000-000000000000",
+                "observed_at": "2026-01-01T10:00:00+00:00\ud800",
+            },
+            "invalid_message",
+            "observed_at",
+        ),
+        ({"type": "assignment.acknowledge", "request_id": "\ud800"}, "invalid_message", "assignment"),
     ],
 )
 def test_malformed_dispatch_messages_get_an_error_frame_and_keep_the_connection(
