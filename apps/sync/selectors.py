@@ -126,7 +126,8 @@ def feed_page(
     _check_retention(position)
     horizon, next_transaction_id, audiences = _reading_position(scopes)
     if position.transaction_id >= next_transaction_id:
-        # Every position served is below the oldest running transaction, so below this.
+        # Every position served is below the oldest running transaction, so below this (read
+        # on the primary, as the horizon is: a lagging replica would refuse a served cursor).
         raise CursorAhead(
             "This cursor is ahead of the feed (the server's database was restored or replaced); "
             "bootstrap again from the snapshot (keep the outbox: push it after the snapshot)."
