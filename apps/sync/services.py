@@ -168,8 +168,7 @@ class Publisher:
     def __init__(self) -> None:
         self.heads: dict[UUID, Head] = {}
         self.dirty_heads: dict[UUID, _PendingHead] = {}
-        self.versions: list[PendingVersion] = []
-        # The same versions by record, for a merge of a later change of the batch.
+        # The versions written, by record: a later change of the batch merges against them.
         self.pending_versions: dict[UUID, list[PendingVersion]] = {}
         # Stored data (JSON text) of the versions and re-announcements, numbered from 1.
         self.documents: list[str] = []
@@ -257,7 +256,6 @@ class Publisher:
             device_id=device.pk if device is not None else None,
             mutation_id=mutation_id,
         )
-        self.versions.append(pending)
         self.pending_versions.setdefault(record_id, []).append(pending)
         origin = None if echo_to_origin or device is None else device.pk
         reason = RemoveReason.DELETED.value if is_deleted else RemoveReason.OUT_OF_SCOPE.value
@@ -305,15 +303,14 @@ class Publisher:
         self.nudged.add(scope)
 
     def flush(self) -> None:
-        if self.dirty_heads or self.versions or self.entries:
+        if self.dirty_heads or self.pending_versions or self.entries:
             self._write_all()
         if self.conflicts:
             Conflict.objects.bulk_create(self.conflicts)
         if self.nudged:
             nudged = sorted(self.nudged)
             transaction.on_commit(lambda: nudges.nudge_soon(nudged))
-        self.dirty_heads, self.versions, self.entries, self.documents = {}, [], [], []
-        self.pending_versions = {}
+        self.dirty_heads, self.pending_versions, self.entries, self.documents = {}, {}, [], []
         self.audiences, self.conflicts, self.nudged = {}, [], set()
         self.sealed = {}
 
@@ -322,7 +319,7 @@ class Publisher:
         its data by document number."""
         heads = list(self.dirty_heads.values())
         head_audiences = [self._audience(pending.head.scopes) for pending in heads]
-        versions = self.versions
+        versions = [version for by_record in self.pending_versions.values() for version in by_record]
         entries: list[Sequence[Any]] = list(zip(*self.entries, strict=True)) if self.entries else [[]] * 9
         with bulk.server_cursor() as cursor:
             cursor.execute(
