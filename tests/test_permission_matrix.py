@@ -84,6 +84,7 @@ MATRIX: dict[tuple[str, str], list[Try]] = {
     # Sync: each device's own scope.
     ("sync-feed", "GET"): both(NO_DATA),
     ("sync-snapshot", "GET"): both(NO_DATA),
+    ("sync-push", "GET"): both(NO_DATA),
     ("sync-push", "POST"): both(NO_DATA, {"mutations": []}),
     ("sync-quarantine", "GET"): both(NO_DATA),
     ("sync-conflicts", "GET"): both(NO_DATA),

@@ -1,5 +1,6 @@
 """Reads of the sync mechanism: complete, ordered feed pages from a cursor; the bootstrap
-snapshot; quarantined mutations and open conflicts for the people who must see them."""
+snapshot; a device's place in the push ledger; quarantined mutations and open conflicts
+for the people who must see them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Role, User
@@ -267,6 +268,15 @@ def snapshot_page(*, scopes: list[str], cursor: str | None, limit: int = 1000) -
                 next_cursor = SnapshotPosition(position.feed, current, after).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
     return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode())
+
+
+def last_mutation_id(*, device_id: UUID) -> int:
+    """The highest mutation id the server has stored for this device (0 before its first).
+
+    A device whose counter went back (its local database restored from a backup, or reset
+    with its token kept) numbers its outbox above this; its old numbers are taken."""
+    highest = Mutation.objects.filter(device_id=device_id).aggregate(highest=Max("mutation_id"))["highest"]
+    return int(highest or 0)
 
 
 # What people must see: quarantined mutations and open conflicts.

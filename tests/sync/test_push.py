@@ -5,6 +5,7 @@ import uuid
 from typing import Any
 
 import pytest
+from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
 from apps.care.models import Encounter
@@ -95,6 +96,42 @@ def test_a_reused_mutation_id_with_other_content_is_rejected_and_the_first_stand
 
     assert result["status"] == "rejected" and result["error"]["code"] == "mutation_id_reused"
     assert Encounter.objects.get(pk=record_id).location == "first"
+
+
+def last_mutation_id(device: SimDevice) -> int:
+    response = device.client().get("/api/v1/sync/push/")
+    assert response.status_code == 200, response.content
+    position: int = response.json()["last_mutation_id"]
+    return position
+
+
+def test_a_device_whose_counter_went_back_learns_where_its_numbering_continues(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    teammate = teammate_device(crew_member)
+    assert last_mutation_id(device) == 0
+    first_id, first = created(device, location="first")
+    created(device, location="second")
+    stored = device.next_mutation_id - 1
+    created(teammate)  # another device's numbering is its own
+    assert last_mutation_id(device) == stored
+
+    # Its local database restored from a backup: the counter starts again at the first id.
+    restored = device.mutation("update", "care.encounter", first_id, {"location": "third"}, base_version=1)
+    restored["mutation_id"] = first["mutation_id"]
+    [reused] = device.push(restored)
+    assert reused["error"]["code"] == "mutation_id_reused"
+    assert last_mutation_id(device) == stored  # a rejected mutation is not stored
+
+    restored["mutation_id"] = last_mutation_id(device) + 1
+    [result] = device.push(restored)
+
+    assert result["status"] == "applied", result
+    assert Encounter.objects.get(pk=first_id).location == "third"
+    assert last_mutation_id(device) == restored["mutation_id"]
+
+
+def test_the_push_position_needs_a_device_token(crew_member: CrewMember) -> None:
+    assert APIClient().get("/api/v1/sync/push/").status_code == 401
 
 
 def test_out_of_order_mutation_is_quarantined_and_visible_to_the_user_and_a_supervisor(

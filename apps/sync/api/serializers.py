@@ -87,6 +87,12 @@ class PushOutputSerializer(serializers.Serializer[dict[str, object]]):
     results = PushResultSerializer(many=True)
 
 
+class PushPositionSerializer(serializers.Serializer[dict[str, object]]):
+    last_mutation_id = serializers.IntegerField(
+        min_value=0, help_text="The highest mutation_id stored for this device; number new mutations above it."
+    )
+
+
 class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
     error = serializers.SerializerMethodField()
     type = serializers.CharField(source="record_type")

@@ -22,6 +22,7 @@ from apps.sync.api.serializers import (
     FeedQuerySerializer,
     PushInputSerializer,
     PushOutputSerializer,
+    PushPositionSerializer,
     QuarantinedMutationSerializer,
     SnapshotPageSerializer,
     SnapshotQuerySerializer,
@@ -124,8 +125,14 @@ class PushView(APIView):
     """Push a batch of mutations; each gets its own result (see the protocol documentation).
 
     200 with per-mutation results whenever the batch was read: content errors are results,
-    not request errors. 5xx: nothing is lost, retry the same batch.
+    not request errors. 5xx: nothing is lost, retry the same batch. GET tells the device the
+    highest mutation id stored for it: where its numbering continues.
     """
+
+    @extend_schema(responses=PushPositionSerializer)
+    def get(self, request: Request) -> Response:
+        _user, token = _device_auth(request)
+        return Response({"last_mutation_id": selectors.last_mutation_id(device_id=token.device_id)})
 
     @extend_schema(request=PushInputSerializer, parameters=[_PROTOCOL_PARAMETER], responses=PushOutputSerializer)
     def post(self, request: Request) -> Response:
