@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
-from apps.care.models import Encounter
+from apps.care.models import ClinicalNote, Encounter
 from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
 from tests.accounts.factories import device_with_token
@@ -192,25 +192,35 @@ def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(
 def test_a_mutation_with_oversized_fields_is_quarantined_and_one_within_the_limit_applies(
     crew_member: CrewMember,
 ) -> None:
-    from apps.sync.push import MAX_FIELDS_BYTES
+    from apps.sync.push import MAX_FIELDS_CHARACTERS
 
     device = SimDevice(crew_member)
     encounter_id, _ = created(device)
-    within = uuid.uuid4()
-    # A note body at its own limit (50,000 characters) is within the 64 KiB of fields.
-    fields_within = {"encounter_id": str(encounter_id), "body": "n" * 50_000}
-    fields_over = {"encounter_id": str(encounter_id), "body": "n" * MAX_FIELDS_BYTES}
+    # A note body at its own limit (50,000 characters) is within the fields' 64 Ki characters,
+    # in any script: 50,000 Cyrillic letters are 100 KB of UTF-8, 300 KB escaped as ASCII.
+    bodies_within = ["n" * 50_000, "ж" * 50_000]
+    bodies_over = ["n" * MAX_FIELDS_CHARACTERS, "ж" * MAX_FIELDS_CHARACTERS]
+    within = [uuid.uuid4() for _ in bodies_within]
 
     results = device.push(
-        device.mutation("create", "care.note", uuid.uuid4(), fields_over),
-        device.mutation("create", "care.note", within, fields_within),
+        *(
+            device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(encounter_id), "body": body})
+            for body in bodies_over
+        ),
+        *(
+            device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": body})
+            for note_id, body in zip(within, bodies_within, strict=True)
+        ),
     )
 
     assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
         ("quarantined", "fields_too_large"),
+        ("quarantined", "fields_too_large"),
+        ("applied", None),
         ("applied", None),
     ]
     assert results[0]["error"]["field"] == "mutations.0.fields"
+    assert [len(ClinicalNote.objects.get(pk=note_id).body) for note_id in within] == [50_000, 50_000]
 
 
 def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(crew_member: CrewMember) -> None:
