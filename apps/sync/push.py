@@ -944,6 +944,12 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         for item in merged.conflicts
     ]
     changes = {name: internal[name] for name in merged.changes}
+    # The record holds what the device's base did not: others' changes merged in, or a
+    # colleague's value kept in a conflict. The device gets it back through the feed, so even
+    # a client that ignores push results (WatermelonDB) takes the newer version as its base.
+    unseen = bool(conflicts) or merge.changed_by_others_since(
+        base_version=base_version, versions=versions, device_id=context.device and context.device.pk
+    )
     new_head = head
     if changes:
         new_head = _write(
@@ -952,10 +958,10 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             registry.Change(MutationOperation.UPDATE, row.record_id, record, changes),
             state,
             changed_fields=sorted(changes),
-            echo=bool(conflicts),
+            echo=unseen,
         )
-    elif conflicts:
-        state.publisher.reannounce(head, user_scope(row.user_id))  # the device learns the server's state
+    elif unseen:
+        state.publisher.reannounce(head, user_scope(row.user_id))
     state.publisher.conflicts += conflicts
     status = PushStatus.CONFLICT if conflicts else PushStatus.APPLIED
     row.status = MutationStatus.CONFLICT if conflicts else MutationStatus.APPLIED

@@ -279,7 +279,8 @@ class Publisher:
 
     def reannounce(self, head: Head, scope: str) -> None:
         """Send the record as it stands to one scope (no new version): a device whose change
-        was kept as a conflict learns the server's state through its feed."""
+        was kept as a conflict, or changed nothing of a record others had changed since its
+        base, learns the server's state through its feed."""
         pending = self.dirty_heads.get(head.record_id)
         if head.is_deleted:
             document = 0

@@ -279,6 +279,32 @@ def test_edits_of_different_fields_merge(crew_member: CrewMember) -> None:
     assert Conflict.objects.count() == 0
 
 
+def test_a_write_merged_with_changes_its_device_had_not_seen_comes_back_to_that_device(
+    crew_member: CrewMember,
+) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    _, device_cursor = device.pull()
+    _, teammate_cursor = teammate.pull()
+
+    device.push(device.mutation("update", "care.encounter", record_id, {"location": "Pier 17"}, 1))
+    # Made against version 1: merges with the device's version 2, which the teammate never saw.
+    [merged] = teammate.push(teammate.mutation("update", "care.encounter", record_id, {"disposition": "referred"}, 1))
+    # Sets what version 3 already holds: no new version, and the device had not seen version 3.
+    [settled] = device.push(device.mutation("update", "care.encounter", record_id, {"disposition": "referred"}, 2))
+
+    assert (merged["status"], merged["version"], settled["status"], settled["version"]) == ("applied", 3, "applied", 3)
+    teammate_entries, _ = teammate.pull(teammate_cursor)
+    device_entries, device_cursor = device.pull(device_cursor)
+    # A client that ignores push results (WatermelonDB) takes version 3 as its next edits' base.
+    assert [(e["version"], e["data"]["location"]) for e in teammate_entries] == [(2, "Pier 17"), (3, "Pier 17")]
+    assert [e["version"] for e in device_entries] == [3, 3]  # the teammate's write, then its own re-sent
+    # Its own write that merged with nothing it lacked does not come back.
+    [plain] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "Pier 18"}, 3))
+    assert plain["version"] == 4
+    assert device.pull(device_cursor)[0] == []
+
+
 def test_same_field_edits_keep_both_values_as_a_conflict_and_clinical_text_is_never_overwritten(
     crew_member: CrewMember,
 ) -> None:
