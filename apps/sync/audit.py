@@ -41,13 +41,17 @@ def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> N
 
 def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
     """Audit the records a push wrote, from its per-mutation results."""
+    # Only a usable mutation id has a result that wrote something (a list or an object is
+    # rejected, and is no key).
     operation_of = {
-        mutation.get("mutation_id"): mutation.get("op") for mutation in mutations if isinstance(mutation, dict)
+        mutation["mutation_id"]: mutation.get("op")
+        for mutation in mutations
+        if isinstance(mutation, dict) and type(mutation.get("mutation_id")) is int
     }
     by_key: dict[tuple[str, AccessAction], list[UUID]] = defaultdict(list)
     for result in results:
-        action = _WRITE_ACTIONS.get(str(operation_of.get(result.get("mutation_id"))), AccessAction.UPDATE)
         if result.get("status") in _WRITTEN and result.get("type") and result.get("id"):
+            action = _WRITE_ACTIONS.get(str(operation_of.get(result["mutation_id"])), AccessAction.UPDATE)
             by_key[(result["type"], action)].append(UUID(result["id"]))
     for (record_type, action), record_ids in by_key.items():
         record_access(accessor=accessor, action=action, record_type=record_type, record_ids=record_ids)

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import orjson
-from django.db import DatabaseError, DataError, IntegrityError, transaction
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -48,6 +50,11 @@ from apps.sync.services import Head, PendingVersion, Publisher, lock_device, loc
 # In characters, so every record its fields' own limits allow fits, in any script (a note of
 # 50,000 characters of Cyrillic is 100 KB); the request body's 5 MiB bounds the bytes.
 MAX_FIELDS_CHARACTERS = 64 * 1024
+# The database went away or asked for a retry (a deadlock, a serialization failure): the
+# request fails, nothing is lost, and the device's retry applies the batch.
+_TRANSIENT = (OperationalError, InterfaceError)
+
+logger = logging.getLogger(__name__)
 _OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
 BASE_VERSION_MAX = (1 << 31) - 1  # the ledger's column: a version beyond it was never served
@@ -224,7 +231,7 @@ def _read_envelope(
         envelope.problem = _error("invalid_id", "id must be a UUID.", f"{prefix}.id")
         return envelope
     operation = raw.get("op")
-    if operation not in _OPERATIONS:
+    if type(operation) is not str or operation not in _OPERATIONS:
         envelope.problem = _error("invalid_op", "op must be create, update or delete.", f"{prefix}.op")
         return envelope
     envelope.operation = operation
@@ -249,8 +256,8 @@ def _read_envelope(
     envelope.fields = fields
     observed_at = raw.get("observed_at")
     if observed_at is not None:
-        parsed = parse_datetime(observed_at) if isinstance(observed_at, str) else None
-        if parsed is None or parsed.tzinfo is None:
+        parsed = _parse_observed_at(observed_at)
+        if parsed is None:
             envelope.problem = _error(
                 "invalid_observed_at", "observed_at is an ISO 8601 time with an offset.", f"{prefix}.observed_at"
             )
@@ -259,6 +266,21 @@ def _read_envelope(
         oldest, latest = plausible or plausible_times(timezone.now())
         envelope.observed_at_plausible = oldest <= parsed <= latest
     return envelope
+
+
+def _parse_observed_at(value: Any) -> datetime | None:
+    """A time with an offset that is a real date and time and stays within years 1 to 9999 in
+    UTC (the ledger stores it in UTC, and a time beyond could be stored but never read back)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None or parsed.tzinfo is None:
+            return None
+        parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # 30 February, hour 25, offset +25:00; year 10000 in UTC
+        return None
+    return parsed
 
 
 def _json_characters(value: Any) -> int:
@@ -659,6 +681,23 @@ def apply_received(
                 # The database refused the content (a reference to a missing record, a
                 # value out of range): keep it for a person rather than retrying forever.
                 _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__))
+            except _TRANSIENT:
+                raise
+            except Exception as fault:  # noqa: BLE001 - kept and logged, never dropped
+                # A fault of the server's own code on this content: retrying would fail the
+                # same way and hold back every later mutation of the device. It is kept for
+                # a person, and the log names the fault and where, never the content.
+                where = traceback.extract_tb(fault.__traceback__)[-1]
+                logger.error(
+                    "Mutation %s could not be applied: %s at %s:%s",
+                    row.pk,
+                    type(fault).__name__,
+                    where.filename,
+                    where.lineno,
+                )
+                _quarantine_alone(
+                    row, _error("apply_failed", "The server could not apply this mutation; it is kept for review.")
+                )
             results[row.pk] = row.result
 
 
@@ -732,28 +771,22 @@ def _apply_rows(
     for row in rows:
         if isinstance(row.payload, dict) and isinstance(row.payload.get("fields"), dict):
             fields_by_type[row.record_type].append(row.payload["fields"])
-    for type_name, fields_list in fields_by_type.items():
-        synced_type = registry.get(type_name)
-        if synced_type is not None and synced_type.prepare is not None:
-            synced_type.prepare(state.context, fields_list)
-    now = timezone.now()
-    for row in rows:
-        try:
-            _apply_one(row, state)
-        except registry.Refused:
-            if raise_refusals:
-                raise
-            raise _FallBack() from None
-        except DatabaseError:
-            if raise_refusals:
-                raise
-            raise _FallBack() from None
-        row.applied_at = now
     try:
+        for type_name, fields_list in fields_by_type.items():
+            synced_type = registry.get(type_name)
+            if synced_type is not None and synced_type.prepare is not None:
+                synced_type.prepare(state.context, fields_list)
+        now = timezone.now()
+        for row in rows:
+            _apply_one(row, state)
+            row.applied_at = now
         state.context.flush_inserts()
         _save_results(rows)
         state.publisher.flush()
-    except (IntegrityError, DataError):
+    except Exception:
+        # A refusal, a database error, or a fault of the server's code on some mutation's
+        # content: the batch is undone and applied one mutation at a time, where the culprit
+        # is kept alone and the rest apply.
         if raise_refusals:
             raise
         raise _FallBack() from None
@@ -1102,6 +1135,10 @@ def apply_stranded(*, older_than: timedelta) -> int:
         user = User.objects.filter(pk=user_id).first()
         if device is None or user is None:
             continue
-        apply_received(device=device, user=user)
+        try:
+            apply_received(device=device, user=user)
+        except _TRANSIENT as fault:  # the next run retries this device; the others go on now
+            logger.warning("Stranded mutations of device %s not applied yet: %s", device_id, type(fault).__name__)
+            continue
         devices += 1
     return devices

@@ -15,7 +15,7 @@ from django.db import connection
 from django.db.models import Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from apps.accounts.models import Role, User
+from apps.accounts.models import Membership, Role, User
 from apps.sync import sealing
 from apps.sync.models import ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
 
@@ -49,16 +49,27 @@ class FeedPosition:
             return cls(0, 0)
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-            transaction_id, entry_id = (int(part) for part in raw.split("."))
+            parts = raw.split(".")
+            if len(parts) != 2 or not all(_is_counter_text(part) for part in parts):
+                raise ValueError(raw)
         except (binascii.Error, UnicodeDecodeError, ValueError) as error:
             raise InvalidCursor("Not a cursor this server issued.") from error
-        if transaction_id < 0 or entry_id < 0:
-            raise InvalidCursor("Not a cursor this server issued.")
-        return cls(transaction_id, entry_id)
+        return cls(int(parts[0]), int(parts[1]))
 
     @classmethod
     def of(cls, entry: ChangeEntry) -> FeedPosition:
         return cls(entry.transaction_id, entry.id)
+
+
+_COUNTER_MAX = (1 << 63) - 1  # transaction ids and entry ids are 64-bit
+
+
+def _is_counter(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _COUNTER_MAX
+
+
+def _is_counter_text(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= _COUNTER_MAX
 
 
 @dataclass(frozen=True)
@@ -190,14 +201,19 @@ class SnapshotPosition:
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
             transaction_id, entry_id, audience, after = json.loads(raw)
-            position = cls(
-                FeedPosition(int(transaction_id), int(entry_id)), str(audience), UUID(after) if after else None
-            )
+            # Exactly the types it was made of: a tampered value must not reach the query.
+            if not (
+                _is_counter(transaction_id)
+                and _is_counter(entry_id)
+                and type(audience) is str
+                and audience.isascii()
+                and "\x00" not in audience
+                and type(after) is str
+            ):
+                raise ValueError(raw)
+            return cls(FeedPosition(transaction_id, entry_id), audience, UUID(after) if after else None)
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as error:
             raise InvalidCursor("Not a snapshot cursor this server issued.") from error
-        if position.feed.transaction_id < 0 or position.feed.entry_id < 0:
-            raise InvalidCursor("Not a snapshot cursor this server issued.")
-        return position
 
 
 @dataclass(frozen=True)
@@ -286,13 +302,18 @@ _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINI
 
 
 def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
-    """A user sees their own quarantined mutations; a supervisor sees those of everyone in
-    the programs they supervise."""
+    """A user sees their own quarantined mutations; a supervisor sees those of everyone whose
+    programs they all supervise.
+
+    A quarantined mutation's program is not always known (a create refused before its unit
+    was read), and a user in two programs may have written for either: such a user's
+    mutations are shown only to a supervisor of both, never across programs."""
     supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
+    outside = Membership.objects.exclude(program__in=supervised)
+    within = User.objects.filter(memberships__program__in=supervised).exclude(memberships__in=outside)
     return (
         Mutation.objects.filter(status=MutationStatus.QUARANTINED)
-        .filter(Q(user=user) | Q(user__memberships__program__in=supervised))
-        .distinct()
+        .filter(Q(user=user) | Q(user__in=within))
         .select_related("device", "user")
         .order_by("-received_at", "-id")
     )

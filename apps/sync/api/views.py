@@ -218,7 +218,7 @@ class WatermelonPullView(APIView):
         raw = request.query_params.get("last_pulled_at") or ""
         if raw in ("", "null", "0"):
             last_pulled_at = None
-        elif raw.isdigit():
+        elif raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= _TIMESTAMP_MAX:
             last_pulled_at = int(raw)
         else:
             raise DomainError(
@@ -234,6 +234,23 @@ class WatermelonPullView(APIView):
             raise cursor_error(error) from error
         audit.record_reads(accessor=_accessor(request), records=audit.watermelon_records(body["changes"]))
         return Response(body)
+
+
+_TIMESTAMP_MAX = (1 << 63) - 1  # an issued timestamp is a bigint id
+
+
+def _watermelon_change_count(changes: dict[str, Any]) -> int:
+    count = 0
+    for table, kinds in changes.items():
+        if not isinstance(kinds, dict):
+            continue  # refused, naming the table, when the changes are read
+        for kind in ("created", "updated", "deleted"):
+            records = kinds.get(kind)
+            if records is not None and not isinstance(records, list):
+                field = f"changes.{table}.{kind}"
+                raise DomainError(f"{field} is a list.", code="invalid_input", field=field, status_code=400)
+            count += len(records or [])
+    return count
 
 
 class WatermelonPushView(APIView):
@@ -255,11 +272,7 @@ class WatermelonPushView(APIView):
                 field="changes",
                 status_code=400,
             )
-        count = sum(
-            len(table.get(kind) or []) if isinstance(table, dict) else 0
-            for table in body["changes"].values()
-            for kind in ("created", "updated", "deleted")
-        )
+        count = _watermelon_change_count(body["changes"])
         if count > conf.PUSH_MAX_MUTATIONS:
             return batch_too_large_response(BatchTooLarge(count))
         try:

@@ -1,0 +1,236 @@
+"""Input built to break the sync endpoints: every piece gets a clear answer (a per-mutation
+result, or a 4xx naming the field), never a 500, and nothing valid beside it is lost."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import OperationalError
+
+from apps.accounts.models import Role
+from apps.audit.models import AuditEvent
+from apps.care.models import Encounter, Person
+from apps.sync import push
+from apps.sync.models import Mutation, MutationStatus
+from tests.accounts.factories import MembershipFactory, ProgramFactory
+from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+from tests.teams.factories import UnitFactory, UnitMemberFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def person_create(device: SimDevice, **fields: Any) -> dict[str, Any]:
+    return device.mutation("create", "care.person", uuid.uuid4(), {"unit_id": str(device.member.unit.pk), **fields})
+
+
+@pytest.mark.parametrize(
+    "observed_at",
+    [
+        "9999-12-31T23:59:59-05:00",  # year 10000 in UTC: could be stored, never read back
+        "0001-01-01T00:00:00+05:00",  # year 0 in UTC
+        "2026-02-30T10:00:00Z",
+        "2026-11-20T25:00:00Z",
+        "2026-11-20T10:00:00+25:00",
+    ],
+)
+def test_an_impossible_observed_at_is_quarantined_and_the_device_syncs_on(
+    crew_member: CrewMember, observed_at: str
+) -> None:
+    device = SimDevice(crew_member)
+    odd = person_create(device, given_name="odd")
+    odd["observed_at"] = observed_at
+    valid = person_create(device, given_name="valid")
+    batch = [odd, valid]
+
+    results = device.push(*batch)
+    replayed = device.push(*batch)
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("quarantined", "invalid_observed_at"),
+        ("applied", None),
+    ]
+    assert results[0]["error"]["field"] == "mutations.0.observed_at"
+    assert [r["original_status"] for r in replayed] == ["quarantined", "applied"]
+    quarantine = device.client().get("/api/v1/sync/quarantine/")
+    assert quarantine.status_code == 200
+    assert [m["mutation_id"] for m in quarantine.json()["results"]] == [odd["mutation_id"]]
+    assert list(Person.objects.values_list("given_name", flat=True)) == ["valid"]
+
+
+def test_a_mutation_id_or_op_of_the_wrong_kind_gets_its_own_result_and_the_rest_is_audited(
+    crew_member: CrewMember,
+) -> None:
+    device = SimDevice(crew_member)
+    listed_id = {**person_create(device), "mutation_id": [1]}
+    object_id = {**person_create(device), "mutation_id": {"n": 1}}
+    listed_op = {**person_create(device), "op": ["create"]}
+    object_op = {**person_create(device), "op": {}}
+    valid = person_create(device, given_name="valid")
+    batch = [listed_id, object_id, listed_op, object_op, valid]
+
+    results = device.push(*batch)
+    again = device.push(*batch)
+
+    assert [(r["status"], r["error"]["code"]) for r in results[:4]] == [
+        ("rejected", "invalid_mutation_id"),
+        ("rejected", "invalid_mutation_id"),
+        ("quarantined", "invalid_op"),
+        ("quarantined", "invalid_op"),
+    ]
+    assert results[4]["status"] == "applied" and again[4]["status"] == "duplicate"
+    created = AuditEvent.objects.filter(record_type="care.person", action="create")
+    assert [str(event.record_id) for event in created] == [valid["id"]]
+
+
+def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the_device(
+    crew_member: CrewMember,
+) -> None:
+    device = SimDevice(crew_member)
+    encounter_id = uuid.uuid4()
+    # A plausible-looking end of the year 9999: the follow-up plan due after it is beyond
+    # the calendar, which no validation names.
+    far = device.mutation(
+        "create",
+        "care.encounter",
+        encounter_id,
+        encounter_fields(crew_member, ended_at="9999-12-31T23:00:00Z", disposition="resolved_on_scene"),
+    )
+    valid = person_create(device, given_name="valid")
+
+    results = device.push(far, valid)
+    [later] = device.push(person_create(device, given_name="later"))
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("quarantined", "apply_failed"),
+        ("applied", None),
+    ]
+    assert later["status"] == "applied"
+    assert not Encounter.objects.filter(pk=encounter_id).exists()
+    kept = Mutation.objects.get(mutation_id=far["mutation_id"])
+    assert kept.status == MutationStatus.QUARANTINED and kept.payload["fields"]["ended_at"] == "9999-12-31T23:00:00Z"
+
+
+def test_applying_stranded_mutations_goes_on_past_a_device_the_database_failed(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices = [SimDevice(crew_member), SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))]
+    for device in devices:
+        device.push(person_create(device))
+    Mutation.objects.update(status=MutationStatus.RECEIVED)  # as if each server died after storing
+    applied = push.apply_received
+    calls: list[Any] = []
+
+    def failing_first(*, device: Any, user: Any) -> Any:
+        calls.append(device.pk)
+        if len(calls) == 1:
+            raise OperationalError("the connection was lost")
+        return applied(device=device, user=user)
+
+    monkeypatch.setattr(push, "apply_received", failing_first)
+
+    assert push.apply_stranded(older_than=timedelta(0)) == 1
+    assert len(calls) == 2
+    assert Mutation.objects.filter(status=MutationStatus.RECEIVED).count() == 1  # left for the next run
+
+
+def test_a_supervisor_never_sees_another_programs_quarantined_mutations(crew_member: CrewMember) -> None:
+    home = crew_member.unit.program
+    elsewhere = ProgramFactory.create(slug="boston-street", name="Boston Street")
+    both = make_crew_member(home)  # also a crew member of a unit in another program
+    boston_unit = UnitFactory.create(program=elsewhere)
+    MembershipFactory.create(user=both.user, program=elsewhere, role=Role.CLINICIAN)
+    UnitMemberFactory.create(unit=boston_unit, user=both.user)
+    device = SimDevice(both)
+    refused = device.mutation(
+        "create", "care.person", uuid.uuid4(), {"unit_id": str(boston_unit.pk), "phone_number": "1" * 40}
+    )
+    [result] = device.push(refused)
+    home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+    supervisor_of_both = make_crew_member(home, role=Role.SUPERVISOR)
+    MembershipFactory.create(user=supervisor_of_both.user, program=elsewhere, role=Role.SUPERVISOR)
+
+    def seen_by(member: CrewMember) -> list[int]:
+        response = sync_client(member).get("/api/v1/sync/quarantine/")
+        assert response.status_code == 200
+        return [mutation["mutation_id"] for mutation in response.json()["results"]]
+
+    assert result["status"] == "quarantined"
+    assert seen_by(home_supervisor) == []
+    assert seen_by(supervisor_of_both) == seen_by(both) == [refused["mutation_id"]]
+    # One program's users are still seen by that program's supervisors.
+    home_device = SimDevice(crew_member)
+    [own] = home_device.push(person_create(home_device, nickname="x"))
+    assert own["status"] == "quarantined" and seen_by(home_supervisor) == [own["mutation_id"]]
+
+
+def test_a_lone_surrogate_named_back_in_an_error_gets_an_answer(crew_member: CrewMember) -> None:
+    client = sync_client(crew_member)
+
+    pushed = client.post("/api/v1/sync/push/", '{"mutations": [], "\\ud800": 1}', content_type="application/json")
+    watermelon = client.post(
+        "/api/v1/sync/watermelon/push/",
+        '{"changes": {"\\ud800": 5}, "lastPulledAt": null}',
+        content_type="application/json",
+    )
+
+    assert (pushed.status_code, pushed.json()["code"]) == (400, "unknown_field")
+    assert pushed.json()["errors"][0]["field"] == "\ud800"
+    assert watermelon.status_code == 400 and watermelon.json()["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize("kinds", [{"created": 5}, {"updated": True}, {"deleted": "abc"}, {"created": {}}])
+def test_a_watermelon_push_whose_changes_are_not_lists_gets_400_naming_them(
+    crew_member: CrewMember, kinds: dict[str, Any]
+) -> None:
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": {"persons": kinds}, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == f"changes.persons.{next(iter(kinds))}"
+
+
+@pytest.mark.parametrize("last_pulled_at", ["\u00b2", "\u0663", "9" * 5000, str(1 << 63)])
+def test_a_watermelon_pull_from_a_number_no_timestamp_can_be_gets_400(
+    crew_member: CrewMember, last_pulled_at: str
+) -> None:
+    response = sync_client(crew_member).get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": last_pulled_at})
+
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
+
+
+def _encoded(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '[1, 1, "", 123]',
+        '[1, 1, "", [1]]',
+        '[1, 1, {}, ""]',
+        '[1, 1, "a\\u0000", ""]',
+        '[1, 1, "\\ud800", ""]',
+        '[Infinity, 1, "", ""]',
+        '[1.5, 1, "", ""]',
+        '[true, 1, "", ""]',
+        f'[{1 << 63}, 1, "", ""]',
+        '[-1, 1, "", ""]',
+    ],
+)
+def test_a_tampered_snapshot_cursor_gets_400(crew_member: CrewMember, raw: str) -> None:
+    response = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": _encoded(raw)})
+
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("raw", ["1_0.5", " 1 . 2 ", "1.2.3", "+1.2", f"{1 << 63}.1", "\u0661.\u0662"])
+def test_a_tampered_feed_cursor_gets_400(crew_member: CrewMember, raw: str) -> None:
+    response = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": _encoded(raw)})
+
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
