@@ -33,6 +33,9 @@ _PROTOCOL_PARAMETER = OpenApiParameter(
 )
 
 
+_TIMESTAMP_MAX = (1 << 63) - 1  # an issued timestamp is a bigint id
+
+
 def _device_auth(request: Request) -> tuple[User, DeviceToken]:
     assert isinstance(request.user, User) and isinstance(request.auth, DeviceToken)
     return request.user, request.auth
@@ -234,9 +237,6 @@ class WatermelonPullView(APIView):
             raise cursor_error(error) from error
         audit.record_reads(accessor=_accessor(request), records=audit.watermelon_records(body["changes"]))
         return Response(body)
-
-
-_TIMESTAMP_MAX = (1 << 63) - 1  # an issued timestamp is a bigint id
 
 
 def _watermelon_change_count(changes: dict[str, Any]) -> int:
