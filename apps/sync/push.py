@@ -53,11 +53,11 @@ MAX_FIELDS_CHARACTERS = 64 * 1024
 # The database went away or asked for a retry (a deadlock, a serialization failure): the
 # request fails, nothing is lost, and the device's retry applies the batch.
 _TRANSIENT = (OperationalError, InterfaceError)
-
-logger = logging.getLogger(__name__)
 _OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
 BASE_VERSION_MAX = (1 << 31) - 1  # the ledger's column: a version beyond it was never served
+
+logger = logging.getLogger(__name__)
 
 
 class PushStatus:

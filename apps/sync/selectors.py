@@ -290,7 +290,7 @@ def last_mutation_id(*, device_id: UUID) -> int:
     """The highest mutation id the server has stored for this device (0 before its first).
 
     A device whose counter went back (its local database restored from a backup, or reset
-    with its token kept) numbers its outbox above this; its old numbers are taken."""
+    with its token kept) numbers its new mutations above this; what it restored keeps its ids."""
     highest = Mutation.objects.filter(device_id=device_id).aggregate(highest=Max("mutation_id"))["highest"]
     return int(highest or 0)
 

@@ -5,8 +5,8 @@ encoder) was a visible part of its time. This one writes the same text: compact 
 values orjson has no native form for (times, lazy strings, decimals) converted by DRF's own
 encoder, U+2028 and U+2029 escaped. A pretty-printed answer (``; indent=`` in Accept) or a
 value orjson refuses goes to DRF's renderer; an answer holding a lone surrogate (a request's
-own text, named back in an error) is written escaped as ASCII. One difference: a float NaN or infinity is
-written as null, where DRF's renderer fails.
+own text, named back in an error) is written escaped as ASCII. One difference: a float NaN
+or infinity is written as null, where DRF's renderer fails.
 """
 
 from __future__ import annotations
