@@ -30,10 +30,48 @@ from apps.sync.models import ChangeOperation, IssuedCursor
 _LOCAL_COLUMNS = {"id", "_status", "_changed", "server_version", "updated_at", "created_at"}
 _PULL_PAGE = 500
 _PULL_PAGES_PER_SYNC = 20
+_TIMESTAMP_MAX = (1 << 63) - 1  # an issued timestamp is a bigint id
 
 
 class UnknownTimestamp(selectors.CursorExpired):
     """A lastPulledAt this server did not issue to this device (or has forgotten)."""
+
+
+class InvalidTimestamp(ValueError):
+    """A lastPulledAt that no timestamp this server issues can be."""
+
+
+class InvalidChanges(ValueError):
+    """A pushed changes object of the wrong shape; ``field`` names where."""
+
+    def __init__(self, detail: str, field: str) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+def parse_last_pulled_at(raw: str) -> int | None:
+    """The timestamp a pull sends (None: the first sync)."""
+    if raw in ("", "null", "0"):
+        return None
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= _TIMESTAMP_MAX:
+        return int(raw)
+    raise InvalidTimestamp("last_pulled_at is a timestamp this server issued.")
+
+
+def change_count(changes: Any) -> int:
+    """How many records a pushed changes object holds, once its shape is checked."""
+    if not isinstance(changes, dict):
+        raise InvalidChanges("changes must be an object of tables", "changes")
+    count = 0
+    for table, table_changes in changes.items():
+        if not isinstance(table_changes, dict):
+            raise InvalidChanges(f"changes.{table} must be an object", f"changes.{table}")
+        for kind in ("created", "updated", "deleted"):
+            records = table_changes.get(kind)
+            if records is not None and not isinstance(records, list):
+                raise InvalidChanges(f"changes.{table}.{kind} is a list.", f"changes.{table}.{kind}")
+            count += len(records or [])
+    return count
 
 
 def _empty_changes() -> dict[str, dict[str, list[Any]]]:
@@ -118,13 +156,10 @@ def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], curs
 
 def push_changes(*, device: Device, user: User, changes: Any, client_version: str = "") -> dict[str, Any]:
     """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
-    if not isinstance(changes, dict):
-        raise ValueError("changes must be an object of tables")
+    change_count(changes)  # its shape
     mutations: list[dict[str, Any]] = []
     tables: list[str] = []
     for table, table_changes in sorted(changes.items()):
-        if not isinstance(table_changes, dict):
-            raise ValueError(f"changes.{table} must be an object")
         synced_type = registry.by_watermelon_table(table)
         type_name = synced_type.name if synced_type else f"watermelon.{table}"
         for mutation in _mutations_of(type_name, table_changes):

@@ -33,9 +33,6 @@ _PROTOCOL_PARAMETER = OpenApiParameter(
 )
 
 
-_TIMESTAMP_MAX = (1 << 63) - 1  # an issued timestamp is a bigint id
-
-
 def _device_auth(request: Request) -> tuple[User, DeviceToken]:
     assert isinstance(request.user, User) and isinstance(request.auth, DeviceToken)
     return request.user, request.auth
@@ -218,18 +215,10 @@ class WatermelonPullView(APIView):
     def get(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
-        raw = request.query_params.get("last_pulled_at") or ""
-        if raw in ("", "null", "0"):
-            last_pulled_at = None
-        elif raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= _TIMESTAMP_MAX:
-            last_pulled_at = int(raw)
-        else:
-            raise DomainError(
-                "last_pulled_at is a timestamp this server issued.",
-                code="invalid_cursor",
-                field="last_pulled_at",
-                status_code=400,
-            )
+        try:
+            last_pulled_at = watermelon.parse_last_pulled_at(request.query_params.get("last_pulled_at") or "")
+        except watermelon.InvalidTimestamp as error:
+            raise DomainError(str(error), code="invalid_cursor", field="last_pulled_at", status_code=400) from error
         scopes = services.user_scopes_refresh(user=user)
         try:
             body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
@@ -237,20 +226,6 @@ class WatermelonPullView(APIView):
             raise cursor_error(error) from error
         audit.record_reads(accessor=_accessor(request), records=audit.watermelon_records(body["changes"]))
         return Response(body)
-
-
-def _watermelon_change_count(changes: dict[str, Any]) -> int:
-    count = 0
-    for table, kinds in changes.items():
-        if not isinstance(kinds, dict):
-            continue  # refused, naming the table, when the changes are read
-        for kind in ("created", "updated", "deleted"):
-            records = kinds.get(kind)
-            if records is not None and not isinstance(records, list):
-                field = f"changes.{table}.{kind}"
-                raise DomainError(f"{field} is a list.", code="invalid_input", field=field, status_code=400)
-            count += len(records or [])
-    return count
 
 
 class WatermelonPushView(APIView):
@@ -272,15 +247,15 @@ class WatermelonPushView(APIView):
                 field="changes",
                 status_code=400,
             )
-        count = _watermelon_change_count(body["changes"])
-        if count > conf.PUSH_MAX_MUTATIONS:
-            return batch_too_large_response(BatchTooLarge(count))
         try:
+            count = watermelon.change_count(body["changes"])
+            if count > conf.PUSH_MAX_MUTATIONS:
+                return batch_too_large_response(BatchTooLarge(count))
             answer = watermelon.push_changes(
                 device=token.device, user=user, changes=body["changes"], client_version=client_version_of(request)
             )
-        except ValueError as error:
-            raise DomainError(str(error), code="invalid_input", field="changes", status_code=400) from error
+        except watermelon.InvalidChanges as error:
+            raise DomainError(str(error), code="invalid_input", field=error.field, status_code=400) from error
         audit.record_watermelon_writes(
             accessor=_accessor(request),
             changes=body["changes"],
