@@ -2,11 +2,12 @@
 
     python -m tests.bench sync_push        (under `python config/embedded.py`, or make bench)
 
-Real uvicorn processes (SYNC_BENCH_WEB_PROCESSES, default 2, devices split between them)
-serve the push endpoint; each device sends its batches in order from its own thread. Each
-device's 500 mutations: 200 encounter creates, 200 clinical-note creates, 100 encounter
-updates. Beside it, the raw floor: the same number of rows upserted straight through
-psycopg (executemany, one transaction per 200 rows), and the ratio.
+Real uvicorn processes (SYNC_BENCH_WEB_PROCESSES, default 3: one per core and one more, as
+the README advises for deployment; devices split between them) serve the push endpoint;
+each device sends its batches in order from its own thread. Each device's 500 mutations:
+200 encounter creates, 200 clinical-note creates, 100 encounter updates. Beside it, the raw
+floor: the same number of rows upserted straight through psycopg (executemany, one
+transaction per 200 rows), and the ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.bench.support import bench_django, cpu_seconds, emit, postgres_pids
 DEVICES = 20
 PER_DEVICE = 500
 BATCH = 200
-WEB_PROCESSES = int(os.environ.get("SYNC_BENCH_WEB_PROCESSES", "2"))
+WEB_PROCESSES = int(os.environ.get("SYNC_BENCH_WEB_PROCESSES", "3"))
 
 
 def device_mutations(unit_id: str) -> list[dict[str, Any]]:
