@@ -151,8 +151,10 @@ def parse_envelope(
     canonical = _canonical(raw)
     payload_hash = hashlib.sha256(canonical).hexdigest()
     # Both are escaped in the canonical text, so only a mutation that may hold them is walked.
-    unstorable = (b"\\u0000" in canonical or b"\\ud" in canonical) and _holds_unstorable_text(raw)
-    if unstorable:
+    unstorable = None
+    if b"\\u0000" in canonical or b"\\ud" in canonical:
+        unstorable = _unstorable_text_at(raw, f"mutations.{index}")
+    if unstorable is not None:
         # PostgreSQL's text and jsonb refuse NUL and unpaired surrogates: the ledger keeps a
         # copy with each replaced by U+FFFD, and the mutation is quarantined saying why.
         raw = _storable(raw)
@@ -164,21 +166,31 @@ def parse_envelope(
         keyed_by_content=keyed_by_content,
         plausible=plausible,
     )
-    if unstorable and envelope.rejection is None and envelope.problem is None:
+    if unstorable is not None and envelope.rejection is None and envelope.problem is None:
         envelope.problem = _error(
-            "invalid_text", "Text may not hold NUL characters or unpaired surrogates.", f"mutations.{index}"
+            "invalid_text", "Text may not hold NUL characters or unpaired surrogates.", unstorable
         )
     return envelope
 
 
-def _holds_unstorable_text(value: Any) -> bool:
+def _unstorable_text_at(value: Any, path: str) -> str | None:
+    """Where the first text PostgreSQL cannot store is, or None. A key names its own place, as
+    the ledger stores it (its characters replaced): the path is stored with the result."""
     if type(value) is str:
-        return "\x00" in value or (not value.isascii() and registry.SURROGATE.search(value) is not None)
+        unstorable = "\x00" in value or (not value.isascii() and registry.SURROGATE.search(value) is not None)
+        return path if unstorable else None
     if type(value) is dict:
-        return any(_holds_unstorable_text(key) or _holds_unstorable_text(item) for key, item in value.items())
-    if type(value) is list:
-        return any(_holds_unstorable_text(item) for item in value)
-    return False
+        for key, item in value.items():
+            place = f"{path}.{_storable(key)}"
+            at = _unstorable_text_at(key, place) or _unstorable_text_at(item, place)
+            if at is not None:
+                return at
+    elif type(value) is list:
+        for position, item in enumerate(value):
+            at = _unstorable_text_at(item, f"{path}.{position}")
+            if at is not None:
+                return at
+    return None
 
 
 def _storable(value: Any) -> Any:

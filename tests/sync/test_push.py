@@ -496,19 +496,32 @@ def test_a_new_ledger_row_holds_what_the_model_would_column_for_column() -> None
 
 
 @pytest.mark.parametrize(
-    ("spoil", "code"),
+    ("spoil", "code", "field"),
     [
-        (lambda mutation: mutation.update(type="care.enc\u0000ounter"), "invalid_text"),
-        (lambda mutation: mutation.update({"odd\u0000key": 1}), "unknown_field"),  # stored, its NUL replaced
-        (lambda mutation: mutation["fields"].update(disposition="refer\u0000red"), "invalid_text"),
-        (lambda mutation: mutation["fields"].update(disposition="half \ud800 a pair"), "invalid_text"),
-        (lambda mutation: mutation["fields"].update({"\udc00": "x"}), "invalid_text"),
-        (lambda mutation: mutation.update(op="update", base_version=2**40), "invalid_base_version"),
+        (lambda mutation: mutation.update(type="care.enc\u0000ounter"), "invalid_text", "mutations.0.type"),
+        # Stored with its NUL replaced, and named as stored.
+        (lambda mutation: mutation.update({"odd\u0000key": 1}), "unknown_field", "mutations.0.odd\ufffdkey"),
+        (
+            lambda mutation: mutation["fields"].update(disposition="refer\u0000red"),
+            "invalid_text",
+            "mutations.0.fields.disposition",
+        ),
+        (
+            lambda mutation: mutation["fields"].update(disposition="half \ud800 a pair"),
+            "invalid_text",
+            "mutations.0.fields.disposition",
+        ),
+        (lambda mutation: mutation["fields"].update({"\udc00": "x"}), "invalid_text", "mutations.0.fields.\ufffd"),
+        (
+            lambda mutation: mutation.update(op="update", base_version=2**40),
+            "invalid_base_version",
+            "mutations.0.base_version",
+        ),
     ],
     ids=["nul in type", "nul in a key", "nul in a value", "lone surrogate", "lone surrogate key", "huge base"],
 )
 def test_text_and_numbers_the_database_cannot_store_are_quarantined_and_the_rest_applies(
-    crew_member: CrewMember, spoil: Any, code: str
+    crew_member: CrewMember, spoil: Any, code: str, field: str
 ) -> None:
     device = SimDevice(crew_member)
     bad = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
@@ -520,7 +533,7 @@ def test_text_and_numbers_the_database_cannot_store_are_quarantined_and_the_rest
 
     assert response.status_code == 200, response.content
     first, second = response.json()["results"]
-    assert (first["status"], first["error"]["code"]) == ("quarantined", code)
+    assert (first["status"], first["error"]["code"], first["error"]["field"]) == ("quarantined", code, field)
     assert second["status"] == "applied"
     kept = Mutation.objects.get(device=crew_member.device, mutation_id=bad["mutation_id"])
     assert kept.status == MutationStatus.QUARANTINED and kept.error_code == code
