@@ -29,6 +29,7 @@ def test_oversized_body_is_413(api_client: APIClient, crew_member: CrewMember) -
 
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+    assert response.json()["limit_bytes"] == 1024
 
 
 def test_wrong_content_type_is_415(api_client: APIClient) -> None:

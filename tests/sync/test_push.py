@@ -5,6 +5,7 @@ import uuid
 from typing import Any
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
@@ -241,6 +242,10 @@ def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(cr
         content_type="application/json",
     )
     too_many = client.post("/api/v1/sync/push/", {"mutations": [{}] * (conf.PUSH_MAX_MUTATIONS + 1)}, format="json")
+    # Within the count, over the bytes: a batch of long notes.
+    note = {"mutation_id": 1, "type": "care.note", "id": str(uuid.uuid4()), "op": "create", "fields": {}}
+    note["fields"] = {"body": "n" * 50_000}
+    too_big = client.post("/api/v1/sync/push/", {"mutations": [note] * 120}, format="json")
 
     assert not_a_list.status_code == 400 and not_a_list.json()["errors"][0]["field"] == "mutations"
     assert not_json.status_code == 400
@@ -248,6 +253,8 @@ def test_malformed_and_oversized_batches_are_refused_whole_with_a_clear_error(cr
     assert (deep_field.status_code, deep_field.json()["code"]) == (400, "parse_error")
     assert too_many.status_code == 413
     assert too_many.json()["code"] == "batch_too_large" and too_many.json()["limit"] == conf.PUSH_MAX_MUTATIONS
+    assert (too_big.status_code, too_big.json()["code"]) == (413, "payload_too_large")
+    assert too_big.json()["limit_bytes"] == settings.DATA_UPLOAD_MAX_MEMORY_SIZE == 5 * 1024 * 1024
     assert Mutation.objects.count() == 0
 
 

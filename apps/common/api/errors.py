@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -41,6 +42,14 @@ def error_body(status_code: int, code: str, detail: str, errors: list[dict[str, 
     return {"status": status_code, "code": code, "detail": detail, "errors": errors or []}
 
 
+def payload_too_large_body() -> dict[str, Any]:
+    """A body over the size limit: the answer says the limit, so a client can split its batch."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = error_body(413, "payload_too_large", f"Request body too large: at most {limit} bytes.")
+    body["limit_bytes"] = limit
+    return body
+
+
 def _flatten(detail: Any, path: str | None = None) -> list[dict[str, Any]]:
     if isinstance(detail, dict):
         flattened: list[dict[str, Any]] = []
@@ -62,9 +71,9 @@ def _flatten(detail: Any, path: str | None = None) -> list[dict[str, Any]]:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
-        exc = exceptions.APIException("Request body too large.", code="payload_too_large")
-        exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    elif isinstance(exc, Http404):
+        set_rollback()
+        return Response(payload_too_large_body(), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
@@ -109,7 +118,7 @@ def _is_api(request: HttpRequest) -> bool:
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
         if isinstance(exception, RequestDataTooBig):
-            return JsonResponse(error_body(413, "payload_too_large", "Request body too large."), status=413)
+            return JsonResponse(payload_too_large_body(), status=413)
         return JsonResponse(error_body(400, "bad_request", "Bad request."), status=400)
     return defaults.bad_request(request, exception or Exception())
 
