@@ -202,6 +202,11 @@ class Mutation(models.Model):
     result = HealthJSONField(default=dict)
     error_code = models.CharField(max_length=64, blank=True)
     applied_at = models.DateTimeField(null=True, blank=True)
+    # Set on a quarantined mutation of a record the server has: that record's program, whose
+    # supervisors review it (the writer may have been in several, or have left this one).
+    program = models.ForeignKey(
+        Program, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
 
     class Meta:
         constraints = [
@@ -226,6 +231,11 @@ class Mutation(models.Model):
                 fields=["user", "received_at"],
                 condition=models.Q(status="quarantined"),
                 name="mutation_quarantined",
+            ),
+            models.Index(
+                fields=["program", "received_at"],
+                condition=models.Q(status="quarantined"),
+                name="mutation_quarantined_program",
             ),
         ]
 

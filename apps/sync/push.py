@@ -22,6 +22,7 @@ import json
 import logging
 import traceback
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -495,6 +496,7 @@ def _store(
         inserted = _insert_ledger(list(new_rows.values()), stored_payloads)
         for pk, mutation_id, stored_hash in inserted:
             new_rows[stored_hash if keyed_by_content else mutation_id].id = pk
+        _file_for_review(new_rows.values())
     return rows_by_index, replayed
 
 
@@ -526,6 +528,7 @@ class NewLedgerRow:
     result: dict[str, Any]
     error_code: str
     applied_at: datetime | None
+    program_id: UUID | None  # set in the ledger, for a quarantined mutation (_file_for_review)
 
     @property
     def pk(self) -> int:
@@ -556,6 +559,7 @@ def new_ledger_row(envelope: Envelope, *, device_id: UUID, user_id: UUID, client
         MutationStatus.RECEIVED,
         {},
         "",
+        None,
         None,
     )
 
@@ -614,6 +618,21 @@ def _insert_ledger(rows: list[NewLedgerRow], stored_payloads: list[str]) -> list
             ],
         )
         return cursor.fetchall()
+
+
+def _file_for_review(rows: Iterable[LedgerRow]) -> None:
+    """Give the quarantined mutations among these rows the program of the record each
+    changes, where the server has it: that program's supervisors review them (the writer may
+    be in several programs, or have left this one). A create of a new record gets none."""
+    quarantined = [row.pk for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
+    if not quarantined:
+        return
+    with bulk.server_cursor() as cursor:
+        cursor.execute(
+            "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
+            " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id",
+            [quarantined],
+        )
 
 
 def _result(
@@ -729,6 +748,7 @@ def _quarantine_alone(row: Mutation, error: dict[str, Any]) -> None:
     row.result = _result(row, PushStatus.QUARANTINED, error=error)
     row.applied_at = timezone.now()
     row.save(update_fields=["status", "error_code", "result", "applied_at"])
+    _file_for_review([row])
 
 
 @dataclass
@@ -794,6 +814,7 @@ def _apply_rows(
             row.applied_at = now
         state.context.flush_inserts()
         _save_results(rows)
+        _file_for_review(rows)
         state.publisher.flush()
     except Exception:
         # A refusal, a database error, or a fault of the server's code on some mutation's

@@ -302,18 +302,18 @@ _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINI
 
 
 def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
-    """A user sees their own quarantined mutations; a supervisor sees those of everyone whose
-    programs they all supervise.
+    """A user sees their own quarantined mutations; a supervisor sees those of their
+    programs' records, whoever wrote them.
 
-    A quarantined mutation's program is not always known (a create refused before its unit
-    was read), and a user in two programs may have written for either: such a user's
-    mutations are shown only to a supervisor of both, never across programs."""
+    A mutation of a record the server does not have (a refused create, an edit of one) has
+    no program: a user in two programs may have written it for either, so it is shown to
+    supervisors of all the writer's programs, never across programs."""
     supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
     outside = Membership.objects.exclude(program__in=supervised)
     within = User.objects.filter(memberships__program__in=supervised).exclude(memberships__in=outside)
     return (
         Mutation.objects.filter(status=MutationStatus.QUARANTINED)
-        .filter(Q(user=user) | Q(user__in=within))
+        .filter(Q(user=user) | Q(program__in=supervised) | Q(program=None, user__in=within))
         .select_related("device", "user")
         .order_by("-received_at", "-id")
     )

@@ -168,6 +168,84 @@ def test_a_supervisor_never_sees_another_programs_quarantined_mutations(crew_mem
     assert own["status"] == "quarantined" and seen_by(home_supervisor) == [own["mutation_id"]]
 
 
+def _quarantine_seen_by(member: CrewMember) -> list[int]:
+    response = sync_client(member).get("/api/v1/sync/quarantine/")
+    assert response.status_code == 200
+    return sorted(mutation["mutation_id"] for mutation in response.json()["results"])
+
+
+def test_a_quarantined_change_of_a_record_is_reviewed_by_the_records_program(crew_member: CrewMember) -> None:
+    home = crew_member.unit.program
+    elsewhere = ProgramFactory.create(slug="boston-street", name="Boston Street")
+    both = make_crew_member(home)
+    boston_unit = UnitFactory.create(program=elsewhere)
+    MembershipFactory.create(user=both.user, program=elsewhere, role=Role.CLINICIAN)
+    UnitMemberFactory.create(unit=boston_unit, user=both.user)
+    device = SimDevice(both)
+    record_id = uuid.uuid4()
+    [created] = device.push(
+        device.mutation(
+            "create", "care.encounter", record_id, {**encounter_fields(both), "unit_id": str(boston_unit.pk)}
+        )
+    )
+    # Refused reading it, checking its fields, and by the domain's rule (applied alone).
+    late = device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1)
+    late["observed_at"] = "2026-02-30T10:00:00Z"
+    invalid = device.mutation("update", "care.encounter", record_id, {"started_at": "not a time"}, 1)
+    moved = device.mutation("update", "care.encounter", record_id, {"unit_id": str(both.unit.pk)}, 1)
+    results = device.push(late, invalid, moved)
+    boston_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+    boston_supervisor.user.memberships.all().delete()
+    MembershipFactory.create(user=boston_supervisor.user, program=elsewhere, role=Role.SUPERVISOR)
+    home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+
+    assert created["status"] == "applied"
+    assert [(r["status"], r["error"]["code"]) for r in results] == [
+        ("quarantined", "invalid_observed_at"),
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "unit_change_not_allowed"),
+    ]
+    quarantined = sorted(mutation["mutation_id"] for mutation in (late, invalid, moved))
+    assert set(Mutation.objects.filter(status=MutationStatus.QUARANTINED).values_list("program", flat=True)) == {
+        elsewhere.pk
+    }
+    assert _quarantine_seen_by(boston_supervisor) == _quarantine_seen_by(both) == quarantined
+    assert _quarantine_seen_by(home_supervisor) == []
+
+
+def test_edits_left_behind_in_a_program_the_writer_left_go_to_that_programs_supervisors(
+    crew_member: CrewMember,
+) -> None:
+    home = crew_member.unit.program
+    elsewhere = ProgramFactory.create(slug="boston-street", name="Boston Street")
+    leaver = make_crew_member(home)
+    boston_unit = UnitFactory.create(program=elsewhere)
+    MembershipFactory.create(user=leaver.user, program=elsewhere, role=Role.CLINICIAN)
+    UnitMemberFactory.create(unit=boston_unit, user=leaver.user)
+    device = SimDevice(leaver)
+    record_id = uuid.uuid4()
+    device.push(
+        device.mutation(
+            "create", "care.encounter", record_id, {**encounter_fields(leaver), "unit_id": str(boston_unit.pk)}
+        )
+    )
+    boston_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+    boston_supervisor.user.memberships.all().delete()
+    MembershipFactory.create(user=boston_supervisor.user, program=elsewhere, role=Role.SUPERVISOR)
+    home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+
+    leaver.user.memberships.filter(program=elsewhere).delete()  # written offline before they left
+    offline = device.mutation("update", "care.encounter", record_id, {"location": "Fenway, by the gate"}, 1)
+    [result] = device.push(offline)
+
+    assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted")
+    # Not the program the writer is still in: the record, and what it holds, is Boston's.
+    assert _quarantine_seen_by(boston_supervisor) == [offline["mutation_id"]]
+    assert _quarantine_seen_by(home_supervisor) == []
+    [listed] = sync_client(boston_supervisor).get("/api/v1/sync/quarantine/").json()["results"]
+    assert (listed["program"], listed["payload"]["fields"]) == (str(elsewhere.pk), {"location": "Fenway, by the gate"})
+
+
 def test_a_lone_surrogate_named_back_in_an_error_gets_an_answer(crew_member: CrewMember) -> None:
     client = sync_client(crew_member)
 

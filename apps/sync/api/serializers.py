@@ -104,6 +104,7 @@ class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
             "id",
             "device",
             "user",
+            "program",
             "mutation_id",
             "type",
             "record_id",
