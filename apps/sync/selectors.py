@@ -191,17 +191,30 @@ class SnapshotPosition:
     feed: FeedPosition
     audience: str
     after: UUID | None
+    # The device the snapshot is for: its pages follow that device's user's audiences, so
+    # another device continuing from here would skip its own and end "complete" without
+    # them (a tablet signed in again, resuming the snapshot the last user began).
+    device_id: UUID | None
 
     def encode(self) -> str:
-        raw = json.dumps([self.feed.transaction_id, self.feed.entry_id, self.audience, str(self.after or "")])
+        raw = json.dumps(
+            [
+                self.feed.transaction_id,
+                self.feed.entry_id,
+                self.audience,
+                str(self.after or ""),
+                str(self.device_id or ""),
+            ]
+        )
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, cursor: str) -> SnapshotPosition:
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-            transaction_id, entry_id, audience, after = json.loads(raw)
+            transaction_id, entry_id, audience, after, *device = json.loads(raw)
             # Exactly the types it was made of: a tampered value must not reach the query.
+            # Cursors issued before they named their device have none.
             if not (
                 _is_counter(transaction_id)
                 and _is_counter(entry_id)
@@ -209,9 +222,15 @@ class SnapshotPosition:
                 and audience.isascii()
                 and "\x00" not in audience
                 and type(after) is str
+                and (device == [] or (len(device) == 1 and type(device[0]) is str))
             ):
                 raise ValueError(raw)
-            return cls(FeedPosition(transaction_id, entry_id), audience, UUID(after) if after else None)
+            return cls(
+                FeedPosition(transaction_id, entry_id),
+                audience,
+                UUID(after) if after else None,
+                UUID(device[0]) if device and device[0] else None,
+            )
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as error:
             raise InvalidCursor("Not a snapshot cursor this server issued.") from error
 
@@ -247,15 +266,22 @@ LIMIT %s
 _LOWEST_UUID = UUID(int=0)
 
 
-def snapshot_page(*, scopes: list[str], cursor: str | None, limit: int = 1000) -> SnapshotPage:
-    """The next page of the snapshot of everything these scopes see.
+def snapshot_page(*, scopes: list[str], cursor: str | None, reader_device_id: UUID, limit: int = 1000) -> SnapshotPage:
+    """The next page of the snapshot of everything these scopes see, for this device.
 
     The reader's audiences are walked one at a time in key order, each record once (a
     record has one audience). Resumable: send the cursor back for the next page. An
     audience first used after the snapshot began holds only records changed since, which
     the feed from ``feed_cursor`` brings.
     """
-    position = SnapshotPosition.decode(cursor) if cursor else SnapshotPosition(snapshot_start(), "", None)
+    if not cursor:
+        position = SnapshotPosition(snapshot_start(), "", None, reader_device_id)
+    else:
+        position = SnapshotPosition.decode(cursor)
+        if position.device_id is not None and position.device_id != reader_device_id:
+            raise InvalidCursor(
+                "This snapshot cursor was issued to another device; start the snapshot again, without a cursor."
+            )
     rows: list[tuple[str, UUID, int, str]] = []
     after = position.after
     current = position.audience
@@ -276,12 +302,12 @@ def snapshot_page(*, scopes: list[str], cursor: str | None, limit: int = 1000) -
                 fetched = fetched[: limit - len(rows)]
                 rows += fetched
                 after = fetched[-1][1] if fetched else after
-                next_cursor = SnapshotPosition(position.feed, current, after).encode()
+                next_cursor = SnapshotPosition(position.feed, current, after, reader_device_id).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
             rows += fetched
             if len(rows) >= limit:
                 after = fetched[-1][1] if fetched else after
-                next_cursor = SnapshotPosition(position.feed, current, after).encode()
+                next_cursor = SnapshotPosition(position.feed, current, after, reader_device_id).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
     return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode())
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from uuid import UUID
 
 from apps.accounts.models import Device, User
 from apps.sync import push, registry, selectors
@@ -93,7 +94,7 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
     """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n}``."""
     changes = _empty_changes()
     if not last_pulled_at:
-        position = _snapshot_into(changes, scopes)
+        position = _snapshot_into(changes, scopes, device.pk)
     else:
         issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
         if issued is None:
@@ -105,12 +106,14 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
     return {"changes": changes, "timestamp": timestamp}
 
 
-def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str]) -> str:
+def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], device_id: UUID) -> str:
     import json
 
     cursor: str | None = None
     while True:
-        page = selectors.snapshot_page(scopes=scopes, cursor=cursor, limit=selectors_limit())
+        page = selectors.snapshot_page(
+            scopes=scopes, cursor=cursor, reader_device_id=device_id, limit=selectors_limit()
+        )
         for record_type, record_id, version, data in page.rows:
             synced_type = registry.get(record_type)
             if synced_type is not None and synced_type.watermelon_table:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from apps.sync import selectors, services
 from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus
 from apps.sync.scopes import audience_of, program_role_scope, unit_scope
 from apps.teams.models import UnitMember
+from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, sync_client
@@ -59,6 +62,41 @@ def test_snapshot_pages_through_every_live_record_in_scope_once(
     manager_ids = [record["id"] for page in manager_pages for record in page]
     assert len(manager_ids) == len(set(manager_ids)) == 6
     assert feed_cursor
+
+
+def test_a_snapshot_cursor_continues_only_on_the_device_it_was_issued_to(crew_member: CrewMember) -> None:
+    ours = sorted(str(encounter(crew_member)) for _ in range(3))
+    first = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1}).json()
+    # The tablet signed in again (a new device), resuming the snapshot its last sign-in began:
+    # a snapshot follows its reader's audiences, so it could end "complete" without them.
+    device, token = device_with_token(crew_member.user, name="Tablet, signed in again")
+    signed_in_again = dataclasses.replace(crew_member, device=device, token=token)
+
+    refused = sync_client(signed_in_again).get("/api/v1/sync/snapshot/", {"cursor": first["cursor"]})
+    rest = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": first["cursor"]}).json()
+    anew = sync_client(signed_in_again).get("/api/v1/sync/snapshot/").json()
+
+    assert refused.status_code == 400
+    assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("invalid_cursor", "cursor")
+    assert sorted(record["id"] for record in first["records"] + rest["records"]) == ours
+    assert sorted(record["id"] for record in anew["records"]) == ours
+
+
+def test_a_snapshot_cursor_issued_before_cursors_named_their_device_still_continues(
+    crew_member: CrewMember,
+) -> None:
+    ours = sorted(str(encounter(crew_member)) for _ in range(3))
+    first = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1}).json()
+    position = selectors.SnapshotPosition.decode(first["cursor"])
+    raw = json.dumps(
+        [position.feed.transaction_id, position.feed.entry_id, position.audience, str(position.after)]
+    ).encode()
+    earlier_format = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    rest = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": earlier_format})
+
+    assert rest.status_code == 200, rest.content
+    assert sorted(record["id"] for record in first["records"] + rest.json()["records"]) == ours
 
 
 def test_what_changes_while_a_snapshot_is_read_is_in_the_feed_after_it(crew_member: CrewMember) -> None:

@@ -93,14 +93,17 @@ class SnapshotView(APIView):
 
     @extend_schema(parameters=[SnapshotQuerySerializer, _PROTOCOL_PARAMETER], responses=SnapshotPageSerializer)
     def get(self, request: Request) -> HttpResponse:
-        user, _token = _device_auth(request)
+        user, token = _device_auth(request)
         protocol_of(request, minimum=2)
         query = SnapshotQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         scopes = services.user_scopes_refresh(user=user)
         try:
             page = selectors.snapshot_page(
-                scopes=scopes, cursor=query.validated_data.get("cursor") or None, limit=query.validated_data["limit"]
+                scopes=scopes,
+                cursor=query.validated_data.get("cursor") or None,
+                reader_device_id=token.device_id,
+                limit=query.validated_data["limit"],
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
