@@ -705,9 +705,7 @@ def apply_received(
                 with transaction.atomic():
                     _apply_rows([row], device=device, user=user, raise_refusals=True)
             except registry.Refused as refusal:
-                _quarantine_alone(
-                    row, _error(refusal.code, refusal.detail, refusal.field and f"fields.{refusal.field}")
-                )
+                _quarantine_alone(row, _refusal_error(row, refusal))
             except (IntegrityError, DataError) as fault:
                 # The database refused the content (a reference to a missing record, a
                 # value out of range): keep it for a person rather than retrying forever.
@@ -730,6 +728,19 @@ def apply_received(
                     row, _error("apply_failed", "The server could not apply this mutation; it is kept for review.")
                 )
             results[row.pk] = row.result
+
+
+def _refusal_error(row: Mutation, refusal: registry.Refused) -> dict[str, Any]:
+    field_name = refusal.field and f"fields.{refusal.field}"
+    if refusal.code == "parent_not_found" and refusal.field:
+        fields = row.payload.get("fields") if isinstance(row.payload, dict) else None
+        parent_id = fields.get(refusal.field) if isinstance(fields, dict) else None
+        create = _quarantined_create(row.user_id, parent_id) if parent_id is not None else None
+        if create is not None:
+            return _error(
+                "parent_quarantined", _waits_for(create, "The create of the record it belongs to"), field_name
+            )
+    return _error(refusal.code, refusal.detail, field_name)
 
 
 def _received_ids(device_id: UUID) -> list[int]:
@@ -759,6 +770,8 @@ class _BatchState:
     versions: dict[UUID, list[merge.VersionView]]
     program_ids: set[UUID]
     raise_refusals: bool
+    # Creates this batch has quarantined, by record: the record's later changes wait with them.
+    quarantined_creates: dict[UUID, LedgerRow] = field(default_factory=dict)
 
 
 def _apply_rows(
@@ -889,6 +902,30 @@ def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
     )
 
 
+def _quarantined_create(user_id: UUID, record_id: Any) -> Mutation | None:
+    """The user's quarantined create of this record, if there is one: what a later change of
+    a record the server does not have most often follows."""
+    try:
+        record_id = UUID(str(record_id))
+    except ValueError:
+        return None
+    return (
+        Mutation.objects.filter(
+            status=MutationStatus.QUARANTINED,
+            user_id=user_id,
+            record_id=record_id,
+            operation=MutationOperation.CREATE,
+        )
+        .order_by("id")
+        .first()
+    )
+
+
+def _waits_for(create: LedgerRow, what: str) -> str:
+    named = f" (mutation_id {create.mutation_id})" if create.mutation_id is not None else ""
+    return f"{what}{named} is in quarantine; this change is kept with it, for review together."
+
+
 def _quarantine(row: LedgerRow, code: str, detail: str, field_name: str | None = None) -> None:
     row.status = MutationStatus.QUARANTINED
     row.error_code = code
@@ -948,9 +985,15 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         return
     if head is None:
         if row.operation != MutationOperation.CREATE:
-            _quarantine(row, "record_not_found", "No such record (it was never pushed, or not by this user).", "id")
+            create = state.quarantined_creates.get(row.record_id) or _quarantined_create(row.user_id, row.record_id)
+            if create is not None:
+                _quarantine(row, "record_quarantined", _waits_for(create, "This record's create"), "id")
+            else:
+                _quarantine(row, "record_not_found", "No such record (it was never pushed, or not by this user).", "id")
             return
         _create(row, synced_type, fields, state)
+        if row.status == MutationStatus.QUARANTINED:
+            state.quarantined_creates[row.record_id] = row
         return
     if record is None:
         raise DatabaseError(f"synced record {row.record_id} has a head but no row")

@@ -190,6 +190,29 @@ def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(
     assert later["status"] == "applied"
 
 
+def test_changes_of_a_record_whose_create_is_quarantined_say_so_and_wait_with_it(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    refused = device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member, started_at=12))
+    edit = device.mutation("update", "care.encounter", record_id, {"location": "x"}, base_version=1)
+    # In the batch of the create, and in later ones (read from the ledger).
+    same_batch = device.push(refused, edit)
+    later_edit = device.mutation("update", "care.encounter", record_id, {"disposition": "referred"}, base_version=1)
+    note = device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(record_id), "body": "Seen."})
+    later = device.push(later_edit, note)
+    unrelated = device.push(device.mutation("update", "care.encounter", uuid.uuid4(), {"location": "y"}, 1))
+
+    assert [(r["status"], r["error"]["code"], r["error"]["field"]) for r in same_batch + later + unrelated] == [
+        ("quarantined", "invalid_fields", "fields.started_at"),
+        ("quarantined", "record_quarantined", "id"),
+        ("quarantined", "record_quarantined", "id"),
+        ("quarantined", "parent_quarantined", "fields.encounter_id"),
+        ("quarantined", "record_not_found", "id"),
+    ]
+    assert f"mutation_id {refused['mutation_id']}" in same_batch[1]["error"]["detail"]
+    assert f"mutation_id {refused['mutation_id']}" in later[1]["error"]["detail"]
+
+
 def test_a_mutation_with_oversized_fields_is_quarantined_and_one_within_the_limit_applies(
     crew_member: CrewMember,
 ) -> None:
