@@ -43,11 +43,12 @@ class InvalidTimestamp(ValueError):
 
 
 class InvalidChanges(ValueError):
-    """A pushed changes object of the wrong shape; ``field`` names where."""
+    """A pushed body or changes object of the wrong shape; ``field`` names where."""
 
-    def __init__(self, detail: str, field: str) -> None:
+    def __init__(self, detail: str, field: str, code: str = "invalid_input") -> None:
         super().__init__(detail)
         self.field = field
+        self.code = code
 
 
 def parse_last_pulled_at(raw: str) -> int | None:
@@ -57,6 +58,23 @@ def parse_last_pulled_at(raw: str) -> int | None:
     if raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= _TIMESTAMP_MAX:
         return int(raw)
     raise InvalidTimestamp("last_pulled_at is a timestamp this server issued.")
+
+
+_PUSH_KEYS = frozenset({"changes", "lastPulledAt"})
+
+
+def push_body_changes(body: Any) -> Any:
+    """The changes of a pushChanges body, once the body's own keys are checked. Its
+    ``lastPulledAt`` is not used: merges go by each record's ``server_version``."""
+    if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
+        raise InvalidChanges('The body is {"changes": {...}, "lastPulledAt": n}.', "changes")
+    unknown = sorted(set(body) - _PUSH_KEYS)
+    if unknown:
+        raise InvalidChanges(f"Unknown key {unknown[0]!r}.", unknown[0], code="unknown_field")
+    last_pulled_at = body.get("lastPulledAt")
+    if last_pulled_at is not None and (type(last_pulled_at) is not int or not 0 <= last_pulled_at <= _TIMESTAMP_MAX):
+        raise InvalidChanges("lastPulledAt is the timestamp of the last pull, or null.", "lastPulledAt")
+    return body["changes"]
 
 
 def change_count(changes: Any) -> int:

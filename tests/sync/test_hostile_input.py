@@ -273,6 +273,39 @@ def test_a_watermelon_push_whose_changes_are_not_lists_gets_400_naming_them(
     assert response.json()["errors"][0]["field"] == f"changes.persons.{next(iter(kinds))}"
 
 
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ({"changes": {}, "lastPulledAt": 1, "schemaVersion": 3}, "unknown_field", "schemaVersion"),
+        ({"changes": {}, "lastPulledAt": "1700000000"}, "invalid_input", "lastPulledAt"),
+        ({"changes": {}, "lastPulledAt": 1.5}, "invalid_input", "lastPulledAt"),
+        ({"changes": {}, "lastPulledAt": True}, "invalid_input", "lastPulledAt"),
+        ({"changes": {}, "lastPulledAt": -1}, "invalid_input", "lastPulledAt"),
+        ({"changes": {}, "lastPulledAt": 1 << 63}, "invalid_input", "lastPulledAt"),
+        ({"lastPulledAt": 1}, "invalid_input", "changes"),
+    ],
+)
+def test_a_watermelon_push_body_with_unknown_keys_or_a_wrong_last_pulled_at_gets_400_naming_it(
+    crew_member: CrewMember, body: dict[str, Any], code: str, field: str
+) -> None:
+    device = SimDevice(crew_member)
+    body = {**body}
+    if "changes" in body:  # a valid record beside the fault: nothing of a refused body is kept
+        body["changes"] = {"persons": {"created": [{"id": str(uuid.uuid4()), "unit_id": str(crew_member.unit.pk)}]}}
+
+    response = device.client().post("/api/v1/sync/watermelon/push/", body, format="json")
+
+    assert response.status_code == 400
+    assert (response.json()["code"], response.json()["errors"][0]["field"]) == (code, field)
+    assert not Mutation.objects.exists() and not Person.objects.exists()
+    if "changes" in body:  # the same record in a well-formed body applies
+        body["lastPulledAt"] = None
+        body.pop("schemaVersion", None)
+        accepted = device.client().post("/api/v1/sync/watermelon/push/", body, format="json")
+        assert accepted.status_code == 200 and not accepted.json()["experimentalRejectedIds"]
+        assert Person.objects.count() == 1
+
+
 @pytest.mark.parametrize("last_pulled_at", ["\u00b2", "\u0663", "9" * 5000, str(1 << 63)])
 def test_a_watermelon_pull_from_a_number_no_timestamp_can_be_gets_400(
     crew_member: CrewMember, last_pulled_at: str

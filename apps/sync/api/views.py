@@ -242,26 +242,19 @@ class WatermelonPushView(APIView):
     def post(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
-        body = request.data
-        if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
-            raise DomainError(
-                'The body is {"changes": {...}, "lastPulledAt": n}.',
-                code="invalid_input",
-                field="changes",
-                status_code=400,
-            )
         try:
-            count = watermelon.change_count(body["changes"])
+            changes = watermelon.push_body_changes(request.data)
+            count = watermelon.change_count(changes)
             if count > conf.PUSH_MAX_MUTATIONS:
                 return batch_too_large_response(BatchTooLarge(count))
             answer = watermelon.push_changes(
-                device=token.device, user=user, changes=body["changes"], client_version=client_version_of(request)
+                device=token.device, user=user, changes=changes, client_version=client_version_of(request)
             )
         except watermelon.InvalidChanges as error:
-            raise DomainError(str(error), code="invalid_input", field=error.field, status_code=400) from error
+            raise DomainError(str(error), code=error.code, field=error.field, status_code=400) from error
         audit.record_watermelon_writes(
             accessor=_accessor(request),
-            changes=body["changes"],
+            changes=changes,
             rejected_ids=answer.get("experimentalRejectedIds") or [],
         )
         return Response(answer)
