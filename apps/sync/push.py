@@ -827,8 +827,8 @@ def _apply_rows(
             row.applied_at = now
         state.context.flush_inserts()
         _save_results(rows)
-        _file_for_review(rows)
         state.publisher.flush()
+        _file_for_review(rows)  # after the heads: a record the batch created has its program
     except Exception:
         # A refusal, a database error, or a fault of the server's code on some mutation's
         # content: the batch is undone and applied one mutation at a time, where the culprit

@@ -194,6 +194,13 @@ def test_a_quarantined_change_of_a_record_is_reviewed_by_the_records_program(cre
     invalid = device.mutation("update", "care.encounter", record_id, {"started_at": "not a time"}, 1)
     moved = device.mutation("update", "care.encounter", record_id, {"unit_id": str(both.unit.pk)}, 1)
     results = device.push(late, invalid, moved)
+    # A record created in the same batch as the refused change of it.
+    another_id = uuid.uuid4()
+    another = device.mutation(
+        "create", "care.encounter", another_id, {**encounter_fields(both), "unit_id": str(boston_unit.pk)}
+    )
+    invalid_too = device.mutation("update", "care.encounter", another_id, {"started_at": "not a time"}, 1)
+    results += device.push(another, invalid_too)[1:]
     boston_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
     boston_supervisor.user.memberships.all().delete()
     MembershipFactory.create(user=boston_supervisor.user, program=elsewhere, role=Role.SUPERVISOR)
@@ -204,8 +211,9 @@ def test_a_quarantined_change_of_a_record_is_reviewed_by_the_records_program(cre
         ("quarantined", "invalid_observed_at"),
         ("quarantined", "invalid_fields"),
         ("quarantined", "unit_change_not_allowed"),
+        ("quarantined", "invalid_fields"),
     ]
-    quarantined = sorted(mutation["mutation_id"] for mutation in (late, invalid, moved))
+    quarantined = sorted(mutation["mutation_id"] for mutation in (late, invalid, moved, invalid_too))
     assert set(Mutation.objects.filter(status=MutationStatus.QUARANTINED).values_list("program", flat=True)) == {
         elsewhere.pk
     }
