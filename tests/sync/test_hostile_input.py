@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from django.db import OperationalError
 
-from apps.accounts.models import Role
+from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import Encounter, Person
 from apps.sync import push
 from apps.sync.models import Mutation, MutationStatus
+from apps.teams.models import Unit
 from tests.accounts.factories import MembershipFactory, ProgramFactory
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client
@@ -138,13 +139,39 @@ def test_applying_stranded_mutations_goes_on_past_a_device_the_database_failed(
     assert Mutation.objects.filter(status=MutationStatus.RECEIVED).count() == 1  # left for the next run
 
 
-def test_a_supervisor_never_sees_another_programs_quarantined_mutations(crew_member: CrewMember) -> None:
+def _quarantine_seen_by(member: CrewMember) -> list[int]:
+    response = sync_client(member).get("/api/v1/sync/quarantine/")
+    assert response.status_code == 200
+    return sorted(mutation["mutation_id"] for mutation in response.json()["results"])
+
+
+def _clinician_also_in_boston(crew_member: CrewMember) -> tuple[CrewMember, Program, Unit]:
+    """A clinician of the crew member's program who also rides in a unit of another one."""
+    boston = ProgramFactory.create(slug="boston-street", name="Boston Street")
+    clinician = make_crew_member(crew_member.unit.program)
+    boston_unit = UnitFactory.create(program=boston)
+    MembershipFactory.create(user=clinician.user, program=boston, role=Role.CLINICIAN)
+    UnitMemberFactory.create(unit=boston_unit, user=clinician.user)
+    return clinician, boston, boston_unit
+
+
+def _supervisor_of_only(program: Program, crew_member: CrewMember) -> CrewMember:
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    supervisor.user.memberships.all().delete()
+    MembershipFactory.create(user=supervisor.user, program=program, role=Role.SUPERVISOR)
+    return supervisor
+
+
+def _encounter_create(device: SimDevice, record_id: uuid.UUID, unit: Unit) -> dict[str, Any]:
+    fields = {**encounter_fields(device.member), "unit_id": str(unit.pk)}
+    return device.mutation("create", "care.encounter", record_id, fields)
+
+
+def test_a_refused_create_by_a_clinician_of_two_programs_is_seen_only_by_an_overseer_of_both(
+    crew_member: CrewMember,
+) -> None:
     home = crew_member.unit.program
-    elsewhere = ProgramFactory.create(slug="boston-street", name="Boston Street")
-    both = make_crew_member(home)  # also a crew member of a unit in another program
-    boston_unit = UnitFactory.create(program=elsewhere)
-    MembershipFactory.create(user=both.user, program=elsewhere, role=Role.CLINICIAN)
-    UnitMemberFactory.create(unit=boston_unit, user=both.user)
+    both, elsewhere, boston_unit = _clinician_also_in_boston(crew_member)
     device = SimDevice(both)
     refused = device.mutation(
         "create", "care.person", uuid.uuid4(), {"unit_id": str(boston_unit.pk), "phone_number": "1" * 40}
@@ -154,40 +181,20 @@ def test_a_supervisor_never_sees_another_programs_quarantined_mutations(crew_mem
     supervisor_of_both = make_crew_member(home, role=Role.SUPERVISOR)
     MembershipFactory.create(user=supervisor_of_both.user, program=elsewhere, role=Role.SUPERVISOR)
 
-    def seen_by(member: CrewMember) -> list[int]:
-        response = sync_client(member).get("/api/v1/sync/quarantine/")
-        assert response.status_code == 200
-        return [mutation["mutation_id"] for mutation in response.json()["results"]]
-
     assert result["status"] == "quarantined"
-    assert seen_by(home_supervisor) == []
-    assert seen_by(supervisor_of_both) == seen_by(both) == [refused["mutation_id"]]
+    assert _quarantine_seen_by(home_supervisor) == []
+    assert _quarantine_seen_by(supervisor_of_both) == _quarantine_seen_by(both) == [refused["mutation_id"]]
     # One program's users are still seen by that program's supervisors.
     home_device = SimDevice(crew_member)
     [own] = home_device.push(person_create(home_device, nickname="x"))
-    assert own["status"] == "quarantined" and seen_by(home_supervisor) == [own["mutation_id"]]
-
-
-def _quarantine_seen_by(member: CrewMember) -> list[int]:
-    response = sync_client(member).get("/api/v1/sync/quarantine/")
-    assert response.status_code == 200
-    return sorted(mutation["mutation_id"] for mutation in response.json()["results"])
+    assert own["status"] == "quarantined" and _quarantine_seen_by(home_supervisor) == [own["mutation_id"]]
 
 
 def test_a_quarantined_change_of_a_record_is_reviewed_by_the_records_program(crew_member: CrewMember) -> None:
-    home = crew_member.unit.program
-    elsewhere = ProgramFactory.create(slug="boston-street", name="Boston Street")
-    both = make_crew_member(home)
-    boston_unit = UnitFactory.create(program=elsewhere)
-    MembershipFactory.create(user=both.user, program=elsewhere, role=Role.CLINICIAN)
-    UnitMemberFactory.create(unit=boston_unit, user=both.user)
+    both, elsewhere, boston_unit = _clinician_also_in_boston(crew_member)
     device = SimDevice(both)
     record_id = uuid.uuid4()
-    [created] = device.push(
-        device.mutation(
-            "create", "care.encounter", record_id, {**encounter_fields(both), "unit_id": str(boston_unit.pk)}
-        )
-    )
+    [created] = device.push(_encounter_create(device, record_id, boston_unit))
     # Refused reading it, checking its fields, and by the domain's rule (applied alone).
     late = device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1)
     late["observed_at"] = "2026-02-30T10:00:00Z"
@@ -196,15 +203,11 @@ def test_a_quarantined_change_of_a_record_is_reviewed_by_the_records_program(cre
     results = device.push(late, invalid, moved)
     # A record created in the same batch as the refused change of it.
     another_id = uuid.uuid4()
-    another = device.mutation(
-        "create", "care.encounter", another_id, {**encounter_fields(both), "unit_id": str(boston_unit.pk)}
-    )
+    another = _encounter_create(device, another_id, boston_unit)
     invalid_too = device.mutation("update", "care.encounter", another_id, {"started_at": "not a time"}, 1)
     results += device.push(another, invalid_too)[1:]
-    boston_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
-    boston_supervisor.user.memberships.all().delete()
-    MembershipFactory.create(user=boston_supervisor.user, program=elsewhere, role=Role.SUPERVISOR)
-    home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+    boston_supervisor = _supervisor_of_only(elsewhere, crew_member)
+    home_supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
 
     assert created["status"] == "applied"
     assert [(r["status"], r["error"]["code"]) for r in results] == [
@@ -224,23 +227,12 @@ def test_a_quarantined_change_of_a_record_is_reviewed_by_the_records_program(cre
 def test_edits_left_behind_in_a_program_the_writer_left_go_to_that_programs_supervisors(
     crew_member: CrewMember,
 ) -> None:
-    home = crew_member.unit.program
-    elsewhere = ProgramFactory.create(slug="boston-street", name="Boston Street")
-    leaver = make_crew_member(home)
-    boston_unit = UnitFactory.create(program=elsewhere)
-    MembershipFactory.create(user=leaver.user, program=elsewhere, role=Role.CLINICIAN)
-    UnitMemberFactory.create(unit=boston_unit, user=leaver.user)
+    leaver, elsewhere, boston_unit = _clinician_also_in_boston(crew_member)
     device = SimDevice(leaver)
     record_id = uuid.uuid4()
-    device.push(
-        device.mutation(
-            "create", "care.encounter", record_id, {**encounter_fields(leaver), "unit_id": str(boston_unit.pk)}
-        )
-    )
-    boston_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
-    boston_supervisor.user.memberships.all().delete()
-    MembershipFactory.create(user=boston_supervisor.user, program=elsewhere, role=Role.SUPERVISOR)
-    home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+    device.push(_encounter_create(device, record_id, boston_unit))
+    boston_supervisor = _supervisor_of_only(elsewhere, crew_member)
+    home_supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
 
     leaver.user.memberships.filter(program=elsewhere).delete()  # written offline before they left
     offline = device.mutation("update", "care.encounter", record_id, {"location": "Fenway, by the gate"}, 1)
