@@ -183,12 +183,13 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "auth.ok", "device": str(device.pk), "user": str(device.user_id)})
 
     async def handle_feed_subscribe(self, message: dict[str, Any]) -> None:
+        assert self.token is not None  # handlers run once the socket is authenticated
         cursor = message.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             await self.send_error("invalid_message", "'cursor' must be a string or null.", field="cursor")
             return
         try:
-            feed.FeedPosition.decode(cursor)
+            feed.FeedPosition.decode(cursor, reader_device_id=self.token.device_id)
         except feed.InvalidCursor as error:
             await self.send_error("invalid_cursor", str(error), field="cursor")
             return
@@ -215,13 +216,13 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                     code = "cursor_expired" if isinstance(error, feed.CursorExpired) else "invalid_cursor"
                     await self.send_error(code, str(error), field="cursor")
                     return
-                cursor = page.position.encode()
+                cursor = page.position.encode(self.token.device_id)
                 if page.entries or cursor != self.feed_cursor or always_answer:
                     always_answer = False
                     await self.send_json(
                         {
                             "type": "feed.entries",
-                            "entries": [feed.entry_as_message(entry) for entry in page.entries],
+                            "entries": [feed.entry_as_message(entry, self.token.device_id) for entry in page.entries],
                             "cursor": cursor,
                             "has_more": page.has_more,
                         }
@@ -240,7 +241,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.sleep(delay)
             assert self.token is not None
             page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
-            if page.entries or page.position.encode() != self.feed_cursor or page.has_more:
+            if page.entries or page.position.encode(self.token.device_id) != self.feed_cursor or page.has_more:
                 await self.send_feed()
             if not page.held_back:
                 return

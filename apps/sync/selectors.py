@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -40,20 +41,37 @@ class FeedPosition:
     transaction_id: int
     entry_id: int
 
-    def encode(self) -> str:
-        return base64.urlsafe_b64encode(f"{self.transaction_id}.{self.entry_id}".encode()).decode().rstrip("=")
+    def encode(self, device_id: UUID | None = None) -> str:
+        """The cursor of this position. Served to a device, it names the device, which alone
+        continues from it: another device's scopes differ, and everything it may see from
+        before the position would be skipped (a tablet signed in again, say)."""
+        text = f"{self.transaction_id}.{self.entry_id}"
+        if device_id is not None:
+            text += f".{_device_tag(device_id)}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, cursor: str | None) -> FeedPosition:
+    def decode(cls, cursor: str | None, *, reader_device_id: UUID | None = None) -> FeedPosition:
+        """The position of a cursor; refused when it names a device other than the reader.
+        Cursors issued before they named their device continue anywhere."""
         if not cursor:
             return cls(0, 0)
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
             parts = raw.split(".")
-            if len(parts) != 2 or not all(_is_counter_text(part) for part in parts):
+            if (
+                len(parts) not in (2, 3)
+                or not all(_is_counter_text(part) for part in parts[:2])
+                or (len(parts) == 3 and not _DEVICE_TAG.fullmatch(parts[2]))
+            ):
                 raise ValueError(raw)
         except (binascii.Error, UnicodeDecodeError, ValueError) as error:
             raise InvalidCursor("Not a cursor this server issued.") from error
+        if len(parts) == 3 and reader_device_id is not None and parts[2] != _device_tag(reader_device_id):
+            raise InvalidCursor(
+                "This cursor was issued to another device; bootstrap from the snapshot "
+                "(keep the outbox: push it after the snapshot)."
+            )
         return cls(int(parts[0]), int(parts[1]))
 
     @classmethod
@@ -62,6 +80,13 @@ class FeedPosition:
 
 
 _COUNTER_MAX = (1 << 63) - 1  # transaction ids and entry ids are 64-bit
+# A cursor names its device by the first 48 bits of the id: enough to tell a tablet's
+# devices apart, and a dozen characters a cursor (each feed entry carries one) can spare.
+_DEVICE_TAG = re.compile(r"[0-9a-f]{12}")
+
+
+def _device_tag(device_id: UUID) -> str:
+    return device_id.hex[:12]
 
 
 def _is_counter(value: Any) -> bool:
@@ -134,7 +159,7 @@ def feed_page(
 
     A device's own writes are skipped (it has them already); the cursor still moves past them.
     """
-    position = FeedPosition.decode(cursor)
+    position = FeedPosition.decode(cursor, reader_device_id=reader_device_id)
     _check_retention(position)
     horizon, next_transaction_id, audiences = _reading_position(scopes)
     if position.transaction_id >= next_transaction_id:
@@ -164,10 +189,10 @@ def _check_retention(position: FeedPosition) -> None:
         )
 
 
-def entry_as_message(entry: ChangeEntry) -> dict[str, Any]:
-    """The wire form of an entry, the same over HTTP and the websocket."""
+def entry_as_message(entry: ChangeEntry, reader_device_id: UUID) -> dict[str, Any]:
+    """The wire form of an entry served to this device, the same over HTTP and the websocket."""
     message: dict[str, Any] = {
-        "cursor": FeedPosition.of(entry).encode(),
+        "cursor": FeedPosition.of(entry).encode(reader_device_id),
         "type": entry.record_type,
         "id": str(entry.record_id),
         "op": entry.operation,
@@ -309,7 +334,7 @@ def snapshot_page(*, scopes: list[str], cursor: str | None, reader_device_id: UU
                 after = fetched[-1][1] if fetched else after
                 next_cursor = SnapshotPosition(position.feed, current, after, reader_device_id).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
-    return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode())
+    return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode(reader_device_id))
 
 
 def last_mutation_id(*, device_id: UUID) -> int:

@@ -160,7 +160,7 @@ def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], curs
                 latest[record_id] = (synced_type, _raw(record_id, entry.data, entry.version))
             else:
                 latest[record_id] = (synced_type, None)
-        cursor = page.position.encode()
+        cursor = page.position.encode(device.pk)
         if not page.has_more:
             break
     for record_id, (synced_type, raw) in latest.items():

@@ -8,6 +8,7 @@ from django.db import transaction
 
 from apps.sync import services
 from apps.sync.scopes import unit_scope
+from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember
 from tests.live import AsgiServer
 from tests.realtime.client import authenticated_socket, receive, send
@@ -81,6 +82,29 @@ def test_bad_subscribe_cursor_gets_an_error_frame(asgi: AsgiServer, crew_member:
         assert receive(socket)["field"] == "cursor"
         send(socket, {"type": "feed.subscribe", "cursor": "not-a-cursor"})
         assert receive(socket)["code"] == "invalid_cursor"
+
+
+def test_another_devices_cursor_gets_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        receive(socket)
+        record(crew_member, 1)
+        message = receive(socket)
+    _device, other_token = device_with_token(crew_member.user, name="Tablet, signed in again")
+
+    for cursor in (message["cursor"], message["entries"][0]["cursor"]):
+        with authenticated_socket(asgi.ws_url, other_token) as socket:
+            send(socket, {"type": "feed.subscribe", "cursor": cursor})
+            error = receive(socket)
+            assert (error["type"], error["code"], error["field"]) == ("error", "invalid_cursor", "cursor")
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:  # its own device goes on
+        send(socket, {"type": "feed.subscribe", "cursor": message["cursor"]})
+        assert receive(socket) == {
+            "type": "feed.entries",
+            "entries": [],
+            "cursor": message["cursor"],
+            "has_more": False,
+        }
 
 
 def test_health_records_sent_down_a_socket_are_audited_as_reads(asgi: AsgiServer, crew_member: CrewMember) -> None:

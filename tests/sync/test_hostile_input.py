@@ -340,7 +340,22 @@ def test_a_tampered_snapshot_cursor_gets_400(crew_member: CrewMember, raw: str) 
     assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
 
 
-@pytest.mark.parametrize("raw", ["1_0.5", " 1 . 2 ", "1.2.3", "+1.2", f"{1 << 63}.1", "\u0661.\u0662"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "1_0.5",
+        " 1 . 2 ",
+        "1.2.3",
+        "+1.2",
+        f"{1 << 63}.1",
+        "\u0661.\u0662",
+        "1.2.ABCDEF012345",  # a device tag is 12 lowercase hex digits
+        "1.2.abcdef0123456",
+        "1.2.abcdef01234\u0665",
+        "1.2.",
+        "1.2.abcdef012345.6",
+    ],
+)
 def test_a_tampered_feed_cursor_gets_400(crew_member: CrewMember, raw: str) -> None:
     response = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": _encoded(raw)})
 

@@ -99,6 +99,30 @@ def test_a_snapshot_cursor_issued_before_cursors_named_their_device_still_contin
     assert sorted(record["id"] for record in first["records"] + rest.json()["records"]) == ours
 
 
+def test_a_feed_cursor_continues_only_on_the_device_it_was_issued_to(crew_member: CrewMember) -> None:
+    encounter(crew_member)
+    _, feed_cursor = snapshot(crew_member)
+    after = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    page = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).json()
+    device, token = device_with_token(crew_member.user, name="Tablet, signed in again")
+    signed_in_again = dataclasses.replace(crew_member, device=device, token=token)
+    issued = [feed_cursor, page["cursor"], page["entries"][0]["cursor"]]
+
+    refused = [sync_client(signed_in_again).get("/api/v1/sync/feed/", {"cursor": cursor}) for cursor in issued]
+    own = [sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": cursor}) for cursor in issued]
+    position = selectors.FeedPosition.decode(page["cursor"])
+    earlier_format = base64.urlsafe_b64encode(f"{position.transaction_id}.{position.entry_id}".encode()).decode()
+    from_earlier = sync_client(signed_in_again).get("/api/v1/sync/feed/", {"cursor": earlier_format.rstrip("=")})
+
+    assert [(r.status_code, r.json()["code"], r.json()["errors"][0]["field"]) for r in refused] == [
+        (400, "invalid_cursor", "cursor")
+    ] * 3
+    assert [response.status_code for response in own] == [200, 200, 200]
+    # A cursor issued before cursors named their device continues, on any device.
+    assert (from_earlier.status_code, from_earlier.json()["entries"]) == (200, [])
+    assert [entry["id"] for entry in page["entries"]] == [str(after)]
+
+
 def test_what_changes_while_a_snapshot_is_read_is_in_the_feed_after_it(crew_member: CrewMember) -> None:
     first = encounter(crew_member)
     response = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1})

@@ -108,7 +108,7 @@ class SyncMachine(RuleBasedStateMachine):
             for entry in page.entries:
                 if entry.operation == "upsert" and entry.version is not None:
                     tablet.take(entry.record_id, entry.data, entry.version)
-            tablet.cursor = page.position.encode()
+            tablet.cursor = page.position.encode(tablet.member.device.pk)
             if not page.has_more:
                 return
 

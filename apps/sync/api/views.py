@@ -72,7 +72,7 @@ class FeedView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
-        entries = [selectors.entry_as_message(entry) for entry in page.entries]
+        entries = [selectors.entry_as_message(entry, token.device_id) for entry in page.entries]
         audit.record_reads(
             accessor=_accessor(request),
             records=((entry["type"], entry["id"]) for entry in entries if entry["op"] == "upsert"),
@@ -81,7 +81,9 @@ class FeedView(APIView):
             for entry in entries:  # version 1 clients know only the first shape
                 entry.pop("version", None)
                 entry.pop("reason", None)
-        return Response({"entries": entries, "cursor": page.position.encode(), "has_more": page.has_more})
+        return Response(
+            {"entries": entries, "cursor": page.position.encode(token.device_id), "has_more": page.has_more}
+        )
 
 
 class SnapshotView(APIView):
