@@ -27,6 +27,7 @@ from apps.common.api.serializers import StrictSerializer
 from apps.directory.models import ServiceType
 from apps.sync import registry
 from apps.sync.scopes import program_role_scope, unit_scope
+from apps.teams.models import Unit
 
 
 class CareWire(StrictSerializer):
@@ -121,6 +122,7 @@ def register_synced_types() -> None:
             to_wire=registry.representation(PersonWire),
             may_write=services.may_write_person,
             apply=services.person_apply,
+            program_from=(Unit, "unit_id"),
             health_fields=frozenset({"given_name", "family_name", "date_of_birth", "phone_number"}),
             watermelon_table="persons",
             **common,
@@ -135,6 +137,7 @@ def register_synced_types() -> None:
             to_wire=registry.representation(EncounterWire),
             may_write=services.may_write_encounter,
             apply=services.encounter_apply,
+            program_from=(Unit, "unit_id"),
             clinical_text_fields=frozenset({"assessment"}),
             health_fields=frozenset({"location"}),
             watermelon_table="encounters",
@@ -150,6 +153,7 @@ def register_synced_types() -> None:
             to_wire=registry.representation(NoteWire),
             may_write=services.may_write_child(Encounter, "encounter_id"),
             apply=services.note_apply,
+            program_from=(Encounter, "encounter_id"),
             clinical_text_fields=frozenset({"body"}),
             watermelon_table="notes",
             **common,
@@ -164,6 +168,7 @@ def register_synced_types() -> None:
             to_wire=registry.representation(ReferralWire),
             may_write=services.may_write_child(Encounter, "encounter_id"),
             apply=services.referral_apply,
+            program_from=(Encounter, "encounter_id"),
             clinical_text_fields=frozenset({"reason"}),
             watermelon_table="referrals",
             **common,
@@ -178,6 +183,7 @@ def register_synced_types() -> None:
             to_wire=registry.representation(ReferralOutcomeWire),
             may_write=services.may_write_child(Referral, "referral_id"),
             apply=services.referral_outcome_apply,
+            program_from=(Referral, "referral_id"),
             clinical_text_fields=frozenset({"details"}),
             watermelon_table="referral_outcomes",
             **common,

@@ -57,6 +57,7 @@ def register_synced_types() -> None:
             program_id_of=program_id_of,
             may_write=may_write_attempt,
             apply=attempt_apply,
+            program_from=(FollowUpStep, "step_id"),
             clinical_text_fields=frozenset({"notes"}),
             watermelon_table="contact_attempts",
         )

@@ -202,8 +202,9 @@ class Mutation(models.Model):
     result = HealthJSONField(default=dict)
     error_code = models.CharField(max_length=64, blank=True)
     applied_at = models.DateTimeField(null=True, blank=True)
-    # Set on a quarantined mutation of a record the server has: that record's program, whose
-    # supervisors review it (the writer may have been in several, or have left this one).
+    # Set on a quarantined mutation: the program whose supervisors review it (the writer may
+    # be in several, or have left this one): its record's, or the unit's or parent record's
+    # a refused create names. Null when it names nothing the server has.
     program = models.ForeignKey(
         Program, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )

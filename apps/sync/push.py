@@ -621,18 +621,41 @@ def _insert_ledger(rows: list[NewLedgerRow], stored_payloads: list[str]) -> list
 
 
 def _file_for_review(rows: Iterable[LedgerRow]) -> None:
-    """Give the quarantined mutations among these rows the program of the record each
-    changes, where the server has it: that program's supervisors review them (the writer may
-    be in several programs, or have left this one). A create of a new record gets none."""
-    quarantined = [row.pk for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
+    """Give the quarantined mutations among these rows the program whose supervisors review
+    them (the writer may be in several programs, or have left this one): the program of the
+    record each changes, where the server has it; for a create of a new record, the program
+    of the unit or parent record it names."""
+    quarantined = [row for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
     if not quarantined:
         return
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
             " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id",
-            [quarantined],
+            [[row.pk for row in quarantined]],
         )
+    for row in quarantined:
+        if row.operation == MutationOperation.CREATE:
+            program_id = _program_of_new_record(row)
+            if program_id is not None:
+                Mutation.objects.filter(pk=row.pk, program=None).update(program_id=program_id)
+
+
+def _program_of_new_record(row: LedgerRow) -> UUID | None:
+    synced_type = registry.get(row.record_type)
+    if synced_type is None or synced_type.program_from is None:
+        return None
+    model, field_name = synced_type.program_from
+    fields = row.payload.get("fields") if isinstance(row.payload, dict) else None
+    named = fields.get(field_name) if isinstance(fields, dict) else None
+    try:
+        row_id = UUID(named) if isinstance(named, str) else None
+    except ValueError:
+        return None
+    if row_id is None:
+        return None
+    program_id: UUID | None = model._default_manager.filter(pk=row_id).values_list("program_id", flat=True).first()
+    return program_id
 
 
 def _result(

@@ -198,6 +198,10 @@ class SyncedType:
     # Optional: called once per batch with the incoming fields of every mutation of this
     # type, so the app can load what it will look up (parents) in one query per table.
     prepare: Callable[[WriteContext, list[dict[str, Any]]], None] | None = None
+    # Where a new record's program comes from: a model with a ``program_id`` (its unit, its
+    # parent record) and the wire field naming its row. A refused create is then reviewed by
+    # that program's supervisors.
+    program_from: tuple[type[models.Model], str] | None = None
 
     def writable_fields(self) -> set[str]:
         return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}

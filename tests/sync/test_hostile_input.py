@@ -167,23 +167,35 @@ def _encounter_create(device: SimDevice, record_id: uuid.UUID, unit: Unit) -> di
     return device.mutation("create", "care.encounter", record_id, fields)
 
 
-def test_a_refused_create_by_a_clinician_of_two_programs_is_seen_only_by_an_overseer_of_both(
-    crew_member: CrewMember,
-) -> None:
+def test_a_refused_create_is_reviewed_by_the_program_of_the_unit_or_record_it_names(crew_member: CrewMember) -> None:
     home = crew_member.unit.program
     both, elsewhere, boston_unit = _clinician_also_in_boston(crew_member)
     device = SimDevice(both)
-    refused = device.mutation(
+    encounter_id = uuid.uuid4()
+    device.push(_encounter_create(device, encounter_id, boston_unit))
+    person = device.mutation(
         "create", "care.person", uuid.uuid4(), {"unit_id": str(boston_unit.pk), "phone_number": "1" * 40}
     )
-    [result] = device.push(refused)
+    note = device.mutation(
+        "create", "care.note", uuid.uuid4(), {"encounter_id": str(encounter_id), "body": "Seen.", "signed_at": "x"}
+    )
+    # Naming no unit or record the server has: either program's, for all the writer knows.
+    orphan = device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "?"})
+    results = device.push(person, note, orphan)
+    boston_supervisor = _supervisor_of_only(elsewhere, crew_member)
     home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
     supervisor_of_both = make_crew_member(home, role=Role.SUPERVISOR)
     MembershipFactory.create(user=supervisor_of_both.user, program=elsewhere, role=Role.SUPERVISOR)
 
-    assert result["status"] == "quarantined"
+    assert [(r["status"], r["error"]["code"]) for r in results] == [
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "parent_not_found"),
+    ]
+    assert _quarantine_seen_by(boston_supervisor) == sorted([person["mutation_id"], note["mutation_id"]])
     assert _quarantine_seen_by(home_supervisor) == []
-    assert _quarantine_seen_by(supervisor_of_both) == _quarantine_seen_by(both) == [refused["mutation_id"]]
+    everything = sorted(mutation["mutation_id"] for mutation in (person, note, orphan))
+    assert _quarantine_seen_by(supervisor_of_both) == _quarantine_seen_by(both) == everything
     # One program's users are still seen by that program's supervisors.
     home_device = SimDevice(crew_member)
     [own] = home_device.push(person_create(home_device, nickname="x"))

@@ -13,6 +13,7 @@ import pytest
 from django.db import models
 from rest_framework import serializers
 
+from apps.accounts.models import Program
 from apps.sync import registry
 
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
@@ -70,3 +71,13 @@ def test_a_field_the_plan_does_not_know_goes_through_drf() -> None:
         amount = decimal.Decimal("1.5")
 
     assert registry.representation(Odd)(Row()) == {"amount": "1.50"}
+
+
+@pytest.mark.parametrize("synced_type", registry.all_types(), ids=lambda synced_type: synced_type.name)
+def test_every_type_says_where_a_new_records_program_comes_from(synced_type: registry.SyncedType) -> None:
+    # A refused create is reviewed by that program's supervisors (apps.sync.push).
+    assert synced_type.program_from is not None
+    model, field_name = synced_type.program_from
+    wire_field = synced_type.serializer().fields[field_name]
+    assert isinstance(wire_field, serializers.UUIDField) and not wire_field.read_only
+    assert model._meta.get_field("program").related_model is Program
