@@ -646,16 +646,21 @@ def _program_of_new_record(row: LedgerRow) -> UUID | None:
     if synced_type is None or synced_type.program_from is None:
         return None
     model, field_name = synced_type.program_from
+    named = _id_named_by(row, field_name)
+    if named is None:
+        return None
+    program_id: UUID | None = model._default_manager.filter(pk=named).values_list("program_id", flat=True).first()
+    return program_id
+
+
+def _id_named_by(row: LedgerRow, field_name: str) -> UUID | None:
+    """The id a wire field of this mutation names, if it holds one (it may hold anything)."""
     fields = row.payload.get("fields") if isinstance(row.payload, dict) else None
     named = fields.get(field_name) if isinstance(fields, dict) else None
     try:
-        row_id = UUID(named) if isinstance(named, str) else None
+        return UUID(named) if isinstance(named, str) else None
     except ValueError:
         return None
-    if row_id is None:
-        return None
-    program_id: UUID | None = model._default_manager.filter(pk=row_id).values_list("program_id", flat=True).first()
-    return program_id
 
 
 def _result(
@@ -756,8 +761,7 @@ def apply_received(
 def _refusal_error(row: Mutation, refusal: registry.Refused) -> dict[str, Any]:
     field_name = refusal.field and f"fields.{refusal.field}"
     if refusal.code == "parent_not_found" and refusal.field:
-        fields = row.payload.get("fields") if isinstance(row.payload, dict) else None
-        parent_id = fields.get(refusal.field) if isinstance(fields, dict) else None
+        parent_id = _id_named_by(row, refusal.field)
         create = _quarantined_create(row.user_id, parent_id) if parent_id is not None else None
         if create is not None:
             return _error(
@@ -925,13 +929,9 @@ def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
     )
 
 
-def _quarantined_create(user_id: UUID, record_id: Any) -> Mutation | None:
+def _quarantined_create(user_id: UUID, record_id: UUID) -> Mutation | None:
     """The user's quarantined create of this record, if there is one: what a later change of
     a record the server does not have most often follows."""
-    try:
-        record_id = UUID(str(record_id))
-    except ValueError:
-        return None
     return (
         Mutation.objects.filter(
             status=MutationStatus.QUARANTINED,

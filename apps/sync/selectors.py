@@ -61,17 +61,14 @@ class FeedPosition:
             parts = raw.split(".")
             if (
                 len(parts) not in (2, 3)
-                or not all(_is_counter_text(part) for part in parts[:2])
+                or not all(is_counter_text(part) for part in parts[:2])
                 or (len(parts) == 3 and not _DEVICE_TAG.fullmatch(parts[2]))
             ):
                 raise ValueError(raw)
         except (binascii.Error, UnicodeDecodeError, ValueError) as error:
             raise InvalidCursor("Not a cursor this server issued.") from error
-        if len(parts) == 3 and reader_device_id is not None and parts[2] != _device_tag(reader_device_id):
-            raise InvalidCursor(
-                "This cursor was issued to another device; bootstrap from the snapshot "
-                "(keep the outbox: push it after the snapshot)."
-            )
+        if len(parts) == 3:
+            _check_issued_to(parts[2], reader_device_id, "bootstrap from the snapshot (keep the outbox)")
         return cls(int(parts[0]), int(parts[1]))
 
     @classmethod
@@ -89,11 +86,21 @@ def _device_tag(device_id: UUID) -> str:
     return device_id.hex[:12]
 
 
-def _is_counter(value: Any) -> bool:
+def _check_issued_to(tag: str, reader_device_id: UUID | None, then: str) -> None:
+    """Refuse a cursor whose device tag is not the reader's: another device's scopes differ,
+    and continuing from its place would skip what this one may see (a tablet signed in
+    again, resuming the last sign-in's sync)."""
+    if reader_device_id is not None and tag != _device_tag(reader_device_id):
+        raise InvalidCursor(f"This cursor was issued to another device; {then}.")
+
+
+def is_counter(value: Any) -> bool:
+    """A transaction id, entry id or other 64-bit counter this server hands out, as JSON gives it."""
     return type(value) is int and 0 <= value <= _COUNTER_MAX
 
 
-def _is_counter_text(text: str) -> bool:
+def is_counter_text(text: str) -> bool:
+    """The same, as text: ASCII digits only (no sign, space, underscore or other script)."""
     return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= _COUNTER_MAX
 
 
@@ -216,10 +223,9 @@ class SnapshotPosition:
     feed: FeedPosition
     audience: str
     after: UUID | None
-    # The device the snapshot is for: its pages follow that device's user's audiences, so
-    # another device continuing from here would skip its own and end "complete" without
-    # them (a tablet signed in again, resuming the snapshot the last user began).
-    device_id: UUID | None
+    # The tag of the device the snapshot is for ("" in cursors from before): its pages follow
+    # that device's user's audiences, and another device would end "complete" without its own.
+    device_tag: str
 
     def encode(self) -> str:
         raw = json.dumps(
@@ -228,7 +234,7 @@ class SnapshotPosition:
                 self.feed.entry_id,
                 self.audience,
                 str(self.after or ""),
-                str(self.device_id or ""),
+                self.device_tag,
             ]
         )
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -241,20 +247,17 @@ class SnapshotPosition:
             # Exactly the types it was made of: a tampered value must not reach the query.
             # Cursors issued before they named their device have none.
             if not (
-                _is_counter(transaction_id)
-                and _is_counter(entry_id)
+                is_counter(transaction_id)
+                and is_counter(entry_id)
                 and type(audience) is str
                 and audience.isascii()
                 and "\x00" not in audience
                 and type(after) is str
-                and (device == [] or (len(device) == 1 and type(device[0]) is str))
+                and (device == [] or (len(device) == 1 and type(device[0]) is str and _DEVICE_TAG.fullmatch(device[0])))
             ):
                 raise ValueError(raw)
             return cls(
-                FeedPosition(transaction_id, entry_id),
-                audience,
-                UUID(after) if after else None,
-                UUID(device[0]) if device and device[0] else None,
+                FeedPosition(transaction_id, entry_id), audience, UUID(after) if after else None, "".join(device)
             )
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as error:
             raise InvalidCursor("Not a snapshot cursor this server issued.") from error
@@ -299,14 +302,13 @@ def snapshot_page(*, scopes: list[str], cursor: str | None, reader_device_id: UU
     audience first used after the snapshot began holds only records changed since, which
     the feed from ``feed_cursor`` brings.
     """
+    tag = _device_tag(reader_device_id)
     if not cursor:
-        position = SnapshotPosition(snapshot_start(), "", None, reader_device_id)
+        position = SnapshotPosition(snapshot_start(), "", None, tag)
     else:
         position = SnapshotPosition.decode(cursor)
-        if position.device_id is not None and position.device_id != reader_device_id:
-            raise InvalidCursor(
-                "This snapshot cursor was issued to another device; start the snapshot again, without a cursor."
-            )
+        if position.device_tag:
+            _check_issued_to(position.device_tag, reader_device_id, "start the snapshot again, without a cursor")
     rows: list[tuple[str, UUID, int, str]] = []
     after = position.after
     current = position.audience
@@ -327,12 +329,12 @@ def snapshot_page(*, scopes: list[str], cursor: str | None, reader_device_id: UU
                 fetched = fetched[: limit - len(rows)]
                 rows += fetched
                 after = fetched[-1][1] if fetched else after
-                next_cursor = SnapshotPosition(position.feed, current, after, reader_device_id).encode()
+                next_cursor = SnapshotPosition(position.feed, current, after, tag).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
             rows += fetched
             if len(rows) >= limit:
                 after = fetched[-1][1] if fetched else after
-                next_cursor = SnapshotPosition(position.feed, current, after, reader_device_id).encode()
+                next_cursor = SnapshotPosition(position.feed, current, after, tag).encode()
                 return SnapshotPage(rows=rows, cursor=next_cursor, feed_cursor=None)
     return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode(reader_device_id))
 
@@ -356,9 +358,10 @@ def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
     """A user sees their own quarantined mutations; a supervisor sees those of their
     programs' records, whoever wrote them.
 
-    A mutation of a record the server does not have (a refused create, an edit of one) has
-    no program: a user in two programs may have written it for either, so it is shown to
-    supervisors of all the writer's programs, never across programs."""
+    A mutation's program is its record's, or for a refused create the program of the unit or
+    parent record it names (apps.sync.push). One naming nothing the server has has none: a
+    user in two programs may have written it for either, so it is shown to supervisors of
+    all the writer's programs, never across programs."""
     supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
     outside = Membership.objects.exclude(program__in=supervised)
     within = User.objects.filter(memberships__program__in=supervised).exclude(memberships__in=outside)

@@ -31,7 +31,6 @@ from apps.sync.models import ChangeOperation, IssuedCursor
 _LOCAL_COLUMNS = {"id", "_status", "_changed", "server_version", "updated_at", "created_at"}
 _PULL_PAGE = 500
 _PULL_PAGES_PER_SYNC = 20
-_TIMESTAMP_MAX = (1 << 63) - 1  # an issued timestamp is a bigint id
 
 
 class UnknownTimestamp(selectors.CursorExpired):
@@ -55,7 +54,7 @@ def parse_last_pulled_at(raw: str) -> int | None:
     """The timestamp a pull sends (None: the first sync)."""
     if raw in ("", "null", "0"):
         return None
-    if raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= _TIMESTAMP_MAX:
+    if selectors.is_counter_text(raw):  # an issued timestamp is a bigint id
         return int(raw)
     raise InvalidTimestamp("last_pulled_at is a timestamp this server issued.")
 
@@ -72,7 +71,7 @@ def push_body_changes(body: Any) -> Any:
     if unknown:
         raise InvalidChanges(f"Unknown key {unknown[0]!r}.", unknown[0], code="unknown_field")
     last_pulled_at = body.get("lastPulledAt")
-    if last_pulled_at is not None and (type(last_pulled_at) is not int or not 0 <= last_pulled_at <= _TIMESTAMP_MAX):
+    if last_pulled_at is not None and not selectors.is_counter(last_pulled_at):
         raise InvalidChanges("lastPulledAt is the timestamp of the last pull, or null.", "lastPulledAt")
     return body["changes"]
 
