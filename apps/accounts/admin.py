@@ -24,6 +24,11 @@ class UserAdmin(BaseUserAdmin):
     list_filter = ["is_active", "is_staff", "memberships__role", "memberships__program"]
     fieldsets = (*BaseUserAdmin.fieldsets, ("Contact", {"fields": ["phone_number"]}))  # type: ignore[misc]
 
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            services.user_deactivated(user=obj)
+
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         super().save_formset(request, form, formset, change)
         if formset.model is Membership and (formset.new_objects or formset.deleted_objects or formset.changed_objects):

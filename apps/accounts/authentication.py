@@ -5,12 +5,17 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from apps.accounts.models import DeviceToken, User
-from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
+from apps.accounts.selectors import TokenRejected, device_token_for
 from apps.accounts.services import device_mark_seen
 
 
 class DeviceTokenAuthentication(BaseAuthentication):
-    """``Authorization: Bearer <token>``; the request then knows its user and device."""
+    """``Authorization: Bearer <token>``; the request then knows its user and device.
+
+    A view with ``takes_outbox_handover = True`` (the pushes) also takes the token of a
+    device locked out (revoked, or its user deactivated), so that the device can still hand
+    over the changes it holds: such a view keeps them for review and applies none.
+    """
 
     keyword = b"bearer"
 
@@ -27,13 +32,25 @@ class DeviceTokenAuthentication(BaseAuthentication):
         try:
             token = device_token_for(raw_token=raw_token)
         except TokenRejected as rejection:
-            failure = exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value)
-            if rejection.problem is TokenProblem.REVOKED:
-                # A lost tablet that comes back online wipes what it holds.
-                failure.extra_body = {"purge_local_data": True}  # type: ignore[attr-defined]
-            raise failure from None
+            view = (request.parser_context or {}).get("view")
+            if rejection.outbox_token is not None and getattr(view, "takes_outbox_handover", False):
+                token = rejection.outbox_token
+            else:
+                raise _failure(rejection) from None
         device_mark_seen(device=token.device)
         return token.device.user, token
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def _failure(rejection: TokenRejected) -> exceptions.AuthenticationFailed:
+    failure = exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value)
+    if rejection.problem.locks_out:
+        # A lost tablet, or one its user may no longer use, wipes what it holds once it has
+        # pushed its outbox (when its token may: a copy rotated away may not).
+        failure.extra_body = {  # type: ignore[attr-defined]
+            "purge_local_data": True,
+            "push_outbox_first": rejection.outbox_token is not None,
+        }
+    return failure

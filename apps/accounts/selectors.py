@@ -14,6 +14,7 @@ class TokenProblem(enum.Enum):
     UNKNOWN = "token_invalid"
     EXPIRED = "token_expired"
     REVOKED = "device_revoked"
+    DEACTIVATED = "user_deactivated"
 
     @property
     def message(self) -> str:
@@ -21,13 +22,22 @@ class TokenProblem(enum.Enum):
             TokenProblem.UNKNOWN: "Invalid token.",
             TokenProblem.EXPIRED: "Token expired; sign in again.",
             TokenProblem.REVOKED: "This device has been revoked.",
+            TokenProblem.DEACTIVATED: "This account has been deactivated.",
         }[self]
+
+    @property
+    def locks_out(self) -> bool:
+        """The device may no longer sign in at all: it hands over its outbox, then purges."""
+        return self in (TokenProblem.REVOKED, TokenProblem.DEACTIVATED)
 
 
 class TokenRejected(Exception):
-    def __init__(self, problem: TokenProblem) -> None:
+    def __init__(self, problem: TokenProblem, *, outbox_token: DeviceToken | None = None) -> None:
         super().__init__(problem.message)
         self.problem = problem
+        # The token of a locked-out device that may still hand over its outbox (see
+        # ``lockout_of``); None for a token that may not.
+        self.outbox_token = outbox_token
 
 
 def device_token_for(*, raw_token: str) -> DeviceToken:
@@ -36,16 +46,34 @@ def device_token_for(*, raw_token: str) -> DeviceToken:
         # Tokens are URL-safe ASCII; a websocket's JSON may carry what UTF-8 cannot even hash.
         raise TokenRejected(TokenProblem.UNKNOWN)
     token = DeviceToken.objects.select_related("device", "device__user").filter(key_hash=hash_token(raw_token)).first()
-    if token is None or not token.device.user.is_active:
+    if token is None:
         raise TokenRejected(TokenProblem.UNKNOWN)
-    if token.device.is_revoked:
-        raise TokenRejected(TokenProblem.REVOKED)
-    if token.is_revoked:
-        # A rotated-away token: as good as unknown to whoever holds it.
+    # Revoking a device revokes its tokens with it; one revoked before was rotated away.
+    rotated_away = token.revoked_at is not None and (
+        token.device.revoked_at is None or token.revoked_at < token.device.revoked_at
+    )
+    lockout = lockout_of(token)
+    if rotated_away and lockout is not TokenProblem.REVOKED:
+        # A copy left behind by a rotation: as good as unknown to whoever holds it (a revoked
+        # device's copies are still told to purge).
         raise TokenRejected(TokenProblem.UNKNOWN)
+    if lockout is not None:
+        # Expired or not: what a locked-out tablet still holds may be the only copy of a note.
+        raise TokenRejected(lockout, outbox_token=None if rotated_away else token)
     if token.is_expired(timezone.now()):
         raise TokenRejected(TokenProblem.EXPIRED)
     return token
+
+
+def lockout_of(token: DeviceToken) -> TokenProblem | None:
+    """Why the device of this token may no longer sign in at all (revoked, or its user
+    deactivated), or None. Such a device may still push what it holds, which is kept for a
+    supervisor's review and never applied."""
+    if token.device.is_revoked:
+        return TokenProblem.REVOKED
+    if not token.device.user.is_active:
+        return TokenProblem.DEACTIVATED
+    return None
 
 
 def device_list(*, user: User) -> QuerySet[Device]:

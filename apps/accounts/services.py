@@ -88,16 +88,25 @@ def device_revoke(*, device: Device, revoked_by: User | None, reason: str = "") 
         )
         DeviceToken.objects.filter(device=device, revoked_at=None).update(revoked_at=now)
         if newly_revoked:
-            transaction.on_commit(lambda: _disconnect_device_sockets(device.pk))
+            transaction.on_commit(lambda: _disconnect_device_sockets([device.pk], "device.revoked"))
     device.refresh_from_db()
     return device
 
 
-def _disconnect_device_sockets(device_id: object) -> None:
+def user_deactivated(*, user: User) -> None:
+    """Close the open websockets of a user just deactivated; call inside the transaction that
+    deactivated them. Their tokens stop working with the commit (``device_token_for``)."""
+    device_ids = list(Device.objects.filter(user=user, revoked_at=None).values_list("pk", flat=True))
+    if device_ids:
+        transaction.on_commit(lambda: _disconnect_device_sockets(device_ids, "user.deactivated"))
+
+
+def _disconnect_device_sockets(device_ids: list[UUID], event_type: str) -> None:
     channel_layer = get_channel_layer()
     if channel_layer is None:
         return
-    async_to_sync(channel_layer.group_send)(device_group_name(device_id), {"type": "device.revoked"})
+    for device_id in device_ids:
+        async_to_sync(channel_layer.group_send)(device_group_name(device_id), {"type": event_type})
 
 
 def device_mark_seen(*, device: Device) -> None:

@@ -11,7 +11,9 @@ Protocol (JSON text frames):
     client → {"type": "<domain message>", ..., "request_id": "<optional tag>"}
     server → the domain app's reply (or an error frame), carrying the same request_id
     server → {"type": "error", "code": "...", "detail": "...", "field": ...}  bad frame; socket stays open
-    server → {"type": "device.revoked", "purge_local_data": true}, then close 4403
+    server → {"type": "device.revoked", "purge_local_data": true, "push_outbox_first": true},
+             then close 4403: push the outbox over HTTP (it is kept for review), then purge
+    server → {"type": "user.deactivated", ...the same}: the user's account was deactivated
     server → {"type": "scopes.changed", "removed": [...], "added": [...]}  the user's units or roles
              changed; drop what belonged to a removed scope
 
@@ -33,7 +35,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts.models import DeviceToken, User
-from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_for
+from apps.accounts.selectors import TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
@@ -50,7 +52,7 @@ class CloseCode:
     """Application close codes (4000-4999), stable for clients to act on."""
 
     UNAUTHENTICATED = 4401  # no, unknown or expired token, or none sent in time
-    REVOKED = 4403  # the device was revoked: purge local data
+    REVOKED = 4403  # the device was revoked or its user deactivated: push the outbox, then purge
 
 
 MAX_FRAME_BYTES = 64 * 1024
@@ -170,9 +172,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         try:
             self.token, self.scopes = await _authenticate(raw_token)
         except TokenRejected as rejection:
-            code = CloseCode.REVOKED if rejection.problem is TokenProblem.REVOKED else CloseCode.UNAUTHENTICATED
-            await self.send_json({"type": "auth.failed", "code": rejection.problem.value})
-            await self.close(code=code)
+            failed: dict[str, Any] = {"type": "auth.failed", "code": rejection.problem.value}
+            if rejection.problem.locks_out:
+                failed.update(purge_local_data=True, push_outbox_first=rejection.outbox_token is not None)
+            await self.send_json(failed)
+            await self.close(code=CloseCode.REVOKED if rejection.problem.locks_out else CloseCode.UNAUTHENTICATED)
             return
         if self.auth_timer is not None:
             self.auth_timer.cancel()
@@ -323,7 +327,14 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_feed()
 
     async def device_revoked(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "device.revoked", "purge_local_data": True})
+        await self._lock_out("device.revoked")
+
+    async def user_deactivated(self, event: dict[str, Any]) -> None:
+        await self._lock_out("user.deactivated")
+
+    async def _lock_out(self, frame_type: str) -> None:
+        # The device's token was locked out with it, so the push still takes its outbox.
+        await self.send_json({"type": frame_type, "purge_local_data": True, "push_outbox_first": True})
         await self.close(code=CloseCode.REVOKED)
 
     async def realtime_event(self, event: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
+from apps.accounts.selectors import TokenProblem
 from apps.common import bulk, jsontext
 from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
@@ -318,12 +319,15 @@ def push_mutations(
     mutations: list[Any],
     client_version: str = "",
     keyed_by_content: bool = False,
+    lockout: TokenProblem | None = None,
 ) -> list[dict[str, Any]]:
     """Store, apply and answer a batch of one device's mutations (see the module docstring).
 
     With ``keyed_by_content`` (clients that do not number their changes), a mutation is
     identified by its content instead of a mutation id: sending the same change twice is
-    a replay.
+    a replay. A device under ``lockout`` (revoked, or its user deactivated) is handing over
+    what it holds before it purges: each new mutation is stored and quarantined, never
+    applied.
     """
     plausible = plausible_times(timezone.now())
     envelopes = [
@@ -344,6 +348,7 @@ def push_mutations(
         results=results,
         keyed_by_content=keyed_by_content,
         sealed=sealed,
+        lockout=lockout,
     )
     final = {row.pk: row.result for row in rows_by_index.values() if row.status != MutationStatus.RECEIVED}
     applied: dict[int, dict[str, Any]] = {}
@@ -411,9 +416,15 @@ def _store(
     results: dict[int, dict[str, Any]],
     keyed_by_content: bool,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
+    lockout: TokenProblem | None = None,
 ) -> tuple[dict[int, LedgerRow], set[int]]:
     """Write the batch to the ledger and commit: returns each envelope's row, and which
     envelopes repeat a mutation stored by an earlier request."""
+    locked_out = (
+        _error(lockout.value, f"{lockout.message} The change is kept for a supervisor's review, not applied.")
+        if lockout is not None
+        else None
+    )
     rows_by_index: dict[int, LedgerRow] = {}
     replayed: set[int] = set()
     existing: dict[Any, Mutation]
@@ -480,6 +491,7 @@ def _store(
                     )
                 else:
                     highest = envelope.mutation_id
+            problem = problem or locked_out
             row = new_ledger_row(envelope, device_id=device.pk, user_id=user.pk, client_version=client_version)
             if problem is not None:
                 row.status = MutationStatus.QUARANTINED

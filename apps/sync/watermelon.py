@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 from apps.accounts.models import Device, User
+from apps.accounts.selectors import TokenProblem
 from apps.sync import push, registry, selectors
 from apps.sync.models import ChangeOperation, IssuedCursor
 
@@ -174,7 +175,9 @@ def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], curs
     return cursor
 
 
-def push_changes(*, device: Device, user: User, changes: Any, client_version: str = "") -> dict[str, Any]:
+def push_changes(
+    *, device: Device, user: User, changes: Any, client_version: str = "", lockout: TokenProblem | None = None
+) -> dict[str, Any]:
     """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
     change_count(changes)  # its shape
     mutations: list[dict[str, Any]] = []
@@ -186,7 +189,12 @@ def push_changes(*, device: Device, user: User, changes: Any, client_version: st
             mutations.append(mutation)
             tables.append(table)
     results = push.push_mutations(
-        device=device, user=user, mutations=mutations, client_version=client_version, keyed_by_content=True
+        device=device,
+        user=user,
+        mutations=mutations,
+        client_version=client_version,
+        keyed_by_content=True,
+        lockout=lockout,
     )
     rejected: dict[str, list[str]] = {}
     for table, mutation, result in zip(tables, mutations, results, strict=True):

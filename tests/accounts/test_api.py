@@ -230,3 +230,4 @@ def test_revoked_device_is_told_to_purge_its_local_data(crew_member: CrewMember)
     assert response.status_code == 401
     assert response.json()["code"] == "device_revoked"
     assert response.json()["purge_local_data"] is True
+    assert response.json()["push_outbox_first"] is True

@@ -65,7 +65,11 @@ def test_a_revoked_device_loses_its_token_and_socket_at_once_and_is_told_to_purg
         )
 
         assert response.status_code == 200
-        assert receive(socket, timeout=1) == {"type": "device.revoked", "purge_local_data": True}
+        assert receive(socket, timeout=1) == {
+            "type": "device.revoked",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
         assert close_code(socket, timeout=1) == 4403
         assert time.monotonic() - started < 1
 

@@ -6,8 +6,10 @@ import time
 
 import pytest
 import websockets
+from django.test import Client
 
 from apps.accounts import services
+from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember
 from tests.live import AsgiServer
 from tests.realtime.client import authenticated_socket, close_code, open_socket, receive, send
@@ -44,7 +46,28 @@ def test_revoked_device_is_closed_with_4403(asgi: AsgiServer, crew_member: CrewM
     with open_socket(asgi.ws_url) as socket:
         send(socket, {"type": "auth", "token": crew_member.token})
 
-        assert receive(socket) == {"type": "auth.failed", "code": "device_revoked"}
+        assert receive(socket) == {
+            "type": "auth.failed",
+            "code": "device_revoked",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
+        assert close_code(socket) == 4403
+
+
+def test_a_deactivated_users_device_is_closed_with_4403(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    crew_member.user.is_active = False
+    crew_member.user.save(update_fields=["is_active"])
+
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "auth", "token": crew_member.token})
+
+        assert receive(socket) == {
+            "type": "auth.failed",
+            "code": "user_deactivated",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
         assert close_code(socket) == 4403
 
 
@@ -55,7 +78,32 @@ def test_revoking_a_connected_device_closes_its_socket_within_a_second(
         started = time.monotonic()
         services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost tablet")
 
-        assert receive(socket, timeout=1) == {"type": "device.revoked", "purge_local_data": True}
+        assert receive(socket, timeout=1) == {
+            "type": "device.revoked",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
+        assert close_code(socket, timeout=1) == 4403
+        assert time.monotonic() - started < 1
+
+
+def test_deactivating_a_connected_user_in_the_admin_closes_their_sockets_within_a_second(
+    asgi: AsgiServer, crew_member: CrewMember, superuser_client: Client
+) -> None:
+    change_url = f"/admin/accounts/user/{crew_member.user.pk}/change/"
+    data = resubmitted(superuser_client.get(change_url))
+    assert data.pop("is_active") == "on"
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        started = time.monotonic()
+        response = superuser_client.post(change_url, data)
+
+        assert response.status_code == 302
+        assert receive(socket, timeout=1) == {
+            "type": "user.deactivated",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
         assert close_code(socket, timeout=1) == 4403
         assert time.monotonic() - started < 1
 

@@ -45,6 +45,7 @@ def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer,
             "PATH": str(Path(node).parent),
             "BASE_URL": asgi.http_url,
             "TOKEN_A": crew_member.token,
+            "DEVICE_A": str(crew_member.device.pk),
             "TOKEN_B": teammate.token,
             "UNIT_ID": str(crew_member.unit.pk),
             "PRESEEDED_ID": str(preseeded),
@@ -78,3 +79,8 @@ def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer,
     assert deleted.is_deleted and deleted.location == "Lenox Ave"
     kept = Conflict.objects.get(record_id=encounter_id, kind="edit_vs_delete")
     assert kept.device_value == "B: moved to clinic"
+    # The note a revoked tablet handed over is kept for review and applies nowhere.
+    handed_over = Mutation.objects.get(record_id=summary["lastNoteId"])
+    assert (handed_over.status, handed_over.error_code) == (MutationStatus.QUARANTINED, "device_revoked")
+    assert handed_over.payload["fields"]["body"] == "Written in the subway."
+    assert not ClinicalNote.objects.filter(pk=summary["lastNoteId"]).exists()

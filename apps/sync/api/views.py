@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import DeviceToken, User
+from apps.accounts.selectors import lockout_of
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError, error_body
@@ -131,8 +132,12 @@ class PushView(APIView):
 
     200 with per-mutation results whenever the batch was read: content errors are results,
     not request errors. 5xx: nothing is lost, retry the same batch. GET tells the device the
-    highest mutation id stored for it: where its numbering continues.
+    highest mutation id stored for it: where its numbering continues. A revoked device, or
+    one whose user was deactivated, may still push what it holds: it is all quarantined
+    (`device_revoked` / `user_deactivated`) for a supervisor, and none of it applies.
     """
+
+    takes_outbox_handover = True  # see DeviceTokenAuthentication
 
     @extend_schema(responses=PushPositionSerializer)
     def get(self, request: Request) -> Response:
@@ -148,7 +153,11 @@ class PushView(APIView):
         except BatchTooLarge as error:
             return batch_too_large_response(error)
         results = push.push_mutations(
-            device=token.device, user=user, mutations=mutations, client_version=client_version_of(request)
+            device=token.device,
+            user=user,
+            mutations=mutations,
+            client_version=client_version_of(request),
+            lockout=lockout_of(token),
         )
         audit.record_writes(accessor=_accessor(request), mutations=mutations, results=results)
         return Response({"results": results})
@@ -237,8 +246,11 @@ class WatermelonPushView(APIView):
     """WatermelonDB `pushChanges`: body `{"changes": {...}, "lastPulledAt": n}`.
 
     Always 200 once the body is read: refused records are listed in
-    `experimentalRejectedIds` (kept in quarantine) and the others apply.
+    `experimentalRejectedIds` (kept in quarantine) and the others apply. A locked-out
+    device's records are all kept in quarantine, as over the other push.
     """
+
+    takes_outbox_handover = True  # see DeviceTokenAuthentication
 
     @extend_schema(request=dict, parameters=[_PROTOCOL_PARAMETER], responses=dict)
     def post(self, request: Request) -> Response:
@@ -250,7 +262,11 @@ class WatermelonPushView(APIView):
             if count > conf.PUSH_MAX_MUTATIONS:
                 return batch_too_large_response(BatchTooLarge(count))
             answer = watermelon.push_changes(
-                device=token.device, user=user, changes=changes, client_version=client_version_of(request)
+                device=token.device,
+                user=user,
+                changes=changes,
+                client_version=client_version_of(request),
+                lockout=lockout_of(token),
             )
         except watermelon.InvalidChanges as error:
             raise DomainError(str(error), code=error.code, field=error.field, status_code=400) from error

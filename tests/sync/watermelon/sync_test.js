@@ -1,6 +1,7 @@
 // Two tablets running the real WatermelonDB sync against a running Tandem server.
 //
-//   BASE_URL=http://127.0.0.1:8000 TOKEN_A=... TOKEN_B=... UNIT_ID=... PRESEEDED_ID=... node sync_test.js
+//   BASE_URL=http://127.0.0.1:8000 TOKEN_A=... DEVICE_A=... TOKEN_B=... UNIT_ID=... PRESEEDED_ID=... \
+//     node sync_test.js
 //
 // Exits non-zero on the first failed expectation; prints one JSON line of what the Python
 // test checks on the server side.
@@ -12,7 +13,7 @@ const { Database, Model, appSchema, tableSchema } = require('@nozbe/watermelondb
 const LokiJSAdapter = require('@nozbe/watermelondb/adapters/lokijs').default
 const { synchronize } = require('@nozbe/watermelondb/sync')
 
-const { BASE_URL, TOKEN_A, TOKEN_B, UNIT_ID, PRESEEDED_ID } = process.env
+const { BASE_URL, TOKEN_A, DEVICE_A, TOKEN_B, UNIT_ID, PRESEEDED_ID } = process.env
 
 const common = [
   { name: 'unit_id', type: 'string', isOptional: true },
@@ -96,7 +97,7 @@ function tablet(name, token) {
     'Tandem-Client-Version': 'watermelon-test/1.0',
   }
   const seen = { pulls: [], pushes: [] }
-  async function sync() {
+  async function sync({ pushOnly = false } = {}) {
     await synchronize({
       database,
       sendCreatedAsUpdated: true,
@@ -109,9 +110,11 @@ function tablet(name, token) {
         return resolved
       },
       pullChanges: async ({ lastPulledAt }) => {
+        // A locked-out tablet cannot pull: nothing comes down, so that the push runs.
+        if (pushOnly) return { changes: {}, timestamp: lastPulledAt }
         const url = `${BASE_URL}/api/v1/sync/watermelon/pull/?last_pulled_at=${lastPulledAt || ''}`
         const response = await fetch(url, { headers })
-        if (!response.ok) throw new Error(`pull ${response.status}: ${await response.text()}`)
+        if (!response.ok) throw Object.assign(new Error(`pull ${response.status}`), { answer: await response.json() })
         const body = await response.json()
         seen.pulls.push(body)
         return body
@@ -129,7 +132,7 @@ function tablet(name, token) {
       },
     })
   }
-  return { database, sync, seen }
+  return { database, sync, seen, headers }
 }
 
 async function createEncounter(database, fields) {
@@ -228,8 +231,32 @@ async function main() {
   assert.equal(onB.deleted, true, 'B learns of the delete')
   assert.equal(onB.location, 'B: moved to clinic', 'B keeps its edit')
 
+  // A is revoked with a note written offline still in its outbox. Its pull is refused and
+  // told to hand the outbox over first; the push takes it (kept for review, applied nowhere),
+  // and only then does the tablet wipe what it holds.
+  const lastNoteId = await createNote(a.database, PRESEEDED_ID, 'Written in the subway.')
+  const revoked = await fetch(`${BASE_URL}/api/v1/devices/${DEVICE_A}/revoke/`, { method: 'POST', headers: a.headers })
+  assert.equal(revoked.status, 200)
+  const refusal = await a.sync().then(
+    () => assert.fail('a revoked tablet may not pull'),
+    (error) => error.answer,
+  )
+  assert.deepEqual([refusal.code, refusal.purge_local_data, refusal.push_outbox_first], ['device_revoked', true, true])
+  await a.sync({ pushOnly: true })
+  const handedOver = a.seen.pushes[a.seen.pushes.length - 1]
+  assert.ok(handedOver.experimentalRejectedIds.notes.includes(lastNoteId), 'kept for review, not applied')
+  assert.equal((await find(a.database, 'notes', lastNoteId))._raw._status, 'created', 'unsynced until the wipe')
+  await a.database.write(() => a.database.unsafeResetDatabase())
+  assert.equal(await a.database.get('notes').query().fetchCount(), 0, 'wiped')
+
   console.log(
-    JSON.stringify({ encounterId, noteId, orphanId, pulls: a.seen.pulls.length + b.seen.pulls.length }),
+    JSON.stringify({
+      encounterId,
+      noteId,
+      orphanId,
+      lastNoteId,
+      pulls: a.seen.pulls.length + b.seen.pulls.length,
+    }),
   )
 }
 

@@ -1,0 +1,163 @@
+"""A device locked out (revoked, or its user deactivated) hands over what it holds before it
+purges: its pushes are kept in quarantine for a supervisor, and none of them applies."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from apps.accounts import services as account_services
+from apps.accounts.models import Program, Role
+from apps.care.models import ClinicalNote, Encounter
+from apps.sync.models import Mutation, MutationStatus
+from tests.care.factories import encounter
+from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import PROTOCOL, SimDevice, sync_client
+
+
+def _revoke(member: CrewMember) -> None:
+    account_services.device_revoke(device=member.device, revoked_by=None, reason="lost tablet")
+
+
+def _deactivate(member: CrewMember) -> None:
+    member.user.is_active = False
+    member.user.save(update_fields=["is_active"])
+
+
+LOCKOUTS = [
+    pytest.param(_revoke, "device_revoked", id="revoked"),
+    pytest.param(_deactivate, "user_deactivated", id="deactivated"),
+]
+
+
+def _offline_work(device: SimDevice, record_id: uuid.UUID) -> list[dict[str, Any]]:
+    """An edit of a record the device has, and a note it wrote offline."""
+    return [
+        device.mutation("update", "care.encounter", record_id, {"assessment": "written offline"}, 1),
+        device.mutation(
+            "create", "care.note", uuid.uuid4(), {"encounter_id": str(record_id), "body": "Calm; safety plan made."}
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
+def test_a_locked_out_devices_outbox_is_kept_for_a_supervisor_and_none_of_it_applies(
+    program: Program, crew_member: CrewMember, lock_out: Any, code: str
+) -> None:
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    outbox = _offline_work(device, record_id)
+    lock_out(crew_member)
+
+    refused = device.client().get("/api/v1/sync/feed/")
+    results = device.push(*outbox)
+    replayed = device.push(*outbox)
+
+    assert refused.status_code == 401
+    assert {key: refused.json()[key] for key in ("code", "purge_local_data", "push_outbox_first")} == {
+        "code": code,
+        "purge_local_data": True,
+        "push_outbox_first": True,
+    }
+    assert [(r["status"], r["error"]["code"]) for r in results] == [("quarantined", code)] * 2
+    assert [(r["status"], r["original_status"]) for r in replayed] == [("duplicate", "quarantined")] * 2
+    assert Encounter.objects.get(pk=record_id).assessment == "as first written"
+    assert not ClinicalNote.objects.exists()
+    kept = supervisor.client().get("/api/v1/sync/quarantine/").json()["results"]
+    assert sorted((m["mutation_id"], m["error"]["code"], m["program"]) for m in kept) == sorted(
+        (m["mutation_id"], code, str(program.pk)) for m in outbox
+    )
+    # The replay stored nothing more.
+    assert Mutation.objects.filter(device=crew_member.device, status=MutationStatus.QUARANTINED).count() == 2
+
+
+def test_a_token_rotated_away_before_the_revocation_hands_over_nothing(crew_member: CrewMember) -> None:
+    old_token = crew_member.token
+    rotated = crew_member.client().post("/api/v1/auth/token/rotate/")
+    assert rotated.status_code == 201, rotated.content
+    _revoke(crew_member)
+    client = sync_client(crew_member)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
+    device = SimDevice(crew_member)
+
+    response = client.post(
+        "/api/v1/sync/push/",
+        {"mutations": [device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "x"})]},
+        format="json",
+    )
+
+    assert response.status_code == 401
+    assert (response.json()["code"], response.json()["push_outbox_first"]) == ("device_revoked", False)
+    assert not Mutation.objects.exists()
+
+
+def test_a_deactivated_users_rotated_away_token_is_just_invalid(crew_member: CrewMember) -> None:
+    old_token = crew_member.token
+    assert crew_member.client().post("/api/v1/auth/token/rotate/").status_code == 201
+    _deactivate(crew_member)
+    client = sync_client(crew_member)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
+
+    response = client.post("/api/v1/sync/push/", {"mutations": []}, format="json")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_invalid"
+    assert "purge_local_data" not in response.json()
+
+
+@pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
+def test_only_the_push_takes_a_locked_out_device(crew_member: CrewMember, lock_out: Any, code: str) -> None:
+    lock_out(crew_member)
+    client = sync_client(crew_member)
+
+    answers = {
+        path: client.get(path).status_code
+        for path in (
+            "/api/v1/sync/snapshot/",
+            "/api/v1/sync/feed/",
+            "/api/v1/sync/quarantine/",
+            "/api/v1/sync/conflicts/",
+            "/api/v1/sync/watermelon/pull/",
+            "/api/v1/me/",
+        )
+    }
+    position = client.get("/api/v1/sync/push/")
+
+    assert set(answers.values()) == {401}
+    assert position.status_code == 200  # where its numbering continues, to hand over the rest
+    assert position.json() == {"last_mutation_id": 0}
+
+
+@pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
+def test_a_locked_out_watermelondb_push_is_kept_and_rejected_record_by_record(
+    crew_member: CrewMember, lock_out: Any, code: str
+) -> None:
+    record_id = encounter(crew_member, assessment="as first written")
+    lock_out(crew_member)
+    note_id = str(uuid.uuid4())
+    changes = {
+        "encounters": {
+            "created": [],
+            "updated": [{"id": str(record_id), "assessment": "written offline", "server_version": 1}],
+            "deleted": [],
+        },
+        "notes": {
+            "created": [{"id": note_id, "encounter_id": str(record_id), "body": "Calm; safety plan made."}],
+            "updated": [],
+            "deleted": [],
+        },
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    assert response.json()["experimentalRejectedIds"] == {"encounters": [str(record_id)], "notes": [note_id]}
+    assert {result["error"]["code"] for result in response.json()["results"]} == {code}
+    assert Encounter.objects.get(pk=record_id).assessment == "as first written"
+    assert not ClinicalNote.objects.exists()
+    assert Mutation.objects.filter(status=MutationStatus.QUARANTINED, error_code=code).count() == 2
