@@ -14,6 +14,7 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
+from apps.accounts import services as account_services
 from apps.accounts.models import Device, Program, Role, User
 from apps.teams.models import Unit
 from tests.accounts.factories import PASSWORD, MembershipFactory, ProgramFactory, UserFactory, device_with_token
@@ -94,6 +95,23 @@ def make_crew_member(program: Program, role: Role = Role.CLINICIAN, unit: Unit |
     UnitMemberFactory.create(unit=unit, user=user)
     device, token = device_with_token(user)
     return CrewMember(user, unit, device, token)
+
+
+def revoke_device(member: CrewMember) -> None:
+    account_services.device_revoke(device=member.device, revoked_by=None, reason="lost tablet")
+
+
+def deactivate_user(member: CrewMember) -> None:
+    member.user.is_active = False
+    member.user.save(update_fields=["is_active"])
+
+
+# The two ways a device is locked out, with the code it is told: parameters for a test
+# taking (lock_out, code).
+LOCKOUTS = [
+    pytest.param(revoke_device, "device_revoked", id="revoked"),
+    pytest.param(deactivate_user, "user_deactivated", id="deactivated"),
+]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 import websockets
@@ -10,7 +11,7 @@ from django.test import Client
 
 from apps.accounts import services
 from tests.admin_pages import resubmitted
-from tests.conftest import CrewMember
+from tests.conftest import LOCKOUTS, CrewMember
 from tests.live import AsgiServer
 from tests.realtime.client import authenticated_socket, close_code, open_socket, receive, send
 
@@ -40,31 +41,18 @@ def test_unknown_token_is_closed_with_4401(asgi: AsgiServer, db: None, token: st
         assert close_code(socket) == 4401
 
 
-def test_revoked_device_is_closed_with_4403(asgi: AsgiServer, crew_member: CrewMember) -> None:
-    services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost")
+@pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
+def test_a_locked_out_device_is_closed_with_4403_and_told_to_hand_over_its_outbox(
+    asgi: AsgiServer, crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str
+) -> None:
+    lock_out(crew_member)
 
     with open_socket(asgi.ws_url) as socket:
         send(socket, {"type": "auth", "token": crew_member.token})
 
         assert receive(socket) == {
             "type": "auth.failed",
-            "code": "device_revoked",
-            "purge_local_data": True,
-            "push_outbox_first": True,
-        }
-        assert close_code(socket) == 4403
-
-
-def test_a_deactivated_users_device_is_closed_with_4403(asgi: AsgiServer, crew_member: CrewMember) -> None:
-    crew_member.user.is_active = False
-    crew_member.user.save(update_fields=["is_active"])
-
-    with open_socket(asgi.ws_url) as socket:
-        send(socket, {"type": "auth", "token": crew_member.token})
-
-        assert receive(socket) == {
-            "type": "auth.failed",
-            "code": "user_deactivated",
+            "code": code,
             "purge_local_data": True,
             "push_outbox_first": True,
         }

@@ -4,32 +4,17 @@ purges: its pushes are kept in quarantine for a supervisor, and none of them app
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from apps.accounts import services as account_services
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync.models import Mutation, MutationStatus
 from tests.care.factories import encounter
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import LOCKOUTS, CrewMember, deactivate_user, make_crew_member, revoke_device
 from tests.sync.helpers import PROTOCOL, SimDevice, sync_client
-
-
-def _revoke(member: CrewMember) -> None:
-    account_services.device_revoke(device=member.device, revoked_by=None, reason="lost tablet")
-
-
-def _deactivate(member: CrewMember) -> None:
-    member.user.is_active = False
-    member.user.save(update_fields=["is_active"])
-
-
-LOCKOUTS = [
-    pytest.param(_revoke, "device_revoked", id="revoked"),
-    pytest.param(_deactivate, "user_deactivated", id="deactivated"),
-]
 
 
 def _offline_work(device: SimDevice, record_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -44,7 +29,7 @@ def _offline_work(device: SimDevice, record_id: uuid.UUID) -> list[dict[str, Any
 
 @pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
 def test_a_locked_out_devices_outbox_is_kept_for_a_supervisor_and_none_of_it_applies(
-    program: Program, crew_member: CrewMember, lock_out: Any, code: str
+    program: Program, crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str
 ) -> None:
     record_id = encounter(crew_member, assessment="as first written")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
@@ -78,7 +63,7 @@ def test_a_token_rotated_away_before_the_revocation_hands_over_nothing(crew_memb
     old_token = crew_member.token
     rotated = crew_member.client().post("/api/v1/auth/token/rotate/")
     assert rotated.status_code == 201, rotated.content
-    _revoke(crew_member)
+    revoke_device(crew_member)
     client = sync_client(crew_member)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
     device = SimDevice(crew_member)
@@ -97,7 +82,7 @@ def test_a_token_rotated_away_before_the_revocation_hands_over_nothing(crew_memb
 def test_a_deactivated_users_rotated_away_token_is_just_invalid(crew_member: CrewMember) -> None:
     old_token = crew_member.token
     assert crew_member.client().post("/api/v1/auth/token/rotate/").status_code == 201
-    _deactivate(crew_member)
+    deactivate_user(crew_member)
     client = sync_client(crew_member)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
 
@@ -109,7 +94,9 @@ def test_a_deactivated_users_rotated_away_token_is_just_invalid(crew_member: Cre
 
 
 @pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
-def test_only_the_push_takes_a_locked_out_device(crew_member: CrewMember, lock_out: Any, code: str) -> None:
+def test_only_the_push_takes_a_locked_out_device(
+    crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str
+) -> None:
     lock_out(crew_member)
     client = sync_client(crew_member)
 
@@ -133,7 +120,7 @@ def test_only_the_push_takes_a_locked_out_device(crew_member: CrewMember, lock_o
 
 @pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
 def test_a_locked_out_watermelondb_push_is_kept_and_rejected_record_by_record(
-    crew_member: CrewMember, lock_out: Any, code: str
+    crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str
 ) -> None:
     record_id = encounter(crew_member, assessment="as first written")
     lock_out(crew_member)
