@@ -448,6 +448,11 @@ class TimelineEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} at {self.at:%H:%M:%S}"
 
+    @property
+    def status(self) -> str:
+        """The crew status a crew's report names (its kind): what it says on the wire."""
+        return self.kind
+
 
 class AlertKind(models.TextChoices):
     ACK_OVERDUE = "ack_overdue", "Assignment not acknowledged"

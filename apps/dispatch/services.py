@@ -10,6 +10,7 @@ on one incident queue up instead of deadlocking.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -162,6 +163,8 @@ def _event(
     **detail: Any,
 ) -> TimelineEvent:
     return TimelineEvent.objects.create(
+        # A device's report is known by the id the device gave it (a synced record's too).
+        id=client_event_id or uuid.uuid4(),
         incident=incident,
         assignment=assignment,
         kind=kind,
@@ -648,6 +651,7 @@ CREW_STATUS_EVENTS = {
 class StatusUpdate:
     assignment: Assignment
     applied: bool
+    event: TimelineEvent
 
 
 @transaction.atomic
@@ -671,16 +675,16 @@ def assignment_update_status(
     assignment = _lock_assignment(assignment_id)
     _audit(accessor, AccessAction.UPDATE, assignment)
     if client_event_id is not None:
-        earlier = TimelineEvent.objects.filter(client_event_id=client_event_id).first()
+        earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
         if earlier is not None:
-            if earlier.assignment_id != assignment.pk:
+            if earlier.client_event_id != client_event_id or earlier.assignment_id != assignment.pk:
                 raise DomainError(
-                    "This event id was used for another assignment.",
+                    "This event id was used for another event.",
                     code="event_id_reused",
                     field="event_id",
                     status_code=400,
                 )
-            return StatusUpdate(assignment, earlier.applied)
+            return StatusUpdate(assignment, earlier.applied, earlier)
     _refuse_ended(assignment)
     if assignment.status == AssignmentStatus.OFFERED:
         raise DomainError("Acknowledge the assignment first.", code="not_acknowledged", field="status")
@@ -688,7 +692,7 @@ def assignment_update_status(
     progress = AssignmentStatus.progress()
     applied = progress.index(status) > progress.index(assignment.status)
     now = timezone.now()
-    _event(
+    event = _event(
         incident=assignment.incident,
         assignment=assignment,
         kind=CREW_STATUS_EVENTS[status],
@@ -700,7 +704,7 @@ def assignment_update_status(
         at=now,
     )
     if not applied:
-        return StatusUpdate(assignment, False)
+        return StatusUpdate(assignment, False, event)
     assignment.status = status
     timing = selectors.timing_for(program_id=assignment.incident.program_id, priority=assignment.incident.priority)
     if status == AssignmentStatus.ON_SCENE:
@@ -717,7 +721,7 @@ def assignment_update_status(
             _publish_incident(assignment.incident)
     _publish_assignment(assignment, origin_device_id=device.pk if device else None)
     _refresh_units([assignment.unit_id], now=now)
-    return StatusUpdate(assignment, True)
+    return StatusUpdate(assignment, True, event)
 
 
 @transaction.atomic

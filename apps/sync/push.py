@@ -661,7 +661,9 @@ def _program_of_new_record(row: LedgerRow) -> UUID | None:
     named = _id_named_by(row, field_name)
     if named is None:
         return None
-    program_id: UUID | None = model._default_manager.filter(pk=named).values_list("program_id", flat=True).first()
+    program_id: UUID | None = (
+        model._default_manager.filter(pk=named).values_list(synced_type.program_lookup, flat=True).first()
+    )
     return program_id
 
 

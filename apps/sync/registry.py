@@ -202,6 +202,8 @@ class SyncedType:
     # parent record) and the wire field naming its row. A refused create is then reviewed by
     # that program's supervisors.
     program_from: tuple[type[models.Model], str] | None = None
+    # The lookup from that model's row to its program's id, where the row has no program_id.
+    program_lookup: str = "program_id"
 
     def writable_fields(self) -> set[str]:
         return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}

@@ -53,11 +53,23 @@ def _record(model: type[models.Model], variant: int) -> models.Model:
     return record
 
 
+def _with_related(record: models.Model, serializer: Any, variant: int) -> None:
+    """Give the record, in memory, the related rows a wire field reads through
+    (``assignment.unit_id``)."""
+    for wire_field in serializer.fields.values():
+        if len(wire_field.source_attrs) == 2:
+            relation, _attribute = wire_field.source_attrs
+            related_model = record._meta.get_field(relation).related_model
+            assert isinstance(related_model, type)
+            setattr(record, relation, _record(related_model, variant))
+
+
 @pytest.mark.parametrize("variant", [0, 1, 2])
 @pytest.mark.parametrize("synced_type", registry.all_types(), ids=lambda synced_type: synced_type.name)
 def test_the_compiled_wire_form_is_drfs(synced_type: registry.SyncedType, variant: int) -> None:
     record = _record(synced_type.model, variant)
     serializer = registry.bound_serializer(synced_type.serializer, partial=False)
+    _with_related(record, serializer, variant)
     drf = json.loads(json.dumps(serializer.to_representation(record)))
 
     assert synced_type.to_wire(record) == drf
@@ -80,4 +92,9 @@ def test_every_type_says_where_a_new_records_program_comes_from(synced_type: reg
     model, field_name = synced_type.program_from
     wire_field = synced_type.serializer().fields[field_name]
     assert isinstance(wire_field, serializers.UUIDField) and not wire_field.read_only
-    assert model._meta.get_field("program").related_model is Program
+    *path, last = synced_type.program_lookup.split("__")
+    for step in path:  # e.g. an assignment's incident__program_id
+        related = model._meta.get_field(step).related_model
+        assert isinstance(related, type)
+        model = related
+    assert last == "program_id" and model._meta.get_field("program").related_model is Program

@@ -1,0 +1,105 @@
+"""What dispatch syncs to field devices: a crew's status times, recorded offline.
+
+A crew in a basement records "on scene" when it happens; the tablet pushes it with the rest
+of its outbox when it is back online. Each report is a record of its own (its id is the
+device's event id, as over REST): created once, never changed, kept in the incident's
+timeline with the time the crew observed, and it moves the assignment on as the REST status
+update does. A report the dispatch rules refuse (a time that cannot be true, an assignment
+that has ended) is quarantined for a supervisor, never lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from rest_framework import serializers
+
+from apps.common.api.errors import DomainError
+from apps.common.api.serializers import StrictSerializer
+from apps.dispatch import selectors, services
+from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
+from apps.sync import registry
+from apps.sync.registry import Change, Refused, WriteContext
+from apps.sync.scopes import unit_scope
+
+STATUS_TIME = "dispatch.status_time"
+# The wire field a dispatch rule's refusal is about, where the REST request names it
+# otherwise (None: the record's own id, which a refusal of sync names by its mutation).
+_WIRE_FIELD: dict[str, str | None] = {"event_id": None, "assignment": "assignment_id"}
+
+
+class StatusTimeWire(StrictSerializer):
+    assignment_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=[status.value for status in services.CREW_STATUS_EVENTS])
+    observed_at = serializers.DateTimeField()
+    # False when the assignment had already moved past it: kept in the timeline only.
+    applied = serializers.BooleanField(read_only=True)
+    unit_id = serializers.UUIDField(source="assignment.unit_id", read_only=True)
+    program_id = serializers.UUIDField(source="incident.program_id", read_only=True)
+    author_id = serializers.UUIDField(source="actor_id", read_only=True)
+
+
+def scopes_of(event: TimelineEvent) -> list[str]:
+    """The crew of the unit, and the program's dispatchers and supervisors."""
+    assert event.assignment is not None  # a status time always belongs to an assignment
+    return [unit_scope(event.assignment.unit_id), *services.staff_scopes(event.incident.program_id)]
+
+
+def program_id_of(event: TimelineEvent) -> UUID:
+    return event.incident.program_id
+
+
+def may_write_status_time(context: WriteContext, event: TimelineEvent | None, values: dict[str, Any]) -> bool:
+    """The assignment's crew, or its program's dispatchers (relaying a radio report), as
+    over REST."""
+    assignment = (
+        event.assignment if event is not None else context.parent(Assignment, values["assignment_id"], "assignment_id")
+    )
+    assert assignment is not None  # a status time always belongs to an assignment
+    return selectors.is_crew_of(user=context.user, unit_id=assignment.unit_id) or selectors.can_dispatch(
+        user=context.user, program_id=assignment.incident.program_id
+    )
+
+
+def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
+    if change.operation != "create":
+        raise Refused("append_only", "A status time is never changed; report the next status.")
+    values = change.values
+    assignment = context.parent(Assignment, values["assignment_id"], "assignment_id")
+    try:
+        update = services.assignment_update_status(
+            assignment_id=assignment.pk,
+            user=context.user,
+            device=context.device,
+            status=AssignmentStatus(values["status"]),
+            observed_at=values["observed_at"],
+            client_event_id=change.record_id,
+        )
+    except DomainError as refusal:
+        field = _WIRE_FIELD.get(refusal.field, refusal.field) if refusal.field is not None else None
+        raise Refused(refusal.code, refusal.detail, field=field) from None
+    if update.event.pk != change.record_id:
+        # Reported over REST before this record type existed, with this id as its event id.
+        raise Refused("reported_already", "This status was already reported; it stands.")
+    return update.event
+
+
+def register_synced_types() -> None:
+    registry.register(
+        registry.SyncedType(
+            name=STATUS_TIME,
+            model=TimelineEvent,
+            serializer=StatusTimeWire,
+            to_wire=registry.representation(StatusTimeWire),
+            scopes_of=scopes_of,
+            program_id_of=program_id_of,
+            may_write=may_write_status_time,
+            apply=status_time_apply,
+            program_from=(Assignment, "assignment_id"),
+            program_lookup="incident__program_id",
+            is_clinical=False,
+            # Not a WatermelonDB table: an app's schema that lacks it would fail its pulls.
+            # Such apps report status over REST, with the same event id.
+        )
+    )

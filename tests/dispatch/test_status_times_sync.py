@@ -1,0 +1,162 @@
+"""A crew's status times recorded offline, pushed with the tablet's outbox (dispatch.status_time)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from apps.accounts.models import Program, Role
+from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
+from apps.sync.models import Mutation, MutationStatus
+from tests.conftest import CrewMember, make_crew_member
+from tests.dispatch.factories import make_incident
+from tests.dispatch.test_assignments import offer, post
+from tests.sync.helpers import SimDevice
+from tests.teams.factories import UnitFactory
+
+
+def _acknowledged(program: Program, dispatcher: CrewMember, crew: CrewMember) -> uuid.UUID:
+    body = offer(dispatcher, make_incident(program, dispatcher), crew.unit)
+    assert post(crew, body["id"], "acknowledge").status_code == 200
+    return uuid.UUID(body["id"])
+
+
+def _status_time(device: SimDevice, assignment_id: uuid.UUID, status: str, observed_at: datetime) -> dict[str, Any]:
+    fields = {"assignment_id": str(assignment_id), "status": status, "observed_at": observed_at.isoformat()}
+    return device.mutation("create", "dispatch.status_time", uuid.uuid4(), fields)
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_status_times_recorded_offline_push_with_the_outbox_and_keep_the_crews_times(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    offered_at = Assignment.objects.get(pk=assignment_id).offered_at
+    en_route_at, on_scene_at = offered_at + timedelta(milliseconds=300), offered_at + timedelta(milliseconds=600)
+    outbox = [
+        _status_time(device, assignment_id, "en_route", en_route_at),
+        _status_time(device, assignment_id, "on_scene", on_scene_at),
+    ]
+
+    results = device.push(*outbox)
+    replayed = device.push(*outbox)
+    partner_sees, _ = SimDevice(make_crew_member(program, unit=crew_member.unit)).pull()
+    dispatch_sees, _ = SimDevice(dispatcher).pull()
+
+    assert [(r["status"], r["version"], r["data"]["applied"]) for r in results] == [("applied", 1, True)] * 2
+    assert [r["status"] for r in replayed] == ["duplicate"] * 2
+    assignment = Assignment.objects.get(pk=assignment_id)
+    assert assignment.status == AssignmentStatus.ON_SCENE
+    assert assignment.checkin_due_at is not None  # the check-in clock runs from the report
+    events = TimelineEvent.objects.filter(pk__in=[m["id"] for m in outbox]).order_by("at")
+    assert [(e.kind, e.observed_at, e.device_id) for e in events] == [
+        ("en_route", en_route_at, crew_member.device.pk),
+        ("on_scene", on_scene_at, crew_member.device.pk),
+    ]
+    status_times = {m["id"] for m in outbox}
+    for entries in (partner_sees, dispatch_sees):
+        assert {e["id"] for e in entries if e["type"] == "dispatch.status_time"} == status_times
+        latest = [e for e in entries if e["type"] == "dispatch.assignment"][-1]
+        assert latest["data"]["status"] == "on_scene"
+
+
+def test_a_status_time_arriving_after_a_later_one_is_kept_and_moves_nothing_back(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    on_scene = post(crew_member, assignment_id, "status", {"status": "on_scene"})
+    assert on_scene.status_code == 200
+    basement_phone = SimDevice(make_crew_member(program, unit=crew_member.unit))
+
+    offered_at = Assignment.objects.get(pk=assignment_id).offered_at
+    [late] = basement_phone.push(_status_time(basement_phone, assignment_id, "en_route", offered_at))
+
+    assert (late["status"], late["data"]["applied"]) == ("applied", False)
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
+    assert TimelineEvent.objects.get(pk=late["id"]).kind == "en_route"
+
+
+def test_a_status_time_the_dispatch_rules_refuse_is_kept_for_a_supervisor(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    too_old = _status_time(device, assignment_id, "en_route", timezone.now() - timedelta(hours=30))
+    fine = _status_time(device, assignment_id, "on_scene", timezone.now())
+
+    refused, applied = device.push(too_old, fine)
+
+    assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == (
+        "quarantined",
+        "time_too_old",
+        "fields.observed_at",
+    )
+    assert applied["status"] == "applied"  # the queue goes on behind it
+    assert not TimelineEvent.objects.filter(pk=too_old["id"]).exists()
+    kept = supervisor.client().get("/api/v1/sync/quarantine/").json()["results"]
+    assert [(m["mutation_id"], m["program"]) for m in kept] == [(too_old["mutation_id"], str(program.pk))]
+
+
+def test_status_times_are_append_only_and_only_the_crew_or_dispatch_reports_them(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    [created] = device.push(_status_time(device, assignment_id, "en_route", timezone.now()))
+    other_crew = SimDevice(make_crew_member(program, unit=UnitFactory.create(program=program)))
+    relayed_by_dispatch = SimDevice(dispatcher)
+
+    [changed] = device.push(device.mutation("update", "dispatch.status_time", created["id"], {"status": "cleared"}, 1))
+    [outsider] = other_crew.push(_status_time(other_crew, assignment_id, "on_scene", timezone.now()))
+    [relayed] = relayed_by_dispatch.push(_status_time(relayed_by_dispatch, assignment_id, "on_scene", timezone.now()))
+    [unknown] = device.push(_status_time(device, uuid.uuid4(), "cleared", timezone.now()))
+
+    assert (changed["status"], changed["error"]["code"]) == ("quarantined", "append_only")
+    assert (outsider["status"], outsider["error"]["code"]) == ("quarantined", "not_permitted")
+    assert relayed["status"] == "applied"
+    assert (unknown["error"]["code"], unknown["error"]["field"]) == ("parent_not_found", "fields.assignment_id")
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
+    assert Mutation.objects.filter(status=MutationStatus.QUARANTINED).count() == 3
+
+
+def test_a_status_time_sent_over_rest_and_then_synced_applies_once(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    over_rest = post(
+        crew_member,
+        assignment_id,
+        "status",
+        {"status": "en_route", "observed_at": mutation["fields"]["observed_at"], "event_id": mutation["id"]},
+    )
+
+    [synced] = device.push(mutation)
+
+    assert over_rest.status_code == 200
+    assert synced["status"] == "applied" and synced["data"]["applied"] is True
+    assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="en_route").count() == 1
+
+
+def test_an_event_id_that_names_another_timeline_event_is_refused_not_a_fault(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    offered = TimelineEvent.objects.get(assignment_id=assignment_id, kind="offered")
+    device = SimDevice(crew_member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    mutation["id"] = str(offered.pk)
+
+    over_rest = post(crew_member, assignment_id, "status", {"status": "en_route", "event_id": str(offered.pk)})
+    [synced] = device.push(mutation)
+
+    assert (over_rest.status_code, over_rest.json()["code"]) == (400, "event_id_reused")
+    assert (synced["status"], synced["error"]["code"]) == ("quarantined", "event_id_reused")
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
