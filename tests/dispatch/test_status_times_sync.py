@@ -160,3 +160,32 @@ def test_an_event_id_that_names_another_timeline_event_is_refused_not_a_fault(
     assert (over_rest.status_code, over_rest.json()["code"]) == (400, "event_id_reused")
     assert (synced["status"], synced["error"]["code"]) == ("quarantined", "event_id_reused")
     assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "field"),
+    [
+        ({"status": "acknowledged"}, "invalid_fields", "fields.status"),
+        ({"status": 3}, "invalid_fields", "fields.status"),
+        ({"observed_at": "yesterday"}, "invalid_fields", "fields.observed_at"),
+        ({"assignment_id": "not-a-uuid"}, "invalid_fields", "fields.assignment_id"),
+        ({"speed_kmh": 40}, "invalid_fields", "fields.speed_kmh"),
+    ],
+)
+def test_a_malformed_status_time_is_kept_naming_its_field(
+    program: Program,
+    dispatcher: CrewMember,
+    crew_member: CrewMember,
+    fields: dict[str, Any],
+    code: str,
+    field: str,
+) -> None:
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    mutation["fields"].update(fields)
+
+    [result] = device.push(mutation)
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == ("quarantined", code, field)
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
