@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -57,12 +59,23 @@ def device_token_for(*, raw_token: str) -> DeviceToken:
         # A copy left behind by a rotation: as good as unknown to whoever holds it (a revoked
         # device's copies are still told to purge).
         raise TokenRejected(TokenProblem.UNKNOWN)
+    now = timezone.now()
     if lockout is not None:
-        # Expired or not: what a locked-out tablet still holds may be the only copy of a note.
-        raise TokenRejected(lockout, outbox_token=None if rotated_away else token)
-    if token.is_expired(timezone.now()):
+        hands_over = not rotated_away and _may_hand_over(token, now)
+        raise TokenRejected(lockout, outbox_token=token if hands_over else None)
+    if token.is_expired(now):
         raise TokenRejected(TokenProblem.EXPIRED)
     return token
+
+
+def _may_hand_over(token: DeviceToken, now: datetime) -> bool:
+    """What a locked-out tablet still holds may be the only copy of a note, so it may hand it
+    over for a while, not forever: a revoked device for DEVICE_HANDOVER_DAYS after it was
+    revoked (expired token or not: one unseen for a month was revoked for that), a
+    deactivated user's until its token expires."""
+    if token.device.revoked_at is not None:
+        return now < token.device.revoked_at + timedelta(days=settings.DEVICE_HANDOVER_DAYS)
+    return not token.is_expired(now)
 
 
 def lockout_of(token: DeviceToken) -> TokenProblem | None:

@@ -289,6 +289,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 
 
 DEVICE_TOKEN_TTL_DAYS = env_int("DEVICE_TOKEN_TTL_DAYS", 30)
 DEVICE_REVOKE_UNSEEN_DAYS = env_int("DEVICE_REVOKE_UNSEEN_DAYS", 30)
+# How long a revoked device may still hand over the changes it holds (into quarantine).
+DEVICE_HANDOVER_DAYS = env_int("DEVICE_HANDOVER_DAYS", 30)
 # HIPAA asks for six years of audit records; programs may keep them longer.
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 366)
 # A websocket that has not authenticated by then is closed.

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
-from apps.accounts.models import Program, Role
+from apps.accounts.models import Device, DeviceToken, Program, Role
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync.models import Mutation, MutationStatus
 from tests.care.factories import encounter
@@ -76,6 +78,44 @@ def test_a_token_rotated_away_before_the_revocation_hands_over_nothing(crew_memb
 
     assert response.status_code == 401
     assert (response.json()["code"], response.json()["push_outbox_first"]) == ("device_revoked", False)
+    assert not Mutation.objects.exists()
+
+
+def test_a_revoked_device_hands_over_for_a_while_not_forever(crew_member: CrewMember) -> None:
+    revoke_device(crew_member)
+    device = SimDevice(crew_member)
+    revoked_at = Device.objects.get(pk=crew_member.device.pk).revoked_at
+    assert revoked_at is not None
+
+    Device.objects.filter(pk=crew_member.device.pk).update(revoked_at=revoked_at - timedelta(days=29, hours=23))
+    DeviceToken.objects.filter(device=crew_member.device).update(expires_at=timezone.now() - timedelta(days=1))
+    [within] = device.push(device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "x"}))
+    Device.objects.filter(pk=crew_member.device.pk).update(revoked_at=revoked_at - timedelta(days=30, minutes=1))
+    after = device.client().post(
+        "/api/v1/sync/push/",
+        {"mutations": [device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "y"})]},
+        format="json",
+    )
+
+    assert (within["status"], within["error"]["code"]) == ("quarantined", "device_revoked")  # its token expired too
+    assert after.status_code == 401
+    assert (after.json()["code"], after.json()["push_outbox_first"]) == ("device_revoked", False)
+    assert Mutation.objects.filter(device=crew_member.device).count() == 1
+
+
+def test_a_deactivated_users_device_hands_over_until_its_token_expires(crew_member: CrewMember) -> None:
+    deactivate_user(crew_member)
+    DeviceToken.objects.filter(device=crew_member.device).update(expires_at=timezone.now() - timedelta(minutes=1))
+    device = SimDevice(crew_member)
+
+    response = device.client().post(
+        "/api/v1/sync/push/",
+        {"mutations": [device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "y"})]},
+        format="json",
+    )
+
+    assert response.status_code == 401
+    assert (response.json()["code"], response.json()["push_outbox_first"]) == ("user_deactivated", False)
     assert not Mutation.objects.exists()
 
 
