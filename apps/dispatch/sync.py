@@ -15,6 +15,8 @@ from uuid import UUID
 
 from rest_framework import serializers
 
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError
 from apps.common.api.serializers import StrictSerializer
 from apps.dispatch import selectors, services
@@ -75,6 +77,12 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             status=AssignmentStatus(values["status"]),
             observed_at=values["observed_at"],
             client_event_id=change.record_id,
+            # The assignment's update is recorded as over REST, with the same transaction.
+            accessor=Accessor(
+                user=context.user,
+                device_id=context.device.pk if context.device is not None else None,
+                channel=AccessChannel.SYNC,
+            ),
         )
     except DomainError as refusal:
         field = _WIRE_FIELD.get(refusal.field, refusal.field) if refusal.field is not None else None

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.models import Program, Role
+from apps.audit.models import AuditEvent
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync.models import Mutation, MutationStatus
 from tests.conftest import CrewMember, make_crew_member
@@ -58,6 +59,9 @@ def test_status_times_recorded_offline_push_with_the_outbox_and_keep_the_crews_t
         ("en_route", en_route_at, crew_member.device.pk),
         ("on_scene", on_scene_at, crew_member.device.pk),
     ]
+    # Each moved the assignment, and each is in the audit trail as that device's update of it.
+    updates = AuditEvent.objects.filter(record_id=assignment_id, action="update", channel="sync")
+    assert list(updates.values_list("device_id", "record_type")) == [(crew_member.device.pk, "dispatch.assignment")] * 2
     status_times = {m["id"] for m in outbox}
     for entries in (partner_sees, dispatch_sees):
         assert {e["id"] for e in entries if e["type"] == "dispatch.status_time"} == status_times
