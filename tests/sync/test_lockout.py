@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from apps.accounts.models import Device, DeviceToken, Program, Role
 from apps.care.models import ClinicalNote, Encounter
@@ -27,6 +28,15 @@ def _offline_work(device: SimDevice, record_id: uuid.UUID) -> list[dict[str, Any
             "create", "care.note", uuid.uuid4(), {"encounter_id": str(record_id), "body": "Calm; safety plan made."}
         ),
     ]
+
+
+def _push_refused(client: APIClient, device: SimDevice) -> dict[str, Any]:
+    """Push one new record, expecting the whole push refused; the answer's body."""
+    mutation = device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "x"})
+    response = client.post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json")
+    assert response.status_code == 401, response.content
+    body: dict[str, Any] = response.json()
+    return body
 
 
 @pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
@@ -70,14 +80,9 @@ def test_a_token_rotated_away_before_the_revocation_hands_over_nothing(crew_memb
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
     device = SimDevice(crew_member)
 
-    response = client.post(
-        "/api/v1/sync/push/",
-        {"mutations": [device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "x"})]},
-        format="json",
-    )
+    refused = _push_refused(client, device)
 
-    assert response.status_code == 401
-    assert (response.json()["code"], response.json()["push_outbox_first"]) == ("device_revoked", False)
+    assert (refused["code"], refused["push_outbox_first"]) == ("device_revoked", False)
     assert not Mutation.objects.exists()
 
 
@@ -91,15 +96,10 @@ def test_a_revoked_device_hands_over_for_a_while_not_forever(crew_member: CrewMe
     DeviceToken.objects.filter(device=crew_member.device).update(expires_at=timezone.now() - timedelta(days=1))
     [within] = device.push(device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "x"}))
     Device.objects.filter(pk=crew_member.device.pk).update(revoked_at=revoked_at - timedelta(days=30, minutes=1))
-    after = device.client().post(
-        "/api/v1/sync/push/",
-        {"mutations": [device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "y"})]},
-        format="json",
-    )
+    after = _push_refused(device.client(), device)
 
     assert (within["status"], within["error"]["code"]) == ("quarantined", "device_revoked")  # its token expired too
-    assert after.status_code == 401
-    assert (after.json()["code"], after.json()["push_outbox_first"]) == ("device_revoked", False)
+    assert (after["code"], after["push_outbox_first"]) == ("device_revoked", False)
     assert Mutation.objects.filter(device=crew_member.device).count() == 1
 
 
@@ -108,14 +108,9 @@ def test_a_deactivated_users_device_hands_over_until_its_token_expires(crew_memb
     DeviceToken.objects.filter(device=crew_member.device).update(expires_at=timezone.now() - timedelta(minutes=1))
     device = SimDevice(crew_member)
 
-    response = device.client().post(
-        "/api/v1/sync/push/",
-        {"mutations": [device.mutation("create", "care.encounter", uuid.uuid4(), {"location": "y"})]},
-        format="json",
-    )
+    refused = _push_refused(device.client(), device)
 
-    assert response.status_code == 401
-    assert (response.json()["code"], response.json()["push_outbox_first"]) == ("user_deactivated", False)
+    assert (refused["code"], refused["push_outbox_first"]) == ("user_deactivated", False)
     assert not Mutation.objects.exists()
 
 
