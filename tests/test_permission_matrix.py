@@ -30,6 +30,7 @@ from apps.directory.models import Service
 from apps.dispatch import services as dispatch
 from apps.notifications.services import notify
 from apps.realtime.handlers import HandlerError, handler_for, registered_types
+from apps.sync.models import Mutation
 from tests.care.factories import pushed
 from tests.conftest import CrewMember
 from tests.dispatch.factories import intake_body, make_incident, make_staff, seed_default_triage_policy
@@ -87,6 +88,7 @@ MATRIX: dict[tuple[str, str], list[Try]] = {
     ("sync-push", "GET"): both(NO_DATA),
     ("sync-push", "POST"): both(NO_DATA, {"mutations": []}),
     ("sync-quarantine", "GET"): both(NO_DATA),
+    ("sync-quarantine-apply", "POST"): both(404, {"ids": ["quarantined_id"]}),
     ("sync-conflicts", "GET"): both(NO_DATA),
     ("sync-watermelon-pull", "GET"): both(NO_DATA),
     ("sync-watermelon-push", "POST"): both(NO_DATA, {"changes": {}}),
@@ -219,6 +221,10 @@ def build_world(program: Program, crew: CrewMember) -> World:
     attempt = {"step_id": str(step.pk), "method": "phone", "result": "reached", "attempted_at": now_iso()}
     assert pushed(crew, "followups.contact_attempt", attempt | {"notes": "Feels safer"})["status"] == "applied"
     service = Service.objects.create(program=program, name="Harlem crisis stabilisation", service_type="crisis")
+    # A note the server refused (its signature time is no time): kept for the program's supervisors.
+    refused_note = {"encounter_id": str(step.plan.encounter_id), "body": "Says the voices are back", "signed_at": "x"}
+    quarantined = pushed(crew, "care.note", refused_note)
+    assert quarantined["status"] == "quarantined"
     notification = notify(
         program=program,
         recipients=[crew.user.pk],
@@ -238,6 +244,7 @@ def build_world(program: Program, crew: CrewMember) -> World:
         "+12125550199",
         "Hearing voices",
         "Feels safer",
+        "voices are back",
     }
     return World(
         program=program,
@@ -253,6 +260,7 @@ def build_world(program: Program, crew: CrewMember) -> World:
             "device_id": str(crew.device.pk),
             "program": program.slug,
             "provider": "fcm",
+            "quarantined_id": str(Mutation.objects.get(record_id=quarantined["id"]).pk),
         },
         # Someone of another program sees nothing of it; a crew of another unit of the same
         # program may see the program's units and directory, nothing of this crew's work.
@@ -285,6 +293,8 @@ def concrete(value: Any, world: World) -> Any:
         return intake_body(world.program)
     if isinstance(value, dict):
         return {key: concrete(item, world) for key, item in value.items()}
+    if isinstance(value, list):
+        return [concrete(item, world) for item in value]
     if value == "now":
         return now_iso()
     if value == "new_uuid":

@@ -355,22 +355,30 @@ _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINI
 
 
 def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
-    """A user sees their own quarantined mutations; a supervisor sees those of their
-    programs' records, whoever wrote them.
-
-    A mutation's program is its record's, or for a refused create the program of the unit or
-    parent record it names (apps.sync.push). One naming nothing the server has has none: a
-    user in two programs may have written it for either, so it is shown to supervisors of
-    all the writer's programs, never across programs."""
-    supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
-    outside = Membership.objects.exclude(program__in=supervised)
-    within = User.objects.filter(memberships__program__in=supervised).exclude(memberships__in=outside)
+    """A user sees their own quarantined mutations, and a supervisor those they review."""
     return (
         Mutation.objects.filter(status=MutationStatus.QUARANTINED)
-        .filter(Q(user=user) | Q(program__in=supervised) | Q(program=None, user__in=within))
+        .filter(Q(user=user) | _reviewed_by(user))
         .select_related("device", "user")
         .order_by("-received_at", "-id")
     )
+
+
+def quarantined_mutations_reviewable_by(*, user: User) -> QuerySet[Mutation]:
+    """The quarantined mutations a supervisor reviews (and may apply again): those of their
+    programs' records, whoever wrote them (a writer who is not their supervisor never releases their own)."""
+    return Mutation.objects.filter(status=MutationStatus.QUARANTINED).filter(_reviewed_by(user))
+
+
+def _reviewed_by(user: User) -> Q:
+    """A mutation's program is its record's, or for a refused create the program of the unit
+    or parent record it names (apps.sync.push). One naming nothing the server has has none:
+    a user in two programs may have written it for either, so it goes to supervisors of all
+    the writer's programs, never across programs."""
+    supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
+    outside = Membership.objects.exclude(program__in=supervised)
+    within = User.objects.filter(memberships__program__in=supervised).exclude(memberships__in=outside)
+    return Q(program__in=supervised) | Q(program=None, user__in=within)
 
 
 def open_conflicts_visible_to(*, user: User) -> QuerySet[Conflict]:

@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.common.api.serializers import StrictSerializer
-from apps.sync import conf
+from apps.sync import conf, review
 from apps.sync.models import Conflict, Mutation
 
 
@@ -91,6 +91,17 @@ class PushPositionSerializer(serializers.Serializer[dict[str, object]]):
     last_mutation_id = serializers.IntegerField(
         min_value=0, help_text="The highest mutation_id stored for this device; number new mutations above it."
     )
+
+
+class ReviewedMutationsSerializer(StrictSerializer):
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), min_length=1, max_length=review.MAX_REVIEWED
+    )
+
+    def validate_ids(self, ids: list[int]) -> list[int]:
+        if len(set(ids)) != len(ids):
+            raise serializers.ValidationError("Each id once.", code="duplicate")
+        return ids
 
 
 class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):

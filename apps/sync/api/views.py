@@ -15,7 +15,7 @@ from apps.accounts.selectors import lockout_of
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError, error_body
-from apps.sync import audit, conf, push, selectors, services, watermelon
+from apps.sync import audit, conf, push, review, selectors, services, watermelon
 from apps.sync.api.protocol import PROTOCOL_HEADER, client_version_of, protocol_of
 from apps.sync.api.serializers import (
     ConflictSerializer,
@@ -25,6 +25,7 @@ from apps.sync.api.serializers import (
     PushOutputSerializer,
     PushPositionSerializer,
     QuarantinedMutationSerializer,
+    ReviewedMutationsSerializer,
     SnapshotPageSerializer,
     SnapshotQuerySerializer,
 )
@@ -205,6 +206,23 @@ class QuarantineView(APIView):
         user, _token = _device_auth(request)
         mutations = selectors.quarantined_mutations_visible_to(user=user)[:200]
         return Response({"results": QuarantinedMutationSerializer(mutations, many=True).data})
+
+
+class QuarantineApplyView(APIView):
+    """Apply again quarantined mutations you review as a supervisor (`{"ids": [...]}`, at
+    most 200): in their device's order, under their writer's current permissions, merged
+    with the record as it is now. Each answers its new result; what still cannot apply is
+    quarantined again, saying why. An id you do not review: 404 naming it, nothing applied."""
+
+    @extend_schema(request=ReviewedMutationsSerializer, responses=dict)
+    def post(self, request: Request) -> Response:
+        user, _token = _device_auth(request)
+        body = ReviewedMutationsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        results = review.apply_after_review(
+            mutation_ids=body.validated_data["ids"], reviewer=user, accessor=_accessor(request)
+        )
+        return Response({"results": results})
 
 
 class ConflictListView(APIView):

@@ -1,0 +1,68 @@
+"""A supervisor's review of quarantined mutations: apply again what should stand.
+
+A mutation is quarantined when it could not apply (a rule refused it, its writer had lost
+access, its device was locked out). A supervisor of its program reads it, payload included,
+and may apply it again as it was sent: it goes through the same path as a push, in the
+order its device made its changes, under its writer's current permissions and against the
+record as it is now (the three-way merge keeps a later colleague's edit; a collision
+becomes a conflict). What still cannot apply is quarantined again, saying why.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+
+from apps.accounts.models import Device, User
+from apps.audit.services import Accessor
+from apps.common.api.errors import DomainError
+from apps.sync import audit, push, selectors
+from apps.sync.models import Mutation, MutationStatus
+from apps.sync.services import lock_device
+
+MAX_REVIEWED = 200
+
+
+def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Accessor) -> list[dict[str, Any]]:
+    """Apply these quarantined mutations again; returns each one's new result (a push's,
+    with the ``quarantine_id`` asked for), in the order asked. Every id must be one the
+    reviewer reviews (``quarantined_mutations_reviewable_by``): otherwise nothing is applied
+    and the first other one is named."""
+    reviewable = set(
+        selectors.quarantined_mutations_reviewable_by(user=reviewer)
+        .filter(pk__in=mutation_ids)
+        .values_list("pk", flat=True)
+    )
+    for position, mutation_id in enumerate(mutation_ids):
+        if mutation_id not in reviewable:
+            raise DomainError(
+                "No quarantined mutation with this id that you review.",
+                code="not_found",
+                field=f"ids.{position}",
+                status_code=404,
+            )
+    by_device: dict[tuple[UUID, UUID], list[int]] = defaultdict(list)
+    for device_id, user_id, pk in (
+        Mutation.objects.filter(pk__in=mutation_ids).order_by("id").values_list("device_id", "user_id", "pk")
+    ):
+        by_device[(device_id, user_id)].append(pk)
+    for (device_id, user_id), pks in by_device.items():
+        _receive_again(device_id, pks)
+        push.apply_received(device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id))
+    rows = Mutation.objects.in_bulk(mutation_ids)
+    results = [rows[pk].result for pk in mutation_ids]
+    audit.record_writes(accessor=accessor, mutations=[rows[pk].payload for pk in mutation_ids], results=results)
+    return [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
+
+
+def _receive_again(device_id: UUID, mutation_ids: list[int]) -> None:
+    """Put the mutations back among their device's received ones, committed first: applied
+    with whatever else the device has waiting, in its order, as a push applies them."""
+    with transaction.atomic():
+        lock_device(device_id)  # not while a push of the device applies
+        Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED).update(
+            status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None
+        )

@@ -1,0 +1,138 @@
+"""A supervisor applies again, after review, quarantined mutations that should stand."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from apps.accounts.models import Program, Role
+from apps.audit.models import AuditEvent
+from apps.care.models import ClinicalNote, Encounter
+from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.teams.models import UnitMember
+from tests.accounts.factories import ProgramFactory
+from tests.care.factories import encounter
+from tests.conftest import CrewMember, make_crew_member, revoke_device
+from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+
+APPLY = "/api/v1/sync/quarantine/apply/"
+
+
+def _quarantined_ids(reviewer: CrewMember) -> list[int]:
+    """What the reviewer's quarantine list shows, oldest first."""
+    listed = sync_client(reviewer).get("/api/v1/sync/quarantine/").json()["results"]
+    return sorted(mutation["id"] for mutation in listed)
+
+
+def _apply(reviewer: CrewMember, ids: list[int], expect: int = 200) -> Any:
+    response = sync_client(reviewer).post(APPLY, {"ids": ids}, format="json")
+    assert response.status_code == expect, response.content
+    return response.json()
+
+
+def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
+    program: Program, crew_member: CrewMember
+) -> None:
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    note_id, new_record_id = uuid.uuid4(), uuid.uuid4()
+    outbox = [
+        device.mutation("update", "care.encounter", record_id, {"assessment": "written offline"}, 1),
+        device.mutation("create", "care.note", note_id, {"encounter_id": str(record_id), "body": "Safety plan made."}),
+        # A record made offline, and a change of it that waited behind its create.
+        device.mutation("create", "care.encounter", new_record_id, encounter_fields(crew_member, location="first")),
+        device.mutation("update", "care.encounter", new_record_id, {"location": "second"}, 1),
+    ]
+    revoke_device(crew_member)
+    handed_over = device.push(*outbox)
+    assert {result["error"]["code"] for result in handed_over} == {"device_revoked"}
+
+    answer = _apply(supervisor, _quarantined_ids(supervisor))
+    replayed = device.push(*outbox)
+
+    assert [(r["mutation_id"], r["status"]) for r in answer["results"]] == [
+        (m["mutation_id"], "applied") for m in outbox
+    ]
+    assert Encounter.objects.get(pk=record_id).assessment == "written offline"
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (note.body, note.created_by) == ("Safety plan made.", crew_member.user)  # the writer's, as sent
+    assert Encounter.objects.get(pk=new_record_id).location == "second"
+    assert [(r["status"], r["original_status"]) for r in replayed] == [("duplicate", "applied")] * 4
+    assert _quarantined_ids(supervisor) == []
+    # The supervisor's release of each record is in the audit trail, from their device.
+    released = AuditEvent.objects.filter(actor_id=supervisor.user.pk, device_id=supervisor.device.pk, channel="sync")
+    assert sorted(released.values_list("action", "record_id")) == sorted(
+        [("update", record_id), ("create", note_id), ("create", new_record_id), ("update", new_record_id)]
+    )
+
+
+def test_an_edit_applied_after_review_merges_with_what_changed_since(program: Program, crew_member: CrewMember) -> None:
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    offline = device.mutation("update", "care.encounter", record_id, {"assessment": "A: written offline"}, 1)
+    revoke_device(crew_member)
+    device.push(offline)
+    colleague = SimDevice(make_crew_member(program, unit=crew_member.unit))
+    colleague.push(colleague.mutation("update", "care.encounter", record_id, {"assessment": "B: later"}, 1))
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert result["status"] == "conflict"  # neither note is lost: the later one stands
+    assert Encounter.objects.get(pk=record_id).assessment == "B: later"
+    assert Conflict.objects.get(record_id=record_id).device_value == "A: written offline"
+
+
+def test_what_still_cannot_apply_is_quarantined_again_saying_why(program: Program, crew_member: CrewMember) -> None:
+    record_id = encounter(crew_member)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    device = SimDevice(crew_member)
+    [refused] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1))
+    assert refused["error"]["code"] == "not_permitted"
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted")
+    assert _quarantined_ids(supervisor) == [result["quarantine_id"]]
+
+
+def test_only_a_supervisor_of_the_records_program_applies_it_again(program: Program, crew_member: CrewMember) -> None:
+    record_id = encounter(crew_member)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    revoke_device(crew_member)
+    device.push(device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1))
+    [mutation_id] = _quarantined_ids(supervisor)
+    case_manager = make_crew_member(program, role=Role.CASE_MANAGER)
+    other_programs_supervisor = make_crew_member(ProgramFactory.create(), role=Role.SUPERVISOR)
+
+    answers = [
+        _apply(reviewer, [mutation_id], expect=404)
+        for reviewer in (case_manager, other_programs_supervisor, make_crew_member(program, unit=crew_member.unit))
+    ]
+    not_quarantined = _apply(supervisor, [mutation_id + 1000], expect=404)
+
+    assert [(a["code"], a["errors"][0]["field"]) for a in [*answers, not_quarantined]] == [("not_found", "ids.0")] * 4
+    assert Mutation.objects.get(pk=mutation_id).status == MutationStatus.QUARANTINED
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"ids": "1"}, "ids"),
+        ({"ids": []}, "ids"),
+        ({"ids": [1, 1]}, "ids"),
+        ({"ids": [0]}, "ids.0"),
+        ({"ids": list(range(1, 202))}, "ids"),
+        ({"ids": [1], "also": 2}, "also"),
+    ],
+)
+def test_a_malformed_review_is_a_400_naming_the_field(crew_member: CrewMember, body: Any, field: str) -> None:
+    response = sync_client(crew_member).post(APPLY, body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == field
