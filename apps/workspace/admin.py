@@ -24,15 +24,17 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.accounts.models import Device, Program, Role, User
-from apps.audit.models import AccessAction, AuditEvent
+from apps.audit.models import AccessAction, AccessChannel, AuditEvent
+from apps.audit.services import Accessor
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
 from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident, TimelineEvent
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
+from apps.sync import review
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict
+from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.workspace import work
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_action
@@ -373,6 +375,51 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
     @admin.action(description="Resolve: take the device's value", permissions=["change"])
     def take_device_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:
         self._resolve(request, queryset, sync_services.ConflictChoice.DEVICE)
+
+
+# --- sync quarantine -----------------------------------------------------------------------
+
+
+@admin.register(Mutation)
+class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
+    """Changes a device sent that the server kept but did not apply: read each as it was sent,
+    and apply again what should stand (a supervisor of its program only)."""
+
+    list_display = ["received_at", "record_type", "operation", "error_code", "user", "device", "program"]
+    list_filter = ["program", "error_code", "record_type"]
+    search_fields = ["=record_id"]
+    list_select_related = ["program", "user", "device"]
+    ordering = ["-received_at"]
+    fieldsets = [
+        (None, {"fields": ["program", "record_type", "record_id", "operation", "base_version"]}),
+        ("Why it was kept", {"fields": ["error_code", "result"]}),
+        ("As the device sent it", {"fields": ["payload", "observed_at", "observed_at_plausible"]}),
+        ("From", {"fields": ["user", "device", "mutation_id", "client_version", "received_at"]}),
+    ]
+    workspace_may_change = True  # its action calls sync's apply_after_review
+    actions = ["apply_again"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Mutation]:
+        return super().get_queryset(request).filter(status=MutationStatus.QUARANTINED)
+
+    @admin.action(description="Apply again after review (supervisors)", permissions=["change"])
+    def apply_again(self, request: HttpRequest, queryset: QuerySet[Mutation]) -> None:
+        assert isinstance(request.user, User)
+        try:
+            results = review.apply_after_review(
+                mutation_ids=list(queryset.order_by("pk").values_list("pk", flat=True)),
+                reviewer=request.user,
+                accessor=Accessor.from_request(request, AccessChannel.ADMIN),
+            )
+        except DomainError as error:
+            self.message_user(request, f"Nothing was applied: {error.detail}", messages.WARNING)
+            return
+        kept = [result for result in results if result["status"] == MutationStatus.QUARANTINED]
+        self.message_user(
+            request,
+            f"Applied {len(results) - len(kept)} of {len(results)}; {len(kept)} kept in quarantine again, saying why.",
+            messages.SUCCESS if not kept else messages.WARNING,
+        )
 
 
 # --- every other registration: scoped by program -------------------------------------------

@@ -13,7 +13,9 @@ from apps.accounts.models import User
 from apps.audit import registry as health_records
 from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor, record_access
+from apps.sync import audit as sync_audit
 from apps.sync import registry
+from apps.sync.models import Mutation
 
 
 def health_record_type(model: type[Model]) -> str | None:
@@ -25,17 +27,17 @@ def health_record_type(model: type[Model]) -> str | None:
 
 
 def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterable[Any]) -> None:
-    record_type = health_record_type(model)
-    if record_type is None:
-        return
-    record_ids = [record.pk for record in records]
-    if record_ids:
-        record_access(
-            accessor=Accessor.from_request(request, AccessChannel.ADMIN),
-            action=AccessAction.READ,
-            record_type=record_type,
-            record_ids=record_ids,
+    accessor = Accessor.from_request(request, AccessChannel.ADMIN)
+    if model is Mutation:
+        # A kept mutation holds its record's data as the device sent it: a read of the record.
+        sync_audit.record_reads(
+            accessor=accessor, records=((m.record_type, m.record_id) for m in records if m.record_id)
         )
+        return
+    record_type = health_record_type(model)
+    record_ids = [record.pk for record in records]
+    if record_type is not None and record_ids:
+        record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
 
 
 def record_admin_action(

@@ -63,7 +63,9 @@ def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     assert [(r["status"], r["original_status"]) for r in replayed] == [("duplicate", "applied")] * 4
     assert _quarantined_ids(supervisor) == []
     # The supervisor's release of each record is in the audit trail, from their device.
-    released = AuditEvent.objects.filter(actor_id=supervisor.user.pk, device_id=supervisor.device.pk, channel="sync")
+    released = AuditEvent.objects.filter(
+        actor_id=supervisor.user.pk, device_id=supervisor.device.pk, channel="sync"
+    ).exclude(action="read")
     assert sorted(released.values_list("action", "record_id")) == sorted(
         [("update", record_id), ("create", note_id), ("create", new_record_id), ("update", new_record_id)]
     )
@@ -136,3 +138,18 @@ def test_a_malformed_review_is_a_400_naming_the_field(crew_member: CrewMember, b
 
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == field
+
+
+def test_listing_the_quarantine_is_a_read_of_the_records_it_holds(program: Program, crew_member: CrewMember) -> None:
+    record_id = encounter(crew_member)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    revoke_device(crew_member)
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Written offline."}, 1))
+
+    assert len(_quarantined_ids(supervisor)) == 1
+
+    reads = AuditEvent.objects.filter(actor_id=supervisor.user.pk, action="read", channel="sync")
+    assert list(reads.values_list("record_type", "record_id", "device_id")) == [
+        ("care.encounter", record_id, supervisor.device.pk)
+    ]

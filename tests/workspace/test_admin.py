@@ -9,14 +9,17 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.accounts.models import Program, Role, User
+from apps.audit.models import AuditEvent
 from apps.care.models import Encounter
 from apps.followups.models import FollowUpStep, StepAction, StepStatus
-from apps.sync.models import Conflict
+from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory
-from tests.conftest import make_crew_member, sign_in_to_admin
+from tests.care.factories import encounter
+from tests.conftest import make_crew_member, revoke_device, sign_in_to_admin
 from tests.followups.factories import case_manager
+from tests.sync.helpers import SimDevice
 from tests.workspace.scenario import staff, workday
 
 
@@ -199,3 +202,30 @@ def test_admin_pages_of_other_records_leave_no_audit_event(program: Program) -> 
     client.get(changelist_url(Unit))
 
     assert not AuditEvent.objects.filter(channel="admin").exists()
+
+
+def test_a_supervisor_applies_a_quarantined_change_again_from_the_admin(program: Program) -> None:
+    crew = make_crew_member(program)
+    record_id = encounter(crew, assessment="as first written")
+    device = SimDevice(crew)
+    revoke_device(crew)  # the tablet hands over its outbox: kept, not applied
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Written offline."}, 1))
+    kept = Mutation.objects.get(record_id=record_id, status=MutationStatus.QUARANTINED)
+    supervisor_user = staff(make_crew_member(program, role=Role.SUPERVISOR).user)
+    supervisor = sign_in_to_admin(Client(), supervisor_user)
+    manager = sign_in_to_admin(Client(), staff(make_crew_member(program, role=Role.CASE_MANAGER).user))
+    apply_again = {"action": "apply_again", "_selected_action": [str(kept.pk)]}
+
+    page = supervisor.get(change_url(Mutation, kept.pk))
+    manager.post(changelist_url(Mutation), apply_again)  # reads it, may not release it
+    still_kept = Mutation.objects.get(pk=kept.pk).status
+    supervisor.post(changelist_url(Mutation), apply_again)
+
+    assert page.status_code == 200 and "Written offline." in page.content.decode()
+    assert still_kept == MutationStatus.QUARANTINED
+    assert Encounter.objects.get(pk=record_id).assessment == "Written offline."
+    assert Mutation.objects.get(pk=kept.pk).status == MutationStatus.APPLIED
+    assert list(supervisor.get(changelist_url(Mutation)).context["cl"].result_list) == []  # out of the queue
+    # Opening it read the encounter's data as the device sent it; applying it wrote the encounter.
+    supervisors_access = AuditEvent.objects.filter(actor_id=supervisor_user.pk, record_id=record_id, channel="admin")
+    assert set(supervisors_access.values_list("action", flat=True)) == {"read", "update"}
