@@ -386,7 +386,7 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
     and apply again what should stand (a supervisor of its program only)."""
 
     list_display = ["received_at", "record_type", "operation", "error_code", "user", "device", "program"]
-    list_filter = ["program", "error_code", "record_type"]
+    list_filter = [QueueFilter, "program", "error_code", "record_type"]
     search_fields = ["=record_id"]
     list_select_related = ["program", "user", "device"]
     ordering = ["-received_at"]

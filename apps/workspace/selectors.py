@@ -32,7 +32,7 @@ from apps.dispatch.models import (
     UnservedReason,
 )
 from apps.followups.models import FollowUpStep, StepStatus
-from apps.sync.models import Conflict
+from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.workspace.access import workspace_program_ids
 
 
@@ -108,6 +108,10 @@ def _conflicts_to_resolve(user: User, now: dt.datetime) -> Q:
     return Q(resolved_at=None)
 
 
+def _quarantined_to_review(user: User, now: dt.datetime) -> Q:
+    return Q(status=MutationStatus.QUARANTINED)
+
+
 def _eligible_not_served(user: User, now: dt.datetime) -> Q:
     teams = Response.team_responses()
     return Q(status=IncidentStatus.CLOSED, served_at=None) & (
@@ -143,6 +147,9 @@ QUEUES: list[QueueDefinition] = [
     ),
     QueueDefinition("checkins_missed", "Check-ins missed", Assignment, "incident__program", _missed_checkins),
     QueueDefinition("conflicts_to_resolve", "Sync conflicts to resolve", Conflict, "program", _conflicts_to_resolve),
+    QueueDefinition(
+        "quarantined_to_review", "Quarantined changes to review", Mutation, "program", _quarantined_to_review
+    ),
     QueueDefinition("eligible_not_served", "Eligible calls not served", Incident, "program", _eligible_not_served),
 ]
 QUEUES_BY_KEY = {queue.key: queue for queue in QUEUES}

@@ -1,7 +1,8 @@
 """One program's working day, made through the domain services the way the field makes it:
 an incident offered and not acknowledged, a crew on scene that missed its check-in, an
-eligible call closed unserved, an encounter with a referral and its follow-up steps, and a
-sync conflict on the encounter's assessment."""
+eligible call closed unserved, an encounter with a referral and its follow-up steps, a
+sync conflict on the encounter's assessment, and a change of it the server kept but did not
+apply."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def workday(program: Program) -> Workday:
         teammate, "care.encounter", {"assessment": "Calm."}, op="update", record_id=encounter_id, base_version=1
     )
     assert (first["status"], late["status"]) == ("applied", "conflict"), (first, late)
+    # A change whose disposition the server does not know: kept in quarantine for review.
+    kept = pushed(
+        crew, "care.encounter", {"disposition": "abducted"}, op="update", record_id=encounter_id, base_version=2
+    )
+    assert kept["status"] == "quarantined", kept
 
     return Workday(
         program=program,

@@ -43,6 +43,7 @@ def test_each_queue_counts_its_programs_work(program: Program) -> None:
         "assignments_not_acknowledged": 1,
         "checkins_missed": 1,
         "conflicts_to_resolve": 1,
+        "quarantined_to_review": 1,
         "eligible_not_served": 1,
     }
     [unserved] = [queue for queue in queue_counts(user=day.case_manager, now=now) if queue.key == "eligible_not_served"]
