@@ -102,12 +102,21 @@ def test_what_still_cannot_apply_is_quarantined_again_saying_why(program: Progra
     assert _quarantined_ids(supervisor) == [result["quarantine_id"]]
 
 
-def test_only_a_supervisor_of_the_records_program_applies_it_again(program: Program, crew_member: CrewMember) -> None:
+def _handed_over_edit(
+    program: Program, crew_member: CrewMember, fields: dict[str, Any]
+) -> tuple[uuid.UUID, CrewMember]:
+    """A crew's edit of an encounter, handed over by its revoked tablet (so kept, not applied);
+    and a supervisor of the program."""
     record_id = encounter(crew_member)
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     device = SimDevice(crew_member)
     revoke_device(crew_member)
-    device.push(device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1))
+    device.push(device.mutation("update", "care.encounter", record_id, fields, 1))
+    return record_id, supervisor
+
+
+def test_only_a_supervisor_of_the_records_program_applies_it_again(program: Program, crew_member: CrewMember) -> None:
+    _record_id, supervisor = _handed_over_edit(program, crew_member, {"location": "x"})
     [mutation_id] = _quarantined_ids(supervisor)
     case_manager = make_crew_member(program, role=Role.CASE_MANAGER)
     other_programs_supervisor = make_crew_member(ProgramFactory.create(), role=Role.SUPERVISOR)
@@ -141,11 +150,7 @@ def test_a_malformed_review_is_a_400_naming_the_field(crew_member: CrewMember, b
 
 
 def test_listing_the_quarantine_is_a_read_of_the_records_it_holds(program: Program, crew_member: CrewMember) -> None:
-    record_id = encounter(crew_member)
-    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
-    device = SimDevice(crew_member)
-    revoke_device(crew_member)
-    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Written offline."}, 1))
+    record_id, supervisor = _handed_over_edit(program, crew_member, {"assessment": "Written offline."})
 
     assert len(_quarantined_ids(supervisor)) == 1
 
