@@ -636,35 +636,46 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
     """Give the quarantined mutations among these rows the program whose supervisors review
     them (the writer may be in several programs, or have left this one): the program of the
     record each changes, where the server has it; for a create of a new record, the program
-    of the unit or parent record it names."""
+    of the unit or parent record it names. A few statements however many rows (a locked-out
+    tablet hands over its whole outbox at once)."""
     quarantined = [row for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
     if not quarantined:
         return
+    named = _programs_named_by_creates(quarantined)
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
             " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id",
             [[row.pk for row in quarantined]],
         )
-    for row in quarantined:
-        if row.operation == MutationOperation.CREATE:
-            program_id = _program_of_new_record(row)
-            if program_id is not None:
-                Mutation.objects.filter(pk=row.pk, program=None).update(program_id=program_id)
+        if named:
+            cursor.execute(
+                "UPDATE sync_mutation AS m SET program_id = n.program_id"
+                " FROM unnest(%b::bigint[], %b::uuid[]) AS n(id, program_id)"
+                " WHERE m.id = n.id AND m.program_id IS NULL",
+                [list(named), list(named.values())],
+            )
 
 
-def _program_of_new_record(row: LedgerRow) -> UUID | None:
-    synced_type = registry.get(row.record_type)
-    if synced_type is None or synced_type.program_from is None:
-        return None
-    model, field_name = synced_type.program_from
-    named = _id_named_by(row, field_name)
-    if named is None:
-        return None
-    program_id: UUID | None = (
-        model._default_manager.filter(pk=named).values_list(synced_type.program_lookup, flat=True).first()
-    )
-    return program_id
+def _programs_named_by_creates(rows: list[LedgerRow]) -> dict[int, UUID]:
+    """By ledger row: the program of the unit or parent record each create names (one read
+    per kind of parent), for the creates that name one the server has."""
+    named: dict[tuple[type[Any], str], dict[int, UUID]] = defaultdict(dict)
+    for row in rows:
+        synced_type = registry.get(row.record_type)
+        if row.operation != MutationOperation.CREATE or synced_type is None or synced_type.program_from is None:
+            continue
+        model, field_name = synced_type.program_from
+        named_id = _id_named_by(row, field_name)
+        if named_id is not None:
+            named[(model, synced_type.program_lookup)][row.pk] = named_id
+    programs: dict[int, UUID] = {}
+    for (model, lookup), by_row in named.items():
+        found = dict(
+            model._default_manager.filter(pk__in=bulk.any_of(set(by_row.values()), "uuid")).values_list("pk", lookup)
+        )
+        programs.update((pk, found[named_id]) for pk, named_id in by_row.items() if found.get(named_id) is not None)
+    return programs
 
 
 def _id_named_by(row: LedgerRow, field_name: str) -> UUID | None:
