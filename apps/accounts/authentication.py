@@ -46,11 +46,5 @@ class DeviceTokenAuthentication(BaseAuthentication):
 
 def _failure(rejection: TokenRejected) -> exceptions.AuthenticationFailed:
     failure = exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value)
-    if rejection.problem.locks_out:
-        # A lost tablet, or one its user may no longer use, wipes what it holds once it has
-        # pushed its outbox (when its token may: a copy rotated away may not).
-        failure.extra_body = {  # type: ignore[attr-defined]
-            "purge_local_data": True,
-            "push_outbox_first": rejection.outbox_token is not None,
-        }
+    failure.extra_body = rejection.instructions()  # type: ignore[attr-defined]
     return failure

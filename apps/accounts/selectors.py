@@ -41,6 +41,13 @@ class TokenRejected(Exception):
         # ``lockout_of``); None for a token that may not.
         self.outbox_token = outbox_token
 
+    def instructions(self) -> dict[str, bool]:
+        """What the device must do, said with the refusal: a locked-out device hands over its
+        outbox (when this token may) and then wipes what it holds; others, nothing."""
+        if not self.problem.locks_out:
+            return {}
+        return {"purge_local_data": True, "push_outbox_first": self.outbox_token is not None}
+
 
 def device_token_for(*, raw_token: str) -> DeviceToken:
     """The usable token behind a raw value; raises TokenRejected saying why not."""

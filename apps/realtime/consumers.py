@@ -172,10 +172,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         try:
             self.token, self.scopes = await _authenticate(raw_token)
         except TokenRejected as rejection:
-            failed: dict[str, Any] = {"type": "auth.failed", "code": rejection.problem.value}
-            if rejection.problem.locks_out:
-                failed.update(purge_local_data=True, push_outbox_first=rejection.outbox_token is not None)
-            await self.send_json(failed)
+            await self.send_json({"type": "auth.failed", "code": rejection.problem.value, **rejection.instructions()})
             await self.close(code=CloseCode.REVOKED if rejection.problem.locks_out else CloseCode.UNAUTHENTICATED)
             return
         if self.auth_timer is not None:

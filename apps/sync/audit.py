@@ -39,6 +39,15 @@ def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> N
         record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
 
 
+def record_quarantine_reads(*, accessor: Accessor, mutations: Iterable[Any]) -> None:
+    """Audit quarantined mutations shown to someone: each holds its record's data as a device
+    sent it, so showing it reads that record."""
+    record_reads(
+        accessor=accessor,
+        records=((mutation.record_type, mutation.record_id) for mutation in mutations if mutation.record_id),
+    )
+
+
 def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
     """Audit the records a push wrote, from its per-mutation results."""
     # Only a usable mutation id has a result that wrote something (a list or an object is

@@ -29,10 +29,7 @@ def health_record_type(model: type[Model]) -> str | None:
 def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterable[Any]) -> None:
     accessor = Accessor.from_request(request, AccessChannel.ADMIN)
     if model is Mutation:
-        # A kept mutation holds its record's data as the device sent it: a read of the record.
-        sync_audit.record_reads(
-            accessor=accessor, records=((m.record_type, m.record_id) for m in records if m.record_id)
-        )
+        sync_audit.record_quarantine_reads(accessor=accessor, mutations=records)
         return
     record_type = health_record_type(model)
     record_ids = [record.pk for record in records]

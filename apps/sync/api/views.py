@@ -205,11 +205,7 @@ class QuarantineView(APIView):
     def get(self, request: Request) -> Response:
         user, _token = _device_auth(request)
         mutations = list(selectors.quarantined_mutations_visible_to(user=user)[:200])
-        # Each holds its record's data as a device sent it: a read of that record.
-        audit.record_reads(
-            accessor=_accessor(request),
-            records=((mutation.record_type, mutation.record_id) for mutation in mutations if mutation.record_id),
-        )
+        audit.record_quarantine_reads(accessor=_accessor(request), mutations=mutations)
         return Response({"results": QuarantinedMutationSerializer(mutations, many=True).data})
 
 
