@@ -12,7 +12,7 @@ from apps.audit import registry as health_records
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.sync import registry
-from apps.sync.models import ChangeEntry, ChangeOperation
+from apps.sync.models import ChangeEntry, ChangeOperation, Mutation
 
 _WRITE_ACTIONS = {"create": AccessAction.CREATE, "update": AccessAction.UPDATE, "delete": AccessAction.DELETE}
 # Results of mutations that changed (or tried to change and kept as a conflict) a record.
@@ -57,11 +57,35 @@ def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dic
         for mutation in mutations
         if isinstance(mutation, dict) and type(mutation.get("mutation_id")) is int
     }
+    _record_written(
+        accessor=accessor,
+        written=(
+            (result["type"], result["id"], operation_of.get(result["mutation_id"]))
+            for result in results
+            if result.get("status") in _WRITTEN and result.get("type") and result.get("id")
+        ),
+    )
+
+
+def record_ledger_writes(*, accessor: Accessor, mutations: Iterable[Mutation]) -> None:
+    """Audit the records these ledger rows wrote. The ledger knows each one's operation, also
+    for a client that numbers no changes (WatermelonDB), whose results no mutation id ties
+    back to what it sent."""
+    _record_written(
+        accessor=accessor,
+        written=(
+            (row.record_type, row.record_id, row.operation)
+            for row in mutations
+            if row.result.get("status") in _WRITTEN and row.record_id is not None
+        ),
+    )
+
+
+def _record_written(*, accessor: Accessor, written: Iterable[tuple[str, Any, str | None]]) -> None:
     by_key: dict[tuple[str, AccessAction], list[UUID]] = defaultdict(list)
-    for result in results:
-        if result.get("status") in _WRITTEN and result.get("type") and result.get("id"):
-            action = _WRITE_ACTIONS.get(str(operation_of.get(result["mutation_id"])), AccessAction.UPDATE)
-            by_key[(result["type"], action)].append(UUID(result["id"]))
+    for record_type, record_id, operation in written:
+        action = _WRITE_ACTIONS.get(str(operation), AccessAction.UPDATE)
+        by_key[(record_type, action)].append(UUID(str(record_id)))
     for (record_type, action), record_ids in by_key.items():
         record_access(accessor=accessor, action=action, record_type=record_type, record_ids=record_ids)
 

@@ -53,10 +53,7 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
         _receive_again(device_id, pks)
         push.apply_received(device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id))
     rows = Mutation.objects.in_bulk(mutation_ids)
-    for pks in by_device.values():  # a mutation id names one change of one device
-        audit.record_writes(
-            accessor=accessor, mutations=[rows[pk].payload for pk in pks], results=[rows[pk].result for pk in pks]
-        )
+    audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
     return [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
 
 

@@ -71,6 +71,30 @@ def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     )
 
 
+def test_a_watermelondb_create_applied_after_review_is_audited_as_a_create(
+    program: Program, crew_member: CrewMember
+) -> None:
+    record_id = encounter(crew_member)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    note_id = str(uuid.uuid4())
+    revoke_device(crew_member)
+    # A WatermelonDB client does not number its changes: the ledger keys them by content.
+    created = {"id": note_id, "encounter_id": str(record_id), "body": "Calm; safety plan made."}
+    sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/",
+        {"changes": {"notes": {"created": [created], "updated": [], "deleted": []}}, "lastPulledAt": None},
+        format="json",
+    )
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert result["status"] == "applied"
+    released = AuditEvent.objects.filter(actor_id=supervisor.user.pk, channel="sync").exclude(action="read")
+    assert list(released.values_list("action", "record_type", "record_id")) == [
+        ("create", "care.note", uuid.UUID(note_id))
+    ]
+
+
 def test_an_edit_applied_after_review_merges_with_what_changed_since(program: Program, crew_member: CrewMember) -> None:
     record_id = encounter(crew_member, assessment="as first written")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
