@@ -464,6 +464,9 @@ _registry: dict[str, SyncedType] = {}
 
 
 def register(synced_type: SyncedType) -> None:
+    """Register a type after every type its records refer to (a person before the encounters
+    that name it): a client that sends its changes in no order of its own (a WatermelonDB
+    push, table by table) has them applied in this one, parents first."""
     existing = _registry.get(synced_type.name)
     if existing is not None and existing.model is not synced_type.model:
         raise ValueError(f"record type {synced_type.name!r} is already registered")
@@ -501,6 +504,11 @@ def get(name: str) -> SyncedType | None:
 
 def all_types() -> list[SyncedType]:
     return sorted(_registry.values(), key=lambda synced_type: synced_type.name)
+
+
+def in_registration_order() -> list[SyncedType]:
+    """Every type, each after the types its records refer to (see ``register``)."""
+    return list(_registry.values())
 
 
 def by_watermelon_table(table: str) -> SyncedType | None:

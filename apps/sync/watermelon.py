@@ -182,10 +182,10 @@ def push_changes(
     change_count(changes)  # its shape
     mutations: list[dict[str, Any]] = []
     tables: list[str] = []
-    for table, table_changes in sorted(changes.items()):
+    for table in _parents_first(changes):
         synced_type = registry.by_watermelon_table(table)
         type_name = synced_type.name if synced_type else f"watermelon.{table}"
-        for mutation in _mutations_of(type_name, table_changes):
+        for mutation in _mutations_of(type_name, changes[table]):
             mutations.append(mutation)
             tables.append(table)
     results = push.push_mutations(
@@ -204,6 +204,18 @@ def push_changes(
         ):
             rejected.setdefault(table, []).append(str(mutation.get("id")))
     return {"experimentalRejectedIds": rejected, "results": results}
+
+
+def _parents_first(changes: dict[str, Any]) -> list[str]:
+    """The pushed tables in the order their records apply: a record made offline with its
+    parent (an encounter with its person) comes after it. Unknown tables come last, to be
+    refused."""
+    known = [
+        synced_type.watermelon_table
+        for synced_type in registry.in_registration_order()
+        if synced_type.watermelon_table in changes
+    ]
+    return known + sorted(changes.keys() - set(known))
 
 
 def _mutations_of(type_name: str, table_changes: dict[str, Any]) -> Iterable[dict[str, Any]]:
