@@ -15,7 +15,8 @@ Protocol (JSON text frames):
              then close 4403: push the outbox over HTTP (it is kept for review), then purge
     server → {"type": "user.deactivated", ...the same}: the user's account was deactivated
     server → {"type": "scopes.changed", "removed": [...], "added": [...]}  the user's units or roles
-             changed; drop what belonged to a removed scope
+             changed; drop what belonged to a removed scope (sent when the channel layer
+             says so, or when a feed read finds the user's scopes changed, whichever is first)
 
 The token travels in the first message, not the URL, so it never lands in access logs.
 Feed entries are read from the database (the same pages as GET /api/v1/sync/feed/); the
@@ -43,7 +44,8 @@ from apps.realtime.handlers import HandlerError, handler_for
 from apps.sync import audit as sync_audit
 from apps.sync import selectors as feed
 from apps.sync.models import ChangeEntry
-from apps.sync.scopes import feed_group_name, scopes_for_user
+from apps.sync.scopes import feed_group_name
+from apps.sync.services import user_scopes_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +78,21 @@ def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any
 def _authenticate_now(raw_token: str) -> tuple[DeviceToken, list[str]]:
     token = device_token_for(raw_token=raw_token)
     device_mark_seen(device=token.device)
-    return token, scopes_for_user(token.device.user)
+    return token, user_scopes_refresh(user=token.device.user)
 
 
-def _read_feed_now(scopes: list[str], cursor: str | None, device_id: Any) -> feed.FeedPage:
-    return feed.feed_page(scopes=scopes, cursor=cursor, limit=FEED_PAGE_SIZE, reader_device_id=device_id)
+def _read_feed_now(scopes: list[str], cursor: str | None, token: DeviceToken) -> feed.FeedPage:
+    return feed.feed_page(
+        scopes=scopes,
+        cursor=cursor,
+        limit=FEED_PAGE_SIZE,
+        reader_device_id=token.device_id,
+        user_id=token.device.user_id,
+    )
 
 
-def _scopes_of_now(user_id: Any) -> list[str]:
-    return scopes_for_user(User.objects.get(pk=user_id))
+def _refresh_scopes_now(user_id: Any) -> list[str]:
+    return user_scopes_refresh(user=User.objects.get(pk=user_id))
 
 
 def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None:
@@ -96,7 +104,7 @@ def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None
 
 
 _authenticate = _in_thread_pool(_authenticate_now)
-_scopes_of = _in_thread_pool(_scopes_of_now)
+_refresh_scopes = _in_thread_pool(_refresh_scopes_now)
 _read_feed = _in_thread_pool(_read_feed_now)
 _audit_delivered = _in_thread_pool(_audit_delivered_now)
 
@@ -210,13 +218,17 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         async with self.feed_lock:
             while True:
                 try:
-                    page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
+                    page = await _read_feed(self.scopes, self.feed_cursor, self.token)
                 except feed.InvalidCursor as error:
                     # Older than the feed keeps (410 over HTTP): bootstrap from the snapshot.
                     self.feed_subscribed = False
                     code = "cursor_expired" if isinstance(error, feed.CursorExpired) else "invalid_cursor"
                     await self.send_error(code, str(error), field="cursor")
                     return
+                if page.scopes != self.scopes:
+                    # The user's access changed and the channel layer's word of it is late
+                    # or lost: the page was read for the scopes they have now.
+                    await self.follow_scopes(page.scopes)
                 cursor = page.position.encode(self.token.device_id)
                 if page.entries or cursor != self.feed_cursor or always_answer:
                     always_answer = False
@@ -241,7 +253,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         for delay in HELD_BACK_RETRY_SECONDS:
             await asyncio.sleep(delay)
             assert self.token is not None
-            page = await _read_feed(self.scopes, self.feed_cursor, self.token.device_id)
+            page = await _read_feed(self.scopes, self.feed_cursor, self.token)
             if page.entries or page.position.encode(self.token.device_id) != self.feed_cursor or page.has_more:
                 await self.send_feed()
             if not page.held_back:
@@ -309,10 +321,20 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         """The user's units or roles changed: follow exactly the scopes they may see now."""
         if self.token is None:
             return
-        scopes = await _scopes_of(self.token.device.user_id)
+        scopes = await _refresh_scopes(self.token.device.user_id)
+        if self.feed_subscribed:
+            # The read takes the user's scopes in the snapshot of the entries it serves.
+            await self.send_feed()
+        else:
+            await self.follow_scopes(scopes)
+
+    async def follow_scopes(self, scopes: list[str]) -> None:
+        """Join the groups of gained scopes, leave those of lost ones, and tell the device."""
         removed = sorted(set(self.scopes) - set(scopes))
         added = sorted(set(scopes) - set(self.scopes))
         self.scopes = scopes
+        if not removed and not added:
+            return
         for scope in removed:
             group = feed_group_name(scope)
             await self.channel_layer.group_discard(group, self.channel_name)
@@ -320,8 +342,6 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         for scope in added:
             await self.join(feed_group_name(scope))
         await self.send_json({"type": "scopes.changed", "removed": removed, "added": added})
-        if self.feed_subscribed:
-            await self.send_feed()
 
     async def device_revoked(self, event: dict[str, Any]) -> None:
         await self._lock_out("device.revoked")

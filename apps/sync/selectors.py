@@ -112,6 +112,8 @@ class FeedPage:
     # Changes already committed but not yet servable, because an older transaction is still
     # running: pull again shortly.
     held_back: bool
+    # The scopes the page was read for.
+    scopes: list[str]
 
 
 def audiences_of(*, including_any_of: list[str], excluding_any_of: list[str] | None = None) -> RawSQL:
@@ -140,35 +142,52 @@ def _after(position: FeedPosition) -> Q:
     )
 
 
-def _reading_position(scopes: list[str]) -> tuple[int, int, list[str]]:
-    """The oldest running transaction, the next transaction id to be assigned, and the
-    audiences a reader of these scopes reads, in one snapshot.
+def _reading_position(scopes: list[str], user_id: UUID | None) -> tuple[int, int, list[str], list[str]]:
+    """The oldest running transaction, the next transaction id to be assigned, the scopes
+    read and the audiences a reader of them reads, in one snapshot.
 
     Every entry of a transaction below that one committed before the snapshot, and with it
     (or before it) every audience the entry names: read together, the audiences are
     complete for every entry that may be served. Given as values, the planner sees which
     audiences and walks the (scope, transaction) index for each.
+
+    A user's scopes are read in that snapshot too, from where every change of their access
+    stores them in its own transaction (``UserScopeState``): a move to another unit is then
+    either wholly before the page or wholly after it, so no entry of the new unit is passed
+    over with the old unit's scopes, nor one of the old unit served after the move.
+    ``scopes`` stand in for a user whose scopes were never stored.
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
-            f" pg_snapshot_xmax(pg_current_snapshot())::text::bigint, ARRAY({_AUDIENCES_SQL})",
-            _audiences_params(scopes, []),
+            "WITH reader AS (SELECT coalesce((SELECT scopes FROM sync_userscopestate WHERE user_id = %s),"
+            " %s::varchar[]) AS scopes)"
+            " SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+            " pg_snapshot_xmax(pg_current_snapshot())::text::bigint, reader.scopes,"
+            " ARRAY(SELECT unnest(reader.scopes) UNION ALL SELECT key FROM sync_audience"
+            " WHERE sync_audience.scopes && reader.scopes) FROM reader",
+            [user_id, scopes],
         )
-        horizon, next_transaction_id, audiences = cursor.fetchone()
-    return int(horizon), int(next_transaction_id), list(audiences)
+        horizon, next_transaction_id, read_scopes, audiences = cursor.fetchone()
+    return int(horizon), int(next_transaction_id), sorted(read_scopes), list(audiences)
 
 
 def feed_page(
-    *, scopes: list[str], cursor: str | None, limit: int = 200, reader_device_id: UUID | None = None
+    *,
+    scopes: list[str],
+    cursor: str | None,
+    limit: int = 200,
+    reader_device_id: UUID | None = None,
+    user_id: UUID | None = None,
 ) -> FeedPage:
     """The next entries for these scopes after the cursor, in feed order.
 
+    With ``user_id``, the scopes are the user's as stored, read with the entries (see
+    ``_reading_position``); the page names the scopes it was read for.
     A device's own writes are skipped (it has them already); the cursor still moves past them.
     """
     position = FeedPosition.decode(cursor, reader_device_id=reader_device_id)
     _check_retention(position)
-    horizon, next_transaction_id, audiences = _reading_position(scopes)
+    horizon, next_transaction_id, scopes, audiences = _reading_position(scopes, user_id)
     if position.transaction_id >= next_transaction_id:
         # Every position served is below the oldest running transaction, so below this (read
         # on the primary, as the horizon is: a lagging replica would refuse a served cursor).
@@ -184,7 +203,7 @@ def feed_page(
         position = FeedPosition.of(rows[-1])
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
     held_back = not has_more and ChangeEntry.objects.filter(scope__in=audiences, transaction_id__gte=horizon).exists()
-    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back)
+    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back, scopes=scopes)
 
 
 def _check_retention(position: FeedPosition) -> None:

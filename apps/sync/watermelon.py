@@ -149,7 +149,9 @@ def selectors_limit() -> int:
 def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], cursor: str, device: Device) -> str:
     latest: dict[str, tuple[registry.SyncedType, dict[str, Any] | None]] = {}
     for _ in range(_PULL_PAGES_PER_SYNC):
-        page = selectors.feed_page(scopes=scopes, cursor=cursor, limit=_PULL_PAGE, reader_device_id=device.pk)
+        page = selectors.feed_page(
+            scopes=scopes, cursor=cursor, limit=_PULL_PAGE, reader_device_id=device.pk, user_id=device.user_id
+        )
         for entry in page.entries:
             synced_type = registry.get(entry.record_type)
             if synced_type is None or not synced_type.watermelon_table:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import uuid
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -81,3 +83,37 @@ def test_a_role_taken_away_in_the_admin_stops_the_users_open_sockets_at_once(
         message = receive(socket)
 
     assert [entry["id"] for entry in message["entries"]] == [own_unit_note]
+
+
+def test_a_socket_that_missed_the_scope_change_message_serves_the_scopes_the_user_has_now(
+    asgi: AsgiServer, program: Program, crew_member: CrewMember
+) -> None:
+    old_unit = crew_member.unit
+    new_crew = make_crew_member(program)
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        assert receive(socket)["entries"] == []
+
+        # The move commits with the user's scopes brought up to date, as every change of crew
+        # does; the channel layer's message to the socket is lost (it may drop messages).
+        with transaction.atomic():
+            UnitMember.objects.filter(user=crew_member.user, unit=old_unit).update(unit=new_crew.unit)
+            services.user_scopes_refresh(user=crew_member.user)
+        new_unit_note = note_for(new_crew)
+        old_unit_note = note_for(crew_member)  # nudges the socket, still in the old unit's group
+        frames: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):  # until the new unit's note comes, if it does
+            while new_unit_note not in _delivered(frames):
+                frames.append(receive(socket))
+
+    assert new_unit_note in _delivered(frames)
+    assert old_unit_note not in _delivered(frames)
+    assert {
+        "type": "scopes.changed",
+        "removed": [unit_scope(old_unit.pk)],
+        "added": [unit_scope(new_crew.unit.pk)],
+    } in frames
+
+
+def _delivered(frames: list[dict[str, Any]]) -> list[str]:
+    return [entry["id"] for frame in frames for entry in frame.get("entries", [])]

@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from apps.accounts.models import Program, Role
 from apps.sync import selectors, services
 from apps.sync.scopes import program_role_scope, scopes_for_user, unit_scope, user_scope
+from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
 
@@ -196,3 +197,22 @@ def test_concurrent_writers_and_a_reader_lose_and_repeat_nothing(program: Progra
     assert len(written) == writers * per_writer
     assert sorted(seen) == sorted(written)
     assert len(seen) == len(set(seen))
+
+
+def test_a_page_is_read_for_the_scopes_the_user_has_in_its_snapshot(program: Program, crew_member: CrewMember) -> None:
+    scopes_before = scopes_for_user(crew_member.user)
+    services.user_scopes_refresh(user=crew_member.user)
+    other_crew = make_crew_member(program)
+    with transaction.atomic():  # a move to another unit, committed with the user's scopes
+        UnitMember.objects.filter(user=crew_member.user).update(unit=other_crew.unit)
+        services.user_scopes_refresh(user=crew_member.user)
+    old_unit_record = record_for_unit(crew_member)
+    new_unit_record = record_for_unit(other_crew)
+
+    # A reader that still holds the scopes from before the move (a socket, between reads).
+    page = selectors.feed_page(scopes=scopes_before, cursor=None, user_id=crew_member.user.pk)
+
+    assert page.scopes == scopes_for_user(crew_member.user) != scopes_before
+    served = [entry.record_id for entry in page.entries]
+    assert new_unit_record in served
+    assert old_unit_record not in served

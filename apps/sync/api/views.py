@@ -71,6 +71,7 @@ class FeedView(APIView):
                 cursor=query.validated_data.get("cursor"),
                 limit=query.validated_data["limit"],
                 reader_device_id=token.device_id,
+                user_id=user.pk,
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
