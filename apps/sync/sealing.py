@@ -16,6 +16,7 @@ are read as they are until ``reseal_stored_copies`` seals them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -44,7 +45,10 @@ def _memo_key(value: Any) -> Any:
 
 
 def _seal_value(value: Any, memo: dict[Any, str] | None) -> Any:
-    if value is None or value == "" or (isinstance(value, str) and is_sealed(value)):
+    # Every value is sealed, also text that begins as a sealed value does: what a device
+    # sends is never taken for what the server sealed (a reader would fail to open it, or
+    # open for the device a sealed value it had got hold of).
+    if value is None or value == "":
         return value
     if memo is None:
         return seal_json(value)
@@ -105,20 +109,22 @@ def _unseal(value: Any, names: frozenset[str], memo: dict[Any, str] | None) -> A
     return value
 
 
-# A sealed value as PostgreSQL prints a jsonb string member: after `": `, a sealed token
-# (a prefix, then url-safe base64, so never a quote or backslash inside), in quotes. Inside
-# a plain string the quotes would be escaped, so this never matches part of one.
-_SEALED_MEMBER = re.compile(
-    r'(?<=": )"((?:' + re.escape(SEALED_PREFIX) + "|" + re.escape(FERNET_PREFIX) + r')[A-Za-z0-9_\-=]+)"'
-)
-
-
 def unseal_text(text: str) -> str:
     """JSON text (as PostgreSQL prints jsonb) with its sealed values opened, unparsed."""
     if SEALED_PREFIX not in text and FERNET_PREFIX not in text:
         return text
     # A sealed value is the value's JSON text: it goes back in as it is, never parsed.
-    return _SEALED_MEMBER.sub(lambda match: unseal(match.group(1)), text)
+    return _sealed_members(health_names()).sub(lambda match: f"{match[1]}: {unseal(match[2])}", text)
+
+
+@functools.cache
+def _sealed_members(names: frozenset[str]) -> re.Pattern[str]:
+    """A health field's sealed value as PostgreSQL prints a jsonb member: the field's name in
+    quotes, `: `, and a sealed token (a prefix, then url-safe base64, so never a quote or
+    backslash inside) in quotes. Inside a plain string the quotes would be escaped, so this
+    never matches part of one; and another field's text that looks sealed stays as it is."""
+    keys = "|".join(re.escape(json.dumps(name)) for name in sorted(names))
+    return re.compile(rf'({keys}): "((?:{re.escape(SEALED_PREFIX)}|{re.escape(FERNET_PREFIX)})[A-Za-z0-9_\-=]+)"')
 
 
 def reseal_value(value: Any) -> Any:
@@ -169,7 +175,7 @@ class SealedJSONField(models.JSONField):
     name, not its shape, says whether it is health information, so all of it is sealed."""
 
     def get_db_prep_save(self, value: Any, connection: Any) -> Any:
-        if value is not None and not (isinstance(value, str) and is_sealed(value)):
+        if value is not None:
             value = seal_json(value)
         return super().get_db_prep_save(value, connection)
 

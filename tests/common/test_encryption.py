@@ -83,10 +83,10 @@ def test_values_sealed_by_earlier_releases_still_open_and_reseal_to_the_current_
     resealed = reseal(from_an_earlier_release)
     assert resealed.startswith(SEALED_PREFIX) and is_sealed_with_newest_key(resealed)
     assert unseal(resealed) == "written before the upgrade"
-    # The snapshot opens both formats inside JSON text (sync seals a value's JSON).
+    # The snapshot opens both formats inside JSON text (sync seals a health field's JSON).
     earlier_json = Fernet(NEW_KEY).encrypt(b'"then"').decode()
-    text = f'{{"a": "{earlier_json}", "b": "{seal_json("now")}", "c": "plain"}}'
-    assert unseal_text(text) == '{"a": "then", "b": "now", "c": "plain"}'
+    text = f'{{"body": "{earlier_json}", "assessment": "{seal_json("now")}", "location": "plain"}}'
+    assert unseal_text(text) == '{"body": "then", "assessment": "now", "location": "plain"}'
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "not_base64"])

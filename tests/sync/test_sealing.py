@@ -9,7 +9,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
 
-from apps.accounts.models import Program
+from apps.accounts.models import Program, Role
 from apps.common.encryption import SEALED_PREFIX, UnreadableHealthInformation
 from apps.sync.models import Conflict, Mutation, SyncedRecord
 from apps.sync.services import reseal_stored_copies
@@ -161,3 +161,83 @@ def test_a_records_memo_reuses_a_sealing_only_for_the_same_value_of_the_same_typ
     assert again["assessment"] == first["assessment"]
     assert len({variant["assessment"] for variant in variants}) == 3
     assert [sealing.unseal_tree(variant)["assessment"] for variant in variants] == ["1", 1, True]
+
+
+# Text a person may type that begins as a sealed value does: it is text like any other.
+LOOKS_SEALED = {
+    "given_name": "gAAAAAhello",
+    "assessment": "sealed:v2:AAAA",
+    "location": "gAAAAABBBB",
+    "body": "sealed:v2:x",
+    "service_name": "sealed:v2:AAAAAAAA",  # not health information: stored plain
+}
+
+
+def test_text_that_looks_sealed_is_sealed_like_any_other_and_read_back_as_typed(
+    program: Program, crew_member: CrewMember
+) -> None:
+    device = SimDevice(crew_member)
+    person_id, encounter_id, note_id, referral_id = (uuid.uuid4() for _ in range(4))
+    outbox = [
+        device.mutation(
+            "create",
+            "care.person",
+            person_id,
+            {"unit_id": str(crew_member.unit.pk), "given_name": LOOKS_SEALED["given_name"]},
+        ),
+        device.mutation(
+            "create",
+            "care.encounter",
+            encounter_id,
+            encounter_fields(crew_member, assessment=LOOKS_SEALED["assessment"], location=LOOKS_SEALED["location"]),
+        ),
+        device.mutation(
+            "create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": LOOKS_SEALED["body"]}
+        ),
+        device.mutation(
+            "create",
+            "care.referral",
+            referral_id,
+            {
+                "encounter_id": str(encounter_id),
+                "service_type": "housing",
+                "service_name": LOOKS_SEALED["service_name"],
+            },
+        ),
+        # Kept in quarantine (an unknown type), for the writer and a supervisor to read.
+        device.mutation("create", "care.unknown", uuid.uuid4(), {"body": LOOKS_SEALED["body"]}),
+    ]
+    assert [result["status"] for result in device.push(*outbox)] == ["applied"] * 4 + ["quarantined"]
+    # And a competing assessment, kept as a conflict.
+    teammate = make_crew_member(program, unit=crew_member.unit)
+    pushed(teammate, "care.encounter", {"assessment": "Calm."}, op="update", record_id=encounter_id, base_version=1)
+    conflict = pushed(
+        crew_member, "care.encounter", {"assessment": "gAAAAAc"}, op="update", record_id=encounter_id, base_version=1
+    )
+    assert conflict["status"] == "conflict"
+    reader = SimDevice(teammate)
+    supervisor = SimDevice(make_crew_member(program, role=Role.SUPERVISOR))
+
+    replayed = device.push(*outbox)
+    entries, _cursor = reader.pull()
+    snapshot = reader.client().get("/api/v1/sync/snapshot/")
+    watermelon = reader.client().get("/api/v1/sync/watermelon/pull/")
+    quarantine = supervisor.client().get("/api/v1/sync/quarantine/")
+    conflicts = supervisor.client().get("/api/v1/sync/conflicts/")
+
+    assert [result["status"] for result in replayed] == ["duplicate"] * 5
+    assert [response.status_code for response in (snapshot, watermelon, quarantine, conflicts)] == [200] * 4
+    pulled = {entry["id"]: entry["data"] for entry in entries if entry["op"] == "upsert"}
+    snapshotted = {record["id"]: record["data"] for record in snapshot.json()["records"]}
+    for records in (pulled, snapshotted):
+        assert records[str(person_id)]["given_name"] == LOOKS_SEALED["given_name"]
+        assert records[str(encounter_id)]["location"] == LOOKS_SEALED["location"]
+        assert records[str(note_id)]["body"] == LOOKS_SEALED["body"]
+        assert records[str(referral_id)]["service_name"] == LOOKS_SEALED["service_name"]
+    [kept] = quarantine.json()["results"]
+    assert kept["payload"]["fields"]["body"] == LOOKS_SEALED["body"]
+    [open_conflict] = conflicts.json()["results"]
+    assert (open_conflict["server_value"], open_conflict["device_value"]) == ("Calm.", "gAAAAAc")
+    stored = raw_sync_text()
+    for name in ("given_name", "location", "body"):
+        assert f'"{LOOKS_SEALED[name]}"' not in stored  # sealed, not taken for sealed
