@@ -282,6 +282,15 @@ def _read_envelope(
     return envelope
 
 
+def unreadable_as_sent(mutation: Mutation) -> bool:
+    """Whether the mutation was kept for its shape, found while reading it (a wrong op, an
+    unknown key, a malformed time, text the database cannot store): as it was sent it can
+    never apply, whoever reviews it. Its error names a place in the batch; so does one kept
+    for coming out of order, which is well formed and may apply after review."""
+    error = mutation.result.get("error") or {}
+    return str(error.get("field") or "").startswith("mutations.") and mutation.error_code != "mutation_out_of_order"
+
+
 def _parse_observed_at(value: Any) -> datetime | None:
     """A time with an offset that is a real date and time and stays within years 1 to 9999 in
     UTC (the ledger stores it in UTC, and a time beyond could be stored but never read back)."""
@@ -361,7 +370,7 @@ def push_mutations(
     missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
     if missing:
         stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
-    _put_back_version_data([stored_results[pk] for pk in final.keys() | missing])
+    put_back_version_data([stored_results[pk] for pk in final.keys() | missing])
     for index, row in rows_by_index.items():
         result = dict(stored_results[row.pk])
         if index in replayed:
@@ -371,7 +380,7 @@ def push_mutations(
     return [results[envelope.index] for envelope in envelopes]
 
 
-def _put_back_version_data(stored: list[dict[str, Any]]) -> None:
+def put_back_version_data(stored: list[dict[str, Any]]) -> None:
     """Give results read from the ledger the data of the version they name (the ledger
     stores results without it; results stored before that still carry theirs)."""
     # Several results may name one version (an edit that changed nothing, a conflict).

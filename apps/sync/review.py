@@ -5,7 +5,9 @@ access, its device was locked out). A supervisor of its program reads it, payloa
 and may apply it again as it was sent: it goes through the same path as a push, in the
 order its device made its changes, under its writer's current permissions and against the
 record as it is now (the three-way merge keeps a later colleague's edit; a collision
-becomes a conflict). What still cannot apply is quarantined again, saying why.
+becomes a conflict). What still cannot apply is quarantined again, saying why. One the
+server could not read as it was sent (a wrong op, an unknown key, a malformed time) stays
+as it is: no review makes it applicable.
 """
 
 from __future__ import annotations
@@ -45,16 +47,17 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
                 status_code=404,
             )
     by_device: dict[tuple[UUID, UUID], list[int]] = defaultdict(list)
-    for device_id, user_id, pk in (
-        Mutation.objects.filter(pk__in=mutation_ids).order_by("id").values_list("device_id", "user_id", "pk")
-    ):
-        by_device[(device_id, user_id)].append(pk)
+    for mutation in Mutation.objects.filter(pk__in=mutation_ids).order_by("id"):
+        if not push.unreadable_as_sent(mutation):  # else it stays as it is, saying why
+            by_device[(mutation.device_id, mutation.user_id)].append(mutation.pk)
     for (device_id, user_id), pks in by_device.items():
         _receive_again(device_id, pks)
         push.apply_received(device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id))
     rows = Mutation.objects.in_bulk(mutation_ids)
     audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
-    return [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
+    results = [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
+    push.put_back_version_data(results)
+    return results
 
 
 def _receive_again(device_id: UUID, mutation_ids: list[int]) -> None:

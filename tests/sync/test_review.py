@@ -56,6 +56,7 @@ def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     assert [(r["mutation_id"], r["status"]) for r in answer["results"]] == [
         (m["mutation_id"], "applied") for m in outbox
     ]
+    assert answer["results"][0]["data"]["assessment"] == "written offline"  # as any push result
     assert Encounter.objects.get(pk=record_id).assessment == "written offline"
     note = ClinicalNote.objects.get(pk=note_id)
     assert (note.body, note.created_by) == ("Safety plan made.", crew_member.user)  # the writer's, as sent
@@ -137,6 +138,31 @@ def _handed_over_edit(
     revoke_device(crew_member)
     device.push(device.mutation("update", "care.encounter", record_id, fields, 1))
     return record_id, supervisor
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "field"),
+    [
+        ({"op": "remove"}, "invalid_op", "mutations.0.op"),
+        ({"fields": {"location": "nul\x00here"}}, "invalid_text", "mutations.0.fields.location"),
+        ({"observed_at": "yesterday"}, "invalid_observed_at", "mutations.0.observed_at"),
+        ({"color": "red"}, "unknown_field", "mutations.0.color"),
+    ],
+)
+def test_a_change_the_server_could_not_read_as_sent_stays_quarantined_after_review(
+    program: Program, crew_member: CrewMember, change: dict[str, Any], code: str, field: str
+) -> None:
+    record_id = encounter(crew_member, location="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    [refused] = device.push({**device.mutation("update", "care.encounter", record_id, {"location": "x"}, 1), **change})
+    assert (refused["error"]["code"], refused["error"]["field"]) == (code, field)
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == ("quarantined", code, field)
+    assert Encounter.objects.get(pk=record_id).location == "as first written"
+    assert _quarantined_ids(supervisor) == [result["quarantine_id"]]
 
 
 def test_only_a_supervisor_of_the_records_program_applies_it_again(program: Program, crew_member: CrewMember) -> None:
