@@ -77,6 +77,9 @@ def push_body_changes(body: Any) -> Any:
     return body["changes"]
 
 
+_KINDS = ("created", "updated", "deleted")
+
+
 def change_count(changes: Any) -> int:
     """How many records a pushed changes object holds, once its shape is checked."""
     if not isinstance(changes, dict):
@@ -85,7 +88,16 @@ def change_count(changes: Any) -> int:
     for table, table_changes in changes.items():
         if not isinstance(table_changes, dict):
             raise InvalidChanges(f"changes.{table} must be an object", f"changes.{table}")
-        for kind in ("created", "updated", "deleted"):
+        # A misspelt kind would otherwise drop its records without a word, and the app would
+        # take them as pushed.
+        unknown = sorted(set(table_changes) - set(_KINDS))
+        if unknown:
+            raise InvalidChanges(
+                f"Unknown kind {unknown[0]!r}: changes are created, updated or deleted.",
+                f"changes.{table}.{unknown[0]}",
+                code="unknown_field",
+            )
+        for kind in _KINDS:
             records = table_changes.get(kind)
             if records is not None and not isinstance(records, list):
                 raise InvalidChanges(f"changes.{table}.{kind} is a list.", f"changes.{table}.{kind}")
@@ -109,19 +121,22 @@ def _raw(record_id: str, data: dict[str, Any], version: int | None) -> dict[str,
 
 
 def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> dict[str, Any]:
-    """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n}``."""
+    """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n, "has_more": b}``."""
     changes = _empty_changes()
+    has_more = False
     if not last_pulled_at:
         position = _snapshot_into(changes, scopes, device.pk)
     else:
         issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
         if issued is None:
             raise UnknownTimestamp("This lastPulledAt was not issued to this device; reset and sync again.")
-        position = _feed_into(changes, scopes, issued.position, device)
+        position, has_more = _feed_into(changes, scopes, issued.position, device)
     timestamp = IssuedCursor.objects.create(device=device, position=position).pk
     # Only tables with changes: an app that does not sync a table is not warned about it.
     changes = {table: kinds for table, kinds in changes.items() if any(kinds.values())}
-    return {"changes": changes, "timestamp": timestamp}
+    # Beside WatermelonDB's two keys, which it ignores: a pull may bring little or nothing
+    # (entries of types the app does not sync, its own writes) with more still to come.
+    return {"changes": changes, "timestamp": timestamp, "has_more": has_more}
 
 
 def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], device_id: UUID) -> str:
@@ -146,7 +161,11 @@ def selectors_limit() -> int:
     return 2_000
 
 
-def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], cursor: str, device: Device) -> str:
+def _feed_into(
+    changes: dict[str, dict[str, list[Any]]], scopes: list[str], cursor: str, device: Device
+) -> tuple[str, bool]:
+    """Fill ``changes`` from the feed after ``cursor``; the cursor reached, and whether the
+    feed holds more after it (a pull reads at most ``_PULL_PAGES_PER_SYNC`` pages)."""
     latest: dict[str, tuple[registry.SyncedType, dict[str, Any] | None]] = {}
     for _ in range(_PULL_PAGES_PER_SYNC):
         page = selectors.feed_page(
@@ -174,7 +193,7 @@ def _feed_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], curs
             table["updated"].append({"id": record_id, "deleted": True})
         else:
             table["deleted"].append(record_id)
-    return cursor
+    return cursor, page.has_more
 
 
 def push_changes(

@@ -4,6 +4,7 @@ result, or a 4xx naming the field), never a 500, and nothing valid beside it is 
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -14,10 +15,11 @@ from django.db import OperationalError
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import Encounter, Person
-from apps.sync import push
+from apps.sync import push, services
 from apps.sync.models import Mutation, MutationStatus
 from apps.teams.models import Unit
 from tests.accounts.factories import MembershipFactory, ProgramFactory
+from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client
 from tests.teams.factories import UnitFactory, UnitMemberFactory
@@ -285,6 +287,25 @@ def test_a_watermelon_push_whose_changes_are_not_lists_gets_400_naming_them(
     assert response.json()["errors"][0]["field"] == f"changes.persons.{next(iter(kinds))}"
 
 
+@pytest.mark.parametrize("kind", ["create", "updatedd", "removed"])
+def test_a_watermelon_push_with_records_under_an_unknown_kind_gets_400_naming_it(
+    crew_member: CrewMember, kind: str
+) -> None:
+    record = {"id": str(uuid.uuid4()), "unit_id": str(crew_member.unit.pk), "given_name": "Ana"}
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/",
+        {"changes": {"persons": {"created": [], kind: [record]}}, "lastPulledAt": None},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert (response.json()["code"], response.json()["errors"][0]["field"]) == (
+        "unknown_field",
+        f"changes.persons.{kind}",
+    )
+    assert not Mutation.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("body", "code", "field"),
     [
@@ -374,3 +395,27 @@ def test_a_tampered_feed_cursor_gets_400(crew_member: CrewMember, raw: str) -> N
     response = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": _encoded(raw)})
 
     assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "[1E999]"])
+def test_a_number_beyond_a_doubles_range_is_a_parse_error_not_infinity(crew_member: CrewMember, number: str) -> None:
+    person = {"mutation_id": 1, "type": "care.person", "id": str(uuid.uuid4()), "op": "create"}
+    person["fields"] = {"unit_id": str(crew_member.unit.pk), "given_name": "NUMBER"}
+    body = json.dumps({"mutations": [person]}).replace('"NUMBER"', number)
+
+    response = sync_client(crew_member).post("/api/v1/sync/push/", body, content_type="application/json")
+
+    assert (response.status_code, response.json()["code"]) == (400, "parse_error")
+    assert not Mutation.objects.exists() and not Person.objects.exists()
+
+
+def test_a_watermelon_pull_from_before_the_retention_gets_410_naming_last_pulled_at(crew_member: CrewMember) -> None:
+    client = sync_client(crew_member)
+    timestamp = client.get("/api/v1/sync/watermelon/pull/").json()["timestamp"]
+    encounter(crew_member)
+    services.feed_prune(older_than=timedelta(0))
+
+    response = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": timestamp})
+
+    assert response.status_code == 410
+    assert (response.json()["code"], response.json()["errors"][0]["field"]) == ("cursor_expired", "last_pulled_at")

@@ -1,4 +1,5 @@
-"""The API's JSON parser: DRF's, refusing JSON nested too deeply with a 400.
+"""The API's JSON parser: DRF's, refusing JSON nested too deeply, or a number beyond a
+double's range, with a 400.
 
 No request of this API nests more than a few levels (a push: the body, its list of
 mutations, a mutation, its fields, a value). Deeper JSON only costs: a body of a few
@@ -10,6 +11,7 @@ sealing of a push's stored copy). Both surfaced as a 500, which a client retries
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -29,6 +31,8 @@ class JSONParser(parsers.JSONParser):
             raise _too_deep() from None
         if _nested_deeper_than(data, MAX_NESTING):
             raise _too_deep()
+        if _holds_infinity(data):
+            raise ParseError("JSON parse error - a number too large for a double (such as 1e400).")
         return data
 
 
@@ -46,4 +50,22 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
         for child in container.values() if type(container) is dict else container:
             if type(child) is dict or type(child) is list:
                 pending.append((child, depth + 1))
+    return False
+
+
+def _holds_infinity(value: Any) -> bool:
+    """Whether a number overflowed to infinity: the standard library reads 1e400 as inf,
+    which DRF's strict mode (that refuses the literal Infinity) lets through, and a text
+    field would then store "inf"."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return True
+        elif kind is dict:
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
     return False

@@ -44,10 +44,10 @@ def _accessor(request: Request) -> Accessor:
     return Accessor.from_request(request, AccessChannel.SYNC)
 
 
-def cursor_error(error: selectors.InvalidCursor) -> DomainError:
+def cursor_error(error: selectors.InvalidCursor, field: str = "cursor") -> DomainError:
     if isinstance(error, selectors.CursorExpired):
-        return DomainError(str(error), code="cursor_expired", field="cursor", status_code=status.HTTP_410_GONE)
-    return DomainError(str(error), code="invalid_cursor", field="cursor", status_code=400)
+        return DomainError(str(error), code="cursor_expired", field=field, status_code=status.HTTP_410_GONE)
+    return DomainError(str(error), code="invalid_cursor", field=field, status_code=400)
 
 
 class FeedView(APIView):
@@ -257,7 +257,7 @@ class WatermelonPullView(APIView):
         try:
             body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
         except selectors.InvalidCursor as error:
-            raise cursor_error(error) from error
+            raise cursor_error(error, field="last_pulled_at") from error
         audit.record_reads(accessor=_accessor(request), records=audit.watermelon_records(body["changes"]))
         return Response(body)
 

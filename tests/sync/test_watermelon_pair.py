@@ -1,15 +1,18 @@
-"""A WatermelonDB push sends its changes table by table, in no order of its own: they apply
-in the registry's order, each type after the types its records refer to."""
+"""The WatermelonDB pull / push pair over HTTP, beyond what the real library's test drives
+(tests/sync/test_watermelon.py): the order a push applies in, and a pull's has_more."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import pytest
 from django.db import models
 
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
-from apps.sync import registry
-from tests.conftest import CrewMember
+from apps.sync import registry, watermelon
+from tests.care.factories import encounter
+from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import now_iso, sync_client
 
 
@@ -55,3 +58,24 @@ def test_every_synced_type_is_registered_after_the_types_its_records_refer_to() 
             if target in synced_models and target is not synced_type.model:
                 assert target in registered, f"{synced_type.name} is registered before {target.__name__}"
         registered.add(synced_type.model)
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_a_pull_that_stops_short_of_the_feeds_end_says_there_is_more(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = sync_client(crew_member)
+    timestamp = client.get("/api/v1/sync/watermelon/pull/").json()["timestamp"]
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    written = {str(encounter(teammate)) for _ in range(5)}
+    monkeypatch.setattr(watermelon, "_PULL_PAGE", 2)  # a pull reads at most 2 x 2 entries
+    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 2)
+
+    pulls: list[dict[str, Any]] = []
+    while not pulls or pulls[-1]["has_more"]:
+        pulls.append(client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": timestamp}).json())
+        timestamp = pulls[-1]["timestamp"]
+
+    assert [body["has_more"] for body in pulls] == [True, False]
+    pulled = [body["changes"].get("encounters", {}).get("updated", []) for body in pulls]
+    assert {raw["id"] for records in pulled for raw in records} == written
