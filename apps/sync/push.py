@@ -1146,7 +1146,11 @@ def _create(row: LedgerRow, synced_type: registry.SyncedType, fields: dict[str, 
         return
     internal, _wire = validated
     if not synced_type.may_write(state.context, None, internal):
-        _quarantine(row, "not_permitted", "This user may not create this record here.", "fields")
+        # Named by the field that says where the record belongs (its unit, its parent).
+        where = synced_type.program_from[1] if synced_type.program_from is not None else None
+        _quarantine(
+            row, "not_permitted", "This user may not create this record here.", f"fields.{where}" if where else "fields"
+        )
         return
     assert row.record_id is not None
     head = _write(

@@ -103,7 +103,11 @@ def test_a_note_for_an_encounter_of_another_unit_is_not_permitted(
     result = pushed(crew_member, "care.note", {"encounter_id": str(theirs), "body": "Sneaky."})
     missing = pushed(crew_member, "care.note", {"encounter_id": str(uuid.uuid4()), "body": "Orphan."})
 
-    assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted")
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "not_permitted",
+        "fields.encounter_id",
+    )
     assert (missing["status"], missing["error"]["code"]) == ("quarantined", "parent_not_found")
     assert ClinicalNote.objects.count() == 0
 

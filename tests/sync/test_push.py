@@ -289,7 +289,11 @@ def test_another_units_record_cannot_be_changed(crew_member: CrewMember, outside
     [create] = intruder.push(intruder.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
 
     assert (update["status"], update["error"]["code"]) == ("quarantined", "not_permitted")
-    assert (create["status"], create["error"]["code"]) == ("quarantined", "not_permitted")
+    assert (create["status"], create["error"]["code"], create["error"]["field"]) == (
+        "quarantined",
+        "not_permitted",
+        "fields.unit_id",
+    )
     assert "data" not in update  # nothing of the record is disclosed
     assert Encounter.objects.get(pk=record_id).location == "ours"
     assert Encounter.objects.count() == 1
