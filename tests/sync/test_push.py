@@ -419,6 +419,7 @@ def test_pushing_needs_protocol_2_and_the_feed_still_serves_version_1(crew_membe
 
     assert no_header.status_code == 426 and no_header.json()["code"] == "sync_protocol_unsupported"
     assert future.status_code == 426 and future.json()["errors"][0]["field"] == "Tandem-Sync-Protocol"
+    assert no_header.json()["supported_protocols"] == future.json()["supported_protocols"] == [2]
     assert old_feed.status_code == 200
 
 

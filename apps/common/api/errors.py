@@ -27,11 +27,19 @@ class DomainError(Exception):
     code = "conflict"
 
     def __init__(
-        self, detail: str, *, code: str | None = None, field: str | None = None, status_code: int | None = None
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        status_code: int | None = None,
+        extra_body: dict[str, Any] | None = None,
     ):
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        # Beside the error shape, what a client acts on (the protocols a server speaks).
+        self.extra_body = extra_body or {}
         if code is not None:
             self.code = code
         if status_code is not None:
@@ -80,7 +88,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DomainError):
         set_rollback()
         errors = [{"field": exc.field, "code": exc.code, "detail": exc.detail}]
-        return Response(error_body(exc.status_code, exc.code, exc.detail, errors), status=exc.status_code)
+        body = {**error_body(exc.status_code, exc.code, exc.detail, errors), **exc.extra_body}
+        return Response(body, status=exc.status_code)
 
     if not isinstance(exc, exceptions.APIException):
         return None  # a server fault: let it surface as a 500 (and a retry by the client)

@@ -27,12 +27,14 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
         except ValueError:
             version = -1
     if version not in supported or version < minimum:
-        usable = [str(v) for v in supported if v >= minimum]
+        usable = [v for v in supported if v >= minimum]
         raise DomainError(
-            f"Sync protocol {raw or 1} is not supported here; use one of {', '.join(usable)} (update the app).",
+            f"Sync protocol {raw or 1} is not supported here; use one of {', '.join(map(str, usable))} "
+            "(update the app).",
             code="sync_protocol_unsupported",
             field=PROTOCOL_HEADER,
             status_code=426,
+            extra_body={"supported_protocols": usable},
         )
     return version
 
