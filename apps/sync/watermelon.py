@@ -234,7 +234,7 @@ def _parents_first(changes: dict[str, Any]) -> list[str]:
     known = [
         synced_type.watermelon_table
         for synced_type in registry.in_registration_order()
-        if synced_type.watermelon_table in changes
+        if synced_type.watermelon_table and synced_type.watermelon_table in changes
     ]
     return known + sorted(changes.keys() - set(known))
 
