@@ -2,17 +2,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.db import transaction
 from django.test import Client
+from websockets.sync.client import ClientConnection
 
 from apps.accounts.models import Program, Role
 from apps.realtime.services import refresh_device_scopes
 from apps.sync import services
 from apps.sync.scopes import program_role_scope, unit_scope
-from apps.teams.models import UnitMember
+from apps.teams.models import Unit, UnitMember
 from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember, make_crew_member
 from tests.live import AsgiServer
@@ -34,17 +36,27 @@ def note_for(member: CrewMember) -> str:
     return str(record_id)
 
 
+@contextlib.contextmanager
+def subscribed_socket(asgi: AsgiServer, member: CrewMember) -> Iterator[ClientConnection]:
+    """The member's socket, subscribed to the feed from its start (empty)."""
+    with authenticated_socket(asgi.ws_url, member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        assert receive(socket)["entries"] == []
+        yield socket
+
+
+def move(member: CrewMember, *, to: Unit) -> None:
+    UnitMember.objects.filter(user=member.user, unit=member.unit).update(unit=to)
+
+
 def test_a_member_moved_to_another_unit_follows_the_new_unit_only(
     asgi: AsgiServer, program: Program, crew_member: CrewMember
 ) -> None:
     old_unit = crew_member.unit
     new_crew = make_crew_member(program)
-    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
-        send(socket, {"type": "feed.subscribe", "cursor": None})
-        assert receive(socket)["entries"] == []
-
+    with subscribed_socket(asgi, crew_member) as socket:
         with transaction.atomic():
-            UnitMember.objects.filter(user=crew_member.user, unit=old_unit).update(unit=new_crew.unit)
+            move(crew_member, to=new_crew.unit)
             refresh_device_scopes(user_id=crew_member.user.pk)
         changed = receive(socket)
         assert changed == {
@@ -90,14 +102,11 @@ def test_a_socket_that_missed_the_scope_change_message_serves_the_scopes_the_use
 ) -> None:
     old_unit = crew_member.unit
     new_crew = make_crew_member(program)
-    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
-        send(socket, {"type": "feed.subscribe", "cursor": None})
-        assert receive(socket)["entries"] == []
-
+    with subscribed_socket(asgi, crew_member) as socket:
         # The move commits with the user's scopes brought up to date, as every change of crew
         # does; the channel layer's message to the socket is lost (it may drop messages).
         with transaction.atomic():
-            UnitMember.objects.filter(user=crew_member.user, unit=old_unit).update(unit=new_crew.unit)
+            move(crew_member, to=new_crew.unit)
             services.user_scopes_refresh(user=crew_member.user)
         new_unit_note = note_for(new_crew)
         old_unit_note = note_for(crew_member)  # nudges the socket, still in the old unit's group
