@@ -1277,5 +1277,17 @@ def apply_stranded(*, older_than: timedelta) -> int:
         except _TRANSIENT as fault:  # the next run retries this device; the others go on now
             logger.warning("Stranded mutations of device %s not applied yet: %s", device_id, type(fault).__name__)
             continue
+        except Exception as fault:  # noqa: BLE001 - one device's fault must not hold back the others
+            # A fault beyond one mutation (a ledger row no configured key opens, say): the
+            # device's pushes fail the same way, loudly; the log names where, never content.
+            where = traceback.extract_tb(fault.__traceback__)[-1]
+            logger.error(
+                "Stranded mutations of device %s could not be applied: %s at %s:%s",
+                device_id,
+                type(fault).__name__,
+                where.filename,
+                where.lineno,
+            )
+            continue
         devices += 1
     return devices

@@ -15,6 +15,7 @@ from django.db import OperationalError
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import Encounter, Person
+from apps.common.encryption import UnreadableHealthInformation
 from apps.sync import push, services
 from apps.sync.models import Mutation, MutationStatus
 from apps.teams.models import Unit
@@ -118,8 +119,12 @@ def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the
     assert kept.status == MutationStatus.QUARANTINED and kept.payload["fields"]["ended_at"] == "9999-12-31T23:00:00Z"
 
 
-def test_applying_stranded_mutations_goes_on_past_a_device_the_database_failed(
-    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "fault",
+    [OperationalError("the connection was lost"), UnreadableHealthInformation("No key opens this value.")],
+)
+def test_applying_stranded_mutations_goes_on_past_a_device_that_failed(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch, fault: Exception
 ) -> None:
     devices = [SimDevice(crew_member), SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))]
     for device in devices:
@@ -131,7 +136,7 @@ def test_applying_stranded_mutations_goes_on_past_a_device_the_database_failed(
     def failing_first(*, device: Any, user: Any) -> Any:
         calls.append(device.pk)
         if len(calls) == 1:
-            raise OperationalError("the connection was lost")
+            raise fault
         return applied(device=device, user=user)
 
     monkeypatch.setattr(push, "apply_received", failing_first)
