@@ -442,7 +442,12 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         state, created = UserScopeState.objects.select_for_update().get_or_create(
             user=user, defaults={"scopes": current}
         )
-        if created or sorted(state.scopes) == current:
+        if created:
+            return current
+        # Read again under the lock: a change of crew that committed since the first read
+        # stored its scopes already, and comparing them with the older read would undo it.
+        current = scopes_for_user(user)
+        if sorted(state.scopes) == current:
             return current
         lost = sorted(set(state.scopes) - set(current))
         gained = sorted(set(current) - set(state.scopes))

@@ -6,19 +6,20 @@ import base64
 import dataclasses
 import importlib
 import json
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from apps.accounts.models import Program, Role
 from apps.care.models import Encounter
 from apps.care.services import encounter_reassign
 from apps.sync import selectors, services
-from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus
-from apps.sync.scopes import audience_of, program_role_scope, unit_scope
+from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus, UserScopeState
+from apps.sync.scopes import audience_of, program_role_scope, unit_scope, user_scope
 from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
@@ -274,6 +275,45 @@ def test_user_scope_refresh_is_idempotent(program: Program, crew_member: CrewMem
 
     assert [e["op"] for e in entries].count("remove") == 1
     assert SimDevice(crew_member).pull(cursor)[0] == []
+
+
+def test_a_refresh_that_read_the_crew_before_a_move_committed_does_not_undo_the_move(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_unit_record = encounter(crew_member)
+    new_crew = make_crew_member(program)
+    services.user_scopes_refresh(user=crew_member.user)
+    scopes_of = services.scopes_for_user
+    raced: list[bool] = []
+
+    def read_then_moved(user: Any) -> list[str]:
+        scopes = scopes_of(user)
+        if threading.current_thread() is threading.main_thread() and not raced:
+            raced.append(True)  # a pull read the crew; the admin's move commits right after
+            mover = threading.Thread(target=_move_with_its_refresh, args=(crew_member, new_crew.unit))
+            mover.start()
+            mover.join()
+        return scopes
+
+    monkeypatch.setattr(services, "scopes_for_user", read_then_moved)
+    services.user_scopes_refresh(user=crew_member.user)
+
+    assert raced
+    state = UserScopeState.objects.get(user=crew_member.user)
+    assert sorted(state.scopes) == scopes_of(crew_member.user)
+    upserts_of_the_old_unit = ChangeEntry.objects.filter(
+        scope=user_scope(crew_member.user.pk), record_id=old_unit_record, operation="upsert"
+    )
+    assert not upserts_of_the_old_unit.exists()
+
+
+def _move_with_its_refresh(member: CrewMember, unit: Any) -> None:
+    try:
+        with transaction.atomic():
+            UnitMember.objects.filter(user=member.user).update(unit=unit)
+            services.user_scopes_refresh(user=member.user)
+    finally:
+        connection.close()
 
 
 def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: CrewMember) -> None:
