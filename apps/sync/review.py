@@ -57,6 +57,9 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
     audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
     results = [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
     push.put_back_version_data(results)
+    # The answer shows each record as it now stands, beyond what the reviewer read in the
+    # quarantine: a read of it.
+    audit.record_reads(accessor=accessor, records=((r["type"], r["id"]) for r in results if "data" in r))
     return results
 
 

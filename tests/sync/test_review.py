@@ -199,6 +199,19 @@ def test_a_malformed_review_is_a_400_naming_the_field(crew_member: CrewMember, b
     assert response.json()["errors"][0]["field"] == field
 
 
+def test_the_records_a_review_answers_with_are_a_read_by_the_reviewer(
+    program: Program, crew_member: CrewMember
+) -> None:
+    record_id, supervisor = _handed_over_edit(program, crew_member, {"assessment": "Written offline."})
+    ids = list(Mutation.objects.filter(status=MutationStatus.QUARANTINED).values_list("pk", flat=True))
+
+    [result] = _apply(supervisor, ids)["results"]
+
+    assert result["data"]["assessment"] == "Written offline."
+    reads = AuditEvent.objects.filter(actor_id=supervisor.user.pk, action="read", channel="sync")
+    assert list(reads.values_list("record_type", "record_id")) == [("care.encounter", record_id)]
+
+
 def test_listing_the_quarantine_is_a_read_of_the_records_it_holds(program: Program, crew_member: CrewMember) -> None:
     record_id, supervisor = _handed_over_edit(program, crew_member, {"assessment": "Written offline."})
 
