@@ -240,8 +240,9 @@ class ConflictListView(APIView):
 class WatermelonPullView(APIView):
     """WatermelonDB `pullChanges`: `?last_pulled_at=<timestamp or empty>`.
 
-    Answers `{"changes": {...}, "timestamp": n}`; every upsert is under `updated` (use
-    `sendCreatedAsUpdated: true`); clinical removals are `updated` rows with `deleted: true`.
+    Answers `{"changes": {...}, "timestamp": n, "has_more": b}` (while `has_more`, sync
+    again); every upsert is under `updated` (use `sendCreatedAsUpdated: true`); clinical
+    removals are `updated` rows with `deleted: true`.
     410 `cursor_expired`: reset the local database and sync again (push the outbox first).
     """
 
