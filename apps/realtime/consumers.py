@@ -26,7 +26,6 @@ channel layer only carries nudges, so a lost nudge delays delivery but never los
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +39,7 @@ from apps.accounts.selectors import TokenRejected, device_token_for
 from apps.accounts.services import device_group_name, device_mark_seen
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
+from apps.common.api.parsers import strict_loads
 from apps.realtime.handlers import HandlerError, handler_for
 from apps.sync import audit as sync_audit
 from apps.sync import selectors as feed
@@ -145,8 +145,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("frame_too_large", f"Frames are limited to {MAX_FRAME_BYTES} bytes.")
             return
         try:
-            message = json.loads(text_data)
-        except (json.JSONDecodeError, RecursionError):  # nested deeper than the parser reads
+            message = strict_loads(text_data)
+        except (ValueError, RecursionError):  # NaN, 1e400, or nested deeper than the parser reads
             await self.send_error("malformed_json", "The frame is not valid JSON.")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -225,10 +225,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                     code = "cursor_expired" if isinstance(error, feed.CursorExpired) else "invalid_cursor"
                     await self.send_error(code, str(error), field="cursor")
                     return
+                joined = False
                 if page.scopes != self.scopes:
                     # The user's access changed and the channel layer's word of it is late
                     # or lost: the page was read for the scopes they have now.
-                    await self.follow_scopes(page.scopes)
+                    joined = await self.follow_scopes(page.scopes)
                 cursor = page.position.encode(self.token.device_id)
                 if page.entries or cursor != self.feed_cursor or always_answer:
                     always_answer = False
@@ -244,7 +245,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                     if audited:
                         await _audit_delivered(self.token, audited)
                 self.feed_cursor = cursor
-                if not page.has_more:
+                # A scope's group joined after the read: what it committed in between was
+                # nudged to a group this socket was not in yet, so read once more.
+                if not page.has_more and not joined:
                     break
         if page.held_back and (self.feed_retry is None or self.feed_retry.done()):
             self.feed_retry = asyncio.create_task(self._retry_held_back())
@@ -325,16 +328,17 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if self.feed_subscribed:
             # The read takes the user's scopes in the snapshot of the entries it serves.
             await self.send_feed()
-        else:
+        if not self.feed_subscribed:  # never subscribed, or its cursor was just refused
             await self.follow_scopes(scopes)
 
-    async def follow_scopes(self, scopes: list[str]) -> None:
-        """Join the groups of gained scopes, leave those of lost ones, and tell the device."""
+    async def follow_scopes(self, scopes: list[str]) -> bool:
+        """Join the groups of gained scopes, leave those of lost ones, and tell the device.
+        Returns whether it joined any."""
         removed = sorted(set(self.scopes) - set(scopes))
         added = sorted(set(scopes) - set(self.scopes))
         self.scopes = scopes
         if not removed and not added:
-            return
+            return False
         for scope in removed:
             group = feed_group_name(scope)
             await self.channel_layer.group_discard(group, self.channel_name)
@@ -342,6 +346,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         for scope in added:
             await self.join(feed_group_name(scope))
         await self.send_json({"type": "scopes.changed", "removed": removed, "added": added})
+        return bool(added)
 
     async def device_revoked(self, event: dict[str, Any]) -> None:
         await self._lock_out("device.revoked")

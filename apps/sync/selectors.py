@@ -187,7 +187,7 @@ def feed_page(
     """
     position = FeedPosition.decode(cursor, reader_device_id=reader_device_id)
     _check_retention(position)
-    horizon, next_transaction_id, scopes, audiences = _reading_position(scopes, user_id)
+    horizon, next_transaction_id, read_for, audiences = _reading_position(scopes, user_id)
     if position.transaction_id >= next_transaction_id:
         # Every position served is below the oldest running transaction, so below this (read
         # on the primary, as the horizon is: a lagging replica would refuse a served cursor).
@@ -203,7 +203,7 @@ def feed_page(
         position = FeedPosition.of(rows[-1])
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
     held_back = not has_more and ChangeEntry.objects.filter(scope__in=audiences, transaction_id__gte=horizon).exists()
-    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back, scopes=scopes)
+    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back, scopes=read_for)
 
 
 def _check_retention(position: FeedPosition) -> None:

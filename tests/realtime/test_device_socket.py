@@ -110,6 +110,8 @@ def test_messages_before_auth_get_an_error_frame(asgi: AsgiServer, crew_member: 
     [
         ("{not json", "malformed_json", None),
         ('{"type": "ping", "deep": ' + "[" * 5_000 + "]" * 5_000 + "}", "malformed_json", None),
+        ('{"type": "ping", "latitude": NaN}', "malformed_json", None),
+        ('{"type": "ping", "latitude": 1e400}', "malformed_json", None),
         ("[1, 2]", "invalid_message", "type"),
         ('{"type": 7}', "invalid_message", "type"),
         ('{"type": "launch"}', "unknown_type", "type"),

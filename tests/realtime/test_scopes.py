@@ -114,8 +114,13 @@ def test_a_socket_that_missed_the_scope_change_message_serves_the_scopes_the_use
         with contextlib.suppress(TimeoutError):  # until the new unit's note comes, if it does
             while new_unit_note not in _delivered(frames):
                 frames.append(receive(socket))
+            # One more, after the old unit's note in the feed's order: had that been served,
+            # it would have come before this one.
+            last_note = note_for(new_crew)
+            while last_note not in _delivered(frames):
+                frames.append(receive(socket))
 
-    assert new_unit_note in _delivered(frames)
+    assert new_unit_note in _delivered(frames) and last_note in _delivered(frames)
     assert old_unit_note not in _delivered(frames)
     assert {
         "type": "scopes.changed",

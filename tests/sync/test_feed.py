@@ -199,7 +199,9 @@ def test_concurrent_writers_and_a_reader_lose_and_repeat_nothing(program: Progra
     assert len(seen) == len(set(seen))
 
 
-def test_a_page_is_read_for_the_scopes_the_user_has_in_its_snapshot(program: Program, crew_member: CrewMember) -> None:
+def test_a_page_is_read_for_the_scopes_the_user_has_now_not_those_the_reader_holds(
+    program: Program, crew_member: CrewMember
+) -> None:
     scopes_before = scopes_for_user(crew_member.user)
     services.user_scopes_refresh(user=crew_member.user)
     other_crew = make_crew_member(program)
