@@ -152,10 +152,11 @@ def _reading_position(scopes: list[str], user_id: UUID | None) -> tuple[int, int
     audiences and walks the (scope, transaction) index for each.
 
     A user's scopes are read in that snapshot too, from where every change of their access
-    stores them in its own transaction (``UserScopeState``): a move to another unit is then
-    either wholly before the page or wholly after it, so no entry of the new unit is passed
-    over with the old unit's scopes, nor one of the old unit served after the move.
-    ``scopes`` stand in for a user whose scopes were never stored.
+    stores them in its own transaction (``UserScopeState``): a reader that has not heard of
+    a move to another unit (a socket whose message was lost) reads as the move left things,
+    with its catch-up entries. (What the catch-up cannot see is a record written into either
+    unit by a transaction still running when the move read the unit's records; see the
+    README's scope section.) ``scopes`` stand in for a user whose scopes were never stored.
     """
     with connection.cursor() as cursor:
         cursor.execute(
