@@ -101,23 +101,25 @@ def watermelon_records(changes: dict[str, dict[str, list[Any]]]) -> Iterable[tup
                 yield synced_type.name, raw["id"]
 
 
-def record_watermelon_writes(*, accessor: Accessor, changes: Any, rejected_ids: Iterable[str]) -> None:
-    """Audit the records a WatermelonDB push wrote (every record it sent but those it refused)."""
-    rejected = set(rejected_ids)
-    by_key: dict[tuple[str, AccessAction], list[UUID]] = defaultdict(list)
+def record_watermelon_writes(*, accessor: Accessor, changes: Any, rejected: dict[str, list[str]]) -> None:
+    """Audit the records a WatermelonDB push wrote: every record it sent but those it refused
+    (its ``experimentalRejectedIds``, by table)."""
+    _record_written(accessor=accessor, written=_watermelon_written(changes, rejected))
+
+
+def _watermelon_written(changes: Any, rejected: dict[str, list[str]]) -> Iterable[tuple[str, Any, str]]:
     for table, kinds in (changes or {}).items():
         synced_type = registry.by_watermelon_table(table)
         if synced_type is None or not isinstance(kinds, dict):
             continue
-        for kind, action in (("created", AccessAction.CREATE), ("updated", AccessAction.UPDATE)):
+        refused = set(rejected.get(table, ()))
+        for kind, operation in (("created", "create"), ("updated", "update")):
             for raw in kinds.get(kind) or []:
-                if isinstance(raw, dict) and _is_uuid(raw.get("id")) and raw["id"] not in rejected:
-                    by_key[(synced_type.name, action)].append(UUID(raw["id"]))
+                if isinstance(raw, dict) and _is_uuid(raw.get("id")) and raw["id"] not in refused:
+                    yield synced_type.name, raw["id"], operation
         for record_id in kinds.get("deleted") or []:
-            if _is_uuid(record_id) and record_id not in rejected:
-                by_key[(synced_type.name, AccessAction.DELETE)].append(UUID(record_id))
-    for (record_type, action), record_ids in by_key.items():
-        record_access(accessor=accessor, action=action, record_type=record_type, record_ids=record_ids)
+            if _is_uuid(record_id) and record_id not in refused:
+                yield synced_type.name, record_id, "delete"
 
 
 def _is_uuid(value: Any) -> bool:

@@ -29,6 +29,23 @@ def test_a_push_records_who_wrote_which_record_from_which_device(crew_member: Cr
     ]
 
 
+def test_a_watermelondb_push_records_the_records_it_wrote_and_not_those_it_refused(crew_member: CrewMember) -> None:
+    person_id, orphan_note_id = str(uuid.uuid4()), str(uuid.uuid4())
+    changes = {
+        "persons": {"created": [{"id": person_id, "unit_id": str(crew_member.unit.pk)}]},
+        # Refused: its encounter was never pushed.
+        "notes": {"created": [{"id": orphan_note_id, "encounter_id": str(uuid.uuid4()), "body": "Calm."}]},
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.json()["experimentalRejectedIds"] == {"notes": [orphan_note_id]}
+    written = AuditEvent.objects.exclude(action="read").values_list("action", "record_type", "record_id")
+    assert list(written) == [("create", "care.person", uuid.UUID(person_id))]
+
+
 def test_a_pull_records_every_record_served_to_the_device(crew_member: CrewMember) -> None:
     writer = SimDevice(crew_member)
     reader = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))

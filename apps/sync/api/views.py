@@ -294,6 +294,6 @@ class WatermelonPushView(APIView):
         audit.record_watermelon_writes(
             accessor=_accessor(request),
             changes=changes,
-            rejected_ids=answer.get("experimentalRejectedIds") or [],
+            rejected=answer["experimentalRejectedIds"],
         )
         return Response(answer)
