@@ -32,7 +32,7 @@ from apps.dispatch.models import Assignment, Incident, TimelineEvent
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
-from apps.sync import review
+from apps.sync import push, review
 from apps.sync import services as sync_services
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.workspace import work
@@ -414,7 +414,7 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
         except DomainError as error:
             self.message_user(request, f"Nothing was applied: {error.detail}", messages.WARNING)
             return
-        kept = [result for result in results if result["status"] == MutationStatus.QUARANTINED]
+        kept = [result for result in results if result["status"] == push.PushStatus.QUARANTINED]
         self.message_user(
             request,
             f"Applied {len(results) - len(kept)} of {len(results)}; {len(kept)} kept in quarantine again, saying why.",

@@ -9,7 +9,7 @@ import pytest
 from apps.accounts.models import Device, DeviceToken, Program, Role
 from tests.conftest import CrewMember, make_crew_member
 from tests.live import AsgiServer
-from tests.realtime.client import authenticated_socket, close_code, receive
+from tests.realtime.client import assert_locked_out, authenticated_socket
 
 
 @pytest.fixture
@@ -65,13 +65,7 @@ def test_a_revoked_device_loses_its_token_and_socket_at_once_and_is_told_to_purg
         )
 
         assert response.status_code == 200
-        assert receive(socket, timeout=1) == {
-            "type": "device.revoked",
-            "purge_local_data": True,
-            "push_outbox_first": True,
-        }
-        assert close_code(socket, timeout=1) == 4403
-        assert time.monotonic() - started < 1
+        assert_locked_out(socket, "device.revoked", since=started)
 
     # On its next contact over HTTP the device is refused and told to wipe what it holds.
     refused = crew_member.client().get("/api/v1/me/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,3 +42,11 @@ def close_code(socket: ClientConnection, timeout: float = 5) -> int | None:
             socket.recv(timeout=timeout)
     except ConnectionClosed as closed:
         return closed.rcvd.code if closed.rcvd else None
+
+
+def assert_locked_out(socket: ClientConnection, frame_type: str, *, since: float) -> None:
+    """The socket is told it is locked out (hand over the outbox, then purge) and closed with
+    4403, within a second of ``since``."""
+    assert receive(socket, timeout=1) == {"type": frame_type, "purge_local_data": True, "push_outbox_first": True}
+    assert close_code(socket, timeout=1) == 4403
+    assert time.monotonic() - since < 1
