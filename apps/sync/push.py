@@ -778,18 +778,18 @@ def apply_received(
                 # A fault of the server's own code on this content: retrying would fail the
                 # same way and hold back every later mutation of the device. It is kept for
                 # a person, and the log names the fault and where, never the content.
-                where = traceback.extract_tb(fault.__traceback__)[-1]
-                logger.error(
-                    "Mutation %s could not be applied: %s at %s:%s",
-                    row.pk,
-                    type(fault).__name__,
-                    where.filename,
-                    where.lineno,
-                )
+                logger.error("Mutation %s could not be applied: %s", row.pk, _fault_and_place(fault))
                 _quarantine_alone(
                     row, _error("apply_failed", "The server could not apply this mutation; it is kept for review.")
                 )
             results[row.pk] = row.result
+
+
+def _fault_and_place(fault: Exception) -> str:
+    """A fault's kind and the line that raised it, for the log: never its message, which may
+    quote the content it failed on."""
+    where = traceback.extract_tb(fault.__traceback__)[-1]
+    return f"{type(fault).__name__} at {where.filename}:{where.lineno}"
 
 
 def _refusal_error(row: Mutation, refusal: registry.Refused) -> dict[str, Any]:
@@ -1280,14 +1280,7 @@ def apply_stranded(*, older_than: timedelta) -> int:
         except Exception as fault:  # noqa: BLE001 - one device's fault must not hold back the others
             # A fault beyond one mutation (a ledger row no configured key opens, say): the
             # device's pushes fail the same way, loudly; the log names where, never content.
-            where = traceback.extract_tb(fault.__traceback__)[-1]
-            logger.error(
-                "Stranded mutations of device %s could not be applied: %s at %s:%s",
-                device_id,
-                type(fault).__name__,
-                where.filename,
-                where.lineno,
-            )
+            logger.error("Stranded mutations of device %s could not be applied: %s", device_id, _fault_and_place(fault))
             continue
         devices += 1
     return devices
