@@ -154,9 +154,9 @@ def _reading_position(scopes: list[str], user_id: UUID | None) -> tuple[int, int
     A user's scopes are read in that snapshot too, from where every change of their access
     stores them in its own transaction (``UserScopeState``): a reader that has not heard of
     a move to another unit (a socket whose message was lost) reads as the move left things,
-    with its catch-up entries. (What the catch-up cannot see is a record written into either
-    unit by a transaction still running when the move read the unit's records; see the
-    README's scope section.) ``scopes`` stand in for a user whose scopes were never stored.
+    with its catch-up entries (which wait for older writers of the units: see
+    ``services._wait_for_older_writers``). ``scopes`` stand in for a user whose scopes were
+    never stored.
     """
     with connection.cursor() as cursor:
         cursor.execute(

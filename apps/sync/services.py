@@ -8,6 +8,8 @@ uses the same machinery for a whole batch at once.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +38,8 @@ from apps.sync.models import (
 )
 from apps.sync.scopes import audience_of, scopes_for_user, user_scope
 from apps.sync.selectors import audiences_of
+
+logger = logging.getLogger(__name__)
 
 _SIGNED_64 = 1 << 63
 _UPSERT = ChangeOperation.UPSERT.value
@@ -453,6 +457,7 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         gained = sorted(set(current) - set(state.scopes))
         kept = sorted(set(state.scopes) & set(current))
         target = user_scope(user.pk)
+        _wait_for_older_writers()
         if lost:
             # Records no scope the user keeps sees: each audience is all or nothing.
             lost_records = SyncedRecord.objects.filter(
@@ -468,6 +473,61 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         state.save(update_fields=["scopes", "updated_at"])
         transaction.on_commit(lambda: nudge_scopes([target]))
     return current
+
+
+# How long a change of access waits for the writers that were running when it began, and
+# how often it looks whether they have ended.
+_OLDER_WRITERS_WAIT_SECONDS = 10.0
+_OLDER_WRITERS_POLL_SECONDS = 0.02
+
+
+def _wait_for_older_writers() -> None:
+    """Wait until every transaction that took its id before this one has ended.
+
+    A change of access reads the records of the scopes it changes, for its catch-up, and a
+    writer still running then is not in it. If that writer commits first, a device pulling
+    before the change commits reads under the user's old scopes: it is served the writer's
+    entries (a record moved into the unit the user leaves, which it then keeps), or its
+    cursor moves past them (a record moved into the unit they join, which it never gets).
+    After the wait, the catch-up sees what those writers wrote. Writers that took their id
+    after this transaction need no wait: their entries come after the catch-up in the
+    feed's order, and are served only once the change has committed, under the new scopes.
+
+    Stops waiting, and logs it, when a writer waited for is itself waiting for a lock this
+    transaction holds (neither would ever go on), or after ``_OLDER_WRITERS_WAIT_SECONDS``.
+    """
+    with connection.cursor() as cursor:
+        # Running: those the snapshot lists, and those it counts as not begun because they
+        # took their ids after the newest that had ended.
+        cursor.execute(
+            "WITH now AS (SELECT pg_current_snapshot() AS s, pg_current_xact_id()::text::bigint AS me)"
+            " SELECT array(SELECT x::text::bigint FROM now, pg_snapshot_xip(now.s) AS x"
+            " WHERE x::text::bigint < now.me"
+            " UNION SELECT generate_series(pg_snapshot_xmax(now.s)::text::bigint, now.me - 1) FROM now)"
+        )
+        (running,) = cursor.fetchone()
+        deadline = time.monotonic() + _OLDER_WRITERS_WAIT_SECONDS
+        while running:
+            cursor.execute(
+                "SELECT array(SELECT x FROM unnest(%s::bigint[]) AS x"
+                " WHERE pg_xact_status(x::text::xid8) = 'in progress'),"
+                # Each transaction holds a lock on its own (32-bit) id, which names its backend.
+                " EXISTS (SELECT 1 FROM pg_locks AS l WHERE l.locktype = 'transactionid' AND l.granted"
+                " AND l.transactionid::text::bigint = ANY(SELECT x %% 4294967296 FROM unnest(%s::bigint[]) AS x)"
+                " AND pg_backend_pid() = ANY(pg_blocking_pids(l.pid)))",
+                [running, running],
+            )
+            running, waiting_for_this_one = cursor.fetchone()
+            if running and (waiting_for_this_one or time.monotonic() > deadline):
+                logger.warning(
+                    "A change of access went on without waiting for %d older writer(s) (%s): a record they "
+                    "write into the scopes it changes may be missing from its catch-up.",
+                    len(running),
+                    "waiting for a lock it holds" if waiting_for_this_one else "still running",
+                )
+                return
+            if running:
+                time.sleep(_OLDER_WRITERS_POLL_SECONDS)
 
 
 def _append_for_user(records: Any, scope: str, operation: ChangeOperation) -> None:

@@ -6,7 +6,9 @@ import base64
 import dataclasses
 import importlib
 import json
+import logging
 import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -20,6 +22,7 @@ from apps.care.services import encounter_reassign
 from apps.sync import selectors, services
 from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus, UserScopeState
 from apps.sync.scopes import audience_of, program_role_scope, unit_scope, user_scope
+from apps.teams import services as teams_services
 from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
@@ -314,6 +317,104 @@ def _move_with_its_refresh(member: CrewMember, unit: Any) -> None:
             services.user_scopes_refresh(user=member.user)
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("change", ["leaves", "joins"])
+def test_a_change_of_crew_catches_up_with_a_record_moved_into_the_unit_while_it_ran(
+    program: Program, crew_member: CrewMember, change: str
+) -> None:
+    """A dispatcher moves a record into a unit while a member leaves (or joins) it: the move
+    is still running when the change of crew begins, and commits before it does. A device
+    pulling in between reads under the scopes the member had, so the move's entries are
+    either served (the member leaves: the catch-up must remove the record) or passed over
+    (the member joins, and a colleague's later entry moves the cursor past the move: the
+    catch-up must bring it)."""
+    colleague = make_crew_member(program, unit=crew_member.unit)
+    elsewhere = make_crew_member(program)
+    moved = Encounter.objects.get(pk=encounter(elsewhere))
+    unit = UnitFactory.create(program=program)
+    if change == "leaves":
+        UnitMemberFactory.create(unit=unit, user=crew_member.user)
+    device = SimDevice(crew_member)
+    held: dict[str, Any] = {}
+    _, held["cursor"] = device.pull()
+    written, release = threading.Event(), threading.Event()
+
+    def move() -> None:
+        try:
+            with transaction.atomic():
+                encounter_reassign(encounter=moved, unit=unit, actor=elsewhere.user)
+                written.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    def pull_meanwhile() -> None:
+        try:
+            held["entries"], held["cursor"] = device.pull(held["cursor"])
+        finally:
+            connection.close()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    assert written.wait(timeout=10)
+    encounter(colleague)  # committed after the move began, before the change of crew
+    threading.Timer(1.0, release.set).start()  # the move commits while the change of crew runs
+    with transaction.atomic():
+        if change == "leaves":
+            teams_services.unit_member_remove(unit=unit, user=crew_member.user)
+        else:
+            teams_services.unit_member_add(unit=unit, user=crew_member.user)
+        mover.join()
+        reader = threading.Thread(target=pull_meanwhile)
+        reader.start()
+        reader.join()
+    later, _ = device.pull(held["cursor"])
+
+    on_device: set[str] = set()
+    for entry in held["entries"] + later:
+        if entry["type"] == "care.encounter":
+            (on_device.add if entry["op"] == "upsert" else on_device.discard)(entry["id"])
+    assert (str(moved.pk) in on_device) is (change == "joins")
+
+
+def test_a_change_of_crew_does_not_wait_for_an_older_writer_that_waits_for_it(
+    program: Program, crew_member: CrewMember, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two admins change the same member's crew at once. The change that began first needs
+    the member's scope row, which the other holds while it waits for older writers: it must
+    not wait for the first one, which would then wait for it for ever."""
+    other_unit = UnitFactory.create(program=program)
+    services.user_scopes_refresh(user=crew_member.user)
+    began = threading.Event()
+
+    def older_change() -> None:
+        try:
+            with transaction.atomic():
+                UnitMember.objects.create(unit=other_unit, user=crew_member.user)  # takes its id first
+                began.set()
+                time.sleep(1.0)  # meanwhile the change below takes the member's scope row
+                services.user_scopes_refresh(user=crew_member.user)
+        finally:
+            connection.close()
+
+    older = threading.Thread(target=older_change)
+    older.start()
+    assert began.wait(timeout=10)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="apps.sync.services"):
+        teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    took = time.monotonic() - started
+    older.join(timeout=30)
+
+    assert "waiting for a lock it holds" in caplog.text
+    assert took < services._OLDER_WRITERS_WAIT_SECONDS / 2
+    stored = UserScopeState.objects.get(user=crew_member.user).scopes
+    assert (
+        sorted(stored)
+        == services.scopes_for_user(crew_member.user)
+        == sorted([user_scope(crew_member.user.pk), unit_scope(other_unit.pk)])
+    )
 
 
 def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: CrewMember) -> None:
