@@ -9,11 +9,13 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Max, Model, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Membership, Role, User
@@ -380,7 +382,6 @@ def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
         Mutation.objects.filter(status=MutationStatus.QUARANTINED)
         .filter(Q(user=user) | _reviewed_by(user))
         .select_related("device", "user")
-        .order_by("-received_at", "-id")
     )
 
 
@@ -405,8 +406,51 @@ def open_conflicts_visible_to(*, user: User) -> QuerySet[Conflict]:
     """Case managers and supervisors see their programs' open conflicts; a field user sees
     the conflicts of their own mutations."""
     resolving = user.memberships.filter(role__in=_CONFLICT_RESOLVERS).values("program_id")
-    return (
-        Conflict.objects.filter(resolved_at=None)
-        .filter(Q(user=user) | Q(program__in=resolving))
-        .order_by("-created_at")
-    )
+    return Conflict.objects.filter(resolved_at=None).filter(Q(user=user) | Q(program__in=resolving))
+
+
+ListedModel = TypeVar("ListedModel", bound=Model)
+
+
+@dataclass(frozen=True)
+class ListPage(Generic[ListedModel]):
+    items: list[ListedModel]
+    has_more: bool
+    cursor: str | None  # where the next page starts; None on the last
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def newest_first_page(
+    rows: QuerySet[ListedModel], *, time_field: str, cursor: str | None, limit: int
+) -> ListPage[ListedModel]:
+    """A page of these rows, newest first (by ``time_field``, then id), from the cursor the
+    page before answered with. Keyset paging: rows added meanwhile never shift a page."""
+    if cursor:
+        at, pk = _list_position(cursor, rows.model)
+        rows = rows.filter(Q(**{f"{time_field}__lt": at}) | Q(**{time_field: at, "pk__lt": pk}))
+    items = list(rows.order_by(f"-{time_field}", "-pk")[: limit + 1])
+    has_more = len(items) > limit
+    items = items[:limit]
+    next_cursor = None
+    if has_more:
+        last = items[-1]
+        text = f"{(getattr(last, time_field) - _EPOCH) // _MICROSECOND}.{last.pk}"
+        next_cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return ListPage(items=items, has_more=has_more, cursor=next_cursor)
+
+
+def _list_position(cursor: str, model: type[Model]) -> tuple[datetime, Any]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, _dot, pk_text = text.partition(".")
+        if not is_counter_text(micros):
+            raise ValueError(text)
+        pk = model._meta.pk.to_python(pk_text)
+        if isinstance(pk, int) and not is_counter(pk):
+            raise ValueError(text)
+        return _EPOCH + int(micros) * _MICROSECOND, pk
+    except (binascii.Error, UnicodeDecodeError, ValueError, ValidationError, OverflowError) as error:
+        raise InvalidCursor("Not a cursor this list issued.") from error

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
@@ -154,6 +155,58 @@ def test_out_of_order_mutation_is_quarantined_and_visible_to_the_user_and_a_supe
     assert [m["mutation_id"] for m in own] == [m["mutation_id"] for m in supervised] == [5]
     assert own[0]["payload"]["fields"]["location"] == late["fields"]["location"]  # kept, not lost
     assert outsiders == []
+
+
+def test_the_quarantine_and_conflict_lists_page_newest_first_through_every_entry(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    missing = [
+        device.mutation("update", "care.encounter", uuid.uuid4(), {"location": "x"}, base_version=1) for _ in range(205)
+    ]
+    device.push(*missing)
+    record_id, _ = created(device)
+    stale = {"assessment": "Calm.", "location": "Home", "disposition": "declined_services"}
+    newer = {"assessment": "Agitated.", "location": "Street", "disposition": "referred"}
+    device.push(device.mutation("update", "care.encounter", record_id, newer, 1))
+    teammate = teammate_device(crew_member)
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, stale, 1))
+    client = crew_member.client()
+
+    first = client.get("/api/v1/sync/quarantine/").json()
+    second = client.get("/api/v1/sync/quarantine/", {"cursor": first["cursor"]}).json()
+    loser = teammate.member.client()  # the conflicts are the teammate's, whose edits lost
+    conflict_pages = [loser.get("/api/v1/sync/conflicts/", {"limit": 2}).json()]
+    conflict_pages.append(
+        loser.get("/api/v1/sync/conflicts/", {"limit": 2, "cursor": conflict_pages[0]["cursor"]}).json()
+    )
+
+    listed = [m["mutation_id"] for m in first["results"] + second["results"]]
+    assert [len(first["results"]), len(second["results"])] == [200, 5]
+    assert [first["has_more"], second["has_more"]] == [True, False]
+    assert second["cursor"] is None
+    assert listed == sorted((m["mutation_id"] for m in missing), reverse=True)  # newest first, each once
+    conflicts = [c["id"] for page in conflict_pages for c in page["results"]]
+    assert [page["has_more"] for page in conflict_pages] == [True, False]
+    assert sorted(conflicts) == sorted(str(pk) for pk in Conflict.objects.values_list("id", flat=True))
+    assert len(conflicts) == 3
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"cursor": "not a cursor"},
+        {"cursor": base64.urlsafe_b64encode(b"1.99999999999999999999").decode()},  # an id out of range
+        {"cursor": base64.urlsafe_b64encode(b"9999999999999999999.1").decode()},  # a time out of range
+        {"limit": 0},
+        {"limit": 201},
+        {"page": 2},
+    ],
+)
+def test_a_bad_list_query_is_refused_naming_its_field(crew_member: CrewMember, query: dict[str, Any]) -> None:
+    for path in ("/api/v1/sync/quarantine/", "/api/v1/sync/conflicts/"):
+        response = crew_member.client().get(path, query)
+
+        assert response.status_code == 400, (path, response.content)
+        assert response.json()["errors"][0]["field"] == next(iter(query))
 
 
 def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(crew_member: CrewMember) -> None:

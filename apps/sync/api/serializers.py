@@ -34,6 +34,11 @@ class FeedPageSerializer(serializers.Serializer[dict[str, object]]):
     has_more = serializers.BooleanField()
 
 
+class ListQuerySerializer(StrictSerializer):
+    cursor = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=200, default=200)
+
+
 class SnapshotQuerySerializer(StrictSerializer):
     cursor = serializers.CharField(required=False, allow_blank=True, max_length=400)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=conf.SNAPSHOT_PAGE_MAX, default=1000)
@@ -150,3 +155,15 @@ class ConflictSerializer(serializers.ModelSerializer[Conflict]):
             "user",
             "created_at",
         ]
+
+
+class QuarantinePageSerializer(serializers.Serializer[dict[str, object]]):
+    results = QuarantinedMutationSerializer(many=True)
+    has_more = serializers.BooleanField()
+    cursor = serializers.CharField(allow_null=True, help_text="Send it back to read the next page; null on the last.")
+
+
+class ConflictPageSerializer(serializers.Serializer[dict[str, object]]):
+    results = ConflictSerializer(many=True)
+    has_more = serializers.BooleanField()
+    cursor = serializers.CharField(allow_null=True, help_text="Send it back to read the next page; null on the last.")

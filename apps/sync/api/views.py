@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -18,17 +19,21 @@ from apps.common.api.errors import DomainError, error_body
 from apps.sync import audit, conf, push, review, selectors, services, watermelon
 from apps.sync.api.protocol import PROTOCOL_HEADER, client_version_of, protocol_of
 from apps.sync.api.serializers import (
+    ConflictPageSerializer,
     ConflictSerializer,
     FeedPageSerializer,
     FeedQuerySerializer,
+    ListQuerySerializer,
     PushInputSerializer,
     PushOutputSerializer,
     PushPositionSerializer,
     QuarantinedMutationSerializer,
+    QuarantinePageSerializer,
     ReviewedMutationsSerializer,
     SnapshotPageSerializer,
     SnapshotQuerySerializer,
 )
+from apps.sync.selectors import ListedModel
 
 _PROTOCOL_PARAMETER = OpenApiParameter(
     PROTOCOL_HEADER, location=OpenApiParameter.HEADER, required=False, type=int, description="Sync protocol (2)."
@@ -199,15 +204,36 @@ def batch_too_large_response(error: BatchTooLarge) -> Response:
     return Response(body, status=error.status_code)
 
 
-class QuarantineView(APIView):
-    """Mutations kept but not applied: your own, and, for supervisors, everyone's in their programs."""
+def _newest_first_page(
+    request: Request, rows: QuerySet[ListedModel], *, time_field: str
+) -> selectors.ListPage[ListedModel]:
+    query = ListQuerySerializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    try:
+        return selectors.newest_first_page(
+            rows, time_field=time_field, cursor=query.validated_data.get("cursor"), limit=query.validated_data["limit"]
+        )
+    except selectors.InvalidCursor as error:
+        raise cursor_error(error) from error
 
-    @extend_schema(responses=QuarantinedMutationSerializer(many=True))
+
+class QuarantineView(APIView):
+    """Mutations kept but not applied: your own, and, for supervisors, everyone's in their
+    programs. Newest first, 200 a page (`?limit=`); while `has_more`, ask again with `?cursor=`."""
+
+    @extend_schema(parameters=[ListQuerySerializer], responses=QuarantinePageSerializer)
     def get(self, request: Request) -> Response:
         user, _token = _device_auth(request)
-        mutations = list(selectors.quarantined_mutations_visible_to(user=user)[:200])
-        audit.record_quarantine_reads(accessor=_accessor(request), mutations=mutations)
-        return Response({"results": QuarantinedMutationSerializer(mutations, many=True).data})
+        mutations = selectors.quarantined_mutations_visible_to(user=user)
+        page = _newest_first_page(request, mutations, time_field="received_at")
+        audit.record_quarantine_reads(accessor=_accessor(request), mutations=page.items)
+        return Response(
+            {
+                "results": QuarantinedMutationSerializer(page.items, many=True).data,
+                "has_more": page.has_more,
+                "cursor": page.cursor,
+            }
+        )
 
 
 class QuarantineApplyView(APIView):
@@ -228,13 +254,20 @@ class QuarantineApplyView(APIView):
 
 
 class ConflictListView(APIView):
-    """Open conflicts: your own, and, for case managers and supervisors, their programs'."""
+    """Open conflicts: your own, and, for case managers and supervisors, their programs'.
+    Newest first, 200 a page (`?limit=`); while `has_more`, ask again with `?cursor=`."""
 
-    @extend_schema(responses=ConflictSerializer(many=True))
+    @extend_schema(parameters=[ListQuerySerializer], responses=ConflictPageSerializer)
     def get(self, request: Request) -> Response:
         user, _token = _device_auth(request)
-        conflicts = selectors.open_conflicts_visible_to(user=user)[:200]
-        return Response({"results": ConflictSerializer(conflicts, many=True).data})
+        page = _newest_first_page(request, selectors.open_conflicts_visible_to(user=user), time_field="created_at")
+        return Response(
+            {
+                "results": ConflictSerializer(page.items, many=True).data,
+                "has_more": page.has_more,
+                "cursor": page.cursor,
+            }
+        )
 
 
 class WatermelonPullView(APIView):
