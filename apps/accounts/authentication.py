@@ -6,7 +6,7 @@ from rest_framework.request import Request
 
 from apps.accounts.models import DeviceToken, User
 from apps.accounts.selectors import TokenRejected, device_token_for
-from apps.accounts.services import device_mark_seen
+from apps.accounts.services import device_authenticated
 
 
 class DeviceTokenAuthentication(BaseAuthentication):
@@ -37,7 +37,7 @@ class DeviceTokenAuthentication(BaseAuthentication):
                 token = rejection.outbox_token
             else:
                 raise _failure(rejection) from None
-        device_mark_seen(device=token.device)
+        device_authenticated(token=token)
         return token.device.user, token
 
     def authenticate_header(self, request: Request) -> str:

@@ -109,6 +109,9 @@ class DeviceToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Set on a token issued by a rotation until it is first used: the token it replaces
+    # works until then, in case the rotation's answer never reached the device.
+    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     def __str__(self) -> str:
         return f"{self.key_prefix}… ({self.device})"

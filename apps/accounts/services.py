@@ -50,7 +50,7 @@ def _new_raw_token() -> str:
 
 
 @transaction.atomic
-def device_token_issue(*, device: Device) -> tuple[DeviceToken, str]:
+def device_token_issue(*, device: Device, replaces: DeviceToken | None = None) -> tuple[DeviceToken, str]:
     """Issue a fresh token for a device; the raw value is returned once and never stored."""
     raw_token = _new_raw_token()
     token = DeviceToken.objects.create(
@@ -58,6 +58,7 @@ def device_token_issue(*, device: Device) -> tuple[DeviceToken, str]:
         key_hash=hash_token(raw_token),
         key_prefix=raw_token[: len(TOKEN_PREFIX) + 6],
         expires_at=timezone.now() + timedelta(days=settings.DEVICE_TOKEN_TTL_DAYS),
+        replaces=replaces,
     )
     return token, raw_token
 
@@ -71,9 +72,26 @@ def device_register(*, user: User, name: str, platform: str) -> tuple[Device, De
 
 @transaction.atomic
 def device_token_rotate(*, token: DeviceToken) -> tuple[DeviceToken, str]:
-    """Replace a token with a new one; the old one stops working at once."""
-    DeviceToken.objects.filter(pk=token.pk, revoked_at=None).update(revoked_at=timezone.now())
-    return device_token_issue(device=token.device)
+    """Issue a token to replace this one. This one keeps working until the new one is first
+    used (``device_authenticated``): a device that never got the answer (it lost signal in a
+    tunnel) is not locked out, but rotates again, and the token it never received stops
+    working instead."""
+    DeviceToken.objects.select_for_update().filter(pk=token.pk).first()  # one rotation at a time
+    DeviceToken.objects.filter(replaces=token, revoked_at=None).update(revoked_at=timezone.now())
+    return device_token_issue(device=token.device, replaces=token)
+
+
+def device_authenticated(*, token: DeviceToken) -> None:
+    """A request or a socket was authenticated with this token: its device was seen, and if a
+    rotation issued the token, the rotation is complete and the token it replaced stops
+    working. Writes once per rotation; other requests only read the token's field."""
+    device_mark_seen(device=token.device)
+    if token.replaces_id is None:
+        return
+    with transaction.atomic():
+        DeviceToken.objects.filter(pk=token.replaces_id, revoked_at=None).update(revoked_at=timezone.now())
+        DeviceToken.objects.filter(pk=token.pk).update(replaces=None)
+    token.replaces_id = None
 
 
 def device_revoke(*, device: Device, revoked_by: User | None, reason: str = "") -> Device:

@@ -36,7 +36,7 @@ from django.conf import settings
 
 from apps.accounts.models import DeviceToken, User
 from apps.accounts.selectors import TokenRejected, device_token_for
-from apps.accounts.services import device_group_name, device_mark_seen
+from apps.accounts.services import device_authenticated, device_group_name
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common.api.parsers import strict_loads
@@ -77,7 +77,7 @@ def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any
 
 def _authenticate_now(raw_token: str) -> tuple[DeviceToken, list[str]]:
     token = device_token_for(raw_token=raw_token)
-    device_mark_seen(device=token.device)
+    device_authenticated(token=token)
     return token, user_scopes_refresh(user=token.device.user)
 
 

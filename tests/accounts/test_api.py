@@ -166,13 +166,28 @@ def test_revoking_one_device_leaves_the_others_working(api_client: APIClient, cr
     assert crew_member.client().get("/api/v1/me/").status_code == 200
 
 
-def test_rotation_replaces_the_token(api_client: APIClient, crew_member: CrewMember) -> None:
+def test_rotation_replaces_the_token_once_the_new_one_is_used(api_client: APIClient, crew_member: CrewMember) -> None:
     response = crew_member.client().post("/api/v1/auth/token/rotate/")
+    new_token = response.json()["token"]
 
     assert response.status_code == 201
-    new_token = response.json()["token"]
+    assert crew_member.client().get("/api/v1/me/").status_code == 200  # the answer may not have arrived
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {new_token}").status_code == 200
     assert crew_member.client().get("/api/v1/me/").status_code == 401
     assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {new_token}").status_code == 200
+
+
+def test_a_device_that_lost_the_rotations_answer_rotates_again_and_the_lost_token_stops_working(
+    api_client: APIClient, crew_member: CrewMember
+) -> None:
+    lost = crew_member.client().post("/api/v1/auth/token/rotate/").json()["token"]
+    again = crew_member.client().post("/api/v1/auth/token/rotate/")
+    received = again.json()["token"]
+
+    assert again.status_code == 201
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {lost}").status_code == 401
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {received}").status_code == 200
+    assert crew_member.client().get("/api/v1/me/").status_code == 401
 
 
 def test_outsider_cannot_see_or_revoke_another_users_device(

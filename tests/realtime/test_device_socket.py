@@ -31,6 +31,19 @@ def test_device_authenticates_with_its_first_message(asgi: AsgiServer, crew_memb
         assert receive(socket) == {"type": "pong"}
 
 
+def test_a_socket_opened_with_a_rotated_token_ends_the_token_it_replaced(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    _token, new_token = services.device_token_rotate(token=crew_member.device.tokens.get())
+
+    with authenticated_socket(asgi.ws_url, new_token):
+        pass
+
+    with open_socket(asgi.ws_url) as socket:
+        send(socket, {"type": "auth", "token": crew_member.token})
+        assert receive(socket) == {"type": "auth.failed", "code": "token_invalid"}
+
+
 # JSON may carry a lone surrogate, which no token holds (nor could be hashed as UTF-8).
 @pytest.mark.parametrize("token", ["tdm_forged", "tdm_\ud800", "tdm_\x00"])
 def test_unknown_token_is_closed_with_4401(asgi: AsgiServer, db: None, token: str) -> None:

@@ -75,6 +75,7 @@ def test_a_token_rotated_away_before_the_revocation_hands_over_nothing(crew_memb
     old_token = crew_member.token
     rotated = crew_member.client().post("/api/v1/auth/token/rotate/")
     assert rotated.status_code == 201, rotated.content
+    _use(rotated.json()["token"])
     revoke_device(crew_member)
     client = sync_client(crew_member)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
@@ -116,7 +117,9 @@ def test_a_deactivated_users_device_hands_over_until_its_token_expires(crew_memb
 
 def test_a_deactivated_users_rotated_away_token_is_just_invalid(crew_member: CrewMember) -> None:
     old_token = crew_member.token
-    assert crew_member.client().post("/api/v1/auth/token/rotate/").status_code == 201
+    rotated = crew_member.client().post("/api/v1/auth/token/rotate/")
+    assert rotated.status_code == 201, rotated.content
+    _use(rotated.json()["token"])
     deactivate_user(crew_member)
     client = sync_client(crew_member)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_token}", **PROTOCOL)
@@ -182,3 +185,8 @@ def test_a_locked_out_watermelondb_push_is_kept_and_rejected_record_by_record(
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"
     assert not ClinicalNote.objects.exists()
     assert Mutation.objects.filter(status=MutationStatus.QUARANTINED, error_code=code).count() == 2
+
+
+def _use(token: str) -> None:
+    """Use a rotated token once: the token it replaced stops working then."""
+    assert APIClient().get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 200

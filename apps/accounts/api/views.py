@@ -62,7 +62,8 @@ class DeviceRegisterView(APIView):
 
 
 class TokenRotateView(APIView):
-    """Exchange the current token for a new one; the old one stops working at once."""
+    """Exchange the current token for a new one. The old one works until the new one is first
+    used, so a device that lost the answer rotates again; the token it never got then stops."""
 
     @extend_schema(request=None, responses={201: IssuedTokenSerializer})
     def post(self, request: Request) -> Response:
