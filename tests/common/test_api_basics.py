@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client, override_settings
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from tests.conftest import CrewMember
@@ -56,3 +57,59 @@ def test_docs_page_renders_with_local_assets(client: Client) -> None:
     html = response.content.decode()
     assert "swagger-ui" in html
     assert "cdn" not in html.lower()
+
+
+# Lists a view pages by hand (StandardPagination), by their path in the schema.
+HAND_PAGED_LISTS = [
+    "/api/v1/notifications/",
+    "/api/v1/directory/services/",
+    "/api/v1/followups/steps/",
+    "/api/v1/programs/{program}/devices/",
+]
+
+
+@pytest.mark.parametrize("path", HAND_PAGED_LISTS)
+def test_a_hand_paged_list_is_documented_as_the_page_it_answers(path: str, crew_member: CrewMember) -> None:
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    documented = schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    component = schema["components"]["schemas"][documented["$ref"].rsplit("/", 1)[-1]]
+
+    assert set(component["properties"]) == {"count", "next", "previous", "results"}
+    if "{" not in path:
+        body = crew_member.client().get(path).json()
+        assert set(body) == set(component["properties"]), body
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/directory/services/?zone=", "zone"),
+        ("/api/v1/followups/steps/?due_before=", "due_before"),
+        ("/api/v1/sync/quarantine/?limit=", "limit"),
+    ],
+)
+def test_a_query_parameter_given_empty_is_refused_not_taken_as_absent(
+    path: str, field: str, crew_member: CrewMember
+) -> None:
+    response = crew_member.client().get(path)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("query", ["page=x", "page=", "page=0", "page_size=%C2%89", "page_size=", "page_size=-1"])
+def test_a_page_or_page_size_that_is_not_a_counting_number_is_refused(query: str, crew_member: CrewMember) -> None:
+    field = query.split("=")[0]
+    for path in ("/api/v1/zones/", "/api/v1/notifications/"):
+        response = crew_member.client().get(f"{path}?{query}")
+
+        assert response.status_code == 400, (path, response.content)
+        assert response.json()["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("path", ["/api/v1/zones/", "/api/v1/units/"])
+def test_a_list_refuses_a_query_parameter_it_does_not_take(path: str, crew_member: CrewMember) -> None:
+    response = crew_member.client().get(path, {"program": "x", "page": "1"})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"][0] == {"field": "program", "code": "unknown_field", "detail": "Unknown field."}

@@ -469,7 +469,9 @@ def test_pushing_needs_protocol_2_and_the_feed_still_serves_version_1(crew_membe
     no_header = client.post("/api/v1/sync/push/", {"mutations": []}, format="json")
     future = client.post("/api/v1/sync/push/", {"mutations": []}, format="json", headers={"Tandem-Sync-Protocol": "99"})
     old_feed = client.get("/api/v1/sync/feed/")
+    garbled = client.get("/api/v1/sync/feed/", headers={"Tandem-Sync-Protocol": "{="})
 
+    assert (garbled.status_code, garbled.json()["errors"][0]["field"]) == (400, "Tandem-Sync-Protocol")
     assert no_header.status_code == 426 and no_header.json()["code"] == "sync_protocol_unsupported"
     assert future.status_code == 426 and future.json()["errors"][0]["field"] == "Tandem-Sync-Protocol"
     assert no_header.json()["supported_protocols"] == future.json()["supported_protocols"] == [2]

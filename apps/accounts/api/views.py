@@ -21,7 +21,7 @@ from apps.accounts.api.serializers import (
     ProgramDeviceSerializer,
 )
 from apps.accounts.models import Device, DeviceToken, Program, User
-from apps.common.api.pagination import StandardPagination
+from apps.common.api.pagination import StandardPagination, page_of
 from apps.common.api.serializers import StrictSerializer
 
 
@@ -117,7 +117,7 @@ def _overseen_program(request: Request, slug: str) -> Program:
 class ProgramDeviceListView(APIView):
     """Every device of the people working for the program (supervisors, administrators)."""
 
-    @extend_schema(responses=ProgramDeviceSerializer(many=True))
+    @extend_schema(operation_id="programs_devices_list", responses=page_of(ProgramDeviceSerializer))
     def get(self, request: Request, program: str) -> Response:
         devices = selectors.program_device_list(program=_overseen_program(request, program))
         paginator = StandardPagination()

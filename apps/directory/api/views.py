@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import User
-from apps.common.api.pagination import StandardPagination
+from apps.common.api.pagination import StandardPagination, page_of
 from apps.directory import selectors, services
 from apps.directory.api.serializers import CapacitySerializer, ServiceSearchSerializer, ServiceSerializer
 from apps.directory.models import Service
@@ -22,9 +22,13 @@ def _user(request: Request) -> User:
 class ServiceListView(APIView):
     """Search the directory: ?type=detox&zone=<id>&open_now=true (open now in the program's time zone)."""
 
-    @extend_schema(parameters=[ServiceSearchSerializer], responses=ServiceSerializer(many=True))
+    @extend_schema(
+        parameters=[ServiceSearchSerializer],
+        operation_id="directory_services_list",
+        responses=page_of(ServiceSerializer),
+    )
     def get(self, request: Request) -> Response:
-        query = ServiceSearchSerializer(data=request.query_params)
+        query = ServiceSearchSerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         now = timezone.now()
         found = selectors.service_search(
@@ -34,7 +38,7 @@ class ServiceListView(APIView):
             open_at=now if query.validated_data["open_now"] else None,
         )
         paginator = StandardPagination()
-        page: list[Service] | None = paginator.paginate_queryset(found, request, view=self)  # type: ignore[arg-type]
+        page: list[Service] | None = paginator.paginate_queryset(found, request, view=self)
         data = ServiceSerializer(page, many=True, context={"now": now}).data
         return paginator.get_paginated_response(data)
 

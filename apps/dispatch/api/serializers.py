@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.common.api.serializers import StrictSerializer
@@ -9,18 +10,31 @@ from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Prior
 from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import UnitStatus
 
+# Decimal text as the schema publishes it: the range in the pattern too, since a schema
+# cannot bound a string's value and a client generating from it would send "195".
+_LATITUDE_TEXT = r"^-?(?:90(?:\.0{0,6})?|[0-8]?\d(?:\.\d{0,6})?)$"
+_LONGITUDE_TEXT = r"^-?(?:180(?:\.0{0,6})?|(?:1[0-7]\d|0?\d?\d)(?:\.\d{0,6})?)$"
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": _LATITUDE_TEXT, "nullable": True})
+class LatitudeField(serializers.DecimalField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_digits=9, decimal_places=6, min_value=-90, max_value=90, **kwargs)
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": _LONGITUDE_TEXT, "nullable": True})
+class LongitudeField(serializers.DecimalField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_digits=9, decimal_places=6, min_value=-180, max_value=180, **kwargs)
+
 
 class LocationSerializer(StrictSerializer):
     address = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
     zone = serializers.CharField(
         max_length=32, required=False, allow_null=True, default=None, help_text="Zone code within the program."
     )
-    latitude = serializers.DecimalField(
-        max_digits=9, decimal_places=6, min_value=-90, max_value=90, required=False, allow_null=True, default=None
-    )
-    longitude = serializers.DecimalField(
-        max_digits=9, decimal_places=6, min_value=-180, max_value=180, required=False, allow_null=True, default=None
-    )
+    latitude = LatitudeField(required=False, allow_null=True, default=None)
+    longitude = LongitudeField(required=False, allow_null=True, default=None)
     accuracy_m = serializers.IntegerField(min_value=0, max_value=100_000, required=False, allow_null=True, default=None)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

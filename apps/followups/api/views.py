@@ -19,7 +19,7 @@ from apps.accounts.models import User
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.common.api.errors import DomainError
-from apps.common.api.pagination import StandardPagination
+from apps.common.api.pagination import StandardPagination, page_of
 from apps.followups import selectors, services
 from apps.followups.api.serializers import (
     AssignInputSerializer,
@@ -62,9 +62,11 @@ def _detail(request: Request, step_id: str, code: int = status.HTTP_200_OK) -> R
 class StepListView(APIView):
     """The queue: ?status=pending&mine=true&due_before=<time>."""
 
-    @extend_schema(parameters=[StepQuerySerializer], responses=StepSerializer(many=True))
+    @extend_schema(
+        parameters=[StepQuerySerializer], operation_id="followups_steps_list", responses=page_of(StepSerializer)
+    )
     def get(self, request: Request) -> Response:
-        query = StepQuerySerializer(data=request.query_params)
+        query = StepQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         data = query.validated_data
         steps = selectors.step_queue(

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import Device, DeviceToken, User
-from apps.common.api.pagination import StandardPagination
+from apps.common.api.pagination import StandardPagination, page_of
 from apps.notifications import selectors, services
 from apps.notifications.api.serializers import (
     DeliverySummarySerializer,
@@ -34,7 +34,10 @@ def _device(request: Request) -> Device:
 class PushRegistrationView(APIView):
     """Register or refresh this device's push token (FCM, APNs) or Web Push subscription."""
 
-    @extend_schema(request=PushRegistrationInputSerializer, responses={200: PushRegistrationSerializer})
+    @extend_schema(
+        request=PushRegistrationInputSerializer,
+        responses={200: PushRegistrationSerializer, 201: PushRegistrationSerializer},
+    )
     def post(self, request: Request) -> Response:
         payload = PushRegistrationInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -59,7 +62,7 @@ class PushRegistrationDeleteView(APIView):
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, provider: str) -> Response:
         if provider not in PushProvider.values:
-            return Response(status=status.HTTP_404_NOT_FOUND)
+            raise exceptions.NotFound(f"No push provider {provider!r}.")
         services.push_registration_remove(device=_device(request), provider=provider)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -75,7 +78,7 @@ class PushConfigView(APIView):
 class NotificationListView(APIView):
     """The signed-in user's notifications, newest first (a device catching up after being away)."""
 
-    @extend_schema(responses=NotificationSerializer(many=True))
+    @extend_schema(operation_id="notifications_list", responses=page_of(NotificationSerializer))
     def get(self, request: Request) -> Response:
         assert isinstance(request.user, User)
         paginator = StandardPagination()

@@ -13,7 +13,8 @@ CLIENT_VERSION_HEADER = "Tandem-Client-Version"
 
 
 def protocol_of(request: Request, *, minimum: int = 1) -> int:
-    """The request's protocol version; 426 when this server does not speak it.
+    """The request's protocol version; 426 when this server does not speak it (400 when the
+    header is not a number).
 
     No header means version 1, the feed as first shipped, so older clients keep working.
     """
@@ -25,7 +26,9 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
         try:
             version = int(raw)
         except ValueError:
-            version = -1
+            raise DomainError(
+                f"{PROTOCOL_HEADER} must be a whole number.", code="invalid", field=PROTOCOL_HEADER, status_code=400
+            ) from None
     if version not in supported or version < minimum:
         usable = [v for v in supported if v >= minimum]
         raise DomainError(

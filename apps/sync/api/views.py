@@ -5,7 +5,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -40,6 +41,15 @@ _PROTOCOL_PARAMETER = OpenApiParameter(
 )
 
 
+def _answers(ok: Any) -> dict[int, Any]:
+    """The responses of a view that reads the protocol header: its answer, or 426."""
+    unsupported = OpenApiResponse(
+        response=OpenApiTypes.OBJECT,
+        description="This sync protocol is not supported; `supported_protocols` lists those that are.",
+    )
+    return {200: ok, 426: unsupported}
+
+
 def _device_auth(request: Request) -> tuple[User, DeviceToken]:
     assert isinstance(request.user, User) and isinstance(request.auth, DeviceToken)
     return request.user, request.auth
@@ -63,7 +73,7 @@ class FeedView(APIView):
     them in order. 410 `cursor_expired`: bootstrap again from the snapshot, keeping the outbox.
     """
 
-    @extend_schema(parameters=[FeedQuerySerializer, _PROTOCOL_PARAMETER], responses=FeedPageSerializer)
+    @extend_schema(parameters=[FeedQuerySerializer, _PROTOCOL_PARAMETER], responses=_answers(FeedPageSerializer))
     def get(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol = protocol_of(request)
@@ -101,7 +111,9 @@ class SnapshotView(APIView):
     `feed_cursor`, where the feed continues (nothing committed meanwhile is missed).
     """
 
-    @extend_schema(parameters=[SnapshotQuerySerializer, _PROTOCOL_PARAMETER], responses=SnapshotPageSerializer)
+    @extend_schema(
+        parameters=[SnapshotQuerySerializer, _PROTOCOL_PARAMETER], responses=_answers(SnapshotPageSerializer)
+    )
     def get(self, request: Request) -> HttpResponse:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
@@ -151,7 +163,9 @@ class PushView(APIView):
         _user, token = _device_auth(request)
         return Response({"last_mutation_id": selectors.last_mutation_id(device_id=token.device_id)})
 
-    @extend_schema(request=PushInputSerializer, parameters=[_PROTOCOL_PARAMETER], responses=PushOutputSerializer)
+    @extend_schema(
+        request=PushInputSerializer, parameters=[_PROTOCOL_PARAMETER], responses=_answers(PushOutputSerializer)
+    )
     def post(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
@@ -207,7 +221,7 @@ def batch_too_large_response(error: BatchTooLarge) -> Response:
 def _newest_first_page(
     request: Request, rows: QuerySet[ListedModel], *, time_field: str
 ) -> selectors.ListPage[ListedModel]:
-    query = ListQuerySerializer(data=request.query_params)
+    query = ListQuerySerializer(data=request.query_params.dict())
     query.is_valid(raise_exception=True)
     try:
         return selectors.newest_first_page(
@@ -279,7 +293,7 @@ class WatermelonPullView(APIView):
     410 `cursor_expired`: reset the local database and sync again (push the outbox first).
     """
 
-    @extend_schema(parameters=[_PROTOCOL_PARAMETER], responses=dict)
+    @extend_schema(parameters=[_PROTOCOL_PARAMETER], responses=_answers(dict))
     def get(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
@@ -306,7 +320,7 @@ class WatermelonPushView(APIView):
 
     takes_outbox_handover = True  # see DeviceTokenAuthentication
 
-    @extend_schema(request=dict, parameters=[_PROTOCOL_PARAMETER], responses=dict)
+    @extend_schema(request=dict, parameters=[_PROTOCOL_PARAMETER], responses=_answers(dict))
     def post(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
