@@ -18,7 +18,8 @@ from uuid import UUID
 
 from asgiref.sync import async_to_sync
 from django.db import connection, models, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -459,9 +460,18 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         target = user_scope(user.pk)
         _wait_for_older_writers()
         if lost:
-            # Records no scope the user keeps sees: each audience is all or nothing.
+            # Records no scope the user keeps sees (each audience is all or nothing), and those
+            # a younger writer has moved out of a lost scope already: its removal is addressed
+            # to that scope, which this user no longer reads once this commits. One the user
+            # still sees comes back after this removal with that writer's own upsert.
+            moved_out = ChangeEntry.objects.filter(
+                scope__in=audiences_of(including_any_of=lost),
+                operation=ChangeOperation.REMOVE,
+                transaction_id__gt=RawSQL("pg_current_xact_id()::text::bigint", []),
+            ).values("record_id")
             lost_records = SyncedRecord.objects.filter(
-                audience__in=audiences_of(including_any_of=lost, excluding_any_of=current)
+                Q(audience__in=audiences_of(including_any_of=lost, excluding_any_of=current))
+                | Q(record_id__in=moved_out)
             ).order_by("record_id")
             _append_for_user(lost_records, target, ChangeOperation.REMOVE)
         if gained:
@@ -477,7 +487,7 @@ def user_scopes_refresh(*, user: User) -> list[str]:
 
 # How long a change of access waits for the writers that were running when it began, and
 # how often it looks whether they have ended.
-_OLDER_WRITERS_WAIT_SECONDS = 10.0
+_OLDER_WRITERS_WAIT_SECONDS = 5.0
 _OLDER_WRITERS_POLL_SECONDS = 0.02
 
 
@@ -491,7 +501,8 @@ def _wait_for_older_writers() -> None:
     cursor moves past them (a record moved into the unit they join, which it never gets).
     After the wait, the catch-up sees what those writers wrote. Writers that took their id
     after this transaction need no wait: their entries come after the catch-up in the
-    feed's order, and are served only once the change has committed, under the new scopes.
+    feed's order, and are served only once the change has committed, under the new scopes
+    (one of them that moved a record out of a lost scope is read by the catch-up itself).
 
     Stops waiting, and logs it, when a writer waited for is itself waiting for a lock this
     transaction holds (neither would ever go on), or after ``_OLDER_WRITERS_WAIT_SECONDS``.
@@ -507,27 +518,36 @@ def _wait_for_older_writers() -> None:
         )
         (running,) = cursor.fetchone()
         deadline = time.monotonic() + _OLDER_WRITERS_WAIT_SECONDS
+        given_up = 0
         while running:
+            # Those still running, and of them those waiting for a lock this transaction holds
+            # (each transaction holds a lock on its own 32-bit id, which names its backend).
             cursor.execute(
-                "SELECT array(SELECT x FROM unnest(%s::bigint[]) AS x"
-                " WHERE pg_xact_status(x::text::xid8) = 'in progress'),"
-                # Each transaction holds a lock on its own (32-bit) id, which names its backend.
-                " EXISTS (SELECT 1 FROM pg_locks AS l WHERE l.locktype = 'transactionid' AND l.granted"
-                " AND l.transactionid::text::bigint = ANY(SELECT x %% 4294967296 FROM unnest(%s::bigint[]) AS x)"
-                " AND pg_backend_pid() = ANY(pg_blocking_pids(l.pid)))",
-                [running, running],
+                "WITH running AS (SELECT x FROM unnest(%s::bigint[]) AS x"
+                " WHERE pg_xact_status(x::text::xid8) = 'in progress')"
+                " SELECT array(SELECT x FROM running), array(SELECT x FROM running WHERE EXISTS ("
+                " SELECT 1 FROM pg_locks AS l WHERE l.locktype = 'transactionid' AND l.granted"
+                " AND l.transactionid::text::bigint = x %% 4294967296"
+                " AND pg_backend_pid() = ANY(pg_blocking_pids(l.pid))))",
+                [running],
             )
             running, waiting_for_this_one = cursor.fetchone()
-            if running and (waiting_for_this_one or time.monotonic() > deadline):
-                logger.warning(
-                    "A change of access went on without waiting for %d older writer(s) (%s): a record they "
-                    "write into the scopes it changes may be missing from its catch-up.",
-                    len(running),
-                    "waiting for a lock it holds" if waiting_for_this_one else "still running",
-                )
-                return
+            if waiting_for_this_one:
+                given_up += len(waiting_for_this_one)
+                running = [x for x in running if x not in set(waiting_for_this_one)]
+            if running and time.monotonic() > deadline:
+                given_up += len(running)
+                running = []
             if running:
                 time.sleep(_OLDER_WRITERS_POLL_SECONDS)
+        if given_up:
+            logger.warning(
+                "A change of access went on without waiting for %d older writer(s) (waiting for a lock it "
+                "holds, or still running after %s s): a record they write into the scopes it changes may be "
+                "missing from its catch-up.",
+                given_up,
+                _OLDER_WRITERS_WAIT_SECONDS,
+            )
 
 
 def _append_for_user(records: Any, scope: str, operation: ChangeOperation) -> None:

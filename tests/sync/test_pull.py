@@ -417,6 +417,111 @@ def test_a_change_of_crew_does_not_wait_for_an_older_writer_that_waits_for_it(
     )
 
 
+def test_a_record_a_younger_writer_moves_out_of_the_unit_left_is_removed_by_the_catch_up(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """While the change of crew waits for an older, unrelated writer, a dispatcher moves a
+    record out of the unit being left and commits. Its removal is addressed to that unit,
+    which the member no longer reads once the change commits: the catch-up removes it."""
+    moved = Encounter.objects.get(pk=encounter(make_crew_member(program, unit=crew_member.unit)))
+    elsewhere = make_crew_member(program)
+    device = SimDevice(crew_member)
+    entries, cursor = device.pull()
+    older_began = threading.Event()
+
+    def older_writer() -> None:
+        try:
+            with transaction.atomic():
+                UnitFactory.create(program=program)
+                older_began.set()
+                time.sleep(1.5)
+        finally:
+            connection.close()
+
+    def younger_move() -> None:
+        time.sleep(0.5)  # once the change of crew is waiting
+        try:
+            encounter_reassign(encounter=moved, unit=elsewhere.unit, actor=elsewhere.user)
+        finally:
+            connection.close()
+
+    older = threading.Thread(target=older_writer)
+    older.start()
+    assert older_began.wait(timeout=10)
+    mover = threading.Thread(target=younger_move)
+    with transaction.atomic():
+        UnitMember.objects.filter(user=crew_member.user).delete()  # this change takes its id first
+        mover.start()
+        services.user_scopes_refresh(user=crew_member.user)
+    mover.join()
+    older.join()
+    later, _ = device.pull(cursor)
+
+    on_device = {e["id"] for e in entries if e["op"] == "upsert"}
+    on_device -= {e["id"] for e in later if e["op"] == "remove"}
+    assert str(moved.pk) not in on_device
+
+
+def test_a_writer_waiting_for_the_change_of_crew_does_not_end_the_wait_for_the_others(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """An older writer moves a record into the unit joined; another older one waits for the
+    unit row the admin's change holds. The change stops waiting for the second only."""
+    elsewhere = make_crew_member(program)
+    moved = Encounter.objects.get(pk=encounter(elsewhere))
+    unit = UnitFactory.create(program=program)
+    colleague = make_crew_member(program, unit=crew_member.unit)
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    written, second_began = threading.Event(), threading.Event()
+    held: dict[str, Any] = {}
+
+    def move() -> None:
+        try:
+            with transaction.atomic():
+                encounter_reassign(encounter=moved, unit=unit, actor=elsewhere.user)
+                written.set()
+                time.sleep(2.0)
+        finally:
+            connection.close()
+
+    def wait_for_the_unit() -> None:
+        try:
+            with transaction.atomic():
+                UnitFactory.create(program=program)  # takes its id before the change of crew
+                second_began.set()
+                time.sleep(0.5)
+                type(unit).objects.select_for_update().get(pk=unit.pk)
+        finally:
+            connection.close()
+
+    def pull_meanwhile() -> None:
+        try:
+            held["entries"], held["cursor"] = device.pull(cursor)
+        finally:
+            connection.close()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    assert written.wait(timeout=10)
+    encounter(colleague)  # moves the device's cursor past the move, once served
+    blocked = threading.Thread(target=wait_for_the_unit)
+    blocked.start()
+    assert second_began.wait(timeout=10)
+    with transaction.atomic():
+        type(unit).objects.filter(pk=unit.pk).update(call_sign=unit.call_sign)  # the admin saves the unit
+        teams_services.unit_member_add(unit=unit, user=crew_member.user)
+        mover.join()
+        reader = threading.Thread(target=pull_meanwhile)
+        reader.start()
+        reader.join()
+    blocked.join()
+    later, _ = device.pull(held["cursor"])
+
+    on_device = {e["id"] for e in held["entries"] + later if e["type"] == "care.encounter" and e["op"] == "upsert"}
+    assert str(moved.pk) in on_device
+
+
 def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: CrewMember) -> None:
     no_header = crew_member.client().get("/api/v1/sync/snapshot/")
     bad = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": uuid.uuid4().hex})
