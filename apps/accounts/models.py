@@ -112,6 +112,8 @@ class DeviceToken(models.Model):
     # Set on a token issued by a rotation until it is first used: the token it replaces
     # works until then, in case the rotation's answer never reached the device.
     replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # When a rotation first replaced this token: it works for a grace period from then, at most.
+    replaced_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.key_prefix}… ({self.device})"

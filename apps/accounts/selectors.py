@@ -57,16 +57,19 @@ def device_token_for(*, raw_token: str) -> DeviceToken:
     token = DeviceToken.objects.select_related("device", "device__user").filter(key_hash=hash_token(raw_token)).first()
     if token is None:
         raise TokenRejected(TokenProblem.UNKNOWN)
-    # Revoking a device revokes its tokens with it; one revoked before was rotated away.
-    rotated_away = token.revoked_at is not None and (
-        token.device.revoked_at is None or token.revoked_at < token.device.revoked_at
-    )
+    now = timezone.now()
+    # Revoking a device revokes its tokens with it; one revoked before was rotated away, as is
+    # one replaced longer ago than the grace a rotation gives it.
+    ended_at = token.revoked_at
+    if token.replaced_at is not None:
+        grace_over = token.replaced_at + timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
+        ended_at = min(ended_at or grace_over, grace_over) if grace_over <= now else ended_at
+    rotated_away = ended_at is not None and (token.device.revoked_at is None or ended_at < token.device.revoked_at)
     lockout = lockout_of(token)
     if rotated_away and lockout is not TokenProblem.REVOKED:
         # A copy left behind by a rotation: as good as unknown to whoever holds it (a revoked
         # device's copies are still told to purge).
         raise TokenRejected(TokenProblem.UNKNOWN)
-    now = timezone.now()
     if lockout is not None:
         hands_over = not rotated_away and _may_hand_over(token, now)
         raise TokenRejected(lockout, outbox_token=token if hands_over else None)

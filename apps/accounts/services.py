@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, User, hash_token
+from apps.accounts.selectors import TokenProblem, TokenRejected
 
 # What a user's devices may see follows their program roles (here) and their units (the
 # teams app). The mechanisms that serve devices (the change feed, the websockets) register
@@ -73,11 +74,18 @@ def device_register(*, user: User, name: str, platform: str) -> tuple[Device, De
 @transaction.atomic
 def device_token_rotate(*, token: DeviceToken) -> tuple[DeviceToken, str]:
     """Issue a token to replace this one. This one keeps working until the new one is first
-    used (``device_authenticated``): a device that never got the answer (it lost signal in a
-    tunnel) is not locked out, but rotates again, and the token it never received stops
-    working instead."""
-    DeviceToken.objects.select_for_update().filter(pk=token.pk).first()  # one rotation at a time
-    DeviceToken.objects.filter(replaces=token, revoked_at=None).update(revoked_at=timezone.now())
+    used (``device_authenticated``), for DEVICE_TOKEN_ROTATION_GRACE_MINUTES at most: a device
+    that never got the answer (it lost signal in a tunnel) is not locked out, but rotates
+    again, and the token it never received stops working instead."""
+    now = timezone.now()
+    locked = DeviceToken.objects.select_for_update().get(pk=token.pk)  # one rotation at a time
+    if locked.revoked_at is not None:
+        # Its successor was used while this request was on its way: that one stands, and this
+        # one may not mint another.
+        raise TokenRejected(TokenProblem.UNKNOWN)
+    DeviceToken.objects.filter(replaces=token, revoked_at=None).update(revoked_at=now)
+    if locked.replaced_at is None:  # rotating again does not lengthen the grace period
+        DeviceToken.objects.filter(pk=token.pk).update(replaced_at=now)
     return device_token_issue(device=token.device, replaces=token)
 
 

@@ -288,6 +288,9 @@ SPECTACULAR_SETTINGS = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 1024)
 
 DEVICE_TOKEN_TTL_DAYS = env_int("DEVICE_TOKEN_TTL_DAYS", 30)
+# How long a rotated token still works while its successor has not been used (the answer of
+# the rotation may have been lost in a tunnel).
+DEVICE_TOKEN_ROTATION_GRACE_MINUTES = env_int("DEVICE_TOKEN_ROTATION_GRACE_MINUTES", 60)
 DEVICE_REVOKE_UNSEEN_DAYS = env_int("DEVICE_REVOKE_UNSEEN_DAYS", 30)
 # How long a revoked device may still hand over the changes it holds (into quarantine).
 DEVICE_HANDOVER_DAYS = env_int("DEVICE_HANDOVER_DAYS", 30)

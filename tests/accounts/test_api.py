@@ -6,7 +6,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from apps.accounts import services
 from apps.accounts.models import Device, DeviceToken
+from apps.accounts.selectors import TokenRejected
 from tests.accounts.factories import PASSWORD, UserFactory
 from tests.conftest import CrewMember
 
@@ -188,6 +190,33 @@ def test_a_device_that_lost_the_rotations_answer_rotates_again_and_the_lost_toke
     assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {lost}").status_code == 401
     assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {received}").status_code == 200
     assert crew_member.client().get("/api/v1/me/").status_code == 401
+
+
+def test_a_rotated_token_whose_successor_is_never_used_stops_after_the_grace_period(
+    api_client: APIClient, crew_member: CrewMember
+) -> None:
+    first = crew_member.client().post("/api/v1/auth/token/rotate/").json()["token"]
+    rotated_at = DeviceToken.objects.get(device=crew_member.device, replaces=None).replaced_at
+    assert rotated_at is not None
+    DeviceToken.objects.filter(replaced_at=rotated_at).update(replaced_at=rotated_at - timedelta(minutes=59))
+    again = crew_member.client().post("/api/v1/auth/token/rotate/")  # within the grace: allowed,
+    assert again.status_code == 201  # and it does not start the grace anew
+    DeviceToken.objects.filter(replaced_at__isnull=False).update(replaced_at=rotated_at - timedelta(minutes=61))
+
+    assert crew_member.client().get("/api/v1/me/").status_code == 401
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {first}").status_code == 401
+    assert api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {again.json()['token']}").status_code == 200
+
+
+def test_a_rotation_that_arrives_after_the_successor_was_used_mints_nothing(crew_member: CrewMember) -> None:
+    old = crew_member.device.tokens.get()
+    _new, new_raw = services.device_token_rotate(token=old)
+    assert APIClient().get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {new_raw}").status_code == 200
+
+    # A rotation authenticated with the old token just before the new one's first use retired it.
+    with pytest.raises(TokenRejected):
+        services.device_token_rotate(token=old)
+    assert DeviceToken.objects.filter(device=crew_member.device, revoked_at=None).count() == 1
 
 
 def test_outsider_cannot_see_or_revoke_another_users_device(

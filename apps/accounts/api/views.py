@@ -69,7 +69,10 @@ class TokenRotateView(APIView):
     def post(self, request: Request) -> Response:
         assert isinstance(request.auth, DeviceToken)
         StrictSerializer(data=request.data or {}).is_valid(raise_exception=True)
-        token, raw_token = services.device_token_rotate(token=request.auth)
+        try:
+            token, raw_token = services.device_token_rotate(token=request.auth)
+        except selectors.TokenRejected as rejection:
+            raise exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value) from None
         return Response(
             IssuedTokenSerializer(_issued(token.device, token, raw_token)).data, status=status.HTTP_201_CREATED
         )
