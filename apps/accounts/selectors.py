@@ -63,7 +63,8 @@ def device_token_for(*, raw_token: str) -> DeviceToken:
     ended_at = token.revoked_at
     if token.replaced_at is not None:
         grace_over = token.replaced_at + timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
-        ended_at = min(ended_at or grace_over, grace_over) if grace_over <= now else ended_at
+        if grace_over <= now and (ended_at is None or grace_over < ended_at):
+            ended_at = grace_over
     rotated_away = ended_at is not None and (token.device.revoked_at is None or ended_at < token.device.revoked_at)
     lockout = lockout_of(token)
     if rotated_away and lockout is not TokenProblem.REVOKED:
