@@ -157,13 +157,14 @@ class ConflictSerializer(serializers.ModelSerializer[Conflict]):
         ]
 
 
-class QuarantinePageSerializer(serializers.Serializer[dict[str, object]]):
+class _CursorPageSerializer(serializers.Serializer[dict[str, object]]):
+    has_more = serializers.BooleanField()
+    cursor = serializers.CharField(allow_null=True, help_text="Send it back to read the next page; null on the last.")
+
+
+class QuarantinePageSerializer(_CursorPageSerializer):
     results = QuarantinedMutationSerializer(many=True)
-    has_more = serializers.BooleanField()
-    cursor = serializers.CharField(allow_null=True, help_text="Send it back to read the next page; null on the last.")
 
 
-class ConflictPageSerializer(serializers.Serializer[dict[str, object]]):
+class ConflictPageSerializer(_CursorPageSerializer):
     results = ConflictSerializer(many=True)
-    has_more = serializers.BooleanField()
-    cursor = serializers.CharField(allow_null=True, help_text="Send it back to read the next page; null on the last.")

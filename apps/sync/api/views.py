@@ -218,6 +218,11 @@ def batch_too_large_response(error: BatchTooLarge) -> Response:
     return Response(body, status=error.status_code)
 
 
+def _page_answer(page: selectors.ListPage[Any], serializer_class: Any) -> Response:
+    results = serializer_class(page.items, many=True).data
+    return Response({"results": results, "has_more": page.has_more, "cursor": page.cursor})
+
+
 def _newest_first_page(
     request: Request, rows: QuerySet[ListedModel], *, time_field: str
 ) -> selectors.ListPage[ListedModel]:
@@ -241,13 +246,7 @@ class QuarantineView(APIView):
         mutations = selectors.quarantined_mutations_visible_to(user=user)
         page = _newest_first_page(request, mutations, time_field="received_at")
         audit.record_quarantine_reads(accessor=_accessor(request), mutations=page.items)
-        return Response(
-            {
-                "results": QuarantinedMutationSerializer(page.items, many=True).data,
-                "has_more": page.has_more,
-                "cursor": page.cursor,
-            }
-        )
+        return _page_answer(page, QuarantinedMutationSerializer)
 
 
 class QuarantineApplyView(APIView):
@@ -275,13 +274,7 @@ class ConflictListView(APIView):
     def get(self, request: Request) -> Response:
         user, _token = _device_auth(request)
         page = _newest_first_page(request, selectors.open_conflicts_visible_to(user=user), time_field="created_at")
-        return Response(
-            {
-                "results": ConflictSerializer(page.items, many=True).data,
-                "has_more": page.has_more,
-                "cursor": page.cursor,
-            }
-        )
+        return _page_answer(page, ConflictSerializer)
 
 
 class WatermelonPullView(APIView):
