@@ -23,7 +23,7 @@ from apps.care.models import (
     ReferralTaskStatus,
     TransportDestination,
 )
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
 from apps.directory.models import ServiceType
 from apps.sync import registry
 from apps.sync.scopes import program_role_scope, unit_scope
@@ -50,8 +50,8 @@ class PersonWire(CareWire):
 class EncounterWire(CareWire):
     unit_id = serializers.UUIDField()
     person_id = serializers.UUIDField(allow_null=True, required=False, default=None)
-    started_at = serializers.DateTimeField()
-    ended_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+    started_at = OffsetDateTimeField()
+    ended_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
     location = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
     assessment = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
     disposition = serializers.ChoiceField(choices=Disposition.choices, allow_blank=True, required=False, default="")
@@ -64,7 +64,7 @@ class NoteWire(CareWire):
     encounter_id = serializers.UUIDField()
     amends_id = serializers.UUIDField(allow_null=True, required=False, default=None)
     body = serializers.CharField(max_length=50_000)
-    signed_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+    signed_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
 
 
 class ReferralWire(CareWire):
@@ -75,7 +75,7 @@ class ReferralWire(CareWire):
     reason = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
     priority = serializers.ChoiceField(choices=ReferralPriority.choices, required=False, default="routine")
     warm_handoff = serializers.BooleanField(required=False, default=False)
-    appointment_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+    appointment_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
     consent_to_share = serializers.BooleanField(required=False, default=False)
     consent_to_contact = serializers.BooleanField(required=False, default=False)
     status = serializers.ChoiceField(choices=ReferralStatus.choices, read_only=True)
@@ -85,7 +85,7 @@ class ReferralWire(CareWire):
 class ReferralOutcomeWire(CareWire):
     referral_id = serializers.UUIDField()
     outcome = serializers.ChoiceField(choices=[status for status in ReferralStatus.values if status != "open"])
-    observed_at = serializers.DateTimeField()
+    observed_at = OffsetDateTimeField()
     details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
 
 

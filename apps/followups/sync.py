@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from apps.care import services as care_services
 from apps.care.sync import CareWire, program_id_of, scopes_of
+from apps.common.api.serializers import OffsetDateTimeField
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
 from apps.sync import registry
 from apps.sync.registry import Change, Refused, WriteContext
@@ -18,7 +19,7 @@ class ContactAttemptWire(CareWire):
     method = serializers.ChoiceField(choices=ContactMethod.choices)
     result = serializers.ChoiceField(choices=ContactResult.choices)
     notes = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
-    attempted_at = serializers.DateTimeField()
+    attempted_at = OffsetDateTimeField()
 
 
 def may_write_attempt(context: WriteContext, record: ContactAttempt | None, values: dict[str, Any]) -> bool:

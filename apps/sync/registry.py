@@ -30,7 +30,7 @@ from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from apps.accounts.models import Device, User
 from apps.common import bulk
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
 
 
 class Refused(Exception):
@@ -209,6 +209,11 @@ class SyncedType:
         return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}
 
 
+# Fields the compiled plan reads as DRF's DateTimeField: the offset field refuses only what
+# the plan already hands to DRF (a time without an offset).
+_MOMENT_FIELDS = (serializers.DateTimeField, OffsetDateTimeField)
+
+
 @functools.lru_cache(maxsize=256)
 def bound_serializer(serializer_class: type[serializers.Serializer[Any]], *, partial: bool) -> Any:
     """One reusable serializer per type and mode: building one per record costs a deep copy
@@ -237,7 +242,7 @@ def _wire_value(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[[
     if kind is serializers.DateField and api_settings.DATE_FORMAT == ISO_8601:
         return lambda value: value if isinstance(value, str) else value.isoformat()
     zone = getattr(wire_field, "timezone", None)
-    if kind is serializers.DateTimeField and api_settings.DATETIME_FORMAT == ISO_8601 and zone is not None:
+    if kind in _MOMENT_FIELDS and api_settings.DATETIME_FORMAT == ISO_8601 and zone is not None:
 
         def moment(value: Any) -> Any:
             if isinstance(value, str):
@@ -386,7 +391,7 @@ def _input_check(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[
         return _date_check
     zone = getattr(wire_field, "timezone", None)
     formats = getattr(wire_field, "input_formats", api_settings.DATETIME_INPUT_FORMATS)
-    if kind is serializers.DateTimeField and formats == [ISO_8601] and zone is not None:
+    if kind in _MOMENT_FIELDS and formats == [ISO_8601] and zone is not None:
         return _moment_check(zone)
     return None
 

@@ -444,6 +444,9 @@ def test_a_delete_meeting_an_unseen_edit_is_a_conflict_and_the_record_stays(crew
 
     assert deleted["status"] == "conflict" and deleted["conflicts"][0]["kind"] == "delete_vs_edit"
     assert Encounter.objects.get(pk=record_id).is_deleted is False
+    # The whole record met: no one field, named alike in the push result and the list.
+    [listed] = device.member.client().get("/api/v1/sync/conflicts/").json()["results"]
+    assert deleted["conflicts"][0]["field"] is None and listed["field"] is None
 
 
 def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(crew_member: CrewMember) -> None:
@@ -496,6 +499,30 @@ def test_device_times_are_kept_as_observed_and_implausible_ones_flagged(crew_mem
         crew_member.device,
         "tandem-test/1.0",
     )
+
+
+@pytest.mark.parametrize("started_at", ["2026-11-20T14:05:00", "2026-11-20"])
+def test_a_time_without_its_utc_offset_is_quarantined_not_read_in_the_servers_zone(
+    crew_member: CrewMember, started_at: str
+) -> None:
+    device = SimDevice(crew_member)
+    naive = device.mutation(
+        "create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member, started_at=started_at)
+    )
+    record_id = uuid.uuid4()
+    with_offset = device.mutation(
+        "create", "care.encounter", record_id, encounter_fields(crew_member, started_at="2026-11-20T14:05:00-05:00")
+    )
+
+    refused, applied = device.push(naive, with_offset)
+
+    assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == (
+        "quarantined",
+        "invalid_fields",
+        "fields.started_at",
+    )
+    assert "UTC offset" in refused["error"]["detail"]
+    assert applied["status"] == "applied" and applied["data"]["started_at"] == "2026-11-20T19:05:00Z"
 
 
 def test_a_device_of_another_user_keeps_its_own_mutation_ids(crew_member: CrewMember) -> None:

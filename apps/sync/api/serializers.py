@@ -138,6 +138,10 @@ class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
 
 
 class ConflictSerializer(serializers.ModelSerializer[Conflict]):
+    field = serializers.SerializerMethodField(
+        help_text="The field both sides wrote; null when the whole record met (a delete against an edit)."
+    )
+
     class Meta:
         model = Conflict
         fields = [
@@ -155,6 +159,9 @@ class ConflictSerializer(serializers.ModelSerializer[Conflict]):
             "user",
             "created_at",
         ]
+
+    def get_field(self, conflict: Conflict) -> str | None:
+        return conflict.field or None  # as the push result names it
 
 
 class _CursorPageSerializer(serializers.Serializer[dict[str, object]]):
