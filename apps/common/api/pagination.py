@@ -52,8 +52,9 @@ def page_of(item_serializer: type[serializers.Serializer[object]]) -> type[seria
 
 
 class PageQuerySerializer(StrictSerializer):
-    page = serializers.IntegerField(required=False, min_value=1)
-    page_size = serializers.IntegerField(required=False, min_value=1)
+    # Only their names: StandardPagination checks their values (one rule for every list).
+    page = serializers.CharField(required=False, allow_blank=True)
+    page_size = serializers.CharField(required=False, allow_blank=True)
 
 
 def refuse_other_query_parameters(request: Request) -> None:
