@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -54,7 +55,33 @@ def device_token_for(*, raw_token: str) -> DeviceToken:
     if not raw_token.isascii():
         # Tokens are URL-safe ASCII; a websocket's JSON may carry what UTF-8 cannot even hash.
         raise TokenRejected(TokenProblem.UNKNOWN)
-    token = DeviceToken.objects.select_related("device", "device__user").filter(key_hash=hash_token(raw_token)).first()
+    return _usable(_tokens().filter(key_hash=hash_token(raw_token)).first())
+
+
+def device_token_recheck(*, token_id: UUID) -> DeviceToken:
+    """The token as it stands now, for a socket that authenticated with it a while ago;
+    raises TokenRejected once it may no longer be used."""
+    return _usable(_tokens().filter(pk=token_id).first())
+
+
+def token_usable_until(token: DeviceToken) -> datetime:
+    """When the token stops working by the clock alone: it expires, or the grace a rotation
+    gave it ends. Revocations and a successor's first use end it sooner."""
+    if token.replaced_at is None:
+        return token.expires_at
+    return min(token.expires_at, _grace_over(token))
+
+
+def _tokens() -> QuerySet[DeviceToken]:
+    return DeviceToken.objects.select_related("device", "device__user")
+
+
+def _grace_over(token: DeviceToken) -> datetime:
+    assert token.replaced_at is not None
+    return token.replaced_at + timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
+
+
+def _usable(token: DeviceToken | None) -> DeviceToken:
     if token is None:
         raise TokenRejected(TokenProblem.UNKNOWN)
     now = timezone.now()
@@ -62,7 +89,7 @@ def device_token_for(*, raw_token: str) -> DeviceToken:
     # one replaced longer ago than the grace a rotation gives it.
     ended_at = token.revoked_at
     if token.replaced_at is not None:
-        grace_over = token.replaced_at + timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
+        grace_over = _grace_over(token)
         if grace_over <= now and (ended_at is None or grace_over < ended_at):
             ended_at = grace_over
     rotated_away = ended_at is not None and (token.device.revoked_at is None or ended_at < token.device.revoked_at)

@@ -46,6 +46,11 @@ def device_group_name(device_id: object) -> str:
     return f"device.{device_id}"
 
 
+def device_token_group_name(token_id: object) -> str:
+    """The channel-layer group of the open websockets authenticated with one token."""
+    return f"device_token.{token_id}"
+
+
 def _new_raw_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -83,9 +88,12 @@ def device_token_rotate(*, token: DeviceToken) -> tuple[DeviceToken, str]:
         # Its successor was used while this request was on its way: that one stands, and this
         # one may not mint another.
         raise TokenRejected(TokenProblem.UNKNOWN)
-    DeviceToken.objects.filter(replaces=token, revoked_at=None).update(revoked_at=now)
+    unreceived = DeviceToken.objects.filter(replaces=token, revoked_at=None)
+    changed = [token.pk, *unreceived.values_list("pk", flat=True)]
+    unreceived.update(revoked_at=now)
     if locked.replaced_at is None:  # rotating again does not lengthen the grace period
         DeviceToken.objects.filter(pk=token.pk).update(replaced_at=now)
+    transaction.on_commit(lambda: _tell_token_sockets(changed))
     return device_token_issue(device=token.device, replaces=token)
 
 
@@ -96,9 +104,11 @@ def device_authenticated(*, token: DeviceToken) -> None:
     device_mark_seen(device=token.device)
     if token.replaces_id is None:
         return
+    replaced_id = token.replaces_id
     with transaction.atomic():
-        DeviceToken.objects.filter(pk=token.replaces_id, revoked_at=None).update(revoked_at=timezone.now())
+        DeviceToken.objects.filter(pk=replaced_id, revoked_at=None).update(revoked_at=timezone.now())
         DeviceToken.objects.filter(pk=token.pk).update(replaces=None)
+        transaction.on_commit(lambda: _tell_token_sockets([replaced_id]))
     token.replaces_id = None
 
 
@@ -133,6 +143,16 @@ def _disconnect_device_sockets(device_ids: list[UUID], event_type: str) -> None:
         return
     for device_id in device_ids:
         async_to_sync(channel_layer.group_send)(device_group_name(device_id), {"type": event_type})
+
+
+def _tell_token_sockets(token_ids: list[UUID]) -> None:
+    # A socket checks its token when it authenticates; these tokens changed since, so their
+    # sockets check again (and close, if the token no longer works).
+    channel_layer = get_channel_layer()
+    if channel_layer is None:
+        return
+    for token_id in token_ids:
+        async_to_sync(channel_layer.group_send)(device_token_group_name(token_id), {"type": "token.changed"})
 
 
 def device_mark_seen(*, device: Device) -> None:

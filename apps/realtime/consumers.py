@@ -14,6 +14,9 @@ Protocol (JSON text frames):
     server → {"type": "device.revoked", "purge_local_data": true, "push_outbox_first": true},
              then close 4403: push the outbox over HTTP (it is kept for review), then purge
     server → {"type": "user.deactivated", ...the same}: the user's account was deactivated
+    server → {"type": "auth.ended", "code": "token_expired" | "token_invalid"}, then close 4401:
+             the socket's token stopped working (it expired, its rotation's grace ended, or
+             its successor was used); reconnect with the current token, or sign in again
     server → {"type": "scopes.changed", "removed": [...], "added": [...]}  the user's units or roles
              changed; drop what belonged to a removed scope (sent when the channel layer
              says so, or when a feed read finds the user's scopes changed, whichever is first)
@@ -33,10 +36,17 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.utils import timezone
 
 from apps.accounts.models import DeviceToken, User
-from apps.accounts.selectors import TokenRejected, device_token_for
-from apps.accounts.services import device_authenticated, device_group_name
+from apps.accounts.selectors import (
+    TokenProblem,
+    TokenRejected,
+    device_token_for,
+    device_token_recheck,
+    token_usable_until,
+)
+from apps.accounts.services import device_authenticated, device_group_name, device_token_group_name
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common.api.parsers import strict_loads
@@ -91,6 +101,10 @@ def _read_feed_now(scopes: list[str], cursor: str | None, token: DeviceToken) ->
     )
 
 
+def _recheck_token_now(token: DeviceToken) -> DeviceToken:
+    return device_token_recheck(token_id=token.pk)
+
+
 def _refresh_scopes_now(user_id: Any) -> list[str]:
     return user_scopes_refresh(user=User.objects.get(pk=user_id))
 
@@ -104,6 +118,7 @@ def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None
 
 
 _authenticate = _in_thread_pool(_authenticate_now)
+_recheck_token = _in_thread_pool(_recheck_token_now)
 _refresh_scopes = _in_thread_pool(_refresh_scopes_now)
 _read_feed = _in_thread_pool(_read_feed_now)
 _audit_delivered = _in_thread_pool(_audit_delivered_now)
@@ -114,6 +129,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     scopes: list[str]
     groups_joined: list[str]
     auth_timer: asyncio.Task[None] | None = None
+    token_check: asyncio.Task[None] | None = None
+    ended = False
     feed_cursor: str | None = None
     feed_subscribed = False
     feed_lock: asyncio.Lock
@@ -131,7 +148,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         self.auth_timer = asyncio.create_task(self._close_unless_authenticated())
 
     async def disconnect(self, code: int) -> None:
-        for task in (self.auth_timer, self.feed_retry, self.feed_poll, self.feed_sender):
+        for task in (self.auth_timer, self.token_check, self.feed_retry, self.feed_poll, self.feed_sender):
             if task is not None:
                 task.cancel()
         for group in self.groups_joined:
@@ -187,6 +204,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             self.auth_timer.cancel()
         device = self.token.device
         await self.join(device_group_name(device.pk))
+        await self.join(device_token_group_name(self.token.pk))
+        self._check_token_later()
         for scope in self.scopes:
             await self.join(feed_group_name(scope))
         await self.send_json({"type": "auth.ok", "device": str(device.pk), "user": str(device.user_id)})
@@ -304,7 +323,43 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if self.token is None:
             await self.close(code=CloseCode.UNAUTHENTICATED)
 
+    def _check_token_later(self) -> None:
+        """Check the token again when the clock ends it, or within WEBSOCKET_TOKEN_RECHECK_SECONDS
+        in case the channel layer lost the word of a change (``token_changed``)."""
+        assert self.token is not None
+        if self.token_check is not None:
+            self.token_check.cancel()
+        until_unusable = (token_usable_until(self.token) - timezone.now()).total_seconds()
+        delay = max(0.0, min(until_unusable, settings.WEBSOCKET_TOKEN_RECHECK_SECONDS or until_unusable))
+        self.token_check = asyncio.create_task(self._check_token_after(delay))
+
+    async def _check_token_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.token_check = None  # this task is done waiting; a change may schedule the next
+        await self.check_token()
+
+    async def check_token(self) -> None:
+        """A socket lives as long as its token, not as long as its connection."""
+        assert self.token is not None
+        if self.ended:
+            return
+        try:
+            self.token = await _recheck_token(self.token)
+        except TokenRejected as rejection:
+            if rejection.problem.locks_out:  # word of it from the device's group was lost
+                frame_type = "device.revoked" if rejection.problem is TokenProblem.REVOKED else "user.deactivated"
+                await self._end({"type": frame_type, **rejection.instructions()}, CloseCode.REVOKED)
+            else:
+                await self._end({"type": "auth.ended", "code": rejection.problem.value}, CloseCode.UNAUTHENTICATED)
+            return
+        self._check_token_later()
+
     # Channel-layer events, sent to the groups this socket joined.
+
+    async def token_changed(self, event: dict[str, Any]) -> None:
+        """The token was rotated, or its successor used: it may have stopped working."""
+        if self.token is not None:
+            await self.check_token()
 
     async def feed_nudge(self, event: dict[str, Any]) -> None:
         # Read in a task of its own, so this socket's next channel-layer message is not held
@@ -356,8 +411,15 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def _lock_out(self, frame_type: str) -> None:
         # The device's token was locked out with it, so the push still takes its outbox.
-        await self.send_json({"type": frame_type, "purge_local_data": True, "push_outbox_first": True})
-        await self.close(code=CloseCode.REVOKED)
+        await self._end({"type": frame_type, "purge_local_data": True, "push_outbox_first": True}, CloseCode.REVOKED)
+
+    async def _end(self, last_frame: dict[str, Any], close_code: int) -> None:
+        # Said once: a lockout may be told by the device's group and found by a token check.
+        if self.ended:
+            return
+        self.ended = True
+        await self.send_json(last_frame)
+        await self.close(code=close_code)
 
     async def realtime_event(self, event: dict[str, Any]) -> None:
         """Forward a mechanism's payload as it is; payloads carry ids, never health information."""

@@ -298,6 +298,9 @@ DEVICE_HANDOVER_DAYS = env_int("DEVICE_HANDOVER_DAYS", 30)
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 366)
 # A websocket that has not authenticated by then is closed.
 WEBSOCKET_AUTH_TIMEOUT_SECONDS = env_int("WEBSOCKET_AUTH_TIMEOUT_SECONDS", 10)
+# An open websocket checks its token again this often, in case word of a revocation or a
+# rotation was lost on the way (it is told at once otherwise).
+WEBSOCKET_TOKEN_RECHECK_SECONDS = env_int("WEBSOCKET_TOKEN_RECHECK_SECONDS", 60)
 # A connected device re-reads its feed this often even without a nudge (0 turns it off).
 FEED_SAFETY_POLL_SECONDS = env_int("FEED_SAFETY_POLL_SECONDS", 30)
 # Web processes only: freeze long-lived objects this often so CPython's full collections

@@ -4,15 +4,23 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 import websockets
+from django.conf import settings
+from django.db import transaction
 from django.test import Client
+from django.utils import timezone
+from websockets.sync.client import ClientConnection
 
 from apps.accounts import services
+from apps.accounts.models import Device, DeviceToken
 from tests.admin_pages import resubmitted
 from tests.conftest import LOCKOUTS, CrewMember
-from tests.live import AsgiServer
+from tests.live import AsgiServer, asgi_server
 from tests.realtime.client import assert_locked_out, authenticated_socket, close_code, open_socket, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
@@ -42,6 +50,71 @@ def test_a_socket_opened_with_a_rotated_token_ends_the_token_it_replaced(
     with open_socket(asgi.ws_url) as socket:
         send(socket, {"type": "auth", "token": crew_member.token})
         assert receive(socket) == {"type": "auth.failed", "code": "token_invalid"}
+
+
+def assert_ended(socket: ClientConnection, code: str, *, within: float) -> None:
+    """The server says the socket's token stopped working and closes it with 4401."""
+    assert receive(socket, timeout=within) == {"type": "auth.ended", "code": code}
+    assert close_code(socket, timeout=1) == 4401
+
+
+def test_an_open_socket_ends_when_the_successor_of_its_token_is_first_used(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as old_socket:
+        _token, new_token = services.device_token_rotate(token=crew_member.device.tokens.get())
+        send(old_socket, {"type": "ping"})
+        assert receive(old_socket) == {"type": "pong"}  # the rotation's answer may never arrive
+
+        response = httpx.get(f"{asgi.http_url}/api/v1/devices/", headers={"Authorization": f"Bearer {new_token}"})
+
+        assert response.status_code == 200
+        assert_ended(old_socket, "token_invalid", within=1)
+
+
+def test_an_open_socket_ends_when_its_token_expires(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    DeviceToken.objects.filter(device=crew_member.device).update(expires_at=timezone.now() + timedelta(seconds=2))
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "ping"})
+        assert receive(socket) == {"type": "pong"}
+
+        assert_ended(socket, "token_expired", within=4)
+
+
+def test_an_open_socket_ends_when_the_grace_of_a_rotation_made_while_it_was_open_ends(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    token = crew_member.device.tokens.get()
+    grace = timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)  # the server's too
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        with transaction.atomic():
+            services.device_token_rotate(token=token)
+            # As if the rotation were made most of a grace period ago.
+            DeviceToken.objects.filter(pk=token.pk).update(replaced_at=timezone.now() - grace + timedelta(seconds=2))
+        send(socket, {"type": "ping"})
+        assert receive(socket) == {"type": "pong"}
+
+        assert_ended(socket, "token_invalid", within=4)
+
+
+def test_an_open_socket_finds_a_revocation_whose_word_was_lost(live_server_logs: Path, crew_member: CrewMember) -> None:
+    with (
+        asgi_server(live_server_logs, name="web-token-recheck", WEBSOCKET_TOKEN_RECHECK_SECONDS="1") as server,
+        authenticated_socket(server.ws_url, crew_member.token) as socket,
+    ):
+        # Revoked behind the services' back, so no socket is told.
+        now = timezone.now()
+        Device.objects.filter(pk=crew_member.device.pk).update(revoked_at=now)
+        DeviceToken.objects.filter(device=crew_member.device).update(revoked_at=now)
+
+        assert receive(socket, timeout=3) == {
+            "type": "device.revoked",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
+        assert close_code(socket, timeout=1) == 4403
 
 
 # JSON may carry a lone surrogate, which no token holds (nor could be hashed as UTF-8).
