@@ -12,7 +12,7 @@ from apps.audit import registry as health_records
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.sync import registry
-from apps.sync.models import ChangeEntry, ChangeOperation, Mutation
+from apps.sync.models import ChangeEntry, ChangeOperation, Conflict, Mutation
 
 _WRITE_ACTIONS = {"create": AccessAction.CREATE, "update": AccessAction.UPDATE, "delete": AccessAction.DELETE}
 # Results of mutations that changed (or tried to change and kept as a conflict) a record.
@@ -39,13 +39,10 @@ def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> N
         record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
 
 
-def record_quarantine_reads(*, accessor: Accessor, mutations: Iterable[Any]) -> None:
-    """Audit quarantined mutations shown to someone: each holds its record's data as a device
-    sent it, so showing it reads that record."""
-    record_reads(
-        accessor=accessor,
-        records=((mutation.record_type, mutation.record_id) for mutation in mutations if mutation.record_id),
-    )
+def record_kept_copy_reads(*, accessor: Accessor, kept: Iterable[Mutation | Conflict]) -> None:
+    """Audit quarantined mutations or conflicts shown to someone: each holds its record's data
+    as a device sent it (and a conflict the server's too), so showing it reads that record."""
+    record_reads(accessor=accessor, records=((copy.record_type, copy.record_id) for copy in kept if copy.record_id))
 
 
 def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:

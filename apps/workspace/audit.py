@@ -15,7 +15,7 @@ from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor, record_access
 from apps.sync import audit as sync_audit
 from apps.sync import registry
-from apps.sync.models import Mutation
+from apps.sync.models import Conflict, Mutation
 
 
 def health_record_type(model: type[Model]) -> str | None:
@@ -28,8 +28,8 @@ def health_record_type(model: type[Model]) -> str | None:
 
 def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterable[Any]) -> None:
     accessor = Accessor.from_request(request, AccessChannel.ADMIN)
-    if model is Mutation:
-        sync_audit.record_quarantine_reads(accessor=accessor, mutations=records)
+    if model is Mutation or model is Conflict:
+        sync_audit.record_kept_copy_reads(accessor=accessor, kept=records)
         return
     record_type = health_record_type(model)
     record_ids = [record.pk for record in records]

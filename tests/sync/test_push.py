@@ -10,6 +10,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
+from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
@@ -420,6 +421,20 @@ def test_same_field_edits_keep_both_values_as_a_conflict_and_clinical_text_is_ne
     # The losing device gets the merged record back through the feed (it differs from its own).
     entries, _ = teammate.pull()
     assert entries[-1]["data"]["assessment"] == "Agitated; paranoid."
+
+
+def test_listing_conflicts_is_audited_as_reading_their_records(crew_member: CrewMember) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device, assessment="Calm, oriented.")
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Agitated; paranoid."}, 1))
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}, 1))
+    reads = AuditEvent.objects.filter(action="read", actor_id=teammate.member.user.pk)
+    assert not reads.exists()
+
+    listed = teammate.member.client().get("/api/v1/sync/conflicts/").json()["results"]
+
+    assert [conflict["record_id"] for conflict in listed] == [str(record_id)]  # both versions of the text
+    assert list(reads.values_list("record_type", "record_id", "channel")) == [("care.encounter", record_id, "sync")]
 
 
 def test_a_devices_queued_edits_of_one_field_replace_each_other_without_conflict(crew_member: CrewMember) -> None:

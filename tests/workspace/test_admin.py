@@ -163,12 +163,14 @@ def test_field_staff_without_a_workspace_role_see_no_admin_page(program: Program
     assert "Queues" not in clinician.get("/admin/").content.decode()
 
 
-def test_a_conflict_is_resolved_from_the_admin_through_the_sync_service(program: Program) -> None:
+def test_a_conflict_opened_in_the_admin_is_audited_and_resolved_through_the_sync_service(program: Program) -> None:
     day = workday(program)
     client = sign_in_to_admin(Client(), day.case_manager)
 
     page = client.get(change_url(Conflict, day.conflict.pk)).content.decode()
     assert "Agitated." in page and "Calm." in page  # both versions, side by side
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=day.case_manager.pk)
+    assert list(reads.values_list("record_type", "record_id")) == [("care.encounter", day.conflict.record_id)]
     client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(day.conflict.pk)]})
 
     conflict = Conflict.objects.get(pk=day.conflict.pk)

@@ -245,7 +245,7 @@ class QuarantineView(APIView):
         user, _token = _device_auth(request)
         mutations = selectors.quarantined_mutations_visible_to(user=user)
         page = _newest_first_page(request, mutations, time_field="received_at")
-        audit.record_quarantine_reads(accessor=_accessor(request), mutations=page.items)
+        audit.record_kept_copy_reads(accessor=_accessor(request), kept=page.items)
         return _page_answer(page, QuarantinedMutationSerializer)
 
 
@@ -274,6 +274,7 @@ class ConflictListView(APIView):
     def get(self, request: Request) -> Response:
         user, _token = _device_auth(request)
         page = _newest_first_page(request, selectors.open_conflicts_visible_to(user=user), time_field="created_at")
+        audit.record_kept_copy_reads(accessor=_accessor(request), kept=page.items)
         return _page_answer(page, ConflictSerializer)
 
 
