@@ -107,6 +107,36 @@ def test_a_page_or_page_size_that_is_not_a_counting_number_is_refused(query: str
         assert response.json()["errors"][0]["field"] == field
 
 
+PAGED_LISTS = [
+    "/api/v1/zones/",
+    "/api/v1/units/",
+    "/api/v1/notifications/",
+    "/api/v1/dispatch/incidents/",
+    "/api/v1/dispatch/assignments/",
+    "/api/v1/followups/steps/",
+    "/api/v1/directory/services/",
+]
+
+
+@pytest.mark.parametrize("page_size", ["201", "10000000000"])
+def test_every_paged_list_serves_a_page_size_above_the_largest_at_the_largest(
+    page_size: str, crew_member: CrewMember
+) -> None:
+    for path in PAGED_LISTS:
+        response = crew_member.client().get(path, {"page_size": page_size})
+
+        assert response.status_code == 200, (path, response.content)
+
+
+def test_a_page_past_the_last_is_a_404_naming_the_page(crew_member: CrewMember) -> None:
+    for path in PAGED_LISTS:
+        response = crew_member.client().get(path, {"page": "2"})
+
+        assert response.status_code == 404, (path, response.content)
+        assert response.json()["errors"][0]["field"] == "page", path
+        assert response.json()["errors"][0]["code"] == "page_not_found", path
+
+
 @pytest.mark.parametrize("path", ["/api/v1/zones/", "/api/v1/units/"])
 def test_a_list_refuses_a_query_parameter_it_does_not_take(path: str, crew_member: CrewMember) -> None:
     response = crew_member.client().get(path, {"program": "x", "page": "1"})

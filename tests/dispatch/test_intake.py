@@ -165,3 +165,19 @@ def test_dispatchers_list_only_their_programs_incidents(
     assert foreign == [] and crew == []
     assert foreign_dispatcher.client().get(f"{URL}{incident.pk}/").status_code == 404
     assert crew_member.client().get(f"{URL}{incident.pk}/").status_code == 404
+
+
+def test_incidents_received_the_same_second_are_each_listed_once_across_pages(
+    program: Program, dispatcher: CrewMember
+) -> None:
+    received_at = timezone.now().replace(microsecond=0)
+    incidents = {str(make_incident(program, dispatcher, received_at=received_at).pk) for _ in range(30)}
+    client = dispatcher.client()
+
+    listed = [
+        incident["id"]
+        for page in range(1, 6)
+        for incident in client.get(URL, {"page": page, "page_size": 7}).json()["results"]
+    ]
+
+    assert sorted(listed) == sorted(incidents)

@@ -3,10 +3,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from django.db.models import QuerySet
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 
+from apps.common.api.errors import DomainError
 from apps.common.api.serializers import StrictSerializer
 
 
@@ -24,16 +27,40 @@ class StandardPagination(PageNumberPagination):
 
     def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any] | None:
         _counting_number(request, self.page_query_param)
-        return super().paginate_queryset(queryset, request, view)
+        try:
+            return super().paginate_queryset(_totally_ordered(queryset), request, view)
+        except NotFound as past_the_end:
+            raise DomainError(
+                "The list has fewer pages than that.",
+                code="page_not_found",
+                field=self.page_query_param,
+                status_code=404,
+            ) from past_the_end
+
+
+def _totally_ordered(queryset: Any) -> Any:
+    """Rows that tie on a list's order (incidents received the same second) come back in any
+    order from one query to the next, so one page would repeat rows and the next skip them;
+    the primary key breaks the tie."""
+    if not isinstance(queryset, QuerySet):
+        return queryset
+    ordering = list(queryset.query.order_by or queryset.model._meta.ordering)
+    if {"pk", "-pk", "id", "-id"} & {field for field in ordering if isinstance(field, str)}:
+        return queryset
+    return queryset.order_by(*ordering, "pk")
 
 
 def _counting_number(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 9 and int(raw) >= 1):
+    try:
+        number = int(raw) if raw.isascii() and raw.isdigit() else 0
+    except ValueError:  # longer than Python reads as a number
+        number = 0
+    if number < 1:
         raise serializers.ValidationError({name: ["A whole number from 1."]}, code="invalid")
-    return int(raw)
+    return number
 
 
 @functools.cache

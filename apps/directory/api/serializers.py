@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.common.api.pagination import PageQuerySerializer
 from apps.common.api.serializers import StrictSerializer
 from apps.directory.models import OpeningHours, Service, ServiceType
 
@@ -44,12 +45,10 @@ class ServiceSerializer(serializers.ModelSerializer[Service]):
         return service.is_open_at(now, list(service.hours.all()), service.program.time_zone)
 
 
-class ServiceSearchSerializer(StrictSerializer):
+class ServiceSearchSerializer(PageQuerySerializer):
     type = serializers.ChoiceField(choices=ServiceType.choices, required=False)
     zone = serializers.UUIDField(required=False)
     open_now = serializers.BooleanField(required=False, default=False)
-    page = serializers.IntegerField(required=False, min_value=1)
-    page_size = serializers.IntegerField(required=False, min_value=1)
 
 
 class CapacitySerializer(StrictSerializer):

@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.common.api.pagination import PageQuerySerializer
 from apps.common.api.serializers import StrictSerializer
 from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
 from apps.dispatch.services import END_REASON_MAX_LENGTH
@@ -78,11 +79,9 @@ class IncidentIntakeSerializer(StrictSerializer):
     safety_screen = SafetyScreenSerializer()
 
 
-class IncidentQuerySerializer(StrictSerializer):
+class IncidentQuerySerializer(PageQuerySerializer):
     program = serializers.SlugField(required=False)
     status = serializers.ChoiceField(choices=["open", "closed"], required=False)
-    page = serializers.IntegerField(required=False, min_value=1)
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
 
 class OverrideSerializer(StrictSerializer):

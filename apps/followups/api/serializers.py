@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.common.api.pagination import PageQuerySerializer
 from apps.common.api.serializers import StrictSerializer
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep, StepEvent, StepStatus
 from apps.followups.services import REASON_MAX_LENGTH
@@ -66,12 +67,10 @@ class StepDetailSerializer(StepSerializer):
         return list(StepEventSerializer(step.events.order_by("pk"), many=True).data)
 
 
-class StepQuerySerializer(StrictSerializer):
+class StepQuerySerializer(PageQuerySerializer):
     status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
     mine = serializers.BooleanField(required=False, default=False)
     due_before = serializers.DateTimeField(required=False)
-    page = serializers.IntegerField(required=False, min_value=1)
-    page_size = serializers.IntegerField(required=False, min_value=1)
 
 
 class AttemptInputSerializer(StrictSerializer):
