@@ -222,6 +222,21 @@ def test_implausible_device_times_are_refused_naming_the_field(
     assert Assignment.objects.get(pk=body["id"]).status == AssignmentStatus.ACKNOWLEDGED
 
 
+def test_a_device_time_without_its_utc_offset_is_refused_naming_the_field(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    body = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+    post(crew_member, body["id"], "acknowledge")
+    # Plausible in every other way: it would be taken as this very moment in the server's zone.
+    without_offset = timezone.localtime().replace(tzinfo=None).isoformat()
+
+    response = post(crew_member, body["id"], "status", {"status": "en_route", "observed_at": without_offset})
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "observed_at"
+    assert Assignment.objects.get(pk=body["id"]).status == AssignmentStatus.ACKNOWLEDGED
+
+
 def test_decline_with_reason_offers_the_next_unit(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:

@@ -112,6 +112,10 @@ def test_concurrent_retries_create_one_incident(program: Program, dispatcher: Cr
         ({"location": {"latitude": "40.0"}}, "location.longitude"),
         ({"location": {"zone": "NOPE"}}, "location.zone"),
         ({"received_at": "yesterday"}, "received_at"),
+        (
+            {"received_at": (timezone.localtime() - timedelta(minutes=1)).replace(tzinfo=None).isoformat()},
+            "received_at",
+        ),
         ({"priority": "whenever"}, "priority"),
         ({"extra": 1}, "extra"),
     ],

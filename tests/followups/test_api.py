@@ -65,6 +65,34 @@ def test_a_due_time_in_the_past_is_refused_and_nothing_changes(crew_member: Crew
     assert _snapshot(step) == before
 
 
+@pytest.mark.parametrize("naive", ["2026-11-20T14:05:00", "2026-11-20"])
+def test_a_time_without_its_utc_offset_is_refused_naming_the_field(crew_member: CrewMember, naive: str) -> None:
+    referral_id = referral(crew_member)
+    [step, *_] = steps_of(referral_id)
+    before = _snapshot(step)
+    client = case_manager(crew_member).client()
+    attempt = {"method": "phone", "result": "no_answer", "attempted_at": naive}
+
+    answers = {
+        "due_before": client.get("/api/v1/followups/steps/", {"due_before": naive}),
+        "attempted_at": client.post(f"/api/v1/followups/steps/{step.pk}/attempts/", attempt, format="json"),
+        "due_at": client.post(
+            f"/api/v1/followups/steps/{step.pk}/reschedule/", {"due_at": naive, "reason": "Moved"}, format="json"
+        ),
+        "observed_at": client.post(
+            f"/api/v1/care/referrals/{referral_id}/outcomes/",
+            {"outcome": "attended", "observed_at": naive},
+            format="json",
+        ),
+    }
+
+    assert {field: (answer.status_code, answer.json()["errors"][0]["field"]) for field, answer in answers.items()} == {
+        field: (400, field) for field in answers
+    }
+    assert _snapshot(step) == before
+    assert not ReferralOutcomeEvent.objects.exists()
+
+
 def test_a_closed_step_cannot_be_closed_again(crew_member: CrewMember) -> None:
     manager = case_manager(crew_member)
     [step, *_] = steps_of(referral(crew_member))

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from apps.care.models import Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskEvent, ReferralTaskStatus
 from apps.care.services import TASK_REASON_MAX_LENGTH
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
 
 
 class OutcomeSerializer(serializers.ModelSerializer[ReferralOutcomeEvent]):
@@ -70,5 +70,5 @@ class TaskStatusInputSerializer(StrictSerializer):
 
 class OutcomeInputSerializer(StrictSerializer):
     outcome = serializers.ChoiceField(choices=[s for s in ReferralStatus.values if s != ReferralStatus.OPEN])
-    observed_at = serializers.DateTimeField()
+    observed_at = OffsetDateTimeField()
     details = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")

@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.common.api.pagination import PageQuerySerializer
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
 from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
 from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import UnitStatus
@@ -70,7 +70,7 @@ class IncidentIntakeSerializer(StrictSerializer):
     # Named as on the wire; DRF fields have a `source` attribute of their own.
     source = serializers.ChoiceField(choices=IncidentSource.choices)  # type: ignore[assignment]
     priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.HIGH)
-    received_at = serializers.DateTimeField(
+    received_at = OffsetDateTimeField(
         required=False, default=None, allow_null=True, help_text="When the call came in; defaults to now."
     )
     location = LocationSerializer()
@@ -106,7 +106,7 @@ class OfferSerializer(StrictSerializer):
 
 
 class ObservedSerializer(StrictSerializer):
-    observed_at = serializers.DateTimeField(
+    observed_at = OffsetDateTimeField(
         required=False,
         allow_null=True,
         default=None,

@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.common.api.pagination import PageQuerySerializer
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep, StepEvent, StepStatus
 from apps.followups.services import REASON_MAX_LENGTH
 
@@ -70,7 +70,7 @@ class StepDetailSerializer(StepSerializer):
 class StepQuerySerializer(PageQuerySerializer):
     status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
     mine = serializers.BooleanField(required=False, default=False)
-    due_before = serializers.DateTimeField(required=False)
+    due_before = OffsetDateTimeField(required=False)
 
 
 class AttemptInputSerializer(StrictSerializer):
@@ -78,7 +78,7 @@ class AttemptInputSerializer(StrictSerializer):
     method = serializers.ChoiceField(choices=ContactMethod.choices)
     result = serializers.ChoiceField(choices=ContactResult.choices)
     notes = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
-    attempted_at = serializers.DateTimeField()
+    attempted_at = OffsetDateTimeField()
 
 
 class CompleteInputSerializer(StrictSerializer):
@@ -86,7 +86,7 @@ class CompleteInputSerializer(StrictSerializer):
 
 
 class RescheduleInputSerializer(StrictSerializer):
-    due_at = serializers.DateTimeField()
+    due_at = OffsetDateTimeField()
     reason = serializers.CharField(max_length=REASON_MAX_LENGTH)
 
 
