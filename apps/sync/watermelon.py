@@ -202,13 +202,13 @@ def push_changes(
     """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
     change_count(changes)  # its shape
     mutations: list[dict[str, Any]] = []
-    tables: list[str] = []
+    places: list[tuple[str, str]] = []  # (table, where the record is in the body)
     for table in _parents_first(changes):
         synced_type = registry.by_watermelon_table(table)
         type_name = synced_type.name if synced_type else f"watermelon.{table}"
-        for mutation in _mutations_of(type_name, changes[table]):
+        for place, mutation in _mutations_of(type_name, table, changes[table]):
             mutations.append(mutation)
-            tables.append(table)
+            places.append((table, place))
     results = push.push_mutations(
         device=device,
         user=user,
@@ -218,13 +218,37 @@ def push_changes(
         lockout=lockout,
     )
     rejected: dict[str, list[str]] = {}
-    for table, mutation, result in zip(tables, mutations, results, strict=True):
-        if result["status"] in (push.PushStatus.QUARANTINED, push.PushStatus.REJECTED) or (
+    for (table, place), mutation, result in zip(places, mutations, results, strict=True):
+        if result.get("error") is not None:
+            result["error"] = {**result["error"], "field": _field_in_body(result["error"]["field"], table, place)}
+        refused = result["status"] in (push.PushStatus.QUARANTINED, push.PushStatus.REJECTED) or (
             result["status"] == push.PushStatus.DUPLICATE
             and result.get("original_status") in (push.PushStatus.QUARANTINED, push.PushStatus.REJECTED)
-        ):
-            rejected.setdefault(table, []).append(str(mutation.get("id")))
+        )
+        # Only a string can be the id of a local record (one of another kind names nothing).
+        if refused and isinstance(mutation.get("id"), str):
+            rejected.setdefault(table, []).append(mutation["id"])
     return {"experimentalRejectedIds": rejected, "results": results}
+
+
+def _field_in_body(field: str | None, table: str, place: str) -> str | None:
+    """Where a refusal points, in the pushed body's own terms: the push names the parts of the
+    mutation made of a record (``fields.started_at``, ``mutations.3.id``); the app sent
+    ``changes.encounters.created.0.started_at``."""
+    if field is None:
+        return None
+    parts = field.split(".")
+    if parts[0] == "mutations":
+        parts = parts[2:]
+    if parts[:1] in (["fields"], ["content"]):
+        parts = parts[1:]
+    elif parts == ["base_version"]:
+        parts = ["server_version"]
+    elif parts == ["type"]:
+        return f"changes.{table}"  # a table the server does not sync
+    elif parts == ["id"] and place.split(".")[-2] == "deleted":
+        parts = []  # a deleted entry is the id itself
+    return ".".join([place, *parts])
 
 
 def _parents_first(changes: dict[str, Any]) -> list[str]:
@@ -239,32 +263,42 @@ def _parents_first(changes: dict[str, Any]) -> list[str]:
     return known + sorted(changes.keys() - set(known))
 
 
-def _mutations_of(type_name: str, table_changes: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    for raw in _list(table_changes.get("created")):
-        yield {
-            "type": type_name,
-            "id": raw.get("id") if isinstance(raw, dict) else None,
-            "op": "create",
-            "fields": _fields(raw, None),
-            "content": raw,
-        }
-    for raw in _list(table_changes.get("updated")):
+def _mutations_of(type_name: str, table: str, table_changes: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Each record of a table as a mutation, with where it is in the pushed body."""
+    for index, raw in enumerate(_list(table_changes.get("created"))):
+        yield (
+            f"changes.{table}.created.{index}",
+            {
+                "type": type_name,
+                "id": raw.get("id") if isinstance(raw, dict) else None,
+                "op": "create",
+                "fields": _fields(raw, None),
+                "content": raw,
+            },
+        )
+    for index, raw in enumerate(_list(table_changes.get("updated"))):
         changed = _changed_columns(raw)
         fields = _fields(raw, changed)
         op = "update"
         if isinstance(raw, dict) and fields.pop("deleted", False) is True:
             op, fields = "delete", {}  # trap 1, push side: a clinical delete travels as a flag
         base = raw.get("server_version") if isinstance(raw, dict) else None
-        yield {
-            "type": type_name,
-            "id": raw.get("id") if isinstance(raw, dict) else None,
-            "op": op,
-            "base_version": base if isinstance(base, int) and base > 0 else None,
-            "fields": fields,
-            "content": raw,
-        }
-    for record_id in _list(table_changes.get("deleted")):
-        yield {"type": type_name, "id": record_id, "op": "delete", "content": record_id}
+        yield (
+            f"changes.{table}.updated.{index}",
+            {
+                "type": type_name,
+                "id": raw.get("id") if isinstance(raw, dict) else None,
+                "op": op,
+                "base_version": base if isinstance(base, int) and base > 0 else None,
+                "fields": fields,
+                "content": raw,
+            },
+        )
+    for index, record_id in enumerate(_list(table_changes.get("deleted"))):
+        yield (
+            f"changes.{table}.deleted.{index}",
+            {"type": type_name, "id": record_id, "op": "delete", "content": record_id},
+        )
 
 
 def _list(value: Any) -> list[Any]:

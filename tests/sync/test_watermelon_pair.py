@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from django.db import models
@@ -79,3 +80,36 @@ def test_a_pull_that_stops_short_of_the_feeds_end_says_there_is_more(
     assert [body["has_more"] for body in pulls] == [True, False]
     pulled = [body["changes"].get("encounters", {}).get("updated", []) for body in pulls]
     assert {raw["id"] for records in pulled for raw in records} == written
+
+
+def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(crew_member: CrewMember) -> None:
+    unit_id = str(crew_member.unit.pk)
+    naive_visit, good_visit = str(uuid.uuid4()), str(uuid.uuid4())
+    changes = {
+        "encounters": {
+            "created": [
+                {"id": good_visit, "unit_id": unit_id, "started_at": now_iso()},
+                {"id": naive_visit, "unit_id": unit_id, "started_at": "2026-11-20T14:05:00"},
+            ],
+            "updated": [{"id": 5, "assessment": "Calm."}],
+            "deleted": ["not-a-uuid"],
+        },
+        "gizmos": _created({"id": str(uuid.uuid4())}),
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    refusals = [result["error"]["field"] for result in body["results"] if result["status"] != "applied"]
+    assert refusals == [
+        "changes.encounters.created.1.started_at",
+        "changes.encounters.updated.0.id",
+        "changes.encounters.deleted.0",
+        "changes.gizmos",
+    ]
+    # Only strings can be local ids: the number 5 is not reported as the id "5".
+    assert body["experimentalRejectedIds"] == {"encounters": [naive_visit, "not-a-uuid"], "gizmos": [ANY]}
+    assert Encounter.objects.filter(pk=good_visit).exists()
