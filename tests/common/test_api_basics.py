@@ -137,7 +137,9 @@ def test_a_page_past_the_last_is_a_404_naming_the_page(crew_member: CrewMember) 
         assert response.json()["errors"][0]["code"] == "page_not_found", path
 
 
-@pytest.mark.parametrize("path", ["/api/v1/zones/", "/api/v1/units/"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/zones/", "/api/v1/units/", "/api/v1/notifications/", "/api/v1/dispatch/assignments/"]
+)
 def test_a_list_refuses_a_query_parameter_it_does_not_take(path: str, crew_member: CrewMember) -> None:
     response = crew_member.client().get(path, {"program": "x", "page": "1"})
 

@@ -353,6 +353,20 @@ def test_a_watermelon_pull_from_a_number_no_timestamp_can_be_gets_400(
     assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
 
 
+def test_a_watermelon_pull_refuses_a_query_parameter_it_does_not_take(crew_member: CrewMember) -> None:
+    client = sync_client(crew_member)
+    # What WatermelonDB's own pullChanges example sends is taken (and not used).
+    usual = client.get(
+        "/api/v1/sync/watermelon/pull/", {"last_pulled_at": "", "schema_version": "3", "migration": "null"}
+    )
+
+    response = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled": "1"})
+
+    assert usual.status_code == 200, usual.content
+    assert response.status_code == 400
+    assert response.json()["errors"][0] == {"field": "last_pulled", "code": "unknown_field", "detail": "Unknown field."}
+
+
 def _encoded(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode("utf-8", "surrogatepass")).decode().rstrip("=")
 

@@ -21,7 +21,7 @@ from apps.accounts.api.serializers import (
     ProgramDeviceSerializer,
 )
 from apps.accounts.models import Device, DeviceToken, Program, User
-from apps.common.api.pagination import StandardPagination, page_of
+from apps.common.api.pagination import PageQuerySerializer, StandardPagination, page_of, refuse_other_query_parameters
 from apps.common.api.serializers import StrictSerializer
 
 
@@ -120,8 +120,13 @@ def _overseen_program(request: Request, slug: str) -> Program:
 class ProgramDeviceListView(APIView):
     """Every device of the people working for the program (supervisors, administrators)."""
 
-    @extend_schema(operation_id="programs_devices_list", responses=page_of(ProgramDeviceSerializer))
+    @extend_schema(
+        operation_id="programs_devices_list",
+        parameters=[PageQuerySerializer],
+        responses=page_of(ProgramDeviceSerializer),
+    )
     def get(self, request: Request, program: str) -> Response:
+        refuse_other_query_parameters(request)
         devices = selectors.program_device_list(program=_overseen_program(request, program))
         paginator = StandardPagination()
         page = paginator.paginate_queryset(devices, request, view=self) or []

@@ -84,6 +84,10 @@ class IncidentQuerySerializer(PageQuerySerializer):
     status = serializers.ChoiceField(choices=["open", "closed"], required=False)
 
 
+class AssignmentQuerySerializer(PageQuerySerializer):
+    active = serializers.BooleanField(required=False, default=False, help_text="Only those still under way.")
+
+
 class OverrideSerializer(StrictSerializer):
     response = serializers.ChoiceField(choices=Response.choices)
     reason = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")

@@ -276,12 +276,17 @@ class UnitAvailabilityView(APIView):
 
 
 class AssignmentListView(APIView):
-    @extend_schema(operation_id="dispatch_assignments_list", responses=OpenApiTypes.OBJECT)
+    @extend_schema(
+        operation_id="dispatch_assignments_list",
+        parameters=[s.AssignmentQuerySerializer],
+        responses=OpenApiTypes.OBJECT,
+    )
     def get(self, request: Request) -> Response:
         """Assignments you may see: your unit's (crew), or your programs' (dispatch)."""
         user, _device = _actor(request)
+        query = _valid(s.AssignmentQuerySerializer, request.query_params.dict())
         assignments: QuerySet[Assignment] = selectors.assignments_visible_to(user=user)
-        if request.query_params.get("active") == "true":
+        if query["active"]:
             assignments = assignments.filter(status__in=AssignmentStatus.active())
         paginator = StandardPagination()
         page = paginator.paginate_queryset(assignments, request, view=self) or []

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import Device, DeviceToken, User
-from apps.common.api.pagination import StandardPagination, page_of
+from apps.common.api.pagination import PageQuerySerializer, StandardPagination, page_of, refuse_other_query_parameters
 from apps.notifications import selectors, services
 from apps.notifications.api.serializers import (
     DeliverySummarySerializer,
@@ -78,9 +78,12 @@ class PushConfigView(APIView):
 class NotificationListView(APIView):
     """The signed-in user's notifications, newest first (a device catching up after being away)."""
 
-    @extend_schema(operation_id="notifications_list", responses=page_of(NotificationSerializer))
+    @extend_schema(
+        operation_id="notifications_list", parameters=[PageQuerySerializer], responses=page_of(NotificationSerializer)
+    )
     def get(self, request: Request) -> Response:
         assert isinstance(request.user, User)
+        refuse_other_query_parameters(request)
         paginator = StandardPagination()
         page = paginator.paginate_queryset(selectors.notifications_received_by(user=request.user), request, view=self)
         return paginator.get_paginated_response(NotificationSerializer(page, many=True).data)

@@ -39,6 +39,14 @@ class ListQuerySerializer(StrictSerializer):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=200, default=200)
 
 
+class WatermelonPullQuerySerializer(StrictSerializer):
+    # Its value is checked by the pull (a number this server issued, or empty).
+    last_pulled_at = serializers.CharField(required=False, allow_blank=True)
+    # What WatermelonDB's own pullChanges example sends; not used (the server has one schema).
+    schema_version = serializers.CharField(required=False, allow_blank=True)
+    migration = serializers.CharField(required=False, allow_blank=True)
+
+
 class SnapshotQuerySerializer(StrictSerializer):
     cursor = serializers.CharField(required=False, allow_blank=True, max_length=400)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=conf.SNAPSHOT_PAGE_MAX, default=1000)

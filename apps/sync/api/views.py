@@ -33,6 +33,7 @@ from apps.sync.api.serializers import (
     ReviewedMutationsSerializer,
     SnapshotPageSerializer,
     SnapshotQuerySerializer,
+    WatermelonPullQuerySerializer,
 )
 from apps.sync.selectors import ListedModel
 
@@ -287,10 +288,11 @@ class WatermelonPullView(APIView):
     410 `cursor_expired`: reset the local database and sync again (push the outbox first).
     """
 
-    @extend_schema(parameters=[_PROTOCOL_PARAMETER], responses=_answers(dict))
+    @extend_schema(parameters=[_PROTOCOL_PARAMETER, WatermelonPullQuerySerializer], responses=_answers(dict))
     def get(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
+        WatermelonPullQuerySerializer(data=request.query_params.dict()).is_valid(raise_exception=True)
         try:
             last_pulled_at = watermelon.parse_last_pulled_at(request.query_params.get("last_pulled_at") or "")
         except watermelon.InvalidTimestamp as error:
