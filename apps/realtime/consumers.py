@@ -158,7 +158,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if text_data is None:
             await self.send_error("binary_not_supported", "Send JSON text frames.")
             return
-        if len(text_data) > MAX_FRAME_BYTES:
+        # A character is up to four bytes in UTF-8: count the bytes only when it may matter.
+        if len(text_data) * 4 > MAX_FRAME_BYTES and len(text_data.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
             await self.send_error("frame_too_large", f"Frames are limited to {MAX_FRAME_BYTES} bytes.")
             return
         try:

@@ -222,6 +222,11 @@ def test_binary_and_oversized_frames_are_refused(asgi: AsgiServer, crew_member: 
         assert receive(socket)["code"] == "binary_not_supported"
         socket.send(json.dumps({"type": "ping", "padding": "x" * 70_000}))
         assert receive(socket)["code"] == "frame_too_large"
+        # 20,000 characters, 80,000 bytes: the limit is in bytes.
+        socket.send(json.dumps({"type": "ping", "padding": "\U0001f600" * 20_000}, ensure_ascii=False))
+        assert receive(socket)["code"] == "frame_too_large"
+        socket.send(json.dumps({"type": "ping", "padding": "\U0001f600" * 10_000}, ensure_ascii=False))
+        assert receive(socket) == {"type": "pong"}
 
 
 def test_token_is_never_needed_in_the_url(asgi: AsgiServer, crew_member: CrewMember) -> None:
