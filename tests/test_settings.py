@@ -98,3 +98,19 @@ def test_tests_run_on_real_postgresql(db: None) -> None:
 
     assert connection.vendor == "postgresql"
     assert version is not None and int(version[0].split(".")[0]) >= 16
+
+
+def test_a_request_warning_is_logged_once_in_development() -> None:
+    emit = "import logging, django; django.setup(); logging.getLogger('django.request').warning('Bad Request: /x')"
+
+    result = subprocess.run(
+        [sys.executable, "-c", emit],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.development"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Bad Request: /x") == 1, result.stderr

@@ -326,6 +326,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's own console handler (under DEBUG) would print every warning a second time
+        # beside the root's: configuring the logger here leaves it only the root's.
+        "django": {"level": "INFO"},
         # Request lines carry paths and query strings only; bodies are never logged.
         "django.db.backends": {"level": "WARNING"},
     },
