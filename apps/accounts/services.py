@@ -166,6 +166,21 @@ def device_mark_seen(*, device: Device) -> None:
     )
 
 
+# A token rotated away answers as an unknown token does; its row is kept this long after, then
+# deleted, so that the hashes of dead credentials do not pile up one per rotation.
+ROTATED_TOKEN_KEEP_DAYS = 30
+
+
+def device_tokens_prune() -> int:
+    """Delete the tokens rotated away more than ROTATED_TOKEN_KEEP_DAYS ago; returns how many.
+    A revoked device's tokens stay: they tell whoever holds one to purge."""
+    cutoff = timezone.now() - timedelta(days=ROTATED_TOKEN_KEEP_DAYS)
+    grace = timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
+    rotated_away = Q(revoked_at__lt=cutoff) | Q(replaced_at__lt=cutoff - grace)
+    deleted, _by_model = DeviceToken.objects.filter(rotated_away, device__revoked_at=None).delete()
+    return deleted
+
+
 def devices_revoke_unseen(*, unseen_for_days: int) -> int:
     """Revoke every device not seen for the given number of days; returns how many."""
     cutoff = timezone.now() - timedelta(days=unseen_for_days)

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts import services
-from apps.accounts.models import Device
+from apps.accounts.models import Device, DeviceToken
 from tests.accounts.factories import DeviceFactory
 
 pytestmark = pytest.mark.django_db
@@ -66,3 +66,28 @@ def test_a_device_seen_within_the_minute_costs_no_query(django_assert_num_querie
         services.device_mark_seen(device=device)
 
     assert Device.objects.get(pk=device.pk).last_seen_at == seen
+
+
+def test_tokens_rotated_away_long_ago_are_deleted_and_a_revoked_devices_kept() -> None:
+    long_ago = timezone.now() - timedelta(days=services.ROTATED_TOKEN_KEEP_DAYS + 1)
+    device, revoked_device = DeviceFactory.create(), DeviceFactory.create()
+    successor_used, _raw = services.device_token_issue(device=device)
+    never_answered, _raw = services.device_token_issue(device=device)
+    recently_rotated, _raw = services.device_token_issue(device=device)
+    current, _raw = services.device_token_issue(device=device)
+    of_revoked_device, _raw = services.device_token_issue(device=revoked_device)
+    DeviceToken.objects.filter(pk=successor_used.pk).update(revoked_at=long_ago, replaced_at=long_ago)
+    DeviceToken.objects.filter(pk=never_answered.pk).update(replaced_at=long_ago)  # its grace ran out
+    DeviceToken.objects.filter(pk=recently_rotated.pk).update(revoked_at=timezone.now() - timedelta(days=2))
+    services.device_revoke(device=revoked_device, revoked_by=None, reason="lost")
+    DeviceToken.objects.filter(pk=of_revoked_device.pk).update(revoked_at=long_ago)
+
+    pruned = services.device_tokens_prune()
+
+    assert pruned == 2
+    assert set(DeviceToken.objects.values_list("pk", flat=True)) >= {
+        recently_rotated.pk,
+        current.pk,
+        of_revoked_device.pk,
+    }
+    assert not DeviceToken.objects.filter(pk__in=[successor_used.pk, never_answered.pk]).exists()
