@@ -230,7 +230,9 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
         raise Refused("not_author", "Only its author changes a note; others write an addendum.")
     if note.is_signed:
         # P3: a signed note is a clinical document; a later change is an addendum.
-        raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", "body")
+        # A delete refuses the whole note; an edit, the first field it changes.
+        changed = None if change.operation == "delete" else min(values, key=lambda name: name != "body", default=None)
+        raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", changed)
     if change.operation == "delete":
         return _soft_delete(context, note)  # type: ignore[return-value]
     if "encounter_id" in values and values.pop("encounter_id") != note.encounter_id:

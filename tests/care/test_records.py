@@ -27,22 +27,29 @@ def test_a_signed_note_never_changes_and_an_addendum_amends_it(crew_member: Crew
         crew_member, "care.note", {"body": "Person agitated."}, op="update", record_id=note_id, base_version=1
     )
     delete = pushed(crew_member, "care.note", {}, op="delete", record_id=note_id, base_version=1)
+    unsigned = pushed(crew_member, "care.note", {"signed_at": None}, op="update", record_id=note_id, base_version=1)
     addendum = pushed(
         crew_member,
         "care.note",
         {"encounter_id": str(encounter_id), "amends_id": str(note_id), "body": "Correction: agitated on arrival."},
     )
 
-    assert (edit["status"], edit["error"]["code"]) == ("quarantined", "note_signed")
-    assert (delete["status"], delete["error"]["code"]) == ("quarantined", "note_signed")
+    assert (edit["status"], edit["error"]["code"], edit["error"]["field"]) == (
+        "quarantined",
+        "note_signed",
+        "fields.body",
+    )
+    # A delete is refused whole, not for a field it never sent.
+    assert (delete["status"], delete["error"]["code"], delete["error"]["field"]) == ("quarantined", "note_signed", None)
+    assert (unsigned["error"]["code"], unsigned["error"]["field"]) == ("note_signed", "fields.signed_at")
     assert addendum["status"] == "applied"
     note = ClinicalNote.objects.get(pk=note_id)
     assert (note.body, note.is_deleted) == ("Person calm.", False)
     assert [a.body for a in note.addenda.all()] == ["Correction: agitated on arrival."]
     # The refused text is kept, not lost.
-    assert Mutation.objects.get(error_code="note_signed", operation="update").payload["fields"]["body"] == (
-        "Person agitated."
-    )
+    assert Mutation.objects.get(error_code="note_signed", payload__fields__has_key="body").payload["fields"][
+        "body"
+    ] == ("Person agitated.")
 
 
 def test_only_the_author_edits_a_draft_note(crew_member: CrewMember) -> None:
