@@ -227,13 +227,6 @@ def _read_envelope(
             )
             return envelope
         envelope.mutation_id = mutation_id
-    known = {"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at"}
-    if keyed_by_content:
-        known.add("content")  # the client's own record state: part of the key, never applied
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        envelope.problem = _error("unknown_field", f"Unknown key {unknown[0]!r}.", f"{prefix}.{unknown[0]}")
-        return envelope
     record_type = raw.get("type")
     if not isinstance(record_type, str) or not record_type:
         envelope.problem = _error("required", "type is a record type name.", f"{prefix}.type")
@@ -249,6 +242,14 @@ def _read_envelope(
         envelope.problem = _error("invalid_op", "op must be create, update or delete.", f"{prefix}.op")
         return envelope
     envelope.operation = operation
+    # Read after the type, id and op, so the result names the record (and its program reviews it).
+    known = {"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at"}
+    if keyed_by_content:
+        known.add("content")  # the client's own record state: part of the key, never applied
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        envelope.problem = _error("unknown_field", f"Unknown key {unknown[0]!r}.", f"{prefix}.{unknown[0]}")
+        return envelope
     base_version = raw.get("base_version")
     if base_version is not None and (type(base_version) is not int or not 0 <= base_version <= BASE_VERSION_MAX):
         envelope.problem = _error(

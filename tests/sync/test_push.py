@@ -627,6 +627,26 @@ def test_a_new_ledger_row_holds_what_the_model_would_column_for_column() -> None
         assert (getattr(plain, name), getattr(model, name)) == expected, name
 
 
+def test_a_mutation_with_an_unknown_key_is_quarantined_naming_the_key_and_its_record(
+    crew_member: CrewMember,
+) -> None:
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    mutation = device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member))
+    mutation["client_note"] = "typo of a field"
+
+    [result] = device.push(mutation)
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "unknown_field",
+        "mutations.0.client_note",
+    )
+    assert (result["type"], result["id"]) == ("care.encounter", str(record_id))
+    kept = Mutation.objects.get(device=crew_member.device, mutation_id=mutation["mutation_id"])
+    assert kept.program_id == crew_member.unit.program_id  # reviewed by the record's program
+
+
 @pytest.mark.parametrize(
     ("spoil", "code", "field"),
     [
