@@ -627,6 +627,52 @@ def test_a_new_ledger_row_holds_what_the_model_would_column_for_column() -> None
         assert (getattr(plain, name), getattr(model, name)) == expected, name
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "detail"),
+    [
+        ("assessment", 12, "Send a string."),
+        ("location", ["125th St"], "Send a string."),
+        ("unit_id", 5, "Send a UUID string."),  # DRF would read the UUID 00000000-…-0005
+        ("disposition", 1, "Send a string."),
+        ("started_at", 1763647500, "Send a string (an ISO 8601 time)."),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_quarantined_naming_the_field_not_coerced(
+    crew_member: CrewMember, field: str, value: Any, detail: str
+) -> None:
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+
+    [result] = device.push(
+        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member, **{field: value}))
+    )
+
+    assert (result["status"], result["error"]) == (
+        "quarantined",
+        {"code": "invalid_fields", "detail": detail, "field": f"fields.{field}"},
+    )
+    assert not Encounter.objects.filter(pk=record_id).exists()
+
+
+def test_a_boolean_sent_as_text_or_a_number_is_quarantined_on_an_edit_too(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id, _ = created(device)
+    referral_id = uuid.uuid4()
+    referral = {"encounter_id": str(record_id), "service_type": "outpatient_mental_health"}
+    device.push(device.mutation("create", "care.referral", referral_id, referral))
+
+    results = device.push(
+        device.mutation("update", "care.referral", referral_id, {"warm_handoff": "true"}, 1),
+        device.mutation("update", "care.referral", referral_id, {"consent_to_share": 1}, 1),
+    )
+
+    assert [(result["status"], result["error"]["field"]) for result in results] == [
+        ("quarantined", "fields.warm_handoff"),
+        ("quarantined", "fields.consent_to_share"),
+    ]
+    assert [result["error"]["detail"] for result in results] == ["Send true or false."] * 2
+
+
 def test_a_mutation_with_an_unknown_key_is_quarantined_naming_the_key_and_its_record(
     crew_member: CrewMember,
 ) -> None:
