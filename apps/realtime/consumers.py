@@ -134,6 +134,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     feed_cursor: str | None = None
     feed_subscribed = False
     feed_lock: asyncio.Lock
+    token_lock: asyncio.Lock
     feed_retry: asyncio.Task[None] | None = None
     feed_poll: asyncio.Task[None] | None = None
     feed_sender: asyncio.Task[None] | None = None
@@ -144,10 +145,12 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         self.scopes = []
         self.groups_joined = []
         self.feed_lock = asyncio.Lock()
+        self.token_lock = asyncio.Lock()
         await self.accept()
         self.auth_timer = asyncio.create_task(self._close_unless_authenticated())
 
     async def disconnect(self, code: int) -> None:
+        self.ended = True  # a token check still reading must not schedule another
         for task in (self.auth_timer, self.token_check, self.feed_retry, self.feed_poll, self.feed_sender):
             if task is not None:
                 task.cancel()
@@ -206,10 +209,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         device = self.token.device
         await self.join(device_group_name(device.pk))
         await self.join(device_token_group_name(self.token.pk))
-        self._check_token_later()
         for scope in self.scopes:
             await self.join(feed_group_name(scope))
         await self.send_json({"type": "auth.ok", "device": str(device.pk), "user": str(device.user_id)})
+        self._check_token_later()
 
     async def handle_feed_subscribe(self, message: dict[str, Any]) -> None:
         assert self.token is not None  # handlers run once the socket is authenticated
@@ -328,7 +331,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         """Check the token again when the clock ends it, or within WEBSOCKET_TOKEN_RECHECK_SECONDS
         in case the channel layer lost the word of a change (``token_changed``)."""
         assert self.token is not None
-        if self.token_check is not None:
+        if self.ended:
+            return
+        if self.token_check is not None and self.token_check is not asyncio.current_task():
             self.token_check.cancel()
         until_unusable = (token_usable_until(self.token) - timezone.now()).total_seconds()
         delay = max(0.0, min(until_unusable, settings.WEBSOCKET_TOKEN_RECHECK_SECONDS or until_unusable))
@@ -336,24 +341,29 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def _check_token_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        self.token_check = None  # this task is done waiting; a change may schedule the next
         await self.check_token()
 
     async def check_token(self) -> None:
         """A socket lives as long as its token, not as long as its connection."""
         assert self.token is not None
-        if self.ended:
-            return
-        try:
-            self.token = await _recheck_token(self.token)
-        except TokenRejected as rejection:
-            if rejection.problem.locks_out:  # word of it from the device's group was lost
-                frame_type = "device.revoked" if rejection.problem is TokenProblem.REVOKED else "user.deactivated"
-                await self._end({"type": frame_type, **rejection.instructions()}, CloseCode.REVOKED)
-            else:
-                await self._end({"type": "auth.ended", "code": rejection.problem.value}, CloseCode.UNAUTHENTICATED)
-            return
-        self._check_token_later()
+        # One check at a time: a read begun before a rotation must not land after the read
+        # that saw it, and schedule by the token as it was.
+        async with self.token_lock:
+            if self.ended:
+                return
+            try:
+                token = await _recheck_token(self.token)
+            except TokenRejected as rejection:
+                if rejection.problem.locks_out:  # word of it from the device's group was lost
+                    frame_type = "device.revoked" if rejection.problem is TokenProblem.REVOKED else "user.deactivated"
+                    await self._end({"type": frame_type, **rejection.instructions()}, CloseCode.REVOKED)
+                else:
+                    await self._end({"type": "auth.ended", "code": rejection.problem.value}, CloseCode.UNAUTHENTICATED)
+                return
+            if self.ended:  # the client left while the token was read
+                return
+            self.token = token
+            self._check_token_later()
 
     # Channel-layer events, sent to the groups this socket joined.
 
