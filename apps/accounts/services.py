@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, User, hash_token
@@ -173,10 +173,14 @@ ROTATED_TOKEN_KEEP_DAYS = 30
 
 def device_tokens_prune() -> int:
     """Delete the tokens rotated away more than ROTATED_TOKEN_KEEP_DAYS ago; returns how many.
-    A revoked device's tokens stay: they tell whoever holds one to purge."""
+    A revoked device's tokens stay: they tell whoever holds one to purge. So does a token whose
+    device was not seen since it ended: it may be the only one a lost tablet holds, and the
+    tablet must still be told to purge once it is revoked for going unseen."""
     cutoff = timezone.now() - timedelta(days=ROTATED_TOKEN_KEEP_DAYS)
     grace = timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
-    rotated_away = Q(revoked_at__lt=cutoff) | Q(replaced_at__lt=cutoff - grace)
+    rotated_away = Q(revoked_at__lt=cutoff, device__last_seen_at__gt=F("revoked_at")) | Q(
+        replaced_at__lt=cutoff - grace, device__last_seen_at__gt=F("replaced_at") + grace
+    )
     deleted, _by_model = DeviceToken.objects.filter(rotated_away, device__revoked_at=None).delete()
     return deleted
 

@@ -70,7 +70,12 @@ def test_a_device_seen_within_the_minute_costs_no_query(django_assert_num_querie
 
 def test_tokens_rotated_away_long_ago_are_deleted_and_a_revoked_devices_kept() -> None:
     long_ago = timezone.now() - timedelta(days=services.ROTATED_TOKEN_KEEP_DAYS + 1)
-    device, revoked_device = DeviceFactory.create(), DeviceFactory.create()
+    device = DeviceFactory.create(last_seen_at=timezone.now())
+    revoked_device = DeviceFactory.create(last_seen_at=timezone.now())
+    # A lost tablet: its one token's grace ran out and it was not seen since; not yet revoked.
+    lost_tablet = DeviceFactory.create(last_seen_at=long_ago - timedelta(days=1))
+    lost_tablets_only, _raw = services.device_token_issue(device=lost_tablet)
+    DeviceToken.objects.filter(pk=lost_tablets_only.pk).update(replaced_at=long_ago - timedelta(days=1))
     successor_used, _raw = services.device_token_issue(device=device)
     never_answered, _raw = services.device_token_issue(device=device)
     recently_rotated, _raw = services.device_token_issue(device=device)
@@ -89,5 +94,6 @@ def test_tokens_rotated_away_long_ago_are_deleted_and_a_revoked_devices_kept() -
         recently_rotated.pk,
         current.pk,
         of_revoked_device.pk,
+        lost_tablets_only.pk,
     }
     assert not DeviceToken.objects.filter(pk__in=[successor_used.pk, never_answered.pk]).exists()

@@ -25,7 +25,7 @@ def test_real_worker_revokes_a_device_nobody_has_used(worker: LiveProcess) -> No
 
 
 def test_real_worker_prunes_tokens_rotated_away_long_ago(worker: LiveProcess) -> None:
-    device = DeviceFactory.create()
+    device = DeviceFactory.create(last_seen_at=timezone.now())
     rotated_away, _raw = services.device_token_issue(device=device)
     long_ago = timezone.now() - timedelta(days=services.ROTATED_TOKEN_KEEP_DAYS + 1)
     DeviceToken.objects.filter(pk=rotated_away.pk).update(revoked_at=long_ago, replaced_at=long_ago)
