@@ -138,21 +138,21 @@ def user_deactivated(*, user: User) -> None:
 
 
 def _disconnect_device_sockets(device_ids: list[UUID], event_type: str) -> None:
-    channel_layer = get_channel_layer()
-    if channel_layer is None:
-        return
-    for device_id in device_ids:
-        async_to_sync(channel_layer.group_send)(device_group_name(device_id), {"type": event_type})
+    _tell_sockets([device_group_name(device_id) for device_id in device_ids], event_type)
 
 
 def _tell_token_sockets(token_ids: list[UUID]) -> None:
     # A socket checks its token when it authenticates; these tokens changed since, so their
     # sockets check again (and close, if the token no longer works).
+    _tell_sockets([device_token_group_name(token_id) for token_id in token_ids], "token.changed")
+
+
+def _tell_sockets(groups: list[str], event_type: str) -> None:
     channel_layer = get_channel_layer()
     if channel_layer is None:
         return
-    for token_id in token_ids:
-        async_to_sync(channel_layer.group_send)(device_token_group_name(token_id), {"type": "token.changed"})
+    for group in groups:
+        async_to_sync(channel_layer.group_send)(group, {"type": event_type})
 
 
 def device_mark_seen(*, device: Device) -> None:
