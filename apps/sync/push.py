@@ -46,7 +46,7 @@ from apps.sync.models import (
     MutationStatus,
     RecordVersion,
 )
-from apps.sync.scopes import user_scope
+from apps.sync.scopes import scopes_for_user, user_scope
 from apps.sync.services import Head, PendingVersion, Publisher, lock_device, lock_records
 
 # In characters, so every record its fields' own limits allow fits, in any script (a note of
@@ -519,6 +519,8 @@ def _store(
         for pk, mutation_id, stored_hash in inserted:
             new_rows[stored_hash if keyed_by_content else mutation_id].id = pk
         _file_for_review(new_rows.values())
+        if locked_out is None:  # a locked-out device purges what it holds: nothing goes back to it
+            _send_back_servers_copies(new_rows.values(), user)
     return rows_by_index, replayed
 
 
@@ -768,11 +770,11 @@ def apply_received(
                 with transaction.atomic():
                     _apply_rows([row], device=device, user=user, raise_refusals=True)
             except registry.Refused as refusal:
-                _quarantine_alone(row, _refusal_error(row, refusal))
+                _quarantine_alone(row, _refusal_error(row, refusal), user=user)
             except (IntegrityError, DataError) as fault:
                 # The database refused the content (a reference to a missing record, a
                 # value out of range): keep it for a person rather than retrying forever.
-                _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__))
+                _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__), user=user)
             except _TRANSIENT:
                 raise
             except Exception as fault:  # noqa: BLE001 - kept and logged, never dropped
@@ -781,7 +783,9 @@ def apply_received(
                 # a person, and the log names the fault and where, never the content.
                 logger.error("Mutation %s could not be applied: %s", row.pk, _fault_and_place(fault))
                 _quarantine_alone(
-                    row, _error("apply_failed", "The server could not apply this mutation; it is kept for review.")
+                    row,
+                    _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
+                    user=user,
                 )
             results[row.pk] = row.result
 
@@ -815,13 +819,37 @@ def _received_ids(device_id: UUID) -> list[int]:
         return [pk for (pk,) in cursor.fetchall()]
 
 
-def _quarantine_alone(row: Mutation, error: dict[str, Any]) -> None:
+def _quarantine_alone(row: Mutation, error: dict[str, Any], *, user: User) -> None:
     row.status = MutationStatus.QUARANTINED
     row.error_code = error["code"]
     row.result = _result(row, PushStatus.QUARANTINED, error=error)
     row.applied_at = timezone.now()
     row.save(update_fields=["status", "error_code", "result", "applied_at"])
     _file_for_review([row])
+    _send_back_servers_copies([row], user)
+
+
+def _send_back_servers_copies(rows: Iterable[LedgerRow], user: User) -> None:
+    """``_send_back_servers_copy`` for refused changes outside a batch's apply."""
+    refused = [row for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
+    if not refused:
+        return
+    publisher = Publisher()
+    publisher.read_heads(row.record_id for row in refused if row.record_id is not None)
+    scopes = set(scopes_for_user(user))
+    for row in refused:
+        _send_back_servers_copy(row, publisher, scopes)
+    publisher.flush()
+
+
+def _send_back_servers_copy(row: LedgerRow, publisher: Publisher, writer_scopes: set[str]) -> None:
+    """After a refused change of a record its writer may still see: the device's copy holds
+    what the server did not take, so the record as it stands goes to the writer's devices
+    through the feed (no new version), as after a conflict. A record the writer may not see
+    (another program's, a unit left) is not sent: the refusal must not show it."""
+    head = publisher.heads.get(row.record_id) if row.record_id is not None else None
+    if head is not None and not writer_scopes.isdisjoint(head.scopes):
+        publisher.reannounce(head, user_scope(row.user_id))
 
 
 @dataclass
@@ -834,6 +862,13 @@ class _BatchState:
     raise_refusals: bool
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
     quarantined_creates: dict[UUID, LedgerRow] = field(default_factory=dict)
+    # The scopes the writer reads, once a refused change needs them (_send_back_servers_copy).
+    writer_scopes: set[str] | None = None
+
+    def scopes_of_writer(self) -> set[str]:
+        if self.writer_scopes is None:
+            self.writer_scopes = set(scopes_for_user(self.context.user))
+        return self.writer_scopes
 
 
 def _apply_rows(
@@ -886,6 +921,8 @@ def _apply_rows(
         now = timezone.now()
         for row in rows:
             _apply_one(row, state)
+            if row.status == MutationStatus.QUARANTINED:
+                _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
         state.context.flush_inserts()
         _save_results(rows)

@@ -16,7 +16,7 @@ from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+from tests.sync.helpers import SimDevice, encounter_fields, now_iso, sync_client
 
 # The feed serves only what every older transaction has finished, so these tests commit.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -135,6 +135,53 @@ def test_a_device_whose_counter_went_back_learns_where_its_numbering_continues(c
 
 def test_the_push_position_needs_a_device_token(crew_member: CrewMember) -> None:
     assert APIClient().get("/api/v1/sync/push/").status_code == 401
+
+
+def test_a_refused_change_of_a_record_the_writer_sees_brings_the_servers_copy_back(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    teammate = teammate_device(crew_member)
+    encounter_id, _ = created(device, location="first")
+    note_id = uuid.uuid4()
+    signed = {"encounter_id": str(encounter_id), "body": "Safety plan agreed.", "signed_at": now_iso()}
+    device.push(device.mutation("create", "care.note", note_id, signed))
+    _entries, cursor = device.pull()
+    _entries, teammates_cursor = teammate.pull()
+    unknown_key = device.mutation("update", "care.encounter", encounter_id, {"location": "third"}, base_version=1)
+    unknown_key["colour"] = "red"
+
+    results = device.push(
+        # Refused as it is read and stored, while the batch applies, and by the domain alone.
+        unknown_key,
+        device.mutation("update", "care.encounter", encounter_id, {"disposition": "no_such_choice"}, 1),
+        device.mutation("delete", "care.note", note_id, base_version=1),
+    )
+
+    assert [(r["status"], r["error"]["code"]) for r in results] == [
+        ("quarantined", "unknown_field"),
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "note_signed"),
+    ]
+    entries, _ = device.pull(cursor)
+    assert sorted((e["id"], e["op"], e["version"]) for e in entries) == sorted(
+        [(str(encounter_id), "upsert", 1)] * 2 + [(str(note_id), "upsert", 1)]
+    )
+    assert {e["data"]["location"] for e in entries if e["id"] == str(encounter_id)} == {"first"}
+    assert [e["data"]["deleted"] for e in entries if e["id"] == str(note_id)] == [False]
+    # Only the writer's devices: nothing changed for the crew.
+    assert teammate.pull(teammates_cursor)[0] == []
+
+
+def test_a_refused_change_of_a_record_the_writer_may_not_see_sends_nothing_back(crew_member: CrewMember) -> None:
+    outsider = SimDevice(make_crew_member(Program.objects.create(slug="other", name="Other")))
+    encounter_id, _ = created(SimDevice(crew_member))
+    _entries, cursor = outsider.pull()
+
+    [result] = outsider.push(
+        outsider.mutation("update", "care.encounter", encounter_id, {"location": "elsewhere"}, base_version=1)
+    )
+
+    assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted")
+    assert outsider.pull(cursor)[0] == []
 
 
 def test_out_of_order_mutation_is_quarantined_and_visible_to_the_user_and_a_supervisor(
