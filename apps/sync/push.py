@@ -1035,10 +1035,6 @@ def _validate(
     serializer = registry.bound_serializer(synced_type.serializer, partial=partial)
     internal: dict[str, Any] | None = registry.validation(synced_type.serializer, partial=partial)(fields)
     if internal is None:  # the compiled checks could not vouch for it: DRF decides
-        mistyped = registry.mistyped_field(serializer, fields)
-        if mistyped is not None:
-            _quarantine(row, "invalid_fields", mistyped[1], f"fields.{mistyped[0]}")
-            return None
         try:
             internal = dict(serializer.run_validation(fields))
         except serializers.ValidationError as error:

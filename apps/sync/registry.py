@@ -465,38 +465,6 @@ def _through_drf(data: Any) -> None:
     return None
 
 
-# The JSON types a wire field takes. DRF reads 12 as the text "12", 1 as true and 5 as the
-# UUID 00000000-…-0005: a client sending those has a bug, and is told so, field by field.
-_JSON_TYPES: tuple[tuple[type[serializers.Field[Any, Any, Any, Any]], tuple[type, ...], str], ...] = (
-    (serializers.BooleanField, (bool,), "true or false"),
-    (serializers.IntegerField, (int,), "a whole number"),
-    (serializers.DecimalField, (int, float, str), "a number"),
-    (serializers.FloatField, (int, float), "a number"),
-    (serializers.CharField, (str,), "a string"),
-    (serializers.ChoiceField, (str,), "a string"),
-    (serializers.UUIDField, (str,), "a UUID string"),
-    (serializers.DateTimeField, (str,), "a string (an ISO 8601 time)"),
-    (serializers.DateField, (str,), "a string (an ISO 8601 date)"),
-    (serializers.DictField, (dict,), "an object"),
-    (serializers.ListField, (list,), "a list"),
-)
-
-
-def mistyped_field(serializer: serializers.Serializer[Any], data: dict[str, Any]) -> tuple[str, str] | None:
-    """The first field sent as a JSON type its wire field does not take, with what it takes;
-    None when every value is of a type its field takes (DRF still checks the values)."""
-    for name, value in data.items():
-        wire_field = serializer.fields.get(name)
-        if wire_field is None or wire_field.read_only or value is None:  # DRF words those
-            continue
-        for kind, json_types, wanted in _JSON_TYPES:
-            if isinstance(wire_field, kind):
-                if not isinstance(value, json_types) or (bool not in json_types and isinstance(value, bool)):
-                    return name, f"Send {wanted}."
-                break
-    return None
-
-
 _registry: dict[str, SyncedType] = {}
 
 

@@ -130,6 +130,33 @@ def test_bad_intake_is_a_400_naming_the_field(
     assert Incident.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("place", "value", "detail"),
+    [
+        (("external_call_id",), 4711, "Send a string."),
+        (("safety_screen", "weapon"), "false", "Send true or false."),
+        (("safety_screen", "weapon"), 0, "Send true or false."),
+        (("location", "accuracy_m"), "12", "Send a whole number."),
+        (("location", "accuracy_m"), True, "Send a whole number."),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_a_400_naming_the_field_not_converted(
+    program: Program, dispatcher: CrewMember, place: tuple[str, ...], value: Any, detail: str
+) -> None:
+    body = intake_body(program, location={"address": "2 W 125th St"})
+    *parents, name = place
+    target = body
+    for parent in parents:
+        target = target[parent]
+    target[name] = value
+
+    response = dispatcher.client().post(URL, body, format="json")
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"][0] == {"field": ".".join(place), "code": "invalid", "detail": detail}
+    assert Incident.objects.count() == 0
+
+
 def test_a_call_time_in_the_future_is_refused(program: Program, dispatcher: CrewMember) -> None:
     future = (timezone.now() + timedelta(hours=1)).isoformat()
 

@@ -10,7 +10,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 
 from apps.common.api.errors import DomainError
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import QuerySerializer
 
 
 class StandardPagination(PageNumberPagination):
@@ -78,7 +78,7 @@ def page_of(item_serializer: type[serializers.Serializer[object]]) -> type[seria
     return type(f"Paginated{name}ListSerializer", (serializers.Serializer,), fields)
 
 
-class PageQuerySerializer(StrictSerializer):
+class PageQuerySerializer(QuerySerializer):
     # Only their names: StandardPagination checks their values (one rule for every list).
     page = serializers.CharField(required=False, allow_blank=True)
     page_size = serializers.CharField(required=False, allow_blank=True)

@@ -8,7 +8,11 @@ from rest_framework import serializers
 
 
 class StrictSerializer(serializers.Serializer[Any]):
-    """Refuses fields it does not know, so a client's typo is an error and not silently lost."""
+    """Refuses fields it does not know, so a client's typo is an error and not silently lost,
+    and values of a JSON type their field does not take."""
+
+    # False for a query string's values: all text, each read as its field says.
+    checks_json_types = True
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
@@ -17,7 +21,52 @@ class StrictSerializer(serializers.Serializer[Any]):
                 raise serializers.ValidationError(
                     {name: [serializers.ErrorDetail("Unknown field.", code="unknown_field")] for name in unknown}
                 )
+        if self.checks_json_types and isinstance(data, dict):
+            mistyped = mistyped_fields(self, data)
+            if mistyped:
+                raise serializers.ValidationError(
+                    {name: [serializers.ErrorDetail(wanted, code="invalid")] for name, wanted in mistyped.items()}
+                )
         return super().to_internal_value(data)
+
+
+class QuerySerializer(StrictSerializer):
+    """The parameters of a query string: unknown ones refused, values all text."""
+
+    checks_json_types = False
+
+
+# The JSON types a field takes. DRF reads 12 as the text "12", 1 and "yes" as true and 5 as
+# the UUID 00000000-…-0005: a client sending those has a bug, and is told so, field by field.
+_JSON_TYPES: tuple[tuple[type[serializers.Field[Any, Any, Any, Any]], tuple[type, ...], str], ...] = (
+    (serializers.BooleanField, (bool,), "true or false"),
+    (serializers.IntegerField, (int,), "a whole number"),
+    (serializers.DecimalField, (int, float, str), "a number"),
+    (serializers.FloatField, (int, float), "a number"),
+    (serializers.CharField, (str,), "a string"),
+    (serializers.ChoiceField, (str,), "a string"),
+    (serializers.UUIDField, (str,), "a UUID string"),
+    (serializers.DateTimeField, (str,), "a string (an ISO 8601 time)"),
+    (serializers.DateField, (str,), "a string (an ISO 8601 date)"),
+    (serializers.DictField, (dict,), "an object"),
+    (serializers.ListField, (list,), "a list"),
+)
+
+
+def mistyped_fields(serializer: serializers.Serializer[Any], data: dict[str, Any]) -> dict[str, str]:
+    """The fields sent as a JSON type their field does not take, each with what to send; none
+    when every value is of a type its field takes (DRF still checks the values)."""
+    mistyped: dict[str, str] = {}
+    for name, value in data.items():
+        field = serializer.fields.get(name)
+        if field is None or field.read_only or value is None:  # DRF words those
+            continue
+        for kind, json_types, wanted in _JSON_TYPES:
+            if isinstance(field, kind):
+                if not isinstance(value, json_types) or (bool not in json_types and isinstance(value, bool)):
+                    mistyped[name] = f"Send {wanted}."
+                break
+    return mistyped
 
 
 class OffsetDateTimeField(serializers.DateTimeField):

@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.common.api.pagination import PageQuerySerializer
-from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import OffsetDateTimeField, QuerySerializer, StrictSerializer
 from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
 from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import UnitStatus
@@ -147,5 +147,5 @@ class UnitAvailabilitySerializer(ObservedSerializer):
     status = serializers.ChoiceField(choices=[UnitStatus.AVAILABLE, UnitStatus.OUT_OF_SERVICE])
 
 
-class BoardQuerySerializer(StrictSerializer):
+class BoardQuerySerializer(QuerySerializer):
     program = serializers.SlugField()

@@ -4,12 +4,12 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.common.api.serializers import StrictSerializer
+from apps.common.api.serializers import QuerySerializer, StrictSerializer
 from apps.sync import conf, review
 from apps.sync.models import Conflict, Mutation
 
 
-class FeedQuerySerializer(StrictSerializer):
+class FeedQuerySerializer(QuerySerializer):
     cursor = serializers.CharField(required=False, allow_blank=True, max_length=200)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=200)
 
@@ -34,12 +34,12 @@ class FeedPageSerializer(serializers.Serializer[dict[str, object]]):
     has_more = serializers.BooleanField()
 
 
-class ListQuerySerializer(StrictSerializer):
+class ListQuerySerializer(QuerySerializer):
     cursor = serializers.CharField(required=False, allow_blank=True, max_length=200)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=200, default=200)
 
 
-class WatermelonPullQuerySerializer(StrictSerializer):
+class WatermelonPullQuerySerializer(QuerySerializer):
     # Its value is checked by the pull (a number this server issued, or empty).
     last_pulled_at = serializers.CharField(required=False, allow_blank=True)
     # What WatermelonDB's own pullChanges example sends; not used (the server has one schema).
@@ -47,7 +47,7 @@ class WatermelonPullQuerySerializer(StrictSerializer):
     migration = serializers.CharField(required=False, allow_blank=True)
 
 
-class SnapshotQuerySerializer(StrictSerializer):
+class SnapshotQuerySerializer(QuerySerializer):
     cursor = serializers.CharField(required=False, allow_blank=True, max_length=400)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=conf.SNAPSHOT_PAGE_MAX, default=1000)
 
