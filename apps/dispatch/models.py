@@ -211,7 +211,8 @@ class Incident(TimeStampedModel):
     recommended_response = models.CharField(max_length=32, choices=Response.choices)
     triage_reasons = models.JSONField(default=list)
     chosen_response = models.CharField(max_length=32, choices=Response.choices)
-    override_reason = models.CharField(max_length=300, blank=True)
+    # Free text the dispatcher gave: it may say anything of the person, so it is sealed.
+    override_reason = EncryptedTextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
     status = models.CharField(max_length=16, choices=IncidentStatus.choices, default=IncidentStatus.OPEN)
@@ -441,6 +442,9 @@ class TimelineEvent(models.Model):
     # The client's own id for the update, so a retried upload applies once (P2).
     client_event_id = models.UUIDField(null=True, blank=True, unique=True)
     detail = models.JSONField(default=dict, blank=True)
+    # The reason a person gave (for an override, a decline, a cancellation): free text that may
+    # say anything of the person, so it is sealed, not kept in ``detail`` with the codes.
+    reason = EncryptedTextField(blank=True)
 
     class Meta:
         ordering = ["at", "id"]

@@ -116,5 +116,6 @@ def event_payload(event: TimelineEvent) -> dict[str, Any]:
         "applied": event.applied,
         "actor": _id(event.actor_id),
         "device": _id(event.device_id),
-        "detail": event.detail,
+        # The reason is kept sealed beside the codes; the wire keeps it in ``detail``.
+        "detail": {**event.detail, "reason": event.reason} if event.reason else event.detail,
     }

@@ -160,6 +160,7 @@ def _event(
     applied: bool = True,
     client_event_id: UUID | None = None,
     at: datetime | None = None,
+    reason: str = "",
     **detail: Any,
 ) -> TimelineEvent:
     return TimelineEvent.objects.create(
@@ -175,6 +176,7 @@ def _event(
         device=device,
         client_event_id=client_event_id,
         detail=detail,
+        reason=reason,
     )
 
 

@@ -89,10 +89,10 @@ def _fill_program(cursor: Any, params: dict[str, Any], prefix: str, incidents: i
     )
     cursor.execute(
         """
-        INSERT INTO dispatch_timelineevent (id, incident_id, assignment_id, kind, at, applied, detail)
+        INSERT INTO dispatch_timelineevent (id, incident_id, assignment_id, kind, at, applied, detail, reason)
         SELECT md5(%(prefix)s || 't' || g || k.kind)::uuid, md5(%(prefix)s || 'i' || g)::uuid,
                CASE WHEN k.kind = 'received' THEN NULL ELSE md5(%(prefix)s || 'a' || g)::uuid END,
-               k.kind, %(now)s - make_interval(secs => g * %(spacing)s - k.after), true, '{}'::jsonb
+               k.kind, %(now)s - make_interval(secs => g * %(spacing)s - k.after), true, '{}'::jsonb, ''
         FROM generate_series(1, %(n)s) g,
              (VALUES ('received', 0), ('offered', 30), ('acknowledged', 90)) AS k(kind, after)
         """,

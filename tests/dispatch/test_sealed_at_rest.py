@@ -9,7 +9,7 @@ from django.utils import timezone
 from apps.accounts.models import Program
 from apps.common.encryption import is_sealed
 from apps.dispatch import services
-from apps.dispatch.models import Incident, UnservedReason
+from apps.dispatch.models import Incident, Response, UnservedReason
 from tests.conftest import CrewMember
 from tests.dispatch.factories import make_incident
 from tests.sync.helpers import sync_client
@@ -97,3 +97,30 @@ def test_a_crews_reason_for_declining_is_ciphertext_in_the_database(
     assert "treated" not in stored_reason
     assignment.refresh_from_db()
     assert assignment.end_reason == "We treated him last week; he asked for another team"
+
+
+def test_an_override_reason_and_the_timelines_reasons_are_ciphertext_in_the_database(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    incident = make_incident(program, dispatcher)
+    other = next(response for response in Response.values if response != incident.recommended_response)
+    services.incident_override(
+        incident=incident, response=other, reason="Mother says he is off his meds", actor=dispatcher.user, device=None
+    )
+    assignment = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    services.assignment_cancel(
+        assignment_id=assignment.pk, actor=dispatcher.user, device=None, reason="Family took him to Bellevue"
+    )
+
+    assert is_sealed(stored("override_reason", incident))
+    assert "meds" not in stored("override_reason", incident)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT detail::text, reason FROM dispatch_timelineevent WHERE incident_id = %s", [incident.pk])
+        events = cursor.fetchall()
+    assert all("meds" not in detail and "Bellevue" not in detail for detail, _reason in events)
+    assert sum(is_sealed(reason) for _detail, reason in events) == 2
+    # Read back in plain, in the timeline's wire form as before.
+    assert Incident.objects.get(pk=incident.pk).override_reason == "Mother says he is off his meds"
+    timeline = dispatcher.client().get(f"/api/v1/dispatch/incidents/{incident.pk}/").json()["timeline"]
+    reasons = [event["detail"].get("reason") for event in timeline if event["kind"] in ("overridden", "cancelled")]
+    assert reasons == ["Mother says he is off his meds", "Family took him to Bellevue"]
