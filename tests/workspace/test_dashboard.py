@@ -6,9 +6,12 @@ import csv
 import datetime as dt
 import io
 import json
+import threading
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -16,7 +19,7 @@ from django.utils import timezone
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import Person
-from apps.workspace.dashboard import Dashboard, Window, program_dashboard
+from apps.workspace.dashboard import Dashboard, Window, figure_rows, program_dashboard
 from tests.accounts.factories import MembershipFactory, ProgramFactory, UserFactory
 from tests.conftest import sign_in_to_admin
 from tests.teams.factories import UnitFactory, ZoneFactory
@@ -59,6 +62,46 @@ def test_calls_by_zone_hour_and_response_in_the_programs_time_zone(program: Prog
     assert board.chosen_response == {"emt_clinician": 6, "community_response": 2, "police": 1}
     assert board.recommended_response == {"emt_clinician": 5, "co_response": 1, "community_response": 2, "police": 1}
     assert board.overridden == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sections_read_at_once_on_connections_of_their_own_give_the_figures_read_one_by_one(
+    program: Program, django_assert_num_queries: Any
+) -> None:
+    known_program(program)
+
+    with django_assert_num_queries(0):  # none on this request's own connection
+        at_once = figures(program)
+    with transaction.atomic():  # inside a transaction, every section reads in it
+        one_by_one = figures(program)
+
+    assert at_once.calls == 9 and at_once.steps_due > 0 and at_once.referrals > 0
+    assert figure_rows(at_once) == figure_rows(one_by_one)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_as_many_dashboards_at_once_as_the_pool_has_connections_all_finish(program: Program, settings: Any) -> None:
+    known_program(program)
+    connection.close()  # this thread's connection back to the pool: the requests take them all
+    requests = settings.DATABASE_POOL_SIZE
+    started = threading.Barrier(requests)
+    boards: list[Dashboard] = []
+
+    def request() -> None:
+        try:
+            connection.ensure_connection()  # as a request has, from its sign-in and session
+            started.wait(timeout=30)
+            boards.append(figures(program))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=request) for _ in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert [board.calls for board in boards] == [9] * requests
 
 
 def test_eligible_calls_served_and_not_served_with_reasons(program: Program) -> None:
