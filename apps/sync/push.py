@@ -834,8 +834,12 @@ def _send_back_servers_copies(rows: Iterable[LedgerRow], user: User) -> None:
     refused = [row for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
     if not refused:
         return
+    record_ids = [row.record_id for row in refused if row.record_id is not None]
+    # Read under the records' locks, as every writer of them does: a head read before a
+    # concurrent write commits would send back a copy already stale, or out of scope.
+    lock_records(record_ids)
     publisher = Publisher()
-    publisher.read_heads(row.record_id for row in refused if row.record_id is not None)
+    publisher.read_heads(record_ids)
     scopes = set(scopes_for_user(user))
     for row in refused:
         _send_back_servers_copy(row, publisher, scopes)

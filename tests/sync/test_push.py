@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
@@ -14,6 +16,7 @@ from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
+from apps.sync.services import lock_records, publish_record
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, now_iso, sync_client
@@ -169,6 +172,53 @@ def test_a_refused_change_of_a_record_the_writer_sees_brings_the_servers_copy_ba
     assert [e["data"]["deleted"] for e in entries if e["id"] == str(note_id)] == [False]
     # Only the writer's devices: nothing changed for the crew.
     assert teammate.pull(teammates_cursor)[0] == []
+
+
+def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_the_one_before(
+    crew_member: CrewMember,
+) -> None:
+    """The copy sent back is read under the record's lock: read while a case manager's edit is
+    still open, it would reach the feed after that edit and leave the tablet a stale copy."""
+    device = SimDevice(crew_member)
+    encounter_id, _ = created(device, location="first")
+    _entries, cursor = device.pull()
+    edited, release = threading.Event(), threading.Event()
+
+    def case_managers_edit() -> None:
+        try:
+            with transaction.atomic():
+                lock_records([encounter_id])
+                encounter = Encounter.objects.get(pk=encounter_id)
+                encounter.location = "second"
+                encounter.save()
+                publish_record(type_name="care.encounter", record=encounter, user=None)
+                edited.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def refused_push() -> None:
+        try:
+            refused = device.mutation("update", "care.encounter", encounter_id, {"location": "third"}, 1)
+            refused["colour"] = "red"
+            [result] = device.push(refused)
+            assert result["error"]["code"] == "unknown_field"
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=case_managers_edit)
+    editor.start()
+    assert edited.wait(10)
+    pusher = threading.Thread(target=refused_push)
+    pusher.start()
+    pusher.join(1)  # without the lock the push is long done by now; with it, it waits
+    release.set()
+    editor.join()
+    pusher.join()
+
+    entries, _ = device.pull(cursor)
+    last = [entry for entry in entries if entry["id"] == str(encounter_id)][-1]
+    assert (last["version"], last["data"]["location"]) == (2, "second")
 
 
 def test_a_refused_change_of_a_record_the_writer_may_not_see_sends_nothing_back(crew_member: CrewMember) -> None:
