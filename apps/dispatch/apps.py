@@ -22,5 +22,8 @@ class DispatchConfig(AppConfig):
         # incident (or an assignment, which carries its incident) is audited like a note.
         register_health_record(INCIDENT_RECORD, Incident)
         register_health_record(ASSIGNMENT_RECORD, Assignment)
-        # The same fields travel in the change feed, so its stored copies seal them too.
-        sync_registry.declare_health_fields("nature", "callback_number", "unserved_note", "address")
+        # The same fields travel in the change feed, so its stored copies seal them too, as
+        # they do a dispatcher's and a crew's reasons, sealed in their own columns.
+        sync_registry.declare_health_fields(
+            "nature", "callback_number", "unserved_note", "address", "override_reason", "end_reason"
+        )

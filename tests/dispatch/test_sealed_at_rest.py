@@ -124,3 +124,30 @@ def test_an_override_reason_and_the_timelines_reasons_are_ciphertext_in_the_data
     timeline = dispatcher.client().get(f"/api/v1/dispatch/incidents/{incident.pk}/").json()["timeline"]
     reasons = [event["detail"].get("reason") for event in timeline if event["kind"] in ("overridden", "cancelled")]
     assert reasons == ["Mother says he is off his meds", "Family took him to Bellevue"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_feed_copies_of_an_override_and_a_decline_seal_their_reasons_and_pull_in_plain(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    incident = make_incident(program, dispatcher)
+    other = next(response for response in Response.values if response != incident.recommended_response)
+    services.incident_override(
+        incident=incident, response=other, reason="Mother says he is off his meds", actor=dispatcher.user, device=None
+    )
+    assignment = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    services.assignment_decline(
+        assignment_id=assignment.pk, user=crew_member.user, device=crew_member.device, reason="We know him; ask Unit 9"
+    )
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT data::text FROM sync_changeentry WHERE data::text LIKE %s", [f"%{incident.pk}%"])
+        stored_copies = [row[0] for row in cursor.fetchall()]
+    pulled = sync_client(dispatcher).get("/api/v1/sync/feed/").json()["entries"]
+
+    assert stored_copies
+    assert all("meds" not in copy and "Unit 9" not in copy for copy in stored_copies)
+    incidents = [entry["data"] for entry in pulled if entry["id"] == str(incident.pk)]
+    assignments = [entry["data"] for entry in pulled if entry["id"] == str(assignment.pk)]
+    assert incidents[-1]["triage"]["override_reason"] == "Mother says he is off his meds"
+    assert assignments[-1]["end_reason"] == "We know him; ask Unit 9"
