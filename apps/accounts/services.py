@@ -166,26 +166,22 @@ def device_mark_seen(*, device: Device) -> None:
     )
 
 
-# A token that ended (rotated away, or expired) answers as an unknown or expired token does;
-# its row is kept this long after, then deleted, so that the hashes of dead credentials do
-# not pile up one per rotation and one per sign-in.
-ENDED_TOKEN_KEEP_DAYS = 30
+# A token rotated away answers as an unknown token does; its row is kept this long after, then
+# deleted, so that the hashes of dead credentials do not pile up one per rotation.
+ROTATED_TOKEN_KEEP_DAYS = 30
 
 
 def device_tokens_prune() -> int:
-    """Delete the tokens that ended (rotated away, or expired) more than ENDED_TOKEN_KEEP_DAYS
-    ago; returns how many. A revoked device's tokens stay: they tell whoever holds one to
-    purge. So does a token whose device was not seen since it ended: it may be the only one
-    a lost tablet holds, and the tablet must still be told to purge once it is revoked for
-    going unseen."""
-    cutoff = timezone.now() - timedelta(days=ENDED_TOKEN_KEEP_DAYS)
+    """Delete the tokens rotated away more than ROTATED_TOKEN_KEEP_DAYS ago; returns how many.
+    A revoked device's tokens stay: they tell whoever holds one to purge. So does a token whose
+    device was not seen since it ended: it may be the only one a lost tablet holds, and the
+    tablet must still be told to purge once it is revoked for going unseen."""
+    cutoff = timezone.now() - timedelta(days=ROTATED_TOKEN_KEEP_DAYS)
     grace = timedelta(minutes=settings.DEVICE_TOKEN_ROTATION_GRACE_MINUTES)
-    ended_long_ago = (
-        Q(revoked_at__lt=cutoff, device__last_seen_at__gt=F("revoked_at"))
-        | Q(replaced_at__lt=cutoff - grace, device__last_seen_at__gt=F("replaced_at") + grace)
-        | Q(expires_at__lt=cutoff, device__last_seen_at__gt=F("expires_at"))
+    rotated_away = Q(revoked_at__lt=cutoff, device__last_seen_at__gt=F("revoked_at")) | Q(
+        replaced_at__lt=cutoff - grace, device__last_seen_at__gt=F("replaced_at") + grace
     )
-    deleted, _by_model = DeviceToken.objects.filter(ended_long_ago, device__revoked_at=None).delete()
+    deleted, _by_model = DeviceToken.objects.filter(rotated_away, device__revoked_at=None).delete()
     return deleted
 
 

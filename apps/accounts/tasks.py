@@ -13,6 +13,6 @@ def revoke_unseen_devices() -> int:
 
 
 @shared_task(acks_late=True)
-def prune_ended_tokens() -> int:
-    """Periodic: the rows of tokens that ended (rotated away, or expired) long ago are deleted."""
+def prune_rotated_tokens() -> int:
+    """Periodic: the rows of tokens rotated away long ago are deleted."""
     return services.device_tokens_prune()

@@ -223,7 +223,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic work; the database scheduler picks these up and the admin can adjust them.
 CELERY_BEAT_SCHEDULE = {
     "revoke-unseen-devices": {"task": "apps.accounts.tasks.revoke_unseen_devices", "schedule": 3600.0},
-    "prune-ended-tokens": {"task": "apps.accounts.tasks.prune_ended_tokens", "schedule": 24 * 3600.0},
+    "prune-rotated-tokens": {"task": "apps.accounts.tasks.prune_rotated_tokens", "schedule": 24 * 3600.0},
     "purge-expired-audit-events": {"task": "apps.audit.tasks.purge_expired_audit_events", "schedule": 86400.0},
     "sync-prune-feed": {"task": "apps.sync.tasks.prune_feed", "schedule": 86400.0},
     "sync-apply-stranded": {"task": "apps.sync.tasks.apply_stranded_mutations", "schedule": 60.0},

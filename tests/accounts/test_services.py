@@ -68,8 +68,8 @@ def test_a_device_seen_within_the_minute_costs_no_query(django_assert_num_querie
     assert Device.objects.get(pk=device.pk).last_seen_at == seen
 
 
-def test_tokens_that_ended_long_ago_are_deleted_and_a_revoked_devices_kept() -> None:
-    long_ago = timezone.now() - timedelta(days=services.ENDED_TOKEN_KEEP_DAYS + 1)
+def test_tokens_rotated_away_long_ago_are_deleted_and_a_revoked_devices_kept() -> None:
+    long_ago = timezone.now() - timedelta(days=services.ROTATED_TOKEN_KEEP_DAYS + 1)
     device = DeviceFactory.create(last_seen_at=timezone.now())
     revoked_device = DeviceFactory.create(last_seen_at=timezone.now())
     # A lost tablet: its one token's grace ran out and it was not seen since; not yet revoked.
@@ -79,28 +79,21 @@ def test_tokens_that_ended_long_ago_are_deleted_and_a_revoked_devices_kept() -> 
     successor_used, _raw = services.device_token_issue(device=device)
     never_answered, _raw = services.device_token_issue(device=device)
     recently_rotated, _raw = services.device_token_issue(device=device)
-    expired_long_ago, _raw = services.device_token_issue(device=device)
-    expired_lately, _raw = services.device_token_issue(device=device)
     current, _raw = services.device_token_issue(device=device)
     of_revoked_device, _raw = services.device_token_issue(device=revoked_device)
     DeviceToken.objects.filter(pk=successor_used.pk).update(revoked_at=long_ago, replaced_at=long_ago)
     DeviceToken.objects.filter(pk=never_answered.pk).update(replaced_at=long_ago)  # its grace ran out
     DeviceToken.objects.filter(pk=recently_rotated.pk).update(revoked_at=timezone.now() - timedelta(days=2))
-    DeviceToken.objects.filter(pk=expired_long_ago.pk).update(expires_at=long_ago)
-    DeviceToken.objects.filter(pk=expired_lately.pk).update(expires_at=timezone.now() - timedelta(days=2))
-    # The lost tablet's token also expired long ago: still its only one, still kept.
-    DeviceToken.objects.filter(pk=lost_tablets_only.pk).update(expires_at=long_ago - timedelta(days=1))
     services.device_revoke(device=revoked_device, revoked_by=None, reason="lost")
-    DeviceToken.objects.filter(pk=of_revoked_device.pk).update(revoked_at=long_ago, expires_at=long_ago)
+    DeviceToken.objects.filter(pk=of_revoked_device.pk).update(revoked_at=long_ago)
 
     pruned = services.device_tokens_prune()
 
-    assert pruned == 3
+    assert pruned == 2
     assert set(DeviceToken.objects.values_list("pk", flat=True)) >= {
         recently_rotated.pk,
-        expired_lately.pk,
         current.pk,
         of_revoked_device.pk,
         lost_tablets_only.pk,
     }
-    assert not DeviceToken.objects.filter(pk__in=[successor_used.pk, never_answered.pk, expired_long_ago.pk]).exists()
+    assert not DeviceToken.objects.filter(pk__in=[successor_used.pk, never_answered.pk]).exists()

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from apps.accounts import services
 from apps.accounts.models import Device, DeviceToken
-from apps.accounts.tasks import prune_ended_tokens, revoke_unseen_devices
+from apps.accounts.tasks import prune_rotated_tokens, revoke_unseen_devices
 from tests.accounts.factories import DeviceFactory
 from tests.live import LiveProcess
 
@@ -24,13 +24,13 @@ def test_real_worker_revokes_a_device_nobody_has_used(worker: LiveProcess) -> No
     assert "revoke_unseen_devices" in worker.log()
 
 
-def test_real_worker_prunes_tokens_that_ended_long_ago(worker: LiveProcess) -> None:
+def test_real_worker_prunes_tokens_rotated_away_long_ago(worker: LiveProcess) -> None:
     device = DeviceFactory.create(last_seen_at=timezone.now())
     rotated_away, _raw = services.device_token_issue(device=device)
-    long_ago = timezone.now() - timedelta(days=services.ENDED_TOKEN_KEEP_DAYS + 1)
+    long_ago = timezone.now() - timedelta(days=services.ROTATED_TOKEN_KEEP_DAYS + 1)
     DeviceToken.objects.filter(pk=rotated_away.pk).update(revoked_at=long_ago, replaced_at=long_ago)
 
-    pruned = prune_ended_tokens.delay().get(timeout=30)
+    pruned = prune_rotated_tokens.delay().get(timeout=30)
 
     assert pruned == 1
     assert not DeviceToken.objects.filter(pk=rotated_away.pk).exists()
