@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from apps.dispatch.models import Assignment, Incident, SupervisorAlert, TimelineEvent
+from apps.dispatch.models import Assignment, EventKind, Incident, SupervisorAlert, TimelineEvent
 from apps.teams.models import Unit
 
 
@@ -106,6 +106,9 @@ def alert_payload(alert: SupervisorAlert) -> dict[str, Any]:
     }
 
 
+_KINDS_WITH_A_REASON = frozenset({EventKind.OVERRIDDEN, EventKind.DECLINED, EventKind.CANCELLED})
+
+
 def event_payload(event: TimelineEvent) -> dict[str, Any]:
     return {
         "id": str(event.pk),
@@ -116,6 +119,9 @@ def event_payload(event: TimelineEvent) -> dict[str, Any]:
         "applied": event.applied,
         "actor": _id(event.actor_id),
         "device": _id(event.device_id),
-        # The reason is kept sealed beside the codes; the wire keeps it in ``detail``.
-        "detail": {**event.detail, "reason": event.reason} if event.reason else event.detail,
+        # The reason is kept sealed beside the codes; the wire keeps it in ``detail``, always
+        # for the kinds that give one (an override back to triage gives an empty one).
+        "detail": {**event.detail, "reason": event.reason}
+        if event.reason or event.kind in _KINDS_WITH_A_REASON
+        else event.detail,
     }

@@ -94,6 +94,20 @@ def test_dispatcher_overrides_with_a_reason(program: Program, dispatcher: CrewMe
     assert incident.timeline.filter(kind="overridden", actor=dispatcher.user).count() == 1
 
 
+def test_every_override_event_carries_its_reason_even_a_return_to_triage_without_one(
+    program: Program, dispatcher: CrewMember
+) -> None:
+    incident = make_incident(program, dispatcher)
+    url = f"/api/v1/dispatch/incidents/{incident.pk}/override/"
+    dispatcher.client().post(url, {"response": "co_response", "reason": "Caller mentioned a knife"}, format="json")
+    dispatcher.client().post(url, {"response": "emt_clinician"}, format="json")
+
+    timeline = dispatcher.client().get(f"/api/v1/dispatch/incidents/{incident.pk}/").json()["timeline"]
+
+    overrides = [event["detail"] for event in timeline if event["kind"] == "overridden"]
+    assert [detail["reason"] for detail in overrides] == ["Caller mentioned a knife", ""]
+
+
 def test_the_database_refuses_an_override_without_a_reason(program: Program, dispatcher: CrewMember) -> None:
     incident = make_incident(program, dispatcher)
 
