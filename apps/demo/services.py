@@ -1,7 +1,8 @@
-"""Writes that build the demo: two programs with zones, units, crews and the people in them.
+"""Writes that build the demo: two programs with zones, units, crews and the people in them,
+and real calls waiting on the NYC dispatcher's board.
 
 Every row is found by its natural key (program slug, zone code, call sign, username,
-membership role), so seeding again creates nothing twice. What changes while the demo is
+membership role, a call's CAD id), so seeding again creates nothing twice. What changes while the demo is
 used (a unit's status, who is on shift, a password) is set only when the row is created,
 so re-running the seed on start-up does not undo what someone just showed.
 """
@@ -12,6 +13,7 @@ import secrets
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.password_validation import validate_password
@@ -20,7 +22,11 @@ from django.utils import timezone
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
 from apps.accounts.models import Membership, Program, Role, User
-from apps.demo.nyc import PrecinctStats, precinct_stats
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
+from apps.demo.nyc import PrecinctStats, SampleIncident, precinct_stats, sample_incidents
+from apps.dispatch.models import Incident, IncidentSource
+from apps.dispatch.services import incident_intake
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 
 # Demo data only: a published password for made-up accounts, never for real ones.
@@ -53,6 +59,8 @@ class ProgramPlan:
     zones: Sequence[ZonePlan]
     units: Sequence[UnitPlan]
     crews: Mapping[str, Sequence[Role]]
+    # Real calls of the sample, waiting on the dispatcher's board when the demo starts.
+    waiting_calls: Sequence[SampleIncident] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,11 @@ NYC_UNITS: Sequence[tuple[str, ResponseModel, UnitStatus]] = (
     ("BH-03", ResponseModel.EMT_CLINICIAN, UnitStatus.AVAILABLE),
     ("BH-04", ResponseModel.EMT_CLINICIAN, UnitStatus.OUT_OF_SERVICE),
 )
+
+# The sample's latest calls wait on the NYC board, one received every quarter of an hour
+# up to the seed's first run: a dispatcher has calls to offer and crews get offers.
+WAITING_CALLS = 6
+WAITING_CALLS_APART = timedelta(minutes=15)
 
 # Boston Police districts (their real names; there is no Boston call data in the repo).
 BOSTON_ZONES: Sequence[ZonePlan] = (
@@ -175,6 +188,7 @@ def nyc_plan(precincts: Sequence[PrecinctStats]) -> ProgramPlan:
         zones=zones,
         units=units,
         crews=NYC_CREWS,
+        waiting_calls=sample_incidents()[-WAITING_CALLS:],
     )
 
 
@@ -254,10 +268,12 @@ class _Seeder:
                 code=zone_plan.code,
                 defaults={"name": zone_plan.name, "borough": zone_plan.borough},
             )
+        staff = {}
         for role in PROGRAM_STAFF_ROLES:
             # Case managers and supervisors work in the admin (scoped to their program).
             user = self.user(f"{plan.username_prefix}.{ROLE_SHORT_NAMES[role]}", staff=role in ADMIN_WORKSPACE_ROLES)
             self.member(user, program, role)
+            staff[role] = user
         for unit_plan in plan.units:
             structure = {"response_model": unit_plan.response_model, "home_zone": zones[unit_plan.home_zone_code]}
             unit, _ = Unit.objects.update_or_create(
@@ -271,7 +287,54 @@ class _Seeder:
                 crew_usernames(plan.username_prefix, unit_plan.call_sign, roles), roles, strict=True
             ):
                 self.member(self.user(username), program, role, unit)
+        waiting_calls_intake(program, plan.waiting_calls, dispatcher=staff[Role.DISPATCHER], zones=zones)
         return program
+
+
+def waiting_calls_intake(
+    program: Program, calls: Sequence[SampleIncident], *, dispatcher: User, zones: Mapping[str, Zone]
+) -> None:
+    """Take in the sample's calls as the dispatcher would from CAD, through dispatch's own
+    intake (triage, timeline, feed, audit). A call taken in before is left as it is now:
+    offered, closed, or still waiting."""
+    known = set(
+        Incident.objects.filter(program=program, external_call_id__in=[_call_id(call) for call in calls]).values_list(
+            "external_call_id", flat=True
+        )
+    )
+    new_calls = [call for call in calls if _call_id(call) not in known]
+    first_received = timezone.now() - WAITING_CALLS_APART * len(new_calls)
+    seeder = Accessor(user=dispatcher, device_id=None, channel=AccessChannel.TASK)
+    for position, call in enumerate(new_calls, start=1):
+        incident_intake(
+            program=program,
+            actor=dispatcher,
+            device=None,
+            accessor=seeder,
+            external_call_id=_call_id(call),
+            **_call_fields(call, received_at=first_received + WAITING_CALLS_APART * position, zones=zones),
+        )
+
+
+def _call_id(call: SampleIncident) -> str:
+    return f"FDNY-{call.cad_incident_id}"
+
+
+def _call_fields(call: SampleIncident, *, received_at: datetime, zones: Mapping[str, Zone]) -> dict[str, object]:
+    # The sample gives the call type (EDP: an emotionally disturbed person), where and when,
+    # and nothing of what the caller said: the screen answers only what the call type tells.
+    return {
+        "source": IncidentSource.CALL_911,
+        "received_at": received_at,
+        "zone": zones.get(call.zone_code),
+        "address": f"{call.borough} {call.zipcode}",
+        "nature": "Emotionally disturbed person (FDNY call type EDP)",
+        "mental_health_nexus": True,
+        "weapon": False,
+        "violence_in_progress": False,
+        "imminent_self_harm": False,
+        "medical_emergency": False,
+    }
 
 
 def admin_one_time_codes(admin: User, count: int = 5) -> list[str]:

@@ -1,23 +1,30 @@
 from __future__ import annotations
 
+import itertools
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
+from django.utils import timezone
 from django_otp.plugins.otp_static.models import StaticDevice
 from rest_framework.test import APIClient
 
 from apps.accounts.api.views import LoginThrottle
 from apps.accounts.models import Membership, Program, Role, User
-from apps.demo.nyc import precinct_stats
-from apps.demo.services import DEFAULT_DEMO_PASSWORD, admin_one_time_codes
+from apps.audit.models import AuditEvent
+from apps.demo.nyc import precinct_stats, sample_incidents
+from apps.demo.services import DEFAULT_DEMO_PASSWORD, WAITING_CALLS, admin_one_time_codes
+from apps.dispatch import services
+from apps.dispatch.models import Incident, IncidentStatus, UnservedReason
+from apps.dispatch.services import INCIDENT_RECORD
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 
 pytestmark = pytest.mark.django_db
 
 DEMO_PASSWORD = "a-demo-passphrase-for-tests"
-COUNTED = (Program, Zone, Unit, UnitMember, User, Membership)
+COUNTED = (Program, Zone, Unit, UnitMember, User, Membership, Incident)
 
 
 @pytest.fixture(autouse=True)
@@ -218,6 +225,45 @@ def test_demo_dispatcher_of_boston_sees_no_nyc_unit(demo_password: str) -> None:
     assert {unit["program"] for unit in units} == {"boston"}
     assert len(units) == Unit.objects.filter(program__slug="boston").count()
     assert {zone["program"] for zone in zones} == {"boston"}
+
+
+def test_the_samples_latest_calls_wait_on_the_nyc_board_received_a_quarter_hour_apart(demo_password: str) -> None:
+    before = timezone.now()
+    seed()
+
+    latest = sample_incidents()[-WAITING_CALLS:]
+    client = sign_in("nyc.dispatcher", demo_password)
+    listed = client.get("/api/v1/dispatch/incidents/", {"program": "nyc-bheard", "status": "open"}).json()["results"]
+    waiting = Incident.objects.filter(program__slug="nyc-bheard").order_by("received_at")
+
+    assert sorted(call["id"] for call in listed) == sorted(str(incident.pk) for incident in waiting)
+    assert [(i.external_call_id, i.zone and i.zone.code) for i in waiting] == [
+        (f"FDNY-{call.cad_incident_id}", call.zone_code) for call in latest
+    ]
+    assert all(i.status == IncidentStatus.OPEN and i.mental_health_nexus for i in waiting)
+    assert all(i.recommended_response == i.chosen_response != "" for i in waiting)
+    times = [i.received_at for i in waiting]
+    assert [later - earlier for earlier, later in itertools.pairwise(times)] == [timedelta(minutes=15)] * 5
+    assert before - timedelta(minutes=15 * WAITING_CALLS) <= times[0] and times[-1] <= timezone.now()
+    assert not Incident.objects.filter(program__slug="boston").exists()
+    # Taken in through dispatch's intake, so each creation is attributed to the dispatcher.
+    created = AuditEvent.objects.filter(record_type=INCIDENT_RECORD, action="create")
+    assert set(created.values_list("actor_username", flat=True)) == {"nyc.dispatcher"}
+    assert created.count() == WAITING_CALLS
+
+
+def test_running_again_leaves_a_waiting_call_as_the_dispatcher_left_it(demo_password: str) -> None:
+    seed()
+    dispatcher = User.objects.get(username="nyc.dispatcher")
+    first = Incident.objects.filter(program__slug="nyc-bheard").earliest("received_at")
+    services.incident_close(
+        incident=first, actor=dispatcher, device=None, unserved_reason=UnservedReason.OTHER, note="Demo"
+    )
+
+    seed()
+
+    assert Incident.objects.filter(program__slug="nyc-bheard").count() == WAITING_CALLS
+    assert Incident.objects.get(pk=first.pk).status == IncidentStatus.CLOSED
 
 
 @override_settings(DEBUG=True)
