@@ -24,9 +24,11 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from apps.accounts.models import Membership, Program, Role, User
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
+from apps.demo.care import care_stories_push
 from apps.demo.nyc import PrecinctStats, SampleIncident, precinct_stats, sample_incidents
 from apps.dispatch.models import Incident, IncidentSource
 from apps.dispatch.services import incident_intake
+from apps.followups.models import CaseManagerAssignment
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 
 # Demo data only: a published password for made-up accounts, never for real ones.
@@ -61,6 +63,8 @@ class ProgramPlan:
     crews: Mapping[str, Sequence[Role]]
     # Real calls of the sample, waiting on the dispatcher's board when the demo starts.
     waiting_calls: Sequence[SampleIncident] = ()
+    # The unit whose clinician's tablet documented the demo's care records, if any.
+    care_stories_unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ def nyc_plan(precincts: Sequence[PrecinctStats]) -> ProgramPlan:
         units=units,
         crews=NYC_CREWS,
         waiting_calls=sample_incidents()[-WAITING_CALLS:],
+        care_stories_unit="BH-01",
     )
 
 
@@ -261,6 +266,7 @@ class _Seeder:
             slug=plan.slug, defaults={"name": plan.name, "time_zone": plan.time_zone}
         )
         zones = {}
+        storyteller = None  # the clinician whose tablet documented the care records
         for zone_plan in plan.zones:
             # No coordinates: the extract has none, and made-up ones would pass for real.
             zones[zone_plan.code], _ = Zone.objects.update_or_create(
@@ -286,8 +292,18 @@ class _Seeder:
             for username, role in zip(
                 crew_usernames(plan.username_prefix, unit_plan.call_sign, roles), roles, strict=True
             ):
-                self.member(self.user(username), program, role, unit)
+                user = self.user(username)
+                self.member(user, program, role, unit)
+                if unit.call_sign == plan.care_stories_unit and role == Role.CLINICIAN:
+                    storyteller = (user, unit)
         waiting_calls_intake(program, plan.waiting_calls, dispatcher=staff[Role.DISPATCHER], zones=zones)
+        # The case manager owns the program's follow-ups, so each new plan's steps are theirs.
+        CaseManagerAssignment.objects.get_or_create(
+            program=program, zone=None, defaults={"case_manager": staff[Role.CASE_MANAGER]}
+        )
+        if storyteller is not None:
+            clinician, unit = storyteller
+            care_stories_push(program=program, unit=unit, clinician=clinician)
         return program
 
 

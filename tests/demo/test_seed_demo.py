@@ -14,17 +14,21 @@ from rest_framework.test import APIClient
 from apps.accounts.api.views import LoginThrottle
 from apps.accounts.models import Membership, Program, Role, User
 from apps.audit.models import AuditEvent
+from apps.care.models import Encounter, Referral
 from apps.demo.nyc import precinct_stats, sample_incidents
 from apps.demo.services import DEFAULT_DEMO_PASSWORD, WAITING_CALLS, admin_one_time_codes
 from apps.dispatch import services
 from apps.dispatch.models import Incident, IncidentStatus, UnservedReason
 from apps.dispatch.services import INCIDENT_RECORD
+from apps.followups.models import FollowUpStep
+from apps.sync.models import Mutation
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
+from tests.sync.helpers import PROTOCOL
 
 pytestmark = pytest.mark.django_db
 
 DEMO_PASSWORD = "a-demo-passphrase-for-tests"
-COUNTED = (Program, Zone, Unit, UnitMember, User, Membership, Incident)
+COUNTED = (Program, Zone, Unit, UnitMember, User, Membership, Incident, Encounter, Mutation, FollowUpStep)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +54,7 @@ def counts() -> dict[str, int]:
     return {model.__name__: model.objects.count() for model in COUNTED}
 
 
-def sign_in(username: str, password: str) -> APIClient:
+def sign_in(username: str, password: str, **headers: str) -> APIClient:
     client = APIClient()
     response = client.post(
         "/api/v1/auth/devices/",
@@ -58,7 +62,7 @@ def sign_in(username: str, password: str) -> APIClient:
         format="json",
     )
     assert response.status_code == 201, response.json()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}", **headers)
     return client
 
 
@@ -264,6 +268,32 @@ def test_running_again_leaves_a_waiting_call_as_the_dispatcher_left_it(demo_pass
 
     assert Incident.objects.filter(program__slug="nyc-bheard").count() == WAITING_CALLS
     assert Incident.objects.get(pk=first.pk).status == IncidentStatus.CLOSED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crews_tablet_documented_care_whose_follow_ups_the_case_manager_owns(demo_password: str) -> None:
+    seed()
+
+    encounters = Encounter.objects.filter(program__slug="nyc-bheard").order_by("ended_at")
+    assert [(e.unit.call_sign, e.disposition) for e in encounters] == [
+        ("BH-01", "referred"),
+        ("BH-01", "referred"),
+        ("BH-01", "resolved_on_scene"),
+    ]
+    assert {e.created_by.username for e in encounters} == {"nyc.bh01.clinician"}
+    referrals = Referral.objects.filter(program__slug="nyc-bheard").order_by("created_at")
+    assert sorted(r.status for r in referrals) == ["open", "scheduled"]
+    # Every encounter got its follow-up plan, the case manager owns its steps, and the
+    # oldest encounter's first contact is already overdue: the queue has work in it.
+    steps = FollowUpStep.objects.filter(program__slug="nyc-bheard")
+    assert steps.values("plan").distinct().count() == 3
+    assert set(steps.values_list("owner__username", flat=True)) == {"nyc.casemanager"}
+    assert steps.filter(due_at__lt=timezone.now(), status="pending").exists()
+    assert not Encounter.objects.filter(program__slug="boston").exists()
+    # Pushed as a tablet pushes: every record is versioned and in the case manager's feed.
+    case_manager = sign_in("nyc.casemanager", demo_password, **PROTOCOL)
+    fed = case_manager.get("/api/v1/sync/feed/", {"limit": 500}).json()["entries"]
+    assert {entry["id"] for entry in fed} >= {str(e.pk) for e in encounters}
 
 
 @override_settings(DEBUG=True)
