@@ -23,6 +23,7 @@ from apps.dispatch.services import INCIDENT_RECORD
 from apps.followups.models import FollowUpStep
 from apps.sync.models import Mutation
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
+from tests.dispatch.factories import seed_default_triage_policy
 from tests.sync.helpers import PROTOCOL
 
 pytestmark = pytest.mark.django_db
@@ -36,6 +37,12 @@ def fresh_sign_in_budget() -> None:
     """Sign-ins are throttled per address across the whole run; give these tests a full budget."""
     throttle = LoginThrottle()
     throttle.cache.delete(throttle.cache_format % {"scope": throttle.scope, "ident": "127.0.0.1"})
+
+
+@pytest.fixture(autouse=True)
+def default_triage_policy(db: None) -> None:
+    """The seed takes calls in through triage, whose default policy a transactional test flushes."""
+    seed_default_triage_policy()
 
 
 @pytest.fixture
