@@ -197,12 +197,13 @@ def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_th
         finally:
             connection.close()
 
+    results: list[dict[str, Any]] = []
+
     def refused_push() -> None:
         try:
             refused = device.mutation("update", "care.encounter", encounter_id, {"location": "third"}, 1)
             refused["colour"] = "red"
-            [result] = device.push(refused)
-            assert result["error"]["code"] == "unknown_field"
+            results.extend(device.push(refused))
         finally:
             connection.close()
 
@@ -211,10 +212,14 @@ def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_th
     assert edited.wait(10)
     pusher = threading.Thread(target=refused_push)
     pusher.start()
-    pusher.join(1)  # without the lock the push is long done by now; with it, it waits
+    pusher.join(1)
+    waited_for_the_edit = pusher.is_alive()
     release.set()
     editor.join()
     pusher.join()
+
+    assert [result["error"]["code"] for result in results] == ["unknown_field"]
+    assert waited_for_the_edit
 
     entries, _ = device.pull(cursor)
     last = [entry for entry in entries if entry["id"] == str(encounter_id)][-1]
