@@ -22,7 +22,7 @@ from apps.accounts.models import Device, DevicePlatform, Program, User
 from apps.accounts.services import device_register
 from apps.care.models import Disposition, ReferralPriority, ReferralStatus
 from apps.directory.models import ServiceType
-from apps.sync.push import push_mutations
+from apps.sync.push import PushStatus, push_mutations
 from apps.teams.models import Unit
 
 DEMO_TABLET = "demo tablet"
@@ -31,12 +31,12 @@ _RECORD_IDS = uuid.UUID("5b7c1f1e-8d0a-4f43-9a55-3c1d6a0e2b71")
 
 
 @dataclass(frozen=True)
-class Referral:
+class StoryReferral:
     service_type: ServiceType
     service_name: str
     reason: str
     priority: ReferralPriority = ReferralPriority.ROUTINE
-    appointment_in_hours: int | None = None
+    appointment_in_hours: int | None = None  # after the encounter ended
     # What the crew heard back before the demo started, if anything.
     outcome: ReferralStatus | None = None
 
@@ -53,7 +53,7 @@ class Story:
     disposition: Disposition
     note: str
     note_signed: bool = True
-    referral: Referral | None = None
+    referral: StoryReferral | None = None
 
 
 STORIES: Sequence[Story] = (
@@ -67,11 +67,11 @@ STORIES: Sequence[Story] = (
         assessment="Low mood for three weeks since losing work; no plan or intent; sleeping poorly.",
         disposition=Disposition.REFERRED,
         note="Agreed a safety plan with the person and their sister. Wants to see someone this week.",
-        referral=Referral(
+        referral=StoryReferral(
             ServiceType.OUTPATIENT_MENTAL_HEALTH,
             "Community counselling clinic (demo)",
             "Depressive symptoms, first contact with services.",
-            appointment_in_hours=30,
+            appointment_in_hours=104,  # the day after the demo starts
             outcome=ReferralStatus.SCHEDULED,
         ),
     ),
@@ -85,7 +85,7 @@ STORIES: Sequence[Story] = (
         assessment="Anxious and disoriented after two nights without sleep; calmer after an hour with the team.",
         disposition=Disposition.REFERRED,
         note="Declined transport. Accepted a call from a peer worker tomorrow.",
-        referral=Referral(
+        referral=StoryReferral(
             ServiceType.PEER_SUPPORT,
             "Peer support line (demo)",
             "Follow-up call after a night in crisis.",
@@ -107,10 +107,10 @@ STORIES: Sequence[Story] = (
 )
 
 
-def care_stories_push(*, program: Program, unit: Unit, clinician: User) -> bool:
-    """Push the stories from the clinician's demo tablet, once; returns whether it pushed."""
+def care_stories_push(*, program: Program, unit: Unit, clinician: User) -> None:
+    """Push the stories from the clinician's demo tablet, once."""
     if Device.objects.filter(user=clinician, name=DEMO_TABLET).exists():
-        return False
+        return
     device, _token, _raw = device_register(user=clinician, name=DEMO_TABLET, platform=DevicePlatform.ANDROID)
     now = timezone.now()
     mutations: list[dict[str, Any]] = []
@@ -119,10 +119,9 @@ def care_stories_push(*, program: Program, unit: Unit, clinician: User) -> bool:
     for mutation_id, mutation in enumerate(mutations, start=1):
         mutation["mutation_id"] = mutation_id
     results = push_mutations(device=device, user=clinician, mutations=mutations, client_version="tandem-demo/1")
-    refused = [result for result in results if result["status"] != "applied"]
+    refused = [result for result in results if result["status"] != PushStatus.APPLIED]
     if refused:
         raise RuntimeError(f"The demo tablet's push was refused: {refused[0]}")
-    return True
 
 
 def _story_mutations(story: Story, *, program: Program, unit: Unit, now: datetime) -> list[dict[str, Any]]:

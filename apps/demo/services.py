@@ -1,10 +1,12 @@
 """Writes that build the demo: two programs with zones, units, crews and the people in them,
-and real calls waiting on the NYC dispatcher's board.
+real calls waiting on the NYC dispatcher's board, and the care records a crew's tablet
+documented (``apps.demo.care``), whose follow-ups the program's case manager owns.
 
 Every row is found by its natural key (program slug, zone code, call sign, username,
-membership role, a call's CAD id), so seeding again creates nothing twice. What changes while the demo is
-used (a unit's status, who is on shift, a password) is set only when the row is created,
-so re-running the seed on start-up does not undo what someone just showed.
+membership role, a call's CAD id, the demo tablet), so seeding again creates nothing twice.
+What changes while the demo is used (a unit's status, who is on shift, a password, a call,
+a follow-up) is set only when the row is created, so re-running the seed on start-up does
+not undo what someone just showed.
 """
 
 from __future__ import annotations
@@ -266,7 +268,7 @@ class _Seeder:
             slug=plan.slug, defaults={"name": plan.name, "time_zone": plan.time_zone}
         )
         zones = {}
-        storyteller = None  # the clinician whose tablet documented the care records
+        care_stories_crew: tuple[User, Unit] | None = None  # the clinician who documented them, and their unit
         for zone_plan in plan.zones:
             # No coordinates: the extract has none, and made-up ones would pass for real.
             zones[zone_plan.code], _ = Zone.objects.update_or_create(
@@ -295,14 +297,16 @@ class _Seeder:
                 user = self.user(username)
                 self.member(user, program, role, unit)
                 if unit.call_sign == plan.care_stories_unit and role == Role.CLINICIAN:
-                    storyteller = (user, unit)
+                    care_stories_crew = (user, unit)
         waiting_calls_intake(program, plan.waiting_calls, dispatcher=staff[Role.DISPATCHER], zones=zones)
         # The case manager owns the program's follow-ups, so each new plan's steps are theirs.
         CaseManagerAssignment.objects.get_or_create(
             program=program, zone=None, defaults={"case_manager": staff[Role.CASE_MANAGER]}
         )
-        if storyteller is not None:
-            clinician, unit = storyteller
+        if plan.care_stories_unit is not None:
+            if care_stories_crew is None:
+                raise ValueError(f"Unit {plan.care_stories_unit} of the demo plan has no clinician to document care.")
+            clinician, unit = care_stories_crew
             care_stories_push(program=program, unit=unit, clinician=clinician)
         return program
 
@@ -338,7 +342,8 @@ def _call_id(call: SampleIncident) -> str:
 
 def _call_fields(call: SampleIncident, *, received_at: datetime, zones: Mapping[str, Zone]) -> dict[str, object]:
     # The sample gives the call type (EDP: an emotionally disturbed person), where and when,
-    # and nothing of what the caller said: the screen answers only what the call type tells.
+    # and nothing of what the caller said: the call type answers the mental-health question,
+    # and the safety questions it cannot answer are answered no.
     return {
         "source": IncidentSource.CALL_911,
         "received_at": received_at,

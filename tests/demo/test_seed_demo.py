@@ -20,7 +20,7 @@ from apps.demo.services import DEFAULT_DEMO_PASSWORD, WAITING_CALLS, admin_one_t
 from apps.dispatch import services
 from apps.dispatch.models import Incident, IncidentStatus, UnservedReason
 from apps.dispatch.services import INCIDENT_RECORD
-from apps.followups.models import FollowUpStep
+from apps.followups.models import CaseManagerAssignment, FollowUpStep
 from apps.sync.models import Mutation
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 from tests.dispatch.factories import seed_default_triage_policy
@@ -290,12 +290,23 @@ def test_a_crews_tablet_documented_care_whose_follow_ups_the_case_manager_owns(d
     assert {e.created_by.username for e in encounters} == {"nyc.bh01.clinician"}
     referrals = Referral.objects.filter(program__slug="nyc-bheard").order_by("created_at")
     assert sorted(r.status for r in referrals) == ["open", "scheduled"]
-    # Every encounter got its follow-up plan, the case manager owns its steps, and the
-    # oldest encounter's first contact is already overdue: the queue has work in it.
+    # Every encounter got its follow-up plan, the case manager owns its steps, and the two
+    # older encounters' first contacts are overdue (past due and margin): the queue has work.
     steps = FollowUpStep.objects.filter(program__slug="nyc-bheard")
     assert steps.values("plan").distinct().count() == 3
     assert set(steps.values_list("owner__username", flat=True)) == {"nyc.casemanager"}
-    assert steps.filter(due_at__lt=timezone.now(), status="pending").exists()
+    now = timezone.now()
+    overdue = [
+        (step.plan.encounter_id, step.key)
+        for step in steps.select_related("plan")
+        if step.status == "pending" and step.due_at + timedelta(minutes=step.overdue_margin_minutes) < now
+    ]
+    assert sorted(key for _encounter, key in overdue) == ["connection_check", "first_contact", "first_contact"]
+    assert {encounter for encounter, _key in overdue} == {encounters[0].pk, encounters[1].pk}
+    referral = referrals.get(status="scheduled")
+    assert referral.appointment_at is not None and referral.appointment_at > now
+    boston = CaseManagerAssignment.objects.get(program__slug="boston", zone=None)
+    assert boston.case_manager.username == "bos.casemanager"
     assert not Encounter.objects.filter(program__slug="boston").exists()
     # Pushed as a tablet pushes: every record is versioned and in the case manager's feed.
     case_manager = sign_in("nyc.casemanager", demo_password, **PROTOCOL)
