@@ -9,7 +9,7 @@ from django.utils import timezone
 from apps.accounts.models import Program
 from apps.common.encryption import is_sealed
 from apps.dispatch import services
-from apps.dispatch.models import Incident, Response, UnservedReason
+from apps.dispatch.models import Assignment, Incident, Response, UnservedReason
 from tests.conftest import CrewMember
 from tests.dispatch.factories import make_incident
 from tests.sync.helpers import sync_client
@@ -99,15 +99,22 @@ def test_a_crews_reason_for_declining_is_ciphertext_in_the_database(
     assert assignment.end_reason == "We treated him last week; he asked for another team"
 
 
-def test_an_override_reason_and_the_timelines_reasons_are_ciphertext_in_the_database(
+def overridden_and_offered(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
-) -> None:
+) -> tuple[Incident, Assignment]:
+    """A call the dispatcher sent another response than triage's, with a reason, then offered."""
     incident = make_incident(program, dispatcher)
     other = next(response for response in Response.values if response != incident.recommended_response)
     services.incident_override(
         incident=incident, response=other, reason="Mother says he is off his meds", actor=dispatcher.user, device=None
     )
-    assignment = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    return incident, services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+
+
+def test_an_override_reason_and_the_timelines_reasons_are_ciphertext_in_the_database(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    incident, assignment = overridden_and_offered(program, dispatcher, crew_member)
     services.assignment_cancel(
         assignment_id=assignment.pk, actor=dispatcher.user, device=None, reason="Family took him to Bellevue"
     )
@@ -130,12 +137,7 @@ def test_an_override_reason_and_the_timelines_reasons_are_ciphertext_in_the_data
 def test_the_feed_copies_of_an_override_and_a_decline_seal_their_reasons_and_pull_in_plain(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
-    incident = make_incident(program, dispatcher)
-    other = next(response for response in Response.values if response != incident.recommended_response)
-    services.incident_override(
-        incident=incident, response=other, reason="Mother says he is off his meds", actor=dispatcher.user, device=None
-    )
-    assignment = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    incident, assignment = overridden_and_offered(program, dispatcher, crew_member)
     services.assignment_decline(
         assignment_id=assignment.pk, user=crew_member.user, device=crew_member.device, reason="We know him; ask Unit 9"
     )
