@@ -6,6 +6,7 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from tests.conftest import CrewMember
+from tests.sync.helpers import PROTOCOL
 
 pytestmark = pytest.mark.django_db
 
@@ -145,3 +146,27 @@ def test_a_list_refuses_a_query_parameter_it_does_not_take(path: str, crew_membe
 
     assert response.status_code == 400, response.content
     assert response.json()["errors"][0] == {"field": "program", "code": "unknown_field", "detail": "Unknown field."}
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/zones/", "page"),
+        ("/api/v1/dispatch/assignments/", "active"),
+        ("/api/v1/directory/services/", "open_now"),
+        ("/api/v1/followups/steps/", "page"),
+        ("/api/v1/sync/feed/", "limit"),
+    ],
+)
+def test_a_query_parameter_sent_twice_is_a_400_naming_it_not_read_as_its_last_value(
+    path: str, parameter: str, crew_member: CrewMember
+) -> None:
+    client = crew_member.client()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {crew_member.token}", **PROTOCOL)
+
+    response = client.get(f"{path}?{parameter}=1&{parameter}=2")
+
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"] == [
+        {"field": parameter, "code": "repeated_parameter", "detail": "Send this parameter once."}
+    ]

@@ -87,4 +87,4 @@ class PageQuerySerializer(QuerySerializer):
 def refuse_other_query_parameters(request: Request) -> None:
     """For a list that takes no query parameter but its page: anything else is a 400 naming
     it, so that a misspelt filter is not silently ignored."""
-    PageQuerySerializer(data=request.query_params.dict()).is_valid(raise_exception=True)
+    PageQuerySerializer(data=request.query_params).is_valid(raise_exception=True)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import QueryDict
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -31,9 +32,26 @@ class StrictSerializer(serializers.Serializer[Any]):
 
 
 class QuerySerializer(StrictSerializer):
-    """The parameters of a query string: unknown ones refused, values all text."""
+    """The parameters of a query string: unknown ones refused, values all text, each sent once.
+
+    Pass ``request.query_params`` itself: a parameter sent twice (``?limit=5&limit=500``) is
+    refused rather than read as its last value, which the client may not have meant.
+    """
 
     checks_json_types = False
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, QueryDict):
+            repeated = sorted(name for name, values in data.lists() if len(values) > 1)
+            if repeated:
+                raise serializers.ValidationError(
+                    {
+                        name: [serializers.ErrorDetail("Send this parameter once.", code="repeated_parameter")]
+                        for name in repeated
+                    }
+                )
+            data = data.dict()
+        return super().to_internal_value(data)
 
 
 # The JSON types a field takes. DRF reads 12 as the text "12", 1 and "yes" as true and 5 as

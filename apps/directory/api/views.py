@@ -28,7 +28,7 @@ class ServiceListView(APIView):
         responses=page_of(ServiceSerializer),
     )
     def get(self, request: Request) -> Response:
-        query = ServiceSearchSerializer(data=request.query_params.dict())
+        query = ServiceSearchSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         now = timezone.now()
         found = selectors.service_search(

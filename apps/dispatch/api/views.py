@@ -103,7 +103,7 @@ class IncidentListCreateView(APIView):
     def get(self, request: Request) -> Response:
         """Incidents of the programs you dispatch for, newest first."""
         user, _device = _actor(request)
-        query = _valid(s.IncidentQuerySerializer, request.query_params.dict())
+        query = _valid(s.IncidentQuerySerializer, request.query_params)
         incidents = selectors.incidents_visible_to(user=user).order_by("-received_at")
         if "program" in query:
             incidents = incidents.filter(program__slug=query["program"])
@@ -242,7 +242,7 @@ class UnitBoardView(APIView):
     def get(self, request: Request) -> Response:
         """Every unit of the program: status, seconds in status, active assignments."""
         user, _device = _actor(request)
-        program = _dispatch_program(user, _valid(s.BoardQuerySerializer, request.query_params.dict())["program"])
+        program = _dispatch_program(user, _valid(s.BoardQuerySerializer, request.query_params)["program"])
         now = timezone.now()
         units = selectors.units_for_dispatch(user=user, program=program)
         return Response(
@@ -284,7 +284,7 @@ class AssignmentListView(APIView):
     def get(self, request: Request) -> Response:
         """Assignments you may see: your unit's (crew), or your programs' (dispatch)."""
         user, _device = _actor(request)
-        query = _valid(s.AssignmentQuerySerializer, request.query_params.dict())
+        query = _valid(s.AssignmentQuerySerializer, request.query_params)
         assignments: QuerySet[Assignment] = selectors.assignments_visible_to(user=user)
         if query["active"]:
             assignments = assignments.filter(status__in=AssignmentStatus.active())

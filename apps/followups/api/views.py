@@ -66,7 +66,7 @@ class StepListView(APIView):
         parameters=[StepQuerySerializer], operation_id="followups_steps_list", responses=page_of(StepSerializer)
     )
     def get(self, request: Request) -> Response:
-        query = StepQuerySerializer(data=request.query_params.dict())
+        query = StepQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         data = query.validated_data
         steps = selectors.step_queue(

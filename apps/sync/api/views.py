@@ -78,7 +78,7 @@ class FeedView(APIView):
     def get(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol = protocol_of(request)
-        query = FeedQuerySerializer(data=request.query_params.dict())
+        query = FeedQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         scopes = services.user_scopes_refresh(user=user)
         try:
@@ -118,7 +118,7 @@ class SnapshotView(APIView):
     def get(self, request: Request) -> HttpResponse:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
-        query = SnapshotQuerySerializer(data=request.query_params.dict())
+        query = SnapshotQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         scopes = services.user_scopes_refresh(user=user)
         try:
@@ -227,7 +227,7 @@ def _page_answer(page: selectors.ListPage[Any], serializer_class: Any) -> Respon
 def _newest_first_page(
     request: Request, rows: QuerySet[ListedModel], *, time_field: str
 ) -> selectors.ListPage[ListedModel]:
-    query = ListQuerySerializer(data=request.query_params.dict())
+    query = ListQuerySerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
     try:
         return selectors.newest_first_page(
@@ -292,7 +292,7 @@ class WatermelonPullView(APIView):
     def get(self, request: Request) -> Response:
         user, token = _device_auth(request)
         protocol_of(request, minimum=2)
-        WatermelonPullQuerySerializer(data=request.query_params.dict()).is_valid(raise_exception=True)
+        WatermelonPullQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
         try:
             last_pulled_at = watermelon.parse_last_pulled_at(request.query_params.get("last_pulled_at") or "")
         except watermelon.InvalidTimestamp as error:
