@@ -170,3 +170,10 @@ def test_a_query_parameter_sent_twice_is_a_400_naming_it_not_read_as_its_last_va
     assert response.json()["errors"] == [
         {"field": parameter, "code": "repeated_parameter", "detail": "Send this parameter once."}
     ]
+
+
+def test_an_unknown_query_parameter_sent_twice_is_unknown(crew_member: CrewMember) -> None:
+    response = crew_member.client().get("/api/v1/zones/?colour=red&colour=blue")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "colour", "code": "unknown_field", "detail": "Unknown field."}]

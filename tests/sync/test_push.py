@@ -198,12 +198,15 @@ def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_th
             connection.close()
 
     results: list[dict[str, Any]] = []
+    faults: list[BaseException] = []
 
     def refused_push() -> None:
         try:
             refused = device.mutation("update", "care.encounter", encounter_id, {"location": "third"}, 1)
             refused["colour"] = "red"
             results.extend(device.push(refused))
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
         finally:
             connection.close()
 
@@ -215,9 +218,12 @@ def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_th
     pusher.join(1)
     waited_for_the_edit = pusher.is_alive()
     release.set()
-    editor.join()
-    pusher.join()
+    editor.join(30)
+    pusher.join(30)
 
+    assert not editor.is_alive() and not pusher.is_alive(), "the push and the edit deadlocked"
+    if faults:
+        raise faults[0]
     assert [result["error"]["code"] for result in results] == ["unknown_field"]
     assert waited_for_the_edit
 

@@ -1,4 +1,5 @@
 from django.db import migrations
+from django.utils import timezone
 
 # The daily token prune ran for a while as "prune-ended-tokens" (task prune_ended_tokens)
 # before it went back to its first name. The database scheduler adds and updates its entries
@@ -9,7 +10,12 @@ RETIRED_ENTRY = "prune-ended-tokens"
 
 def forget_retired_entry(apps, schema_editor):
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    PeriodicTask.objects.filter(name=RETIRED_ENTRY).delete()
+    deleted, _by_model = PeriodicTask.objects.filter(name=RETIRED_ENTRY).delete()
+    if deleted:
+        # A running beat reloads its schedule when this mark moves; the model's own signal,
+        # which moves it, does not fire for a migration's historical model.
+        PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
+        PeriodicTasks.objects.update_or_create(ident=1, defaults={"last_update": timezone.now()})
 
 
 class Migration(migrations.Migration):

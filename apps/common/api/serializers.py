@@ -42,7 +42,8 @@ class QuerySerializer(StrictSerializer):
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, QueryDict):
-            repeated = sorted(name for name, values in data.lists() if len(values) > 1)
+            # An unknown name sent twice is unknown first (StrictSerializer says so).
+            repeated = sorted(name for name, values in data.lists() if len(values) > 1 and name in self.fields)
             if repeated:
                 raise serializers.ValidationError(
                     {
