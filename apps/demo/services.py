@@ -268,7 +268,7 @@ class _Seeder:
             slug=plan.slug, defaults={"name": plan.name, "time_zone": plan.time_zone}
         )
         zones = {}
-        care_stories_crew: tuple[User, Unit] | None = None  # the clinician who documented them, and their unit
+        care_stories_crew: tuple[User, Unit] | None = None  # who documented the care records, in which unit
         for zone_plan in plan.zones:
             # No coordinates: the extract has none, and made-up ones would pass for real.
             zones[zone_plan.code], _ = Zone.objects.update_or_create(
