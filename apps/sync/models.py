@@ -301,6 +301,30 @@ class UserScopeState(models.Model):
         return f"scopes of {self.user_id}"
 
 
+class ScopeChange(models.Model):
+    """A scope a user gained or lost, at a place in the feed's order (P5).
+
+    A reader reads a scope's entries only from where it gained the scope until where it lost
+    it: entries addressed to a unit before its new member joined are not theirs (the join's
+    catch-up gives them the unit's records as they stand), and a removal addressed to a unit
+    its member left later is still theirs.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+", db_index=False)
+    scope = models.CharField(max_length=80)
+    gained = models.BooleanField()
+    # The changing transaction's id, as the feed's entries carry theirs.
+    transaction_id = models.BigIntegerField(db_default=RawSQL("pg_current_xact_id()::text::bigint", []))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "transaction_id"], name="scope_change_user_order")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {'gained' if self.gained else 'lost'} {self.scope}"
+
+
 class IssuedCursor(models.Model):
     """A feed position behind a plain number, for clients whose cursor must be a number
     (WatermelonDB's ``lastPulledAt``)."""

@@ -20,7 +20,7 @@ from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Membership, Role, User
 from apps.sync import sealing
-from apps.sync.models import ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
+from apps.sync.models import Audience, ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
 
 
 class InvalidCursor(ValueError):
@@ -144,7 +144,31 @@ def _after(position: FeedPosition) -> Q:
     )
 
 
-def _reading_position(scopes: list[str], user_id: UUID | None) -> tuple[int, int, list[str], list[str]]:
+@dataclass(frozen=True)
+class _Reading:
+    """What a reader reads of the feed, fixed in one snapshot (see ``_reading_position``)."""
+
+    # The oldest running transaction: entries below it are all committed.
+    horizon: int
+    next_transaction_id: int
+    scopes: list[str]
+    # Audiences read whole, and those read only between two places (exclusive; None: no bound).
+    audiences: list[str]
+    windows: list[tuple[list[str], int | None, int | None]]
+
+    def readable(self) -> Q:
+        readable = Q(scope__in=self.audiences)
+        for audiences, after, before in self.windows:
+            window = Q(scope__in=audiences)
+            if after is not None:
+                window &= Q(transaction_id__gt=after)
+            if before is not None:
+                window &= Q(transaction_id__lt=before)
+            readable |= window
+        return readable
+
+
+def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPosition) -> _Reading:
     """The oldest running transaction, the next transaction id to be assigned, the scopes
     read and the audiences a reader of them reads, in one snapshot.
 
@@ -158,7 +182,8 @@ def _reading_position(scopes: list[str], user_id: UUID | None) -> tuple[int, int
     a move to another unit (a socket whose message was lost) reads as the move left things,
     with its catch-up entries (which wait for older writers of the units: see
     ``services._wait_for_older_writers``). ``scopes`` stand in for a user whose scopes were
-    never stored.
+    never stored. So are the changes of their scopes after the position (``ScopeChange``):
+    a scope gained or lost since is read only while the user held it.
     """
     with connection.cursor() as cursor:
         cursor.execute(
@@ -167,11 +192,46 @@ def _reading_position(scopes: list[str], user_id: UUID | None) -> tuple[int, int
             " SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
             " pg_snapshot_xmax(pg_current_snapshot())::text::bigint, reader.scopes,"
             " ARRAY(SELECT unnest(reader.scopes) UNION ALL SELECT key FROM sync_audience"
-            " WHERE sync_audience.scopes && reader.scopes) FROM reader",
-            [user_id, scopes],
+            " WHERE sync_audience.scopes && reader.scopes),"
+            " (SELECT json_agg(json_build_array(scope, gained, transaction_id) ORDER BY transaction_id, id)"
+            " FROM sync_scopechange WHERE user_id = %s AND transaction_id > %s)"
+            " FROM reader",
+            [user_id, scopes, user_id, position.transaction_id],
         )
-        horizon, next_transaction_id, read_scopes, audiences = cursor.fetchone()
-    return int(horizon), int(next_transaction_id), sorted(read_scopes), list(audiences)
+        horizon, next_transaction_id, read_scopes, audiences, changes = cursor.fetchone()
+    reading = _Reading(int(horizon), int(next_transaction_id), sorted(read_scopes), list(audiences), [])
+    return _with_windows(reading, changes) if changes else reading
+
+
+def _with_windows(reading: _Reading, changes: list[list[Any]]) -> _Reading:
+    """The reading of a user whose scopes changed after the position: each changed scope
+    read between its changes, every other scope whole."""
+    steps: dict[str, list[tuple[bool, int]]] = {}
+    for scope, gained, transaction_id in changes:
+        steps.setdefault(scope, []).append((gained, transaction_id))
+    spans: list[tuple[str, int | None, int | None]] = []
+    for scope, changes_of_scope in steps.items():
+        # Held at the position if its first change since is a loss.
+        held, since = not changes_of_scope[0][0], None
+        for gained, transaction_id in changes_of_scope:
+            if gained:
+                held, since = True, transaction_id
+            elif held:
+                spans.append((scope, since, transaction_id))
+                held = False
+        if held:
+            spans.append((scope, since, None))
+    whole = set(reading.scopes) - set(steps)
+    # Read after the snapshot: they include every audience it held, and later ones are not
+    # served (their entries are beyond the horizon).
+    registered = list(Audience.objects.filter(scopes__overlap=[*whole, *steps]).values_list("key", "scopes"))
+    audiences = sorted(whole) + [key for key, scopes in registered if not whole.isdisjoint(scopes)]
+    read_whole = set(audiences)
+    windows = [
+        ([scope, *(key for key, scopes in registered if scope in scopes and key not in read_whole)], after, before)
+        for scope, after, before in spans
+    ]
+    return _Reading(reading.horizon, reading.next_transaction_id, reading.scopes, audiences, windows)
 
 
 def feed_page(
@@ -190,23 +250,24 @@ def feed_page(
     """
     position = FeedPosition.decode(cursor, reader_device_id=reader_device_id)
     _check_retention(position)
-    horizon, next_transaction_id, read_for, audiences = _reading_position(scopes, user_id)
-    if position.transaction_id >= next_transaction_id:
+    reading = _reading_position(scopes, user_id, position)
+    if position.transaction_id >= reading.next_transaction_id:
         # Every position served is below the oldest running transaction, so below this (read
         # on the primary, as the horizon is: a lagging replica would refuse a served cursor).
         raise CursorAhead(
             "This cursor is ahead of the feed (the server's database was restored or replaced); "
             "bootstrap again from the snapshot (keep the outbox: push it after the snapshot)."
         )
-    servable = ChangeEntry.objects.filter(scope__in=audiences, transaction_id__lt=horizon)
+    readable = ChangeEntry.objects.filter(reading.readable())
+    servable = readable.filter(transaction_id__lt=reading.horizon)
     rows = list(servable.filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
     if rows:
         position = FeedPosition.of(rows[-1])
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
-    held_back = not has_more and ChangeEntry.objects.filter(scope__in=audiences, transaction_id__gte=horizon).exists()
-    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back, scopes=read_for)
+    held_back = not has_more and readable.filter(transaction_id__gte=reading.horizon).exists()
+    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back, scopes=reading.scopes)
 
 
 def _check_retention(position: FeedPosition) -> None:

@@ -34,6 +34,7 @@ from apps.sync.models import (
     ConflictKind,
     FeedRetention,
     RemoveReason,
+    ScopeChange,
     SyncedRecord,
     UserScopeState,
 )
@@ -461,24 +462,37 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         _wait_for_older_writers()
         if lost:
             # Records no scope the user keeps sees (each audience is all or nothing), and those
-            # a younger writer has moved out of a lost scope already: its removal is addressed
-            # to that scope, which this user no longer reads once this commits. One the user
-            # still sees comes back after this removal with that writer's own upsert.
+            # a younger writer (or this transaction) has moved out of a lost scope already: its
+            # removal is addressed to that scope, which this user reads only up to this change.
+            # One the user still sees comes back after this removal with that writer's upsert.
             moved_out = ChangeEntry.objects.filter(
                 scope__in=audiences_of(including_any_of=lost),
                 operation=ChangeOperation.REMOVE,
-                transaction_id__gt=RawSQL("pg_current_xact_id()::text::bigint", []),
+                transaction_id__gte=RawSQL("pg_current_xact_id()::text::bigint", []),
             ).values("record_id")
             lost_records = SyncedRecord.objects.filter(
                 Q(audience__in=audiences_of(including_any_of=lost, excluding_any_of=current))
                 | Q(record_id__in=moved_out)
             ).order_by("record_id")
             _append_for_user(lost_records, target, ChangeOperation.REMOVE)
+            _append_feed_only_for_user(
+                audiences_of(including_any_of=lost, excluding_any_of=current),
+                target,
+                ChangeOperation.REMOVE,
+                unless_read_in=audiences_of(including_any_of=[scope for scope in current if scope != target]),
+            )
         if gained:
             gained_records = SyncedRecord.objects.filter(
                 audience__in=audiences_of(including_any_of=gained, excluding_any_of=kept), is_deleted=False
             ).order_by("record_id")
             _append_for_user(gained_records, target, ChangeOperation.UPSERT)
+            _append_feed_only_for_user(
+                audiences_of(including_any_of=gained, excluding_any_of=kept), target, ChangeOperation.UPSERT
+            )
+        ScopeChange.objects.bulk_create(
+            [ScopeChange(user=user, scope=scope, gained=False) for scope in lost]
+            + [ScopeChange(user=user, scope=scope, gained=True) for scope in gained]
+        )
         state.scopes = current
         state.save(update_fields=["scopes", "updated_at"])
         transaction.on_commit(lambda: nudge_scopes([target]))
@@ -572,6 +586,45 @@ def _append_for_user(records: Any, scope: str, operation: ChangeOperation) -> No
         ChangeEntry.objects.bulk_create(batch)
 
 
+def _append_feed_only_for_user(
+    audiences: RawSQL, scope: str, operation: ChangeOperation, *, unless_read_in: RawSQL | None = None
+) -> None:
+    """``_append_for_user`` for the records only the feed holds (dispatch's calls and
+    assignments, which have no head): each whose latest entry in these audiences is an
+    upsert, its data copied as stored. With ``unless_read_in``, not those the user still
+    reads there (a dispatcher who leaves a crew still sees its assignments)."""
+    still_read, still_read_params = "", []
+    if unless_read_in is not None:
+        still_read = (
+            " AND NOT EXISTS (SELECT 1 FROM sync_changeentry AS other WHERE other.record_id = e.record_id"  # noqa: S608 — the audiences' SQL is a constant
+            f" AND other.scope IN ({unless_read_in.sql}))"
+        )
+        still_read_params = list(unless_read_in.params)
+    reason = RemoveReason.OUT_OF_SCOPE.value if operation == ChangeOperation.REMOVE else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO sync_changeentry"  # noqa: S608 — the audiences' SQL is a constant
+            " (program_id, scope, record_type, record_id, operation, data, version, reason, created_at)"
+            " SELECT latest.program_id, %s, latest.record_type, latest.record_id, %s,"
+            " CASE WHEN %s THEN latest.data ELSE '{}'::jsonb END, latest.version, %s, now()"
+            " FROM (SELECT DISTINCT ON (e.record_id) e.program_id, e.record_type, e.record_id, e.operation,"
+            " e.data, e.version FROM sync_changeentry AS e"
+            f" WHERE e.scope IN ({audiences.sql})"
+            " AND NOT EXISTS (SELECT 1 FROM sync_syncedrecord AS head WHERE head.record_id = e.record_id)"
+            f"{still_read} ORDER BY e.record_id, e.transaction_id DESC, e.id DESC) AS latest"
+            " WHERE latest.operation = %s ORDER BY latest.record_id",
+            [
+                scope,
+                operation.value,
+                operation == ChangeOperation.UPSERT,
+                reason,
+                *audiences.params,
+                *still_read_params,
+                ChangeOperation.UPSERT.value,
+            ],
+        )
+
+
 # Retention.
 
 
@@ -590,6 +643,8 @@ def feed_prune(*, older_than: timedelta, batch_size: int = 10_000) -> int:
         retention.pruned_below_transaction_id = max(retention.pruned_below_transaction_id, last_transaction + 1)
         retention.pruned_at = timezone.now()
         retention.save()
+        # A cursor that could still need them reads only changes after its position.
+        ScopeChange.objects.filter(transaction_id__lte=last_transaction).delete()
     deleted = 0
     while True:
         ids = list(

@@ -223,6 +223,70 @@ def test_leaving_a_unit_removes_its_records_and_joining_one_brings_them(
     assert Mutation.objects.filter(status=MutationStatus.QUARANTINED, user=crew_member.user).count() == 1
 
 
+def test_a_record_moved_out_of_a_unit_before_its_member_left_is_removed_from_their_device(
+    program: Program, crew_member: CrewMember
+) -> None:
+    moved = encounter(make_crew_member(program, unit=crew_member.unit))
+    device = SimDevice(crew_member)
+    first, cursor = device.pull()
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+
+    # While the tablet is offline: the encounter goes to another crew, then its member leaves.
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=moved), unit=UnitFactory.create(program=program), actor=supervisor.user
+    )
+    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    assert [e["id"] for e in first] == [str(moved)]
+    assert [(e["id"], e["op"]) for e in later] == [(str(moved), "remove")]
+
+
+def test_joining_a_unit_serves_nothing_of_what_left_it_before_the_join(
+    program: Program, crew_member: CrewMember
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    joined, elsewhere = UnitFactory.create(program=program), UnitFactory.create(program=program)
+    member_there = make_crew_member(program, unit=joined)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    stays = encounter(member_there, assessment="the crew's to see")
+    gone = encounter(member_there, assessment="never the new member's to see")
+    encounter_reassign(encounter=Encounter.objects.get(pk=gone), unit=elsewhere, actor=supervisor.user)
+
+    teams_services.unit_member_add(unit=joined, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    assert [(e["id"], e["op"], e["data"].get("assessment")) for e in later] == [
+        (str(stays), "upsert", "the crew's to see")
+    ]
+
+
+def test_a_member_who_left_and_rejoined_a_unit_reads_it_only_while_a_member(
+    program: Program, crew_member: CrewMember
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    colleague = make_crew_member(program, unit=crew_member.unit)
+    before = encounter(colleague)
+    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    while_away = encounter(colleague, assessment="written while the member was away")
+    teams_services.unit_member_add(unit=crew_member.unit, user=crew_member.user)
+    after = encounter(colleague)
+
+    later, _ = device.pull(cursor)
+    on_device: dict[str, dict[str, Any]] = {}
+    for entry in later:
+        if entry["op"] == "upsert":
+            on_device[entry["id"]] = entry
+        else:
+            on_device.pop(entry["id"], None)
+
+    # Each is served once: the first while a member, the others by the return's catch-up and after.
+    assert sorted(on_device) == sorted(str(record) for record in (before, while_away, after))
+    assert [e["id"] for e in later if e["op"] == "upsert"].count(str(while_away)) == 1
+
+
 def test_a_change_seen_through_three_scopes_is_one_feed_entry_each_reader_gets(
     program: Program, crew_member: CrewMember
 ) -> None:

@@ -1,0 +1,77 @@
+"""Dispatch's records in the feed when a user's access changes (P5): they have no head, so
+the change's catch-up reads them from the feed itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.accounts.models import Membership, Program, Role
+from apps.teams import services as teams_services
+from tests.conftest import CrewMember, make_crew_member
+from tests.dispatch.factories import make_incident, make_staff
+from tests.dispatch.test_assignments import offer, post
+from tests.sync.helpers import SimDevice
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_leaving_a_crew_removes_its_assignment_from_the_device(
+    program: Program, crew_member: CrewMember, dispatcher: CrewMember
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    assignment = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+    served, cursor = device.pull(cursor)
+
+    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    assert [(e["id"], e["op"]) for e in served] == [(assignment["id"], "upsert")]
+    assert [(e["id"], e["op"], e["reason"]) for e in later] == [(assignment["id"], "remove", "out_of_scope")]
+
+
+def test_joining_a_crew_brings_its_open_assignment_not_its_ended_ones(
+    program: Program, crew_member: CrewMember, dispatcher: CrewMember
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    crew = make_crew_member(program)
+    declined = offer(dispatcher, make_incident(program, dispatcher), crew.unit)
+    assert post(crew, declined["id"], "decline", {"reason": "already on a call"}).status_code == 200
+    open_one = offer(dispatcher, make_incident(program, dispatcher), crew.unit)
+
+    teams_services.unit_member_add(unit=crew.unit, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    # The declined call may be offered to the joiner's own crew next: a new assignment.
+    of_the_crew = [e for e in later if e["id"] in (declined["id"], open_one["id"])]
+    assert [(e["id"], e["op"], e["data"]["status"]) for e in of_the_crew] == [
+        (open_one["id"], "upsert", open_one["status"])
+    ]
+
+
+def test_a_dispatcher_who_loses_the_role_has_the_calls_removed(program: Program, dispatcher: CrewMember) -> None:
+    device = SimDevice(dispatcher)
+    incident = make_incident(program, make_staff(program, Role.DISPATCHER))
+    served, cursor = device.pull()
+
+    Membership.objects.filter(user=dispatcher.user, program=program).update(role=Role.CLINICIAN)
+    later, _ = device.pull(cursor)
+
+    assert (str(incident.pk), "upsert") in [(e["id"], e["op"]) for e in served]
+    assert (str(incident.pk), "remove") in [(e["id"], e["op"]) for e in later]
+
+
+def test_a_dispatcher_who_leaves_a_crew_keeps_its_assignments(program: Program, dispatcher: CrewMember) -> None:
+    crew = make_crew_member(program)
+    teams_services.unit_member_add(unit=crew.unit, user=dispatcher.user)
+    device = SimDevice(dispatcher)
+    _, cursor = device.pull()
+    colleague = make_staff(program, Role.DISPATCHER)
+    assignment = offer(colleague, make_incident(program, colleague), crew.unit)
+
+    teams_services.unit_member_remove(unit=crew.unit, user=dispatcher.user)
+    later, _ = device.pull(cursor)
+
+    # An entry for the crew and one for the dispatchers; no removal.
+    assert {e["op"] for e in later if e["id"] == assignment["id"]} == {"upsert"}
