@@ -254,7 +254,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                     # or lost: the page was read for the scopes they have now.
                     joined = await self.follow_scopes(page.scopes)
                 cursor = page.position.encode(self.token.device_id)
-                if page.entries or cursor != self.feed_cursor or always_answer:
+                # Not for a cursor that only moved up with the feed: every socket would get a
+                # message whenever any crew's change committed. It goes with the next one.
+                if page.passed_entries or always_answer:
                     always_answer = False
                     await self.send_json(
                         {
@@ -280,7 +282,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.sleep(delay)
             assert self.token is not None
             page = await _read_feed(self.scopes, self.feed_cursor, self.token)
-            if page.entries or page.position.encode(self.token.device_id) != self.feed_cursor or page.has_more:
+            if page.passed_entries:
                 await self.send_feed()
             if not page.held_back:
                 return

@@ -110,6 +110,8 @@ def is_counter_text(text: str) -> bool:
 class FeedPage:
     entries: list[ChangeEntry]
     position: FeedPosition
+    # Whether the page moved past entries: some may be the reader's own, not given.
+    passed_entries: bool
     has_more: bool
     # Changes already committed but not yet servable, because an older transaction is still
     # running: pull again shortly.
@@ -265,9 +267,21 @@ def feed_page(
     rows = rows[:limit]
     if rows:
         position = FeedPosition.of(rows[-1])
+    if not has_more and position.transaction_id < reading.horizon - 1:
+        # Every transaction below the horizon has ended and this page holds all their entries
+        # for this reader: the cursor moves up to it, so the cursor of a device whose scopes
+        # are quiet stays within the retention however old their last change.
+        position = FeedPosition(reading.horizon - 1, _FEED_END)
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
     held_back = not has_more and readable.filter(transaction_id__gte=reading.horizon).exists()
-    return FeedPage(entries=entries, position=position, has_more=has_more, held_back=held_back, scopes=reading.scopes)
+    return FeedPage(
+        entries=entries,
+        position=position,
+        passed_entries=bool(rows),
+        has_more=has_more,
+        held_back=held_back,
+        scopes=reading.scopes,
+    )
 
 
 def _check_retention(position: FeedPosition) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from apps.accounts.models import Program, Role
 from apps.care.models import Encounter
@@ -155,6 +156,27 @@ def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(cr
     assert expired.status_code == 410 and expired.json()["code"] == "cursor_expired"
     assert str(record_id) in [record["id"] for record in pages[0]]
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
+
+
+def test_a_cursor_of_a_device_whose_scopes_are_quiet_outlives_the_pruning_of_others_entries(
+    program: Program, crew_member: CrewMember
+) -> None:
+    ours = encounter(make_crew_member(program, unit=crew_member.unit))
+    busy_crew = make_crew_member(program)
+    theirs = encounter(busy_crew)
+    encounter(busy_crew)
+    # Our unit's last change was 40 days ago; the other crew's first 31 days ago.
+    ChangeEntry.objects.filter(record_id=ours).update(created_at=timezone.now() - timedelta(days=40))
+    ChangeEntry.objects.filter(record_id=theirs).update(created_at=timezone.now() - timedelta(days=31))
+    first = sync_client(crew_member).get("/api/v1/sync/feed/").json()
+    again = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": first["cursor"]}).json()
+
+    services.feed_prune(older_than=timedelta(days=30))
+    tomorrow = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": again["cursor"]})
+
+    assert [e["id"] for e in first["entries"]] == [str(ours)] and again["entries"] == []
+    assert tomorrow.status_code == 200, tomorrow.json()
+    assert tomorrow.json()["entries"] == []
 
 
 def test_a_cursor_from_a_database_since_restored_gets_410_not_an_empty_feed(crew_member: CrewMember) -> None:
