@@ -286,7 +286,8 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     if change.operation != "create":
         raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")
     values = dict(change.values)
-    referral = context.parent(Referral, values.pop("referral_id"), "referral_id")
+    # The outcome sets the referral's status: read it as it stands under its lock.
+    referral = context.locked_parent(Referral, values.pop("referral_id"), "referral_id")
     if referral.task_status == ReferralTaskStatus.CANCELLED:
         raise Refused("referral_cancelled", "The referral was cancelled; it takes no outcome.", field="referral_id")
     event = ReferralOutcomeEvent(
@@ -304,7 +305,10 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
 
 
 def _refresh_referral_status(referral: Referral, *, context: WriteContext | None) -> None:
-    """The referral's status is its latest outcome's (by when it happened, then when recorded)."""
+    """The referral's status is its latest outcome's (by when it happened, then when recorded).
+
+    ``referral`` is read under its lock (``WriteContext.locked_parent``): it is published whole.
+    """
     latest = referral.outcomes.order_by("-observed_at", "-created_at", "-id").values_list("outcome", flat=True).first()
     status = latest or ReferralStatus.OPEN
     if referral.status == status:
@@ -323,9 +327,8 @@ def _publish_into(publisher: Publisher, record: CareRecord, context: WriteContex
 
     synced_type = registry.get("care.referral")
     assert synced_type is not None
-    if record.pk not in publisher.heads:
-        lock_records([record.pk])
-        publisher.read_heads([record.pk])
+    # Its lock is held since it was read (locked_parent): the head is read under it.
+    publisher.read_heads([record.pk])
     publisher.publish(
         synced_type,
         record,

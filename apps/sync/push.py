@@ -905,6 +905,10 @@ def _apply_rows(
         if sealed_id is not None:
             publisher.sealed.setdefault(sealed_id, {}).update(memo)
     context = registry.WriteContext(user=user, device=device, publisher=publisher)
+    # Read under their locks: a change that looks one up (as a parent, or to write it too)
+    # gets the instance the batch's own changes of it edit and publish.
+    for record in records.values():
+        context.remember(record)
     state = _BatchState(
         context=context,
         publisher=publisher,

@@ -64,6 +64,9 @@ class WriteContext:
     pending_inserts: list[models.Model] = field(default_factory=list)
     # Changed rows handed to update_later: the record, and the fields to write.
     pending_updates: dict[tuple[type[models.Model], Any], tuple[models.Model, set[str]]] = field(default_factory=dict)
+    # The cache's records the writer read under their locks, or wrote (under them, as every
+    # write is): what it holds of these is current, and the instance the writer changes.
+    current: set[tuple[type[models.Model], Any]] = field(default_factory=set)
 
     def program_roles(self) -> list[tuple[UUID, str]]:
         """The writer's (program id, role) pairs, read once per batch: the sync mechanism
@@ -108,8 +111,11 @@ class WriteContext:
             self.cache[(model, record_id)] = found.get(record_id)
 
     def remember(self, record: models.Model) -> None:
-        """Keep the cache in step with a record the batch has just written."""
-        self.cache[(type(record), record.pk)] = record
+        """Keep the cache in step with a record the batch has just written, or has read under
+        its lock: later lookups get this instance."""
+        key = (type(record), record.pk)
+        self.cache[key] = record
+        self.current.add(key)
 
     def parent(self, model: type[models.Model], record_id: UUID, field: str) -> Any:
         """The live record a change refers to, or a refusal naming the field."""
@@ -117,6 +123,21 @@ class WriteContext:
         if parent is None or getattr(parent, "is_deleted", False):
             raise Refused("parent_not_found", f"No such {model._meta.verbose_name} {record_id}.", field=field)
         return parent
+
+    def locked_parent(self, model: type[models.Model], record_id: UUID, field: str) -> Any:
+        """``parent``, for a change that also writes it (an outcome sets its referral's status):
+        the record as it stands under its lock, taken here unless the writer holds it. A copy
+        read before (a batch reads its parents at once) may miss a colleague's committed edit,
+        which publishing it would undo. Later lookups get this instance, so a later change of
+        the record in the batch keeps what this one wrote."""
+        key = (model, record_id)
+        if key not in self.current:
+            from apps.sync.services import lock_records  # it imports this module
+
+            lock_records([record_id])
+            self.cache.pop(key, None)
+            self.current.add(key)
+        return self.parent(model, record_id, field)
 
     def insert_later(self, record: models.Model) -> None:
         """Insert a new record with the batch's bulk writes (at once outside a push).

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 
 from apps.care.models import ClinicalNote, Referral, ReferralOutcomeEvent
 from apps.care.services import referral_outcome_record
-from apps.sync.models import Mutation
+from apps.sync.models import Mutation, SyncedRecord
+from apps.sync.services import lock_records, publish_record
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice
@@ -100,6 +103,101 @@ def test_referral_status_is_derived_from_append_only_outcome_events(crew_member:
     assert ReferralOutcomeEvent.objects.filter(referral_id=referral_id).count() == 2
     referral_updates = [e for e in entries if e["type"] == "care.referral"]
     assert referral_updates[-1]["data"]["status"] == "connected"
+
+
+def referral(member: CrewMember) -> uuid.UUID:
+    referral_id = uuid.uuid4()
+    fields = {"encounter_id": str(encounter(member)), "service_type": "housing", "reason": "Unhoused."}
+    assert pushed(member, "care.referral", fields, record_id=referral_id)["status"] == "applied"
+    return referral_id
+
+
+def test_a_referral_edited_after_its_outcome_in_one_batch_keeps_the_outcomes_status_in_its_synced_copy(
+    crew_member: CrewMember,
+) -> None:
+    referral_id = referral(crew_member)
+    device = SimDevice(crew_member)
+    teammate = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    _, cursor = teammate.pull()
+    outcome = {"referral_id": str(referral_id), "outcome": "connected", "observed_at": "2026-11-21T10:00:00+00:00"}
+
+    results = device.push(
+        device.mutation("create", "care.referral_outcome", uuid.uuid4(), outcome),
+        device.mutation("update", "care.referral", referral_id, {"reason": "Unhoused; a bed tonight."}, 1),
+    )
+    entries, _ = teammate.pull(cursor)
+
+    assert [result["status"] for result in results] == ["applied", "applied"]
+    assert (results[1]["version"], results[1]["data"]["status"]) == (3, "connected")
+    assert Referral.objects.get(pk=referral_id).status == "connected"
+    head = SyncedRecord.objects.get(record_id=referral_id)
+    assert (head.version, head.data["status"]) == (3, "connected")
+    last = [entry for entry in entries if entry["id"] == str(referral_id)][-1]
+    assert (last["version"], last["data"]["status"], last["data"]["reason"]) == (
+        3,
+        "connected",
+        "Unhoused; a bed tonight.",
+    )
+
+
+def test_an_outcome_pushed_while_a_colleague_edits_its_referral_keeps_the_colleagues_edit_in_its_synced_copy(
+    crew_member: CrewMember,
+) -> None:
+    """The outcome sets its referral's status on the referral as it stands under its lock:
+    a copy read before the colleague's edit committed would publish their edit undone."""
+    referral_id = referral(crew_member)
+    device = SimDevice(crew_member)
+    edited, release = threading.Event(), threading.Event()
+
+    def case_managers_edit() -> None:
+        try:
+            with transaction.atomic():
+                lock_records([referral_id])
+                referral = Referral.objects.get(pk=referral_id)
+                referral.priority = "urgent"
+                referral.save()
+                publish_record(type_name="care.referral", record=referral, user=None)
+                edited.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    results: list[dict[str, Any]] = []
+    faults: list[BaseException] = []
+
+    def outcome_push() -> None:
+        try:
+            outcome = {
+                "referral_id": str(referral_id),
+                "outcome": "scheduled",
+                "observed_at": "2026-11-21T10:00:00+00:00",
+            }
+            results.extend(device.push(device.mutation("create", "care.referral_outcome", uuid.uuid4(), outcome)))
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=case_managers_edit)
+    editor.start()
+    assert edited.wait(10)
+    pusher = threading.Thread(target=outcome_push)
+    pusher.start()
+    pusher.join(1)
+    waited_for_the_edit = pusher.is_alive()
+    release.set()
+    editor.join(30)
+    pusher.join(30)
+
+    assert not editor.is_alive() and not pusher.is_alive(), "the push and the edit deadlocked"
+    if faults:
+        raise faults[0]
+    assert [result["status"] for result in results] == ["applied"]
+    assert waited_for_the_edit
+    stored = Referral.objects.get(pk=referral_id)
+    assert (stored.priority, stored.status) == ("urgent", "scheduled")
+    head = SyncedRecord.objects.get(record_id=referral_id)
+    assert (head.version, head.data["priority"], head.data["status"]) == (3, "urgent", "scheduled")
 
 
 def test_a_note_for_an_encounter_of_another_unit_is_not_permitted(
