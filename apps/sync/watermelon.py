@@ -203,12 +203,21 @@ def push_changes(
     change_count(changes)  # its shape
     mutations: list[dict[str, Any]] = []
     places: list[tuple[str, str]] = []  # (table, where the record is in the body)
+    deleted_after_creation: list[tuple[str, str, dict[str, Any]]] = []
     for table in _parents_first(changes):
         synced_type = registry.by_watermelon_table(table)
         type_name = synced_type.name if synced_type else f"watermelon.{table}"
         for place, mutation in _mutations_of(type_name, table, changes[table]):
             mutations.append(mutation)
             places.append((table, place))
+        deleted_after_creation += [
+            (table, place, mutation) for place, mutation in _deletes_of_created(type_name, table, changes[table])
+        ]
+    # After every create of the push: a record made under one the app deleted (a note of a
+    # deleted encounter) is created while its parent is still live.
+    for table, place, mutation in deleted_after_creation:
+        mutations.append(mutation)
+        places.append((table, place))
     results = push.push_mutations(
         device=device,
         user=user,
@@ -226,7 +235,8 @@ def push_changes(
             and result.get("original_status") in (push.PushStatus.QUARANTINED, push.PushStatus.REJECTED)
         )
         # Only a string can be the id of a local record (one of another kind names nothing).
-        if refused and isinstance(mutation.get("id"), str):
+        # Named once, though a record made and deleted offline is two mutations.
+        if refused and isinstance(mutation.get("id"), str) and mutation["id"] not in rejected.get(table, ()):
             rejected.setdefault(table, []).append(mutation["id"])
     return {"experimentalRejectedIds": rejected, "results": results}
 
@@ -299,6 +309,21 @@ def _mutations_of(type_name: str, table: str, table_changes: dict[str, Any]) -> 
             f"changes.{table}.deleted.{index}",
             {"type": type_name, "id": record_id, "op": "delete", "content": record_id},
         )
+
+
+def _deletes_of_created(
+    type_name: str, table: str, table_changes: dict[str, Any]
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """The delete of each record the app made and deleted before it was pushed: it comes under
+    ``created`` with ``deleted: true``, and is created (its create keeps the flag among its
+    fields, where it is ignored, so its content is what every release sent) and then deleted,
+    so the server keeps it, soft-deleted, with all the app wrote of it."""
+    for index, raw in enumerate(_list(table_changes.get("created"))):
+        if isinstance(raw, dict) and raw.get("deleted") is True:
+            yield (
+                f"changes.{table}.created.{index}",
+                {"type": type_name, "id": raw.get("id"), "op": "delete", "content": raw},
+            )
 
 
 def _list(value: Any) -> list[Any]:

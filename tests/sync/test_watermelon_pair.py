@@ -12,6 +12,7 @@ from django.db import models
 
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
 from apps.sync import registry, watermelon
+from apps.sync.models import SyncedRecord
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import now_iso, sync_client
@@ -113,3 +114,60 @@ def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(cre
     # Only strings can be local ids: the number 5 is not reported as the id "5".
     assert body["experimentalRejectedIds"] == {"encounters": [naive_visit, "not-a-uuid"], "gizmos": [ANY]}
     assert Encounter.objects.filter(pk=good_visit).exists()
+
+
+def test_a_record_created_and_deleted_in_the_app_before_it_was_pushed_is_kept_deleted(crew_member: CrewMember) -> None:
+    """Pushed under ``created`` with the app's delete flag set: created, then deleted, so the
+    server keeps it soft-deleted with all the app wrote of it (and the note under the deleted
+    encounter is created before the encounter is deleted)."""
+    unit_id = str(crew_member.unit.pk)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+    changes = {
+        "encounters": _created(
+            {"id": visit, "unit_id": unit_id, "started_at": now_iso(), "location": "Wrong call", "deleted": True}
+        ),
+        "notes": _created({"id": note, "encounter_id": visit, "body": "Written in error.", "deleted": True}),
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["experimentalRejectedIds"] == {}
+    assert [(result["id"], result["status"], result["version"]) for result in body["results"]] == [
+        (visit, "applied", 1),
+        (note, "applied", 1),
+        (visit, "applied", 2),
+        (note, "applied", 2),
+    ]
+    stored_visit, stored_note = Encounter.objects.get(pk=visit), ClinicalNote.objects.get(pk=note)
+    assert (stored_visit.is_deleted, stored_visit.location) == (True, "Wrong call")
+    assert (stored_note.is_deleted, stored_note.body) == (True, "Written in error.")
+    heads = SyncedRecord.objects.filter(record_id__in=[visit, note])
+    assert sorted((str(head.record_id), head.version, head.is_deleted) for head in heads) == sorted(
+        [(visit, 2, True), (note, 2, True)]
+    )
+
+
+def test_a_record_made_and_deleted_offline_whose_create_is_refused_is_kept_whole_and_named_once(
+    crew_member: CrewMember,
+) -> None:
+    visit = str(uuid.uuid4())
+    naive = {"id": visit, "unit_id": str(crew_member.unit.pk), "started_at": "2026-11-20T14:05:00", "deleted": True}
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/",
+        {"changes": {"encounters": _created(naive)}, "lastPulledAt": None},
+        format="json",
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [(result["status"], result["error"]["code"]) for result in body["results"]] == [
+        ("quarantined", "invalid_fields"),
+        ("quarantined", "record_quarantined"),  # the delete waits with its create, for review
+    ]
+    assert body["experimentalRejectedIds"] == {"encounters": [visit]}
+    assert not Encounter.objects.filter(pk=visit).exists()
