@@ -330,6 +330,7 @@ def push_mutations(
     client_version: str = "",
     keyed_by_content: bool = False,
     lockout: TokenProblem | None = None,
+    problems: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Store, apply and answer a batch of one device's mutations (see the module docstring).
 
@@ -337,13 +338,20 @@ def push_mutations(
     identified by its content instead of a mutation id: sending the same change twice is
     a replay. A device under ``lockout`` (revoked, or its user deactivated) is handing over
     what it holds before it purges: each new mutation is stored and quarantined, never
-    applied.
+    applied. ``problems`` are what a caller that made the mutations from a client's own form
+    found wrong in them (a WatermelonDB delete flag that is not a boolean), by index, each
+    an error naming its place in the mutation (``fields.deleted``): such a mutation is stored
+    and quarantined, as one the server cannot read as it was sent.
     """
     plausible = plausible_times(timezone.now())
     envelopes = [
         parse_envelope(raw, index, keyed_by_content=keyed_by_content, plausible=plausible)
         for index, raw in enumerate(mutations)
     ]
+    for index, problem in (problems or {}).items():
+        envelope = envelopes[index]
+        if envelope.rejection is None and envelope.problem is None:
+            envelope.problem = {**problem, "field": f"mutations.{index}.{problem['field']}"}
     results: dict[int, dict[str, Any]] = {}
     for envelope in envelopes:
         if envelope.rejection is not None:

@@ -203,11 +203,14 @@ def push_changes(
     change_count(changes)  # its shape
     mutations: list[dict[str, Any]] = []
     places: list[tuple[str, str]] = []  # (table, where the record is in the body)
+    problems: dict[int, dict[str, Any]] = {}  # by mutation
     deleted_after_creation: list[tuple[str, str, dict[str, Any]]] = []
     for table in _parents_first(changes):
         synced_type = registry.by_watermelon_table(table)
         type_name = synced_type.name if synced_type else f"watermelon.{table}"
-        for place, mutation in _mutations_of(type_name, table, changes[table]):
+        for place, mutation, problem in _mutations_of(type_name, table, changes[table]):
+            if problem is not None:
+                problems[len(mutations)] = problem
             mutations.append(mutation)
             places.append((table, place))
         deleted_after_creation += [
@@ -225,6 +228,7 @@ def push_changes(
         client_version=client_version,
         keyed_by_content=True,
         lockout=lockout,
+        problems=problems,
     )
     rejected: dict[str, list[str]] = {}
     for (table, place), mutation, result in zip(places, mutations, results, strict=True):
@@ -273,24 +277,36 @@ def _parents_first(changes: dict[str, Any]) -> list[str]:
     return known + sorted(changes.keys() - set(known))
 
 
-def _mutations_of(type_name: str, table: str, table_changes: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
-    """Each record of a table as a mutation, with where it is in the pushed body."""
+# A delete flag that is not a boolean (text, a number, null) refuses its record whole, as a
+# value of the wrong type does: read as false, the rest of a record the app may have meant
+# to delete would apply.
+_FLAG_NOT_BOOLEAN = {"code": "invalid_fields", "detail": "Send true or false.", "field": "fields.deleted"}
+
+
+def _mutations_of(
+    type_name: str, table: str, table_changes: dict[str, Any]
+) -> Iterable[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """Each record of a table as a mutation, with where it is in the pushed body and what is
+    wrong with it that the push cannot see (None: nothing)."""
     for index, raw in enumerate(_list(table_changes.get("created"))):
+        fields = _fields(raw, None)
         yield (
             f"changes.{table}.created.{index}",
             {
                 "type": type_name,
                 "id": raw.get("id") if isinstance(raw, dict) else None,
                 "op": "create",
-                "fields": _fields(raw, None),
+                "fields": fields,
                 "content": raw,
             },
+            None if type(fields.get("deleted", False)) is bool else _FLAG_NOT_BOOLEAN,
         )
     for index, raw in enumerate(_list(table_changes.get("updated"))):
         changed = _changed_columns(raw)
         fields = _fields(raw, changed)
+        deleted = fields.pop("deleted", False)
         op = "update"
-        if isinstance(raw, dict) and fields.pop("deleted", False) is True:
+        if deleted is True:
             op, fields = "delete", {}  # trap 1, push side: a clinical delete travels as a flag
         base = raw.get("server_version") if isinstance(raw, dict) else None
         yield (
@@ -303,11 +319,13 @@ def _mutations_of(type_name: str, table: str, table_changes: dict[str, Any]) -> 
                 "fields": fields,
                 "content": raw,
             },
+            None if type(deleted) is bool else _FLAG_NOT_BOOLEAN,
         )
     for index, record_id in enumerate(_list(table_changes.get("deleted"))):
         yield (
             f"changes.{table}.deleted.{index}",
             {"type": type_name, "id": record_id, "op": "delete", "content": record_id},
+            None,
         )
 
 

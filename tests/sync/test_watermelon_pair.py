@@ -11,8 +11,8 @@ import pytest
 from django.db import models
 
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
-from apps.sync import registry, watermelon
-from apps.sync.models import SyncedRecord
+from apps.sync import push, registry, watermelon
+from apps.sync.models import Mutation, MutationStatus, SyncedRecord
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import now_iso, sync_client
@@ -171,3 +171,42 @@ def test_a_record_made_and_deleted_offline_whose_create_is_refused_is_kept_whole
     ]
     assert body["experimentalRejectedIds"] == {"encounters": [visit]}
     assert not Encounter.objects.filter(pk=visit).exists()
+
+
+@pytest.mark.parametrize("flag", ["true", 1, None])
+def test_a_delete_flag_that_is_not_true_or_false_quarantines_its_record_naming_the_flag(
+    crew_member: CrewMember, flag: object
+) -> None:
+    """Read as false, it would apply the rest of a record the app meant to delete."""
+    edited, kept_live = encounter(crew_member, location="Lenox Ave"), encounter(crew_member, location="Lenox Ave")
+    made = str(uuid.uuid4())
+    edit = {"server_version": 1, "location": "Harlem Hospital", "_status": "updated", "_changed": "deleted,location"}
+    changes = {
+        "encounters": {
+            "created": [{"id": made, "unit_id": str(crew_member.unit.pk), "started_at": now_iso(), "deleted": flag}],
+            "updated": [{**edit, "id": str(edited), "deleted": flag}, {**edit, "id": str(kept_live), "deleted": False}],
+            "deleted": [],
+        }
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [(result["status"], result.get("error")) for result in body["results"]] == [
+        (
+            "quarantined",
+            {"code": "invalid_fields", "detail": "Send true or false.", "field": f"changes.encounters.{place}.deleted"},
+        )
+        for place in ("created.0", "updated.0")
+    ] + [("applied", None)]
+    assert body["experimentalRejectedIds"] == {"encounters": [made, str(edited)]}
+    assert not Encounter.objects.filter(pk=made).exists()
+    stored = Encounter.objects.in_bulk([edited, kept_live])
+    assert (stored[edited].location, stored[edited].is_deleted) == ("Lenox Ave", False)
+    assert (stored[kept_live].location, stored[kept_live].is_deleted) == ("Harlem Hospital", False)
+    # Kept as it was sent, and never applied by a review: no review makes the flag readable.
+    refused = Mutation.objects.filter(record_id__in=[made, edited], status=MutationStatus.QUARANTINED)
+    assert [push.unreadable_as_sent(mutation) for mutation in refused] == [True, True]
