@@ -368,17 +368,24 @@ class SnapshotPage:
     feed_cursor: str | None  # set on the last page: pull the feed from here
 
 
-def snapshot_start() -> FeedPosition:
-    """Where the feed must continue after a snapshot begun now.
+def snapshot_start(user_id: UUID | None = None) -> tuple[FeedPosition, list[str] | None]:
+    """Where the feed must continue after a snapshot begun now, and the user's scopes there.
 
     Taken before the first page is read: every transaction that has not committed yet has
     an id at or above the oldest running one, so its changes are in the feed after this
-    position; everything committed before is in the record heads the snapshot reads.
+    position; everything committed before is in the record heads the snapshot reads. The
+    scopes are read in the same database snapshot (None if never stored): a change of crew
+    that commits before the position has its catch-up before it too, so the first page must
+    be read for the scopes it left, not for those the request began with.
     """
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        (oldest_running,) = cursor.fetchone()
-    return FeedPosition(max(int(oldest_running) - 1, 0), _FEED_END)
+        cursor.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+            " (SELECT scopes FROM sync_userscopestate WHERE user_id = %s)",
+            [user_id],
+        )
+        oldest_running, scopes = cursor.fetchone()
+    return FeedPosition(max(int(oldest_running) - 1, 0), _FEED_END), scopes
 
 
 _SNAPSHOT_SQL = """
@@ -391,17 +398,24 @@ LIMIT %s
 _LOWEST_UUID = UUID(int=0)
 
 
-def snapshot_page(*, scopes: list[str], cursor: str | None, reader_device_id: UUID, limit: int = 1000) -> SnapshotPage:
+def snapshot_page(
+    *, scopes: list[str], cursor: str | None, reader_device_id: UUID, limit: int = 1000, user_id: UUID | None = None
+) -> SnapshotPage:
     """The next page of the snapshot of everything these scopes see, for this device.
 
     The reader's audiences are walked one at a time in key order, each record once (a
     record has one audience). Resumable: send the cursor back for the next page. An
     audience first used after the snapshot began holds only records changed since, which
-    the feed from ``feed_cursor`` brings.
+    the feed from ``feed_cursor`` brings. With ``user_id``, the first page is read for the
+    user's scopes as stored where the snapshot begins (``snapshot_start``); a later change
+    of them is the feed's to bring, as any change after the snapshot began.
     """
     tag = _device_tag(reader_device_id)
     if not cursor:
-        position = SnapshotPosition(snapshot_start(), "", None, tag)
+        start, stored_scopes = snapshot_start(user_id)
+        position = SnapshotPosition(start, "", None, tag)
+        if stored_scopes is not None:
+            scopes = stored_scopes
     else:
         position = SnapshotPosition.decode(cursor)
         if position.device_tag:

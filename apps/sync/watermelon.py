@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from uuid import UUID
 
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
@@ -125,7 +124,7 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
     changes = _empty_changes()
     has_more = False
     if not last_pulled_at:
-        position = _snapshot_into(changes, scopes, device.pk)
+        position = _snapshot_into(changes, scopes, device)
     else:
         issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
         if issued is None:
@@ -139,13 +138,13 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
     return {"changes": changes, "timestamp": timestamp, "has_more": has_more}
 
 
-def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], device_id: UUID) -> str:
+def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], device: Device) -> str:
     import json
 
     cursor: str | None = None
     while True:
         page = selectors.snapshot_page(
-            scopes=scopes, cursor=cursor, reader_device_id=device_id, limit=selectors_limit()
+            scopes=scopes, cursor=cursor, reader_device_id=device.pk, limit=selectors_limit(), user_id=device.user_id
         )
         for record_type, record_id, version, data in page.rows:
             synced_type = registry.get(record_type)

@@ -144,6 +144,46 @@ def test_what_changes_while_a_snapshot_is_read_is_in_the_feed_after_it(crew_memb
     assert (str(during), 1) in fed and (str(first), 2) in fed
 
 
+@pytest.mark.parametrize("change", ["leaves", "joins"])
+def test_a_change_of_crew_committed_as_the_snapshot_begins_is_in_it_or_in_the_feed_after_it(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    other_unit = UnitFactory.create(program=program)
+    theirs = encounter(make_crew_member(program, unit=other_unit))
+    if change == "leaves":
+        teams_services.unit_member_add(unit=other_unit, user=crew_member.user)
+    change_of_crew = teams_services.unit_member_remove if change == "leaves" else teams_services.unit_member_add
+    begin = selectors.snapshot_start
+
+    def begin_once_an_admin_has_changed_the_crew(*args: Any) -> Any:
+        # After the request read the user's scopes, before the snapshot's position is taken.
+        admin = threading.Thread(target=_in_own_connection(change_of_crew), args=(other_unit, crew_member.user))
+        admin.start()
+        admin.join(timeout=30)
+        assert not admin.is_alive()
+        return begin(*args)
+
+    monkeypatch.setattr(selectors, "snapshot_start", begin_once_an_admin_has_changed_the_crew)
+    pages, feed_cursor = snapshot(crew_member)
+    monkeypatch.setattr(selectors, "snapshot_start", begin)
+    entries, _ = SimDevice(crew_member).pull(feed_cursor)
+
+    on_device = {record["id"] for page in pages for record in page}
+    for entry in entries:
+        (on_device.add if entry["op"] == "upsert" else on_device.discard)(entry["id"])
+    assert (str(theirs) in on_device) is (change == "joins")
+
+
+def _in_own_connection(change_of_crew: Any) -> Any:
+    def run(unit: Any, user: Any) -> None:
+        try:
+            change_of_crew(unit=unit, user=user)
+        finally:
+            connection.close()
+
+    return run
+
+
 def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(crew_member: CrewMember) -> None:
     record_id = encounter(crew_member)
     old_cursor = SimDevice(crew_member).pull()[1]

@@ -127,6 +127,7 @@ class SnapshotView(APIView):
                 cursor=query.validated_data.get("cursor") or None,
                 reader_device_id=token.device_id,
                 limit=query.validated_data["limit"],
+                user_id=user.pk,
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
