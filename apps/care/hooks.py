@@ -1,21 +1,36 @@
 """Hooks: how apps above care react to what happens to care records, without care knowing them.
 
-Follow-ups plan contacts when an encounter ends or a referral is made, and closes steps when a
-referral's outcome is recorded. Care calls the registered functions explicitly, inside the
-writing transaction, after its own write (no Django signals: the call is visible here).
+Follow-ups plan contacts when an encounter ends or a referral is made, closes steps when a
+referral's outcome is recorded, and moves its plan and steps with an encounter reassigned to
+another unit. Care calls the registered functions explicitly, inside the writing transaction,
+after its own write (no Django signals: the call is visible here).
 A hook must not raise for a rule of its own; whatever it writes commits or rolls back with care's.
+
+Synced records of those apps that hang under an encounter and carry its unit (follow-ups'
+contact attempts) are named to care by a finder instead: care locks, moves and publishes them
+with its own records when the encounter is reassigned, so every record of the move is locked
+in the one call and order that every writer of synced records takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from apps.accounts.models import User
+from apps.care.models import CareRecord, Encounter
 
 Hook = Callable[..., None]
+# Returns (synced type name, record) for each record of an app above care under the encounter.
+RecordFinder = Callable[[Encounter], Iterable[tuple[str, CareRecord]]]
 
-_hooks: dict[str, list[Hook]] = {"encounter_saved": [], "referral_saved": [], "outcome_recorded": []}
+_hooks: dict[str, list[Hook]] = {
+    "encounter_saved": [],
+    "encounter_reassigned": [],
+    "referral_saved": [],
+    "outcome_recorded": [],
+}
+_record_finders: list[RecordFinder] = []
 
 
 def register(event: str, hook: Hook) -> None:
@@ -27,3 +42,13 @@ def register(event: str, hook: Hook) -> None:
 def run(event: str, record: Any, *, actor: User | None) -> None:
     for hook in _hooks[event]:
         hook(record, actor=actor)
+
+
+def register_records_under_encounter(finder: RecordFinder) -> None:
+    """Register ``finder`` (once) for the synced records that move with a reassigned encounter."""
+    if finder not in _record_finders:
+        _record_finders.append(finder)
+
+
+def records_under_encounter(encounter: Encounter) -> list[tuple[str, CareRecord]]:
+    return [found for finder in _record_finders for found in finder(encounter)]

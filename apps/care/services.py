@@ -413,7 +413,9 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
 def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Encounter:
     """Move an encounter and everything under it to another unit of the same program.
 
-    The old unit's devices are told to remove them; the new unit's get them (P5).
+    Its notes, referrals with their outcomes and task timelines, and what apps above care
+    keep under it (follow-ups: the plan, its steps and their contact attempts) go with it.
+    The old unit's devices are told to remove the synced ones; the new unit's get them (P5).
     """
     from apps.sync import registry
 
@@ -425,6 +427,7 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
     records: list[tuple[str, CareRecord]] = [("care.encounter", encounter)]
     records += [("care.note", note) for note in notes] + [("care.referral", referral) for referral in referrals]
     records += [("care.referral_outcome", outcome) for outcome in outcomes]
+    records += hooks.records_under_encounter(encounter)
     lock_records([record.pk for _name, record in records])
     publisher = Publisher()
     publisher.read_heads([record.pk for _name, record in records])
@@ -434,7 +437,11 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
         synced_type = registry.get(type_name)
         assert synced_type is not None
         publisher.publish(synced_type, record, user=actor, device=None, is_deleted=record.is_deleted)
+    # Not synced; they carry their referral's unit like every child record. They are written
+    # under their referral's lock, held here.
+    ReferralTaskEvent.objects.filter(referral__in=referrals).update(unit=unit, updated_at=timezone.now())
     publisher.flush()
+    hooks.run("encounter_reassigned", encounter, actor=actor)
     return encounter
 
 

@@ -145,6 +145,20 @@ def on_referral_saved(referral: Referral, *, actor: User | None) -> None:
     _plan_appointment_reminder(referral)
 
 
+def on_encounter_reassigned(encounter: Encounter, *, actor: User | None) -> None:
+    """The plan and its steps follow their encounter to its new unit (the unit's crew works them).
+
+    The steps are locked as every step change locks them. Their contact attempts, synced, are
+    moved and published by care with the encounter (``attempts_under_encounter``).
+    """
+    now = timezone.now()
+    FollowUpPlan.objects.filter(encounter_id=encounter.pk).update(unit_id=encounter.unit_id, updated_at=now)
+    steps = FollowUpStep.objects.filter(plan__encounter_id=encounter.pk)
+    # In id order, as the step changes and the reminder sender lock them, so none of them deadlocks with this.
+    locked = list(steps.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
+    FollowUpStep.objects.filter(pk__in=locked).update(unit_id=encounter.unit_id, updated_at=now)
+
+
 def _plan_appointment_reminder(referral: Referral) -> None:
     """One reminder to the person per appointment time, only with their consent to be contacted."""
     unsent = Reminder.objects.filter(

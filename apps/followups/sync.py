@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.care import services as care_services
+from apps.care.models import Encounter
 from apps.care.sync import CareWire, program_id_of, scopes_of
 from apps.common.api.serializers import OffsetDateTimeField
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
@@ -45,6 +46,12 @@ def attempt_apply(context: WriteContext, change: Change) -> ContactAttempt:
     )
     context.insert_later(attempt)
     return attempt
+
+
+def attempts_under_encounter(encounter: Encounter) -> list[tuple[str, ContactAttempt]]:
+    """The contact attempts of the encounter's follow-up: they move with it to another unit."""
+    attempts = ContactAttempt.objects.filter(step__plan__encounter_id=encounter.pk).order_by("pk")
+    return [("followups.contact_attempt", attempt) for attempt in attempts]
 
 
 def register_synced_types() -> None:

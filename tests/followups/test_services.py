@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
-from apps.accounts.models import Role
-from apps.care.models import Referral
-from apps.care.services import referral_outcome_record
+from apps.accounts.models import Program, Role
+from apps.care.models import Encounter, Referral, ReferralTaskEvent
+from apps.care.services import encounter_reassign, referral_outcome_record, referral_task_status_change
 from apps.common.api.errors import DomainError
-from apps.followups import services
+from apps.followups import selectors, services
 from apps.followups.models import (
     ContactAttempt,
     FollowUpPlan,
+    FollowUpStep,
     PlanTrigger,
     Reminder,
     ReminderKind,
@@ -25,10 +27,14 @@ from apps.followups.models import (
 )
 from apps.notifications.models import Notification, NotificationPreference
 from apps.notifications.services import sms_inbound_record
+from apps.sync.models import SyncedRecord
+from apps.sync.scopes import program_role_scope, unit_scope
 from tests.accounts.factories import MembershipFactory
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember
+from tests.conftest import CrewMember, make_crew_member
 from tests.followups.factories import case_manager, referral, steps_of
+from tests.sync.helpers import SimDevice
+from tests.teams.factories import UnitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -252,6 +258,80 @@ def test_a_contact_attempt_made_offline_syncs_and_is_never_rewritten(
         step.pk,
         crew_member.user.pk,
     )
+
+
+def _attempt_made_offline(member: CrewMember, step: FollowUpStep, notes: str) -> uuid.UUID:
+    attempt_id = uuid.uuid4()
+    fields = {
+        "step_id": str(step.pk),
+        "method": "phone",
+        "result": "reached",
+        "notes": notes,
+        "attempted_at": "2026-11-21T10:00:00+00:00",
+    }
+    assert pushed(member, "followups.contact_attempt", fields, record_id=attempt_id)["status"] == "applied"
+    return attempt_id
+
+
+def test_a_reassigned_encounters_contact_attempts_leave_the_old_crews_devices_for_the_new_crews(
+    program: Program, crew_member: CrewMember
+) -> None:
+    colleague = make_crew_member(program, unit=crew_member.unit)
+    referral_id = referral(colleague)
+    notes = ["Talked about the overdose last week.", "Staying with her sister now."]
+    attempts = {
+        _attempt_made_offline(colleague, step, text): text
+        for step, text in zip(steps_of(referral_id)[:2], notes, strict=True)
+    }
+    old_crew = SimDevice(crew_member)
+    before, cursor = old_crew.pull()
+    new_unit = UnitFactory.create(program=program)
+    new_crew = SimDevice(make_crew_member(program, unit=new_unit))
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+
+    encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+    removed, _ = old_crew.pull(cursor)
+    gained, _ = new_crew.pull()
+
+    def attempts_in(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [entry for entry in entries if entry["type"] == "followups.contact_attempt"]
+
+    assert {entry["id"] for entry in attempts_in(before)} == {str(attempt_id) for attempt_id in attempts}
+    assert sorted((e["id"], e["op"], e.get("reason")) for e in attempts_in(removed)) == sorted(
+        (str(attempt_id), "remove", "out_of_scope") for attempt_id in attempts
+    )
+    assert sorted((e["id"], e["op"], e["data"]["notes"], e["data"]["unit_id"]) for e in attempts_in(gained)) == sorted(
+        (str(attempt_id), "upsert", notes, str(new_unit.pk)) for attempt_id, notes in attempts.items()
+    )
+
+
+def test_a_reassigned_encounters_follow_up_moves_to_the_new_unit_and_its_crew_works_it(
+    program: Program, crew_member: CrewMember
+) -> None:
+    referral_id = referral(crew_member)
+    steps = steps_of(referral_id)
+    attempt_id = _attempt_made_offline(crew_member, steps[0], "Left a callback number.")
+    referral_task_status_change(
+        referral=Referral.objects.get(pk=referral_id), to_status="received", reason="", actor=crew_member.user
+    )
+    new_crew = make_crew_member(program)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+
+    encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_crew.unit, actor=supervisor.user)
+
+    assert FollowUpPlan.objects.get(encounter_id=encounter_id).unit_id == new_crew.unit.pk
+    assert {step.unit_id for step in steps_of(referral_id)} == {new_crew.unit.pk}
+    assert ContactAttempt.objects.get(pk=attempt_id).unit_id == new_crew.unit.pk
+    assert list(ReferralTaskEvent.objects.values_list("unit_id", flat=True)) == [new_crew.unit.pk]
+    assert SyncedRecord.objects.get(record_id=attempt_id).scopes == [
+        program_role_scope(program.pk, Role.CASE_MANAGER),
+        program_role_scope(program.pk, Role.SUPERVISOR),
+        unit_scope(new_crew.unit.pk),
+    ]
+    assert list(selectors.steps_visible_to(user=crew_member.user)) == []
+    assert [step.pk for step in selectors.steps_visible_to(user=new_crew.user)] == [step.pk for step in steps]
 
 
 def test_a_chunk_of_reminders_is_sent_once_however_often_its_task_runs(crew_member: CrewMember) -> None:
