@@ -429,6 +429,10 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
     records += [("care.referral_outcome", outcome) for outcome in outcomes]
     records += hooks.records_under_encounter(encounter)
     lock_records([record.pk for _name, record in records])
+    # Read again under the locks: a copy read before a colleague's edit committed (a note's
+    # author finishing it, a case manager's referral priority) would publish it undone.
+    records = _read_again(records)
+    encounter = records[0][1]  # type: ignore[assignment]
     publisher = Publisher()
     publisher.read_heads([record.pk for _name, record in records])
     for type_name, record in records:
@@ -443,6 +447,19 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
     publisher.flush()
     hooks.run("encounter_reassigned", encounter, actor=actor)
     return encounter
+
+
+def _read_again(records: list[tuple[str, CareRecord]]) -> list[tuple[str, CareRecord]]:
+    """The same records as they stand now, in the same order (one query per model)."""
+    by_model: dict[type[CareRecord], list[Any]] = {}
+    for _name, record in records:
+        by_model.setdefault(type(record), []).append(record.pk)
+    current = {
+        (model, pk): fresh
+        for model, ids in by_model.items()
+        for pk, fresh in model._default_manager.in_bulk(ids).items()
+    }
+    return [(name, current[(type(record), record.pk)]) for name, record in records]
 
 
 @transaction.atomic

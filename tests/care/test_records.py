@@ -9,13 +9,15 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from apps.care.models import ClinicalNote, Referral, ReferralOutcomeEvent
-from apps.care.services import referral_outcome_record
+from apps.accounts.models import Program, Role
+from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent
+from apps.care.services import encounter_reassign, referral_outcome_record
 from apps.sync.models import Mutation, SyncedRecord
 from apps.sync.services import lock_records, publish_record
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice
+from tests.teams.factories import UnitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -240,3 +242,58 @@ def test_a_batch_reads_a_notes_encounter_in_part_and_again_whole_for_a_referral(
     with django_assert_num_queries(0):  # what a referral's follow-up hooks read is there
         assert read_for_referrals.disposition == "referred"
         assert read_for_referrals.ended_at is not None
+
+
+def test_a_reassigned_encounter_publishes_a_note_edit_committed_while_it_waited(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The move publishes each record as it stands under its lock: a copy read before the
+    author's edit committed would publish the edit undone on every device."""
+    encounter_id = encounter(crew_member)
+    note = pushed(crew_member, "care.note", {"encounter_id": str(encounter_id), "body": "first draft"})
+    note_id = uuid.UUID(note["id"])
+    new_unit = UnitFactory.create(program=program)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    edited, release = threading.Event(), threading.Event()
+    faults: list[BaseException] = []
+
+    def authors_edit() -> None:
+        try:
+            with transaction.atomic():
+                lock_records([note_id])
+                draft = ClinicalNote.objects.get(pk=note_id)
+                draft.body = "finished"
+                draft.save()
+                publish_record(type_name="care.note", record=draft, user=crew_member.user)
+                edited.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def reassign() -> None:
+        try:
+            encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=authors_edit)
+    editor.start()
+    assert edited.wait(10)
+    mover = threading.Thread(target=reassign)
+    mover.start()
+    mover.join(1)
+    waited_for_the_edit = mover.is_alive()
+    release.set()
+    editor.join(30)
+    mover.join(30)
+
+    assert not editor.is_alive() and not mover.is_alive(), "the move and the edit deadlocked"
+    if faults:
+        raise faults[0]
+    assert waited_for_the_edit
+    stored = ClinicalNote.objects.get(pk=note_id)
+    assert (stored.body, stored.unit_id) == ("finished", new_unit.pk)
+    head = SyncedRecord.objects.get(record_id=note_id)
+    assert (head.version, head.data["body"], head.data["unit_id"]) == (3, "finished", str(new_unit.pk))
