@@ -23,7 +23,7 @@ from apps.care.models import (
     ReferralTaskStatus,
     TransportDestination,
 )
-from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 from apps.directory.models import ServiceType
 from apps.sync import registry
 from apps.sync.scopes import program_role_scope, unit_scope
@@ -40,7 +40,7 @@ class CareWire(StrictSerializer):
 
 
 class PersonWire(CareWire):
-    unit_id = serializers.UUIDField()
+    unit_id = CanonicalUUIDField()
     given_name = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
     family_name = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
     date_of_birth = serializers.DateField(allow_null=True, required=False, default=None)
@@ -48,8 +48,8 @@ class PersonWire(CareWire):
 
 
 class EncounterWire(CareWire):
-    unit_id = serializers.UUIDField()
-    person_id = serializers.UUIDField(allow_null=True, required=False, default=None)
+    unit_id = CanonicalUUIDField()
+    person_id = CanonicalUUIDField(allow_null=True, required=False, default=None)
     started_at = OffsetDateTimeField()
     ended_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
     location = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
@@ -61,17 +61,17 @@ class EncounterWire(CareWire):
 
 
 class NoteWire(CareWire):
-    encounter_id = serializers.UUIDField()
-    amends_id = serializers.UUIDField(allow_null=True, required=False, default=None)
+    encounter_id = CanonicalUUIDField()
+    amends_id = CanonicalUUIDField(allow_null=True, required=False, default=None)
     body = serializers.CharField(max_length=50_000)
     signed_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
 
 
 class ReferralWire(CareWire):
-    encounter_id = serializers.UUIDField()
+    encounter_id = CanonicalUUIDField()
     service_type = serializers.ChoiceField(choices=ServiceType.choices)
     service_name = serializers.CharField(max_length=200, allow_blank=True, required=False, default="")
-    service_id = serializers.UUIDField(allow_null=True, required=False, default=None)
+    service_id = CanonicalUUIDField(allow_null=True, required=False, default=None)
     reason = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
     priority = serializers.ChoiceField(choices=ReferralPriority.choices, required=False, default="routine")
     warm_handoff = serializers.BooleanField(required=False, default=False)
@@ -83,7 +83,7 @@ class ReferralWire(CareWire):
 
 
 class ReferralOutcomeWire(CareWire):
-    referral_id = serializers.UUIDField()
+    referral_id = CanonicalUUIDField()
     outcome = serializers.ChoiceField(choices=[status for status in ReferralStatus.values if status != "open"])
     observed_at = OffsetDateTimeField()
     details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)

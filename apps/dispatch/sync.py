@@ -18,7 +18,7 @@ from rest_framework import serializers
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError
-from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 from apps.dispatch import selectors, services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import registry
@@ -32,7 +32,7 @@ _WIRE_FIELD: dict[str, str | None] = {"event_id": None, "assignment": "assignmen
 
 
 class StatusTimeWire(StrictSerializer):
-    assignment_id = serializers.UUIDField()
+    assignment_id = CanonicalUUIDField()
     status = serializers.ChoiceField(choices=[status.value for status in services.CREW_STATUS_EVENTS])
     observed_at = OffsetDateTimeField()
     # False when the assignment had already moved past it: kept in the timeline only.

@@ -9,14 +9,14 @@ from rest_framework import serializers
 from apps.care import services as care_services
 from apps.care.models import Encounter
 from apps.care.sync import CareWire, program_id_of, scopes_of
-from apps.common.api.serializers import OffsetDateTimeField
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
 from apps.sync import registry
 from apps.sync.registry import Change, Refused, WriteContext
 
 
 class ContactAttemptWire(CareWire):
-    step_id = serializers.UUIDField()
+    step_id = CanonicalUUIDField()
     method = serializers.ChoiceField(choices=ContactMethod.choices)
     result = serializers.ChoiceField(choices=ContactResult.choices)
     notes = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)

@@ -37,6 +37,7 @@ from rest_framework import serializers
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
 from apps.common import bulk, jsontext
+from apps.common.ids import CANONICAL_UUID, canonical_uuid
 from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
     Conflict,
@@ -232,10 +233,11 @@ def _read_envelope(
         envelope.problem = _error("required", "type is a record type name.", f"{prefix}.type")
         return envelope
     envelope.record_type = record_type[:64]
-    try:
-        envelope.record_id = UUID(str(raw.get("id")))
-    except ValueError:
-        envelope.problem = _error("invalid_id", "id must be a UUID.", f"{prefix}.id")
+    # Only the server's own spelling: it serves the record under that id, which a client that
+    # sent another (uppercase, say) would take for a record it does not have.
+    envelope.record_id = canonical_uuid(raw.get("id"))
+    if envelope.record_id is None:
+        envelope.problem = _error("invalid_id", f"id must be {CANONICAL_UUID}.", f"{prefix}.id")
         return envelope
     operation = raw.get("op")
     if type(operation) is not str or operation not in _OPERATIONS:

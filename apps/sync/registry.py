@@ -30,7 +30,8 @@ from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from apps.accounts.models import Device, User
 from apps.common import bulk
-from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
+from apps.common.ids import canonical_uuid
 
 
 class Refused(Exception):
@@ -230,6 +231,7 @@ class SyncedType:
         return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}
 
 
+_ID_FIELDS = (serializers.UUIDField, CanonicalUUIDField)
 # Fields the compiled plan reads as DRF's DateTimeField: the offset field refuses only what
 # the plan already hands to DRF (a time without an offset).
 _MOMENT_FIELDS = (serializers.DateTimeField, OffsetDateTimeField)
@@ -254,7 +256,7 @@ def _wire_value(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[[
     if "format" in vars(wire_field) or len(wire_field.source_attrs) != 1:
         return None
     kind = type(wire_field)
-    if kind is serializers.UUIDField and getattr(wire_field, "uuid_format", None) == "hex_verbose":
+    if kind in _ID_FIELDS and getattr(wire_field, "uuid_format", None) == "hex_verbose":
         return str
     if kind in (serializers.CharField, serializers.ChoiceField):
         return str
@@ -334,13 +336,9 @@ def _char_check(wire_field: serializers.CharField) -> Callable[[Any], Any]:
     return check
 
 
-def _uuid_check(value: Any) -> Any:
-    if type(value) is not str:
-        return _ASK_DRF
-    try:
-        return UUID(hex=value)
-    except ValueError:
-        return _ASK_DRF
+def _canonical_uuid_check(value: Any) -> Any:
+    parsed = canonical_uuid(value)
+    return _ASK_DRF if parsed is None else parsed
 
 
 def _bool_check(value: Any) -> Any:
@@ -400,8 +398,8 @@ def _input_check(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[
         return _char_check(wire_field)  # type: ignore[arg-type]
     if wire_field.validators:
         return None
-    if kind is serializers.UUIDField:
-        return _uuid_check
+    if kind is CanonicalUUIDField:  # a synced type takes no other id field (see register)
+        return _canonical_uuid_check
     if kind is serializers.BooleanField:
         return _bool_check
     if kind is serializers.ChoiceField:
@@ -493,11 +491,29 @@ def register(synced_type: SyncedType) -> None:
     """Register a type after every type its records refer to (a person before the encounters
     that name it): a client that sends its changes in no order of its own (a WatermelonDB
     push, table by table) has them applied in this one, parents first."""
+    loose = _ids_in_any_spelling(synced_type.serializer)
+    if loose:
+        raise ValueError(
+            f"record type {synced_type.name!r}: {loose[0]!r} takes an id in any spelling; make it a CanonicalUUIDField"
+        )
     existing = _registry.get(synced_type.name)
     if existing is not None and existing.model is not synced_type.model:
         raise ValueError(f"record type {synced_type.name!r} is already registered")
     _registry[synced_type.name] = synced_type
     _health_names.cache_clear()
+
+
+def _ids_in_any_spelling(serializer_class: type[serializers.Serializer[Any]]) -> list[str]:
+    """The writable id fields that would read an id the client wrote otherwise than the
+    server serves it (uppercase, braces, no dashes): the client would then get the record
+    back naming another id than its own copy does."""
+    return [
+        name
+        for name, wire_field in serializer_class().fields.items()
+        if isinstance(wire_field, serializers.UUIDField)
+        and not isinstance(wire_field, CanonicalUUIDField)
+        and not wire_field.read_only
+    ]
 
 
 _declared_health_fields: set[str] = set()

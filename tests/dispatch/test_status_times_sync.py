@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from apps.sync.models import Mutation, MutationStatus
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
-from tests.sync.helpers import SimDevice
+from tests.sync.helpers import SimDevice, respelt
 from tests.teams.factories import UnitFactory
 
 
@@ -147,6 +148,29 @@ def test_a_status_time_sent_over_rest_and_then_synced_applies_once(
     assert over_rest.status_code == 200
     assert synced["status"] == "applied" and synced["data"]["applied"] is True
     assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="en_route").count() == 1
+
+
+@respelt
+def test_an_event_id_spelt_otherwise_than_sync_writes_ids_is_refused_over_rest(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, respell: Callable[[uuid.UUID], str]
+) -> None:
+    """The event is the status time synced to the crew's devices under its id: a device that
+    sent it uppercase would get it back under an id it does not hold."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    event_id = uuid.uuid4()
+
+    response = post(crew_member, assignment_id, "status", {"status": "en_route", "event_id": respell(event_id)})
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {
+            "field": "event_id",
+            "code": "invalid",
+            "detail": "Must be a UUID written in lowercase, 8-4-4-4-12 hex digits.",
+        }
+    ]
+    assert not TimelineEvent.objects.filter(pk=event_id).exists()
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
 
 
 def test_an_event_id_that_names_another_timeline_event_is_refused_not_a_fault(

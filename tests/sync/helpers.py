@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from rest_framework.test import APIClient
 
 from tests.conftest import CrewMember
@@ -18,6 +20,17 @@ PROTOCOL = {"HTTP_TANDEM_SYNC_PROTOCOL": "2", "HTTP_TANDEM_CLIENT_VERSION": "tan
 # One increasing source of mutation ids for every helper, so a device's ids keep rising
 # whichever helper pushes for it.
 mutation_ids = itertools.count(1_000_000)
+
+
+# An id as UUID() also reads it, though the server never writes it so: a device that sent it
+# would get the record back under another id than its own.
+OTHER_SPELLINGS: dict[str, Callable[[uuid.UUID], str]] = {
+    "uppercase": lambda record_id: str(record_id).upper(),
+    "braces": lambda record_id: f"{{{record_id}}}",
+    "urn": lambda record_id: f"urn:uuid:{record_id}",
+    "undashed": lambda record_id: record_id.hex,
+}
+respelt = pytest.mark.parametrize("respell", OTHER_SPELLINGS.values(), ids=OTHER_SPELLINGS.keys())
 
 
 def sync_client(member: CrewMember) -> APIClient:

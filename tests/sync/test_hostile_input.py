@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from django.db import OperationalError
 
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
-from apps.care.models import Encounter, Person
+from apps.care.models import ClinicalNote, Encounter, Person
 from apps.common.encryption import UnreadableHealthInformation
 from apps.sync import push, services
 from apps.sync.models import Mutation, MutationStatus
@@ -22,7 +23,7 @@ from apps.teams.models import Unit
 from tests.accounts.factories import MembershipFactory, ProgramFactory
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+from tests.sync.helpers import SimDevice, encounter_fields, respelt, sync_client
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,6 +90,52 @@ def test_a_mutation_id_or_op_of_the_wrong_kind_gets_its_own_result_and_the_rest_
     assert results[4]["status"] == "applied" and again[4]["status"] == "duplicate"
     created = AuditEvent.objects.filter(record_type="care.person", action="create")
     assert [str(event.record_id) for event in created] == [valid["id"]]
+
+
+ID_FORM = "a UUID written in lowercase, 8-4-4-4-12 hex digits"
+
+
+@respelt
+def test_a_record_id_spelt_otherwise_than_the_server_writes_it_is_kept_for_review_and_not_applied(
+    crew_member: CrewMember, respell: Callable[[uuid.UUID], str]
+) -> None:
+    """The server serves ids only as lowercase 8-4-4-4-12: read in another spelling, the
+    record would come back to the device under an id it does not hold, a second copy."""
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    spelt = device.mutation("create", "care.encounter", respell(record_id), encounter_fields(crew_member))
+    valid = person_create(device, given_name="valid")
+
+    results = device.push(spelt, valid)
+
+    assert [(r["status"], r["id"], r.get("error")) for r in results] == [
+        ("quarantined", None, {"code": "invalid_id", "detail": f"id must be {ID_FORM}.", "field": "mutations.0.id"}),
+        ("applied", valid["id"], None),
+    ]
+    assert not Encounter.objects.filter(pk=record_id).exists()
+    quarantine = device.client().get("/api/v1/sync/quarantine/").json()["results"]
+    assert [m["mutation_id"] for m in quarantine] == [spelt["mutation_id"]]
+
+
+@respelt
+def test_a_reference_spelt_otherwise_than_the_server_writes_it_is_kept_for_review_naming_the_field(
+    crew_member: CrewMember, respell: Callable[[uuid.UUID], str]
+) -> None:
+    """A note naming its encounter so would be served naming it otherwise than the device's
+    own copy of the encounter is named."""
+    visit = encounter(crew_member)
+    device = SimDevice(crew_member)
+    note_id = uuid.uuid4()
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": respell(visit), "body": "Calm."})
+
+    [result] = device.push(note)
+
+    assert (result["status"], result["error"]) == (
+        "quarantined",
+        {"code": "invalid_fields", "detail": f"Must be {ID_FORM}.", "field": "fields.encounter_id"},
+    )
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert Mutation.objects.get(mutation_id=note["mutation_id"]).status == MutationStatus.QUARANTINED
 
 
 def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the_device(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 from unittest.mock import ANY
 
@@ -15,7 +16,7 @@ from apps.sync import push, registry, watermelon
 from apps.sync.models import Mutation, MutationStatus, SyncedRecord
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import now_iso, sync_client
+from tests.sync.helpers import now_iso, respelt, sync_client
 
 
 def _created(*records: dict[str, object]) -> dict[str, list[object]]:
@@ -114,6 +115,70 @@ def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(cre
     # Only strings can be local ids: the number 5 is not reported as the id "5".
     assert body["experimentalRejectedIds"] == {"encounters": [naive_visit, "not-a-uuid"], "gizmos": [ANY]}
     assert Encounter.objects.filter(pk=good_visit).exists()
+
+
+ID_FORM = "a UUID written in lowercase, 8-4-4-4-12 hex digits"
+
+
+@respelt
+def test_a_record_whose_id_is_spelt_otherwise_than_the_server_writes_it_is_rejected_naming_its_id(
+    crew_member: CrewMember, respell: Callable[[uuid.UUID], str]
+) -> None:
+    """WatermelonDB's ids are case-sensitive strings: the record, read in another spelling,
+    would be pulled back under an id the app does not hold, and kept twice."""
+    unit_id = str(crew_member.unit.pk)
+    spelt_id, good_id = uuid.uuid4(), str(uuid.uuid4())
+    spelt = respell(spelt_id)
+    changes = {
+        "encounters": _created(
+            {"id": spelt, "unit_id": unit_id, "started_at": now_iso()},
+            {"id": good_id, "unit_id": unit_id, "started_at": now_iso()},
+        )
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["experimentalRejectedIds"] == {"encounters": [spelt]}
+    assert [(result["status"], result.get("error")) for result in body["results"]] == [
+        (
+            "quarantined",
+            {"code": "invalid_id", "detail": f"id must be {ID_FORM}.", "field": "changes.encounters.created.0.id"},
+        ),
+        ("applied", None),
+    ]
+    assert list(Encounter.objects.values_list("pk", flat=True)) == [uuid.UUID(good_id)]
+
+
+@respelt
+def test_a_record_naming_its_parent_otherwise_than_the_server_writes_its_id_is_rejected_naming_the_field(
+    crew_member: CrewMember, respell: Callable[[uuid.UUID], str]
+) -> None:
+    visit = encounter(crew_member)
+    note = str(uuid.uuid4())
+    changes = {"notes": _created({"id": note, "encounter_id": respell(visit), "body": "Calm; safety plan made."})}
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["experimentalRejectedIds"] == {"notes": [note]}
+    assert [(result["status"], result.get("error")) for result in body["results"]] == [
+        (
+            "quarantined",
+            {
+                "code": "invalid_fields",
+                "detail": f"Must be {ID_FORM}.",
+                "field": "changes.notes.created.0.encounter_id",
+            },
+        ),
+    ]
+    assert not ClinicalNote.objects.filter(pk=note).exists()
 
 
 def test_a_record_created_and_deleted_in_the_app_before_it_was_pushed_is_kept_deleted(crew_member: CrewMember) -> None:

@@ -3,8 +3,10 @@ as DRF's validation makes them; whatever the plan cannot vouch for goes to DRF."
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework import serializers
 
+from apps.common.api.serializers import StrictSerializer
 from apps.sync import registry
+from tests.sync.helpers import OTHER_SPELLINGS, respelt
 
 MOMENTS = [
     "2026-11-20T14:05:00+00:00",
@@ -35,8 +39,12 @@ def _values(wire_field: serializers.Field[Any, Any, Any, Any]) -> st.SearchStrat
         good: st.SearchStrategy[Any] = st.sampled_from(list(wire_field.choice_strings_to_values))
         bad = st.one_of(st.sampled_from(["bogus", "REFERRED", 1]), anything)
     elif isinstance(wire_field, serializers.UUIDField):
-        good = st.one_of(st.uuids().map(str), st.uuids().map(lambda value: value.hex))
-        bad = st.one_of(st.just("not-a-uuid"), anything)
+        good = st.uuids().map(str)
+        bad = st.one_of(
+            st.just("not-a-uuid"),
+            st.tuples(st.uuids(), st.sampled_from(list(OTHER_SPELLINGS.values()))).map(lambda pair: pair[1](pair[0])),
+            anything,
+        )
     elif isinstance(wire_field, serializers.DateTimeField):
         good = st.sampled_from(MOMENTS[:3])
         bad = st.one_of(st.sampled_from(MOMENTS[3:]), anything)
@@ -148,3 +156,48 @@ def test_the_plan_fills_in_defaults_as_drf_does() -> None:
 
     assert check({}) == {"kind": "a", "when": None, "started": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
     assert check({"optional": "  "}) is None  # blank where blank is not allowed: DRF words the error
+
+
+def _id_fields(synced_type: registry.SyncedType) -> list[str]:
+    serializer = registry.bound_serializer(synced_type.serializer, partial=False)
+    return [
+        name
+        for name, wire_field in serializer.fields.items()
+        if isinstance(wire_field, serializers.UUIDField) and not wire_field.read_only
+    ]
+
+
+@respelt
+@pytest.mark.parametrize(
+    ("synced_type", "name"),
+    [(synced_type, name) for synced_type in registry.all_types() for name in _id_fields(synced_type)],
+    ids=lambda value: value.name if isinstance(value, registry.SyncedType) else value,
+)
+def test_an_id_spelt_otherwise_than_the_server_writes_it_is_refused_by_the_plan_and_by_drf(
+    synced_type: registry.SyncedType, name: str, respell: Callable[[uuid.UUID], str]
+) -> None:
+    """The record would come back naming the id as the server writes it, not as the device
+    holds it."""
+    serializer = registry.bound_serializer(synced_type.serializer, partial=True)
+    fields = {name: respell(uuid.uuid4())}
+
+    compiled = registry.validation(synced_type.serializer, partial=True)(fields)
+
+    assert compiled is None
+    with pytest.raises(serializers.ValidationError) as refused:
+        serializer.run_validation(fields)
+    assert refused.value.detail == {name: ["Must be a UUID written in lowercase, 8-4-4-4-12 hex digits."]}
+
+
+def test_a_record_type_whose_wire_takes_an_id_in_any_spelling_cannot_register(monkeypatch: pytest.MonkeyPatch) -> None:
+    class LooseWire(StrictSerializer):
+        encounter_id = serializers.UUIDField()
+
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    encounters = registry.get("care.encounter")
+    assert encounters is not None
+
+    with pytest.raises(ValueError, match="'encounter_id' takes an id in any spelling"):
+        registry.register(dataclasses.replace(encounters, name="test.loose", serializer=LooseWire))
+
+    assert registry.get("test.loose") is None

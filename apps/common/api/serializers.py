@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.http import QueryDict
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
+
+from apps.common.ids import CANONICAL_UUID, canonical_uuid
 
 
 class StrictSerializer(serializers.Serializer[Any]):
@@ -106,3 +109,19 @@ class OffsetDateTimeField(serializers.DateTimeField):
             if parsed is not None and not timezone.is_aware(parsed):
                 self.fail("offset_required")
         return super().to_internal_value(value)
+
+
+class CanonicalUUIDField(serializers.UUIDField):
+    """A record's id, as a client names it: only in the form the server writes ids in
+    (apps.common.ids). Read in another spelling, it would come back from the server in a form
+    the client does not hold, naming no record it has."""
+
+    default_error_messages = {"invalid": f"Must be {CANONICAL_UUID}."}
+
+    def to_internal_value(self, data: Any) -> UUID:
+        if isinstance(data, UUID):  # an in-process caller's value: no spelling to keep
+            return data
+        parsed = canonical_uuid(data)
+        if parsed is None:
+            self.fail("invalid")
+        return parsed

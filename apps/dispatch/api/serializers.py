@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.common.api.pagination import PageQuerySerializer
-from apps.common.api.serializers import OffsetDateTimeField, QuerySerializer, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, QuerySerializer, StrictSerializer
 from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
 from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import UnitStatus
@@ -127,11 +127,12 @@ class StatusUpdateSerializer(ObservedSerializer):
             AssignmentStatus.CLEARED,
         ]
     )
-    event_id = serializers.UUIDField(
+    # The id of the status time synced to devices (dispatch.status_time): spelt as sync takes it.
+    event_id = CanonicalUUIDField(
         required=False,
         allow_null=True,
         default=None,
-        help_text="Your id for this update; a retry with it applies once.",
+        help_text="Your id for this update (a UUID in lowercase); a retry with it applies once.",
     )
 
 
