@@ -8,12 +8,12 @@ from django.db.models import Q, QuerySet
 from apps.accounts.models import User
 from apps.care.models import Referral
 from apps.care.services import RESOLVER_ROLES
-from apps.teams.models import UnitMember
+from apps.teams.selectors import crewed_unit_ids
 
 
 def visible_to(user: User) -> Q:
     """The filter of care-like records (with ``program`` and ``unit``) the user may see."""
-    unit_ids = UnitMember.objects.filter(user=user).values_list("unit_id", flat=True)
+    unit_ids = crewed_unit_ids(user=user)
     program_ids = user.memberships.filter(role__in=RESOLVER_ROLES).values_list("program_id", flat=True)
     return Q(unit_id__in=unit_ids) | Q(program_id__in=program_ids)
 

@@ -37,7 +37,8 @@ from apps.common.encryption import sealed_field_names
 from apps.directory.models import Service
 from apps.sync.registry import Change, Refused, WriteContext
 from apps.sync.services import Publisher, lock_records, publish_record
-from apps.teams.models import Unit, UnitMember
+from apps.teams.models import Unit
+from apps.teams.selectors import crewed_unit_ids
 
 RESOLVER_ROLES = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
 
@@ -49,7 +50,7 @@ def _access(context: WriteContext) -> tuple[set[UUID], set[UUID]]:
     cached = context.cache.get("care.access")
     if cached is None:
         user = context.user
-        unit_ids = set(UnitMember.objects.filter(user=user).values_list("unit_id", flat=True))
+        unit_ids = set(crewed_unit_ids(user=user))
         programs = {program_id for program_id, role in context.program_roles() if role in RESOLVER_ROLES}
         cached = context.cache["care.access"] = (unit_ids, programs)
     return cached

@@ -24,7 +24,8 @@ from apps.dispatch.models import (
     ResponseTiming,
     TriagePolicy,
 )
-from apps.teams.models import Unit, UnitMember, UnitStatus
+from apps.teams.models import Unit, UnitStatus
+from apps.teams.selectors import crewed_unit_ids
 
 DISPATCH_ROLES = frozenset({Role.DISPATCHER, Role.SUPERVISOR})
 
@@ -39,7 +40,7 @@ def can_dispatch(*, user: User, program_id: UUID) -> bool:
 
 
 def is_crew_of(*, user: User, unit_id: UUID) -> bool:
-    return UnitMember.objects.filter(user=user, unit_id=unit_id).exists()
+    return crewed_unit_ids(user=user).filter(unit_id=unit_id).exists()
 
 
 def incidents_visible_to(*, user: User) -> QuerySet[Incident]:
@@ -48,11 +49,11 @@ def incidents_visible_to(*, user: User) -> QuerySet[Incident]:
 
 def crew_assignments(*, user: User) -> QuerySet[Assignment]:
     """Assignments of the units the user rides in: the ones they may answer."""
-    return Assignment.objects.filter(unit_id__in=UnitMember.objects.filter(user=user).values("unit_id"))
+    return Assignment.objects.filter(unit_id__in=crewed_unit_ids(user=user))
 
 
 def assignments_visible_to(*, user: User) -> QuerySet[Assignment]:
-    crew_units = UnitMember.objects.filter(user=user).values("unit_id")
+    crew_units = crewed_unit_ids(user=user)
     return (
         Assignment.objects.filter(Q(incident__program__in=dispatch_programs(user=user)) | Q(unit_id__in=crew_units))
         .select_related("incident", "unit")
@@ -62,7 +63,7 @@ def assignments_visible_to(*, user: User) -> QuerySet[Assignment]:
 
 def units_actionable_by(*, user: User) -> QuerySet[Unit]:
     """Units whose availability the user may set: their own, or any in a program they dispatch for."""
-    crew_units = UnitMember.objects.filter(user=user).values("unit_id")
+    crew_units = crewed_unit_ids(user=user)
     return Unit.objects.filter(Q(pk__in=crew_units) | Q(program__in=dispatch_programs(user=user)))
 
 

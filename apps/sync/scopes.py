@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from uuid import UUID
 
 from apps.accounts.models import Membership, Role, User
-from apps.teams.models import UnitMember
+from apps.teams.selectors import crewed_unit_ids
 
 
 # Cached: every record published names its scopes, and a push publishes hundreds of records
@@ -35,9 +35,7 @@ def program_role_scope(program_id: UUID | str, role: Role | str) -> str:
 def scopes_for_user(user: User) -> list[str]:
     """Every scope the user's devices may read, and nothing more."""
     scopes = [user_scope(user.pk)]
-    scopes += [
-        unit_scope(unit_id) for unit_id in UnitMember.objects.filter(user=user).values_list("unit_id", flat=True)
-    ]
+    scopes += [unit_scope(unit_id) for unit_id in crewed_unit_ids(user=user)]
     program_roles = Membership.objects.filter(user=user, role__in=Role.program_wide_roles()).values_list(
         "program_id", "role"
     )

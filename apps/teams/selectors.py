@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.db.models import Q, QuerySet
 
-from apps.accounts.models import Role, User
+from apps.accounts.models import Membership, Role, User
 from apps.accounts.selectors import programs_of, programs_where
-from apps.teams.models import Unit, Zone
+from apps.teams.models import Unit, UnitMember, Zone
+
+
+def crewed_unit_ids(*, user: User) -> QuerySet[UnitMember, UUID]:
+    """The units the user rides in, in programs they still work for: a place on a crew
+    outlives the user's removal from its program (an admin deletes the membership and not
+    the crew), and grants nothing then. Every rule of what a crew may see and do asks here."""
+    return UnitMember.objects.filter(
+        user=user, unit__program__in=Membership.objects.filter(user=user).values("program_id")
+    ).values_list("unit_id", flat=True)
 
 
 def units_visible_to(*, user: User) -> QuerySet[Unit]:
     """Program-wide staff see every unit of their programs; crews see only their own units."""
     program_wide = programs_where(user=user, roles=Role.program_wide_roles())
     return (
-        Unit.objects.filter(Q(program__in=program_wide) | Q(memberships__user=user))
+        Unit.objects.filter(Q(program__in=program_wide) | Q(pk__in=crewed_unit_ids(user=user)))
         .select_related("program", "home_zone")
         .distinct()
         .order_by("call_sign")
@@ -26,4 +37,4 @@ def zones_visible_to(*, user: User) -> QuerySet[Zone]:
 
 def unit_ids_of(*, user: User) -> list[str]:
     """The units a user rides in (for live delivery to their devices)."""
-    return [str(unit_id) for unit_id in Unit.objects.filter(memberships__user=user).values_list("id", flat=True)]
+    return [str(unit_id) for unit_id in crewed_unit_ids(user=user)]

@@ -70,3 +70,40 @@ def test_a_role_taken_away_in_the_admin_takes_its_records_off_the_users_devices(
     # Told at once, not at the device's next pull: its feed holds the removal already.
     removal = ChangeEntry.objects.get(scope=user_scope(case_manager.user.pk), record_id=encounter_id)
     assert (removal.operation, removal.reason) == ("remove", "out_of_scope")
+
+
+def test_a_user_taken_off_a_program_in_the_admin_loses_its_crews_records_though_still_on_the_crew(
+    superuser_client: Client, program: Program, crew_member: CrewMember
+) -> None:
+    """The admin deletes the membership, not the place on the crew: it grants nothing then."""
+    encounter_id = uuid.uuid4()
+    colleague = make_crew_member(program, unit=crew_member.unit)
+    colleagues_device = SimDevice(colleague)
+    colleagues_device.push(
+        colleagues_device.mutation("create", "care.encounter", encounter_id, encounter_fields(colleague))
+    )
+    referral_id = uuid.uuid4()
+    [referred] = colleagues_device.push(
+        colleagues_device.mutation(
+            "create",
+            "care.referral",
+            referral_id,
+            {"encounter_id": str(encounter_id), "service_type": "crisis_stabilisation"},
+        )
+    )
+    assert referred["status"] == "applied", referred
+    sync_services.user_scopes_refresh(user=crew_member.user)  # as at the member's last pull
+    change_url = f"/admin/accounts/user/{crew_member.user.pk}/change/"
+    data = resubmitted(superuser_client.get(change_url))
+
+    response = superuser_client.post(change_url, {**data, "memberships-0-DELETE": "on"})
+
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
+    assert not Membership.objects.filter(user=crew_member.user).exists()
+    assert crew_member.user.unit_memberships.filter(unit=crew_member.unit).exists()
+    removed = ChangeEntry.objects.filter(scope=user_scope(crew_member.user.pk), operation="remove")
+    assert {entry.record_id for entry in removed} == {encounter_id, referral_id}
+    assert crew_member.client().get(f"/api/v1/care/referrals/{referral_id}/").status_code == 404
+    device = SimDevice(crew_member)
+    [edit] = device.push(device.mutation("update", "care.encounter", encounter_id, {"location": "x"}, 1))
+    assert (edit["status"], edit["error"]["code"]) == ("quarantined", "not_permitted")
