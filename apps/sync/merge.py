@@ -70,15 +70,21 @@ class VersionView:
     device_id: Any
     changed_fields: Iterable[str]
     is_deleted: bool = False
+    # The ledger row of the mutation that wrote it (None: not written by a device's push).
+    mutation_id: int | None = None
 
 
-def effective_base(*, base_version: int, versions: Iterable[VersionView], device_id: Any) -> dict[str, Any] | None:
+def effective_base(
+    *, base_version: int, versions: Iterable[VersionView], device_id: Any, made_before: int | None = None
+) -> dict[str, Any] | None:
     """The field values the device's edit was made against.
 
-    That is the version it last pulled, advanced by the device's own later writes: a device
+    That is the version it last pulled, advanced by the device's own earlier writes: a device
     that queued two edits of one field offline sent both against the same base, and its
-    second edit must replace its first, not conflict with it. Returns None when the base
-    version is unknown.
+    second edit must replace its first, not conflict with it. With ``made_before`` (the
+    edit's ledger row), only the device's writes of mutations made before it count: an edit
+    applied again after review must not take the device's own later edit as its base, and
+    replace it unseen. Returns None when the base version is unknown.
     """
     ordered = sorted(versions, key=lambda view: view.version)
     if base_version == 0:
@@ -89,7 +95,9 @@ def effective_base(*, base_version: int, versions: Iterable[VersionView], device
             return None
         base = dict(found.data)
     for view in ordered:
-        if view.version > base_version and view.device_id is not None and view.device_id == device_id:
+        own = view.device_id is not None and view.device_id == device_id
+        earlier = made_before is None or (view.mutation_id is not None and view.mutation_id < made_before)
+        if view.version > base_version and own and earlier:
             for name in view.changed_fields:
                 if name in view.data:
                     base[name] = view.data[name]

@@ -1016,6 +1016,7 @@ def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
         device_id=version.device_id,
         changed_fields=version.changed_fields,
         is_deleted=version.is_deleted,
+        mutation_id=version.mutation_id,
     )
 
 
@@ -1136,7 +1137,10 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         _quarantine(row, "not_permitted", "This user may not make this change.", "fields")
         return
     base = merge.effective_base(
-        base_version=base_version, versions=versions, device_id=context.device and context.device.pk
+        base_version=base_version,
+        versions=versions,
+        device_id=context.device and context.device.pk,
+        made_before=row.pk,
     )
     if base is None:
         _quarantine(row, "invalid_base_version", "The base version is unknown.", "base_version")

@@ -20,7 +20,16 @@ from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Membership, Role, User
 from apps.sync import sealing
-from apps.sync.models import Audience, ChangeEntry, Conflict, FeedRetention, Mutation, MutationStatus
+from apps.sync.models import (
+    Audience,
+    ChangeEntry,
+    Conflict,
+    FeedRetention,
+    Mutation,
+    MutationStatus,
+    SyncedRecord,
+)
+from apps.sync.scopes import scopes_for_user
 
 
 class InvalidCursor(ValueError):
@@ -493,9 +502,13 @@ def _reviewed_by(user: User) -> Q:
 
 def open_conflicts_visible_to(*, user: User) -> QuerySet[Conflict]:
     """Case managers and supervisors see their programs' open conflicts; a field user sees
-    the conflicts of their own mutations."""
+    the conflicts of their own mutations, of records they may still see: a conflict holds a
+    colleague's value, which a writer who has left the crew or the program may not read."""
     resolving = user.memberships.filter(role__in=_CONFLICT_RESOLVERS).values("program_id")
-    return Conflict.objects.filter(resolved_at=None).filter(Q(user=user) | Q(program__in=resolving))
+    still_seen = SyncedRecord.objects.filter(scopes__overlap=scopes_for_user(user)).values("record_id")
+    return Conflict.objects.filter(resolved_at=None).filter(
+        Q(user=user, record_id__in=still_seen) | Q(program__in=resolving)
+    )
 
 
 ListedModel = TypeVar("ListedModel", bound=Model)

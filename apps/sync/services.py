@@ -706,6 +706,23 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
     synced_type = registry.get(conflict.record_type)
     if synced_type is None:
         raise LookupError(f"record type {conflict.record_type!r} is not registered for sync")
+    # The record as it stands (its lock is held): the choice was made between the two values
+    # the conflict kept, and taking the device's must not overwrite what came after them.
+    head = SyncedRecord.objects.get(record_id=conflict.record_id)
+    if head.is_deleted:
+        raise DomainError(
+            "The record has been deleted since this conflict; its deletion stands. Keep the server's value.",
+            code="record_deleted",
+            field="choice",
+        )
+    if head.data.get(conflict.field) != conflict.server_value:
+        raise DomainError(
+            f"The record's {conflict.field} has changed since this conflict (it is at version {head.version} now): "
+            "the device's value would overwrite a value you have not compared it with. Keep the server's value, "
+            "then edit the record if the device's is still right.",
+            code="conflict_stale",
+            field="choice",
+        )
     record = synced_type.model._default_manager.get(pk=conflict.record_id)
     serializer = registry.bound_serializer(synced_type.serializer, partial=True)
     try:

@@ -5,8 +5,10 @@ import pytest
 from apps.accounts.models import Program, Role
 from apps.care.models import Encounter
 from apps.common.api.errors import DomainError
-from apps.sync.models import ChangeEntry, Conflict, RecordVersion
+from apps.sync.models import ChangeEntry, Conflict, RecordVersion, SyncedRecord
+from apps.sync.selectors import open_conflicts_visible_to
 from apps.sync.services import conflict_resolve
+from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
@@ -86,3 +88,55 @@ def test_the_outsider_and_field_crew_cannot_resolve(program: Program, crew_membe
 
     assert Conflict.objects.get(pk=conflict.pk).is_open
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Agitated."
+
+
+def test_the_devices_value_is_not_taken_over_a_value_written_since_the_conflict(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_assessment(crew_member)  # "Agitated." against the device's "Calm."
+    newer = "Agitated; calmer after 20 minutes, safety plan made."
+    edit = pushed(
+        crew_member, "care.encounter", {"assessment": newer}, op="update", record_id=conflict.record_id, base_version=2
+    )
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    with pytest.raises(DomainError) as refused:
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    assert (edit["status"], refused.value.code, refused.value.field) == ("applied", "conflict_stale", "choice")
+    assert Encounter.objects.get(pk=conflict.record_id).assessment == newer
+    assert Conflict.objects.get(pk=conflict.pk).is_open
+    # Keeping the server's value still closes it, and changes nothing.
+    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager)
+    assert Encounter.objects.get(pk=conflict.record_id).assessment == newer
+
+
+def test_the_devices_value_does_not_bring_back_a_record_deleted_since_the_conflict(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_assessment(crew_member)
+    deleted = pushed(crew_member, "care.encounter", {}, op="delete", record_id=conflict.record_id, base_version=2)
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    with pytest.raises(DomainError) as refused:
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    assert (deleted["status"], refused.value.code) == ("applied", "record_deleted")
+    head = SyncedRecord.objects.get(record_id=conflict.record_id)
+    assert (head.is_deleted, head.version) == (True, deleted["version"])
+    assert Encounter.objects.get(pk=conflict.record_id).is_deleted
+
+
+def test_a_writer_off_the_crew_no_longer_reads_a_colleagues_value_in_their_own_conflict(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_assessment(crew_member)  # the teammate's "Calm." met "Agitated."
+    writer = conflict.user
+    listed_before = [c.server_value for c in open_conflicts_visible_to(user=writer)]
+
+    UnitMember.objects.filter(user=writer).delete()
+
+    assert listed_before == ["Agitated."]
+    assert list(open_conflicts_visible_to(user=writer)) == []
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+    assert list(open_conflicts_visible_to(user=manager)) == [conflict]

@@ -113,6 +113,26 @@ def test_an_edit_applied_after_review_merges_with_what_changed_since(program: Pr
     assert Conflict.objects.get(record_id=record_id).device_value == "A: written offline"
 
 
+def test_an_edit_applied_after_review_does_not_replace_its_writers_own_later_edit(
+    program: Program, crew_member: CrewMember
+) -> None:
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    [refused] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "A: earlier"}, 1))
+    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    [later] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "B: later"}, 1))
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert (refused["status"], later["status"]) == ("quarantined", "applied")
+    # The writer's latest word stands; the earlier one is kept beside it, not applied over it.
+    assert result["status"] == "conflict"
+    assert Encounter.objects.get(pk=record_id).assessment == "B: later"
+    assert Conflict.objects.get(record_id=record_id).device_value == "A: earlier"
+
+
 def test_what_still_cannot_apply_is_quarantined_again_saying_why(program: Program, crew_member: CrewMember) -> None:
     record_id = encounter(crew_member)
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
@@ -188,6 +208,8 @@ def test_only_a_supervisor_of_the_records_program_applies_it_again(program: Prog
         ({"ids": []}, "ids"),
         ({"ids": [1, 1]}, "ids"),
         ({"ids": [0]}, "ids.0"),
+        ({"ids": ["13"]}, "ids.0"),
+        ({"ids": [1, 2.0]}, "ids.1"),
         ({"ids": list(range(1, 202))}, "ids"),
         ({"ids": [1], "also": 2}, "also"),
     ],

@@ -83,12 +83,27 @@ def mistyped_fields(serializer: serializers.Serializer[Any], data: dict[str, Any
         field = serializer.fields.get(name)
         if field is None or field.read_only or value is None:  # DRF words those
             continue
-        for kind, json_types, wanted in _JSON_TYPES:
-            if isinstance(field, kind):
-                if not isinstance(value, json_types) or (bool not in json_types and isinstance(value, bool)):
-                    mistyped[name] = f"Send {wanted}."
-                break
+        wanted = _mistyped(field, value)
+        if wanted is not None:
+            mistyped[name] = wanted
+        elif isinstance(field, serializers.ListField) and isinstance(value, list):
+            # A list's items too, each named by its place: ["13"] for a list of numbers.
+            for index, item in enumerate(value):
+                wanted = _mistyped(field.child, item) if item is not None else None
+                if wanted is not None:
+                    mistyped[f"{name}.{index}"] = wanted
+                    break
     return mistyped
+
+
+def _mistyped(field: serializers.Field[Any, Any, Any, Any], value: Any) -> str | None:
+    """What to send instead of ``value``, when its JSON type is not one the field takes."""
+    for kind, json_types, wanted in _JSON_TYPES:
+        if isinstance(field, kind):
+            if not isinstance(value, json_types) or (bool not in json_types and isinstance(value, bool)):
+                return f"Send {wanted}."
+            return None
+    return None
 
 
 class OffsetDateTimeField(serializers.DateTimeField):
