@@ -57,6 +57,9 @@ class ChangeEntry(models.Model):
         indexes = [
             models.Index(fields=["scope", "transaction_id", "id"], name="change_entry_scope_order"),
             models.Index(fields=["transaction_id", "id"], name="change_entry_order"),
+            # The records only the feed holds (dispatch's; no version): a change of access
+            # finds each one's last word to a scope. Partial, so a push's entries skip it.
+            models.Index(fields=["record_id"], condition=models.Q(version=None), name="change_entry_feed_only"),
         ]
 
     def __str__(self) -> str:

@@ -590,37 +590,43 @@ def _append_feed_only_for_user(
     audiences: RawSQL, scope: str, operation: ChangeOperation, *, unless_read_in: RawSQL | None = None
 ) -> None:
     """``_append_for_user`` for the records only the feed holds (dispatch's calls and
-    assignments, which have no head): each whose latest entry in these audiences is an
-    upsert, its data copied as stored. With ``unless_read_in``, not those the user still
-    reads there (a dispatcher who leaves a crew still sees its assignments)."""
+    assignments: no head, no version): each whose last entry to these audiences, before this
+    transaction (what the user could have read there), is an upsert, its data copied as
+    stored. With ``unless_read_in``, not those whose last entry to one of those audiences is
+    an upsert: the user still sees them there (a dispatcher who leaves a crew)."""
     still_read, still_read_params = "", []
     if unless_read_in is not None:
         still_read = (
-            " AND NOT EXISTS (SELECT 1 FROM sync_changeentry AS other WHERE other.record_id = e.record_id"  # noqa: S608 — the audiences' SQL is a constant
-            f" AND other.scope IN ({unless_read_in.sql}))"
+            " AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (kept.scope) kept.operation"  # noqa: S608 — the audiences' SQL is a constant
+            " FROM sync_changeentry AS kept WHERE kept.record_id = candidate.record_id AND kept.version IS NULL"
+            f" AND kept.scope IN ({unless_read_in.sql})"
+            " ORDER BY kept.scope, kept.transaction_id DESC, kept.id DESC) AS last_kept"
+            " WHERE last_kept.operation = %s)"
         )
-        still_read_params = list(unless_read_in.params)
-    reason = RemoveReason.OUT_OF_SCOPE.value if operation == ChangeOperation.REMOVE else ""
+        still_read_params = [*unless_read_in.params, ChangeOperation.UPSERT.value]
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO sync_changeentry"  # noqa: S608 — the audiences' SQL is a constant
+            "WITH candidate AS (SELECT DISTINCT e.record_id FROM sync_changeentry AS e"  # noqa: S608 — the audiences' SQL is a constant
+            f" WHERE e.scope IN ({audiences.sql}) AND e.version IS NULL"
+            " AND e.transaction_id < pg_current_xact_id()::text::bigint)"
+            " INSERT INTO sync_changeentry"
             " (program_id, scope, record_type, record_id, operation, data, version, reason, created_at)"
             " SELECT latest.program_id, %s, latest.record_type, latest.record_id, %s,"
-            " CASE WHEN %s THEN latest.data ELSE '{}'::jsonb END, latest.version, %s, now()"
-            " FROM (SELECT DISTINCT ON (e.record_id) e.program_id, e.record_type, e.record_id, e.operation,"
-            " e.data, e.version FROM sync_changeentry AS e"
-            f" WHERE e.scope IN ({audiences.sql})"
-            " AND NOT EXISTS (SELECT 1 FROM sync_syncedrecord AS head WHERE head.record_id = e.record_id)"
-            f"{still_read} ORDER BY e.record_id, e.transaction_id DESC, e.id DESC) AS latest"
-            " WHERE latest.operation = %s ORDER BY latest.record_id",
+            " CASE WHEN %s THEN latest.data ELSE '{}'::jsonb END, NULL, %s, now()"
+            " FROM candidate CROSS JOIN LATERAL (SELECT e.program_id, e.record_type, e.record_id, e.operation, e.data"
+            " FROM sync_changeentry AS e WHERE e.record_id = candidate.record_id AND e.version IS NULL"
+            f" AND e.scope IN ({audiences.sql}) AND e.transaction_id < pg_current_xact_id()::text::bigint"
+            " ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1) AS latest"
+            f" WHERE latest.operation = %s{still_read} ORDER BY latest.record_id",
             [
+                *audiences.params,
                 scope,
                 operation.value,
                 operation == ChangeOperation.UPSERT,
-                reason,
+                RemoveReason.OUT_OF_SCOPE.value if operation == ChangeOperation.REMOVE else "",
                 *audiences.params,
-                *still_read_params,
                 ChangeOperation.UPSERT.value,
+                *still_read_params,
             ],
         )
 

@@ -3,9 +3,14 @@ the change's catch-up reads them from the feed itself."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
+from django.db import connection
 
 from apps.accounts.models import Membership, Program, Role
+from apps.sync import services as sync_services
 from apps.teams import services as teams_services
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident, make_staff
@@ -75,3 +80,67 @@ def test_a_dispatcher_who_leaves_a_crew_keeps_its_assignments(program: Program, 
 
     # An entry for the crew and one for the dispatchers; no removal.
     assert {e["op"] for e in later if e["id"] == assignment["id"]} == {"upsert"}
+
+
+def _held(entries: list[dict[str, Any]], held: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a device holds after these entries, by id: each record's status."""
+    held = dict(held or {})
+    for entry in entries:
+        if entry["op"] == "upsert":
+            held[entry["id"]] = entry["data"].get("status")
+        else:
+            held.pop(entry["id"], None)
+    return held
+
+
+def test_a_dispatcher_on_a_crew_who_loses_the_role_drops_a_call_the_crew_dropped(
+    program: Program, dispatcher: CrewMember
+) -> None:
+    crew = make_crew_member(program)
+    teams_services.unit_member_add(unit=crew.unit, user=dispatcher.user)
+    device = SimDevice(dispatcher)
+    _, cursor = device.pull()
+    colleague = make_staff(program, Role.DISPATCHER)
+    declined = offer(colleague, make_incident(program, colleague), crew.unit)
+    assert post(crew, declined["id"], "decline", {"reason": "already on a call"}).status_code == 200
+    served, cursor = device.pull(cursor)
+
+    Membership.objects.filter(user=dispatcher.user, program=program).update(role=Role.CLINICIAN)
+    later, _ = device.pull(cursor)
+
+    assert _held(served)[declined["id"]] == "declined"  # a dispatcher sees it
+    assert declined["id"] not in _held(later, _held(served))
+
+
+def test_leaving_a_crew_while_its_call_is_cancelled_removes_the_call(
+    program: Program, crew_member: CrewMember, dispatcher: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    assignment = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+    served, cursor = device.pull(cursor)
+    wait = sync_services._wait_for_older_writers
+    answers: list[int] = []
+
+    def cancel() -> None:
+        try:
+            answers.append(post(dispatcher, assignment["id"], "cancel", {"reason": "resolved"}).status_code)
+        finally:
+            connection.close()
+
+    def wait_then_a_dispatcher_cancels() -> None:
+        wait()
+        # Younger than the change of crew, it commits before the change's catch-up is read.
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        canceller.join(timeout=30)
+        assert not canceller.is_alive()
+
+    monkeypatch.setattr(sync_services, "_wait_for_older_writers", wait_then_a_dispatcher_cancels)
+    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    monkeypatch.setattr(sync_services, "_wait_for_older_writers", wait)
+    later, _ = device.pull(cursor)
+
+    assert answers == [200]
+    assert assignment["id"] in _held(served)
+    assert assignment["id"] not in _held(later, _held(served))
