@@ -319,6 +319,12 @@ class ScopeChange(models.Model):
     gained = models.BooleanField()
     # The changing transaction's id, as the feed's entries carry theirs.
     transaction_id = models.BigIntegerField(db_default=RawSQL("pg_current_xact_id()::text::bigint", []))
+    # For a gain: the transactions the change's catch-up did not see, whose entries the user
+    # reads — those from ``unseen_from`` on, and those still running then (``unseen``). A
+    # younger transaction that committed before the catch-up is in it: its entries are not
+    # served (a record that passed through the unit before the join is never shown).
+    unseen_from = models.BigIntegerField(null=True, blank=True)
+    unseen = ArrayField(models.BigIntegerField(), default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

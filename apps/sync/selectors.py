@@ -163,20 +163,35 @@ class _Reading:
     horizon: int
     next_transaction_id: int
     scopes: list[str]
-    # Audiences read whole, and those read only between two places (exclusive; None: no bound).
+    # Audiences read whole, and those read only while the user held a scope of them.
     audiences: list[str]
-    windows: list[tuple[list[str], int | None, int | None]]
+    windows: list[tuple[list[str], _Gain | None, int | None]]
 
     def readable(self) -> Q:
         readable = Q(scope__in=self.audiences)
-        for audiences, after, before in self.windows:
+        for audiences, gain, lost_at in self.windows:
             window = Q(scope__in=audiences)
-            if after is not None:
-                window &= Q(transaction_id__gt=after)
-            if before is not None:
-                window &= Q(transaction_id__lt=before)
+            if gain is not None:
+                window &= gain.after()
+            if lost_at is not None:
+                window &= Q(transaction_id__lt=lost_at)
             readable |= window
         return readable
+
+
+@dataclass(frozen=True)
+class _Gain:
+    """Where a user gained a scope: its entries are read from the transactions the gain's
+    catch-up did not see (``ScopeChange.unseen_from``, ``unseen``) on."""
+
+    transaction_id: int
+    unseen_from: int | None
+    unseen: list[int]
+
+    def after(self) -> Q:
+        if self.unseen_from is None:  # recorded before the catch-up's snapshot was kept
+            return Q(transaction_id__gt=self.transaction_id)
+        return Q(transaction_id__gte=self.unseen_from) | Q(transaction_id__in=self.unseen)
 
 
 def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPosition) -> _Reading:
@@ -204,7 +219,8 @@ def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPos
             " pg_snapshot_xmax(pg_current_snapshot())::text::bigint, reader.scopes,"
             " ARRAY(SELECT unnest(reader.scopes) UNION ALL SELECT key FROM sync_audience"
             " WHERE sync_audience.scopes && reader.scopes),"
-            " (SELECT json_agg(json_build_array(scope, gained, transaction_id) ORDER BY transaction_id, id)"
+            " (SELECT json_agg(json_build_array(scope, gained, transaction_id, unseen_from, unseen)"
+            " ORDER BY transaction_id, id)"
             " FROM sync_scopechange WHERE user_id = %s AND transaction_id > %s)"
             " FROM reader",
             [user_id, scopes, user_id, position.transaction_id],
@@ -217,16 +233,17 @@ def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPos
 def _with_windows(reading: _Reading, changes: list[list[Any]]) -> _Reading:
     """The reading of a user whose scopes changed after the position: each changed scope
     read between its changes, every other scope whole."""
-    steps: dict[str, list[tuple[bool, int]]] = {}
-    for scope, gained, transaction_id in changes:
-        steps.setdefault(scope, []).append((gained, transaction_id))
-    spans: list[tuple[str, int | None, int | None]] = []
+    steps: dict[str, list[tuple[bool, int, _Gain | None]]] = {}
+    for scope, gained, transaction_id, unseen_from, unseen in changes:
+        gain = _Gain(transaction_id, unseen_from, unseen or []) if gained else None
+        steps.setdefault(scope, []).append((gained, transaction_id, gain))
+    spans: list[tuple[str, _Gain | None, int | None]] = []
     for scope, changes_of_scope in steps.items():
         # Held at the position if its first change since is a loss.
         held, since = not changes_of_scope[0][0], None
-        for gained, transaction_id in changes_of_scope:
+        for gained, transaction_id, gain in changes_of_scope:
             if gained:
-                held, since = True, transaction_id
+                held, since = True, gain
             elif held:
                 spans.append((scope, since, transaction_id))
                 held = False

@@ -460,6 +460,7 @@ def user_scopes_refresh(*, user: User) -> list[str]:
         kept = sorted(set(state.scopes) & set(current))
         target = user_scope(user.pk)
         _wait_for_older_writers()
+        unseen_from, unseen = _transactions_not_yet_seen()
         if lost:
             # Records no scope the user keeps sees (each audience is all or nothing), and those
             # a younger writer (or this transaction) has moved out of a lost scope already: its
@@ -491,12 +492,28 @@ def user_scopes_refresh(*, user: User) -> list[str]:
             )
         ScopeChange.objects.bulk_create(
             [ScopeChange(user=user, scope=scope, gained=False) for scope in lost]
-            + [ScopeChange(user=user, scope=scope, gained=True) for scope in gained]
+            + [
+                ScopeChange(user=user, scope=scope, gained=True, unseen_from=unseen_from, unseen=unseen)
+                for scope in gained
+            ]
         )
         state.scopes = current
         state.save(update_fields=["scopes", "updated_at"])
         transaction.on_commit(lambda: nudge_scopes([target]))
     return current
+
+
+def _transactions_not_yet_seen() -> tuple[int, list[int]]:
+    """The transactions this one's next statements may not see committed yet: from the next
+    id to be assigned on, and those running now but this one. A change of access reads its
+    catch-up after this, so it sees at least every other transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_snapshot_xmax(s)::text::bigint, ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x"
+            " WHERE x <> pg_current_xact_id()) FROM pg_current_snapshot() AS s"
+        )
+        unseen_from, running = cursor.fetchone()
+    return int(unseen_from), sorted(int(x) for x in running)
 
 
 # How long a change of access waits for the writers that were running when it began, and

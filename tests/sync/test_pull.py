@@ -324,6 +324,46 @@ def test_joining_a_unit_serves_nothing_of_what_left_it_before_the_join(
     ]
 
 
+def test_joining_a_unit_serves_nothing_that_passed_through_it_while_the_join_committed(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    joined, elsewhere = UnitFactory.create(program=program), UnitFactory.create(program=program)
+    member_there = make_crew_member(program, unit=joined)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    written: dict[str, uuid.UUID] = {}
+
+    def others_write() -> None:
+        try:
+            written["stays"] = encounter(member_there, assessment="the crew's to see")
+            written["gone"] = encounter(member_there, assessment="never the new member's to see")
+            encounter_reassign(
+                encounter=Encounter.objects.get(pk=written["gone"]), unit=elsewhere, actor=supervisor.user
+            )
+        finally:
+            connection.close()
+
+    wait = services._wait_for_older_writers
+
+    def wait_then_others_write() -> None:
+        wait()
+        # Transactions younger than the join, committed before it read its catch-up.
+        writer = threading.Thread(target=others_write)
+        writer.start()
+        writer.join(timeout=30)
+        assert not writer.is_alive()
+
+    monkeypatch.setattr(services, "_wait_for_older_writers", wait_then_others_write)
+    teams_services.unit_member_add(unit=joined, user=crew_member.user)
+    monkeypatch.setattr(services, "_wait_for_older_writers", wait)
+    later, _ = device.pull(cursor)
+
+    assert [(e["id"], e["op"], e["data"].get("assessment")) for e in later] == [
+        (str(written["stays"]), "upsert", "the crew's to see")
+    ]
+
+
 def test_a_member_who_left_and_rejoined_a_unit_reads_it_only_while_a_member(
     program: Program, crew_member: CrewMember
 ) -> None:
