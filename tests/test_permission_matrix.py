@@ -88,7 +88,7 @@ MATRIX: dict[tuple[str, str], list[Try]] = {
     ("sync-push", "GET"): both(NO_DATA),
     ("sync-push", "POST"): both(NO_DATA, {"mutations": []}),
     ("sync-quarantine", "GET"): both(NO_DATA),
-    ("sync-quarantine-apply", "POST"): both(404, {"ids": ["quarantined_id"]}),
+    ("sync-quarantine-apply", "POST"): both(404, {"ids": ["quarantined_number"]}),
     ("sync-conflicts", "GET"): both(NO_DATA),
     ("sync-watermelon-pull", "GET"): both(NO_DATA),
     ("sync-watermelon-push", "POST"): both(NO_DATA, {"changes": {}}),
@@ -301,6 +301,8 @@ def concrete(value: Any, world: World) -> Any:
         return str(uuid.uuid4())
     if value == "crew_user":
         return str(world.crew.user.pk)
+    if value == "quarantined_number":  # a ledger id, sent as the number it is
+        return int(world.kwargs["quarantined_id"])
     if isinstance(value, str) and value in world.kwargs:
         return world.kwargs[value]
     return value
