@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
 
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent
 from apps.care.services import encounter_reassign, referral_outcome_record
 from apps.sync.models import Mutation, SyncedRecord
-from apps.sync.services import lock_records, publish_record
+from apps.sync.services import publish_record
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice
+from tests.sync.helpers import SimDevice, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,51 +147,19 @@ def test_an_outcome_pushed_while_a_colleague_edits_its_referral_keeps_the_collea
     a copy read before the colleague's edit committed would publish their edit undone."""
     referral_id = referral(crew_member)
     device = SimDevice(crew_member)
-    edited, release = threading.Event(), threading.Event()
 
     def case_managers_edit() -> None:
-        try:
-            with transaction.atomic():
-                lock_records([referral_id])
-                referral = Referral.objects.get(pk=referral_id)
-                referral.priority = "urgent"
-                referral.save()
-                publish_record(type_name="care.referral", record=referral, user=None)
-                edited.set()
-                release.wait(10)
-        finally:
-            connection.close()
+        referral = Referral.objects.get(pk=referral_id)
+        referral.priority = "urgent"
+        referral.save()
+        publish_record(type_name="care.referral", record=referral, user=None)
 
-    results: list[dict[str, Any]] = []
-    faults: list[BaseException] = []
+    def outcome_push() -> list[dict[str, Any]]:
+        outcome = {"referral_id": str(referral_id), "outcome": "scheduled", "observed_at": "2026-11-21T10:00:00+00:00"}
+        return device.push(device.mutation("create", "care.referral_outcome", uuid.uuid4(), outcome))
 
-    def outcome_push() -> None:
-        try:
-            outcome = {
-                "referral_id": str(referral_id),
-                "outcome": "scheduled",
-                "observed_at": "2026-11-21T10:00:00+00:00",
-            }
-            results.extend(device.push(device.mutation("create", "care.referral_outcome", uuid.uuid4(), outcome)))
-        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
-            faults.append(fault)
-        finally:
-            connection.close()
+    results, waited_for_the_edit = run_while_another_writer_holds(referral_id, case_managers_edit, outcome_push)
 
-    editor = threading.Thread(target=case_managers_edit)
-    editor.start()
-    assert edited.wait(10)
-    pusher = threading.Thread(target=outcome_push)
-    pusher.start()
-    pusher.join(1)
-    waited_for_the_edit = pusher.is_alive()
-    release.set()
-    editor.join(30)
-    pusher.join(30)
-
-    assert not editor.is_alive() and not pusher.is_alive(), "the push and the edit deadlocked"
-    if faults:
-        raise faults[0]
     assert [result["status"] for result in results] == ["applied"]
     assert waited_for_the_edit
     stored = Referral.objects.get(pk=referral_id)
@@ -254,44 +220,18 @@ def test_a_reassigned_encounter_publishes_a_note_edit_committed_while_it_waited(
     note_id = uuid.UUID(note["id"])
     new_unit = UnitFactory.create(program=program)
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
-    edited, release = threading.Event(), threading.Event()
-    faults: list[BaseException] = []
 
     def authors_edit() -> None:
-        try:
-            with transaction.atomic():
-                lock_records([note_id])
-                draft = ClinicalNote.objects.get(pk=note_id)
-                draft.body = "finished"
-                draft.save()
-                publish_record(type_name="care.note", record=draft, user=crew_member.user)
-                edited.set()
-                release.wait(10)
-        finally:
-            connection.close()
+        draft = ClinicalNote.objects.get(pk=note_id)
+        draft.body = "finished"
+        draft.save()
+        publish_record(type_name="care.note", record=draft, user=crew_member.user)
 
     def reassign() -> None:
-        try:
-            encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
-        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
-            faults.append(fault)
-        finally:
-            connection.close()
+        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
 
-    editor = threading.Thread(target=authors_edit)
-    editor.start()
-    assert edited.wait(10)
-    mover = threading.Thread(target=reassign)
-    mover.start()
-    mover.join(1)
-    waited_for_the_edit = mover.is_alive()
-    release.set()
-    editor.join(30)
-    mover.join(30)
+    _, waited_for_the_edit = run_while_another_writer_holds(note_id, authors_edit, reassign)
 
-    assert not editor.is_alive() and not mover.is_alive(), "the move and the edit deadlocked"
-    if faults:
-        raise faults[0]
     assert waited_for_the_edit
     stored = ClinicalNote.objects.get(pk=note_id)
     assert (stored.body, stored.unit_id) == ("finished", new_unit.pk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,3 +106,57 @@ def encounter_fields(member: CrewMember, **overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return fields
+
+
+def run_while_another_writer_holds(
+    record_id: uuid.UUID, edit: Callable[[], None], action: Callable[[], Any]
+) -> tuple[Any, bool]:
+    """Run ``action`` in a thread of its own while another transaction, having made ``edit``
+    of the record under its lock, holds that lock; then let that transaction commit.
+
+    Returns what ``action`` returned, and whether it waited for the lock. Each thread has its
+    own database connection, as two requests would.
+    """
+    from django.db import connection, transaction
+
+    from apps.sync.services import lock_records
+
+    edited, release = threading.Event(), threading.Event()
+    returned: list[Any] = []
+    faults: list[BaseException] = []
+
+    def other_writer() -> None:
+        try:
+            with transaction.atomic():
+                lock_records([record_id])
+                edit()
+                edited.set()
+                release.wait(10)
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+            edited.set()
+        finally:
+            connection.close()
+
+    def act() -> None:
+        try:
+            returned.append(action())
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert edited.wait(10), "the other writer never took the lock"
+    actor = threading.Thread(target=act)
+    actor.start()
+    actor.join(1)
+    waited = actor.is_alive()
+    release.set()
+    writer.join(30)
+    actor.join(30)
+    assert not writer.is_alive() and not actor.is_alive(), "the two writers deadlocked"
+    if faults:
+        raise faults[0]
+    return returned[0], waited

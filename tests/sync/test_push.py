@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import uuid
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
@@ -16,10 +14,10 @@ from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
-from apps.sync.services import lock_records, publish_record
+from apps.sync.services import publish_record
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, encounter_fields, now_iso, sync_client
+from tests.sync.helpers import SimDevice, encounter_fields, now_iso, run_while_another_writer_holds, sync_client
 
 # The feed serves only what every older transaction has finished, so these tests commit.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -182,51 +180,22 @@ def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_th
     device = SimDevice(crew_member)
     encounter_id, _ = created(device, location="first")
     _entries, cursor = device.pull()
-    edited, release = threading.Event(), threading.Event()
 
     def case_managers_edit() -> None:
-        try:
-            with transaction.atomic():
-                lock_records([encounter_id])
-                encounter = Encounter.objects.get(pk=encounter_id)
-                encounter.location = "second"
-                encounter.save()
-                publish_record(type_name="care.encounter", record=encounter, user=None)
-                edited.set()
-                release.wait(10)
-        finally:
-            connection.close()
+        encounter = Encounter.objects.get(pk=encounter_id)
+        encounter.location = "second"
+        encounter.save()
+        publish_record(type_name="care.encounter", record=encounter, user=None)
 
-    results: list[dict[str, Any]] = []
-    faults: list[BaseException] = []
+    def refused_push() -> list[dict[str, Any]]:
+        refused = device.mutation("update", "care.encounter", encounter_id, {"location": "third"}, 1)
+        refused["colour"] = "red"
+        return device.push(refused)
 
-    def refused_push() -> None:
-        try:
-            refused = device.mutation("update", "care.encounter", encounter_id, {"location": "third"}, 1)
-            refused["colour"] = "red"
-            results.extend(device.push(refused))
-        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
-            faults.append(fault)
-        finally:
-            connection.close()
+    results, waited_for_the_edit = run_while_another_writer_holds(encounter_id, case_managers_edit, refused_push)
 
-    editor = threading.Thread(target=case_managers_edit)
-    editor.start()
-    assert edited.wait(10)
-    pusher = threading.Thread(target=refused_push)
-    pusher.start()
-    pusher.join(1)
-    waited_for_the_edit = pusher.is_alive()
-    release.set()
-    editor.join(30)
-    pusher.join(30)
-
-    assert not editor.is_alive() and not pusher.is_alive(), "the push and the edit deadlocked"
-    if faults:
-        raise faults[0]
     assert [result["error"]["code"] for result in results] == ["unknown_field"]
     assert waited_for_the_edit
-
     entries, _ = device.pull(cursor)
     last = [entry for entry in entries if entry["id"] == str(encounter_id)][-1]
     assert (last["version"], last["data"]["location"]) == (2, "second")
