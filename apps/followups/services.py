@@ -280,6 +280,16 @@ def step_assign(*, step: FollowUpStep, actor: User, owner: User) -> FollowUpStep
     return step
 
 
+# A device's clock may run a little ahead of the server's; further ahead, the time is wrong.
+ATTEMPT_CLOCK_SKEW = dt.timedelta(minutes=5)
+ATTEMPT_IN_THE_FUTURE = "An attempt cannot be in the future."
+
+
+def attempt_is_in_the_future(attempted_at: dt.datetime) -> bool:
+    """The rule of every path an attempt is recorded by (the API, a device's sync)."""
+    return attempted_at > timezone.now() + ATTEMPT_CLOCK_SKEW
+
+
 @transaction.atomic
 def attempt_record(
     *,
@@ -291,9 +301,13 @@ def attempt_record(
     attempted_at: dt.datetime,
     attempt_id: UUID | None = None,
 ) -> ContactAttempt:
-    """A case manager records a try at the contact; a step stays open until completed or missed."""
-    if attempted_at > timezone.now() + dt.timedelta(minutes=5):
-        raise _invalid("attempted_at", "An attempt cannot be in the future.")
+    """A case manager records a try at the contact; a step stays open until completed or missed.
+
+    With the id of an attempt already recorded (a retry, or one a device synced first), the
+    same attempt is that one, returned as it stands; other content under its id is refused.
+    """
+    if attempt_is_in_the_future(attempted_at):
+        raise _invalid("attempted_at", ATTEMPT_IN_THE_FUTURE)
     from apps.sync.services import lock_records, publish_record
 
     attempt = ContactAttempt(
@@ -309,6 +323,21 @@ def attempt_record(
     if attempt_id is not None:
         attempt.id = attempt_id
     lock_records([attempt.pk])
+    recorded = ContactAttempt.objects.filter(pk=attempt.pk).first()
+    if recorded is not None:
+        if (recorded.step_id, recorded.method, recorded.result, recorded.notes, recorded.attempted_at) != (
+            step.pk,
+            method,
+            result,
+            notes,
+            attempted_at,
+        ):
+            raise DomainError(
+                "An attempt with this id is recorded already, with other content; it stands.",
+                code="id_in_use",
+                field="id",
+            )
+        return recorded
     attempt.save(force_insert=True)
     publish_record(type_name="followups.contact_attempt", record=attempt, user=actor)
     return attempt

@@ -10,6 +10,7 @@ from apps.care import services as care_services
 from apps.care.models import Encounter
 from apps.care.sync import CareWire, program_id_of, scopes_of
 from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField
+from apps.followups import services as followups_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
 from apps.sync import registry
 from apps.sync.registry import Change, Refused, WriteContext
@@ -36,6 +37,8 @@ def attempt_apply(context: WriteContext, change: Change) -> ContactAttempt:
         raise Refused("append_only", "A contact attempt is never changed; record another one.")
     values = dict(change.values)
     step = context.parent(FollowUpStep, values.pop("step_id"), "step_id")
+    if followups_services.attempt_is_in_the_future(values["attempted_at"]):
+        raise Refused("attempt_in_the_future", followups_services.ATTEMPT_IN_THE_FUTURE, field="attempted_at")
     attempt = ContactAttempt(
         id=change.record_id,
         program_id=step.program_id,

@@ -260,6 +260,53 @@ def test_a_contact_attempt_made_offline_syncs_and_is_never_rewritten(
     )
 
 
+def test_an_attempt_dated_in_the_future_is_refused_over_the_api_and_kept_for_review_from_a_device(
+    crew_member: CrewMember,
+) -> None:
+    [step, *_] = steps_of(referral(crew_member))
+    next_year = (timezone.now() + dt.timedelta(days=365)).isoformat()
+
+    over_the_api = (
+        case_manager(crew_member)
+        .client()
+        .post(
+            f"/api/v1/followups/steps/{step.pk}/attempts/",
+            {"method": "phone", "result": "reached", "attempted_at": next_year},
+            format="json",
+        )
+    )
+    synced = pushed(
+        crew_member,
+        "followups.contact_attempt",
+        {"step_id": str(step.pk), "method": "phone", "result": "reached", "attempted_at": next_year},
+    )
+
+    assert (over_the_api.status_code, over_the_api.json()["errors"][0]["field"]) == (400, "attempted_at")
+    assert (synced["status"], synced["error"]["code"], synced["error"]["field"]) == (
+        "quarantined",
+        "attempt_in_the_future",
+        "fields.attempted_at",
+    )
+    assert not ContactAttempt.objects.exists()
+
+
+def test_an_attempt_posted_again_under_its_id_is_the_one_recorded_and_other_content_is_refused(
+    crew_member: CrewMember,
+) -> None:
+    [step, *_] = steps_of(referral(crew_member))
+    attempt_id = _attempt_made_offline(crew_member, step, "")  # synced from the tablet first
+    url = f"/api/v1/followups/steps/{step.pk}/attempts/"
+    same = {"id": str(attempt_id), "method": "phone", "result": "reached", "attempted_at": "2026-11-21T10:00:00Z"}
+    manager = case_manager(crew_member).client()
+
+    again = manager.post(url, same, format="json")
+    other = manager.post(url, {**same, "result": "no_answer"}, format="json")
+
+    assert (again.status_code, again.json()["id"]) == (201, str(attempt_id))
+    assert (other.status_code, other.json()["code"], other.json()["errors"][0]["field"]) == (409, "id_in_use", "id")
+    assert [(a.pk, a.result) for a in ContactAttempt.objects.all()] == [(attempt_id, "reached")]
+
+
 def _attempt_made_offline(member: CrewMember, step: FollowUpStep, notes: str) -> uuid.UUID:
     attempt_id = uuid.uuid4()
     fields = {

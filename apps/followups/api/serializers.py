@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.common.api.pagination import PageQuerySerializer
-from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep, StepEvent, StepStatus
 from apps.followups.services import REASON_MAX_LENGTH
 
@@ -74,7 +74,8 @@ class StepQuerySerializer(PageQuerySerializer):
 
 
 class AttemptInputSerializer(StrictSerializer):
-    id = serializers.UUIDField(required=False)
+    # The id of the attempt synced to devices (followups.contact_attempt): spelt as sync takes it.
+    id = CanonicalUUIDField(required=False)
     method = serializers.ChoiceField(choices=ContactMethod.choices)
     result = serializers.ChoiceField(choices=ContactResult.choices)
     notes = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
