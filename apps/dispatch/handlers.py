@@ -40,7 +40,10 @@ def _observed_at(message: dict[str, Any]) -> datetime | None:
     raw = message.get("observed_at")
     if raw is None:
         return None
-    parsed = parse_datetime(raw) if isinstance(raw, str) else None
+    try:
+        parsed = parse_datetime(raw) if isinstance(raw, str) else None
+    except ValueError:  # well formed, yet no time at all: 30 February, hour 25
+        parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise HandlerError(
             "invalid_message", "'observed_at' must be an ISO 8601 time with a UTC offset.", field="observed_at"

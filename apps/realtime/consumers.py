@@ -29,6 +29,7 @@ channel layer only carries nudges, so a lost nudge delays delivery but never los
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,8 +71,11 @@ class CloseCode:
 MAX_FRAME_BYTES = 64 * 1024
 MAX_REQUEST_ID_LENGTH = 100
 FEED_PAGE_SIZE = 200
-# Backoff while committed entries wait behind an older, still-running transaction.
+# Backoff while committed entries wait behind an older, still-running transaction, then a
+# look every HELD_BACK_RETRY_LATER_SECONDS until it ends: its commit nudges only its own
+# scopes, so nothing else tells this socket.
 HELD_BACK_RETRY_SECONDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+HELD_BACK_RETRY_LATER_SECONDS = 2.0
 
 
 def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -225,8 +229,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         except feed.InvalidCursor as error:
             await self.send_error("invalid_cursor", str(error), field="cursor")
             return
-        self.feed_cursor = cursor
-        self.feed_subscribed = True
+        async with self.feed_lock:
+            # Under the lock: a read running now would end by putting its cursor over this one.
+            self.feed_cursor = cursor
+            self.feed_subscribed = True
         await self.send_feed(always_answer=True)
         if self.feed_poll is None and settings.FEED_SAFETY_POLL_SECONDS > 0:
             self.feed_poll = asyncio.create_task(self._poll_feed())
@@ -239,6 +245,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         """
         assert self.token is not None
         async with self.feed_lock:
+            # Not after its cursor was refused: the device bootstraps, then subscribes again.
+            if not self.feed_subscribed:
+                return
             while True:
                 try:
                     page = await _read_feed(self.scopes, self.feed_cursor, self.token)
@@ -278,8 +287,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             self.feed_retry = asyncio.create_task(self._retry_held_back())
 
     async def _retry_held_back(self) -> None:
-        for delay in HELD_BACK_RETRY_SECONDS:
+        for delay in itertools.chain(HELD_BACK_RETRY_SECONDS, itertools.repeat(HELD_BACK_RETRY_LATER_SECONDS)):
             await asyncio.sleep(delay)
+            if not self.feed_subscribed:
+                return
             assert self.token is not None
             page = await _read_feed(self.scopes, self.feed_cursor, self.token)
             if page.passed_entries:

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from apps.sync import services
 from apps.sync.scopes import unit_scope
 from apps.sync.selectors import FeedPosition
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember
-from tests.live import AsgiServer
+from tests.live import AsgiServer, asgi_server
 from tests.realtime.client import authenticated_socket, receive, send
+from tests.sync.helpers import sync_client
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
@@ -159,3 +164,116 @@ def test_a_cursor_ahead_of_the_database_gets_an_error_frame(asgi: AsgiServer, cr
         send(socket, {"type": "feed.subscribe", "cursor": ahead})
         error = receive(socket)
         assert (error["type"], error["code"], error["field"]) == ("error", "cursor_expired", "cursor")
+
+
+def test_a_refused_cursor_is_refused_once_and_the_socket_waits_for_a_new_subscribe(
+    live_server_logs: Path, crew_member: CrewMember
+) -> None:
+    # A safety poll every second: it must not read the refused cursor again.
+    with asgi_server(live_server_logs, name="web-poll-each-second", FEED_SAFETY_POLL_SECONDS="1") as server:
+        with authenticated_socket(server.ws_url, crew_member.token) as socket:
+            send(socket, {"type": "feed.subscribe", "cursor": None})
+            receive(socket)
+            record(crew_member, 1)
+            first_cursor = receive(socket)["cursor"]
+        record(crew_member, 2)
+        services.feed_prune(older_than=timedelta(0))
+
+        with authenticated_socket(server.ws_url, crew_member.token) as socket:
+            send(socket, {"type": "feed.subscribe", "cursor": first_cursor})
+            refused = receive(socket)
+            with pytest.raises(TimeoutError):  # bootstrapping: nothing until it subscribes again
+                receive(socket, timeout=3)
+            bootstrapped = sync_client(crew_member).get("/api/v1/sync/snapshot/").json()["feed_cursor"]
+            send(socket, {"type": "feed.subscribe", "cursor": bootstrapped})
+            answer = receive(socket)
+            later = record(crew_member, 3)
+            delivered = receive(socket, timeout=10)
+
+    assert (refused["type"], refused["code"]) == ("error", "cursor_expired")
+    assert answer["type"] == "feed.entries"
+    assert [entry["id"] for entry in delivered["entries"]] == [later]
+
+
+def test_an_entry_held_back_by_an_older_transaction_of_another_crew_arrives_once_it_ends(
+    asgi: AsgiServer, crew_member: CrewMember, outsider: CrewMember
+) -> None:
+    """The older transaction's commit nudges only its own crew: the socket looks again
+    itself, rather than leave the entry to the safety poll (30 s)."""
+    begun = threading.Event()
+
+    def older_writer_of_another_crew() -> None:
+        try:
+            with transaction.atomic():
+                services.record_change(
+                    program_id=outsider.unit.program_id,
+                    record_type="test.note",
+                    record_id=uuid.uuid4(),
+                    scopes=[unit_scope(outsider.unit.pk)],
+                    data={"n": 0},
+                )
+                begun.set()
+                time.sleep(3)
+        finally:
+            connection.close()
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        receive(socket)
+        writer = threading.Thread(target=older_writer_of_another_crew)
+        writer.start()
+        assert begun.wait(10)
+        ours = record(crew_member, 1)  # committed, and held back behind the older transaction
+        writer.join(30)
+        message = receive(socket, timeout=10)
+
+    assert [entry["id"] for entry in message["entries"]] == [ours]
+
+
+def test_subscribing_again_from_an_older_cursor_while_a_read_runs_is_answered_from_that_cursor(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    locked = threading.Event()
+
+    def hold_the_feeds_reads(seconds: float) -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("LOCK TABLE sync_feedretention IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                time.sleep(seconds)
+        finally:
+            connection.close()
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        start = receive(socket)["cursor"]
+        first = record(crew_member, 1)
+        receive(socket)
+        locker = threading.Thread(target=hold_the_feeds_reads, args=(1.5,))
+        locker.start()
+        assert locked.wait(10)
+        second = record(crew_member, 2)  # its nudge starts a read, which waits for the lock
+        time.sleep(0.3)
+        send(socket, {"type": "feed.subscribe", "cursor": start})
+        locker.join(30)
+        frames = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                frames.append(receive(socket, timeout=1.5))
+
+    # The last answer is the subscribe's, from its own cursor: everything after it.
+    assert [entry["id"] for entry in frames[-1]["entries"]] == [first, second]
+
+
+@pytest.mark.parametrize("observed_at", ["2026-02-30T10:00:00+00:00", "2026-11-23T25:00:00+00:00"])
+def test_a_well_formed_impossible_time_is_an_error_naming_the_field(
+    asgi: AsgiServer, crew_member: CrewMember, observed_at: str
+) -> None:
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(
+            socket,
+            {"type": "assignment.acknowledge", "assignment": str(uuid.uuid4()), "observed_at": observed_at},
+        )
+        reply = receive(socket)
+
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_message", "observed_at")
