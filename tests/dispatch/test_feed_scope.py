@@ -3,19 +3,16 @@ the change's catch-up reads them from the feed itself."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from apps.accounts.models import Membership, Program, Role
-from apps.sync import services as sync_services
 from apps.teams import services as teams_services
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident, make_staff
 from tests.dispatch.test_assignments import offer, post
-from tests.sync.helpers import SimDevice
+from tests.sync.helpers import SimDevice, younger_writes_before_the_catch_up
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,26 +116,13 @@ def test_leaving_a_crew_while_its_call_is_cancelled_removes_the_call(
     _, cursor = device.pull()
     assignment = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
     served, cursor = device.pull(cursor)
-    wait = sync_services._wait_for_older_writers
     answers: list[int] = []
 
     def cancel() -> None:
-        try:
-            answers.append(post(dispatcher, assignment["id"], "cancel", {"reason": "resolved"}).status_code)
-        finally:
-            connection.close()
+        answers.append(post(dispatcher, assignment["id"], "cancel", {"reason": "resolved"}).status_code)
 
-    def wait_then_a_dispatcher_cancels() -> None:
-        wait()
-        # Younger than the change of crew, it commits before the change's catch-up is read.
-        canceller = threading.Thread(target=cancel)
-        canceller.start()
-        canceller.join(timeout=30)
-        assert not canceller.is_alive()
-
-    monkeypatch.setattr(sync_services, "_wait_for_older_writers", wait_then_a_dispatcher_cancels)
-    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
-    monkeypatch.setattr(sync_services, "_wait_for_older_writers", wait)
+    with younger_writes_before_the_catch_up(monkeypatch, cancel):
+        teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
     later, _ = device.pull(cursor)
 
     assert answers == [200]

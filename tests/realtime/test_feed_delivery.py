@@ -136,17 +136,20 @@ def test_health_records_sent_down_a_socket_are_audited_as_reads(asgi: AsgiServer
     assert (event.record_id, event.device_id, event.channel) == (record_id, crew_member.device.pk, "websocket")
 
 
-def test_a_cursor_older_than_the_feed_keeps_gets_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
-    from datetime import timedelta
-
-    first_cursor = None
-    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+def a_cursor_the_feed_no_longer_keeps(server: AsgiServer, member: CrewMember) -> str:
+    """A cursor served over the socket, then pruned past: older than the feed keeps."""
+    with authenticated_socket(server.ws_url, member.token) as socket:
         send(socket, {"type": "feed.subscribe", "cursor": None})
         receive(socket)
-        record(crew_member, 1)
-        first_cursor = receive(socket)["cursor"]
-    record(crew_member, 2)
+        record(member, 1)
+        cursor: str = receive(socket)["cursor"]
+    record(member, 2)
     services.feed_prune(older_than=timedelta(0))
+    return cursor
+
+
+def test_a_cursor_older_than_the_feed_keeps_gets_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    first_cursor = a_cursor_the_feed_no_longer_keeps(asgi, crew_member)
 
     with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
         send(socket, {"type": "feed.subscribe", "cursor": first_cursor})
@@ -171,13 +174,7 @@ def test_a_refused_cursor_is_refused_once_and_the_socket_waits_for_a_new_subscri
 ) -> None:
     # A safety poll every second: it must not read the refused cursor again.
     with asgi_server(live_server_logs, name="web-poll-each-second", FEED_SAFETY_POLL_SECONDS="1") as server:
-        with authenticated_socket(server.ws_url, crew_member.token) as socket:
-            send(socket, {"type": "feed.subscribe", "cursor": None})
-            receive(socket)
-            record(crew_member, 1)
-            first_cursor = receive(socket)["cursor"]
-        record(crew_member, 2)
-        services.feed_prune(older_than=timedelta(0))
+        first_cursor = a_cursor_the_feed_no_longer_keeps(server, crew_member)
 
         with authenticated_socket(server.ws_url, crew_member.token) as socket:
             send(socket, {"type": "feed.subscribe", "cursor": first_cursor})

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -160,3 +161,34 @@ def run_while_another_writer_holds(
     if faults:
         raise faults[0]
     return returned[0], waited
+
+
+@contextlib.contextmanager
+def younger_writes_before_the_catch_up(monkeypatch: pytest.MonkeyPatch, write: Callable[[], None]) -> Iterator[None]:
+    """Within this block, a change of access runs ``write`` in a transaction of its own once
+    it has waited for the older writers: younger than the change, committed before the
+    change reads its catch-up."""
+    from django.db import connection
+
+    from apps.sync import services
+
+    wait = services._wait_for_older_writers
+
+    def write_in_own_connection() -> None:
+        try:
+            write()
+        finally:
+            connection.close()
+
+    def wait_then_write() -> None:
+        wait()
+        writer = threading.Thread(target=write_in_own_connection)
+        writer.start()
+        writer.join(timeout=30)
+        assert not writer.is_alive(), "the younger write never ended"
+
+    monkeypatch.setattr(services, "_wait_for_older_writers", wait_then_write)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(services, "_wait_for_older_writers", wait)

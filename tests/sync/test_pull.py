@@ -28,7 +28,7 @@ from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, sync_client
+from tests.sync.helpers import SimDevice, sync_client, younger_writes_before_the_catch_up
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -335,28 +335,12 @@ def test_joining_a_unit_serves_nothing_that_passed_through_it_while_the_join_com
     written: dict[str, uuid.UUID] = {}
 
     def others_write() -> None:
-        try:
-            written["stays"] = encounter(member_there, assessment="the crew's to see")
-            written["gone"] = encounter(member_there, assessment="never the new member's to see")
-            encounter_reassign(
-                encounter=Encounter.objects.get(pk=written["gone"]), unit=elsewhere, actor=supervisor.user
-            )
-        finally:
-            connection.close()
+        written["stays"] = encounter(member_there, assessment="the crew's to see")
+        written["gone"] = encounter(member_there, assessment="never the new member's to see")
+        encounter_reassign(encounter=Encounter.objects.get(pk=written["gone"]), unit=elsewhere, actor=supervisor.user)
 
-    wait = services._wait_for_older_writers
-
-    def wait_then_others_write() -> None:
-        wait()
-        # Transactions younger than the join, committed before it read its catch-up.
-        writer = threading.Thread(target=others_write)
-        writer.start()
-        writer.join(timeout=30)
-        assert not writer.is_alive()
-
-    monkeypatch.setattr(services, "_wait_for_older_writers", wait_then_others_write)
-    teams_services.unit_member_add(unit=joined, user=crew_member.user)
-    monkeypatch.setattr(services, "_wait_for_older_writers", wait)
+    with younger_writes_before_the_catch_up(monkeypatch, others_write):
+        teams_services.unit_member_add(unit=joined, user=crew_member.user)
     later, _ = device.pull(cursor)
 
     assert [(e["id"], e["op"], e["data"].get("assessment")) for e in later] == [
