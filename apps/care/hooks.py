@@ -8,14 +8,16 @@ A hook must not raise for a rule of its own; whatever it writes commits or rolls
 
 Synced records of those apps that hang under an encounter and carry its unit (follow-ups'
 contact attempts) are named to care by a finder instead: care locks, moves and publishes them
-with its own records when the encounter is reassigned, so every record of the move is locked
-in the one call and order that every writer of synced records takes.
+with its own records when the encounter is reassigned. The records such a record is created
+under (follow-up steps) are named by another finder: the move takes their locks, as the
+create does, so a record created while the encounter moves is moved with it or placed after.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any
+from uuid import UUID
 
 from apps.accounts.models import User
 from apps.care.models import CareRecord, Encounter
@@ -31,6 +33,10 @@ _hooks: dict[str, list[Hook]] = {
     "outcome_recorded": [],
 }
 _record_finders: list[RecordFinder] = []
+# Returns the ids of records of an app above care under the encounter that devices create
+# synced records under (follow-up steps take contact attempts).
+PlaceFinder = Callable[[Encounter], Iterable[UUID]]
+_place_finders: list[PlaceFinder] = []
 
 
 def register(event: str, hook: Hook) -> None:
@@ -52,3 +58,15 @@ def register_records_under_encounter(finder: RecordFinder) -> None:
 
 def records_under_encounter(encounter: Encounter) -> list[tuple[str, CareRecord]]:
     return [found for finder in _record_finders for found in finder(encounter)]
+
+
+def register_places_under_encounter(finder: PlaceFinder) -> None:
+    """Register ``finder`` (once) for the records under an encounter that synced records are
+    created under: a move of the encounter takes their locks, as such a create does, so the
+    create is either found by the move or reads the new unit."""
+    if finder not in _place_finders:
+        _place_finders.append(finder)
+
+
+def places_under_encounter(encounter: Encounter) -> list[UUID]:
+    return [found for finder in _place_finders for found in finder(encounter)]

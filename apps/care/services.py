@@ -422,17 +422,7 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
 
     if unit.program_id != encounter.program_id:
         raise Refused("unit_in_other_program", "The unit belongs to another program.", field="unit")
-    notes = list(ClinicalNote.objects.filter(encounter=encounter))
-    referrals = list(Referral.objects.filter(encounter=encounter))
-    outcomes = list(ReferralOutcomeEvent.objects.filter(referral__in=referrals))
-    records: list[tuple[str, CareRecord]] = [("care.encounter", encounter)]
-    records += [("care.note", note) for note in notes] + [("care.referral", referral) for referral in referrals]
-    records += [("care.referral_outcome", outcome) for outcome in outcomes]
-    records += hooks.records_under_encounter(encounter)
-    lock_records([record.pk for _name, record in records])
-    # Read again under the locks: a copy read before a colleague's edit committed (a note's
-    # author finishing it, a case manager's referral priority) would publish it undone.
-    records = _read_again(records)
+    records = _lock_records_under(encounter)
     encounter = records[0][1]  # type: ignore[assignment]
     publisher = Publisher()
     publisher.read_heads([record.pk for _name, record in records])
@@ -444,23 +434,43 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
         publisher.publish(synced_type, record, user=actor, device=None, is_deleted=record.is_deleted)
     # Not synced; they carry their referral's unit like every child record. They are written
     # under their referral's lock, held here.
-    ReferralTaskEvent.objects.filter(referral__in=referrals).update(unit=unit, updated_at=timezone.now())
+    referral_ids = [record.pk for type_name, record in records if type_name == "care.referral"]
+    ReferralTaskEvent.objects.filter(referral__in=referral_ids).update(unit=unit, updated_at=timezone.now())
     publisher.flush()
     hooks.run("encounter_reassigned", encounter, actor=actor)
     return encounter
 
 
-def _read_again(records: list[tuple[str, CareRecord]]) -> list[tuple[str, CareRecord]]:
-    """The same records as they stand now, in the same order (one query per model)."""
-    by_model: dict[type[CareRecord], list[Any]] = {}
-    for _name, record in records:
-        by_model.setdefault(type(record), []).append(record.pk)
-    current = {
-        (model, pk): fresh
-        for model, ids in by_model.items()
-        for pk, fresh in model._default_manager.in_bulk(ids).items()
-    }
-    return [(name, current[(type(record), record.pk)]) for name, record in records]
+def _lock_records_under(encounter: Encounter) -> list[tuple[str, CareRecord]]:
+    """The encounter and every synced record under it, the encounter first, read as they
+    stand under their locks.
+
+    Read again under the locks: a copy read before a colleague's edit committed (a note's
+    author finishing it, a case manager's referral priority) would publish it undone. A
+    create takes the lock of the record it is placed under (``SyncedType.parent_field``): a
+    record created while this waited for its parent's lock is found by the next read, and
+    locked in its turn, until a read finds nothing new.
+    """
+    held: set[UUID] = set()
+    while True:
+        records = _records_under(encounter.pk)
+        wanted = {record.pk for _name, record in records} | set(hooks.places_under_encounter(encounter))
+        if wanted <= held:
+            return records
+        lock_records(wanted - held)
+        held |= wanted
+
+
+def _records_under(encounter_id: UUID) -> list[tuple[str, CareRecord]]:
+    encounter = Encounter.objects.get(pk=encounter_id)
+    referrals = list(Referral.objects.filter(encounter=encounter))
+    records: list[tuple[str, CareRecord]] = [("care.encounter", encounter)]
+    records += [("care.note", note) for note in ClinicalNote.objects.filter(encounter=encounter)]
+    records += [("care.referral", referral) for referral in referrals]
+    outcomes = ReferralOutcomeEvent.objects.filter(referral__in=referrals)
+    records += [("care.referral_outcome", event) for event in outcomes]
+    records += hooks.records_under_encounter(encounter)
+    return records
 
 
 @transaction.atomic

@@ -20,6 +20,7 @@ class FollowupsConfig(AppConfig):
         hooks.register("referral_saved", services.on_referral_saved)
         hooks.register("outcome_recorded", services.on_outcome_recorded)
         hooks.register_records_under_encounter(sync.attempts_under_encounter)
+        hooks.register_places_under_encounter(sync.steps_under_encounter)
         sync.register_synced_types()
         # A step is about a person (who to contact, why it was missed): reading it is audited.
         register_health_record("followups.step", FollowUpStep)

@@ -312,7 +312,6 @@ def attempt_record(
 
     attempt = ContactAttempt(
         program_id=step.program_id,
-        unit_id=step.unit_id,
         step=step,
         created_by=actor,
         method=method,
@@ -322,7 +321,10 @@ def attempt_record(
     )
     if attempt_id is not None:
         attempt.id = attempt_id
-    lock_records([attempt.pk])
+    # With the step's, as a device's attempt and a move of the encounter take it: the attempt
+    # is placed in the step's unit as it stands once no move is under way.
+    lock_records([step.pk, attempt.pk])
+    attempt.unit_id = FollowUpStep.objects.values_list("unit_id", flat=True).get(pk=step.pk)
     recorded = ContactAttempt.objects.filter(pk=attempt.pk).first()
     if recorded is not None:
         if (recorded.step_id, recorded.method, recorded.result, recorded.notes, recorded.attempted_at) != (

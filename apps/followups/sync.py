@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from rest_framework import serializers
 
@@ -57,6 +58,11 @@ def attempts_under_encounter(encounter: Encounter) -> list[tuple[str, ContactAtt
     return [("followups.contact_attempt", attempt) for attempt in attempts]
 
 
+def steps_under_encounter(encounter: Encounter) -> list[UUID]:
+    """The steps of the encounter's follow-up: devices create contact attempts under them."""
+    return list(FollowUpStep.objects.filter(plan__encounter_id=encounter.pk).values_list("pk", flat=True))
+
+
 def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
@@ -69,6 +75,7 @@ def register_synced_types() -> None:
             may_write=may_write_attempt,
             apply=attempt_apply,
             program_from=(FollowUpStep, "step_id"),
+            parent_field="step_id",
             clinical_text_fields=frozenset({"notes"}),
             watermelon_table="contact_attempts",
         )

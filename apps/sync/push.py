@@ -894,7 +894,9 @@ def _apply_rows(
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
 ) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
-    lock_records(record_ids)
+    # With the parents the creates are placed under: read after their locks, where they are
+    # is where no move of them is still under way (SyncedType.parent_field).
+    lock_records(record_ids | _parents_named_by_creates(rows))
     publisher = Publisher()
     publisher.read_heads(record_ids)
     heads = publisher.heads
@@ -953,6 +955,17 @@ def _apply_rows(
         if raise_refusals:
             raise
         raise _FallBack() from None
+
+
+def _parents_named_by_creates(rows: list[LedgerRow]) -> set[UUID]:
+    parents = set()
+    for row in rows:
+        synced_type = registry.get(row.record_type)
+        if row.operation == MutationOperation.CREATE and synced_type is not None and synced_type.parent_field:
+            parent_id = _id_named_by(row, synced_type.parent_field)
+            if parent_id is not None:
+                parents.add(parent_id)
+    return parents
 
 
 def _merge_history(rows: list[LedgerRow], heads: dict[UUID, Head]) -> dict[UUID, list[merge.VersionView]]:

@@ -226,6 +226,11 @@ class SyncedType:
     program_from: tuple[type[models.Model], str] | None = None
     # The lookup from that model's row to its program's id, where the row has no program_id.
     program_lookup: str = "program_id"
+    # The wire field naming the record a new one is placed under and takes its unit from (a
+    # note's encounter, an outcome's referral). A push takes that record's lock with its
+    # batch's, as a move of it to another unit does: the create reads where the parent is
+    # once no move of it is under way, and a move finds every record created before it.
+    parent_field: str = ""
 
     def writable_fields(self) -> set[str]:
         return {name for name, wire_field in self.serializer().fields.items() if not wire_field.read_only}

@@ -12,6 +12,7 @@ from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeE
 from apps.care.services import encounter_reassign, referral_outcome_record
 from apps.sync.models import Mutation, SyncedRecord
 from apps.sync.services import publish_record
+from apps.teams.models import UnitMember
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, run_while_another_writer_holds
@@ -237,3 +238,50 @@ def test_a_reassigned_encounter_publishes_a_note_edit_committed_while_it_waited(
     assert (stored.body, stored.unit_id) == ("finished", new_unit.pk)
     head = SyncedRecord.objects.get(record_id=note_id)
     assert (head.version, head.data["body"], head.data["unit_id"]) == (3, "finished", str(new_unit.pk))
+
+
+def test_a_note_pushed_while_its_encounter_moves_to_another_unit_is_placed_in_the_new_one(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """A note takes its encounter's unit: read before the move committed, it would land with
+    the old crew, who would read it, while the new crew never got it."""
+    encounter_id = encounter(crew_member)
+    new_unit = UnitFactory.create(program=program)
+    UnitMember.objects.create(unit=new_unit, user=crew_member.user)  # on both crews: the note applies
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    note_id = uuid.uuid4()
+
+    def reassign() -> None:
+        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+
+    def push_note() -> dict[str, Any]:
+        fields = {"encounter_id": str(encounter_id), "body": "Calmer."}
+        return pushed(crew_member, "care.note", fields, record_id=note_id)
+
+    result, waited_for_the_move = run_while_another_writer_holds(encounter_id, reassign, push_note)
+
+    assert waited_for_the_move
+    assert result["status"] == "applied"
+    assert ClinicalNote.objects.get(pk=note_id).unit_id == new_unit.pk
+    assert SyncedRecord.objects.get(record_id=note_id).data["unit_id"] == str(new_unit.pk)
+
+
+def test_a_note_pushed_as_its_encounter_begins_to_move_moves_with_it(program: Program, crew_member: CrewMember) -> None:
+    """The move finds the records under the encounter once it holds the encounter's lock: a
+    note committed while the move waited for it goes to the new unit too."""
+    encounter_id = encounter(crew_member)
+    new_unit = UnitFactory.create(program=program)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    note_id = uuid.uuid4()
+
+    def push_note() -> None:
+        pushed(crew_member, "care.note", {"encounter_id": str(encounter_id), "body": "Calmer."}, record_id=note_id)
+
+    def reassign() -> None:
+        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+
+    _, waited_for_the_note = run_while_another_writer_holds(encounter_id, push_note, reassign)
+
+    assert waited_for_the_note
+    assert ClinicalNote.objects.get(pk=note_id).unit_id == new_unit.pk
+    assert SyncedRecord.objects.get(record_id=note_id).data["unit_id"] == str(new_unit.pk)

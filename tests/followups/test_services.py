@@ -29,11 +29,12 @@ from apps.notifications.models import Notification, NotificationPreference
 from apps.notifications.services import sms_inbound_record
 from apps.sync.models import SyncedRecord
 from apps.sync.scopes import program_role_scope, unit_scope
+from apps.teams.models import UnitMember
 from tests.accounts.factories import MembershipFactory
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.followups.factories import case_manager, referral, steps_of
-from tests.sync.helpers import SimDevice
+from tests.sync.helpers import SimDevice, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -379,6 +380,45 @@ def test_a_reassigned_encounters_follow_up_moves_to_the_new_unit_and_its_crew_wo
     ]
     assert list(selectors.steps_visible_to(user=crew_member.user)) == []
     assert [step.pk for step in selectors.steps_visible_to(user=new_crew.user)] == [step.pk for step in steps]
+
+
+def test_a_contact_attempt_made_while_its_encounter_moves_is_placed_in_the_new_unit(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """An attempt takes its step's unit: read before the move committed, it would land with the
+    old crew, notes and all, and never reach the new one. From a device or a case manager."""
+    referral_id = referral(crew_member)
+    steps = steps_of(referral_id)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    new_unit = UnitFactory.create(program=program)
+    UnitMember.objects.create(unit=new_unit, user=crew_member.user)  # on both crews: the attempt applies
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    manager = case_manager(crew_member)
+
+    def reassign() -> None:
+        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+
+    def from_the_device() -> uuid.UUID:
+        return _attempt_made_offline(crew_member, steps[0], "Reached her at her sister's.")
+
+    def by_the_case_manager() -> uuid.UUID:
+        attempt = services.attempt_record(
+            step=steps[1],  # as the request read it, before the move
+            actor=manager.user,
+            method="phone",
+            result="no_answer",
+            notes="",
+            attempted_at=timezone.now(),
+        )
+        return attempt.pk
+
+    synced, device_waited = run_while_another_writer_holds(encounter_id, reassign, from_the_device)
+    recorded, manager_waited = run_while_another_writer_holds(encounter_id, reassign, by_the_case_manager)
+
+    assert (device_waited, manager_waited) == (True, True)
+    for attempt_id in (synced, recorded):
+        assert ContactAttempt.objects.get(pk=attempt_id).unit_id == new_unit.pk
+        assert unit_scope(new_unit.pk) in SyncedRecord.objects.get(record_id=attempt_id).scopes
 
 
 def test_a_chunk_of_reminders_is_sent_once_however_often_its_task_runs(crew_member: CrewMember) -> None:
