@@ -500,17 +500,18 @@ def _store(
                     replayed.add(envelope.index)
                 continue
             problem = envelope.problem
-            if not keyed_by_content and problem is None:
+            if not keyed_by_content:
                 assert envelope.mutation_id is not None
-                if envelope.mutation_id <= highest:
+                if problem is None and envelope.mutation_id <= highest:
                     problem = _error(
                         "mutation_out_of_order",
                         f"mutation_id {envelope.mutation_id} is not above {highest}, the highest this device sent; "
                         "mutations must be sent in the order they were made. Kept for review, not applied.",
                         f"mutations.{envelope.index}.mutation_id",
                     )
-                else:
-                    highest = envelope.mutation_id
+                # Every stored mutation counts, whatever it is kept for, as the ledger's highest
+                # does for a later batch: the same mutations split otherwise answer the same.
+                highest = max(highest, envelope.mutation_id)
             problem = problem or locked_out
             row = new_ledger_row(envelope, device_id=device.pk, user_id=user.pk, client_version=client_version)
             if problem is not None:

@@ -235,6 +235,32 @@ def test_out_of_order_mutation_is_quarantined_and_visible_to_the_user_and_a_supe
     assert outsiders == []
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one batch", "two batches"])
+def test_a_mutation_below_one_kept_for_its_shape_is_out_of_order_however_the_batch_is_split(
+    crew_member: CrewMember, split: bool
+) -> None:
+    """A mutation kept in quarantine for its shape was still sent: one numbered below it came
+    out of order, in the same batch as in a later one. Otherwise how the client happened to
+    split its outbox would decide whether a change made "before" it applies."""
+    device = SimDevice(crew_member)
+    created(device)
+    highest = device.next_mutation_id - 1
+    misshapen = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+    misshapen["op"] = "upsert"
+    misshapen["mutation_id"] = highest + 10
+    late_id = uuid.uuid4()
+    late = device.mutation("create", "care.encounter", late_id, encounter_fields(crew_member))
+    late["mutation_id"] = highest + 5
+
+    results = device.push(misshapen) + device.push(late) if split else device.push(misshapen, late)
+
+    assert [(r["status"], (r.get("error") or {}).get("code")) for r in results] == [
+        ("quarantined", "invalid_op"),
+        ("quarantined", "mutation_out_of_order"),
+    ]
+    assert not Encounter.objects.filter(pk=late_id).exists()
+
+
 def test_the_quarantine_and_conflict_lists_page_newest_first_through_every_entry(crew_member: CrewMember) -> None:
     device = SimDevice(crew_member)
     missing = [
