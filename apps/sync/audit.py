@@ -46,19 +46,16 @@ def record_kept_copy_reads(*, accessor: Accessor, kept: Iterable[Mutation | Conf
 
 
 def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
-    """Audit the records a push wrote, from its per-mutation results."""
-    # Only a usable mutation id has a result that wrote something (a list or an object is
-    # rejected, and is no key).
-    operation_of = {
-        mutation["mutation_id"]: mutation.get("op")
-        for mutation in mutations
-        if isinstance(mutation, dict) and type(mutation.get("mutation_id")) is int
-    }
+    """Audit the records a push wrote, from its per-mutation results.
+
+    A result answers the mutation in its place (one per mutation, in order), so the write is
+    that mutation's: never another's that reused its mutation_id in the batch and was rejected.
+    """
     _record_written(
         accessor=accessor,
         written=(
-            (result["type"], result["id"], operation_of.get(result["mutation_id"]))
-            for result in results
+            (result["type"], result["id"], mutation.get("op") if isinstance(mutation, dict) else None)
+            for mutation, result in zip(mutations, results, strict=True)
             if result.get("status") in _WRITTEN and result.get("type") and result.get("id")
         ),
     )

@@ -29,6 +29,29 @@ def test_a_push_records_who_wrote_which_record_from_which_device(crew_member: Cr
     ]
 
 
+def test_a_create_is_audited_as_a_create_when_its_mutation_id_is_reused_later_in_the_batch(
+    crew_member: CrewMember,
+) -> None:
+    """The audit trail says what was done to a health record: a create that applied is a
+    create, whatever a later mutation of the batch, rejected for reusing its mutation_id,
+    meant to do."""
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    create = device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member))
+    reused = device.mutation("delete", "care.encounter", record_id, base_version=1)
+    reused["mutation_id"] = create["mutation_id"]
+
+    results = device.push(create, reused)
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("applied", None),
+        ("rejected", "mutation_id_reused"),
+    ]
+    assert list(AuditEvent.objects.values_list("action", "record_type", "record_id")) == [
+        ("create", "care.encounter", record_id)
+    ]
+
+
 def test_a_watermelondb_push_records_the_records_it_wrote_and_not_those_it_refused(crew_member: CrewMember) -> None:
     person_id, orphan_note_id = str(uuid.uuid4()), str(uuid.uuid4())
     changes = {
