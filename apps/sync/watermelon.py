@@ -200,24 +200,26 @@ def push_changes(
 ) -> dict[str, Any]:
     """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
     change_count(changes)  # its shape
-    mutations: list[dict[str, Any]] = []
-    places: list[tuple[str, str]] = []  # (table, where the record is in the body)
-    problems: dict[int, dict[str, Any]] = {}  # by mutation
-    deleted_after_creation: list[tuple[str, str, dict[str, Any]]] = []
+    writes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
+    deletes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
     for table in _parents_first(changes):
         synced_type = registry.by_watermelon_table(table)
         type_name = synced_type.name if synced_type else f"watermelon.{table}"
         for place, mutation, problem in _mutations_of(type_name, table, changes[table]):
-            if problem is not None:
-                problems[len(mutations)] = problem
-            mutations.append(mutation)
-            places.append((table, place))
-        deleted_after_creation += [
-            (table, place, mutation) for place, mutation in _deletes_of_created(type_name, table, changes[table])
+            (deletes if mutation["op"] == "delete" else writes).append((table, place, mutation, problem))
+        deletes += [
+            (table, place, mutation, None) for place, mutation in _deletes_of_created(type_name, table, changes[table])
         ]
-    # After every create of the push: a record made under one the app deleted (a note of a
-    # deleted encounter) is created while its parent is still live.
-    for table, place, mutation in deleted_after_creation:
+    # Every delete after every create and update of the push: WatermelonDB does not say in
+    # which order the app made its changes, and a record made under one the app deleted (a
+    # note of an encounter deleted afterwards, or made and deleted offline with it) is
+    # created while its parent is still live.
+    mutations: list[dict[str, Any]] = []
+    places: list[tuple[str, str]] = []  # (table, where the record is in the body)
+    problems: dict[int, dict[str, Any]] = {}  # by mutation
+    for table, place, mutation, problem in writes + deletes:
+        if problem is not None:
+            problems[len(mutations)] = problem
         mutations.append(mutation)
         places.append((table, place))
     results = push.push_mutations(

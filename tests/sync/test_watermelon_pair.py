@@ -109,8 +109,8 @@ def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(cre
     assert refusals == [
         "changes.encounters.created.1.started_at",
         "changes.encounters.updated.0.id",
-        "changes.encounters.deleted.0",
         "changes.gizmos",
+        "changes.encounters.deleted.0",  # deletes apply after every create and update
     ]
     # Only strings can be local ids: the number 5 is not reported as the id "5".
     assert body["experimentalRejectedIds"] == {"encounters": [naive_visit, "not-a-uuid"], "gizmos": [ANY]}
@@ -236,6 +236,42 @@ def test_a_record_made_and_deleted_offline_whose_create_is_refused_is_kept_whole
     ]
     assert body["experimentalRejectedIds"] == {"encounters": [visit]}
     assert not Encounter.objects.filter(pk=visit).exists()
+
+
+def test_a_note_written_under_an_encounter_the_app_then_deleted_is_created_before_the_encounter_is_deleted(
+    crew_member: CrewMember,
+) -> None:
+    """WatermelonDB sends no order: the clinician wrote the note, then deleted the encounter,
+    and both arrive in one push. Deleted first, the encounter would refuse the note, which
+    the app would hold unsynced for ever; every delete of a push applies after its creates."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    note = str(uuid.uuid4())
+    changes = {
+        "encounters": {
+            "created": [],
+            "updated": [
+                {"id": str(visit), "server_version": 1, "deleted": True, "_status": "updated", "_changed": "deleted"}
+            ],
+            "deleted": [],
+        },
+        "notes": _created(
+            {"id": note, "encounter_id": str(visit), "body": "Calm; safety plan made.", "deleted": False}
+        ),
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["experimentalRejectedIds"] == {}
+    assert [(result["id"], result["status"]) for result in body["results"]] == [
+        (note, "applied"),
+        (str(visit), "applied"),
+    ]
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
+    assert Encounter.objects.get(pk=visit).is_deleted
 
 
 @pytest.mark.parametrize("flag", ["true", 1, None])
