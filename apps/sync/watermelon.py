@@ -246,12 +246,13 @@ def push_changes(
     return {"experimentalRejectedIds": rejected, "results": results}
 
 
-def _field_in_body(field: str | None, table: str, place: str) -> str | None:
+def _field_in_body(field: str | None, table: str, place: str) -> str:
     """Where a refusal points, in the pushed body's own terms: the push names the parts of the
     mutation made of a record (``fields.started_at``, ``mutations.3.id``); the app sent
-    ``changes.encounters.created.0.started_at``."""
+    ``changes.encounters.created.0.started_at``. A refusal of the whole record (a locked-out
+    device's, one the database refused) names the record."""
     if field is None:
-        return None
+        return place
     parts = field.split(".")
     if parts[0] == "mutations":
         parts = parts[2:]

@@ -15,7 +15,7 @@ from apps.care.models import ClinicalNote, Encounter, Person, Referral, Referral
 from apps.sync import push, registry, watermelon
 from apps.sync.models import Mutation, MutationStatus, SyncedRecord
 from tests.care.factories import encounter
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import CrewMember, make_crew_member, revoke_device
 from tests.sync.helpers import now_iso, respelt, sync_client
 
 
@@ -115,6 +115,34 @@ def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(cre
     # Only strings can be local ids: the number 5 is not reported as the id "5".
     assert body["experimentalRejectedIds"] == {"encounters": [naive_visit, "not-a-uuid"], "gizmos": [ANY]}
     assert Encounter.objects.filter(pk=good_visit).exists()
+
+
+def test_a_refusal_that_names_no_field_still_names_where_the_record_is_in_the_pushed_body(
+    crew_member: CrewMember,
+) -> None:
+    """A locked-out tablet's records are refused for the device, not for a field: the app
+    still learns from each result which of its records it is, as from every other refusal."""
+    visit = encounter(crew_member)
+    revoke_device(crew_member)
+    note = str(uuid.uuid4())
+    changes = {
+        "encounters": {
+            "created": [],
+            "updated": [{"id": str(visit), "assessment": "Written offline.", "server_version": 1}],
+            "deleted": [],
+        },
+        "notes": _created({"id": note, "encounter_id": str(visit), "body": "Calm; safety plan made."}),
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    assert [(result["error"]["code"], result["error"]["field"]) for result in response.json()["results"]] == [
+        ("device_revoked", "changes.encounters.updated.0"),
+        ("device_revoked", "changes.notes.created.0"),
+    ]
 
 
 ID_FORM = "a UUID written in lowercase, 8-4-4-4-12 hex digits"
