@@ -46,7 +46,7 @@ def record_kept_copy_reads(*, accessor: Accessor, kept: Iterable[Mutation | Conf
 
 
 def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
-    """Audit the records a push wrote, from its per-mutation results.
+    """Audit the records a push (either one) wrote, from its per-mutation results.
 
     A result answers the mutation in its place (one per mutation, in order), so the write is
     that mutation's: never another's that reused its mutation_id in the batch and was rejected.
@@ -93,32 +93,3 @@ def watermelon_records(changes: dict[str, dict[str, list[Any]]]) -> Iterable[tup
         for raw in (*kinds.get("created", []), *kinds.get("updated", [])):
             if isinstance(raw, dict) and raw.get("id"):
                 yield synced_type.name, raw["id"]
-
-
-def record_watermelon_writes(*, accessor: Accessor, changes: Any, rejected: dict[str, list[str]]) -> None:
-    """Audit the records a WatermelonDB push wrote: every record it sent but those it refused
-    (its ``experimentalRejectedIds``, by table)."""
-    _record_written(accessor=accessor, written=_watermelon_written(changes, rejected))
-
-
-def _watermelon_written(changes: Any, rejected: dict[str, list[str]]) -> Iterable[tuple[str, Any, str]]:
-    for table, kinds in (changes or {}).items():
-        synced_type = registry.by_watermelon_table(table)
-        if synced_type is None or not isinstance(kinds, dict):
-            continue
-        refused = set(rejected.get(table, ()))
-        for kind, operation in (("created", "create"), ("updated", "update")):
-            for raw in kinds.get(kind) or []:
-                if isinstance(raw, dict) and _is_uuid(raw.get("id")) and raw["id"] not in refused:
-                    yield synced_type.name, raw["id"], operation
-        for record_id in kinds.get("deleted") or []:
-            if _is_uuid(record_id) and record_id not in refused:
-                yield synced_type.name, record_id, "delete"
-
-
-def _is_uuid(value: Any) -> bool:
-    try:
-        UUID(str(value))
-    except ValueError:
-        return False
-    return isinstance(value, str)

@@ -21,6 +21,7 @@ it on every local change) and a ``server_version`` number column (the base of th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from apps.accounts.models import Device, User
@@ -195,9 +196,18 @@ def _feed_into(
     return cursor, page.has_more
 
 
+@dataclass
+class PushedChanges:
+    """WatermelonDB's answer, and the mutations its records were made into, one per result
+    (a record made and deleted offline is two): what each applied result did."""
+
+    answer: dict[str, Any]
+    mutations: list[dict[str, Any]]
+
+
 def push_changes(
     *, device: Device, user: User, changes: Any, client_version: str = "", lockout: TokenProblem | None = None
-) -> dict[str, Any]:
+) -> PushedChanges:
     """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
     change_count(changes)  # its shape
     writes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
@@ -243,7 +253,7 @@ def push_changes(
         # Named once, though a record made and deleted offline is two mutations.
         if refused and isinstance(mutation.get("id"), str) and mutation["id"] not in rejected.get(table, ()):
             rejected.setdefault(table, []).append(mutation["id"])
-    return {"experimentalRejectedIds": rejected, "results": results}
+    return PushedChanges(answer={"experimentalRejectedIds": rejected, "results": results}, mutations=mutations)
 
 
 def _field_in_body(field: str | None, table: str, place: str) -> str:

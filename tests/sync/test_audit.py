@@ -69,6 +69,39 @@ def test_a_watermelondb_push_records_the_records_it_wrote_and_not_those_it_refus
     assert list(written) == [("create", "care.person", uuid.UUID(person_id))]
 
 
+def test_a_watermelondb_push_records_each_write_it_applied_though_the_record_was_also_refused(
+    crew_member: CrewMember,
+) -> None:
+    """The trail holds what was done, read from what applied: a record made and deleted
+    offline was created and then deleted; a record the app sent twice, once refused, was
+    still created, though its id is among the refused ones."""
+    made_and_deleted, sent_twice = str(uuid.uuid4()), str(uuid.uuid4())
+    unit_id = str(crew_member.unit.pk)
+    changes = {
+        "persons": {
+            "created": [
+                {"id": made_and_deleted, "unit_id": unit_id, "deleted": True},
+                {"id": sent_twice, "unit_id": unit_id},
+            ],
+            "updated": [{"id": sent_twice, "unit_id": str(uuid.uuid4()), "server_version": 1}],  # another unit
+        },
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.json()["experimentalRejectedIds"] == {"persons": [sent_twice]}
+    written = AuditEvent.objects.exclude(action="read").order_by("id").values_list("action", "record_id")
+    assert sorted(written) == sorted(
+        [
+            ("create", uuid.UUID(made_and_deleted)),
+            ("delete", uuid.UUID(made_and_deleted)),
+            ("create", uuid.UUID(sent_twice)),
+        ]
+    )
+
+
 def test_a_pull_records_every_record_served_to_the_device(crew_member: CrewMember) -> None:
     writer = SimDevice(crew_member)
     reader = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))

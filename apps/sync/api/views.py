@@ -326,7 +326,7 @@ class WatermelonPushView(APIView):
             count = watermelon.change_count(changes)
             if count > conf.PUSH_MAX_MUTATIONS:
                 return batch_too_large_response(BatchTooLarge(count))
-            answer = watermelon.push_changes(
+            pushed = watermelon.push_changes(
                 device=token.device,
                 user=user,
                 changes=changes,
@@ -335,9 +335,5 @@ class WatermelonPushView(APIView):
             )
         except watermelon.InvalidChanges as error:
             raise DomainError(str(error), code=error.code, field=error.field, status_code=400) from error
-        audit.record_watermelon_writes(
-            accessor=_accessor(request),
-            changes=changes,
-            rejected=answer["experimentalRejectedIds"],
-        )
-        return Response(answer)
+        audit.record_writes(accessor=_accessor(request), mutations=pushed.mutations, results=pushed.answer["results"])
+        return Response(pushed.answer)
