@@ -421,6 +421,8 @@ WHERE audience = %s AND record_id > %s AND NOT is_deleted
 ORDER BY record_id
 LIMIT %s
 """
+# An audience's first page: from its lowest id, the nil UUID included (a valid record id).
+_SNAPSHOT_FROM_START_SQL = _SNAPSHOT_SQL.replace("record_id > %s", "record_id >= %s")
 _LOWEST_UUID = UUID(int=0)
 
 
@@ -459,7 +461,10 @@ def snapshot_page(
             if audience != position.audience:
                 after = None
             current = audience
-            db.execute(_SNAPSHOT_SQL, [audience, after or _LOWEST_UUID, limit - len(rows) + 1])
+            if after is None:
+                db.execute(_SNAPSHOT_FROM_START_SQL, [audience, _LOWEST_UUID, limit - len(rows) + 1])
+            else:
+                db.execute(_SNAPSHOT_SQL, [audience, after, limit - len(rows) + 1])
             # Health fields are stored sealed: opened in the text, still never parsed.
             fetched = [(kind, record_id, version, sealing.unseal_text(data)) for kind, record_id, version, data in db]
             if len(fetched) > limit - len(rows):

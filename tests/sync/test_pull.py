@@ -28,7 +28,7 @@ from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, sync_client, younger_writes_before_the_catch_up
+from tests.sync.helpers import SimDevice, encounter_fields, sync_client, younger_writes_before_the_catch_up
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -681,3 +681,19 @@ def test_snapshot_needs_protocol_2_and_refuses_a_foreign_cursor(crew_member: Cre
     assert no_header.status_code == 426
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "cursor"
     assert too_deep.status_code == 400 and too_deep.json()["errors"][0]["field"] == "cursor"
+
+
+def test_a_record_whose_id_is_the_nil_uuid_is_in_the_snapshot(crew_member: CrewMember) -> None:
+    """The nil UUID is an id in the server's own form, taken by push like any other (a
+    client whose id generator failed may well send it). The snapshot must serve every live
+    record: one it skipped would be missing on every device bootstrapped since, as the feed
+    after the snapshot holds only what changed while it was read."""
+    nil = uuid.UUID(int=0)
+    device = SimDevice(crew_member)
+    [result] = device.push(device.mutation("create", "care.encounter", nil, encounter_fields(crew_member)))
+    assert result["status"] == "applied", result
+    other = encounter(crew_member)
+
+    pages, _ = snapshot(crew_member)
+
+    assert sorted(record["id"] for page in pages for record in page) == sorted([str(nil), str(other)])
