@@ -289,6 +289,9 @@ def feed_page(
     readable = ChangeEntry.objects.filter(reading.readable())
     servable = readable.filter(transaction_id__lt=reading.horizon)
     rows = list(servable.filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
+    # Again once read: the pruning commits its bound before it deletes, so a cursor it expired
+    # meanwhile is refused here rather than served the entries left after a gap.
+    _check_retention(position)
     has_more = len(rows) > limit
     rows = rows[:limit]
     if rows:

@@ -697,3 +697,43 @@ def test_a_record_whose_id_is_the_nil_uuid_is_in_the_snapshot(crew_member: CrewM
     pages, _ = snapshot(crew_member)
 
     assert sorted(record["id"] for page in pages for record in page) == sorted([str(nil), str(other)])
+
+
+def test_a_cursor_the_pruning_expires_while_its_page_is_read_gets_410_not_a_page_with_a_gap(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device back from a long absence pulls as the daily pruning runs. Its cursor was
+    within the retention when the page began, but the entries after it are deleted before
+    they are read: served the rest, the device would move past changes it never got (an
+    edit, a removal) and never learn of them. It must get 410 and re-bootstrap instead."""
+    record_id = encounter(crew_member, location="before")
+    _, cursor = SimDevice(crew_member).pull()
+    teammate = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"location": "edited"}, base_version=1))
+    ChangeEntry.objects.update(created_at=timezone.now() - timedelta(days=40))
+    later = encounter(teammate.member)
+    read = selectors._reading_position
+
+    def read_once_the_pruning_has_run(*args: Any) -> Any:
+        # After the request checked the cursor against the retention, before it reads entries.
+        pruning = threading.Thread(target=_pruned_in_own_connection)
+        pruning.start()
+        pruning.join(timeout=30)
+        assert not pruning.is_alive()
+        return read(*args)
+
+    monkeypatch.setattr(selectors, "_reading_position", read_once_the_pruning_has_run)
+    response = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": cursor})
+    monkeypatch.setattr(selectors, "_reading_position", read)
+
+    # Not the later encounter alone, with a cursor past the edit it never got.
+    served = [(entry["id"], entry["version"]) for entry in response.json().get("entries", [])]
+    assert (response.status_code, response.json().get("code")) == (410, "cursor_expired"), served
+    assert (str(later), 1) not in served
+
+
+def _pruned_in_own_connection() -> None:
+    try:
+        services.feed_prune(older_than=timedelta(days=30))
+    finally:
+        connection.close()
