@@ -8,13 +8,15 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Max, Model, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
@@ -28,6 +30,7 @@ from apps.sync.models import (
     Mutation,
     MutationStatus,
     SyncedRecord,
+    UserScopeState,
 )
 from apps.sync.scopes import scopes_for_user
 
@@ -437,20 +440,56 @@ def snapshot_page(
     The reader's audiences are walked one at a time in key order, each record once (a
     record has one audience). Resumable: send the cursor back for the next page. An
     audience first used after the snapshot began holds only records changed since, which
-    the feed from ``feed_cursor`` brings. With ``user_id``, the first page is read for the
-    user's scopes as stored where the snapshot begins (``snapshot_start``); a later change
-    of them is the feed's to bring, as any change after the snapshot began.
+    the feed from ``feed_cursor`` brings. With ``user_id``, each page is read for the
+    user's scopes as stored in the database snapshot the page is read in (the first page's
+    is where the snapshot begins, ``snapshot_start``); a later change of them is the feed's
+    to bring, as any change after the snapshot began.
     """
     tag = _device_tag(reader_device_id)
-    if not cursor:
-        start, stored_scopes = snapshot_start(user_id)
-        position = SnapshotPosition(start, "", None, tag)
-        if stored_scopes is not None:
-            scopes = stored_scopes
-    else:
+    position = None
+    if cursor:
         position = SnapshotPosition.decode(cursor)
         if position.device_tag:
             _check_issued_to(position.device_tag, reader_device_id, "start the snapshot again, without a cursor")
+    with _one_database_snapshot():
+        if position is None:
+            start, stored_scopes = snapshot_start(user_id)
+            position = SnapshotPosition(start, "", None, tag)
+        else:
+            stored_scopes = _stored_scopes(user_id)
+        if stored_scopes is not None:
+            scopes = stored_scopes
+        return _snapshot_page_from(position, scopes, reader_device_id, limit)
+
+
+@contextmanager
+def _one_database_snapshot() -> Iterator[None]:
+    """Read in one snapshot of the database: the user's scopes with the records they see.
+
+    Read at different moments, a member could leave a unit and a record then move into it
+    between the two: served, that record is never removed by the feed after the snapshot,
+    which reads the unit only up to the leave (and the leave's removal did not name it).
+    Within a transaction the caller opened, its reads are as it takes them.
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _stored_scopes(user_id: UUID | None) -> list[str] | None:
+    if user_id is None:
+        return None
+    return UserScopeState.objects.filter(user_id=user_id).values_list("scopes", flat=True).first()
+
+
+def _snapshot_page_from(
+    position: SnapshotPosition, scopes: list[str], reader_device_id: UUID, limit: int
+) -> SnapshotPage:
+    tag = _device_tag(reader_device_id)
     rows: list[tuple[str, UUID, int, str]] = []
     after = position.after
     current = position.audience

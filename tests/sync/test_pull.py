@@ -26,7 +26,7 @@ from apps.sync.scopes import audience_of, program_role_scope, unit_scope, user_s
 from apps.teams import services as teams_services
 from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
-from tests.care.factories import encounter
+from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client, younger_writes_before_the_catch_up
 from tests.teams.factories import UnitFactory, UnitMemberFactory
@@ -737,3 +737,62 @@ def _pruned_in_own_connection() -> None:
         services.feed_prune(older_than=timedelta(days=30))
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("page", ["first", "later"])
+def test_a_record_moved_into_a_unit_after_its_member_left_is_not_in_the_snapshot(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    """A page is read for the scopes the user had (where the snapshot begins, or as the
+    request found them), and the feed after the snapshot reads a scope the user lost only up
+    to the loss. If the member leaves a unit and then a record is moved into it, both
+    committing after those scopes were read but before the page is, the page must not serve
+    that record: the feed never removes it (the leave's removal did not name it, and the
+    move's entry comes after the leave), so the device would keep a record its user may never
+    see (P5)."""
+    left = UnitFactory.create(program=program)
+    teams_services.unit_member_add(unit=left, user=crew_member.user)
+    for _ in range(3):  # the first page (of two records) ends among them
+        encounter(make_crew_member(program, unit=left))
+    elsewhere = make_crew_member(program)
+    # Last in the unit's order: a page that reads the unit after the move reaches it.
+    moved = uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
+    created = pushed(elsewhere, "care.encounter", encounter_fields(elsewhere), record_id=moved)
+    assert created["status"] == "applied", created
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+
+    def leave_then_move() -> None:
+        try:
+            teams_services.unit_member_remove(unit=left, user=crew_member.user)
+            encounter_reassign(encounter=Encounter.objects.get(pk=moved), unit=left, actor=supervisor.user)
+        finally:
+            connection.close()
+
+    def then_leave_and_move(read: Any, *, on_call: int) -> Any:
+        calls = iter(range(1, 100))
+
+        def read_then_leave_and_move(*args: Any, **kwargs: Any) -> Any:
+            result = read(*args, **kwargs)
+            if next(calls) == on_call:  # the page itself is not read yet
+                admin = threading.Thread(target=leave_then_move)
+                admin.start()
+                admin.join(timeout=30)
+                assert not admin.is_alive()
+            return result
+
+        return read_then_leave_and_move
+
+    if page == "first":  # once the snapshot's position and scopes are taken
+        monkeypatch.setattr(selectors, "snapshot_start", then_leave_and_move(selectors.snapshot_start, on_call=1))
+    else:  # once the request for the second page has read the user's scopes
+        monkeypatch.setattr(
+            services, "user_scopes_refresh", then_leave_and_move(services.user_scopes_refresh, on_call=2)
+        )
+    pages, feed_cursor = snapshot(crew_member, limit=1000 if page == "first" else 2)
+    monkeypatch.undo()
+    entries, _ = SimDevice(crew_member).pull(feed_cursor)
+
+    on_device = {record["id"] for page in pages for record in page}
+    for entry in entries:
+        (on_device.add if entry["op"] == "upsert" else on_device.discard)(entry["id"])
+    assert str(moved) not in on_device
