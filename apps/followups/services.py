@@ -36,6 +36,7 @@ from apps.followups.models import (
 from apps.followups.schedule import schedule_for
 from apps.notifications import services as notifications
 from apps.notifications.models import Channel, NotificationPreference, Urgency
+from apps.sync.models import SyncedRecord
 from apps.teams.models import Unit
 
 logger = logging.getLogger(__name__)
@@ -283,6 +284,7 @@ def step_assign(*, step: FollowUpStep, actor: User, owner: User) -> FollowUpStep
 # A device's clock may run a little ahead of the server's; further ahead, the time is wrong.
 ATTEMPT_CLOCK_SKEW = dt.timedelta(minutes=5)
 ATTEMPT_IN_THE_FUTURE = "An attempt cannot be in the future."
+CONTACT_ATTEMPT = "followups.contact_attempt"  # its synced record type
 
 
 def attempt_is_in_the_future(attempted_at: dt.datetime) -> bool:
@@ -325,6 +327,13 @@ def attempt_record(
     # is placed in the step's unit as it stands once no move is under way.
     lock_records([step.pk, attempt.pk])
     attempt.unit_id = FollowUpStep.objects.values_list("unit_id", flat=True).get(pk=step.pk)
+    in_use = DomainError(
+        "An attempt with this id is recorded already, with other content; it stands.", code="id_in_use", field="id"
+    )
+    # Sync knows a record by its id alone: an id another synced record holds (a note, an
+    # encounter) is not this attempt's to take, or publishing it would replace that record.
+    if SyncedRecord.objects.filter(record_id=attempt.pk).exclude(record_type=CONTACT_ATTEMPT).exists():
+        raise in_use
     recorded = ContactAttempt.objects.filter(pk=attempt.pk).first()
     if recorded is not None:
         if (recorded.step_id, recorded.method, recorded.result, recorded.notes, recorded.attempted_at) != (
@@ -334,14 +343,10 @@ def attempt_record(
             notes,
             attempted_at,
         ):
-            raise DomainError(
-                "An attempt with this id is recorded already, with other content; it stands.",
-                code="id_in_use",
-                field="id",
-            )
+            raise in_use
         return recorded
     attempt.save(force_insert=True)
-    publish_record(type_name="followups.contact_attempt", record=attempt, user=actor)
+    publish_record(type_name=CONTACT_ATTEMPT, record=attempt, user=actor)
     return attempt
 
 

@@ -457,3 +457,25 @@ def test_a_due_reminder_whose_owner_left_the_program_alerts_the_supervisors(crew
     notification = Notification.objects.get(kind="followup.unowned")
     assert list(notification.recipients.values_list("user_id", flat=True)) == [supervisor.pk]
     assert not Notification.objects.filter(recipients__user=manager.user).exists()
+
+
+def test_an_attempt_posted_under_the_id_of_another_synced_record_is_refused_and_that_record_is_untouched(
+    crew_member: CrewMember,
+) -> None:
+    """Sync knows a record by its id alone: an attempt taking the id of the crew's encounter
+    would replace the encounter on every device that holds it."""
+    referral_id = referral(crew_member)
+    [step, *_] = steps_of(referral_id)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    before = SyncedRecord.objects.get(record_id=encounter_id)
+    attempt = {"id": str(encounter_id), "method": "phone", "result": "reached", "attempted_at": "2026-11-21T10:00:00Z"}
+
+    response = (
+        case_manager(crew_member).client().post(f"/api/v1/followups/steps/{step.pk}/attempts/", attempt, format="json")
+    )
+
+    after = SyncedRecord.objects.get(record_id=encounter_id)
+    assert (after.record_type, after.version) == ("care.encounter", before.version)
+    assert response.status_code == 409
+    assert (response.json()["code"], response.json()["errors"][0]["field"]) == ("id_in_use", "id")
+    assert not ContactAttempt.objects.exists()
