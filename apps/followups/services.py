@@ -21,6 +21,7 @@ from rest_framework import status as http_status
 from apps.accounts.models import Membership, Program, Role, User
 from apps.care.models import Disposition, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskStatus
 from apps.common.api.errors import DomainError
+from apps.followups import selectors
 from apps.followups.models import (
     CaseManagerAssignment,
     ContactAttempt,
@@ -324,9 +325,13 @@ def attempt_record(
     if attempt_id is not None:
         attempt.id = attempt_id
     # With the step's, as a device's attempt and a move of the encounter take it: the attempt
-    # is placed in the step's unit as it stands once no move is under way.
+    # is placed in the step's unit as it stands once no move is under way, by someone who may
+    # still work it there (a move of the encounter takes the step from its old crew).
     lock_records([step.pk, attempt.pk])
-    attempt.unit_id = FollowUpStep.objects.values_list("unit_id", flat=True).get(pk=step.pk)
+    unit_id = selectors.steps_visible_to(user=actor).filter(pk=step.pk).values_list("unit_id", flat=True).first()
+    if unit_id is None:
+        raise DomainError("No such step.", code="not_found", status_code=http_status.HTTP_404_NOT_FOUND)
+    attempt.unit_id = unit_id
     in_use = DomainError(
         "An attempt with this id is recorded already, with other content; it stands.", code="id_in_use", field="id"
     )

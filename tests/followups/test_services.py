@@ -421,6 +421,32 @@ def test_a_contact_attempt_made_while_its_encounter_moves_is_placed_in_the_new_u
         assert unit_scope(new_unit.pk) in SyncedRecord.objects.get(record_id=attempt_id).scopes
 
 
+def test_a_crew_members_attempt_posted_while_its_encounter_moves_to_another_crew_is_refused(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The old crew may no longer work a step once its encounter has moved: an attempt their
+    request found before the move committed would be recorded with the new crew, by someone
+    who can no longer see it, as a device's attempt made in the same moment is refused."""
+    referral_id = referral(crew_member)
+    [step, *_] = steps_of(referral_id)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    new_unit = UnitFactory.create(program=program)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    attempt = {"method": "phone", "result": "reached", "attempted_at": timezone.now().isoformat()}
+
+    def reassign() -> None:
+        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+
+    def by_the_old_crew() -> Any:
+        return crew_member.client().post(f"/api/v1/followups/steps/{step.pk}/attempts/", attempt, format="json")
+
+    response, waited = run_while_another_writer_holds(encounter_id, reassign, by_the_old_crew)
+
+    assert waited
+    assert not ContactAttempt.objects.exists()
+    assert response.status_code == 404
+
+
 def test_a_chunk_of_reminders_is_sent_once_however_often_its_task_runs(crew_member: CrewMember) -> None:
     manager = case_manager(crew_member)
     supervisor = MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR).user
