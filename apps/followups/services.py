@@ -37,7 +37,6 @@ from apps.followups.models import (
 from apps.followups.schedule import schedule_for
 from apps.notifications import services as notifications
 from apps.notifications.models import Channel, NotificationPreference, Urgency
-from apps.sync.models import SyncedRecord
 from apps.teams.models import Unit
 
 logger = logging.getLogger(__name__)
@@ -311,6 +310,7 @@ def attempt_record(
     """
     if attempt_is_in_the_future(attempted_at):
         raise _invalid("attempted_at", ATTEMPT_IN_THE_FUTURE)
+    from apps.sync import selectors as sync_selectors
     from apps.sync.services import lock_records, publish_record
 
     attempt = ContactAttempt(
@@ -335,10 +335,11 @@ def attempt_record(
     in_use = DomainError(
         "An attempt with this id is recorded already, with other content; it stands.", code="id_in_use", field="id"
     )
-    # Sync knows a record by its id alone: an id another synced record holds (a note, an
-    # encounter) is not this attempt's to take, or publishing it would replace that record.
-    if SyncedRecord.objects.filter(record_id=attempt.pk).exclude(record_type=CONTACT_ATTEMPT).exists():
-        raise in_use
+    # An id another synced record holds (a note, an encounter) is not this attempt's to take.
+    if sync_selectors.synced_type_of(attempt.pk) not in (None, CONTACT_ATTEMPT):
+        raise DomainError(
+            "This id is another record's; give the attempt an id of its own.", code="id_in_use", field="id"
+        )
     recorded = ContactAttempt.objects.filter(pk=attempt.pk).first()
     if recorded is not None:
         if (recorded.step_id, recorded.method, recorded.result, recorded.notes, recorded.attempted_at) != (

@@ -523,6 +523,13 @@ def _snapshot_page_from(
     return SnapshotPage(rows=rows, cursor=None, feed_cursor=position.feed.encode(reader_device_id))
 
 
+def synced_type_of(record_id: UUID) -> str | None:
+    """The synced type of the record with this id, if sync has one: sync knows a record by its
+    id alone, so a service creating a record under an id a client chose asks whether another
+    record holds it first (publishing over it would replace that record on every device)."""
+    return SyncedRecord.objects.filter(record_id=record_id).values_list("record_type", flat=True).first()
+
+
 def last_mutation_id(*, device_id: UUID) -> int:
     """The highest mutation id the server has stored for this device (0 before its first).
 
