@@ -104,6 +104,21 @@ def effective_base(
     return base
 
 
-def changed_by_others_since(*, base_version: int, versions: Iterable[VersionView], device_id: Any) -> bool:
-    """Whether anyone but this device wrote the record after the device's base version."""
-    return any(view.version > base_version and view.device_id != device_id for view in versions)
+def changed_by_others_since(
+    *, base_version: int, versions: Iterable[VersionView], device_id: Any, made_before: int | None = None
+) -> bool:
+    """Whether anyone but this device wrote the record after the device's base version.
+
+    With ``made_before`` (the change's ledger row), the device's own writes of mutations made
+    after it count as others': a delete applied again after review never saw its writer's
+    later edit. A version the device's push wrote as a side effect (a referral's status from
+    an outcome) names no mutation and stays the device's own.
+    """
+    return any(
+        view.version > base_version
+        and (
+            view.device_id != device_id
+            or (made_before is not None and view.mutation_id is not None and view.mutation_id > made_before)
+        )
+        for view in versions
+    )

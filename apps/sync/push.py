@@ -1253,7 +1253,9 @@ def _delete(
         row.status = MutationStatus.APPLIED
         row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
         return
-    if merge.changed_by_others_since(base_version=base_version, versions=versions, device_id=device_id):
+    if merge.changed_by_others_since(
+        base_version=base_version, versions=versions, device_id=device_id, made_before=row.pk
+    ):
         # A delete that meets an edit its device never saw: the record and the edit stay.
         conflict = _conflict(row, synced_type, head, ConflictKind.DELETE_VS_EDIT, "", None, None, None)
         state.publisher.conflicts.append(conflict)

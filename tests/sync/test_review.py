@@ -133,6 +133,29 @@ def test_an_edit_applied_after_review_does_not_replace_its_writers_own_later_edi
     assert Conflict.objects.get(record_id=record_id).device_value == "A: earlier"
 
 
+def test_a_delete_applied_after_review_does_not_delete_over_its_writers_own_later_edit(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The writer's later edit was made after the delete (the record came back to their
+    device when the delete was refused): applied after review, the delete meets an edit it
+    never saw, as a conflict, and must not remove the record from every device unseen."""
+    record_id = encounter(crew_member, location="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    [refused] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    [later] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "B: later"}, 1))
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert (refused["status"], later["status"]) == ("quarantined", "applied")
+    assert result["status"] == "conflict" and result["conflicts"][0]["kind"] == "delete_vs_edit"
+    assert result["data"]["deleted"] is False
+    encounter_row = Encounter.objects.get(pk=record_id)
+    assert (encounter_row.is_deleted, encounter_row.location) == (False, "B: later")
+
+
 def test_what_still_cannot_apply_is_quarantined_again_saying_why(program: Program, crew_member: CrewMember) -> None:
     record_id = encounter(crew_member)
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
