@@ -248,8 +248,10 @@ class Publisher:
         self.heads[record_id] = new_head
         self.dirty_heads[record_id] = _PendingHead(new_head, document)
         if changed_fields is None:
+            # A create writes every field, the empty ones too: its writer's later edit of one
+            # (with no base: the record had no server version) replaces its own value.
             previous = head.data if head is not None else {}
-            changed_fields = [name for name in data if previous.get(name) != data[name]]
+            changed_fields = [name for name in data if name not in previous or previous[name] != data[name]]
         pending = PendingVersion(
             record_id=record_id,
             record_type=synced_type.name,

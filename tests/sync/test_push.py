@@ -553,6 +553,30 @@ def test_a_devices_queued_edits_of_one_field_replace_each_other_without_conflict
     assert Encounter.objects.get(pk=record_id).location == "B"
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one batch", "two batches"])
+def test_an_edit_with_no_base_of_a_record_the_device_created_sets_what_its_create_left_empty(
+    crew_member: CrewMember, split: bool
+) -> None:
+    """A record made offline has no server version, so the device's later edits of it carry
+    none. The create wrote every field of the record, the empty ones too: an edit that fills
+    one (a draft note signed, an encounter ended) replaces the device's own empty value, and
+    is not held as a conflict with itself (a signature no case manager could then apply)."""
+    device = SimDevice(crew_member)
+    encounter_id, _ = created(device)
+    note_id = uuid.uuid4()
+    create = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Seen."})
+    sign = device.mutation("update", "care.note", note_id, {"signed_at": "2026-11-20T15:00:00-05:00"})
+    end = device.mutation("update", "care.encounter", encounter_id, {"ended_at": "2026-11-20T15:30:00-05:00"})
+
+    results = [*device.push(create), *device.push(sign, end)] if split else device.push(create, sign, end)
+
+    assert [r["status"] for r in results] == ["applied", "applied", "applied"], results
+    assert ClinicalNote.objects.get(pk=note_id).is_signed
+    assert results[1]["data"]["signed_at"] == "2026-11-20T20:00:00Z"
+    assert Encounter.objects.get(pk=encounter_id).ended_at is not None
+    assert Conflict.objects.count() == 0
+
+
 def test_a_delete_meeting_an_unseen_edit_is_a_conflict_and_the_record_stays(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)
