@@ -387,7 +387,12 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
             status_code=400,
         )
     lock_records([referral.pk])
-    referral = Referral.objects.select_for_update().get(pk=referral.pk)
+    # As it stands under its lock: a device's delete may have committed since it was read,
+    # and publishing it as live would bring the deleted record back to every device.
+    found = Referral.objects.select_for_update().filter(pk=referral.pk, is_deleted=False).first()
+    if found is None:
+        raise DomainError("No such referral.", code="not_found", status_code=http_status.HTTP_404_NOT_FOUND)
+    referral = found
     current = referral.task_status
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(

@@ -285,3 +285,33 @@ def test_a_note_pushed_as_its_encounter_begins_to_move_moves_with_it(program: Pr
     assert waited_for_the_note
     assert ClinicalNote.objects.get(pk=note_id).unit_id == new_unit.pk
     assert SyncedRecord.objects.get(record_id=note_id).data["unit_id"] == str(new_unit.pk)
+
+
+def test_a_referral_deleted_while_a_case_manager_moves_its_task_status_stays_deleted(
+    crew_member: CrewMember,
+) -> None:
+    """The case manager's request found the referral live, then waited for its lock while the
+    crew's delete of it committed. Publishing the referral as live would bring a deleted
+    record back to every device, and a colleague's later edit of it would then apply as if
+    nothing had deleted it, instead of meeting the delete as a conflict."""
+    referral_id = referral(crew_member)
+    case_manager = make_crew_member(crew_member.unit.program, role=Role.CASE_MANAGER)
+    teammate = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+
+    def crews_delete() -> None:
+        deleted = pushed(crew_member, "care.referral", {}, op="delete", record_id=referral_id, base_version=1)
+        assert deleted["status"] == "applied", deleted
+
+    def move_task_status() -> Any:
+        body = {"status": "received", "reason": ""}
+        return case_manager.client().post(f"/api/v1/care/referrals/{referral_id}/status/", body, format="json")
+
+    response, waited_for_the_delete = run_while_another_writer_holds(referral_id, crews_delete, move_task_status)
+    [edit] = teammate.push(teammate.mutation("update", "care.referral", referral_id, {"priority": "urgent"}, 1))
+
+    assert waited_for_the_delete
+    assert response.status_code == 404, response.content
+    head = SyncedRecord.objects.get(record_id=referral_id)
+    assert (head.is_deleted, head.version) == (True, 2)
+    assert (edit["status"], edit["conflicts"][0]["kind"]) == ("conflict", "edit_vs_delete")
+    assert Referral.objects.get(pk=referral_id).priority == "routine"
