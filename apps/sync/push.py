@@ -750,11 +750,14 @@ def apply_received(
     user: User,
     known: dict[int, LedgerRow] | None = None,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
+    reviewed: frozenset[int] = frozenset(),
 ) -> dict[int, dict[str, Any]]:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
     ``known`` are ledger rows the caller has in memory (the batch it just stored), so they
-    are not read again. Returns the result of every mutation applied here, by row id.
+    are not read again. ``reviewed`` are ledger rows applied again after review: their
+    device took them for refused, so what they write goes back to it through the feed.
+    Returns the result of every mutation applied here, by row id.
     """
     known = known or {}
     try:
@@ -765,7 +768,7 @@ def apply_received(
             fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
-                _apply_rows(rows, device=device, user=user, sealed=sealed)
+                _apply_rows(rows, device=device, user=user, sealed=sealed, reviewed=reviewed)
         return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
@@ -779,7 +782,7 @@ def apply_received(
                 return results
             try:
                 with transaction.atomic():
-                    _apply_rows([row], device=device, user=user, raise_refusals=True)
+                    _apply_rows([row], device=device, user=user, raise_refusals=True, reviewed=reviewed)
             except registry.Refused as refusal:
                 _quarantine_alone(row, _refusal_error(row, refusal), user=user)
             except (IntegrityError, DataError) as fault:
@@ -875,6 +878,8 @@ class _BatchState:
     versions: dict[UUID, list[merge.VersionView]]
     program_ids: set[UUID]
     raise_refusals: bool
+    # Ledger rows applied again after review: their writes go back to their own device too.
+    reviewed: frozenset[int] = frozenset()
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
     quarantined_creates: dict[UUID, LedgerRow] = field(default_factory=dict)
     # The scopes the writer reads, once a refused change needs them (_send_back_servers_copy).
@@ -893,6 +898,7 @@ def _apply_rows(
     user: User,
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
+    reviewed: frozenset[int] = frozenset(),
 ) -> None:
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     # With the parents the creates are placed under: read after their locks, where they are
@@ -929,6 +935,7 @@ def _apply_rows(
         versions=versions,
         program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
+        reviewed=reviewed,
     )
     fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -1198,7 +1205,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             registry.Change(MutationOperation.UPDATE, row.record_id, record, changes),
             state,
             changed_fields=sorted(changes),
-            echo=unseen,
+            echo=unseen or row.pk in state.reviewed,
         )
     elif unseen:
         state.publisher.reannounce(head, user_scope(row.user_id))
@@ -1233,7 +1240,7 @@ def _create(row: LedgerRow, synced_type: registry.SyncedType, fields: dict[str, 
         registry.Change(MutationOperation.CREATE, row.record_id, None, internal),
         state,
         changed_fields=None,
-        echo=False,
+        echo=row.pk in state.reviewed,
     )
     row.status = MutationStatus.APPLIED
     row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
@@ -1271,7 +1278,7 @@ def _delete(
         registry.Change(MutationOperation.DELETE, head.record_id, record, {}),
         state,
         changed_fields=["deleted"],
-        echo=False,
+        echo=row.pk in state.reviewed,
         is_deleted=True,
     )
     row.status = MutationStatus.APPLIED

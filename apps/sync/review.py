@@ -52,7 +52,9 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
             by_device[(mutation.device_id, mutation.user_id)].append(mutation.pk)
     for (device_id, user_id), pks in by_device.items():
         _receive_again(device_id, pks)
-        push.apply_received(device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id))
+        push.apply_received(
+            device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id), reviewed=frozenset(pks)
+        )
     rows = Mutation.objects.in_bulk(mutation_ids)
     audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
     results = [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]

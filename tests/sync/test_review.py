@@ -156,6 +156,34 @@ def test_a_delete_applied_after_review_does_not_delete_over_its_writers_own_late
     assert (encounter_row.is_deleted, encounter_row.location) == (False, "B: later")
 
 
+@pytest.mark.django_db(transaction=True)  # the feed serves only committed transactions
+def test_what_applies_after_review_reaches_its_writers_device(program: Program, crew_member: CrewMember) -> None:
+    """A quarantined change is dropped from the outbox and the server's copy replaces the
+    device's; a created record it lost is dropped. What a supervisor then applies is written
+    as that device's own write, which the feed does not send back to it: the device would
+    keep the copy without the change (and, sending it whole, would undo it) and never get
+    the record it created."""
+    record_id = encounter(crew_member, location="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    new_record_id = uuid.uuid4()
+    late = [
+        device.mutation("update", "care.encounter", record_id, {"location": "written offline"}, 1),
+        device.mutation("create", "care.encounter", new_record_id, encounter_fields(crew_member, location="new")),
+    ]
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}, 1))
+    refused = device.push(*late)  # numbered below what the device sent already: kept for review
+    _, cursor = device.pull()
+
+    results = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+    entries, _ = device.pull(cursor)
+
+    assert [r["error"]["code"] for r in refused] == ["mutation_out_of_order"] * 2
+    assert [r["status"] for r in results] == ["applied", "applied"]
+    latest = {entry["id"]: (entry["version"], entry["data"]["location"]) for entry in entries}
+    assert latest == {str(record_id): (3, "written offline"), str(new_record_id): (1, "new")}
+
+
 def test_what_still_cannot_apply_is_quarantined_again_saying_why(program: Program, crew_member: CrewMember) -> None:
     record_id = encounter(crew_member)
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
