@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from apps.audit import registry as health_records
@@ -13,6 +13,9 @@ from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.sync import registry
 from apps.sync.models import ChangeEntry, ChangeOperation, Conflict, Mutation
+
+if TYPE_CHECKING:
+    from apps.sync.push import LedgerRow
 
 _WRITE_ACTIONS = {"create": AccessAction.CREATE, "update": AccessAction.UPDATE, "delete": AccessAction.DELETE}
 # Results of mutations that changed (or tried to change and kept as a conflict) a record.
@@ -61,7 +64,7 @@ def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dic
     )
 
 
-def record_ledger_writes(*, accessor: Accessor, mutations: Iterable[Mutation]) -> None:
+def record_ledger_writes(*, accessor: Accessor, mutations: Iterable[LedgerRow]) -> None:
     """Audit the records these ledger rows wrote. The ledger knows each one's operation, also
     for a client that numbers no changes (WatermelonDB), whose results no mutation id ties
     back to what it sent."""

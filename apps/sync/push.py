@@ -36,8 +36,11 @@ from rest_framework import serializers
 
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
 from apps.common import bulk, jsontext
 from apps.common.ids import CANONICAL_UUID, canonical_uuid
+from apps.sync import audit as sync_audit
 from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
     Conflict,
@@ -769,6 +772,7 @@ def apply_received(
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
                 _apply_rows(rows, device=device, user=user, sealed=sealed, reviewed=reviewed)
+                _audit_earlier_requests_writes(rows, device=device, user=user, accounted=known.keys() | reviewed)
         return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
@@ -801,7 +805,23 @@ def apply_received(
                     _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
                     user=user,
                 )
+            _audit_earlier_requests_writes([row], device=device, user=user, accounted=known.keys() | reviewed)
             results[row.pk] = row.result
+
+
+def _audit_earlier_requests_writes(
+    rows: list[LedgerRow], *, device: Device, user: User, accounted: Iterable[int]
+) -> None:
+    """Audit what these rows wrote, but for those the caller answers and audits itself (its own
+    batch, the mutations a supervisor reviewed): the others were stored by an earlier request of
+    the device that died before applying them, which no one else audits (a retry of that request
+    only gets duplicates). The write is the device's, as the push that carried it would have said."""
+    accounted = set(accounted)
+    earlier = [row for row in rows if row.pk not in accounted]
+    if earlier:
+        sync_audit.record_ledger_writes(
+            accessor=Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC), mutations=earlier
+        )
 
 
 def _fault_and_place(fault: Exception) -> str:

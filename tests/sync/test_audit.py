@@ -139,3 +139,66 @@ def test_an_outsider_pull_reads_and_records_nothing(crew_member: CrewMember, out
 
     assert entries == []
     assert not AuditEvent.objects.filter(action="read").exists()
+
+
+def _store_without_applying(member: CrewMember, mutation: dict[str, object]) -> None:
+    """What a push leaves when the server dies between storing its batch and applying it."""
+    from apps.sync import push
+
+    push._store(
+        device=member.device,
+        user=member.user,
+        envelopes=[push.parse_envelope(mutation, 0)],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )
+
+
+def test_a_write_applied_by_the_stranded_mutations_sweep_names_its_writer_and_device(crew_member: CrewMember) -> None:
+    """The server died between storing a push and applying it, and the sweep applied it later:
+    the record was still written, by the device's user from that device, and the trail must say
+    so. No request answers it (the device, retrying, gets a duplicate), so nothing else will."""
+    from datetime import timedelta
+
+    from apps.sync import push
+
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    create = device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member))
+    _store_without_applying(crew_member, create)
+
+    assert push.apply_stranded(older_than=timedelta(0)) == 1
+    [retried] = device.push(create)
+
+    assert (retried["status"], retried["original_status"]) == ("duplicate", "applied")
+    written = AuditEvent.objects.exclude(action="read").values_list(
+        "action", "record_type", "record_id", "actor_id", "device_id", "channel"
+    )
+    assert list(written) == [
+        ("create", "care.encounter", record_id, crew_member.user.pk, crew_member.device.pk, "sync")
+    ]
+
+
+def test_a_push_that_applies_an_earlier_stranded_mutation_of_its_device_audits_that_write_too(
+    crew_member: CrewMember,
+) -> None:
+    """A push applies every stored, unapplied mutation of its device first, in order, the
+    stranded ones of an earlier request that died included: those are writes of this request,
+    and the device retrying the earlier batch later only gets duplicates."""
+    device = SimDevice(crew_member)
+    stranded_id, next_id = uuid.uuid4(), uuid.uuid4()
+    stranded = device.mutation("create", "care.encounter", stranded_id, encounter_fields(crew_member))
+    _store_without_applying(crew_member, stranded)
+
+    [applied] = device.push(device.mutation("create", "care.encounter", next_id, encounter_fields(crew_member)))
+    [retried] = device.push(stranded)
+
+    assert (applied["status"], retried["status"]) == ("applied", "duplicate")
+    written = AuditEvent.objects.exclude(action="read").values_list("action", "record_id", "actor_id", "device_id")
+    assert sorted(written) == sorted(
+        [
+            ("create", stranded_id, crew_member.user.pk, crew_member.device.pk),
+            ("create", next_id, crew_member.user.pk, crew_member.device.pk),
+        ]
+    )
