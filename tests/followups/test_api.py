@@ -225,3 +225,30 @@ def test_outsiders_see_and_change_nothing(
     assert client.get("/api/v1/followups/steps/").json()["count"] == 0
     assert _snapshot(step) == before
     assert Referral.objects.get(pk=referral_id).task_status == "requested"
+
+
+def test_a_step_served_with_its_contact_attempts_records_a_read_of_each_attempt(crew_member: CrewMember) -> None:
+    """A contact attempt's notes are health information (sealed at rest, a synced record of
+    their own). A case manager who opens a step reads every attempt on it, colleagues' notes
+    included: the trail must answer "who saw attempt X" with this read, as it does for the
+    admin's timeline, not only with a read of the step."""
+    writer, reader = case_manager(crew_member), case_manager(crew_member, of_program=False)
+    [step, *_] = steps_of(referral(crew_member))
+    written = writer.client().post(
+        f"/api/v1/followups/steps/{step.pk}/attempts/",
+        {
+            "method": "phone",
+            "result": "no_answer",
+            "notes": "Sister says he is staying at the shelter.",
+            "attempted_at": timezone.now(),
+        },
+        format="json",
+    )
+    assert written.status_code == 201
+    attempt_id = uuid.UUID(written.json()["id"])
+
+    detail = reader.client().get(f"/api/v1/followups/steps/{step.pk}/")
+
+    assert [attempt["id"] for attempt in detail.json()["attempts"]] == [str(attempt_id)]
+    reads = AuditEvent.objects.filter(action="read", actor_id=reader.user.pk, record_type="followups.contact_attempt")
+    assert list(reads.values_list("record_id", "device_id")) == [(attempt_id, reader.device.pk)]

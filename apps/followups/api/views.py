@@ -6,6 +6,7 @@ A step and its attempts are about a person: every read and write is audited (P8)
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -56,7 +57,11 @@ def _audit(request: Request, action: AccessAction, record_type: str, ids: list[A
 
 def _detail(request: Request, step_id: str, code: int = status.HTTP_200_OK) -> Response:
     step = _step(request, step_id)
-    return Response(StepDetailSerializer(step, context={"now": timezone.now()}).data, status=code)
+    data = StepDetailSerializer(step, context={"now": timezone.now()}).data
+    # The step comes with its contact attempts, their notes included: each is read with it.
+    attempt_ids = [UUID(str(attempt["id"])) for attempt in data["attempts"]]
+    _audit(request, AccessAction.READ, services.CONTACT_ATTEMPT, attempt_ids, step.program_id)
+    return Response(data, status=code)
 
 
 class StepListView(APIView):
