@@ -252,3 +252,25 @@ def test_a_step_served_with_its_contact_attempts_records_a_read_of_each_attempt(
     assert [attempt["id"] for attempt in detail.json()["attempts"]] == [str(attempt_id)]
     reads = AuditEvent.objects.filter(action="read", actor_id=reader.user.pk, record_type="followups.contact_attempt")
     assert list(reads.values_list("record_id", "device_id")) == [(attempt_id, reader.device.pk)]
+
+
+def test_an_outcome_recorded_over_the_api_is_audited_as_the_create_of_that_outcome(crew_member: CrewMember) -> None:
+    """An outcome is a health record of its own (care.referral_outcome, synced to devices, its
+    details sealed): the trail must say who created which outcome, as it does when a device
+    pushes one or the admin records one, not that the referral, which already existed, was
+    created again."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+
+    response = manager.client().post(
+        f"/api/v1/care/referrals/{referral_id}/outcomes/",
+        {"outcome": "attended", "observed_at": timezone.now(), "details": "Attended intake; started on sertraline."},
+        format="json",
+    )
+
+    assert response.status_code == 201
+    outcome_id = ReferralOutcomeEvent.objects.get().pk
+    written = AuditEvent.objects.filter(actor_id=manager.user.pk).exclude(action="read")
+    assert list(written.values_list("action", "record_type", "record_id", "device_id")) == [
+        ("create", "care.referral_outcome", outcome_id, manager.device.pk)
+    ]

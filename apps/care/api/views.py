@@ -5,6 +5,8 @@ Every read and write here is health information and is audited (P8).
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -27,12 +29,18 @@ def _referral(request: Request, referral_id: str) -> Referral:
     return get_object_or_404(selectors.referrals_visible_to(user=request.user), pk=referral_id)
 
 
-def _audit(request: Request, action: AccessAction, referral: Referral) -> None:
+def _audit(
+    request: Request,
+    action: AccessAction,
+    referral: Referral,
+    record_type: str = "care.referral",
+    record_id: UUID | None = None,
+) -> None:
     record_access(
         accessor=Accessor.from_request(request),
         action=action,
-        record_type="care.referral",
-        record_ids=[referral.pk],
+        record_type=record_type,
+        record_ids=[referral.pk if record_id is None else record_id],
         program_id=referral.program_id,
     )
 
@@ -74,8 +82,10 @@ class ReferralOutcomeView(APIView):
         payload.is_valid(raise_exception=True)
         assert isinstance(request.user, User)
         try:
-            services.referral_outcome_record(referral=referral, actor=request.user, **payload.validated_data)
+            outcome = services.referral_outcome_record(referral=referral, actor=request.user, **payload.validated_data)
         except Refused as refused:
             raise DomainError(refused.detail, code=refused.code, field=refused.field) from refused
-        _audit(request, AccessAction.CREATE, referral)
+        # The outcome is a record of its own; the answer shows the referral it was recorded on.
+        _audit(request, AccessAction.CREATE, referral, "care.referral_outcome", outcome.pk)
+        _audit(request, AccessAction.READ, referral)
         return Response(ReferralSerializer(_referral(request, referral_id)).data, status=status.HTTP_201_CREATED)
