@@ -274,3 +274,24 @@ def test_an_outcome_recorded_over_the_api_is_audited_as_the_create_of_that_outco
     assert list(written.values_list("action", "record_type", "record_id", "device_id")) == [
         ("create", "care.referral_outcome", outcome_id, manager.device.pk)
     ]
+
+
+def test_a_referral_served_with_its_outcomes_records_a_read_of_each_outcome(crew_member: CrewMember) -> None:
+    """A referral comes with its outcomes, their details included (what the service or the
+    person said: sealed at rest, a synced record of their own). Opening the referral reads
+    each one, and the trail must say so, as it does for the admin's timeline."""
+    writer, reader = case_manager(crew_member), case_manager(crew_member, of_program=False)
+    referral_id = referral(crew_member)
+    recorded = writer.client().post(
+        f"/api/v1/care/referrals/{referral_id}/outcomes/",
+        {"outcome": "no_show", "observed_at": timezone.now(), "details": "Clinic says he was admitted elsewhere."},
+        format="json",
+    )
+    assert recorded.status_code == 201
+    outcome_id = ReferralOutcomeEvent.objects.get().pk
+
+    detail = reader.client().get(f"/api/v1/care/referrals/{referral_id}/")
+
+    assert [outcome["id"] for outcome in detail.json()["outcomes"]] == [str(outcome_id)]
+    reads = AuditEvent.objects.filter(action="read", actor_id=reader.user.pk, record_type="care.referral_outcome")
+    assert list(reads.values_list("record_id", "device_id")) == [(outcome_id, reader.device.pk)]

@@ -45,12 +45,26 @@ def _audit(
     )
 
 
+def _answer(request: Request, referral: Referral, code: int = status.HTTP_200_OK) -> Response:
+    """The referral, with its outcomes, their details included: each is a health record of its
+    own, read with it."""
+    data = ReferralSerializer(referral).data
+    record_access(
+        accessor=Accessor.from_request(request),
+        action=AccessAction.READ,
+        record_type="care.referral_outcome",
+        record_ids=[UUID(str(outcome["id"])) for outcome in data["outcomes"]],
+        program_id=referral.program_id,
+    )
+    return Response(data, status=code)
+
+
 class ReferralDetailView(APIView):
     @extend_schema(responses=ReferralSerializer)
     def get(self, request: Request, referral_id: str) -> Response:
         referral = _referral(request, referral_id)
         _audit(request, AccessAction.READ, referral)
-        return Response(ReferralSerializer(referral).data)
+        return _answer(request, referral)
 
 
 class ReferralTaskStatusView(APIView):
@@ -69,7 +83,7 @@ class ReferralTaskStatusView(APIView):
             actor=request.user,
         )
         _audit(request, AccessAction.UPDATE, referral)
-        return Response(ReferralSerializer(_referral(request, referral_id)).data)
+        return _answer(request, _referral(request, referral_id))
 
 
 class ReferralOutcomeView(APIView):
@@ -88,4 +102,4 @@ class ReferralOutcomeView(APIView):
         # The outcome is a record of its own; the answer shows the referral it was recorded on.
         _audit(request, AccessAction.CREATE, referral, "care.referral_outcome", outcome.pk)
         _audit(request, AccessAction.READ, referral)
-        return Response(ReferralSerializer(_referral(request, referral_id)).data, status=status.HTTP_201_CREATED)
+        return _answer(request, _referral(request, referral_id), status.HTTP_201_CREATED)
