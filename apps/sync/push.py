@@ -685,7 +685,9 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
 
 def _programs_named_by_creates(rows: list[LedgerRow]) -> dict[int, UUID]:
     """By ledger row: the program of the unit or parent record each create names (one read
-    per kind of parent), for the creates that name one the server has."""
+    per kind of parent), for the creates that name one the server has, or one the server has
+    only as its writer's quarantined create (an encounter written offline with its notes, all
+    kept for review): that create's program, from this batch or the ledger."""
     named: dict[tuple[type[Any], str], dict[int, UUID]] = defaultdict(dict)
     for row in rows:
         synced_type = registry.get(row.record_type)
@@ -701,7 +703,41 @@ def _programs_named_by_creates(rows: list[LedgerRow]) -> dict[int, UUID]:
             model._default_manager.filter(pk__in=bulk.any_of(set(by_row.values()), "uuid")).values_list("pk", lookup)
         )
         programs.update((pk, found[named_id]) for pk, named_id in by_row.items() if found.get(named_id) is not None)
+    parent_of = {pk: named_id for by_row in named.values() for pk, named_id in by_row.items() if pk not in programs}
+    if parent_of:
+        programs.update(_programs_of_quarantined_parents(rows, parent_of, programs))
     return programs
+
+
+def _programs_of_quarantined_parents(
+    rows: list[LedgerRow], parent_of: dict[int, UUID], programs: dict[int, UUID]
+) -> dict[int, UUID]:
+    """By ledger row: for creates whose parent the server does not have, the program its
+    writer's quarantined create of that parent was filed under; in the batch's order, so a
+    chain written offline (an encounter, its referral, the referral's outcome) follows."""
+    user_ids = {row.user_id for row in rows}
+    filed: dict[tuple[UUID, UUID], UUID] = {
+        (user_id, record_id): program_id
+        for user_id, record_id, program_id in Mutation.objects.filter(
+            user_id__in=user_ids,
+            record_id__in=bulk.any_of(set(parent_of.values()), "uuid"),
+            operation=MutationOperation.CREATE,
+            status=MutationStatus.QUARANTINED,
+            program__isnull=False,
+        )
+        .order_by("-id")
+        .values_list("user_id", "record_id", "program_id")
+        if record_id is not None and program_id is not None
+    }
+    found: dict[int, UUID] = {}
+    for row in sorted(rows, key=lambda row: row.pk):
+        named_id = parent_of.get(row.pk)
+        if named_id is not None and (program_id := filed.get((row.user_id, named_id))) is not None:
+            found[row.pk] = program_id
+        program_id = found.get(row.pk) or programs.get(row.pk)
+        if row.operation == MutationOperation.CREATE and row.record_id is not None and program_id is not None:
+            filed.setdefault((row.user_id, row.record_id), program_id)
+    return found
 
 
 def _id_named_by(row: LedgerRow, field_name: str) -> UUID | None:

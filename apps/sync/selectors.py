@@ -562,7 +562,8 @@ def quarantined_mutations_reviewable_by(*, user: User) -> QuerySet[Mutation]:
 
 def _reviewed_by(user: User) -> Q:
     """A mutation's program is its record's, or for a refused create the program of the unit
-    or parent record it names (apps.sync.push). One naming nothing the server has has none:
+    or parent record it names (apps.sync.push), the server's or its writer's quarantined
+    create of it. One naming nothing the server has has none:
     a user in two programs may have written it for either, so it goes to supervisors of all
     the writer's programs, never across programs."""
     supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")

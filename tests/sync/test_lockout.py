@@ -190,3 +190,42 @@ def test_a_locked_out_watermelondb_push_is_kept_and_rejected_record_by_record(
 def _use(token: str) -> None:
     """Use a rotated token once: the token it replaced stops working then."""
     assert APIClient().get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 200
+
+
+def _still_signed_in(member: CrewMember) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("lock_out", "code"), [*LOCKOUTS, pytest.param(_still_signed_in, "not_permitted", id="still-signed-in")]
+)
+def test_a_note_under_an_encounter_created_offline_is_filed_for_the_encounters_supervisors(
+    program: Program, crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str
+) -> None:
+    """A clinician who left the program (their membership deleted), their tablet locked out or
+    not, may hold the only copy of a call: an encounter written offline and its notes. The
+    notes name the encounter, which the server has only in quarantine; they must still be
+    filed under its program, or no supervisor ever sees them (the writer works for none)."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    encounter_id = uuid.uuid4()
+    outbox = [
+        device.mutation(
+            "create",
+            "care.encounter",
+            encounter_id,
+            {"unit_id": str(crew_member.unit.pk), "started_at": timezone.now().isoformat(), "location": "x"},
+        ),
+        device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(encounter_id), "body": "Calm."}),
+    ]
+    crew_member.user.memberships.all().delete()
+    lock_out(crew_member)
+
+    results = device.push(*outbox)
+
+    assert [r["status"] for r in results] == ["quarantined"] * 2
+    assert results[0]["error"]["code"] == code
+    kept = supervisor.client().get("/api/v1/sync/quarantine/").json()["results"]
+    assert sorted((m["mutation_id"], m["program"]) for m in kept) == [
+        (m["mutation_id"], str(program.pk)) for m in outbox
+    ]
