@@ -96,13 +96,18 @@ def _authenticate_now(raw_token: str) -> tuple[DeviceToken, list[str]]:
 
 
 def _read_feed_now(scopes: list[str], cursor: str | None, token: DeviceToken) -> feed.FeedPage:
-    return feed.feed_page(
+    """A page of the feed, for a token that still works once it was read (raises
+    TokenRejected otherwise): a page read after its device was revoked or its user
+    deactivated is never served, even when the channel layer lost word of it."""
+    page = feed.feed_page(
         scopes=scopes,
         cursor=cursor,
         limit=FEED_PAGE_SIZE,
         reader_device_id=token.device_id,
         user_id=token.device.user_id,
     )
+    device_token_recheck(token_id=token.pk)
+    return page
 
 
 def _recheck_token_now(token: DeviceToken) -> DeviceToken:
@@ -257,6 +262,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                     code = "cursor_expired" if isinstance(error, feed.CursorExpired) else "invalid_cursor"
                     await self.send_error(code, str(error), field="cursor")
                     return
+                except TokenRejected as rejection:
+                    self.feed_subscribed = False
+                    await self._end_for(rejection)
+                    return
                 joined = False
                 if page.scopes != self.scopes:
                     # The user's access changed and the channel layer's word of it is late
@@ -292,7 +301,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             if not self.feed_subscribed:
                 return
             assert self.token is not None
-            page = await _read_feed(self.scopes, self.feed_cursor, self.token)
+            try:
+                page = await _read_feed(self.scopes, self.feed_cursor, self.token)
+            except TokenRejected as rejection:
+                await self._end_for(rejection)
+                return
             if page.passed_entries:
                 await self.send_feed()
             if not page.held_back:
@@ -367,11 +380,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             try:
                 token = await _recheck_token(self.token)
             except TokenRejected as rejection:
-                if rejection.problem.locks_out:  # word of it from the device's group was lost
-                    frame_type = "device.revoked" if rejection.problem is TokenProblem.REVOKED else "user.deactivated"
-                    await self._end({"type": frame_type, **rejection.instructions()}, CloseCode.REVOKED)
-                else:
-                    await self._end({"type": "auth.ended", "code": rejection.problem.value}, CloseCode.UNAUTHENTICATED)
+                await self._end_for(rejection)
                 return
             if self.ended:  # the client left while the token was read
                 return
@@ -436,6 +445,14 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     async def _lock_out(self, frame_type: str) -> None:
         # The device's token was locked out with it, so the push still takes its outbox.
         await self._end({"type": frame_type, "purge_local_data": True, "push_outbox_first": True}, CloseCode.REVOKED)
+
+    async def _end_for(self, rejection: TokenRejected) -> None:
+        """The socket's token stopped working: say why, and close."""
+        if rejection.problem.locks_out:  # word of it from the device's group was lost
+            frame_type = "device.revoked" if rejection.problem is TokenProblem.REVOKED else "user.deactivated"
+            await self._end({"type": frame_type, **rejection.instructions()}, CloseCode.REVOKED)
+        else:
+            await self._end({"type": "auth.ended", "code": rejection.problem.value}, CloseCode.UNAUTHENTICATED)
 
     async def _end(self, last_frame: dict[str, Any], close_code: int) -> None:
         # Said once: a lockout may be told by the device's group and found by a token check.

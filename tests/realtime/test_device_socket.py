@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,9 @@ from django.utils import timezone
 from websockets.sync.client import ClientConnection
 
 from apps.accounts import services
-from apps.accounts.models import Device, DeviceToken
+from apps.accounts.models import Device, DeviceToken, User
+from apps.sync import services as sync_services
+from apps.sync.scopes import unit_scope
 from tests.admin_pages import resubmitted
 from tests.conftest import LOCKOUTS, CrewMember
 from tests.live import AsgiServer, asgi_server
@@ -114,6 +117,49 @@ def test_an_open_socket_finds_a_revocation_whose_word_was_lost(live_server_logs:
             "purge_local_data": True,
             "push_outbox_first": True,
         }
+        assert close_code(socket, timeout=1) == 4403
+
+
+def _revoke_unannounced(member: CrewMember) -> None:
+    now = timezone.now()
+    Device.objects.filter(pk=member.device.pk).update(revoked_at=now)
+    DeviceToken.objects.filter(device=member.device).update(revoked_at=now)
+
+
+def _deactivate_unannounced(member: CrewMember) -> None:
+    User.objects.filter(pk=member.user.pk).update(is_active=False)
+
+
+@pytest.mark.parametrize(
+    ("lock_out", "frame_type"),
+    [
+        pytest.param(_revoke_unannounced, "device.revoked", id="revoked"),
+        pytest.param(_deactivate_unannounced, "user.deactivated", id="deactivated"),
+    ],
+)
+def test_an_open_socket_whose_lockout_word_was_lost_serves_no_more_of_the_feed(
+    asgi: AsgiServer, crew_member: CrewMember, lock_out: Callable[[CrewMember], None], frame_type: str
+) -> None:
+    """The channel layer may drop the word of a revocation or a deactivation, and the token is
+    checked again only a minute later: meanwhile every nudge of the crew's scopes would send
+    the lost tablet the crew's new records. The read that finds the device locked out sends
+    nothing of them, and ends the socket instead."""
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "cursor": None})
+        assert receive(socket)["entries"] == []
+        lock_out(crew_member)  # behind the services' back: no socket is told
+
+        record_id = uuid.uuid4()
+        with transaction.atomic():
+            sync_services.record_change(
+                program_id=crew_member.unit.program_id,
+                record_type="test.note",
+                record_id=record_id,
+                scopes=[unit_scope(crew_member.unit.pk)],
+                data={"body": "written after the lockout"},
+            )
+
+        assert receive(socket, timeout=3) == {"type": frame_type, "purge_local_data": True, "push_outbox_first": True}
         assert close_code(socket, timeout=1) == 4403
 
 
