@@ -51,7 +51,7 @@ from apps.accounts.services import device_authenticated, device_group_name, devi
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common.api.parsers import strict_loads
-from apps.realtime.handlers import HandlerError, handler_for
+from apps.realtime.handlers import Handler, HandlerError, handler_for
 from apps.sync import audit as sync_audit
 from apps.sync import selectors as feed
 from apps.sync.models import ChangeEntry
@@ -114,6 +114,13 @@ def _recheck_token_now(token: DeviceToken) -> DeviceToken:
     return device_token_recheck(token_id=token.pk)
 
 
+def _handle_now(handler: Handler, token: DeviceToken, message: dict[str, Any]) -> dict[str, Any] | None:
+    """A domain message answered for the token as it stands now (raises TokenRejected once it
+    stopped working): a device revoked, or a user deactivated, acts no more, even when the
+    channel layer lost word of it."""
+    return handler(device_token_recheck(token_id=token.pk), message)
+
+
 def _refresh_scopes_now(user_id: Any) -> list[str]:
     return user_scopes_refresh(user=User.objects.get(pk=user_id))
 
@@ -129,6 +136,7 @@ def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None
 _authenticate = _in_thread_pool(_authenticate_now)
 _recheck_token = _in_thread_pool(_recheck_token_now)
 _refresh_scopes = _in_thread_pool(_refresh_scopes_now)
+_handle = _in_thread_pool(_handle_now)
 _read_feed = _in_thread_pool(_read_feed_now)
 _audit_delivered = _in_thread_pool(_audit_delivered_now)
 
@@ -328,8 +336,12 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         tag = {"request_id": request_id} if request_id is not None else {}
+        assert self.token is not None
         try:
-            reply = await _in_thread_pool(handler)(self.token, message)
+            reply = await _handle(handler, self.token, message)
+        except TokenRejected as rejection:
+            await self._end_for(rejection)
+            return
         except HandlerError as refusal:
             await self.send_error(refusal.code, refusal.detail, field=refusal.field, **tag)
             return

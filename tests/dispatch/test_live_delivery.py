@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from django.db import connection
+from django.utils import timezone
 from websockets.sync.client import ClientConnection
 
-from apps.accounts.models import Program
+from apps.accounts.models import Device, DeviceToken, Program
 from apps.dispatch import services
 from apps.dispatch.models import Assignment, AssignmentStatus
 from apps.sync import selectors as feed
@@ -24,7 +25,7 @@ from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
 from tests.live import AsgiServer, asgi_server
-from tests.realtime.client import authenticated_socket, receive, send
+from tests.realtime.client import authenticated_socket, close_code, receive, send
 from tests.teams.factories import UnitFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
@@ -144,6 +145,27 @@ def test_crew_acknowledges_over_the_websocket_first_wins(
     assert first["assignment"]["acknowledged_device"] == str(crew_member.device.pk)
     assert update["data"]["status"] == "acknowledged"
     assert Assignment.objects.get(pk=assignment.pk).timeline.filter(kind="acknowledged").count() == 1
+
+
+def test_a_socket_whose_revocation_word_was_lost_may_not_acknowledge(
+    asgi: AsgiServer, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A lost tablet's socket may miss the word of its revocation (the channel layer drops
+    messages; the token is checked again a minute later). Whoever holds it must not answer
+    the crew's calls meanwhile, nor learn the assignment from the reply: the message finds
+    the device revoked, gets the lockout, and changes nothing."""
+    assignment = offer(program, dispatcher, crew_member)
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        now = timezone.now()  # revoked behind the services' back: no socket is told
+        Device.objects.filter(pk=crew_member.device.pk).update(revoked_at=now)
+        DeviceToken.objects.filter(device=crew_member.device).update(revoked_at=now)
+
+        send(socket, {"type": "assignment.acknowledge", "assignment": str(assignment.pk), "request_id": "r1"})
+
+        assert receive(socket) == {"type": "device.revoked", "purge_local_data": True, "push_outbox_first": True}
+        assert close_code(socket, timeout=1) == 4403
+    after = Assignment.objects.get(pk=assignment.pk)
+    assert (after.status, after.acknowledged_at) == (AssignmentStatus.OFFERED, None)
 
 
 def test_a_late_ack_over_the_websocket_is_told_superseded(
