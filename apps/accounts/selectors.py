@@ -127,6 +127,18 @@ def lockout_of(token: DeviceToken) -> TokenProblem | None:
     return None
 
 
+def device_lockout_held(*, device_id: UUID) -> TokenProblem | None:
+    """``lockout_of`` the device as committed now, read under a lock of its row and its
+    user's: a revocation or a deactivation not committed yet waits for the caller's
+    transaction to end, so that what the caller stores meanwhile is on one side of it."""
+    device = Device.objects.select_related("user").select_for_update(no_key=True, of=("self", "user")).get(pk=device_id)
+    if device.is_revoked:
+        return TokenProblem.REVOKED
+    if not device.user.is_active:
+        return TokenProblem.DEACTIVATED
+    return None
+
+
 def device_list(*, user: User) -> QuerySet[Device]:
     return Device.objects.filter(user=user).order_by("-created_at")
 

@@ -35,7 +35,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.accounts.selectors import TokenProblem
+from apps.accounts.selectors import TokenProblem, device_lockout_held
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common import bulk, jsontext
@@ -443,16 +443,19 @@ def _store(
 ) -> tuple[dict[int, LedgerRow], set[int]]:
     """Write the batch to the ledger and commit: returns each envelope's row, and which
     envelopes repeat a mutation stored by an earlier request."""
-    locked_out = (
-        _error(lockout.value, f"{lockout.message} The change is kept for a supervisor's review, not applied.")
-        if lockout is not None
-        else None
-    )
     rows_by_index: dict[int, LedgerRow] = {}
     replayed: set[int] = set()
     existing: dict[Any, Mutation]
     with transaction.atomic():
         lock_device(device.pk)
+        # As things stand now, not as they were when the request was authenticated: a device
+        # revoked (or its user deactivated) while its push waited hands over, applies nothing.
+        lockout = lockout or device_lockout_held(device_id=device.pk)
+        locked_out = (
+            _error(lockout.value, f"{lockout.message} The change is kept for a supervisor's review, not applied.")
+            if lockout is not None
+            else None
+        )
         if keyed_by_content:
             existing = {
                 row.payload_hash: row

@@ -3,18 +3,21 @@ purges: its pushes are kept in quarantine for a supervisor, and none of them app
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Device, DeviceToken, Program, Role
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync.models import Mutation, MutationStatus
+from apps.sync.services import lock_device
 from tests.care.factories import encounter
 from tests.conftest import LOCKOUTS, CrewMember, deactivate_user, make_crew_member, revoke_device
 from tests.sync.helpers import PROTOCOL, SimDevice, sync_client
@@ -229,3 +232,51 @@ def test_a_note_under_an_encounter_created_offline_is_filed_for_the_encounters_s
     assert sorted((m["mutation_id"], m["program"]) for m in kept) == [
         (m["mutation_id"], str(program.pk)) for m in outbox
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
+def test_a_push_in_flight_when_its_device_is_locked_out_is_kept_not_applied(
+    program: Program, crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str
+) -> None:
+    """A push authenticated before the tablet was reported lost (or its user deactivated),
+    still waiting for the device's earlier push to end when that commits, stores its
+    mutations after the lockout: they must be kept for review like any the device hands
+    over then, not applied (a found tablet may be in anyone's hands)."""
+    record_id = encounter(crew_member, assessment="as first written")
+    device = SimDevice(crew_member)
+    outbox = _offline_work(device, record_id)
+    holding, release = threading.Event(), threading.Event()
+    answers: list[list[dict[str, Any]]] = []
+
+    def earlier_push() -> None:  # holds the device's push lock, as a push of it running does
+        try:
+            with transaction.atomic():
+                lock_device(crew_member.device.pk)
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def push() -> None:
+        try:
+            answers.append(device.push(*outbox))
+        finally:
+            connection.close()
+
+    earlier = threading.Thread(target=earlier_push)
+    earlier.start()
+    assert holding.wait(10)
+    pushing = threading.Thread(target=push)
+    pushing.start()
+    pushing.join(1)  # authenticated, and waiting for the earlier push
+    assert pushing.is_alive()
+    lock_out(crew_member)
+    release.set()
+    earlier.join(10)
+    pushing.join(30)
+
+    [results] = answers
+    assert [(r["status"], r["error"]["code"]) for r in results] == [("quarantined", code)] * 2
+    assert Encounter.objects.get(pk=record_id).assessment == "as first written"
+    assert not ClinicalNote.objects.exists()
