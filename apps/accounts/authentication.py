@@ -5,7 +5,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from apps.accounts.models import DeviceToken, User
-from apps.accounts.selectors import TokenRejected, device_token_for
+from apps.accounts.selectors import TokenRejected, device_token_for, device_token_recheck
 from apps.accounts.services import device_authenticated
 
 
@@ -42,6 +42,18 @@ class DeviceTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def ensure_still_authenticated(request: Request) -> None:
+    """Raise as authenticating the request would now, if its token stopped working while the
+    request ran (its device revoked, its user deactivated): a view that read records for the
+    device calls this once it has them, so that a read in flight then serves none of them."""
+    if not isinstance(request.auth, DeviceToken):
+        return
+    try:
+        device_token_recheck(token_id=request.auth.pk)
+    except TokenRejected as rejection:
+        raise _failure(rejection) from None
 
 
 def _failure(rejection: TokenRejected) -> exceptions.AuthenticationFailed:

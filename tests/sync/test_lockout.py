@@ -16,11 +16,12 @@ from rest_framework.test import APIClient
 
 from apps.accounts.models import Device, DeviceToken, Program, Role
 from apps.care.models import ClinicalNote, Encounter
-from apps.sync.models import Mutation, MutationStatus
+from apps.sync.models import Mutation, MutationStatus, UserScopeState
 from apps.sync.services import lock_device
 from tests.care.factories import encounter
 from tests.conftest import LOCKOUTS, CrewMember, deactivate_user, make_crew_member, revoke_device
 from tests.sync.helpers import PROTOCOL, SimDevice, sync_client
+from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 
 def _offline_work(device: SimDevice, record_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -280,3 +281,56 @@ def test_a_push_in_flight_when_its_device_is_locked_out_is_kept_not_applied(
     assert [(r["status"], r["error"]["code"]) for r in results] == [("quarantined", code)] * 2
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"
     assert not ClinicalNote.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/api/v1/sync/feed/", "/api/v1/sync/snapshot/", "/api/v1/sync/watermelon/pull/"])
+@pytest.mark.parametrize(("lock_out", "code"), LOCKOUTS)
+def test_a_read_in_flight_when_its_device_is_locked_out_serves_nothing(
+    program: Program, crew_member: CrewMember, lock_out: Callable[[CrewMember], None], code: str, path: str
+) -> None:
+    """A pull authenticated just before the tablet was reported lost (or its user deactivated),
+    and still reading when that commits, must not hand the crew's records to whoever holds it:
+    it answers as the next request would, 401 and the order to purge."""
+    encounter(crew_member, assessment="Calm; safety plan made.")
+    assert sync_client(crew_member).get("/api/v1/sync/feed/").status_code == 200  # its scopes stored
+    # The user joins another crew; the pull brings their scopes up to date, under the lock of
+    # the stored ones, which another change of their access holds for now.
+    UnitMemberFactory.create(unit=UnitFactory.create(program=program), user=crew_member.user)
+    holding, release = threading.Event(), threading.Event()
+    answers: list[Any] = []
+
+    def other_change_of_access() -> None:
+        try:
+            with transaction.atomic():
+                UserScopeState.objects.select_for_update().get(user=crew_member.user)
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def pull() -> None:
+        try:
+            answers.append(sync_client(crew_member).get(path))
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=other_change_of_access)
+    other.start()
+    assert holding.wait(10)
+    pulling = threading.Thread(target=pull)
+    pulling.start()
+    pulling.join(1)  # authenticated, and waiting for the lock
+    assert pulling.is_alive()
+    lock_out(crew_member)
+    release.set()
+    other.join(10)
+    pulling.join(30)
+
+    [response] = answers
+    assert response.status_code == 401, response.content
+    assert {key: response.json()[key] for key in ("code", "purge_local_data", "push_outbox_first")} == {
+        "code": code,
+        "purge_local_data": True,
+        "push_outbox_first": True,
+    }

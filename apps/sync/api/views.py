@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.authentication import ensure_still_authenticated
 from apps.accounts.models import DeviceToken, User
 from apps.accounts.selectors import lockout_of
 from apps.audit.models import AccessChannel
@@ -91,6 +92,7 @@ class FeedView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
+        ensure_still_authenticated(request)
         entries = [selectors.entry_as_message(entry, token.device_id) for entry in page.entries]
         audit.record_reads(
             accessor=_accessor(request),
@@ -131,6 +133,7 @@ class SnapshotView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise cursor_error(error) from error
+        ensure_still_authenticated(request)
         audit.record_reads(
             accessor=_accessor(request), records=((record_type, record_id) for record_type, record_id, *_ in page.rows)
         )
@@ -303,6 +306,7 @@ class WatermelonPullView(APIView):
             body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
         except selectors.InvalidCursor as error:
             raise cursor_error(error, field="last_pulled_at") from error
+        ensure_still_authenticated(request)
         audit.record_reads(accessor=_accessor(request), records=audit.watermelon_records(body["changes"]))
         return Response(body)
 
