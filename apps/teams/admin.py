@@ -32,11 +32,18 @@ class UnitAdmin(admin.ModelAdmin):
     inlines = [UnitMemberInline]
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        # A place on the crew given to someone else: the one who had it left the unit.
+        former = (
+            {place.initial["user"] for place in formset.initial_forms if "user" in place.changed_data}
+            if formset.model is UnitMember
+            else set()
+        )
         super().save_formset(request, form, formset, change)
         if formset.model is UnitMember:
             # The crew changed: what its members' devices may see changes with it.
             touched = {member.user_id for member in formset.new_objects}
             touched |= {member.user_id for member in formset.deleted_objects}
             touched |= {member.user_id for member, _fields in formset.changed_objects}
+            touched |= former
             for user_id in sorted(touched):
                 access_changed(user_id=user_id)

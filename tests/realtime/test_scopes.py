@@ -131,3 +131,31 @@ def test_a_socket_that_missed_the_scope_change_message_serves_the_scopes_the_use
 
 def _delivered(frames: list[dict[str, Any]]) -> list[str]:
     return [entry["id"] for frame in frames for entry in frame.get("entries", [])]
+
+
+def test_a_crew_place_given_to_someone_else_in_the_admin_stops_the_former_members_sockets_at_once(
+    asgi: AsgiServer, program: Program, crew_member: CrewMember, superuser_client: Client
+) -> None:
+    """An admin may hand a member's place on a crew to someone else by picking the other
+    person in that row of the unit's page. The member it was taken from left the unit as
+    surely as if the row had been deleted: their open sockets must stop receiving the
+    unit's records, though no pull of theirs brings their scopes up to date."""
+    successor = make_crew_member(program)
+    change_url = f"/admin/teams/unit/{crew_member.unit.pk}/change/"
+    with subscribed_socket(asgi, crew_member) as socket:
+        data = resubmitted(superuser_client.get(change_url))
+        # The unit's only crew row: the member's place.
+        place = "memberships-0-user"
+        assert data[place] in (str(crew_member.user.pk), [str(crew_member.user.pk)])
+        response = superuser_client.post(change_url, {**data, place: str(successor.user.pk)})
+        assert response.status_code == 302
+        assert UnitMember.objects.filter(unit=crew_member.unit).get().user_id == successor.user.pk
+
+        unit_note = note_for(crew_member)  # the unit's, no longer theirs
+        frames: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                frames.append(receive(socket, timeout=1))
+
+    assert unit_note not in _delivered(frames)
+    assert {"type": "scopes.changed", "removed": [unit_scope(crew_member.unit.pk)], "added": []} in frames
