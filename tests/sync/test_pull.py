@@ -348,6 +348,82 @@ def test_joining_a_unit_serves_nothing_that_passed_through_it_while_the_join_com
     ]
 
 
+def test_joining_a_unit_serves_what_its_crew_was_still_writing_when_the_join_committed(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P4/P5: the join's catch-up reads the unit's records before it commits, so a write to
+    the unit that is still running then (younger than the join, so the join does not wait
+    for it) is not in the catch-up. Its entry is the only way the new member's device gets
+    that record: a device pulling from a cursor from before the join must be served it,
+    whether the write took its id while the join was reading (a running transaction the
+    join's snapshot lists) or right after (the first id the join's snapshot did not reach).
+    Otherwise the new member never has the record on their tablet."""
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    joined = UnitFactory.create(program=program)
+    # Two of its crew, each pushing from their own tablet.
+    crew_there = [make_crew_member(program, unit=joined) for _ in range(2)]
+    # The unit has records already (the writes below name its audience, which then exists).
+    caught_up = encounter(crew_there[0])
+    release = threading.Event()
+    writers: list[threading.Thread] = []
+    written: list[uuid.UUID] = []
+    faults: list[BaseException] = []
+
+    def write_and_hold(member: CrewMember, wrote: threading.Event) -> None:
+        try:
+            with transaction.atomic():
+                written.append(encounter(member))
+                wrote.set()
+                release.wait(30)
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+            wrote.set()
+        finally:
+            connection.close()
+
+    def start_writer(member: CrewMember) -> None:
+        wrote = threading.Event()
+        writer = threading.Thread(target=write_and_hold, args=(member, wrote))
+        writer.start()
+        writers.append(writer)
+        assert wrote.wait(30), "the crew's write never happened"
+
+    not_yet_seen = services._transactions_not_yet_seen
+
+    def another_crew_writes() -> None:
+        try:
+            encounter(crew_member)
+        finally:
+            connection.close()
+
+    def with_writes_under_way() -> tuple[int, list[int]]:
+        start_writer(crew_there[0])  # still running while the join reads what it has not seen,
+        # older than a write that has ended by then (so it is among those the join lists)
+        elsewhere = threading.Thread(target=another_crew_writes)
+        elsewhere.start()
+        elsewhere.join(timeout=30)
+        seen = not_yet_seen()
+        start_writer(crew_there[1])  # takes the first id the join's reading did not reach
+        return seen
+
+    monkeypatch.setattr(services, "_transactions_not_yet_seen", with_writes_under_way)
+    try:
+        teams_services.unit_member_add(unit=joined, user=crew_member.user)
+    finally:
+        monkeypatch.setattr(services, "_transactions_not_yet_seen", not_yet_seen)
+        release.set()
+        for writer in writers:
+            writer.join(timeout=30)
+    if faults:
+        raise faults[0]
+    entries, _ = device.pull(cursor)
+
+    assert len(written) == 2
+    upserted = {entry["id"] for entry in entries if entry["op"] == "upsert"}
+    assert {str(record_id) for record_id in (caught_up, *written)} <= upserted, entries
+
+
 def test_a_member_who_left_and_rejoined_a_unit_reads_it_only_while_a_member(
     program: Program, crew_member: CrewMember
 ) -> None:
