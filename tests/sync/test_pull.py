@@ -775,6 +775,26 @@ def test_a_record_whose_id_is_the_nil_uuid_is_in_the_snapshot(crew_member: CrewM
     assert sorted(record["id"] for page in pages for record in page) == sorted([str(nil), str(other)])
 
 
+def test_a_deleted_record_is_not_in_the_snapshot(program: Program, crew_member: CrewMember) -> None:
+    """A device bootstrapping (a first sync, or after a 410) keeps what the snapshot serves
+    as live, and the feed it then pulls from the snapshot's cursor holds only what changed
+    since: a tombstone from before is never sent again. A deleted record served in the
+    snapshot would stay on the tablet as a live record its crew works from, for good."""
+    kept = encounter(crew_member)
+    deleted = encounter(crew_member)
+    result = pushed(crew_member, "care.encounter", {}, op="delete", record_id=deleted, base_version=1)
+    assert result["status"] == "applied" and result["data"]["deleted"] is True
+    newcomer = make_crew_member(program, unit=crew_member.unit)
+
+    pages, feed_cursor = snapshot(newcomer)
+    entries, _ = SimDevice(newcomer).pull(feed_cursor)
+
+    on_device = {record["id"] for page in pages for record in page}
+    for entry in entries:
+        (on_device.add if entry["op"] == "upsert" else on_device.discard)(entry["id"])
+    assert on_device == {str(kept)}
+
+
 def test_a_cursor_the_pruning_expires_while_its_page_is_read_gets_410_not_a_page_with_a_gap(
     crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
