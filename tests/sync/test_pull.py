@@ -198,6 +198,28 @@ def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(cr
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
 
+def test_a_cursor_within_a_pruned_transaction_gets_410_not_the_rest_of_it_skipped(crew_member: CrewMember) -> None:
+    """The pruning deletes whole transactions, so a cursor is either served in full or
+    expired. A device whose last page ended part-way through a transaction (a colleague's
+    batch of records, paged with a small limit) has not had the rest of it: once that
+    transaction is pruned, continuing would skip those records, so it must get 410."""
+    teammate = SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    teammate.push(  # one push, one transaction, two entries the device reads
+        *(
+            teammate.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(teammate.member))
+            for _ in range(2)
+        )
+    )
+    first = sync_client(crew_member).get("/api/v1/sync/feed/", {"limit": 1}).json()
+    assert len(first["entries"]) == 1 and first["has_more"]
+    ChangeEntry.objects.update(created_at=timezone.now() - timedelta(days=40))
+
+    services.feed_prune(older_than=timedelta(days=30))
+    rest = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": first["cursor"], "limit": 1})
+
+    assert (rest.status_code, rest.json().get("code")) == (410, "cursor_expired"), rest.json()
+
+
 def test_a_cursor_of_a_device_whose_scopes_are_quiet_outlives_the_pruning_of_others_entries(
     program: Program, crew_member: CrewMember
 ) -> None:
