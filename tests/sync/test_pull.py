@@ -346,6 +346,25 @@ def test_joining_a_unit_serves_nothing_of_what_left_it_before_the_join(
     ]
 
 
+def test_joining_a_unit_brings_its_live_records_not_its_deleted_ones(program: Program, crew_member: CrewMember) -> None:
+    """A new member's device takes the join's catch-up upserts as the unit's records. A
+    record deleted before the join is not one: served as an upsert, it would appear on the
+    tablet as a live encounter (its tombstone came before the join and is never sent)."""
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    joined = UnitFactory.create(program=program)
+    member_there = make_crew_member(program, unit=joined)
+    live = encounter(member_there)
+    deleted = encounter(member_there)
+    result = pushed(member_there, "care.encounter", {}, op="delete", record_id=deleted, base_version=1)
+    assert result["status"] == "applied"
+
+    teams_services.unit_member_add(unit=joined, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    assert [(e["id"], e["op"]) for e in later if e["op"] == "upsert"] == [(str(live), "upsert")]
+
+
 def test_joining_a_unit_serves_nothing_that_passed_through_it_while_the_join_committed(
     program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
