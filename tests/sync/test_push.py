@@ -540,6 +540,31 @@ def test_listing_conflicts_is_audited_as_reading_their_records(crew_member: Crew
     assert list(reads.values_list("record_type", "record_id", "channel")) == [("care.encounter", record_id, "sync")]
 
 
+def test_a_whole_record_sent_back_keeps_what_others_changed_in_the_fields_it_left_as_they_were(
+    crew_member: CrewMember,
+) -> None:
+    """P3: a client may send the whole record as its edit. A field it left as it was in its
+    base is not its change: a colleague's newer value there stands, and is not silently
+    replaced by the stale copy the device happened to send along."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device, location="Pier 17", assessment="")
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"location": "Harlem Hospital"}, 1))
+    whole_record = {
+        "started_at": "2026-11-20T14:05:00+00:00",
+        "location": "Pier 17",  # as in version 1, which the device edited
+        "assessment": "Calm, oriented.",  # its one change
+        "disposition": "",
+    }
+
+    [result] = device.push(device.mutation("update", "care.encounter", record_id, whole_record, base_version=1))
+
+    assert result["status"] == "applied", result
+    encounter = Encounter.objects.get(pk=record_id)
+    assert (encounter.location, encounter.assessment) == ("Harlem Hospital", "Calm, oriented.")
+    assert result["data"]["location"] == "Harlem Hospital"
+    assert Conflict.objects.count() == 0
+
+
 def test_a_devices_queued_edits_of_one_field_replace_each_other_without_conflict(crew_member: CrewMember) -> None:
     device = SimDevice(crew_member)
     record_id, _ = created(device)
