@@ -565,6 +565,28 @@ def test_a_whole_record_sent_back_keeps_what_others_changed_in_the_fields_it_lef
     assert Conflict.objects.count() == 0
 
 
+def test_an_edit_without_a_base_of_a_field_another_device_wrote_is_a_conflict_not_an_overwrite(
+    crew_member: CrewMember,
+) -> None:
+    """P3: with no base_version the server cannot tell what the device saw. A field it sends
+    that differs from the record, and that the device did not itself write last, may be a
+    colleague's newer text: it is kept as a conflict for a person, never written over it."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device, assessment="Calm, oriented.")
+
+    [result] = teammate.push(teammate.mutation("update", "care.encounter", record_id, {"assessment": "Agitated."}))
+
+    assert result["status"] == "conflict", result
+    assert Encounter.objects.get(pk=record_id).assessment == "Calm, oriented."
+    conflict = Conflict.objects.get()
+    assert (conflict.kind, conflict.field, conflict.server_value, conflict.device_value) == (
+        "same_field",
+        "assessment",
+        "Calm, oriented.",
+        "Agitated.",
+    )
+
+
 def test_a_devices_queued_edits_of_one_field_replace_each_other_without_conflict(crew_member: CrewMember) -> None:
     device = SimDevice(crew_member)
     record_id, _ = created(device)
