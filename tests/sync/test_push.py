@@ -638,6 +638,27 @@ def test_a_delete_meeting_an_unseen_edit_is_a_conflict_and_the_record_stays(crew
     assert deleted["conflicts"][0]["field"] is None and listed["field"] is None
 
 
+def test_a_delete_that_met_an_unseen_edit_brings_the_record_back_to_the_deleting_device(
+    crew_member: CrewMember,
+) -> None:
+    """P3: a delete kept as a conflict leaves the record live on the server. The device hid it
+    when the user deleted it, and may have pulled the colleague's edit meanwhile (its cursor
+    is past it): the record must come back through its feed after the push, or a client
+    that ignores push results (WatermelonDB) drops for good a record its crew still works on."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"location": "edited"}, 1))
+    _, cursor = device.pull()  # brings version 2 while the device's delete of version 1 waits
+
+    [deleted] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+    entries, _ = device.pull(cursor)
+
+    assert deleted["status"] == "conflict"
+    assert [(e["id"], e["op"], e["version"], e["data"]["location"]) for e in entries] == [
+        (str(record_id), "upsert", 2, "edited")
+    ]
+
+
 def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)
