@@ -347,6 +347,32 @@ def test_bad_mutations_are_quarantined_one_by_one_and_never_block_the_good_ones(
     assert later["status"] == "applied"
 
 
+def test_a_batch_with_a_refused_change_applies_the_rest_in_the_order_they_were_made(crew_member: CrewMember) -> None:
+    """P2/P3: a domain refusal in a batch sends it one mutation at a time; the others must
+    still apply in the order the user made them. Out of order, an edit would meet a record
+    its create has not made yet (and be quarantined), or an older edit would land last and
+    silently replace the user's latest value."""
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    mutations = [
+        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member, location="first")),
+        device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "Seen."}),
+        device.mutation("update", "care.encounter", record_id, {"location": "second"}, base_version=1),
+        device.mutation("update", "care.encounter", record_id, {"location": "latest"}, base_version=1),
+    ]
+
+    results = device.push(*mutations)
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("applied", None),
+        ("quarantined", "parent_not_found"),
+        ("applied", None),
+        ("applied", None),
+    ]
+    assert Encounter.objects.get(pk=record_id).location == "latest"
+    assert [r["version"] for r in results] == [1, None, 2, 3]
+
+
 def test_changes_of_a_record_whose_create_is_quarantined_say_so_and_wait_with_it(crew_member: CrewMember) -> None:
     device = SimDevice(crew_member)
     record_id = uuid.uuid4()
