@@ -650,6 +650,27 @@ def test_an_edit_with_no_base_of_a_record_the_device_created_sets_what_its_creat
     assert Conflict.objects.count() == 0
 
 
+def test_edits_of_one_record_made_against_different_versions_apply_together_in_one_batch(
+    crew_member: CrewMember,
+) -> None:
+    """A device edits a record offline, pulls a colleague's newer version, edits again, and
+    pushes both in one batch: each edit merges against the version it was made on. Neither
+    may be held back as having an unknown base (quarantined for review) because the other
+    named a later one."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    first = device.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}, base_version=1)
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"location": "Pier 17"}, 1))
+    teammate.push(teammate.mutation("update", "care.encounter", record_id, {"disposition": "referred"}, 2))
+    second = device.mutation("update", "care.encounter", record_id, {"location": "Pier 18"}, base_version=2)
+
+    results = device.push(first, second)
+
+    assert [r["status"] for r in results] == ["applied", "applied"], results
+    encounter = Encounter.objects.get(pk=record_id)
+    assert (encounter.assessment, encounter.location, encounter.disposition) == ("Calm.", "Pier 18", "referred")
+
+
 def test_a_delete_meeting_an_unseen_edit_is_a_conflict_and_the_record_stays(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)
