@@ -706,6 +706,20 @@ def test_a_delete_that_met_an_unseen_edit_brings_the_record_back_to_the_deleting
     ]
 
 
+def test_two_devices_deleting_one_record_both_apply_and_make_no_conflict(crew_member: CrewMember) -> None:
+    """Two crew members deleting the same record agree: the second delete finds it deleted
+    and applies, with nothing held for a case manager to resolve."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+
+    [first] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+    [second] = teammate.push(teammate.mutation("delete", "care.encounter", record_id, base_version=1))
+
+    assert (first["status"], second["status"]) == ("applied", "applied"), second
+    assert (first["version"], second["version"]) == (2, 2)
+    assert Conflict.objects.count() == 0
+
+
 def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)
