@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, Program, Role, User, hash_token
+from apps.common import bulk
 
 
 class TokenProblem(enum.Enum):
@@ -131,12 +132,26 @@ def device_lockout_held(*, device_id: UUID) -> TokenProblem | None:
     """``lockout_of`` the device as committed now, read under a lock of its row and its
     user's: a revocation or a deactivation not committed yet waits for the caller's
     transaction to end, so that what the caller stores meanwhile is on one side of it."""
-    device = Device.objects.select_related("user").select_for_update(no_key=True, of=("self", "user")).get(pk=device_id)
-    if device.is_revoked:
+    # A fixed statement, prepared once per connection: every push runs it (the ORM's query
+    # cost about a millisecond of Python a push).
+    with bulk.server_cursor() as cursor:
+        cursor.execute(_DEVICE_LOCKOUT_HELD_SQL, [device_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Device.DoesNotExist(device_id)
+    revoked_at, user_is_active = row
+    if revoked_at is not None:
         return TokenProblem.REVOKED
-    if not device.user.is_active:
+    if not user_is_active:
         return TokenProblem.DEACTIVATED
     return None
+
+
+_DEVICE_LOCKOUT_HELD_SQL = (
+    "SELECT d.revoked_at, u.is_active FROM accounts_device AS d"
+    " JOIN accounts_user AS u ON u.id = d.user_id"
+    " WHERE d.id = %b FOR NO KEY UPDATE OF d, u"
+)
 
 
 def device_list(*, user: User) -> QuerySet[Device]:
