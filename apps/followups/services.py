@@ -332,9 +332,6 @@ def attempt_record(
     if unit_id is None:
         raise DomainError("No such step.", code="not_found", status_code=http_status.HTTP_404_NOT_FOUND)
     attempt.unit_id = unit_id
-    in_use = DomainError(
-        "An attempt with this id is recorded already, with other content; it stands.", code="id_in_use", field="id"
-    )
     # An id another synced record holds (a note, an encounter) is not this attempt's to take.
     if sync_selectors.synced_type_of(attempt.pk) not in (None, CONTACT_ATTEMPT):
         raise DomainError(
@@ -349,7 +346,11 @@ def attempt_record(
             notes,
             attempted_at,
         ):
-            raise in_use
+            raise DomainError(
+                "An attempt with this id is recorded already, with other content; it stands.",
+                code="id_in_use",
+                field="id",
+            )
         return recorded
     attempt.save(force_insert=True)
     publish_record(type_name=CONTACT_ATTEMPT, record=attempt, user=actor)

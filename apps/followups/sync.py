@@ -55,7 +55,7 @@ def attempt_apply(context: WriteContext, change: Change) -> ContactAttempt:
 def attempts_under_encounter(encounter: Encounter) -> list[tuple[str, ContactAttempt]]:
     """The contact attempts of the encounter's follow-up: they move with it to another unit."""
     attempts = ContactAttempt.objects.filter(step__plan__encounter_id=encounter.pk).order_by("pk")
-    return [("followups.contact_attempt", attempt) for attempt in attempts]
+    return [(followups_services.CONTACT_ATTEMPT, attempt) for attempt in attempts]
 
 
 def steps_under_encounter(encounter: Encounter) -> list[UUID]:
@@ -66,7 +66,7 @@ def steps_under_encounter(encounter: Encounter) -> list[UUID]:
 def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
-            name="followups.contact_attempt",
+            name=followups_services.CONTACT_ATTEMPT,
             model=ContactAttempt,
             serializer=ContactAttemptWire,
             to_wire=registry.representation(ContactAttemptWire),
