@@ -884,10 +884,11 @@ def _refusal_error(row: Mutation, refusal: registry.Refused) -> dict[str, Any]:
 
 def _received_ids(device_id: UUID) -> list[int]:
     """The device's stored, unapplied mutations, in the order it made them."""
+    # The status is written in the text, not bound: the statement is prepared, and a generic
+    # plan cannot use the index of received rows for a bound status, so it scanned the ledger.
     with bulk.server_cursor() as cursor:
         cursor.execute(
-            "SELECT id FROM sync_mutation WHERE device_id = %b AND status = %b ORDER BY id",
-            [device_id, MutationStatus.RECEIVED.value],
+            "SELECT id FROM sync_mutation WHERE device_id = %b AND status = 'received' ORDER BY id", [device_id]
         )
         return [pk for (pk,) in cursor.fetchall()]
 

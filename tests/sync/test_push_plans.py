@@ -1,0 +1,77 @@
+"""The push's fixed statements stay index reads of the ledger however PostgreSQL plans them.
+
+They run on the server-bound cursor (apps.common.bulk), so the connection prepares them, and
+after five runs PostgreSQL may keep one generic plan for every device: a plan that cannot use
+an index for some bound value reads the whole ledger, every device's history, at every push.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from apps.common import bulk
+from apps.sync.models import Mutation, MutationStatus
+from tests.accounts.factories import device_with_token
+from tests.conftest import CrewMember
+from tests.sync.helpers import SimDevice, encounter_fields
+
+OTHER_DEVICES = 40
+ROWS_PER_DEVICE = 150
+
+
+def fill_ledger_with_other_devices(member: CrewMember) -> None:
+    """A ledger as a program's tablets leave it: many devices, each with its applied history."""
+    devices = [device_with_token(member.user, name=f"Tablet {n}")[0] for n in range(OTHER_DEVICES)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO sync_mutation (device_id, user_id, mutation_id, payload_hash, record_type, record_id,"
+            " operation, payload, observed_at_plausible, client_version, received_at, applied_at, status,"
+            " result, error_code)"
+            " SELECT d.id, %s, n, md5(d.id::text || n), 'care.encounter', gen_random_uuid(), 'update', '{}',"
+            " true, '', now(), now(), %s, '{}', ''"
+            " FROM unnest(%s::uuid[]) AS d(id), generate_series(1, %s) AS n",
+            [member.user.pk, MutationStatus.APPLIED.value, [device.pk for device in devices], ROWS_PER_DEVICE],
+        )
+        cursor.execute("ANALYZE sync_mutation")
+
+
+def generic_plan(statement: str) -> str:
+    """The plan PostgreSQL would keep for the prepared statement whatever its parameters."""
+    numbered = iter(range(1, 1000))
+    text = re.sub(r"%[bs]", lambda _placeholder: f"${next(numbered)}", statement).replace("%%", "%")
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (GENERIC_PLAN) " + text)
+        return "\n".join(line for (line,) in cursor.fetchall())
+
+
+def test_every_statement_of_a_push_reads_the_ledger_by_index_as_a_generic_plan(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_ledger_with_other_devices(crew_member)
+    statements: list[str] = []
+    run = bulk._ServerCursor.execute
+
+    def recorded(cursor: Any, query: Any, params: Any = None, **options: Any) -> Any:
+        statements.append(query)
+        return run(cursor, query, params, **options)
+
+    monkeypatch.setattr(bulk._ServerCursor, "execute", recorded)
+    device = SimDevice(crew_member)
+    [result] = device.push(device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+    assert result["status"] == "applied"
+    assert Mutation.objects.count() == OTHER_DEVICES * ROWS_PER_DEVICE + 1
+
+    ledger_statements = [statement for statement in statements if "sync_mutation" in statement]
+    # The push's position, its store, the read of what is left to apply, and its results.
+    assert len(ledger_statements) >= 4
+    scans = {
+        " ".join(statement.split())[:100]: plan
+        for statement in ledger_statements
+        if "Seq Scan on sync_mutation" in (plan := generic_plan(statement))
+    }
+    assert scans == {}
