@@ -1,10 +1,13 @@
 """A Hypothesis state machine over the sync domain functions (no HTTP).
 
-Devices edit shared records offline, sync (sometimes losing the answer and sending the
-same batch again), replay old batches, and pull. After every step:
+Devices edit and delete shared records offline, sync (sometimes losing the answer and
+sending the same batch again), replay old batches, and pull. After every step:
 
 - nothing is lost: every value a device pushed is the record's value, or kept in a
   conflict, or was replaced by a device that had that value in front of it when it edited;
+- a delete destroys nothing it had not seen: a record is only ever soft-deleted, and once
+  deleted, every value pushed to it was in front of a device when it deleted or edited, or
+  is kept in a conflict;
 - nothing is doubled: one ledger row per mutation, none left unapplied, and a replayed batch
   returns the stored results and writes nothing.
 """
@@ -44,6 +47,8 @@ class Tablet:
     cursor: str | None = None
     versions: dict[uuid.UUID, int] = field(default_factory=dict)
     local: dict[tuple[uuid.UUID, str], Any] = field(default_factory=dict)
+    # Records this device no longer shows: deleted here, or removed by the feed.
+    hidden: set[uuid.UUID] = field(default_factory=set)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     last_batch: list[dict[str, Any]] = field(default_factory=list)
     last_results: list[dict[str, Any]] = field(default_factory=list)
@@ -56,6 +61,7 @@ class Tablet:
         outbox keep the local value (it is pushed later and merged by the server)."""
         if version >= self.versions.get(record_id, 0):
             self.versions[record_id] = version
+            self.hidden.discard(record_id)
             pending = {
                 name for mutation in self.outbox if mutation["id"] == str(record_id) for name in mutation["fields"]
             }
@@ -85,6 +91,8 @@ class SyncMachine(RuleBasedStateMachine):
         # Every value pushed, and every value a device had in front of it when it edited.
         self.pushed: set[tuple[uuid.UUID, str, Any]] = set()
         self.seen_when_editing: set[tuple[uuid.UUID, str, Any]] = set()
+        # Every value a device had in front of it when it deleted the record.
+        self.seen_when_deleting: set[tuple[uuid.UUID, str, Any]] = set()
 
     def _mutation(
         self, tablet: Tablet, op: str, record_id: uuid.UUID, fields: dict[str, Any], base: int | None
@@ -108,6 +116,9 @@ class SyncMachine(RuleBasedStateMachine):
             for entry in page.entries:
                 if entry.operation == "upsert" and entry.version is not None:
                     tablet.take(entry.record_id, entry.data, entry.version)
+                elif entry.operation == "remove" and entry.version is not None:
+                    tablet.versions[entry.record_id] = max(entry.version, tablet.versions.get(entry.record_id, 0))
+                    tablet.hidden.add(entry.record_id)
             tablet.cursor = page.position.encode(tablet.member.device.pk)
             if not page.has_more:
                 return
@@ -115,10 +126,22 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(device=st.integers(0, DEVICES - 1), record=st.integers(0, RECORDS - 1), name=st.sampled_from(FIELDS))
     def edit_offline(self, device: int, record: int, name: str) -> None:
         tablet, record_id = self.tablets[device], self.records[record]
+        if record_id in tablet.hidden:
+            return
         value = f"v{next(values)}"
         self.seen_when_editing.add((record_id, name, tablet.local.get((record_id, name))))
         tablet.local[(record_id, name)] = value
         tablet.outbox.append(self._mutation(tablet, "update", record_id, {name: value}, tablet.versions.get(record_id)))
+
+    @rule(device=st.integers(0, DEVICES - 1), record=st.integers(0, RECORDS - 1))
+    def delete_offline(self, device: int, record: int) -> None:
+        tablet, record_id = self.tablets[device], self.records[record]
+        if record_id in tablet.hidden:
+            return
+        for name in FIELDS:
+            self.seen_when_deleting.add((record_id, name, tablet.local.get((record_id, name))))
+        tablet.hidden.add(record_id)
+        tablet.outbox.append(self._mutation(tablet, "delete", record_id, {}, tablet.versions.get(record_id)))
 
     @precondition(lambda self: any(tablet.outbox for tablet in self.tablets))
     @rule(device=st.integers(0, DEVICES - 1), answer_lost=st.booleans())
@@ -135,9 +158,9 @@ class SyncMachine(RuleBasedStateMachine):
             return  # the server applied it; the device never heard and will send it again
         tablet.outbox = []
         tablet.last_batch, tablet.last_results = batch, results
-        for result in results:
+        for mutation, result in zip(batch, results, strict=True):
             assert result["status"] in ("applied", "conflict", "duplicate"), result
-            if result.get("data") and result["status"] != "conflict":
+            if result.get("data") and result["status"] != "conflict" and mutation["op"] != "delete":
                 tablet.take(uuid.UUID(result["id"]), result["data"], result["version"])
         self._pull(tablet)
 
@@ -176,6 +199,22 @@ class SyncMachine(RuleBasedStateMachine):
             ), f"{name}={value!r} of {record_id} was lost"
 
     @invariant()
+    def a_delete_destroys_nothing_it_had_not_seen(self) -> None:
+        records = {encounter.pk: encounter for encounter in Encounter.objects.filter(pk__in=self.records)}
+        assert set(records) == set(self.records), "a clinical record was hard-deleted"
+        kept = set()
+        for conflict in Conflict.objects.filter(record_id__in=self.records):
+            kept.add((conflict.record_id, conflict.field, conflict.device_value))
+            kept.add((conflict.record_id, conflict.field, conflict.server_value))
+        for record_id, name, value in self.pushed:
+            if records[record_id].is_deleted:
+                assert (
+                    (record_id, name, value) in self.seen_when_deleting
+                    or (record_id, name, value) in self.seen_when_editing
+                    or (record_id, name, value) in kept
+                ), f"{name}={value!r} of {record_id} was deleted by a device that had not seen it"
+
+    @invariant()
     def nothing_is_doubled_or_stuck(self) -> None:
         for tablet in self.tablets:
             stored = Mutation.objects.filter(device=tablet.member.device)
@@ -187,7 +226,7 @@ def test_sync_loses_and_doubles_nothing() -> None:
     run_state_machine_as_test(
         SyncMachine,
         settings=settings(
-            max_examples=12,
+            max_examples=25,
             stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
