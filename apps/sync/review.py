@@ -38,20 +38,15 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
         .filter(pk__in=mutation_ids)
         .values_list("pk", flat=True)
     )
-    for position, mutation_id in enumerate(mutation_ids):
-        if mutation_id not in reviewable:
-            raise DomainError(
-                "No quarantined mutation with this id that you review.",
-                code="not_found",
-                field=f"ids.{position}",
-                status_code=404,
-            )
+    _ensure_all_among(mutation_ids, reviewable)
     by_device: dict[tuple[UUID, UUID], list[int]] = defaultdict(list)
+    device_ids: set[UUID] = set()
     for mutation in Mutation.objects.filter(pk__in=mutation_ids).order_by("id"):
+        device_ids.add(mutation.device_id)
         if not push.unreadable_as_sent(mutation):  # else it stays as it is, saying why
             by_device[(mutation.device_id, mutation.user_id)].append(mutation.pk)
+    _receive_again(mutation_ids, device_ids, [pk for pks in by_device.values() for pk in pks])
     for (device_id, user_id), pks in by_device.items():
-        _receive_again(device_id, pks)
         push.apply_received(
             device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id), reviewed=frozenset(pks)
         )
@@ -65,11 +60,31 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
     return results
 
 
-def _receive_again(device_id: UUID, mutation_ids: list[int]) -> None:
+def _ensure_all_among(mutation_ids: list[int], found: set[int]) -> None:
+    for position, mutation_id in enumerate(mutation_ids):
+        if mutation_id not in found:
+            raise DomainError(
+                "No quarantined mutation with this id that you review.",
+                code="not_found",
+                field=f"ids.{position}",
+                status_code=404,
+            )
+
+
+def _receive_again(mutation_ids: list[int], device_ids: set[UUID], applicable: list[int]) -> None:
     """Put the mutations back among their device's received ones, committed first: applied
-    with whatever else the device has waiting, in its order, as a push applies them."""
+    with whatever else the device has waiting, in its order, as a push applies them.
+
+    Checked again under the devices' locks: another reviewer may have applied one since the
+    reviewable ones were read, and answering for it again would credit this reviewer with a
+    write they did not make. Then nothing is put back."""
     with transaction.atomic():
-        lock_device(device_id)  # not while a push of the device applies
-        Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED).update(
+        for device_id in sorted(device_ids):  # one order for every reviewer: no deadlock
+            lock_device(device_id)  # not while a push of the device applies
+        still_kept = set(
+            Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED).values_list("pk", flat=True)
+        )
+        _ensure_all_among(mutation_ids, still_kept)
+        Mutation.objects.filter(pk__in=applicable).update(
             status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None
         )

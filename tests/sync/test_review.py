@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from apps.accounts.models import Program, Role
-from apps.audit.models import AuditEvent
+from apps.audit.models import AccessChannel, AuditEvent
+from apps.audit.services import Accessor
 from apps.care.models import ClinicalNote, Encounter
+from apps.sync import push, review
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory
@@ -294,3 +296,35 @@ def test_listing_the_quarantine_is_a_read_of_the_records_it_holds(program: Progr
     assert list(reads.values_list("record_type", "record_id", "device_id")) == [
         ("care.encounter", record_id, supervisor.device.pk)
     ]
+
+
+def test_a_change_another_supervisor_applied_meanwhile_is_not_applied_or_credited_twice(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two supervisors release the same handed-over change at once (a double click, two
+    tabs): the second finds it applied by the first once it holds the device's lock. It is no
+    longer in quarantine, so the second answers 404 and the audit trail does not name the
+    second as a writer of the record."""
+    record_id, second = _handed_over_edit(program, crew_member, {"assessment": "Written offline."})
+    first = make_crew_member(program, role=Role.SUPERVISOR)
+    [mutation_id] = _quarantined_ids(second)
+    real_unreadable_as_sent = push.unreadable_as_sent
+
+    def read_once_the_first_supervisor_has_applied_it(mutation: Mutation) -> bool:
+        monkeypatch.setattr(push, "unreadable_as_sent", real_unreadable_as_sent)
+        review.apply_after_review(
+            mutation_ids=[mutation_id],
+            reviewer=first.user,
+            accessor=Accessor(user=first.user, device_id=first.device.pk, channel=AccessChannel.SYNC),
+        )
+        return real_unreadable_as_sent(mutation)
+
+    # The second supervisor has found it reviewable; the first one's release commits now.
+    monkeypatch.setattr(push, "unreadable_as_sent", read_once_the_first_supervisor_has_applied_it)
+
+    answer = _apply(second, [mutation_id], expect=404)
+
+    assert (answer["code"], answer["errors"][0]["field"]) == ("not_found", "ids.0")
+    assert Mutation.objects.get(pk=mutation_id).status == MutationStatus.APPLIED
+    writers = AuditEvent.objects.filter(record_id=record_id).exclude(action="read")
+    assert list(writers.values_list("actor_id", flat=True)) == [first.user.pk]
