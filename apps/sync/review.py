@@ -45,11 +45,7 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
         device_ids.add(mutation.device_id)
         if not push.unreadable_as_sent(mutation):  # else it stays as it is, saying why
             by_device[(mutation.device_id, mutation.user_id)].append(mutation.pk)
-    _receive_again(mutation_ids, device_ids, [pk for pks in by_device.values() for pk in pks])
-    for (device_id, user_id), pks in by_device.items():
-        push.apply_received(
-            device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id), reviewed=frozenset(pks)
-        )
+    _apply_again(mutation_ids, device_ids, by_device)
     rows = Mutation.objects.in_bulk(mutation_ids)
     audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
     results = [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
@@ -71,13 +67,15 @@ def _ensure_all_among(mutation_ids: list[int], found: set[int]) -> None:
             )
 
 
-def _receive_again(mutation_ids: list[int], device_ids: set[UUID], applicable: list[int]) -> None:
-    """Put the mutations back among their device's received ones, committed first: applied
-    with whatever else the device has waiting, in its order, as a push applies them.
+def _apply_again(mutation_ids: list[int], device_ids: set[UUID], by_device: dict[tuple[UUID, UUID], list[int]]) -> None:
+    """Put the mutations back among their device's received ones and apply them with
+    whatever else the device has waiting, in its order, as a push applies them.
 
-    Checked again under the devices' locks: another reviewer may have applied one since the
-    reviewable ones were read, and answering for it again would credit this reviewer with a
-    write they did not make. Then nothing is put back."""
+    All under the devices' locks, in one transaction. Checked again under them: another
+    reviewer may have applied one since the reviewable ones were read, and answering for it
+    again would credit this reviewer with a write they did not make. Applied before anyone
+    else sees them received: the device's own push or the sweep of stranded mutations would
+    apply them as an ordinary write of the device, which the feed never sends back to it."""
     with transaction.atomic():
         for device_id in sorted(device_ids):  # one order for every reviewer: no deadlock
             lock_device(device_id)  # not while a push of the device applies
@@ -85,6 +83,10 @@ def _receive_again(mutation_ids: list[int], device_ids: set[UUID], applicable: l
             Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED).values_list("pk", flat=True)
         )
         _ensure_all_among(mutation_ids, still_kept)
-        Mutation.objects.filter(pk__in=applicable).update(
-            status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None
-        )
+        for (device_id, user_id), pks in by_device.items():
+            Mutation.objects.filter(pk__in=pks).update(
+                status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None
+            )
+            push.apply_received(
+                device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id), reviewed=frozenset(pks)
+            )

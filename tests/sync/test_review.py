@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from apps.accounts.models import Program, Role
 from apps.audit.models import AccessChannel, AuditEvent
@@ -328,3 +332,44 @@ def test_a_change_another_supervisor_applied_meanwhile_is_not_applied_or_credite
     assert Mutation.objects.get(pk=mutation_id).status == MutationStatus.APPLIED
     writers = AuditEvent.objects.filter(record_id=record_id).exclude(action="read")
     assert list(writers.values_list("actor_id", flat=True)) == [first.user.pk]
+
+
+@pytest.mark.django_db(transaction=True)  # the sweep runs on its own connection, as the beat's task does
+def test_the_stranded_sweep_does_not_take_a_reviewed_change_from_under_its_review(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep that applies mutations a dying server left received runs every minute, and a
+    change put back for review was received long ago: if it could see the change between
+    being put back and being applied, it would apply it as an ordinary write of its device,
+    which the feed never sends back to that device, which had dropped it as refused."""
+    record_id = encounter(crew_member, location="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    late = device.mutation("update", "care.encounter", record_id, {"location": "offline"}, 1)
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}, 1))
+    [refused] = device.push(late)  # numbered below what the device sent already: kept for review
+    _, cursor = device.pull()
+    Mutation.objects.filter(status=MutationStatus.QUARANTINED).update(received_at=timezone.now() - timedelta(hours=1))
+    real_apply_received = push.apply_received
+
+    def apply_after_a_sweep_has_run(**arguments: Any) -> dict[int, dict[str, Any]]:
+        monkeypatch.setattr(push, "apply_received", real_apply_received)
+
+        def sweep() -> None:
+            try:
+                push.apply_stranded(older_than=timedelta(minutes=1))
+            finally:
+                connection.close()
+
+        sweeper = threading.Thread(target=sweep)
+        sweeper.start()
+        sweeper.join(timeout=30)
+        return real_apply_received(**arguments)
+
+    monkeypatch.setattr(push, "apply_received", apply_after_a_sweep_has_run)
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+    entries, _ = device.pull(cursor)
+
+    assert (refused["error"]["code"], result["status"]) == ("mutation_out_of_order", "applied")
+    assert [(entry["version"], entry["data"]["location"]) for entry in entries] == [(3, "offline")]
