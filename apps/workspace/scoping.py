@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db.models import Model, QuerySet
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponseBadRequest
 
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_reads
@@ -74,6 +75,19 @@ class ProgramScopedAdmin(admin.ModelAdmin):
         if changelist is not None:
             record_admin_reads(request, self.model, changelist.result_list)
         return response
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+        # The admin filters by the selected ids as posted: one that is not an id of this model
+        # (edited by hand) would fail the page with a 500 instead of being refused as bad input.
+        for selected in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+            try:
+                self.model._meta.pk.to_python(selected)
+            except ValidationError:
+                return HttpResponseBadRequest(
+                    f"{helpers.ACTION_CHECKBOX_NAME}: not an id of a {self.model._meta.verbose_name}.",
+                    content_type="text/plain; charset=utf-8",
+                )
+        return super().response_action(request, queryset)
 
     # Add and change forms: a foreign key or many-to-many offers only the user's programs'
     # records (program, zone, unit, person, owner, …), so another program's id posted by hand

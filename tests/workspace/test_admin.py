@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
 from django.db.models import Model
@@ -176,6 +177,27 @@ def test_a_conflict_opened_in_the_admin_is_audited_and_resolved_through_the_sync
     conflict = Conflict.objects.get(pk=day.conflict.pk)
     assert (conflict.resolved_by, conflict.resolution) == (day.case_manager, "Take the device's value")
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Calm."
+
+
+@pytest.mark.parametrize(("model", "action"), [(Conflict, "take_device_value"), (Mutation, "apply_again")])
+def test_a_selection_that_is_not_an_id_is_refused_with_a_400_and_changes_nothing(
+    program: Program, model: type[Model], action: str
+) -> None:
+    """The checkboxes post ids; one edited by hand (not a UUID, not a number) must be refused
+    as bad input, not fail the page, and the other ids selected with it stay as they were."""
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+    client.raise_request_exception = False
+    valid = (
+        str(day.conflict.pk)
+        if model is Conflict
+        else str(Mutation.objects.order_by("pk").values_list("pk", flat=True).first())
+    )
+
+    response = client.post(changelist_url(model), {"action": action, "_selected_action": [valid, "7x"]})
+
+    assert response.status_code == 400
+    assert Conflict.objects.get(pk=day.conflict.pk).is_open
 
 
 def test_opening_and_listing_health_records_in_the_admin_is_audited(program: Program) -> None:
