@@ -61,6 +61,12 @@ class ReadOnlyWorkspaceAdmin(ProgramScopedAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        # Nothing on the page is editable: saving would only write the whole row back as it
+        # was read, undoing what a domain service committed meanwhile (a conflict resolved,
+        # a quarantined change applied, a step completed).
+        return
+
 
 class ReadOnlyInline(admin.TabularInline):
     extra = 0

@@ -13,6 +13,7 @@ from apps.accounts.models import Program, Role, User
 from apps.audit.models import AuditEvent
 from apps.care.models import Encounter
 from apps.followups.models import FollowUpStep, StepAction, StepStatus
+from apps.sync import services as sync_services
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
@@ -198,6 +199,33 @@ def test_a_selection_that_is_not_an_id_is_refused_with_a_400_and_changes_nothing
 
     assert response.status_code == 400
     assert Conflict.objects.get(pk=day.conflict.pk).is_open
+
+
+def test_saving_a_conflicts_read_only_page_does_not_reopen_it_after_a_colleague_resolved_it(
+    program: Program, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conflict's page has a Save button, but nothing on it is editable: saving wrote the
+    whole row back as it was read, so a resolution committed meanwhile was undone (open
+    again, with the device's value already in the record)."""
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+    colleague = staff(make_crew_member(program, role=Role.CASE_MANAGER).user)
+    conflict_admin = type(admin.site._registry[Conflict])
+    read = conflict_admin.get_object
+
+    def read_then_resolved_by_a_colleague(self: Any, request: Any, object_id: str, from_field: Any = None) -> Any:
+        found = read(self, request, object_id, from_field)
+        if request.method == "POST":
+            sync_services.conflict_resolve(conflict=day.conflict, choice="device", resolved_by=colleague)
+        return found
+
+    monkeypatch.setattr(conflict_admin, "get_object", read_then_resolved_by_a_colleague)
+
+    client.post(change_url(Conflict, day.conflict.pk), {"_save": "Save"})
+
+    conflict = Conflict.objects.get(pk=day.conflict.pk)
+    assert (conflict.resolved_by, conflict.resolution) == (colleague, "Take the device's value")
+    assert Encounter.objects.get(pk=conflict.record_id).assessment == "Calm."
 
 
 def test_opening_and_listing_health_records_in_the_admin_is_audited(program: Program) -> None:
