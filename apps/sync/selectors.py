@@ -212,7 +212,12 @@ def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPos
     with its catch-up entries (which wait for older writers of the units: see
     ``services._wait_for_older_writers``). ``scopes`` stand in for a user whose scopes were
     never stored. So are the changes of their scopes after the position (``ScopeChange``):
-    a scope gained or lost since is read only while the user held it.
+    a scope gained or lost since is read only while the user held it. A gain at or before
+    the position still bounds its scope while the position is below the transactions its
+    catch-up saw (``unseen_from``): a page can end inside the catch-up, or before a younger
+    writer it saw, and read whole the scope would serve that writer's entries, a record that
+    passed through the unit before the join among them. Each scope's later changes come
+    with it, so the reading follows it from that gain on.
     """
     with connection.cursor() as cursor:
         cursor.execute(
@@ -224,9 +229,11 @@ def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPos
             " WHERE sync_audience.scopes && reader.scopes),"
             " (SELECT json_agg(json_build_array(scope, gained, transaction_id, unseen_from, unseen)"
             " ORDER BY transaction_id, id)"
-            " FROM sync_scopechange WHERE user_id = %s AND transaction_id > %s)"
+            " FROM (SELECT *, bool_or(transaction_id > %s OR (gained AND unseen_from > %s))"
+            " OVER (PARTITION BY scope ORDER BY transaction_id, id) AS still_bounds"
+            " FROM sync_scopechange WHERE user_id = %s) AS change WHERE still_bounds)"
             " FROM reader",
-            [user_id, scopes, user_id, position.transaction_id],
+            [user_id, scopes, position.transaction_id, position.transaction_id, user_id],
         )
         horizon, next_transaction_id, read_scopes, audiences, changes = cursor.fetchone()
     reading = _Reading(int(horizon), int(next_transaction_id), sorted(read_scopes), list(audiences), [])

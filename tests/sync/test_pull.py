@@ -933,3 +933,42 @@ def test_a_record_moved_into_a_unit_after_its_member_left_is_not_in_the_snapshot
     for entry in entries:
         (on_device.add if entry["op"] == "upsert" else on_device.discard)(entry["id"])
     assert str(moved) not in on_device
+
+
+def pull_in_pages_of(member: CrewMember, cursor: str, limit: int) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    while True:
+        params: dict[str, str | int] = {"cursor": cursor, "limit": limit}
+        response = sync_client(member).get("/api/v1/sync/feed/", params)
+        assert response.status_code == 200, response.content
+        body = response.json()
+        entries += body["entries"]
+        cursor = body["cursor"]
+        if not body["has_more"]:
+            return entries
+
+
+def test_a_page_that_ends_inside_the_joins_catch_up_serves_nothing_that_passed_through_the_unit_before_it(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's catch-up serves a joined unit's records as they stand; what younger writers
+    committed to the unit before it read them is not the new member's, however the pulls
+    that bring the catch-up are paged."""
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    joined, elsewhere = UnitFactory.create(program=program), UnitFactory.create(program=program)
+    member_there = make_crew_member(program, unit=joined)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    caught_up = [encounter(member_there) for _ in range(2)]
+    written: dict[str, uuid.UUID] = {}
+
+    def others_write() -> None:
+        written["gone"] = encounter(member_there, assessment="never the new member's to see")
+        encounter_reassign(encounter=Encounter.objects.get(pk=written["gone"]), unit=elsewhere, actor=supervisor.user)
+
+    with younger_writes_before_the_catch_up(monkeypatch, others_write):
+        teams_services.unit_member_add(unit=joined, user=crew_member.user)
+    later = pull_in_pages_of(crew_member, cursor, limit=1)
+
+    assert [(e["op"], e["data"].get("assessment")) for e in later if e["id"] == str(written["gone"])] == []
+    assert {entry["id"] for entry in later} == {str(record_id) for record_id in caught_up}
