@@ -17,7 +17,7 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Max, Model, Q, QuerySet
+from django.db.models import Exists, Max, Model, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Membership, Role, User
@@ -25,6 +25,7 @@ from apps.sync import sealing
 from apps.sync.models import (
     Audience,
     ChangeEntry,
+    ChangeOperation,
     Conflict,
     FeedRetention,
     Mutation,
@@ -32,7 +33,7 @@ from apps.sync.models import (
     SyncedRecord,
     UserScopeState,
 )
-from apps.sync.scopes import scopes_for_user
+from apps.sync.scopes import scopes_for_user, user_scope
 
 
 class InvalidCursor(ValueError):
@@ -179,6 +180,10 @@ class _Reading:
             if lost_at is not None:
                 window &= Q(transaction_id__lt=lost_at)
             readable |= window
+        for _audiences, gain, _lost_at in self.windows:
+            superseded = gain.superseded_removals() if gain is not None else None
+            if superseded is not None:
+                readable &= ~superseded
         return readable
 
 
@@ -190,11 +195,32 @@ class _Gain:
     transaction_id: int
     unseen_from: int | None
     unseen: list[int]
+    # The user's own scope, where the gain's catch-up is.
+    caught_up_in: str
 
     def after(self) -> Q:
         if self.unseen_from is None:  # recorded before the catch-up's snapshot was kept
             return Q(transaction_id__gt=self.transaction_id)
         return Q(transaction_id__gte=self.unseen_from) | Q(transaction_id__in=self.unseen)
+
+    def superseded_removals(self) -> Q | None:
+        """Removals the catch-up outdates: those of a younger writer it saw, of a record it
+        serves. Such a writer moved the record out of a scope the user keeps into the one
+        gained, so the user sees it throughout; its removal comes after the catch-up in the
+        feed's order, and served it would be the last word the device has of the record
+        (the writer's upsert into the gained scope is not served: the catch-up saw it)."""
+        if self.unseen_from is None:  # its catch-up saw only what came before it
+            return None
+        seen_by_catch_up = Q(transaction_id__gt=self.transaction_id, transaction_id__lt=self.unseen_from)
+        if self.unseen:
+            seen_by_catch_up &= ~Q(transaction_id__in=self.unseen)
+        served_by_catch_up = ChangeEntry.objects.filter(
+            scope=self.caught_up_in,
+            transaction_id=self.transaction_id,
+            operation=ChangeOperation.UPSERT,
+            record_id=OuterRef("record_id"),
+        )
+        return Q(operation=ChangeOperation.REMOVE) & seen_by_catch_up & Q(Exists(served_by_catch_up))
 
 
 def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPosition) -> _Reading:
@@ -237,15 +263,17 @@ def _reading_position(scopes: list[str], user_id: UUID | None, position: FeedPos
         )
         horizon, next_transaction_id, read_scopes, audiences, changes = cursor.fetchone()
     reading = _Reading(int(horizon), int(next_transaction_id), sorted(read_scopes), list(audiences), [])
-    return _with_windows(reading, changes) if changes else reading
+    if not changes or user_id is None:
+        return reading
+    return _with_windows(reading, changes, user_scope(user_id))
 
 
-def _with_windows(reading: _Reading, changes: list[list[Any]]) -> _Reading:
+def _with_windows(reading: _Reading, changes: list[list[Any]], caught_up_in: str) -> _Reading:
     """The reading of a user whose scopes changed after the position: each changed scope
     read between its changes, every other scope whole."""
     steps: dict[str, list[tuple[bool, int, _Gain | None]]] = {}
     for scope, gained, transaction_id, unseen_from, unseen in changes:
-        gain = _Gain(transaction_id, unseen_from, unseen or []) if gained else None
+        gain = _Gain(transaction_id, unseen_from, unseen or [], caught_up_in) if gained else None
         steps.setdefault(scope, []).append((gained, transaction_id, gain))
     spans: list[tuple[str, _Gain | None, int | None]] = []
     for scope, changes_of_scope in steps.items():

@@ -972,3 +972,33 @@ def test_a_page_that_ends_inside_the_joins_catch_up_serves_nothing_that_passed_t
 
     assert [(e["op"], e["data"].get("assessment")) for e in later if e["id"] == str(written["gone"])] == []
     assert {entry["id"] for entry in later} == {str(record_id) for record_id in caught_up}
+
+
+def test_a_record_moved_from_a_kept_unit_into_the_joined_one_while_the_join_committed_stays_on_the_device(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the member sees all along, moved by a younger writer from their unit into the
+    one they join before the join reads its catch-up: the move's removal from their unit
+    follows the catch-up in the feed, and must not be the last word the device hears of it."""
+    moved = encounter(crew_member, assessment="seen by the member all along")
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    joined = UnitFactory.create(program=program)
+    make_crew_member(program, unit=joined)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+
+    def others_write() -> None:
+        encounter_reassign(encounter=Encounter.objects.get(pk=moved), unit=joined, actor=supervisor.user)
+
+    with younger_writes_before_the_catch_up(monkeypatch, others_write):
+        teams_services.unit_member_add(unit=joined, user=crew_member.user)
+    later, _ = device.pull(cursor)
+    on_device: dict[str, dict[str, Any]] = {}
+    for entry in later:
+        if entry["op"] == "upsert":
+            on_device[entry["id"]] = entry
+        else:
+            on_device.pop(entry["id"], None)
+
+    assert list(on_device) == [str(moved)], later
+    assert on_device[str(moved)]["data"]["unit_id"] == str(joined.pk)
