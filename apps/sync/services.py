@@ -490,7 +490,10 @@ def user_scopes_refresh(*, user: User) -> list[str]:
             ).order_by("record_id")
             _append_for_user(gained_records, target, ChangeOperation.UPSERT)
             _append_feed_only_for_user(
-                audiences_of(including_any_of=gained, excluding_any_of=kept), target, ChangeOperation.UPSERT
+                audiences_of(including_any_of=gained, excluding_any_of=kept),
+                target,
+                ChangeOperation.UPSERT,
+                seen=(unseen_from, unseen),
             )
         ScopeChange.objects.bulk_create(
             [ScopeChange(user=user, scope=scope, gained=False) for scope in lost]
@@ -606,13 +609,29 @@ def _append_for_user(records: Any, scope: str, operation: ChangeOperation) -> No
 
 
 def _append_feed_only_for_user(
-    audiences: RawSQL, scope: str, operation: ChangeOperation, *, unless_read_in: RawSQL | None = None
+    audiences: RawSQL,
+    scope: str,
+    operation: ChangeOperation,
+    *,
+    unless_read_in: RawSQL | None = None,
+    seen: tuple[int, list[int]] | None = None,
 ) -> None:
     """``_append_for_user`` for the records only the feed holds (dispatch's calls and
     assignments: no head, no version): each whose last entry to these audiences, before this
     transaction (what the user could have read there), is an upsert, its data copied as
     stored. With ``unless_read_in``, not those whose last entry to one of those audiences is
-    an upsert: the user still sees them there (a dispatcher who leaves a crew)."""
+    an upsert: the user still sees them there (a dispatcher who leaves a crew).
+
+    With ``seen`` (a gain's ``unseen_from`` and ``unseen``), the last entry among all those a
+    reader of the gained scope is not served: a younger writer's that committed before this
+    read (an offer to the crew joined, or its cancellation) is one, and is the call's state."""
+    before_params: list[Any] = []
+    if seen is None:
+        before = "e.transaction_id < pg_current_xact_id()::text::bigint"
+    else:
+        unseen_from, unseen = seen
+        before = "e.transaction_id < %s AND NOT e.transaction_id = ANY(%s::bigint[])"
+        before_params = [unseen_from, unseen]
     still_read, still_read_params = "", []
     if unless_read_in is not None:
         still_read = (
@@ -626,24 +645,25 @@ def _append_feed_only_for_user(
     with connection.cursor() as cursor:
         cursor.execute(
             "WITH candidate AS (SELECT DISTINCT e.record_id FROM sync_changeentry AS e"  # noqa: S608 — the audiences' SQL is a constant
-            f" WHERE e.scope IN ({audiences.sql}) AND e.version IS NULL"
-            " AND e.transaction_id < pg_current_xact_id()::text::bigint)"
+            f" WHERE e.scope IN ({audiences.sql}) AND e.version IS NULL AND {before})"
             " INSERT INTO sync_changeentry"
             " (program_id, scope, record_type, record_id, operation, data, version, reason, created_at)"
             " SELECT latest.program_id, %s, latest.record_type, latest.record_id, %s,"
             " CASE WHEN %s THEN latest.data ELSE '{}'::jsonb END, NULL, %s, now()"
             " FROM candidate CROSS JOIN LATERAL (SELECT e.program_id, e.record_type, e.record_id, e.operation, e.data"
             " FROM sync_changeentry AS e WHERE e.record_id = candidate.record_id AND e.version IS NULL"
-            f" AND e.scope IN ({audiences.sql}) AND e.transaction_id < pg_current_xact_id()::text::bigint"
+            f" AND e.scope IN ({audiences.sql}) AND {before}"
             " ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1) AS latest"
             f" WHERE latest.operation = %s{still_read} ORDER BY latest.record_id",
             [
                 *audiences.params,
+                *before_params,
                 scope,
                 operation.value,
                 operation == ChangeOperation.UPSERT,
                 RemoveReason.OUT_OF_SCOPE.value if operation == ChangeOperation.REMOVE else "",
                 *audiences.params,
+                *before_params,
                 ChangeOperation.UPSERT.value,
                 *still_read_params,
             ],

@@ -128,3 +128,46 @@ def test_leaving_a_crew_while_its_call_is_cancelled_removes_the_call(
     assert answers == [200]
     assert assignment["id"] in _held(served)
     assert assignment["id"] not in _held(later, _held(served))
+
+
+def test_joining_a_crew_while_a_call_is_offered_to_it_brings_the_call(
+    program: Program, crew_member: CrewMember, dispatcher: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P6: an offer to the crew committed while the join waited for its older writers is seen
+    by the join's catch-up, so the new member's feed does not serve the offer's own entry:
+    the catch-up must carry it."""
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    crew = make_crew_member(program)
+    incident = make_incident(program, dispatcher)
+    offered: list[dict[str, Any]] = []
+
+    def offer_to_the_crew() -> None:
+        offered.append(offer(dispatcher, incident, crew.unit))
+
+    with younger_writes_before_the_catch_up(monkeypatch, offer_to_the_crew):
+        teams_services.unit_member_add(unit=crew.unit, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    [assignment] = offered
+    assert _held(later).get(assignment["id"]) == assignment["status"], later
+
+
+def test_joining_a_crew_while_its_call_is_cancelled_does_not_bring_the_call(
+    program: Program, crew_member: CrewMember, dispatcher: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    crew = make_crew_member(program)
+    assignment = offer(dispatcher, make_incident(program, dispatcher), crew.unit)
+    answers: list[int] = []
+
+    def cancel() -> None:
+        answers.append(post(dispatcher, assignment["id"], "cancel", {"reason": "resolved"}).status_code)
+
+    with younger_writes_before_the_catch_up(monkeypatch, cancel):
+        teams_services.unit_member_add(unit=crew.unit, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    assert answers == [200]
+    assert assignment["id"] not in _held(later), later
