@@ -262,6 +262,9 @@ def step_reschedule(*, step: FollowUpStep, actor: User, due_at: dt.datetime, rea
         raise _invalid("due_at", "The new due time is in the past.", code="due_at_in_past")
     _check_reason(reason, field="reason", missing="Say why the step is rescheduled.")
     step = _lock_open(step)
+    # The supervisor's alert comes the step's margin after it, and must still be a date.
+    if due_at > dt.datetime.max.replace(tzinfo=dt.UTC) - dt.timedelta(minutes=step.overdue_margin_minutes):
+        raise _invalid("due_at", "The new due time is too far ahead.", code="due_at_out_of_range")
     step.due_at = due_at
     step.save(update_fields=["due_at", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.RESCHEDULED, actor=actor, due_at=due_at, reason=reason)

@@ -65,6 +65,26 @@ def test_a_due_time_in_the_past_is_refused_and_nothing_changes(crew_member: Crew
     assert _snapshot(step) == before
 
 
+def test_a_due_time_at_the_end_of_the_calendar_is_refused_naming_it_and_nothing_changes(
+    crew_member: CrewMember,
+) -> None:
+    """A real time, but the supervisor's alert after it would fall beyond the year 9999: the
+    answer must say so, not fail as a server error the client retries for ever."""
+    manager = case_manager(crew_member)
+    [step, *_] = steps_of(referral(crew_member))
+    before = _snapshot(step)
+
+    response = manager.client().post(
+        f"/api/v1/followups/steps/{step.pk}/reschedule/",
+        {"due_at": "9999-12-31T23:59:59Z", "reason": "Typo"},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert [(e["field"], e["code"]) for e in response.json()["errors"]] == [("due_at", "due_at_out_of_range")]
+    assert _snapshot(step) == before
+
+
 @pytest.mark.parametrize("naive", ["2026-11-20T14:05:00", "2026-11-20"])
 def test_a_time_without_its_utc_offset_is_refused_naming_the_field(crew_member: CrewMember, naive: str) -> None:
     referral_id = referral(crew_member)
