@@ -362,7 +362,7 @@ def _date_check(value: Any) -> Any:
 
 def _moment_check(zone: Any) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
-        if type(value) is not str:
+        if type(value) is not str or "\x00" in value:
             return _ASK_DRF
         try:
             parsed = parse_datetime(value)

@@ -113,6 +113,38 @@ def test_a_time_without_its_utc_offset_is_refused_naming_the_field(crew_member: 
     assert not ReferralOutcomeEvent.objects.exists()
 
 
+@pytest.mark.parametrize("spelling", ["{}:00Z\x00", "{}:00Z\x00 or later", "{}\x00Z"])
+def test_a_time_holding_a_nul_character_is_refused_naming_the_field(crew_member: CrewMember, spelling: str) -> None:
+    """Python's ISO 8601 parser stops reading at a NUL, so the text after it would be dropped
+    without a word and the time read as something the client did not send."""
+    referral_id = referral(crew_member)
+    [step, *_] = steps_of(referral_id)
+    before = _snapshot(step)
+    client = case_manager(crew_member).client()
+    past, future = spelling.format("2026-11-20T14:05"), spelling.format("2099-11-20T14:05")
+    attempt = {"method": "phone", "result": "no_answer", "attempted_at": past}
+
+    answers = {
+        "due_before": client.get("/api/v1/followups/steps/", {"due_before": past}),
+        "attempted_at": client.post(f"/api/v1/followups/steps/{step.pk}/attempts/", attempt, format="json"),
+        "due_at": client.post(
+            f"/api/v1/followups/steps/{step.pk}/reschedule/", {"due_at": future, "reason": "Moved"}, format="json"
+        ),
+        "observed_at": client.post(
+            f"/api/v1/care/referrals/{referral_id}/outcomes/",
+            {"outcome": "attended", "observed_at": past},
+            format="json",
+        ),
+    }
+
+    assert {
+        field: (answer.status_code, [error["field"] for error in answer.json().get("errors", [])])
+        for field, answer in answers.items()
+    } == {field: (400, [field]) for field in answers}
+    assert _snapshot(step) == before
+    assert not ReferralOutcomeEvent.objects.exists()
+
+
 def test_a_closed_step_cannot_be_closed_again(crew_member: CrewMember) -> None:
     manager = case_manager(crew_member)
     [step, *_] = steps_of(referral(crew_member))

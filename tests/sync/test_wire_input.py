@@ -27,6 +27,7 @@ MOMENTS = [
     "0001-01-01T00:00:00+14:00",  # out of range once moved to the server's zone
     "20261120T140500Z",
     "soon",
+    "2026-11-20T14:05:00Z\x00 or later",  # Python's parser stops reading at the NUL
 ]
 TEXTS = ['Calm, oriented; été "quoted"', "", "   ", "  padded  ", "a\x00b", "bad \ud800 half", "x" * 301, "\t\n"]
 

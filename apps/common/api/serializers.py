@@ -113,10 +113,14 @@ class OffsetDateTimeField(serializers.DateTimeField):
 
     default_error_messages = {
         "offset_required": "Give the time with its UTC offset, e.g. 2026-11-20T14:05:00-05:00 or …Z.",
+        "null_characters_not_allowed": "Null characters are not allowed.",
     }
 
     def to_internal_value(self, value: Any) -> Any:
         if isinstance(value, str):
+            # Python's ISO 8601 parser stops at a NUL: what follows it would be dropped unread.
+            if "\x00" in value:
+                self.fail("null_characters_not_allowed")
             try:
                 parsed = parse_datetime(value)
             except ValueError:
