@@ -273,10 +273,15 @@ def step_reschedule(*, step: FollowUpStep, actor: User, due_at: dt.datetime, rea
     return step
 
 
+# Also the answer for an id that is no one's: told apart, an id would be known as an account
+# of another program.
+OWNER_NOT_CASE_MANAGER = "The owner must be a case manager of the step's program."
+
+
 @transaction.atomic
 def step_assign(*, step: FollowUpStep, actor: User, owner: User) -> FollowUpStep:
     if not Membership.objects.filter(user=owner, program_id=step.program_id, role=Role.CASE_MANAGER).exists():
-        raise _invalid("owner_id", "The owner must be a case manager of the step's program.")
+        raise _invalid("owner_id", OWNER_NOT_CASE_MANAGER)
     step = _lock_open(step)
     step.owner = owner
     step.save(update_fields=["owner", "updated_at"])

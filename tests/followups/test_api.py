@@ -279,6 +279,26 @@ def test_outsiders_see_and_change_nothing(
     assert Referral.objects.get(pk=referral_id).task_status == "requested"
 
 
+def test_an_owner_from_another_program_is_refused_as_an_id_no_one_has(
+    crew_member: CrewMember, foreign_dispatcher: CrewMember
+) -> None:
+    """Whether an id is someone's account in another program is not the case manager's to
+    learn: both answers are the same."""
+    [step, *_] = steps_of(referral(crew_member))
+    before = _snapshot(step)
+    client = case_manager(crew_member).client()
+
+    answers = [
+        client.post(f"/api/v1/followups/steps/{step.pk}/assign/", {"owner_id": owner_id}, format="json")
+        for owner_id in (str(uuid.uuid4()), str(foreign_dispatcher.user.pk))
+    ]
+
+    assert [answer.status_code for answer in answers] == [400, 400]
+    assert answers[0].json()["errors"] == answers[1].json()["errors"]
+    assert answers[0].json()["errors"][0]["field"] == "owner_id"
+    assert _snapshot(step) == before
+
+
 def test_a_step_served_with_its_contact_attempts_records_a_read_of_each_attempt(crew_member: CrewMember) -> None:
     """A contact attempt's notes are health information (sealed at rest, a synced record of
     their own). A case manager who opens a step reads every attempt on it, colleagues' notes

@@ -165,5 +165,5 @@ class AssignView(StepActionView):
     def act(self, step: FollowUpStep, user: User, data: dict[str, Any]) -> None:
         owner = User.objects.filter(pk=data["owner_id"], is_active=True).first()
         if owner is None:
-            raise DomainError("No such user.", code="invalid", field="owner_id", status_code=400)
+            raise DomainError(services.OWNER_NOT_CASE_MANAGER, code="invalid", field="owner_id", status_code=400)
         services.step_assign(step=step, actor=user, owner=owner)
