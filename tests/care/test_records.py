@@ -315,3 +315,29 @@ def test_a_referral_deleted_while_a_case_manager_moves_its_task_status_stays_del
     assert (head.is_deleted, head.version) == (True, 2)
     assert (edit["status"], edit["conflicts"][0]["kind"]) == ("conflict", "edit_vs_delete")
     assert Referral.objects.get(pk=referral_id).priority == "routine"
+
+
+def test_an_outcome_for_a_referral_deleted_while_it_waited_is_not_found_as_for_one_deleted_before(
+    crew_member: CrewMember,
+) -> None:
+    """The answer must not depend on when the crew's delete committed: a client reads 404 as
+    "gone", and would read a 409 naming a field it never sent as a rule to fix its input by."""
+    referral_id = referral(crew_member)
+    case_manager = make_crew_member(crew_member.unit.program, role=Role.CASE_MANAGER)
+    outcome = {"outcome": "connected", "observed_at": "2026-11-21T10:00:00+00:00"}
+
+    def crews_delete() -> None:
+        deleted = pushed(crew_member, "care.referral", {}, op="delete", record_id=referral_id, base_version=1)
+        assert deleted["status"] == "applied", deleted
+
+    def record_outcome() -> Any:
+        return case_manager.client().post(f"/api/v1/care/referrals/{referral_id}/outcomes/", outcome, format="json")
+
+    response, waited_for_the_delete = run_while_another_writer_holds(referral_id, crews_delete, record_outcome)
+    afterwards = record_outcome()
+
+    assert waited_for_the_delete
+    assert (response.status_code, response.json()["code"]) == (404, "not_found"), response.content
+    assert afterwards.status_code == 404
+    assert not ReferralOutcomeEvent.objects.exists()
+    assert SyncedRecord.objects.get(record_id=referral_id).is_deleted
