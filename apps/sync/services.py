@@ -433,7 +433,7 @@ def publish_record(
 _SCOPE_CHANGE_CHUNK = 2_000
 
 
-def user_scopes_refresh(*, user: User) -> list[str]:
+def user_scopes_refresh(*, user: User, access_changed: bool = False) -> list[str]:
     """Bring the user's devices in line with what the user may see now.
 
     Records the user could see through a scope they lost (left a unit, lost a role) and
@@ -447,10 +447,15 @@ def user_scopes_refresh(*, user: User) -> list[str]:
     if state is not None and sorted(state.scopes) == current:
         return current
     with transaction.atomic():
+        # Stored first by a change of access (a new hire's first crew), what the user holds
+        # beyond their own scope was gained by that change, and is read from it on, with its
+        # catch-up, as any later join is: read whole, the feed from its start would serve them
+        # what passed through the unit before they joined. Stored first by a pull, when
+        # the user came to hold it is unknown.
         state, created = UserScopeState.objects.select_for_update().get_or_create(
-            user=user, defaults={"scopes": current}
+            user=user, defaults={"scopes": [user_scope(user.pk)] if access_changed else current}
         )
-        if created:
+        if created and not access_changed:
             return current
         # Read again under the lock: a change of crew that committed since the first read
         # stored its scopes already, and comparing them with the older read would undo it.
@@ -787,7 +792,7 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
 
 def user_scopes_refresh_by_id(user_id: UUID) -> None:
     """user_scopes_refresh for a user known by id (the access-change listener)."""
-    user_scopes_refresh(user=User.objects.get(pk=user_id))
+    user_scopes_refresh(user=User.objects.get(pk=user_id), access_changed=True)
 
 
 # Key rotation: the stored copies of records sealed again with the newest key.

@@ -25,7 +25,7 @@ from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus, Us
 from apps.sync.scopes import audience_of, program_role_scope, unit_scope, user_scope
 from apps.teams import services as teams_services
 from apps.teams.models import UnitMember
-from tests.accounts.factories import device_with_token
+from tests.accounts.factories import MembershipFactory, UserFactory, device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client, younger_writes_before_the_catch_up
@@ -342,6 +342,28 @@ def test_joining_a_unit_serves_nothing_of_what_left_it_before_the_join(
     later, _ = device.pull(cursor)
 
     assert [(e["id"], e["op"], e["data"].get("assessment")) for e in later] == [
+        (str(stays), "upsert", "the crew's to see")
+    ]
+
+
+def test_a_new_hires_first_unit_serves_nothing_of_what_left_it_before_they_joined(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """A member who never synced before the join, pulling the feed from its start instead of
+    taking a snapshot: the unit's past is not theirs any more than a transferred member's."""
+    elsewhere = UnitFactory.create(program=program)
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    stays = encounter(crew_member, assessment="the crew's to see")
+    gone = encounter(crew_member, assessment="never the new member's to see")
+    encounter_reassign(encounter=Encounter.objects.get(pk=gone), unit=elsewhere, actor=supervisor.user)
+    new_hire = UserFactory.create()
+    MembershipFactory.create(user=new_hire, program=program, role=Role.CLINICIAN)
+    device, token = device_with_token(new_hire)
+
+    teams_services.unit_member_add(unit=crew_member.unit, user=new_hire)
+    first, _ = SimDevice(CrewMember(new_hire, crew_member.unit, device, token)).pull()
+
+    assert [(e["id"], e["op"], e["data"].get("assessment")) for e in first] == [
         (str(stays), "upsert", "the crew's to see")
     ]
 
