@@ -349,6 +349,7 @@ def referral_outcome_record(
     """A case manager records an outcome (a phone call, a clinic's report)."""
     event_id = uuid.uuid4()
     lock_records([referral.pk, event_id])
+    _live_referral_under_lock(referral)
     context = WriteContext(user=actor, device=None)
     event = referral_outcome_apply(
         context,
@@ -361,6 +362,15 @@ def referral_outcome_record(
     )
     publish_record(type_name="care.referral_outcome", record=event, user=actor)
     return event
+
+
+def _live_referral_under_lock(referral: Referral) -> Referral:
+    """The referral as it stands under its lock (the caller holds it): a device's delete may
+    have committed since the request read it, and then it is gone, as if deleted before."""
+    found = Referral.objects.select_for_update().filter(pk=referral.pk, is_deleted=False).first()
+    if found is None:
+        raise DomainError("No such referral.", code="not_found", status_code=http_status.HTTP_404_NOT_FOUND)
+    return found
 
 
 class InvalidTransition(DomainError):
@@ -387,12 +397,7 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
             status_code=400,
         )
     lock_records([referral.pk])
-    # As it stands under its lock: a device's delete may have committed since it was read,
-    # and publishing it as live would bring the deleted record back to every device.
-    found = Referral.objects.select_for_update().filter(pk=referral.pk, is_deleted=False).first()
-    if found is None:
-        raise DomainError("No such referral.", code="not_found", status_code=http_status.HTTP_404_NOT_FOUND)
-    referral = found
+    referral = _live_referral_under_lock(referral)
     current = referral.task_status
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(

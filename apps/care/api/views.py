@@ -98,9 +98,6 @@ class ReferralOutcomeView(APIView):
         try:
             outcome = services.referral_outcome_record(referral=referral, actor=request.user, **payload.validated_data)
         except Refused as refused:
-            if refused.code == "parent_not_found":
-                # Deleted by a device after this request read it: gone, as if deleted before.
-                raise DomainError("No such referral.", code="not_found", status_code=404) from refused
             raise DomainError(refused.detail, code=refused.code, field=refused.field) from refused
         # The outcome is a record of its own; the answer shows the referral it was recorded on.
         _audit(request, AccessAction.CREATE, referral, "care.referral_outcome", outcome.pk)
