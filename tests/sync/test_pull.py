@@ -34,6 +34,17 @@ from tests.teams.factories import UnitFactory, UnitMemberFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def held_after(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What a device holds once it applied these feed entries in order, by record id."""
+    held: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if entry["op"] == "upsert":
+            held[entry["id"]] = entry
+        else:
+            held.pop(entry["id"], None)
+    return held
+
+
 def snapshot(member: CrewMember, limit: int = 1000) -> tuple[list[list[dict[str, Any]]], str]:
     pages: list[list[dict[str, Any]]] = []
     cursor = ""
@@ -500,12 +511,7 @@ def test_a_member_who_left_and_rejoined_a_unit_reads_it_only_while_a_member(
     after = encounter(colleague)
 
     later, _ = device.pull(cursor)
-    on_device: dict[str, dict[str, Any]] = {}
-    for entry in later:
-        if entry["op"] == "upsert":
-            on_device[entry["id"]] = entry
-        else:
-            on_device.pop(entry["id"], None)
+    on_device = held_after(later)
 
     # Each is served once: the first while a member, the others by the return's catch-up and after.
     assert sorted(on_device) == sorted(str(record) for record in (before, while_away, after))
@@ -1015,12 +1021,7 @@ def test_a_record_moved_from_a_kept_unit_into_the_joined_one_while_the_join_comm
     with younger_writes_before_the_catch_up(monkeypatch, others_write):
         teams_services.unit_member_add(unit=joined, user=crew_member.user)
     later, _ = device.pull(cursor)
-    on_device: dict[str, dict[str, Any]] = {}
-    for entry in later:
-        if entry["op"] == "upsert":
-            on_device[entry["id"]] = entry
-        else:
-            on_device.pop(entry["id"], None)
+    on_device = held_after(later)
 
     assert list(on_device) == [str(moved)], later
     assert on_device[str(moved)]["data"]["unit_id"] == str(joined.pk)
