@@ -370,6 +370,36 @@ def test_no_one_outside_reaches_the_programs_records_through_any_route(
     assert failures == [], "\n".join(failures)
 
 
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token-anyone-was-issued"], ids=["no-token", "unknown"])
+def test_every_route_not_public_refuses_a_caller_without_a_valid_token(
+    program: Program, crew_member: CrewMember, authorization: str | None
+) -> None:
+    world = build_world(program, crew_member)
+    public = {route for route, attempts in MATRIX.items() if any(a.actor == ANONYMOUS for a in attempts)}
+    failures: list[str] = []
+    tried = 0
+
+    for name, method, pattern in sorted(routes(), key=lambda route: route[:2]):
+        if (name, method) in public:
+            continue
+        url = reverse(name, kwargs={key: world.kwargs[key] for key in pattern.pattern.converters})
+        client = client_for(ANONYMOUS, {})
+        if authorization:
+            client.credentials(HTTP_AUTHORIZATION=authorization)
+        before = database_state(set())
+        response = getattr(client, method.lower())(url, {}, format="json")
+        tried += 1
+        if response.status_code != 401:
+            failures.append(f"{method} {url}: {response.status_code}, expected 401 ({response.content[:200]!r})")
+        elif response.json().get("code") not in ("not_authenticated", "token_invalid"):
+            failures.append(f"{method} {url}: a 401 without its machine-readable reason ({response.content[:200]!r})")
+        if database_state(set()) != before:
+            failures.append(f"{method} {url}: changed the database")
+
+    assert failures == [], "\n".join(failures)
+    assert tried >= len(MATRIX) - len(public) > 40
+
+
 def test_no_one_outside_answers_the_programs_assignments_over_the_websocket(
     program: Program, crew_member: CrewMember, outsider: CrewMember, foreign_dispatcher: CrewMember
 ) -> None:

@@ -20,6 +20,10 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 EXAMPLES_PER_OPERATION_AND_MODE = 20
 CHECKS = SchemathesisConfig.from_dict(
     {
+        # Every request carries the test's own token, so a case whose invalid part is the
+        # Authorization header would reach the server valid. That every route refuses a
+        # missing or unknown token is shown by tests/test_permission_matrix.py.
+        "generation": {"with-security-parameters": False},
         "checks": {
             # A request the schema allows may still break a rule no schema states (latitude
             # without longitude, a program the caller does not work for): a 400 naming the
@@ -32,9 +36,14 @@ CHECKS = SchemathesisConfig.from_dict(
                     *("400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "426", "429")
                 ]
             },
-        }
+        },
     }
 )
+
+
+def takes_input(operation: Any) -> bool:
+    parameters = (operation.path_parameters, operation.query, operation.headers, operation.cookies)
+    return any(len(parameter_set) for parameter_set in parameters) or len(operation.body) > 0
 
 
 def test_api_survives_hostile_input(
@@ -61,8 +70,9 @@ def test_api_survives_hostile_input(
         check()
 
     for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            run_examples(operation, mode)
+        run_examples(operation, GenerationMode.POSITIVE)
+        if takes_input(operation):  # an operation that takes nothing has nothing to make invalid
+            run_examples(operation, GenerationMode.NEGATIVE)
 
     with capsys.disabled():
         print(f"\nschemathesis: {sum(cases_run.values())} cases over {len(cases_run)} operations")

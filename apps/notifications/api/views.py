@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.parsers import FormParser
 from rest_framework.permissions import AllowAny
@@ -59,7 +59,11 @@ class PushRegistrationView(APIView):
 class PushRegistrationDeleteView(APIView):
     """Stop push to this device at one provider (on sign-out)."""
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        parameters=[OpenApiParameter("provider", location=OpenApiParameter.PATH, enum=PushProvider.values)],
+    )
     def delete(self, request: Request, provider: str) -> Response:
         if provider not in PushProvider.values:
             raise exceptions.NotFound(f"No push provider {provider!r}.")
