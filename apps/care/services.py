@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework import status as http_status
 
 from apps.accounts.models import Role, User
@@ -35,6 +37,7 @@ from apps.care.models import (
 from apps.common.api.errors import DomainError
 from apps.common.encryption import sealed_field_names
 from apps.directory.models import Service
+from apps.sync import conf as sync_conf
 from apps.sync.registry import Change, Refused, WriteContext
 from apps.sync.services import Publisher, lock_records, publish_record
 from apps.teams.models import Unit
@@ -291,6 +294,7 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     referral = context.locked_parent(Referral, values.pop("referral_id"), "referral_id")
     if referral.task_status == ReferralTaskStatus.CANCELLED:
         raise Refused("referral_cancelled", "The referral was cancelled; it takes no outcome.", field="referral_id")
+    _refuse_an_outcome_not_yet_happened(values["observed_at"])
     event = ReferralOutcomeEvent(
         id=change.record_id,
         program_id=referral.program_id,
@@ -303,6 +307,19 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     _refresh_referral_status(referral, context=context)
     hooks.run("outcome_recorded", event, actor=context.user)
     return event
+
+
+def _refuse_an_outcome_not_yet_happened(observed_at: datetime | str) -> None:
+    """The latest outcome by when it happened is the referral's status: one dated ahead of
+    the server's clock (a device clock years off) would hold the status against every real
+    outcome recorded after it. Kept for review instead, like any change that cannot apply."""
+    moment = parse_datetime(observed_at) if isinstance(observed_at, str) else observed_at
+    if moment is not None and moment > timezone.now() + timedelta(seconds=sync_conf.CLOCK_SKEW_SECONDS):
+        raise Refused(
+            "time_in_future",
+            "observed_at is ahead of the server's clock; check the device clock and record it again.",
+            field="observed_at",
+        )
 
 
 def _refresh_referral_status(referral: Referral, *, context: WriteContext | None) -> None:

@@ -368,6 +368,8 @@ def _moment_check(zone: Any) -> Callable[[Any], Any]:
             parsed = parse_datetime(value)
             if parsed is None or not timezone.is_aware(parsed):
                 return _ASK_DRF  # DRF makes a naive time aware, or words the error
+            if not OffsetDateTimeField.EARLIEST <= parsed < OffsetDateTimeField.LATEST:
+                return _ASK_DRF  # an offset field refuses it, a plain one keeps it
             return parsed.astimezone(zone)
         except (ValueError, OverflowError):
             return _ASK_DRF

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent
@@ -15,7 +17,7 @@ from apps.sync.services import publish_record
 from apps.teams.models import UnitMember
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, run_while_another_writer_holds
+from tests.sync.helpers import SimDevice, now_iso, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -341,3 +343,53 @@ def test_an_outcome_for_a_referral_deleted_while_it_waited_is_not_found_as_for_o
     assert afterwards.status_code == 404
     assert not ReferralOutcomeEvent.objects.exists()
     assert SyncedRecord.objects.get(record_id=referral_id).is_deleted
+
+
+def test_an_outcome_said_to_happen_in_the_future_is_kept_for_review_and_does_not_set_the_status(
+    crew_member: CrewMember,
+) -> None:
+    referral_id = referral(crew_member)
+    next_year = (timezone.now() + timedelta(days=365)).isoformat()
+
+    result = pushed(
+        crew_member,
+        "care.referral_outcome",
+        {"referral_id": str(referral_id), "outcome": "declined", "observed_at": next_year},
+    )
+    later = pushed(
+        crew_member,
+        "care.referral_outcome",
+        {"referral_id": str(referral_id), "outcome": "connected", "observed_at": now_iso()},
+    )
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "time_in_future",
+        "fields.observed_at",
+    )
+    assert later["status"] == "applied"
+    assert Referral.objects.get(pk=referral_id).status == "connected"
+
+
+@pytest.mark.parametrize(
+    "appointment_at",
+    ["0001-01-01T00:00:00+00:00", "0001-01-01T03:00:00+05:00", "9999-12-31T22:00:00-05:00", "1850-06-01T09:00:00Z"],
+)
+def test_a_referral_appointment_outside_the_calendar_a_program_works_in_is_refused_naming_the_field(
+    crew_member: CrewMember, appointment_at: str
+) -> None:
+    fields = {
+        "encounter_id": str(encounter(crew_member)),
+        "service_type": "housing",
+        "appointment_at": appointment_at,
+        "consent_to_contact": True,
+    }
+
+    result = pushed(crew_member, "care.referral", fields)
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "invalid_fields",
+        "fields.appointment_at",
+    )
+    assert "between the years 1900 and 2999" in result["error"]["detail"]

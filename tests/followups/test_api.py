@@ -69,7 +69,8 @@ def test_a_due_time_at_the_end_of_the_calendar_is_refused_naming_it_and_nothing_
     crew_member: CrewMember,
 ) -> None:
     """A real time, but the supervisor's alert after it would fall beyond the year 9999: the
-    answer must say so, not fail as a server error the client retries for ever."""
+    answer must say so, not fail as a server error the client retries for ever. (Every
+    time a client sends is refused beyond the year 2999, before any arithmetic on it.)"""
     manager = case_manager(crew_member)
     [step, *_] = steps_of(referral(crew_member))
     before = _snapshot(step)
@@ -81,7 +82,7 @@ def test_a_due_time_at_the_end_of_the_calendar_is_refused_naming_it_and_nothing_
     )
 
     assert response.status_code == 400
-    assert [(e["field"], e["code"]) for e in response.json()["errors"]] == [("due_at", "due_at_out_of_range")]
+    assert [(e["field"], e["code"]) for e in response.json()["errors"]] == [("due_at", "time_out_of_range")]
     assert _snapshot(step) == before
 
 
@@ -171,6 +172,25 @@ def test_missing_reason_and_unknown_fields_name_the_field(crew_member: CrewMembe
     assert missed.status_code == 400 and [e["field"] for e in missed.json()["errors"]] == ["reason"]
     assert attempt.status_code == 400 and {e["field"] for e in attempt.json()["errors"]} == {"mood"}
     assert not ContactAttempt.objects.exists()
+
+
+def test_an_outcome_dated_ahead_of_the_servers_clock_is_refused_naming_the_field(crew_member: CrewMember) -> None:
+    referral_id = referral(crew_member)
+    client = case_manager(crew_member).client()
+
+    answer = client.post(
+        f"/api/v1/care/referrals/{referral_id}/outcomes/",
+        {"outcome": "declined", "observed_at": (timezone.now() + dt.timedelta(days=365)).isoformat()},
+        format="json",
+    )
+
+    assert (answer.status_code, answer.json()["code"], answer.json()["errors"][0]["field"]) == (
+        400,
+        "time_in_future",
+        "observed_at",
+    )
+    assert Referral.objects.get(pk=referral_id).status == "open"
+    assert not ReferralOutcomeEvent.objects.exists()
 
 
 def test_completing_a_cancelled_referral_is_refused_and_nothing_changes(crew_member: CrewMember) -> None:

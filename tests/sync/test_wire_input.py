@@ -25,6 +25,8 @@ MOMENTS = [
     "2026-11-20T14:05:00",  # naive: DRF makes it aware in the server's zone
     "2026-11-20",
     "0001-01-01T00:00:00+14:00",  # out of range once moved to the server's zone
+    "1850-06-01T09:00:00Z",  # a real time, but none a crisis response record names
+    "3000-01-01T00:00:00Z",
     "20261120T140500Z",
     "soon",
     "2026-11-20T14:05:00Z\x00 or later",  # Python's parser stops reading at the NUL

@@ -98,7 +98,12 @@ class ReferralOutcomeView(APIView):
         try:
             outcome = services.referral_outcome_record(referral=referral, actor=request.user, **payload.validated_data)
         except Refused as refused:
-            raise DomainError(refused.detail, code=refused.code, field=refused.field) from refused
+            # A time that cannot be true is a bad request; the other refusals are the
+            # referral's state (cancelled) meeting the outcome.
+            status_code = status.HTTP_400_BAD_REQUEST if refused.code == "time_in_future" else None
+            raise DomainError(
+                refused.detail, code=refused.code, field=refused.field, status_code=status_code
+            ) from refused
         # The outcome is a record of its own; the answer shows the referral it was recorded on.
         _audit(request, AccessAction.CREATE, referral, "care.referral_outcome", outcome.pk)
         _audit(request, AccessAction.READ, referral)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -111,9 +112,17 @@ class OffsetDateTimeField(serializers.DateTimeField):
     is refused: read in the server's zone, a tablet's local time in New York would be
     stored five hours off, with no error to tell anyone."""
 
+    # No record of a crisis response names a time outside these; beyond them, the date
+    # arithmetic done on a record's times (a reminder a day before an appointment) can
+    # leave the calendar and fail the write.
+    EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+    LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+
     default_error_messages = {
         "offset_required": "Give the time with its UTC offset, e.g. 2026-11-20T14:05:00-05:00 or …Z.",
         "null_characters_not_allowed": "Null characters are not allowed.",
+        "time_out_of_range": "Give a time between the years 1900 and 2999.",
+        "overflow": "Give a time between the years 1900 and 2999.",
     }
 
     def to_internal_value(self, value: Any) -> Any:
@@ -127,7 +136,15 @@ class OffsetDateTimeField(serializers.DateTimeField):
                 parsed = None  # not a time at all: DRF words that error
             if parsed is not None and not timezone.is_aware(parsed):
                 self.fail("offset_required")
-        return super().to_internal_value(value)
+        try:
+            moment = super().to_internal_value(value)
+        except serializers.ValidationError as invalid:
+            if invalid.get_codes() == ["overflow"]:  # beyond year 9999 or before year 1 in UTC
+                self.fail("time_out_of_range")
+            raise
+        if not self.EARLIEST <= moment < self.LATEST:
+            self.fail("time_out_of_range")
+        return moment
 
 
 class CanonicalUUIDField(serializers.UUIDField):
