@@ -39,6 +39,7 @@ from apps.common.encryption import sealed_field_names
 from apps.directory.models import Service
 from apps.sync import conf as sync_conf
 from apps.sync.registry import Change, Refused, WriteContext
+from apps.sync.selectors import synced_type_of
 from apps.sync.services import Publisher, lock_records, publish_record
 from apps.teams.models import Unit
 from apps.teams.selectors import crewed_unit_ids
@@ -361,12 +362,42 @@ def _publish_into(publisher: Publisher, record: CareRecord, context: WriteContex
 
 @transaction.atomic
 def referral_outcome_record(
-    *, referral: Referral, outcome: str, observed_at: Any, details: str, actor: User
+    *,
+    referral: Referral,
+    outcome: str,
+    observed_at: Any,
+    details: str,
+    actor: User,
+    event_id: UUID | None = None,
 ) -> ReferralOutcomeEvent:
-    """A case manager records an outcome (a phone call, a clinic's report)."""
-    event_id = uuid.uuid4()
+    """A case manager records an outcome (a phone call, a clinic's report).
+
+    With the id of an outcome already recorded (a retry whose answer was lost), the outcome is
+    that one, returned as it stands; other content under its id, or the id of another record,
+    is refused. Outcomes are append-only: recorded twice, a retry would count twice.
+    """
+    event_id = event_id or uuid.uuid4()
     lock_records([referral.pk, event_id])
     _live_referral_under_lock(referral)
+    if synced_type_of(event_id) not in (None, "care.referral_outcome"):
+        raise DomainError(
+            "This id is another record's; give the outcome an id of its own.", code="id_in_use", field="id"
+        )
+    recorded = ReferralOutcomeEvent.objects.filter(pk=event_id).first()
+    if recorded is not None:
+        moment = parse_datetime(observed_at) if isinstance(observed_at, str) else observed_at
+        if (recorded.referral_id, recorded.outcome, recorded.observed_at, recorded.details) != (
+            referral.pk,
+            outcome,
+            moment,
+            details,
+        ):
+            raise DomainError(
+                "An outcome with this id is recorded already, with other content; it stands.",
+                code="id_in_use",
+                field="id",
+            )
+        return recorded
     context = WriteContext(user=actor, device=None)
     event = referral_outcome_apply(
         context,
@@ -404,7 +435,9 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
     """Move a referral along its task timeline (received, accepted, …, completed, cancelled).
 
     Only the transitions of ``TASK_TRANSITIONS`` are allowed: a cancelled, rejected, failed or
-    completed referral is closed. "Unable to reach" is an outcome, not a cancellation.
+    completed referral is closed. "Unable to reach" is an outcome, not a cancellation. The
+    same move sent again by whoever made it, with the same reason (a retry whose answer was
+    lost), is that move, returned as it stands.
     """
     if len(reason) > TASK_REASON_MAX_LENGTH:
         raise DomainError(
@@ -416,6 +449,14 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
     lock_records([referral.pk])
     referral = _live_referral_under_lock(referral)
     current = referral.task_status
+    if to_status == current:
+        latest = referral.task_events.order_by("-created_at", "-id").first()
+        if latest is not None and (latest.to_status, latest.reason, latest.created_by_id) == (
+            to_status,
+            reason,
+            actor.pk,
+        ):
+            return latest
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(
             f"A referral that is {ReferralTaskStatus(current).label.lower()} cannot become "

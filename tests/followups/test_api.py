@@ -193,6 +193,53 @@ def test_an_outcome_dated_ahead_of_the_servers_clock_is_refused_naming_the_field
     assert not ReferralOutcomeEvent.objects.exists()
 
 
+def test_an_outcome_sent_again_with_its_id_is_recorded_once_and_other_content_under_it_refused(
+    crew_member: CrewMember,
+) -> None:
+    referral_id = referral(crew_member)
+    client = case_manager(crew_member).client()
+    outcome_id = str(uuid.uuid4())
+    body = {
+        "id": outcome_id,
+        "outcome": "connected",
+        "observed_at": timezone.now().isoformat(),
+        "details": "Intake done",
+    }
+    url = f"/api/v1/care/referrals/{referral_id}/outcomes/"
+
+    first = client.post(url, body, format="json")
+    retry = client.post(url, body, format="json")  # the answer to the first was lost
+    other = client.post(url, {**body, "outcome": "declined"}, format="json")
+    taken = client.post(url, {**body, "id": str(referral_id)}, format="json")
+
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert retry.json() == first.json()
+    assert [event.pk for event in ReferralOutcomeEvent.objects.all()] == [uuid.UUID(outcome_id)]
+    assert (other.status_code, other.json()["code"], other.json()["errors"][0]["field"]) == (409, "id_in_use", "id")
+    assert (taken.status_code, taken.json()["code"], taken.json()["errors"][0]["field"]) == (409, "id_in_use", "id")
+    assert Referral.objects.get(pk=referral_id).status == "connected"
+
+
+def test_a_task_move_sent_again_by_its_maker_is_answered_as_the_first_and_recorded_once(
+    crew_member: CrewMember,
+) -> None:
+    referral_id = referral(crew_member)
+    manager = case_manager(crew_member)
+    colleague = case_manager(crew_member, of_program=False)
+    url = f"/api/v1/care/referrals/{referral_id}/status/"
+    move = {"status": "cancelled", "reason": "Moved to Buffalo"}
+
+    first = manager.client().post(url, move, format="json")
+    retry = manager.client().post(url, move, format="json")  # the answer to the first was lost
+    other_reason = manager.client().post(url, {**move, "reason": "Declined"}, format="json")
+    colleagues = colleague.client().post(url, move, format="json")
+
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert retry.json()["task_status"] == first.json()["task_status"] == "cancelled"
+    assert [(o.status_code, o.json()["code"]) for o in (other_reason, colleagues)] == [(409, "invalid_transition")] * 2
+    assert Referral.objects.get(pk=referral_id).task_events.count() == 1
+
+
 def test_completing_a_cancelled_referral_is_refused_and_nothing_changes(crew_member: CrewMember) -> None:
     referral_id = referral(crew_member)
     client = case_manager(crew_member).client()

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from apps.care.models import Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskEvent, ReferralTaskStatus
 from apps.care.services import TASK_REASON_MAX_LENGTH
-from apps.common.api.serializers import OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 
 
 class OutcomeSerializer(serializers.ModelSerializer[ReferralOutcomeEvent]):
@@ -69,6 +69,9 @@ class TaskStatusInputSerializer(StrictSerializer):
 
 
 class OutcomeInputSerializer(StrictSerializer):
+    # The outcome's id (as synced, care.referral_outcome): sent again with a retry, it is
+    # recorded once.
+    id = CanonicalUUIDField(required=False)
     outcome = serializers.ChoiceField(choices=[s for s in ReferralStatus.values if s != ReferralStatus.OPEN])
     observed_at = OffsetDateTimeField()
     details = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")

@@ -96,7 +96,10 @@ class ReferralOutcomeView(APIView):
         payload.is_valid(raise_exception=True)
         assert isinstance(request.user, User)
         try:
-            outcome = services.referral_outcome_record(referral=referral, actor=request.user, **payload.validated_data)
+            data = dict(payload.validated_data)
+            outcome = services.referral_outcome_record(
+                referral=referral, actor=request.user, event_id=data.pop("id", None), **data
+            )
         except Refused as refused:
             # A time that cannot be true is a bad request; the other refusals are the
             # referral's state (cancelled) meeting the outcome.
