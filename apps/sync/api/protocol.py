@@ -22,13 +22,13 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
     supported = sorted(conf.SUPPORTED_PROTOCOLS)
     if raw is None:
         version = 1
+    elif raw.isascii() and raw.isdigit():
+        version = int(raw)
     else:
-        try:
-            version = int(raw)
-        except ValueError:
-            raise DomainError(
-                f"{PROTOCOL_HEADER} must be a whole number.", code="invalid", field=PROTOCOL_HEADER, status_code=400
-            ) from None
+        # Not int()'s reading: it takes "1_0" as 10 and "+2" or a full-width digit as 2.
+        raise DomainError(
+            f"{PROTOCOL_HEADER} must be a whole number.", code="invalid", field=PROTOCOL_HEADER, status_code=400
+        )
     if version not in supported or version < minimum:
         usable = [v for v in supported if v >= minimum]
         raise DomainError(
