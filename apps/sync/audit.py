@@ -49,11 +49,20 @@ def record_kept_copy_reads(*, accessor: Accessor, kept: Iterable[Mutation | Conf
 
 
 def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
-    """Audit the records a push (either one) wrote, from its per-mutation results.
+    """Audit the records a push (either one) wrote, from its per-mutation results, and those
+    whose stored answer it sent again with the record's data (a replay): that is a read.
 
     A result answers the mutation in its place (one per mutation, in order), so the write is
     that mutation's: never another's that reused its mutation_id in the batch and was rejected.
     """
+    record_reads(
+        accessor=accessor,
+        records=(
+            (result["type"], result["id"])
+            for result in results
+            if result.get("status") == "duplicate" and result.get("data") is not None and result.get("id")
+        ),
+    )
     _record_written(
         accessor=accessor,
         written=(

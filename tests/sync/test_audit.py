@@ -29,6 +29,23 @@ def test_a_push_records_who_wrote_which_record_from_which_device(crew_member: Cr
     ]
 
 
+def test_a_replayed_push_answered_with_the_records_data_records_that_read(crew_member: CrewMember) -> None:
+    """The stored answer of a mutation sent again holds its record's version as the server
+    keeps it (a colleague's merged fields too): sending it is a read like any other."""
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    create = device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member))
+    device.push(create)
+
+    [replay] = device.push(create)  # the answer to the first was lost
+
+    assert replay["status"] == "duplicate" and replay["data"]["location"] == encounter_fields(crew_member)["location"]
+    assert list(AuditEvent.objects.order_by("id").values_list("action", "record_id", "actor_id", "device_id")) == [
+        ("create", record_id, crew_member.user.pk, crew_member.device.pk),
+        ("read", record_id, crew_member.user.pk, crew_member.device.pk),
+    ]
+
+
 def test_a_create_is_audited_as_a_create_when_its_mutation_id_is_reused_later_in_the_batch(
     crew_member: CrewMember,
 ) -> None:

@@ -752,11 +752,11 @@ def test_pushing_needs_protocol_2_and_the_feed_still_serves_version_1(crew_membe
     assert old_feed.status_code == 200
 
 
-@pytest.mark.parametrize("spelling", ["1_0", "+2", "２", "2.0", "0x2", ""])
+@pytest.mark.parametrize("spelling", ["1_0", "+2", "\uff12", "2.0", "0x2", ""])
 def test_a_protocol_not_written_in_plain_digits_is_a_bad_request_not_another_version(
     crew_member: CrewMember, spelling: str
 ) -> None:
-    """Read leniently, "1_0" was version 10 (426, update the app) and "２" was version 2."""
+    """Read leniently, "1_0" was version 10 (426, update the app) and a full-width two was 2."""
     answer = crew_member.client().get("/api/v1/sync/feed/", headers={"Tandem-Sync-Protocol": spelling})
 
     assert (answer.status_code, answer.json()["code"], answer.json()["errors"][0]["field"]) == (
