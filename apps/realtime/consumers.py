@@ -284,6 +284,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 # message whenever any crew's change committed. It goes with the next one.
                 if page.passed_entries or always_answer:
                     always_answer = False
+                    # Recorded before it goes out: if the audit trail cannot take the read,
+                    # the page is not sent, and the device reads it again once it can.
+                    audited = [entry for entry in page.entries if sync_audit.is_audited(entry)]
+                    if audited:
+                        await _audit_delivered(self.token, audited)
                     await self.send_json(
                         {
                             "type": "feed.entries",
@@ -292,9 +297,6 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                             "has_more": page.has_more,
                         }
                     )
-                    audited = [entry for entry in page.entries if sync_audit.is_audited(entry)]
-                    if audited:
-                        await _audit_delivered(self.token, audited)
                 self.feed_cursor = cursor
                 # A scope's group joined after the read: what it committed in between was
                 # nudged to a group this socket was not in yet, so read once more.

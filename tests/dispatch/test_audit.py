@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from websockets.exceptions import ConnectionClosed
 
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
@@ -123,13 +125,44 @@ def test_an_offer_delivered_over_the_websocket_is_recorded_for_the_receiving_dev
         while not any(entry["id"] == str(assignment.pk) for entry in delivered):
             delivered.extend(receive(socket, timeout=3)["entries"])
 
-    # The audit row is written right after the frame goes out, by the server process.
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and not AuditEvent.objects.filter(record_id=assignment.pk).exists():
-        time.sleep(0.05)
+    # Written by the server process before the frame went out.
     assert events(record_id=assignment.pk, device_id=crew_member.device.pk) == [
         ("read", "websocket", "dispatch.assignment")
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.live
+def test_an_offer_whose_delivery_cannot_be_recorded_is_not_delivered_over_the_websocket(
+    asgi: AsgiServer, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The read is recorded before the frame goes out: a socket never holds health
+    information whose delivery the audit trail lacks (the device pulls it again later)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_websocket_reads() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'audit trail unavailable'; END $$;"
+            "CREATE TRIGGER refuse_websocket_reads BEFORE INSERT ON audit_auditevent FOR EACH ROW"
+            " WHEN (NEW.channel = 'websocket') EXECUTE FUNCTION refuse_websocket_reads()"
+        )
+    try:
+        with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+            send(socket, {"type": "feed.subscribe", "cursor": None})
+            assert receive(socket)["type"] == "feed.entries"
+            assignment = services.assignment_offer(
+                incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+            )
+            frames: list[str] = []
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while True:
+                    frames.append(str(socket.recv(timeout=3)))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER refuse_websocket_reads ON audit_auditevent; DROP FUNCTION refuse_websocket_reads()"
+            )
+
+    assert not any(str(assignment.pk) in frame for frame in frames), frames
 
 
 @pytest.mark.django_db(transaction=True)
