@@ -191,7 +191,9 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     encounter = change.record  # type: ignore[assignment]
     assert isinstance(encounter, Encounter)
     if change.operation == "delete":
-        return _soft_delete(context, encounter)  # type: ignore[return-value]
+        _soft_delete(context, encounter)
+        hooks.run("encounter_saved", encounter, actor=context.user)
+        return encounter
     if "unit_id" in values and values.pop("unit_id") != encounter.unit_id:
         raise Refused("unit_change_not_allowed", "An encounter is moved to another unit on the server.", "unit_id")
     if person_id is not None:

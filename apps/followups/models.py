@@ -79,6 +79,7 @@ class StepStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     COMPLETED = "completed", "Completed"
     MISSED = "missed", "Missed"
+    CANCELLED = "cancelled", "Cancelled"  # its encounter was deleted
 
 
 class FollowUpStep(TimeStampedModel):
@@ -129,6 +130,7 @@ class StepAction(models.TextChoices):
     ASSIGNED = "assigned", "Assigned"
     COMPLETED = "completed", "Completed"
     MISSED = "missed", "Marked missed"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class StepEvent(models.Model):

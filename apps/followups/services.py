@@ -131,9 +131,35 @@ def _cancel_reminders(step: FollowUpStep, *, reason: str) -> int:
 
 
 def on_encounter_saved(encounter: Encounter, *, actor: User | None) -> None:
-    if encounter.is_deleted or encounter.ended_at is None or encounter.disposition not in COMMUNITY_DISPOSITIONS:
+    if encounter.is_deleted:
+        _cancel_follow_up(encounter, actor=actor)
+        return
+    if encounter.ended_at is None or encounter.disposition not in COMMUNITY_DISPOSITIONS:
         return
     plan_for_encounter(encounter=encounter, trigger=PlanTrigger.COMMUNITY, anchor_at=encounter.ended_at)
+
+
+def _cancel_follow_up(encounter: Encounter, *, actor: User | None) -> None:
+    """An encounter deleted (made in error) is chased by no one: its open steps are cancelled
+    in their history, and nothing planned for it reminds anyone, the person included."""
+    now = timezone.now()
+    # In id order, as every step change and the reminder sender lock them.
+    steps = list(
+        FollowUpStep.objects.select_for_update()
+        .filter(plan__encounter_id=encounter.pk, status=StepStatus.PENDING)
+        .order_by("pk")
+    )
+    for step in steps:
+        FollowUpStep.objects.filter(pk=step.pk).update(
+            status=StepStatus.CANCELLED, closed_at=now, closed_by=actor, updated_at=now
+        )
+        StepEvent.objects.create(
+            step=step, action=StepAction.CANCELLED, actor=actor, due_at=step.due_at, reason="encounter deleted"
+        )
+        _cancel_reminders(step, reason="encounter deleted")
+    Reminder.objects.filter(
+        referral__encounter_id=encounter.pk, kind=ReminderKind.PERSON_APPOINTMENT, sent_at=None, cancelled_at=None
+    ).update(cancelled_at=now, cancel_reason="encounter deleted")
 
 
 def on_referral_saved(referral: Referral, *, actor: User | None) -> None:
@@ -583,9 +609,13 @@ def _supervisors(program_id: UUID) -> list[UUID]:
 def _send_to_person(reminder: Reminder, *, now: dt.datetime) -> str:
     assert reminder.referral_id is not None
     referral = (
-        Referral.objects.select_related("encounter__person").filter(pk=reminder.referral_id, is_deleted=False).first()
+        Referral.objects.select_related("encounter__person")
+        .filter(pk=reminder.referral_id, is_deleted=False, encounter__is_deleted=False)
+        .first()
     )
-    if referral is None or not referral.consent_to_contact:
+    if referral is None:
+        return "referral deleted"
+    if not referral.consent_to_contact:
         return "no consent to contact"
     if referral.task_status in ReferralTaskStatus.closed() or referral.status in APPOINTMENT_SETTLED:
         return "referral closed"

@@ -207,6 +207,49 @@ def test_a_stop_reply_opts_the_number_out_and_the_appointment_reminder_is_not_se
     assert (reminder.sent_at, reminder.cancel_reason) == (None, "opted out")
 
 
+def test_deleting_an_encounter_cancels_its_open_follow_up_and_every_reminder_it_planned(
+    crew_member: CrewMember,
+) -> None:
+    """An encounter deleted from a device (made in error) leaves no one chasing it: its
+    pending steps are cancelled in their history, no one is reminded of them, and the person
+    gets no appointment text for its referral."""
+    person_id = uuid.uuid4()
+    pushed(
+        crew_member,
+        "care.person",
+        {"unit_id": str(crew_member.unit.pk), "phone_number": "+12125550102"},
+        record_id=person_id,
+    )
+    referral_id = referral(
+        crew_member,
+        encounter_fields={"person_id": str(person_id)},
+        consent_to_contact=True,
+        appointment_at=(timezone.now() + dt.timedelta(hours=30)).isoformat(),
+    )
+    first, *later = steps_of(referral_id)
+    services.step_complete(step=first, actor=case_manager(crew_member).user)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    version = SyncedRecord.objects.get(record_id=encounter_id).version
+
+    deleted = pushed(crew_member, "care.encounter", {}, op="delete", record_id=encounter_id, base_version=version)
+
+    assert deleted["status"] == "applied"
+    assert [step.status for step in steps_of(referral_id)] == [StepStatus.COMPLETED] + [StepStatus.CANCELLED] * len(
+        later
+    )
+    assert all(
+        step.events.order_by("-id").values_list("action", "reason", "actor")[0]
+        == ("cancelled", "encounter deleted", crew_member.user.pk)
+        for step in later
+    )
+    unsent = Reminder.objects.filter(sent_at=None, cancelled_at=None)
+    assert not unsent.filter(step__in=later).exists()
+    assert not unsent.filter(referral_id=referral_id).exists()
+    appointment = Reminder.objects.get(referral_id=referral_id, kind=ReminderKind.PERSON_APPOINTMENT)
+    assert services.reminder_send(reminder_id=appointment.pk) == "already_done"
+    assert not Notification.objects.filter(kind="followup.appointment").exists()
+
+
 def test_no_appointment_reminder_without_consent_to_contact(crew_member: CrewMember) -> None:
     referral_id = referral(crew_member, appointment_at=(timezone.now() + dt.timedelta(hours=30)).isoformat())
 
