@@ -317,20 +317,26 @@ def _mutations_of(
         changed = _changed_columns(raw)
         fields = _fields(raw, changed)
         deleted = fields.pop("deleted", False)
-        op = "update"
-        if deleted is True:
-            op, fields = "delete", {}  # trap 1, push side: a clinical delete travels as a flag
         base = raw.get("server_version") if isinstance(raw, dict) else None
+        mutation = {
+            "type": type_name,
+            "id": raw.get("id") if isinstance(raw, dict) else None,
+            "op": "update",
+            "base_version": base if isinstance(base, int) and base > 0 else None,
+            "fields": fields,
+            "content": raw,
+        }
+        if deleted is True:
+            # Trap 1, push side: a clinical delete travels as a flag. The row also holds what
+            # the app changed before the delete (an assessment written, then the encounter
+            # deleted): that edit applies first, as a record made and deleted offline is
+            # created first, so the server keeps it with the deleted record.
+            if fields:
+                yield f"changes.{table}.updated.{index}", mutation, None
+            mutation = {**mutation, "op": "delete", "fields": {}}
         yield (
             f"changes.{table}.updated.{index}",
-            {
-                "type": type_name,
-                "id": raw.get("id") if isinstance(raw, dict) else None,
-                "op": op,
-                "base_version": base if isinstance(base, int) and base > 0 else None,
-                "fields": fields,
-                "content": raw,
-            },
+            mutation,
             None if type(deleted) is bool else _FLAG_NOT_BOOLEAN,
         )
     for index, record_id in enumerate(_list(table_changes.get("deleted"))):

@@ -79,6 +79,9 @@ def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer,
     assert deleted.is_deleted and deleted.location == "Lenox Ave"
     kept = Conflict.objects.get(record_id=encounter_id, kind="edit_vs_delete")
     assert kept.device_value == "B: moved to clinic"
+    # An edit made before the delete, in one row with the flag, is kept with the deleted record.
+    edited_then_deleted = Encounter.objects.get(pk=summary["editedThenDeletedId"])
+    assert (edited_then_deleted.assessment, edited_then_deleted.is_deleted) == ("Written before the delete.", True)
     # The note a revoked tablet handed over is kept for review and applies nowhere.
     handed_over = Mutation.objects.get(record_id=summary["lastNoteId"])
     assert (handed_over.status, handed_over.error_code) == (MutationStatus.QUARANTINED, "device_revoked")

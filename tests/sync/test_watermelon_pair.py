@@ -339,3 +339,48 @@ def test_a_delete_flag_that_is_not_true_or_false_quarantines_its_record_naming_t
     # Kept as it was sent, and never applied by a review: no review makes the flag readable.
     refused = Mutation.objects.filter(record_id__in=[made, edited], status=MutationStatus.QUARANTINED)
     assert [push.unreadable_as_sent(mutation) for mutation in refused] == [True, True]
+
+
+def test_an_edit_made_before_the_app_deleted_the_record_is_kept_with_the_deleted_record(
+    crew_member: CrewMember,
+) -> None:
+    """The clinician adds to the assessment, then deletes the encounter, before the tablet
+    syncs: WatermelonDB sends one updated row holding both. Taken as a bare delete, the
+    assessment would be answered applied and stored nowhere; it is applied, then deleted."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    changes = {
+        "encounters": {
+            "created": [],
+            "updated": [
+                {
+                    "id": str(visit),
+                    "server_version": 1,
+                    "assessment": "Calm; declined transport.",
+                    "deleted": True,
+                    "_status": "updated",
+                    "_changed": "assessment,deleted",
+                }
+            ],
+            "deleted": [],
+        }
+    }
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["experimentalRejectedIds"] == {}
+    assert [(result["id"], result["status"], result["version"]) for result in body["results"]] == [
+        (str(visit), "applied", 2),
+        (str(visit), "applied", 3),
+    ]
+    stored = Encounter.objects.get(pk=visit)
+    assert (stored.assessment, stored.is_deleted) == ("Calm; declined transport.", True)
+    # Sent again, it is a replay: nothing applies twice.
+    again = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+    assert [result["status"] for result in again.json()["results"]] == ["duplicate", "duplicate"]
+    assert SyncedRecord.objects.get(record_id=visit).version == 3

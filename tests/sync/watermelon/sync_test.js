@@ -231,6 +231,15 @@ async function main() {
   assert.equal(onB.deleted, true, 'B learns of the delete')
   assert.equal(onB.location, 'B: moved to clinic', 'B keeps its edit')
 
+  // A adds to an encounter's assessment and then deletes the encounter, both before a sync:
+  // one row carries the edit and the flag, and the edit reaches the server with the delete.
+  const editedThenDeletedId = await createEncounter(a.database, { location: 'Park Ave' })
+  await a.sync()
+  await edit(a.database, 'encounters', editedThenDeletedId, { assessment: 'Written before the delete.' })
+  await edit(a.database, 'encounters', editedThenDeletedId, { deleted: true })
+  await a.sync()
+  assert.equal((await find(a.database, 'encounters', editedThenDeletedId))._raw._status, 'synced')
+
   // A is revoked with a note written offline still in its outbox. Its pull is refused and
   // told to hand the outbox over first; the push takes it (kept for review, applied nowhere),
   // and only then does the tablet wipe what it holds.
@@ -255,6 +264,7 @@ async function main() {
       noteId,
       orphanId,
       lastNoteId,
+      editedThenDeletedId,
       pulls: a.seen.pulls.length + b.seen.pulls.length,
     }),
   )
