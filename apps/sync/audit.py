@@ -97,11 +97,13 @@ def _record_written(*, accessor: Accessor, written: Iterable[tuple[str, Any, str
 
 
 def watermelon_records(changes: dict[str, dict[str, list[Any]]]) -> Iterable[tuple[str, Any]]:
-    """(type, id) of every record in a WatermelonDB changes object."""
+    """(type, id) of every record a WatermelonDB changes object serves. A row flagged
+    ``deleted`` is a removal (the id alone: a record deleted, or no longer the reader's to
+    see), which serves nothing of the record, as a feed ``remove`` does not."""
     for table, kinds in changes.items():
         synced_type = registry.by_watermelon_table(table)
         if synced_type is None:
             continue
         for raw in (*kinds.get("created", []), *kinds.get("updated", [])):
-            if isinstance(raw, dict) and raw.get("id"):
+            if isinstance(raw, dict) and raw.get("id") and raw.get("deleted") is not True:
                 yield synced_type.name, raw["id"]

@@ -148,6 +148,26 @@ def test_a_first_sync_snapshot_records_what_it_served(crew_member: CrewMember) -
     assert served == record_ids
 
 
+def test_a_watermelondb_pull_records_no_read_of_a_record_it_only_tells_the_device_to_remove(
+    crew_member: CrewMember,
+) -> None:
+    """A removal comes as a row of the id and ``deleted: true``: nothing of the record is
+    served, as a feed ``remove`` serves nothing, and the trail must not say it was read
+    (by a reader who may no longer see it, say)."""
+    writer = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    writer.push(writer.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)))
+    reader = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    timestamp = reader.get("/api/v1/sync/watermelon/pull/").json()["timestamp"]
+    writer.push(writer.mutation("delete", "care.encounter", record_id, base_version=1))
+    reads_before = AuditEvent.objects.filter(action="read").count()
+
+    pulled = reader.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": timestamp}).json()
+
+    assert pulled["changes"]["encounters"]["updated"] == [{"id": str(record_id), "deleted": True}]
+    assert AuditEvent.objects.filter(action="read").count() == reads_before
+
+
 def test_an_outsider_pull_reads_and_records_nothing(crew_member: CrewMember, outsider: CrewMember) -> None:
     writer = SimDevice(crew_member)
     writer.push(writer.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
