@@ -486,6 +486,9 @@ def snapshot_page(
         position = SnapshotPosition.decode(cursor)
         if position.device_tag:
             _check_issued_to(position.device_tag, reader_device_id, "start the snapshot again, without a cursor")
+        # Its pages would end in a feed cursor the retention has expired: the device would
+        # page through every record only to be sent back to the start by the feed.
+        _check_retention(position.feed)
     with _one_database_snapshot():
         if position is None:
             start, stored_scopes = snapshot_start(user_id)

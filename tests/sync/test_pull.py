@@ -209,6 +209,22 @@ def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(cr
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
 
+def test_a_snapshot_resumed_after_the_retention_passed_its_start_gets_410_at_once(crew_member: CrewMember) -> None:
+    """Its pages would end in a feed cursor already expired, and the device, after paging
+    through every record, would start the snapshot over: it is told so before it does."""
+    for _ in range(2):
+        encounter(crew_member)
+    first = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1}).json()
+    assert first["has_more"]
+    encounter(crew_member)  # a change after the snapshot's start, pruned below
+    services.feed_prune(older_than=timedelta(0))
+
+    resumed = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": first["cursor"], "limit": 1})
+
+    assert resumed.status_code == 410, resumed.content
+    assert (resumed.json()["code"], resumed.json()["errors"][0]["field"]) == ("cursor_expired", "cursor")
+
+
 def test_a_cursor_within_a_pruned_transaction_gets_410_not_the_rest_of_it_skipped(crew_member: CrewMember) -> None:
     """The pruning deletes whole transactions, so a cursor is either served in full or
     expired. A device whose last page ended part-way through a transaction (a colleague's
