@@ -233,13 +233,7 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
         return note
     note = change.record  # type: ignore[assignment]
     assert isinstance(note, ClinicalNote)
-    if note.created_by_id != context.user.pk:
-        raise Refused("not_author", "Only its author changes a note; others write an addendum.")
-    if note.is_signed:
-        # P3: a signed note is a clinical document; a later change is an addendum.
-        # A delete refuses the whole note; an edit, the first field it changes.
-        changed = None if change.operation == "delete" else min(values, key=lambda name: name != "body", default=None)
-        raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", changed)
+    note_refuses_change(context, note, change.operation, values)
     if change.operation == "delete":
         return _soft_delete(context, note)  # type: ignore[return-value]
     if "encounter_id" in values and values.pop("encounter_id") != note.encounter_id:
@@ -248,6 +242,18 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
         raise Refused("parent_change_not_allowed", "An addendum stays with the note it amends.", "amends_id")
     _save(context, note, values)
     return note
+
+
+def note_refuses_change(context: WriteContext, note: ClinicalNote, operation: str, values: dict[str, Any]) -> None:
+    """Refuse any change of a note but its author's of a draft, whatever its values: sync asks
+    this of a change it would keep as a conflict, which never reaches ``note_apply``."""
+    if note.created_by_id != context.user.pk:
+        raise Refused("not_author", "Only its author changes a note; others write an addendum.")
+    if note.is_signed:
+        # P3: a signed note is a clinical document; a later change is an addendum.
+        # A delete refuses the whole note; an edit, the first field it changes.
+        changed = None if operation == "delete" else min(values, key=lambda name: name != "body", default=None)
+        raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", changed)
 
 
 @remembered
@@ -291,7 +297,7 @@ def _check_service(context: WriteContext, service_id: UUID | None, program_id: U
 @remembered
 def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOutcomeEvent:
     if change.operation != "create":
-        raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")
+        referral_outcome_refuses_change(context, change.record, change.operation, change.values)
     values = dict(change.values)
     # The outcome sets the referral's status: read it as it stands under its lock.
     referral = context.locked_parent(Referral, values.pop("referral_id"), "referral_id")
@@ -323,6 +329,11 @@ def _refuse_an_outcome_not_yet_happened(observed_at: datetime | str) -> None:
             "observed_at is ahead of the server's clock; check the device clock and record it again.",
             field="observed_at",
         )
+
+
+def referral_outcome_refuses_change(context: WriteContext, event: Any, operation: str, values: dict[str, Any]) -> None:
+    """Outcome events are append-only: every change of one is refused, whatever its values."""
+    raise Refused("append_only", "Outcome events are never changed or deleted; record a new one.")
 
 
 def _refresh_referral_status(referral: Referral, *, context: WriteContext | None) -> None:

@@ -1228,6 +1228,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         return
     if head.is_deleted:
         # An edit that meets a delete: the record stays deleted, the edit is kept.
+        _refused_by_domain(synced_type, row, record, internal, state)
         changed = {name: value for name, value in wire.items() if base.get(name, merge.MISSING) != value}
         conflicts = [
             _conflict(
@@ -1246,6 +1247,8 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         )
         return
     merged = merge.merge_fields(base=base, current=head.data, incoming=wire)
+    if merged.conflicts:
+        _refused_by_domain(synced_type, row, record, internal, state)
     conflicts = [
         _conflict(row, synced_type, head, ConflictKind.SAME_FIELD, item.field, item.base, item.server, item.device)
         for item in merged.conflicts
@@ -1279,6 +1282,16 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         data=new_head.data,
         conflicts=[_conflict_wire(conflict) for conflict in conflicts],
     )
+
+
+def _refused_by_domain(
+    synced_type: registry.SyncedType, row: LedgerRow, record: Any, values: dict[str, Any], state: _BatchState
+) -> None:
+    """Raise the domain's refusal of a change about to be kept as a conflict: such a change
+    never reaches ``apply``, and one no one may apply (a signed note's, an append-only
+    record's) is quarantined saying why, as it is when it merges, not left to a case manager."""
+    if synced_type.refuses_change is not None:
+        synced_type.refuses_change(state.context, record, row.operation, values)
 
 
 def _create(row: LedgerRow, synced_type: registry.SyncedType, fields: dict[str, Any], state: _BatchState) -> None:
@@ -1324,6 +1337,7 @@ def _delete(
         base_version=base_version, versions=versions, device_id=device_id, made_before=row.pk
     ):
         # A delete that meets an edit its device never saw: the record and the edit stay.
+        _refused_by_domain(synced_type, row, record, {}, state)
         conflict = _conflict(row, synced_type, head, ConflictKind.DELETE_VS_EDIT, "", None, None, None)
         state.publisher.conflicts.append(conflict)
         state.publisher.reannounce(head, user_scope(row.user_id))  # the device gets the record back

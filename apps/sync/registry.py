@@ -208,6 +208,11 @@ class SyncedType:
     # Applies a change through the domain app's services and returns the saved record.
     # Must raise Refused before writing when a rule refuses the change.
     apply: Callable[[WriteContext, Change], Any]
+    # Optional: raises Refused when a rule refuses every change of this existing record, whatever
+    # its values (a signed note, an append-only record): (context, record, operation, values).
+    # A change the merge keeps whole as a conflict never reaches ``apply``, and must not be
+    # held for a case manager as if it could apply.
+    refuses_change: Callable[[WriteContext, Any, str, dict[str, Any]], None] | None = None
     # Wire fields holding clinical text: never overwritten by a concurrent edit.
     clinical_text_fields: frozenset[str] = frozenset()
     # Wire fields holding health information (clinical text, who a person is): sealed in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -12,9 +13,10 @@ from django.utils import timezone
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent
 from apps.care.services import encounter_reassign, referral_outcome_record
-from apps.sync.models import Mutation, SyncedRecord
+from apps.sync.models import Conflict, Mutation, SyncedRecord
 from apps.sync.services import publish_record
 from apps.teams.models import UnitMember
+from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, now_iso, run_while_another_writer_holds
@@ -67,6 +69,74 @@ def test_only_the_author_edits_a_draft_note(crew_member: CrewMember) -> None:
 
     assert (result["status"], result["error"]["code"]) == ("quarantined", "not_author")
     assert ClinicalNote.objects.get(pk=note_id).body == "Draft."
+
+
+def test_a_stale_edit_of_a_note_signed_since_is_refused_not_held_as_a_conflict(crew_member: CrewMember) -> None:
+    """A signed note never changes (P3): an edit its author made on another device against the
+    draft meets the signed text, and is refused as note_signed, so the device writes an
+    addendum. Kept as a conflict instead, it was answered as merged, and a case manager was
+    shown a change no one may apply."""
+    note_id = uuid.uuid4()
+    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
+    signed = {"body": "Calm, oriented.", "signed_at": "2026-11-20T15:00:00+00:00"}
+    assert pushed(crew_member, "care.note", signed, op="update", record_id=note_id, base_version=1)["version"] == 2
+    phone = dataclasses.replace(crew_member, device=device_with_token(crew_member.user, name="Phone")[0])
+
+    result = pushed(phone, "care.note", {"body": "Agitated."}, op="update", record_id=note_id, base_version=1)
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "note_signed",
+        "fields.body",
+    )
+    assert not Conflict.objects.exists()
+    assert ClinicalNote.objects.get(pk=note_id).body == "Calm, oriented."
+
+
+def test_a_colleagues_stale_edit_or_delete_of_a_draft_note_is_refused_as_not_theirs(crew_member: CrewMember) -> None:
+    """Only its author changes a draft note, whatever version the colleague's change was made
+    against: one that meets the author's newer text is refused too, not held as a conflict."""
+    note_id = uuid.uuid4()
+    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
+    pushed(crew_member, "care.note", {"body": "Draft, longer."}, op="update", record_id=note_id, base_version=1)
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+
+    edit = pushed(teammate, "care.note", {"body": "Rewritten."}, op="update", record_id=note_id, base_version=1)
+    delete = pushed(teammate, "care.note", {}, op="delete", record_id=note_id, base_version=1)
+
+    assert [(r["status"], r["error"]["code"]) for r in (edit, delete)] == [("quarantined", "not_author")] * 2
+    assert not Conflict.objects.exists()
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (note.body, note.is_deleted) == ("Draft, longer.", False)
+
+
+def test_an_outcome_is_never_changed_or_deleted_whatever_the_base_the_change_names(crew_member: CrewMember) -> None:
+    """Outcome events are append-only: a colleague's change of one without a base (or with any
+    other) is refused as append_only, not kept as a conflict or a delete against an edit."""
+    referral_id = uuid.uuid4()
+    pushed(
+        crew_member,
+        "care.referral",
+        {"encounter_id": str(encounter(crew_member)), "service_type": "housing"},
+        record_id=referral_id,
+    )
+    outcome_id = uuid.uuid4()
+    outcome = {
+        "referral_id": str(referral_id),
+        "outcome": "scheduled",
+        "observed_at": "2026-11-20T15:00:00+00:00",
+        "details": "Intake Monday.",
+    }
+    pushed(crew_member, "care.referral_outcome", outcome, record_id=outcome_id)
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+
+    edit = pushed(teammate, "care.referral_outcome", {"details": "Intake Tuesday."}, op="update", record_id=outcome_id)
+    delete = pushed(teammate, "care.referral_outcome", {}, op="delete", record_id=outcome_id)
+
+    assert [(r["status"], r["error"]["code"]) for r in (edit, delete)] == [("quarantined", "append_only")] * 2
+    assert not Conflict.objects.exists()
+    event = ReferralOutcomeEvent.objects.get(pk=outcome_id)
+    assert (event.details, event.is_deleted) == ("Intake Monday.", False)
 
 
 def test_referral_status_is_derived_from_append_only_outcome_events(crew_member: CrewMember) -> None:
