@@ -64,9 +64,15 @@ def may_write_status_time(context: WriteContext, event: TimelineEvent | None, va
     )
 
 
+def status_time_refuses_change(context: WriteContext, event: Any, operation: str, values: dict[str, Any]) -> None:
+    """Every change of a status time is refused, whatever its values (sync asks before keeping
+    one as a conflict, which never reaches ``status_time_apply``)."""
+    raise Refused("append_only", "A status time is never changed; report the next status.")
+
+
 def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
     if change.operation != "create":
-        raise Refused("append_only", "A status time is never changed; report the next status.")
+        status_time_refuses_change(context, change.record, change.operation, change.values)
     values = change.values
     assignment = context.parent(Assignment, values["assignment_id"], "assignment_id")
     try:
@@ -104,6 +110,7 @@ def register_synced_types() -> None:
             program_id_of=program_id_of,
             may_write=may_write_status_time,
             apply=status_time_apply,
+            refuses_change=status_time_refuses_change,
             program_from=(Assignment, "assignment_id"),
             program_lookup="incident__program_id",
             is_clinical=False,

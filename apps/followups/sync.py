@@ -32,10 +32,16 @@ def may_write_attempt(context: WriteContext, record: ContactAttempt | None, valu
     return care_services.may_work_in(context, program_id=step.program_id, unit_id=step.unit_id)
 
 
+def attempt_refuses_change(context: WriteContext, attempt: Any, operation: str, values: dict[str, Any]) -> None:
+    """Every change of an attempt is refused, whatever its values (sync asks before keeping one
+    as a conflict, which never reaches ``attempt_apply``)."""
+    raise Refused("append_only", "A contact attempt is never changed; record another one.")
+
+
 def attempt_apply(context: WriteContext, change: Change) -> ContactAttempt:
     """An attempt is a record of what happened: created once, never changed or deleted."""
     if change.operation != "create":
-        raise Refused("append_only", "A contact attempt is never changed; record another one.")
+        attempt_refuses_change(context, change.record, change.operation, change.values)
     values = dict(change.values)
     step = context.parent(FollowUpStep, values.pop("step_id"), "step_id")
     if followups_services.attempt_is_in_the_future(values["attempted_at"]):
@@ -74,6 +80,7 @@ def register_synced_types() -> None:
             program_id_of=program_id_of,
             may_write=may_write_attempt,
             apply=attempt_apply,
+            refuses_change=attempt_refuses_change,
             program_from=(FollowUpStep, "step_id"),
             parent_field="step_id",
             clinical_text_fields=frozenset({"notes"}),

@@ -13,7 +13,7 @@ from django.utils import timezone
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
-from apps.sync.models import Mutation, MutationStatus
+from apps.sync.models import Conflict, Mutation, MutationStatus
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
@@ -128,6 +128,24 @@ def test_status_times_are_append_only_and_only_the_crew_or_dispatch_reports_them
     assert (unknown["error"]["code"], unknown["error"]["field"]) == ("parent_not_found", "fields.assignment_id")
     assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
     assert Mutation.objects.filter(status=MutationStatus.QUARANTINED).count() == 3
+
+
+def test_a_change_of_a_status_time_without_a_base_is_refused_not_kept_as_a_conflict(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Status times are append-only whatever the change's base: a colleague's change of one
+    with no base (or a delete) is refused as append_only, not held as a conflict."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    [created] = device.push(_status_time(device, assignment_id, "en_route", timezone.now()))
+    relayer = SimDevice(dispatcher)
+
+    [changed] = relayer.push(relayer.mutation("update", "dispatch.status_time", created["id"], {"status": "cleared"}))
+    [deleted] = relayer.push(relayer.mutation("delete", "dispatch.status_time", created["id"]))
+
+    assert [(r["status"], r["error"]["code"]) for r in (changed, deleted)] == [("quarantined", "append_only")] * 2
+    assert not Conflict.objects.exists()
+    assert TimelineEvent.objects.get(pk=created["id"]).kind == "en_route"
 
 
 def test_a_status_time_sent_over_rest_and_then_synced_applies_once(

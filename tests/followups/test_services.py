@@ -27,7 +27,7 @@ from apps.followups.models import (
 )
 from apps.notifications.models import Notification, NotificationPreference
 from apps.notifications.services import sms_inbound_record
-from apps.sync.models import SyncedRecord
+from apps.sync.models import Conflict, SyncedRecord
 from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import UnitMember
 from tests.accounts.factories import MembershipFactory
@@ -302,6 +302,33 @@ def test_a_contact_attempt_made_offline_syncs_and_is_never_rewritten(
         step.pk,
         crew_member.user.pk,
     )
+
+
+def test_a_colleagues_change_of_a_contact_attempt_without_a_base_is_refused_not_kept_as_a_conflict(
+    crew_member: CrewMember,
+) -> None:
+    """A contact attempt is append-only whatever the change's base: a colleague's edit of its
+    notes with no base (or a delete) is refused as append_only, not held as a conflict a case
+    manager could never resolve in the device's favour."""
+    [step, *_] = steps_of(referral(crew_member))
+    attempt_id = uuid.uuid4()
+    fields = {
+        "step_id": str(step.pk),
+        "method": "phone",
+        "result": "left_message",
+        "notes": "Left a callback number.",
+        "attempted_at": "2026-11-21T16:00:00+00:00",
+    }
+    pushed(crew_member, "followups.contact_attempt", fields, record_id=attempt_id)
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+
+    edit = pushed(teammate, "followups.contact_attempt", {"notes": "Reached."}, op="update", record_id=attempt_id)
+    delete = pushed(teammate, "followups.contact_attempt", {}, op="delete", record_id=attempt_id)
+
+    assert [(r["status"], r["error"]["code"]) for r in (edit, delete)] == [("quarantined", "append_only")] * 2
+    assert not Conflict.objects.exists()
+    attempt = ContactAttempt.objects.get()
+    assert (attempt.notes, attempt.is_deleted) == ("Left a callback number.", False)
 
 
 def test_an_attempt_dated_in_the_future_is_refused_over_the_api_and_kept_for_review_from_a_device(
