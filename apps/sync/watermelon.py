@@ -318,11 +318,16 @@ def _mutations_of(
         fields = _fields(raw, changed)
         deleted = fields.pop("deleted", False)
         base = raw.get("server_version") if isinstance(raw, dict) else None
+        # 0 (or none) is a record never synced: no base. Anything else goes to the push as it
+        # was sent, which refuses what is not a version (text, a negative, a fraction) naming
+        # it, rather than merging the edit against no base at all.
+        if type(base) is int and base == 0:
+            base = None
         mutation = {
             "type": type_name,
             "id": raw.get("id") if isinstance(raw, dict) else None,
             "op": "update",
-            "base_version": base if isinstance(base, int) and base > 0 else None,
+            "base_version": base,
             "fields": fields,
             "content": raw,
         }

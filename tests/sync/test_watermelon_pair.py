@@ -302,6 +302,33 @@ def test_a_note_written_under_an_encounter_the_app_then_deleted_is_created_befor
     assert Encounter.objects.get(pk=visit).is_deleted
 
 
+@pytest.mark.parametrize("server_version", ["1", -1, 1.5, [1]])
+def test_a_server_version_that_is_not_a_version_quarantines_its_record_naming_it(
+    crew_member: CrewMember, server_version: object
+) -> None:
+    """Read as no base at all (never synced), it merged the edit against a guess: the device's
+    own fields applied as if it had seen every colleague's change. It is refused as the other
+    push refuses such a base_version, naming the record's server_version, nothing applied."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    edit = {"id": str(visit), "server_version": server_version, "location": "Harlem Hospital", "_changed": "location"}
+    changes = {"encounters": {"created": [], "updated": [edit], "deleted": []}}
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    [result] = body["results"]
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "invalid_base_version",
+        "changes.encounters.updated.0.server_version",
+    )
+    assert body["experimentalRejectedIds"] == {"encounters": [str(visit)]}
+    assert Encounter.objects.get(pk=visit).location == "Lenox Ave"
+
+
 @pytest.mark.parametrize("flag", ["true", 1, None])
 def test_a_delete_flag_that_is_not_true_or_false_quarantines_its_record_naming_the_flag(
     crew_member: CrewMember, flag: object
