@@ -17,6 +17,7 @@ from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Person
 from apps.common.encryption import UnreadableHealthInformation
+from apps.followups import services as followups
 from apps.sync import push, services
 from apps.sync.models import Mutation, MutationStatus
 from apps.teams.models import Unit
@@ -139,17 +140,25 @@ def test_a_reference_spelt_otherwise_than_the_server_writes_it_is_kept_for_revie
 
 
 def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the_device(
-    crew_member: CrewMember,
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device = SimDevice(crew_member)
     encounter_id = uuid.uuid4()
-    # A plausible-looking end of the year 9999: the follow-up plan due after it is beyond
-    # the calendar, which no validation names.
+    # Content that passes every check and still fails in the apply: a fault no validation
+    # names (times beyond the calendar once were one; now they are refused as invalid).
+    plan = followups.plan_for_encounter
+
+    def failing_for_this_encounter(*, encounter: Any, **kwargs: Any) -> Any:
+        if encounter.pk == encounter_id:
+            raise OverflowError("date value out of range")
+        return plan(encounter=encounter, **kwargs)
+
+    monkeypatch.setattr(followups, "plan_for_encounter", failing_for_this_encounter)
     far = device.mutation(
         "create",
         "care.encounter",
         encounter_id,
-        encounter_fields(crew_member, ended_at="9999-12-31T23:00:00Z", disposition="resolved_on_scene"),
+        encounter_fields(crew_member, ended_at="2999-12-31T23:00:00Z", disposition="resolved_on_scene"),
     )
     valid = person_create(device, given_name="valid")
 
@@ -163,7 +172,7 @@ def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the
     assert later["status"] == "applied"
     assert not Encounter.objects.filter(pk=encounter_id).exists()
     kept = Mutation.objects.get(mutation_id=far["mutation_id"])
-    assert kept.status == MutationStatus.QUARANTINED and kept.payload["fields"]["ended_at"] == "9999-12-31T23:00:00Z"
+    assert kept.status == MutationStatus.QUARANTINED and kept.payload["fields"]["ended_at"] == "2999-12-31T23:00:00Z"
 
 
 @pytest.mark.parametrize(
