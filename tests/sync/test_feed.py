@@ -118,6 +118,15 @@ def test_bad_limit_and_unknown_parameters_are_400(crew_member: CrewMember) -> No
     assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "since"
 
 
+@pytest.mark.parametrize("limit", ["1_0", "5.0", " 5", "\uff15", "+5"])
+def test_a_limit_not_written_in_plain_digits_is_400_naming_it(crew_member: CrewMember, limit: str) -> None:
+    """Python's int() reads "1_0" as 10 and a full-width five as 5: a query's number is
+    digits, or the client is told."""
+    response = crew_member.client().get("/api/v1/sync/feed/", {"limit": limit})
+
+    assert (response.status_code, response.json()["errors"][0]["field"]) == (400, "limit")
+
+
 def test_a_change_that_commits_late_is_not_skipped(crew_member: CrewMember) -> None:
     """P4: an older transaction still open holds newer entries back until it commits."""
     written, release = threading.Event(), threading.Event()

@@ -56,6 +56,22 @@ class QuerySerializer(StrictSerializer):
                     }
                 )
             data = data.dict()
+        # DRF reads a number through int(), which takes "1_0" as 10, " 5" or "5.0" as 5 and
+        # any script's digits: a query's number is plain digits, or the client is told.
+        unreadable = sorted(
+            name
+            for name, value in data.items()
+            if isinstance(self.fields.get(name), serializers.IntegerField)
+            and isinstance(value, str)
+            and not (value.isascii() and value.removeprefix("-").isdigit())
+        )
+        if unreadable:
+            raise serializers.ValidationError(
+                {
+                    name: [serializers.ErrorDetail("Send a whole number in digits.", code="invalid")]
+                    for name in unreadable
+                }
+            )
         return super().to_internal_value(data)
 
 
