@@ -672,18 +672,20 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
         return
     named = _programs_named_by_creates(quarantined)
     with bulk.server_cursor() as cursor:
-        cursor.execute(
-            "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
-            " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id",
-            [[row.pk for row in quarantined]],
-        )
+        # A create first by what it names: under an id another program's record holds, the
+        # writer's new record is still the writer's program's to review, not that program's.
         if named:
             cursor.execute(
                 "UPDATE sync_mutation AS m SET program_id = n.program_id"
                 " FROM unnest(%b::bigint[], %b::uuid[]) AS n(id, program_id)"
-                " WHERE m.id = n.id AND m.program_id IS NULL",
+                " WHERE m.id = n.id",
                 [list(named), list(named.values())],
             )
+        cursor.execute(
+            "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
+            " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id AND m.program_id IS NULL",
+            [[row.pk for row in quarantined]],
+        )
 
 
 def _programs_named_by_creates(rows: list[LedgerRow]) -> dict[int, UUID]:

@@ -963,6 +963,28 @@ def test_a_mutation_with_an_unknown_key_is_quarantined_naming_the_key_and_its_re
     assert kept.program_id == crew_member.unit.program_id  # reviewed by the record's program
 
 
+def test_a_quarantined_create_under_the_id_of_another_programs_record_is_reviewed_by_its_writers_program(
+    crew_member: CrewMember,
+) -> None:
+    """Filed under the program of the record holding its id, it would be shown to another
+    program's supervisors: the writer's change, and what it says of the writer's person."""
+    elsewhere = make_crew_member(Program.objects.create(slug="elsewhere", name="Elsewhere"))
+    taken_id = uuid.uuid4()
+    [theirs] = SimDevice(elsewhere).push(
+        SimDevice(elsewhere).mutation("create", "care.encounter", taken_id, encounter_fields(elsewhere))
+    )
+    assert theirs["status"] == "applied"
+    device = SimDevice(crew_member)
+    mutation = device.mutation("create", "care.encounter", taken_id, encounter_fields(crew_member))
+    mutation["client_note"] = "typo of a field"
+
+    [result] = device.push(mutation)
+
+    assert result["status"] == "quarantined"
+    kept = Mutation.objects.get(device=crew_member.device, mutation_id=mutation["mutation_id"])
+    assert kept.program_id == crew_member.unit.program_id
+
+
 @pytest.mark.parametrize(
     ("spoil", "code", "field"),
     [
