@@ -22,6 +22,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import status as http_status
 
 from apps.accounts.models import Role, User
+from apps.accounts.selectors import overseeing_roles, programs_where
 from apps.care import hooks
 from apps.care.models import (
     CareRecord,
@@ -493,7 +494,8 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
 
 @transaction.atomic
 def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Encounter:
-    """Move an encounter and everything under it to another unit of the same program.
+    """Move an encounter and everything under it to another unit of the same program: a
+    supervisor's (or the program administrator's) decision of which crew works it.
 
     Its notes, referrals with their outcomes and task timelines, and what apps above care
     keep under it (follow-ups: the plan, its steps and their contact attempts) go with it.
@@ -501,6 +503,13 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
     """
     from apps.sync import registry
 
+    overseen = programs_where(user=actor, roles=overseeing_roles()).filter(pk=encounter.program_id)
+    if not overseen.exists():
+        raise DomainError(
+            "Only a supervisor of the encounter's program moves it to another unit.",
+            code="permission_denied",
+            status_code=http_status.HTTP_403_FORBIDDEN,
+        )
     if unit.program_id != encounter.program_id:
         raise Refused("unit_in_other_program", "The unit belongs to another program.", field="unit")
     records = _lock_records_under(encounter)

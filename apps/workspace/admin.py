@@ -26,6 +26,7 @@ from django.utils.html import format_html
 from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction, AccessChannel, AuditEvent
 from apps.audit.services import Accessor
+from apps.care import services as care_services
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
 from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident, TimelineEvent
@@ -35,6 +36,8 @@ from apps.notifications.models import NotificationPreference, PushRegistration
 from apps.sync import push, review
 from apps.sync import services as sync_services
 from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.registry import Refused
+from apps.teams.models import Unit
 from apps.workspace import work
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_action
@@ -283,6 +286,12 @@ class NoteInline(ReadOnlyInline):
     verbose_name_plural = "Notes (read-only; a change is an addendum)"
 
 
+class EncounterActionForm(ActionForm):
+    # Shown narrowed to the user's programs' units (EncounterAdmin.changelist_view); the move
+    # action checks the choice against those again, and care checks who may move it.
+    unit = forms.ModelChoiceField(queryset=Unit.objects.order_by("call_sign"), required=False, label="Move to unit")
+
+
 @admin.register(Encounter)
 class EncounterAdmin(ReadOnlyWorkspaceAdmin):
     list_display = ["started_at", "ended_at", "disposition", "unit", "program"]
@@ -291,6 +300,55 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
     list_select_related = ["program", "unit"]
     ordering = ["-started_at"]
     inlines = [NoteInline]
+    workspace_may_change = True  # its action calls care's encounter_reassign
+    action_form = EncounterActionForm
+    actions = ["move_to_unit"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        action_form = getattr(response, "context_data", {}).get("action_form")
+        if action_form is not None:
+            action_form.fields["unit"].queryset = self._unit_choices(request)
+        return response
+
+    def _unit_choices(self, request: HttpRequest) -> QuerySet[Unit]:
+        units = Unit.objects.order_by("call_sign")
+        if getattr(request.user, "is_superuser", False):
+            return units
+        return units.filter(program_id__in=request_program_ids(request))
+
+    @admin.action(description="Move selected encounters to another unit (supervisors)", permissions=["change"])
+    def move_to_unit(self, request: HttpRequest, queryset: QuerySet[Encounter]) -> None:
+        assert isinstance(request.user, User)
+        unit = None
+        if unit_id := request.POST.get("unit"):
+            with contextlib.suppress(ValueError, ValidationError):
+                unit = self._unit_choices(request).filter(pk=unit_id).first()
+        if unit is None:
+            self.message_user(request, "Choose a unit of your programs to move the encounters to.", messages.ERROR)
+            return
+        moved, refused = [], []
+        for encounter in queryset.order_by("pk"):
+            try:
+                care_services.encounter_reassign(encounter=encounter, unit=unit, actor=request.user)
+            except (DomainError, Refused) as error:
+                refused.append(f"{encounter.started_at:%Y-%m-%d %H:%M}: {error.detail}")
+            else:
+                moved.append(encounter)
+        for program_id in sorted({encounter.program_id for encounter in moved}):
+            record_admin_action(
+                request,
+                record_type="care.encounter",
+                record_ids=[encounter.pk for encounter in moved if encounter.program_id == program_id],
+                action=AccessAction.UPDATE,
+                program_id=program_id,
+                description=f"Bulk action: moved to unit {unit.pk}",
+                logged=[encounter for encounter in moved if encounter.program_id == program_id],
+            )
+        if moved:
+            self.message_user(request, f"Moved {len(moved)} encounter(s) to {unit.call_sign}.", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
 
 
 # --- dispatch ------------------------------------------------------------------------------

@@ -642,6 +642,7 @@ def test_a_change_of_crew_catches_up_with_a_record_moved_into_the_unit_while_it_
     catch-up must bring it)."""
     colleague = make_crew_member(program, unit=crew_member.unit)
     elsewhere = make_crew_member(program)
+    supervisor = MembershipFactory.create(program=program, role=Role.SUPERVISOR).user
     moved = Encounter.objects.get(pk=encounter(elsewhere))
     unit = UnitFactory.create(program=program)
     if change == "leaves":
@@ -654,7 +655,7 @@ def test_a_change_of_crew_catches_up_with_a_record_moved_into_the_unit_while_it_
     def move() -> None:
         try:
             with transaction.atomic():
-                encounter_reassign(encounter=moved, unit=unit, actor=elsewhere.user)
+                encounter_reassign(encounter=moved, unit=unit, actor=supervisor)
                 written.set()
                 release.wait(timeout=10)
         finally:
@@ -736,6 +737,7 @@ def test_a_record_a_younger_writer_moves_out_of_the_unit_left_is_removed_by_the_
     which the member no longer reads once the change commits: the catch-up removes it."""
     moved = Encounter.objects.get(pk=encounter(make_crew_member(program, unit=crew_member.unit)))
     elsewhere = make_crew_member(program)
+    supervisor = MembershipFactory.create(program=program, role=Role.SUPERVISOR).user
     device = SimDevice(crew_member)
     entries, cursor = device.pull()
     older_began = threading.Event()
@@ -752,7 +754,7 @@ def test_a_record_a_younger_writer_moves_out_of_the_unit_left_is_removed_by_the_
     def younger_move() -> None:
         time.sleep(0.5)  # once the change of crew is waiting
         try:
-            encounter_reassign(encounter=moved, unit=elsewhere.unit, actor=elsewhere.user)
+            encounter_reassign(encounter=moved, unit=elsewhere.unit, actor=supervisor)
         finally:
             connection.close()
 
@@ -779,6 +781,7 @@ def test_a_writer_waiting_for_the_change_of_crew_does_not_end_the_wait_for_the_o
     """An older writer moves a record into the unit joined; another older one waits for the
     unit row the admin's change holds. The change stops waiting for the second only."""
     elsewhere = make_crew_member(program)
+    supervisor = MembershipFactory.create(program=program, role=Role.SUPERVISOR).user
     moved = Encounter.objects.get(pk=encounter(elsewhere))
     unit = UnitFactory.create(program=program)
     colleague = make_crew_member(program, unit=crew_member.unit)
@@ -790,7 +793,7 @@ def test_a_writer_waiting_for_the_change_of_crew_does_not_end_the_wait_for_the_o
     def move() -> None:
         try:
             with transaction.atomic():
-                encounter_reassign(encounter=moved, unit=unit, actor=elsewhere.user)
+                encounter_reassign(encounter=moved, unit=unit, actor=supervisor)
                 written.set()
                 time.sleep(2.0)
         finally:

@@ -283,3 +283,32 @@ def test_a_supervisor_applies_a_quarantined_change_again_from_the_admin(program:
     # Opening it read the encounter's data as the device sent it; applying it wrote the encounter.
     supervisors_access = AuditEvent.objects.filter(actor_id=supervisor_user.pk, record_id=record_id, channel="admin")
     assert set(supervisors_access.values_list("action", flat=True)) == {"read", "update"}
+
+
+def test_a_supervisor_moves_an_encounter_to_another_unit_and_no_one_else_can(program: Program) -> None:
+    crew = make_crew_member(program)
+    record_id = encounter(crew)
+    new_unit = Unit.objects.create(program=program, call_sign="MC-9")
+    foreign_unit = Unit.objects.create(program=ProgramFactory.create(), call_sign="XX-1")
+    supervisor_user = staff(make_crew_member(program, role=Role.SUPERVISOR).user)
+    supervisor = sign_in_to_admin(Client(), supervisor_user)
+    manager = sign_in_to_admin(Client(), staff(make_crew_member(program, role=Role.CASE_MANAGER).user))
+    move = {"action": "move_to_unit", "_selected_action": [str(record_id)]}
+
+    by_manager = manager.post(changelist_url(Encounter), {**move, "unit": str(new_unit.pk)}, follow=True)
+    unit_after_manager = Encounter.objects.get(pk=record_id).unit_id
+    to_foreign = supervisor.post(changelist_url(Encounter), {**move, "unit": str(foreign_unit.pk)}, follow=True)
+    to_nothing = supervisor.post(changelist_url(Encounter), {**move, "unit": "not-an-id"}, follow=True)
+    unit_after_refusals = Encounter.objects.get(pk=record_id).unit_id
+    page = supervisor.get(changelist_url(Encounter))
+    supervisor.post(changelist_url(Encounter), {**move, "unit": str(new_unit.pk)})
+
+    assert unit_after_manager == unit_after_refusals == crew.unit.pk
+    assert "Only a supervisor" in by_manager.content.decode()
+    assert "Choose a unit of your programs" in to_foreign.content.decode()
+    assert to_nothing.status_code == 200  # not a unit at all: the admin's own form refuses it
+    offered = list(page.context["action_form"].fields["unit"].queryset)
+    assert new_unit in offered and foreign_unit not in offered
+    assert Encounter.objects.get(pk=record_id).unit_id == new_unit.pk
+    written = AuditEvent.objects.filter(record_id=record_id, channel="admin", action="update")
+    assert list(written.values_list("actor_id", flat=True)) == [supervisor_user.pk]
