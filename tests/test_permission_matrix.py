@@ -89,6 +89,7 @@ MATRIX: dict[tuple[str, str], list[Try]] = {
     ("sync-push", "POST"): both(NO_DATA, {"mutations": []}),
     ("sync-quarantine", "GET"): both(NO_DATA),
     ("sync-quarantine-apply", "POST"): both(404, {"ids": ["quarantined_number"]}),
+    ("sync-quarantine-dismiss", "POST"): both(404, {"ids": ["quarantined_number"], "reason": "Duplicate"}),
     ("sync-conflicts", "GET"): both(NO_DATA),
     ("sync-watermelon-pull", "GET"): both(NO_DATA),
     ("sync-watermelon-push", "POST"): both(NO_DATA, {"changes": {}}),

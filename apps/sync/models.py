@@ -8,6 +8,7 @@ from django.db import models
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Device, Program, User
+from apps.common.encryption import EncryptedTextField
 from apps.sync.sealing import HealthJSONField, SealedJSONField
 
 
@@ -211,6 +212,15 @@ class Mutation(models.Model):
     program = models.ForeignKey(
         Program, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
+    # Set when a supervisor reviewed a quarantined mutation and set it aside: it stays in
+    # quarantine, kept as sent, out of the reviewers' queue; its writer sees why.
+    dismissed_at = models.DateTimeField(null=True, blank=True)
+    dismissed_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    # A sentence, which may name the person: sealed at rest like every reason. The database's
+    # default fills it for the ledger's own INSERT, which names only the columns a push writes.
+    dismiss_reason = EncryptedTextField(blank=True, default="", db_default="")
 
     class Meta:
         constraints = [

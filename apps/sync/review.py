@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import transaction
+from django.utils import timezone
 
 from apps.accounts.models import Device, User
 from apps.audit.services import Accessor
@@ -54,6 +55,40 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
     # quarantine: a read of it.
     audit.record_reads(accessor=accessor, records=((r["type"], r["id"]) for r in results if "data" in r))
     return results
+
+
+# Why a change is set aside: a sentence, not a case note (sealed at rest).
+DISMISS_REASON_MAX_LENGTH = 300
+
+
+def dismiss_after_review(*, mutation_ids: list[int], reviewer: User, reason: str) -> None:
+    """Set these quarantined mutations aside: reviewed, and not to be applied (a duplicate
+    of what the crew re-entered online, a change made on the wrong person). Each stays in
+    the ledger as it was sent, out of the reviewers' queue, and its writer sees who set it
+    aside, when and why. Every id must be one the reviewer reviews, still kept: otherwise
+    nothing is set aside and the first other one is named."""
+    if not reason.strip():
+        raise DomainError("Say why the changes are set aside.", code="required", field="reason", status_code=400)
+    if len(reason) > DISMISS_REASON_MAX_LENGTH:
+        raise DomainError(
+            f"Keep it to {DISMISS_REASON_MAX_LENGTH} characters.", code="max_length", field="reason", status_code=400
+        )
+    reviewable = set(
+        selectors.quarantined_mutations_reviewable_by(user=reviewer)
+        .filter(pk__in=mutation_ids)
+        .values_list("pk", flat=True)
+    )
+    _ensure_all_among(mutation_ids, reviewable)
+    device_ids = set(Mutation.objects.filter(pk__in=mutation_ids).values_list("device_id", flat=True))
+    with transaction.atomic():
+        for device_id in sorted(device_ids):  # the order of every review: no deadlock
+            lock_device(device_id)
+        # Checked again under the locks: another reviewer may have applied or set one aside.
+        still_kept = Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED, dismissed_at=None)
+        _ensure_all_among(mutation_ids, set(still_kept.values_list("pk", flat=True)))
+        for mutation in still_kept:
+            mutation.dismissed_at, mutation.dismissed_by, mutation.dismiss_reason = timezone.now(), reviewer, reason
+            mutation.save(update_fields=["dismissed_at", "dismissed_by", "dismiss_reason"])
 
 
 def _ensure_all_among(mutation_ids: list[int], found: set[int]) -> None:

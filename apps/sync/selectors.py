@@ -584,18 +584,20 @@ _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINI
 
 
 def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
-    """A user sees their own quarantined mutations, and a supervisor those they review."""
+    """A user sees their own quarantined mutations (those set aside too, saying why), and a
+    supervisor those they review."""
     return (
         Mutation.objects.filter(status=MutationStatus.QUARANTINED)
-        .filter(Q(user=user) | _reviewed_by(user))
+        .filter(Q(user=user) | (_reviewed_by(user) & Q(dismissed_at=None)))
         .select_related("device", "user")
     )
 
 
 def quarantined_mutations_reviewable_by(*, user: User) -> QuerySet[Mutation]:
-    """The quarantined mutations a supervisor reviews (and may apply again): those of their
-    programs' records, whoever wrote them (a writer who is not their supervisor never releases their own)."""
-    return Mutation.objects.filter(status=MutationStatus.QUARANTINED).filter(_reviewed_by(user))
+    """The quarantined mutations a supervisor reviews (and may apply again or set aside): those
+    of their programs' records, whoever wrote them (a writer who is not their supervisor never
+    releases their own), but those a supervisor already set aside."""
+    return Mutation.objects.filter(status=MutationStatus.QUARANTINED, dismissed_at=None).filter(_reviewed_by(user))
 
 
 def _reviewed_by(user: User) -> Q:

@@ -444,6 +444,10 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
 # --- sync quarantine -----------------------------------------------------------------------
 
 
+class DismissActionForm(ActionForm):
+    reason = forms.CharField(required=False, max_length=300, label="Reason (to set aside)")
+
+
 @admin.register(Mutation)
 class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
     """Changes a device sent that the server kept but did not apply: read each as it was sent,
@@ -460,11 +464,23 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
         ("As the device sent it", {"fields": ["payload", "observed_at", "observed_at_plausible"]}),
         ("From", {"fields": ["user", "device", "mutation_id", "client_version", "received_at"]}),
     ]
-    workspace_may_change = True  # its action calls sync's apply_after_review
-    actions = ["apply_again"]
+    workspace_may_change = True  # its actions call sync's apply_after_review and dismiss_after_review
+    action_form = DismissActionForm
+    actions = ["apply_again", "set_aside"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Mutation]:
-        return super().get_queryset(request).filter(status=MutationStatus.QUARANTINED)
+        return super().get_queryset(request).filter(status=MutationStatus.QUARANTINED, dismissed_at=None)
+
+    @admin.action(description="Set aside after review, saying why (supervisors)", permissions=["change"])
+    def set_aside(self, request: HttpRequest, queryset: QuerySet[Mutation]) -> None:
+        assert isinstance(request.user, User)
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        try:
+            review.dismiss_after_review(mutation_ids=ids, reviewer=request.user, reason=request.POST.get("reason", ""))
+        except DomainError as error:
+            self.message_user(request, f"Nothing was set aside: {error.detail}", messages.WARNING)
+            return
+        self.message_user(request, f"Set aside {len(ids)} change(s); their writers see why.", messages.SUCCESS)
 
     @admin.action(description="Apply again after review (supervisors)", permissions=["change"])
     def apply_again(self, request: HttpRequest, queryset: QuerySet[Mutation]) -> None:

@@ -109,7 +109,7 @@ def _conflicts_to_resolve(user: User, now: dt.datetime) -> Q:
 
 
 def _quarantined_to_review(user: User, now: dt.datetime) -> Q:
-    return Q(status=MutationStatus.QUARANTINED)
+    return Q(status=MutationStatus.QUARANTINED, dismissed_at=None)
 
 
 def _eligible_not_served(user: User, now: dt.datetime) -> Q:

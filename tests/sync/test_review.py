@@ -373,3 +373,46 @@ def test_the_stranded_sweep_does_not_take_a_reviewed_change_from_under_its_revie
 
     assert (refused["error"]["code"], result["status"]) == ("mutation_out_of_order", "applied")
     assert [(entry["version"], entry["data"]["location"]) for entry in entries] == [(3, "offline")]
+
+
+DISMISS = "/api/v1/sync/quarantine/dismiss/"
+
+
+def test_a_supervisor_sets_a_change_aside_saying_why_and_its_writer_sees_it(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """A change no review can make applicable (sent with a misspelt key) leaves the
+    reviewers' queue once a supervisor sets it aside; it stays in the ledger as sent, and its
+    writer sees who set it aside and why."""
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    manager = make_crew_member(program, role=Role.CASE_MANAGER)
+    device = SimDevice(crew_member)
+    mutation = device.mutation("update", "care.encounter", record_id, {"assessment": "typo'd offline"}, 1)
+    mutation["assesment_note"] = "misspelt"
+    [kept] = device.push(mutation)
+    assert kept["status"] == "quarantined"
+    [kept_id] = _quarantined_ids(supervisor)
+
+    blank = sync_client(supervisor).post(DISMISS, {"ids": [kept_id], "reason": "  "}, format="json")
+    by_writer = sync_client(crew_member).post(DISMISS, {"ids": [kept_id], "reason": "Mine"}, format="json")
+    by_manager = sync_client(manager).post(DISMISS, {"ids": [kept_id], "reason": "Not mine"}, format="json")
+    set_aside = sync_client(supervisor).post(
+        DISMISS, {"ids": [kept_id], "reason": "Re-entered online by the crew"}, format="json"
+    )
+    again = sync_client(supervisor).post(DISMISS, {"ids": [kept_id], "reason": "Twice"}, format="json")
+    apply_after = _apply(supervisor, [kept_id], expect=404)
+
+    assert (blank.status_code, blank.json()["errors"][0]["field"]) == (400, "reason")
+    assert [answer.status_code for answer in (by_writer, by_manager)] == [404, 404]
+    assert set_aside.status_code == 204
+    assert (again.status_code, again.json()["errors"][0]["field"]) == (404, "ids.0")
+    assert apply_after["errors"][0]["field"] == "ids.0"
+    assert _quarantined_ids(supervisor) == []
+    [seen_by_writer] = sync_client(crew_member).get("/api/v1/sync/quarantine/").json()["results"]
+    assert seen_by_writer["id"] == kept_id
+    assert seen_by_writer["dismissed"]["by"] == str(supervisor.user.pk)
+    assert seen_by_writer["dismissed"]["reason"] == "Re-entered online by the crew"
+    stored = Mutation.objects.get(pk=kept_id)
+    assert (stored.status, stored.payload["assesment_note"]) == (MutationStatus.QUARANTINED, "misspelt")
+    assert Encounter.objects.get(pk=record_id).assessment == "as first written"

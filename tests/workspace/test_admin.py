@@ -312,3 +312,29 @@ def test_a_supervisor_moves_an_encounter_to_another_unit_and_no_one_else_can(pro
     assert Encounter.objects.get(pk=record_id).unit_id == new_unit.pk
     written = AuditEvent.objects.filter(record_id=record_id, channel="admin", action="update")
     assert list(written.values_list("actor_id", flat=True)) == [supervisor_user.pk]
+
+
+def test_a_supervisor_sets_a_quarantined_change_aside_from_the_admin_saying_why(program: Program) -> None:
+    crew = make_crew_member(program)
+    record_id = encounter(crew, assessment="as first written")
+    device = SimDevice(crew)
+    revoke_device(crew)
+    device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Written offline."}, 1))
+    kept = Mutation.objects.get(record_id=record_id, status=MutationStatus.QUARANTINED)
+    supervisor_user = staff(make_crew_member(program, role=Role.SUPERVISOR).user)
+    supervisor = sign_in_to_admin(Client(), supervisor_user)
+    manager = sign_in_to_admin(Client(), staff(make_crew_member(program, role=Role.CASE_MANAGER).user))
+    set_aside = {"action": "set_aside", "_selected_action": [str(kept.pk)], "reason": "Made on the wrong person"}
+
+    manager.post(changelist_url(Mutation), set_aside)  # reads it, may not set it aside
+    untouched = Mutation.objects.get(pk=kept.pk).dismissed_at
+    without_reason = supervisor.post(changelist_url(Mutation), {**set_aside, "reason": ""}, follow=True)
+    still_waiting = Mutation.objects.get(pk=kept.pk).dismissed_at
+    supervisor.post(changelist_url(Mutation), set_aside)
+
+    assert untouched is None and still_waiting is None
+    assert "Say why" in without_reason.content.decode()
+    stored = Mutation.objects.get(pk=kept.pk)
+    assert (stored.dismissed_by, stored.dismiss_reason) == (supervisor_user, "Made on the wrong person")
+    assert list(supervisor.get(changelist_url(Mutation)).context["cl"].result_list) == []  # out of the queue
+    assert Encounter.objects.get(pk=record_id).assessment == "as first written"

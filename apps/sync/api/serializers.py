@@ -117,8 +117,13 @@ class ReviewedMutationsSerializer(StrictSerializer):
         return ids
 
 
+class DismissedMutationsSerializer(ReviewedMutationsSerializer):
+    reason = serializers.CharField(max_length=review.DISMISS_REASON_MAX_LENGTH)
+
+
 class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
     error = serializers.SerializerMethodField()
+    dismissed = serializers.SerializerMethodField()
     type = serializers.CharField(source="record_type")
     op = serializers.CharField(source="operation")
 
@@ -138,7 +143,14 @@ class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
             "observed_at",
             "received_at",
             "client_version",
+            "dismissed",
         ]
+
+    def get_dismissed(self, mutation: Mutation) -> dict[str, Any] | None:
+        """Who set it aside after review, when and why; null while it waits for review."""
+        if mutation.dismissed_at is None:
+            return None
+        return {"at": mutation.dismissed_at, "by": mutation.dismissed_by_id, "reason": mutation.dismiss_reason}
 
     def get_error(self, mutation: Mutation) -> dict[str, Any] | None:
         error = mutation.result.get("error")

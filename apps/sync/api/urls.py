@@ -10,6 +10,7 @@ urlpatterns = [
     path("sync/push/", views.PushView.as_view(), name="sync-push"),
     path("sync/quarantine/", views.QuarantineView.as_view(), name="sync-quarantine"),
     path("sync/quarantine/apply/", views.QuarantineApplyView.as_view(), name="sync-quarantine-apply"),
+    path("sync/quarantine/dismiss/", views.QuarantineDismissView.as_view(), name="sync-quarantine-dismiss"),
     path("sync/conflicts/", views.ConflictListView.as_view(), name="sync-conflicts"),
     path("sync/watermelon/pull/", views.WatermelonPullView.as_view(), name="sync-watermelon-pull"),
     path("sync/watermelon/push/", views.WatermelonPushView.as_view(), name="sync-watermelon-push"),

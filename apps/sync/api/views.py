@@ -23,6 +23,7 @@ from apps.sync.api.protocol import PROTOCOL_HEADER, client_version_of, protocol_
 from apps.sync.api.serializers import (
     ConflictPageSerializer,
     ConflictSerializer,
+    DismissedMutationsSerializer,
     FeedPageSerializer,
     FeedQuerySerializer,
     ListQuerySerializer,
@@ -269,6 +270,23 @@ class QuarantineApplyView(APIView):
             mutation_ids=body.validated_data["ids"], reviewer=user, accessor=_accessor(request)
         )
         return Response({"results": results})
+
+
+class QuarantineDismissView(APIView):
+    """Set aside quarantined mutations you review as a supervisor, saying why
+    (`{"ids": [...], "reason": "..."}`, at most 200): reviewed, never to be applied, kept as
+    sent; their writer sees who, when and why. An id you do not review, or one already
+    applied or set aside: 404 naming it, nothing set aside."""
+
+    @extend_schema(request=DismissedMutationsSerializer, responses={204: None})
+    def post(self, request: Request) -> Response:
+        user, _token = _device_auth(request)
+        body = DismissedMutationsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        review.dismiss_after_review(
+            mutation_ids=body.validated_data["ids"], reviewer=user, reason=body.validated_data["reason"]
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ConflictListView(APIView):
