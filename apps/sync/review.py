@@ -34,6 +34,7 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
     with the ``quarantine_id`` asked for), in the order asked. Every id must be one the
     reviewer reviews (``quarantined_mutations_reviewable_by``): otherwise nothing is applied
     and the first other one is named."""
+    _ensure_few_enough(mutation_ids)
     reviewable = set(
         selectors.quarantined_mutations_reviewable_by(user=reviewer)
         .filter(pk__in=mutation_ids)
@@ -67,6 +68,7 @@ def dismiss_after_review(*, mutation_ids: list[int], reviewer: User, reason: str
     the ledger as it was sent, out of the reviewers' queue, and its writer sees who set it
     aside, when and why. Every id must be one the reviewer reviews, still kept: otherwise
     nothing is set aside and the first other one is named."""
+    _ensure_few_enough(mutation_ids)
     if not reason.strip():
         raise DomainError("Say why the changes are set aside.", code="required", field="reason", status_code=400)
     if len(reason) > DISMISS_REASON_MAX_LENGTH:
@@ -89,6 +91,16 @@ def dismiss_after_review(*, mutation_ids: list[int], reviewer: User, reason: str
         for mutation in still_kept:
             mutation.dismissed_at, mutation.dismissed_by, mutation.dismiss_reason = timezone.now(), reviewer, reason
             mutation.save(update_fields=["dismissed_at", "dismissed_by", "dismiss_reason"])
+
+
+def _ensure_few_enough(mutation_ids: list[int]) -> None:
+    # A review holds the locks of every device whose changes it takes, for as long as it
+    # applies them: those devices' pushes wait. A selection of thousands in the admin would
+    # hold a whole program's devices for minutes.
+    if len(mutation_ids) > MAX_REVIEWED:
+        raise DomainError(
+            f"Review at most {MAX_REVIEWED} changes at once.", code="max_length", field="ids", status_code=400
+        )
 
 
 def _ensure_all_among(mutation_ids: list[int], found: set[int]) -> None:

@@ -15,6 +15,7 @@ from apps.accounts.models import Program, Role
 from apps.audit.models import AccessChannel, AuditEvent
 from apps.audit.services import Accessor
 from apps.care.models import ClinicalNote, Encounter
+from apps.common.api.errors import DomainError
 from apps.sync import push, review
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import UnitMember
@@ -416,3 +417,22 @@ def test_a_supervisor_sets_a_change_aside_saying_why_and_its_writer_sees_it(
     stored = Mutation.objects.get(pk=kept_id)
     assert (stored.status, stored.payload["assesment_note"]) == (MutationStatus.QUARANTINED, "misspelt")
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"
+
+
+def test_a_review_of_more_changes_than_one_review_takes_is_refused_before_any_device_is_locked(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The API's body is capped; the admin's selection ("select all" over a long queue) is
+    not, and a review holds every device it takes from for as long as it applies."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    accessor = Accessor(user=supervisor.user, device_id=None, channel=AccessChannel.ADMIN)
+    too_many = list(range(1, review.MAX_REVIEWED + 2))
+
+    with pytest.raises(DomainError) as applying:
+        review.apply_after_review(mutation_ids=too_many, reviewer=supervisor.user, accessor=accessor)
+    with pytest.raises(DomainError) as setting_aside:
+        review.dismiss_after_review(mutation_ids=too_many, reviewer=supervisor.user, reason="Duplicates")
+
+    assert [(e.value.status_code, e.value.code, e.value.field) for e in (applying, setting_aside)] == [
+        (400, "max_length", "ids")
+    ] * 2
