@@ -122,7 +122,14 @@ def nudge_scopes(scopes: Iterable[str]) -> None:
     nudge delays a device until its next pull, it never loses a change."""
     # In the order given (a crew's scope before the dispatchers'), each scope once. One
     # async_to_sync for all: each call costs a thread, an event loop and a connection.
-    async_to_sync(nudges.send_nudges)(list(dict.fromkeys(scopes)))
+    once = list(dict.fromkeys(scopes))
+    try:
+        async_to_sync(nudges.send_nudges)(once)
+    except Exception:
+        # Sent after commit: the change stands, and its devices read it at their next pull or
+        # safety poll. Raised, it would answer a committed write with a 500 (and skip the
+        # transaction's later on-commit work, such as queueing an alert's notifications).
+        logger.exception("feed nudge of %d scopes failed", len(once))
 
 
 @dataclass(slots=True)

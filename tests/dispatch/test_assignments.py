@@ -369,3 +369,34 @@ def test_a_device_of_the_same_user_is_recorded_as_the_acknowledging_device(
     response = post(phone_member, body["id"], "acknowledge")
 
     assert response.json()["acknowledged_device"] == str(phone.pk)
+
+
+UNREACHABLE_CHANNEL_LAYER = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
+    }
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_offer_and_an_ack_committed_while_the_channel_layer_is_down_are_answered_as_applied(
+    settings: Any, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The nudge after commit only hurries the devices (they read the feed on their next pull
+    or safety poll): its failure must not turn a committed write into a 500, which a
+    dispatcher retries into `unit_busy` and a crew cannot tell from a lost acknowledgement."""
+    incident = make_incident(program, dispatcher)
+    settings.CHANNEL_LAYERS = UNREACHABLE_CHANNEL_LAYER
+    dispatch_client, crew_client = dispatcher.client(), crew_member.client()
+    dispatch_client.raise_request_exception = crew_client.raise_request_exception = False
+
+    offered = dispatch_client.post(
+        f"/api/v1/dispatch/incidents/{incident.pk}/assignments/", {"unit": str(crew_member.unit.pk)}, format="json"
+    )
+    assert offered.status_code == 201, offered.content
+    acknowledged = crew_client.post(f"/api/v1/dispatch/assignments/{offered.json()['id']}/acknowledge/")
+
+    assert acknowledged.status_code == 200, acknowledged.content
+    assert acknowledged.json()["status"] == "acknowledged"
+    assert Assignment.objects.get(pk=offered.json()["id"]).status == AssignmentStatus.ACKNOWLEDGED
