@@ -25,6 +25,18 @@ from apps.dispatch import selectors, services
 from apps.dispatch.payloads import assignment_payload
 from apps.realtime.handlers import HandlerError, register
 
+# What a crew's message carries beside its type and request_id (which the socket reads).
+_FIELDS = frozenset({"type", "request_id", "assignment", "observed_at"})
+
+
+def _refuse_unknown_fields(message: dict[str, Any]) -> None:
+    """A field the message does not take is refused, naming it, as over REST: a misspelt
+    `observed_at` would otherwise be dropped without a word and the report kept without
+    the time the crew recorded."""
+    unknown = sorted(set(message) - _FIELDS)
+    if unknown:
+        raise HandlerError("invalid_message", f"Unknown field {unknown[0]!r}.", field=unknown[0])
+
 
 def _assignment_id(message: dict[str, Any]) -> uuid.UUID:
     raw = message.get("assignment")
@@ -62,6 +74,7 @@ def _refused(error: DomainError) -> HandlerError:
 
 
 def handle_acknowledge(token: DeviceToken, message: dict[str, Any]) -> dict[str, Any]:
+    _refuse_unknown_fields(message)
     assignment_id = _assignment_id(message)
     observed_at = _observed_at(message)
     _crew_assignment(token, assignment_id)
@@ -79,6 +92,7 @@ def handle_acknowledge(token: DeviceToken, message: dict[str, Any]) -> dict[str,
 
 
 def handle_check_in(token: DeviceToken, message: dict[str, Any]) -> dict[str, Any]:
+    _refuse_unknown_fields(message)
     assignment_id = _assignment_id(message)
     observed_at = _observed_at(message)
     _crew_assignment(token, assignment_id)

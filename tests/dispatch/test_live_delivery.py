@@ -371,3 +371,38 @@ def test_a_socket_killed_mid_stream_replays_everything_in_order_from_its_cursor(
     )
     assert received == [(entry.record_type, str(entry.record_id)) for entry in page.entries]
     assert sum(1 for kind, _ in received if kind == "dispatch.assignment") == total
+
+
+@pytest.mark.parametrize("message_type", ["assignment.acknowledge", "assignment.check_in"])
+def test_a_field_the_message_does_not_take_is_refused_naming_it_not_dropped(
+    asgi: AsgiServer, program: Program, dispatcher: CrewMember, crew_member: CrewMember, message_type: str
+) -> None:
+    """A misspelt `observed_at` would be lost without a word, and the report kept without the
+    time the crew recorded: the message is refused naming the field, as over REST."""
+    assignment = offer(program, dispatcher, crew_member)
+    if message_type == "assignment.check_in":
+        services.assignment_acknowledge(assignment_id=assignment.pk, user=crew_member.user, device=crew_member.device)
+        services.assignment_update_status(
+            assignment_id=assignment.pk, user=crew_member.user, device=None, status=AssignmentStatus.ON_SCENE
+        )
+    before = Assignment.objects.get(pk=assignment.pk)
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        observed = timezone.now().isoformat()
+        send(
+            socket, {"type": message_type, "assignment": str(assignment.pk), "observedAt": observed, "request_id": "r1"}
+        )
+        error = receive(socket)
+
+    assert (error["type"], error["code"], error["field"], error["request_id"]) == (
+        "error",
+        "invalid_message",
+        "observedAt",
+        "r1",
+    )
+    after = Assignment.objects.get(pk=assignment.pk)
+    assert (after.status, after.acknowledged_at, after.last_checkin_at) == (
+        before.status,
+        before.acknowledged_at,
+        before.last_checkin_at,
+    )
