@@ -861,16 +861,25 @@ def _resend(assignment: Assignment, now: datetime) -> None:
 def _escalate(assignment: Assignment, now: datetime) -> None:
     """Second deadline: alert supervisors and dispatchers, and offer the incident to the next
     recommended unit. With no other unit free, the offer stays with this one (a late ack is
-    still welcome) and the alert says no unit is available."""
+    still welcome) and the alert says no unit is available. While another unit that has
+    acknowledged the call holds it, it goes to no further unit (as when a crew declines):
+    the offer stays, and the alert tells the supervisors of this unit's silence. (Another
+    offer still unacknowledged does not count: it may be as silent as this one.)"""
     incident = assignment.incident
     alert_supervisors(kind=AlertKind.ACK_OVERDUE, incident=incident, assignment=assignment, unit=assignment.unit)
     _event(incident=incident, assignment=assignment, kind=EventKind.ESCALATED, at=now)
-    successor = _offer_to_next_unit(incident=incident, now=now)
+    covered = (
+        Assignment.objects.filter(incident=incident, status__in=AssignmentStatus.active())
+        .exclude(status=AssignmentStatus.OFFERED)
+        .exists()
+    )
+    successor = None if covered else _offer_to_next_unit(incident=incident, now=now)
     if successor is None:
         Assignment.objects.filter(pk=assignment.pk).update(resend_due_at=None, escalate_due_at=None, updated_at=now)
-        alert_supervisors(
-            kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
-        )
+        if not covered:
+            alert_supervisors(
+                kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
+            )
         return
     _end(assignment, status=AssignmentStatus.TIMED_OUT, reason="not acknowledged in time", now=now)
     assignment.superseded_by = successor

@@ -115,6 +115,49 @@ def test_with_no_other_unit_free_the_offer_stays_and_supervisors_hear_so(
     assert ack.status_code == 200  # a late ack is still welcome: nobody else could go
 
 
+def test_an_overdue_offer_of_a_call_another_unit_has_acknowledged_is_offered_to_no_third_unit(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """As when a crew declines: the call goes to the next unit only when no unit holds it. A
+    second unit's silence is told to the supervisors; a third unit is not sent to a call
+    that another crew is already answering."""
+    incident = make_incident(program, dispatcher)
+    answering = make_crew_member(program, unit=UnitFactory.create(program=program))
+    third = UnitFactory.create(program=program)
+    silent = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    answered = services.assignment_offer(incident=incident, unit=answering.unit, actor=dispatcher.user)
+    services.assignment_acknowledge(assignment_id=answered.pk, user=answering.user, device=answering.device)
+
+    first = services.sweep_deadlines(now=later(121))
+    again = services.sweep_deadlines(now=later(300))
+
+    silent.refresh_from_db()
+    assert (first.escalated, again.escalated) == (1, 0)
+    assert not Assignment.objects.filter(unit=third).exists()
+    assert list(SupervisorAlert.objects.values_list("kind", "assignment")) == [("ack_overdue", silent.pk)]
+    assert silent.status == AssignmentStatus.OFFERED and silent.escalate_due_at is None  # a late ack still counts
+
+
+def test_two_unanswered_offers_of_one_call_each_escalate_to_a_further_unit(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """An offer nobody has acknowledged covers nothing: two silent units do not hold each
+    other's escalation back."""
+    incident = make_incident(program, dispatcher)
+    first = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    second = services.assignment_offer(
+        incident=incident, unit=UnitFactory.create(program=program), actor=dispatcher.user
+    )
+    further = {UnitFactory.create(program=program).pk, UnitFactory.create(program=program).pk}
+
+    assert services.sweep_deadlines(now=later(121)).escalated == 2
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == AssignmentStatus.TIMED_OUT
+    assert {first.superseded_by.unit_id, second.superseded_by.unit_id} == further  # type: ignore[union-attr]
+
+
 def test_missed_check_in_alerts_the_supervisor_and_a_check_in_does_not(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
