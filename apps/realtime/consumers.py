@@ -205,7 +205,15 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         elif (handler := handler_for(kind)) is not None:
             await self.run_domain_handler(handler, message)
         else:
-            await self.send_error("unknown_type", f"Unknown message type {kind!r}.", field="type")
+            # A tagged message gets its tag back with the refusal: the client waiting on that
+            # request's answer (a type a newer app sends) learns it failed.
+            request_id = message.get("request_id")
+            tag = (
+                {"request_id": request_id}
+                if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LENGTH
+                else {}
+            )
+            await self.send_error("unknown_type", f"Unknown message type {kind!r}.", field="type", **tag)
 
     async def handle_auth(self, message: dict[str, Any]) -> None:
         if self.token is not None:

@@ -250,6 +250,24 @@ def test_malformed_frames_get_an_error_and_keep_the_connection(
         assert receive(socket) == {"type": "pong"}
 
 
+def test_a_tagged_message_of_an_unknown_type_gets_its_tag_back_with_the_refusal(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    """A client waits on a tagged message's answer (a type this server does not take, from a
+    newer app): the refusal carries the tag, so the client knows that request failed."""
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "assignment.decline", "assignment": "x", "request_id": "decline-1"})
+
+        error = receive(socket)
+
+    assert (error["type"], error["code"], error["field"], error.get("request_id")) == (
+        "error",
+        "unknown_type",
+        "type",
+        "decline-1",
+    )
+
+
 def test_auth_with_a_non_string_token_names_the_field(asgi: AsgiServer, db: None) -> None:
     with open_socket(asgi.ws_url) as socket:
         send(socket, {"type": "auth", "token": 5})
