@@ -330,10 +330,15 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 return
 
     async def _poll_feed(self) -> None:
-        # A safety net under the nudges, which the channel layer may drop.
+        # A safety net under the nudges, which the channel layer may drop. A round whose read
+        # failed (the database or the audit trail unavailable for a moment) is logged and the
+        # next one runs: ended by it, the net would be gone for the rest of the socket's life.
         while True:
             await asyncio.sleep(settings.FEED_SAFETY_POLL_SECONDS)
-            await self.send_feed()
+            try:
+                await self.send_feed()
+            except Exception:
+                logger.exception("feed safety poll could not read the feed")
 
     async def run_domain_handler(self, handler: Any, message: dict[str, Any]) -> None:
         # A client may tag a request to match the answer to it; the tag comes back as sent.

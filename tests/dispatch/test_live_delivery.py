@@ -406,3 +406,46 @@ def test_a_field_the_message_does_not_take_is_refused_naming_it_not_dropped(
         before.acknowledged_at,
         before.last_checkin_at,
     )
+
+
+@pytest.fixture(scope="module")
+def polling_asgi(django_db_setup: None, live_server_logs: Path) -> Iterator[AsgiServer]:
+    """A web process whose sockets look at the feed every second besides the nudges."""
+    with asgi_server(live_server_logs, name="web-polling", FEED_SAFETY_POLL_SECONDS="1") as server:
+        yield server
+
+
+def test_the_safety_poll_outlives_a_read_that_failed_and_brings_an_offer_whose_nudge_was_lost(
+    settings: Any, polling_asgi: AsgiServer, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The poll is the net under lost nudges. One read that fails (here the audit trail refuses
+    the delivery for a moment; a database failover would do the same) must not take the net
+    away for the rest of the socket's life: the offer arrives at a later round."""
+    with authenticated_socket(polling_asgi.ws_url, crew_member.token) as socket:
+        subscribe(socket)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE FUNCTION refuse_websocket_reads() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN RAISE EXCEPTION 'audit trail unavailable'; END $$;"
+                "CREATE TRIGGER refuse_websocket_reads BEFORE INSERT ON audit_auditevent FOR EACH ROW"
+                " WHEN (NEW.channel = 'websocket') EXECUTE FUNCTION refuse_websocket_reads()"
+            )
+        try:
+            # The nudge is lost (the channel layer cannot be reached): only the poll can tell.
+            settings.CHANNEL_LAYERS = {
+                "default": {
+                    "BACKEND": "channels_redis.core.RedisChannelLayer",
+                    "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
+                }
+            }
+            assignment = offer(program, dispatcher, crew_member)
+            time.sleep(2.5)  # a round or two of the poll, each refused
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "DROP TRIGGER refuse_websocket_reads ON audit_auditevent; DROP FUNCTION refuse_websocket_reads()"
+                )
+
+        entry = next_entry(socket, "dispatch.assignment", timeout=5)
+
+    assert entry["id"] == str(assignment.pk)
