@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from apps.dispatch.models import Assignment, EventKind, Incident, SupervisorAlert, TimelineEvent
+from apps.dispatch.models import Assignment, AssignmentStatus, EventKind, Incident, SupervisorAlert, TimelineEvent
 from apps.teams.models import Unit
 
 
@@ -80,6 +80,17 @@ def assignment_payload(assignment: Assignment, *, with_incident: bool = True) ->
     if with_incident:
         payload["incident"] = incident_payload(assignment.incident)
     return payload
+
+
+# Ended before the crew served it (withdrawn, declined, gone to another unit): the crew no
+# longer needs the call's details (P5). The feed tells its devices to drop them.
+DROPPED_BY_CREW = frozenset({AssignmentStatus.DECLINED, AssignmentStatus.TIMED_OUT, AssignmentStatus.CANCELLED})
+
+
+def crew_assignment_payload(assignment: Assignment) -> dict[str, Any]:
+    """An assignment as its crew sees it, over the feed and REST alike: the call inside it
+    only while it is theirs, or once they served it."""
+    return assignment_payload(assignment, with_incident=assignment.status not in DROPPED_BY_CREW)
 
 
 def unit_payload(unit: Unit) -> dict[str, Any]:

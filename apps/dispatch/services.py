@@ -40,7 +40,14 @@ from apps.dispatch.models import (
     TriagePolicy,
     UnservedReason,
 )
-from apps.dispatch.payloads import alert_payload, assignment_payload, incident_payload, unit_payload
+from apps.dispatch.payloads import (
+    DROPPED_BY_CREW,
+    alert_payload,
+    assignment_payload,
+    crew_assignment_payload,
+    incident_payload,
+    unit_payload,
+)
 from apps.notifications.models import Urgency
 from apps.notifications.services import notify
 from apps.sync.models import ChangeOperation
@@ -78,9 +85,9 @@ def _publish_incident(incident: Incident, *, origin_device_id: UUID | None = Non
 def _publish_assignment(assignment: Assignment, *, origin_device_id: UUID | None = None) -> None:
     program_id = assignment.incident.program_id
     payload = assignment_payload(assignment)
-    if assignment.status in (AssignmentStatus.DECLINED, AssignmentStatus.TIMED_OUT, AssignmentStatus.CANCELLED):
+    if assignment.status in DROPPED_BY_CREW:
         # The crew no longer needs the call's details on their devices (P5): tell them to drop it.
-        crew_operation, crew_data = ChangeOperation.REMOVE, assignment_payload(assignment, with_incident=False)
+        crew_operation, crew_data = ChangeOperation.REMOVE, crew_assignment_payload(assignment)
     else:
         crew_operation, crew_data = ChangeOperation.UPSERT, payload
     # The crew's entry first: its nudge is the first to go out after commit.

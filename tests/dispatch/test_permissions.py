@@ -115,3 +115,37 @@ def test_crews_list_only_their_own_units_assignments(
 
     assert ids(crew_member) == ids(dispatcher) == [str(scene["assignment"])]
     assert ids(outsider) == []
+
+
+@pytest.mark.parametrize("ended_by", ["cancel", "decline", "close"])
+def test_a_crew_is_not_handed_the_details_of_a_call_that_was_taken_from_it(
+    scene: dict[str, Any], crew_member: CrewMember, dispatcher: CrewMember, ended_by: str
+) -> None:
+    """The feed tells the crew's devices to drop a call withdrawn, declined or closed before
+    they served it (P5), and gives a crew member who joins later none of it: REST must not
+    hand the call's address, caller's number and nature back to the same crew."""
+    url = "/api/v1/dispatch/assignments/{assignment}/".format(**scene)
+    if ended_by == "cancel":
+        ended = call(dispatcher, "post", url + "cancel/", {"reason": "sent another unit"}, scene)
+    elif ended_by == "decline":
+        ended = call(crew_member, "post", url + "decline/", {"reason": "already on a call"}, scene)
+    else:
+        close_url = "/api/v1/dispatch/incidents/{incident}/close/"
+        ended = call(dispatcher, "post", close_url, {"unserved_reason": "cancelled_by_caller"}, scene)
+    assert ended.status_code == 200, ended.json()
+
+    detail = crew_member.client().get(url)
+    (listed,) = crew_member.client().get("/api/v1/dispatch/assignments/").json()["results"]
+    dispatch_view = dispatcher.client().get(url)
+
+    assert detail.status_code == 200
+    assert "incident" not in detail.json() and "incident" not in listed
+    assert (detail.json()["id"], listed["id"]) == (str(scene["assignment"]),) * 2
+    assert detail.json()["status"] == listed["status"] != "offered"
+    assert dispatch_view.json()["incident"]["location"]["address"]  # dispatch still sees the call
+
+
+def test_a_crew_keeps_the_details_of_a_call_it_is_answering(scene: dict[str, Any], crew_member: CrewMember) -> None:
+    detail = crew_member.client().get("/api/v1/dispatch/assignments/{assignment}/".format(**scene))
+
+    assert detail.json()["incident"]["location"]["address"]

@@ -30,7 +30,13 @@ from apps.common.api.pagination import StandardPagination
 from apps.dispatch import selectors, services
 from apps.dispatch.api import serializers as s
 from apps.dispatch.models import Assignment, AssignmentStatus, Incident
-from apps.dispatch.payloads import assignment_payload, event_payload, incident_payload, unit_payload
+from apps.dispatch.payloads import (
+    assignment_payload,
+    crew_assignment_payload,
+    event_payload,
+    incident_payload,
+    unit_payload,
+)
 from apps.dispatch.services import ASSIGNMENT_RECORD, INCIDENT_RECORD
 from apps.teams.models import Unit, UnitStatus, Zone
 
@@ -84,6 +90,16 @@ def _audit(request: Request, action: AccessAction, record_type: str, records: It
         record_access(
             accessor=accessor, action=action, record_type=record_type, record_ids=record_ids, program_id=program_id
         )
+
+
+def _as_seen_by(user: User, assignments: Iterable[Assignment]) -> list[dict[str, Any]]:
+    """Dispatch sees the call in every assignment of its programs; a crew sees it as the feed
+    gives it, not once the call was taken from them before they served it (P5)."""
+    dispatching = set(selectors.dispatch_programs(user=user).values_list("pk", flat=True))
+    return [
+        assignment_payload(a) if a.incident.program_id in dispatching else crew_assignment_payload(a)
+        for a in assignments
+    ]
 
 
 def _require_crew(user: User, assignment: Assignment) -> None:
@@ -291,7 +307,7 @@ class AssignmentListView(APIView):
         paginator = StandardPagination()
         page = paginator.paginate_queryset(assignments, request, view=self) or []
         _audit_assignments(request, AccessAction.READ, page)
-        return paginator.get_paginated_response([assignment_payload(a) for a in page])
+        return paginator.get_paginated_response(_as_seen_by(user, page))
 
 
 class AssignmentDetailView(APIView):
@@ -299,7 +315,8 @@ class AssignmentDetailView(APIView):
     def get(self, request: Request, assignment_id: UUID) -> Response:
         assignment = _assignment(request, assignment_id)
         _audit_assignments(request, AccessAction.READ, [assignment])
-        return Response(assignment_payload(assignment))
+        user, _device = _actor(request)
+        return Response(_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentAcknowledgeView(APIView):
@@ -319,7 +336,7 @@ class AssignmentAcknowledgeView(APIView):
             observed_at=data["observed_at"],
             accessor=Accessor.from_request(request),
         )
-        return Response(assignment_payload(assignment))
+        return Response(_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentStatusView(APIView):
@@ -341,7 +358,7 @@ class AssignmentStatusView(APIView):
             client_event_id=data["event_id"],
             accessor=Accessor.from_request(request),
         )
-        return Response({**assignment_payload(update.assignment), "applied": update.applied})
+        return Response({**_as_seen_by(user, [update.assignment])[0], "applied": update.applied})
 
 
 class AssignmentDeclineView(APIView):
@@ -361,7 +378,7 @@ class AssignmentDeclineView(APIView):
             observed_at=data["observed_at"],
             accessor=Accessor.from_request(request),
         )
-        return Response(assignment_payload(assignment))
+        return Response(_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentCheckInView(APIView):
@@ -380,7 +397,7 @@ class AssignmentCheckInView(APIView):
             observed_at=data["observed_at"],
             accessor=Accessor.from_request(request),
         )
-        return Response(assignment_payload(assignment))
+        return Response(_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentCancelView(APIView):
