@@ -663,6 +663,15 @@ class StatusUpdate:
     event: TimelineEvent
 
 
+_EVENT_ID_CONSTRAINTS = frozenset({"dispatch_timelineevent_pkey", "dispatch_timelineevent_client_event_id_key"})
+
+
+def _event_id_reused() -> DomainError:
+    return DomainError(
+        "This event id was used for another event.", code="event_id_reused", field="event_id", status_code=400
+    )
+
+
 @transaction.atomic
 def assignment_update_status(
     *,
@@ -687,12 +696,7 @@ def assignment_update_status(
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
         if earlier is not None:
             if earlier.client_event_id != client_event_id or earlier.assignment_id != assignment.pk:
-                raise DomainError(
-                    "This event id was used for another event.",
-                    code="event_id_reused",
-                    field="event_id",
-                    status_code=400,
-                )
+                raise _event_id_reused()
             return StatusUpdate(assignment, earlier.applied, earlier)
     _refuse_ended(assignment)
     if assignment.status == AssignmentStatus.OFFERED:
@@ -701,17 +705,25 @@ def assignment_update_status(
     progress = AssignmentStatus.progress()
     applied = progress.index(status) > progress.index(assignment.status)
     now = timezone.now()
-    event = _event(
-        incident=assignment.incident,
-        assignment=assignment,
-        kind=CREW_STATUS_EVENTS[status],
-        actor=user,
-        device=device,
-        observed_at=observed_at,
-        applied=applied,
-        client_event_id=client_event_id,
-        at=now,
-    )
+    try:
+        with transaction.atomic():
+            event = _event(
+                incident=assignment.incident,
+                assignment=assignment,
+                kind=CREW_STATUS_EVENTS[status],
+                actor=user,
+                device=device,
+                observed_at=observed_at,
+                applied=applied,
+                client_event_id=client_event_id,
+                at=now,
+            )
+    except IntegrityError as error:
+        # Taken since we looked, by a report of another assignment (this one's are queued on
+        # its lock): the same refusal as had it come first.
+        if _constraint_of(error) not in _EVENT_ID_CONSTRAINTS:
+            raise
+        raise _event_id_reused() from None
     if not applied:
         return StatusUpdate(assignment, False, event)
     assignment.status = status

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.accounts.models import Program
@@ -400,3 +402,56 @@ def test_an_offer_and_an_ack_committed_while_the_channel_layer_is_down_are_answe
     assert acknowledged.status_code == 200, acknowledged.content
     assert acknowledged.json()["status"] == "acknowledged"
     assert Assignment.objects.get(pk=offered.json()["id"]).status == AssignmentStatus.ACKNOWLEDGED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_a_fault(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Two reports under one event id, for two assignments, each waiting on the other's
+    insert: the second is refused as `event_id_reused` (as it is when they come one after
+    the other), not an IntegrityError that surfaces as a 500."""
+    other = make_crew_member(program, unit=UnitFactory.create(program=program))
+    assignments = []
+    for member in (crew_member, other):
+        assignment = services.assignment_offer(
+            incident=make_incident(program, dispatcher), unit=member.unit, actor=dispatcher.user
+        )
+        services.assignment_acknowledge(assignment_id=assignment.pk, user=member.user, device=member.device)
+        assignments.append(assignment)
+    event_id = uuid.uuid4()
+    first_inserted, outcome = threading.Event(), dict[str, Exception]()
+
+    def second_report() -> None:
+        first_inserted.wait()
+        try:
+            services.assignment_update_status(
+                assignment_id=assignments[1].pk,
+                user=other.user,
+                device=other.device,
+                status=AssignmentStatus.EN_ROUTE,
+                client_event_id=event_id,
+            )
+        except Exception as error:  # noqa: BLE001 — the fault is the finding
+            outcome["error"] = error
+        finally:
+            connection.close()
+
+    racer = threading.Thread(target=second_report)
+    racer.start()
+    with transaction.atomic():
+        services.assignment_update_status(
+            assignment_id=assignments[0].pk,
+            user=crew_member.user,
+            device=crew_member.device,
+            status=AssignmentStatus.EN_ROUTE,
+            client_event_id=event_id,
+        )
+        first_inserted.set()
+        time.sleep(0.5)  # the second report reaches the event's insert and waits on this one
+    racer.join(timeout=10)
+
+    error = outcome.get("error")
+    assert isinstance(error, DomainError), error
+    assert (error.code, error.field, error.status_code) == ("event_id_reused", "event_id", 400)
+    assert Assignment.objects.get(pk=assignments[1].pk).status == AssignmentStatus.ACKNOWLEDGED
