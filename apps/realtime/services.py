@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
@@ -9,6 +10,8 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from apps.sync.scopes import feed_group_name, user_scope
+
+logger = logging.getLogger(__name__)
 
 
 def refresh_device_scopes(*, user_id: UUID) -> None:
@@ -27,4 +30,10 @@ def _tell_sockets(user_id: UUID) -> None:
     if channel_layer is None:
         return
     # Every socket of the user has joined its user scope's feed group.
-    async_to_sync(channel_layer.group_send)(feed_group_name(user_scope(user_id)), {"type": "scopes.changed"})
+    try:
+        async_to_sync(channel_layer.group_send)(feed_group_name(user_scope(user_id)), {"type": "scopes.changed"})
+    except Exception:
+        # Sent after commit: the change stands, and each socket's next feed read (a nudge, the
+        # safety poll) finds the user's scopes as stored. Raised, it would make the committed
+        # change look failed to whoever made it.
+        logger.exception("scope change of user %s could not be told to their sockets", user_id)

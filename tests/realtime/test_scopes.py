@@ -14,6 +14,7 @@ from apps.accounts.models import Program, Role
 from apps.realtime.services import refresh_device_scopes
 from apps.sync import services
 from apps.sync.scopes import program_role_scope, unit_scope
+from apps.teams import services as teams_services
 from apps.teams.models import Unit, UnitMember
 from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember, make_crew_member
@@ -159,3 +160,23 @@ def test_a_crew_place_given_to_someone_else_in_the_admin_stops_the_former_member
 
     assert unit_note not in _delivered(frames)
     assert {"type": "scopes.changed", "removed": [unit_scope(crew_member.unit.pk)], "added": []} in frames
+
+
+def test_a_crew_change_committed_while_the_channel_layer_is_down_stands_without_a_fault(
+    settings: Any, program: Program, crew_member: CrewMember
+) -> None:
+    """Telling open sockets of a change of crew only hurries them (a feed read finds the
+    user's scopes as stored): a channel layer out of reach must not make the committed change
+    look failed to whoever made it (the admin, a roster import), who would make it again."""
+    new_crew = make_crew_member(program)
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
+        }
+    }
+
+    teams_services.unit_member_add(unit=new_crew.unit, user=crew_member.user)
+
+    assert UnitMember.objects.filter(unit=new_crew.unit, user=crew_member.user).exists()
+    assert unit_scope(new_crew.unit.pk) in services.user_scopes_refresh(user=crew_member.user)
