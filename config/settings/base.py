@@ -179,6 +179,9 @@ CACHES = {
     }
 }
 
+# A device token's life; a websocket lives as long as its token (the channel layer's groups too).
+DEVICE_TOKEN_TTL_DAYS = env_int("DEVICE_TOKEN_TTL_DAYS", 30)
+
 # redis-py 8 defaults a pool to 100 connections and a 5 s socket timeout; channels-redis
 # holds a blocking read open per consumer, so both defaults break idle and busy sockets.
 # Spell the connection out instead of trusting library defaults.
@@ -199,6 +202,11 @@ CHANNEL_LAYERS = {
             "prefix": "tandem:channels",
             "capacity": 1_000,
             "expiry": 60,
+            # channels-redis drops a channel from its groups a day after it joined them: a
+            # socket open longer (a tablet in a vehicle across shifts) would hear no nudge of
+            # its crew's offers, its revocation or its change of crew. Keep it as long as a
+            # socket can live.
+            "group_expiry": DEVICE_TOKEN_TTL_DAYS * 24 * 3600,
         },
     }
 }
@@ -288,7 +296,6 @@ SPECTACULAR_SETTINGS = {
 # Largest request body accepted anywhere; batches have their own, smaller limits.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 1024)
 
-DEVICE_TOKEN_TTL_DAYS = env_int("DEVICE_TOKEN_TTL_DAYS", 30)
 # How long a rotated token still works while its successor has not been used (the answer of
 # the rotation may have been lost in a tunnel).
 DEVICE_TOKEN_ROTATION_GRACE_MINUTES = env_int("DEVICE_TOKEN_ROTATION_GRACE_MINUTES", 60)
