@@ -570,6 +570,9 @@ class NewLedgerRow:
     error_code: str
     applied_at: datetime | None
     program_id: UUID | None  # set in the ledger, for a quarantined mutation (_file_for_review)
+    dismissed_at: datetime | None  # set by a supervisor's review (apps.sync.review)
+    dismissed_by_id: UUID | None
+    dismiss_reason: str
 
     @property
     def pk(self) -> int:
@@ -602,6 +605,9 @@ def new_ledger_row(envelope: Envelope, *, device_id: UUID, user_id: UUID, client
         "",
         None,
         None,
+        None,
+        None,
+        "",
     )
 
 

@@ -72,6 +72,7 @@ def test_the_command_finds_every_encrypted_column_without_knowing_the_apps():
         ("followups.ContactAttempt", "notes"),
         ("followups.FollowUpStep", "missed_reason"),
         ("followups.StepEvent", "reason"),
+        ("sync.Mutation", "dismiss_reason"),
     }
 
 
