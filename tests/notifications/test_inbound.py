@@ -45,3 +45,8 @@ def test_stop_opts_out_and_start_opts_back_in(settings: SettingsWrapper) -> None
 def test_an_unsigned_reply_is_refused_and_changes_nothing(settings: SettingsWrapper) -> None:
     assert _reply(settings, "STOP", signature="forged") == 403
     assert not NotificationPreference.objects.exists()
+
+
+def test_a_signature_that_is_not_ascii_is_refused_not_a_500(settings: SettingsWrapper) -> None:
+    assert _reply(settings, "STOP", signature="é") == 403
+    assert not NotificationPreference.objects.exists()

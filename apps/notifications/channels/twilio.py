@@ -85,4 +85,5 @@ def signature_is_valid(*, auth_token: str, url: str, params: Mapping[str, str], 
     if not auth_token or not url or not signature:
         return False
     expected = request_signature(auth_token=auth_token, url=url, params=params)
-    return hmac.compare_digest(expected, signature)
+    # As bytes: compare_digest refuses str with non-ASCII characters, and a forged header may have them.
+    return hmac.compare_digest(expected.encode(), signature.encode())
