@@ -863,8 +863,9 @@ def sms_status_record(*, provider_message_id: str, status: str, error_code: str 
     return False
 
 
-# Carrier opt-out words (CTIA): any of them alone stops texts to the number; START resumes.
-SMS_STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+# Carrier opt-out words (CTIA) and the others Twilio blocks the number on by default (REVOKE):
+# any of them alone stops texts to the number; START resumes.
+SMS_STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
 SMS_START_WORDS = frozenset({"START", "UNSTOP", "YES"})
 
 

@@ -47,6 +47,13 @@ def test_an_unsigned_reply_is_refused_and_changes_nothing(settings: SettingsWrap
     assert not NotificationPreference.objects.exists()
 
 
+@pytest.mark.parametrize("body", ["REVOKE", " optout ", "Revoke\n"])
+def test_every_opt_out_keyword_twilio_honours_opts_out(settings: SettingsWrapper, body: str) -> None:
+    """Twilio blocks the number on these words; a later text must not be tried either."""
+    assert _reply(settings, body) == 204
+    assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is False
+
+
 def test_a_signature_that_is_not_ascii_is_refused_not_a_500(settings: SettingsWrapper) -> None:
     assert _reply(settings, "STOP", signature="é") == 403
     assert not NotificationPreference.objects.exists()
