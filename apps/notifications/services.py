@@ -869,12 +869,16 @@ SMS_STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "
 SMS_START_WORDS = frozenset({"START", "UNSTOP", "YES"})
 
 
-def sms_inbound_record(*, from_number: str, body: str) -> str:
+def sms_inbound_record(*, from_number: str, body: str, opt_out_type: str = "") -> str:
     """A reply to our SMS arrived through the SMS backend's inbound hook: honour STOP and START.
 
-    Returns what it did ("opted_out", "opted_in" or "ignored"); the text itself is not kept.
+    ``opt_out_type`` is the provider's own reading of the reply (Twilio's OptOutType, sent with
+    Advanced Opt-Out): it covers the keywords configured there, in any language, so it wins
+    over the English words. Returns what it did ("opted_out", "opted_in" or "ignored"); the
+    text itself is not kept.
     """
-    word = body.strip().upper()
+    classified = opt_out_type.strip().upper()
+    word = classified if classified in {"STOP", "START"} else body.strip().upper()
     if not from_number or word not in SMS_STOP_WORDS | SMS_START_WORDS:
         return "ignored"
     allowed = word in SMS_START_WORDS

@@ -54,6 +54,23 @@ def test_every_opt_out_keyword_twilio_honours_opts_out(settings: SettingsWrapper
     assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is False
 
 
+def test_a_keyword_twilio_classified_as_opt_out_opts_out_in_any_language(settings: SettingsWrapper) -> None:
+    """With Advanced Opt-Out, Twilio says what a reply was (OptOutType), whatever word or language."""
+    settings.TWILIO_AUTH_TOKEN = "standin-auth-token"
+    settings.TWILIO_INBOUND_URL = INBOUND_URL
+    client = APIClient()
+    for body, opt_out_type, allowed in [("ARRET", "STOP", False), ("ALTO", "STOP", False), ("Oui", "START", True)]:
+        params = {"From": NUMBER, "Body": body, "MessageSid": f"SM-{body}", "OptOutType": opt_out_type}
+        response = client.post(
+            "/api/v1/notifications/sms/twilio-inbound/",
+            urlencode(params),
+            content_type="application/x-www-form-urlencoded",
+            HTTP_X_TWILIO_SIGNATURE=request_signature(auth_token="standin-auth-token", url=INBOUND_URL, params=params),
+        )
+        assert response.status_code == 204
+        assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is allowed, body
+
+
 def test_a_signature_that_is_not_ascii_is_refused_not_a_500(settings: SettingsWrapper) -> None:
     assert _reply(settings, "STOP", signature="é") == 403
     assert not NotificationPreference.objects.exists()

@@ -164,5 +164,9 @@ class TwilioInboundView(_TwilioWebhook):
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
         params = self.signed_params(request, settings.TWILIO_INBOUND_URL)
-        services.sms_inbound_record(from_number=params.get("From", ""), body=params.get("Body", ""))
+        services.sms_inbound_record(
+            from_number=params.get("From", ""),
+            body=params.get("Body", ""),
+            opt_out_type=params.get("OptOutType", ""),
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
