@@ -604,6 +604,11 @@ def _refusals(attempts: Sequence[NotificationAttempt]) -> list[tuple[AttemptStat
             refusal = AttemptStatus.FAILED, "device revoked"
         elif attempt.channel == Channel.PUSH and (registration is None or not registration.is_enabled):
             refusal = AttemptStatus.FAILED, "push registration disabled"
+        elif attempt.channel in FALLBACK_CHANNEL.values() and recipient.confirmed_at is not None:
+            # A device confirmed while the fallback waited (its task, a retry's backoff, quiet
+            # hours): the user has it, so the chain stops here. Read after the claim, so a
+            # receipt that raced the fallback's start is seen too.
+            refusal = AttemptStatus.SUPPRESSED, "already confirmed by a device"
         elif attempt.channel != Channel.IN_APP:
             preference = preferences.get(
                 user_id=recipient.user_id, phone_number=recipient.phone_number, email=recipient.email

@@ -246,6 +246,26 @@ def test_sweep_sends_no_sms_when_a_device_confirmed(
     assert not NotificationAttempt.objects.filter(notification=notification, channel=Channel.SMS).exists()
 
 
+def test_a_fallback_not_yet_sent_when_a_device_confirms_is_not_sent(
+    settings: SettingsWrapper, program: Program, crew_member: CrewMember
+) -> None:
+    """The SMS waited (its task not yet run, a retry's backoff, quiet hours) and the crew
+    acknowledged meanwhile: escalating now would text someone who already has it."""
+    settings.NOTIFICATIONS_URGENT_FALLBACK_SECONDS = 0
+    crew_member.user.phone_number = "+15005550006"
+    crew_member.user.save()
+    notification = _notify(program, crew_member)
+    assert services.fallbacks_start(now=timezone.now()) == 1
+    sms = NotificationAttempt.objects.get(notification=notification, channel=Channel.SMS)
+
+    services.receipt_record(notification_id=notification.pk, device=crew_member.device, status="acknowledged")
+    services.attempt_send(attempt_id=str(sms.pk))
+
+    sms.refresh_from_db()
+    assert sms.status == AttemptStatus.SUPPRESSED
+    assert sms.sent_at is None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_sweeps_at_once_start_one_fallback(settings: SettingsWrapper, program: Program) -> None:
     # Sends would go to a queue no worker reads; the rows are what this test is about.
