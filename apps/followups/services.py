@@ -458,7 +458,11 @@ def _enqueue_sends(ids: list[int], *, chunk: int, queue: str) -> None:
 def person_quiet_until(*, program: Program, phone_number: str, moment: dt.datetime) -> dt.datetime | None:
     """When quiet hours around ``moment`` end for the person, or None: their own preference's
     hours and time zone if they gave some, else the program's default hours in the program's zone."""
-    preference = NotificationPreference.objects.filter(phone_number=phone_number).first() if phone_number else None
+    preference = (
+        NotificationPreference.objects.filter(phone_number=notifications.phone_number_e164(phone_number)).first()
+        if phone_number
+        else None
+    )
     if preference is None or preference.quiet_hours_start is None:
         preference = NotificationPreference(
             quiet_hours_start=dt.time.fromisoformat(settings.FOLLOWUPS_PERSON_QUIET_START),
@@ -623,6 +627,8 @@ def _send_to_person(reminder: Reminder, *, now: dt.datetime) -> str:
     phone_number = person.phone_number if person is not None else ""
     if not phone_number:
         return "no phone number"
+    # As the crew typed it, it may be national; opt-outs are recorded by the E.164 number.
+    phone_number = notifications.phone_number_e164(phone_number)
     preference = NotificationPreference.objects.filter(phone_number=phone_number).first()
     if preference is not None and not preference.allows(Channel.SMS):
         return "opted out"

@@ -69,6 +69,26 @@ class Contact:
     email: str = ""
 
 
+def phone_number_e164(number: str) -> str:
+    """The number as Twilio writes it (E.164), so that a STOP from "+12125550142" is the
+    opt-out of the person recorded as "(212) 555-0142" and every lookup by number agrees.
+
+    Without a "+" (or "00") the number is national: its trunk prefix ("0", or "1" in North
+    America) is dropped and ``NOTIFICATIONS_SMS_DEFAULT_COUNTRY_CODE`` put in front.
+    """
+    digits = re.sub(r"\D", "", number)
+    if not digits:
+        return number.strip()
+    if number.strip().startswith("+"):
+        return f"+{digits}"
+    if digits.startswith("00"):
+        return f"+{digits[2:]}"
+    code = settings.NOTIFICATIONS_SMS_DEFAULT_COUNTRY_CODE
+    if code == "1" and len(digits) == 11 and digits.startswith("1"):
+        return f"+{digits}"
+    return f"+{code}{digits.lstrip('0')}"
+
+
 class NotificationNotFound(DomainError):
     status_code = http_status.HTTP_404_NOT_FOUND
     code = "not_found"
@@ -306,6 +326,8 @@ class _Planner:
         for contact in request.contacts:
             if not contact.phone_number and not contact.email:
                 raise _invalid("contacts", "A contact needs a phone number or an email address.")
+            if contact.phone_number:
+                contact = Contact(phone_number=phone_number_e164(contact.phone_number), email=contact.email)
             recipient = NotificationRecipient(
                 notification=notification, phone_number=contact.phone_number, email=contact.email
             )
@@ -886,6 +908,7 @@ def sms_inbound_record(*, from_number: str, body: str, opt_out_type: str = "") -
     word = classified if classified in {"STOP", "START"} else body.strip().upper()
     if not from_number or word not in SMS_STOP_WORDS | SMS_START_WORDS:
         return "ignored"
+    from_number = phone_number_e164(from_number)
     allowed = word in SMS_START_WORDS
     with transaction.atomic():
         updated = NotificationPreference.objects.filter(phone_number=from_number).update(sms_allowed=allowed)
@@ -958,6 +981,7 @@ def preference_set(
     """Record how someone may be reached (the follow-ups app calls this for the person in crisis)."""
     if user is None and not phone_number and not email:
         raise _invalid("user", "A preference belongs to a user, a phone number or an email address.")
+    phone_number = phone_number_e164(phone_number) if phone_number else ""
     lookup: dict[str, Any] = (
         {"user": user} if user is not None else {"phone_number": phone_number} if phone_number else {"email": email}
     )

@@ -92,6 +92,9 @@ TWILIO_API_BASE = env_str("TWILIO_API_BASE", "https://api.twilio.com")
 TWILIO_STATUS_CALLBACK_URL = env_str("TWILIO_STATUS_CALLBACK_URL", "")
 # The URL Twilio posts replies to (STOP / START), as configured on the number.
 TWILIO_INBOUND_URL = env_str("TWILIO_INBOUND_URL", "")
+# The country calling code of numbers written without one ("(212) 555-0142"): they are
+# matched and sent as E.164, the form Twilio reports replies (STOP) from.
+NOTIFICATIONS_SMS_DEFAULT_COUNTRY_CODE = env_str("NOTIFICATIONS_SMS_DEFAULT_COUNTRY_CODE", "1")
 
 # Email through Django's email backends when NOTIFICATIONS_EMAIL_BACKEND is "django".
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
