@@ -613,8 +613,10 @@ def _refusals(attempts: Sequence[NotificationAttempt]) -> list[tuple[AttemptStat
     addressed = [attempt for attempt in attempts if attempt.channel != Channel.IN_APP]
     preferences = _Preferences(
         users=[attempt.recipient.user_id for attempt in addressed if attempt.recipient.user_id],
-        phone_numbers=[attempt.recipient.phone_number for attempt in addressed],
-        emails=[attempt.recipient.email for attempt in addressed],
+        phone_numbers=[attempt.recipient.phone_number for attempt in addressed]
+        + [phone_number_e164(attempt.address) for attempt in addressed if attempt.channel == Channel.SMS],
+        emails=[attempt.recipient.email for attempt in addressed]
+        + [attempt.address for attempt in addressed if attempt.channel == Channel.EMAIL],
     )
     refusals: list[tuple[AttemptStatus, str] | None] = []
     counted: list[tuple[int, NotificationAttempt]] = []
@@ -635,7 +637,14 @@ def _refusals(attempts: Sequence[NotificationAttempt]) -> list[tuple[AttemptStat
             preference = preferences.get(
                 user_id=recipient.user_id, phone_number=recipient.phone_number, email=recipient.email
             )
-            if preference is not None and not preference.allows(attempt.channel):
+            # A user's SMS or email goes to their number or address, which may have opted out
+            # on its own (a STOP reply is recorded by number, not by user): either refusal holds.
+            by_address = None
+            if attempt.channel == Channel.SMS and attempt.address:
+                by_address = preferences.get(phone_number=phone_number_e164(attempt.address))
+            elif attempt.channel == Channel.EMAIL and attempt.address:
+                by_address = preferences.get(email=attempt.address)
+            if any(found is not None and not found.allows(attempt.channel) for found in (preference, by_address)):
                 refusal = AttemptStatus.SUPPRESSED, "recipient opted out of this channel"
             elif attempt.tries == 1:
                 # Counted once per attempt: a retry of the same message is not a second message.

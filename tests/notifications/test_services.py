@@ -375,6 +375,25 @@ def test_contact_who_opted_out_of_sms_gets_none(program: Program) -> None:
     assert (attempt.status, attempt.error_reason) == (AttemptStatus.SUPPRESSED, "recipient opted out of this channel")
 
 
+def test_a_user_whose_number_replied_stop_gets_no_fallback_sms(
+    settings: SettingsWrapper, program: Program, crew_member: CrewMember
+) -> None:
+    """The STOP is recorded by number (the reply has no user); the user's SMS goes to that number."""
+    settings.NOTIFICATIONS_URGENT_FALLBACK_SECONDS = 0
+    crew_member.user.phone_number = "+15005550006"
+    crew_member.user.save()
+    assert services.sms_inbound_record(from_number="+15005550006", body="STOP") == "opted_out"
+    services.preference_set(user=crew_member.user, email_allowed=False)  # their own row says nothing of SMS
+    notification = _notify(program, crew_member)
+    assert services.fallbacks_start(now=timezone.now()) == 1
+    sms = NotificationAttempt.objects.get(notification=notification, channel=Channel.SMS)
+
+    services.attempt_send(attempt_id=str(sms.pk))
+
+    sms.refresh_from_db()
+    assert (sms.status, sms.error_reason) == (AttemptStatus.SUPPRESSED, "recipient opted out of this channel")
+
+
 def test_a_send_whose_worker_died_is_marked_unknown_and_not_sent_again(
     settings: SettingsWrapper, program: Program, crew_member: CrewMember
 ) -> None:
