@@ -208,12 +208,16 @@ class Reminder(models.Model):
             models.Index(fields=["step"], name="reminder_step"),
         ]
         constraints = [
+            # Once per time among the reminders still standing: a cancelled one (the step or the
+            # appointment moved away) must not keep one planned for the same time again from being made.
             models.UniqueConstraint(
-                fields=["step", "kind", "due_at"], condition=Q(step__isnull=False), name="reminder_once_per_step"
+                fields=["step", "kind", "due_at"],
+                condition=Q(step__isnull=False, cancelled_at=None),
+                name="reminder_once_per_step",
             ),
             models.UniqueConstraint(
                 fields=["referral", "kind", "due_at"],
-                condition=Q(referral__isnull=False),
+                condition=Q(referral__isnull=False, cancelled_at=None),
                 name="reminder_once_per_appointment",
             ),
             models.CheckConstraint(condition=Q(step__isnull=False) | Q(referral__isnull=False), name="reminder_of"),

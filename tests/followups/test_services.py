@@ -575,3 +575,53 @@ def test_an_attempt_posted_under_the_id_of_another_synced_record_is_refused_and_
     assert response.status_code == 409
     assert (response.json()["code"], response.json()["errors"][0]["field"]) == ("id_in_use", "id")
     assert not ContactAttempt.objects.exists()
+
+
+def test_a_step_rescheduled_back_to_an_earlier_due_time_is_reminded_then(crew_member: CrewMember) -> None:
+    """The reminders cancelled by the first move must not stand in for the ones planned for the same time again."""
+    manager = case_manager(crew_member)
+    first = steps_of(referral(crew_member))[0]
+    friday = (timezone.now() + dt.timedelta(days=2)).replace(microsecond=0)
+    monday = friday + dt.timedelta(days=3)
+
+    services.step_reschedule(step=first, actor=manager.user, due_at=friday, reason="Person asked for Friday")
+    services.step_reschedule(step=first, actor=manager.user, due_at=monday, reason="Person asked for Monday")
+    services.step_reschedule(step=first, actor=manager.user, due_at=friday, reason="Friday after all")
+
+    pending = Reminder.objects.filter(step=first, sent_at=None, cancelled_at=None)
+    assert sorted((r.kind, r.due_at - friday) for r in pending) == [
+        (ReminderKind.OWNER_DUE, dt.timedelta(0)),
+        (ReminderKind.SUPERVISOR_OVERDUE, dt.timedelta(minutes=first.overdue_margin_minutes)),
+    ]
+    [due] = [r.pk for r in pending if r.kind == ReminderKind.OWNER_DUE]
+    assert due in services.reminders_claim_due(now=friday + dt.timedelta(minutes=1))
+
+
+def test_an_appointment_moved_and_moved_back_is_reminded(crew_member: CrewMember) -> None:
+    person_id = uuid.uuid4()
+    pushed(
+        crew_member,
+        "care.person",
+        {"unit_id": str(crew_member.unit.pk), "phone_number": "+12125550101"},
+        record_id=person_id,
+    )
+    tuesday = (timezone.now() + dt.timedelta(days=5)).replace(microsecond=0)
+    referral_id = referral(
+        crew_member,
+        encounter_fields={"person_id": str(person_id)},
+        consent_to_contact=True,
+        appointment_at=tuesday.isoformat(),
+    )
+    for version, moment in enumerate([tuesday + dt.timedelta(days=1), tuesday], start=1):
+        result = pushed(
+            crew_member,
+            "care.referral",
+            {"appointment_at": moment.isoformat()},
+            op="update",
+            record_id=referral_id,
+            base_version=version,
+        )
+        assert result["status"] == "applied", result
+
+    pending = Reminder.objects.filter(referral_id=referral_id, sent_at=None, cancelled_at=None)
+    assert [r.due_at for r in pending] == [tuesday - dt.timedelta(hours=24)]
