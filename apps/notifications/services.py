@@ -586,6 +586,12 @@ def _attempts_send(attempt_ids: Sequence[str]) -> dict[str, str]:
                 logger.error("notification attempt %s: channel not configured: %s", attempt.pk, error)
                 result = SendResult.failed(f"{attempt.channel} not configured")
             results.append(result)
+            # This worker is alive: its chunk's sends, waiting their turn or their answer's
+            # record, are not the dead worker's the stale sweep looks for (a slow provider can
+            # make a chunk outlast NOTIFICATIONS_SENDING_STALE_SECONDS).
+            NotificationAttempt.objects.filter(pk__in=claimed, status=AttemptStatus.SENDING).update(
+                claimed_at=timezone.now()
+            )
         for attempt, result in zip([*in_app, *others], results, strict=True):
             outcomes[str(attempt.pk)] = result.outcome.value
             if result.outcome is Outcome.SENT:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from apps.accounts import services as accounts_services
 from apps.accounts.models import Program
 from apps.common.api.errors import DomainError
 from apps.notifications import services
+from apps.notifications.channels import SendResult
 from apps.notifications.models import AttemptStatus, Channel, Notification, NotificationAttempt, Urgency
 from apps.notifications.services import Contact, NotificationRequest
 from tests.conftest import CrewMember, make_crew_member
@@ -200,3 +204,40 @@ def test_a_chunk_of_emails_goes_through_one_smtp_session(settings: SettingsWrapp
     [session] = smtp.sessions
     assert len(session) == 4
     assert set(NotificationAttempt.objects.values_list("status", flat=True)) == {AttemptStatus.SENT}
+
+
+def test_a_chunk_slowed_by_its_provider_is_not_taken_for_a_dead_worker(
+    settings: SettingsWrapper, program: Program, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stale sweep is for sends whose worker died; a live worker still going through a slow
+    chunk must keep its sends: the one it sent recorded as sent, the throttled one retried."""
+    stale = timedelta(seconds=settings.NOTIFICATIONS_SENDING_STALE_SECONDS + 1)
+
+    addresses: list[str] = []
+
+    class SlowThenThrottled:
+        def send(self, address: str, message: object) -> SendResult:
+            addresses.append(address)
+            if len(addresses) == 1:
+                # This first send took longer than the stale window (the provider timing out).
+                NotificationAttempt.objects.filter(status=AttemptStatus.SENDING).update(
+                    claimed_at=F("claimed_at") - stale
+                )
+                return SendResult.sent("SM-slow")
+            services.attempts_abandon_stale(now=timezone.now())  # the sweep runs meanwhile
+            return SendResult.retry("twilio 429 20429")
+
+    monkeypatch.setattr(services.registry, "sms_backend", SlowThenThrottled)
+    notifications = services.notify_many(
+        requests=[
+            _request(program, contacts=[Contact(phone_number="+12125550101")]),
+            _request(program, contacts=[Contact(phone_number="+12125550102")]),
+        ]
+    )
+    chunk = [str(NotificationAttempt.objects.get(notification=n).pk) for n in notifications]
+
+    services.attempts_send(attempt_ids=chunk)
+
+    slow, throttled = (NotificationAttempt.objects.get(address=address) for address in addresses)
+    assert (slow.status, slow.provider_message_id) == (AttemptStatus.SENT, "SM-slow")
+    assert (throttled.status, throttled.error_reason) == (AttemptStatus.QUEUED, "twilio 429 20429")
