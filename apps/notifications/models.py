@@ -263,3 +263,18 @@ class NotificationPreference(TimeStampedModel):
             return None
         end_day = local.date() if now < end else local.date() + dt.timedelta(days=1)
         return dt.datetime.combine(end_day, end, tzinfo=zone).astimezone(dt.UTC)
+
+
+class InboundSms(models.Model):
+    """A reply to our SMS already acted on (STOP / START), by the provider's message id.
+
+    The provider's signature carries no time, so a captured request could be sent again; with
+    its id kept, a replay changes nothing. Only the id is kept, never the text or the number.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    message_sid = models.CharField(max_length=64, unique=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"inbound sms {self.message_sid}"

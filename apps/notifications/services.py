@@ -34,6 +34,7 @@ from apps.notifications.channels.in_app import send_in_app_many
 from apps.notifications.models import (
     AttemptStatus,
     Channel,
+    InboundSms,
     Notification,
     NotificationAttempt,
     NotificationPreference,
@@ -911,13 +912,14 @@ SMS_STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "
 SMS_START_WORDS = frozenset({"START", "UNSTOP", "YES"})
 
 
-def sms_inbound_record(*, from_number: str, body: str, opt_out_type: str = "") -> str:
+def sms_inbound_record(*, from_number: str, body: str, opt_out_type: str = "", message_sid: str = "") -> str:
     """A reply to our SMS arrived through the SMS backend's inbound hook: honour STOP and START.
 
     ``opt_out_type`` is the provider's own reading of the reply (Twilio's OptOutType, sent with
     Advanced Opt-Out): it covers the keywords configured there, in any language, so it wins
-    over the English words. Returns what it did ("opted_out", "opted_in" or "ignored"); the
-    text itself is not kept.
+    over the English words. A message (``message_sid``) acts once: sent again, it is
+    "ignored". Returns what it did ("opted_out", "opted_in" or "ignored"); the text itself is
+    not kept.
     """
     classified = opt_out_type.strip().upper()
     word = classified if classified in {"STOP", "START"} else body.strip().upper()
@@ -926,6 +928,12 @@ def sms_inbound_record(*, from_number: str, body: str, opt_out_type: str = "") -
     from_number = phone_number_e164(from_number)
     allowed = word in SMS_START_WORDS
     with transaction.atomic():
+        if message_sid:
+            try:
+                with transaction.atomic():
+                    InboundSms.objects.create(message_sid=message_sid[:64])
+            except IntegrityError:  # a replay, or Twilio's retry of a request we answered
+                return "ignored"
         updated = NotificationPreference.objects.filter(phone_number=from_number).update(sms_allowed=allowed)
         if not updated:
             try:

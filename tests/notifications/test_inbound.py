@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import urlencode
 
 import pytest
@@ -20,7 +21,7 @@ NUMBER = "+12125550142"
 def _reply(settings: SettingsWrapper, body: str, signature: str | None = None) -> int:
     settings.TWILIO_AUTH_TOKEN = "standin-auth-token"
     settings.TWILIO_INBOUND_URL = INBOUND_URL
-    params = {"From": NUMBER, "Body": body, "MessageSid": "SM1"}
+    params = {"From": NUMBER, "Body": body, "MessageSid": f"SM{uuid.uuid4().hex}"}  # each reply a message of its own
     signed = signature or request_signature(auth_token="standin-auth-token", url=INBOUND_URL, params=params)
     response = APIClient().post(
         "/api/v1/notifications/sms/twilio-inbound/",
@@ -74,3 +75,26 @@ def test_a_keyword_twilio_classified_as_opt_out_opts_out_in_any_language(setting
 def test_a_signature_that_is_not_ascii_is_refused_not_a_500(settings: SettingsWrapper) -> None:
     assert _reply(settings, "STOP", signature="é") == 403
     assert not NotificationPreference.objects.exists()
+
+
+def test_a_replayed_reply_changes_nothing(settings: SettingsWrapper) -> None:
+    """Twilio's signature has no time in it: a captured START sent again after the person's
+    STOP must not opt them back in. Each message (MessageSid) counts once."""
+    settings.TWILIO_AUTH_TOKEN = "standin-auth-token"
+    settings.TWILIO_INBOUND_URL = INBOUND_URL
+    client = APIClient()
+
+    def post(body: str, sid: str) -> int:
+        params = {"From": NUMBER, "Body": body, "MessageSid": sid}
+        return client.post(
+            "/api/v1/notifications/sms/twilio-inbound/",
+            urlencode(params),
+            content_type="application/x-www-form-urlencoded",
+            HTTP_X_TWILIO_SIGNATURE=request_signature(auth_token="standin-auth-token", url=INBOUND_URL, params=params),
+        ).status_code
+
+    assert post("START", "SM-start") == 204
+    assert post("STOP", "SM-stop") == 204
+    assert post("START", "SM-start") == 204  # replayed: answered as before, so Twilio does not retry
+
+    assert NotificationPreference.objects.get(phone_number=NUMBER).allows("sms") is False

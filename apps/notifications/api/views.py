@@ -168,5 +168,6 @@ class TwilioInboundView(_TwilioWebhook):
             from_number=params.get("From", ""),
             body=params.get("Body", ""),
             opt_out_type=params.get("OptOutType", ""),
+            message_sid=params.get("MessageSid", ""),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
