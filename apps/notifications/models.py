@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from apps.accounts.models import Device, Program
 from apps.common.models import TimeStampedModel
@@ -126,7 +127,12 @@ class NotificationRecipient(TimeStampedModel):
 
     @property
     def rate_limit_key(self) -> str:
-        return f"user:{self.user_id}" if self.user_id else f"address:{self.phone_number or self.email}"
+        if self.user_id:
+            return f"user:{self.user_id}"
+        # A keyed hash, not the address: the person's number would sit in Redis in the clear,
+        # outside the scoping and audit that guard it in the database.
+        address = salted_hmac("tandem.notifications.rate-limit", self.phone_number or self.email).hexdigest()
+        return f"address:{address}"
 
 
 class NotificationAttempt(TimeStampedModel):

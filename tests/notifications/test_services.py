@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from pytest_django.fixtures import Settings as SettingsWrapper
@@ -16,7 +17,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from apps.accounts import services as accounts_services
 from apps.accounts.models import Program
 from apps.common.api.errors import DomainError
-from apps.notifications import selectors, services
+from apps.notifications import ratelimit, selectors, services
 from apps.notifications.models import (
     AttemptStatus,
     Channel,
@@ -392,6 +393,24 @@ def test_a_user_whose_number_replied_stop_gets_no_fallback_sms(
 
     sms.refresh_from_db()
     assert (sms.status, sms.error_reason) == (AttemptStatus.SUPPRESSED, "recipient opted out of this channel")
+
+
+def test_the_rate_limit_keeps_no_phone_number_or_email_in_redis(program: Program) -> None:
+    """The person in crisis is known here by their number; Redis is neither sealed nor audited."""
+    notification = services.notify(
+        program=program,
+        contacts=[services.Contact(phone_number="+12125550177"), services.Contact(email="person@example.org")],
+        kind="followup.reminder",
+        text="Your care team will call you today",
+        urgency=Urgency.LOW,
+    )
+    for attempt in NotificationAttempt.objects.filter(notification=notification):
+        services.attempt_send(attempt_id=str(attempt.pk))
+    assert not NotificationAttempt.objects.filter(notification=notification, sent_at=None).exists()
+
+    keys = [str(key) for key in ratelimit._client(settings.REDIS_URL).keys("tandem:notifications:rate:*")]
+    assert keys  # counted
+    assert not [key for key in keys if "2125550177" in key or "person@example.org" in key]
 
 
 def test_a_send_whose_worker_died_is_marked_unknown_and_not_sent_again(
