@@ -624,6 +624,10 @@ def _send_to_person(reminder: Reminder, *, now: dt.datetime) -> str:
     if referral.task_status in ReferralTaskStatus.closed() or referral.status in APPOINTMENT_SETTLED:
         return "referral closed"
     person = referral.encounter.person
+    if person is not None and person.is_deleted:
+        # Deleted from a device as made in error (the wrong person, a mistyped number): its
+        # number is no one we may text.
+        return "person deleted"
     phone_number = person.phone_number if person is not None else ""
     if not phone_number:
         return "no phone number"

@@ -45,3 +45,29 @@ def test_a_stop_from_the_number_stops_the_reminder_to_it_in_national_format(
 
     assert outcome == "opted out"
     assert not NotificationAttempt.objects.filter(channel=Channel.SMS).exists()
+
+
+def test_no_appointment_text_to_a_person_record_deleted_as_made_in_error(
+    settings: SettingsWrapper, crew_member: CrewMember
+) -> None:
+    """The crew deleted the person (the wrong person, a mistyped number): nobody is to be texted."""
+    settings.FOLLOWUPS_PERSON_QUIET_START = settings.FOLLOWUPS_PERSON_QUIET_END = "00:00"  # no quiet hours
+    settings.NOTIFICATIONS_TASK_QUEUE = "notifications-test-unconsumed"
+    person_id = uuid.uuid4()
+    fields = {"unit_id": str(crew_member.unit.pk), "phone_number": "+12125550143"}
+    pushed(crew_member, "care.person", fields, record_id=person_id)
+    referral_id = referral(
+        crew_member,
+        encounter_fields={"person_id": str(person_id)},
+        consent_to_contact=True,
+        appointment_at=(timezone.now() + dt.timedelta(hours=3)).isoformat(),
+    )
+    deleted = pushed(crew_member, "care.person", {}, op="delete", record_id=person_id, base_version=1)
+    assert deleted["status"] == "applied", deleted
+    reminder = Reminder.objects.get(referral_id=referral_id, kind=ReminderKind.PERSON_APPOINTMENT)
+    assert reminder.pk in services.reminders_claim_due(now=timezone.now())
+
+    outcome = services.reminder_send(reminder_id=reminder.pk)
+
+    assert outcome == "person deleted"
+    assert not NotificationAttempt.objects.filter(channel=Channel.SMS).exists()
