@@ -623,6 +623,9 @@ def _send_to_person(reminder: Reminder, *, now: dt.datetime) -> str:
         return "no consent to contact"
     if referral.task_status in ReferralTaskStatus.closed() or referral.status in APPOINTMENT_SETTLED:
         return "referral closed"
+    if referral.appointment_at is not None and referral.appointment_at <= now:
+        # Synced after the appointment, or held by quiet hours past it: "soon" is no longer true.
+        return "appointment passed"
     person = referral.encounter.person
     if person is not None and person.is_deleted:
         # Deleted from a device as made in error (the wrong person, a mistyped number): its

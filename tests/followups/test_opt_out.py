@@ -71,3 +71,28 @@ def test_no_appointment_text_to_a_person_record_deleted_as_made_in_error(
 
     assert outcome == "person deleted"
     assert not NotificationAttempt.objects.filter(channel=Channel.SMS).exists()
+
+
+def test_no_appointment_text_once_the_appointment_has_passed(
+    settings: SettingsWrapper, crew_member: CrewMember
+) -> None:
+    """A referral synced after its appointment (a tablet offline for days): "you have an
+    appointment soon" would be wrong and is a text the person need not get."""
+    settings.FOLLOWUPS_PERSON_QUIET_START = settings.FOLLOWUPS_PERSON_QUIET_END = "00:00"  # no quiet hours
+    settings.NOTIFICATIONS_TASK_QUEUE = "notifications-test-unconsumed"
+    person_id = uuid.uuid4()
+    fields = {"unit_id": str(crew_member.unit.pk), "phone_number": "+12125550144"}
+    pushed(crew_member, "care.person", fields, record_id=person_id)
+    referral_id = referral(
+        crew_member,
+        encounter_fields={"person_id": str(person_id)},
+        consent_to_contact=True,
+        appointment_at=(timezone.now() - dt.timedelta(hours=2)).isoformat(),
+    )
+    reminder = Reminder.objects.get(referral_id=referral_id, kind=ReminderKind.PERSON_APPOINTMENT)
+    assert reminder.pk in services.reminders_claim_due(now=timezone.now())
+
+    outcome = services.reminder_send(reminder_id=reminder.pk)
+
+    assert outcome == "appointment passed"
+    assert not NotificationAttempt.objects.filter(channel=Channel.SMS).exists()
