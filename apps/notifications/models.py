@@ -10,9 +10,10 @@ devices, acknowledged by one".
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -216,6 +217,15 @@ class PushRegistration(TimeStampedModel):
         return self.disabled_at is None
 
 
+def validate_time_zone(value: str) -> None:
+    """Quiet hours are read on this clock by every send to the person: a name that is no zone
+    would fail each of them (and the chunk of reminders sent with it), so it is refused here."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError("Not a time zone name such as America/New_York.", code="invalid") from None
+
+
 class NotificationPreference(TimeStampedModel):
     """How one person may be reached: per-channel opt-out and quiet hours.
 
@@ -234,7 +244,7 @@ class NotificationPreference(TimeStampedModel):
     # Messages that are not urgent wait until quiet hours end (local time of time_zone).
     quiet_hours_start = models.TimeField(null=True, blank=True)
     quiet_hours_end = models.TimeField(null=True, blank=True)
-    time_zone = models.CharField(max_length=64, default="UTC")
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
 
     class Meta:
         constraints = [

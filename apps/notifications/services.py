@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -42,6 +42,7 @@ from apps.notifications.models import (
     PushProvider,
     PushRegistration,
     Urgency,
+    validate_time_zone,
 )
 from apps.teams.models import Unit
 
@@ -1008,6 +1009,10 @@ def preference_set(
     lookup: dict[str, Any] = (
         {"user": user} if user is not None else {"phone_number": phone_number} if phone_number else {"email": email}
     )
+    try:
+        validate_time_zone(time_zone)
+    except ValidationError as error:
+        raise _invalid("time_zone", error.messages[0]) from None
     start, end = (None, None)
     if quiet_hours is not None:
         start, end = (datetime.strptime(value, "%H:%M").time() for value in quiet_hours)
