@@ -157,6 +157,16 @@ class StandIn:
     def _fcm(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         """FCM HTTP v1 messages:send."""
         if path != f"/v1/projects/{self.fcm.project_id}/messages:send":
+            project = path.removeprefix("/v1/projects/").removesuffix("/messages:send")
+            if path.startswith("/v1/projects/") and path.endswith("/messages:send") and "/" not in project:
+                # A project id that is not the key's (FCM_PROJECT_ID mistyped): Google's NOT_FOUND.
+                resource = {
+                    "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+                    "resourceName": f"projects/{project}",
+                }
+                message = f"Resource projects/{project} could not be found."
+                error = {"code": 404, "message": message, "status": "NOT_FOUND", "details": [resource]}
+                return self._json(404, {"error": error})
             return self._violation(f"fcm: wrong path {path}", 404)
         bearer = headers.get("authorization", "")
         if not bearer.startswith("Bearer ") or bearer.removeprefix("Bearer ") not in self.issued_tokens:

@@ -94,6 +94,45 @@ def test_fcm_token_the_provider_calls_invalid_is_disabled(
     assert not NotificationAttempt.objects.filter(notification=later, channel=Channel.PUSH).exists()
 
 
+def test_an_fcm_project_not_found_fails_the_send_but_keeps_the_token(
+    providers: tuple[StandIn, ApnsStandIn],
+    settings: SettingsWrapper,
+    program: Program,
+    crew_member: CrewMember,
+) -> None:
+    """A 404 about the project (a mistyped FCM_PROJECT_ID) says nothing of the device's token:
+    disabling it would cut every Android device off until it registers again."""
+    settings.FCM_PROJECT_ID = "tandem-standin-typo"
+    registration = PushRegistrationFactory.create(device=crew_member.device, token="fcm-ok-404")
+    notification = _urgent(program, crew_member)
+
+    attempt = _send(_push_attempt(notification, registration))
+
+    registration.refresh_from_db()
+    assert (attempt.status, attempt.error_reason) == (AttemptStatus.FAILED, "fcm 404 NOT_FOUND")
+    assert registration.disabled_at is None
+
+
+def test_a_404_that_is_not_fcms_fails_the_send_but_keeps_the_token(
+    providers: tuple[StandIn, ApnsStandIn],
+    settings: SettingsWrapper,
+    program: Program,
+    crew_member: CrewMember,
+) -> None:
+    """FCM_ENDPOINT pointing at the wrong place answers a 404 of its own, not about the token."""
+    stand_in, _ = providers
+    settings.FCM_ENDPOINT = f"{stand_in.url}/not-fcm"
+    registration = PushRegistrationFactory.create(device=crew_member.device, token="fcm-ok-proxy")
+    notification = _urgent(program, crew_member)
+
+    attempt = _send(_push_attempt(notification, registration))
+
+    registration.refresh_from_db()
+    assert (attempt.status, attempt.error_reason) == (AttemptStatus.FAILED, "fcm 404")
+    assert registration.disabled_at is None
+    stand_in.violations.clear()  # the wrong path was the point
+
+
 def test_fcm_quota_exceeded_is_retried_after_a_backoff(
     providers: tuple[StandIn, ApnsStandIn], program: Program, crew_member: CrewMember
 ) -> None:

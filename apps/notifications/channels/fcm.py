@@ -26,6 +26,7 @@ from apps.notifications.channels.base import PUSH_TITLE, Message, PushTarget, Se
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+RESOURCE_INFO_TYPE = "type.googleapis.com/google.rpc.ResourceInfo"
 
 
 @dataclass
@@ -89,14 +90,24 @@ class FcmBackend:
     def _error(self, response: httpx.Response) -> SendResult:
         try:
             error = response.json().get("error", {})
-        except ValueError:
+        except (ValueError, AttributeError):
+            error = {}
+        if not isinstance(error, dict):  # not Google's error shape: something else answered
             error = {}
         status = error.get("status", "")
         codes = [d.get("errorCode", "") for d in error.get("details", []) if d.get("@type") == FCM_ERROR_TYPE]
         code = codes[0] if codes else status
         reason = f"fcm {response.status_code} {code}".strip()
         text = str(error.get("message", ""))
-        if code in {"UNREGISTERED", "SENDER_ID_MISMATCH"} or response.status_code == httpx.codes.NOT_FOUND:
+        # A bare NOT_FOUND is the token's too (older answers carry no FCM error code); one that
+        # names a resource (the project: FCM_PROJECT_ID mistyped), or a 404 that is not FCM's
+        # (a wrong FCM_ENDPOINT), says nothing of the token and must not disable it.
+        token_not_found = (
+            response.status_code == httpx.codes.NOT_FOUND
+            and status == "NOT_FOUND"
+            and not any(d.get("@type") == RESOURCE_INFO_TYPE for d in error.get("details", []))
+        )
+        if code in {"UNREGISTERED", "SENDER_ID_MISMATCH"} or token_not_found:
             return SendResult.invalid_address(reason)
         if code == "INVALID_ARGUMENT" and "registration token" in text:
             return SendResult.invalid_address(reason)
