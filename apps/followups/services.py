@@ -542,6 +542,13 @@ def _send_to_staff(staff: list[tuple[Reminder, FollowUpStep]]) -> dict[int, str]
     outcomes: dict[int, str] = {}
     owner_ids = {step.owner_id for reminder, step in staff if reminder.kind == ReminderKind.OWNER_DUE and step.owner_id}
     owners = {user.pk: user for user in User.objects.filter(pk__in=owner_ids, is_active=True)}
+    # The email goes to the owner's address as a contact, which their own preference does not
+    # cover: an owner who turned email off is not emailed.
+    no_email = set(
+        NotificationPreference.objects.filter(user_id__in=list(owners), email_allowed=False).values_list(
+            "user_id", flat=True
+        )
+    )
     # An owner who left the program cannot be notified in it: the supervisors hear instead.
     members = set(
         Membership.objects.filter(user_id__in=list(owners), program_id__in=[r.program_id for r, _ in staff])
@@ -570,7 +577,7 @@ def _send_to_staff(staff: list[tuple[Reminder, FollowUpStep]]) -> dict[int, str]
             request = notifications.NotificationRequest(
                 program=program,
                 recipients=[owner.pk],
-                contacts=[notifications.Contact(email=owner.email)] if owner.email else [],
+                contacts=[notifications.Contact(email=owner.email)] if owner.email and owner.pk not in no_email else [],
                 kind="followup.due",
                 urgency=Urgency.LOW,
                 text="A follow-up contact is due.",

@@ -25,8 +25,8 @@ from apps.followups.models import (
     StepEvent,
     StepStatus,
 )
-from apps.notifications.models import Notification, NotificationPreference
-from apps.notifications.services import sms_inbound_record
+from apps.notifications.models import Channel, Notification, NotificationAttempt, NotificationPreference
+from apps.notifications.services import attempt_send, preference_set, sms_inbound_record
 from apps.sync.models import Conflict, SyncedRecord
 from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import UnitMember
@@ -625,3 +625,21 @@ def test_an_appointment_moved_and_moved_back_is_reminded(crew_member: CrewMember
 
     pending = Reminder.objects.filter(referral_id=referral_id, sent_at=None, cancelled_at=None)
     assert [r.due_at for r in pending] == [tuesday - dt.timedelta(hours=24)]
+
+
+def test_a_due_reminder_is_not_emailed_to_an_owner_who_turned_email_off(crew_member: CrewMember) -> None:
+    """The email goes to the owner's address as a contact; the owner's own "no email" must still hold."""
+    manager = case_manager(crew_member)
+    preference_set(user=manager.user, email_allowed=False)
+    [step, *_] = steps_of(referral(crew_member))
+    reminder = Reminder.objects.get(step=step, kind=ReminderKind.OWNER_DUE)
+
+    assert services.reminder_send(reminder_id=reminder.pk) == "sent"
+
+    notification = Notification.objects.get(kind="followup.due")
+    assert notification.recipients.filter(user=manager.user).exists()  # in the app, as ever
+    for attempt in NotificationAttempt.objects.filter(notification=notification, channel=Channel.EMAIL):
+        attempt_send(attempt_id=str(attempt.pk))
+    assert not NotificationAttempt.objects.filter(
+        notification=notification, channel=Channel.EMAIL, sent_at__isnull=False
+    ).exists()
