@@ -863,14 +863,22 @@ def receipt_record(*, notification_id: UUID | str, device: Device, status: str) 
         for field, moment in stamps.items():
             attempts.filter(**{f"{field}__isnull": True}, status__in=reached).update(**{field: moment})
         if not in_app.exists():
-            NotificationAttempt.objects.create(
-                notification_id=recipient.notification_id,
-                recipient=recipient,
-                channel=Channel.IN_APP,
-                device=device,
-                status=receipt,
-                **stamps,
-            )
+            try:
+                with transaction.atomic():
+                    NotificationAttempt.objects.create(
+                        notification_id=recipient.notification_id,
+                        recipient=recipient,
+                        channel=Channel.IN_APP,
+                        device=device,
+                        status=receipt,
+                        **stamps,
+                    )
+            except IntegrityError:
+                # Another receipt of this device (over the socket and REST at once) made it a
+                # moment ago: move that one forward instead.
+                in_app.filter(status__in=AttemptStatus.before(receipt)).update(status=receipt)
+                for field, moment in stamps.items():
+                    in_app.filter(**{f"{field}__isnull": True}).update(**{field: moment})
         NotificationRecipient.objects.filter(pk=recipient.pk, confirmed_at=None).update(confirmed_at=now)
         if receipt == AttemptStatus.ACKNOWLEDGED:
             NotificationRecipient.objects.filter(pk=recipient.pk, acknowledged_at=None).update(acknowledged_at=now)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -215,6 +216,51 @@ def test_receipt_from_another_users_device_is_not_found_and_changes_nothing(
     assert list(NotificationAttempt.objects.values_list("device_id", "status")) == [
         (crew_member.device.pk, AttemptStatus.QUEUED)
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_receipts_at_once_from_a_device_the_notification_was_not_planned_for_are_both_recorded(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """A device signed in after the notification (found by a pull) confirms it over the socket
+    and over REST at once: each receipt records, neither fails on the other's in-app row."""
+    notification = _notify(program, crew_member)
+    phone, _ = device_with_token(crew_member.user, name="Phone")
+    inserted, release = threading.Event(), threading.Event()
+    faults: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                services.receipt_record(notification_id=notification.pk, device=phone, status="delivered")
+                inserted.set()
+                release.wait(10)
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+            inserted.set()
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            services.receipt_record(notification_id=notification.pk, device=phone, status="opened")
+        except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
+            faults.append(fault)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert inserted.wait(10)
+    threads[1].start()
+    time.sleep(1)  # the second receipt is now waiting on the first one's in-app row
+    release.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert faults == []
+    attempt = NotificationAttempt.objects.get(notification=notification, device=phone, channel=Channel.IN_APP)
+    assert attempt.status == AttemptStatus.OPENED
 
 
 def test_sweep_sends_the_sms_when_no_device_confirmed_by_the_deadline(
