@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,6 +17,8 @@ from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, User, hash_token
 from apps.accounts.selectors import TokenProblem, TokenRejected
+
+logger = logging.getLogger(__name__)
 
 # What a user's devices may see follows their program roles (here) and their units (the
 # teams app). The mechanisms that serve devices (the change feed, the websockets) register
@@ -151,8 +154,14 @@ def _tell_sockets(groups: list[str], event_type: str) -> None:
     channel_layer = get_channel_layer()
     if channel_layer is None:
         return
-    for group in groups:
-        async_to_sync(channel_layer.group_send)(group, {"type": event_type})
+    try:
+        for group in groups:
+            async_to_sync(channel_layer.group_send)(group, {"type": event_type})
+    except Exception:
+        # Sent after commit: the revocation, rotation or deactivation stands; each socket finds
+        # its token refused at its next feed read or message, the device at its next request.
+        # Raised, it would answer the committed change with a 500, which the client retries.
+        logger.exception("%s could not be told to the sockets of %s", event_type, groups)
 
 
 def device_mark_seen(*, device: Device) -> None:

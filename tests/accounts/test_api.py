@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -275,3 +276,42 @@ def test_revoked_device_is_told_to_purge_its_local_data(crew_member: CrewMember)
     assert response.json()["code"] == "device_revoked"
     assert response.json()["purge_local_data"] is True
     assert response.json()["push_outbox_first"] is True
+
+
+UNREACHABLE_CHANNEL_LAYER = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
+    }
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revocation_and_a_rotation_committed_while_the_channel_layer_is_down_are_answered_as_applied(
+    settings: Any, api_client: APIClient, crew_member: CrewMember
+) -> None:
+    """Telling open sockets only hurries them (a socket finds its token refused at its next
+    read, the device at its next request): a channel layer out of reach must not answer a
+    committed rotation or revocation with a 500, which the device retries, nor fail the first
+    request with a rotated token, which completes the rotation."""
+    from tests.accounts.factories import device_with_token
+
+    phone, _phone_token = device_with_token(crew_member.user, name="Phone")
+    settings.CHANNEL_LAYERS = UNREACHABLE_CHANNEL_LAYER
+    client = crew_member.client()
+    client.raise_request_exception = api_client.raise_request_exception = False
+
+    rotated = client.post("/api/v1/auth/token/rotate/")
+    assert rotated.status_code == 201, rotated.content
+    first_use = api_client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {rotated.json()['token']}")
+    assert first_use.status_code == 200, first_use.content
+    assert client.get("/api/v1/me/").status_code == 401  # the rotation completed
+    revoked = api_client.post(
+        f"/api/v1/devices/{phone.pk}/revoke/",
+        {"reason": "lost"},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {rotated.json()['token']}",
+    )
+
+    assert revoked.status_code == 200, revoked.content
+    assert Device.objects.get(pk=phone.pk).revoked_at is not None
