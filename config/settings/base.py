@@ -266,6 +266,10 @@ REST_FRAMEWORK = {
         "device": env_str("THROTTLE_DEVICE_RATE", "1200/min"),
         "login": env_str("THROTTLE_LOGIN_RATE", "10/min"),
     },
+    # Throttles count per REMOTE_ADDR, as the lockout and the audit trail do: uvicorn already
+    # sets it from the X-Forwarded-For of a trusted proxy. Left unset, DRF reads that header
+    # as the client sent it, and a sign-in that writes a new one each time is never throttled.
+    "NUM_PROXIES": 0,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 

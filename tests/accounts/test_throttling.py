@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from django.core.cache import cache
 from rest_framework.settings import api_settings
+from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
 from tests.conftest import CrewMember
@@ -51,3 +52,20 @@ def test_the_count_starts_again_in_the_next_window(
     assert statuses == [200, 200, 200, 429]
     assert int(refused["Retry-After"]) == 10
     assert crew_member.client().get("/api/v1/me/").status_code == 200
+
+
+def test_sign_ins_are_counted_per_address_whatever_x_forwarded_for_the_client_sends(
+    monkeypatch: pytest.MonkeyPatch, api_client: APIClient
+) -> None:
+    """The address is the connection's (a trusted proxy's header is already folded into it by
+    the server, as the lockout and the audit trail read it): a header the client writes itself
+    must not give each guess a fresh count."""
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {**api_settings.DEFAULT_THROTTLE_RATES, "login": "3/min"})
+    body = {"username": "nobody", "password": "guess", "device_name": "Tablet", "platform": "android"}
+
+    statuses = [
+        api_client.post("/api/v1/auth/devices/", body, format="json", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}").status_code
+        for n in range(4)
+    ]
+
+    assert statuses == [401, 401, 401, 429]
