@@ -252,6 +252,15 @@ def test_rotation_refuses_a_body_it_does_not_understand(crew_member: CrewMember)
     assert crew_member.client().get("/api/v1/me/").status_code == 200
 
 
+@pytest.mark.parametrize("body", [[], [1], False, 0, ""], ids=repr)
+def test_rotation_refuses_a_body_that_is_not_an_object(crew_member: CrewMember, body: object) -> None:
+    response = crew_member.client().post("/api/v1/auth/token/rotate/", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_input"
+    assert DeviceToken.objects.filter(device=crew_member.device).count() == 1
+
+
 def test_repeated_failed_sign_ins_lock_the_account(api_client: APIClient) -> None:
     user = UserFactory.create()
     for _ in range(5):

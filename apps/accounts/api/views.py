@@ -68,7 +68,9 @@ class TokenRotateView(APIView):
     @extend_schema(request=None, responses={201: IssuedTokenSerializer})
     def post(self, request: Request) -> Response:
         assert isinstance(request.auth, DeviceToken)
-        StrictSerializer(data=request.data or {}).is_valid(raise_exception=True)
+        # No body (or JSON null) is no fields; any other body must be an object ([] or false
+        # too: they are not "nothing", and ``or {}`` would have waved them through).
+        StrictSerializer(data={} if request.data is None else request.data).is_valid(raise_exception=True)
         try:
             token, raw_token = services.device_token_rotate(token=request.auth)
         except selectors.TokenRejected as rejection:
