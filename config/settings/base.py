@@ -79,6 +79,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_LOCKOUT_CALLABLE = "apps.accounts.lockout.lockout_response"
+# Masked in the form data the lockout keeps of each failed sign-in (the password always is):
+# with a mistyped password, the admin's one-time code may be a printed backup code not used yet.
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "otp_token"]
 
 # Staff are signed out of the admin after this long without a request.
 SESSION_COOKIE_AGE = env_int("SESSION_IDLE_TIMEOUT_SECONDS", 15 * 60)

@@ -81,3 +81,27 @@ def test_admin_pages_carry_a_content_security_policy(client: Client) -> None:
     policy = response["Content-Security-Policy"]
     assert "default-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
+
+
+def test_a_failed_admin_sign_in_keeps_no_one_time_code_in_the_lockout_records(client: Client, staff: User) -> None:
+    """The lockout keeps the form of each failed sign-in: a code typed with a wrong password
+    (a printed backup code is good until used) must not be readable there afterwards."""
+    from axes.models import AccessAttempt
+    from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+
+    backup = StaticDevice.objects.create(user=staff, name="backup", confirmed=True)
+    StaticToken.objects.create(device=backup, token="k3y9x2p7")
+
+    client.post(
+        LOGIN_URL,
+        {
+            "username": staff.username,
+            "password": "mistyped",
+            "otp_device": backup.persistent_id,
+            "otp_token": "k3y9x2p7",
+        },
+    )
+
+    attempt = AccessAttempt.objects.get(username=staff.username)
+    assert "k3y9x2p7" not in attempt.post_data
+    assert "mistyped" not in attempt.post_data
