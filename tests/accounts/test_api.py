@@ -324,3 +324,16 @@ def test_a_revocation_and_a_rotation_committed_while_the_channel_layer_is_down_a
 
     assert revoked.status_code == 200, revoked.content
     assert Device.objects.get(pk=phone.pk).revoked_at is not None
+
+
+def test_me_lists_no_unit_of_a_program_the_user_was_taken_off(crew_member: CrewMember) -> None:
+    """A place on a crew left behind when the membership was deleted grants nothing (every
+    crew rule says so): /me/ must not tell the device it still crews that unit."""
+    from apps.accounts.models import Membership
+
+    assert crew_member.client().get("/api/v1/me/").json()["units"] == [str(crew_member.unit.pk)]
+    Membership.objects.filter(user=crew_member.user).delete()
+
+    me = crew_member.client().get("/api/v1/me/").json()
+
+    assert (me["memberships"], me["units"]) == ([], [])

@@ -64,4 +64,8 @@ class MeSerializer(serializers.ModelSerializer[User]):
         fields = ["id", "username", "first_name", "last_name", "memberships", "units"]
 
     def get_units(self, user: User) -> list[str]:
-        return [str(unit_id) for unit_id in user.unit_memberships.values_list("unit_id", flat=True)]
+        # A place on a crew counts only in a program the user still works for, as every crew
+        # rule reads it (apps.teams.selectors.crewed_unit_ids; accounts sits below teams).
+        programs = user.memberships.values("program_id")
+        crews = user.unit_memberships.filter(unit__program__in=programs)
+        return [str(unit_id) for unit_id in crews.values_list("unit_id", flat=True)]
