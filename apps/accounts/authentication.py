@@ -36,7 +36,7 @@ class DeviceTokenAuthentication(BaseAuthentication):
             if rejection.outbox_token is not None and getattr(view, "takes_outbox_handover", False):
                 token = rejection.outbox_token
             else:
-                raise _failure(rejection) from None
+                raise token_failure(rejection) from None
         device_authenticated(token=token)
         return token.device.user, token
 
@@ -53,10 +53,10 @@ def ensure_still_authenticated(request: Request) -> None:
     try:
         device_token_recheck(token_id=request.auth.pk)
     except TokenRejected as rejection:
-        raise _failure(rejection) from None
+        raise token_failure(rejection) from None
 
 
-def _failure(rejection: TokenRejected) -> exceptions.AuthenticationFailed:
+def token_failure(rejection: TokenRejected) -> exceptions.AuthenticationFailed:
     failure = exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value)
     failure.extra_body = rejection.instructions()  # type: ignore[attr-defined]
     return failure

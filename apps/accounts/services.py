@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, DeviceToken, User, hash_token
-from apps.accounts.selectors import TokenProblem, TokenRejected
+from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_recheck
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ def device_token_rotate(*, token: DeviceToken) -> tuple[DeviceToken, str]:
     now = timezone.now()
     locked = DeviceToken.objects.select_for_update().get(pk=token.pk)  # one rotation at a time
     if locked.revoked_at is not None:
-        # Its successor was used while this request was on its way: that one stands, and this
-        # one may not mint another.
+        # Its successor was used while this request was on its way (that one stands, and this
+        # one may not mint another), or its device was revoked: refused as authenticating
+        # would refuse it now, so a revoked device is told to hand over its outbox and wipe.
+        device_token_recheck(token_id=token.pk)
         raise TokenRejected(TokenProblem.UNKNOWN)
     unreceived = DeviceToken.objects.filter(replaces=token, revoked_at=None)
     changed = [token.pk, *unreceived.values_list("pk", flat=True)]

@@ -220,6 +220,28 @@ def test_a_rotation_that_arrives_after_the_successor_was_used_mints_nothing(crew
     assert DeviceToken.objects.filter(device=crew_member.device, revoked_at=None).count() == 1
 
 
+def test_a_rotation_that_arrives_after_its_device_was_revoked_mints_nothing_and_says_to_purge(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation commits between the rotation's authentication and its lock: the device
+    is told it was revoked (hand over the outbox, then wipe), not that its token is unknown,
+    which it would take for a token to sign in again over, keeping what it holds."""
+    rotate = services.device_token_rotate
+
+    def revoked_on_the_way(*, token: DeviceToken) -> tuple[DeviceToken, str]:
+        services.device_revoke(device=crew_member.device, revoked_by=None, reason="lost")
+        return rotate(token=token)
+
+    monkeypatch.setattr(services, "device_token_rotate", revoked_on_the_way)
+
+    response = crew_member.client().post("/api/v1/auth/token/rotate/")
+
+    assert response.status_code == 401
+    body = response.json()
+    assert (body["code"], body["purge_local_data"], body["push_outbox_first"]) == ("device_revoked", True, True)
+    assert DeviceToken.objects.filter(device=crew_member.device).count() == 1
+
+
 def test_outsider_cannot_see_or_revoke_another_users_device(
     api_client: APIClient, crew_member: CrewMember, outsider: CrewMember
 ) -> None:

@@ -20,6 +20,7 @@ from apps.accounts.api.serializers import (
     MeSerializer,
     ProgramDeviceSerializer,
 )
+from apps.accounts.authentication import token_failure
 from apps.accounts.models import Device, DeviceToken, Program, User
 from apps.common.api.pagination import PageQuerySerializer, StandardPagination, page_of, refuse_other_query_parameters
 from apps.common.api.serializers import StrictSerializer
@@ -74,7 +75,7 @@ class TokenRotateView(APIView):
         try:
             token, raw_token = services.device_token_rotate(token=request.auth)
         except selectors.TokenRejected as rejection:
-            raise exceptions.AuthenticationFailed(rejection.problem.message, code=rejection.problem.value) from None
+            raise token_failure(rejection) from None
         return Response(
             IssuedTokenSerializer(_issued(token.device, token, raw_token)).data, status=status.HTTP_201_CREATED
         )
