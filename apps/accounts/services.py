@@ -204,6 +204,11 @@ def devices_revoke_unseen(*, unseen_for_days: int) -> int:
     stale = Device.objects.filter(unseen, revoked_at=None).order_by("pk")
     revoked = 0
     for device in stale.iterator():
-        device_revoke(device=device, revoked_by=None, reason=f"not seen for {unseen_for_days} days")
+        with transaction.atomic():
+            # Read again under its lock: a device seen since the list was read is in a crew's
+            # hands again, and revoking it would have it wipe what the crew holds.
+            if not stale.select_for_update().filter(pk=device.pk).exists():
+                continue
+            device_revoke(device=device, revoked_by=None, reason=f"not seen for {unseen_for_days} days")
         revoked += 1
     return revoked

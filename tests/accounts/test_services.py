@@ -34,6 +34,26 @@ def test_unseen_devices_are_revoked_and_recent_ones_kept() -> None:
     assert Device.objects.get(pk=recent.pk).revoked_at is None
 
 
+def test_a_device_seen_again_while_the_unseen_are_being_revoked_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task reads the unseen devices, then revokes them one by one: one that comes back
+    meanwhile is in a crew's hands, and revoking it would wipe what its crew holds."""
+    long_ago = timezone.now() - timedelta(days=31)
+    first, second = sorted(DeviceFactory.create_batch(2, last_seen_at=long_ago), key=lambda device: device.pk)
+    revoke = services.device_revoke
+
+    def second_comes_back(**kwargs: Any) -> Device:
+        Device.objects.filter(pk=second.pk).update(last_seen_at=timezone.now())
+        return revoke(**kwargs)
+
+    monkeypatch.setattr(services, "device_revoke", second_comes_back)
+
+    revoked = services.devices_revoke_unseen(unseen_for_days=30)
+
+    assert revoked == 1
+    assert Device.objects.get(pk=first.pk).revoked_at is not None
+    assert Device.objects.get(pk=second.pk).revoked_at is None
+
+
 def test_a_device_never_seen_counts_from_its_registration() -> None:
     forgotten = DeviceFactory.create(last_seen_at=None)
     Device.objects.filter(pk=forgotten.pk).update(created_at=timezone.now() - timedelta(days=31))
