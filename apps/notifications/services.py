@@ -617,7 +617,8 @@ def _message(attempt: NotificationAttempt) -> Message:
 
 
 def _refusals(attempts: Sequence[NotificationAttempt]) -> list[tuple[AttemptStatus, str] | None]:
-    """Why each attempt must not go out (revoked device, opt-out, rate limit), or None."""
+    """Why each attempt must not go out (revoked device, deactivated user, opt-out, rate
+    limit), or None."""
     addressed = [attempt for attempt in attempts if attempt.channel != Channel.IN_APP]
     preferences = _Preferences(
         users=[attempt.recipient.user_id for attempt in addressed if attempt.recipient.user_id],
@@ -634,6 +635,10 @@ def _refusals(attempts: Sequence[NotificationAttempt]) -> list[tuple[AttemptStat
         recipient = attempt.recipient
         if attempt.device is not None and attempt.device.is_revoked:
             refusal = AttemptStatus.FAILED, "device revoked"
+        elif recipient.user is not None and not recipient.user.is_active:
+            # Deactivated since the plan: locked out as their devices are, so the text reaches
+            # none of their devices, numbers or addresses.
+            refusal = AttemptStatus.FAILED, "user deactivated"
         elif attempt.channel == Channel.PUSH and (registration is None or not registration.is_enabled):
             refusal = AttemptStatus.FAILED, "push registration disabled"
         elif attempt.channel in FALLBACK_CHANNEL.values() and recipient.confirmed_at is not None:

@@ -106,6 +106,21 @@ def test_device_revoked_after_planning_is_not_sent_to(program: Program, crew_mem
     assert (attempt.status, attempt.error_reason, attempt.sent_at) == (AttemptStatus.FAILED, "device revoked", None)
 
 
+def test_a_user_deactivated_after_planning_is_not_sent_to(program: Program, crew_member: CrewMember) -> None:
+    """Deactivated, a user's tablets are locked out; the notification's text must not reach
+    them by push either (nor their phone by SMS)."""
+    PushRegistrationFactory.create(device=crew_member.device)
+    notification = _notify(program, crew_member)
+    crew_member.user.is_active = False
+    crew_member.user.save(update_fields=["is_active"])
+    push = NotificationAttempt.objects.get(notification=notification, channel=Channel.PUSH)
+
+    services.attempt_send(attempt_id=str(push.pk))
+
+    push.refresh_from_db()
+    assert (push.status, push.error_reason, push.sent_at) == (AttemptStatus.FAILED, "user deactivated", None)
+
+
 def test_user_without_devices_gets_the_sms_at_once(program: Program, crew_member: CrewMember) -> None:
     crew_member.user.phone_number = "+15005550006"
     crew_member.user.save()
