@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.accounts.models import Device, Program, Role, User
-from apps.audit.models import AccessAction, AccessChannel, AuditEvent
+from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor
 from apps.care import services as care_services
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
@@ -505,12 +505,12 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
 # --- every other registration: scoped by program -------------------------------------------
 
 # How each model registered by another app reaches its program; a model with a ``program``
-# field needs no entry, and a model with neither stays with superusers.
+# field needs no entry, and a model with neither stays with superusers. The audit trail has
+# no entry on purpose: who read which record is for superusers only, whatever its program.
 PROGRAM_PATHS: dict[type[Model], str] = {
     Program: "id",
     User: "memberships__program",
     Device: "user__memberships__program",
-    AuditEvent: "program_id",
     PushRegistration: "device__user__memberships__program",
     NotificationPreference: "user__memberships__program",
 }

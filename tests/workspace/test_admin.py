@@ -17,7 +17,7 @@ from apps.sync import services as sync_services
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
-from tests.accounts.factories import ProgramFactory
+from tests.accounts.factories import ProgramFactory, UserFactory
 from tests.care.factories import encounter
 from tests.conftest import make_crew_member, revoke_device, sign_in_to_admin
 from tests.followups.factories import case_manager
@@ -338,3 +338,25 @@ def test_a_supervisor_sets_a_quarantined_change_aside_from_the_admin_saying_why(
     assert (stored.dismissed_by, stored.dismiss_reason) == (supervisor_user, "Made on the wrong person")
     assert list(supervisor.get(changelist_url(Mutation)).context["cl"].result_list) == []  # out of the queue
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"
+
+
+def test_the_audit_trail_is_for_superusers_only_not_the_programs_staff(program: Program) -> None:
+    """Who read which health record is itself the superusers' to read: a case manager,
+    supervisor or administrator of the program sees no page of the trail, not even the
+    events of their own program."""
+    day = workday(program)
+    manager = sign_in_to_admin(Client(), day.case_manager)
+    step = next(step for step in day.steps if step.status == StepStatus.PENDING)
+    manager.post(changelist_url(FollowUpStep), {"action": "mark_completed", "_selected_action": [str(step.pk)]})
+    own = AuditEvent.objects.filter(program_id=program.pk, record_id=step.pk).first()
+    assert own is not None
+    administrator = staff(make_crew_member(program, role=Role.ADMINISTRATOR).user)
+    superuser = sign_in_to_admin(Client(), UserFactory.create(is_staff=True, is_superuser=True))
+
+    for user in (day.case_manager, day.supervisor, administrator):
+        client = sign_in_to_admin(Client(), user)
+        assert client.get(changelist_url(AuditEvent)).status_code == 403, user
+        # Not theirs to look up at all: answered as for an event that does not exist.
+        assert client.get(change_url(AuditEvent, own.pk)).status_code in (403, 404), user
+        assert "audit/auditevent" not in client.get("/admin/").content.decode(), user
+    assert superuser.get(change_url(AuditEvent, own.pk)).status_code == 200
