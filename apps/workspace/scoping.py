@@ -69,6 +69,18 @@ class ProgramScopedAdmin(admin.ModelAdmin):
             record_admin_reads(request, self.model, [found])
         return found
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if request.method == "GET":
+            # The page shows its inlines' records too (an encounter's notes, a referral's
+            # outcomes, a step's contact attempts): each one shown is read, like the page's own.
+            for inline in getattr(response, "context_data", {}).get("inline_admin_formsets", []):
+                formset = inline.formset
+                record_admin_reads(request, formset.model, [form.instance for form in formset.initial_forms])
+        return response
+
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")

@@ -8,10 +8,13 @@ from django.contrib.admin.utils import quote
 from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from apps.accounts.models import Program, Role, User
 from apps.audit.models import AuditEvent
-from apps.care.models import Encounter
+from apps.care import services as care_services
+from apps.care.models import Encounter, Referral
+from apps.followups import services as followup_services
 from apps.followups.models import FollowUpStep, StepAction, StepStatus
 from apps.sync import services as sync_services
 from apps.sync.models import Conflict, Mutation, MutationStatus
@@ -22,7 +25,7 @@ from tests.care.factories import encounter
 from tests.conftest import make_crew_member, revoke_device, sign_in_to_admin
 from tests.followups.factories import case_manager
 from tests.sync.helpers import SimDevice
-from tests.workspace.scenario import staff, workday
+from tests.workspace.scenario import casework, staff, workday
 
 
 def changelist_url(model: type[Model]) -> str:
@@ -360,3 +363,38 @@ def test_the_audit_trail_is_for_superusers_only_not_the_programs_staff(program: 
         assert client.get(change_url(AuditEvent, own.pk)).status_code in (403, 404), user
         assert "audit/auditevent" not in client.get("/admin/").content.decode(), user
     assert superuser.get(change_url(AuditEvent, own.pk)).status_code == 200
+
+
+def test_records_shown_inline_on_a_change_page_are_audited_as_read(program: Program) -> None:
+    """An encounter's page shows its notes' text, a referral's its outcomes' details, a step's
+    its contact attempts' notes: each shown record is read, not only the page's own."""
+    work = casework(workday(program))
+    manager = work.day.case_manager
+    step = work.overdue_step()
+    attempt = followup_services.attempt_record(
+        step=step,
+        actor=manager,
+        method="phone",
+        result="no_answer",
+        notes="Left a voicemail.",
+        attempted_at=timezone.now(),
+    )
+    outcome = care_services.referral_outcome_record(
+        referral=Referral.objects.get(pk=work.referral_id),
+        outcome="scheduled",
+        observed_at=timezone.now(),
+        details="Intake on Monday.",
+        actor=manager,
+    )
+    user = UserFactory.create(is_staff=True, is_superuser=True)  # sees every inline
+    client = sign_in_to_admin(Client(), user)
+
+    pages = [
+        (change_url(Encounter, work.encounter_id), "Calm on arrival.", ("care.note", work.note_id)),
+        (change_url(Referral, work.referral_id), "Intake on Monday.", ("care.referral_outcome", outcome.pk)),
+        (change_url(FollowUpStep, step.pk), "Left a voicemail.", ("followups.contact_attempt", attempt.pk)),
+    ]
+    for url, shown, (record_type, record_id) in pages:
+        assert shown in client.get(url).content.decode(), url
+        reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=user.pk, record_type=record_type)
+        assert list(reads.values_list("record_id", flat=True)) == [record_id], url
