@@ -42,10 +42,17 @@ from apps.workspace import work
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_action
 from apps.workspace.filters import QueueFilter
-from apps.workspace.scoping import ProgramScopedAdmin
+from apps.workspace.scoping import AuditedAutocompleteJsonView, ProgramScopedAdmin
 from apps.workspace.work import LocalDateTimeInput
 
 admin.site.index_template = "workspace/index.html"
+
+
+def _autocomplete_view(request: HttpRequest) -> Any:
+    return AuditedAutocompleteJsonView.as_view(admin_site=admin.site)(request)
+
+
+admin.site.autocomplete_view = _autocomplete_view  # type: ignore[method-assign]
 
 
 def _all_fields(model: type[Model]) -> list[str]:

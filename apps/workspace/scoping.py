@@ -13,6 +13,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path
+from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponseBadRequest
@@ -216,3 +217,13 @@ def scope_choices(queryset: QuerySet[Any], site: admin.AdminSite, program_ids: l
     if any(field.many_to_many or field.one_to_many for field in fields):
         return queryset.filter(pk__in=queryset.model._default_manager.filter(**lookup).values("pk"))
     return queryset.filter(**lookup)
+
+
+class AuditedAutocompleteJsonView(AutocompleteJsonView):
+    """The admin's autocomplete runs any admin's search (an encounter by the person's name)
+    and answers with the records found: each one is read, as on the list."""
+
+    def get_context_data(self, **kwargs: Any) -> Any:
+        context = super().get_context_data(**kwargs)
+        record_admin_reads(self.request, self.model_admin.model, context["object_list"])
+        return context

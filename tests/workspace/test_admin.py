@@ -398,3 +398,21 @@ def test_records_shown_inline_on_a_change_page_are_audited_as_read(program: Prog
         assert shown in client.get(url).content.decode(), url
         reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=user.pk, record_type=record_type)
         assert list(reads.values_list("record_id", flat=True)) == [record_id], url
+
+
+def test_records_found_through_the_admins_autocomplete_are_audited_as_read(program: Program) -> None:
+    """The autocomplete answers any admin's search (an encounter by the person's name, a
+    referral by their phone number) with the records found: finding them is reading them, as
+    the same search on the list is."""
+    work = casework(workday(program))
+    client = sign_in_to_admin(Client(), work.day.case_manager)
+
+    found = client.get(
+        "/admin/autocomplete/",
+        {"app_label": "care", "model_name": "clinicalnote", "field_name": "encounter", "term": "Rosa"},
+    )
+
+    assert found.status_code == 200
+    assert [result["id"] for result in found.json()["results"]] == [str(work.encounter_id)]
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
+    assert list(reads.values_list("record_type", "record_id")) == [("care.encounter", work.encounter_id)]
