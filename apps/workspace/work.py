@@ -29,7 +29,7 @@ from apps.audit.models import AccessAction
 from apps.care import services as care_services
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent, ReferralStatus
 from apps.common.api.errors import DomainError
-from apps.dispatch.models import Assignment
+from apps.dispatch.models import Assignment, Incident
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
 from apps.followups.services import REASON_MAX_LENGTH
@@ -358,3 +358,7 @@ def _audit_timeline_reads(request: HttpRequest, timeline: Timeline) -> None:
     # The step itself was recorded when the page looked it up.
     record_admin_reads(request, FollowUpStep, [step for step in timeline.steps if step.pk != timeline.step.pk])
     record_admin_reads(request, ContactAttempt, timeline.attempts)
+    # The calls shown are read like an incident or assignment opened in the admin.
+    calls = list(timeline.incidents.values())
+    record_admin_reads(request, Assignment, calls)
+    record_admin_reads(request, Incident, list({call.incident_id: call.incident for call in calls}.values()))

@@ -17,11 +17,14 @@ from django.utils import timezone
 from apps.accounts.models import Program
 from apps.audit.models import AuditEvent
 from apps.care import services as care_services
-from apps.care.models import ClinicalNote, Referral, ReferralStatus
+from apps.care.models import ClinicalNote, Encounter, Referral, ReferralStatus
 from apps.common.api.errors import DomainError
+from apps.dispatch import services as dispatch
+from apps.dispatch.models import Assignment
 from apps.followups.models import ContactAttempt, FollowUpStep, StepAction, StepStatus
 from apps.sync.models import Conflict
 from tests.conftest import sign_in_to_admin
+from tests.dispatch.factories import make_incident
 from tests.followups.factories import case_manager
 from tests.workspace.scenario import Casework, casework, workday
 from tests.workspace.test_admin import changelist_url, outsider_of
@@ -376,3 +379,21 @@ def test_the_reassign_choices_of_the_bulk_action_are_the_users_programs_case_man
         {"action": "reassign", "_selected_action": [str(work.overdue_step().pk)], "owner": str(elsewhere.pk)},
     )
     assert work.overdue_step().owner == work.day.case_manager
+
+
+def test_the_call_shown_on_the_timeline_is_audited_as_read(work: Casework, manager: Client) -> None:
+    """The timeline shows the call each encounter answered (the unit's assignment and its
+    incident): reading them there is recorded, as opening them in the admin is."""
+    day = work.day
+    encounter = Encounter.objects.get(pk=work.encounter_id)
+    call = dispatch.assignment_offer(
+        incident=make_incident(day.program, day.dispatcher), unit=encounter.unit, actor=day.dispatcher.user
+    )
+    Assignment.objects.filter(pk=call.pk).update(offered_at=encounter.started_at - dt.timedelta(minutes=20))
+
+    page = manager.get(timeline_url(work.overdue_step()))
+
+    assert call.incident.external_call_id in page.content.decode()
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=day.case_manager.pk)
+    assert list(reads.filter(record_type="dispatch.incident").values_list("record_id", flat=True)) == [call.incident_id]
+    assert list(reads.filter(record_type="dispatch.assignment").values_list("record_id", flat=True)) == [call.pk]
