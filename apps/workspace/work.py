@@ -331,7 +331,8 @@ def timeline_view(model_admin: ModelAdmin[Any], request: HttpRequest, object_id:
         else:
             built = _forms(timeline, everyone)
             status = 200
-            _audit_timeline_reads(request, timeline)
+        # Shown again with a form's errors, the page still shows the whole timeline: a read too.
+        _audit_timeline_reads(request, timeline)
         context = {
             **model_admin.admin_site.each_context(request),
             "opts": model_admin.model._meta,
@@ -355,8 +356,9 @@ def _audit_timeline_reads(request: HttpRequest, timeline: Timeline) -> None:
     record_admin_reads(
         request, ReferralOutcomeEvent, [event for referral in timeline.referrals for event in referral.outcomes.all()]
     )
-    # The step itself was recorded when the page looked it up.
-    record_admin_reads(request, FollowUpStep, [step for step in timeline.steps if step.pk != timeline.step.pk])
+    # The step itself was recorded when the page looked it up, on a GET only (not a form posted).
+    looked_up = timeline.step.pk if request.method == "GET" else None
+    record_admin_reads(request, FollowUpStep, [step for step in timeline.steps if step.pk != looked_up])
     record_admin_reads(request, ContactAttempt, timeline.attempts)
     # The calls shown are read like an incident or assignment opened in the admin.
     calls = list(timeline.incidents.values())

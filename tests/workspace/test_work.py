@@ -397,3 +397,22 @@ def test_the_call_shown_on_the_timeline_is_audited_as_read(work: Casework, manag
     reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=day.case_manager.pk)
     assert list(reads.filter(record_type="dispatch.incident").values_list("record_id", flat=True)) == [call.incident_id]
     assert list(reads.filter(record_type="dispatch.assignment").values_list("record_id", flat=True)) == [call.pk]
+
+
+def test_a_timeline_shown_again_with_a_forms_errors_is_audited_as_read(work: Casework, manager: Client) -> None:
+    """A refused form answers 400 with the whole timeline again (the person, the notes, the
+    referrals): that page is a read of each record it shows, as the page first opened is."""
+    step = work.overdue_step()
+
+    refused = post_form(manager, step, "attempt", method="phone", result="no_answer")  # no time given
+
+    assert refused.status_code == 400
+    assert "Calm on arrival." in refused.content.decode()
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
+    assert set(reads.values_list("record_type", "record_id")) >= {
+        ("care.person", work.person_id),
+        ("care.encounter", work.encounter_id),
+        ("care.note", work.note_id),
+        ("care.referral", work.referral_id),
+        ("followups.step", step.pk),
+    }
