@@ -27,7 +27,7 @@ from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor
 from apps.care import services as care_services
-from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
+from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent, ReferralTaskEvent
 from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident, TimelineEvent
 from apps.followups import services as followup_services
@@ -40,7 +40,7 @@ from apps.sync.registry import Refused
 from apps.teams.models import Unit
 from apps.workspace import work
 from apps.workspace.access import request_program_ids
-from apps.workspace.audit import record_admin_action
+from apps.workspace.audit import record_admin_action, record_admin_reads
 from apps.workspace.filters import QueueFilter
 from apps.workspace.scoping import AuditedAutocompleteJsonView, ProgramScopedAdmin
 from apps.workspace.work import LocalDateTimeInput
@@ -172,6 +172,11 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
         action_form = getattr(response, "context_data", {}).get("action_form")
         if action_form is not None:
             action_form.fields["owner"].queryset = self._owner_choices(request)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            # Each row names its person (the Person column): those people are read too.
+            people = {step.plan.person_id: step.plan.person for step in changelist.result_list if step.plan.person_id}
+            record_admin_reads(request, Person, list(people.values()))
         return response
 
     def _owner_choices(self, request: HttpRequest) -> QuerySet[User]:

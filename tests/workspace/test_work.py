@@ -416,3 +416,13 @@ def test_a_timeline_shown_again_with_a_forms_errors_is_audited_as_read(work: Cas
         ("care.referral", work.referral_id),
         ("followups.step", step.pk),
     }
+
+
+def test_the_people_named_on_the_step_list_are_audited_as_read(work: Casework, manager: Client) -> None:
+    """The follow-up step list shows each step's person by name (and finds them by name or
+    phone number): listing them reads those people, as the timeline showing them does."""
+    listed = manager.get(changelist_url(FollowUpStep), {"q": "Diaz"})
+
+    assert "Rosa Diaz" in listed.content.decode()
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
+    assert list(reads.filter(record_type="care.person").values_list("record_id", flat=True)) == [work.person_id]
