@@ -8,6 +8,7 @@ record and writes no audit row.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from typing import Any
 
 from django import forms
@@ -36,6 +37,10 @@ from apps.workspace.dashboard import (
 
 # A year and a day: enough for an annual report, bounded so one request stays cheap.
 MAX_DAYS = 366
+# The range's arithmetic (a default length back from the end, the midnight after the last
+# day) must stay inside the calendar: a date at its very ends is refused, not a 500.
+FIRST_DAY = dt.date.min + dt.timedelta(days=MAX_DAYS)
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
 FORMATS = ("html", "csv")
 
 
@@ -53,6 +58,11 @@ class DashboardForm(forms.Form):
         if "start" in self.errors or "end" in self.errors:
             return cleaned
         given_start, given_end = cleaned.get("start"), cleaned.get("end")
+        for name, given in (("start", given_start), ("end", given_end)):
+            if given is not None and not FIRST_DAY <= given <= LAST_DAY:
+                self.add_error(name, f"Give a date from {FIRST_DAY} to {LAST_DAY}.")
+        if "start" in self.errors or "end" in self.errors:
+            return cleaned
         # Only a start: from then to today. Only an end: the default's length up to it.
         end = given_end or max(self.default.end, given_start or self.default.end)
         start = given_start or (end - (self.default.end - self.default.start))

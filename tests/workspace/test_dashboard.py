@@ -451,6 +451,10 @@ def test_a_superuser_may_open_every_programs_dashboard(program: Program) -> None
         ({"end": "yesterday"}, "end"),
         ({"start": "2026-11-10", "end": "2026-11-01"}, "end"),
         ({"start": "2024-01-01", "end": "2026-11-10"}, "end"),
+        # At the ends of the calendar: no day after the last, no default range before the first.
+        ({"start": "9999-12-31", "end": ""}, "start"),
+        ({"start": "9999-12-30", "end": "9999-12-31"}, "end"),
+        ({"start": "", "end": "0001-01-05"}, "end"),
     ],
 )
 def test_a_bad_filter_is_refused_naming_the_field(program: Program, params: dict[str, str], field: str) -> None:
