@@ -8,6 +8,7 @@ superusers only. Superusers see everything.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib import admin
@@ -113,6 +114,18 @@ class ProgramScopedAdmin(admin.ModelAdmin):
     def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         formfield = super().formfield_for_manytomany(db_field, request, **kwargs)
         return self._scope_choices(request, formfield)
+
+    def get_inline_instances(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        # An inline is a form too (a user's memberships, a unit's crew): its foreign keys offer
+        # the same choices, or a membership of another program could be posted by hand.
+        inlines = super().get_inline_instances(request, obj)
+        for inline in inlines:
+            for name in ("formfield_for_foreignkey", "formfield_for_manytomany"):
+                setattr(inline, name, functools.partial(self._scoped_formfield, getattr(inline, name)))
+        return inlines
+
+    def _scoped_formfield(self, build: Any, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        return self._scope_choices(request, build(db_field, request, **kwargs))
 
     def _scope_choices(self, request: HttpRequest, formfield: Any) -> Any:
         queryset = getattr(formfield, "queryset", None)

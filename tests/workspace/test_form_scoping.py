@@ -6,9 +6,10 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from apps.accounts.models import Program, Role
+from apps.accounts.models import Membership, Program, Role
 from apps.followups.models import CaseManagerAssignment
 from tests.accounts.factories import ProgramFactory
+from tests.admin_pages import resubmitted
 from tests.conftest import make_crew_member, sign_in_to_admin
 from tests.teams.factories import ZoneFactory
 from tests.workspace.scenario import staff
@@ -69,3 +70,35 @@ def test_a_superuser_keeps_every_choice(superuser_client: Client, program: Progr
     form = superuser_client.get(ADD_URL).context["adminform"].form
 
     assert {program, elsewhere} <= set(form.fields["program"].queryset)
+
+
+def test_an_inlines_choices_are_the_users_programs_too(program: Program) -> None:
+    """The inlines of a change page (a user's memberships) are forms too: an administrator of
+    the program who may change users cannot give one of them, themselves included, a role in
+    another program by posting its id by hand, and so reach its records."""
+    user = staff(make_crew_member(program, role=Role.ADMINISTRATOR).user)
+    for codename in ("view_user", "change_user", "view_membership", "add_membership", "change_membership"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = sign_in_to_admin(Client(), user)
+    elsewhere = ProgramFactory.create(slug="elsewhere")
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+
+    page = client.get(url)
+    memberships = next(
+        inline.formset for inline in page.context["inline_admin_formsets"] if inline.formset.model is Membership
+    )
+    assert set(memberships.empty_form.fields["program"].queryset) == {program}
+
+    data = resubmitted(page)
+    prefix = memberships.prefix
+    added = int(data[f"{prefix}-TOTAL_FORMS"])
+    data |= {
+        f"{prefix}-TOTAL_FORMS": str(added + 1),
+        f"{prefix}-{added}-program": str(elsewhere.pk),
+        f"{prefix}-{added}-role": Role.CASE_MANAGER,
+        f"{prefix}-{added}-user": str(user.pk),
+    }
+    posted = client.post(url, data)
+
+    assert posted.status_code == 200  # the form again, with the error on the inline
+    assert not Membership.objects.filter(user=user, program=elsewhere).exists()
