@@ -122,7 +122,15 @@ class ProgramScopedAdmin(admin.ModelAdmin):
         for inline in inlines:
             for name in ("formfield_for_foreignkey", "formfield_for_manytomany"):
                 setattr(inline, name, functools.partial(self._scoped_formfield, getattr(inline, name)))
+            # And its rows are the user's programs' only (a colleague's membership of another
+            # program is neither shown nor changed).
+            inline.get_queryset = functools.partial(self._scoped_rows, inline.get_queryset)  # type: ignore[method-assign]
         return inlines
+
+    def _scoped_rows(self, rows: Any, request: HttpRequest) -> QuerySet[Any]:
+        if self._is_superuser(request):
+            return rows(request)
+        return scope_choices(rows(request), self.admin_site, request_program_ids(request))
 
     def _scoped_formfield(self, build: Any, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         return self._scope_choices(request, build(db_field, request, **kwargs))

@@ -102,3 +102,27 @@ def test_an_inlines_choices_are_the_users_programs_too(program: Program) -> None
 
     assert posted.status_code == 200  # the form again, with the error on the inline
     assert not Membership.objects.filter(user=user, program=elsewhere).exists()
+
+
+def test_an_inline_shows_only_the_users_programs_rows(program: Program) -> None:
+    """A colleague who also works for another program: an administrator of this program sees
+    (and may change or delete) only their membership of this program on their page."""
+    user = staff(make_crew_member(program, role=Role.ADMINISTRATOR).user)
+    for codename in ("view_user", "change_user", "view_membership", "change_membership", "delete_membership"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = sign_in_to_admin(Client(), user)
+    colleague = make_crew_member(program, role=Role.CASE_MANAGER).user
+    elsewhere = ProgramFactory.create(slug="elsewhere")
+    theirs = Membership.objects.create(user=colleague, program=elsewhere, role=Role.SUPERVISOR)
+    url = reverse("admin:accounts_user_change", args=[colleague.pk])
+
+    page = client.get(url)
+    memberships = next(
+        inline.formset for inline in page.context["inline_admin_formsets"] if inline.formset.model is Membership
+    )
+    assert {form.instance.program for form in memberships.initial_forms} == {program}
+    assert "Elsewhere" not in page.content.decode()
+
+    saved = client.post(url, resubmitted(page))  # the page as shown saves, and leaves the other alone
+    assert saved.status_code == 302
+    assert Membership.objects.filter(pk=theirs.pk, role=Role.SUPERVISOR).exists()
