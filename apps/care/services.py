@@ -551,6 +551,11 @@ def _lock_records_under(encounter: Encounter) -> list[tuple[str, CareRecord]]:
         held |= wanted
 
 
+def records_moved_with(encounter_id: UUID) -> list[tuple[str, UUID]]:
+    """The synced records under an encounter, by type and id: what a move writes with it."""
+    return [(type_name, record.pk) for type_name, record in _records_under(encounter_id)[1:]]
+
+
 def _records_under(encounter_id: UUID) -> list[tuple[str, CareRecord]]:
     encounter = Encounter.objects.get(pk=encounter_id)
     referrals = list(Referral.objects.filter(encounter=encounter))

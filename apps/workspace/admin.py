@@ -357,6 +357,21 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
                 description=f"Bulk action: moved to unit {unit.pk}",
                 logged=[encounter for encounter in moved if encounter.program_id == program_id],
             )
+            # Everything under the encounters (notes, referrals, ...) was written with them.
+            under: dict[str, list[Any]] = {}
+            for encounter in moved:
+                if encounter.program_id == program_id:
+                    for record_type, record_id in care_services.records_moved_with(encounter.pk):
+                        under.setdefault(record_type, []).append(record_id)
+            for record_type, record_ids in under.items():
+                record_admin_action(
+                    request,
+                    record_type=record_type,
+                    record_ids=record_ids,
+                    action=AccessAction.UPDATE,
+                    program_id=program_id,
+                    description=f"Bulk action: moved to unit {unit.pk}",
+                )
         if moved:
             self.message_user(request, f"Moved {len(moved)} encounter(s) to {unit.call_sign}.", messages.SUCCESS)
         for reason in refused:

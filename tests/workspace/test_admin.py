@@ -416,3 +416,24 @@ def test_records_found_through_the_admins_autocomplete_are_audited_as_read(progr
     assert [result["id"] for result in found.json()["results"]] == [str(work.encounter_id)]
     reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
     assert list(reads.values_list("record_type", "record_id")) == [("care.encounter", work.encounter_id)]
+
+
+def test_moving_an_encounter_audits_every_record_that_moved_with_it(program: Program) -> None:
+    """Its notes and referrals go with the encounter to the new unit (written, and sent to the
+    new unit's devices): each is a write of the supervisor's in the audit trail."""
+    work = casework(workday(program))
+    new_unit = Unit.objects.create(program=program, call_sign="MC-9")
+    supervisor = sign_in_to_admin(Client(), work.day.supervisor)
+
+    supervisor.post(
+        changelist_url(Encounter),
+        {"action": "move_to_unit", "_selected_action": [str(work.encounter_id)], "unit": str(new_unit.pk)},
+    )
+
+    assert Encounter.objects.get(pk=work.encounter_id).unit_id == new_unit.pk
+    written = AuditEvent.objects.filter(channel="admin", action="update", actor_id=work.day.supervisor.pk)
+    assert set(written.values_list("record_type", "record_id")) >= {
+        ("care.encounter", work.encounter_id),
+        ("care.note", work.note_id),
+        ("care.referral", work.referral_id),
+    }
