@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from django import forms
 from django.contrib import messages
 from django.contrib.admin import ModelAdmin
+from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -45,8 +46,17 @@ class LocalDateTimeInput(forms.DateTimeInput):
         super().__init__(format="%Y-%m-%dT%H:%M")
 
 
+def _within_the_calendar(moment: Any) -> None:
+    # As the API refuses (OffsetDateTimeField): no record of a crisis response names a time
+    # outside these years, and arithmetic on one beyond them can leave the calendar.
+    if not 1900 <= moment.year <= 2999:
+        raise ValidationError("Give a time between the years 1900 and 2999.", code="time_out_of_range")
+
+
 def _local_datetime_field(label: str, help_text: str = "") -> forms.DateTimeField:
-    return forms.DateTimeField(label=label, widget=LocalDateTimeInput(), help_text=help_text)
+    return forms.DateTimeField(
+        label=label, widget=LocalDateTimeInput(), help_text=help_text, validators=[_within_the_calendar]
+    )
 
 
 def case_managers_of(program_ids: list[Any]) -> QuerySet[User]:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from apps.accounts.models import Program
 from apps.audit.models import AuditEvent
 from apps.care import services as care_services
-from apps.care.models import ClinicalNote, Encounter, Referral, ReferralStatus
+from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus
 from apps.common.api.errors import DomainError
 from apps.dispatch import services as dispatch
 from apps.dispatch.models import Assignment
@@ -125,6 +125,24 @@ def test_an_attempt_in_the_future_is_refused_on_the_form(work: Casework, manager
     assert response.status_code == 400
     assert response.context["forms"]["attempt"].errors == {"attempted_at": ["An attempt cannot be in the future."]}
     assert not ContactAttempt.objects.filter(step=step).exists()
+
+
+@pytest.mark.parametrize(("form", "field"), [("attempt", "attempted_at"), ("outcome", "observed_at")])
+def test_a_time_outside_the_calendar_a_program_works_in_is_refused_on_the_form(
+    work: Casework, manager: Client, form: str, field: str
+) -> None:
+    """The API refuses times before 1900 or after 2999; a form typed in the workspace too."""
+    step = work.overdue_step()
+    fields = {"method": "phone", "result": "reached"} if form == "attempt" else {"outcome": "connected"}
+    if form == "outcome":
+        fields["referral"] = str(step.plan.encounter.referrals.get().pk)
+
+    response = post_form(manager, step, form, **fields, **{field: "0001-01-01T10:00"})
+
+    assert response.status_code == 400
+    assert response.context["forms"][form].errors == {field: ["Give a time between the years 1900 and 2999."]}
+    assert not ContactAttempt.objects.filter(step=step).exists()
+    assert not ReferralOutcomeEvent.objects.exists()
 
 
 def test_a_referral_outcome_recorded_on_the_timeline_completes_the_steps_it_answers(
