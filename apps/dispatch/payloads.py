@@ -5,10 +5,13 @@ Kept out of the API layer so services can put the same shape in the feed that a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from apps.accounts.models import User
+from apps.dispatch import selectors
 from apps.dispatch.models import Assignment, AssignmentStatus, EventKind, Incident, SupervisorAlert, TimelineEvent
 from apps.teams.models import Unit
 
@@ -91,6 +94,16 @@ def crew_assignment_payload(assignment: Assignment) -> dict[str, Any]:
     """An assignment as its crew sees it, over the feed and REST alike: the call inside it
     only while it is theirs, or once they served it."""
     return assignment_payload(assignment, with_incident=assignment.status not in DROPPED_BY_CREW)
+
+
+def assignment_payloads_as_seen_by(user: User, assignments: Iterable[Assignment]) -> list[dict[str, Any]]:
+    """Dispatch sees the call in every assignment of its programs; a crew sees it as the feed
+    gives it, not once the call was taken from them before they served it (P5)."""
+    dispatching = set(selectors.dispatch_programs(user=user).values_list("pk", flat=True))
+    return [
+        assignment_payload(a) if a.incident.program_id in dispatching else crew_assignment_payload(a)
+        for a in assignments
+    ]
 
 
 def unit_payload(unit: Unit) -> dict[str, Any]:

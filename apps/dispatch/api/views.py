@@ -32,7 +32,7 @@ from apps.dispatch.api import serializers as s
 from apps.dispatch.models import Assignment, AssignmentStatus, Incident
 from apps.dispatch.payloads import (
     assignment_payload,
-    crew_assignment_payload,
+    assignment_payloads_as_seen_by,
     event_payload,
     incident_payload,
     unit_payload,
@@ -90,16 +90,6 @@ def _audit(request: Request, action: AccessAction, record_type: str, records: It
         record_access(
             accessor=accessor, action=action, record_type=record_type, record_ids=record_ids, program_id=program_id
         )
-
-
-def _as_seen_by(user: User, assignments: Iterable[Assignment]) -> list[dict[str, Any]]:
-    """Dispatch sees the call in every assignment of its programs; a crew sees it as the feed
-    gives it, not once the call was taken from them before they served it (P5)."""
-    dispatching = set(selectors.dispatch_programs(user=user).values_list("pk", flat=True))
-    return [
-        assignment_payload(a) if a.incident.program_id in dispatching else crew_assignment_payload(a)
-        for a in assignments
-    ]
 
 
 def _require_crew(user: User, assignment: Assignment) -> None:
@@ -307,7 +297,7 @@ class AssignmentListView(APIView):
         paginator = StandardPagination()
         page = paginator.paginate_queryset(assignments, request, view=self) or []
         _audit_assignments(request, AccessAction.READ, page)
-        return paginator.get_paginated_response(_as_seen_by(user, page))
+        return paginator.get_paginated_response(assignment_payloads_as_seen_by(user, page))
 
 
 class AssignmentDetailView(APIView):
@@ -316,7 +306,7 @@ class AssignmentDetailView(APIView):
         assignment = _assignment(request, assignment_id)
         _audit_assignments(request, AccessAction.READ, [assignment])
         user, _device = _actor(request)
-        return Response(_as_seen_by(user, [assignment])[0])
+        return Response(assignment_payloads_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentAcknowledgeView(APIView):
@@ -336,7 +326,7 @@ class AssignmentAcknowledgeView(APIView):
             observed_at=data["observed_at"],
             accessor=Accessor.from_request(request),
         )
-        return Response(_as_seen_by(user, [assignment])[0])
+        return Response(assignment_payloads_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentStatusView(APIView):
@@ -358,7 +348,7 @@ class AssignmentStatusView(APIView):
             client_event_id=data["event_id"],
             accessor=Accessor.from_request(request),
         )
-        return Response({**_as_seen_by(user, [update.assignment])[0], "applied": update.applied})
+        return Response({**assignment_payloads_as_seen_by(user, [update.assignment])[0], "applied": update.applied})
 
 
 class AssignmentDeclineView(APIView):
@@ -378,7 +368,7 @@ class AssignmentDeclineView(APIView):
             observed_at=data["observed_at"],
             accessor=Accessor.from_request(request),
         )
-        return Response(_as_seen_by(user, [assignment])[0])
+        return Response(assignment_payloads_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentCheckInView(APIView):
@@ -397,7 +387,7 @@ class AssignmentCheckInView(APIView):
             observed_at=data["observed_at"],
             accessor=Accessor.from_request(request),
         )
-        return Response(_as_seen_by(user, [assignment])[0])
+        return Response(assignment_payloads_as_seen_by(user, [assignment])[0])
 
 
 class AssignmentCancelView(APIView):
