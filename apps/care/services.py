@@ -413,15 +413,19 @@ def referral_outcome_record(
             )
         return recorded
     context = WriteContext(user=actor, device=None)
-    event = referral_outcome_apply(
-        context,
-        Change(
-            "create",
-            event_id,
-            None,
-            {"referral_id": referral.pk, "outcome": outcome, "observed_at": observed_at, "details": details},
-        ),
+    change = Change(
+        "create",
+        event_id,
+        None,
+        {"referral_id": referral.pk, "outcome": outcome, "observed_at": observed_at, "details": details},
     )
+    try:
+        event = referral_outcome_apply(context, change)
+    except Refused as refused:
+        # What a device's push keeps for review is refused to a person at once: a time that
+        # cannot be true as a bad request, the referral's state (cancelled) as a conflict.
+        status_code = http_status.HTTP_400_BAD_REQUEST if refused.code == "time_in_future" else None
+        raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=status_code) from refused
     publish_record(type_name="care.referral_outcome", record=event, user=actor)
     return event
 

@@ -20,8 +20,6 @@ from apps.audit.services import Accessor, record_access
 from apps.care import selectors, services
 from apps.care.api.serializers import OutcomeInputSerializer, ReferralSerializer, TaskStatusInputSerializer
 from apps.care.models import Referral
-from apps.common.api.errors import DomainError
-from apps.sync.registry import Refused
 
 
 def _referral(request: Request, referral_id: str) -> Referral:
@@ -95,18 +93,10 @@ class ReferralOutcomeView(APIView):
         payload = OutcomeInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         assert isinstance(request.user, User)
-        try:
-            data = dict(payload.validated_data)
-            outcome = services.referral_outcome_record(
-                referral=referral, actor=request.user, event_id=data.pop("id", None), **data
-            )
-        except Refused as refused:
-            # A time that cannot be true is a bad request; the other refusals are the
-            # referral's state (cancelled) meeting the outcome.
-            status_code = status.HTTP_400_BAD_REQUEST if refused.code == "time_in_future" else None
-            raise DomainError(
-                refused.detail, code=refused.code, field=refused.field, status_code=status_code
-            ) from refused
+        data = dict(payload.validated_data)
+        outcome = services.referral_outcome_record(
+            referral=referral, actor=request.user, event_id=data.pop("id", None), **data
+        )
         # The outcome is a record of its own; the answer shows the referral it was recorded on.
         _audit(request, AccessAction.CREATE, referral, "care.referral_outcome", outcome.pk)
         _audit(request, AccessAction.READ, referral)
