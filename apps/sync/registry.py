@@ -29,7 +29,7 @@ from rest_framework.settings import api_settings
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from apps.accounts.models import Device, User
-from apps.common import bulk
+from apps.common import bulk, calendar
 from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 from apps.common.ids import canonical_uuid
 
@@ -373,7 +373,7 @@ def _moment_check(zone: Any) -> Callable[[Any], Any]:
             parsed = parse_datetime(value)
             if parsed is None or not timezone.is_aware(parsed):
                 return _ASK_DRF  # DRF makes a naive time aware, or words the error
-            if not OffsetDateTimeField.EARLIEST <= parsed < OffsetDateTimeField.LATEST:
+            if not calendar.within(parsed):
                 return _ASK_DRF  # an offset field refuses it, a plain one keeps it
             return parsed.astimezone(zone)
         except (ValueError, OverflowError):

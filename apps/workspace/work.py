@@ -29,6 +29,7 @@ from apps.accounts.models import Role, User
 from apps.audit.models import AccessAction
 from apps.care import services as care_services
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent, ReferralStatus
+from apps.common import calendar
 from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident
 from apps.followups import services as followup_services
@@ -47,10 +48,8 @@ class LocalDateTimeInput(forms.DateTimeInput):
 
 
 def _within_the_calendar(moment: Any) -> None:
-    # As the API refuses (OffsetDateTimeField): no record of a crisis response names a time
-    # outside these years, and arithmetic on one beyond them can leave the calendar.
-    if not 1900 <= moment.year <= 2999:
-        raise ValidationError("Give a time between the years 1900 and 2999.", code="time_out_of_range")
+    if not calendar.within(moment):
+        raise ValidationError(calendar.OUT_OF_RANGE, code="time_out_of_range")
 
 
 def _local_datetime_field(label: str, help_text: str = "") -> forms.DateTimeField:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -9,6 +8,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
+from apps.common import calendar
 from apps.common.ids import CANONICAL_UUID, canonical_uuid
 
 
@@ -128,17 +128,11 @@ class OffsetDateTimeField(serializers.DateTimeField):
     is refused: read in the server's zone, a tablet's local time in New York would be
     stored five hours off, with no error to tell anyone."""
 
-    # No record of a crisis response names a time outside these; beyond them, the date
-    # arithmetic done on a record's times (a reminder a day before an appointment) can
-    # leave the calendar and fail the write.
-    EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-    LATEST = datetime(3000, 1, 1, tzinfo=UTC)
-
     default_error_messages = {
         "offset_required": "Give the time with its UTC offset, e.g. 2026-11-20T14:05:00-05:00 or …Z.",
         "null_characters_not_allowed": "Null characters are not allowed.",
-        "time_out_of_range": "Give a time between the years 1900 and 2999.",
-        "overflow": "Give a time between the years 1900 and 2999.",
+        "time_out_of_range": calendar.OUT_OF_RANGE,
+        "overflow": calendar.OUT_OF_RANGE,
     }
 
     def to_internal_value(self, value: Any) -> Any:
@@ -158,7 +152,7 @@ class OffsetDateTimeField(serializers.DateTimeField):
             if invalid.get_codes() == ["overflow"]:  # beyond year 9999 or before year 1 in UTC
                 self.fail("time_out_of_range")
             raise
-        if not self.EARLIEST <= moment < self.LATEST:
+        if not calendar.within(moment):
             self.fail("time_out_of_range")
         return moment
 
