@@ -78,6 +78,21 @@ class ReadOnlyWorkspaceAdmin(ProgramScopedAdmin):
         return
 
 
+def _audit_bulk_writes(request: HttpRequest, record_type: str, written: list[Any], description: str) -> None:
+    """A bulk action's writes in the audit trail and the admin's history, per program."""
+    for program_id in sorted({record.program_id for record in written}):
+        of_program = [record for record in written if record.program_id == program_id]
+        record_admin_action(
+            request,
+            record_type=record_type,
+            record_ids=[record.pk for record in of_program],
+            action=AccessAction.UPDATE,
+            program_id=program_id,
+            description=description,
+            logged=of_program,
+        )
+
+
 class ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
@@ -196,16 +211,7 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
                 refused.append(f"{step}: {error.detail}")
             else:
                 worked.append(step)
-        for program_id in sorted({step.program_id for step in worked}):
-            record_admin_action(
-                request,
-                record_type="followups.step",
-                record_ids=[step.pk for step in worked if step.program_id == program_id],
-                action=AccessAction.UPDATE,
-                program_id=program_id,
-                description=f"Bulk action: {description}",
-                logged=[step for step in worked if step.program_id == program_id],
-            )
+        _audit_bulk_writes(request, "followups.step", worked, f"Bulk action: {description}")
         if worked:
             self.message_user(request, f"{done} {len(worked)} step(s).", messages.SUCCESS)
         for reason in refused:
@@ -347,31 +353,22 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
                 refused.append(f"{encounter.started_at:%Y-%m-%d %H:%M}: {error.detail}")
             else:
                 moved.append(encounter)
-        for program_id in sorted({encounter.program_id for encounter in moved}):
+        description = f"Bulk action: moved to unit {unit.pk}"
+        _audit_bulk_writes(request, "care.encounter", moved, description)
+        # Everything under the encounters (notes, referrals, ...) was written with them.
+        under: dict[tuple[Any, str], list[Any]] = {}
+        for encounter in moved:
+            for record_type, record_id in care_services.records_moved_with(encounter.pk):
+                under.setdefault((encounter.program_id, record_type), []).append(record_id)
+        for (program_id, record_type), record_ids in under.items():
             record_admin_action(
                 request,
-                record_type="care.encounter",
-                record_ids=[encounter.pk for encounter in moved if encounter.program_id == program_id],
+                record_type=record_type,
+                record_ids=record_ids,
                 action=AccessAction.UPDATE,
                 program_id=program_id,
-                description=f"Bulk action: moved to unit {unit.pk}",
-                logged=[encounter for encounter in moved if encounter.program_id == program_id],
+                description=description,
             )
-            # Everything under the encounters (notes, referrals, ...) was written with them.
-            under: dict[str, list[Any]] = {}
-            for encounter in moved:
-                if encounter.program_id == program_id:
-                    for record_type, record_id in care_services.records_moved_with(encounter.pk):
-                        under.setdefault(record_type, []).append(record_id)
-            for record_type, record_ids in under.items():
-                record_admin_action(
-                    request,
-                    record_type=record_type,
-                    record_ids=record_ids,
-                    action=AccessAction.UPDATE,
-                    program_id=program_id,
-                    description=f"Bulk action: moved to unit {unit.pk}",
-                )
         if moved:
             self.message_user(request, f"Moved {len(moved)} encounter(s) to {unit.call_sign}.", messages.SUCCESS)
         for reason in refused:
