@@ -15,6 +15,7 @@ The answer depends on the address, as with the providers' own test values:
                        +15005550777         held until ``release()``: a send in flight
     Web Push endpoint  /wp/gone-*           410 Gone;  /wp/missing-*  404 Not Found
     APNs device token  dead*                410 Unregistered;  bad0*  400 BadDeviceToken
+                       0ther*               400 DeviceTokenNotForTopic (another app's token)
 """
 
 from __future__ import annotations
@@ -376,6 +377,8 @@ class ApnsStandIn:
             return status, response_headers, response_body
         if token.startswith("bad0"):
             return error(400, "BadDeviceToken")
+        if token.startswith("0ther"):
+            return error(400, "DeviceTokenNotForTopic")
         return 200, {"apns-id": headers.get("apns-id", "")}, b""
 
     def serve_connection(self, raw: socket.socket, context: ssl.SSLContext) -> None:

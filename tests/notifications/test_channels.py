@@ -192,6 +192,24 @@ def test_apns_unregistered_or_bad_token_is_disabled(
     assert registration.disabled_reason == reason
 
 
+def test_apns_token_not_for_the_topic_fails_the_send_but_keeps_the_registration(
+    providers: tuple[StandIn, ApnsStandIn], program: Program, crew_member: CrewMember
+) -> None:
+    """APNs answers DeviceTokenNotForTopic to every token when APNS_TOPIC names the wrong
+    app: disabling on it would switch off every iOS device until each registers again."""
+    registration = PushRegistrationFactory.create(
+        device=crew_member.device, provider=PushProvider.APNS, token="0ther" + "ab" * 30
+    )
+    notification = _urgent(program, crew_member)
+
+    attempt = _send(_push_attempt(notification, registration))
+
+    registration.refresh_from_db()
+    assert (attempt.status, attempt.error_reason) == (AttemptStatus.FAILED, "apns 400 DeviceTokenNotForTopic")
+    assert registration.disabled_at is None
+    assert registration.disabled_reason == ""
+
+
 def test_web_push_is_vapid_signed_and_encrypted(
     providers: tuple[StandIn, ApnsStandIn], program: Program, crew_member: CrewMember
 ) -> None:

@@ -11,6 +11,7 @@ process too: APNs treats frequent reconnects as a denial-of-service attempt.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import time
@@ -22,8 +23,14 @@ from django.core.exceptions import ImproperlyConfigured
 
 from apps.notifications.channels.base import PUSH_TITLE, Message, PushTarget, SendResult, retry_after_seconds
 
+logger = logging.getLogger(__name__)
+
 TOKEN_LIFETIME_SECONDS = 40 * 60
-INVALID_TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"}
+INVALID_TOKEN_REASONS = {"BadDeviceToken", "Unregistered"}
+# Also what every token gets when APNS_TOPIC names another of the team's apps: a failed
+# send (the fallback chain goes on), not a token to switch off, or one wrong setting would
+# disable every iOS registration until each device registered again.
+TOKEN_NOT_FOR_TOPIC = "DeviceTokenNotForTopic"  # noqa: S105 — an APNs reason code
 STALE_PROVIDER_TOKEN_REASONS = {"ExpiredProviderToken", "InvalidProviderToken"}
 
 _lock = threading.Lock()
@@ -87,6 +94,9 @@ class ApnsBackend:
         reason = f"apns {response.status_code} {reason_code}".strip()
         if response.status_code == httpx.codes.GONE or reason_code in INVALID_TOKEN_REASONS:
             return SendResult.invalid_address(reason)
+        if reason_code == TOKEN_NOT_FOR_TOPIC:
+            logger.warning("APNs refused a token for the topic %s: check APNS_TOPIC", self.topic)
+            return SendResult.failed(reason)
         if reason_code in STALE_PROVIDER_TOKEN_REASONS:
             with _lock:
                 _provider_tokens.pop((self.team_id, self.key_id), None)
