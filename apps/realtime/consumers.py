@@ -70,6 +70,8 @@ class CloseCode:
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_REQUEST_ID_LENGTH = 100
+# A token check whose read failed is made again within this many seconds.
+TOKEN_CHECK_RETRY_SECONDS = 5.0
 FEED_PAGE_SIZE = 200
 # Backoff while committed entries wait behind an older, still-running transaction, then a
 # look every HELD_BACK_RETRY_LATER_SECONDS until it ends: its commit nudges only its own
@@ -380,7 +382,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if self.token is None:
             await self.close(code=CloseCode.UNAUTHENTICATED)
 
-    def _check_token_later(self) -> None:
+    def _check_token_later(self, *, at_most: float | None = None) -> None:
         """Check the token again when the clock ends it, or within WEBSOCKET_TOKEN_RECHECK_SECONDS
         in case the channel layer lost the word of a change (``token_changed``)."""
         assert self.token is not None
@@ -390,6 +392,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             self.token_check.cancel()
         until_unusable = (token_usable_until(self.token) - timezone.now()).total_seconds()
         delay = max(0.0, min(until_unusable, settings.WEBSOCKET_TOKEN_RECHECK_SECONDS or until_unusable))
+        if at_most is not None:
+            # After a failed check: soon, but not at once, even for a token the clock has ended.
+            delay = min(max(delay, 1.0), at_most)
         self.token_check = asyncio.create_task(self._check_token_after(delay))
 
     async def _check_token_after(self, delay: float) -> None:
@@ -408,6 +413,12 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 token = await _recheck_token(self.token)
             except TokenRejected as rejection:
                 await self._end_for(rejection)
+                return
+            except Exception:
+                # The database unavailable for a moment: the check is made again. Ended by
+                # it, the socket would outlive its token's revocation or expiry.
+                logger.exception("websocket could not check its token again")
+                self._check_token_later(at_most=TOKEN_CHECK_RETRY_SECONDS)
                 return
             if self.ended:  # the client left while the token was read
                 return

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 from websockets.sync.client import ClientConnection
@@ -113,6 +113,30 @@ def test_an_open_socket_finds_a_revocation_whose_word_was_lost(live_server_logs:
         DeviceToken.objects.filter(device=crew_member.device).update(revoked_at=now)
 
         assert receive(socket, timeout=3) == {
+            "type": "device.revoked",
+            "purge_local_data": True,
+            "push_outbox_first": True,
+        }
+        assert close_code(socket, timeout=1) == 4403
+
+
+def test_a_check_of_the_token_that_failed_is_made_again(live_server_logs: Path, crew_member: CrewMember) -> None:
+    """A check whose read failed (the database unavailable for a moment) is made again:
+    ended by it, the socket would outlive its token's revocation or expiry."""
+    with (
+        asgi_server(live_server_logs, name="web-token-recheck-fails", WEBSOCKET_TOKEN_RECHECK_SECONDS="1") as server,
+        authenticated_socket(server.ws_url, crew_member.token) as socket,
+    ):
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE accounts_devicetoken RENAME TO accounts_devicetoken_away")
+        try:
+            time.sleep(2.5)  # at least one check fails
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("ALTER TABLE accounts_devicetoken_away RENAME TO accounts_devicetoken")
+        _revoke_unannounced(crew_member)
+
+        assert receive(socket, timeout=4) == {
             "type": "device.revoked",
             "purge_local_data": True,
             "push_outbox_first": True,
