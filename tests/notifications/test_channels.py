@@ -294,6 +294,27 @@ def test_twilio_sms_follows_the_messages_api_contract(
     }
 
 
+def test_an_sms_without_a_link_ends_with_its_text(
+    providers: tuple[StandIn, ApnsStandIn], settings: SettingsWrapper, program: Program
+) -> None:
+    """A text to a person (an appointment reminder) has no link: the staff site's address
+    is nothing they can open, and tells whoever reads their phone where the text came from."""
+    stand_in, _ = providers
+    settings.NOTIFICATIONS_LINK_BASE_URL = "https://tandem.example.org"
+    notification = services.notify(
+        program=program,
+        contacts=[services.Contact(phone_number="+15005550006")],
+        kind="followup.appointment",
+        text="Reminder from your care team: you have an appointment soon.",
+    )
+
+    attempt = _send(NotificationAttempt.objects.get(notification=notification, channel=Channel.SMS))
+
+    assert attempt.status == AttemptStatus.SENT
+    [request] = stand_in.of("twilio")
+    assert request.content["Body"] == "Tandem: Reminder from your care team: you have an appointment soon."
+
+
 def test_twilio_invalid_number_fails_with_the_providers_code(
     providers: tuple[StandIn, ApnsStandIn], program: Program
 ) -> None:

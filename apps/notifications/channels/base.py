@@ -76,7 +76,9 @@ class Message:
         }
 
     def sms_body(self) -> str:
-        return f"Tandem: {self.text} {self.url}".strip()
+        # A text without a link (to a person, such as an appointment reminder) ends with its
+        # words: the staff site's address is nothing its reader could open.
+        return f"Tandem: {self.text} {self.url}" if self.link else f"Tandem: {self.text}"
 
     def email_subject(self) -> str:
         return f"Tandem: {self.text}"
