@@ -351,7 +351,7 @@ class IssuedCursor(models.Model):
     id = models.BigAutoField(primary_key=True)
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
     position = models.CharField(max_length=200)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # pruned with the feed
 
     def __str__(self) -> str:
         return f"cursor {self.id} of {self.device_id}"

@@ -33,6 +33,7 @@ from apps.sync.models import (
     Conflict,
     ConflictKind,
     FeedRetention,
+    IssuedCursor,
     RemoveReason,
     ScopeChange,
     SyncedRecord,
@@ -692,6 +693,9 @@ def feed_prune(*, older_than: timedelta, batch_size: int = 10_000) -> int:
     Returns how many entries were deleted.
     """
     cutoff = timezone.now() - older_than
+    # WatermelonDB's numbered cursors, one per pull: one from before the retention gets the
+    # 410 a cursor of its age would get (watermelon.UnknownTimestamp).
+    IssuedCursor.objects.filter(created_at__lt=cutoff).delete()
     last_transaction = ChangeEntry.objects.filter(created_at__lt=cutoff).aggregate(last=Max("transaction_id"))["last"]
     if last_transaction is None:
         return 0

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
 from django.db import models
+from django.utils import timezone
 
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
-from apps.sync import push, registry, watermelon
-from apps.sync.models import Mutation, MutationStatus, SyncedRecord
+from apps.sync import push, registry, services, watermelon
+from apps.sync.models import IssuedCursor, Mutation, MutationStatus, SyncedRecord
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member, revoke_device
 from tests.sync.helpers import now_iso, respelt, sync_client
@@ -411,3 +413,20 @@ def test_an_edit_made_before_the_app_deleted_the_record_is_kept_with_the_deleted
     )
     assert [result["status"] for result in again.json()["results"]] == ["duplicate", "duplicate"]
     assert SyncedRecord.objects.get(record_id=visit).version == 3
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_timestamps_issued_before_the_feeds_retention_are_pruned_with_it(crew_member: CrewMember) -> None:
+    """Every WatermelonDB pull issues a timestamp: kept for ever, they would grow by one row
+    per device per pull. Those older than the retention go with the feed; a device still
+    holding one gets the 410 of any cursor from before the retention and re-bootstraps."""
+    client = sync_client(crew_member)
+    old = client.get("/api/v1/sync/watermelon/pull/").json()["timestamp"]
+    IssuedCursor.objects.filter(pk=old).update(created_at=timezone.now() - timedelta(days=31))
+    recent = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": old}).json()["timestamp"]
+
+    services.feed_prune(older_than=timedelta(days=30))
+
+    assert list(IssuedCursor.objects.values_list("pk", flat=True)) == [recent]
+    assert client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": old}).status_code == 410
+    assert client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": recent}).status_code == 200
