@@ -682,6 +682,7 @@ def assignment_update_status(
     observed_at: datetime | None = None,
     client_event_id: UUID | None = None,
     accessor: Accessor | None = None,
+    answered_with_assignment: bool = True,
 ) -> StatusUpdate:
     """Move an acknowledged assignment along en route → on scene → transporting → cleared.
 
@@ -689,6 +690,10 @@ def assignment_update_status(
     already moved past is kept in the timeline (with its observed time) but does not move
     the status back (`applied: false`). A retried update with the same client_event_id
     applies once and returns the same answer.
+
+    The moved assignment's feed entry skips the reporting device when its answer carries the
+    assignment (REST); a status time pushed with the outbox is answered with itself alone,
+    so that device gets the entry too (``answered_with_assignment=False``).
     """
     assignment = _lock_assignment(assignment_id)
     _audit(accessor, AccessAction.UPDATE, assignment)
@@ -740,7 +745,8 @@ def assignment_update_status(
         if served:
             assignment.incident.refresh_from_db()
             _publish_incident(assignment.incident)
-    _publish_assignment(assignment, origin_device_id=device.pk if device else None)
+    origin = device.pk if device is not None and answered_with_assignment else None
+    _publish_assignment(assignment, origin_device_id=origin)
     _refresh_units([assignment.unit_id], now=now)
     return StatusUpdate(assignment, True, event)
 

@@ -89,6 +89,8 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
                 device_id=context.device.pk if context.device is not None else None,
                 channel=AccessChannel.SYNC,
             ),
+            # The push answers with the status time alone: the device's feed brings the assignment.
+            answered_with_assignment=False,
         )
     except DomainError as refusal:
         field = _WIRE_FIELD.get(refusal.field, refusal.field) if refusal.field is not None else None

@@ -70,6 +70,28 @@ def test_status_times_recorded_offline_push_with_the_outbox_and_keep_the_crews_t
         assert latest["data"]["status"] == "on_scene"
 
 
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_the_device_that_pushed_a_status_time_gets_the_assignment_it_moved_in_its_feed(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Over REST the answer carries the moved assignment; a push answers with the status time
+    alone, so the pushing tablet learns the assignment's new status (and its check-in clock)
+    only from its feed, as its partners do."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    offered_at = Assignment.objects.get(pk=assignment_id).offered_at
+
+    [result] = device.push(_status_time(device, assignment_id, "on_scene", offered_at + timedelta(milliseconds=300)))
+    entries, _ = device.pull(cursor)
+
+    assert (result["status"], result["data"]["applied"]) == ("applied", True)
+    assert {e["id"] for e in entries if e["type"] == "dispatch.status_time"} == set()  # its own write
+    [moved] = [e for e in entries if e["type"] == "dispatch.assignment"]
+    assert (moved["id"], moved["data"]["status"]) == (str(assignment_id), "on_scene")
+    assert moved["data"]["checkin_due_at"] is not None
+
+
 def test_a_status_time_arriving_after_a_later_one_is_kept_and_moves_nothing_back(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
