@@ -120,14 +120,17 @@ def _apply_again(mutation_ids: list[int], device_ids: set[UUID], by_device: dict
 
     All under the devices' locks, in one transaction. Checked again under them: another
     reviewer may have applied one since the reviewable ones were read, and answering for it
-    again would credit this reviewer with a write they did not make. Applied before anyone
+    again would credit this reviewer with a write they did not make; or set one aside, and
+    its writer was told it would never apply. Applied before anyone
     else sees them received: the device's own push or the sweep of stranded mutations would
     apply them as an ordinary write of the device, which the feed never sends back to it."""
     with transaction.atomic():
         for device_id in sorted(device_ids):  # one order for every reviewer: no deadlock
             lock_device(device_id)  # not while a push of the device applies
         still_kept = set(
-            Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED).values_list("pk", flat=True)
+            Mutation.objects.filter(
+                pk__in=mutation_ids, status=MutationStatus.QUARANTINED, dismissed_at=None
+            ).values_list("pk", flat=True)
         )
         _ensure_all_among(mutation_ids, still_kept)
         for (device_id, user_id), pks in by_device.items():

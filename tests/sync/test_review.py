@@ -436,3 +436,31 @@ def test_a_review_of_more_changes_than_one_review_takes_is_refused_before_any_de
     assert [(e.value.status_code, e.value.code, e.value.field) for e in (applying, setting_aside)] == [
         (400, "max_length", "ids")
     ] * 2
+
+
+def test_a_change_another_supervisor_set_aside_meanwhile_is_not_applied(
+    program: Program, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One supervisor applies a change again while another sets it aside: the second one's
+    decision commits once the first has found the change reviewable, before it holds the
+    device's lock. Under the lock the change is no longer waiting for review: nothing is
+    applied, and it stays set aside as its writer was told."""
+    record_id, applying = _handed_over_edit(program, crew_member, {"location": "written offline"})
+    setting_aside = make_crew_member(program, role=Role.SUPERVISOR)
+    [mutation_id] = _quarantined_ids(applying)
+    real_unreadable_as_sent = push.unreadable_as_sent
+
+    def read_once_the_other_supervisor_has_set_it_aside(mutation: Mutation) -> bool:
+        monkeypatch.setattr(push, "unreadable_as_sent", real_unreadable_as_sent)
+        review.dismiss_after_review(mutation_ids=[mutation_id], reviewer=setting_aside.user, reason="A duplicate")
+        return real_unreadable_as_sent(mutation)
+
+    monkeypatch.setattr(push, "unreadable_as_sent", read_once_the_other_supervisor_has_set_it_aside)
+
+    answer = _apply(applying, [mutation_id], expect=404)
+
+    assert (answer["code"], answer["errors"][0]["field"]) == ("not_found", "ids.0")
+    stored = Mutation.objects.get(pk=mutation_id)
+    assert (stored.status, stored.dismissed_by_id) == (MutationStatus.QUARANTINED, setting_aside.user.pk)
+    assert Encounter.objects.get(pk=record_id).location != "written offline"
+    assert not AuditEvent.objects.filter(record_id=record_id, actor_id=applying.user.pk).exclude(action="read").exists()
