@@ -386,9 +386,11 @@ def referral_outcome_record(
 ) -> ReferralOutcomeEvent:
     """A case manager records an outcome (a phone call, a clinic's report).
 
-    With the id of an outcome already recorded (a retry whose answer was lost), the outcome is
-    that one, returned as it stands; other content under its id, or the id of another record,
-    is refused. Outcomes are append-only: recorded twice, a retry would count twice.
+    With the id of an outcome already recorded by the actor (a retry whose answer was lost),
+    the outcome is that one, returned as it stands; other content under its id, someone
+    else's outcome (answered as the actor's, it would be audited as theirs), or the id of
+    another record, is refused. Outcomes are append-only: recorded twice, a retry would count
+    twice.
     """
     event_id = event_id or uuid.uuid4()
     lock_records([referral.pk, event_id])
@@ -400,14 +402,15 @@ def referral_outcome_record(
     recorded = ReferralOutcomeEvent.objects.filter(pk=event_id).first()
     if recorded is not None:
         moment = parse_datetime(observed_at) if isinstance(observed_at, str) else observed_at
-        if (recorded.referral_id, recorded.outcome, recorded.observed_at, recorded.details) != (
-            referral.pk,
-            outcome,
-            moment,
-            details,
-        ):
+        if (
+            recorded.referral_id,
+            recorded.outcome,
+            recorded.observed_at,
+            recorded.details,
+            recorded.created_by_id,
+        ) != (referral.pk, outcome, moment, details, actor.pk):
             raise DomainError(
-                "An outcome with this id is recorded already, with other content; it stands.",
+                "An outcome with this id is recorded already, with other content or by someone else; it stands.",
                 code="id_in_use",
                 field="id",
             )

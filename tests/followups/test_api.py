@@ -220,6 +220,33 @@ def test_an_outcome_sent_again_with_its_id_is_recorded_once_and_other_content_un
     assert Referral.objects.get(pk=referral_id).status == "connected"
 
 
+def test_an_outcome_id_another_person_recorded_is_not_answered_as_theirs(crew_member: CrewMember) -> None:
+    """The same content under an outcome's id is a retry of whoever recorded it. Sent by a
+    colleague, it is not theirs to retry: answered as theirs, the audit trail would name the
+    colleague as the outcome's recorder."""
+    referral_id = referral(crew_member)
+    manager, colleague = case_manager(crew_member), case_manager(crew_member, of_program=False)
+    body = {
+        "id": str(uuid.uuid4()),
+        "outcome": "connected",
+        "observed_at": timezone.now().isoformat(),
+        "details": "Intake done",
+    }
+    url = f"/api/v1/care/referrals/{referral_id}/outcomes/"
+
+    first = manager.client().post(url, body, format="json")
+    colleagues = colleague.client().post(url, body, format="json")
+
+    assert first.status_code == 201
+    assert (colleagues.status_code, colleagues.json()["code"], colleagues.json()["errors"][0]["field"]) == (
+        409,
+        "id_in_use",
+        "id",
+    )
+    recorders = AuditEvent.objects.filter(record_type="care.referral_outcome", action="create")
+    assert list(recorders.values_list("actor_id", flat=True)) == [manager.user.pk]
+
+
 def test_a_task_move_sent_again_by_its_maker_is_answered_as_the_first_and_recorded_once(
     crew_member: CrewMember,
 ) -> None:
