@@ -521,6 +521,10 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
         raise Refused("unit_in_other_program", "The unit belongs to another program.", field="unit")
     records = _lock_records_under(encounter)
     encounter = records[0][1]  # type: ignore[assignment]
+    if encounter.unit_id == unit.pk:
+        # Nothing moves: writing it all again would send every record under it to the unit's
+        # devices again, and record a move that did not happen.
+        raise Refused("unit_unchanged", "The encounter is already in this unit.", field="unit")
     publisher = Publisher()
     publisher.read_heads([record.pk for _name, record in records])
     for type_name, record in records:

@@ -468,6 +468,9 @@ def test_a_contact_attempt_made_while_its_encounter_moves_is_placed_in_the_new_u
     def reassign() -> None:
         encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
 
+    def reassign_again() -> None:  # a move takes the encounter to another unit than the one it is in
+        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=newer_unit, actor=supervisor.user)
+
     def from_the_device() -> uuid.UUID:
         return _attempt_made_offline(crew_member, steps[0], "Reached her at her sister's.")
 
@@ -483,12 +486,18 @@ def test_a_contact_attempt_made_while_its_encounter_moves_is_placed_in_the_new_u
         return attempt.pk
 
     synced, device_waited = run_while_another_writer_holds(encounter_id, reassign, from_the_device)
-    recorded, manager_waited = run_while_another_writer_holds(encounter_id, reassign, by_the_case_manager)
+    placed_by_the_device = (
+        ContactAttempt.objects.get(pk=synced).unit_id,
+        SyncedRecord.objects.get(record_id=synced).scopes,
+    )
+    newer_unit = UnitFactory.create(program=program)
+    recorded, manager_waited = run_while_another_writer_holds(encounter_id, reassign_again, by_the_case_manager)
 
     assert (device_waited, manager_waited) == (True, True)
-    for attempt_id in (synced, recorded):
-        assert ContactAttempt.objects.get(pk=attempt_id).unit_id == new_unit.pk
-        assert unit_scope(new_unit.pk) in SyncedRecord.objects.get(record_id=attempt_id).scopes
+    assert placed_by_the_device[0] == new_unit.pk
+    assert unit_scope(new_unit.pk) in placed_by_the_device[1]
+    assert ContactAttempt.objects.get(pk=recorded).unit_id == newer_unit.pk
+    assert unit_scope(newer_unit.pk) in SyncedRecord.objects.get(record_id=recorded).scopes
 
 
 def test_a_crew_members_attempt_posted_while_its_encounter_moves_to_another_crew_is_refused(

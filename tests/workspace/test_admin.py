@@ -17,7 +17,7 @@ from apps.care.models import Encounter, Referral
 from apps.followups import services as followup_services
 from apps.followups.models import FollowUpStep, StepAction, StepStatus
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.models import Conflict, Mutation, MutationStatus, SyncedRecord
 from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory, UserFactory
@@ -437,3 +437,23 @@ def test_moving_an_encounter_audits_every_record_that_moved_with_it(program: Pro
         ("care.note", work.note_id),
         ("care.referral", work.referral_id),
     }
+
+
+def test_moving_an_encounter_to_the_unit_it_is_in_writes_nothing(program: Program) -> None:
+    """A selection that takes in encounters already in the chosen unit: those do not move, so
+    nothing of theirs is written again, sent again to the unit's devices, or audited as moved."""
+    work = casework(workday(program))
+    here = Encounter.objects.get(pk=work.encounter_id).unit
+    versions = dict(SyncedRecord.objects.values_list("record_id", "version"))
+    supervisor = sign_in_to_admin(Client(), work.day.supervisor)
+
+    answer = supervisor.post(
+        changelist_url(Encounter),
+        {"action": "move_to_unit", "_selected_action": [str(work.encounter_id)], "unit": str(here.pk)},
+        follow=True,
+    )
+
+    assert "already" in answer.content.decode()
+    assert "Moved 1" not in answer.content.decode()
+    assert dict(SyncedRecord.objects.values_list("record_id", "version")) == versions
+    assert not AuditEvent.objects.filter(channel="admin", action="update").exists()
