@@ -360,6 +360,10 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
         for encounter in moved:
             for record_type, record_id in care_services.records_moved_with(encounter.pk):
                 under.setdefault((encounter.program_id, record_type), []).append(record_id)
+        # And the follow-up's steps, not synced, which take the encounter's unit too.
+        steps = FollowUpStep.objects.filter(plan__encounter__in=moved).order_by("pk")
+        for program_id, step_id in steps.values_list("program_id", "pk"):
+            under.setdefault((program_id, "followups.step"), []).append(step_id)
         for (program_id, record_type), record_ids in under.items():
             record_admin_action(
                 request,

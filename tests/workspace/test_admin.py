@@ -457,3 +457,23 @@ def test_moving_an_encounter_to_the_unit_it_is_in_writes_nothing(program: Progra
     assert "Moved 1" not in answer.content.decode()
     assert dict(SyncedRecord.objects.values_list("record_id", "version")) == versions
     assert not AuditEvent.objects.filter(channel="admin", action="update").exists()
+
+
+def test_moving_an_encounter_audits_its_follow_up_steps_that_moved_with_it(program: Program) -> None:
+    """The follow-up's steps take the encounter's new unit (the new crew works them): each is
+    a health record written by the move, a write of the supervisor's in the audit trail."""
+    work = casework(workday(program))
+    new_unit = Unit.objects.create(program=program, call_sign="MC-9")
+    supervisor = sign_in_to_admin(Client(), work.day.supervisor)
+
+    supervisor.post(
+        changelist_url(Encounter),
+        {"action": "move_to_unit", "_selected_action": [str(work.encounter_id)], "unit": str(new_unit.pk)},
+    )
+
+    steps = FollowUpStep.objects.filter(pk__in=[step.pk for step in work.steps])
+    assert set(steps.values_list("unit_id", flat=True)) == {new_unit.pk}
+    written = AuditEvent.objects.filter(
+        channel="admin", action="update", actor_id=work.day.supervisor.pk, record_type="followups.step"
+    )
+    assert set(written.values_list("record_id", "program_id")) == {(step.pk, program.pk) for step in work.steps}
