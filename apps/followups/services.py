@@ -485,8 +485,26 @@ def reminders_send(*, reminder_ids: list[int]) -> dict[str, int]:
     completed a moment ago is seen as completed here), the notifications are created in bulk,
     and the "sent" marks commit with them. All or nothing: a worker killed mid-chunk committed
     none of it, and a redelivered or duplicate chunk finds its reminders sent and does nothing.
+
+    A chunk that fails is sent again one reminder at a time, so one reminder that cannot be
+    sent holds back none of the others; it stays claimed ("failed"), and the sweep takes it
+    again after ``FOLLOWUPS_REDISPATCH_AFTER_SECONDS``.
     """
-    return dict(Counter(_reminders_send(reminder_ids).values()))
+    try:
+        return dict(Counter(_reminders_send(reminder_ids).values()))
+    except Exception:
+        if len(reminder_ids) <= 1:
+            raise
+        logger.exception("a chunk of %d reminders failed; sending them one at a time", len(reminder_ids))
+    outcomes: Counter[str] = Counter()
+    for reminder_id in reminder_ids:
+        try:
+            outcomes.update(_reminders_send([reminder_id]).values())
+        except Exception:
+            # Ids only in the log: nothing about the person or the step.
+            logger.exception("reminder %s could not be sent; the sweep retries it", reminder_id)
+            outcomes["failed"] += 1
+    return dict(outcomes)
 
 
 def _reminders_send(reminder_ids: list[int]) -> dict[int, str]:

@@ -652,3 +652,38 @@ def test_a_due_reminder_is_not_emailed_to_an_owner_who_turned_email_off(crew_mem
     assert not NotificationAttempt.objects.filter(
         notification=notification, channel=Channel.EMAIL, sent_at__isnull=False
     ).exists()
+
+
+def test_a_reminder_whose_send_fails_holds_back_none_of_the_others_in_its_chunk(crew_member: CrewMember) -> None:
+    """One reminder that cannot be sent (here its program's clock names no time zone) must not
+    roll back the chunk it was claimed with: the others go out now, it stays claimed for a retry."""
+    supervisor = MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR).user
+    person_id = uuid.uuid4()
+    pushed(
+        crew_member,
+        "care.person",
+        {"unit_id": str(crew_member.unit.pk), "phone_number": "+12125550123"},
+        record_id=person_id,
+    )
+    referral_id = referral(
+        crew_member,
+        encounter_fields={"person_id": str(person_id)},
+        consent_to_contact=True,
+        appointment_at=(timezone.now() + dt.timedelta(hours=2)).isoformat(),
+    )
+    appointment = Reminder.objects.get(referral_id=referral_id, kind=ReminderKind.PERSON_APPOINTMENT)
+    [step, *_] = steps_of(referral_id)
+    alert = Reminder.objects.get(step=step, kind=ReminderKind.SUPERVISOR_OVERDUE)
+    Program.objects.filter(pk=crew_member.unit.program.pk).update(time_zone="America/Nowhere")
+
+    outcomes = services.reminders_send(reminder_ids=[appointment.pk, alert.pk])
+
+    assert outcomes == {"sent": 1, "failed": 1}
+    alert.refresh_from_db()
+    assert alert.sent_at is not None
+    assert list(Notification.objects.get(kind="followup.overdue").recipients.values_list("user_id", flat=True)) == [
+        supervisor.pk
+    ]
+    appointment.refresh_from_db()
+    assert (appointment.sent_at, appointment.cancelled_at) == (None, None)  # left for the next sweep to retry
+    assert not Notification.objects.filter(kind="followup.appointment").exists()
