@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
+from apps.common.calendar import validate_time_zone
 from apps.common.models import TimeStampedModel
 
 
@@ -38,7 +39,8 @@ class Program(TimeStampedModel):
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
-    time_zone = models.CharField(max_length=64, default="America/New_York")
+    # The clock of the program's days and of the person's quiet hours (reminders wait them out).
+    time_zone = models.CharField(max_length=64, default="America/New_York", validators=[validate_time_zone])
 
     def __str__(self) -> str:
         return self.name

@@ -10,16 +10,16 @@ devices, acknowledged by one".
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from apps.accounts.models import Device, Program
+from apps.common.calendar import validate_time_zone
 from apps.common.models import TimeStampedModel
 from apps.teams.models import Unit
 
@@ -215,15 +215,6 @@ class PushRegistration(TimeStampedModel):
     @property
     def is_enabled(self) -> bool:
         return self.disabled_at is None
-
-
-def validate_time_zone(value: str) -> None:
-    """Quiet hours are read on this clock by every send to the person: a name that is no zone
-    would fail each of them (and the chunk of reminders sent with it), so it is refused here."""
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError("Not a time zone name such as America/New_York.", code="invalid") from None
 
 
 class NotificationPreference(TimeStampedModel):

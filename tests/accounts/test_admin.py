@@ -107,3 +107,20 @@ def test_a_user_taken_off_a_program_in_the_admin_loses_its_crews_records_though_
     device = SimDevice(crew_member)
     [edit] = device.push(device.mutation("update", "care.encounter", encounter_id, {"location": "x"}, 1))
     assert (edit["status"], edit["error"]["code"]) == ("quarantined", "not_permitted")
+
+
+def test_a_program_time_zone_that_names_no_zone_is_refused_in_the_admin(
+    superuser_client: Client, program: Program
+) -> None:
+    """Every reminder to the person reads quiet hours on the program's clock: a typo there would
+    fail each of them, so the admin refuses it as the notification preferences do."""
+    change_url = f"/admin/accounts/program/{program.pk}/change/"
+    data = resubmitted(superuser_client.get(change_url))
+
+    response = superuser_client.post(change_url, {**data, "time_zone": "America/NewYork"})
+
+    assert response.status_code == 200
+    assert "time_zone" in response.context["adminform"].form.errors
+    assert Program.objects.get(pk=program.pk).time_zone == "America/New_York"
+    assert superuser_client.post(change_url, {**data, "time_zone": "Europe/Berlin"}).status_code == 302
+    assert Program.objects.get(pk=program.pk).time_zone == "Europe/Berlin"
