@@ -153,6 +153,9 @@ class NotificationAttempt(TimeStampedModel):
     due_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # When this send was handed to its provider (just before the call): a claimed send whose
+    # worker died without it is known not sent, and is queued again rather than given up.
+    provider_called_at = models.DateTimeField(null=True, blank=True)
     tries = models.PositiveSmallIntegerField(default=0)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import reduce
+from functools import partial, reduce
 from typing import Any
 from uuid import UUID
 
@@ -510,9 +510,24 @@ def _dispatch_on_commit(attempts: Iterable[tuple[UUID, str]]) -> None:
 # --- sending --------------------------------------------------------------------------------
 
 CLAIM_SQL = """
-UPDATE notifications_notificationattempt SET status = %(sending)s, claimed_at = %(now)s, tries = tries + 1
+UPDATE notifications_notificationattempt
+SET status = %(sending)s, claimed_at = %(now)s, tries = tries + 1, provider_called_at = NULL
 WHERE id = ANY(%(ids)s::uuid[]) AND status = %(queued)s AND due_at <= %(now)s
 RETURNING id
+"""
+
+# Just before a provider call: the sends about to be handed over are marked so (only those
+# still this worker's: sending, claimed by its own try, not handed over yet), and the claim of
+# the chunk's other sends still in flight is renewed (this worker is alive).
+HAND_OVER_SQL = """
+UPDATE notifications_notificationattempt AS attempt
+SET claimed_at = %(now)s,
+    provider_called_at = CASE WHEN attempt.id = ANY(%(handing)s::uuid[]) THEN %(now)s
+                              ELSE attempt.provider_called_at END
+FROM unnest(%(ids)s::uuid[], %(tries)s::int[]) AS mine(id, tries)
+WHERE attempt.id = mine.id AND attempt.tries = mine.tries AND attempt.status = %(sending)s
+  AND (attempt.id <> ALL(%(handing)s::uuid[]) OR attempt.provider_called_at IS NULL)
+RETURNING attempt.id
 """
 
 RECORD_SENT_SQL = """
@@ -577,23 +592,25 @@ def _attempts_send(attempt_ids: Sequence[str]) -> dict[str, str]:
         else:
             to_send.append(attempt)
     sent: list[tuple[NotificationAttempt, SendResult]] = []
+    hand_over = partial(_hand_over, attempts)
     with _Backends() as backends:
-        in_app = [attempt for attempt in to_send if attempt.channel == Channel.IN_APP]
-        others = [attempt for attempt in to_send if attempt.channel != Channel.IN_APP]
+        in_app = hand_over([attempt for attempt in to_send if attempt.channel == Channel.IN_APP])
         results = send_in_app_many([(attempt.device_id, _message(attempt)) for attempt in in_app])
-        for attempt in others:
+        others: list[NotificationAttempt] = []
+        for attempt in to_send:
+            # Each send is marked handed over just before its call, so a worker killed mid-chunk
+            # leaves one send of unknown outcome; the others are known not sent and go out again.
+            # (The mark renews the chunk's claim too: a chunk slowed by its provider, outlasting
+            # NOTIFICATIONS_SENDING_STALE_SECONDS, is not taken for a dead worker's.)
+            if attempt.channel == Channel.IN_APP or not hand_over([attempt]):
+                continue
             try:
                 result = backends.send(attempt, _message(attempt))
             except ImproperlyConfigured as error:
                 logger.error("notification attempt %s: channel not configured: %s", attempt.pk, error)
                 result = SendResult.failed(f"{attempt.channel} not configured")
+            others.append(attempt)
             results.append(result)
-            # This worker is alive: its chunk's sends, waiting their turn or their answer's
-            # record, are not the dead worker's the stale sweep looks for (a slow provider can
-            # make a chunk outlast NOTIFICATIONS_SENDING_STALE_SECONDS).
-            NotificationAttempt.objects.filter(pk__in=claimed, status=AttemptStatus.SENDING).update(
-                claimed_at=timezone.now()
-            )
         for attempt, result in zip([*in_app, *others], results, strict=True):
             outcomes[str(attempt.pk)] = result.outcome.value
             if result.outcome is Outcome.SENT:
@@ -602,6 +619,28 @@ def _attempts_send(attempt_ids: Sequence[str]) -> dict[str, str]:
                 _record(attempt, result)
     _record_sent(sent)
     return outcomes
+
+
+def _hand_over(
+    chunk: Sequence[NotificationAttempt], handing: Sequence[NotificationAttempt]
+) -> list[NotificationAttempt]:
+    """Mark ``handing`` as handed to its provider now; returns those still this worker's to send
+    (a send the stale sweep queued again, and another worker claimed, is no longer)."""
+    if not handing:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            HAND_OVER_SQL,
+            {
+                "now": timezone.now(),
+                "handing": [str(attempt.pk) for attempt in handing],
+                "ids": [str(attempt.pk) for attempt in chunk],
+                "tries": [attempt.tries for attempt in chunk],
+                "sending": AttemptStatus.SENDING,
+            },
+        )
+        mine = {row[0] for row in cursor.fetchall()}
+    return [attempt for attempt in handing if attempt.pk in mine]
 
 
 def _message(attempt: NotificationAttempt) -> Message:
@@ -777,10 +816,14 @@ def _record(attempt: NotificationAttempt, result: SendResult) -> None:
 def sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Act on every row whose due time has passed; safe to run concurrently (SKIP LOCKED)."""
     now = now or timezone.now()
+    fallbacks_started = fallbacks_start(now=now)
+    # Before the dispatch, so that a send queued again goes out in this same run.
+    attempts_requeued = attempts_requeue_unsent(now=now)
     return {
-        "fallbacks_started": fallbacks_start(now=now),
-        "attempts_dispatched": attempts_dispatch_due(now=now),
+        "fallbacks_started": fallbacks_started,
+        "attempts_requeued": attempts_requeued,
         "attempts_abandoned": attempts_abandon_stale(now=now),
+        "attempts_dispatched": attempts_dispatch_due(now=now),
     }
 
 
@@ -815,16 +858,25 @@ def attempts_dispatch_due(*, now: datetime) -> int:
     return len(due)
 
 
+def attempts_requeue_unsent(*, now: datetime) -> int:
+    """A send claimed long ago and never handed to its provider: its worker died before its
+    turn in the chunk. It is known not sent, so it is queued again (the dispatch sends it)."""
+    cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_SENDING_STALE_SECONDS)
+    return NotificationAttempt.objects.filter(
+        status=AttemptStatus.SENDING, claimed_at__lt=cutoff, provider_called_at=None
+    ).update(status=AttemptStatus.QUEUED, claimed_at=None, dispatched_at=None)
+
+
 def attempts_abandon_stale(*, now: datetime) -> int:
-    """A send claimed long ago with no answer recorded: its worker died mid-call.
+    """A send handed to its provider long ago with no answer recorded: its worker died mid-call.
 
     Whether the provider got it cannot be known, so it is not sent again (no duplicate SMS);
     it is marked failed so the dispatcher sees it, and the fallback chain goes on regardless.
     """
     cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_SENDING_STALE_SECONDS)
-    return NotificationAttempt.objects.filter(status=AttemptStatus.SENDING, claimed_at__lt=cutoff).update(
-        status=AttemptStatus.FAILED, failed_at=now, error_reason="outcome unknown: the worker stopped mid-send"
-    )
+    return NotificationAttempt.objects.filter(
+        status=AttemptStatus.SENDING, claimed_at__lt=cutoff, provider_called_at__isnull=False
+    ).update(status=AttemptStatus.FAILED, failed_at=now, error_reason="outcome unknown: the worker stopped mid-send")
 
 
 # --- receipts ---------------------------------------------------------------------------------

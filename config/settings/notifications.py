@@ -15,7 +15,8 @@ _BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # The Celery queue that notification sends go to (workers consume "celery" unless told otherwise).
 NOTIFICATIONS_TASK_QUEUE = env_str("NOTIFICATIONS_TASK_QUEUE", "celery")
 # Attempts (of one channel) one send task takes: claimed in one statement, one SMTP session.
-# A worker killed mid-chunk leaves at most this many sends with an unknown outcome.
+# A worker killed mid-chunk leaves one send with an unknown outcome (all of an in-app chunk);
+# the sends it had not handed to their provider yet are queued again.
 NOTIFICATIONS_SEND_CHUNK = env_int("NOTIFICATIONS_SEND_CHUNK", 100)
 
 # How long a device has to confirm an urgent (normal) notification before the fallback

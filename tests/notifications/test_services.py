@@ -479,8 +479,10 @@ def test_a_send_whose_worker_died_is_marked_unknown_and_not_sent_again(
 ) -> None:
     settings.NOTIFICATIONS_SENDING_STALE_SECONDS = 60
     notification = _notify(program, crew_member)
+    # Handed to the provider, whose answer never came back.
+    handed_at = timezone.now() - timedelta(minutes=5)
     NotificationAttempt.objects.filter(notification=notification).update(
-        status=AttemptStatus.SENDING, claimed_at=timezone.now() - timedelta(minutes=5)
+        status=AttemptStatus.SENDING, claimed_at=handed_at, provider_called_at=handed_at
     )
 
     result = services.sweep()
@@ -491,6 +493,23 @@ def test_a_send_whose_worker_died_is_marked_unknown_and_not_sent_again(
         AttemptStatus.FAILED,
         "outcome unknown: the worker stopped mid-send",
     )
+
+
+def test_a_send_claimed_by_a_worker_that_died_before_handing_it_over_is_queued_again(
+    settings: SettingsWrapper, program: Program, crew_member: CrewMember
+) -> None:
+    settings.NOTIFICATIONS_SENDING_STALE_SECONDS = 60
+    notification = _notify(program, crew_member)
+    NotificationAttempt.objects.filter(notification=notification).update(
+        status=AttemptStatus.SENDING, claimed_at=timezone.now() - timedelta(minutes=5), provider_called_at=None
+    )
+
+    result = services.sweep()
+
+    attempt = NotificationAttempt.objects.get(notification=notification)
+    assert (result["attempts_requeued"], result["attempts_abandoned"], result["attempts_dispatched"]) == (1, 0, 1)
+    assert attempt.status == AttemptStatus.QUEUED and attempt.dispatched_at is not None
+    assert attempt.failed_at is None
 
 
 def test_delivery_summary_counts_devices_and_acknowledgements(program: Program, crew_member: CrewMember) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 from apps.accounts.models import Program
 from apps.notifications import services
 from apps.notifications.models import AttemptStatus, NotificationAttempt
+from apps.notifications.tasks import send_attempts
 from tests.live import celery_worker
 from tests.notifications.conftest import provider_settings
 from tests.notifications.standins import HELD_NUMBER, ApnsStandIn, StandIn
@@ -75,3 +77,69 @@ def test_sms_send_killed_mid_flight_is_not_sent_again_on_redelivery(
         assert services.attempts_abandon_stale(now=timezone.now()) == 1
     assert NotificationAttempt.objects.get(pk=attempt.pk).status == AttemptStatus.FAILED
     assert len(http_stand_in.of("twilio")) == 1
+
+
+def test_a_send_its_killed_worker_never_handed_to_the_provider_goes_out_once_after_all(
+    django_db_setup: None,
+    live_server_logs: Path,
+    http_stand_in: StandIn,
+    apns_stand_in: ApnsStandIn,
+    program: Program,
+) -> None:
+    """Only the send in flight has an unknown outcome: the rest of the chunk, claimed but never
+    handed to the provider, is known not sent, and goes out (once) rather than being lost."""
+    http_stand_in.reset()
+    env = {
+        **provider_settings(http_stand_in, apns_stand_in),
+        "CELERY_WORKER_QUEUES": QUEUE,
+        "NOTIFICATIONS_TASK_QUEUE": QUEUE,
+        "CELERY_WORKER_POOL": "solo",
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    }
+    # Planned one after the other (the chunk sends in that order) with their own tasks parked
+    # on a queue no worker takes; the test sends the two as one chunk.
+    with override_settings(NOTIFICATIONS_TASK_QUEUE="notifications-kill-parked"):
+        held, waiting = (
+            services.notify(
+                program=program,
+                contacts=[services.Contact(phone_number=number)],
+                kind="followup.reminder",
+                text="Your care team will call you today",
+            )
+            for number in (HELD_NUMBER, "+12125550142")
+        )
+    held_attempt, waiting_attempt = (NotificationAttempt.objects.get(notification=n) for n in (held, waiting))
+    with celery_worker(live_server_logs, name="notifications-kill-chunk-first", **cast(dict[str, Any], env)) as first:
+        send_attempts.apply_async(([str(held_attempt.pk), str(waiting_attempt.pk)],), queue=QUEUE)
+        assert http_stand_in.held.wait(15), first.log()
+        taken_at = time.monotonic()
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        [task_id] = re.findall(r"send_attempts\[([0-9a-f-]+)\] received", first.log())
+    http_stand_in.release()
+    assert [request.content["To"] for request in http_stand_in.of("twilio")] == [HELD_NUMBER]
+
+    time.sleep(max(0.0, VISIBILITY_TIMEOUT + 0.5 - (time.monotonic() - taken_at)))
+    with celery_worker(live_server_logs, name="notifications-kill-chunk-second", **cast(dict[str, Any], env)) as second:
+        deadline = time.monotonic() + 20
+        while f"send_attempts[{task_id}] succeeded" not in second.log():
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.1)
+        assert "{'not_claimed': 2}" in second.log()  # the redelivered chunk sends nothing itself
+
+        # The sweep, once the claim is stale: the held send is unknown, the other goes out.
+        with override_settings(NOTIFICATIONS_SENDING_STALE_SECONDS=0, NOTIFICATIONS_TASK_QUEUE=QUEUE):
+            assert services.sweep(now=timezone.now() + timedelta(seconds=1))["attempts_abandoned"] == 1
+            services.attempts_dispatch_due(now=timezone.now() + timedelta(seconds=1))
+        deadline = time.monotonic() + 20
+        # The redelivered chunk, then the one the dispatch queued, and nothing after them.
+        while len(re.findall(r"send_attempts\[[0-9a-f-]+\] succeeded", second.log())) < 2:
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.1)
+        assert "{'sent': 1}" in second.log()
+        assert NotificationAttempt.objects.get(pk=waiting_attempt.pk).status == AttemptStatus.SENT
+
+    assert NotificationAttempt.objects.get(pk=held_attempt.pk).status == AttemptStatus.FAILED
+    assert sorted(request.content["To"] for request in http_stand_in.of("twilio")) == sorted(
+        [HELD_NUMBER, "+12125550142"]
+    )
