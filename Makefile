@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with only Python 3.11:
-#   make run    migrate, load demo data, start web + worker + beat (Ctrl-C stops all)
+#   make run    migrate, load demo data, start web + worker + beat (Ctrl-C or SIGTERM stops all)
 #   make test   lint, type-check and run the whole test suite
 # With DATABASE_URL / REDIS_URL unset, both start an embedded PostgreSQL and Redis.
 
@@ -20,8 +20,11 @@ $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 
 install: $(VENV)/.installed
 
+# `exec`: the recipe's shell becomes the launcher, so the SIGTERM make passes on when it is
+# told to stop (not only Ctrl-C, which reaches every process) stops web, worker, beat and the
+# embedded servers instead of leaving them running.
 run: install
-	DJANGO_SETTINGS_MODULE=config.settings.development $(EMBEDDED) sh -c '\
+	exec env DJANGO_SETTINGS_MODULE=config.settings.development $(EMBEDDED) sh -c '\
 		python manage.py migrate --noinput -v0 && \
 		python manage.py collectstatic --noinput -v0 && \
 		python manage.py seed_demo && \
