@@ -38,6 +38,13 @@ from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 DEFAULT_DEMO_PASSWORD = "tandem-demo-2024!"  # noqa: S105
 ADMIN_USERNAME = "admin"
 
+# Every demo login has an address to reach, so the demo's reminders and alerts go out (to
+# the notification outbox, without a provider account): mail at a domain reserved for
+# examples, and a number from 555-0100 to 555-0199 of the program's area code, the lines
+# set aside for fiction. No real person gets either.
+DEMO_EMAIL_DOMAIN = "example.org"
+FICTIONAL_LINES = range(100, 200)
+
 
 @dataclass(frozen=True)
 class ZonePlan:
@@ -67,6 +74,8 @@ class ProgramPlan:
     waiting_calls: Sequence[SampleIncident] = ()
     # The unit whose clinician's tablet documented the demo's care records, if any.
     care_stories_unit: str | None = None
+    # Of the demo logins' (fictional) phone numbers.
+    area_code: str = "212"
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,7 @@ def boston_plan() -> ProgramPlan:
         name="Boston crisis response (demo)",
         time_zone="America/New_York",
         username_prefix="bos",
+        area_code="617",
         zones=BOSTON_ZONES,
         units=BOSTON_UNITS,
         crews=BOSTON_CREWS,
@@ -237,8 +247,17 @@ class _Seeder:
         self.password_hash = password_hash
         self.reset_passwords = reset_passwords
         self.logins: list[DemoLogin] = []
+        self.lines_given: dict[str, int] = {}
 
-    def user(self, username: str, *, administrator: bool = False, staff: bool = False) -> User:
+    def phone_number(self, area_code: str) -> str:
+        """The next fictional number of the area code; the same login gets the same one each run."""
+        given = self.lines_given.get(area_code, 0)
+        if given >= len(FICTIONAL_LINES):
+            raise ValueError(f"More demo logins in area code {area_code} than fictional numbers.")
+        self.lines_given[area_code] = given + 1
+        return f"+1{area_code}555{FICTIONAL_LINES[given]:04d}"
+
+    def user(self, username: str, *, administrator: bool = False, staff: bool = False, phone_number: str = "") -> User:
         first_name, last_name = _name_for(username)
         if administrator:
             first_name, last_name = "Demo", "Administrator"
@@ -248,9 +267,18 @@ class _Seeder:
             "is_staff": administrator or staff,
             "is_superuser": administrator,
         }
+        contact = {"email": f"{username}@{DEMO_EMAIL_DOMAIN}", "phone_number": phone_number}
         user, created = User.objects.update_or_create(
-            username=username, defaults=fields, create_defaults={**fields, "password": self.password_hash}
+            username=username,
+            defaults=fields,
+            create_defaults={**fields, **contact, "password": self.password_hash},
         )
+        if not created:
+            # An address changed while the demo was used stays; one missing (a demo seeded
+            # before logins had addresses) is filled in.
+            for field, value in contact.items():
+                if value:
+                    User.objects.filter(pk=user.pk, **{field: ""}).update(**{field: value})
         if self.reset_passwords and not created:
             User.objects.filter(pk=user.pk).update(password=self.password_hash)
         return user
@@ -279,7 +307,11 @@ class _Seeder:
         staff = {}
         for role in PROGRAM_STAFF_ROLES:
             # Case managers and supervisors work in the admin (scoped to their program).
-            user = self.user(f"{plan.username_prefix}.{ROLE_SHORT_NAMES[role]}", staff=role in ADMIN_WORKSPACE_ROLES)
+            user = self.user(
+                f"{plan.username_prefix}.{ROLE_SHORT_NAMES[role]}",
+                staff=role in ADMIN_WORKSPACE_ROLES,
+                phone_number=self.phone_number(plan.area_code),
+            )
             self.member(user, program, role)
             staff[role] = user
         for unit_plan in plan.units:
@@ -294,7 +326,7 @@ class _Seeder:
             for username, role in zip(
                 crew_usernames(plan.username_prefix, unit_plan.call_sign, roles), roles, strict=True
             ):
-                user = self.user(username)
+                user = self.user(username, phone_number=self.phone_number(plan.area_code))
                 self.member(user, program, role, unit)
                 if unit.call_sign == plan.care_stories_unit and role == Role.CLINICIAN:
                     care_stories_crew = (user, unit)

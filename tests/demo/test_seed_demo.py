@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import timedelta
 from io import StringIO
 
@@ -20,7 +21,9 @@ from apps.demo.services import DEFAULT_DEMO_PASSWORD, WAITING_CALLS, admin_one_t
 from apps.dispatch import services
 from apps.dispatch.models import Incident, IncidentStatus, UnservedReason
 from apps.dispatch.services import INCIDENT_RECORD
+from apps.followups import services as followups
 from apps.followups.models import CaseManagerAssignment, FollowUpStep
+from apps.notifications.models import AttemptStatus, Channel, NotificationAttempt
 from apps.sync.models import Mutation
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 from tests.dispatch.factories import seed_default_triage_policy
@@ -312,6 +315,47 @@ def test_a_crews_tablet_documented_care_whose_follow_ups_the_case_manager_owns(d
     case_manager = sign_in("nyc.casemanager", demo_password, **PROTOCOL)
     fed = case_manager.get("/api/v1/sync/feed/", {"limit": 500}).json()["entries"]
     assert {entry["id"] for entry in fed} >= {str(e.pk) for e in encounters}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demos_reminders_and_overdue_alerts_reach_an_address(demo_password: str) -> None:
+    seed()
+
+    # What beat's first follow-up sweep does: the case manager's due reminders (in-app and
+    # email) and the supervisor's overdue alerts (no device yet: straight to email).
+    followups.reminders_send(reminder_ids=followups.reminders_claim_due(now=timezone.now()))
+
+    emails = NotificationAttempt.objects.filter(channel=Channel.EMAIL).select_related("notification")
+    assert {(attempt.notification.kind, attempt.address) for attempt in emails} == {
+        ("followup.due", "nyc.casemanager@example.org"),
+        ("followup.overdue", "nyc.supervisor@example.org"),
+    }
+    assert not emails.filter(status=AttemptStatus.FAILED).exists()
+
+
+def test_every_demo_login_has_an_email_address_and_a_fictional_phone_number(demo_password: str) -> None:
+    seed()
+
+    users = User.objects.all()
+    assert all(user.email == f"{user.username}@example.org" for user in users)
+    numbers = [user.phone_number for user in users.exclude(username="admin")]
+    assert len(set(numbers)) == len(numbers)
+    # 555-0100 to 555-0199: the numbers set aside for fiction, in each program's area code.
+    assert all(re.fullmatch(r"\+1(212|617)55501\d\d", number) for number in numbers)
+
+
+def test_running_again_keeps_a_changed_address_and_fills_in_a_missing_one(demo_password: str) -> None:
+    seed()
+    User.objects.filter(username="nyc.casemanager").update(email="casework@agency.example")
+    User.objects.filter(username="nyc.supervisor").update(email="", phone_number="")
+    number = User.objects.get(username="nyc.bh01.emt").phone_number
+
+    seed()
+
+    assert User.objects.get(username="nyc.casemanager").email == "casework@agency.example"
+    supervisor = User.objects.get(username="nyc.supervisor")
+    assert supervisor.email == "nyc.supervisor@example.org" and supervisor.phone_number != ""
+    assert User.objects.get(username="nyc.bh01.emt").phone_number == number
 
 
 @override_settings(DEBUG=True)
