@@ -177,3 +177,34 @@ def test_an_unknown_query_parameter_sent_twice_is_unknown(crew_member: CrewMembe
 
     assert response.status_code == 400
     assert response.json()["errors"] == [{"field": "colour", "code": "unknown_field", "detail": "Unknown field."}]
+
+
+def test_no_api_answer_is_kept_in_a_shared_devices_http_cache(crew_member: CrewMember, api_client: APIClient) -> None:
+    # What a tablet shared across shifts must not keep on disk: a new token, the records a
+    # crew reads (health information), and the errors naming them.
+    crew_member.user.set_password("correct horse battery staple")
+    crew_member.user.save(update_fields=["password"])
+    sign_in = api_client.post(
+        "/api/v1/auth/devices/",
+        {
+            "username": crew_member.user.username,
+            "password": "correct horse battery staple",
+            "device_name": "Unit 7 tablet",
+            "platform": "android",
+        },
+        format="json",
+    )
+    me = crew_member.client().get("/api/v1/me/")
+    unknown = crew_member.client().get("/api/v1/no-such-thing/")
+    refused = api_client.get("/api/v1/me/")
+
+    assert [sign_in.status_code, me.status_code, unknown.status_code, refused.status_code] == [201, 200, 404, 401]
+    for response in (sign_in, me, unknown, refused):
+        assert "no-store" in response.get("Cache-Control", ""), response.headers
+
+
+def test_the_staff_site_keeps_its_own_caching(client: Client) -> None:
+    response = client.get("/static/admin/css/base.css")
+
+    assert response.status_code == 200
+    assert "no-store" not in response.get("Cache-Control", "")
