@@ -107,6 +107,15 @@ class AsgiServer:
         return f"ws://127.0.0.1:{self.port}"
 
 
+def procfile_ws_max_size() -> str:
+    """The largest websocket message the web process reads (its Procfile entry says it)."""
+    web = next(
+        line for line in (PROJECT_ROOT / "config" / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+    tokens = web.split()
+    return tokens[tokens.index("--ws-max-size") + 1]
+
+
 @contextlib.contextmanager
 def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **env: str) -> Iterator[AsgiServer]:
     port = free_port()
@@ -123,6 +132,8 @@ def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **
             "--lifespan",
             "off",
             "--no-access-log",
+            "--ws-max-size",
+            procfile_ws_max_size(),
         ]
         if server != "uvicorn":  # e.g. "uvicorn-wsproto": another websocket implementation
             command += ["--ws", server.removeprefix("uvicorn-")]

@@ -317,6 +317,15 @@ def test_binary_and_oversized_frames_are_refused(asgi: AsgiServer, crew_member: 
         assert receive(socket) == {"type": "pong"}
 
 
+def test_a_frame_far_over_the_limit_is_not_read_before_the_socket_authenticates(asgi: AsgiServer, db: None) -> None:
+    # Before its token is checked, a socket could make the server hold 16 MiB per message
+    # (uvicorn's default), 32 messages deep: the server stops reading at a few times the limit.
+    with open_socket(asgi.ws_url) as socket:
+        socket.send("x" * (1024 * 1024))
+
+        assert close_code(socket) == 1009  # message too big
+
+
 def test_token_is_never_needed_in_the_url(asgi: AsgiServer, crew_member: CrewMember) -> None:
     with open_socket(f"{asgi.ws_url}", additional_headers={"X-Ignored": crew_member.token}) as socket:
         send(socket, {"type": "ping"})
