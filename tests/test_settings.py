@@ -16,8 +16,8 @@ def production_env(*, without: tuple[str, ...] = (), **extra: str) -> dict[str, 
         DJANGO_SETTINGS_MODULE="config.settings.production",
         ALLOWED_HOSTS="tandem.example.org",
         FIELD_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
-        **extra,
     )
+    env.update(extra)
     for name in without:
         env.pop(name)
     return env
@@ -67,6 +67,53 @@ def test_production_refuses_to_start_without_health_information_keys() -> None:
 
     assert result.returncode != 0
     assert "Set the environment variable FIELD_ENCRYPTION_KEYS" in result.stderr
+
+
+# The values the development settings fall back to: they are published with the source.
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-not-for-production"
+DEVELOPMENT_FIELD_ENCRYPTION_KEY = "ZGV2ZWxvcG1lbnQtb25seS1rZXktMDAwMDAwMDAwMDA="
+
+
+def production_check(*, secret_key: str, encryption_keys: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = production_env(SECRET_KEY=secret_key)
+    if encryption_keys is not None:
+        env["FIELD_ENCRYPTION_KEYS"] = encryption_keys
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_refuses_the_development_secret_key() -> None:
+    result = production_check(secret_key=DEVELOPMENT_SECRET_KEY)
+
+    assert result.returncode != 0
+    assert "SECRET_KEY is the development value" in result.stderr
+
+
+def test_production_refuses_to_seal_health_information_with_the_development_key() -> None:
+    result = production_check(
+        secret_key="a-long-random-production-secret-" + "x" * 40, encryption_keys=DEVELOPMENT_FIELD_ENCRYPTION_KEY
+    )
+
+    assert result.returncode != 0
+    assert "FIELD_ENCRYPTION_KEYS" in result.stderr
+    assert "development key" in result.stderr
+
+
+def test_production_still_opens_values_sealed_with_the_development_key_while_they_are_resealed() -> None:
+    new_key = Fernet.generate_key().decode()
+
+    result = production_check(
+        secret_key="a-long-random-production-secret-" + "x" * 40,
+        encryption_keys=f"{new_key},{DEVELOPMENT_FIELD_ENCRYPTION_KEY}",
+    )
+
+    assert result.returncode == 0, result.stderr
 
 
 def test_secret_key_can_come_from_a_file(tmp_path: object) -> None:

@@ -10,12 +10,15 @@ from config.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-# Development-only fallback; production settings refuse to start without a real key.
-SECRET_KEY = env_str("SECRET_KEY", "insecure-development-key-not-for-production")
+# Development-only fallbacks, published with the source: production settings refuse to start
+# without real values, and refuse these.
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-not-for-production"  # noqa: S105 — public by design
+DEVELOPMENT_FIELD_ENCRYPTION_KEY = "ZGV2ZWxvcG1lbnQtb25seS1rZXktMDAwMDAwMDAwMDA="
+SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 DEBUG = env_bool("DEBUG", False)
 # Fernet keys for health information encrypted at rest, newest first (see README "Encryption
-# at rest"). Development-only fallback; production settings refuse to start without keys.
-FIELD_ENCRYPTION_KEYS = env_str("FIELD_ENCRYPTION_KEYS", "ZGV2ZWxvcG1lbnQtb25seS1rZXktMDAwMDAwMDAwMDA=").split(",")
+# at rest").
+FIELD_ENCRYPTION_KEYS = env_str("FIELD_ENCRYPTION_KEYS", DEVELOPMENT_FIELD_ENCRYPTION_KEY).split(",")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ImproperlyConfigured
+
 from config.env import env_bool, env_int, env_list, env_str
 from config.settings.base import *  # noqa: F403
+from config.settings.base import DEVELOPMENT_FIELD_ENCRYPTION_KEY, DEVELOPMENT_SECRET_KEY
 
 SECRET_KEY = env_str("SECRET_KEY")
+if SECRET_KEY.strip() == DEVELOPMENT_SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY is the development value, published with the source: set a secret one.")
 FIELD_ENCRYPTION_KEYS = env_str("FIELD_ENCRYPTION_KEYS").split(",")
+# Whoever has the source could open what the development key seals. It may still be listed
+# after the newest key, to open values sealed with it while they are resealed.
+if FIELD_ENCRYPTION_KEYS[0].strip() == DEVELOPMENT_FIELD_ENCRYPTION_KEY:
+    raise ImproperlyConfigured(
+        "FIELD_ENCRYPTION_KEYS begins with the development key, published with the source: "
+        "put a key of your own first (see README, Encryption at rest)."
+    )
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
 
