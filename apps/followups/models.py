@@ -32,7 +32,13 @@ class ScheduleStep(TimeStampedModel):
     trigger = models.CharField(max_length=16, choices=PlanTrigger.choices)
     key = models.SlugField(max_length=32, help_text="Stable name, e.g. first_contact.")
     label = models.CharField(max_length=100)
-    offset_minutes = models.PositiveIntegerField(help_text="Due this long after the encounter ended.")
+    offset_minutes = models.PositiveIntegerField(
+        help_text=(
+            "Due this long after the encounter ended. Whole days (1440 minutes each) keep the local "
+            "time of day in the program's time zone, across daylight-saving changes too; the rest "
+            "is elapsed time."
+        )
+    )
     overdue_margin_minutes = models.PositiveIntegerField(help_text="The supervisor is alerted this long after due.")
     completed_by_outcomes = ArrayField(
         models.CharField(max_length=32), default=list, blank=True, help_text="Referral outcomes that complete it."

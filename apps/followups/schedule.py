@@ -3,12 +3,18 @@
 A program's schedule is data (``ScheduleStep`` rows, edited in the admin). A program with no
 rows for a trigger uses ``DEFAULT_SCHEDULE``: first contact within 24 hours, a connection check
 at 72 hours, outcome checks at 7 and 30 days.
+
+An offset is counted as case managers plan their calls, by the program's clock: its whole days
+are calendar days at the same local time of day (23 or 25 hours across a daylight-saving
+change), and what is left over (hours, minutes) is elapsed time.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
@@ -17,6 +23,24 @@ from apps.followups.models import PlanTrigger, ScheduleStep
 
 HOUR = 60
 DAY = 24 * HOUR
+
+
+def due_after(anchor_at: dt.datetime, *, offset_minutes: int, time_zone: str) -> dt.datetime:
+    """``offset_minutes`` after ``anchor_at``: whole days on the local clock of ``time_zone``,
+    the rest elapsed.
+
+    A local time the switch skips (02:30 on the spring-forward day) is read with the UTC offset
+    before the gap, so it falls an hour later on the wall clock (03:30); a local time that
+    happens twice (01:30 on the fall-back day) is the first of the two. Both as RFC 5545 (iCalendar)
+    reads such times, and as ``zoneinfo`` does with ``fold=0``.
+    """
+    days, minutes = divmod(offset_minutes, DAY)
+    due = anchor_at
+    if days:
+        local = anchor_at.astimezone(ZoneInfo(time_zone))
+        # Arithmetic on an aware datetime keeps its wall-clock time; the UTC offset is the new day's.
+        due = (local + dt.timedelta(days=days)).replace(fold=0).astimezone(dt.UTC)
+    return due + dt.timedelta(minutes=minutes)
 
 
 @dataclass(frozen=True)

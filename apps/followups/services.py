@@ -34,7 +34,7 @@ from apps.followups.models import (
     StepEvent,
     StepStatus,
 )
-from apps.followups.schedule import schedule_for
+from apps.followups.schedule import due_after, schedule_for
 from apps.notifications import services as notifications
 from apps.notifications.models import Channel, NotificationPreference, Urgency
 from apps.teams.models import Unit
@@ -79,6 +79,7 @@ def plan_for_encounter(*, encounter: Encounter, trigger: PlanTrigger, anchor_at:
             existing.update(trigger=trigger)
         return None
     unit = Unit.objects.only("home_zone_id").get(pk=encounter.unit_id)
+    time_zone = Program.objects.values_list("time_zone", flat=True).get(pk=encounter.program_id)
     owner_id = owner_for(program_id=encounter.program_id, zone_id=unit.home_zone_id)
     try:
         with transaction.atomic():
@@ -97,7 +98,7 @@ def plan_for_encounter(*, encounter: Encounter, trigger: PlanTrigger, anchor_at:
                     plan=plan,
                     key=entry.key,
                     label=entry.label,
-                    due_at=anchor_at + dt.timedelta(minutes=entry.offset_minutes),
+                    due_at=due_after(anchor_at, offset_minutes=entry.offset_minutes, time_zone=time_zone),
                     owner_id=owner_id,
                     overdue_margin_minutes=entry.overdue_margin_minutes,
                     completed_by_outcomes=list(entry.completed_by_outcomes),

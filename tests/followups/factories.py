@@ -14,7 +14,7 @@ from tests.conftest import CrewMember, make_crew_member
 def referral(member: CrewMember, *, encounter_fields: dict[str, Any] | None = None, **fields: Any) -> uuid.UUID:
     """Push an ended encounter and a referral from it; returns the referral's id."""
     encounter_id = encounter(
-        member, ended_at="2026-11-20T15:00:00+00:00", disposition="referred", **(encounter_fields or {})
+        member, **{"ended_at": "2026-11-20T15:00:00+00:00", "disposition": "referred", **(encounter_fields or {})}
     )
     referral_id = uuid.uuid4()
     values = {"encounter_id": str(encounter_id), "service_type": "outpatient_mental_health", **fields}
