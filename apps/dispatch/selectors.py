@@ -165,14 +165,19 @@ def units_already_offered(*, incident: Incident) -> set[UUID]:
     return set(Assignment.objects.filter(incident=incident).values_list("unit_id", flat=True))
 
 
-def alerted_staff_ids(*, program_id: UUID) -> list[UUID]:
-    """Who hears of escalations: the program's active supervisors and dispatchers."""
-    return list(
+def alerted_staff_ids(*, program_id: UUID) -> tuple[list[UUID], list[UUID]]:
+    """Who hears of escalations: the program's active supervisors, and its active dispatchers
+    who are not also its supervisors (the first work in the admin workspace, the others in the
+    dispatch console only)."""
+    rows = (
         User.objects.filter(
             is_active=True,
             memberships__program_id=program_id,
             memberships__role__in=[Role.SUPERVISOR, Role.DISPATCHER],
         )
-        .distinct()
-        .values_list("pk", flat=True)
+        .order_by("pk")
+        .values_list("pk", "memberships__role")
     )
+    supervisors = sorted({user_id for user_id, role in rows if role == Role.SUPERVISOR})
+    dispatchers = sorted({user_id for user_id, role in rows if role == Role.DISPATCHER} - set(supervisors))
+    return supervisors, dispatchers

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -20,6 +20,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import Device, Program, Role, User
@@ -49,7 +50,7 @@ from apps.dispatch.payloads import (
     unit_payload,
 )
 from apps.notifications.models import Urgency
-from apps.notifications.services import notify
+from apps.notifications.services import NotificationRequest, notify_many
 from apps.sync.models import ChangeOperation
 from apps.sync.scopes import program_role_scope, unit_scope
 from apps.sync.services import record_change
@@ -141,17 +142,26 @@ def alert_supervisors(
         scopes=staff_scopes(incident.program_id),
         data=alert_payload(alert),
     )
-    staff = selectors.alerted_staff_ids(program_id=incident.program_id)
-    if staff:
-        notify(
-            program=incident.program,
-            recipients=staff,
-            kind="dispatch.alert",
-            urgency=Urgency.URGENT,
-            text="Dispatch alert: an assignment needs your attention.",
-            link=f"/dispatch/incidents/{incident.pk}",
-            dedupe_key=f"dispatch-alert-{alert.pk}",
+    supervisors, dispatchers = selectors.alerted_staff_ids(program_id=incident.program_id)
+    alerted = NotificationRequest(
+        program=incident.program,
+        kind="dispatch.alert",
+        urgency=Urgency.URGENT,
+        text="Dispatch alert: an assignment needs your attention.",
+        link=f"/dispatch/incidents/{incident.pk}",  # the app's path, for push and in-app
+    )
+    requests = []
+    if supervisors:
+        # Their SMS opens the incident in the admin workspace, where supervisors work.
+        web_link = reverse("admin:dispatch_incident_change", args=[incident.pk])
+        requests.append(
+            replace(alerted, recipients=supervisors, web_link=web_link, dedupe_key=f"dispatch-alert-{alert.pk}")
         )
+    if dispatchers:
+        # Dispatchers work in the dispatch console, an app: no page of the staff site is theirs.
+        requests.append(replace(alerted, recipients=dispatchers, dedupe_key=f"dispatch-alert-{alert.pk}-dispatchers"))
+    if requests:
+        notify_many(requests=requests)
     logger.info("dispatch alert %s kind=%s incident=%s", alert.pk, kind, incident.pk)
     return alert
 

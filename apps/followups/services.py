@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework import status as http_status
 
@@ -588,7 +589,10 @@ def _send_to_staff(staff: list[tuple[Reminder, FollowUpStep]]) -> dict[int, str]
             outcomes[reminder.pk] = "step rescheduled"
             continue
         program = programs[reminder.program_id]
+        # The app opens the step by its path; an email or a text opens it where case managers and
+        # supervisors work it, the step's timeline in the workspace.
         link = f"/followups/steps/{step.pk}"
+        web_link = reverse("admin:followups_followupstep_timeline", args=[step.pk])
         dedupe_key = f"followups.reminder.{reminder.pk}"
         owner = owners.get(step.owner_id) if step.owner_id is not None else None
         if reminder.kind == ReminderKind.OWNER_DUE and owner is not None and (step.program_id, owner.pk) in members:
@@ -601,6 +605,7 @@ def _send_to_staff(staff: list[tuple[Reminder, FollowUpStep]]) -> dict[int, str]
                 urgency=Urgency.LOW,
                 text="A follow-up contact is due.",
                 link=link,
+                web_link=web_link,
                 dedupe_key=dedupe_key,
             )
         else:
@@ -618,6 +623,7 @@ def _send_to_staff(staff: list[tuple[Reminder, FollowUpStep]]) -> dict[int, str]
                 urgency=Urgency.NORMAL,
                 text="A follow-up contact is overdue." if overdue else "A follow-up contact is due and has no owner.",
                 link=link,
+                web_link=web_link,
                 dedupe_key=dedupe_key,
             )
         requests.append(request)

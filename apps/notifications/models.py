@@ -75,6 +75,12 @@ class Notification(TimeStampedModel):
     urgency = models.CharField(max_length=16, choices=Urgency.choices, default=Urgency.NORMAL)
     text = models.CharField(max_length=140, help_text="Short, and never health information.")
     link = models.CharField(max_length=300, blank=True, help_text="An in-app path such as /assignments/<id>.")
+    # A person reading an SMS or email opens a page, not an app path: this one, on the staff site.
+    web_link = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="A page of the staff site (a path such as /admin/…/) that SMS and email link to.",
+    )
     unit = models.ForeignKey(Unit, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # A domain app that retries its own step passes the same key and gets the same notification.
     dedupe_key = models.CharField(max_length=200, blank=True)

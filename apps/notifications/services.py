@@ -103,7 +103,7 @@ def _invalid(field: str, detail: str) -> DomainError:
 # --- notify -------------------------------------------------------------------------------
 
 
-def _validate(*, kind: str, text: str, link: str, urgency: str) -> None:
+def _validate(*, kind: str, text: str, link: str, web_link: str, urgency: str) -> None:
     if not KIND_PATTERN.match(kind):
         raise _invalid("kind", "A kind is a short lowercase name such as assignment.offered.")
     if not text.strip() or len(text) > MAX_TEXT_LENGTH or "\n" in text or "\r" in text:
@@ -112,6 +112,8 @@ def _validate(*, kind: str, text: str, link: str, urgency: str) -> None:
     if link and (len(link) > 300 or not LINK_PATTERN.match(link)):
         # A path of ids, no query string: nothing about the person can ride along in a link.
         raise _invalid("link", "The link is an in-app path such as /assignments/<id>, without a query string.")
+    if web_link and (len(web_link) > 300 or not LINK_PATTERN.match(web_link)):
+        raise _invalid("web_link", "The web link is a staff site path such as /admin/…/, without a query string.")
     if urgency not in Urgency.values:
         raise _invalid("urgency", f"Urgency is one of {', '.join(Urgency.values)}.")
 
@@ -124,6 +126,7 @@ class NotificationRequest:
     kind: str
     text: str
     link: str = ""
+    web_link: str = ""
     urgency: str = Urgency.NORMAL
     recipients: Sequence[UUID | str] = ()
     unit: UUID | str | None = None
@@ -137,6 +140,7 @@ def notify(
     kind: str,
     text: str,
     link: str = "",
+    web_link: str = "",
     urgency: str = Urgency.NORMAL,
     recipients: Sequence[UUID | str] = (),
     unit: UUID | str | None = None,
@@ -146,14 +150,18 @@ def notify(
     """Reach users (and/or the members on shift of a unit, and/or contacts) about one thing.
 
     ``text`` says that there is something (an assignment, a reminder) and never what it is
-    about: no names, no health information. The same ``dedupe_key`` twice returns the first
-    notification and sends nothing again. Sending starts after the caller's transaction commits.
+    about: no names, no health information. ``link`` is the path the app opens it with (push
+    and in-app); ``web_link`` the staff site's page a person at a computer opens from an SMS or
+    email after signing in (none: the text or email names no page). Both are paths of ids. The
+    same ``dedupe_key`` twice returns the first notification and sends nothing again. Sending
+    starts after the caller's transaction commits.
     """
     request = NotificationRequest(
         program=program,
         kind=kind,
         text=text,
         link=link,
+        web_link=web_link,
         urgency=urgency,
         recipients=recipients,
         unit=unit,
@@ -171,7 +179,9 @@ def notify_many(*, requests: Sequence[NotificationRequest]) -> list[Notification
     that each take a chunk of attempt ids. Any invalid request refuses the whole batch.
     """
     for request in requests:
-        _validate(kind=request.kind, text=request.text, link=request.link, urgency=request.urgency)
+        _validate(
+            kind=request.kind, text=request.text, link=request.link, web_link=request.web_link, urgency=request.urgency
+        )
     results: list[Notification | None] = [None] * len(requests)
     existing = _existing_by_dedupe_key(requests)
     fresh: list[int] = []
@@ -318,6 +328,7 @@ class _Planner:
             kind=request.kind,
             text=request.text.strip(),
             link=request.link,
+            web_link=request.web_link,
             urgency=request.urgency,
             unit_id=request.unit,
             dedupe_key=request.dedupe_key,
@@ -651,6 +662,7 @@ def _message(attempt: NotificationAttempt) -> Message:
         urgency=attempt.notification.urgency,
         text=attempt.notification.text,
         link=attempt.notification.link,
+        web_link=attempt.notification.web_link,
         link_base_url=settings.NOTIFICATIONS_LINK_BASE_URL,
     )
 

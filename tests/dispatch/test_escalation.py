@@ -326,8 +326,13 @@ def test_an_escalation_reaches_supervisors_through_notifications_too(
     services.sweep_deadlines(now=later(121))
 
     alert = SupervisorAlert.objects.get(assignment=assignment)
-    notification = Notification.objects.get(dedupe_key=f"dispatch-alert-{alert.pk}")
-    assert (notification.kind, notification.urgency) == ("dispatch.alert", "urgent")
-    recipients = set(notification.recipients.values_list("user_id", flat=True))
-    assert recipients == {dispatcher.user.pk, supervisor.user.pk}
-    assert crew_member.user.pk not in recipients
+    # The supervisors' text links to the incident in the workspace; the dispatchers' names no page.
+    to_supervisors = Notification.objects.get(dedupe_key=f"dispatch-alert-{alert.pk}")
+    to_dispatchers = Notification.objects.get(dedupe_key=f"dispatch-alert-{alert.pk}-dispatchers")
+    for notification in (to_supervisors, to_dispatchers):
+        assert (notification.kind, notification.urgency) == ("dispatch.alert", "urgent")
+        assert notification.link == f"/dispatch/incidents/{assignment.incident_id}"
+    assert set(to_supervisors.recipients.values_list("user_id", flat=True)) == {supervisor.user.pk}
+    assert set(to_dispatchers.recipients.values_list("user_id", flat=True)) == {dispatcher.user.pk}
+    assert to_supervisors.web_link == f"/admin/dispatch/incident/{assignment.incident_id}/change/"
+    assert to_dispatchers.web_link == ""

@@ -269,6 +269,7 @@ def _sms_to(program: Program, number: str) -> NotificationAttempt:
         kind="followup.reminder",
         text="Your care team will call you today",
         link="/followups/4c1e3c84-1a57-4f0e-9c57-0b8e5a1b0b9e",
+        web_link="/admin/followups/followupstep/4c1e3c84-1a57-4f0e-9c57-0b8e5a1b0b9e/timeline/",
     )
     return NotificationAttempt.objects.get(notification=notification, channel=Channel.SMS)
 
@@ -288,8 +289,9 @@ def test_twilio_sms_follows_the_messages_api_contract(
     assert request.content == {
         "To": "+15005550006",
         "From": "+15005550006",
+        # The staff site's page, not the app's path.
         "Body": "Tandem: Your care team will call you today "
-        "https://tandem.example.org/followups/4c1e3c84-1a57-4f0e-9c57-0b8e5a1b0b9e",
+        "https://tandem.example.org/admin/followups/followupstep/4c1e3c84-1a57-4f0e-9c57-0b8e5a1b0b9e/timeline/",
         "StatusCallback": "https://tandem.example.org/api/v1/notifications/sms/twilio-status/",
     }
 
@@ -342,6 +344,7 @@ def test_email_goes_through_djangos_email_backend(settings: SettingsWrapper, pro
         urgency=Urgency.LOW,
         text="A follow-up reminder is waiting",
         link="/followups/1",
+        web_link="/admin/followups/followupstep/1/timeline/",
     )
     attempt = NotificationAttempt.objects.get(notification=notification)
 
@@ -352,7 +355,8 @@ def test_email_goes_through_djangos_email_backend(settings: SettingsWrapper, pro
     assert (attempt.channel, attempt.status) == (Channel.EMAIL, AttemptStatus.SENT)
     assert email.to == ["someone@example.org"]
     assert email.subject == "Tandem: A follow-up reminder is waiting"
-    assert "http://localhost:8000/followups/1" in email.body
+    assert "Open it in Tandem: http://localhost:8000/admin/followups/followupstep/1/timeline/" in email.body
+    assert "/followups/1" not in email.body.replace("/admin/followups/followupstep/1/", "")
     assert attempt.provider_message_id == email.extra_headers["Message-ID"]
 
 

@@ -43,7 +43,11 @@ class SendResult:
 
 @dataclass(frozen=True)
 class Message:
-    """What goes out: ids, a kind, the short text and a link. Nothing else, by construction."""
+    """What goes out: ids, a kind, the short text and a link. Nothing else, by construction.
+
+    ``link`` is the app's path, for push and in-app; ``web_link`` the staff site's page, for
+    SMS and email, which a person opens in a browser: a text or email without one names no page.
+    """
 
     notification_id: str
     attempt_id: str
@@ -51,6 +55,7 @@ class Message:
     urgency: str
     text: str
     link: str
+    web_link: str = ""
     link_base_url: str = field(default="", repr=False)
 
     @property
@@ -59,7 +64,8 @@ class Message:
 
     @property
     def url(self) -> str:
-        return f"{self.link_base_url.rstrip('/')}{self.link}" if self.link else self.link_base_url
+        """The staff site's page in full, or "" when there is none."""
+        return f"{self.link_base_url.rstrip('/')}{self.web_link}" if self.web_link else ""
 
     def data(self) -> dict[str, str]:
         """The key/value data that rides along with a push (all strings, as FCM requires)."""
@@ -76,18 +82,16 @@ class Message:
         }
 
     def sms_body(self) -> str:
-        # A text without a link (to a person, such as an appointment reminder) ends with its
-        # words: the staff site's address is nothing its reader could open.
-        return f"Tandem: {self.text} {self.url}" if self.link else f"Tandem: {self.text}"
+        # A text without a page (to a person, such as an appointment reminder, or to staff whose
+        # work is in an app) ends with its words: an app's path is nothing a browser could open.
+        return f"Tandem: {self.text} {self.url}" if self.url else f"Tandem: {self.text}"
 
     def email_subject(self) -> str:
         return f"Tandem: {self.text}"
 
     def email_body(self) -> str:
-        return (
-            f"{self.text}\n\nOpen it in Tandem: {self.url}\n\n"
-            "This message carries no details on purpose; sign in to see them.\n"
-        )
+        where = f"Open it in Tandem: {self.url}" if self.url else "Open Tandem to see it."
+        return f"{self.text}\n\n{where}\n\nThis message carries no details on purpose; sign in to see them.\n"
 
 
 @dataclass(frozen=True)
