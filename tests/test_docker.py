@@ -125,6 +125,14 @@ def test_web_listens_on_every_interface_of_its_container() -> None:
     assert web["--port"] == "8000"
 
 
+def test_web_is_published_on_the_hosts_loopback_unless_told_otherwise() -> None:
+    """Published on every interface of the host, the plain-HTTP port would let anyone on the
+    network reach the web process around the TLS proxy in front of it."""
+    [published] = services()["web"]["ports"]
+
+    assert published == "${TANDEM_BIND:-127.0.0.1}:${TANDEM_PORT:-8000}:8000"
+
+
 def test_image_default_command_is_the_web_command() -> None:
     commands = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "CMD"]
 
