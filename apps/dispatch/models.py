@@ -324,6 +324,11 @@ class Assignment(TimeStampedModel):
     resend_due_at = models.DateTimeField(null=True, blank=True)
     escalate_due_at = models.DateTimeField(null=True, blank=True)
     resend_count = models.PositiveIntegerField(default=0)
+    # Set when escalation found no other unit free: while the offer waits, escalate_due_at is
+    # when the sweep next looks for a free unit, and no_unit_alerted_at when it last told the
+    # supervisors (it tells them again every DISPATCH_NO_UNIT_REALERT_SECONDS).
+    awaiting_unit_since = models.DateTimeField(null=True, blank=True)
+    no_unit_alerted_at = models.DateTimeField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

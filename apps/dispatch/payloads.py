@@ -69,7 +69,11 @@ def assignment_payload(assignment: Assignment, *, with_incident: bool = True) ->
         "status": assignment.status,
         "is_additional": assignment.is_additional,
         "offered_at": _iso(assignment.offered_at),
-        "ack_due_at": _iso(assignment.escalate_due_at or assignment.resend_due_at),
+        # Past both deadlines while the call waits for a free unit: escalate_due_at is then
+        # only when the sweep next looks for one.
+        "ack_due_at": None
+        if assignment.awaiting_unit_since is not None
+        else _iso(assignment.escalate_due_at or assignment.resend_due_at),
         "resend_count": assignment.resend_count,
         "acknowledged_at": _iso(assignment.acknowledged_at),
         "acknowledged_by": _id(assignment.acknowledged_by_id),

@@ -485,6 +485,11 @@ def assignment_offer(
                     "The unit already holds this incident.", code="already_assigned", field="unit"
                 ) from None
             raise
+        # The dispatcher has taken the call in hand: an escalated offer of it stops waiting
+        # for a free unit (it stays open to a late acknowledgement).
+        Assignment.objects.filter(
+            incident=incident, status=AssignmentStatus.OFFERED, awaiting_unit_since__isnull=False
+        ).exclude(escalate_due_at=None).update(escalate_due_at=None, updated_at=assignment.offered_at)
         _audit(accessor, AccessAction.CREATE, assignment)
         return assignment
 
@@ -896,31 +901,86 @@ def _resend(assignment: Assignment, now: datetime) -> None:
 def _escalate(assignment: Assignment, now: datetime) -> None:
     """Second deadline: alert supervisors and dispatchers, and offer the incident to the next
     recommended unit. With no other unit free, the offer stays with this one (a late ack is
-    still welcome) and the alert says no unit is available. While another unit that has
-    acknowledged the call holds it, it goes to no further unit (as when a crew declines):
-    the offer stays, and the alert tells the supervisors of this unit's silence. (Another
-    offer still unacknowledged does not count: it may be as silent as this one.)"""
+    still welcome), the alert says no unit is available, and the call waits for a unit
+    (_search_for_unit). While another unit that has acknowledged the call holds it, it goes to
+    no further unit (as when a crew declines): the offer stays, and the alert tells the
+    supervisors of this unit's silence. (Another offer still unacknowledged does not count:
+    it may be as silent as this one.)"""
     incident = assignment.incident
     alert_supervisors(kind=AlertKind.ACK_OVERDUE, incident=incident, assignment=assignment, unit=assignment.unit)
     _event(incident=incident, assignment=assignment, kind=EventKind.ESCALATED, at=now)
-    covered = (
-        Assignment.objects.filter(incident=incident, status__in=AssignmentStatus.active())
+    if _acknowledged_elsewhere(assignment):
+        Assignment.objects.filter(pk=assignment.pk).update(resend_due_at=None, escalate_due_at=None, updated_at=now)
+        return
+    successor = _offer_to_next_unit(incident=incident, now=now)
+    if successor is None:
+        Assignment.objects.filter(pk=assignment.pk).update(
+            resend_due_at=None,
+            escalate_due_at=now + timedelta(seconds=_no_unit_retry_seconds()),
+            awaiting_unit_since=now,
+            no_unit_alerted_at=now,
+            updated_at=now,
+        )
+        alert_supervisors(
+            kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
+        )
+        return
+    _time_out(assignment, successor=successor, now=now)
+
+
+def _search_for_unit(assignment: Assignment, now: datetime) -> None:
+    """An escalated offer no other unit was free for: look again for a free unit, and offer
+    the call to it as soon as there is one (this offer then times out, as at escalation).
+
+    The search runs from the offer's escalate_due_at, every DISPATCH_NO_UNIT_RETRY_SECONDS,
+    and tells the supervisors again every DISPATCH_NO_UNIT_REALERT_SECONDS that the call still
+    waits. It ends when this crew acknowledges, the offer is cancelled or the incident closed
+    (all clear the deadline), when a dispatcher offers the call to a unit by hand
+    (assignment_offer), or here, when another unit has acknowledged the call.
+    """
+    incident = assignment.incident
+    if _acknowledged_elsewhere(assignment):
+        Assignment.objects.filter(pk=assignment.pk).update(escalate_due_at=None, updated_at=now)
+        return
+    successor = _offer_to_next_unit(incident=incident, now=now)
+    if successor is not None:
+        _time_out(assignment, successor=successor, now=now)
+        return
+    changes: dict[str, Any] = {"escalate_due_at": now + timedelta(seconds=_no_unit_retry_seconds()), "updated_at": now}
+    last_alert = assignment.no_unit_alerted_at or assignment.awaiting_unit_since or now
+    if now >= last_alert + timedelta(seconds=settings.DISPATCH_NO_UNIT_REALERT_SECONDS):
+        alert_supervisors(
+            kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
+        )
+        changes["no_unit_alerted_at"] = now
+    Assignment.objects.filter(pk=assignment.pk).update(**changes)
+
+
+def _no_unit_retry_seconds() -> int:
+    return max(settings.DISPATCH_NO_UNIT_RETRY_SECONDS, 1)
+
+
+def _acknowledged_elsewhere(assignment: Assignment) -> bool:
+    """Another unit has acknowledged the call (or is further along): it is being answered."""
+    return (
+        Assignment.objects.filter(incident_id=assignment.incident_id, status__in=AssignmentStatus.active())
         .exclude(status=AssignmentStatus.OFFERED)
+        .exclude(pk=assignment.pk)
         .exists()
     )
-    successor = None if covered else _offer_to_next_unit(incident=incident, now=now)
-    if successor is None:
-        Assignment.objects.filter(pk=assignment.pk).update(resend_due_at=None, escalate_due_at=None, updated_at=now)
-        if not covered:
-            alert_supervisors(
-                kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
-            )
-        return
+
+
+def _time_out(assignment: Assignment, *, successor: Assignment, now: datetime) -> None:
+    """The offer went to another unit: the silent crew is told to drop it."""
     _end(assignment, status=AssignmentStatus.TIMED_OUT, reason="not acknowledged in time", now=now)
     assignment.superseded_by = successor
     assignment.save(update_fields=["superseded_by"])
     _event(
-        incident=incident, assignment=assignment, kind=EventKind.TIMED_OUT, at=now, offered_to=str(successor.unit_id)
+        incident=assignment.incident,
+        assignment=assignment,
+        kind=EventKind.TIMED_OUT,
+        at=now,
+        offered_to=str(successor.unit_id),
     )
     _publish_assignment(assignment)
     _refresh_units([assignment.unit_id], now=now)
@@ -943,6 +1003,7 @@ class SweepResult:
     resent: int = 0
     escalated: int = 0
     checkins_missed: int = 0
+    unit_searches: int = 0
     failed: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -950,6 +1011,7 @@ class SweepResult:
             "resent": self.resent,
             "escalated": self.escalated,
             "checkins_missed": self.checkins_missed,
+            "unit_searches": self.unit_searches,
             "failed": self.failed,
         }
 
@@ -965,9 +1027,22 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
     """
     now = now or timezone.now()
     result = SweepResult()
-    # Escalations first: an assignment overdue for both acts on the later, stronger deadline.
+    # Calls waiting for a free unit first, the longest-waiting first: a unit that has just
+    # freed up goes to them before a call escalated only now.
+    result.unit_searches, failed_searches = _sweep(
+        Q(status=AssignmentStatus.OFFERED, escalate_due_at__lte=now, awaiting_unit_since__isnull=False),
+        "awaiting_unit_since",
+        _search_for_unit,
+        now,
+        limit,
+    )
+    # Escalations next: an assignment overdue for both acts on the later, stronger deadline.
     result.escalated, failed_escalations = _sweep(
-        Q(status=AssignmentStatus.OFFERED, escalate_due_at__lte=now), "escalate_due_at", _escalate, now, limit
+        Q(status=AssignmentStatus.OFFERED, escalate_due_at__lte=now, awaiting_unit_since=None),
+        "escalate_due_at",
+        _escalate,
+        now,
+        limit,
     )
     result.resent, failed_resends = _sweep(
         Q(status=AssignmentStatus.OFFERED, resend_due_at__lte=now), "resend_due_at", _resend, now, limit
@@ -975,7 +1050,7 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
     result.checkins_missed, failed_checkins = _sweep(
         Q(status=AssignmentStatus.ON_SCENE, checkin_due_at__lte=now), "checkin_due_at", _missed_checkin, now, limit
     )
-    result.failed = failed_escalations + failed_resends + failed_checkins
+    result.failed = failed_searches + failed_escalations + failed_resends + failed_checkins
     return result
 
 

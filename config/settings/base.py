@@ -334,6 +334,10 @@ WEBSOCKET_GC_FULL_COLLECT_SECONDS = env_int("WEBSOCKET_GC_FULL_COLLECT_SECONDS",
 DISPATCH_ACK_RESEND_SECONDS = env_int("DISPATCH_ACK_RESEND_SECONDS", 60)
 DISPATCH_ACK_ESCALATE_SECONDS = env_int("DISPATCH_ACK_ESCALATE_SECONDS", 120)
 DISPATCH_CHECKIN_INTERVAL_SECONDS = env_int("DISPATCH_CHECKIN_INTERVAL_SECONDS", 15 * 60)
+# A call escalation found no free unit for: how often the sweep looks for one again, and how
+# often the supervisors hear again that the call is still waiting.
+DISPATCH_NO_UNIT_RETRY_SECONDS = env_int("DISPATCH_NO_UNIT_RETRY_SECONDS", 10)
+DISPATCH_NO_UNIT_REALERT_SECONDS = env_int("DISPATCH_NO_UNIT_REALERT_SECONDS", 300)
 # How far a device's clock may run ahead of the server's before its observed time is refused.
 DISPATCH_CLOCK_SKEW_SECONDS = env_int("DISPATCH_CLOCK_SKEW_SECONDS", 120)
 # The oldest offline-recorded time accepted.

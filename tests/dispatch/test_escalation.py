@@ -11,13 +11,15 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from pytest_django.fixtures import Settings as SettingsWrapper
 
 from apps.accounts.models import Program, Role
 from apps.dispatch import services, tasks
 from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, EventKind, SupervisorAlert, TimelineEvent
+from apps.dispatch.payloads import assignment_payload
 from apps.sync.models import ChangeEntry
 from apps.sync.scopes import program_role_scope, unit_scope
-from apps.teams.models import Unit
+from apps.teams.models import ResponseModel, Unit, UnitStatus
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import fast_timing, make_incident
 from tests.live import LiveProcess, celery_worker
@@ -108,11 +110,98 @@ def test_with_no_other_unit_free_the_offer_stays_and_supervisors_hear_so(
     again = services.sweep_deadlines(now=later(300))
 
     assignment.refresh_from_db()
-    assert assignment.status == AssignmentStatus.OFFERED and assignment.escalate_due_at is None
+    assert assignment.status == AssignmentStatus.OFFERED and assignment.escalate_due_at is not None  # still looking
+    assert assignment_payload(assignment)["ack_due_at"] is None  # past due, as the devices were told
     assert sorted(SupervisorAlert.objects.values_list("kind", flat=True)) == ["ack_overdue", "no_unit_available"]
-    assert again.escalated == 0
+    assert (again.escalated, again.unit_searches) == (0, 1)
     ack = crew_member.client().post(f"/api/v1/dispatch/assignments/{assignment.pk}/acknowledge/")
     assert ack.status_code == 200  # a late ack is still welcome: nobody else could go
+    # The crew answered: the search for another unit ends, and so do the alerts.
+    UnitFactory.create(program=program)
+    assert services.sweep_deadlines(now=later(1200)).as_dict() == services.SweepResult().as_dict()
+    assert SupervisorAlert.objects.count() == 2
+
+
+def test_a_call_no_unit_was_free_for_goes_to_the_first_unit_that_frees_up(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    """Escalation found nobody free: the sweep keeps looking every few seconds, and the
+    moment a unit is back in service the call is offered to it, the silent one timed out."""
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    assignment = offered(program, dispatcher, crew_member.unit)
+    spare = UnitFactory.create(program=program, status=UnitStatus.OUT_OF_SERVICE)
+
+    services.sweep_deadlines(now=later(121))
+    assert services.sweep_deadlines(now=later(125)).unit_searches == 0  # not due again yet
+    assert services.sweep_deadlines(now=later(135)).unit_searches == 1  # still nobody free
+    services.unit_set_availability(unit=spare, actor=dispatcher.user, device=None, status=UnitStatus.AVAILABLE)
+    found = services.sweep_deadlines(now=later(150))
+
+    assignment.refresh_from_db()
+    assert found.unit_searches == 1
+    assert assignment.status == AssignmentStatus.TIMED_OUT and assignment.superseded_by is not None
+    successor = assignment.superseded_by
+    assert (successor.unit_id, successor.status, successor.offered_by) == (spare.pk, AssignmentStatus.OFFERED, None)
+    assert successor.escalate_due_at is not None  # the new offer has deadlines of its own
+    assert ChangeEntry.objects.filter(record_id=successor.pk, scope=unit_scope(spare.pk)).exists()
+    crew_view = ChangeEntry.objects.filter(record_id=assignment.pk, scope=unit_scope(crew_member.unit.pk)).last()
+    assert crew_view is not None and crew_view.operation == "remove"
+    assert sorted(SupervisorAlert.objects.values_list("kind", flat=True)) == ["ack_overdue", "no_unit_available"]
+
+
+def test_supervisors_hear_again_of_a_call_still_waiting_for_a_unit_at_a_slower_cadence(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    settings.DISPATCH_NO_UNIT_REALERT_SECONDS = 300
+    assignment = offered(program, dispatcher, crew_member.unit)
+
+    searches = sum(services.sweep_deadlines(now=later(seconds)).unit_searches for seconds in range(121, 741, 10))
+
+    no_unit = SupervisorAlert.objects.filter(assignment=assignment, kind=AlertKind.NO_UNIT_AVAILABLE)
+    assert searches == 61  # every sweep after the escalation looked again
+    assert no_unit.count() == 3  # at the escalation, five minutes on and ten minutes on
+    assert SupervisorAlert.objects.filter(kind=AlertKind.ACK_OVERDUE).count() == 1
+    assert assignment.timeline.filter(kind=EventKind.ESCALATED).count() == 1
+
+
+def test_a_call_a_dispatcher_offered_by_hand_while_it_waited_is_no_longer_searched_for(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    """The dispatcher took the call in hand (here to a unit of another model, which the
+    recommendation does not list): the sweep stops looking and alerting. A unit of the call's
+    own model freeing up later is not sent to it as well."""
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    assignment = offered(program, dispatcher, crew_member.unit)
+    other_model = UnitFactory.create(program=program, response_model=ResponseModel.MOBILE_TREATMENT)
+    services.sweep_deadlines(now=later(121))
+    fast_timing(program, resend=900, escalate=1800)  # the new offer's own deadlines stay out of the way
+
+    services.assignment_offer(incident=assignment.incident, unit=other_model, actor=dispatcher.user)
+    spare = UnitFactory.create(program=program)
+    searched = [services.sweep_deadlines(now=later(seconds)).unit_searches for seconds in (135, 500, 800)]
+
+    assignment.refresh_from_db()
+    assert searched == [0, 0, 0]
+    assert assignment.status == AssignmentStatus.OFFERED and assignment.escalate_due_at is None
+    assert not Assignment.objects.filter(unit=spare).exists()
+    assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 1
+
+
+def test_closing_a_call_that_waits_for_a_unit_ends_the_search(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = offered(program, dispatcher, crew_member.unit)
+    services.sweep_deadlines(now=later(121))
+
+    services.incident_close(
+        incident=assignment.incident, actor=dispatcher.user, device=None, unserved_reason="no_unit_available"
+    )
+    spare = UnitFactory.create(program=program)
+
+    assert services.sweep_deadlines(now=later(1000)).unit_searches == 0
+    assert not Assignment.objects.filter(unit=spare).exists()
+    assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 1
 
 
 def test_an_overdue_offer_of_a_call_another_unit_has_acknowledged_is_offered_to_no_third_unit(
@@ -214,6 +303,45 @@ def test_concurrent_sweeps_act_on_each_deadline_exactly_once(program: Program, d
     # Sweeps raced for the free units; the unique index let each unit take one offer only.
     new_units = list(Assignment.objects.filter(status=AssignmentStatus.OFFERED).values_list("unit_id", flat=True))
     assert len(new_units) == len(set(new_units)) == len(spare)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sweeps_look_once_for_each_waiting_call(program: Program, dispatcher: CrewMember) -> None:
+    """Two beats over calls waiting for a unit: each call is looked at once per due time, a
+    freed unit is offered one call, and the supervisors' reminder is raised once per call."""
+    assignments = [offered(program, dispatcher, UnitFactory.create(program=program)) for _ in range(6)]
+    spare = [UnitFactory.create(program=program, status=UnitStatus.OUT_OF_SERVICE) for _ in range(3)]
+    services.sweep_deadlines(now=later(121))
+    for unit in spare:
+        services.unit_set_availability(unit=unit, actor=dispatcher.user, device=None, status=UnitStatus.AVAILABLE)
+    sweepers = 4
+    barrier = threading.Barrier(sweepers)
+    results: list[services.SweepResult] = []
+
+    def sweep() -> None:
+        try:
+            barrier.wait()
+            results.append(services.sweep_deadlines(now=later(430)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(sweepers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(result.unit_searches for result in results) == len(assignments)
+    assert sum(result.failed for result in results) == 0
+    offers = list(Assignment.objects.filter(unit__in=spare).values_list("unit_id", flat=True))
+    assert sorted(offers) == sorted(unit.pk for unit in spare)
+    for assignment in assignments:
+        assignment.refresh_from_db()
+        alerts = SupervisorAlert.objects.filter(assignment=assignment, kind=AlertKind.NO_UNIT_AVAILABLE).count()
+        if assignment.status == AssignmentStatus.TIMED_OUT:
+            assert alerts == 1
+        else:
+            assert (assignment.status, alerts) == (AssignmentStatus.OFFERED, 2)
 
 
 def make_due(assignment: Assignment) -> None:
