@@ -329,6 +329,12 @@ class Assignment(TimeStampedModel):
     # supervisors (it tells them again every DISPATCH_NO_UNIT_REALERT_SECONDS).
     awaiting_unit_since = models.DateTimeField(null=True, blank=True)
     no_unit_alerted_at = models.DateTimeField(null=True, blank=True)
+    # The deadline (its field's name) whose action raised at its last tries, how many tries in
+    # a row (the sweep puts it off a little longer each time), and when the supervisors were
+    # told to act by hand.
+    sweep_failing_deadline = models.CharField(max_length=32, blank=True)
+    sweep_failures = models.PositiveIntegerField(default=0)
+    sweep_failure_alerted_at = models.DateTimeField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -467,6 +473,7 @@ class AlertKind(models.TextChoices):
     ACK_OVERDUE = "ack_overdue", "Assignment not acknowledged"
     CHECKIN_MISSED = "checkin_missed", "Crew missed a safety check-in"
     NO_UNIT_AVAILABLE = "no_unit_available", "No unit available to re-offer to"
+    ESCALATION_FAILING = "escalation_failing", "Automatic escalation keeps failing: act by hand"
 
 
 class SupervisorAlert(models.Model):

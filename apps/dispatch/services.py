@@ -1031,10 +1031,11 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
     # freed up goes to them before a call escalated only now.
     result.unit_searches, failed_searches = _sweep(
         Q(status=AssignmentStatus.OFFERED, escalate_due_at__lte=now, awaiting_unit_since__isnull=False),
-        "awaiting_unit_since",
+        "escalate_due_at",
         _search_for_unit,
         now,
         limit,
+        order_by="awaiting_unit_since",
     )
     # Escalations next: an assignment overdue for both acts on the later, stronger deadline.
     result.escalated, failed_escalations = _sweep(
@@ -1055,7 +1056,13 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
 
 
 def _sweep(
-    due: Q, order_by: str, act: Callable[[Assignment, datetime], None], now: datetime, limit: int
+    due: Q,
+    due_field: str,
+    act: Callable[[Assignment, datetime], None],
+    now: datetime,
+    limit: int,
+    *,
+    order_by: str | None = None,
 ) -> tuple[int, int]:
     handled = 0
     failed: set[UUID] = set()
@@ -1068,19 +1075,82 @@ def _sweep(
                     .select_related("incident", "unit")
                     .filter(due)
                     .exclude(pk__in=failed)
-                    .order_by(order_by, "pk")
+                    .order_by(order_by or due_field, "pk")
                     .first()
                 )
                 if assignment is None:
                     break
                 claimed = assignment.pk
                 act(assignment, now)
+                if assignment.sweep_failures and assignment.sweep_failing_deadline == due_field:
+                    Assignment.objects.filter(pk=assignment.pk).update(
+                        sweep_failing_deadline="", sweep_failures=0, sweep_failure_alerted_at=None
+                    )
         except Exception:
             if claimed is None:
                 raise
-            # One bad row must not hold up every other deadline; it stays due for the next sweep.
-            logger.exception("dispatch sweep could not act on assignment %s", claimed)
+            # One bad row must not hold up every other deadline; it stays due, a little later.
+            logger.exception("dispatch sweep could not act on assignment %s (%s)", claimed, due_field)
             failed.add(claimed)
+            _put_off_failed(claimed, due=due, due_field=due_field, now=now)
             continue
         handled += 1
     return handled, len(failed)
+
+
+# A deadline whose action raised is tried again after this long, then twice as long each time
+# (up to DISPATCH_SWEEP_RETRY_MAX_SECONDS); at this many failures in a row the supervisors hear.
+SWEEP_RETRY_FIRST_SECONDS = 5
+SWEEP_FAILURES_BEFORE_ALERT = 3
+
+
+def _put_off_failed(assignment_id: UUID, *, due: Q, due_field: str, now: datetime) -> None:
+    """A deadline whose action raised stays due (it is never dropped) but is put off, longer at
+    each failure in a row, so a row that keeps failing is neither hammered nor logged at every
+    beat. At the third failure in a row the supervisors are alerted, once, to act by hand: the
+    crew has not been re-offered or the supervisors told of its silence by the sweep."""
+    try:
+        with transaction.atomic():
+            assignment = (
+                Assignment.objects.select_for_update(of=("self", "incident"), skip_locked=True)
+                .select_related("incident", "unit")
+                .filter(due, pk=assignment_id)
+                .first()
+            )
+            if assignment is None:
+                return  # answered, ended or claimed by another sweep since it failed
+            # A streak is one deadline's: another deadline of the row acting (a re-send while
+            # the escalation fails) neither ends nor extends it.
+            same = assignment.sweep_failing_deadline == due_field
+            failures = assignment.sweep_failures + 1 if same else 1
+            alerted_at = assignment.sweep_failure_alerted_at if same else None
+            ceiling = max(settings.DISPATCH_SWEEP_RETRY_MAX_SECONDS, SWEEP_RETRY_FIRST_SECONDS)
+            delay = min(SWEEP_RETRY_FIRST_SECONDS * 2 ** min(failures - 1, 20), ceiling)
+            Assignment.objects.filter(pk=assignment.pk).update(
+                sweep_failing_deadline=due_field,
+                sweep_failures=failures,
+                sweep_failure_alerted_at=alerted_at,
+                **{due_field: now + timedelta(seconds=delay)},
+            )
+            if failures < SWEEP_FAILURES_BEFORE_ALERT or alerted_at is not None:
+                return
+            logger.error(
+                "dispatch sweep keeps failing on assignment %s (%s): %d times in a row; alerting supervisors",
+                assignment.pk,
+                due_field,
+                failures,
+            )
+            try:
+                with transaction.atomic():
+                    alert_supervisors(
+                        kind=AlertKind.ESCALATION_FAILING,
+                        incident=assignment.incident,
+                        assignment=assignment,
+                        unit=assignment.unit,
+                    )
+                    Assignment.objects.filter(pk=assignment.pk).update(sweep_failure_alerted_at=now)
+            except Exception:
+                # Tried again at the next failure; the deadline is put off all the same.
+                logger.exception("dispatch sweep could not alert supervisors of assignment %s", assignment.pk)
+    except Exception:
+        logger.exception("dispatch sweep could not put off the failing assignment %s", assignment_id)

@@ -338,6 +338,8 @@ DISPATCH_CHECKIN_INTERVAL_SECONDS = env_int("DISPATCH_CHECKIN_INTERVAL_SECONDS",
 # often the supervisors hear again that the call is still waiting.
 DISPATCH_NO_UNIT_RETRY_SECONDS = env_int("DISPATCH_NO_UNIT_RETRY_SECONDS", 10)
 DISPATCH_NO_UNIT_REALERT_SECONDS = env_int("DISPATCH_NO_UNIT_REALERT_SECONDS", 300)
+# A deadline whose action raised is tried again after 5 s, then twice as long each time, up to this.
+DISPATCH_SWEEP_RETRY_MAX_SECONDS = env_int("DISPATCH_SWEEP_RETRY_MAX_SECONDS", 60)
 # How far a device's clock may run ahead of the server's before its observed time is refused.
 DISPATCH_CLOCK_SKEW_SECONDS = env_int("DISPATCH_CLOCK_SKEW_SECONDS", 120)
 # The oldest offline-recorded time accepted.

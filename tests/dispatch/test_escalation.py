@@ -464,3 +464,56 @@ def test_an_escalation_reaches_supervisors_through_notifications_too(
     assert set(to_dispatchers.recipients.values_list("user_id", flat=True)) == {dispatcher.user.pk}
     assert to_supervisors.web_link == f"/admin/dispatch/incident/{assignment.incident_id}/change/"
     assert to_dispatchers.web_link == ""
+
+
+def _refuse_escalations() -> None:
+    """A real failure in the escalation's own transaction: the database refuses its timeline event."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE FUNCTION test_refuse_escalated_event() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'escalated events refused by the test'; END $$;
+            CREATE TRIGGER test_refuse_escalated_event BEFORE INSERT ON dispatch_timelineevent
+            FOR EACH ROW WHEN (NEW.kind = 'escalated') EXECUTE FUNCTION test_refuse_escalated_event();
+            """
+        )
+
+
+def test_an_escalation_that_keeps_failing_backs_off_is_surfaced_once_and_is_never_dropped(
+    program: Program,
+    dispatcher: CrewMember,
+    crew_member: CrewMember,
+    settings: SettingsWrapper,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.DISPATCH_SWEEP_RETRY_MAX_SECONDS = 60
+    next_unit = UnitFactory.create(program=program)
+    assignment = offered(program, dispatcher, crew_member.unit)
+    _refuse_escalations()
+    start = later(121)
+
+    # Ten minutes of beats, one every five seconds.
+    tried = [
+        seconds
+        for seconds in range(0, 600, 5)
+        if services.sweep_deadlines(now=start + timedelta(seconds=seconds)).failed
+    ]
+
+    # Tried again after 5, 10, 20, 40 s, then every minute: not at every beat.
+    assert tried == [0, 5, 15, 35, 75, 135, 195, 255, 315, 375, 435, 495, 555]
+    assignment.refresh_from_db()
+    assert assignment.status == AssignmentStatus.OFFERED and assignment.escalate_due_at is not None  # never dropped
+    failing = SupervisorAlert.objects.filter(kind=AlertKind.ESCALATION_FAILING)
+    assert list(failing.values_list("assignment", flat=True)) == [assignment.pk]  # told once, to act by hand
+    assert ChangeEntry.objects.filter(record_id=failing.get().pk, scope=program_role_scope(program.pk, "supervisor"))
+    assert any(record.levelname == "ERROR" and "keeps failing" in record.getMessage() for record in caplog.records)
+
+    # The cause is mended: the next try escalates as it always would have.
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER test_refuse_escalated_event ON dispatch_timelineevent")
+    assert services.sweep_deadlines(now=start + timedelta(seconds=615)).escalated == 1
+    assignment.refresh_from_db()
+    assert assignment.status == AssignmentStatus.TIMED_OUT
+    assert assignment.superseded_by is not None and assignment.superseded_by.unit_id == next_unit.pk
+    assert SupervisorAlert.objects.filter(kind=AlertKind.ACK_OVERDUE).count() == 1
+    assert failing.count() == 1
