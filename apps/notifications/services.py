@@ -541,6 +541,9 @@ WHERE attempt.id = mine.id AND attempt.tries = mine.tries AND attempt.status = %
 RETURNING attempt.id
 """
 
+OUTCOME_UNKNOWN_WORKER_DIED = "outcome unknown: the worker stopped mid-send"
+OUTCOME_UNKNOWN_STOPPED = "outcome unknown: the send task was stopped mid-send"
+
 RECORD_SENT_SQL = """
 UPDATE notifications_notificationattempt AS attempt
 SET sent_at = %(now)s, provider_message_id = sent.provider_message_id, error_reason = '',
@@ -561,8 +564,10 @@ def attempts_send(*, attempt_ids: Sequence[str]) -> dict[str, int]:
 
     Every row is claimed (queued → sending, committed) before its provider is called, all in
     one statement, so a retried or redelivered task finds the rows no longer queued and sends
-    nothing again. If the worker dies between the claim and the recorded answers, the rows stay
-    "sending" and the sweep later marks their outcome unknown — never a second SMS.
+    nothing again. Each provider's answer is recorded as it comes. If the task is stopped
+    mid-chunk (its soft time limit), the send in flight is marked of unknown outcome and those
+    not yet handed over are queued again at once; if the worker dies, they stay "sending" and
+    the stale sweep does the same later — never a second SMS.
     """
     outcomes = _attempts_send(attempt_ids)
     counts = Counter(outcomes.values())
@@ -602,34 +607,73 @@ def _attempts_send(attempt_ids: Sequence[str]) -> dict[str, str]:
             outcomes[str(attempt.pk)] = status
         else:
             to_send.append(attempt)
-    sent: list[tuple[NotificationAttempt, SendResult]] = []
     hand_over = partial(_hand_over, attempts)
-    with _Backends() as backends:
-        in_app = hand_over([attempt for attempt in to_send if attempt.channel == Channel.IN_APP])
-        results = send_in_app_many([(attempt.device_id, _message(attempt)) for attempt in in_app])
-        others: list[NotificationAttempt] = []
-        for attempt in to_send:
-            # Each send is marked handed over just before its call, so a worker killed mid-chunk
-            # leaves one send of unknown outcome; the others are known not sent and go out again.
-            # (The mark renews the chunk's claim too: a chunk slowed by its provider, outlasting
-            # NOTIFICATIONS_SENDING_STALE_SECONDS, is not taken for a dead worker's.)
-            if attempt.channel == Channel.IN_APP or not hand_over([attempt]):
-                continue
-            try:
-                result = backends.send(attempt, _message(attempt))
-            except ImproperlyConfigured as error:
-                logger.error("notification attempt %s: channel not configured: %s", attempt.pk, error)
-                result = SendResult.failed(f"{attempt.channel} not configured")
-            others.append(attempt)
-            results.append(result)
-        for attempt, result in zip([*in_app, *others], results, strict=True):
-            outcomes[str(attempt.pk)] = result.outcome.value
-            if result.outcome is Outcome.SENT:
-                sent.append((attempt, result))
-            else:
-                _record(attempt, result)
-    _record_sent(sent)
+    in_flight: list[NotificationAttempt] = []
+    try:
+        with _Backends() as backends:
+            in_app = hand_over([attempt for attempt in to_send if attempt.channel == Channel.IN_APP])
+            in_flight[:] = in_app
+            results = send_in_app_many([(attempt.device_id, _message(attempt)) for attempt in in_app])
+            _record_answers(list(zip(in_app, results, strict=True)), outcomes)
+            in_flight.clear()
+            for attempt in to_send:
+                # Each send is marked handed over just before its call, so a worker killed mid-chunk
+                # leaves one send of unknown outcome; the others are known not sent and go out again.
+                # (The mark renews the chunk's claim too: a chunk slowed by its provider, outlasting
+                # NOTIFICATIONS_SENDING_STALE_SECONDS, is not taken for a dead worker's.)
+                if attempt.channel == Channel.IN_APP or not hand_over([attempt]):
+                    continue
+                in_flight[:] = [attempt]
+                try:
+                    result = backends.send(attempt, _message(attempt))
+                except ImproperlyConfigured as error:
+                    logger.error("notification attempt %s: channel not configured: %s", attempt.pk, error)
+                    result = SendResult.failed(f"{attempt.channel} not configured")
+                # Recorded at once, not at the chunk's end: a chunk stopped later (its soft time
+                # limit, its worker) leaves this one sent, with the id its delivery report carries.
+                _record_answers([(attempt, result)], outcomes)
+                in_flight.clear()
+    except BaseException:
+        # Stopped mid-chunk (SoftTimeLimitExceeded, an adapter's bug): settle the rest now rather
+        # than leave it to the stale sweep, then let the task fail as it would have.
+        _release(attempts, in_flight=in_flight)
+        raise
     return outcomes
+
+
+def _record_answers(answers: Sequence[tuple[NotificationAttempt, SendResult]], outcomes: dict[str, str]) -> None:
+    sent = [(attempt, result) for attempt, result in answers if result.outcome is Outcome.SENT]
+    _record_sent(sent)
+    for attempt, result in answers:
+        if result.outcome is not Outcome.SENT:
+            _record(attempt, result)
+        outcomes[str(attempt.pk)] = result.outcome.value
+
+
+def _release(chunk: Sequence[NotificationAttempt], *, in_flight: Sequence[NotificationAttempt]) -> None:
+    """A chunk stopped before its end: the sends handed to their provider and unanswered are of
+    unknown outcome (never sent again); those never handed over go back to the queue, for the
+    next sweep to send, rather than wait NOTIFICATIONS_SENDING_STALE_SECONDS to be found stale.
+    Only rows still this try's are touched."""
+    mine = reduce(operator.or_, (Q(pk=attempt.pk, tries=attempt.tries) for attempt in chunk))
+    try:
+        still = NotificationAttempt.objects.filter(mine, status=AttemptStatus.SENDING)
+        unknown = still.filter(provider_called_at__isnull=False).update(
+            status=AttemptStatus.FAILED, failed_at=timezone.now(), error_reason=OUTCOME_UNKNOWN_STOPPED
+        )
+        requeued = still.filter(provider_called_at=None).update(
+            status=AttemptStatus.QUEUED, claimed_at=None, dispatched_at=None
+        )
+    except Exception:
+        # The database is gone too: the stale sweep settles the chunk later, as for a dead worker.
+        logger.exception("send chunk stopped; its unsettled sends are left to the stale sweep")
+        return
+    logger.warning(
+        "send chunk stopped mid-way (in flight: %s): %d of unknown outcome, %d queued again",
+        [str(attempt.pk) for attempt in in_flight],
+        unknown,
+        requeued,
+    )
 
 
 def _hand_over(
@@ -888,7 +932,7 @@ def attempts_abandon_stale(*, now: datetime) -> int:
     cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_SENDING_STALE_SECONDS)
     return NotificationAttempt.objects.filter(
         status=AttemptStatus.SENDING, claimed_at__lt=cutoff, provider_called_at__isnull=False
-    ).update(status=AttemptStatus.FAILED, failed_at=now, error_reason="outcome unknown: the worker stopped mid-send")
+    ).update(status=AttemptStatus.FAILED, failed_at=now, error_reason=OUTCOME_UNKNOWN_WORKER_DIED)
 
 
 # --- receipts ---------------------------------------------------------------------------------

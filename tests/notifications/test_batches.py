@@ -241,3 +241,66 @@ def test_a_chunk_slowed_by_its_provider_is_not_taken_for_a_dead_worker(
     slow, throttled = (NotificationAttempt.objects.get(address=address) for address in addresses)
     assert (slow.status, slow.provider_message_id) == (AttemptStatus.SENT, "SM-slow")
     assert (throttled.status, throttled.error_reason) == (AttemptStatus.QUEUED, "twilio 429 20429")
+
+
+def test_each_answer_of_a_chunk_is_recorded_as_it_comes(program: Program, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send that went out is recorded before the next one is made: a chunk stopped later
+    (its time limit, its worker) leaves it sent, with the id a delivery report will carry."""
+    seen_before_each_send: list[list[tuple[str, str]]] = []
+    order: list[str] = []
+
+    class Recording:
+        def send(self, address: str, message: object) -> SendResult:
+            order.append(address)
+            seen_before_each_send.append(
+                sorted(
+                    NotificationAttempt.objects.exclude(status=AttemptStatus.SENDING).values_list(
+                        "address", "provider_message_id"
+                    )
+                )
+            )
+            return SendResult.sent(f"SM-{address[-4:]}")
+
+    monkeypatch.setattr(services.registry, "sms_backend", Recording)
+    ids = _sms_attempts(program, 3)
+
+    assert services.attempts_send(attempt_ids=ids) == {"sent": 3}
+    answered = [(address, f"SM-{address[-4:]}") for address in order]
+    assert seen_before_each_send == [[], answered[:1], sorted(answered[:2])]
+
+
+def test_a_chunk_stopped_mid_send_leaves_its_unsent_rest_queued_and_the_send_in_flight_unknown(
+    program: Program, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever stops a chunk mid-call (the task's soft time limit, an adapter's bug): what went
+    out stays sent, the send in flight is of unknown outcome, and the sends never handed over go
+    back to the queue for the next sweep, not after NOTIFICATIONS_SENDING_STALE_SECONDS."""
+
+    order: list[str] = []
+
+    class StoppedOnTheSecond:
+        def send(self, address: str, message: object) -> SendResult:
+            order.append(address)
+            if len(order) == 2:
+                raise RuntimeError("stopped mid-call")
+            return SendResult.sent(f"SM-{address[-4:]}")
+
+    monkeypatch.setattr(services.registry, "sms_backend", StoppedOnTheSecond)
+    ids = _sms_attempts(program, 4)
+
+    with pytest.raises(RuntimeError, match="stopped mid-call"):
+        services.attempts_send(attempt_ids=ids)
+
+    rows = {
+        attempt.address: (attempt.status, attempt.provider_message_id, attempt.provider_called_at is not None)
+        for attempt in NotificationAttempt.objects.all()
+    }
+    first, stopped = order
+    assert rows.pop(first) == (AttemptStatus.SENT, f"SM-{first[-4:]}", True)
+    assert rows.pop(stopped) == (AttemptStatus.FAILED, "", True)
+    assert list(rows.values()) == [(AttemptStatus.QUEUED, "", False)] * 2
+    assert NotificationAttempt.objects.get(address=stopped).error_reason.startswith("outcome unknown")
+    # The next sweep sends the two again, once: the chunk's stale claim needs no waiting for.
+    assert services.attempts_dispatch_due(now=timezone.now()) == 2
+    assert services.attempts_send(attempt_ids=ids) == {"sent": 2, "not_claimed": 2}
+    assert sorted(order[2:]) == sorted(rows)

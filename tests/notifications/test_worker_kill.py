@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from billiard.pool import SIG_SOFT_TIMEOUT
 from django.test import override_settings
 from django.utils import timezone
 
@@ -17,6 +20,7 @@ from apps.accounts.models import Program
 from apps.notifications import services
 from apps.notifications.models import AttemptStatus, NotificationAttempt
 from apps.notifications.tasks import send_attempts
+from config.celery import app
 from tests.live import celery_worker
 from tests.notifications.conftest import provider_settings
 from tests.notifications.standins import HELD_NUMBER, ApnsStandIn, StandIn
@@ -143,3 +147,64 @@ def test_a_send_its_killed_worker_never_handed_to_the_provider_goes_out_once_aft
     assert sorted(request.content["To"] for request in http_stand_in.of("twilio")) == sorted(
         [HELD_NUMBER, "+12125550142"]
     )
+
+
+def test_a_chunk_past_its_soft_time_limit_keeps_what_went_out_and_sends_the_rest_soon(
+    django_db_setup: None,
+    live_server_logs: Path,
+    http_stand_in: StandIn,
+    apns_stand_in: ApnsStandIn,
+    program: Program,
+) -> None:
+    """A slow provider makes a chunk outlast the task's soft time limit: the text that went out
+    is recorded sent (with the id its delivery report will carry), the one held at the provider
+    is of unknown outcome, and the one never handed over is queued again for the next sweep."""
+    http_stand_in.reset()
+    env = {
+        **provider_settings(http_stand_in, apns_stand_in),
+        "CELERY_WORKER_QUEUES": QUEUE,
+        "NOTIFICATIONS_TASK_QUEUE": QUEUE,
+    }
+    numbers = ("+12125550141", HELD_NUMBER, "+12125550143")
+    with override_settings(NOTIFICATIONS_TASK_QUEUE="notifications-kill-parked"):
+        notifications = [
+            services.notify(
+                program=program,
+                contacts=[services.Contact(phone_number=number)],
+                kind="followup.reminder",
+                text="Your care team will call you today",
+            )
+            for number in numbers
+        ]
+    sent, held, waiting = (NotificationAttempt.objects.get(notification=n) for n in notifications)
+    try:
+        with celery_worker(live_server_logs, name="notifications-soft-limit", **cast(dict[str, Any], env)) as worker:
+            send_attempts.apply_async(([str(sent.pk), str(held.pk), str(waiting.pk)],), queue=QUEUE)
+            assert http_stand_in.held.wait(15), worker.log()
+            # The pool's soft time limit: its signal to the process running the task, which
+            # raises SoftTimeLimitExceeded there (sent here at once rather than after 240 s).
+            hostname = f"notifications-soft-limit-{os.getpid()}@{socket.gethostname()}"
+            [task] = (app.control.inspect(destination=[hostname], timeout=1).active() or {})[hostname]
+            os.kill(task["worker_pid"], SIG_SOFT_TIMEOUT)
+            deadline = time.monotonic() + 20
+            while "SoftTimeLimitExceeded" not in worker.log():
+                assert time.monotonic() < deadline, worker.log()
+                time.sleep(0.1)
+
+            rows = {a.address: a for a in NotificationAttempt.objects.filter(pk__in=[sent.pk, held.pk, waiting.pk])}
+            assert rows[numbers[0]].status == AttemptStatus.SENT
+            assert rows[numbers[0]].provider_message_id.startswith("SM")
+            assert rows[HELD_NUMBER].status == AttemptStatus.FAILED
+            assert rows[HELD_NUMBER].error_reason.startswith("outcome unknown")
+            assert (rows[numbers[2]].status, rows[numbers[2]].dispatched_at) == (AttemptStatus.QUEUED, None)
+
+            # The next sweep (no stale window to wait out) sends it, once.
+            with override_settings(NOTIFICATIONS_TASK_QUEUE=QUEUE):
+                assert services.sweep()["attempts_dispatched"] == 1
+            deadline = time.monotonic() + 20
+            while not NotificationAttempt.objects.filter(pk=waiting.pk, status=AttemptStatus.SENT).exists():
+                assert time.monotonic() < deadline, worker.log()
+                time.sleep(0.1)
+    finally:
+        http_stand_in.release()
+    assert sorted(request.content["To"] for request in http_stand_in.of("twilio")) == sorted(numbers)
