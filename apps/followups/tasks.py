@@ -5,7 +5,7 @@ from celery import shared_task
 from apps.followups import services
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True)
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def sweep_due_reminders() -> int:
     """Periodic (beat): claim due reminders and queue their sends; safe with several beats."""
     return services.reminders_dispatch_due()

@@ -20,7 +20,7 @@ def send_attempts(attempt_ids: list[str]) -> dict[str, int]:
     return services.attempts_send(attempt_ids=attempt_ids)
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, ignore_result=True)
 def sweep() -> dict[str, int]:
     """Periodic: start fallbacks past their deadline, re-queue due retries, close dead sends."""
     return services.sweep()

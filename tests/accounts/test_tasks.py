@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 def test_real_worker_revokes_a_device_nobody_has_used(worker: LiveProcess) -> None:
     stale = DeviceFactory.create(last_seen_at=timezone.now() - timedelta(days=45))
 
-    revoked = revoke_unseen_devices.delay().get(timeout=30)
+    revoked = revoke_unseen_devices.apply_async(ignore_result=False).get(timeout=30)
 
     assert revoked == 1
     assert Device.objects.get(pk=stale.pk).revoked_at is not None
@@ -30,7 +30,7 @@ def test_real_worker_prunes_tokens_rotated_away_long_ago(worker: LiveProcess) ->
     long_ago = timezone.now() - timedelta(days=services.ROTATED_TOKEN_KEEP_DAYS + 1)
     DeviceToken.objects.filter(pk=rotated_away.pk).update(revoked_at=long_ago, replaced_at=long_ago)
 
-    pruned = prune_rotated_tokens.delay().get(timeout=30)
+    pruned = prune_rotated_tokens.apply_async(ignore_result=False).get(timeout=30)
 
     assert pruned == 1
     assert not DeviceToken.objects.filter(pk=rotated_away.pk).exists()

@@ -357,7 +357,7 @@ def test_a_real_worker_runs_the_sweep(worker: LiveProcess, program: Program, dis
     assignment = offered(program, dispatcher, first)
     make_due(assignment)
 
-    result = tasks.sweep_deadlines.delay().get(timeout=30)
+    result = tasks.sweep_deadlines.apply_async(ignore_result=False).get(timeout=30)
 
     assert result["escalated"] == 1
     assignment.refresh_from_db()

@@ -104,14 +104,14 @@ def test_unconfirmed_push_falls_back_to_sms_after_the_configured_time(
 
     notification = _urgent(program, crew_member)
 
-    assert sweep.apply_async(queue=QUEUE).get(timeout=10)["fallbacks_started"] == 0  # not yet due
+    assert sweep.apply_async(queue=QUEUE, ignore_result=False).get(timeout=10)["fallbacks_started"] == 0  # not yet due
     assert time.monotonic() - started < 2  # (so the sweep above really ran before the deadline)
     push = NotificationAttempt.objects.get(notification=notification, channel=Channel.PUSH)
     wait_for(lambda: _status(push) == AttemptStatus.SENT)
     assert stand_ins.of("twilio") == []
     time.sleep(max(0.0, 2.1 - (time.monotonic() - started)))
 
-    assert sweep.apply_async(queue=QUEUE).get(timeout=10)["fallbacks_started"] == 1
+    assert sweep.apply_async(queue=QUEUE, ignore_result=False).get(timeout=10)["fallbacks_started"] == 1
 
     sms = NotificationAttempt.objects.get(notification=notification, channel=Channel.SMS)
     wait_for(lambda: _status(sms) == AttemptStatus.SENT)
@@ -135,7 +135,7 @@ def test_confirmed_push_sends_no_sms(
         f"/api/v1/notifications/{notification.pk}/receipts/", {"status": "delivered"}, format="json"
     )
     time.sleep(1.1)
-    result = sweep.apply_async(queue=QUEUE).get(timeout=10)
+    result = sweep.apply_async(queue=QUEUE, ignore_result=False).get(timeout=10)
 
     assert response.status_code == 200
     assert result["fallbacks_started"] == 0
@@ -188,7 +188,7 @@ def test_throttled_sms_is_sent_again_by_the_sweep_after_its_backoff(stand_ins: S
     wait_for(lambda: NotificationAttempt.objects.get(pk=attempt.pk).tries == 1 and _status(attempt) == "queued")
 
     time.sleep(1.1)
-    assert sweep.apply_async(queue=QUEUE).get(timeout=10)["attempts_dispatched"] == 1
+    assert sweep.apply_async(queue=QUEUE, ignore_result=False).get(timeout=10)["attempts_dispatched"] == 1
 
     wait_for(lambda: _status(attempt) == AttemptStatus.SENT)
     assert len(stand_ins.of("twilio")) == 2
