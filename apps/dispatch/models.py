@@ -324,9 +324,10 @@ class Assignment(TimeStampedModel):
     resend_due_at = models.DateTimeField(null=True, blank=True)
     escalate_due_at = models.DateTimeField(null=True, blank=True)
     resend_count = models.PositiveIntegerField(default=0)
-    # Set when escalation found no other unit free: while the offer waits, escalate_due_at is
-    # when the sweep next looks for a free unit, and no_unit_alerted_at when it last told the
-    # supervisors (it tells them again every DISPATCH_NO_UNIT_REALERT_SECONDS).
+    # Set when escalation found no other unit free (the offer stays open), or when this offer
+    # was declined and no other unit was free: while the call waits, escalate_due_at is when
+    # the sweep next looks for a free unit (on a declined offer too), and no_unit_alerted_at
+    # when it last told the supervisors (again every DISPATCH_NO_UNIT_REALERT_SECONDS).
     awaiting_unit_since = models.DateTimeField(null=True, blank=True)
     no_unit_alerted_at = models.DateTimeField(null=True, blank=True)
     # The deadline (its field's name) whose action raised at its last tries, how many tries in

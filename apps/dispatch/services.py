@@ -434,6 +434,7 @@ def incident_close(
             reason="incident closed",
         )
         _publish_assignment(assignment)
+    _stop_waiting_for_unit(incident, now=now)
     incident.status = IncidentStatus.CLOSED
     incident.closed_at = now
     incident.closed_by = actor
@@ -485,11 +486,9 @@ def assignment_offer(
                     "The unit already holds this incident.", code="already_assigned", field="unit"
                 ) from None
             raise
-        # The dispatcher has taken the call in hand: an escalated offer of it stops waiting
-        # for a free unit (it stays open to a late acknowledgement).
-        Assignment.objects.filter(
-            incident=incident, status=AssignmentStatus.OFFERED, awaiting_unit_since__isnull=False
-        ).exclude(escalate_due_at=None).update(escalate_due_at=None, updated_at=assignment.offered_at)
+        # The dispatcher has taken the call in hand: it stops waiting for a free unit (an
+        # escalated offer stays open to a late acknowledgement).
+        _stop_waiting_for_unit(incident, now=assignment.offered_at)
         _audit(accessor, AccessAction.CREATE, assignment)
         return assignment
 
@@ -776,7 +775,8 @@ def assignment_decline(
     observed_at: datetime | None = None,
     accessor: Accessor | None = None,
 ) -> Assignment:
-    """The crew declines (before going en route), saying why; the incident goes to the next unit."""
+    """The crew declines (before going en route), saying why; unless another offer still holds
+    the call, it goes to the next unit that has not had it or, with none free, waits for one."""
     assignment = _lock_assignment(assignment_id)
     _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.status == AssignmentStatus.DECLINED:
@@ -874,12 +874,42 @@ def unit_set_availability(
 
 
 def _reoffer_or_alert(incident: Incident, *, previous: Assignment, now: datetime) -> Assignment | None:
+    """A crew declined and no other offer holds the call: offer it to the next unit or, with
+    none free, the call waits for one, the wait held on the declined offer (_wait_for_unit)."""
     if incident.is_closed:
         return None
     successor = _offer_to_next_unit(incident=incident, now=now)
     if successor is None:
-        alert_supervisors(kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=previous, unit=previous.unit)
+        _wait_for_unit(previous, now=now)
     return successor
+
+
+def _wait_for_unit(holder: Assignment, *, now: datetime) -> None:
+    """No unit is free for the call: the supervisors are told, and the call waits for one
+    (_search_for_unit). The wait is held on the offer that found nobody to pass the call to:
+    the silent crew's, which stays open to a late acknowledgement (escalation), or the
+    declined one (a decline). Its escalate_due_at is when the sweep next looks for a unit; a
+    wait carried over from an escalated offer its crew then declines keeps its start, so
+    the call keeps its place among the calls waiting longest."""
+    waiting = {
+        "resend_due_at": None,
+        "escalate_due_at": now + timedelta(seconds=_no_unit_retry_seconds()),
+        "awaiting_unit_since": holder.awaiting_unit_since or now,
+        "no_unit_alerted_at": now,
+        "updated_at": now,
+    }
+    Assignment.objects.filter(pk=holder.pk).update(**waiting)
+    for field, value in waiting.items():
+        setattr(holder, field, value)
+    alert_supervisors(kind=AlertKind.NO_UNIT_AVAILABLE, incident=holder.incident, assignment=holder, unit=holder.unit)
+
+
+def _stop_waiting_for_unit(incident: Incident, *, now: datetime) -> None:
+    """The call no longer waits for a free unit (a dispatcher offered it by hand, or it is
+    closed). An escalated offer that held the wait stays open to a late acknowledgement."""
+    Assignment.objects.filter(incident=incident, awaiting_unit_since__isnull=False).exclude(
+        escalate_due_at=None
+    ).update(escalate_due_at=None, updated_at=now)
 
 
 def _resend(assignment: Assignment, now: datetime) -> None:
@@ -914,37 +944,41 @@ def _escalate(assignment: Assignment, now: datetime) -> None:
         return
     successor = _offer_to_next_unit(incident=incident, now=now)
     if successor is None:
-        Assignment.objects.filter(pk=assignment.pk).update(
-            resend_due_at=None,
-            escalate_due_at=now + timedelta(seconds=_no_unit_retry_seconds()),
-            awaiting_unit_since=now,
-            no_unit_alerted_at=now,
-            updated_at=now,
-        )
-        alert_supervisors(
-            kind=AlertKind.NO_UNIT_AVAILABLE, incident=incident, assignment=assignment, unit=assignment.unit
-        )
+        _wait_for_unit(assignment, now=now)
         return
     _time_out(assignment, successor=successor, now=now)
 
 
 def _search_for_unit(assignment: Assignment, now: datetime) -> None:
-    """An escalated offer no other unit was free for: look again for a free unit, and offer
-    the call to it as soon as there is one (this offer then times out, as at escalation).
+    """A call no unit was free for (at escalation, or when its crew declined): look again for
+    a free unit that has not had the call, and offer the call to it as soon as there is one.
+    An escalated offer that held the wait then times out, as at escalation.
 
-    The search runs from the offer's escalate_due_at, every DISPATCH_NO_UNIT_RETRY_SECONDS,
-    and tells the supervisors again every DISPATCH_NO_UNIT_REALERT_SECONDS that the call still
-    waits. It ends when this crew acknowledges, the offer is cancelled or the incident closed
-    (all clear the deadline), when a dispatcher offers the call to a unit by hand
-    (assignment_offer), or here, when another unit has acknowledged the call.
+    The search runs from the holding offer's escalate_due_at (_wait_for_unit), every
+    DISPATCH_NO_UNIT_RETRY_SECONDS, and tells the supervisors again every
+    DISPATCH_NO_UNIT_REALERT_SECONDS that the call still waits. It ends when the silent crew
+    acknowledges or its offer is cancelled (both clear the deadline), when a dispatcher offers
+    the call to a unit by hand or the incident is closed (_stop_waiting_for_unit), or here,
+    when the call is answered: another unit has acknowledged it or, for a declined call, any
+    unit holds it.
     """
     incident = assignment.incident
-    if _acknowledged_elsewhere(assignment):
+    still_open = assignment.status == AssignmentStatus.OFFERED
+    answered = (
+        _acknowledged_elsewhere(assignment)
+        if still_open
+        else incident.is_closed
+        or Assignment.objects.filter(incident_id=incident.pk, status__in=AssignmentStatus.active()).exists()
+    )
+    if answered:
         Assignment.objects.filter(pk=assignment.pk).update(escalate_due_at=None, updated_at=now)
         return
     successor = _offer_to_next_unit(incident=incident, now=now)
     if successor is not None:
-        _time_out(assignment, successor=successor, now=now)
+        if still_open:
+            _time_out(assignment, successor=successor, now=now)
+        else:
+            Assignment.objects.filter(pk=assignment.pk).update(escalate_due_at=None, updated_at=now)
         return
     changes: dict[str, Any] = {"escalate_due_at": now + timedelta(seconds=_no_unit_retry_seconds()), "updated_at": now}
     last_alert = assignment.no_unit_alerted_at or assignment.awaiting_unit_since or now
@@ -1028,9 +1062,14 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
     now = now or timezone.now()
     result = SweepResult()
     # Calls waiting for a free unit first, the longest-waiting first: a unit that has just
-    # freed up goes to them before a call escalated only now.
+    # freed up goes to them before a call escalated only now. A declined offer holds the wait
+    # of a call its crew declined when no other unit was free.
     result.unit_searches, failed_searches = _sweep(
-        Q(status=AssignmentStatus.OFFERED, escalate_due_at__lte=now, awaiting_unit_since__isnull=False),
+        Q(
+            status__in=[AssignmentStatus.OFFERED, AssignmentStatus.DECLINED],
+            escalate_due_at__lte=now,
+            awaiting_unit_since__isnull=False,
+        ),
         "escalate_due_at",
         _search_for_unit,
         now,

@@ -204,6 +204,111 @@ def test_closing_a_call_that_waits_for_a_unit_ends_the_search(
     assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 1
 
 
+def declined(assignment: Assignment, member: CrewMember) -> Assignment:
+    return services.assignment_decline(
+        assignment_id=assignment.pk, user=member.user, device=member.device, reason="Vehicle breakdown"
+    )
+
+
+def test_a_call_declined_with_no_other_unit_free_waits_and_goes_to_the_first_unit_that_frees_up(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    """The crew declined and nobody else was free: the call waits as an escalated one does.
+    The sweep looks every few seconds, never offers it back to the crew that declined (free
+    again now), and the moment another unit is back in service the call is offered to it."""
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    assignment = offered(program, dispatcher, crew_member.unit)
+    spare = UnitFactory.create(program=program, status=UnitStatus.OUT_OF_SERVICE)
+
+    declined(assignment, crew_member)
+    assert Unit.objects.get(pk=crew_member.unit.pk).status == UnitStatus.AVAILABLE
+    assert services.sweep_deadlines(now=later(5)).unit_searches == 0  # not due yet
+    assert services.sweep_deadlines(now=later(15)).unit_searches == 1  # still nobody free
+    services.unit_set_availability(unit=spare, actor=dispatcher.user, device=None, status=UnitStatus.AVAILABLE)
+    found = services.sweep_deadlines(now=later(30))
+
+    assert found.unit_searches == 1
+    successor = Assignment.objects.get(incident=assignment.incident, status=AssignmentStatus.OFFERED)
+    assert (successor.unit_id, successor.offered_by) == (spare.pk, None)
+    assert successor.escalate_due_at is not None and successor.awaiting_unit_since is None  # deadlines of its own
+    assert ChangeEntry.objects.filter(record_id=successor.pk, scope=unit_scope(spare.pk)).exists()
+    assignment.refresh_from_db()
+    assert assignment.status == AssignmentStatus.DECLINED and assignment.escalate_due_at is None  # the wait is over
+    assert not Assignment.objects.filter(unit=crew_member.unit).exclude(pk=assignment.pk).exists()
+    assert list(SupervisorAlert.objects.values_list("kind", flat=True)) == ["no_unit_available"]
+    assert services.sweep_deadlines(now=later(60)).unit_searches == 0
+
+
+def test_supervisors_hear_again_of_a_declined_call_still_waiting_for_a_unit(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    settings.DISPATCH_NO_UNIT_REALERT_SECONDS = 300
+    assignment = offered(program, dispatcher, crew_member.unit)
+    declined(assignment, crew_member)
+
+    searches = sum(services.sweep_deadlines(now=later(seconds)).unit_searches for seconds in range(11, 631, 10))
+
+    assert searches == 62  # every sweep after the decline looked again
+    no_unit = SupervisorAlert.objects.filter(incident=assignment.incident, kind=AlertKind.NO_UNIT_AVAILABLE)
+    assert no_unit.count() == 3  # at the decline, five minutes on and ten minutes on
+    assert not Assignment.objects.exclude(pk=assignment.pk).exists()
+
+
+def test_a_declined_call_a_dispatcher_offered_by_hand_is_no_longer_searched_for(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    assignment = offered(program, dispatcher, crew_member.unit)
+    other_model = UnitFactory.create(program=program, response_model=ResponseModel.MOBILE_TREATMENT)
+    declined(assignment, crew_member)
+    fast_timing(program, resend=900, escalate=1800)  # the new offer's own deadlines stay out of the way
+
+    services.assignment_offer(incident=assignment.incident, unit=other_model, actor=dispatcher.user)
+    spare = UnitFactory.create(program=program)
+    searched = [services.sweep_deadlines(now=later(seconds)).unit_searches for seconds in (15, 400, 800)]
+
+    assert searched == [0, 0, 0]
+    assert not Assignment.objects.filter(unit=spare).exists()
+    assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 1
+
+
+def test_closing_a_declined_call_that_waits_for_a_unit_ends_the_search(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    assignment = offered(program, dispatcher, crew_member.unit)
+    declined(assignment, crew_member)
+
+    services.incident_close(
+        incident=assignment.incident, actor=dispatcher.user, device=None, unserved_reason="cancelled_by_caller"
+    )
+    spare = UnitFactory.create(program=program)
+
+    assert services.sweep_deadlines(now=later(1000)).unit_searches == 0
+    assert not Assignment.objects.filter(unit=spare).exists()
+    assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 1
+    assert Assignment.objects.get(pk=assignment.pk).escalate_due_at is None
+
+
+def test_a_silent_crew_that_declines_while_its_call_waits_leaves_the_call_waiting(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    """Escalation found no unit and kept the offer open; its crew then declines it. The call
+    still has nobody: it keeps waiting, and goes to the first unit that frees up."""
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    assignment = offered(program, dispatcher, crew_member.unit)
+    services.sweep_deadlines(now=later(121))
+
+    declined(assignment, crew_member)
+    spare = UnitFactory.create(program=program)
+    found = services.sweep_deadlines(now=later(140))
+
+    assert found.unit_searches == 1
+    successor = Assignment.objects.get(incident=assignment.incident, status=AssignmentStatus.OFFERED)
+    assert successor.unit_id == spare.pk
+    assert Assignment.objects.get(pk=assignment.pk).status == AssignmentStatus.DECLINED
+
+
 def test_an_overdue_offer_of_a_call_another_unit_has_acknowledged_is_offered_to_no_third_unit(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
@@ -344,6 +449,49 @@ def test_concurrent_sweeps_look_once_for_each_waiting_call(program: Program, dis
             assert (assignment.status, alerts) == (AssignmentStatus.OFFERED, 2)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sweeps_look_once_for_each_declined_call(program: Program, dispatcher: CrewMember) -> None:
+    """Two beats over declined calls waiting for a unit: each is looked at once per due time,
+    a freed unit is offered one call, and the supervisors' reminder is raised once per call."""
+    calls = []
+    for _ in range(6):
+        member = make_crew_member(program)
+        calls.append(declined(offered(program, dispatcher, member.unit), member))
+        # Out of service: the crew that declined one call is not free for the next either.
+        services.unit_set_availability(
+            unit=member.unit, actor=dispatcher.user, device=None, status=UnitStatus.OUT_OF_SERVICE
+        )
+    assert not Assignment.objects.filter(status=AssignmentStatus.OFFERED).exists()
+    spare = [UnitFactory.create(program=program) for _ in range(3)]
+    sweepers = 4
+    barrier = threading.Barrier(sweepers)
+    results: list[services.SweepResult] = []
+
+    def sweep() -> None:
+        try:
+            barrier.wait()
+            results.append(services.sweep_deadlines(now=later(310)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(sweepers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(result.unit_searches for result in results) == len(calls)
+    assert sum(result.failed for result in results) == 0
+    offers = list(Assignment.objects.filter(unit__in=spare).values_list("unit_id", flat=True))
+    assert sorted(offers) == sorted(unit.pk for unit in spare)
+    for call in calls:
+        alerts = SupervisorAlert.objects.filter(incident=call.incident, kind=AlertKind.NO_UNIT_AVAILABLE).count()
+        if Assignment.objects.filter(incident=call.incident, unit__in=spare).exists():
+            assert alerts == 1
+        else:
+            assert alerts == 2
+
+
 def make_due(assignment: Assignment) -> None:
     past = timezone.now() - timedelta(seconds=1)
     Assignment.objects.filter(pk=assignment.pk).update(resend_due_at=None, escalate_due_at=past)
@@ -427,6 +575,44 @@ def test_a_worker_killed_mid_escalation_is_redelivered_and_escalates_once(
     assert SupervisorAlert.objects.filter(kind=AlertKind.ACK_OVERDUE).count() == 1
     successor = Assignment.objects.get(incident_id=assignment.incident_id, status=AssignmentStatus.OFFERED)
     assert successor.unit_id == next_unit.pk
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_search_for_a_declined_call_leaves_it_to_the_next_worker(
+    live_server_logs: Path, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    queue = f"dispatch-kill-search-{os.getpid()}"
+    assignment = declined(offered(program, dispatcher, crew_member.unit), crew_member)
+    spare = UnitFactory.create(program=program)
+    make_due(assignment)
+
+    with celery_worker(live_server_logs, name="doomed-worker", queues=queue) as doomed:
+        # Hold the free unit's row, so the worker blocks half-way through offering it the call.
+        with transaction.atomic():
+            Unit.objects.select_for_update().get(pk=spare.pk)
+            task = tasks.sweep_deadlines.apply_async(queue=queue)
+            deadline = time.monotonic() + 30
+            while _blocked_backends() == 0:
+                assert time.monotonic() < deadline, doomed.log()
+                time.sleep(0.05)
+            _kill_worker_and_its_children(doomed)
+        _wait_until_lockable(assignment)
+        assert not Assignment.objects.filter(unit=spare).exists()  # nothing of the look is left
+        assert Assignment.objects.get(pk=assignment.pk).escalate_due_at is not None  # still due
+
+    time.sleep(1.5)
+    with celery_worker(live_server_logs, name="heir-worker", queues=queue, CELERY_VISIBILITY_TIMEOUT="1") as heir:
+        deadline = time.monotonic() + 30
+        while not Assignment.objects.filter(unit=spare).exists():
+            assert time.monotonic() < deadline, heir.log()
+            time.sleep(0.1)
+        assert task.id in heir.log()
+
+    successor = Assignment.objects.get(unit=spare)
+    assert (successor.incident_id, successor.status) == (assignment.incident_id, AssignmentStatus.OFFERED)
+    assert Assignment.objects.filter(incident_id=assignment.incident_id).count() == 2
+    assert Assignment.objects.get(pk=assignment.pk).escalate_due_at is None
 
 
 def _wait_until_lockable(assignment: Assignment, timeout: float = 15) -> None:
