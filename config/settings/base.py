@@ -360,7 +360,15 @@ DISPATCH_MAX_OFFLINE_HOURS = env_int("DISPATCH_MAX_OFFLINE_HOURS", 24)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # A database error is written by its type, SQLSTATE and the constraint, table and column it
+    # names, never by its text: PostgreSQL quotes the failing row or key, health information
+    # included (apps/common/logs.py).
+    "formatters": {
+        "plain": {
+            "class": "apps.common.logs.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
