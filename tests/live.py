@@ -148,7 +148,13 @@ def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **
 
 @contextlib.contextmanager
 def celery_worker(
-    log_dir: Path, *, name: str = "worker", concurrency: int = 1, queues: str | None = None, **env: str
+    log_dir: Path,
+    *,
+    name: str = "worker",
+    concurrency: int = 1,
+    queues: str | None = None,
+    include: str | None = None,
+    **env: str,
 ) -> Iterator[LiveProcess]:
     hostname = f"{name}-{os.getpid()}@{socket.gethostname()}"
     command = [
@@ -170,6 +176,9 @@ def celery_worker(
     if queues:
         # A queue of its own keeps other workers from taking the tasks a test means for this one.
         command += ["--queues", queues]
+    if include:
+        # Modules of tasks beyond the apps' (a test's own), imported by this worker only.
+        command += ["--include", include]
     with _spawn(command, log_dir / f"{name}.log", child_environment(**env)) as live:
         from config.celery import app
 

@@ -267,7 +267,8 @@ CELERY_BEAT_SCHEDULE = {
         "apps.followups.tasks.sweep_due_reminders", float(env_int("FOLLOWUPS_SWEEP_SECONDS", 30))
     ),
 }
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's worker and beat configure no logging of their own: they log through LOGGING (below),
+# see config/celery.py.
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.DeviceTokenAuthentication"],
