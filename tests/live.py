@@ -117,14 +117,17 @@ def procfile_ws_max_size() -> str:
 
 
 @contextlib.contextmanager
-def asgi_server(log_dir: Path, *, server: str = "uvicorn", name: str = "web", **env: str) -> Iterator[AsgiServer]:
+def asgi_server(
+    log_dir: Path, *, server: str = "uvicorn", name: str = "web", app: str = "config.asgi:application", **env: str
+) -> Iterator[AsgiServer]:
+    """The web process as the Procfile runs it; `app` names another ASGI application (uvicorn only)."""
     port = free_port()
     if server.startswith("uvicorn"):
         command = [
             sys.executable,
             "-m",
             "uvicorn",
-            "config.asgi:application",
+            app,
             "--host",
             "127.0.0.1",
             "--port",

@@ -378,6 +378,12 @@ LOGGING = {
         "django": {"level": "INFO"},
         # Request lines carry paths and query strings only; bodies are never logged.
         "django.db.backends": {"level": "WARNING"},
+        # uvicorn configures its loggers before it imports the application, with a handler and
+        # format of its own that would write an exception out of the application (a database
+        # error's text with it) as it is: its error log is written by the console handler
+        # instead. Not "uvicorn" itself: configuring a logger resets its children, and the
+        # access log, off in the Procfile, would come back on.
+        "uvicorn.error": {"handlers": ["console"], "propagate": False},
     },
 }
 
