@@ -37,7 +37,7 @@ def test_a_task_refused_by_a_constraint_is_logged_by_the_constraint_not_the_row(
     preference = NotificationPreference.objects.create(phone_number=PHONE)
 
     result: AsyncResult[None] = app.send_task(
-        "tests.common.db_error_tasks.copy_preference", args=[str(preference.pk)], queue=QUEUE
+        "tests.common.db_error_tasks.copy_preference", args=[str(preference.pk)], queue=QUEUE, ignore_result=False
     )
     with pytest.raises(Exception, match="preference_phone"):
         result.get(timeout=30)

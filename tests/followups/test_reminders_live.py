@@ -139,7 +139,10 @@ def test_a_worker_killed_mid_send_leaves_exactly_one_reminder_after_redelivery(
         # A duplicate of the task (a lost-task re-dispatch, a second delivery) sends nothing more.
         from apps.followups.tasks import send_reminder
 
-        assert send_reminder.apply_async((reminder.pk,), queue=QUEUE).get(timeout=10) == "already_done"
+        assert (
+            send_reminder.apply_async((reminder.pk,), queue=QUEUE, ignore_result=False).get(timeout=10)
+            == "already_done"
+        )
 
     reminder.refresh_from_db()
     assert reminder.sent_at is not None

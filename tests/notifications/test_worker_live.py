@@ -170,7 +170,7 @@ def test_a_retried_or_duplicated_send_task_sends_one_sms(stand_ins: StandIn, pro
     assert attempt.dispatched_at is None  # held by quiet hours: no task queued yet
     NotificationAttempt.objects.filter(pk=attempt.pk).update(due_at=timezone.now())
 
-    results = [send_attempt.apply_async((str(attempt.pk),), queue=QUEUE) for _ in range(3)]
+    results = [send_attempt.apply_async((str(attempt.pk),), queue=QUEUE, ignore_result=False) for _ in range(3)]
 
     assert sorted(result.get(timeout=10) for result in results) == ["not_claimed", "not_claimed", "sent"]
     assert len(stand_ins.of("twilio")) == 1
