@@ -350,7 +350,7 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
             try:
                 care_services.encounter_reassign(encounter=encounter, unit=unit, actor=request.user)
             except (DomainError, Refused) as error:
-                refused.append(f"{encounter.started_at:%Y-%m-%d %H:%M}: {error.detail}")
+                refused.append(f"{timezone.localtime(encounter.started_at):%Y-%m-%d %H:%M}: {error.detail}")
             else:
                 moved.append(encounter)
         description = f"Bulk action: moved to unit {unit.pk}"

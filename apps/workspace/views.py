@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib import admin
@@ -102,6 +103,13 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     if not programs:
         raise PermissionDenied("The dashboard is for the program's supervisors and administrators.")
     program = _pick_program(request, programs)
+    # The figures' days and hours are the program's: so is every time on the page, and its header says so.
+    with timezone.override(ZoneInfo(program.time_zone)):
+        response = _program_dashboard(request, programs, program)
+        return response.render() if isinstance(response, TemplateResponse) else response
+
+
+def _program_dashboard(request: HttpRequest, programs: list[Program], program: Program) -> HttpResponse:
     now = timezone.now()
     form = DashboardForm(request.GET, default=default_window(program, now))
     context: dict[str, Any] = {
