@@ -23,7 +23,7 @@ from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import formats, timezone
 
 from apps.accounts.models import Role, User
 from apps.audit.models import AccessAction
@@ -58,6 +58,54 @@ def _local_datetime_field(label: str, help_text: str = "") -> forms.DateTimeFiel
     )
 
 
+class TimelineChoiceField(forms.ModelChoiceField):
+    """A choice of records the timeline shows (and read, audited), each named by its label on
+    the page; a record's own name is its bare id, kept that way for the admin's log."""
+
+    labels: dict[Any, str]
+
+    def offer(self, records: list[Any], label: Callable[[Any], str]) -> None:
+        assert self.queryset is not None
+        self.queryset = self.queryset.model._default_manager.filter(pk__in=[record.pk for record in records])
+        self.labels = {record.pk: label(record) for record in records}  # a new dict: fields are copied shallowly
+
+    def label_from_instance(self, obj: Any) -> str:
+        return getattr(self, "labels", {}).get(obj.pk) or super().label_from_instance(obj)
+
+
+def _local_date(moment: dt.datetime) -> str:
+    """The day of a time on the page's clock, written as the page writes dates."""
+    return formats.date_format(timezone.localtime(moment).date(), "DATE_FORMAT")
+
+
+def _local_time(moment: dt.datetime) -> str:
+    """A time on the page's clock, written as the page writes its other times."""
+    return formats.date_format(timezone.localtime(moment), "DATETIME_FORMAT")
+
+
+def _person_name(user: User) -> str:
+    full_name = user.get_full_name()
+    return f"{full_name} ({user.username})" if full_name else user.username
+
+
+def referral_label(referral: Referral, encounter: Encounter | None) -> str:
+    """A referral as a case manager knows it: the service, and the day of the encounter that
+    made it (its reason, sealed clinical text, is left out)."""
+    service = referral.get_service_type_display()
+    if referral.service_name:
+        service = f"{service} — {referral.service_name}"
+    made_at = encounter.started_at if encounter is not None else referral.created_at
+    return f"{service}, referred {_local_date(made_at)}"
+
+
+def note_label(note: ClinicalNote) -> str:
+    """A signed note as a case manager knows it: who wrote it and when it was signed (never
+    its body, sealed clinical text)."""
+    kind = "Addendum by" if note.amends_id else "By"
+    signed = f", signed {_local_time(note.signed_at)}" if note.signed_at else ""
+    return f"{kind} {_person_name(note.created_by)}{signed}"
+
+
 def case_managers_of(program_ids: list[Any]) -> QuerySet[User]:
     """Who may own a follow-up step of these programs (the choices of every reassign form)."""
     return (
@@ -80,7 +128,7 @@ class AttemptForm(forms.Form):
 
 
 class OutcomeForm(forms.Form):
-    referral = forms.ModelChoiceField(queryset=Referral.objects.none())
+    referral = TimelineChoiceField(queryset=Referral.objects.none())
     outcome = forms.ChoiceField(choices=[(c.value, c.label) for c in ReferralStatus if c != ReferralStatus.OPEN])
     observed_at = _local_datetime_field("Happened at")
     details = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
@@ -104,7 +152,7 @@ class ReassignForm(forms.Form):
 
 
 class AddendumForm(forms.Form):
-    note = forms.ModelChoiceField(queryset=ClinicalNote.objects.none(), label="Signed note")
+    note = TimelineChoiceField(queryset=ClinicalNote.objects.none(), label="Signed note")
     body = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), label="Addendum")
 
 
@@ -289,13 +337,17 @@ def _forms(timeline: Timeline, program_ids: list[Any], data: Any = None, bound: 
     for name, action in ACTIONS.items():
         form = action.form_class(data if name == bound else None, prefix=name, initial=initial.get(name))
         built[name] = form
-    # Choices are only this person's records and this program's people, whatever is posted.
-    built["outcome"].fields["referral"].queryset = Referral.objects.filter(  # type: ignore[attr-defined]
-        pk__in=[referral.pk for referral in timeline.referrals]
+    # Choices are only this person's records and this program's people, whatever is posted;
+    # each named as the timeline shows it, from what the page read (and audits) already.
+    encounters = {encounter.pk: encounter for encounter in timeline.encounters}
+    referral_field = built["outcome"].fields["referral"]
+    assert isinstance(referral_field, TimelineChoiceField)
+    referral_field.offer(
+        timeline.referrals, lambda referral: referral_label(referral, encounters.get(referral.encounter_id))
     )
-    built["addendum"].fields["note"].queryset = ClinicalNote.objects.filter(  # type: ignore[attr-defined]
-        pk__in=[note.pk for note in timeline.signed_notes()]
-    )
+    note_field = built["addendum"].fields["note"]
+    assert isinstance(note_field, TimelineChoiceField)
+    note_field.offer(timeline.signed_notes(), note_label)
     built["reassign"].fields["owner"].queryset = case_managers_of(  # type: ignore[attr-defined]
         [timeline.step.program_id]
     ).filter(memberships__program_id__in=program_ids)

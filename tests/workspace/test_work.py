@@ -5,6 +5,8 @@ Every form calls the domain service the API calls; a refusal is an error on the 
 from __future__ import annotations
 
 import datetime as dt
+import html
+import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -188,6 +190,38 @@ def test_another_referral_is_not_a_choice_of_the_outcome_form(work: Casework, ma
     assert response.status_code == 400
     assert "referral" in response.context["forms"]["outcome"].errors
     assert Referral.objects.get(pk=work.day.referral_id).status == ReferralStatus.OPEN
+
+
+def options_of(page: str, name: str) -> list[str]:
+    """The labels a form's choice offers, as the case manager reads them."""
+    select = re.search(rf'<select name="{name}"[^>]*>(.*?)</select>', page, re.DOTALL)
+    assert select is not None, name
+    return [html.unescape(label).strip() for label in re.findall(r"<option[^>]*>(.*?)</option>", select.group(1))]
+
+
+def test_the_forms_choices_name_referrals_and_notes_as_a_case_manager_knows_them(
+    work: Casework, manager: Client
+) -> None:
+    """A referral by its service and the day it was made, a note by its author and when it was
+    signed, on the program's clock — never by an id, and never by the note's sealed text."""
+    # Late in the evening of the 19th in New York: the 20th in UTC.
+    Encounter.objects.filter(pk=work.encounter_id).update(started_at=dt.datetime(2026, 11, 20, 3, 30, tzinfo=dt.UTC))
+    author = work.day.crew.user
+
+    page = manager.get(timeline_url(work.overdue_step())).content.decode()
+
+    referrals = options_of(page, "outcome-referral")
+    notes = options_of(page, "addendum-note")
+    assert referrals == ["---------", "Outpatient mental health — Harlem Clinic, referred Nov. 19, 2026"]
+    assert notes == ["---------", f"By {author.get_full_name()} ({author.username}), signed Nov. 20, 2026, 10 a.m."]
+    assert not any(str(work.referral_id) in label or str(work.note_id) in label for label in referrals + notes)
+    # What the choices name was read on this page, and is in the audit trail as such.
+    reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
+    assert set(reads.values_list("record_type", "record_id")) >= {
+        ("care.referral", work.referral_id),
+        ("care.note", work.note_id),
+        ("care.encounter", work.encounter_id),
+    }
 
 
 def test_rescheduling_into_the_past_is_a_clear_form_error_and_changes_nothing(work: Casework, manager: Client) -> None:
