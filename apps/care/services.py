@@ -257,6 +257,44 @@ def note_refuses_change(context: WriteContext, note: ClinicalNote, operation: st
         raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", changed)
 
 
+def note_take_device_value(context: WriteContext, change: Change, writer: User) -> list[tuple[str, UUID]]:
+    """Write the device's side of a conflict on a note that a case manager chose
+    (``apps.sync.services.conflict_resolve``).
+
+    Both sides are the note's author's: only its author's changes of a draft are kept as a
+    conflict. A draft takes the device's text as its author's change. A note signed since
+    never changes (P3): the device's text becomes an addendum amending it, written and
+    signed by the case manager, as one added in the workspace is; the conflict keeps whose
+    text it was. A change of a signed note's other fields, or its deletion, is refused.
+    """
+    note = change.record
+    assert isinstance(note, ClinicalNote)
+    if not note.is_signed:
+        saved = note_apply(WriteContext(user=writer, device=None), change)
+        publish_record(type_name="care.note", record=saved, user=context.user, is_deleted=saved.is_deleted)
+        return [("care.note", saved.pk)]
+    if change.operation != "update" or set(change.values) != {"body"}:
+        changed = None if change.operation == "delete" else min(change.values, default=None)
+        raise Refused("note_signed", "This note is signed and never changes; keep the server's value.", changed)
+    addendum = note_apply(
+        context,
+        Change(
+            "create",
+            uuid.uuid4(),
+            None,
+            {
+                "encounter_id": note.encounter_id,
+                "amends_id": note.pk,
+                "body": change.values["body"],
+                "signed_at": timezone.now(),
+            },
+        ),
+    )
+    context.flush_inserts()
+    publish_record(type_name="care.note", record=addendum, user=context.user)
+    return [("care.note", addendum.pk)]
+
+
 @remembered
 def referral_apply(context: WriteContext, change: Change) -> Referral:
     values = dict(change.values)

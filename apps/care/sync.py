@@ -154,6 +154,7 @@ def register_synced_types() -> None:
             may_write=services.may_write_child(Encounter, "encounter_id"),
             apply=services.note_apply,
             refuses_change=services.note_refuses_change,
+            take_device_value=services.note_take_device_value,
             program_from=(Encounter, "encounter_id"),
             parent_field="encounter_id",
             clinical_text_fields=frozenset({"body"}),

@@ -289,6 +289,11 @@ class Conflict(models.Model):
     resolved_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     resolution = models.CharField(max_length=200, blank=True)
 
+    # Not stored: set on the conflict ``apps.sync.services.conflict_resolve`` returns, the
+    # records its resolution wrote as (type, id) — the conflict's own, or a new one (an
+    # addendum to a note signed since).
+    written: tuple[tuple[str, uuid.UUID], ...] = ()
+
     class Meta:
         indexes = [
             models.Index(fields=["program", "created_at"], condition=models.Q(resolved_at=None), name="conflict_open"),

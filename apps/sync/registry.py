@@ -213,6 +213,13 @@ class SyncedType:
     # A change the merge keeps whole as a conflict never reaches ``apply``, and must not be
     # held for a case manager as if it could apply.
     refuses_change: Callable[[WriteContext, Any, str, dict[str, Any]], None] | None = None
+    # Optional: writes the device's side of a conflict a case manager chose, where this type's
+    # own rules refuse the case manager's change (a note: only its author edits a draft, and a
+    # signed note takes an addendum instead): (the case manager's context, the change of the
+    # record as it stands under its lock, the device's writer). Writes through the app's
+    # services and publishes what it wrote; returns the records written, (type, id). Raises
+    # Refused before writing when a rule refuses. Without it, ``apply`` writes the change.
+    take_device_value: Callable[[WriteContext, Change, User], list[tuple[str, UUID]]] | None = None
     # Wire fields holding clinical text: never overwritten by a concurrent edit.
     clinical_text_fields: frozenset[str] = frozenset()
     # Wire fields holding health information (clinical text, who a person is): sealed in

@@ -731,10 +731,12 @@ _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINI
 def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> Conflict:
     """Resolve a conflict by choosing a side, recording who and when.
 
-    Choosing the device's value writes it through the record type's own ``apply`` (so the
-    domain's rules hold: a signed note still refuses, and an addendum is the way) and the
-    publish path (a new version in the feed for every device that sees the record). Choosing
-    the server's value changes nothing: the record already holds it.
+    Choosing the device's value writes it through the record type's own ``apply``, or its
+    ``take_device_value`` where it has one (so the domain's rules hold: a note's text is its
+    author's, and a note signed since takes the device's text as an addendum, never over its
+    own), and the publish path (a new version in the feed for every device that sees the
+    record). Choosing the server's value changes nothing: the record already holds it. The
+    conflict returned says what the resolution wrote (``written``).
     """
     if choice not in ConflictChoice.values:
         raise DomainError("Choose server or device.", code="invalid", field="choice", status_code=400)
@@ -748,8 +750,10 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
     if not conflict.is_open:
         raise DomainError("The conflict is already resolved.", code="conflict_resolved", field="choice")
+    written: list[tuple[str, UUID]] = []
     if choice == ConflictChoice.DEVICE:
-        _apply_device_value(conflict, resolved_by)
+        written = _apply_device_value(conflict, resolved_by)
+    conflict.written = tuple(written)
     conflict.resolved_at = timezone.now()
     conflict.resolved_by = resolved_by
     conflict.resolution = ConflictChoice(choice).label
@@ -757,7 +761,7 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     return conflict
 
 
-def _apply_device_value(conflict: Conflict, actor: User) -> None:
+def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID]]:
     if conflict.kind != ConflictKind.SAME_FIELD:
         raise DomainError(
             "Only a same-field conflict takes the device's value here; restore or delete the record instead.",
@@ -793,12 +797,17 @@ def _apply_device_value(conflict: Conflict, actor: User) -> None:
     context = registry.WriteContext(user=actor, device=None)
     if not synced_type.may_write(context, record, values):
         raise DomainError("You may not change this record.", code="forbidden", field="choice", status_code=403)
+    change = registry.Change("update", record.pk, record, values)
     try:
-        saved = synced_type.apply(context, registry.Change("update", record.pk, record, values))
+        if synced_type.take_device_value is not None:
+            # The type's own way (a note's: its author's text, or an addendum to it once signed).
+            return synced_type.take_device_value(context, change, conflict.user)
+        saved = synced_type.apply(context, change)
     except registry.Refused as refused:
         raise DomainError(refused.detail, code=refused.code, field="choice") from refused
     context.flush_inserts()
     publish_record(type_name=synced_type.name, record=saved, user=actor)
+    return [(synced_type.name, saved.pk)]
 
 
 def user_scopes_refresh_by_id(user_id: UUID) -> None:

@@ -441,12 +441,13 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
         resolved: list[Conflict] = []
         for conflict in queryset.order_by("pk"):
             try:
-                sync_services.conflict_resolve(conflict=conflict, choice=choice, resolved_by=request.user)
+                done = sync_services.conflict_resolve(conflict=conflict, choice=choice, resolved_by=request.user)
             except DomainError as error:
                 self.message_user(request, f"{conflict}: {error.detail}", messages.WARNING)
             else:
-                resolved.append(conflict)
-        # The record the resolution wrote (the conflict's own row holds the clinical text too).
+                resolved.append(done)
+        # The record the resolution wrote (the conflict's own row holds the clinical text too),
+        # and any new one it wrote instead (an addendum to a note signed since).
         for conflict in resolved:
             record_admin_action(
                 request,
@@ -457,6 +458,16 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
                 description=f"Bulk action: resolved conflict ({choice})",
                 logged=[conflict],
             )
+            for record_type, record_id in conflict.written:
+                if record_id != conflict.record_id:
+                    record_admin_action(
+                        request,
+                        record_type=record_type,
+                        record_ids=[record_id],
+                        action=AccessAction.CREATE,
+                        program_id=conflict.program_id,
+                        description="",
+                    )
         if resolved:
             self.message_user(request, f"Resolved {len(resolved)} conflict(s).", messages.SUCCESS)
 

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from apps.accounts.models import Program, Role
-from apps.care.models import Encounter
+from apps.care.models import ClinicalNote, Encounter
 from apps.common.api.errors import DomainError
 from apps.sync.models import ChangeEntry, Conflict, RecordVersion, SyncedRecord
 from apps.sync.selectors import open_conflicts_visible_to
 from apps.sync.services import conflict_resolve
 from apps.teams.models import UnitMember
-from tests.accounts.factories import ProgramFactory
+from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
+from tests.sync.helpers import now_iso
 
 
 def conflict_on_assessment(member: CrewMember) -> Conflict:
@@ -140,3 +143,57 @@ def test_a_writer_off_the_crew_no_longer_reads_a_colleagues_value_in_their_own_c
     assert list(open_conflicts_visible_to(user=writer)) == []
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
     assert list(open_conflicts_visible_to(user=manager)) == [conflict]
+
+
+def second_device_of(member: CrewMember) -> CrewMember:
+    device, token = device_with_token(member.user, name="Second tablet")
+    return CrewMember(member.user, member.unit, device, token)
+
+
+def conflict_on_note_body(member: CrewMember) -> Conflict:
+    """The note's author edits its draft on two tablets from the same version."""
+    other_tablet = second_device_of(member)
+    note_id = uuid.uuid4()
+    pushed(member, "care.note", {"encounter_id": str(encounter(member)), "body": "Draft."}, record_id=note_id)
+    pushed(member, "care.note", {"body": "Seen at home, calm."}, op="update", record_id=note_id, base_version=1)
+    device_text = {"body": "Seen at home; voices, no plan."}
+    late = pushed(other_tablet, "care.note", device_text, op="update", record_id=note_id, base_version=1)
+    assert late["status"] == "conflict", late
+    return Conflict.objects.get(record_id=note_id)
+
+
+def test_a_case_manager_takes_the_devices_text_of_a_draft_note_its_author_wrote_on_two_tablets(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_note_body(crew_member)
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    note = ClinicalNote.objects.get(pk=conflict.record_id)
+    assert (note.body, note.created_by) == ("Seen at home; voices, no plan.", crew_member.user)
+    head = SyncedRecord.objects.get(record_id=conflict.record_id)
+    assert head.data["body"] == "Seen at home; voices, no plan."
+    assert RecordVersion.objects.get(record_id=conflict.record_id, version=head.version).user == manager
+    assert ChangeEntry.objects.filter(record_id=conflict.record_id, version=head.version).exists()
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == manager
+
+
+def test_the_devices_text_of_a_note_signed_since_the_conflict_is_added_as_an_addendum_never_over_it(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_note_body(crew_member)
+    signed = pushed(
+        crew_member, "care.note", {"signed_at": now_iso()}, op="update", record_id=conflict.record_id, base_version=2
+    )
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    resolved = conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    note = ClinicalNote.objects.get(pk=conflict.record_id)
+    assert (signed["status"], note.body, note.is_signed) == ("applied", "Seen at home, calm.", True)
+    addendum = ClinicalNote.objects.get(amends=note)
+    assert (addendum.body, addendum.is_signed, addendum.created_by) == ("Seen at home; voices, no plan.", True, manager)
+    assert ChangeEntry.objects.filter(record_id=addendum.pk, operation="upsert").exists()
+    assert resolved.written == (("care.note", addendum.pk),)
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == manager

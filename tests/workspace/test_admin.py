@@ -21,10 +21,10 @@ from apps.sync.models import Conflict, Mutation, MutationStatus, SyncedRecord
 from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory, UserFactory
-from tests.care.factories import encounter
+from tests.care.factories import encounter, pushed
 from tests.conftest import make_crew_member, revoke_device, sign_in_to_admin
 from tests.followups.factories import case_manager
-from tests.sync.helpers import SimDevice
+from tests.sync.helpers import SimDevice, now_iso
 from tests.workspace.scenario import casework, staff, workday
 
 
@@ -477,3 +477,27 @@ def test_moving_an_encounter_audits_its_follow_up_steps_that_moved_with_it(progr
         channel="admin", action="update", actor_id=work.day.supervisor.pk, record_type="followups.step"
     )
     assert set(written.values_list("record_id", "program_id")) == {(step.pk, program.pk) for step in work.steps}
+
+
+def test_taking_a_devices_text_of_a_note_signed_since_in_the_admin_adds_an_addendum_and_audits_it(
+    program: Program,
+) -> None:
+    from apps.care.models import ClinicalNote
+    from tests.sync.test_conflict_resolve import conflict_on_note_body
+
+    clinician = make_crew_member(program)
+    conflict = conflict_on_note_body(clinician)
+    pushed(clinician, "care.note", {"signed_at": now_iso()}, op="update", record_id=conflict.record_id, base_version=2)
+    manager = staff(make_crew_member(program, role=Role.CASE_MANAGER).user)
+    client = sign_in_to_admin(Client(), manager)
+
+    client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(conflict.pk)]})
+
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == manager
+    addendum = ClinicalNote.objects.get(amends_id=conflict.record_id)
+    assert addendum.body == "Seen at home; voices, no plan."
+    writes = AuditEvent.objects.filter(channel="admin", actor_id=manager.pk).exclude(action="read")
+    assert set(writes.values_list("action", "record_type", "record_id")) == {
+        ("update", "care.note", conflict.record_id),
+        ("create", "care.note", addendum.pk),
+    }
