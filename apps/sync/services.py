@@ -762,9 +762,10 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
 
 
 def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID]]:
-    if conflict.kind != ConflictKind.SAME_FIELD:
+    if conflict.kind == ConflictKind.EDIT_VS_DELETE:
         raise DomainError(
-            "Only a same-field conflict takes the device's value here; restore or delete the record instead.",
+            "The record was deleted before this edit reached the server, and its deletion stands: the device's "
+            "values stay in this conflict. Keep the server's value.",
             code="unsupported_resolution",
             field="choice",
         )
@@ -780,24 +781,38 @@ def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID
             code="record_deleted",
             field="choice",
         )
-    if head.data.get(conflict.field) != conflict.server_value:
-        raise DomainError(
-            f"The record's {conflict.field} has changed since this conflict (it is at version {head.version} now): "
-            "the device's value would overwrite a value you have not compared it with. Keep the server's value, "
-            "then edit the record if the device's is still right.",
-            code="conflict_stale",
-            field="choice",
-        )
+    if conflict.kind == ConflictKind.DELETE_VS_EDIT:
+        # The device's delete, against the record as the conflict showed it: an edit written
+        # since was never weighed against the delete, which would remove it unseen.
+        if head.version != conflict.server_version:
+            raise DomainError(
+                f"The record has changed since this conflict (it is at version {head.version} now): deleting it "
+                "would remove what you have not compared with the delete. Keep the server's value, then delete "
+                "the record if it still should go.",
+                code="conflict_stale",
+                field="choice",
+            )
+        operation, values = "delete", {}
+    else:
+        if head.data.get(conflict.field) != conflict.server_value:
+            raise DomainError(
+                f"The record's {conflict.field} has changed since this conflict (it is at version {head.version} "
+                "now): the device's value would overwrite a value you have not compared it with. Keep the server's "
+                "value, then edit the record if the device's is still right.",
+                code="conflict_stale",
+                field="choice",
+            )
+        serializer = registry.bound_serializer(synced_type.serializer, partial=True)
+        try:
+            values = dict(serializer.run_validation({conflict.field: conflict.device_value}))
+        except ValidationError as error:
+            raise DomainError("The device's value is no longer valid.", code="invalid", field="choice") from error
+        operation = "update"
     record = synced_type.model._default_manager.get(pk=conflict.record_id)
-    serializer = registry.bound_serializer(synced_type.serializer, partial=True)
-    try:
-        values = dict(serializer.run_validation({conflict.field: conflict.device_value}))
-    except ValidationError as error:
-        raise DomainError("The device's value is no longer valid.", code="invalid", field="choice") from error
     context = registry.WriteContext(user=actor, device=None)
     if not synced_type.may_write(context, record, values):
         raise DomainError("You may not change this record.", code="forbidden", field="choice", status_code=403)
-    change = registry.Change("update", record.pk, record, values)
+    change = registry.Change(operation, record.pk, record, values)
     try:
         if synced_type.take_device_value is not None:
             # The type's own way (a note's: its author's text, or an addendum to it once signed).
@@ -806,7 +821,7 @@ def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID
     except registry.Refused as refused:
         raise DomainError(refused.detail, code=refused.code, field="choice") from refused
     context.flush_inserts()
-    publish_record(type_name=synced_type.name, record=saved, user=actor)
+    publish_record(type_name=synced_type.name, record=saved, user=actor, is_deleted=operation == "delete")
     return [(synced_type.name, saved.pk)]
 
 

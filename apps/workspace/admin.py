@@ -35,7 +35,7 @@ from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
 from apps.sync import push, review
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.models import Conflict, ConflictKind, Mutation, MutationStatus
 from apps.sync.registry import Refused
 from apps.teams.models import Unit
 from apps.workspace import work
@@ -449,11 +449,12 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
         # The record the resolution wrote (the conflict's own row holds the clinical text too),
         # and any new one it wrote instead (an addendum to a note signed since).
         for conflict in resolved:
+            deleted = choice == sync_services.ConflictChoice.DEVICE and conflict.kind == ConflictKind.DELETE_VS_EDIT
             record_admin_action(
                 request,
                 record_type=conflict.record_type,
                 record_ids=[conflict.record_id],
-                action=AccessAction.UPDATE,
+                action=AccessAction.DELETE if deleted else AccessAction.UPDATE,
                 program_id=conflict.program_id,
                 description=f"Bulk action: resolved conflict ({choice})",
                 logged=[conflict],

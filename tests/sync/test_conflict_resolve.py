@@ -197,3 +197,99 @@ def test_the_devices_text_of_a_note_signed_since_the_conflict_is_added_as_an_add
     assert ChangeEntry.objects.filter(record_id=addendum.pk, operation="upsert").exists()
     assert resolved.written == (("care.note", addendum.pk),)
     assert Conflict.objects.get(pk=conflict.pk).resolved_by == manager
+
+
+def conflict_of_a_delete_meeting_an_edit(member: CrewMember) -> Conflict:
+    teammate = make_crew_member(member.unit.program, unit=member.unit)
+    record_id = encounter(member, assessment="Calm, oriented.")
+    edit = {"assessment": "Calm; lives alone."}
+    pushed(teammate, "care.encounter", edit, op="update", record_id=record_id, base_version=1)
+    deleted = pushed(member, "care.encounter", {}, op="delete", record_id=record_id, base_version=1)
+    assert deleted["status"] == "conflict", deleted
+    return Conflict.objects.get(record_id=record_id)
+
+
+def test_taking_the_devices_side_of_a_delete_that_met_an_edit_deletes_the_record_for_every_device(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_of_a_delete_meeting_an_edit(crew_member)
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    assert Encounter.objects.get(pk=conflict.record_id).is_deleted
+    head = SyncedRecord.objects.get(record_id=conflict.record_id)
+    assert (head.is_deleted, head.version) == (True, conflict.server_version + 1)
+    latest = RecordVersion.objects.get(record_id=conflict.record_id, version=head.version)
+    assert (latest.user, latest.is_deleted) == (manager, True)
+    assert ChangeEntry.objects.filter(record_id=conflict.record_id, version=head.version, operation="remove").exists()
+    assert Conflict.objects.get(pk=conflict.pk).resolution == "Take the device's value"
+
+
+def test_a_delete_is_not_taken_over_an_edit_written_since_the_conflict(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_of_a_delete_meeting_an_edit(crew_member)
+    later = pushed(
+        crew_member,
+        "care.encounter",
+        {"assessment": "Calm; lives alone; sister visits daily."},
+        op="update",
+        record_id=conflict.record_id,
+        base_version=conflict.server_version,
+    )
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    with pytest.raises(DomainError) as refused:
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    assert (later["status"], refused.value.code, refused.value.field) == ("applied", "conflict_stale", "choice")
+    assert not Encounter.objects.get(pk=conflict.record_id).is_deleted
+    assert Conflict.objects.get(pk=conflict.pk).is_open
+
+
+def test_a_delete_of_a_draft_note_that_met_its_authors_edit_is_carried_out_as_the_authors(
+    program: Program, crew_member: CrewMember
+) -> None:
+    note_id = uuid.uuid4()
+    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
+    pushed(crew_member, "care.note", {"body": "Seen at home."}, op="update", record_id=note_id, base_version=1)
+    deleted = pushed(second_device_of(crew_member), "care.note", {}, op="delete", record_id=note_id, base_version=1)
+    conflict = Conflict.objects.get(record_id=note_id)
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    assert (deleted["status"], conflict.kind) == ("conflict", "delete_vs_edit")
+    assert ClinicalNote.objects.get(pk=note_id).is_deleted
+    assert SyncedRecord.objects.get(record_id=note_id).is_deleted
+
+
+def test_an_edit_that_met_a_delete_keeps_the_devices_text_in_the_conflict_and_closes_only_by_keeping_the_deletion(
+    program: Program, crew_member: CrewMember
+) -> None:
+    teammate = make_crew_member(program, unit=crew_member.unit)
+    record_id = encounter(crew_member, assessment="Calm.")
+    pushed(teammate, "care.encounter", {}, op="delete", record_id=record_id, base_version=1)
+    pushed(
+        crew_member,
+        "care.encounter",
+        {"assessment": "Calm; safety plan made."},
+        op="update",
+        record_id=record_id,
+        base_version=1,
+    )
+    conflict = Conflict.objects.get(record_id=record_id)
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    with pytest.raises(DomainError) as refused:
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager)
+
+    assert (conflict.kind, refused.value.code, refused.value.field) == (
+        "edit_vs_delete",
+        "unsupported_resolution",
+        "choice",
+    )
+    assert Conflict.objects.get(pk=conflict.pk).device_value == "Calm; safety plan made."
+    assert Encounter.objects.get(pk=record_id).is_deleted

@@ -501,3 +501,21 @@ def test_taking_a_devices_text_of_a_note_signed_since_in_the_admin_adds_an_adden
         ("update", "care.note", conflict.record_id),
         ("create", "care.note", addendum.pk),
     }
+
+
+def test_a_delete_that_met_an_edit_is_carried_out_from_the_admin_and_audited_as_a_delete(program: Program) -> None:
+    from tests.sync.test_conflict_resolve import conflict_of_a_delete_meeting_an_edit
+
+    conflict = conflict_of_a_delete_meeting_an_edit(make_crew_member(program))
+    manager = staff(make_crew_member(program, role=Role.CASE_MANAGER).user)
+    client = sign_in_to_admin(Client(), manager)
+
+    client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(conflict.pk)]})
+
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == manager
+    assert Encounter.objects.get(pk=conflict.record_id).is_deleted
+    assert SyncedRecord.objects.get(record_id=conflict.record_id).is_deleted
+    writes = AuditEvent.objects.filter(channel="admin", actor_id=manager.pk).exclude(action="read")
+    assert list(writes.values_list("action", "record_type", "record_id")) == [
+        ("delete", "care.encounter", conflict.record_id)
+    ]
