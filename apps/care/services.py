@@ -204,6 +204,36 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     return encounter
 
 
+def encounter_take_device_value(context: WriteContext, change: Change, writer: User) -> list[tuple[str, UUID, str]]:
+    """Write the device's side of a conflict on an encounter that a case manager chose
+    (``apps.sync.services.conflict_resolve``).
+
+    A device never moves an encounter, but one that knew no base may send a unit other than
+    the one a supervisor moved it to: taking that unit moves the encounter back, with
+    everything under it, as a move does (``encounter_reassign``: a supervisor's decision). Any
+    other value is written through ``encounter_apply``, as the case manager's change.
+    """
+    encounter = change.record
+    assert isinstance(encounter, Encounter)
+    values = dict(change.values)
+    unit_id = values.pop("unit_id", encounter.unit_id)
+    written: list[tuple[str, UUID, str]] = []
+    if unit_id != encounter.unit_id:
+        unit = Unit.objects.filter(pk=unit_id, program_id=encounter.program_id).first()
+        if unit is None:
+            raise Refused("parent_not_found", "No such unit in the encounter's program.", field="unit_id")
+        encounter = encounter_reassign(encounter=encounter, unit=unit, actor=context.user)
+        written.append(("care.encounter", encounter.pk, "update"))
+        written += [(record_type, record_id, "update") for record_type, record_id in records_moved_with(encounter.pk)]
+    if values or change.operation == "delete":
+        saved = encounter_apply(context, Change(change.operation, encounter.pk, encounter, values))
+        context.flush_inserts()
+        publish_record(type_name="care.encounter", record=saved, user=context.user, is_deleted=saved.is_deleted)
+        if not written:
+            written.append(("care.encounter", saved.pk, change.operation))
+    return written
+
+
 def _same_program(record: CareRecord, program_id: UUID, field: str) -> None:
     if record.program_id != program_id:
         raise Refused("parent_not_found", "That record belongs to another program.", field=field)
@@ -257,7 +287,7 @@ def note_refuses_change(context: WriteContext, note: ClinicalNote, operation: st
         raise Refused("note_signed", "This note is signed and cannot change; write an addendum.", changed)
 
 
-def note_take_device_value(context: WriteContext, change: Change, writer: User) -> list[tuple[str, UUID]]:
+def note_take_device_value(context: WriteContext, change: Change, writer: User) -> list[tuple[str, UUID, str]]:
     """Write the device's side of a conflict on a note that a case manager chose
     (``apps.sync.services.conflict_resolve``).
 
@@ -272,7 +302,7 @@ def note_take_device_value(context: WriteContext, change: Change, writer: User) 
     if not note.is_signed:
         saved = note_apply(WriteContext(user=writer, device=None), change)
         publish_record(type_name="care.note", record=saved, user=context.user, is_deleted=saved.is_deleted)
-        return [("care.note", saved.pk)]
+        return [("care.note", saved.pk, change.operation)]
     if change.operation != "update" or set(change.values) != {"body"}:
         changed = None if change.operation == "delete" else min(change.values, default=None)
         raise Refused("note_signed", "This note is signed and never changes; keep the server's value.", changed)
@@ -292,7 +322,7 @@ def note_take_device_value(context: WriteContext, change: Change, writer: User) 
     )
     context.flush_inserts()
     publish_record(type_name="care.note", record=addendum, user=context.user)
-    return [("care.note", addendum.pk)]
+    return [("care.note", addendum.pk, "create")]
 
 
 @remembered

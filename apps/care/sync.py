@@ -137,6 +137,7 @@ def register_synced_types() -> None:
             to_wire=registry.representation(EncounterWire),
             may_write=services.may_write_encounter,
             apply=services.encounter_apply,
+            take_device_value=services.encounter_take_device_value,
             program_from=(Unit, "unit_id"),
             clinical_text_fields=frozenset({"assessment"}),
             health_fields=frozenset({"location"}),

@@ -290,9 +290,10 @@ class Conflict(models.Model):
     resolution = models.CharField(max_length=200, blank=True)
 
     # Not stored: set on the conflict ``apps.sync.services.conflict_resolve`` returns, the
-    # records its resolution wrote as (type, id) — the conflict's own, or a new one (an
-    # addendum to a note signed since).
-    written: tuple[tuple[str, uuid.UUID], ...] = ()
+    # records its resolution wrote as (type, id, operation: create, update or delete) — the
+    # conflict's own, a new one (an addendum to a note signed since), or those that moved
+    # with it (an encounter's notes and referrals, moved back to the device's unit).
+    written: tuple[tuple[str, uuid.UUID, str], ...] = ()
 
     class Meta:
         indexes = [

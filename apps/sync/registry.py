@@ -217,9 +217,10 @@ class SyncedType:
     # own rules refuse the case manager's change (a note: only its author edits a draft, and a
     # signed note takes an addendum instead): (the case manager's context, the change of the
     # record as it stands under its lock, the device's writer). Writes through the app's
-    # services and publishes what it wrote; returns the records written, (type, id). Raises
-    # Refused before writing when a rule refuses. Without it, ``apply`` writes the change.
-    take_device_value: Callable[[WriteContext, Change, User], list[tuple[str, UUID]]] | None = None
+    # services and publishes what it wrote; returns the records written, (type, id,
+    # operation: create, update or delete). Raises Refused before writing when a rule
+    # refuses. Without it, ``apply`` writes the change.
+    take_device_value: Callable[[WriteContext, Change, User], list[tuple[str, UUID, str]]] | None = None
     # Wire fields holding clinical text: never overwritten by a concurrent edit.
     clinical_text_fields: frozenset[str] = frozenset()
     # Wire fields holding health information (clinical text, who a person is): sealed in

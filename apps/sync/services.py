@@ -750,7 +750,7 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
     if not conflict.is_open:
         raise DomainError("The conflict is already resolved.", code="conflict_resolved", field="choice")
-    written: list[tuple[str, UUID]] = []
+    written: list[tuple[str, UUID, str]] = []
     if choice == ConflictChoice.DEVICE:
         written = _apply_device_value(conflict, resolved_by)
     conflict.written = tuple(written)
@@ -761,7 +761,7 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     return conflict
 
 
-def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID]]:
+def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID, str]]:
     if conflict.kind == ConflictKind.EDIT_VS_DELETE:
         raise DomainError(
             "The record was deleted before this edit reached the server, and its deletion stands: the device's "
@@ -822,7 +822,7 @@ def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID
         raise DomainError(refused.detail, code=refused.code, field="choice") from refused
     context.flush_inserts()
     publish_record(type_name=synced_type.name, record=saved, user=actor, is_deleted=operation == "delete")
-    return [(synced_type.name, saved.pk)]
+    return [(synced_type.name, saved.pk, operation)]
 
 
 def user_scopes_refresh_by_id(user_id: UUID) -> None:

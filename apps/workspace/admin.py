@@ -35,7 +35,7 @@ from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
 from apps.sync import push, review
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict, ConflictKind, Mutation, MutationStatus
+from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.sync.registry import Refused
 from apps.teams.models import Unit
 from apps.workspace import work
@@ -447,25 +447,26 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
             else:
                 resolved.append(done)
         # The record the resolution wrote (the conflict's own row holds the clinical text too),
-        # and any new one it wrote instead (an addendum to a note signed since).
+        # and any other it wrote (an addendum to a note signed since, the records that moved
+        # with an encounter).
         for conflict in resolved:
-            deleted = choice == sync_services.ConflictChoice.DEVICE and conflict.kind == ConflictKind.DELETE_VS_EDIT
+            operations = {record_id: operation for _type, record_id, operation in conflict.written}
             record_admin_action(
                 request,
                 record_type=conflict.record_type,
                 record_ids=[conflict.record_id],
-                action=AccessAction.DELETE if deleted else AccessAction.UPDATE,
+                action=AccessAction(operations.get(conflict.record_id, AccessAction.UPDATE)),
                 program_id=conflict.program_id,
                 description=f"Bulk action: resolved conflict ({choice})",
                 logged=[conflict],
             )
-            for record_type, record_id in conflict.written:
+            for record_type, record_id, operation in conflict.written:
                 if record_id != conflict.record_id:
                     record_admin_action(
                         request,
                         record_type=record_type,
                         record_ids=[record_id],
-                        action=AccessAction.CREATE,
+                        action=AccessAction(operation),
                         program_id=conflict.program_id,
                         description="",
                     )

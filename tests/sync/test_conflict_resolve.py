@@ -6,6 +6,7 @@ import pytest
 
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter
+from apps.care.services import encounter_reassign
 from apps.common.api.errors import DomainError
 from apps.sync.models import ChangeEntry, Conflict, RecordVersion, SyncedRecord
 from apps.sync.selectors import open_conflicts_visible_to
@@ -15,6 +16,7 @@ from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import now_iso
+from tests.teams.factories import UnitFactory
 
 
 def conflict_on_assessment(member: CrewMember) -> Conflict:
@@ -195,7 +197,7 @@ def test_the_devices_text_of_a_note_signed_since_the_conflict_is_added_as_an_add
     addendum = ClinicalNote.objects.get(amends=note)
     assert (addendum.body, addendum.is_signed, addendum.created_by) == ("Seen at home; voices, no plan.", True, manager)
     assert ChangeEntry.objects.filter(record_id=addendum.pk, operation="upsert").exists()
-    assert resolved.written == (("care.note", addendum.pk),)
+    assert resolved.written == (("care.note", addendum.pk, "create"),)
     assert Conflict.objects.get(pk=conflict.pk).resolved_by == manager
 
 
@@ -293,3 +295,55 @@ def test_an_edit_that_met_a_delete_keeps_the_devices_text_in_the_conflict_and_cl
     )
     assert Conflict.objects.get(pk=conflict.pk).device_value == "Calm; safety plan made."
     assert Encounter.objects.get(pk=record_id).is_deleted
+
+
+def conflict_on_a_moved_encounters_unit(program: Program, crew_member: CrewMember) -> Conflict:
+    """A supervisor moves the encounter; a case manager's tablet, which had it from before
+    and knows no base, sends it back with its old unit."""
+    record_id = encounter(crew_member, assessment="Calm.")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=record_id), unit=UnitFactory.create(program=program), actor=supervisor.user
+    )
+    tablet = make_crew_member(program, role=Role.CASE_MANAGER)
+    sent = pushed(tablet, "care.encounter", {"unit_id": str(crew_member.unit.pk)}, op="update", record_id=record_id)
+    assert sent["status"] == "conflict", sent
+    return Conflict.objects.get(record_id=record_id, field="unit_id")
+
+
+def test_a_supervisor_takes_a_devices_unit_of_an_encounter_by_moving_it_with_everything_under_it(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_a_moved_encounters_unit(program, crew_member)
+    note_id = uuid.uuid4()
+    pushed(
+        make_crew_member(program, role=Role.CASE_MANAGER),
+        "care.note",
+        {"encounter_id": str(conflict.record_id), "body": "Called."},
+        record_id=note_id,
+    )
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR).user
+
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=supervisor)
+
+    assert Encounter.objects.get(pk=conflict.record_id).unit_id == crew_member.unit.pk
+    assert ClinicalNote.objects.get(pk=note_id).unit_id == crew_member.unit.pk
+    head = SyncedRecord.objects.get(record_id=conflict.record_id)
+    assert head.data["unit_id"] == str(crew_member.unit.pk)
+    assert ChangeEntry.objects.filter(record_id=conflict.record_id, version=head.version, operation="upsert").exists()
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == supervisor
+
+
+def test_a_case_manager_cannot_move_an_encounter_by_taking_a_devices_unit(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_a_moved_encounters_unit(program, crew_member)
+    moved_to = Encounter.objects.get(pk=conflict.record_id).unit_id
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    with pytest.raises(DomainError) as refused:
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+
+    assert (refused.value.code, refused.value.status_code) == ("permission_denied", 403)
+    assert Encounter.objects.get(pk=conflict.record_id).unit_id == moved_to
+    assert Conflict.objects.get(pk=conflict.pk).is_open

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -519,3 +520,27 @@ def test_a_delete_that_met_an_edit_is_carried_out_from_the_admin_and_audited_as_
     assert list(writes.values_list("action", "record_type", "record_id")) == [
         ("delete", "care.encounter", conflict.record_id)
     ]
+
+
+def test_a_devices_unit_taken_from_the_admin_moves_the_encounter_and_audits_what_moved_with_it(
+    program: Program,
+) -> None:
+    from tests.sync.test_conflict_resolve import conflict_on_a_moved_encounters_unit
+
+    clinician = make_crew_member(program)
+    conflict = conflict_on_a_moved_encounters_unit(program, clinician)
+    colleague = make_crew_member(program, role=Role.CASE_MANAGER)
+    note = pushed(colleague, "care.note", {"encounter_id": str(conflict.record_id), "body": "Called."})
+    assert note["status"] == "applied", note
+    supervisor = staff(make_crew_member(program, role=Role.SUPERVISOR).user)
+    client = sign_in_to_admin(Client(), supervisor)
+
+    client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(conflict.pk)]})
+
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == supervisor
+    assert Encounter.objects.get(pk=conflict.record_id).unit_id == clinician.unit.pk
+    writes = AuditEvent.objects.filter(channel="admin", actor_id=supervisor.pk).exclude(action="read")
+    assert set(writes.values_list("action", "record_type", "record_id")) == {
+        ("update", "care.encounter", conflict.record_id),
+        ("update", "care.note", uuid.UUID(note["id"])),
+    }
