@@ -15,7 +15,7 @@ from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import now_iso
+from tests.sync.helpers import now_iso, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
 
@@ -347,3 +347,29 @@ def test_a_case_manager_cannot_move_an_encounter_by_taking_a_devices_unit(
     assert (refused.value.code, refused.value.status_code) == ("permission_denied", 403)
     assert Encounter.objects.get(pk=conflict.record_id).unit_id == moved_to
     assert Conflict.objects.get(pk=conflict.pk).is_open
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_case_managers_resolving_one_conflict_at_once_resolve_it_once(
+    program: Program, crew_member: CrewMember
+) -> None:
+    conflict = conflict_on_assessment(crew_member)
+    first, second = (make_crew_member(program, role=Role.CASE_MANAGER).user for _ in range(2))
+
+    def second_takes_the_device_value() -> str:
+        try:
+            conflict_resolve(conflict=Conflict.objects.get(pk=conflict.pk), choice="device", resolved_by=second)
+        except DomainError as refused:
+            return refused.code
+        return "resolved"
+
+    def first_keeps_the_servers_value() -> None:
+        conflict_resolve(conflict=Conflict.objects.get(pk=conflict.pk), choice="server", resolved_by=first)
+
+    outcome, waited = run_while_another_writer_holds(
+        conflict.record_id, first_keeps_the_servers_value, second_takes_the_device_value
+    )
+
+    assert (outcome, waited) == ("conflict_resolved", True)
+    assert Conflict.objects.get(pk=conflict.pk).resolved_by == first
+    assert Encounter.objects.get(pk=conflict.record_id).assessment == "Agitated."
