@@ -16,6 +16,8 @@ from rest_framework.test import APIClient
 
 from apps.accounts import services as account_services
 from apps.accounts.models import Device, Program, Role, User
+from apps.audit.models import AccessChannel
+from apps.audit.services import Accessor
 from apps.teams.models import Unit
 from tests.accounts.factories import PASSWORD, MembershipFactory, ProgramFactory, UserFactory, device_with_token
 from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker, wait_until_workers_idle
@@ -86,6 +88,12 @@ class CrewMember:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
         return client
+
+
+def in_the_admin(user: User) -> Accessor:
+    """Who acts in a server-side write a test makes directly (a move, a conflict resolved),
+    as the workspace's actions pass it."""
+    return Accessor(user=user, device_id=None, channel=AccessChannel.ADMIN)
 
 
 def make_crew_member(program: Program, role: Role = Role.CLINICIAN, unit: Unit | None = None) -> CrewMember:

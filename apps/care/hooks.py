@@ -2,8 +2,9 @@
 
 Follow-ups plan contacts when an encounter ends or a referral is made, closes steps when a
 referral's outcome is recorded, and moves its plan and steps with an encounter reassigned to
-another unit. Care calls the registered functions explicitly, inside the writing transaction,
-after its own write (no Django signals: the call is visible here).
+another unit (auditing each health record it moves, with the accessor care passes). Care
+calls the registered functions explicitly, inside the writing transaction, after its own
+write (no Django signals: the call is visible here).
 A hook must not raise for a rule of its own; whatever it writes commits or rolls back with care's.
 
 Synced records of those apps that hang under an encounter and carry its unit (follow-ups'
@@ -45,9 +46,11 @@ def register(event: str, hook: Hook) -> None:
         _hooks[event].append(hook)
 
 
-def run(event: str, record: Any, *, actor: User | None) -> None:
+def run(event: str, record: Any, *, actor: User | None, **context: Any) -> None:
+    """Call the event's hooks. ``encounter_reassigned`` passes ``accessor`` too: a hook audits
+    the records it moves as the move's writes (P8), as care audits its own."""
     for hook in _hooks[event]:
-        hook(record, actor=actor)
+        hook(record, actor=actor, **context)
 
 
 def register_records_under_encounter(finder: RecordFinder) -> None:

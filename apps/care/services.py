@@ -23,6 +23,8 @@ from rest_framework import status as http_status
 
 from apps.accounts.models import Role, User
 from apps.accounts.selectors import overseeing_roles, programs_where
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
 from apps.care import hooks
 from apps.care.models import (
     CareRecord,
@@ -222,9 +224,12 @@ def encounter_take_device_value(context: WriteContext, change: Change, writer: U
         unit = Unit.objects.filter(pk=unit_id, program_id=encounter.program_id).first()
         if unit is None:
             raise Refused("parent_not_found", "No such unit in the encounter's program.", field="unit_id")
-        encounter = encounter_reassign(encounter=encounter, unit=unit, actor=context.user)
+        assert context.accessor is not None, "a move is audited: the resolver's accessor is needed"
+        encounter = encounter_reassign(encounter=encounter, unit=unit, actor=context.user, accessor=context.accessor)
         written.append(("care.encounter", encounter.pk, "update"))
         written += [(record_type, record_id, "update") for record_type, record_id in records_moved_with(encounter.pk)]
+        # The move audited what it wrote, the follow-up's steps with the rest.
+        context.audited.update(record_id for _type, record_id, _operation in written)
     if values or change.operation == "delete":
         saved = encounter_apply(context, Change(change.operation, encounter.pk, encounter, values))
         context.flush_inserts()
@@ -568,13 +573,15 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
 
 
 @transaction.atomic
-def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Encounter:
+def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User, accessor: Accessor) -> Encounter:
     """Move an encounter and everything under it to another unit of the same program: a
     supervisor's (or the program administrator's) decision of which crew works it.
 
     Its notes, referrals with their outcomes and task timelines, and what apps above care
     keep under it (follow-ups: the plan, its steps and their contact attempts) go with it.
     The old unit's devices are told to remove the synced ones; the new unit's get them (P5).
+    Each health record moved is a write of the accessor's in the audit trail (P8), recorded
+    here and by the hooks that move theirs, whichever way the move was asked for.
     """
     from apps.sync import registry
 
@@ -606,7 +613,18 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User) -> Enco
     referral_ids = [record.pk for type_name, record in records if type_name == "care.referral"]
     ReferralTaskEvent.objects.filter(referral__in=referral_ids).update(unit=unit, updated_at=timezone.now())
     publisher.flush()
-    hooks.run("encounter_reassigned", encounter, actor=actor)
+    moved: dict[str, list[UUID]] = {}
+    for type_name, record in records:
+        moved.setdefault(type_name, []).append(record.pk)
+    for type_name, record_ids in moved.items():
+        record_access(
+            accessor=accessor,
+            action=AccessAction.UPDATE,
+            record_type=type_name,
+            record_ids=record_ids,
+            program_id=encounter.program_id,
+        )
+    hooks.run("encounter_reassigned", encounter, actor=actor, accessor=accessor)
     return encounter
 
 

@@ -23,4 +23,4 @@ class FollowupsConfig(AppConfig):
         hooks.register_places_under_encounter(sync.steps_under_encounter)
         sync.register_synced_types()
         # A step is about a person (who to contact, why it was missed): reading it is audited.
-        register_health_record("followups.step", FollowUpStep)
+        register_health_record(services.STEP_RECORD, FollowUpStep)

@@ -20,6 +20,8 @@ from django.utils import timezone
 from rest_framework import status as http_status
 
 from apps.accounts.models import Membership, Program, Role, User
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
 from apps.care.models import Disposition, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskStatus
 from apps.common.api.errors import DomainError
 from apps.followups import selectors
@@ -41,6 +43,8 @@ from apps.notifications.models import Channel, NotificationPreference, Urgency
 from apps.teams.models import Unit
 
 logger = logging.getLogger(__name__)
+
+STEP_RECORD = "followups.step"  # a step's health record type in the audit trail (apps.followups.apps)
 
 # Dispositions after which the person stays in the community (not transported anywhere).
 COMMUNITY_DISPOSITIONS = frozenset({Disposition.RESOLVED_ON_SCENE, Disposition.REFERRED, Disposition.DECLINED_SERVICES})
@@ -174,11 +178,13 @@ def on_referral_saved(referral: Referral, *, actor: User | None) -> None:
     _plan_appointment_reminder(referral)
 
 
-def on_encounter_reassigned(encounter: Encounter, *, actor: User | None) -> None:
+def on_encounter_reassigned(encounter: Encounter, *, actor: User | None, accessor: Accessor) -> None:
     """The plan and its steps follow their encounter to its new unit (the unit's crew works them).
 
-    The steps are locked as every step change locks them. Their contact attempts, synced, are
-    moved and published by care with the encounter (``attempts_under_encounter``).
+    The steps are locked as every step change locks them; each moved is a write of the
+    accessor's in the audit trail, as care's records moved with them are. Their contact
+    attempts, synced, are moved, published and audited by care with the encounter
+    (``attempts_under_encounter``).
     """
     now = timezone.now()
     FollowUpPlan.objects.filter(encounter_id=encounter.pk).update(unit_id=encounter.unit_id, updated_at=now)
@@ -186,6 +192,13 @@ def on_encounter_reassigned(encounter: Encounter, *, actor: User | None) -> None
     # In id order, as the step changes and the reminder sender lock them, so none of them deadlocks with this.
     locked = list(steps.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
     FollowUpStep.objects.filter(pk__in=locked).update(unit_id=encounter.unit_id, updated_at=now)
+    record_access(
+        accessor=accessor,
+        action=AccessAction.UPDATE,
+        record_type=STEP_RECORD,
+        record_ids=locked,
+        program_id=encounter.program_id,
+    )
 
 
 def _plan_appointment_reminder(referral: Referral) -> None:

@@ -29,6 +29,7 @@ from rest_framework.settings import api_settings
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from apps.accounts.models import Device, User
+from apps.audit.services import Accessor
 from apps.common import bulk, calendar
 from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 from apps.common.ids import canonical_uuid
@@ -68,6 +69,11 @@ class WriteContext:
     # The cache's records the writer read under their locks, or wrote (under them, as every
     # write is): what it holds of these is current, and the instance the writer changes.
     current: set[tuple[type[models.Model], Any]] = field(default_factory=set)
+    # Who writes, for the audit trail, where a write made on the server (a conflict resolved)
+    # audits in the domain what it writes beyond the record it was asked to write (a move of
+    # an encounter, everything under it), and the ids of the records so audited.
+    accessor: Accessor | None = None
+    audited: set[UUID] = field(default_factory=set)
 
     def program_roles(self) -> list[tuple[UUID, str]]:
         """The writer's (program id, role) pairs, read once per batch: the sync mechanism

@@ -24,6 +24,8 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from apps.accounts.models import Device, Role, User
+from apps.audit.models import AccessAction
+from apps.audit.services import Accessor, record_access
 from apps.common import bulk, jsontext
 from apps.common.api.errors import DomainError
 from apps.sync import nudges, registry, sealing
@@ -728,7 +730,7 @@ _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINI
 
 
 @transaction.atomic
-def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> Conflict:
+def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User, accessor: Accessor) -> Conflict:
     """Resolve a conflict by choosing a side, recording who and when.
 
     Choosing the device's value writes it through the record type's own ``apply``, or its
@@ -737,6 +739,11 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     own), and the publish path (a new version in the feed for every device that sees the
     record). Choosing the server's value changes nothing: the record already holds it. The
     conflict returned says what the resolution wrote (``written``).
+
+    The resolution is audited as the accessor's write, in its transaction (P8): the conflict's
+    record (its copies in the conflict are read and settled, whichever side is kept) and every
+    other record written, each once. A type's own way of writing may audit what it wrote
+    itself (a move of an encounter, with everything under it: ``WriteContext.audited``).
     """
     if choice not in ConflictChoice.values:
         raise DomainError("Choose server or device.", code="invalid", field="choice", status_code=400)
@@ -751,8 +758,10 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     if not conflict.is_open:
         raise DomainError("The conflict is already resolved.", code="conflict_resolved", field="choice")
     written: list[tuple[str, UUID, str]] = []
+    context = registry.WriteContext(user=resolved_by, device=None, accessor=accessor)
     if choice == ConflictChoice.DEVICE:
-        written = _apply_device_value(conflict, resolved_by)
+        written = _apply_device_value(conflict, context)
+    _audit_resolution(conflict, written, accessor=accessor, audited=context.audited)
     conflict.written = tuple(written)
     conflict.resolved_at = timezone.now()
     conflict.resolved_by = resolved_by
@@ -761,7 +770,24 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User) -> C
     return conflict
 
 
-def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID, str]]:
+def _audit_resolution(
+    conflict: Conflict, written: list[tuple[str, UUID, str]], *, accessor: Accessor, audited: set[UUID]
+) -> None:
+    operations = {record_id: operation for _type, record_id, operation in written}
+    records = [(conflict.record_type, conflict.record_id, operations.get(conflict.record_id, "update"))]
+    records += [record for record in written if record[1] != conflict.record_id]
+    for record_type, record_id, operation in records:
+        if record_id not in audited:
+            record_access(
+                accessor=accessor,
+                action=AccessAction(operation),
+                record_type=record_type,
+                record_ids=[record_id],
+                program_id=conflict.program_id,
+            )
+
+
+def _apply_device_value(conflict: Conflict, context: registry.WriteContext) -> list[tuple[str, UUID, str]]:
     if conflict.kind == ConflictKind.EDIT_VS_DELETE:
         raise DomainError(
             "The record was deleted before this edit reached the server, and its deletion stands: the device's "
@@ -809,7 +835,6 @@ def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID
             raise DomainError("The device's value is no longer valid.", code="invalid", field="choice") from error
         operation = "update"
     record = synced_type.model._default_manager.get(pk=conflict.record_id)
-    context = registry.WriteContext(user=actor, device=None)
     if not synced_type.may_write(context, record, values):
         raise DomainError("You may not change this record.", code="forbidden", field="choice", status_code=403)
     change = registry.Change(operation, record.pk, record, values)
@@ -821,7 +846,7 @@ def _apply_device_value(conflict: Conflict, actor: User) -> list[tuple[str, UUID
     except registry.Refused as refused:
         raise DomainError(refused.detail, code=refused.code, field="choice") from refused
     context.flush_inserts()
-    publish_record(type_name=synced_type.name, record=saved, user=actor, is_deleted=operation == "delete")
+    publish_record(type_name=synced_type.name, record=saved, user=context.user, is_deleted=operation == "delete")
     return [(synced_type.name, saved.pk, operation)]
 
 

@@ -345,33 +345,27 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
         if unit is None:
             self.message_user(request, "Choose a unit of your programs to move the encounters to.", messages.ERROR)
             return
-        moved, refused = [], []
+        moved: list[Model] = []
+        refused: list[str] = []
+        accessor = Accessor.from_request(request, AccessChannel.ADMIN)
         for encounter in queryset.order_by("pk"):
             try:
-                care_services.encounter_reassign(encounter=encounter, unit=unit, actor=request.user)
+                care_services.encounter_reassign(encounter=encounter, unit=unit, actor=request.user, accessor=accessor)
             except (DomainError, Refused) as error:
                 refused.append(f"{timezone.localtime(encounter.started_at):%Y-%m-%d %H:%M}: {error.detail}")
             else:
                 moved.append(encounter)
-        description = f"Bulk action: moved to unit {unit.pk}"
-        _audit_bulk_writes(request, "care.encounter", moved, description)
-        # Everything under the encounters (notes, referrals, ...) was written with them.
-        under: dict[tuple[Any, str], list[Any]] = {}
-        for encounter in moved:
-            for record_type, record_id in care_services.records_moved_with(encounter.pk):
-                under.setdefault((encounter.program_id, record_type), []).append(record_id)
-        # And the follow-up's steps, not synced, which take the encounter's unit too.
-        steps = FollowUpStep.objects.filter(plan__encounter__in=moved).order_by("pk")
-        for program_id, step_id in steps.values_list("program_id", "pk"):
-            under.setdefault((program_id, "followups.step"), []).append(step_id)
-        for (program_id, record_type), record_ids in under.items():
+        # Every record that moved (the encounter, what is under it, its follow-up's steps) is
+        # in the audit trail already: the move audits its writes. The admin's history says
+        # what was done, on each encounter.
+        if moved:
             record_admin_action(
                 request,
-                record_type=record_type,
-                record_ids=record_ids,
+                record_type="care.encounter",
+                record_ids=[],
                 action=AccessAction.UPDATE,
-                program_id=program_id,
-                description=description,
+                description=f"Bulk action: moved to unit {unit.pk}",
+                logged=moved,
             )
         if moved:
             self.message_user(request, f"Moved {len(moved)} encounter(s) to {unit.call_sign}.", messages.SUCCESS)
@@ -439,37 +433,27 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
     def _resolve(self, request: HttpRequest, queryset: QuerySet[Conflict], choice: str) -> None:
         assert isinstance(request.user, User)
         resolved: list[Conflict] = []
+        accessor = Accessor.from_request(request, AccessChannel.ADMIN)
         for conflict in queryset.order_by("pk"):
             try:
-                done = sync_services.conflict_resolve(conflict=conflict, choice=choice, resolved_by=request.user)
+                done = sync_services.conflict_resolve(
+                    conflict=conflict, choice=choice, resolved_by=request.user, accessor=accessor
+                )
             except DomainError as error:
                 self.message_user(request, f"{conflict}: {error.detail}", messages.WARNING)
             else:
                 resolved.append(done)
-        # The record the resolution wrote (the conflict's own row holds the clinical text too),
-        # and any other it wrote (an addendum to a note signed since, the records that moved
-        # with an encounter).
-        for conflict in resolved:
-            operations = {record_id: operation for _type, record_id, operation in conflict.written}
+        # What each resolution wrote is in the audit trail already (sync audits it); the
+        # admin's history says what was done, on the conflict.
+        if resolved:
             record_admin_action(
                 request,
-                record_type=conflict.record_type,
-                record_ids=[conflict.record_id],
-                action=AccessAction(operations.get(conflict.record_id, AccessAction.UPDATE)),
-                program_id=conflict.program_id,
+                record_type=Conflict._meta.label_lower,
+                record_ids=[],
+                action=AccessAction.UPDATE,
                 description=f"Bulk action: resolved conflict ({choice})",
-                logged=[conflict],
+                logged=list(resolved),
             )
-            for record_type, record_id, operation in conflict.written:
-                if record_id != conflict.record_id:
-                    record_admin_action(
-                        request,
-                        record_type=record_type,
-                        record_ids=[record_id],
-                        action=AccessAction(operation),
-                        program_id=conflict.program_id,
-                        description="",
-                    )
         if resolved:
             self.message_user(request, f"Resolved {len(resolved)} conflict(s).", messages.SUCCESS)
 

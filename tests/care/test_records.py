@@ -18,7 +18,7 @@ from apps.sync.services import publish_record
 from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import CrewMember, in_the_admin, make_crew_member
 from tests.sync.helpers import SimDevice, now_iso, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
@@ -301,7 +301,12 @@ def test_a_reassigned_encounter_publishes_a_note_edit_committed_while_it_waited(
         publish_record(type_name="care.note", record=draft, user=crew_member.user)
 
     def reassign() -> None:
-        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=encounter_id),
+            unit=new_unit,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     _, waited_for_the_edit = run_while_another_writer_holds(note_id, authors_edit, reassign)
 
@@ -324,7 +329,12 @@ def test_a_note_pushed_while_its_encounter_moves_to_another_unit_is_placed_in_th
     note_id = uuid.uuid4()
 
     def reassign() -> None:
-        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=encounter_id),
+            unit=new_unit,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     def push_note() -> dict[str, Any]:
         fields = {"encounter_id": str(encounter_id), "body": "Calmer."}
@@ -350,7 +360,12 @@ def test_a_note_pushed_as_its_encounter_begins_to_move_moves_with_it(program: Pr
         pushed(crew_member, "care.note", {"encounter_id": str(encounter_id), "body": "Calmer."}, record_id=note_id)
 
     def reassign() -> None:
-        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=encounter_id),
+            unit=new_unit,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     _, waited_for_the_note = run_while_another_writer_holds(encounter_id, push_note, reassign)
 

@@ -32,7 +32,7 @@ from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import UnitMember
 from tests.accounts.factories import MembershipFactory
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import CrewMember, in_the_admin, make_crew_member
 from tests.followups.factories import case_manager, referral, steps_of
 from tests.sync.helpers import SimDevice, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
@@ -408,7 +408,12 @@ def test_a_reassigned_encounters_contact_attempts_leave_the_old_crews_devices_fo
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     encounter_id = Referral.objects.get(pk=referral_id).encounter_id
 
-    encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=encounter_id),
+        unit=new_unit,
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
+    )
     removed, _ = old_crew.pull(cursor)
     gained, _ = new_crew.pull()
 
@@ -437,7 +442,12 @@ def test_a_reassigned_encounters_follow_up_moves_to_the_new_unit_and_its_crew_wo
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     encounter_id = Referral.objects.get(pk=referral_id).encounter_id
 
-    encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_crew.unit, actor=supervisor.user)
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=encounter_id),
+        unit=new_crew.unit,
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
+    )
 
     assert FollowUpPlan.objects.get(encounter_id=encounter_id).unit_id == new_crew.unit.pk
     assert {step.unit_id for step in steps_of(referral_id)} == {new_crew.unit.pk}
@@ -466,10 +476,20 @@ def test_a_contact_attempt_made_while_its_encounter_moves_is_placed_in_the_new_u
     manager = case_manager(crew_member)
 
     def reassign() -> None:
-        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=encounter_id),
+            unit=new_unit,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     def reassign_again() -> None:  # a move takes the encounter to another unit than the one it is in
-        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=newer_unit, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=encounter_id),
+            unit=newer_unit,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     def from_the_device() -> uuid.UUID:
         return _attempt_made_offline(crew_member, steps[0], "Reached her at her sister's.")
@@ -514,7 +534,12 @@ def test_a_crew_members_attempt_posted_while_its_encounter_moves_to_another_crew
     attempt = {"method": "phone", "result": "reached", "attempted_at": timezone.now().isoformat()}
 
     def reassign() -> None:
-        encounter_reassign(encounter=Encounter.objects.get(pk=encounter_id), unit=new_unit, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=encounter_id),
+            unit=new_unit,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     def by_the_old_crew() -> Any:
         return crew_member.client().post(f"/api/v1/followups/steps/{step.pk}/attempts/", attempt, format="json")

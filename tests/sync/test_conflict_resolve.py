@@ -14,7 +14,7 @@ from apps.sync.services import conflict_resolve
 from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import CrewMember, in_the_admin, make_crew_member
 from tests.sync.helpers import now_iso, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
@@ -35,7 +35,7 @@ def test_taking_the_devices_value_writes_it_through_the_publish_path_and_says_wh
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
     versions_before = RecordVersion.objects.filter(record_id=conflict.record_id).count()
 
-    resolved = conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+    resolved = conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Calm."
     assert (resolved.resolved_by, resolved.resolution) == (manager, "Take the device's value")
@@ -52,7 +52,7 @@ def test_keeping_the_servers_value_changes_nothing_but_the_conflict(program: Pro
     manager = make_crew_member(program, role=Role.SUPERVISOR).user
     versions_before = RecordVersion.objects.filter(record_id=conflict.record_id).count()
 
-    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Agitated."
     assert RecordVersion.objects.filter(record_id=conflict.record_id).count() == versions_before
@@ -62,10 +62,10 @@ def test_keeping_the_servers_value_changes_nothing_but_the_conflict(program: Pro
 def test_a_resolved_conflict_is_not_resolved_again(program: Program, crew_member: CrewMember) -> None:
     conflict = conflict_on_assessment(crew_member)
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
-    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager, accessor=in_the_admin(manager))
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert refused.value.code == "conflict_resolved"
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Agitated."
@@ -76,7 +76,7 @@ def test_a_bad_choice_is_refused_naming_the_field(program: Program, crew_member:
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="both", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="both", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (refused.value.field, refused.value.status_code) == ("choice", 400)
     assert Conflict.objects.get(pk=conflict.pk).is_open
@@ -88,7 +88,7 @@ def test_the_outsider_and_field_crew_cannot_resolve(program: Program, crew_membe
 
     for stranger in (outsider, crew_member.user):
         with pytest.raises(DomainError) as refused:
-            conflict_resolve(conflict=conflict, choice="device", resolved_by=stranger)
+            conflict_resolve(conflict=conflict, choice="device", resolved_by=stranger, accessor=in_the_admin(stranger))
         assert refused.value.status_code == 404
 
     assert Conflict.objects.get(pk=conflict.pk).is_open
@@ -106,13 +106,13 @@ def test_the_devices_value_is_not_taken_over_a_value_written_since_the_conflict(
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (edit["status"], refused.value.code, refused.value.field) == ("applied", "conflict_stale", "choice")
     assert Encounter.objects.get(pk=conflict.record_id).assessment == newer
     assert Conflict.objects.get(pk=conflict.pk).is_open
     # Keeping the server's value still closes it, and changes nothing.
-    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager, accessor=in_the_admin(manager))
     assert Encounter.objects.get(pk=conflict.record_id).assessment == newer
 
 
@@ -124,7 +124,7 @@ def test_the_devices_value_does_not_bring_back_a_record_deleted_since_the_confli
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (deleted["status"], refused.value.code) == ("applied", "record_deleted")
     head = SyncedRecord.objects.get(record_id=conflict.record_id)
@@ -170,7 +170,7 @@ def test_a_case_manager_takes_the_devices_text_of_a_draft_note_its_author_wrote_
     conflict = conflict_on_note_body(crew_member)
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
-    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     note = ClinicalNote.objects.get(pk=conflict.record_id)
     assert (note.body, note.created_by) == ("Seen at home; voices, no plan.", crew_member.user)
@@ -190,7 +190,7 @@ def test_the_devices_text_of_a_note_signed_since_the_conflict_is_added_as_an_add
     )
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
-    resolved = conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+    resolved = conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     note = ClinicalNote.objects.get(pk=conflict.record_id)
     assert (signed["status"], note.body, note.is_signed) == ("applied", "Seen at home, calm.", True)
@@ -217,7 +217,7 @@ def test_taking_the_devices_side_of_a_delete_that_met_an_edit_deletes_the_record
     conflict = conflict_of_a_delete_meeting_an_edit(crew_member)
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
-    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert Encounter.objects.get(pk=conflict.record_id).is_deleted
     head = SyncedRecord.objects.get(record_id=conflict.record_id)
@@ -243,7 +243,7 @@ def test_a_delete_is_not_taken_over_an_edit_written_since_the_conflict(
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (later["status"], refused.value.code, refused.value.field) == ("applied", "conflict_stale", "choice")
     assert not Encounter.objects.get(pk=conflict.record_id).is_deleted
@@ -260,7 +260,7 @@ def test_a_delete_of_a_draft_note_that_met_its_authors_edit_is_carried_out_as_th
     conflict = Conflict.objects.get(record_id=note_id)
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
-    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (deleted["status"], conflict.kind) == ("conflict", "delete_vs_edit")
     assert ClinicalNote.objects.get(pk=note_id).is_deleted
@@ -285,8 +285,8 @@ def test_an_edit_that_met_a_delete_keeps_the_devices_text_in_the_conflict_and_cl
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
-    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
+    conflict_resolve(conflict=conflict, choice="server", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (conflict.kind, refused.value.code, refused.value.field) == (
         "edit_vs_delete",
@@ -303,7 +303,10 @@ def conflict_on_a_moved_encounters_unit(program: Program, crew_member: CrewMembe
     record_id = encounter(crew_member, assessment="Calm.")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     encounter_reassign(
-        encounter=Encounter.objects.get(pk=record_id), unit=UnitFactory.create(program=program), actor=supervisor.user
+        encounter=Encounter.objects.get(pk=record_id),
+        unit=UnitFactory.create(program=program),
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
     )
     tablet = make_crew_member(program, role=Role.CASE_MANAGER)
     sent = pushed(tablet, "care.encounter", {"unit_id": str(crew_member.unit.pk)}, op="update", record_id=record_id)
@@ -324,7 +327,7 @@ def test_a_supervisor_takes_a_devices_unit_of_an_encounter_by_moving_it_with_eve
     )
     supervisor = make_crew_member(program, role=Role.SUPERVISOR).user
 
-    conflict_resolve(conflict=conflict, choice="device", resolved_by=supervisor)
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=supervisor, accessor=in_the_admin(supervisor))
 
     assert Encounter.objects.get(pk=conflict.record_id).unit_id == crew_member.unit.pk
     assert ClinicalNote.objects.get(pk=note_id).unit_id == crew_member.unit.pk
@@ -342,7 +345,7 @@ def test_a_case_manager_cannot_move_an_encounter_by_taking_a_devices_unit(
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
     with pytest.raises(DomainError) as refused:
-        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager)
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
 
     assert (refused.value.code, refused.value.status_code) == ("permission_denied", 403)
     assert Encounter.objects.get(pk=conflict.record_id).unit_id == moved_to
@@ -358,13 +361,23 @@ def test_two_case_managers_resolving_one_conflict_at_once_resolve_it_once(
 
     def second_takes_the_device_value() -> str:
         try:
-            conflict_resolve(conflict=Conflict.objects.get(pk=conflict.pk), choice="device", resolved_by=second)
+            conflict_resolve(
+                conflict=Conflict.objects.get(pk=conflict.pk),
+                choice="device",
+                resolved_by=second,
+                accessor=in_the_admin(second),
+            )
         except DomainError as refused:
             return refused.code
         return "resolved"
 
     def first_keeps_the_servers_value() -> None:
-        conflict_resolve(conflict=Conflict.objects.get(pk=conflict.pk), choice="server", resolved_by=first)
+        conflict_resolve(
+            conflict=Conflict.objects.get(pk=conflict.pk),
+            choice="server",
+            resolved_by=first,
+            accessor=in_the_admin(first),
+        )
 
     outcome, waited = run_while_another_writer_holds(
         conflict.record_id, first_keeps_the_servers_value, second_takes_the_device_value
@@ -373,3 +386,25 @@ def test_two_case_managers_resolving_one_conflict_at_once_resolve_it_once(
     assert (outcome, waited) == ("conflict_resolved", True)
     assert Conflict.objects.get(pk=conflict.pk).resolved_by == first
     assert Encounter.objects.get(pk=conflict.record_id).assessment == "Agitated."
+
+
+def test_resolving_audits_what_it_wrote_as_the_resolvers_each_record_once(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The resolution writes and audits in one transaction, whoever asks for it: a device's
+    unit of an encounter taken moves it with its note, each moved record one write."""
+    from apps.audit.models import AuditEvent
+
+    conflict = conflict_on_a_moved_encounters_unit(program, crew_member)
+    colleague = make_crew_member(program, role=Role.CASE_MANAGER)
+    note = pushed(colleague, "care.note", {"encounter_id": str(conflict.record_id), "body": "Called."})
+    assert note["status"] == "applied", note
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR).user
+
+    conflict_resolve(conflict=conflict, choice="device", resolved_by=supervisor, accessor=in_the_admin(supervisor))
+
+    written = AuditEvent.objects.filter(actor_id=supervisor.pk).order_by("record_type")
+    assert list(written.values_list("action", "record_type", "record_id", "program_id", "channel")) == [
+        ("update", "care.encounter", conflict.record_id, program.pk, "admin"),
+        ("update", "care.note", uuid.UUID(note["id"]), program.pk, "admin"),
+    ]

@@ -27,7 +27,7 @@ from apps.teams import services as teams_services
 from apps.teams.models import UnitMember
 from tests.accounts.factories import MembershipFactory, UserFactory, device_with_token
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import CrewMember, in_the_admin, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client, younger_writes_before_the_catch_up
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
@@ -301,7 +301,12 @@ def test_reassigned_encounter_is_removed_from_the_old_units_devices_and_their_ed
     new_crew = SimDevice(make_crew_member(program, unit=new_unit))
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
 
-    encounter_reassign(encounter=Encounter.objects.get(pk=record_id), unit=new_unit, actor=supervisor.user)
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=record_id),
+        unit=new_unit,
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
+    )
     removed, _ = old_crew.pull(cursor)
     gained, _ = new_crew.pull()
     [pending] = old_crew.push(old_crew.mutation("update", "care.encounter", record_id, {"location": "offline"}, 1))
@@ -344,7 +349,10 @@ def test_a_record_moved_out_of_a_unit_before_its_member_left_is_removed_from_the
 
     # While the tablet is offline: the encounter goes to another crew, then its member leaves.
     encounter_reassign(
-        encounter=Encounter.objects.get(pk=moved), unit=UnitFactory.create(program=program), actor=supervisor.user
+        encounter=Encounter.objects.get(pk=moved),
+        unit=UnitFactory.create(program=program),
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
     )
     teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
     later, _ = device.pull(cursor)
@@ -363,7 +371,12 @@ def test_joining_a_unit_serves_nothing_of_what_left_it_before_the_join(
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     stays = encounter(member_there, assessment="the crew's to see")
     gone = encounter(member_there, assessment="never the new member's to see")
-    encounter_reassign(encounter=Encounter.objects.get(pk=gone), unit=elsewhere, actor=supervisor.user)
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=gone),
+        unit=elsewhere,
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
+    )
 
     teams_services.unit_member_add(unit=joined, user=crew_member.user)
     later, _ = device.pull(cursor)
@@ -382,7 +395,12 @@ def test_a_new_hires_first_unit_serves_nothing_of_what_left_it_before_they_joine
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     stays = encounter(crew_member, assessment="the crew's to see")
     gone = encounter(crew_member, assessment="never the new member's to see")
-    encounter_reassign(encounter=Encounter.objects.get(pk=gone), unit=elsewhere, actor=supervisor.user)
+    encounter_reassign(
+        encounter=Encounter.objects.get(pk=gone),
+        unit=elsewhere,
+        actor=supervisor.user,
+        accessor=in_the_admin(supervisor.user),
+    )
     new_hire = UserFactory.create()
     MembershipFactory.create(user=new_hire, program=program, role=Role.CLINICIAN)
     device, token = device_with_token(new_hire)
@@ -427,7 +445,12 @@ def test_joining_a_unit_serves_nothing_that_passed_through_it_while_the_join_com
     def others_write() -> None:
         written["stays"] = encounter(member_there, assessment="the crew's to see")
         written["gone"] = encounter(member_there, assessment="never the new member's to see")
-        encounter_reassign(encounter=Encounter.objects.get(pk=written["gone"]), unit=elsewhere, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=written["gone"]),
+            unit=elsewhere,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     with younger_writes_before_the_catch_up(monkeypatch, others_write):
         teams_services.unit_member_add(unit=joined, user=crew_member.user)
@@ -655,7 +678,7 @@ def test_a_change_of_crew_catches_up_with_a_record_moved_into_the_unit_while_it_
     def move() -> None:
         try:
             with transaction.atomic():
-                encounter_reassign(encounter=moved, unit=unit, actor=supervisor)
+                encounter_reassign(encounter=moved, unit=unit, actor=supervisor, accessor=in_the_admin(supervisor))
                 written.set()
                 release.wait(timeout=10)
         finally:
@@ -754,7 +777,9 @@ def test_a_record_a_younger_writer_moves_out_of_the_unit_left_is_removed_by_the_
     def younger_move() -> None:
         time.sleep(0.5)  # once the change of crew is waiting
         try:
-            encounter_reassign(encounter=moved, unit=elsewhere.unit, actor=supervisor)
+            encounter_reassign(
+                encounter=moved, unit=elsewhere.unit, actor=supervisor, accessor=in_the_admin(supervisor)
+            )
         finally:
             connection.close()
 
@@ -793,7 +818,7 @@ def test_a_writer_waiting_for_the_change_of_crew_does_not_end_the_wait_for_the_o
     def move() -> None:
         try:
             with transaction.atomic():
-                encounter_reassign(encounter=moved, unit=unit, actor=supervisor)
+                encounter_reassign(encounter=moved, unit=unit, actor=supervisor, accessor=in_the_admin(supervisor))
                 written.set()
                 time.sleep(2.0)
         finally:
@@ -948,7 +973,12 @@ def test_a_record_moved_into_a_unit_after_its_member_left_is_not_in_the_snapshot
     def leave_then_move() -> None:
         try:
             teams_services.unit_member_remove(unit=left, user=crew_member.user)
-            encounter_reassign(encounter=Encounter.objects.get(pk=moved), unit=left, actor=supervisor.user)
+            encounter_reassign(
+                encounter=Encounter.objects.get(pk=moved),
+                unit=left,
+                actor=supervisor.user,
+                accessor=in_the_admin(supervisor.user),
+            )
         finally:
             connection.close()
 
@@ -1011,7 +1041,12 @@ def test_a_page_that_ends_inside_the_joins_catch_up_serves_nothing_that_passed_t
 
     def others_write() -> None:
         written["gone"] = encounter(member_there, assessment="never the new member's to see")
-        encounter_reassign(encounter=Encounter.objects.get(pk=written["gone"]), unit=elsewhere, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=written["gone"]),
+            unit=elsewhere,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     with younger_writes_before_the_catch_up(monkeypatch, others_write):
         teams_services.unit_member_add(unit=joined, user=crew_member.user)
@@ -1035,7 +1070,12 @@ def test_a_record_moved_from_a_kept_unit_into_the_joined_one_while_the_join_comm
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
 
     def others_write() -> None:
-        encounter_reassign(encounter=Encounter.objects.get(pk=moved), unit=joined, actor=supervisor.user)
+        encounter_reassign(
+            encounter=Encounter.objects.get(pk=moved),
+            unit=joined,
+            actor=supervisor.user,
+            accessor=in_the_admin(supervisor.user),
+        )
 
     with younger_writes_before_the_catch_up(monkeypatch, others_write):
         teams_services.unit_member_add(unit=joined, user=crew_member.user)

@@ -23,7 +23,7 @@ from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory, UserFactory
 from tests.care.factories import encounter, pushed
-from tests.conftest import make_crew_member, revoke_device, sign_in_to_admin
+from tests.conftest import in_the_admin, make_crew_member, revoke_device, sign_in_to_admin
 from tests.followups.factories import case_manager
 from tests.sync.helpers import SimDevice, now_iso
 from tests.workspace.scenario import casework, staff, workday
@@ -220,7 +220,9 @@ def test_saving_a_conflicts_read_only_page_does_not_reopen_it_after_a_colleague_
     def read_then_resolved_by_a_colleague(self: Any, request: Any, object_id: str, from_field: Any = None) -> Any:
         found = read(self, request, object_id, from_field)
         if request.method == "POST":
-            sync_services.conflict_resolve(conflict=day.conflict, choice="device", resolved_by=colleague)
+            sync_services.conflict_resolve(
+                conflict=day.conflict, choice="device", resolved_by=colleague, accessor=in_the_admin(colleague)
+            )
         return found
 
     monkeypatch.setattr(conflict_admin, "get_object", read_then_resolved_by_a_colleague)
@@ -543,4 +545,81 @@ def test_a_devices_unit_taken_from_the_admin_moves_the_encounter_and_audits_what
     assert set(writes.values_list("action", "record_type", "record_id")) == {
         ("update", "care.encounter", conflict.record_id),
         ("update", "care.note", uuid.UUID(note["id"])),
+    }
+
+
+def _updates_by(user: User) -> dict[tuple[str, uuid.UUID], int]:
+    """How many update events of the user's each record has in the audit trail."""
+    updates: dict[tuple[str, uuid.UUID], int] = {}
+    for key in AuditEvent.objects.filter(actor_id=user.pk, action="update").values_list("record_type", "record_id"):
+        updates[key] = updates.get(key, 0) + 1
+    return updates
+
+
+def test_moving_an_encounter_from_the_admin_audits_each_record_that_moved_once(program: Program) -> None:
+    """The encounter, its note, referral and outcome, its follow-up's steps and contact attempt:
+    each moved is one write of the supervisor's in the audit trail, with the program's id."""
+    work = casework(workday(program))
+    outcome = pushed(
+        work.day.crew,
+        "care.referral_outcome",
+        {"referral_id": str(work.referral_id), "outcome": "scheduled", "observed_at": now_iso()},
+    )
+    assert outcome["status"] == "applied", outcome
+    attempt = {"step_id": str(work.steps[0].pk), "method": "phone", "result": "reached", "attempted_at": now_iso()}
+    contact = pushed(work.day.crew, "followups.contact_attempt", attempt)
+    assert contact["status"] == "applied", contact
+    new_unit = Unit.objects.create(program=program, call_sign="MC-9")
+    supervisor = sign_in_to_admin(Client(), work.day.supervisor)
+
+    supervisor.post(
+        changelist_url(Encounter),
+        {"action": "move_to_unit", "_selected_action": [str(work.encounter_id)], "unit": str(new_unit.pk)},
+    )
+
+    assert Encounter.objects.get(pk=work.encounter_id).unit_id == new_unit.pk
+    assert _updates_by(work.day.supervisor) == {
+        ("care.encounter", work.encounter_id): 1,
+        ("care.note", work.note_id): 1,
+        ("care.referral", work.referral_id): 1,
+        ("care.referral_outcome", uuid.UUID(outcome["id"])): 1,
+        ("followups.contact_attempt", uuid.UUID(contact["id"])): 1,
+        **{("followups.step", step.pk): 1 for step in work.steps},
+    }
+    written = AuditEvent.objects.filter(actor_id=work.day.supervisor.pk, action="update")
+    assert set(written.values_list("channel", "program_id")) == {("admin", program.pk)}
+
+
+def test_a_devices_unit_taken_from_the_admin_audits_each_record_that_moved_once_its_steps_too(
+    program: Program,
+) -> None:
+    """Taking a device's unit of an encounter moves it back with everything under it, as the
+    move action does: its follow-up's steps too, each one write of the resolver's."""
+    from tests.followups.factories import referral, steps_of
+
+    clinician = make_crew_member(program)
+    referral_id = referral(clinician)
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    mover = make_crew_member(program, role=Role.SUPERVISOR).user
+    care_services.encounter_reassign(
+        encounter=Encounter.objects.get(pk=encounter_id),
+        unit=Unit.objects.create(program=program, call_sign="MC-9"),
+        actor=mover,
+        accessor=in_the_admin(mover),
+    )
+    tablet = make_crew_member(program, role=Role.CASE_MANAGER)
+    sent = pushed(tablet, "care.encounter", {"unit_id": str(clinician.unit.pk)}, op="update", record_id=encounter_id)
+    assert sent["status"] == "conflict", sent
+    conflict = Conflict.objects.get(record_id=encounter_id, field="unit_id")
+    supervisor = staff(make_crew_member(program, role=Role.SUPERVISOR).user)
+    client = sign_in_to_admin(Client(), supervisor)
+
+    client.post(changelist_url(Conflict), {"action": "take_device_value", "_selected_action": [str(conflict.pk)]})
+
+    steps = steps_of(referral_id)
+    assert {step.unit_id for step in steps} == {clinician.unit.pk}
+    assert _updates_by(supervisor) == {
+        ("care.encounter", encounter_id): 1,
+        ("care.referral", referral_id): 1,
+        **{("followups.step", step.pk): 1 for step in steps},
     }

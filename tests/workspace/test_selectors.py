@@ -14,7 +14,7 @@ from apps.followups.models import FollowUpStep, StepStatus
 from apps.sync.services import conflict_resolve
 from apps.workspace.selectors import end_of_today, queue_counts, queue_queryset
 from tests.accounts.factories import ProgramFactory
-from tests.conftest import make_crew_member
+from tests.conftest import in_the_admin, make_crew_member
 from tests.followups.factories import case_manager
 from tests.workspace.scenario import staff, workday
 
@@ -87,7 +87,9 @@ def test_the_counts_drop_as_the_work_is_done(program: Program) -> None:
     rider = make_crew_member(program, unit=day.missed_checkin.unit)
     dispatch.assignment_check_in(assignment_id=day.missed_checkin.pk, user=rider.user, device=rider.device)
 
-    conflict_resolve(conflict=day.conflict, choice="server", resolved_by=day.case_manager)
+    conflict_resolve(
+        conflict=day.conflict, choice="server", resolved_by=day.case_manager, accessor=in_the_admin(day.case_manager)
+    )
 
     after = counts(day.case_manager, timezone.now())
     assert (
