@@ -27,9 +27,11 @@ from apps.sync.models import (
     ChangeEntry,
     ChangeOperation,
     Conflict,
+    ConflictKind,
     FeedRetention,
     Mutation,
     MutationStatus,
+    RecordVersion,
     SyncedRecord,
     UserScopeState,
 )
@@ -621,6 +623,41 @@ def open_conflicts_visible_to(*, user: User) -> QuerySet[Conflict]:
     return Conflict.objects.filter(resolved_at=None).filter(
         Q(user=user, record_id__in=still_seen) | Q(program__in=resolving)
     )
+
+
+def edit_against_delete(conflict: Conflict) -> dict[str, Any] | None:
+    """The edit on the other side of a delete, by wire field, for a ``delete_vs_edit`` or
+    ``edit_vs_delete`` conflict: what the case manager weighs the delete against, which the
+    conflict's own values (one field's, empty for a delete) do not show. None for a conflict
+    of one field's two values.
+
+    An edit that met a delete is the device's, as it sent it. A delete that met an edit met
+    what others wrote after the version the deleting device had: the fields they changed,
+    with their values at the version the conflict shows. The values are the record's health
+    information: a reader shows them where the conflict's own values are shown, and audits
+    them as a read of the record as it does those.
+    """
+    mutation = conflict.mutation
+    if conflict.kind == ConflictKind.EDIT_VS_DELETE:
+        fields = mutation.payload.get("fields") if isinstance(mutation.payload, dict) else None
+        return {name: fields[name] for name in sorted(fields)} if isinstance(fields, dict) else {}
+    if conflict.kind != ConflictKind.DELETE_VS_EDIT:
+        return None
+    versions = RecordVersion.objects.filter(record_id=conflict.record_id, version__lte=conflict.server_version)
+    if mutation.base_version is not None:
+        versions = versions.filter(version__gt=mutation.base_version)
+    # The deleting device's own writes since were seen by it: they are not what it met.
+    changed = set()
+    for fields in versions.exclude(device_id=conflict.device_id).values_list("changed_fields", flat=True):
+        changed.update(fields)
+    shown = (
+        RecordVersion.objects.filter(record_id=conflict.record_id, version=conflict.server_version)
+        .values_list("data", flat=True)
+        .first()
+    )
+    if not isinstance(shown, dict):
+        return {}
+    return {name: shown.get(name) for name in sorted(changed) if name in shown}
 
 
 ListedModel = TypeVar("ListedModel", bound=Model)

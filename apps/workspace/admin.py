@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import quote
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction, AccessChannel
@@ -34,8 +36,10 @@ from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from apps.notifications.models import NotificationPreference, PushRegistration
 from apps.sync import push, review
+from apps.sync import registry as sync_registry
+from apps.sync import selectors as sync_selectors
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.models import Conflict, ConflictKind, Mutation, MutationStatus
 from apps.sync.registry import Refused
 from apps.teams.models import Unit
 from apps.workspace import work
@@ -422,13 +426,53 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
     list_select_related = ["program", "user"]
     ordering = ["-created_at"]
     fieldsets = [
-        (None, {"fields": ["program", "record_type", "record_id", "field", "kind", "is_clinical_text"]}),
+        (None, {"fields": ["program", "record_type", "record_page", "field", "kind", "is_clinical_text"]}),
         ("Side by side", {"fields": ["base_value", "server_value", "device_value", "server_version"]}),
         ("Where the device's value came from", {"fields": ["user", "device", "mutation", "created_at"]}),
         ("Resolution", {"fields": ["resolved_at", "resolved_by", "resolution"]}),
     ]
     workspace_may_change = True  # its actions call sync's conflict_resolve
     actions = ["keep_server_value", "take_device_value"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), "record_page", "edit_against_delete"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Conflict | None = None) -> Any:
+        fieldsets: list[Any] = list(super().get_fieldsets(request, obj))
+        if obj is not None and getattr(obj, "edit_against", None) is not None:
+            # A delete against an edit: the edit, which the values side by side do not show.
+            fieldsets.insert(2, ("The edit the delete is weighed against", {"fields": ["edit_against_delete"]}))
+        return fieldsets
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        # Read with the request (whose pages it may open): the page shows what it found. The
+        # edit is the record's, whose read opening the conflict audits (record_admin_reads).
+        conflict = super().get_object(request, object_id, from_field)
+        conflict.record_url = _record_page_url(request, self.admin_site, conflict.record_type, conflict.record_id)
+        conflict.edit_against = sync_selectors.edit_against_delete(conflict)
+        return conflict
+
+    @admin.display(description="Record")
+    def record_page(self, conflict: Conflict) -> str:
+        url = getattr(conflict, "record_url", None)
+        if url is None:
+            return str(conflict.record_id)
+        return format_html('<a href="{}">{}</a>', url, conflict.record_id)
+
+    @admin.display(description="Edit")
+    def edit_against_delete(self, conflict: Conflict) -> str:
+        edit = getattr(conflict, "edit_against", None)
+        if edit is None:
+            return "—"
+        whose = (
+            "The device's edit, as it sent it (the record was deleted before it arrived):"
+            if conflict.kind == ConflictKind.EDIT_VS_DELETE
+            else "Written by others after the copy the deleting device had (it had not seen it):"
+        )
+        if not edit:
+            return format_html("{} no field changed.", whose)
+        rows = format_html_join("", "<li><b>{}</b>: {}</li>", ((name, _shown(value)) for name, value in edit.items()))
+        return format_html("{}<ul>{}</ul>", whose, rows)
 
     def _resolve(self, request: HttpRequest, queryset: QuerySet[Conflict], choice: str) -> None:
         assert isinstance(request.user, User)
@@ -464,6 +508,36 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
     @admin.action(description="Resolve: take the device's value", permissions=["change"])
     def take_device_value(self, request: HttpRequest, queryset: QuerySet[Conflict]) -> None:
         self._resolve(request, queryset, sync_services.ConflictChoice.DEVICE)
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# The records shown on another record's page (as an inline): a note on its encounter's, an
+# outcome on its referral's, a contact attempt on its step's.
+_SHOWN_ON_PAGE_OF: dict[type[Model], str] = {
+    ClinicalNote: "encounter_id",
+    ReferralOutcomeEvent: "referral_id",
+    ContactAttempt: "step_id",
+}
+
+
+def _record_page_url(request: HttpRequest, site: admin.AdminSite, record_type: str, record_id: Any) -> str | None:
+    """The workspace page that shows a synced record, if it has one the user may open."""
+    synced_type = sync_registry.get(record_type)
+    if synced_type is None:
+        return None
+    model: type[Model] = synced_type.model
+    if parent_field := _SHOWN_ON_PAGE_OF.get(model):
+        record_id = model._default_manager.filter(pk=record_id).values_list(parent_field, flat=True).first()
+        model = model._meta.get_field(parent_field.removesuffix("_id")).related_model  # type: ignore[assignment]
+    model_admin = site._registry.get(model)
+    if record_id is None or model_admin is None or not model_admin.has_view_permission(request):
+        return None
+    if not model_admin.get_queryset(request).filter(pk=record_id).exists():
+        return None
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(record_id)])
 
 
 # --- sync quarantine -----------------------------------------------------------------------

@@ -623,3 +623,69 @@ def test_a_devices_unit_taken_from_the_admin_audits_each_record_that_moved_once_
         ("care.referral", referral_id): 1,
         **{("followups.step", step.pk): 1 for step in steps},
     }
+
+
+def test_a_delete_that_met_an_edit_shows_the_edit_and_links_the_record_on_the_conflicts_page(program: Program) -> None:
+    """The case manager decides whether the delete stands over an edit its device had not
+    seen: the page shows that edit and leads to the record; opening it reads the record once.
+    The list shows no value, as for every conflict."""
+    from tests.sync.test_conflict_resolve import conflict_of_a_delete_meeting_an_edit
+
+    conflict = conflict_of_a_delete_meeting_an_edit(make_crew_member(program))
+    manager = staff(make_crew_member(program, role=Role.CASE_MANAGER).user)
+    client = sign_in_to_admin(Client(), manager)
+
+    page = client.get(change_url(Conflict, conflict.pk)).content.decode()
+    listed = client.get(changelist_url(Conflict)).content.decode()
+
+    assert (conflict.kind, conflict.field) == ("delete_vs_edit", "")
+    assert "Calm; lives alone." in page
+    assert f'href="{change_url(Encounter, conflict.record_id)}"' in page
+    assert "Calm; lives alone." not in listed
+    reads = AuditEvent.objects.filter(actor_id=manager.pk, action="read").order_by("occurred_at")
+    assert list(reads.values_list("record_type", "record_id")) == [("care.encounter", conflict.record_id)] * 2
+
+
+def test_an_edit_that_met_a_delete_shows_the_devices_whole_edit_and_links_the_record(program: Program) -> None:
+    """Each field the device changed is a conflict of its own; each page shows the whole edit
+    the device sent, what the case manager weighs against the deletion."""
+    clinician = make_crew_member(program)
+    teammate = make_crew_member(program, unit=clinician.unit)
+    record_id = encounter(clinician, assessment="Calm.")
+    pushed(teammate, "care.encounter", {}, op="delete", record_id=record_id, base_version=1)
+    edit = {"assessment": "Calm; safety plan made.", "disposition": "referred"}
+    sent = pushed(clinician, "care.encounter", edit, op="update", record_id=record_id, base_version=1)
+    assert sent["status"] == "conflict", sent
+    conflict = Conflict.objects.get(record_id=record_id, field="disposition")
+    manager = staff(make_crew_member(program, role=Role.CASE_MANAGER).user)
+    client = sign_in_to_admin(Client(), manager)
+
+    page = client.get(change_url(Conflict, conflict.pk)).content.decode()
+
+    assert conflict.kind == "edit_vs_delete"
+    assert "Calm; safety plan made." in page
+    assert f'href="{change_url(Encounter, record_id)}"' in page
+    reads = AuditEvent.objects.filter(actor_id=manager.pk, action="read")
+    assert list(reads.values_list("record_type", "record_id")) == [("care.encounter", record_id)]
+
+
+def test_a_conflict_on_a_note_links_the_page_that_shows_it_its_encounters(program: Program) -> None:
+    """A note has no page of its own: it is shown on its encounter's, where the link leads."""
+    from apps.care.models import ClinicalNote
+    from tests.sync.test_conflict_resolve import second_device_of
+
+    clinician = make_crew_member(program)
+    encounter_id = encounter(clinician)
+    note_id = uuid.uuid4()
+    pushed(clinician, "care.note", {"encounter_id": str(encounter_id), "body": "Draft."}, record_id=note_id)
+    pushed(clinician, "care.note", {"body": "Seen at home."}, op="update", record_id=note_id, base_version=1)
+    deleted = pushed(second_device_of(clinician), "care.note", {}, op="delete", record_id=note_id, base_version=1)
+    assert deleted["status"] == "conflict", deleted
+    conflict = Conflict.objects.get(record_id=note_id)
+    client = sign_in_to_admin(Client(), staff(make_crew_member(program, role=Role.CASE_MANAGER).user))
+
+    page = client.get(change_url(Conflict, conflict.pk)).content.decode()
+
+    assert ClinicalNote.objects.get(pk=note_id).encounter_id == encounter_id
+    assert "Seen at home." in page
+    assert f'href="{change_url(Encounter, encounter_id)}"' in page
