@@ -791,9 +791,16 @@ def assignment_decline(
         assignment, kind=EventKind.DECLINED, user=user, device=device, observed_at=observed_at, reason=reason.strip()
     )
     _refresh_units([assignment.unit_id], now=now)
-    still_covered = Assignment.objects.filter(incident=assignment.incident, status__in=AssignmentStatus.active())
-    if not still_covered.exists():
-        _reoffer_or_alert(assignment.incident, previous=assignment, now=now)
+    if not _covered(assignment.incident_id):
+        # An escalated offer still open (to a late acknowledgement) but with no deadline left
+        # does not hold the call; when there is one, the call's wait is held on it, as at
+        # escalation, so that the sweep times it out when it finds a unit.
+        silent = (
+            Assignment.objects.filter(incident_id=assignment.incident_id, status=AssignmentStatus.OFFERED)
+            .order_by("offered_at", "pk")
+            .first()
+        )
+        _reoffer_or_alert(assignment.incident, previous=silent or assignment, now=now)
     return assignment
 
 
@@ -873,9 +880,18 @@ def unit_set_availability(
 # Escalation and check-in deadlines
 
 
+def _covered(incident_id: UUID) -> bool:
+    """Someone holds the call: a unit that acknowledged it (or is further along), or an offer
+    whose deadline is still to come (or whose wait for a free unit goes on). An escalated offer
+    left open to a late acknowledgement, its deadline gone, does not hold it."""
+    active = Assignment.objects.filter(incident_id=incident_id, status__in=AssignmentStatus.active())
+    return active.filter(~Q(status=AssignmentStatus.OFFERED) | Q(escalate_due_at__isnull=False)).exists()
+
+
 def _reoffer_or_alert(incident: Incident, *, previous: Assignment, now: datetime) -> Assignment | None:
-    """A crew declined and no other offer holds the call: offer it to the next unit or, with
-    none free, the call waits for one, the wait held on the declined offer (_wait_for_unit)."""
+    """A crew declined and nobody else holds the call (_covered): offer it to the next unit
+    or, with none free, the call waits for one (_wait_for_unit), the wait held on `previous`:
+    an escalated offer still open, or else the declined one."""
     if incident.is_closed:
         return None
     successor = _offer_to_next_unit(incident=incident, now=now)
@@ -959,17 +975,12 @@ def _search_for_unit(assignment: Assignment, now: datetime) -> None:
     DISPATCH_NO_UNIT_REALERT_SECONDS that the call still waits. It ends when the silent crew
     acknowledges or its offer is cancelled (both clear the deadline), when a dispatcher offers
     the call to a unit by hand or the incident is closed (_stop_waiting_for_unit), or here,
-    when the call is answered: another unit has acknowledged it or, for a declined call, any
-    unit holds it.
+    when the call is answered: another unit has acknowledged it or, for a declined call,
+    someone holds it (_covered).
     """
     incident = assignment.incident
     still_open = assignment.status == AssignmentStatus.OFFERED
-    answered = (
-        _acknowledged_elsewhere(assignment)
-        if still_open
-        else incident.is_closed
-        or Assignment.objects.filter(incident_id=incident.pk, status__in=AssignmentStatus.active()).exists()
-    )
+    answered = _acknowledged_elsewhere(assignment) if still_open else incident.is_closed or _covered(incident.pk)
     if answered:
         Assignment.objects.filter(pk=assignment.pk).update(escalate_due_at=None, updated_at=now)
         return

@@ -309,6 +309,54 @@ def test_a_silent_crew_that_declines_while_its_call_waits_leaves_the_call_waitin
     assert Assignment.objects.get(pk=assignment.pk).status == AssignmentStatus.DECLINED
 
 
+def test_a_decline_of_the_offer_a_dispatcher_made_while_the_call_waited_leaves_the_call_waiting(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    """The call waited on a silent offer; a dispatcher offered it by hand, which ended the
+    wait; that crew declines. The silent offer, already escalated, has no deadline left and
+    does not hold the call: the call waits again (the supervisors hear so) and goes to the
+    first unit that frees up."""
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    silent = offered(program, dispatcher, crew_member.unit)
+    services.sweep_deadlines(now=later(121))
+    by_hand = make_crew_member(program, unit=UnitFactory.create(program=program, status=UnitStatus.OUT_OF_SERVICE))
+    services.unit_set_availability(unit=by_hand.unit, actor=dispatcher.user, device=None, status=UnitStatus.AVAILABLE)
+    hand_offer = services.assignment_offer(incident=silent.incident, unit=by_hand.unit, actor=dispatcher.user)
+
+    declined(hand_offer, by_hand)
+    spare = UnitFactory.create(program=program)
+    found = services.sweep_deadlines(now=later(140))
+
+    assert found.unit_searches == 1
+    assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 2  # at escalation, at decline
+    successor = Assignment.objects.get(incident=silent.incident, unit=spare)
+    assert successor.status == AssignmentStatus.OFFERED and successor.escalate_due_at is not None
+    silent.refresh_from_db()
+    assert silent.status == AssignmentStatus.TIMED_OUT and silent.superseded_by_id == successor.pk
+
+
+def test_a_decline_by_the_crew_that_acknowledged_a_call_whose_other_offer_escalated_sends_it_on(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A second unit's offer escalated while the first crew held the call, so it kept no
+    deadline; the crew that holds it then declines. The silent offer does not hold the call:
+    it goes to the next free unit, with deadlines of its own."""
+    incident = make_incident(program, dispatcher)
+    answering = make_crew_member(program, unit=UnitFactory.create(program=program))
+    silent = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    answered = services.assignment_offer(incident=incident, unit=answering.unit, actor=dispatcher.user)
+    services.assignment_acknowledge(assignment_id=answered.pk, user=answering.user, device=answering.device)
+    services.sweep_deadlines(now=later(121))
+    third = UnitFactory.create(program=program)
+
+    declined(answered, answering)
+
+    successor = Assignment.objects.get(incident=incident, unit=third)
+    assert successor.status == AssignmentStatus.OFFERED and successor.escalate_due_at is not None
+    silent.refresh_from_db()
+    assert silent.status == AssignmentStatus.OFFERED  # still open to a late acknowledgement
+
+
 def test_an_overdue_offer_of_a_call_another_unit_has_acknowledged_is_offered_to_no_third_unit(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
