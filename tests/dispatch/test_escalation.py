@@ -335,6 +335,30 @@ def test_a_decline_of_the_offer_a_dispatcher_made_while_the_call_waited_leaves_t
     assert silent.status == AssignmentStatus.TIMED_OUT and silent.superseded_by_id == successor.pk
 
 
+def test_a_dispatcher_who_cancels_a_calls_last_offer_keeps_the_call_in_hand(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, settings: SettingsWrapper
+) -> None:
+    """Unlike a decline, a cancel is the dispatcher's own choice: it sends the call to no other
+    unit and starts no wait, even of a call that waited for a unit. The call stays open on the
+    board until the dispatcher offers it again or closes it."""
+    settings.DISPATCH_NO_UNIT_RETRY_SECONDS = 10
+    waiting = offered(program, dispatcher, crew_member.unit)
+    services.sweep_deadlines(now=later(121))
+    fresh = offered(program, dispatcher, UnitFactory.create(program=program))
+    spare = UnitFactory.create(program=program)
+
+    for assignment in (waiting, fresh):
+        services.assignment_cancel(assignment_id=assignment.pk, actor=dispatcher.user, device=None, reason="Recalled")
+    swept = [services.sweep_deadlines(now=later(seconds)) for seconds in (140, 400, 800)]
+
+    assert [(result.unit_searches, result.escalated) for result in swept] == [(0, 0)] * 3
+    assert not Assignment.objects.filter(unit=spare).exists()
+    assert SupervisorAlert.objects.filter(kind=AlertKind.NO_UNIT_AVAILABLE).count() == 1  # the escalation's only
+    assert not Assignment.objects.exclude(escalate_due_at=None).exists()
+    waiting.incident.refresh_from_db()
+    assert not waiting.incident.is_closed
+
+
 def test_a_decline_by_the_crew_that_acknowledged_a_call_whose_other_offer_escalated_sends_it_on(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
