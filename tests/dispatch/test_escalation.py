@@ -14,6 +14,7 @@ from django.utils import timezone
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from apps.accounts.models import Program, Role
+from apps.accounts.services import device_revoke
 from apps.dispatch import services, tasks
 from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, EventKind, SupervisorAlert, TimelineEvent
 from apps.dispatch.payloads import assignment_payload
@@ -84,6 +85,23 @@ def test_second_deadline_alerts_supervisors_and_offers_the_next_unit(
     crew_view = ChangeEntry.objects.filter(record_id=assignment.pk, scope=unit_scope(crew_member.unit.pk)).last()
     assert crew_view is not None and crew_view.operation == "remove" and "incident" not in crew_view.data
     assert ChangeEntry.objects.filter(record_id=successor.pk, scope=unit_scope(next_unit.pk)).exists()
+
+
+def test_an_offer_to_a_crew_whose_devices_were_all_revoked_still_escalates_on_its_deadline(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Nobody of the crew can answer any more; the revocation does not touch the offer, whose
+    deadlines still run: at the second the call goes to the next unit, the supervisors told."""
+    assignment = offered(program, dispatcher, crew_member.unit)
+    device_revoke(device=crew_member.device, revoked_by=dispatcher.user, reason="Lost tablet")
+    next_unit = UnitFactory.create(program=program)
+
+    result = services.sweep_deadlines(now=later(121))
+
+    assignment.refresh_from_db()
+    assert result.escalated == 1 and assignment.status == AssignmentStatus.TIMED_OUT
+    assert assignment.superseded_by is not None and assignment.superseded_by.unit_id == next_unit.pk
+    assert list(SupervisorAlert.objects.values_list("kind", flat=True)) == ["ack_overdue"]
 
 
 def test_a_late_ack_after_the_re_offer_is_told_superseded(
