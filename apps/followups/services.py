@@ -266,6 +266,19 @@ def _lock_open(step: FollowUpStep) -> FollowUpStep:
 REASON_MAX_LENGTH = 300
 
 
+def _audit_step_write(step: FollowUpStep, accessor: Accessor) -> None:
+    """A step change is the accessor's write in the audit trail, in the change's transaction
+    (P8): whichever way it was asked for (the API, the timeline, a bulk action), the write
+    and who made it commit together or not at all."""
+    record_access(
+        accessor=accessor,
+        action=AccessAction.UPDATE,
+        record_type=STEP_RECORD,
+        record_ids=[step.pk],
+        program_id=step.program_id,
+    )
+
+
 def _check_reason(text: str, *, field: str, missing: str | None) -> None:
     if missing is not None and not text.strip():
         raise _invalid(field, missing, code="required")
@@ -274,7 +287,7 @@ def _check_reason(text: str, *, field: str, missing: str | None) -> None:
 
 
 @transaction.atomic
-def step_complete(*, step: FollowUpStep, actor: User, note: str = "") -> FollowUpStep:
+def step_complete(*, step: FollowUpStep, actor: User, note: str = "", accessor: Accessor) -> FollowUpStep:
     _check_reason(note, field="note", missing=None)
     step = _lock_open(step)
     now = timezone.now()
@@ -282,11 +295,12 @@ def step_complete(*, step: FollowUpStep, actor: User, note: str = "") -> FollowU
     step.save(update_fields=["status", "closed_at", "closed_by", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.COMPLETED, actor=actor, due_at=step.due_at, reason=note)
     _cancel_reminders(step, reason="step completed")
+    _audit_step_write(step, accessor)
     return step
 
 
 @transaction.atomic
-def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str) -> FollowUpStep:
+def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str, accessor: Accessor) -> FollowUpStep:
     _check_reason(reason, field="reason", missing="Say why the step was missed.")
     step = _lock_open(step)
     now = timezone.now()
@@ -294,11 +308,14 @@ def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str) -> FollowU
     step.save(update_fields=["status", "closed_at", "closed_by", "missed_reason", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.MISSED, actor=actor, due_at=step.due_at, reason=reason)
     _cancel_reminders(step, reason="step missed")
+    _audit_step_write(step, accessor)
     return step
 
 
 @transaction.atomic
-def step_reschedule(*, step: FollowUpStep, actor: User, due_at: dt.datetime, reason: str) -> FollowUpStep:
+def step_reschedule(
+    *, step: FollowUpStep, actor: User, due_at: dt.datetime, reason: str, accessor: Accessor
+) -> FollowUpStep:
     if due_at <= timezone.now():
         raise _invalid("due_at", "The new due time is in the past.", code="due_at_in_past")
     _check_reason(reason, field="reason", missing="Say why the step is rescheduled.")
@@ -311,6 +328,7 @@ def step_reschedule(*, step: FollowUpStep, actor: User, due_at: dt.datetime, rea
     StepEvent.objects.create(step=step, action=StepAction.RESCHEDULED, actor=actor, due_at=due_at, reason=reason)
     _cancel_reminders(step, reason="step rescheduled")
     _plan_reminders(step)
+    _audit_step_write(step, accessor)
     return step
 
 
@@ -320,13 +338,14 @@ OWNER_NOT_CASE_MANAGER = "The owner must be a case manager of the step's program
 
 
 @transaction.atomic
-def step_assign(*, step: FollowUpStep, actor: User, owner: User) -> FollowUpStep:
+def step_assign(*, step: FollowUpStep, actor: User, owner: User, accessor: Accessor) -> FollowUpStep:
     if not Membership.objects.filter(user=owner, program_id=step.program_id, role=Role.CASE_MANAGER).exists():
         raise _invalid("owner_id", OWNER_NOT_CASE_MANAGER)
     step = _lock_open(step)
     step.owner = owner
     step.save(update_fields=["owner", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.ASSIGNED, actor=actor, due_at=step.due_at)
+    _audit_step_write(step, accessor)
     return step
 
 

@@ -82,21 +82,6 @@ class ReadOnlyWorkspaceAdmin(ProgramScopedAdmin):
         return
 
 
-def _audit_bulk_writes(request: HttpRequest, record_type: str, written: list[Any], description: str) -> None:
-    """A bulk action's writes in the audit trail and the admin's history, per program."""
-    for program_id in sorted({record.program_id for record in written}):
-        of_program = [record for record in written if record.program_id == program_id]
-        record_admin_action(
-            request,
-            record_type=record_type,
-            record_ids=[record.pk for record in of_program],
-            action=AccessAction.UPDATE,
-            program_id=program_id,
-            description=description,
-            logged=of_program,
-        )
-
-
 class ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
@@ -207,15 +192,27 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
         self, request: HttpRequest, queryset: QuerySet[FollowUpStep], act: Any, done: str, description: str
     ) -> None:
         assert isinstance(request.user, User)
-        worked, refused = [], []
+        worked: list[Model] = []
+        refused: list[str] = []
+        accessor = Accessor.from_request(request, AccessChannel.ADMIN)
         for step in queryset.select_related("program").order_by("pk"):
             try:
-                act(step, request.user)
+                act(step, request.user, accessor)
             except DomainError as error:
                 refused.append(f"{step}: {error.detail}")
             else:
                 worked.append(step)
-        _audit_bulk_writes(request, "followups.step", worked, f"Bulk action: {description}")
+        # Each step's change is in the audit trail already: the follow-up service audits it in
+        # the change's transaction. The admin's history says what was done, on each step.
+        if worked:
+            record_admin_action(
+                request,
+                record_type=followup_services.STEP_RECORD,
+                record_ids=[],
+                action=AccessAction.UPDATE,
+                description=f"Bulk action: {description}",
+                logged=worked,
+            )
         if worked:
             self.message_user(request, f"{done} {len(worked)} step(s).", messages.SUCCESS)
         for reason in refused:
@@ -226,7 +223,9 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
         self._each(
             request,
             queryset,
-            lambda step, actor: followup_services.step_complete(step=step, actor=actor, note="completed in the admin"),
+            lambda step, actor, accessor: followup_services.step_complete(
+                step=step, actor=actor, note="completed in the admin", accessor=accessor
+            ),
             "Completed",
             "completed",
         )
@@ -244,7 +243,9 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
         self._each(
             request,
             queryset,
-            lambda step, actor: followup_services.step_assign(step=step, actor=actor, owner=owner),
+            lambda step, actor, accessor: followup_services.step_assign(
+                step=step, actor=actor, owner=owner, accessor=accessor
+            ),
             f"Reassigned to {owner.username}:",
             f"reassigned to user {owner.pk}",
         )
@@ -260,9 +261,9 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
         wall_clock = timezone.make_naive(form.cleaned_data["due_at"])
         reason = form.cleaned_data["reason"]
 
-        def act(step: FollowUpStep, actor: User) -> None:
+        def act(step: FollowUpStep, actor: User, accessor: Accessor) -> None:
             due_at = wall_clock.replace(tzinfo=ZoneInfo(step.program.time_zone))
-            followup_services.step_reschedule(step=step, actor=actor, due_at=due_at, reason=reason)
+            followup_services.step_reschedule(step=step, actor=actor, due_at=due_at, reason=reason, accessor=accessor)
 
         self._each(request, queryset, act, "Rescheduled", f"rescheduled to {wall_clock:%Y-%m-%d %H:%M} local")
 

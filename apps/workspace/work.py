@@ -26,7 +26,8 @@ from django.urls import reverse
 from django.utils import formats, timezone
 
 from apps.accounts.models import Role, User
-from apps.audit.models import AccessAction
+from apps.audit.models import AccessAction, AccessChannel
+from apps.audit.services import Accessor
 from apps.care import services as care_services
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent, ReferralStatus
 from apps.common import calendar
@@ -34,7 +35,7 @@ from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
-from apps.followups.services import REASON_MAX_LENGTH
+from apps.followups.services import REASON_MAX_LENGTH, STEP_RECORD
 from apps.sync.registry import Refused
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_action, record_admin_reads
@@ -258,7 +259,8 @@ def _incidents_of(encounters: list[Encounter]) -> dict[Any, Assignment]:
 
 @dataclass(frozen=True)
 class Done:
-    """What an action wrote, for the audit trail and the message."""
+    """What an action wrote, for the audit trail and the message; ``record_ids`` empty when
+    the service audited its write itself (a step's change, in its transaction)."""
 
     record_type: str
     record_ids: list[Any]
@@ -269,15 +271,15 @@ class Done:
 @dataclass(frozen=True)
 class Action:
     form_class: type[forms.Form]
-    run: Callable[[FollowUpStep, User, dict[str, Any]], Done]
+    run: Callable[[FollowUpStep, User, Accessor, dict[str, Any]], Done]
 
 
-def _attempt(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
+def _attempt(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
     attempt = followup_services.attempt_record(step=step, actor=actor, **data)
     return Done("followups.contact_attempt", [attempt.pk], AccessAction.CREATE, "Recorded a contact attempt.")
 
 
-def _outcome(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
+def _outcome(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
     event = care_services.referral_outcome_record(
         referral=data["referral"],
         outcome=data["outcome"],
@@ -288,27 +290,29 @@ def _outcome(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
     return Done("care.referral_outcome", [event.pk], AccessAction.CREATE, "Recorded a referral outcome.")
 
 
-def _complete(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
-    followup_services.step_complete(step=step, actor=actor, note=data["note"])
-    return Done("followups.step", [step.pk], AccessAction.UPDATE, "Completed the step.")
+def _complete(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+    followup_services.step_complete(step=step, actor=actor, note=data["note"], accessor=accessor)
+    return Done(STEP_RECORD, [], AccessAction.UPDATE, "Completed the step.")
 
 
-def _reschedule(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
-    followup_services.step_reschedule(step=step, actor=actor, due_at=data["due_at"], reason=data["reason"])
-    return Done("followups.step", [step.pk], AccessAction.UPDATE, "Rescheduled the step.")
+def _reschedule(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+    followup_services.step_reschedule(
+        step=step, actor=actor, due_at=data["due_at"], reason=data["reason"], accessor=accessor
+    )
+    return Done(STEP_RECORD, [], AccessAction.UPDATE, "Rescheduled the step.")
 
 
-def _missed(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
-    followup_services.step_mark_missed(step=step, actor=actor, reason=data["reason"])
-    return Done("followups.step", [step.pk], AccessAction.UPDATE, "Marked the step missed.")
+def _missed(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+    followup_services.step_mark_missed(step=step, actor=actor, reason=data["reason"], accessor=accessor)
+    return Done(STEP_RECORD, [], AccessAction.UPDATE, "Marked the step missed.")
 
 
-def _reassign(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
-    followup_services.step_assign(step=step, actor=actor, owner=data["owner"])
-    return Done("followups.step", [step.pk], AccessAction.UPDATE, f"Reassigned to {data['owner']}.")
+def _reassign(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+    followup_services.step_assign(step=step, actor=actor, owner=data["owner"], accessor=accessor)
+    return Done(STEP_RECORD, [], AccessAction.UPDATE, f"Reassigned to {data['owner']}.")
 
 
-def _addendum(step: FollowUpStep, actor: User, data: dict[str, Any]) -> Done:
+def _addendum(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
     addendum = care_services.note_addendum_add(note=data["note"], body=data["body"], actor=actor)
     return Done("care.note", [addendum.pk], AccessAction.CREATE, "Added an addendum to a signed note.")
 
@@ -373,7 +377,9 @@ def timeline_view(model_admin: ModelAdmin[Any], request: HttpRequest, object_id:
             form = built[name]
             if form.is_valid():
                 try:
-                    done = action.run(step, request.user, form.cleaned_data)
+                    done = action.run(
+                        step, request.user, Accessor.from_request(request, AccessChannel.ADMIN), form.cleaned_data
+                    )
                 except (DomainError, Refused) as error:
                     show_domain_error(form, error)
                 else:

@@ -18,7 +18,7 @@ from apps.followups import services
 from apps.followups.models import FollowUpStep, Reminder, ReminderKind
 from apps.notifications.models import Notification
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember
+from tests.conftest import CrewMember, in_the_admin
 from tests.followups.factories import case_manager
 from tests.live import celery_beat, celery_worker, database_url
 
@@ -48,7 +48,9 @@ def test_two_beats_send_one_reminder_per_due_step_and_none_for_a_step_completed_
     due = [_plan(crew_member, first_contact_due_at=now - dt.timedelta(minutes=5)) for _ in range(20)]
     soon = _plan(crew_member, first_contact_due_at=now + dt.timedelta(seconds=4))
     completed = _plan(crew_member, first_contact_due_at=now + dt.timedelta(seconds=4))
-    services.step_complete(step=completed, actor=manager.user)  # just before it comes due
+    services.step_complete(
+        step=completed, actor=manager.user, accessor=in_the_admin(manager.user)
+    )  # just before it comes due
     owner_reminders = Reminder.objects.filter(kind=ReminderKind.OWNER_DUE, step__key="first_contact")
     env: dict[str, Any] = {
         "FOLLOWUPS_SWEEP_SECONDS": "1",

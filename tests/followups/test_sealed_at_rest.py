@@ -13,7 +13,7 @@ from apps.common.encryption import is_sealed
 from apps.followups import services
 from apps.followups.models import ContactAttempt, FollowUpStep, StepEvent
 from tests.care.factories import pushed
-from tests.conftest import CrewMember
+from tests.conftest import CrewMember, in_the_admin
 from tests.followups.factories import referral, steps_of
 
 pytestmark = pytest.mark.django_db
@@ -42,9 +42,15 @@ def test_contact_attempt_notes_are_ciphertext_in_the_database(crew_member: CrewM
 def test_why_a_step_was_missed_or_moved_is_ciphertext_in_the_database(crew_member: CrewMember) -> None:
     first, second, *_ = steps_of(referral(crew_member))
     services.step_reschedule(
-        step=first, actor=crew_member.user, due_at=timezone.now() + dt.timedelta(days=1), reason="In detox until Friday"
+        step=first,
+        actor=crew_member.user,
+        due_at=timezone.now() + dt.timedelta(days=1),
+        reason="In detox until Friday",
+        accessor=in_the_admin(crew_member.user),
     )
-    services.step_mark_missed(step=second, actor=crew_member.user, reason="Admitted overnight")
+    services.step_mark_missed(
+        step=second, actor=crew_member.user, reason="Admitted overnight", accessor=in_the_admin(crew_member.user)
+    )
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT missed_reason FROM followups_followupstep WHERE id = %s", [second.pk])

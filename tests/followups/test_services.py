@@ -138,7 +138,7 @@ def test_a_reason_longer_than_the_limit_is_refused_by_the_service_and_nothing_ch
     too_long = "x" * (services.REASON_MAX_LENGTH + 1)
 
     with pytest.raises(DomainError) as refused:
-        services.step_mark_missed(step=first, actor=manager.user, reason=too_long)
+        services.step_mark_missed(step=first, actor=manager.user, reason=too_long, accessor=in_the_admin(manager.user))
 
     assert (refused.value.field, refused.value.code) == ("reason", "max_length")
     first.refresh_from_db()
@@ -151,9 +151,17 @@ def test_a_step_is_completed_rescheduled_or_missed_and_each_is_in_its_history(cr
     first, second, third, _ = steps_of(referral(crew_member))
     later = timezone.now() + dt.timedelta(days=2)
 
-    services.step_reschedule(step=first, actor=manager.user, due_at=later, reason="Person asked for Friday")
-    services.step_mark_missed(step=second, actor=manager.user, reason="Phone disconnected")
-    services.step_complete(step=third, actor=manager.user)
+    services.step_reschedule(
+        step=first,
+        actor=manager.user,
+        due_at=later,
+        reason="Person asked for Friday",
+        accessor=in_the_admin(manager.user),
+    )
+    services.step_mark_missed(
+        step=second, actor=manager.user, reason="Phone disconnected", accessor=in_the_admin(manager.user)
+    )
+    services.step_complete(step=third, actor=manager.user, accessor=in_the_admin(manager.user))
 
     first.refresh_from_db()
     assert first.due_at == later and first.status == StepStatus.PENDING
@@ -227,7 +235,8 @@ def test_deleting_an_encounter_cancels_its_open_follow_up_and_every_reminder_it_
         appointment_at=(timezone.now() + dt.timedelta(hours=30)).isoformat(),
     )
     first, *later = steps_of(referral_id)
-    services.step_complete(step=first, actor=case_manager(crew_member).user)
+    manager = case_manager(crew_member).user
+    services.step_complete(step=first, actor=manager, accessor=in_the_admin(manager))
     encounter_id = Referral.objects.get(pk=referral_id).encounter_id
     version = SyncedRecord.objects.get(record_id=encounter_id).version
 
@@ -618,9 +627,23 @@ def test_a_step_rescheduled_back_to_an_earlier_due_time_is_reminded_then(crew_me
     friday = (timezone.now() + dt.timedelta(days=2)).replace(microsecond=0)
     monday = friday + dt.timedelta(days=3)
 
-    services.step_reschedule(step=first, actor=manager.user, due_at=friday, reason="Person asked for Friday")
-    services.step_reschedule(step=first, actor=manager.user, due_at=monday, reason="Person asked for Monday")
-    services.step_reschedule(step=first, actor=manager.user, due_at=friday, reason="Friday after all")
+    services.step_reschedule(
+        step=first,
+        actor=manager.user,
+        due_at=friday,
+        reason="Person asked for Friday",
+        accessor=in_the_admin(manager.user),
+    )
+    services.step_reschedule(
+        step=first,
+        actor=manager.user,
+        due_at=monday,
+        reason="Person asked for Monday",
+        accessor=in_the_admin(manager.user),
+    )
+    services.step_reschedule(
+        step=first, actor=manager.user, due_at=friday, reason="Friday after all", accessor=in_the_admin(manager.user)
+    )
 
     pending = Reminder.objects.filter(step=first, sent_at=None, cancelled_at=None)
     assert sorted((r.kind, r.due_at - friday) for r in pending) == [

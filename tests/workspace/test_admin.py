@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
+from django.db import DatabaseError, connection
 from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
@@ -24,6 +26,7 @@ from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory, UserFactory
 from tests.care.factories import encounter, pushed
 from tests.conftest import in_the_admin, make_crew_member, revoke_device, sign_in_to_admin
+from tests.dispatch.factories import seed_default_triage_policy
 from tests.followups.factories import case_manager
 from tests.sync.helpers import SimDevice, now_iso
 from tests.workspace.scenario import casework, staff, workday
@@ -689,3 +692,41 @@ def test_a_conflict_on_a_note_links_the_page_that_shows_it_its_encounters(progra
     assert ClinicalNote.objects.get(pk=note_id).encounter_id == encounter_id
     assert "Seen at home." in page
     assert f'href="{change_url(Encounter, encounter_id)}"' in page
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("action", ["mark_completed", "reassign", "reschedule"])
+def test_a_bulk_step_action_whose_write_cannot_be_audited_writes_nothing(program: Program, action: str) -> None:
+    """The step's write and its audit row commit together: when the audit trail refuses the
+    row, the step is as it was (P8: no write of health information without who wrote it)."""
+    seed_default_triage_policy()  # seeded by a migration, emptied between transactional tests
+    day = workday(program)
+    client = sign_in_to_admin(Client(), day.case_manager)
+    step = next(step for step in day.steps if step.status == StepStatus.PENDING)
+    colleague = case_manager(day.crew, of_program=False).user
+    later = timezone.localtime(timezone.now() + dt.timedelta(days=2))
+    form = {
+        "mark_completed": {},
+        "reassign": {"owner": str(colleague.pk)},
+        "reschedule": {"due_at": later.strftime("%Y-%m-%dT%H:%M"), "reason": "Asked for a later call."},
+    }[action]
+    before = FollowUpStep.objects.get(pk=step.pk)
+    events_before = before.events.count()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_step_writes() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'audit trail unavailable'; END $$;"
+            "CREATE TRIGGER refuse_step_writes BEFORE INSERT ON audit_auditevent FOR EACH ROW"
+            " WHEN (NEW.action = 'update' AND NEW.record_type = 'followups.step')"
+            " EXECUTE FUNCTION refuse_step_writes()"
+        )
+    try:
+        with pytest.raises(DatabaseError, match="audit trail unavailable"):
+            client.post(changelist_url(FollowUpStep), {"action": action, "_selected_action": [str(step.pk)], **form})
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_step_writes ON audit_auditevent; DROP FUNCTION refuse_step_writes()")
+
+    after = FollowUpStep.objects.get(pk=step.pk)
+    assert (after.status, after.owner_id, after.due_at) == (before.status, before.owner_id, before.due_at)
+    assert after.events.count() == events_before

@@ -30,7 +30,13 @@ def test_each_queue_counts_its_programs_work(program: Program) -> None:
     midnight = end_of_today(now, program.time_zone)
     later_today = now + (midnight - now) / 2
     open_steps = [step for step in day.steps if step.status == StepStatus.PENDING]
-    followups.step_reschedule(step=open_steps[-1], actor=day.case_manager, due_at=later_today, reason="agreed time")
+    followups.step_reschedule(
+        step=open_steps[-1],
+        actor=day.case_manager,
+        due_at=later_today,
+        reason="agreed time",
+        accessor=in_the_admin(day.case_manager),
+    )
     steps = FollowUpStep.objects.filter(pk__in=[step.pk for step in open_steps])
     overdue = [step for step in steps if step.due_at < now]
     due_today = [step for step in steps if now <= step.due_at < midnight and step.owner == day.case_manager]
@@ -63,16 +69,19 @@ def test_the_counts_drop_as_the_work_is_done(program: Program) -> None:
         actor=day.case_manager,
         due_at=now + (end_of_today(now, program.time_zone) - now) / 2,
         reason="agreed",
+        accessor=in_the_admin(day.case_manager),
     )
     before = counts(day.case_manager, timezone.now())
     assert before["steps_overdue"] >= 1, "the scenario's encounter ended days ago: its first step is overdue"
 
     other_manager = case_manager(day.crew, of_program=False).user
-    followups.step_assign(step=open_steps[-1], actor=day.case_manager, owner=other_manager)
+    followups.step_assign(
+        step=open_steps[-1], actor=day.case_manager, owner=other_manager, accessor=in_the_admin(day.case_manager)
+    )
     assert counts(day.case_manager, timezone.now())["steps_due_today"] == before["steps_due_today"] - 1
 
     overdue_step = next(step for step in open_steps if step.due_at < now)
-    followups.step_complete(step=overdue_step, actor=day.case_manager)
+    followups.step_complete(step=overdue_step, actor=day.case_manager, accessor=in_the_admin(day.case_manager))
     assert counts(day.case_manager, timezone.now())["steps_overdue"] == before["steps_overdue"] - 1
 
     referral_outcome_record(
@@ -124,7 +133,13 @@ def test_due_today_is_the_programs_day_not_utcs(program: Program) -> None:
     late_evening, after_midnight = local(0, 22), local(1, 1)
     open_steps = [step for step in day.steps if step.status == StepStatus.PENDING][:2]
     for step, due_at in zip(open_steps, (late_evening, after_midnight), strict=True):
-        followups.step_reschedule(step=step, actor=day.case_manager, due_at=due_at, reason="agreed time")
+        followups.step_reschedule(
+            step=step,
+            actor=day.case_manager,
+            due_at=due_at,
+            reason="agreed time",
+            accessor=in_the_admin(day.case_manager),
+        )
 
     def due_today(now: dt.datetime) -> set[object]:
         rows = queue_queryset(user=day.case_manager, key="steps_due_today", now=now)
