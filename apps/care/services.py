@@ -520,6 +520,9 @@ class InvalidTransition(DomainError):
     code = "invalid_transition"
 
 
+# A referral's task event's health record type in the audit trail (apps.care.apps).
+TASK_EVENT_RECORD = "care.referral_task_event"
+
 # A task step's reason is a sentence (sealed at rest, so the database no longer bounds it).
 TASK_REASON_MAX_LENGTH = 300
 
@@ -611,11 +614,14 @@ def encounter_reassign(*, encounter: Encounter, unit: Unit, actor: User, accesso
     # Not synced; they carry their referral's unit like every child record. They are written
     # under their referral's lock, held here.
     referral_ids = [record.pk for type_name, record in records if type_name == "care.referral"]
-    ReferralTaskEvent.objects.filter(referral__in=referral_ids).update(unit=unit, updated_at=timezone.now())
+    task_events = ReferralTaskEvent.objects.filter(referral__in=referral_ids)
+    task_event_ids = list(task_events.order_by("pk").values_list("pk", flat=True))
+    task_events.update(unit=unit, updated_at=timezone.now())
     publisher.flush()
     moved: dict[str, list[UUID]] = {}
     for type_name, record in records:
         moved.setdefault(type_name, []).append(record.pk)
+    moved[TASK_EVENT_RECORD] = task_event_ids
     for type_name, record_ids in moved.items():
         record_access(
             accessor=accessor,

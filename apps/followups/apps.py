@@ -13,7 +13,7 @@ class FollowupsConfig(AppConfig):
         from apps.audit.registry import register_health_record
         from apps.care import hooks
         from apps.followups import services, sync
-        from apps.followups.models import FollowUpStep
+        from apps.followups.models import FollowUpPlan, FollowUpStep
 
         hooks.register("encounter_saved", services.on_encounter_saved)
         hooks.register("encounter_reassigned", services.on_encounter_reassigned)
@@ -24,3 +24,5 @@ class FollowupsConfig(AppConfig):
         sync.register_synced_types()
         # A step is about a person (who to contact, why it was missed): reading it is audited.
         register_health_record(services.STEP_RECORD, FollowUpStep)
+        # So is its plan (whose follow-up, after which encounter): moving it is audited too.
+        register_health_record(services.PLAN_RECORD, FollowUpPlan)

@@ -45,6 +45,7 @@ from apps.teams.models import Unit
 logger = logging.getLogger(__name__)
 
 STEP_RECORD = "followups.step"  # a step's health record type in the audit trail (apps.followups.apps)
+PLAN_RECORD = "followups.plan"  # a plan's
 
 # Dispositions after which the person stays in the community (not transported anywhere).
 COMMUNITY_DISPOSITIONS = frozenset({Disposition.RESOLVED_ON_SCENE, Disposition.REFERRED, Disposition.DECLINED_SERVICES})
@@ -181,24 +182,27 @@ def on_referral_saved(referral: Referral, *, actor: User | None) -> None:
 def on_encounter_reassigned(encounter: Encounter, *, actor: User | None, accessor: Accessor) -> None:
     """The plan and its steps follow their encounter to its new unit (the unit's crew works them).
 
-    The steps are locked as every step change locks them; each moved is a write of the
-    accessor's in the audit trail, as care's records moved with them are. Their contact
+    The steps are locked as every step change locks them; the plan and each step moved are
+    writes of the accessor's in the audit trail, as care's records moved with them are. Their contact
     attempts, synced, are moved, published and audited by care with the encounter
     (``attempts_under_encounter``).
     """
     now = timezone.now()
-    FollowUpPlan.objects.filter(encounter_id=encounter.pk).update(unit_id=encounter.unit_id, updated_at=now)
+    plans = FollowUpPlan.objects.filter(encounter_id=encounter.pk)
+    plan_ids = list(plans.values_list("pk", flat=True))
+    plans.update(unit_id=encounter.unit_id, updated_at=now)
     steps = FollowUpStep.objects.filter(plan__encounter_id=encounter.pk)
     # In id order, as the step changes and the reminder sender lock them, so none of them deadlocks with this.
     locked = list(steps.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
     FollowUpStep.objects.filter(pk__in=locked).update(unit_id=encounter.unit_id, updated_at=now)
-    record_access(
-        accessor=accessor,
-        action=AccessAction.UPDATE,
-        record_type=STEP_RECORD,
-        record_ids=locked,
-        program_id=encounter.program_id,
-    )
+    for record_type, record_ids in ((PLAN_RECORD, plan_ids), (STEP_RECORD, locked)):
+        record_access(
+            accessor=accessor,
+            action=AccessAction.UPDATE,
+            record_type=record_type,
+            record_ids=record_ids,
+            program_id=encounter.program_id,
+        )
 
 
 def _plan_appointment_reminder(referral: Referral) -> None:

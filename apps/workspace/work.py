@@ -29,7 +29,15 @@ from apps.accounts.models import Role, User
 from apps.audit.models import AccessAction, AccessChannel
 from apps.audit.services import Accessor
 from apps.care import services as care_services
-from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent, ReferralStatus
+from apps.care.models import (
+    ClinicalNote,
+    Encounter,
+    Person,
+    Referral,
+    ReferralOutcomeEvent,
+    ReferralStatus,
+    ReferralTaskEvent,
+)
 from apps.common import calendar
 from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident
@@ -422,6 +430,10 @@ def _audit_timeline_reads(request: HttpRequest, timeline: Timeline) -> None:
     record_admin_reads(request, Referral, timeline.referrals)
     record_admin_reads(
         request, ReferralOutcomeEvent, [event for referral in timeline.referrals for event in referral.outcomes.all()]
+    )
+    # Their task events too (a service's reason for refusing one often says why clinically).
+    record_admin_reads(
+        request, ReferralTaskEvent, [event for referral in timeline.referrals for event in referral.task_events.all()]
     )
     # The step itself was recorded when the page looked it up, on a GET only (not a form posted).
     looked_up = timeline.step.pk if request.method == "GET" else None

@@ -478,3 +478,26 @@ def test_a_referral_appointment_outside_the_calendar_a_program_works_in_is_refus
         "fields.appointment_at",
     )
     assert "between the years 1900 and 2999" in result["error"]["detail"]
+
+
+def test_a_referrals_task_events_read_through_the_api_are_audited_as_read(crew_member: CrewMember) -> None:
+    """The referral's answer carries its task timeline, a service's reasons included (often
+    clinical): each event shown is read, once, by whom and from which device."""
+    from apps.audit.models import AuditEvent
+
+    referral_id = referral(crew_member)
+    case_manager = make_crew_member(crew_member.unit.program, role=Role.CASE_MANAGER)
+    client = case_manager.client()
+    body = {"status": "rejected", "reason": "Beds full; needs detox first."}
+    moved = client.post(f"/api/v1/care/referrals/{referral_id}/status/", body, format="json")
+    [event_id] = [event["id"] for event in moved.json()["task_timeline"]]
+
+    shown = client.get(f"/api/v1/care/referrals/{referral_id}/")
+
+    assert [event["reason"] for event in shown.json()["task_timeline"]] == ["Beds full; needs detox first."]
+    reads = AuditEvent.objects.filter(record_type="care.referral_task_event", action="read")
+    # Once with the status change's answer, once with the referral's.
+    assert (
+        list(reads.values_list("record_id", "actor_id", "device_id"))
+        == [(uuid.UUID(event_id), case_manager.user.pk, case_manager.device.pk)] * 2
+    )

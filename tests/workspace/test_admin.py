@@ -560,7 +560,7 @@ def _updates_by(user: User) -> dict[tuple[str, uuid.UUID], int]:
 
 
 def test_moving_an_encounter_from_the_admin_audits_each_record_that_moved_once(program: Program) -> None:
-    """The encounter, its note, referral and outcome, its follow-up's steps and contact attempt:
+    """The encounter, its note, referral and outcome, its follow-up's plan, steps and contact attempt:
     each moved is one write of the supervisor's in the audit trail, with the program's id."""
     work = casework(workday(program))
     outcome = pushed(
@@ -587,6 +587,7 @@ def test_moving_an_encounter_from_the_admin_audits_each_record_that_moved_once(p
         ("care.referral", work.referral_id): 1,
         ("care.referral_outcome", uuid.UUID(outcome["id"])): 1,
         ("followups.contact_attempt", uuid.UUID(contact["id"])): 1,
+        ("followups.plan", work.steps[0].plan_id): 1,
         **{("followups.step", step.pk): 1 for step in work.steps},
     }
     written = AuditEvent.objects.filter(actor_id=work.day.supervisor.pk, action="update")
@@ -624,6 +625,7 @@ def test_a_devices_unit_taken_from_the_admin_audits_each_record_that_moved_once_
     assert _updates_by(supervisor) == {
         ("care.encounter", encounter_id): 1,
         ("care.referral", referral_id): 1,
+        ("followups.plan", steps[0].plan_id): 1,
         **{("followups.step", step.pk): 1 for step in steps},
     }
 
@@ -730,3 +732,37 @@ def test_a_bulk_step_action_whose_write_cannot_be_audited_writes_nothing(program
     after = FollowUpStep.objects.get(pk=step.pk)
     assert (after.status, after.owner_id, after.due_at) == (before.status, before.owner_id, before.due_at)
     assert after.events.count() == events_before
+
+
+def test_moving_an_encounter_audits_its_referrals_task_events_and_its_follow_up_plan(program: Program) -> None:
+    """A referral's task events (a service's reason, often clinical) and the follow-up plan
+    (whose follow-up, after which encounter) take the encounter's new unit too: each is a
+    write of the mover's in the audit trail, once."""
+    from apps.care.models import ReferralTaskEvent
+    from apps.followups.models import FollowUpPlan
+
+    work = casework(workday(program))
+    event = care_services.referral_task_status_change(
+        referral=Referral.objects.get(pk=work.referral_id),
+        to_status="rejected",
+        reason="Beds full.",
+        actor=work.day.case_manager,
+    )
+    plan = FollowUpPlan.objects.get(encounter_id=work.encounter_id)
+    new_unit = Unit.objects.create(program=program, call_sign="MC-9")
+    supervisor = sign_in_to_admin(Client(), work.day.supervisor)
+
+    supervisor.post(
+        changelist_url(Encounter),
+        {"action": "move_to_unit", "_selected_action": [str(work.encounter_id)], "unit": str(new_unit.pk)},
+    )
+
+    assert ReferralTaskEvent.objects.get(pk=event.pk).unit_id == new_unit.pk
+    assert FollowUpPlan.objects.get(pk=plan.pk).unit_id == new_unit.pk
+    written = AuditEvent.objects.filter(channel="admin", action="update", actor_id=work.day.supervisor.pk)
+    assert sorted(written.filter(record_type="care.referral_task_event").values_list("record_id", "program_id")) == [
+        (event.pk, program.pk)
+    ]
+    assert sorted(written.filter(record_type="followups.plan").values_list("record_id", "program_id")) == [
+        (plan.pk, program.pk)
+    ]

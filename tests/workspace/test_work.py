@@ -25,6 +25,7 @@ from apps.dispatch import services as dispatch
 from apps.dispatch.models import Assignment
 from apps.followups.models import ContactAttempt, FollowUpStep, StepAction, StepStatus
 from apps.sync.models import Conflict
+from tests.accounts.factories import UserFactory
 from tests.conftest import sign_in_to_admin
 from tests.dispatch.factories import make_incident
 from tests.followups.factories import case_manager
@@ -478,3 +479,33 @@ def test_the_people_named_on_the_step_list_are_audited_as_read(work: Casework, m
     assert "Rosa Diaz" in listed.content.decode()
     reads = AuditEvent.objects.filter(channel="admin", action="read", actor_id=work.day.case_manager.pk)
     assert list(reads.filter(record_type="care.person").values_list("record_id", flat=True)) == [work.person_id]
+
+
+def test_a_referrals_task_events_shown_on_the_timeline_and_its_page_are_audited_as_read(
+    work: Casework, manager: Client
+) -> None:
+    """A service's reason for refusing a referral often says why clinically: the timeline and
+    the referral's page show it, and each showing is a read of that event, once."""
+    referral = Referral.objects.get(pk=work.referral_id)
+    event = care_services.referral_task_status_change(
+        referral=referral, to_status="rejected", reason="Beds full; needs detox first.", actor=work.day.case_manager
+    )
+    reads = AuditEvent.objects.filter(
+        channel="admin", action="read", actor_id=work.day.case_manager.pk, record_type="care.referral_task_event"
+    )
+
+    page = manager.get(timeline_url(work.overdue_step()))
+
+    assert "Beds full; needs detox first." in page.content.decode()
+    assert list(reads.values_list("record_id", flat=True)) == [event.pk]
+
+    superuser = UserFactory.create(is_staff=True, is_superuser=True)  # sees every inline
+    opened = sign_in_to_admin(Client(), superuser).get(reverse("admin:care_referral_change", args=[referral.pk]))
+
+    assert "Beds full; needs detox first." in opened.content.decode()
+    assert list(reads.values_list("record_id", flat=True)) == [event.pk]
+    assert list(
+        AuditEvent.objects.filter(actor_id=superuser.pk, record_type="care.referral_task_event").values_list(
+            "action", "record_id"
+        )
+    ) == [("read", event.pk)]

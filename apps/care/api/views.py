@@ -44,16 +44,21 @@ def _audit(
 
 
 def _answer(request: Request, referral: Referral, code: int = status.HTTP_200_OK) -> Response:
-    """The referral, with its outcomes, their details included: each is a health record of its
-    own, read with it."""
+    """The referral, with its outcomes, their details included, and its task timeline, the
+    reasons included: each is a health record of its own, read with it."""
     data = ReferralSerializer(referral).data
-    record_access(
-        accessor=Accessor.from_request(request),
-        action=AccessAction.READ,
-        record_type="care.referral_outcome",
-        record_ids=[UUID(str(outcome["id"])) for outcome in data["outcomes"]],
-        program_id=referral.program_id,
-    )
+    accessor = Accessor.from_request(request)
+    for record_type, shown in (
+        ("care.referral_outcome", data["outcomes"]),
+        (services.TASK_EVENT_RECORD, data["task_timeline"]),
+    ):
+        record_access(
+            accessor=accessor,
+            action=AccessAction.READ,
+            record_type=record_type,
+            record_ids=[UUID(str(event["id"])) for event in shown],
+            program_id=referral.program_id,
+        )
     return Response(data, status=code)
 
 
