@@ -10,7 +10,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 
-@shared_task
+@shared_task(ignore_result=False)  # the tests read what became of it
 def sleep_past_soft_limit(seconds: float) -> dict[str, object]:
     """Sleeps; says whether, and after how long, its soft time limit stopped it."""
     started = time.monotonic()
@@ -21,7 +21,7 @@ def sleep_past_soft_limit(seconds: float) -> dict[str, object]:
     return {"soft_limit": False, "after": time.monotonic() - started, "pid": os.getpid()}
 
 
-@shared_task
+@shared_task(ignore_result=False)  # the tests read what became of it
 def sleep_through_soft_limit(seconds: float) -> None:
     """Sleeps on past its soft time limit (caught and ignored), for the hard one to end it."""
     deadline = time.monotonic() + seconds
@@ -32,6 +32,6 @@ def sleep_through_soft_limit(seconds: float) -> None:
             continue
 
 
-@shared_task
+@shared_task(ignore_result=False)  # the tests read what became of it
 def worker_pid() -> int:
     return os.getpid()
