@@ -238,7 +238,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBIL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The limits travel in each task's message, stamped from the settings of the process that
 # queued it (web, beat, a task); the worker's `--time-limit`/`--soft-time-limit` do not override
-# them. Change them here, for every process (tests/common/test_time_limits_live.py).
+# them. Change them here, for every process.
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_RESULT_EXPIRES = 3600
