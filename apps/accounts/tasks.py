@@ -6,13 +6,13 @@ from django.conf import settings
 from apps.accounts import services
 
 
-@shared_task(acks_late=True, ignore_result=True)
+@shared_task(acks_late=True)
 def revoke_unseen_devices() -> int:
     """Periodic: a device nobody has used for a long time is treated as lost."""
     return services.devices_revoke_unseen(unseen_for_days=settings.DEVICE_REVOKE_UNSEEN_DAYS)
 
 
-@shared_task(acks_late=True, ignore_result=True)
+@shared_task(acks_late=True)
 def prune_rotated_tokens() -> int:
     """Periodic: the rows of tokens rotated away long ago are deleted."""
     return services.device_tokens_prune()

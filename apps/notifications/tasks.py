@@ -14,13 +14,13 @@ def send_attempt(attempt_id: str) -> str:
     return services.attempt_send(attempt_id=attempt_id)
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def send_attempts(attempt_ids: list[str]) -> dict[str, int]:
     """Send a chunk of attempts; a redelivered chunk finds them claimed and sends none of them again."""
     return services.attempts_send(attempt_ids=attempt_ids)
 
 
-@shared_task(acks_late=True, ignore_result=True)
+@shared_task(acks_late=True)
 def sweep() -> dict[str, int]:
     """Periodic: start fallbacks past their deadline, re-queue due retries, close dead sends."""
     return services.sweep()
