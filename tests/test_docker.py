@@ -276,3 +276,11 @@ def test_the_build_step_that_collects_static_files_loads_the_production_settings
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_puts_no_proxy_in_front_so_django_believes_no_clients_proxy_header() -> None:
+    """Only a deployment that puts a proxy setting the header before every request may turn it on."""
+    web = environment_of(services()["web"])
+
+    assert web["TRUST_X_FORWARDED_PROTO"] == "${TRUST_X_FORWARDED_PROTO:-false}"
+    assert "TRUST_X_FORWARDED_PROTO=false" in (PROJECT_ROOT / "docker" / ".env.example").read_text().splitlines()

@@ -22,7 +22,13 @@ if FIELD_ENCRYPTION_KEYS[0].strip() == DEVELOPMENT_FIELD_ENCRYPTION_KEY:
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# uvicorn already takes the scheme from the X-Forwarded-Proto of a proxy in FORWARDED_ALLOW_IPS,
+# and ignores it from anyone else. Django believing the header too would take any client that
+# writes it for one over HTTPS: Secure cookies sent over plain HTTP, no redirect to HTTPS. Only
+# where every request reaches the web process through a proxy that sets the header itself (see
+# README, Running with Docker).
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
 # Health checks from the load balancer arrive over plain HTTP inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
