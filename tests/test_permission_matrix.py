@@ -66,8 +66,9 @@ def split(foreign: int, outsider: int, body: dict[str, Any] | str | None = None,
 MATRIX: dict[tuple[str, str], list[Try]] = {
     # Public: describe, never disclose.
     ("healthz", "GET"): [Try(ANONYMOUS, HEALTH)],
-    ("schema", "GET"): [Try(ANONYMOUS, NO_DATA)],
-    ("api-docs", "GET"): [Try(ANONYMOUS, NO_DATA)],
+    # The API's description: for signed-in devices (and staff), the same for every program.
+    ("schema", "GET"): both(NO_DATA),
+    ("api-docs", "GET"): both(NO_DATA),
     # Accounts: one's own devices; the program's devices for its supervisors only.
     ("device-register", "POST"): [
         Try(ANONYMOUS, 401, {"username": "crew", "password": "wrong", "device_name": "x", "platform": "ios"})

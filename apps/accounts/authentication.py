@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from apps.accounts.models import DeviceToken, User
@@ -42,6 +43,22 @@ class DeviceTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+class StaffSessionAuthentication(SessionAuthentication):
+    """The admin's session, for the few API pages a case manager's browser reads (the API's
+    description): staff only, and once they gave their one-time code when the admin asks for
+    one. A session of a password alone is no sign-in here either."""
+
+    def authenticate(self, request: Request) -> tuple[User, None] | None:
+        user = getattr(request._request, "user", None)
+        if user is None or not user.is_active or not user.is_staff:
+            return None
+        # django-otp's middleware tells whether this session's user gave a code.
+        if settings.ADMIN_REQUIRE_TWO_FACTOR and not user.is_verified():
+            return None
+        self.enforce_csrf(request)
+        return user, None
 
 
 def ensure_still_authenticated(request: Request) -> None:

@@ -59,3 +59,14 @@ class DeviceRateThrottle(SimpleRateThrottle):
 
     def wait(self) -> float:
         return self.retry_after
+
+
+class SchemaThrottle(SimpleRateThrottle):
+    """Reads of the API's description (its schema, its docs page and the page's script) per
+    address, signed in or not: each read of the schema generates it whole, the costliest
+    answer of the API. Counted as sign-ins are, in DRF's throttle over the Redis cache."""
+
+    scope = "schema"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

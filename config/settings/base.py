@@ -294,6 +294,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "device": env_str("THROTTLE_DEVICE_RATE", "1200/min"),
         "login": env_str("THROTTLE_LOGIN_RATE", "10/min"),
+        # Reads of the API's schema and docs page per address (apps/accounts/api/docs.py).
+        "schema": env_str("THROTTLE_SCHEMA_RATE", "30/min"),
     },
     # Throttles count per REMOTE_ADDR, as the lockout and the audit trail do: uvicorn already
     # sets it from the X-Forwarded-For of a trusted proxy. Left unset, DRF reads that header
@@ -302,6 +304,10 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
+# The API's schema and docs page for anyone, or only for signed-in devices and staff: the
+# latter in production; development turns it on.
+API_SCHEMA_PUBLIC = env_bool("API_SCHEMA_PUBLIC", False)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tandem API",
     "DESCRIPTION": "Backend for mobile mental-health crisis response.",
@@ -309,9 +315,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api/v[0-9]+",
-    # The schema and its docs page are public: they describe, they do not disclose.
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
-    "SERVE_AUTHENTICATION": [],
+    # Who may read the schema and its docs page: apps/accounts/api/docs.py (API_SCHEMA_PUBLIC).
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

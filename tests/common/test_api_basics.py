@@ -41,8 +41,8 @@ def test_wrong_content_type_is_415(api_client: APIClient) -> None:
     assert response.json()["code"] == "unsupported_media_type"
 
 
-def test_openapi_schema_is_published_and_describes_the_api(client: Client) -> None:
-    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+def test_openapi_schema_is_published_and_describes_the_api(crew_member: CrewMember) -> None:
+    response = crew_member.client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
 
     assert response.status_code == 200
     schema = response.json()
@@ -51,8 +51,8 @@ def test_openapi_schema_is_published_and_describes_the_api(client: Client) -> No
     assert "/api/v1/units/{unit_id}/" in schema["paths"]
 
 
-def test_docs_page_renders_with_local_assets(client: Client) -> None:
-    response = client.get("/api/docs/")
+def test_docs_page_renders_with_local_assets(crew_member: CrewMember) -> None:
+    response = crew_member.client().get("/api/docs/")
 
     assert response.status_code == 200
     html = response.content.decode()

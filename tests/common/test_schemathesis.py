@@ -49,8 +49,8 @@ def takes_input(operation: Any) -> bool:
 def test_api_survives_hostile_input(
     asgi: AsgiServer, crew_member: CrewMember, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    schema = schemathesis.openapi.from_url(f"{asgi.http_url}/api/schema/?format=json", config=CHECKS)
     headers = {"Authorization": f"Bearer {crew_member.token}"}
+    schema = schemathesis.openapi.from_url(f"{asgi.http_url}/api/schema/?format=json", config=CHECKS, headers=headers)
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     cases_run: dict[str, int] = {}
 
