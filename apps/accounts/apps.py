@@ -8,4 +8,9 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
+
         from apps.accounts import schema  # noqa: F401 — registers the OpenAPI auth extension
+        from apps.accounts.sessions import session_signed_in
+
+        user_logged_in.connect(session_signed_in, dispatch_uid="accounts.session_signed_in")

@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before anything reads the user: a session past its absolute lifetime is signed out.
+    "apps.accounts.sessions.SessionLifetimeMiddleware",
     "django_otp.middleware.OTPMiddleware",
     # After the user is known: the admin's pages on the clock of the user's program.
     "apps.workspace.middleware.WorkspaceTimeZoneMiddleware",
@@ -93,6 +95,8 @@ AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "otp_token"]
 # Staff are signed out of the admin after this long without a request.
 SESSION_COOKIE_AGE = env_int("SESSION_IDLE_TIMEOUT_SECONDS", 15 * 60)
 SESSION_SAVE_EVERY_REQUEST = True
+# ...and however active, this long after they signed in (apps/accounts/sessions.py).
+SESSION_ABSOLUTE_TIMEOUT_SECONDS = env_int("SESSION_ABSOLUTE_TIMEOUT_SECONDS", 12 * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 # The admin asks staff for a one-time code (TOTP app or printed backup codes).
 ADMIN_REQUIRE_TWO_FACTOR = env_bool("ADMIN_REQUIRE_TWO_FACTOR", True)

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.sessions.models import Session
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from apps.accounts.models import User
+from apps.accounts.sessions import SIGNED_IN_AT
 from tests.accounts.factories import PASSWORD, UserFactory
+from tests.conftest import sign_in_to_admin
 
 pytestmark = pytest.mark.django_db
 
@@ -71,6 +74,48 @@ def test_admin_session_ends_after_idle_timeout(client: Client, staff: User) -> N
     session = Session.objects.get(session_key=session_key)
     assert (session.expire_date - timezone.now()).total_seconds() == pytest.approx(15 * 60, abs=5)
     Session.objects.filter(session_key=session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+
+    assert client.get("/admin/").status_code == 302
+
+
+def test_a_session_within_its_absolute_lifetime_works(client: Client, staff: User) -> None:
+    sign_in_to_admin(client, staff)
+
+    assert client.get("/admin/").status_code == 200
+    session = Session.objects.get(session_key=client.session.session_key)
+    assert (session.expire_date - timezone.now()).total_seconds() == pytest.approx(15 * 60, abs=5)
+
+
+LIFETIME = 4  # seconds: long enough for a sign-in and a page, short enough to wait out
+
+
+@override_settings(SESSION_ABSOLUTE_TIMEOUT_SECONDS=LIFETIME)
+def test_a_session_past_its_absolute_lifetime_is_signed_out_however_active(client: Client, staff: User) -> None:
+    started = time.monotonic()
+    sign_in_to_admin(client, staff)
+    old_key = client.session.session_key
+    assert client.get("/admin/").status_code == 200
+    assert time.monotonic() - started < LIFETIME, "too slow to see the session within its lifetime"
+    # Active the whole time: a page every half second, far inside the idle timeout.
+    while time.monotonic() - started < LIFETIME + 0.5:
+        time.sleep(0.5)
+        last = client.get("/admin/")
+
+    assert last.status_code == 302
+    assert last["Location"].startswith("/admin/login/")
+    assert not Session.objects.filter(session_key=old_key).exists()
+    # Signing in again, with a one-time code again, gives a new session.
+    assert client.get("/admin/").status_code == 302
+    sign_in_to_admin(client, staff)
+    assert client.get("/admin/").status_code == 200
+
+
+def test_a_session_that_does_not_say_when_it_signed_in_is_signed_out(client: Client, staff: User) -> None:
+    """A session signed in before the lifetime was kept: its age is unknown."""
+    sign_in_to_admin(client, staff)
+    session = client.session
+    del session[SIGNED_IN_AT]
+    session.save()
 
     assert client.get("/admin/").status_code == 302
 
