@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -1068,7 +1069,8 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
     incident, acted on and committed in its own transaction, and its due time cleared or
     moved in that same transaction. So two sweeps at once (two beats, a retried task) never
     act on one deadline twice, and a sweep killed mid-way rolls back and leaves the deadline
-    due for the next one.
+    due for the next one. A sweep stopped by its task's soft time limit stops at once, the
+    same way: the deadline it was on is not counted as failed.
     """
     now = now or timezone.now()
     result = SweepResult()
@@ -1136,6 +1138,11 @@ def _sweep(
                     Assignment.objects.filter(pk=assignment.pk).update(
                         sweep_failing_deadline="", sweep_failures=0, sweep_failure_alerted_at=None
                     )
+        except SoftTimeLimitExceeded:
+            # The task's soft time limit, its warning before the worker is killed: stop here.
+            # The deadline it was on rolled back and stays due, not counted as failed; it and
+            # the ones after it are the next beat's.
+            raise
         except Exception:
             if claimed is None:
                 raise
@@ -1199,8 +1206,12 @@ def _put_off_failed(assignment_id: UUID, *, due: Q, due_field: str, now: datetim
                         unit=assignment.unit,
                     )
                     Assignment.objects.filter(pk=assignment.pk).update(sweep_failure_alerted_at=now)
+            except SoftTimeLimitExceeded:
+                raise  # the sweep stops; this failure is tried and counted again at the next beat
             except Exception:
                 # Tried again at the next failure; the deadline is put off all the same.
                 logger.exception("dispatch sweep could not alert supervisors of assignment %s", assignment.pk)
+    except SoftTimeLimitExceeded:
+        raise
     except Exception:
         logger.exception("dispatch sweep could not put off the failing assignment %s", assignment_id)

@@ -6,8 +6,10 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -793,3 +795,77 @@ def test_an_escalation_that_keeps_failing_backs_off_is_surfaced_once_and_is_neve
     assert assignment.superseded_by is not None and assignment.superseded_by.unit_id == next_unit.pk
     assert SupervisorAlert.objects.filter(kind=AlertKind.ACK_OVERDUE).count() == 1
     assert failing.count() == 1
+
+
+def test_a_sweep_stopped_by_its_soft_time_limit_stops_at_the_deadline_it_was_on(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft time limit is the task's warning before its worker is killed: the sweep stops
+    there, the deadline it was acting on rolled back and still due (not a failure: no backoff,
+    no alert), and the later deadlines left as they were for the next beat."""
+    UnitFactory.create(program=program)  # free for the escalation's re-offer
+    first = offered(program, dispatcher, crew_member.unit)
+    second = offered(program, dispatcher, UnitFactory.create(program=program))
+    escalate = services._escalate
+    acted_on: list[Assignment] = []
+
+    def stopped_midway(assignment: Assignment, now: datetime) -> None:
+        acted_on.append(assignment)
+        escalate(assignment, now)  # its work done, uncommitted, when the limit strikes
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(services, "_escalate", stopped_midway)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.sweep_deadlines(now=later(121))
+
+    assert [assignment.pk for assignment in acted_on] == [first.pk]
+    for assignment in (first, second):
+        row = Assignment.objects.get(pk=assignment.pk)
+        assert (row.status, row.escalate_due_at) == (AssignmentStatus.OFFERED, assignment.escalate_due_at)
+        assert (row.sweep_failures, row.sweep_failing_deadline) == (0, "")
+    assert not SupervisorAlert.objects.exists()
+
+    monkeypatch.setattr(services, "_escalate", escalate)
+    assert services.sweep_deadlines(now=later(121)).as_dict() == {
+        "resent": 0,
+        "escalated": 2,
+        "checkins_missed": 0,
+        "unit_searches": 0,
+        "failed": 0,
+    }
+
+
+def test_a_sweep_stopped_by_its_soft_time_limit_while_alerting_of_a_failing_escalation_stops_there(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadline that failed for the third time in a row alerts the supervisors; the soft
+    time limit striking then stops the sweep, the failure not counted (it is tried and
+    counted again at the next beat) and the later deadlines left as they were."""
+    failing = offered(program, dispatcher, crew_member.unit)
+    other = offered(program, dispatcher, UnitFactory.create(program=program))
+    Assignment.objects.filter(pk=failing.pk).update(sweep_failing_deadline="escalate_due_at", sweep_failures=2)
+    escalate = services._escalate
+    alert = services.alert_supervisors
+
+    def failing_first(assignment: Assignment, now: datetime) -> None:
+        if assignment.pk == failing.pk:
+            raise RuntimeError("a fault of this deadline's own")
+        escalate(assignment, now)
+
+    def stopped_when_failing(**arguments: Any) -> Any:
+        if arguments["kind"] == AlertKind.ESCALATION_FAILING:
+            raise SoftTimeLimitExceeded()
+        return alert(**arguments)
+
+    monkeypatch.setattr(services, "_escalate", failing_first)
+    monkeypatch.setattr(services, "alert_supervisors", stopped_when_failing)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.sweep_deadlines(now=later(121))
+
+    row = Assignment.objects.get(pk=failing.pk)
+    assert (row.sweep_failures, row.escalate_due_at, row.sweep_failure_alerted_at) == (2, failing.escalate_due_at, None)
+    row = Assignment.objects.get(pk=other.pk)
+    assert (row.status, row.escalate_due_at) == (AssignmentStatus.OFFERED, other.escalate_due_at)
+    assert not SupervisorAlert.objects.exists()
