@@ -13,6 +13,7 @@ from collections import Counter
 from functools import partial
 from uuid import UUID
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
@@ -526,10 +527,15 @@ def reminders_send(*, reminder_ids: list[int]) -> dict[str, int]:
 
     A chunk that fails is sent again one reminder at a time, so one reminder that cannot be
     sent holds back none of the others; it stays claimed ("failed"), and the sweep takes it
-    again after ``FOLLOWUPS_REDISPATCH_AFTER_SECONDS``.
+    again after ``FOLLOWUPS_REDISPATCH_AFTER_SECONDS``. A chunk stopped by its task's soft time
+    limit stops at once, sent no further: those it had not sent are taken again the same way.
     """
     try:
         return dict(Counter(_reminders_send(reminder_ids).values()))
+    except SoftTimeLimitExceeded:
+        # The task's soft time limit, its warning before the worker is killed: stop now. The
+        # chunk rolled back; its reminders stay claimed, for the sweep to take again.
+        raise
     except Exception:
         if len(reminder_ids) <= 1:
             raise
@@ -538,6 +544,8 @@ def reminders_send(*, reminder_ids: list[int]) -> dict[str, int]:
     for reminder_id in reminder_ids:
         try:
             outcomes.update(_reminders_send([reminder_id]).values())
+        except SoftTimeLimitExceeded:
+            raise  # not a failed reminder: it and those after it are left to the sweep, as above
         except Exception:
             # Ids only in the log: nothing about the person or the step.
             logger.exception("reminder %s could not be sent; the sweep retries it", reminder_id)

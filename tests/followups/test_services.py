@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from apps.accounts.models import Program, Role
@@ -735,3 +736,69 @@ def test_a_reminder_whose_send_fails_holds_back_none_of_the_others_in_its_chunk(
     appointment.refresh_from_db()
     assert (appointment.sent_at, appointment.cancelled_at) == (None, None)  # left for the next sweep to retry
     assert not Notification.objects.filter(kind="followup.appointment").exists()
+
+
+def test_a_chunk_of_reminders_stopped_by_its_soft_time_limit_is_not_sent_again_one_at_a_time(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft time limit is the task's warning before its worker is killed: the chunk stops
+    there, sending none of it (not again one reminder at a time, which would run on until the
+    kill), and its reminders stay due and claimed, for the sweep to take again."""
+    MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR)
+    case_manager(crew_member)
+    for _ in range(2):
+        steps_of(referral(crew_member))
+    ids = services.reminders_claim_due(now=ENDED + dt.timedelta(days=2))
+    send_to_staff = services._send_to_staff
+    calls: list[int] = []
+
+    def stopped_once(staff: Any) -> dict[int, str]:
+        calls.append(len(staff))
+        if len(calls) == 1:
+            raise SoftTimeLimitExceeded()
+        return send_to_staff(staff)
+
+    monkeypatch.setattr(services, "_send_to_staff", stopped_once)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.reminders_send(reminder_ids=ids)
+
+    assert calls == [4]
+    assert not Notification.objects.exists()
+    for reminder in Reminder.objects.filter(pk__in=ids):
+        assert (reminder.sent_at, reminder.cancelled_at) == (None, None)
+        assert reminder.claimed_at is not None
+
+
+def test_reminders_sent_one_at_a_time_stop_at_the_soft_time_limit(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk that failed is sent one reminder at a time; the soft time limit striking there
+    stops it: those sent before stay sent, the one it was on is not taken for failed, and those
+    after it are left alone, all due for the sweep to take again."""
+    MembershipFactory.create(program=crew_member.unit.program, role=Role.SUPERVISOR)
+    case_manager(crew_member)
+    for _ in range(2):
+        steps_of(referral(crew_member))
+    ids = sorted(services.reminders_claim_due(now=ENDED + dt.timedelta(days=2)))
+    send_to_staff = services._send_to_staff
+    calls: list[list[int]] = []
+
+    def failing_then_stopped(staff: Any) -> dict[int, str]:
+        calls.append([reminder.pk for reminder, _ in staff])
+        if len(calls) == 1:
+            raise RuntimeError("the chunk fails")
+        if len(calls) == 3:
+            raise SoftTimeLimitExceeded()
+        return send_to_staff(staff)
+
+    monkeypatch.setattr(services, "_send_to_staff", failing_then_stopped)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.reminders_send(reminder_ids=ids)
+
+    assert calls == [ids, ids[:1], ids[1:2]]
+    sent = Reminder.objects.filter(pk__in=ids, sent_at__isnull=False)
+    assert list(sent.values_list("pk", flat=True)) == ids[:1]
+    assert not Reminder.objects.filter(pk__in=ids, cancelled_at__isnull=False).exists()
+    assert Notification.objects.count() == 1
