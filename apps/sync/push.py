@@ -29,6 +29,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -840,7 +841,9 @@ def apply_received(
                 # The database refused the content (a reference to a missing record, a
                 # value out of range): keep it for a person rather than retrying forever.
                 _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__), user=user)
-            except _TRANSIENT:
+            except (*_TRANSIENT, SoftTimeLimitExceeded):
+                # Not this content's fault (the database, or the stranded sweep's soft time
+                # limit): undone, the mutation stays received for a later apply.
                 raise
             except Exception as fault:  # noqa: BLE001 - kept and logged, never dropped
                 # A fault of the server's own code on this content: retrying would fail the
@@ -1024,6 +1027,8 @@ def _apply_rows(
         _save_results(rows)
         state.publisher.flush()
         _file_for_review(rows)  # after the heads: a record the batch created has its program
+    except SoftTimeLimitExceeded:
+        raise  # the stranded sweep's task is to stop, not to go on one mutation at a time
     except Exception:
         # A refusal, a database error, or a fault of the server's code on some mutation's
         # content: the batch is undone and applied one mutation at a time, where the culprit
@@ -1442,6 +1447,11 @@ def apply_stranded(*, older_than: timedelta) -> int:
         except _TRANSIENT as fault:  # the next run retries this device; the others go on now
             logger.warning("Stranded mutations of device %s not applied yet: %s", device_id, type(fault).__name__)
             continue
+        except SoftTimeLimitExceeded:
+            # The task's soft time limit, its warning before the worker is killed: stop here. The
+            # device's mutations not applied stay received; they and the other devices' are the
+            # next run's.
+            raise
         except Exception as fault:  # noqa: BLE001 - one device's fault must not hold back the others
             # A fault beyond one mutation (a ledger row no configured key opens, say): the
             # device's pushes fail the same way, loudly; the log names where, never content.

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import OperationalError
 
 from apps.accounts.models import Program, Role
@@ -494,3 +495,71 @@ def test_a_watermelon_pull_from_before_the_retention_gets_410_naming_last_pulled
 
     assert response.status_code == 410
     assert (response.json()["code"], response.json()["errors"][0]["field"]) == ("cursor_expired", "last_pulled_at")
+
+
+def test_applying_stranded_mutations_stops_at_the_soft_time_limit(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft time limit is the task's warning before its worker is killed: the sweep stops at
+    the device it was on, which is not logged as a fault, and leaves the others to the next run."""
+    devices = [SimDevice(crew_member), SimDevice(make_crew_member(crew_member.unit.program, unit=crew_member.unit))]
+    for device in devices:
+        device.push(person_create(device))
+    Mutation.objects.update(status=MutationStatus.RECEIVED)  # as if each server died after storing
+    calls: list[Any] = []
+
+    def stopped(*, device: Any, user: Any) -> Any:
+        calls.append(device.pk)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(push, "apply_received", stopped)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        push.apply_stranded(older_than=timedelta(0))
+
+    assert len(calls) == 1
+    assert Mutation.objects.filter(status=MutationStatus.RECEIVED).count() == 2  # left for the next run
+
+
+def _two_received_mutations(crew_member: CrewMember) -> None:
+    """Stored and never applied: the server died between the two."""
+    device = SimDevice(crew_member)
+    push._store(
+        device=crew_member.device,
+        user=crew_member.user,
+        envelopes=[push.parse_envelope(person_create(device), index) for index in range(2)],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )
+    assert list(Mutation.objects.values_list("status", flat=True)) == [MutationStatus.RECEIVED] * 2
+
+
+@pytest.mark.parametrize("stopped_at", ["the batch", "one mutation alone"])
+def test_a_device_s_mutations_stopped_by_the_soft_time_limit_are_left_received_not_kept_for_review(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch, stopped_at: str
+) -> None:
+    """Stopped while applying the device's batch, the apply does not go on one mutation at a
+    time; stopped on one mutation alone, it does not keep that mutation for review as one the
+    server's code failed on (`apply_failed`): either way it stops, and every mutation not
+    applied stays received, for the stranded sweep or the device's next push."""
+    _two_received_mutations(crew_member)
+    apply_one = push._apply_one
+    calls: list[int] = []
+
+    def stopped(row: Any, state: Any) -> None:
+        calls.append(row.pk)
+        if stopped_at == "one mutation alone" and len(calls) == 1:
+            raise RuntimeError("the batch fails, so each mutation is applied alone")
+        if len(calls) == (1 if stopped_at == "the batch" else 2):
+            raise SoftTimeLimitExceeded()
+        apply_one(row, state)
+
+    monkeypatch.setattr(push, "_apply_one", stopped)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        push.apply_received(device=crew_member.device, user=crew_member.user)
+
+    assert len(calls) == (1 if stopped_at == "the batch" else 2)
+    assert list(Mutation.objects.values_list("status", flat=True)) == [MutationStatus.RECEIVED] * 2
+    assert not Person.objects.exists()
