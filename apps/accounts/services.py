@@ -9,6 +9,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
+from celery.exceptions import SoftTimeLimitExceeded
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -159,6 +160,10 @@ def _tell_sockets(groups: list[str], event_type: str) -> None:
     try:
         for group in groups:
             async_to_sync(channel_layer.group_send)(group, {"type": event_type})
+    except SoftTimeLimitExceeded:
+        # A task's soft time limit (revoking the unseen devices) struck while it waited on the
+        # sockets: the task stops after the change it committed; the next run takes the rest.
+        raise
     except Exception:
         # Sent after commit: the revocation, rotation or deactivation stands; each socket finds
         # its token refused at its next feed read or message, the device at its next request.

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connection, models, transaction
 from django.db.models import Max, Q
 from django.db.models.expressions import RawSQL
@@ -128,6 +129,11 @@ def nudge_scopes(scopes: Iterable[str]) -> None:
     once = list(dict.fromkeys(scopes))
     try:
         async_to_sync(nudges.send_nudges)(once)
+    except SoftTimeLimitExceeded:
+        # A task's soft time limit struck while it waited on the nudge: the task stops after
+        # the change it committed (the transaction's later on-commit work is dropped; what it
+        # queues, such as notifications, is queued again by its own sweep).
+        raise
     except Exception:
         # Sent after commit: the change stands, and its devices read it at their next pull or
         # safety poll. Raised, it would answer a committed write with a 500 (and skip the

@@ -4,6 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from apps.accounts import services
@@ -117,3 +118,29 @@ def test_tokens_rotated_away_long_ago_are_deleted_and_a_revoked_devices_kept() -
         lost_tablets_only.pk,
     }
     assert not DeviceToken.objects.filter(pk__in=[successor_used.pk, never_answered.pk]).exists()
+
+
+@pytest.mark.django_db(transaction=True)  # each revocation commits, and its sockets are told after
+def test_revoking_unseen_devices_stops_at_the_soft_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soft time limit may strike while a revoked device's sockets are told, after its
+    commit (a slow Redis, say): the task stops there, the revocation stands, and the devices
+    after it are the next run's."""
+    long_ago = timezone.now() - timedelta(days=31)
+    first, second = sorted(DeviceFactory.create_batch(2, last_seen_at=long_ago), key=lambda device: device.pk)
+    told: list[Any] = []
+
+    def stopped(function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> None:
+            told.append(args)
+            raise SoftTimeLimitExceeded()
+
+        return call
+
+    monkeypatch.setattr(services, "async_to_sync", stopped)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.devices_revoke_unseen(unseen_for_days=30)
+
+    assert len(told) == 1
+    assert Device.objects.get(pk=first.pk).revoked_at is not None
+    assert Device.objects.get(pk=second.pk).revoked_at is None

@@ -20,6 +20,7 @@ from apps.accounts.services import device_revoke
 from apps.dispatch import services, tasks
 from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, EventKind, SupervisorAlert, TimelineEvent
 from apps.dispatch.payloads import assignment_payload
+from apps.sync import nudges
 from apps.sync.models import ChangeEntry
 from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import ResponseModel, Unit, UnitStatus
@@ -869,3 +870,31 @@ def test_a_sweep_stopped_by_its_soft_time_limit_while_alerting_of_a_failing_esca
     row = Assignment.objects.get(pk=other.pk)
     assert (row.status, row.escalate_due_at) == (AssignmentStatus.OFFERED, other.escalate_due_at)
     assert not SupervisorAlert.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # each deadline's transaction commits, and its nudges go out
+def test_a_sweep_stopped_by_its_soft_time_limit_while_nudging_devices_stops_after_that_deadline(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft time limit may strike while the devices are told of a deadline's change, after
+    its commit (a slow Redis, say): the sweep stops there, the escalation it committed stands,
+    and the later deadlines are the next beat's."""
+    UnitFactory.create(program=program)  # free for the escalation's re-offer
+    first = offered(program, dispatcher, crew_member.unit)
+    second = offered(program, dispatcher, UnitFactory.create(program=program))
+    nudged: list[list[str]] = []
+
+    async def stopped(scopes: list[str]) -> None:
+        nudged.append(scopes)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(nudges, "send_nudges", stopped)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.sweep_deadlines(now=later(121))
+
+    assert len(nudged) == 1
+    assert Assignment.objects.get(pk=first.pk).status == AssignmentStatus.TIMED_OUT
+    row = Assignment.objects.get(pk=second.pk)
+    assert (row.status, row.escalate_due_at) == (AssignmentStatus.OFFERED, second.escalate_due_at)
+    assert list(SupervisorAlert.objects.values_list("assignment", flat=True)) == [first.pk]
