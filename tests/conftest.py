@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import hypothesis
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -94,6 +96,27 @@ def in_the_admin(user: User) -> Accessor:
     """Who acts in a server-side write a test makes directly (a move, a conflict resolved),
     as the workspace's actions pass it."""
     return Accessor(user=user, device_id=None, channel=AccessChannel.ADMIN)
+
+
+@contextmanager
+def audit_trail_refusing(action: str, record_type: str) -> Iterator[None]:
+    """The audit trail refuses its rows of one action on one record type: PostgreSQL raises
+    "audit trail unavailable" on their insert (a trigger). For tests that a write of health
+    information is never kept without its audit row (P8); in a transactional test, as the
+    trigger is committed, and taken away again however the test ends."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_audit_rows() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'audit trail unavailable'; END $$;"
+            "CREATE TRIGGER refuse_audit_rows BEFORE INSERT ON audit_auditevent FOR EACH ROW"
+            f" WHEN (NEW.action = '{action}' AND NEW.record_type = '{record_type}')"
+            " EXECUTE FUNCTION refuse_audit_rows()"
+        )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_audit_rows ON audit_auditevent; DROP FUNCTION refuse_audit_rows()")
 
 
 def make_crew_member(program: Program, role: Role = Role.CLINICIAN, unit: Unit | None = None) -> CrewMember:

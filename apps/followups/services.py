@@ -374,12 +374,16 @@ def attempt_record(
     result: str,
     notes: str,
     attempted_at: dt.datetime,
+    accessor: Accessor,
     attempt_id: UUID | None = None,
 ) -> ContactAttempt:
     """A case manager records a try at the contact; a step stays open until completed or missed.
 
     With the id of an attempt already recorded (a retry, or one a device synced first), the
     same attempt is that one, returned as it stands; other content under its id is refused.
+    The attempt is the accessor's create in the audit trail, in its transaction (P8): when
+    the row cannot be written, neither is the attempt. A retry writes nothing and answers
+    with the attempt as it stands: a read, as a retried intake is.
     """
     if attempt_is_in_the_future(attempted_at):
         raise _invalid("attempted_at", ATTEMPT_IN_THE_FUTURE)
@@ -424,10 +428,22 @@ def attempt_record(
                 code="id_in_use",
                 field="id",
             )
+        _audit_attempt(recorded, AccessAction.READ, accessor)
         return recorded
     attempt.save(force_insert=True)
     publish_record(type_name=CONTACT_ATTEMPT, record=attempt, user=actor)
+    _audit_attempt(attempt, AccessAction.CREATE, accessor)
     return attempt
+
+
+def _audit_attempt(attempt: ContactAttempt, action: AccessAction, accessor: Accessor) -> None:
+    record_access(
+        accessor=accessor,
+        action=action,
+        record_type=CONTACT_ATTEMPT,
+        record_ids=[attempt.pk],
+        program_id=attempt.program_id,
+    )
 
 
 # --- reminders -----------------------------------------------------------------------------

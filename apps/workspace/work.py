@@ -43,7 +43,7 @@ from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
-from apps.followups.services import REASON_MAX_LENGTH, STEP_RECORD
+from apps.followups.services import CONTACT_ATTEMPT, REASON_MAX_LENGTH, STEP_RECORD
 from apps.sync.registry import Refused
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import record_admin_action, record_admin_reads
@@ -283,8 +283,8 @@ class Action:
 
 
 def _attempt(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
-    attempt = followup_services.attempt_record(step=step, actor=actor, **data)
-    return Done("followups.contact_attempt", [attempt.pk], AccessAction.CREATE, "Recorded a contact attempt.")
+    followup_services.attempt_record(step=step, actor=actor, accessor=accessor, **data)
+    return Done(CONTACT_ATTEMPT, [], AccessAction.CREATE, "Recorded a contact attempt.")
 
 
 def _outcome(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:

@@ -6,13 +6,14 @@ import datetime as dt
 import uuid
 
 import pytest
+from django.db import DatabaseError
 from django.utils import timezone
 
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.care.models import Referral, ReferralOutcomeEvent
 from apps.followups.models import ContactAttempt, FollowUpStep, StepStatus
-from tests.conftest import CrewMember, make_crew_member
+from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member
 from tests.followups.factories import case_manager, referral, steps_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -461,3 +462,46 @@ def test_a_referral_served_with_its_outcomes_records_a_read_of_each_outcome(crew
     assert [outcome["id"] for outcome in detail.json()["outcomes"]] == [str(outcome_id)]
     reads = AuditEvent.objects.filter(action="read", actor_id=reader.user.pk, record_type="care.referral_outcome")
     assert list(reads.values_list("record_id", "device_id")) == [(outcome_id, reader.device.pk)]
+
+
+def test_a_contact_attempt_whose_audit_row_cannot_be_written_is_not_recorded(crew_member: CrewMember) -> None:
+    """The attempt and the audit row saying who recorded it commit together (P8): when the
+    trail refuses the row, no attempt is kept without its author."""
+    manager = case_manager(crew_member)
+    [step, *_] = steps_of(referral(crew_member))
+    attempt = {"method": "phone", "result": "no_answer", "notes": "Rang twice.", "attempted_at": timezone.now()}
+
+    with (
+        audit_trail_refusing("create", "followups.contact_attempt"),
+        pytest.raises(DatabaseError, match="audit trail unavailable"),
+    ):
+        manager.client().post(f"/api/v1/followups/steps/{step.pk}/attempts/", attempt, format="json")
+
+    assert not ContactAttempt.objects.exists()
+
+
+def test_a_contact_attempt_sent_again_with_its_id_is_created_once_in_the_audit_trail(crew_member: CrewMember) -> None:
+    """A retry whose first answer was lost writes nothing: it answers with the attempt as it
+    stands, a read, as a retried intake is; the trail holds one creation, the first."""
+    manager = case_manager(crew_member)
+    [step, *_] = steps_of(referral(crew_member))
+    attempt_id = uuid.uuid4()
+    attempt = {
+        "id": str(attempt_id),
+        "method": "phone",
+        "result": "no_answer",
+        "notes": "Rang twice.",
+        "attempted_at": timezone.now(),
+    }
+    url = f"/api/v1/followups/steps/{step.pk}/attempts/"
+
+    first = manager.client().post(url, attempt, format="json")
+    retry = manager.client().post(url, attempt, format="json")
+
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert retry.json() == first.json()
+    rows = AuditEvent.objects.filter(record_type="followups.contact_attempt", record_id=attempt_id)
+    assert sorted(rows.values_list("action", "actor_id")) == [
+        ("create", manager.user.pk),
+        ("read", manager.user.pk),
+    ]

@@ -512,6 +512,7 @@ def test_a_contact_attempt_made_while_its_encounter_moves_is_placed_in_the_new_u
             result="no_answer",
             notes="",
             attempted_at=timezone.now(),
+            accessor=in_the_admin(manager.user),
         )
         return attempt.pk
 

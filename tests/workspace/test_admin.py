@@ -384,6 +384,7 @@ def test_records_shown_inline_on_a_change_page_are_audited_as_read(program: Prog
         result="no_answer",
         notes="Left a voicemail.",
         attempted_at=timezone.now(),
+        accessor=in_the_admin(manager),
     )
     outcome = care_services.referral_outcome_record(
         referral=Referral.objects.get(pk=work.referral_id),

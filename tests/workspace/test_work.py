@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -26,8 +27,8 @@ from apps.dispatch.models import Assignment
 from apps.followups.models import ContactAttempt, FollowUpStep, StepAction, StepStatus
 from apps.sync.models import Conflict
 from tests.accounts.factories import UserFactory
-from tests.conftest import sign_in_to_admin
-from tests.dispatch.factories import make_incident
+from tests.conftest import audit_trail_refusing, sign_in_to_admin
+from tests.dispatch.factories import make_incident, seed_default_triage_policy
 from tests.followups.factories import case_manager
 from tests.workspace.scenario import Casework, casework, workday
 from tests.workspace.test_admin import changelist_url, outsider_of
@@ -509,3 +510,38 @@ def test_a_referrals_task_events_shown_on_the_timeline_and_its_page_are_audited_
             "action", "record_id"
         )
     ) == [("read", event.pk)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("form", "record_type"), [("attempt", "followups.contact_attempt")])
+def test_a_timeline_form_whose_write_cannot_be_audited_writes_nothing(
+    program: Program, form: str, record_type: str
+) -> None:
+    """The form's write and the audit row saying who made it commit together (P8): when the
+    trail refuses the row, nothing the form wrote is kept."""
+    seed_default_triage_policy()  # seeded by a migration, emptied between transactional tests
+    work = casework(workday(program))
+    client = sign_in_to_admin(Client(), work.day.case_manager)
+    step = work.overdue_step()
+    moment = local_input(timezone.now() - dt.timedelta(minutes=10), program)
+    fields = {
+        "attempt": {"method": "phone", "result": "no_answer", "notes": "Rang twice.", "attempted_at": moment},
+        "outcome": {"referral": str(work.referral_id), "outcome": "connected", "observed_at": moment},
+        "addendum": {"note": str(work.note_id), "body": "Correction: agitated at first."},
+    }[form]
+
+    def state() -> tuple[object, ...]:
+        referral = Referral.objects.get(pk=work.referral_id)
+        return (
+            ContactAttempt.objects.count(),
+            ReferralOutcomeEvent.objects.count(),
+            ClinicalNote.objects.count(),
+            referral.status,
+            sorted(FollowUpStep.objects.values_list("pk", "status")),
+        )
+
+    before = state()
+    with audit_trail_refusing("create", record_type), pytest.raises(DatabaseError, match="audit trail unavailable"):
+        post_form(client, step, form, **fields)
+
+    assert state() == before

@@ -100,8 +100,14 @@ class AttemptView(APIView):
         payload = AttemptInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
-        attempt = services.attempt_record(step=step, actor=_user(request), attempt_id=data.pop("id", None), **data)
-        _audit(request, AccessAction.CREATE, "followups.contact_attempt", [attempt.pk], step.program_id)
+        # The service audits the attempt, as the request's write, in its own transaction.
+        attempt = services.attempt_record(
+            step=step,
+            actor=_user(request),
+            accessor=Accessor.from_request(request),
+            attempt_id=data.pop("id", None),
+            **data,
+        )
         return Response(AttemptSerializer(attempt).data, status=status.HTTP_201_CREATED)
 
 
