@@ -455,6 +455,7 @@ def referral_outcome_record(
     observed_at: Any,
     details: str,
     actor: User,
+    accessor: Accessor,
     event_id: UUID | None = None,
 ) -> ReferralOutcomeEvent:
     """A case manager records an outcome (a phone call, a clinic's report).
@@ -464,6 +465,11 @@ def referral_outcome_record(
     else's outcome (answered as the actor's, it would be audited as theirs), or the id of
     another record, is refused. Outcomes are append-only: recorded twice, a retry would count
     twice.
+
+    The outcome is the accessor's create in the audit trail, in its transaction (P8): when the
+    row cannot be written, neither is the outcome (nor the status and steps it settles). A
+    retry writes nothing and answers with the outcome as it stands: a read, as a retried
+    intake is, not a second creation.
     """
     event_id = event_id or uuid.uuid4()
     lock_records([referral.pk, event_id])
@@ -487,6 +493,7 @@ def referral_outcome_record(
                 code="id_in_use",
                 field="id",
             )
+        _audit_outcome(recorded, AccessAction.READ, accessor)
         return recorded
     context = WriteContext(user=actor, device=None)
     change = Change(
@@ -503,7 +510,18 @@ def referral_outcome_record(
         status_code = http_status.HTTP_400_BAD_REQUEST if refused.code == "time_in_future" else None
         raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=status_code) from refused
     publish_record(type_name="care.referral_outcome", record=event, user=actor)
+    _audit_outcome(event, AccessAction.CREATE, accessor)
     return event
+
+
+def _audit_outcome(event: ReferralOutcomeEvent, action: AccessAction, accessor: Accessor) -> None:
+    record_access(
+        accessor=accessor,
+        action=action,
+        record_type="care.referral_outcome",
+        record_ids=[event.pk],
+        program_id=event.program_id,
+    )
 
 
 def _live_referral_under_lock(referral: Referral) -> Referral:

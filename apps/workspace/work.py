@@ -288,14 +288,15 @@ def _attempt(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str
 
 
 def _outcome(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
-    event = care_services.referral_outcome_record(
+    care_services.referral_outcome_record(
         referral=data["referral"],
         outcome=data["outcome"],
         observed_at=data["observed_at"],
         details=data["details"],
         actor=actor,
+        accessor=accessor,
     )
-    return Done("care.referral_outcome", [event.pk], AccessAction.CREATE, "Recorded a referral outcome.")
+    return Done("care.referral_outcome", [], AccessAction.CREATE, "Recorded a referral outcome.")
 
 
 def _complete(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:

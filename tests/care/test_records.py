@@ -164,6 +164,7 @@ def test_referral_status_is_derived_from_append_only_outcome_events(crew_member:
         observed_at="2026-11-20T10:00:00+00:00",
         details="",
         actor=crew_member.user,
+        accessor=in_the_admin(crew_member.user),
     )
     change = pushed(
         crew_member, "care.referral_outcome", {"outcome": "declined"}, op="update", record_id=event_id, base_version=1

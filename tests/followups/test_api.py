@@ -505,3 +505,47 @@ def test_a_contact_attempt_sent_again_with_its_id_is_created_once_in_the_audit_t
         ("create", manager.user.pk),
         ("read", manager.user.pk),
     ]
+
+
+def test_an_outcome_whose_audit_row_cannot_be_written_is_not_recorded(crew_member: CrewMember) -> None:
+    """The outcome (and the status and steps it settles) and the audit row saying who recorded
+    it commit together (P8): when the trail refuses the row, nothing is kept."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    steps = steps_of(referral_id)
+    before = [_snapshot(step) for step in steps]
+    outcome = {"outcome": "connected", "observed_at": timezone.now().isoformat(), "details": "Intake done"}
+
+    with (
+        audit_trail_refusing("create", "care.referral_outcome"),
+        pytest.raises(DatabaseError, match="audit trail unavailable"),
+    ):
+        manager.client().post(f"/api/v1/care/referrals/{referral_id}/outcomes/", outcome, format="json")
+
+    assert not ReferralOutcomeEvent.objects.exists()
+    assert Referral.objects.get(pk=referral_id).status == "open"
+    assert [_snapshot(step) for step in steps] == before
+
+
+def test_an_outcome_sent_again_with_its_id_is_created_once_in_the_audit_trail(crew_member: CrewMember) -> None:
+    """A retry whose first answer was lost writes nothing: it answers with the outcome as it
+    stands, a read, as a retried intake is; the trail holds one creation, the first."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    outcome_id = uuid.uuid4()
+    body = {
+        "id": str(outcome_id),
+        "outcome": "connected",
+        "observed_at": timezone.now().isoformat(),
+        "details": "Intake done",
+    }
+    url = f"/api/v1/care/referrals/{referral_id}/outcomes/"
+
+    first = manager.client().post(url, body, format="json")
+    retry = manager.client().post(url, body, format="json")
+
+    assert (first.status_code, retry.status_code) == (201, 201)
+    rows = AuditEvent.objects.filter(record_type="care.referral_outcome", record_id=outcome_id)
+    assert rows.filter(action="create").count() == 1
+    assert set(rows.values_list("action", flat=True)) == {"create", "read"}
+    assert set(rows.values_list("actor_id", flat=True)) == {manager.user.pk}

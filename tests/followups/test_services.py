@@ -126,6 +126,7 @@ def test_unable_to_reach_is_an_outcome_that_closes_nothing(crew_member: CrewMemb
         observed_at=timezone.now(),
         details="",
         actor=manager.user,
+        accessor=in_the_admin(manager.user),
     )
 
     referral_row = Referral.objects.get(pk=referral_id)

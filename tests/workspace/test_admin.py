@@ -392,6 +392,7 @@ def test_records_shown_inline_on_a_change_page_are_audited_as_read(program: Prog
         observed_at=timezone.now(),
         details="Intake on Monday.",
         actor=manager,
+        accessor=in_the_admin(manager),
     )
     user = UserFactory.create(is_staff=True, is_superuser=True)  # sees every inline
     client = sign_in_to_admin(Client(), user)

@@ -90,6 +90,7 @@ def test_the_counts_drop_as_the_work_is_done(program: Program) -> None:
         observed_at=timezone.now(),
         details="",
         actor=day.case_manager,
+        accessor=in_the_admin(day.case_manager),
     )
     crew = make_crew_member(program, unit=day.unacknowledged.unit)
     dispatch.assignment_acknowledge(assignment_id=day.unacknowledged.pk, user=crew.user, device=crew.device)

@@ -513,7 +513,9 @@ def test_a_referrals_task_events_shown_on_the_timeline_and_its_page_are_audited_
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(("form", "record_type"), [("attempt", "followups.contact_attempt")])
+@pytest.mark.parametrize(
+    ("form", "record_type"), [("attempt", "followups.contact_attempt"), ("outcome", "care.referral_outcome")]
+)
 def test_a_timeline_form_whose_write_cannot_be_audited_writes_nothing(
     program: Program, form: str, record_type: str
 ) -> None:

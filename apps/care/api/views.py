@@ -27,18 +27,12 @@ def _referral(request: Request, referral_id: str) -> Referral:
     return get_object_or_404(selectors.referrals_visible_to(user=request.user), pk=referral_id)
 
 
-def _audit(
-    request: Request,
-    action: AccessAction,
-    referral: Referral,
-    record_type: str = "care.referral",
-    record_id: UUID | None = None,
-) -> None:
+def _audit(request: Request, action: AccessAction, referral: Referral) -> None:
     record_access(
         accessor=Accessor.from_request(request),
         action=action,
-        record_type=record_type,
-        record_ids=[referral.pk if record_id is None else record_id],
+        record_type="care.referral",
+        record_ids=[referral.pk],
         program_id=referral.program_id,
     )
 
@@ -99,10 +93,15 @@ class ReferralOutcomeView(APIView):
         payload.is_valid(raise_exception=True)
         assert isinstance(request.user, User)
         data = dict(payload.validated_data)
-        outcome = services.referral_outcome_record(
-            referral=referral, actor=request.user, event_id=data.pop("id", None), **data
+        # The service audits the outcome (a record of its own), as the request's write or, for
+        # a retry, a read, in its own transaction.
+        services.referral_outcome_record(
+            referral=referral,
+            actor=request.user,
+            accessor=Accessor.from_request(request),
+            event_id=data.pop("id", None),
+            **data,
         )
-        # The outcome is a record of its own; the answer shows the referral it was recorded on.
-        _audit(request, AccessAction.CREATE, referral, "care.referral_outcome", outcome.pk)
+        # The answer shows the referral it was recorded on.
         _audit(request, AccessAction.READ, referral)
         return _answer(request, _referral(request, referral_id), status.HTTP_201_CREATED)
