@@ -546,13 +546,19 @@ TASK_REASON_MAX_LENGTH = 300
 
 
 @transaction.atomic
-def referral_task_status_change(*, referral: Referral, to_status: str, reason: str, actor: User) -> ReferralTaskEvent:
+def referral_task_status_change(
+    *, referral: Referral, to_status: str, reason: str, actor: User, accessor: Accessor
+) -> ReferralTaskEvent:
     """Move a referral along its task timeline (received, accepted, …, completed, cancelled).
 
     Only the transitions of ``TASK_TRANSITIONS`` are allowed: a cancelled, rejected, failed or
     completed referral is closed. "Unable to reach" is an outcome, not a cancellation. The
     same move sent again by whoever made it, with the same reason (a retry whose answer was
     lost), is that move, returned as it stands.
+
+    The move is the accessor's update of the referral in the audit trail, in its transaction
+    (P8): when the row cannot be written, the move is not made. A retry writes nothing: a read
+    of the referral, as a retried intake is.
     """
     if len(reason) > TASK_REASON_MAX_LENGTH:
         raise DomainError(
@@ -571,6 +577,7 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
             reason,
             actor.pk,
         ):
+            _audit_referral(referral, AccessAction.READ, accessor)
             return latest
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(
@@ -590,7 +597,18 @@ def referral_task_status_change(*, referral: Referral, to_status: str, reason: s
     referral.task_status = to_status
     referral.save(update_fields=["task_status", "updated_at"])
     publish_record(type_name="care.referral", record=referral, user=actor)
+    _audit_referral(referral, AccessAction.UPDATE, accessor)
     return event
+
+
+def _audit_referral(referral: Referral, action: AccessAction, accessor: Accessor) -> None:
+    record_access(
+        accessor=accessor,
+        action=action,
+        record_type="care.referral",
+        record_ids=[referral.pk],
+        program_id=referral.program_id,
+    )
 
 
 @transaction.atomic

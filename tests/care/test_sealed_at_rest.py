@@ -12,7 +12,7 @@ from apps.care import services
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent, ReferralTaskEvent
 from apps.common.encryption import is_sealed
 from tests.care.factories import encounter, pushed
-from tests.conftest import CrewMember
+from tests.conftest import CrewMember, in_the_admin
 from tests.sync.helpers import now_iso
 
 pytestmark = pytest.mark.django_db
@@ -48,6 +48,7 @@ def test_every_clinical_text_column_holds_ciphertext_and_reads_back_as_plaintext
         to_status="rejected",
         reason="Needs inpatient care",
         actor=crew_member.user,
+        accessor=in_the_admin(crew_member.user),
     )
 
     # then the tables hold no plaintext

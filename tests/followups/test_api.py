@@ -549,3 +549,38 @@ def test_an_outcome_sent_again_with_its_id_is_created_once_in_the_audit_trail(cr
     assert rows.filter(action="create").count() == 1
     assert set(rows.values_list("action", flat=True)) == {"create", "read"}
     assert set(rows.values_list("actor_id", flat=True)) == {manager.user.pk}
+
+
+def test_a_task_move_whose_audit_row_cannot_be_written_is_not_made(crew_member: CrewMember) -> None:
+    """The move and the audit row saying who made it commit together (P8): when the trail
+    refuses the row, the referral stays where it was on its timeline."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    move = {"status": "accepted", "reason": "Intake slot on Monday"}
+
+    with (
+        audit_trail_refusing("update", "care.referral"),
+        pytest.raises(DatabaseError, match="audit trail unavailable"),
+    ):
+        manager.client().post(f"/api/v1/care/referrals/{referral_id}/status/", move, format="json")
+
+    referral_row = Referral.objects.get(pk=referral_id)
+    assert referral_row.task_status == "requested"
+    assert not referral_row.task_events.exists()
+
+
+def test_a_task_move_sent_again_is_one_update_in_the_audit_trail(crew_member: CrewMember) -> None:
+    """A retry whose first answer was lost writes nothing: it answers with the referral as it
+    stands, a read, as a retried intake is; the trail holds one update, the move's."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    url = f"/api/v1/care/referrals/{referral_id}/status/"
+    move = {"status": "accepted", "reason": "Intake slot on Monday"}
+
+    first = manager.client().post(url, move, format="json")
+    retry = manager.client().post(url, move, format="json")
+
+    assert (first.status_code, retry.status_code) == (200, 200)
+    rows = AuditEvent.objects.filter(record_type="care.referral", record_id=referral_id, actor_id=manager.user.pk)
+    assert rows.filter(action="update").count() == 1
+    assert rows.filter(action="read").exists()

@@ -447,7 +447,11 @@ def test_a_reassigned_encounters_follow_up_moves_to_the_new_unit_and_its_crew_wo
     steps = steps_of(referral_id)
     attempt_id = _attempt_made_offline(crew_member, steps[0], "Left a callback number.")
     referral_task_status_change(
-        referral=Referral.objects.get(pk=referral_id), to_status="received", reason="", actor=crew_member.user
+        referral=Referral.objects.get(pk=referral_id),
+        to_status="received",
+        reason="",
+        actor=crew_member.user,
+        accessor=in_the_admin(crew_member.user),
     )
     new_crew = make_crew_member(program)
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)

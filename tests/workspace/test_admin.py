@@ -749,6 +749,7 @@ def test_moving_an_encounter_audits_its_referrals_task_events_and_its_follow_up_
         to_status="rejected",
         reason="Beds full.",
         actor=work.day.case_manager,
+        accessor=in_the_admin(work.day.case_manager),
     )
     plan = FollowUpPlan.objects.get(encounter_id=work.encounter_id)
     new_unit = Unit.objects.create(program=program, call_sign="MC-9")

@@ -27,7 +27,7 @@ from apps.dispatch.models import Assignment
 from apps.followups.models import ContactAttempt, FollowUpStep, StepAction, StepStatus
 from apps.sync.models import Conflict
 from tests.accounts.factories import UserFactory
-from tests.conftest import audit_trail_refusing, sign_in_to_admin
+from tests.conftest import audit_trail_refusing, in_the_admin, sign_in_to_admin
 from tests.dispatch.factories import make_incident, seed_default_triage_policy
 from tests.followups.factories import case_manager
 from tests.workspace.scenario import Casework, casework, workday
@@ -489,7 +489,11 @@ def test_a_referrals_task_events_shown_on_the_timeline_and_its_page_are_audited_
     the referral's page show it, and each showing is a read of that event, once."""
     referral = Referral.objects.get(pk=work.referral_id)
     event = care_services.referral_task_status_change(
-        referral=referral, to_status="rejected", reason="Beds full; needs detox first.", actor=work.day.case_manager
+        referral=referral,
+        to_status="rejected",
+        reason="Beds full; needs detox first.",
+        actor=work.day.case_manager,
+        accessor=in_the_admin(work.day.case_manager),
     )
     reads = AuditEvent.objects.filter(
         channel="admin", action="read", actor_id=work.day.case_manager.pk, record_type="care.referral_task_event"

@@ -73,13 +73,15 @@ class ReferralTaskStatusView(APIView):
         payload = TaskStatusInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         assert isinstance(request.user, User)
+        # The service audits the move, as the request's write or, for a retry, a read, in its
+        # own transaction.
         services.referral_task_status_change(
             referral=referral,
             to_status=payload.validated_data["status"],
             reason=payload.validated_data["reason"],
             actor=request.user,
+            accessor=Accessor.from_request(request),
         )
-        _audit(request, AccessAction.UPDATE, referral)
         return _answer(request, _referral(request, referral_id))
 
 
