@@ -708,12 +708,14 @@ def _records_under(encounter_id: UUID) -> list[tuple[str, CareRecord]]:
 
 
 @transaction.atomic
-def note_addendum_add(*, note: ClinicalNote, body: str, actor: User) -> ClinicalNote:
+def note_addendum_add(*, note: ClinicalNote, body: str, actor: User, accessor: Accessor) -> ClinicalNote:
     """Amend a signed note on the server (a case manager's correction): a new, signed note.
 
     The signed note itself never changes (P3). The addendum goes through the same rules as one
     pushed from a device (``note_apply``: a signed, live note of the same encounter) and is
-    published to the feed, so the crew's devices get it like any other note.
+    published to the feed, so the crew's devices get it like any other note. It is the
+    accessor's create in the audit trail, in its transaction (P8): when the row cannot be
+    written, neither is the addendum.
     """
     if not body.strip():
         raise DomainError("Write the addendum's text.", code="required", field="body", status_code=400)
@@ -746,4 +748,11 @@ def note_addendum_add(*, note: ClinicalNote, body: str, actor: User) -> Clinical
     except Refused as refused:
         raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=400) from refused
     publish_record(type_name="care.note", record=addendum, user=actor)
+    record_access(
+        accessor=accessor,
+        action=AccessAction.CREATE,
+        record_type="care.note",
+        record_ids=[addendum.pk],
+        program_id=addendum.program_id,
+    )
     return addendum

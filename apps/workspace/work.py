@@ -322,8 +322,8 @@ def _reassign(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[st
 
 
 def _addendum(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
-    addendum = care_services.note_addendum_add(note=data["note"], body=data["body"], actor=actor)
-    return Done("care.note", [addendum.pk], AccessAction.CREATE, "Added an addendum to a signed note.")
+    care_services.note_addendum_add(note=data["note"], body=data["body"], actor=actor, accessor=accessor)
+    return Done("care.note", [], AccessAction.CREATE, "Added an addendum to a signed note.")
 
 
 ACTIONS: dict[str, Action] = {

@@ -315,9 +315,13 @@ def test_note_addendum_add_refuses_a_draft_and_an_empty_text(work: Casework) -> 
     )
 
     with pytest.raises(DomainError) as not_signed:
-        care_services.note_addendum_add(note=draft, body="More.", actor=work.day.case_manager)
+        care_services.note_addendum_add(
+            note=draft, body="More.", actor=work.day.case_manager, accessor=in_the_admin(work.day.case_manager)
+        )
     with pytest.raises(DomainError) as empty:
-        care_services.note_addendum_add(note=note, body="  ", actor=work.day.case_manager)
+        care_services.note_addendum_add(
+            note=note, body="  ", actor=work.day.case_manager, accessor=in_the_admin(work.day.case_manager)
+        )
 
     assert (not_signed.value.code, empty.value.code) == ("note_not_signed", "required")
     assert not ClinicalNote.objects.filter(amends__isnull=False).exists()
@@ -518,7 +522,8 @@ def test_a_referrals_task_events_shown_on_the_timeline_and_its_page_are_audited_
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    ("form", "record_type"), [("attempt", "followups.contact_attempt"), ("outcome", "care.referral_outcome")]
+    ("form", "record_type"),
+    [("attempt", "followups.contact_attempt"), ("outcome", "care.referral_outcome"), ("addendum", "care.note")],
 )
 def test_a_timeline_form_whose_write_cannot_be_audited_writes_nothing(
     program: Program, form: str, record_type: str
