@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from apps.accounts.models import Device, Program, Role, User
-from apps.audit.models import AccessAction, AccessChannel
+from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.care import services as care_services
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent, ReferralTaskEvent
@@ -44,7 +44,7 @@ from apps.sync.registry import Refused
 from apps.teams.models import Unit
 from apps.workspace import work
 from apps.workspace.access import request_program_ids
-from apps.workspace.audit import record_admin_action, record_admin_reads
+from apps.workspace.audit import log_admin_action, record_admin_reads
 from apps.workspace.filters import QueueFilter
 from apps.workspace.scoping import AuditedAutocompleteJsonView, ProgramScopedAdmin
 from apps.workspace.work import LocalDateTimeInput
@@ -205,11 +205,8 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
         # Each step's change is in the audit trail already: the follow-up service audits it in
         # the change's transaction. The admin's history says what was done, on each step.
         if worked:
-            record_admin_action(
+            log_admin_action(
                 request,
-                record_type=followup_services.STEP_RECORD,
-                record_ids=[],
-                action=AccessAction.UPDATE,
                 description=f"Bulk action: {description}",
                 logged=worked,
             )
@@ -364,11 +361,8 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
         # in the audit trail already: the move audits its writes. The admin's history says
         # what was done, on each encounter.
         if moved:
-            record_admin_action(
+            log_admin_action(
                 request,
-                record_type="care.encounter",
-                record_ids=[],
-                action=AccessAction.UPDATE,
                 description=f"Bulk action: moved to unit {unit.pk}",
                 logged=moved,
             )
@@ -491,11 +485,8 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
         # What each resolution wrote is in the audit trail already (sync audits it); the
         # admin's history says what was done, on the conflict.
         if resolved:
-            record_admin_action(
+            log_admin_action(
                 request,
-                record_type=Conflict._meta.label_lower,
-                record_ids=[],
-                action=AccessAction.UPDATE,
                 description=f"Bulk action: resolved conflict ({choice})",
                 logged=list(resolved),
             )

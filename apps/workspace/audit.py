@@ -37,29 +37,13 @@ def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterab
         record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
 
 
-def record_admin_action(
-    request: HttpRequest,
-    *,
-    record_type: str,
-    record_ids: list[Any],
-    action: AccessAction,
-    description: str,
-    program_id: Any = None,
-    logged: list[Model] | None = None,
-) -> None:
-    """A write made from the admin (a form on the timeline, a bulk action), in the audit trail.
+def log_admin_action(request: HttpRequest, *, description: str, logged: list[Model]) -> None:
+    """A write made from the admin (a form on the timeline, a bulk action), in the admin's own
+    history: a log entry on each record the action was taken on says what was done in words
+    (ids only, never the text written).
 
-    The audit event says who wrote which health record, when and from where (P8); the admin's
-    own log entry, on the record the action was taken on, says what was done in words (ids
-    only, never the text written)."""
-    if record_ids:
-        record_access(
-            accessor=Accessor.from_request(request, AccessChannel.ADMIN),
-            action=action,
-            record_type=record_type,
-            record_ids=record_ids,
-            program_id=program_id,
-        )
+    Who wrote which health record is in the audit trail already: the domain service that made
+    the write recorded it with the accessor passed to it, in the write's transaction (P8)."""
     if logged and isinstance(request.user, User):
         LogEntry.objects.log_actions(
             user_id=request.user.pk,

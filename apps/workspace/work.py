@@ -26,7 +26,7 @@ from django.urls import reverse
 from django.utils import formats, timezone
 
 from apps.accounts.models import Role, User
-from apps.audit.models import AccessAction, AccessChannel
+from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.care import services as care_services
 from apps.care.models import (
@@ -43,10 +43,10 @@ from apps.common.api.errors import DomainError
 from apps.dispatch.models import Assignment, Incident
 from apps.followups import services as followup_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
-from apps.followups.services import CONTACT_ATTEMPT, REASON_MAX_LENGTH, STEP_RECORD
+from apps.followups.services import REASON_MAX_LENGTH
 from apps.sync.registry import Refused
 from apps.workspace.access import request_program_ids
-from apps.workspace.audit import record_admin_action, record_admin_reads
+from apps.workspace.audit import log_admin_action, record_admin_reads
 
 
 class LocalDateTimeInput(forms.DateTimeInput):
@@ -266,28 +266,21 @@ def _incidents_of(encounters: list[Encounter]) -> dict[Any, Assignment]:
 
 
 @dataclass(frozen=True)
-class Done:
-    """What an action wrote, for the audit trail and the message; ``record_ids`` empty when
-    the service audited its write itself (a step's change, in its transaction)."""
-
-    record_type: str
-    record_ids: list[Any]
-    action: AccessAction
-    description: str
-
-
-@dataclass(frozen=True)
 class Action:
+    """A form and what it runs: a domain service, given the accessor, audits the write in its
+    own transaction (P8); what it returns says what was done, for the message and the step's
+    history."""
+
     form_class: type[forms.Form]
-    run: Callable[[FollowUpStep, User, Accessor, dict[str, Any]], Done]
+    run: Callable[[FollowUpStep, User, Accessor, dict[str, Any]], str]
 
 
-def _attempt(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _attempt(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     followup_services.attempt_record(step=step, actor=actor, accessor=accessor, **data)
-    return Done(CONTACT_ATTEMPT, [], AccessAction.CREATE, "Recorded a contact attempt.")
+    return "Recorded a contact attempt."
 
 
-def _outcome(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _outcome(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     care_services.referral_outcome_record(
         referral=data["referral"],
         outcome=data["outcome"],
@@ -296,34 +289,34 @@ def _outcome(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str
         actor=actor,
         accessor=accessor,
     )
-    return Done("care.referral_outcome", [], AccessAction.CREATE, "Recorded a referral outcome.")
+    return "Recorded a referral outcome."
 
 
-def _complete(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _complete(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     followup_services.step_complete(step=step, actor=actor, note=data["note"], accessor=accessor)
-    return Done(STEP_RECORD, [], AccessAction.UPDATE, "Completed the step.")
+    return "Completed the step."
 
 
-def _reschedule(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _reschedule(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     followup_services.step_reschedule(
         step=step, actor=actor, due_at=data["due_at"], reason=data["reason"], accessor=accessor
     )
-    return Done(STEP_RECORD, [], AccessAction.UPDATE, "Rescheduled the step.")
+    return "Rescheduled the step."
 
 
-def _missed(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _missed(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     followup_services.step_mark_missed(step=step, actor=actor, reason=data["reason"], accessor=accessor)
-    return Done(STEP_RECORD, [], AccessAction.UPDATE, "Marked the step missed.")
+    return "Marked the step missed."
 
 
-def _reassign(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _reassign(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     followup_services.step_assign(step=step, actor=actor, owner=data["owner"], accessor=accessor)
-    return Done(STEP_RECORD, [], AccessAction.UPDATE, f"Reassigned to {data['owner']}.")
+    return f"Reassigned to {data['owner']}."
 
 
-def _addendum(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> Done:
+def _addendum(step: FollowUpStep, actor: User, accessor: Accessor, data: dict[str, Any]) -> str:
     care_services.note_addendum_add(note=data["note"], body=data["body"], actor=actor, accessor=accessor)
-    return Done("care.note", [], AccessAction.CREATE, "Added an addendum to a signed note.")
+    return "Added an addendum to a signed note."
 
 
 ACTIONS: dict[str, Action] = {
@@ -392,16 +385,8 @@ def timeline_view(model_admin: ModelAdmin[Any], request: HttpRequest, object_id:
                 except (DomainError, Refused) as error:
                     show_domain_error(form, error)
                 else:
-                    record_admin_action(
-                        request,
-                        record_type=done.record_type,
-                        record_ids=done.record_ids,
-                        action=done.action,
-                        program_id=step.program_id,
-                        description=f"{done.description} (follow-up step {step.pk})",
-                        logged=[step],
-                    )
-                    messages.success(request, done.description)
+                    log_admin_action(request, description=f"{done} (follow-up step {step.pk})", logged=[step])
+                    messages.success(request, done)
                     return HttpResponseRedirect(request.path)
             status = 400
         else:

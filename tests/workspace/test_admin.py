@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
@@ -25,7 +25,7 @@ from apps.teams.models import Unit
 from apps.workspace.selectors import queue_counts
 from tests.accounts.factories import ProgramFactory, UserFactory
 from tests.care.factories import encounter, pushed
-from tests.conftest import in_the_admin, make_crew_member, revoke_device, sign_in_to_admin
+from tests.conftest import audit_trail_refusing, in_the_admin, make_crew_member, revoke_device, sign_in_to_admin
 from tests.dispatch.factories import seed_default_triage_policy
 from tests.followups.factories import case_manager
 from tests.sync.helpers import SimDevice, now_iso
@@ -716,20 +716,11 @@ def test_a_bulk_step_action_whose_write_cannot_be_audited_writes_nothing(program
     }[action]
     before = FollowUpStep.objects.get(pk=step.pk)
     events_before = before.events.count()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE FUNCTION refuse_step_writes() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN RAISE EXCEPTION 'audit trail unavailable'; END $$;"
-            "CREATE TRIGGER refuse_step_writes BEFORE INSERT ON audit_auditevent FOR EACH ROW"
-            " WHEN (NEW.action = 'update' AND NEW.record_type = 'followups.step')"
-            " EXECUTE FUNCTION refuse_step_writes()"
-        )
-    try:
-        with pytest.raises(DatabaseError, match="audit trail unavailable"):
-            client.post(changelist_url(FollowUpStep), {"action": action, "_selected_action": [str(step.pk)], **form})
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER refuse_step_writes ON audit_auditevent; DROP FUNCTION refuse_step_writes()")
+    with (
+        audit_trail_refusing("update", "followups.step"),
+        pytest.raises(DatabaseError, match="audit trail unavailable"),
+    ):
+        client.post(changelist_url(FollowUpStep), {"action": action, "_selected_action": [str(step.pk)], **form})
 
     after = FollowUpStep.objects.get(pk=step.pk)
     assert (after.status, after.owner_id, after.due_at) == (before.status, before.owner_id, before.due_at)
