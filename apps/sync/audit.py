@@ -48,13 +48,9 @@ def record_kept_copy_reads(*, accessor: Accessor, kept: Iterable[Mutation | Conf
     record_reads(accessor=accessor, records=((copy.record_type, copy.record_id) for copy in kept if copy.record_id))
 
 
-def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dict[str, Any]]) -> None:
-    """Audit the records a push (either one) wrote, from its per-mutation results, and those
-    whose stored answer it sent again with the record's data (a replay): that is a read.
-
-    A result answers the mutation in its place (one per mutation, in order), so the write is
-    that mutation's: never another's that reused its mutation_id in the batch and was rejected.
-    """
+def record_replayed_reads(*, accessor: Accessor, results: list[dict[str, Any]]) -> None:
+    """Audit the records whose stored answer a push sent again with the record's data (a
+    replay): that is a read. What a push wrote, the push audits as it applies it."""
     record_reads(
         accessor=accessor,
         records=(
@@ -63,20 +59,12 @@ def record_writes(*, accessor: Accessor, mutations: list[Any], results: list[dic
             if result.get("status") == "duplicate" and result.get("data") is not None and result.get("id")
         ),
     )
-    _record_written(
-        accessor=accessor,
-        written=(
-            (result["type"], result["id"], mutation.get("op") if isinstance(mutation, dict) else None)
-            for mutation, result in zip(mutations, results, strict=True)
-            if result.get("status") in _WRITTEN and result.get("type") and result.get("id")
-        ),
-    )
 
 
 def record_ledger_writes(*, accessor: Accessor, mutations: Iterable[LedgerRow]) -> None:
-    """Audit the records these ledger rows wrote. The ledger knows each one's operation, also
-    for a client that numbers no changes (WatermelonDB), whose results no mutation id ties
-    back to what it sent."""
+    """Audit the records these ledger rows wrote (applied, or kept as a conflict as far as it
+    merged), each as its operation: a create that applied is a create whatever a later
+    mutation of its batch, rejected for reusing its id, meant to do."""
     _record_written(
         accessor=accessor,
         written=(

@@ -337,8 +337,12 @@ def push_mutations(
     keyed_by_content: bool = False,
     lockout: TokenProblem | None = None,
     problems: dict[int, dict[str, Any]] | None = None,
+    accessor: Accessor | None = None,
 ) -> list[dict[str, Any]]:
     """Store, apply and answer a batch of one device's mutations (see the module docstring).
+
+    What the batch writes is audited as ``accessor``'s (the request's; the device's when none
+    is given), in the transaction of its apply (P8). Replays' answers are the caller's to audit.
 
     With ``keyed_by_content`` (clients that do not number their changes), a mutation is
     identified by its content instead of a mutation id: sending the same change twice is
@@ -378,7 +382,11 @@ def push_mutations(
     applied: dict[int, dict[str, Any]] = {}
     if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
         applied = apply_received(
-            device=device, user=user, known={row.pk: row for row in rows_by_index.values()}, sealed=sealed
+            device=device,
+            user=user,
+            known={row.pk: row for row in rows_by_index.values()},
+            sealed=sealed,
+            accessor=accessor,
         )
     # Results of mutations applied by an earlier request (replays) come from the ledger.
     stored_results = {**final, **applied}
@@ -802,12 +810,14 @@ def apply_received(
     known: dict[int, LedgerRow] | None = None,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     reviewed: frozenset[int] = frozenset(),
+    accessor: Accessor | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
     ``known`` are ledger rows the caller has in memory (the batch it just stored), so they
-    are not read again. ``reviewed`` are ledger rows applied again after review: their
-    device took them for refused, so what they write goes back to it through the feed.
+    are not read again; what they write is audited as ``accessor``'s. ``reviewed`` are ledger
+    rows applied again after review: their device took them for refused, so what they write
+    goes back to it through the feed, and the review audits them as its reviewer's.
     Returns the result of every mutation applied here, by row id.
     """
     known = known or {}
@@ -820,7 +830,9 @@ def apply_received(
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
                 _apply_rows(rows, device=device, user=user, sealed=sealed, reviewed=reviewed)
-                _audit_earlier_requests_writes(rows, device=device, user=user, accounted=known.keys() | reviewed)
+                _audit_writes(
+                    rows, device=device, user=user, accessor=accessor, requested=known.keys(), reviewed=reviewed
+                )
         return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
@@ -855,23 +867,33 @@ def apply_received(
                     _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
                     user=user,
                 )
-            _audit_earlier_requests_writes([row], device=device, user=user, accounted=known.keys() | reviewed)
+            _audit_writes([row], device=device, user=user, accessor=accessor, requested=known.keys(), reviewed=reviewed)
             results[row.pk] = row.result
 
 
-def _audit_earlier_requests_writes(
-    rows: list[LedgerRow], *, device: Device, user: User, accounted: Iterable[int]
+def _audit_writes(
+    rows: list[LedgerRow],
+    *,
+    device: Device,
+    user: User,
+    accessor: Accessor | None,
+    requested: Iterable[int],
+    reviewed: frozenset[int],
 ) -> None:
-    """Audit what these rows wrote, but for those the caller answers and audits itself (its own
-    batch, the mutations a supervisor reviewed): the others were stored by an earlier request of
-    the device that died before applying them, which no one else audits (a retry of that request
-    only gets duplicates). The write is the device's, as the push that carried it would have said."""
-    accounted = set(accounted)
-    earlier = [row for row in rows if row.pk not in accounted]
-    if earlier:
-        sync_audit.record_ledger_writes(
-            accessor=Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC), mutations=earlier
-        )
+    """Audit what these rows wrote, in the transaction of their apply (P8): a write is never
+    kept without who made it. The request's own rows (``requested``) are ``accessor``'s; the
+    others were stored by an earlier request of the device that died before applying them,
+    which no one else audits (a retry of that request only gets duplicates): the write is the
+    device's, as the push that carried it would have said. Rows a supervisor applied again
+    after review are the review's to audit, as its reviewer's."""
+    requested = set(requested)
+    device_accessor = Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC)
+    by_accessor: dict[Accessor, list[LedgerRow]] = defaultdict(list)
+    for row in rows:
+        if row.pk not in reviewed:
+            by_accessor[accessor if accessor is not None and row.pk in requested else device_accessor].append(row)
+    for writer, written in by_accessor.items():
+        sync_audit.record_ledger_writes(accessor=writer, mutations=written)
 
 
 def _fault_and_place(fault: Exception) -> str:

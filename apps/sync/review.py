@@ -47,9 +47,11 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
         device_ids.add(mutation.device_id)
         if not push.unreadable_as_sent(mutation):  # else it stays as it is, saying why
             by_device[(mutation.device_id, mutation.user_id)].append(mutation.pk)
-    _apply_again(mutation_ids, device_ids, by_device)
-    rows = Mutation.objects.in_bulk(mutation_ids)
-    audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
+    with transaction.atomic():
+        _apply_again(mutation_ids, device_ids, by_device)
+        rows = Mutation.objects.in_bulk(mutation_ids)
+        # The reviewer's writes, in the transaction of their apply (P8): not kept without them.
+        audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
     results = [{**rows[pk].result, "quarantine_id": pk} for pk in mutation_ids]
     push.put_back_version_data(results)
     # The answer shows each record as it now stands, beyond what the reviewer read in the

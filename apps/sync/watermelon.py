@@ -21,11 +21,11 @@ it on every local change) and a ``server_version`` number column (the base of th
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
+from apps.audit.services import Accessor
 from apps.sync import push, registry, selectors
 from apps.sync.models import ChangeOperation, IssuedCursor
 
@@ -196,19 +196,18 @@ def _feed_into(
     return cursor, page.has_more
 
 
-@dataclass
-class PushedChanges:
-    """WatermelonDB's answer, and the mutations its records were made into, one per result
-    (a record made and deleted offline is two): what each applied result did."""
-
-    answer: dict[str, Any]
-    mutations: list[dict[str, Any]]
-
-
 def push_changes(
-    *, device: Device, user: User, changes: Any, client_version: str = "", lockout: TokenProblem | None = None
-) -> PushedChanges:
-    """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones."""
+    *,
+    device: Device,
+    user: User,
+    changes: Any,
+    client_version: str = "",
+    lockout: TokenProblem | None = None,
+    accessor: Accessor | None = None,
+) -> dict[str, Any]:
+    """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones. The
+    answer's ``results`` are the push's, one per mutation its records were made into (a record
+    made and deleted offline is two)."""
     change_count(changes)  # its shape
     writes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
     deletes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
@@ -239,6 +238,7 @@ def push_changes(
         client_version=client_version,
         keyed_by_content=True,
         lockout=lockout,
+        accessor=accessor,
         problems=problems,
     )
     rejected: dict[str, list[str]] = {}
@@ -253,7 +253,7 @@ def push_changes(
         # Named once, though a record made and deleted offline is two mutations.
         if refused and isinstance(mutation.get("id"), str) and mutation["id"] not in rejected.get(table, ()):
             rejected.setdefault(table, []).append(mutation["id"])
-    return PushedChanges(answer={"experimentalRejectedIds": rejected, "results": results}, mutations=mutations)
+    return {"experimentalRejectedIds": rejected, "results": results}
 
 
 def _field_in_body(field: str | None, table: str, place: str) -> str:

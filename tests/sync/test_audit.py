@@ -5,7 +5,9 @@ import uuid
 import pytest
 
 from apps.audit.models import AuditEvent
-from tests.conftest import CrewMember, make_crew_member
+from apps.care.models import Encounter, Person
+from apps.sync.models import Mutation
+from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -239,3 +241,44 @@ def test_a_push_that_applies_an_earlier_stranded_mutation_of_its_device_audits_t
             ("create", next_id, crew_member.user.pk, crew_member.device.pk),
         ]
     )
+
+
+def test_a_push_whose_audit_row_cannot_be_written_applies_nothing_and_keeps_the_mutation(
+    crew_member: CrewMember,
+) -> None:
+    """P8: a write of health information is never kept without its audit row. The push's
+    audit is written in the transaction of its apply, so when the row cannot be written the
+    record is not written either; the mutation stays in the ledger, applied by the next push."""
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    create = device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member))
+    client = device.client()
+    client.raise_request_exception = False
+
+    with audit_trail_refusing("create", "care.encounter"):
+        response = client.post("/api/v1/sync/push/", {"mutations": [create]}, format="json")
+
+    assert response.status_code == 500
+    assert not Encounter.objects.filter(pk=record_id).exists()
+    assert Mutation.objects.get(device=crew_member.device, mutation_id=create["mutation_id"]).status == "received"
+    [applied] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "Harlem"}, 1))
+    assert applied["status"] == "applied"
+    assert Encounter.objects.get(pk=record_id).location == "Harlem"
+    written = AuditEvent.objects.exclude(action="read").order_by("id").values_list("action", "record_id", "device_id")
+    assert list(written) == [("create", record_id, crew_member.device.pk), ("update", record_id, crew_member.device.pk)]
+
+
+def test_a_watermelondb_push_whose_audit_row_cannot_be_written_applies_nothing(crew_member: CrewMember) -> None:
+    person_id = str(uuid.uuid4())
+    client = sync_client(crew_member)
+    client.raise_request_exception = False
+    changes = {"persons": {"created": [{"id": person_id, "unit_id": str(crew_member.unit.pk)}]}}
+
+    with audit_trail_refusing("create", "care.person"):
+        response = client.post(
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+        )
+
+    assert response.status_code == 500
+    assert not Person.objects.filter(pk=person_id).exists()
+    assert Mutation.objects.get(device=crew_member.device, record_id=person_id).status == "received"

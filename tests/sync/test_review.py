@@ -21,7 +21,7 @@ from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory
 from tests.care.factories import encounter
-from tests.conftest import CrewMember, make_crew_member, revoke_device
+from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member, revoke_device
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client
 
 APPLY = "/api/v1/sync/quarantine/apply/"
@@ -77,6 +77,28 @@ def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     assert sorted(released.values_list("action", "record_id")) == sorted(
         [("update", record_id), ("create", note_id), ("create", new_record_id), ("update", new_record_id)]
     )
+
+
+def test_a_change_applied_after_review_whose_audit_row_cannot_be_written_stays_in_quarantine(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """P8: the supervisor's release is audited in the transaction of its apply, so a release
+    whose audit row cannot be written applies nothing and leaves the change for review."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    revoke_device(crew_member)
+    device.push(device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)))
+    client = sync_client(supervisor)
+    client.raise_request_exception = False
+
+    with audit_trail_refusing("create", "care.encounter"):
+        response = client.post(APPLY, {"ids": _quarantined_ids(supervisor)}, format="json")
+
+    assert response.status_code == 500
+    assert not Encounter.objects.filter(pk=record_id).exists()
+    assert len(_quarantined_ids(supervisor)) == 1
+    assert not AuditEvent.objects.exclude(action="read").exists()
 
 
 def test_a_watermelondb_create_applied_after_review_is_audited_as_a_create(
@@ -331,8 +353,8 @@ def test_a_change_another_supervisor_applied_meanwhile_is_not_applied_or_credite
 
     assert (answer["code"], answer["errors"][0]["field"]) == ("not_found", "ids.0")
     assert Mutation.objects.get(pk=mutation_id).status == MutationStatus.APPLIED
-    writers = AuditEvent.objects.filter(record_id=record_id).exclude(action="read")
-    assert list(writers.values_list("actor_id", flat=True)) == [first.user.pk]
+    released = AuditEvent.objects.filter(record_id=record_id, action="update")
+    assert list(released.values_list("actor_id", flat=True)) == [first.user.pk]
 
 
 @pytest.mark.django_db(transaction=True)  # the sweep runs on its own connection, as the beat's task does

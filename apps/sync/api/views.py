@@ -185,8 +185,9 @@ class PushView(APIView):
             mutations=mutations,
             client_version=client_version_of(request),
             lockout=lockout_of(token),
+            accessor=_accessor(request),
         )
-        audit.record_writes(accessor=_accessor(request), mutations=mutations, results=results)
+        audit.record_replayed_reads(accessor=_accessor(request), results=results)
         return Response({"results": results})
 
 
@@ -348,14 +349,15 @@ class WatermelonPushView(APIView):
             count = watermelon.change_count(changes)
             if count > conf.PUSH_MAX_MUTATIONS:
                 return batch_too_large_response(BatchTooLarge(count))
-            pushed = watermelon.push_changes(
+            answer = watermelon.push_changes(
                 device=token.device,
                 user=user,
                 changes=changes,
                 client_version=client_version_of(request),
                 lockout=lockout_of(token),
+                accessor=_accessor(request),
             )
         except watermelon.InvalidChanges as error:
             raise DomainError(str(error), code=error.code, field=error.field, status_code=400) from error
-        audit.record_writes(accessor=_accessor(request), mutations=pushed.mutations, results=pushed.answer["results"])
-        return Response(pushed.answer)
+        audit.record_replayed_reads(accessor=_accessor(request), results=answer["results"])
+        return Response(answer)
