@@ -6,6 +6,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
+from importlib import import_module
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
@@ -199,6 +200,11 @@ def device_tokens_prune() -> int:
     )
     deleted, _by_model = DeviceToken.objects.filter(rotated_away, device__revoked_at=None).delete()
     return deleted
+
+
+def sessions_clear_ended() -> None:
+    """Delete the stored sessions that have ended, through the configured session engine."""
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
 
 
 def devices_revoke_unseen(*, unseen_for_days: int) -> int:

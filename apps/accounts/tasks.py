@@ -16,3 +16,10 @@ def revoke_unseen_devices() -> int:
 def prune_rotated_tokens() -> int:
     """Periodic: the rows of tokens rotated away long ago are deleted."""
     return services.device_tokens_prune()
+
+
+@shared_task(acks_late=True)
+def clear_ended_sessions() -> None:
+    """Periodic: the rows of admin sessions that have ended (signed out by their idle timeout,
+    which leaves the row) are deleted; a session is only ever read while it lasts."""
+    services.sessions_clear_ended()

@@ -267,6 +267,7 @@ def _periodic(task: str, every: float) -> dict[str, object]:
 CELERY_BEAT_SCHEDULE = {
     "revoke-unseen-devices": _periodic("apps.accounts.tasks.revoke_unseen_devices", 3600.0),
     "prune-rotated-tokens": _periodic("apps.accounts.tasks.prune_rotated_tokens", 24 * 3600.0),
+    "clear-ended-sessions": _periodic("apps.accounts.tasks.clear_ended_sessions", 24 * 3600.0),
     "purge-expired-audit-events": _periodic("apps.audit.tasks.purge_expired_audit_events", 86400.0),
     "sync-prune-feed": _periodic("apps.sync.tasks.prune_feed", 86400.0),
     "sync-apply-stranded": _periodic("apps.sync.tasks.apply_stranded_mutations", 60.0),

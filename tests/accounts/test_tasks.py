@@ -3,11 +3,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
 from django.utils import timezone
 
 from apps.accounts import services
 from apps.accounts.models import Device, DeviceToken
-from apps.accounts.tasks import prune_rotated_tokens, revoke_unseen_devices
+from apps.accounts.tasks import clear_ended_sessions, prune_rotated_tokens, revoke_unseen_devices
 from tests.accounts.factories import DeviceFactory
 from tests.live import LiveProcess
 
@@ -34,3 +36,17 @@ def test_real_worker_prunes_tokens_rotated_away_long_ago(worker: LiveProcess) ->
 
     assert pruned == 1
     assert not DeviceToken.objects.filter(pk=rotated_away.pk).exists()
+
+
+def test_real_worker_deletes_the_sessions_that_have_ended(worker: LiveProcess) -> None:
+    """An ended admin session's row (who signed in, with which one-time-code device) is of no
+    use once it has ended: the daily task deletes it, and keeps the live ones."""
+    ended, live = SessionStore(), SessionStore()
+    for session in (ended, live):
+        session["signed_in"] = True
+        session.create()
+    Session.objects.filter(session_key=ended.session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+
+    clear_ended_sessions.apply_async(ignore_result=False).get(timeout=30)
+
+    assert list(Session.objects.values_list("session_key", flat=True)) == [live.session_key]
