@@ -556,9 +556,10 @@ def referral_task_status_change(
     same move sent again by whoever made it, with the same reason (a retry whose answer was
     lost), is that move, returned as it stands.
 
-    The move is the accessor's update of the referral in the audit trail, in its transaction
-    (P8): when the row cannot be written, the move is not made. A retry writes nothing: a read
-    of the referral, as a retried intake is.
+    The move is the accessor's update of the referral and creation of its task event in the
+    audit trail, in its transaction (P8): when a row cannot be written, the move is not made.
+    A retry writes nothing: a read of the referral and of the event it answers with, as a
+    retried intake is.
     """
     if len(reason) > TASK_REASON_MAX_LENGTH:
         raise DomainError(
@@ -578,6 +579,7 @@ def referral_task_status_change(
             actor.pk,
         ):
             _audit_referral(referral, AccessAction.READ, accessor)
+            _audit_task_event(latest, AccessAction.READ, accessor)
             return latest
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(
@@ -598,7 +600,18 @@ def referral_task_status_change(
     referral.save(update_fields=["task_status", "updated_at"])
     publish_record(type_name="care.referral", record=referral, user=actor)
     _audit_referral(referral, AccessAction.UPDATE, accessor)
+    _audit_task_event(event, AccessAction.CREATE, accessor)
     return event
+
+
+def _audit_task_event(event: ReferralTaskEvent, action: AccessAction, accessor: Accessor) -> None:
+    record_access(
+        accessor=accessor,
+        action=action,
+        record_type=TASK_EVENT_RECORD,
+        record_ids=[event.pk],
+        program_id=event.program_id,
+    )
 
 
 def _audit_referral(referral: Referral, action: AccessAction, accessor: Accessor) -> None:

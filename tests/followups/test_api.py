@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
-from apps.care.models import Referral, ReferralOutcomeEvent
+from apps.care.models import Referral, ReferralOutcomeEvent, ReferralTaskEvent
 from apps.followups.models import ContactAttempt, FollowUpStep, StepStatus
 from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member
 from tests.followups.factories import case_manager, referral, steps_of
@@ -584,3 +584,41 @@ def test_a_task_move_sent_again_is_one_update_in_the_audit_trail(crew_member: Cr
     rows = AuditEvent.objects.filter(record_type="care.referral", record_id=referral_id, actor_id=manager.user.pk)
     assert rows.filter(action="update").count() == 1
     assert rows.filter(action="read").exists()
+
+
+def test_a_task_move_is_the_creation_of_its_task_event_in_the_audit_trail(crew_member: CrewMember) -> None:
+    """A move writes a task event (its reason often says why clinically: a health record of
+    its own). The trail says who created it, once; the retry's answer, which writes nothing,
+    is a read of it, once."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    url = f"/api/v1/care/referrals/{referral_id}/status/"
+    move = {"status": "rejected", "reason": "Beds full; needs detox first."}
+
+    first = manager.client().post(url, move, format="json")
+    retry = manager.client().post(url, move, format="json")
+
+    assert (first.status_code, retry.status_code) == (200, 200)
+    event = ReferralTaskEvent.objects.get(referral_id=referral_id)
+    rows = AuditEvent.objects.filter(record_type="care.referral_task_event", record_id=event.pk)
+    assert list(rows.order_by("occurred_at", "id").values_list("action", "actor_id", "device_id")) == [
+        ("create", manager.user.pk, manager.device.pk),
+        ("read", manager.user.pk, manager.device.pk),
+    ]
+
+
+def test_a_task_move_whose_task_events_audit_row_cannot_be_written_is_not_made(crew_member: CrewMember) -> None:
+    """The task event and the row saying who created it commit together (P8)."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    move = {"status": "accepted", "reason": "Intake slot on Monday"}
+
+    with (
+        audit_trail_refusing("create", "care.referral_task_event"),
+        pytest.raises(DatabaseError, match="audit trail unavailable"),
+    ):
+        manager.client().post(f"/api/v1/care/referrals/{referral_id}/status/", move, format="json")
+
+    referral_row = Referral.objects.get(pk=referral_id)
+    assert referral_row.task_status == "requested"
+    assert not referral_row.task_events.exists()

@@ -37,20 +37,25 @@ def _audit(request: Request, action: AccessAction, referral: Referral) -> None:
     )
 
 
-def _answer(request: Request, referral: Referral, code: int = status.HTTP_200_OK) -> Response:
+def _answer(
+    request: Request, referral: Referral, code: int = status.HTTP_200_OK, audited: UUID | None = None
+) -> Response:
     """The referral, with its outcomes, their details included, and its task timeline, the
-    reasons included: each is a health record of its own, read with it."""
+    reasons included: each is a health record of its own, read with it. The record the
+    request wrote (``audited``) is in the trail already, by the service, as the write or, for
+    a retry, as its read: once per request."""
     data = ReferralSerializer(referral).data
     accessor = Accessor.from_request(request)
     for record_type, shown in (
         ("care.referral_outcome", data["outcomes"]),
         (services.TASK_EVENT_RECORD, data["task_timeline"]),
     ):
+        ids = [UUID(str(event["id"])) for event in shown]
         record_access(
             accessor=accessor,
             action=AccessAction.READ,
             record_type=record_type,
-            record_ids=[UUID(str(event["id"])) for event in shown],
+            record_ids=[pk for pk in ids if pk != audited],
             program_id=referral.program_id,
         )
     return Response(data, status=code)
@@ -73,16 +78,16 @@ class ReferralTaskStatusView(APIView):
         payload = TaskStatusInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         assert isinstance(request.user, User)
-        # The service audits the move, as the request's write or, for a retry, a read, in its
-        # own transaction.
-        services.referral_task_status_change(
+        # The service audits the move (the referral's update, its task event's creation), or
+        # for a retry, a read of both, in its own transaction.
+        event = services.referral_task_status_change(
             referral=referral,
             to_status=payload.validated_data["status"],
             reason=payload.validated_data["reason"],
             actor=request.user,
             accessor=Accessor.from_request(request),
         )
-        return _answer(request, _referral(request, referral_id))
+        return _answer(request, _referral(request, referral_id), audited=event.pk)
 
 
 class ReferralOutcomeView(APIView):
