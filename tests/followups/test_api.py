@@ -622,3 +622,33 @@ def test_a_task_move_whose_task_events_audit_row_cannot_be_written_is_not_made(c
     referral_row = Referral.objects.get(pk=referral_id)
     assert referral_row.task_status == "requested"
     assert not referral_row.task_events.exists()
+
+
+def test_an_outcome_sent_again_is_one_read_of_it_and_its_answer_still_reads_the_others(
+    crew_member: CrewMember,
+) -> None:
+    """Each request has one row for the outcome it wrote: its creation, or for a retry, the
+    read the service records. The answer's other outcomes are read with it, each time."""
+    manager = case_manager(crew_member)
+    referral_id = referral(crew_member)
+    url = f"/api/v1/care/referrals/{referral_id}/outcomes/"
+    earlier_id, outcome_id = uuid.uuid4(), uuid.uuid4()
+    observed_at = timezone.now().isoformat()
+    earlier = {"id": str(earlier_id), "outcome": "no_show", "observed_at": observed_at, "details": "Missed intake"}
+    body = {"id": str(outcome_id), "outcome": "connected", "observed_at": observed_at, "details": "Intake done"}
+    assert manager.client().post(url, earlier, format="json").status_code == 201
+
+    first = manager.client().post(url, body, format="json")
+    retry = manager.client().post(url, body, format="json")
+
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert {outcome["id"] for outcome in retry.json()["outcomes"]} == {str(earlier_id), str(outcome_id)}
+
+    def trail(record_id: uuid.UUID) -> list[str]:
+        rows = AuditEvent.objects.filter(
+            record_type="care.referral_outcome", record_id=record_id, actor_id=manager.user.pk
+        )
+        return list(rows.order_by("occurred_at", "id").values_list("action", flat=True))
+
+    assert trail(outcome_id) == ["create", "read"]
+    assert trail(earlier_id) == ["create", "read", "read"]

@@ -102,7 +102,7 @@ class ReferralOutcomeView(APIView):
         data = dict(payload.validated_data)
         # The service audits the outcome (a record of its own), as the request's write or, for
         # a retry, a read, in its own transaction.
-        services.referral_outcome_record(
+        outcome = services.referral_outcome_record(
             referral=referral,
             actor=request.user,
             accessor=Accessor.from_request(request),
@@ -111,4 +111,4 @@ class ReferralOutcomeView(APIView):
         )
         # The answer shows the referral it was recorded on.
         _audit(request, AccessAction.READ, referral)
-        return _answer(request, _referral(request, referral_id), status.HTTP_201_CREATED)
+        return _answer(request, _referral(request, referral_id), status.HTTP_201_CREATED, audited=outcome.pk)
