@@ -204,8 +204,9 @@ def _event(
 
 def _audit(accessor: Accessor | None, action: AccessAction, record: Incident | Assignment) -> None:
     """A write to a call's record, recorded in the write's own transaction (P8): a refused
-    write leaves no trace and an accepted one always does. Internal callers (the escalation
-    sweep) pass no accessor."""
+    write leaves no trace and an accepted one always does. A retry that writes nothing (an
+    action already taken, answered with the record as it stands) is a read, as a retried
+    intake is. Internal callers (the escalation sweep) pass no accessor."""
     if accessor is None:
         return
     if isinstance(record, Incident):
@@ -396,11 +397,13 @@ def incident_close(
     """Close an incident. An eligible call no unit served must say why (a database constraint
     enforces it too); any assignment still active is cancelled."""
     incident = Incident.objects.select_for_update().get(pk=incident.pk)
-    _audit(accessor, AccessAction.UPDATE, incident)
     if incident.is_closed:
         if incident.unserved_reason == unserved_reason:
-            return incident  # a retried close
+            # A retried close writes nothing and answers with the incident: a read.
+            _audit(accessor, AccessAction.READ, incident)
+            return incident
         raise DomainError("The incident is already closed.", code="incident_closed")
+    _audit(accessor, AccessAction.UPDATE, incident)
     if incident.served_at is not None and unserved_reason:
         raise DomainError(
             "A unit served this incident; it has no unserved reason.",
@@ -634,9 +637,11 @@ def assignment_acknowledge(
     one, changes nothing and returns the same assignment, saying who acknowledged it from
     which device and when. An ack after the offer went to another unit is refused as superseded."""
     assignment = _lock_assignment(assignment_id)
-    _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.acknowledged_at is not None:
+        # A retry or a partner's ack writes nothing and answers with the assignment: a read.
+        _audit(accessor, AccessAction.READ, assignment)
         return assignment
+    _audit(accessor, AccessAction.UPDATE, assignment)
     _refuse_ended(assignment)
     observed_at = validate_observed_at(observed_at, not_before=assignment.offered_at)
     now = timezone.now()
@@ -711,13 +716,15 @@ def assignment_update_status(
     so that device gets the entry too (``answered_with_assignment=False``).
     """
     assignment = _lock_assignment(assignment_id)
-    _audit(accessor, AccessAction.UPDATE, assignment)
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
         if earlier is not None:
             if earlier.client_event_id != client_event_id or earlier.assignment_id != assignment.pk:
                 raise _event_id_reused()
+            # A retry writes nothing and answers with the assignment as it stands: a read.
+            _audit(accessor, AccessAction.READ, assignment)
             return StatusUpdate(assignment, earlier.applied, earlier)
+    _audit(accessor, AccessAction.UPDATE, assignment)
     _refuse_ended(assignment)
     if assignment.status == AssignmentStatus.OFFERED:
         raise DomainError("Acknowledge the assignment first.", code="not_acknowledged", field="status")
@@ -779,9 +786,11 @@ def assignment_decline(
     """The crew declines (before going en route), saying why; unless another offer still holds
     the call, it goes to the next unit that has not had it or, with none free, waits for one."""
     assignment = _lock_assignment(assignment_id)
-    _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.status == AssignmentStatus.DECLINED:
+        # A retried decline writes nothing and answers with the assignment: a read.
+        _audit(accessor, AccessAction.READ, assignment)
         return assignment
+    _audit(accessor, AccessAction.UPDATE, assignment)
     _refuse_ended(assignment)
     if assignment.status not in (AssignmentStatus.OFFERED, AssignmentStatus.ACKNOWLEDGED):
         raise DomainError("Only an assignment not yet under way can be declined.", code="under_way", field="assignment")
@@ -811,9 +820,11 @@ def assignment_cancel(
 ) -> Assignment:
     """Dispatch withdraws an offer or recalls a unit."""
     assignment = _lock_assignment(assignment_id)
-    _audit(accessor, AccessAction.UPDATE, assignment)
     if assignment.status == AssignmentStatus.CANCELLED:
+        # A retried cancel writes nothing and answers with the assignment: a read.
+        _audit(accessor, AccessAction.READ, assignment)
         return assignment
+    _audit(accessor, AccessAction.UPDATE, assignment)
     if not assignment.is_active:
         raise DomainError(
             f"This assignment is already {assignment.status}.", code="assignment_ended", field="assignment"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.dispatch import services
+from apps.dispatch.models import AssignmentStatus
 from tests.conftest import CrewMember, make_crew_member, sign_in_to_admin
 from tests.dispatch.factories import intake_body, make_incident
 from tests.live import AsgiServer
@@ -211,3 +213,98 @@ def test_a_refused_crew_report_leaves_no_write_in_the_audit_trail(
 
     assert refused.status_code == 409
     assert events(record_id=assignment.pk, action="update") == []
+
+
+@pytest.mark.django_db
+def test_a_retried_close_writes_nothing_and_is_a_read(program: Program, dispatcher: CrewMember) -> None:
+    """A close sent again (its answer lost) answers with the closed incident and changes
+    nothing: a read of it, as a retried intake is, not a second update."""
+    incident = make_incident(program, dispatcher)
+    url = f"/api/v1/dispatch/incidents/{incident.pk}/close/"
+
+    first = dispatcher.client().post(url, {"unserved_reason": "duplicate"}, format="json")
+    retry = dispatcher.client().post(url, {"unserved_reason": "duplicate"}, format="json")
+
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert events(record_id=incident.pk, actor_id=dispatcher.user.pk, action__in=["update", "read"]) == [
+        ("update", "api", "dispatch.incident"),
+        ("read", "api", "dispatch.incident"),
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("action", "body", "by_dispatch", "acknowledged"),
+    [
+        ("acknowledge", {}, False, False),
+        ("status", {"status": "en_route", "event_id": str(uuid.uuid4())}, False, True),
+        ("decline", {"reason": "Already on a call"}, False, False),
+        ("cancel", {"reason": "Sent another unit"}, True, False),
+    ],
+)
+def test_an_assignment_action_sent_again_writes_nothing_and_is_a_read(
+    program: Program,
+    dispatcher: CrewMember,
+    crew_member: CrewMember,
+    action: str,
+    body: dict[str, Any],
+    by_dispatch: bool,
+    acknowledged: bool,
+) -> None:
+    """An acknowledgement, a status with its event id, a decline or a cancel sent again is
+    answered with the assignment as it stands and changes nothing: a read, not an update."""
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+    if acknowledged:
+        services.assignment_acknowledge(assignment_id=assignment.pk, user=crew_member.user, device=crew_member.device)
+    member = dispatcher if by_dispatch else crew_member
+    url = f"/api/v1/dispatch/assignments/{assignment.pk}/{action}/"
+
+    first = member.client().post(url, body, format="json")
+    retry = member.client().post(url, body, format="json")
+
+    assert (first.status_code, retry.status_code) == (200, 200), (first.json(), retry.json())
+    assert events(record_id=assignment.pk, actor_id=member.user.pk) == [
+        ("update", "api", "dispatch.assignment"),
+        ("read", "api", "dispatch.assignment"),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_partners_acknowledgement_after_the_first_is_a_read(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """First wins: the partner's ack gets the same answer and writes nothing."""
+    partner = make_crew_member(program, unit=crew_member.unit)
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+    url = f"/api/v1/dispatch/assignments/{assignment.pk}/acknowledge/"
+
+    first = crew_member.client().post(url, {}, format="json")
+    second = partner.client().post(url, {}, format="json")
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json()["acknowledged_by"] == first.json()["acknowledged_by"]
+    assert events(record_id=assignment.pk, actor_id=partner.user.pk) == [("read", "api", "dispatch.assignment")]
+
+
+@pytest.mark.django_db
+def test_a_check_in_sent_again_is_a_second_check_in(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A check-in has no id to retry under: each one moves the next one's deadline, a write."""
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=crew_member.unit, actor=dispatcher.user
+    )
+    services.assignment_acknowledge(assignment_id=assignment.pk, user=crew_member.user, device=crew_member.device)
+    services.assignment_update_status(
+        assignment_id=assignment.pk, user=crew_member.user, device=crew_member.device, status=AssignmentStatus.ON_SCENE
+    )
+    url = f"/api/v1/dispatch/assignments/{assignment.pk}/check-in/"
+
+    assert crew_member.client().post(url, {}, format="json").status_code == 200
+    assert crew_member.client().post(url, {}, format="json").status_code == 200
+    checked_in = ("update", "api", "dispatch.assignment")
+    assert events(record_id=assignment.pk, actor_id=crew_member.user.pk) == [checked_in, checked_in]
