@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_int, env_list, env_str
 
@@ -159,6 +160,21 @@ if DATABASE_POOL_SIZE > 0:
 # runs PostgreSQL keeps a generic plan for it. Only the batch statements of apps.common.bulk (parameters bound on the
 # server, fixed texts) are; the ORM binds values into its SQL text and prepares nothing.
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
+# A request or task thread that hangs inside a transaction leaves its connection idle in
+# transaction, holding its locks: a device's push lock (pg_advisory_xact_lock), record locks,
+# claimed rows. Every later push of that device would wait for it for ever. PostgreSQL ends
+# such a session after this many seconds idle in its transaction (0: never), and the locks go
+# with it; the hung thread's transaction is rolled back and its work is retried as any failed
+# one. Only time between statements counts: a long statement, a migration or a re-sealing
+# batch that keeps the database busy is not cut short. Set when each connection starts
+# (libpq's `options`), so web, worker, beat and management commands all have it.
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 60)
+if DATABASE_IDLE_IN_TRANSACTION_TIMEOUT < 0:
+    raise ImproperlyConfigured("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT must be 0 (off) or a number of seconds.")
+_session_options = DATABASES["default"]["OPTIONS"].get("options", "")
+DATABASES["default"]["OPTIONS"]["options"] = (
+    f"{_session_options} -c idle_in_transaction_session_timeout={DATABASE_IDLE_IN_TRANSACTION_TIMEOUT * 1000}"
+).strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
