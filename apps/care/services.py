@@ -493,7 +493,7 @@ def referral_outcome_record(
                 code="id_in_use",
                 field="id",
             )
-        _audit_outcome(recorded, AccessAction.READ, accessor)
+        _audit("care.referral_outcome", recorded, AccessAction.READ, accessor)
         return recorded
     context = WriteContext(user=actor, device=None)
     change = Change(
@@ -510,18 +510,8 @@ def referral_outcome_record(
         status_code = http_status.HTTP_400_BAD_REQUEST if refused.code == "time_in_future" else None
         raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=status_code) from refused
     publish_record(type_name="care.referral_outcome", record=event, user=actor)
-    _audit_outcome(event, AccessAction.CREATE, accessor)
+    _audit("care.referral_outcome", event, AccessAction.CREATE, accessor)
     return event
-
-
-def _audit_outcome(event: ReferralOutcomeEvent, action: AccessAction, accessor: Accessor) -> None:
-    record_access(
-        accessor=accessor,
-        action=action,
-        record_type="care.referral_outcome",
-        record_ids=[event.pk],
-        program_id=event.program_id,
-    )
 
 
 def _live_referral_under_lock(referral: Referral) -> Referral:
@@ -578,8 +568,8 @@ def referral_task_status_change(
             reason,
             actor.pk,
         ):
-            _audit_referral(referral, AccessAction.READ, accessor)
-            _audit_task_event(latest, AccessAction.READ, accessor)
+            _audit("care.referral", referral, AccessAction.READ, accessor)
+            _audit(TASK_EVENT_RECORD, latest, AccessAction.READ, accessor)
             return latest
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(
@@ -599,29 +589,9 @@ def referral_task_status_change(
     referral.task_status = to_status
     referral.save(update_fields=["task_status", "updated_at"])
     publish_record(type_name="care.referral", record=referral, user=actor)
-    _audit_referral(referral, AccessAction.UPDATE, accessor)
-    _audit_task_event(event, AccessAction.CREATE, accessor)
+    _audit("care.referral", referral, AccessAction.UPDATE, accessor)
+    _audit(TASK_EVENT_RECORD, event, AccessAction.CREATE, accessor)
     return event
-
-
-def _audit_task_event(event: ReferralTaskEvent, action: AccessAction, accessor: Accessor) -> None:
-    record_access(
-        accessor=accessor,
-        action=action,
-        record_type=TASK_EVENT_RECORD,
-        record_ids=[event.pk],
-        program_id=event.program_id,
-    )
-
-
-def _audit_referral(referral: Referral, action: AccessAction, accessor: Accessor) -> None:
-    record_access(
-        accessor=accessor,
-        action=action,
-        record_type="care.referral",
-        record_ids=[referral.pk],
-        program_id=referral.program_id,
-    )
 
 
 @transaction.atomic
@@ -761,11 +731,13 @@ def note_addendum_add(*, note: ClinicalNote, body: str, actor: User, accessor: A
     except Refused as refused:
         raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=400) from refused
     publish_record(type_name="care.note", record=addendum, user=actor)
-    record_access(
-        accessor=accessor,
-        action=AccessAction.CREATE,
-        record_type="care.note",
-        record_ids=[addendum.pk],
-        program_id=addendum.program_id,
-    )
+    _audit("care.note", addendum, AccessAction.CREATE, accessor)
     return addendum
+
+
+def _audit(record_type: str, record: CareRecord | ReferralTaskEvent, action: AccessAction, accessor: Accessor) -> None:
+    """One record's write (or, for a retry that wrote nothing, its read), in the audit trail,
+    in the caller's transaction (P8)."""
+    record_access(
+        accessor=accessor, action=action, record_type=record_type, record_ids=[record.pk], program_id=record.program_id
+    )
