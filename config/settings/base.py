@@ -258,7 +258,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBIL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The limits travel in each task's message, stamped from the settings of the process that
 # queued it (web, beat, a task); the worker's `--time-limit`/`--soft-time-limit` do not override
-# them. Change them here, for every process.
+# them. Change them here, for every process (tests/common/test_time_limits_live.py). Only a task
+# sent by name by a process that does not know it carries none: the worker's settings' apply.
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_RESULT_EXPIRES = 3600
