@@ -395,10 +395,12 @@ def incident_close(
     accessor: Accessor | None = None,
 ) -> Incident:
     """Close an incident. An eligible call no unit served must say why (a database constraint
-    enforces it too); any assignment still active is cancelled."""
+    enforces it too); any assignment still active is cancelled. The same close sent again by
+    whoever closed it (its answer lost) answers with the incident as it stands; anyone else's
+    close of a closed incident is refused, never answered as theirs."""
     incident = Incident.objects.select_for_update().get(pk=incident.pk)
     if incident.is_closed:
-        if incident.unserved_reason == unserved_reason:
+        if incident.closed_by_id == actor.pk and incident.unserved_reason == unserved_reason:
             # A retried close writes nothing and answers with the incident: a read.
             _audit(accessor, AccessAction.READ, incident)
             return incident

@@ -19,7 +19,7 @@ from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import ResponseModel, Unit, UnitStatus
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
-from tests.dispatch.factories import make_incident
+from tests.dispatch.factories import make_incident, make_staff
 from tests.teams.factories import UnitFactory, ZoneFactory
 
 
@@ -327,6 +327,25 @@ def test_closing_an_eligible_unserved_call_requires_a_reason(
     assert Assignment.objects.get(incident=incident).status == AssignmentStatus.CANCELLED
     crew_member.unit.refresh_from_db()
     assert crew_member.unit.status == UnitStatus.AVAILABLE
+
+
+def test_a_close_of_an_incident_another_dispatcher_closed_is_refused_not_taken_for_a_retry(
+    program: Program, dispatcher: CrewMember
+) -> None:
+    """A retried close is its sender's own close sent again: a colleague who closes the same
+    call a moment later, for the same reason, learns it was closed already, and is not
+    answered as if they had closed it."""
+    colleague = make_staff(program)
+    incident = make_incident(program, dispatcher)
+    url = f"/api/v1/dispatch/incidents/{incident.pk}/close/"
+
+    first = dispatcher.client().post(url, {"unserved_reason": "duplicate"}, format="json")
+    retried = dispatcher.client().post(url, {"unserved_reason": "duplicate"}, format="json")
+    colleagues = colleague.client().post(url, {"unserved_reason": "duplicate"}, format="json")
+
+    assert (first.status_code, retried.status_code) == (200, 200)
+    assert colleagues.status_code == 409 and colleagues.json()["code"] == "incident_closed"
+    assert Incident.objects.get(pk=incident.pk).closed_by_id == dispatcher.user.pk
 
 
 def test_the_database_refuses_closing_an_eligible_unserved_call_without_a_reason(
