@@ -204,12 +204,7 @@ class FollowUpStepAdmin(ReadOnlyWorkspaceAdmin):
                 worked.append(step)
         # Each step's change is in the audit trail already: the follow-up service audits it in
         # the change's transaction. The admin's history says what was done, on each step.
-        if worked:
-            log_admin_action(
-                request,
-                description=f"Bulk action: {description}",
-                logged=worked,
-            )
+        log_admin_action(request, description=f"Bulk action: {description}", logged=worked)
         if worked:
             self.message_user(request, f"{done} {len(worked)} step(s).", messages.SUCCESS)
         for reason in refused:
@@ -360,12 +355,7 @@ class EncounterAdmin(ReadOnlyWorkspaceAdmin):
         # Every record that moved (the encounter, what is under it, its follow-up's steps) is
         # in the audit trail already: the move audits its writes. The admin's history says
         # what was done, on each encounter.
-        if moved:
-            log_admin_action(
-                request,
-                description=f"Bulk action: moved to unit {unit.pk}",
-                logged=moved,
-            )
+        log_admin_action(request, description=f"Bulk action: moved to unit {unit.pk}", logged=moved)
         if moved:
             self.message_user(request, f"Moved {len(moved)} encounter(s) to {unit.call_sign}.", messages.SUCCESS)
         for reason in refused:
@@ -484,12 +474,7 @@ class ConflictAdmin(ReadOnlyWorkspaceAdmin):
                 resolved.append(done)
         # What each resolution wrote is in the audit trail already (sync audits it); the
         # admin's history says what was done, on the conflict.
-        if resolved:
-            log_admin_action(
-                request,
-                description=f"Bulk action: resolved conflict ({choice})",
-                logged=list(resolved),
-            )
+        log_admin_action(request, description=f"Bulk action: resolved conflict ({choice})", logged=resolved)
         if resolved:
             self.message_user(request, f"Resolved {len(resolved)} conflict(s).", messages.SUCCESS)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.contrib.admin.models import CHANGE, LogEntry
@@ -37,7 +37,7 @@ def record_admin_reads(request: HttpRequest, model: type[Model], records: Iterab
         record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
 
 
-def log_admin_action(request: HttpRequest, *, description: str, logged: list[Model]) -> None:
+def log_admin_action(request: HttpRequest, *, description: str, logged: Sequence[Model]) -> None:
     """A write made from the admin (a form on the timeline, a bulk action), in the admin's own
     history: a log entry on each record the action was taken on says what was done in words
     (ids only, never the text written).
