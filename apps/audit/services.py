@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 from django.db import connection, transaction
@@ -76,6 +77,14 @@ def record_access(
             ],
         )
     return len(record_ids)
+
+
+def record_access_to(*, accessor: Accessor, action: AccessAction, record_type: str, record: Any) -> int:
+    """``record_access`` for one record of a program (a model with ``program_id``): the write
+    a domain service just made, or for a retry that wrote nothing, its read."""
+    return record_access(
+        accessor=accessor, action=action, record_type=record_type, record_ids=[record.pk], program_id=record.program_id
+    )
 
 
 @transaction.atomic

@@ -24,7 +24,7 @@ from rest_framework import status as http_status
 from apps.accounts.models import Role, User
 from apps.accounts.selectors import overseeing_roles, programs_where
 from apps.audit.models import AccessAction
-from apps.audit.services import Accessor, record_access
+from apps.audit.services import Accessor, record_access, record_access_to
 from apps.care import hooks
 from apps.care.models import (
     CareRecord,
@@ -493,7 +493,9 @@ def referral_outcome_record(
                 code="id_in_use",
                 field="id",
             )
-        _audit("care.referral_outcome", recorded, AccessAction.READ, accessor)
+        record_access_to(
+            accessor=accessor, action=AccessAction.READ, record_type="care.referral_outcome", record=recorded
+        )
         return recorded
     context = WriteContext(user=actor, device=None)
     change = Change(
@@ -510,7 +512,7 @@ def referral_outcome_record(
         status_code = http_status.HTTP_400_BAD_REQUEST if refused.code == "time_in_future" else None
         raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=status_code) from refused
     publish_record(type_name="care.referral_outcome", record=event, user=actor)
-    _audit("care.referral_outcome", event, AccessAction.CREATE, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.CREATE, record_type="care.referral_outcome", record=event)
     return event
 
 
@@ -568,8 +570,8 @@ def referral_task_status_change(
             reason,
             actor.pk,
         ):
-            _audit("care.referral", referral, AccessAction.READ, accessor)
-            _audit(TASK_EVENT_RECORD, latest, AccessAction.READ, accessor)
+            record_access_to(accessor=accessor, action=AccessAction.READ, record_type="care.referral", record=referral)
+            record_access_to(accessor=accessor, action=AccessAction.READ, record_type=TASK_EVENT_RECORD, record=latest)
             return latest
     if to_status not in ReferralTaskStatus.allowed_next(current):
         raise InvalidTransition(
@@ -589,8 +591,8 @@ def referral_task_status_change(
     referral.task_status = to_status
     referral.save(update_fields=["task_status", "updated_at"])
     publish_record(type_name="care.referral", record=referral, user=actor)
-    _audit("care.referral", referral, AccessAction.UPDATE, accessor)
-    _audit(TASK_EVENT_RECORD, event, AccessAction.CREATE, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.UPDATE, record_type="care.referral", record=referral)
+    record_access_to(accessor=accessor, action=AccessAction.CREATE, record_type=TASK_EVENT_RECORD, record=event)
     return event
 
 
@@ -731,13 +733,5 @@ def note_addendum_add(*, note: ClinicalNote, body: str, actor: User, accessor: A
     except Refused as refused:
         raise DomainError(refused.detail, code=refused.code, field=refused.field, status_code=400) from refused
     publish_record(type_name="care.note", record=addendum, user=actor)
-    _audit("care.note", addendum, AccessAction.CREATE, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.CREATE, record_type="care.note", record=addendum)
     return addendum
-
-
-def _audit(record_type: str, record: CareRecord | ReferralTaskEvent, action: AccessAction, accessor: Accessor) -> None:
-    """One record's write (or, for a retry that wrote nothing, its read), in the audit trail,
-    in the caller's transaction (P8)."""
-    record_access(
-        accessor=accessor, action=action, record_type=record_type, record_ids=[record.pk], program_id=record.program_id
-    )

@@ -22,7 +22,7 @@ from rest_framework import status as http_status
 
 from apps.accounts.models import Membership, Program, Role, User
 from apps.audit.models import AccessAction
-from apps.audit.services import Accessor, record_access
+from apps.audit.services import Accessor, record_access, record_access_to
 from apps.care.models import Disposition, Encounter, Referral, ReferralOutcomeEvent, ReferralStatus, ReferralTaskStatus
 from apps.common.api.errors import DomainError
 from apps.followups import selectors
@@ -271,19 +271,6 @@ def _lock_open(step: FollowUpStep) -> FollowUpStep:
 REASON_MAX_LENGTH = 300
 
 
-def _audit_step_write(step: FollowUpStep, accessor: Accessor) -> None:
-    """A step change is the accessor's write in the audit trail, in the change's transaction
-    (P8): whichever way it was asked for (the API, the timeline, a bulk action), the write
-    and who made it commit together or not at all."""
-    record_access(
-        accessor=accessor,
-        action=AccessAction.UPDATE,
-        record_type=STEP_RECORD,
-        record_ids=[step.pk],
-        program_id=step.program_id,
-    )
-
-
 def _check_reason(text: str, *, field: str, missing: str | None) -> None:
     if missing is not None and not text.strip():
         raise _invalid(field, missing, code="required")
@@ -300,7 +287,7 @@ def step_complete(*, step: FollowUpStep, actor: User, note: str = "", accessor: 
     step.save(update_fields=["status", "closed_at", "closed_by", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.COMPLETED, actor=actor, due_at=step.due_at, reason=note)
     _cancel_reminders(step, reason="step completed")
-    _audit_step_write(step, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.UPDATE, record_type=STEP_RECORD, record=step)
     return step
 
 
@@ -313,7 +300,7 @@ def step_mark_missed(*, step: FollowUpStep, actor: User, reason: str, accessor: 
     step.save(update_fields=["status", "closed_at", "closed_by", "missed_reason", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.MISSED, actor=actor, due_at=step.due_at, reason=reason)
     _cancel_reminders(step, reason="step missed")
-    _audit_step_write(step, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.UPDATE, record_type=STEP_RECORD, record=step)
     return step
 
 
@@ -333,7 +320,7 @@ def step_reschedule(
     StepEvent.objects.create(step=step, action=StepAction.RESCHEDULED, actor=actor, due_at=due_at, reason=reason)
     _cancel_reminders(step, reason="step rescheduled")
     _plan_reminders(step)
-    _audit_step_write(step, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.UPDATE, record_type=STEP_RECORD, record=step)
     return step
 
 
@@ -350,7 +337,7 @@ def step_assign(*, step: FollowUpStep, actor: User, owner: User, accessor: Acces
     step.owner = owner
     step.save(update_fields=["owner", "updated_at"])
     StepEvent.objects.create(step=step, action=StepAction.ASSIGNED, actor=actor, due_at=step.due_at)
-    _audit_step_write(step, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.UPDATE, record_type=STEP_RECORD, record=step)
     return step
 
 
@@ -428,22 +415,12 @@ def attempt_record(
                 code="id_in_use",
                 field="id",
             )
-        _audit_attempt(recorded, AccessAction.READ, accessor)
+        record_access_to(accessor=accessor, action=AccessAction.READ, record_type=CONTACT_ATTEMPT, record=recorded)
         return recorded
     attempt.save(force_insert=True)
     publish_record(type_name=CONTACT_ATTEMPT, record=attempt, user=actor)
-    _audit_attempt(attempt, AccessAction.CREATE, accessor)
+    record_access_to(accessor=accessor, action=AccessAction.CREATE, record_type=CONTACT_ATTEMPT, record=attempt)
     return attempt
-
-
-def _audit_attempt(attempt: ContactAttempt, action: AccessAction, accessor: Accessor) -> None:
-    record_access(
-        accessor=accessor,
-        action=action,
-        record_type=CONTACT_ATTEMPT,
-        record_ids=[attempt.pk],
-        program_id=attempt.program_id,
-    )
 
 
 # --- reminders -----------------------------------------------------------------------------
