@@ -1,14 +1,20 @@
-"""Push: a device's batch of mutations, stored first, then applied one by one.
+"""Push: a device's batch of mutations, stored, applied one by one, and answered.
 
 1. **Store.** Every mutation with a usable ``mutation_id`` is written to the ledger
-   (``Mutation``) and committed before anything is applied. A mutation id the device
-   already used finds its row: the stored result is returned and nothing changes (P2).
+   (``Mutation``). A mutation id the device already used finds its row: the stored result
+   is returned and nothing changes (P2).
 2. **Apply.** The device's stored, unapplied mutations are applied in order. Each one is
    all-or-nothing; the happy path applies a whole batch in one transaction with bulk
    writes, and any failure replays the batch one mutation per transaction, so a bad
    mutation is quarantined alone and never blocks the others.
 3. **Answer** with a result per mutation: applied, duplicate, conflict, quarantined or
    rejected, and the server version.
+
+The usual batch -- new mutations, in order, from a device with nothing stored and waiting --
+is stored and applied in one transaction, its ledger rows written with their results
+(``_store_and_apply``): each is kept exactly when what it changed is. Any other batch, and any
+that fails there, is stored and committed first, then applied, so a failed push is answered
+only once its mutations are in the ledger.
 
 Content errors (invalid fields, a record the user may not touch, an unknown record type)
 are stored results: the device stops retrying and a person can see them. Server faults
@@ -22,7 +28,7 @@ import json
 import logging
 import traceback
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -368,26 +374,43 @@ def push_mutations(
             results[envelope.index] = _rejected(envelope, envelope.rejection)
     storable = [envelope for envelope in envelopes if envelope.rejection is None]
     sealed: dict[UUID | None, dict[Any, str]] = {}
-    rows_by_index, replayed = _store(
-        device=device,
-        user=user,
-        envelopes=storable,
-        client_version=client_version,
-        results=results,
-        keyed_by_content=keyed_by_content,
-        sealed=sealed,
-        lockout=lockout,
-    )
-    final = {row.pk: row.result for row in rows_by_index.values() if row.status != MutationStatus.RECEIVED}
-    applied: dict[int, dict[str, Any]] = {}
-    if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
-        applied = apply_received(
+    done_at_once = (
+        _store_and_apply(
             device=device,
             user=user,
-            known={row.pk: row for row in rows_by_index.values()},
+            envelopes=storable,
+            client_version=client_version,
+            results=results,
             sealed=sealed,
             accessor=accessor,
         )
+        if storable and not keyed_by_content and lockout is None
+        else None
+    )
+    final: dict[int, dict[str, Any]] = {}
+    applied: dict[int, dict[str, Any]] = {}
+    if done_at_once is not None:
+        rows_by_index, replayed, applied = done_at_once
+    else:
+        rows_by_index, replayed = _store(
+            device=device,
+            user=user,
+            envelopes=storable,
+            client_version=client_version,
+            results=results,
+            keyed_by_content=keyed_by_content,
+            sealed=sealed,
+            lockout=lockout,
+        )
+        final = {row.pk: row.result for row in rows_by_index.values() if row.status != MutationStatus.RECEIVED}
+        if any(row.status == MutationStatus.RECEIVED for row in rows_by_index.values()):
+            applied = apply_received(
+                device=device,
+                user=user,
+                known={row.pk: row for row in rows_by_index.values()},
+                sealed=sealed,
+                accessor=accessor,
+            )
     # Results of mutations applied by an earlier request (replays) come from the ledger.
     stored_results = {**final, **applied}
     missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
@@ -452,8 +475,6 @@ def _store(
 ) -> tuple[dict[int, LedgerRow], set[int]]:
     """Write the batch to the ledger and commit: returns each envelope's row, and which
     envelopes repeat a mutation stored by an earlier request."""
-    rows_by_index: dict[int, LedgerRow] = {}
-    replayed: set[int] = set()
     existing: dict[Any, Mutation]
     with transaction.atomic():
         lock_device(device.pk)
@@ -476,78 +497,199 @@ def _store(
             }
             highest = 0
         else:
-            highest, existing_ids = _ledger_position(device.pk, [envelope.mutation_id for envelope in envelopes])
+            position = _ledger_position(device.pk, [envelope.mutation_id for envelope in envelopes])
+            highest = position.highest
             # Only a retried or replayed batch has rows already: they are read in full.
             existing = (
-                {row.mutation_id: row for row in Mutation.objects.filter(pk__in=existing_ids)} if existing_ids else {}
+                {row.mutation_id: row for row in Mutation.objects.filter(pk__in=position.existing_ids)}
+                if position.existing_ids
+                else {}
             )
-        new_rows: dict[Any, NewLedgerRow] = {}
-        for envelope in envelopes:
-            key = envelope.payload_hash if keyed_by_content else envelope.mutation_id
-            stored = existing.get(key)
-            if stored is not None:
-                if stored.payload_hash != envelope.payload_hash:
-                    results[envelope.index] = _rejected(
-                        envelope,
-                        _error(
-                            "mutation_id_reused",
-                            "This mutation_id was already used for a different mutation; that one stands.",
-                            f"mutations.{envelope.index}.mutation_id",
-                        ),
-                    )
-                else:
-                    rows_by_index[envelope.index] = stored
-                    if stored.status != MutationStatus.RECEIVED:
-                        replayed.add(envelope.index)
-                continue
-            if key in new_rows:  # the same mutation twice in one batch
-                if new_rows[key].payload_hash != envelope.payload_hash:
-                    results[envelope.index] = _rejected(
-                        envelope,
-                        _error(
-                            "mutation_id_reused",
-                            "This mutation_id appears twice in the batch with different content.",
-                            f"mutations.{envelope.index}.mutation_id",
-                        ),
-                    )
-                else:
-                    rows_by_index[envelope.index] = new_rows[key]
-                    replayed.add(envelope.index)
-                continue
-            problem = envelope.problem
-            if not keyed_by_content:
-                assert envelope.mutation_id is not None
-                if problem is None and envelope.mutation_id <= highest:
-                    problem = _error(
-                        "mutation_out_of_order",
-                        f"mutation_id {envelope.mutation_id} is not above {highest}, the highest this device sent; "
-                        "mutations must be sent in the order they were made. Kept for review, not applied.",
-                        f"mutations.{envelope.index}.mutation_id",
-                    )
-                # Every stored mutation counts, whatever it is kept for, as the ledger's highest
-                # does for a later batch: the same mutations split otherwise answer the same.
-                highest = max(highest, envelope.mutation_id)
-            problem = problem or locked_out
-            row = new_ledger_row(envelope, device_id=device.pk, user_id=user.pk, client_version=client_version)
-            if problem is not None:
-                row.status = MutationStatus.QUARANTINED
-                row.error_code = problem["code"]
-                row.result = _result(row, PushStatus.QUARANTINED, error=problem)
-            new_rows[key] = row
-            rows_by_index[envelope.index] = row
-        # Health fields are sealed here, each record's values remembered, so the version the
-        # apply writes reuses the sealing of an unchanged value instead of sealing it again.
-        stored_payloads = []
-        for row in new_rows.values():
-            memo = sealed.setdefault(row.record_id, {}) if sealed is not None and row.record_id is not None else None
-            stored_payloads.append(jsontext.dumps(sealing.seal_tree(row.payload, memo)))
-        inserted = _insert_ledger(list(new_rows.values()), stored_payloads)
+        batch = _ledger_rows(
+            envelopes,
+            existing=existing,
+            highest=highest,
+            keyed_by_content=keyed_by_content,
+            locked_out=locked_out,
+            device=device,
+            user=user,
+            client_version=client_version,
+            results=results,
+        )
+        new_rows = list(batch.new_rows.values())
+        inserted = _insert_ledger(new_rows, _sealed_payloads(new_rows, sealed))
         for pk, mutation_id, stored_hash in inserted:
-            new_rows[stored_hash if keyed_by_content else mutation_id].id = pk
-        _file_for_review(new_rows.values())
+            batch.new_rows[stored_hash if keyed_by_content else mutation_id].id = pk
+        _file_for_review(new_rows)
         if locked_out is None:  # a locked-out device purges what it holds: nothing goes back to it
-            _send_back_servers_copies(new_rows.values(), user)
-    return rows_by_index, replayed
+            _send_back_servers_copies(new_rows, user)
+    return batch.rows_by_index, batch.replayed
+
+
+def _store_and_apply(
+    *,
+    device: Device,
+    user: User,
+    envelopes: list[Envelope],
+    client_version: str,
+    results: dict[int, dict[str, Any]],
+    sealed: dict[UUID | None, dict[Any, str]],
+    accessor: Accessor | None,
+) -> tuple[dict[int, LedgerRow], set[int], dict[int, dict[str, Any]]] | None:
+    """The usual push, stored and applied in one transaction: the ledger's rows are written
+    with their results, so each is kept exactly when what it changed is (P1, P2), and the
+    batch costs one transaction instead of two and no second write of every ledger row.
+
+    Only a batch of new mutations that all apply in order goes this way. Anything else --
+    a replay, a device with stored mutations still waiting, one locked out, a mutation kept
+    for review as it arrives, any failure -- returns None having kept nothing, and the push
+    takes the long way: stored and committed first, then applied. So a push that fails is
+    answered only once its mutations are in the ledger, as before; a server that dies in
+    this transaction keeps nothing, and answers nothing, so the device sends them again.
+    """
+    try:
+        with transaction.atomic():
+            lock_device(device.pk)
+            if device_lockout_held(device_id=device.pk) is not None:
+                return None
+            position = _ledger_position(
+                device.pk, [envelope.mutation_id for envelope in envelopes], new_ids=len(envelopes)
+            )
+            if position.existing_ids or position.waiting:
+                return None
+            batch = _ledger_rows(
+                envelopes,
+                existing={},
+                highest=position.highest,
+                keyed_by_content=False,
+                locked_out=None,
+                device=device,
+                user=user,
+                client_version=client_version,
+                results=results,
+            )
+            new_rows = list(batch.new_rows.values())
+            if not new_rows or any(row.status != MutationStatus.RECEIVED for row in new_rows):
+                return None
+            received_at = timezone.now()
+            for row, pk in zip(new_rows, position.new_ids, strict=False):
+                row.id, row.received_at = pk, received_at
+            payloads = _sealed_payloads(new_rows, sealed)
+            rows: list[LedgerRow] = [*new_rows]
+            _apply_rows(
+                rows,
+                device=device,
+                user=user,
+                sealed=sealed,
+                save_results=lambda _applied: _insert_ledger(new_rows, payloads, with_results=True),
+            )
+            _audit_writes(
+                rows,
+                device=device,
+                user=user,
+                accessor=accessor,
+                requested=[row.pk for row in rows],
+                reviewed=frozenset(),
+            )
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception:  # noqa: BLE001 - the long way meets the fault too, with the batch stored first
+        return None
+    return batch.rows_by_index, batch.replayed, {row.pk: row.result for row in rows}
+
+
+@dataclass
+class _LedgerBatch:
+    """What a batch of envelopes comes to in the ledger."""
+
+    rows_by_index: dict[int, LedgerRow]  # each envelope's row, stored before or new
+    replayed: set[int]  # envelopes that repeat a mutation already stored, or one before them
+    new_rows: dict[Any, NewLedgerRow]  # by mutation id (or content), in the batch's order
+
+
+def _ledger_rows(
+    envelopes: list[Envelope],
+    *,
+    existing: dict[Any, Mutation],
+    highest: int,
+    keyed_by_content: bool,
+    locked_out: dict[str, Any] | None,
+    device: Device,
+    user: User,
+    client_version: str,
+    results: dict[int, dict[str, Any]],
+) -> _LedgerBatch:
+    """Each envelope's ledger row: the ``existing`` one it repeats, or a new one (kept for
+    review as it arrives when it cannot apply: sent out of order, unreadable as sent, or
+    from a device ``locked_out``). Envelopes that reuse a mutation id for other content get
+    their rejection in ``results`` and no row."""
+    batch = _LedgerBatch(rows_by_index={}, replayed=set(), new_rows={})
+    new_rows = batch.new_rows
+    for envelope in envelopes:
+        key = envelope.payload_hash if keyed_by_content else envelope.mutation_id
+        stored = existing.get(key)
+        if stored is not None:
+            if stored.payload_hash != envelope.payload_hash:
+                results[envelope.index] = _rejected(
+                    envelope,
+                    _error(
+                        "mutation_id_reused",
+                        "This mutation_id was already used for a different mutation; that one stands.",
+                        f"mutations.{envelope.index}.mutation_id",
+                    ),
+                )
+            else:
+                batch.rows_by_index[envelope.index] = stored
+                if stored.status != MutationStatus.RECEIVED:
+                    batch.replayed.add(envelope.index)
+            continue
+        if key in new_rows:  # the same mutation twice in one batch
+            if new_rows[key].payload_hash != envelope.payload_hash:
+                results[envelope.index] = _rejected(
+                    envelope,
+                    _error(
+                        "mutation_id_reused",
+                        "This mutation_id appears twice in the batch with different content.",
+                        f"mutations.{envelope.index}.mutation_id",
+                    ),
+                )
+            else:
+                batch.rows_by_index[envelope.index] = new_rows[key]
+                batch.replayed.add(envelope.index)
+            continue
+        problem = envelope.problem
+        if not keyed_by_content:
+            assert envelope.mutation_id is not None
+            if problem is None and envelope.mutation_id <= highest:
+                problem = _error(
+                    "mutation_out_of_order",
+                    f"mutation_id {envelope.mutation_id} is not above {highest}, the highest this device sent; "
+                    "mutations must be sent in the order they were made. Kept for review, not applied.",
+                    f"mutations.{envelope.index}.mutation_id",
+                )
+            # Every stored mutation counts, whatever it is kept for, as the ledger's highest
+            # does for a later batch: the same mutations split otherwise answer the same.
+            highest = max(highest, envelope.mutation_id)
+        problem = problem or locked_out
+        row = new_ledger_row(envelope, device_id=device.pk, user_id=user.pk, client_version=client_version)
+        if problem is not None:
+            row.status = MutationStatus.QUARANTINED
+            row.error_code = problem["code"]
+            row.result = _result(row, PushStatus.QUARANTINED, error=problem)
+        new_rows[key] = row
+        batch.rows_by_index[envelope.index] = row
+    return batch
+
+
+def _sealed_payloads(rows: list[NewLedgerRow], sealed: dict[UUID | None, dict[Any, str]] | None) -> list[str]:
+    """The ledger's copies of the rows' payloads, their health fields sealed. Each record's
+    sealings are remembered in ``sealed``, so the version the apply writes reuses the sealing
+    of an unchanged value instead of sealing it again."""
+    payloads = []
+    for row in rows:
+        memo = sealed.setdefault(row.record_id, {}) if sealed is not None and row.record_id is not None else None
+        payloads.append(jsontext.dumps(sealing.seal_tree(row.payload, memo)))
+    return payloads
 
 
 @dataclass(slots=True)
@@ -620,60 +762,105 @@ def new_ledger_row(envelope: Envelope, *, device_id: UUID, user_id: UUID, client
     )
 
 
-def _ledger_position(device_id: UUID, mutation_ids: list[int | None]) -> tuple[int, list[int]]:
-    """The highest mutation id the device has sent, and the ledger rows of these mutation
-    ids that already exist: one statement, run at every push."""
+@dataclass(frozen=True, slots=True)
+class _LedgerPosition:
+    highest: int  # the highest mutation id the device has sent, 0 before its first
+    existing_ids: list[int]  # ledger rows of the batch's mutation ids that exist already
+    waiting: bool  # whether the device has stored mutations not applied yet
+    new_ids: list[int]  # ledger ids taken for the batch's new rows, ascending
+
+
+def _ledger_position(device_id: UUID, mutation_ids: list[int | None], *, new_ids: int = 0) -> _LedgerPosition:
+    """Where the device stands in the ledger, and ``new_ids`` ids for its new rows: one
+    statement, run at every push. An id taken and not used leaves a gap, which is harmless."""
+    # The status is written in the text, not bound: a generic plan of the prepared statement
+    # could not use the index of received rows (see _received_ids).
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "SELECT coalesce((SELECT max(mutation_id) FROM sync_mutation WHERE device_id = %b), 0),"
-            " array(SELECT id FROM sync_mutation WHERE device_id = %b AND mutation_id = ANY(%b::bigint[]))",
-            [device_id, device_id, mutation_ids],
+            " array(SELECT id FROM sync_mutation WHERE device_id = %b AND mutation_id = ANY(%b::bigint[])),"
+            " EXISTS (SELECT FROM sync_mutation WHERE device_id = %b AND status = 'received'),"
+            " array(SELECT nextval(pg_get_serial_sequence('sync_mutation', 'id')) FROM generate_series(1, %b))",
+            [device_id, device_id, mutation_ids, device_id, new_ids],
         )
         row = cursor.fetchone()
     assert row is not None  # scalar subqueries: always one row
-    return row[0], row[1]
+    return _LedgerPosition(highest=row[0], existing_ids=row[1], waiting=row[2], new_ids=sorted(row[3]))
 
 
-def _insert_ledger(rows: list[NewLedgerRow], stored_payloads: list[str]) -> list[tuple[int, int | None, str]]:
-    """One statement for the batch's ledger rows; returns (id, mutation_id, payload_hash) of each."""
+def _ledger_insert(columns: dict[str, str]) -> str:
+    """The statement inserting ledger rows given as one array per column (name: type)."""
+    names = ", ".join(columns)
+    arrays = ", ".join(f"%b::{type_name}[]" for type_name in columns.values())
+    return (
+        f"INSERT INTO sync_mutation (received_at, {names}) SELECT %b::timestamptz, m.*"  # noqa: S608 - constant
+        f" FROM unnest({arrays}) AS m({names}) RETURNING id, mutation_id, payload_hash"
+    )
+
+
+_LEDGER_COLUMNS = {
+    "device_id": "uuid",
+    "user_id": "uuid",
+    "mutation_id": "bigint",
+    "payload_hash": "text",
+    "record_type": "text",
+    "record_id": "uuid",
+    "operation": "text",
+    "base_version": "int",
+    "payload": "jsonb",
+    "observed_at": "timestamptz",
+    "observed_at_plausible": "bool",
+    "client_version": "text",
+    "status": "text",
+    "result": "jsonb",
+    "error_code": "text",
+}
+_INSERT_RECEIVED = _ledger_insert(_LEDGER_COLUMNS)
+_INSERT_APPLIED = _ledger_insert({**_LEDGER_COLUMNS, "id": "bigint", "applied_at": "timestamptz"})
+
+
+def _insert_ledger(
+    rows: list[NewLedgerRow], stored_payloads: list[str], *, with_results: bool = False
+) -> list[tuple[int, int | None, str]]:
+    """One statement for the batch's ledger rows; returns (id, mutation_id, payload_hash) of
+    each. ``with_results``: the rows are applied already, and hold their ids, results and
+    times of receipt and apply (_store_and_apply)."""
     if not rows:
         return []
-    received_at = timezone.now()
-    for row in rows:
-        row.received_at = received_at
+    if with_results:
+        received_at = rows[0].received_at
+    else:
+        received_at = timezone.now()
+        for row in rows:
+            row.received_at = received_at
+    arrays: list[list[Any]] = [
+        [row.device_id for row in rows],
+        [row.user_id for row in rows],
+        [row.mutation_id for row in rows],
+        [row.payload_hash for row in rows],
+        [row.record_type for row in rows],
+        [row.record_id for row in rows],
+        [row.operation for row in rows],
+        [row.base_version for row in rows],
+        stored_payloads,
+        [row.observed_at for row in rows],
+        [row.observed_at_plausible for row in rows],
+        [row.client_version for row in rows],
+        [str(row.status) for row in rows],
+        [_stored_result(row.result) for row in rows],
+        [row.error_code for row in rows],
+    ]
+    if with_results:
+        arrays += [[row.pk for row in rows], [row.applied_at for row in rows]]
     with bulk.server_cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO sync_mutation (device_id, user_id, mutation_id, payload_hash, record_type, record_id,"
-            " operation, base_version, payload, observed_at, observed_at_plausible, client_version, received_at,"
-            " status, result, error_code)"
-            " SELECT m.device_id, m.user_id, m.mutation_id, m.payload_hash, m.record_type, m.record_id, m.operation,"
-            " m.base_version, m.payload, m.observed_at, m.observed_at_plausible, m.client_version, %b::timestamptz,"
-            " m.status, m.result, m.error_code"
-            " FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::uuid[], %b::text[],"
-            " %b::int[], %b::jsonb[], %b::timestamptz[], %b::bool[], %b::text[], %b::text[], %b::jsonb[], %b::text[])"
-            " AS m(device_id, user_id, mutation_id, payload_hash, record_type, record_id, operation, base_version,"
-            " payload, observed_at, observed_at_plausible, client_version, status, result, error_code)"
-            " RETURNING id, mutation_id, payload_hash",
-            [
-                received_at,
-                [row.device_id for row in rows],
-                [row.user_id for row in rows],
-                [row.mutation_id for row in rows],
-                [row.payload_hash for row in rows],
-                [row.record_type for row in rows],
-                [row.record_id for row in rows],
-                [row.operation for row in rows],
-                [row.base_version for row in rows],
-                stored_payloads,
-                [row.observed_at for row in rows],
-                [row.observed_at_plausible for row in rows],
-                [row.client_version for row in rows],
-                [str(row.status) for row in rows],
-                [jsontext.dumps(sealing.seal_tree(row.result)) for row in rows],
-                [row.error_code for row in rows],
-            ],
-        )
+        cursor.execute(_INSERT_APPLIED if with_results else _INSERT_RECEIVED, [received_at, *arrays])
         return cursor.fetchall()
+
+
+def _stored_result(result: dict[str, Any]) -> str:
+    """A result as the ledger keeps it: sealed, and without the data of the version it
+    names, which the ledger does not repeat (put_back_version_data reads it back)."""
+    return jsontext.dumps(sealing.seal_tree({key: value for key, value in result.items() if key != "data"}))
 
 
 def _file_for_review(rows: Iterable[LedgerRow]) -> None:
@@ -992,7 +1179,11 @@ def _apply_rows(
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     reviewed: frozenset[int] = frozenset(),
+    save_results: Callable[[list[LedgerRow]], object] | None = None,
 ) -> None:
+    """Apply the rows in order, in the caller's transaction, and write their results to the
+    ledger: over their rows (``_save_results``), or by ``save_results``, which stores rows
+    not in the ledger yet (before the versions that name them)."""
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     # With the parents the creates are placed under: read after their locks, where they are
     # is where no move of them is still under way (SyncedType.parent_field).
@@ -1046,7 +1237,7 @@ def _apply_rows(
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
         state.context.flush_inserts()
-        _save_results(rows)
+        (save_results or _save_results)(rows)
         state.publisher.flush()
         _file_for_review(rows)  # after the heads: a record the batch created has its program
     except SoftTimeLimitExceeded:
@@ -1113,12 +1304,7 @@ def _save_results(rows: list[LedgerRow]) -> None:
             [
                 [row.pk for row in rows],
                 [row.status for row in rows],
-                [
-                    jsontext.dumps(
-                        sealing.seal_tree({key: value for key, value in row.result.items() if key != "data"})
-                    )
-                    for row in rows
-                ],
+                [_stored_result(row.result) for row in rows],
                 [row.error_code for row in rows],
                 [row.applied_at for row in rows],
             ],

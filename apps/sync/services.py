@@ -87,6 +87,20 @@ def lock_device(device_id: UUID) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(device_id, _DEVICE_LOCK_SALT)])
 
 
+def device_lock_held(device_id: UUID) -> bool:
+    """Whether a transaction holds the device's push lock now: a push of it is under way."""
+    key = _lock_key(device_id, _DEVICE_LOCK_SALT)
+    with connection.cursor() as cursor:
+        # A bigint advisory lock shows in pg_locks as its high and low halves.
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid::bigint = %s AND objid::bigint = %s)",
+            [(key >> 32) & 0xFFFF_FFFF, key & 0xFFFF_FFFF],
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def record_change(
     *,
     program_id: UUID,

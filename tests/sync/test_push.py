@@ -852,6 +852,36 @@ def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member
     assert Encounter.objects.filter(pk=record_id).count() == 1
 
 
+def test_a_push_under_way_shows_as_its_device_holding_its_push_lock(crew_member: CrewMember) -> None:
+    import threading
+
+    from django.db import connection, transaction
+
+    from apps.sync.services import device_lock_held, lock_device
+
+    other_device, _token = device_with_token(crew_member.user, name="Other tablet")
+    held, release = threading.Event(), threading.Event()
+
+    def push_under_way() -> None:
+        try:
+            with transaction.atomic():
+                lock_device(crew_member.device.pk)
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    pusher = threading.Thread(target=push_under_way)
+    pusher.start()
+    assert held.wait(10)
+    during = (device_lock_held(crew_member.device.pk), device_lock_held(other_device.pk))
+    release.set()
+    pusher.join(10)
+
+    assert during == (True, False)
+    assert not device_lock_held(crew_member.device.pk)
+
+
 def test_a_new_ledger_row_holds_what_the_model_would_column_for_column() -> None:
     """The push holds the rows it stores as plain values named and ordered like the ledger's
     columns: a column added, removed or moved must show here, not as a value the apply reads

@@ -62,13 +62,19 @@ def test_every_statement_of_a_push_reads_the_ledger_by_index_as_a_generic_plan(
 
     monkeypatch.setattr(bulk._ServerCursor, "execute", recorded)
     device = SimDevice(crew_member)
-    [result] = device.push(device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+    first = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+    [result] = device.push(first)
     assert result["status"] == "applied"
-    assert Mutation.objects.count() == OTHER_DEVICES * ROWS_PER_DEVICE + 1
+    # A batch that repeats a stored mutation takes the long way: stored first, then applied.
+    second = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
+    results = device.push(first, second)
+    assert [result["status"] for result in results] == ["duplicate", "applied"]
+    assert Mutation.objects.count() == OTHER_DEVICES * ROWS_PER_DEVICE + 2
 
     ledger_statements = [statement for statement in statements if "sync_mutation" in statement]
-    # The push's position, its store, the read of what is left to apply, and its results.
-    assert len(ledger_statements) >= 4
+    # The push's position, the store of the usual push (with its results) and of the long way,
+    # the read of what is left to apply, and the results written over the stored rows.
+    assert len({" ".join(statement.split()) for statement in ledger_statements}) == 5
     scans = {
         " ".join(statement.split())[:100]: plan
         for statement in ledger_statements
