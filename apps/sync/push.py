@@ -28,7 +28,7 @@ import json
 import logging
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -571,17 +571,11 @@ def _store_and_apply(
             new_rows = list(batch.new_rows.values())
             if not new_rows or any(row.status != MutationStatus.RECEIVED for row in new_rows):
                 return None
-            received_at = timezone.now()
             for row, pk in zip(new_rows, position.new_ids, strict=False):
-                row.id, row.received_at = pk, received_at
-            payloads = _sealed_payloads(new_rows, sealed)
+                row.id = pk
             rows: list[LedgerRow] = [*new_rows]
             _apply_rows(
-                rows,
-                device=device,
-                user=user,
-                sealed=sealed,
-                save_results=lambda _applied: _insert_ledger(new_rows, payloads, with_results=True),
+                rows, device=device, user=user, sealed=sealed, unstored_payloads=_sealed_payloads(new_rows, sealed)
             )
             _audit_writes(
                 rows,
@@ -820,19 +814,16 @@ _INSERT_APPLIED = _ledger_insert({**_LEDGER_COLUMNS, "id": "bigint", "applied_at
 
 
 def _insert_ledger(
-    rows: list[NewLedgerRow], stored_payloads: list[str], *, with_results: bool = False
+    rows: Sequence[LedgerRow], stored_payloads: list[str], *, with_results: bool = False
 ) -> list[tuple[int, int | None, str]]:
     """One statement for the batch's ledger rows; returns (id, mutation_id, payload_hash) of
     each. ``with_results``: the rows are applied already, and hold their ids, results and
-    times of receipt and apply (_store_and_apply)."""
+    times of apply (_store_and_apply)."""
     if not rows:
         return []
-    if with_results:
-        received_at = rows[0].received_at
-    else:
-        received_at = timezone.now()
-        for row in rows:
-            row.received_at = received_at
+    received_at = timezone.now()
+    for row in rows:
+        row.received_at = received_at
     arrays: list[list[Any]] = [
         [row.device_id for row in rows],
         [row.user_id for row in rows],
@@ -1179,11 +1170,12 @@ def _apply_rows(
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     reviewed: frozenset[int] = frozenset(),
-    save_results: Callable[[list[LedgerRow]], object] | None = None,
+    unstored_payloads: list[str] | None = None,
 ) -> None:
     """Apply the rows in order, in the caller's transaction, and write their results to the
-    ledger: over their rows (``_save_results``), or by ``save_results``, which stores rows
-    not in the ledger yet (before the versions that name them)."""
+    ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
+    payloads as the ledger keeps them), as new rows holding their results, before the
+    versions that name them."""
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     # With the parents the creates are placed under: read after their locks, where they are
     # is where no move of them is still under way (SyncedType.parent_field).
@@ -1237,7 +1229,10 @@ def _apply_rows(
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
         state.context.flush_inserts()
-        (save_results or _save_results)(rows)
+        if unstored_payloads is None:
+            _save_results(rows)
+        else:
+            _insert_ledger(rows, unstored_payloads, with_results=True)
         state.publisher.flush()
         _file_for_review(rows)  # after the heads: a record the batch created has its program
     except SoftTimeLimitExceeded:
