@@ -22,7 +22,8 @@ from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.teams.models import Unit
 from tests.accounts.factories import PASSWORD, MembershipFactory, ProgramFactory, UserFactory, device_with_token
-from tests.live import AsgiServer, LiveProcess, asgi_server, celery_worker, wait_until_workers_idle
+from tests.emptying import empty_by_deleting
+from tests.live import AsgiServer, LiveWorker, asgi_server, celery_worker, wait_until_worker_idle
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".data" / "test-artifacts"
@@ -33,6 +34,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / ".data" / "test-artifacts"
 hypothesis.settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
+
+empty_by_deleting()
 
 
 @pytest.fixture(autouse=True)
@@ -59,13 +62,13 @@ def asgi(django_db_setup: None, live_server_logs: Path) -> Iterator[AsgiServer]:
 
 
 @pytest.fixture(scope="session")
-def session_worker(django_db_setup: None, live_server_logs: Path) -> Iterator[LiveProcess]:
+def session_worker(django_db_setup: None, live_server_logs: Path) -> Iterator[LiveWorker]:
     with celery_worker(live_server_logs) as process:
         yield process
 
 
 @pytest.fixture
-def worker(session_worker: LiveProcess) -> Iterator[LiveProcess]:
+def worker(session_worker: LiveWorker) -> Iterator[LiveWorker]:
     """A real Celery worker process consuming from the test Redis against the test database.
 
     The test ends once the worker has finished what it was given and what that set off (a
@@ -73,7 +76,7 @@ def worker(session_worker: LiveProcess) -> Iterator[LiveProcess]:
     reading them would deadlock the emptying and leave rows to the next test.
     """
     yield session_worker
-    wait_until_workers_idle()
+    wait_until_worker_idle(session_worker)
 
 
 @dataclass

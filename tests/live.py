@@ -149,6 +149,11 @@ def asgi_server(
         yield AsgiServer(port, live)
 
 
+@dataclass
+class LiveWorker(LiveProcess):
+    hostname: str = ""
+
+
 @contextlib.contextmanager
 def celery_worker(
     log_dir: Path,
@@ -158,7 +163,7 @@ def celery_worker(
     queues: str | None = None,
     include: str | None = None,
     **env: str,
-) -> Iterator[LiveProcess]:
+) -> Iterator[LiveWorker]:
     hostname = f"{name}-{os.getpid()}@{socket.gethostname()}"
     command = [
         sys.executable,
@@ -190,25 +195,34 @@ def celery_worker(
         while not app.control.ping(destination=[hostname], timeout=0.5):
             if live.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Celery worker did not come up:\n{live.log()}")
-        yield live
+        yield LiveWorker(live.process, live.log_path, hostname)
 
 
-def wait_until_workers_idle(timeout: float = 30) -> None:
-    """Until no live worker runs or holds a task and none waits in the queue (seen twice in
-    a row: a task that ends may publish another)."""
+def wait_until_worker_idle(worker: LiveWorker, timeout: float = 30) -> None:
+    """Until the worker runs and holds no task and none waits in the queue, seen twice in a
+    row a moment apart (a task that ends may publish another, which the worker may be
+    fetching). A worker that does not answer is not idle.
+
+    The question goes to this worker alone, so its answer ends the wait for it: asked of
+    every worker, Celery waits out the whole timeout for answers that may never come."""
     from config.celery import app
 
     deadline = time.monotonic() + timeout
     idle_readings = 0
-    while idle_readings < 2:
-        inspect = app.control.inspect(timeout=0.5)
-        replies = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
-        held = [task["name"] for tasks in replies for task in tasks]
+    while True:
+        inspect = app.control.inspect(destination=[worker.hostname], timeout=1)
+        replies = [inspect.active() or {}, inspect.reserved() or {}]
+        answered = all(worker.hostname in reply for reply in replies)
+        held = [task["name"] for reply in replies for task in reply.get(worker.hostname, [])]
         with redis.Redis.from_url(app.conf.broker_url) as broker:
             queued = broker.llen(app.conf.task_default_queue)  # the broker's list of waiting tasks
-        idle_readings = idle_readings + 1 if not held and not queued else 0
-        if idle_readings < 2 and time.monotonic() > deadline:
-            raise RuntimeError(f"The live worker is still busy after {timeout} s: {held}, {queued} queued.")
+        idle_readings = idle_readings + 1 if answered and not held and not queued else 0
+        if idle_readings == 2:
+            return
+        if time.monotonic() > deadline:
+            state = f"{held}, {queued} queued" if answered else "no answer"
+            raise RuntimeError(f"The live worker is still busy after {timeout} s: {state}.")
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,8 @@ from django.db import migrations
 
 # The application never changes or removes an audit event; the database makes sure of it.
 # Only the retention purge, which sets tandem.audit_purge inside its own transaction, may delete.
-# TRUNCATE is left to the table owner (test database resets use it); the application's
-# database role in production should not own the table.
+# TRUNCATE is left to the table owner; the application's database role in production should
+# not own the table.
 FORBID_CHANGES = """
 CREATE FUNCTION audit_event_append_only() RETURNS trigger AS $$
 BEGIN
