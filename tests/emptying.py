@@ -4,7 +4,7 @@ Django empties it with the ``flush`` command, one ``TRUNCATE`` of every table. P
 truncates a table by giving it and each of its indexes new files, so emptying about a
 hundred tables took 0.3 to 0.5 s even when the test had written a dozen rows, and the
 ``post_migrate`` signal that follows then wrote every content type and permission again:
-together about half the suite's time. A ``DELETE`` of each table costs what the test wrote.
+together about a third of the suite's time. A ``DELETE`` of each table costs what the test wrote.
 
 What the tests see is the same: every table the application writes is empty when the next
 test starts. Content types and permissions are kept, as they are after a test that rolls
