@@ -11,7 +11,7 @@ test starts. Content types and permissions are kept, as they are after a test th
 back: ``post_migrate`` would only write the same rows again (under new ids). The foreign
 keys are checked at commit (Django makes them deferrable), so the order of the deletes does
 not matter, and the audit trail's append-only trigger is passed the way the retention purge
-passes it (``tandem.audit_purge``, for this transaction only).
+passes it (``ALLOW_PURGE_SQL``, for this transaction only).
 
 A flush that resets sequences or cascades (``manage.py flush``, or a test limited to some
 apps) keeps Django's ``TRUNCATE``.
@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db.backends.postgresql.operations import DatabaseOperations
+
+from apps.audit.services import ALLOW_PURGE_SQL
 
 KEPT_TABLES = frozenset({"django_content_type", "auth_permission"})
 
@@ -43,7 +45,7 @@ def _deleting_sql_flush(
     if not emptied:
         return []
     return [
-        "SET LOCAL tandem.audit_purge = 'on';",
+        f"{ALLOW_PURGE_SQL};",
         # The names are the tables Django found in the database, quoted.
         *(f"DELETE FROM {self.quote_name(table)};" for table in emptied),  # noqa: S608
     ]

@@ -87,10 +87,14 @@ def record_access_to(*, accessor: Accessor, action: AccessAction, record_type: s
     )
 
 
+# What lets a transaction delete audit events past the append-only trigger (migration 0002).
+ALLOW_PURGE_SQL = "SET LOCAL tandem.audit_purge = 'on'"
+
+
 @transaction.atomic
 def purge_expired(*, retention_days: int) -> int:
     """Delete audit events past their retention; the only deletion the trigger allows."""
     with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL tandem.audit_purge = 'on'")
+        cursor.execute(ALLOW_PURGE_SQL)
     deleted, _ = AuditEvent.objects.filter(occurred_at__lt=timezone.now() - timedelta(days=retention_days)).delete()
     return deleted
