@@ -352,11 +352,13 @@ class ScopeChange(models.Model):
 
 class IssuedCursor(models.Model):
     """A feed position behind a plain number, for clients whose cursor must be a number
-    (WatermelonDB's ``lastPulledAt``)."""
+    (WatermelonDB's ``lastPulledAt``): the feed's cursor, or a snapshot's part way through a
+    first sync (``apps.sync.watermelon``)."""
 
     id = models.BigAutoField(primary_key=True)
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
-    position = models.CharField(max_length=200)
+    # A snapshot cursor names an audience key (80 characters) besides its feed position.
+    position = models.CharField(max_length=400)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # pruned with the feed
 
     def __str__(self) -> str:

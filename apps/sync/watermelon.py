@@ -20,6 +20,7 @@ it on every local change) and a ``server_version`` number column (the base of th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +33,10 @@ from apps.sync.models import ChangeOperation, IssuedCursor
 _LOCAL_COLUMNS = {"id", "_status", "_changed", "server_version", "updated_at", "created_at"}
 _PULL_PAGE = 500
 _PULL_PAGES_PER_SYNC = 20
+# An issued timestamp's position is the feed's, or, while a first sync is under way, this
+# prefix and the snapshot's cursor (feed cursors are base64: they never hold a colon).
+_SNAPSHOT_POSITION = "snapshot:"
+_SNAPSHOT_READ = 2_000  # records per query of the snapshot
 
 
 class UnknownTimestamp(selectors.CursorExpired):
@@ -123,14 +128,17 @@ def _raw(record_id: str, data: dict[str, Any], version: int | None) -> dict[str,
 def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> dict[str, Any]:
     """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n, "has_more": b}``."""
     changes = _empty_changes()
-    has_more = False
     if not last_pulled_at:
-        position = _snapshot_into(changes, scopes, device)
+        position, has_more = _snapshot_into(changes, scopes, device, cursor=None)
     else:
         issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
         if issued is None:
             raise UnknownTimestamp("This lastPulledAt was not issued to this device; reset and sync again.")
-        position, has_more = _feed_into(changes, scopes, issued.position, device)
+        if issued.position.startswith(_SNAPSHOT_POSITION):
+            snapshot_cursor = issued.position.removeprefix(_SNAPSHOT_POSITION)
+            position, has_more = _snapshot_into(changes, scopes, device, cursor=snapshot_cursor)
+        else:
+            position, has_more = _feed_into(changes, scopes, issued.position, device)
     timestamp = IssuedCursor.objects.create(device=device, position=position).pk
     # Only tables with changes: an app that does not sync a table is not warned about it.
     changes = {table: kinds for table, kinds in changes.items() if any(kinds.values())}
@@ -139,13 +147,30 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
     return {"changes": changes, "timestamp": timestamp, "has_more": has_more}
 
 
-def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], device: Device) -> str:
-    import json
+def _pull_limit() -> int:
+    """The most records one pull brings, from the snapshot or the feed."""
+    return _PULL_PAGE * _PULL_PAGES_PER_SYNC
 
-    cursor: str | None = None
+
+def _snapshot_into(
+    changes: dict[str, dict[str, list[Any]]], scopes: list[str], device: Device, *, cursor: str | None
+) -> tuple[str, bool]:
+    """Fill ``changes`` with the next part of the snapshot (from its start when ``cursor`` is
+    None); the position to continue from, and whether the snapshot holds more.
+
+    A part, not all of it: a device with tens of thousands of records gets them in pulls of
+    a bounded size, each one's records applied and its position kept before the next, so a
+    dropped connection costs one part, not the whole first sync. The last part ends with the
+    feed's position from the snapshot's start, as the snapshot endpoint's last page does.
+    """
+    wanted = _pull_limit()
     while True:
         page = selectors.snapshot_page(
-            scopes=scopes, cursor=cursor, reader_device_id=device.pk, limit=selectors_limit(), user_id=device.user_id
+            scopes=scopes,
+            cursor=cursor,
+            reader_device_id=device.pk,
+            limit=min(_SNAPSHOT_READ, wanted),
+            user_id=device.user_id,
         )
         for record_type, record_id, version, data in page.rows:
             synced_type = registry.get(record_type)
@@ -153,12 +178,11 @@ def _snapshot_into(changes: dict[str, dict[str, list[Any]]], scopes: list[str], 
                 changes[synced_type.watermelon_table]["updated"].append(_raw(str(record_id), json.loads(data), version))
         if page.cursor is None:
             assert page.feed_cursor is not None
-            return page.feed_cursor
+            return page.feed_cursor, False
         cursor = page.cursor
-
-
-def selectors_limit() -> int:
-    return 2_000
+        wanted -= len(page.rows)
+        if wanted <= 0:
+            return _SNAPSHOT_POSITION + cursor, True
 
 
 def _feed_into(

@@ -16,6 +16,7 @@ from django.utils import timezone
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
 from apps.sync import push, registry, services, watermelon
 from apps.sync.models import IssuedCursor, Mutation, MutationStatus, SyncedRecord
+from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member, revoke_device
 from tests.sync.helpers import now_iso, respelt, sync_client
@@ -84,6 +85,81 @@ def test_a_pull_that_stops_short_of_the_feeds_end_says_there_is_more(
     assert [body["has_more"] for body in pulls] == [True, False]
     pulled = [body["changes"].get("encounters", {}).get("updated", []) for body in pulls]
     assert {raw["id"] for records in pulled for raw in records} == written
+
+
+def _pull_until_done(client: Any, timestamp: int | None) -> list[dict[str, Any]]:
+    pulls: list[dict[str, Any]] = []
+    while not pulls or pulls[-1]["has_more"]:
+        pulls.append(client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": timestamp or ""}).json())
+        timestamp = pulls[-1]["timestamp"]
+    return pulls
+
+
+def _encounter_ids(pull: dict[str, Any]) -> list[str]:
+    return [raw["id"] for raw in pull["changes"].get("encounters", {}).get("updated", [])]
+
+
+@pytest.mark.django_db(transaction=True)  # the feed after the snapshot serves committed changes only
+def test_a_first_sync_comes_in_parts_of_a_pulls_size_and_the_feed_continues_after_the_last(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    written = {str(encounter(teammate)) for _ in range(9)}
+    monkeypatch.setattr(watermelon, "_PULL_PAGE", 2)  # a pull brings at most 2 x 2 records
+    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 2)
+    monkeypatch.setattr(watermelon, "_SNAPSHOT_READ", 3)  # a part read in more than one query
+    client = sync_client(crew_member)
+
+    first = client.get("/api/v1/sync/watermelon/pull/").json()
+    written_meanwhile = str(encounter(teammate))  # after the snapshot began: the feed's
+    pulls = [first, *_pull_until_done(client, first["timestamp"])]
+    after_the_snapshot = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": pulls[-1]["timestamp"]})
+
+    assert [body["has_more"] for body in pulls] == [True, True, False]
+    parts = [_encounter_ids(body) for body in pulls]
+    assert [len(part) for part in parts[:2]] == [4, 4]
+    served = [record_id for part in parts for record_id in part]
+    assert len(served) == len(set(served)), "a record came in two parts"
+    assert written <= set(served)
+    assert written_meanwhile in set(served) | set(_encounter_ids(after_the_snapshot.json()))
+    assert after_the_snapshot.status_code == 200
+
+
+def test_a_first_sync_part_way_through_is_not_continued_by_another_device(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        encounter(crew_member)
+    monkeypatch.setattr(watermelon, "_PULL_PAGE", 1)
+    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 1)
+    first = sync_client(crew_member).get("/api/v1/sync/watermelon/pull/").json()
+    assert first["has_more"]
+    other_tablet, token = device_with_token(crew_member.user, name="Second tablet")
+
+    refused = sync_client(CrewMember(crew_member.user, crew_member.unit, other_tablet, token)).get(
+        "/api/v1/sync/watermelon/pull/", {"last_pulled_at": first["timestamp"]}
+    )
+
+    assert refused.status_code == 410, refused.content
+    assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("cursor_expired", "last_pulled_at")
+
+
+def test_a_first_sync_resumed_after_the_retention_passed_gets_410(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        encounter(crew_member)
+    monkeypatch.setattr(watermelon, "_PULL_PAGE", 1)
+    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 1)
+    client = sync_client(crew_member)
+    first = client.get("/api/v1/sync/watermelon/pull/").json()
+    assert first["has_more"]
+    services.feed_prune(older_than=timedelta(0))
+
+    resumed = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": first["timestamp"]})
+
+    assert resumed.status_code == 410, resumed.content
+    assert (resumed.json()["code"], resumed.json()["errors"][0]["field"]) == ("cursor_expired", "last_pulled_at")
 
 
 def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(crew_member: CrewMember) -> None:
