@@ -30,6 +30,13 @@ from apps.sync.scopes import program_role_scope, unit_scope
 from apps.teams.models import Unit
 
 
+def clinical_text(**options: Any) -> serializers.CharField:
+    """A wire field of clinical free text, kept as written, its indentation and blank lines
+    too: trimmed, the server's copy would differ from the device's, which keeps its own and
+    is never told (its own write does not come back to it)."""
+    return serializers.CharField(trim_whitespace=False, **options)
+
+
 class CareWire(StrictSerializer):
     """Fields every care record carries on the wire (all read-only: the server sets them)."""
 
@@ -53,7 +60,7 @@ class EncounterWire(CareWire):
     started_at = OffsetDateTimeField()
     ended_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
     location = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
-    assessment = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    assessment = clinical_text(max_length=20_000, allow_blank=True, required=False, default="")
     disposition = serializers.ChoiceField(choices=Disposition.choices, allow_blank=True, required=False, default="")
     transport_destination = serializers.ChoiceField(
         choices=TransportDestination.choices, allow_blank=True, required=False, default=""
@@ -63,7 +70,7 @@ class EncounterWire(CareWire):
 class NoteWire(CareWire):
     encounter_id = CanonicalUUIDField()
     amends_id = CanonicalUUIDField(allow_null=True, required=False, default=None)
-    body = serializers.CharField(max_length=50_000)
+    body = clinical_text(max_length=50_000)
     signed_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
 
 
@@ -72,7 +79,7 @@ class ReferralWire(CareWire):
     service_type = serializers.ChoiceField(choices=ServiceType.choices)
     service_name = serializers.CharField(max_length=200, allow_blank=True, required=False, default="")
     service_id = CanonicalUUIDField(allow_null=True, required=False, default=None)
-    reason = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    reason = clinical_text(max_length=20_000, allow_blank=True, required=False, default="")
     priority = serializers.ChoiceField(choices=ReferralPriority.choices, required=False, default="routine")
     warm_handoff = serializers.BooleanField(required=False, default=False)
     appointment_at = OffsetDateTimeField(allow_null=True, required=False, default=None)
@@ -86,7 +93,7 @@ class ReferralOutcomeWire(CareWire):
     referral_id = CanonicalUUIDField()
     outcome = serializers.ChoiceField(choices=[status for status in ReferralStatus.values if status != "open"])
     observed_at = OffsetDateTimeField()
-    details = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    details = clinical_text(max_length=20_000, allow_blank=True, required=False, default="")
 
 
 def scopes_of(record: CareRecord) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from apps.care import services as care_services
 from apps.care.models import Encounter
-from apps.care.sync import CareWire, program_id_of, scopes_of
+from apps.care.sync import CareWire, clinical_text, program_id_of, scopes_of
 from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField
 from apps.followups import services as followups_services
 from apps.followups.models import ContactAttempt, ContactMethod, ContactResult, FollowUpStep
@@ -21,7 +21,7 @@ class ContactAttemptWire(CareWire):
     step_id = CanonicalUUIDField()
     method = serializers.ChoiceField(choices=ContactMethod.choices)
     result = serializers.ChoiceField(choices=ContactResult.choices)
-    notes = serializers.CharField(allow_blank=True, required=False, default="", max_length=20_000)
+    notes = clinical_text(max_length=20_000, allow_blank=True, required=False, default="")
     attempted_at = OffsetDateTimeField()
 
 
