@@ -269,9 +269,12 @@ def _read_envelope(
         )
         return envelope
     envelope.base_version = base_version
-    fields = raw.get("fields", {})
-    if not isinstance(fields, dict):
-        envelope.problem = _error("invalid_fields", "fields must be an object.", f"{prefix}.fields")
+    # Null is no fields, as a null base_version is no base: a client's delete often sends it.
+    fields = raw.get("fields")
+    if fields is None:
+        fields = {}
+    elif not isinstance(fields, dict):
+        envelope.problem = _error("invalid_fields", "fields must be an object (or null: none).", f"{prefix}.fields")
         return envelope
     # Measured as compact JSON; the whole mutation's canonical text, already made, is at least
     # as long (it escapes what is not ASCII), so only a mutation beyond the limit is measured.
@@ -1386,7 +1389,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         _quarantine(row, "unknown_record_type", f"No record type {row.record_type!r} syncs here.", "type")
         return
     assert row.record_id is not None
-    fields = row.payload.get("fields", {}) if isinstance(row.payload, dict) else {}
+    fields = (row.payload.get("fields") if isinstance(row.payload, dict) else None) or {}  # null: none
     head = state.publisher.heads.get(row.record_id)
     record = state.records.get(row.record_id)
     context = state.context
@@ -1443,15 +1446,26 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         _quarantine(row, "invalid_base_version", "The base version is unknown.", "base_version")
         return
     if head.is_deleted:
-        # An edit that meets a delete: the record stays deleted, the edit is kept.
+        # An edit that meets a delete: the record stays deleted, and what the edit would
+        # change of it is kept as a conflict. A value the record held when it was deleted
+        # changes nothing and settles, as an equal value does on a live record: a conflict
+        # with nothing to decide would only wait for a case manager.
+        changed = {
+            name: value
+            for name, value in wire.items()
+            if base.get(name, merge.MISSING) != value and head.data.get(name, merge.MISSING) != value
+        }
+        if not changed:
+            row.status = MutationStatus.APPLIED
+            row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
+            return
         _refused_by_domain(synced_type, row, record, internal, state)
-        changed = {name: value for name, value in wire.items() if base.get(name, merge.MISSING) != value}
         conflicts = [
             _conflict(
                 row, synced_type, head, ConflictKind.EDIT_VS_DELETE, name, base.get(name), head.data.get(name), value
             )
             for name, value in sorted(changed.items())
-        ] or [_conflict(row, synced_type, head, ConflictKind.EDIT_VS_DELETE, "", None, None, None)]
+        ]
         state.publisher.conflicts += conflicts
         row.status = MutationStatus.CONFLICT
         row.result = _result(

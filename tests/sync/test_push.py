@@ -737,6 +737,84 @@ def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(c
     assert (conflict.kind, conflict.field, conflict.device_value) == ("edit_vs_delete", "location", "late")
 
 
+@pytest.mark.parametrize(
+    ("fields", "base_version"),
+    [
+        pytest.param({"location": "125th St & Lexington Ave"}, None, id="a value it held, no base"),
+        pytest.param({}, 1, id="no fields"),
+        pytest.param({"deleted": False}, 1, id="read-only fields only"),
+    ],
+)
+def test_an_edit_meeting_a_delete_that_changes_nothing_of_the_record_settles_without_a_conflict(
+    crew_member: CrewMember, fields: dict[str, Any], base_version: int | None
+) -> None:
+    """Kept as a conflict, it would hold nothing for a case manager to decide."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    [deleted] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+
+    [edit] = teammate.push(teammate.mutation("update", "care.encounter", record_id, fields, base_version))
+
+    assert (edit["status"], edit["version"], edit["data"]["deleted"]) == ("applied", deleted["version"], True), edit
+    assert Conflict.objects.count() == 0
+    assert Encounter.objects.get(pk=record_id).is_deleted is True
+
+
+def test_an_edit_meeting_a_delete_keeps_only_the_fields_it_would_change(crew_member: CrewMember) -> None:
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device)
+    device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
+    same_and_new = {"location": "125th St & Lexington Ave", "assessment": "Agitated; asked for water."}
+
+    [edit] = teammate.push(teammate.mutation("update", "care.encounter", record_id, same_and_new))
+
+    assert edit["status"] == "conflict"
+    assert [(c.kind, c.field) for c in Conflict.objects.all()] == [("edit_vs_delete", "assessment")]
+
+
+def test_null_fields_are_no_fields_as_a_clients_delete_often_sends_them(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    record_id, _ = created(device)
+    unchanged = device.mutation("update", "care.encounter", record_id, base_version=1)
+    delete = device.mutation("delete", "care.encounter", record_id, base_version=1)
+    unchanged["fields"] = delete["fields"] = None
+
+    [update_result, delete_result] = device.push(unchanged, delete)
+
+    assert (update_result["status"], update_result["version"]) == ("applied", 1), update_result
+    assert (delete_result["status"], delete_result["version"]) == ("applied", 2), delete_result
+    assert Encounter.objects.get(pk=record_id).is_deleted is True
+
+
+@pytest.mark.parametrize(
+    ("record_type", "field"),
+    [("care.encounter", "assessment"), ("care.note", "body")],
+)
+def test_clinical_text_is_kept_exactly_as_written_its_surrounding_whitespace_too(
+    crew_member: CrewMember, record_type: str, field: str
+) -> None:
+    """Trimmed, the server's copy would differ from the device's, which keeps its own and is
+    never told (its own write does not come back to it)."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    written = '\n    Says: "I can\'t go on."\n    - denies a plan\n\n'
+    encounter_id, _ = created(device)
+    fields = (
+        encounter_fields(crew_member, assessment=written)
+        if record_type == "care.encounter"
+        else {"encounter_id": str(encounter_id), "body": written}
+    )
+    record_id = uuid.uuid4()
+
+    [result] = device.push(device.mutation("create", record_type, record_id, fields))
+    entries, _ = teammate.pull()
+
+    assert result["status"] == "applied", result
+    assert result["data"][field] == written
+    assert [e["data"][field] for e in entries if e["id"] == str(record_id)] == [written]
+    model = Encounter if record_type == "care.encounter" else ClinicalNote
+    assert getattr(model.objects.get(pk=record_id), field) == written
+
+
 def test_pushing_needs_protocol_2_and_the_feed_still_serves_version_1(crew_member: CrewMember) -> None:
     client = crew_member.client()
 
