@@ -5,7 +5,8 @@
 1. First sync: a device whose user sees 50,000 encounters pages through
    GET /api/v1/sync/snapshot/ (5,000 per page) from a real uvicorn process. Reported: the
    time, the bytes, and the server's resident memory before and after (flat = the
-   snapshot is not held in memory).
+   snapshot is not held in memory). Then the same device's first WatermelonDB sync of the
+   same records (GET /api/v1/sync/watermelon/pull/ while has_more), and the memory after it.
 2. Incremental pull: 500 new changes in the device's scope, pulled with one
    GET /api/v1/sync/feed/?limit=500 from the cursor before them, with 10,000 and then with
    1,000,000 rows in the change table (the rest in other scopes), then with 10,000 again
@@ -189,6 +190,21 @@ def main() -> None:
             rss_after = rss_kib(server.live.process.pid)
             assert received == SNAPSHOT_RECORDS and feed_cursor
 
+            started = time.perf_counter()
+            timestamp, watermelon_records, watermelon_parts = "", 0, 0
+            while True:
+                response = client.get("/api/v1/sync/watermelon/pull/", params={"last_pulled_at": timestamp})
+                assert response.status_code == 200, response.text
+                body = json.loads(response.content)
+                watermelon_records += sum(len(kinds["updated"]) for kinds in body["changes"].values())
+                watermelon_parts += 1
+                timestamp = body["timestamp"]
+                if not body["has_more"]:
+                    break
+            watermelon_first_sync = time.perf_counter() - started
+            rss_after_watermelon = rss_kib(server.live.process.pid)
+            assert watermelon_records == SNAPSHOT_RECORDS
+
             def incremental(feed_rows: int, already: int) -> tuple[dict[str, float], str]:
                 seed_feed(program.pk, feed_rows - already - INCREMENTAL, unit_scope(other_unit.pk))
                 start = client.get("/api/v1/sync/feed/", params={"limit": 1000}).json()
@@ -227,6 +243,9 @@ def main() -> None:
             first_sync_megabytes=round(size / 1e6, 1),
             server_rss_mib_before=round(rss_before / 1024, 1),
             server_rss_mib_after=round(rss_after / 1024, 1),
+            watermelon_first_sync_seconds=round(watermelon_first_sync, 2),
+            watermelon_first_sync_parts=watermelon_parts,
+            server_rss_mib_after_watermelon=round(rss_after_watermelon / 1024, 1),
             server_rss_mib_end=round(rss_end / 1024, 1),
             incremental_500_with_10k_rows=small,
             incremental_500_with_1m_rows=big,
