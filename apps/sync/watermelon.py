@@ -27,7 +27,7 @@ from typing import Any
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
 from apps.audit.services import Accessor
-from apps.sync import push, registry, selectors
+from apps.sync import conf, push, registry, selectors
 from apps.sync.models import ChangeOperation, IssuedCursor
 
 _LOCAL_COLUMNS = {"id", "_status", "_changed", "server_version", "updated_at", "created_at"}
@@ -147,11 +147,6 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
     return {"changes": changes, "timestamp": timestamp, "has_more": has_more}
 
 
-def _pull_limit() -> int:
-    """The most records one pull brings, from the snapshot or the feed."""
-    return _PULL_PAGE * _PULL_PAGES_PER_SYNC
-
-
 def _snapshot_into(
     changes: dict[str, dict[str, list[Any]]], scopes: list[str], device: Device, *, cursor: str | None
 ) -> tuple[str, bool]:
@@ -159,11 +154,11 @@ def _snapshot_into(
     None); the position to continue from, and whether the snapshot holds more.
 
     A part, not all of it: a device with tens of thousands of records gets them in pulls of
-    a bounded size, each one's records applied and its position kept before the next, so a
-    dropped connection costs one part, not the whole first sync. The last part ends with the
-    feed's position from the snapshot's start, as the snapshot endpoint's last page does.
-    """
-    wanted = _pull_limit()
+    ``WATERMELON_FIRST_SYNC_PART`` records, each part applied and its position kept before
+    the next, so a dropped connection costs one part, not the whole first sync. The last part
+    ends with the feed's position from the snapshot's start, as the snapshot endpoint's last
+    page does."""
+    wanted = conf.WATERMELON_FIRST_SYNC_PART
     while True:
         page = selectors.snapshot_page(
             scopes=scopes,

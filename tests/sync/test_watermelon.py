@@ -14,7 +14,7 @@ from apps.care.models import ClinicalNote, Encounter
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.live import AsgiServer
+from tests.live import AsgiServer, asgi_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
@@ -87,3 +87,38 @@ def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer,
     assert (handed_over.status, handed_over.error_code) == (MutationStatus.QUARANTINED, "device_revoked")
     assert handed_over.payload["fields"]["body"] == "Written in the subway."
     assert not ClinicalNote.objects.filter(pk=summary["lastNoteId"]).exists()
+
+
+def test_watermelondb_takes_a_first_sync_in_parts_and_loses_nothing_written_between_them(
+    django_db_setup: None, live_server_logs: Path, crew_member: CrewMember
+) -> None:
+    node = node_project()
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    writer = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    preseeded = [str(encounter(writer)) for _ in range(5)]
+
+    with asgi_server(live_server_logs, name="web-parts", SYNC_WATERMELON_FIRST_SYNC_PART="2") as server:
+        run = subprocess.run(
+            [node, "sync_test.js"],
+            cwd=PROJECT,
+            env={
+                "PATH": str(Path(node).parent),
+                "SCENARIO": "first-sync-in-parts",
+                "BASE_URL": server.http_url,
+                "TOKEN_A": crew_member.token,
+                "TOKEN_B": teammate.token,
+                "UNIT_ID": str(crew_member.unit.pk),
+                "PRESEEDED_IDS": ",".join(preseeded),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    # Five records (six, when B's falls in A's snapshot after its first part) in parts of two.
+    assert summary["partsOfA"][:2] == [True, True] and summary["recordsPerPull"][0] == 2, summary
+    assert max(summary["recordsPerPull"]) == 2, summary
+    assert Encounter.objects.filter(pk=summary["writtenMeanwhile"], created_by=teammate.user).count() == 1

@@ -14,7 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
-from apps.sync import push, registry, services, watermelon
+from apps.sync import conf, push, registry, services, watermelon
 from apps.sync.models import IssuedCursor, Mutation, MutationStatus, SyncedRecord
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
@@ -100,13 +100,12 @@ def _encounter_ids(pull: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)  # the feed after the snapshot serves committed changes only
-def test_a_first_sync_comes_in_parts_of_a_pulls_size_and_the_feed_continues_after_the_last(
+def test_a_first_sync_comes_in_parts_and_the_feed_continues_after_the_last(
     crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     written = {str(encounter(teammate)) for _ in range(9)}
-    monkeypatch.setattr(watermelon, "_PULL_PAGE", 2)  # a pull brings at most 2 x 2 records
-    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 2)
+    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 4)
     monkeypatch.setattr(watermelon, "_SNAPSHOT_READ", 3)  # a part read in more than one query
     client = sync_client(crew_member)
 
@@ -130,8 +129,7 @@ def test_a_first_sync_part_way_through_is_not_continued_by_another_device(
 ) -> None:
     for _ in range(3):
         encounter(crew_member)
-    monkeypatch.setattr(watermelon, "_PULL_PAGE", 1)
-    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 1)
+    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 1)
     first = sync_client(crew_member).get("/api/v1/sync/watermelon/pull/").json()
     assert first["has_more"]
     other_tablet, token = device_with_token(crew_member.user, name="Second tablet")
@@ -149,8 +147,7 @@ def test_a_first_sync_resumed_after_the_retention_passed_gets_410(
 ) -> None:
     for _ in range(3):
         encounter(crew_member)
-    monkeypatch.setattr(watermelon, "_PULL_PAGE", 1)
-    monkeypatch.setattr(watermelon, "_PULL_PAGES_PER_SYNC", 1)
+    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 1)
     client = sync_client(crew_member)
     first = client.get("/api/v1/sync/watermelon/pull/").json()
     assert first["has_more"]

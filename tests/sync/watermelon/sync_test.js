@@ -2,6 +2,7 @@
 //
 //   BASE_URL=http://127.0.0.1:8000 TOKEN_A=... DEVICE_A=... TOKEN_B=... UNIT_ID=... PRESEEDED_ID=... \
 //     node sync_test.js
+//   SCENARIO=first-sync-in-parts BASE_URL=... TOKEN_A=... TOKEN_B=... PRESEEDED_IDS=<id,id,...> node sync_test.js
 //
 // Exits non-zero on the first failed expectation; prints one JSON line of what the Python
 // test checks on the server side.
@@ -13,7 +14,7 @@ const { Database, Model, appSchema, tableSchema } = require('@nozbe/watermelondb
 const LokiJSAdapter = require('@nozbe/watermelondb/adapters/lokijs').default
 const { synchronize } = require('@nozbe/watermelondb/sync')
 
-const { BASE_URL, TOKEN_A, DEVICE_A, TOKEN_B, UNIT_ID, PRESEEDED_ID } = process.env
+const { BASE_URL, TOKEN_A, DEVICE_A, TOKEN_B, UNIT_ID, PRESEEDED_ID, PRESEEDED_IDS } = process.env
 
 const common = [
   { name: 'unit_id', type: 'string', isOptional: true },
@@ -132,7 +133,12 @@ function tablet(name, token) {
       },
     })
   }
-  return { database, sync, seen, headers }
+  // As the README says an app must: synchronize again while the last pull has more.
+  async function syncUntilDone() {
+    do await sync()
+    while (seen.pulls[seen.pulls.length - 1].has_more)
+  }
+  return { database, sync, syncUntilDone, seen, headers }
 }
 
 async function createEncounter(database, fields) {
@@ -270,7 +276,36 @@ async function main() {
   )
 }
 
-main().catch((error) => {
+// A first sync in parts (the server started with SYNC_WATERMELON_FIRST_SYNC_PART=2): A takes
+// its first part, B writes a record meanwhile, and A's later parts and the feed after them
+// bring every record once, none lost between parts.
+async function firstSyncInParts() {
+  const a = tablet('tablet-a', TOKEN_A)
+  const b = tablet('tablet-b', TOKEN_B)
+  const preseeded = PRESEEDED_IDS.split(',')
+
+  await a.sync()
+  assert.equal(a.seen.pulls[0].has_more, true, 'the first part says there is more')
+  await b.syncUntilDone()
+  const writtenMeanwhile = await createEncounter(b.database, { location: 'written between parts' })
+  await b.sync()
+  await a.syncUntilDone()
+  await a.syncUntilDone()
+
+  const held = await a.database.get('encounters').query().fetch()
+  const heldIds = held.map((record) => record.id).sort()
+  assert.deepEqual(heldIds, [...preseeded, writtenMeanwhile].sort(), 'every record, none lost between parts')
+  assert.ok(held.every((record) => record.serverVersion === 1 && record._raw._status === 'synced'))
+  console.log(
+    JSON.stringify({
+      writtenMeanwhile,
+      partsOfA: a.seen.pulls.map((body) => body.has_more),
+      recordsPerPull: a.seen.pulls.map((body) => pulledIds(body, 'encounters').length),
+    }),
+  )
+}
+
+;(process.env.SCENARIO === 'first-sync-in-parts' ? firstSyncInParts() : main()).catch((error) => {
   console.error(error)
   process.exit(1)
 })
