@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,31 +34,37 @@ def node_project() -> str:
     return node
 
 
-def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer, crew_member: CrewMember) -> None:
-    node = node_project()
-    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
-    preseeded = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit), location="preseeded")
-
+def run_sync_test(node: str, **env: str) -> dict[str, Any]:
+    """Run sync_test.js with these variables; what it printed last, once it passed."""
     run = subprocess.run(
         [node, "sync_test.js"],
         cwd=PROJECT,
-        env={
-            "PATH": str(Path(node).parent),
-            "BASE_URL": asgi.http_url,
-            "TOKEN_A": crew_member.token,
-            "DEVICE_A": str(crew_member.device.pk),
-            "TOKEN_B": teammate.token,
-            "UNIT_ID": str(crew_member.unit.pk),
-            "PRESEEDED_ID": str(preseeded),
-        },
+        env={"PATH": str(Path(node).parent), **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-
     assert run.returncode == 0, run.stdout + run.stderr
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    summary: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    node = node_project()
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    preseeded = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit), location="preseeded")
+
+    summary = run_sync_test(
+        node,
+        BASE_URL=asgi.http_url,
+        TOKEN_A=crew_member.token,
+        DEVICE_A=str(crew_member.device.pk),
+        TOKEN_B=teammate.token,
+        UNIT_ID=str(crew_member.unit.pk),
+        PRESEEDED_ID=str(preseeded),
+    )
+
     encounter_id = uuid.UUID(summary["encounterId"])
     # Created once each, by the tablet that made them, never duplicated.
     assert Encounter.objects.filter(pk=encounter_id, created_by=crew_member.user).count() == 1
@@ -98,26 +105,16 @@ def test_watermelondb_takes_a_first_sync_in_parts_and_loses_nothing_written_betw
     preseeded = [str(encounter(writer)) for _ in range(5)]
 
     with asgi_server(live_server_logs, name="web-parts", SYNC_WATERMELON_FIRST_SYNC_PART="2") as server:
-        run = subprocess.run(
-            [node, "sync_test.js"],
-            cwd=PROJECT,
-            env={
-                "PATH": str(Path(node).parent),
-                "SCENARIO": "first-sync-in-parts",
-                "BASE_URL": server.http_url,
-                "TOKEN_A": crew_member.token,
-                "TOKEN_B": teammate.token,
-                "UNIT_ID": str(crew_member.unit.pk),
-                "PRESEEDED_IDS": ",".join(preseeded),
-            },
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        summary = run_sync_test(
+            node,
+            SCENARIO="first-sync-in-parts",
+            BASE_URL=server.http_url,
+            TOKEN_A=crew_member.token,
+            TOKEN_B=teammate.token,
+            UNIT_ID=str(crew_member.unit.pk),
+            PRESEEDED_IDS=",".join(preseeded),
         )
 
-    assert run.returncode == 0, run.stdout + run.stderr
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
     # Five records (six, when B's falls in A's snapshot after its first part) in parts of two.
     assert summary["partsOfA"][:2] == [True, True] and summary["recordsPerPull"][0] == 2, summary
     assert max(summary["recordsPerPull"]) == 2, summary

@@ -124,14 +124,19 @@ def test_a_first_sync_comes_in_parts_and_the_feed_continues_after_the_last(
     assert after_the_snapshot.status_code == 200
 
 
-def test_a_first_sync_part_way_through_is_not_continued_by_another_device(
-    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _first_part_of_three(crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for _ in range(3):
         encounter(crew_member)
     monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 1)
-    first = sync_client(crew_member).get("/api/v1/sync/watermelon/pull/").json()
+    first: dict[str, Any] = sync_client(crew_member).get("/api/v1/sync/watermelon/pull/").json()
     assert first["has_more"]
+    return first
+
+
+def test_a_first_sync_part_way_through_is_not_continued_by_another_device(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _first_part_of_three(crew_member, monkeypatch)
     other_tablet, token = device_with_token(crew_member.user, name="Second tablet")
 
     refused = sync_client(CrewMember(crew_member.user, crew_member.unit, other_tablet, token)).get(
@@ -145,15 +150,10 @@ def test_a_first_sync_part_way_through_is_not_continued_by_another_device(
 def test_a_first_sync_resumed_after_the_retention_passed_gets_410(
     crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for _ in range(3):
-        encounter(crew_member)
-    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 1)
-    client = sync_client(crew_member)
-    first = client.get("/api/v1/sync/watermelon/pull/").json()
-    assert first["has_more"]
+    first = _first_part_of_three(crew_member, monkeypatch)
     services.feed_prune(older_than=timedelta(0))
 
-    resumed = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": first["timestamp"]})
+    resumed = sync_client(crew_member).get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": first["timestamp"]})
 
     assert resumed.status_code == 410, resumed.content
     assert (resumed.json()["code"], resumed.json()["errors"][0]["field"]) == ("cursor_expired", "last_pulled_at")
