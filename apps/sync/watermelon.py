@@ -157,7 +157,7 @@ def _snapshot_into(
     ``WATERMELON_FIRST_SYNC_PART`` records, each part applied and its position kept before
     the next, so a dropped connection costs one part, not the whole first sync. The last part
     ends with the feed's position from the snapshot's start, as the snapshot endpoint's last
-    page does."""
+    page does, and says there is more: the feed from there is the first sync's too."""
     wanted = conf.WATERMELON_FIRST_SYNC_PART
     while True:
         page = selectors.snapshot_page(
@@ -172,8 +172,10 @@ def _snapshot_into(
             if synced_type is not None and synced_type.watermelon_table:
                 changes[synced_type.watermelon_table]["updated"].append(_raw(str(record_id), json.loads(data), version))
         if page.cursor is None:
+            # More to come even so: what changed since the snapshot began (a record written,
+            # a unit left) is in the feed from its start, which the next pull reads.
             assert page.feed_cursor is not None
-            return page.feed_cursor, False
+            return page.feed_cursor, True
         cursor = page.cursor
         wanted -= len(page.rows)
         if wanted <= 0:

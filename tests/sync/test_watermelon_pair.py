@@ -16,6 +16,7 @@ from django.utils import timezone
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
 from apps.sync import conf, push, registry, services, watermelon
 from apps.sync.models import IssuedCursor, Mutation, MutationStatus, SyncedRecord
+from apps.teams import services as teams_services
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member, revoke_device
@@ -100,7 +101,7 @@ def _encounter_ids(pull: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)  # the feed after the snapshot serves committed changes only
-def test_a_first_sync_comes_in_parts_and_the_feed_continues_after_the_last(
+def test_a_first_sync_comes_in_parts_and_ends_with_the_feed_from_where_it_began(
     crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
@@ -112,16 +113,37 @@ def test_a_first_sync_comes_in_parts_and_the_feed_continues_after_the_last(
     first = client.get("/api/v1/sync/watermelon/pull/").json()
     written_meanwhile = str(encounter(teammate))  # after the snapshot began: the feed's
     pulls = [first, *_pull_until_done(client, first["timestamp"])]
-    after_the_snapshot = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": pulls[-1]["timestamp"]})
 
-    assert [body["has_more"] for body in pulls] == [True, True, False]
+    # Three parts of the snapshot (4, 4 and the rest), then the feed from where it began.
+    assert [body["has_more"] for body in pulls] == [True, True, True, False]
     parts = [_encounter_ids(body) for body in pulls]
     assert [len(part) for part in parts[:2]] == [4, 4]
-    served = [record_id for part in parts for record_id in part]
-    assert len(served) == len(set(served)), "a record came in two parts"
-    assert written <= set(served)
-    assert written_meanwhile in set(served) | set(_encounter_ids(after_the_snapshot.json()))
-    assert after_the_snapshot.status_code == 200
+    snapshot = [record_id for part in parts[:3] for record_id in part]
+    assert len(snapshot) == len(set(snapshot)), "a record came in two parts"
+    assert written <= set(snapshot)
+    assert written_meanwhile in set(snapshot) | set(parts[3])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_unit_left_during_a_first_sync_is_gone_from_the_device_when_it_ends(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    for _ in range(2):
+        encounter(teammate)
+    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 1)
+    client = sync_client(crew_member)
+    first = client.get("/api/v1/sync/watermelon/pull/").json()
+    assert first["has_more"]
+
+    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    pulls = [first, *_pull_until_done(client, first["timestamp"])]
+
+    held: set[str] = set()
+    for body in pulls:
+        for raw in body["changes"].get("encounters", {}).get("updated", []):
+            (held.discard if raw.get("deleted") else held.add)(raw["id"])
+    assert held == set(), "the device ends the first sync holding a record of the unit it left"
 
 
 def _first_part_of_three(crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
