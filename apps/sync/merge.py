@@ -72,19 +72,38 @@ class VersionView:
     is_deleted: bool = False
     # The ledger row of the mutation that wrote it (None: not written by a device's push).
     mutation_id: int | None = None
+    # That mutation's number on its device (None: a client that does not number its changes).
+    made_as: int | None = None
+
+
+def _made_after(view: VersionView, made_before: int, made_as: int | None) -> bool:
+    """Whether the device made the mutation that wrote ``view`` after the edit whose ledger
+    row is ``made_before`` (numbered ``made_as`` on the device): by the device's numbering
+    where both have one, since a mutation applied after review may have reached the server
+    after the device's later ones; else in the order the server received them."""
+    if made_as is not None and view.made_as is not None:
+        return view.made_as > made_as
+    return view.mutation_id is not None and view.mutation_id > made_before
 
 
 def effective_base(
-    *, base_version: int, versions: Iterable[VersionView], device_id: Any, made_before: int | None = None
+    *,
+    base_version: int,
+    versions: Iterable[VersionView],
+    device_id: Any,
+    made_before: int | None = None,
+    made_as: int | None = None,
 ) -> dict[str, Any] | None:
     """The field values the device's edit was made against.
 
     That is the version it last pulled, advanced by the device's own earlier writes: a device
     that queued two edits of one field offline sent both against the same base, and its
     second edit must replace its first, not conflict with it. With ``made_before`` (the
-    edit's ledger row), only the device's writes of mutations made before it count: an edit
-    applied again after review must not take the device's own later edit as its base, and
-    replace it unseen. Returns None when the base version is unknown.
+    edit's ledger row, and ``made_as``, its number on the device), only the device's writes
+    of mutations made before it count: an edit applied again after review must not take the
+    device's own later edit as its base, and replace it unseen. Without a base (0), a field
+    another writer changed after the device's own write of it is unknown again: the device
+    did not write it last. Returns None when the base version is unknown.
     """
     ordered = sorted(versions, key=lambda view: view.version)
     if base_version == 0:
@@ -95,30 +114,42 @@ def effective_base(
             return None
         base = dict(found.data)
     for view in ordered:
+        if view.version <= base_version:
+            continue
         own = view.device_id is not None and view.device_id == device_id
-        earlier = made_before is None or (view.mutation_id is not None and view.mutation_id < made_before)
-        if view.version > base_version and own and earlier:
+        earlier = made_before is None or (
+            view.mutation_id is not None
+            and view.mutation_id != made_before
+            and not _made_after(view, made_before, made_as)
+        )
+        if own and earlier:
             for name in view.changed_fields:
                 if name in view.data:
                     base[name] = view.data[name]
+        elif base_version == 0:
+            for name in view.changed_fields:
+                base.pop(name, None)
     return base
 
 
 def changed_by_others_since(
-    *, base_version: int, versions: Iterable[VersionView], device_id: Any, made_before: int | None = None
+    *,
+    base_version: int,
+    versions: Iterable[VersionView],
+    device_id: Any,
+    made_before: int | None = None,
+    made_as: int | None = None,
 ) -> bool:
     """Whether anyone but this device wrote the record after the device's base version.
 
-    With ``made_before`` (the change's ledger row), the device's own writes of mutations made
-    after it count as others': a delete applied again after review never saw its writer's
-    later edit. A version the device's push wrote as a side effect (a referral's status from
-    an outcome) names no mutation and stays the device's own.
+    With ``made_before`` (the change's ledger row, and ``made_as``, its number on the
+    device), the device's own writes of mutations made after it count as others': a delete
+    applied again after review never saw its writer's later edit. A version the device's push
+    wrote as a side effect (a referral's status from an outcome) names no mutation and stays
+    the device's own.
     """
     return any(
         view.version > base_version
-        and (
-            view.device_id != device_id
-            or (made_before is not None and view.mutation_id is not None and view.mutation_id > made_before)
-        )
+        and (view.device_id != device_id or (made_before is not None and _made_after(view, made_before, made_as)))
         for view in versions
     )

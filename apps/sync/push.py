@@ -37,6 +37,7 @@ from uuid import UUID
 import orjson
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -1154,6 +1155,8 @@ class _BatchState:
     raise_refusals: bool
     # Ledger rows applied again after review: their writes go back to their own device too.
     reviewed: frozenset[int] = frozenset()
+    # The batch's ledger rows' numbers on their device (a merge orders a device's own writes so).
+    device_numbers: dict[int, int | None] = field(default_factory=dict)
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
     quarantined_creates: dict[UUID, LedgerRow] = field(default_factory=dict)
     # The scopes the writer reads, once a refused change needs them (_send_back_servers_copy).
@@ -1215,6 +1218,7 @@ def _apply_rows(
         program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
         reviewed=reviewed,
+        device_numbers={row.pk: row.mutation_id for row in rows},
     )
     fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -1281,11 +1285,15 @@ def _merge_history(rows: list[LedgerRow], heads: dict[UUID, Head]) -> dict[UUID,
                 )
             )
     if oldest_base:
-        stored_versions = RecordVersion.objects.filter(
-            record_id__in=bulk.any_of(oldest_base, "uuid"), version__gte=min(oldest_base.values())
-        ).order_by("record_id", "version")
+        stored_versions = (
+            RecordVersion.objects.filter(
+                record_id__in=bulk.any_of(oldest_base, "uuid"), version__gte=min(oldest_base.values())
+            )
+            .annotate(made_as=F("mutation__mutation_id"))
+            .order_by("record_id", "version")
+        )
         for version in stored_versions:
-            versions[version.record_id].append(_view(version))
+            versions[version.record_id].append(_view(version, version.made_as))
     return versions
 
 
@@ -1309,7 +1317,7 @@ def _save_results(rows: list[LedgerRow]) -> None:
         )
 
 
-def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
+def _view(version: RecordVersion | PendingVersion, made_as: int | None) -> merge.VersionView:
     return merge.VersionView(
         version=version.version,
         data=version.data,
@@ -1317,6 +1325,7 @@ def _view(version: RecordVersion | PendingVersion) -> merge.VersionView:
         changed_fields=version.changed_fields,
         is_deleted=version.is_deleted,
         mutation_id=version.mutation_id,
+        made_as=made_as,
     )
 
 
@@ -1416,7 +1425,8 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         return
     # Stored versions, and those this batch wrote and has not flushed yet.
     versions = state.versions.get(row.record_id, []) + [
-        _view(version) for version in state.publisher.pending_versions.get(row.record_id, ())
+        _view(version, state.device_numbers.get(version.mutation_id) if version.mutation_id is not None else None)
+        for version in state.publisher.pending_versions.get(row.record_id, ())
     ]
     base_version = row.base_version or 0
     if row.operation == MutationOperation.CREATE:
@@ -1441,6 +1451,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         versions=versions,
         device_id=context.device and context.device.pk,
         made_before=row.pk,
+        made_as=row.mutation_id,
     )
     if base is None:
         _quarantine(row, "invalid_base_version", "The base version is unknown.", "base_version")
@@ -1564,7 +1575,7 @@ def _delete(
         row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
         return
     if merge.changed_by_others_since(
-        base_version=base_version, versions=versions, device_id=device_id, made_before=row.pk
+        base_version=base_version, versions=versions, device_id=device_id, made_before=row.pk, made_as=row.mutation_id
     ):
         # A delete that meets an edit its device never saw: the record and the edit stay.
         _refused_by_domain(synced_type, row, record, {}, state)
@@ -1605,7 +1616,10 @@ def _write(
         synced_type,
         saved,
         user=state.context.user,
-        device=state.context.device,
+        # A change applied after review is not its device's own write to merge over: the
+        # device was told it was refused and took the server's copy back, so what it made
+        # since was made without it, and meeting it is a conflict, not a replacement.
+        device=None if row.pk in state.reviewed else state.context.device,
         mutation_id=row.pk,
         changed_fields=changed_fields,
         is_deleted=is_deleted,

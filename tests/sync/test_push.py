@@ -737,6 +737,25 @@ def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(c
     assert (conflict.kind, conflict.field, conflict.device_value) == ("edit_vs_delete", "location", "late")
 
 
+def test_an_edit_without_a_base_of_a_field_a_colleague_wrote_last_is_a_conflict_not_dropped(
+    crew_member: CrewMember,
+) -> None:
+    """Without a base, only the fields the device itself wrote last are known to it: its
+    create wrote the assessment, but a colleague wrote it after."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    record_id, _ = created(device, assessment="Calm.")
+    [colleagues] = teammate.push(
+        teammate.mutation("update", "care.encounter", record_id, {"assessment": "Agitated."}, 1)
+    )
+
+    [result] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}))
+
+    assert colleagues["status"] == "applied"
+    assert result["status"] == "conflict", result
+    conflict = Conflict.objects.get(record_id=record_id)
+    assert (conflict.field, conflict.server_value, conflict.device_value) == ("assessment", "Agitated.", "Calm.")
+
+
 @pytest.mark.parametrize(
     ("fields", "base_version"),
     [

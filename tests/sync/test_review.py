@@ -185,6 +185,56 @@ def test_a_delete_applied_after_review_does_not_delete_over_its_writers_own_late
     assert (encounter_row.is_deleted, encounter_row.location) == (False, "B: later")
 
 
+@pytest.mark.parametrize("op", ["update", "delete"])
+def test_a_change_sent_out_of_order_and_applied_after_review_does_not_replace_its_writers_later_edit(
+    program: Program, crew_member: CrewMember, op: str
+) -> None:
+    """Made before the edit that reached the server first, it arrived after it (and was kept
+    as out of order): by the device's own numbering it was made first, so the later edit is
+    one it never saw."""
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    earlier = device.mutation(
+        op, "care.encounter", record_id, {"assessment": "A: earlier"} if op == "update" else None, 1
+    )
+    later = device.mutation("update", "care.encounter", record_id, {"assessment": "B: later"}, 1)
+    assert device.push(later)[0]["status"] == "applied"
+    assert device.push(earlier)[0]["error"]["code"] == "mutation_out_of_order"
+
+    [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    assert result["status"] == "conflict", result
+    encounter_row = Encounter.objects.get(pk=record_id)
+    assert (encounter_row.assessment, encounter_row.is_deleted) == ("B: later", False)
+
+
+@pytest.mark.parametrize("op", ["update", "delete"])
+def test_a_writers_change_made_after_a_refusal_meets_what_a_review_applied_later_as_a_conflict(
+    program: Program, crew_member: CrewMember, op: str
+) -> None:
+    """The device was told its first edit was refused and took the server's copy back: its
+    next change was made without that edit, which a supervisor applies meanwhile. Merged as
+    the device's own write, the review's text would be replaced (or deleted) unseen."""
+    record_id = encounter(crew_member, assessment="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    [refused] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "A: offline"}, 1))
+    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    made_on_the_servers_copy = device.mutation(
+        op, "care.encounter", record_id, {"assessment": "B: rewritten"} if op == "update" else None, 1
+    )
+    [reviewed] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
+
+    [result] = device.push(made_on_the_servers_copy)
+
+    assert (refused["status"], reviewed["status"], reviewed["version"]) == ("quarantined", "applied", 2)
+    assert result["status"] == "conflict", result
+    encounter_row = Encounter.objects.get(pk=record_id)
+    assert (encounter_row.assessment, encounter_row.is_deleted) == ("A: offline", False)
+
+
 @pytest.mark.django_db(transaction=True)  # the feed serves only committed transactions
 def test_what_applies_after_review_reaches_its_writers_device(program: Program, crew_member: CrewMember) -> None:
     """A quarantined change is dropped from the outbox and the server's copy replaces the
