@@ -342,6 +342,8 @@ def feed_page(
         # are quiet stays within the retention however old their last change.
         position = FeedPosition(reading.horizon - 1, _FEED_END)
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
+    if user_id is not None:
+        entries = _without_records_out_of_sight(entries, user_scope(user_id), reading.scopes)
     held_back = not has_more and readable.filter(transaction_id__gte=reading.horizon).exists()
     return FeedPage(
         entries=entries,
@@ -351,6 +353,36 @@ def feed_page(
         held_back=held_back,
         scopes=reading.scopes,
     )
+
+
+def _without_records_out_of_sight(entries: list[ChangeEntry], own_scope: str, scopes: list[str]) -> list[ChangeEntry]:
+    """The entries but the upserts addressed to the reader alone of records its ``scopes`` no
+    longer see.
+
+    A writer that began before a change of the reader's access committed (a push whose check
+    of the writer's rights still read the old crew) may send the writer the record as it
+    stands after that change's removal of it, in the feed's order: served, it would bring the
+    record back to a device whose user may no longer see it, and leave it there for good.
+    Read now, a record's audience is where it is now: one it moved to later has its own
+    entries, in the feed after these.
+    """
+    addressed = {
+        entry.record_id for entry in entries if entry.scope == own_scope and entry.operation == ChangeOperation.UPSERT
+    }
+    if not addressed:
+        return entries
+    out_of_sight = set(
+        SyncedRecord.objects.filter(record_id__in=addressed)
+        .exclude(audience__in=audiences_of(including_any_of=scopes))
+        .values_list("record_id", flat=True)
+    )
+    return [
+        entry
+        for entry in entries
+        if not (
+            entry.record_id in out_of_sight and entry.scope == own_scope and entry.operation == ChangeOperation.UPSERT
+        )
+    ]
 
 
 def _check_retention(position: FeedPosition) -> None:

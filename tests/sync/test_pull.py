@@ -1084,3 +1084,51 @@ def test_a_record_moved_from_a_kept_unit_into_the_joined_one_while_the_join_comm
 
     assert list(on_device) == [str(moved)], later
     assert on_device[str(moved)]["data"]["unit_id"] == str(joined.pk)
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions at once, each committing
+@pytest.mark.parametrize("kind", ["delete_vs_edit", "same_field_conflict", "unseen_unchanged_edit"])
+def test_a_push_racing_the_writers_leave_does_not_bring_the_units_record_back_to_their_device(
+    program: Program, crew_member: CrewMember, kind: str
+) -> None:
+    """The push began while the change of crew was committing, and its check of the writer's
+    rights still read the old crew: it sends the writer the record as it stands (a conflict,
+    an edit that changed nothing of a record others had changed), after the change's removal
+    of it in the feed's order. The user may no longer see the record; their device must not
+    end holding it."""
+    mate = make_crew_member(program, unit=crew_member.unit)
+    record = encounter(mate, location="first")
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    pushed(mate, "care.encounter", {"location": "second"}, op="update", record_id=record, base_version=1)
+    leave_written, release = threading.Event(), threading.Event()
+
+    def supervisor_removes_the_member() -> None:
+        try:
+            with transaction.atomic():
+                teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+                leave_written.set()
+                release.wait(10)
+        finally:
+            leave_written.set()
+            connection.close()
+
+    leave = threading.Thread(target=supervisor_removes_the_member)
+    leave.start()
+    assert leave_written.wait(10)
+    mutation = {
+        "delete_vs_edit": device.mutation("delete", "care.encounter", record, None, 1),
+        "same_field_conflict": device.mutation("update", "care.encounter", record, {"location": "third"}, 1),
+        "unseen_unchanged_edit": device.mutation("update", "care.encounter", record, {"location": "second"}, 1),
+    }[kind]
+    [result] = device.push(mutation)
+    release.set()
+    leave.join(30)
+    entries, _ = device.pull(cursor)
+
+    assert result["status"] in ("conflict", "applied"), result
+    held: set[str] = set()
+    for entry in entries:
+        (held.add if entry["op"] == "upsert" else held.discard)(entry["id"])
+    assert held == set(), entries
+    assert snapshot(crew_member)[0] == [[]]  # what a new device of the user gets: nothing
