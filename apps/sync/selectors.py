@@ -366,23 +366,16 @@ def _without_records_out_of_sight(entries: list[ChangeEntry], own_scope: str, sc
     Read now, a record's audience is where it is now: one it moved to later has its own
     entries, in the feed after these.
     """
-    addressed = {
-        entry.record_id for entry in entries if entry.scope == own_scope and entry.operation == ChangeOperation.UPSERT
-    }
+    addressed = [entry for entry in entries if entry.scope == own_scope and entry.operation == ChangeOperation.UPSERT]
     if not addressed:
         return entries
     out_of_sight = set(
-        SyncedRecord.objects.filter(record_id__in=addressed)
+        SyncedRecord.objects.filter(record_id__in={entry.record_id for entry in addressed})
         .exclude(audience__in=audiences_of(including_any_of=scopes))
         .values_list("record_id", flat=True)
     )
-    return [
-        entry
-        for entry in entries
-        if not (
-            entry.record_id in out_of_sight and entry.scope == own_scope and entry.operation == ChangeOperation.UPSERT
-        )
-    ]
+    dropped = {entry.pk for entry in addressed if entry.record_id in out_of_sight}
+    return [entry for entry in entries if entry.pk not in dropped]
 
 
 def _check_retention(position: FeedPosition) -> None:
