@@ -27,7 +27,7 @@ from apps.notifications.models import AttemptStatus, Channel, NotificationAttemp
 from apps.sync.models import Mutation
 from apps.teams.models import ResponseModel, Unit, UnitMember, UnitStatus, Zone
 from tests.dispatch.factories import seed_default_triage_policy
-from tests.live import LiveProcess
+from tests.live import LiveWorker
 from tests.sync.helpers import PROTOCOL
 
 pytestmark = pytest.mark.django_db
@@ -319,7 +319,7 @@ def test_a_crews_tablet_documented_care_whose_follow_ups_the_case_manager_owns(d
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_demos_reminders_and_overdue_alerts_reach_an_address(demo_password: str, worker: LiveProcess) -> None:
+def test_the_demos_reminders_and_overdue_alerts_reach_an_address(demo_password: str, worker: LiveWorker) -> None:
     """The sends enqueue delivery tasks: the live worker takes them, and the test ends once it
     is idle (the ``worker`` fixture), so no delivery still reads the tables being emptied."""
     seed()

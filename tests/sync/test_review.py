@@ -39,6 +39,22 @@ def _apply(reviewer: CrewMember, ids: list[int], expect: int = 200) -> Any:
     return response.json()
 
 
+def _refused_off_the_crew(device: SimDevice, mutation: dict[str, Any]) -> dict[str, Any]:
+    """Push the mutation while its writer is off their unit's crew (quarantined,
+    ``not_permitted``), then put them back on it."""
+    member = device.member
+    UnitMember.objects.filter(user=member.user).delete()
+    [refused] = device.push(mutation)
+    UnitMember.objects.create(unit=member.unit, user=member.user)
+    return refused
+
+
+def _change(device: SimDevice, op: str, record_id: uuid.UUID, assessment: str) -> dict[str, Any]:
+    """An update of the encounter's assessment, or its delete, against version 1."""
+    fields = {"assessment": assessment} if op == "update" else None
+    return device.mutation(op, "care.encounter", record_id, fields, 1)
+
+
 def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     program: Program, crew_member: CrewMember
 ) -> None:
@@ -148,9 +164,7 @@ def test_an_edit_applied_after_review_does_not_replace_its_writers_own_later_edi
     record_id = encounter(crew_member, assessment="as first written")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     device = SimDevice(crew_member)
-    UnitMember.objects.filter(user=crew_member.user).delete()
-    [refused] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "A: earlier"}, 1))
-    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    refused = _refused_off_the_crew(device, _change(device, "update", record_id, "A: earlier"))
     [later] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "B: later"}, 1))
 
     [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
@@ -171,9 +185,7 @@ def test_a_delete_applied_after_review_does_not_delete_over_its_writers_own_late
     record_id = encounter(crew_member, location="as first written")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     device = SimDevice(crew_member)
-    UnitMember.objects.filter(user=crew_member.user).delete()
-    [refused] = device.push(device.mutation("delete", "care.encounter", record_id, base_version=1))
-    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    refused = _refused_off_the_crew(device, device.mutation("delete", "care.encounter", record_id, base_version=1))
     [later] = device.push(device.mutation("update", "care.encounter", record_id, {"location": "B: later"}, 1))
 
     [result] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
@@ -195,9 +207,7 @@ def test_a_change_sent_out_of_order_and_applied_after_review_does_not_replace_it
     record_id = encounter(crew_member, assessment="as first written")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     device = SimDevice(crew_member)
-    earlier = device.mutation(
-        op, "care.encounter", record_id, {"assessment": "A: earlier"} if op == "update" else None, 1
-    )
+    earlier = _change(device, op, record_id, "A: earlier")
     later = device.mutation("update", "care.encounter", record_id, {"assessment": "B: later"}, 1)
     assert device.push(later)[0]["status"] == "applied"
     assert device.push(earlier)[0]["error"]["code"] == "mutation_out_of_order"
@@ -219,12 +229,8 @@ def test_a_writers_change_made_after_a_refusal_meets_what_a_review_applied_later
     record_id = encounter(crew_member, assessment="as first written")
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     device = SimDevice(crew_member)
-    UnitMember.objects.filter(user=crew_member.user).delete()
-    [refused] = device.push(device.mutation("update", "care.encounter", record_id, {"assessment": "A: offline"}, 1))
-    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
-    made_on_the_servers_copy = device.mutation(
-        op, "care.encounter", record_id, {"assessment": "B: rewritten"} if op == "update" else None, 1
-    )
+    refused = _refused_off_the_crew(device, _change(device, "update", record_id, "A: offline"))
+    made_on_the_servers_copy = _change(device, op, record_id, "B: rewritten")
     [reviewed] = _apply(supervisor, _quarantined_ids(supervisor))["results"]
 
     [result] = device.push(made_on_the_servers_copy)
