@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -181,6 +181,7 @@ def person_apply(context: WriteContext, change: Change) -> Person:
 def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     values = dict(change.values)
     person_id = values.get("person_id")
+    _refuse_times_not_yet_come(values, "started_at", "ended_at")
     if change.operation == "create":
         unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         if person_id is not None:
@@ -248,6 +249,7 @@ def _same_program(record: CareRecord, program_id: UUID, field: str) -> None:
 def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
     values = dict(change.values)
     if change.operation == "create":
+        _refuse_times_not_yet_come(values, "signed_at")
         encounter = context.parent(Encounter, values.pop("encounter_id"), "encounter_id")
         amends_id = values.pop("amends_id", None)
         if amends_id is not None:
@@ -270,6 +272,7 @@ def note_apply(context: WriteContext, change: Change) -> ClinicalNote:
     note = change.record  # type: ignore[assignment]
     assert isinstance(note, ClinicalNote)
     note_refuses_change(context, note, change.operation, values)
+    _refuse_times_not_yet_come(values, "signed_at")
     if change.operation == "delete":
         return _soft_delete(context, note)  # type: ignore[return-value]
     if "encounter_id" in values and values.pop("encounter_id") != note.encounter_id:
@@ -300,10 +303,18 @@ def note_take_device_value(context: WriteContext, change: Change, writer: User) 
     conflict. A draft takes the device's text as its author's change. A note signed since
     never changes (P3): the device's text becomes an addendum amending it, written and
     signed by the case manager, as one added in the workspace is; the conflict keeps whose
-    text it was. A change of a signed note's other fields, or its deletion, is refused.
+    text it was. A change of a signed note's other fields, or its deletion, is refused. So is
+    a signature: its author gives it, over the text they read (one kept as a conflict was
+    made over text that has changed since).
     """
     note = change.record
     assert isinstance(note, ClinicalNote)
+    if "signed_at" in change.values:
+        raise Refused(
+            "signature_is_the_authors",
+            "Only the note's author signs it, over the text they read: they sign it again on their device.",
+            "signed_at",
+        )
     if not note.is_signed:
         saved = note_apply(WriteContext(user=writer, device=None), change)
         publish_record(type_name="care.note", record=saved, user=context.user, is_deleted=saved.is_deleted)
@@ -377,7 +388,7 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     referral = context.locked_parent(Referral, values.pop("referral_id"), "referral_id")
     if referral.task_status == ReferralTaskStatus.CANCELLED:
         raise Refused("referral_cancelled", "The referral was cancelled; it takes no outcome.", field="referral_id")
-    _refuse_an_outcome_not_yet_happened(values["observed_at"])
+    _refuse_times_not_yet_come(values, "observed_at")
     event = ReferralOutcomeEvent(
         id=change.record_id,
         program_id=referral.program_id,
@@ -392,17 +403,23 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     return event
 
 
-def _refuse_an_outcome_not_yet_happened(observed_at: datetime | str) -> None:
-    """The latest outcome by when it happened is the referral's status: one dated ahead of
-    the server's clock (a device clock years off) would hold the status against every real
-    outcome recorded after it. Kept for review instead, like any change that cannot apply."""
-    moment = parse_datetime(observed_at) if isinstance(observed_at, str) else observed_at
-    if moment is not None and moment > timezone.now() + timedelta(seconds=sync_conf.CLOCK_SKEW_SECONDS):
-        raise Refused(
-            "time_in_future",
-            "observed_at is ahead of the server's clock; check the device clock and record it again.",
-            field="observed_at",
-        )
+def _refuse_times_not_yet_come(values: dict[str, Any], *names: str) -> None:
+    """Refuse a change that dates what happened ahead of the server's clock (a device clock
+    years off), kept for review instead, like any change that cannot apply: the latest outcome
+    by when it happened is the referral's status, and one dated ahead would hold it against
+    every real outcome after it; an encounter's end dates its follow-up, which one ended years
+    ahead would put off as long; a signature dates what the note attests."""
+    latest = timezone.now() + timedelta(seconds=sync_conf.CLOCK_SKEW_SECONDS)
+    for name in names:
+        moment = values.get(name)
+        if isinstance(moment, str):
+            moment = parse_datetime(moment)
+        if moment is not None and moment > latest:
+            raise Refused(
+                "time_in_future",
+                f"{name} is ahead of the server's clock; check the device clock and record it again.",
+                field=name,
+            )
 
 
 def referral_outcome_refuses_change(context: WriteContext, event: Any, operation: str, values: dict[str, Any]) -> None:

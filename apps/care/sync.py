@@ -166,6 +166,8 @@ def register_synced_types() -> None:
             program_from=(Encounter, "encounter_id"),
             parent_field="encounter_id",
             clinical_text_fields=frozenset({"body"}),
+            # A signature is given over the text its author read.
+            attests={"signed_at": frozenset({"body"})},
             watermelon_table="notes",
             **common,
         )

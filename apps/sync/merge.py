@@ -6,7 +6,9 @@ Pure functions: no database, no Django. The rules (DESIGN.md P3):
 - a field only the server changed (since the device's base) keeps the server's value;
 - a field both changed to the same value is settled;
 - a field both changed to different values is a conflict: the record keeps the server's
-  value and both are kept for a person to resolve. Nothing is silently overwritten.
+  value and both are kept for a person to resolve. Nothing is silently overwritten;
+- a field that attests others (a note's signature, its text) applies only where they hold
+  what the device had when it changed it; otherwise it too is a conflict.
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ class MergeResult:
     conflicts: list[FieldConflict] = field(default_factory=list)
 
 
-def merge_fields(*, base: Mapping[str, Any], current: Mapping[str, Any], incoming: Mapping[str, Any]) -> MergeResult:
+def merge_fields(
+    *,
+    base: Mapping[str, Any],
+    current: Mapping[str, Any],
+    incoming: Mapping[str, Any],
+    attests: Mapping[str, Iterable[str]] | None = None,
+) -> MergeResult:
     """Merge the device's ``incoming`` wire values into ``current``, given the ``base`` it saw.
 
     A field absent from ``base`` (an unknown base) is treated as changed on both sides, so
-    a differing value is a conflict rather than a guess.
+    a differing value is a conflict rather than a guess. ``attests``: fields whose change
+    vouches for others' values (a signature for the text signed), by field.
     """
     result = MergeResult()
     for name, device_value in incoming.items():
@@ -58,7 +67,36 @@ def merge_fields(*, base: Mapping[str, Any], current: Mapping[str, Any], incomin
                     device=device_value,
                 )
             )
+    for name, attested in (attests or {}).items():
+        if name in result.changes and not _holds_what_device_had(attested, base, current, incoming, result):
+            # A signature given over text that someone else has changed since, or that stays
+            # another's in a conflict, would vouch for words its author never read.
+            base_value = base.get(name, MISSING)
+            result.conflicts.append(
+                FieldConflict(
+                    field=name,
+                    base=None if base_value is MISSING else base_value,
+                    server=current.get(name),
+                    device=result.changes.pop(name),
+                )
+            )
     return result
+
+
+def _holds_what_device_had(
+    names: Iterable[str],
+    base: Mapping[str, Any],
+    current: Mapping[str, Any],
+    incoming: Mapping[str, Any],
+    result: MergeResult,
+) -> bool:
+    """Whether, once merged, these fields hold what the device had: the values it sent, or
+    those of its base."""
+    for name in names:
+        had = incoming[name] if name in incoming else base.get(name, MISSING)
+        if result.changes.get(name, current.get(name, MISSING)) != had:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -1487,7 +1487,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             conflicts=[_conflict_wire(conflict) for conflict in conflicts],
         )
         return
-    merged = merge.merge_fields(base=base, current=head.data, incoming=wire)
+    merged = merge.merge_fields(base=base, current=head.data, incoming=wire, attests=synced_type.attests)
     if merged.conflicts:
         _refused_by_domain(synced_type, row, record, internal, state)
     conflicts = [

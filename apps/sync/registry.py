@@ -229,6 +229,10 @@ class SyncedType:
     take_device_value: Callable[[WriteContext, Change, User], list[tuple[str, UUID, str]]] | None = None
     # Wire fields holding clinical text: never overwritten by a concurrent edit.
     clinical_text_fields: frozenset[str] = frozenset()
+    # Wire fields whose change vouches for other fields' values, by field (a note's
+    # ``signed_at`` for its ``body``): a change of one applies only where those hold what
+    # its device had; otherwise it is kept as a conflict (apps.sync.merge).
+    attests: dict[str, frozenset[str]] = field(default_factory=dict, hash=False)
     # Wire fields holding health information (clinical text, who a person is): sealed in
     # every copy sync stores (apps.sync.sealing). Clinical text fields always are.
     health_fields: frozenset[str] = frozenset()

@@ -13,13 +13,14 @@ from django.utils import timezone
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter, Referral, ReferralOutcomeEvent
 from apps.care.services import encounter_reassign, referral_outcome_record
+from apps.common.api.errors import DomainError
 from apps.sync.models import Conflict, Mutation, SyncedRecord
-from apps.sync.services import publish_record
+from apps.sync.services import conflict_resolve, publish_record
 from apps.teams.models import UnitMember
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, in_the_admin, make_crew_member
-from tests.sync.helpers import SimDevice, now_iso, run_while_another_writer_holds
+from tests.sync.helpers import SimDevice, encounter_fields, now_iso, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,6 +92,114 @@ def test_a_stale_edit_of_a_note_signed_since_is_refused_not_held_as_a_conflict(c
     )
     assert not Conflict.objects.exists()
     assert ClinicalNote.objects.get(pk=note_id).body == "Calm, oriented."
+
+
+def _draft_changed_on_the_phone(member: CrewMember) -> uuid.UUID:
+    """A draft the tablet shows as "Draft.", whose text the author's phone has replaced since."""
+    note_id = uuid.uuid4()
+    pushed(member, "care.note", {"encounter_id": str(encounter(member)), "body": "Draft."}, record_id=note_id)
+    phone = dataclasses.replace(member, device=device_with_token(member.user, name="Phone")[0])
+    assert pushed(phone, "care.note", {"body": "Phone text."}, op="update", record_id=note_id, base_version=1)[
+        "status"
+    ] == ("applied")
+    return note_id
+
+
+@pytest.mark.parametrize("sent", [{}, {"body": "Draft."}], ids=["signature alone", "with the text it saw"])
+def test_a_signature_over_text_changed_since_is_kept_as_a_conflict_never_signing_unseen_text(
+    crew_member: CrewMember, sent: dict[str, Any]
+) -> None:
+    """A signature vouches for the text its author read. Merged as a field of its own, the
+    tablet's signature signed the phone's text, which the author never saw on the signing
+    screen, and the note could never change again."""
+    note_id = _draft_changed_on_the_phone(crew_member)
+
+    result = pushed(
+        crew_member,
+        "care.note",
+        {**sent, "signed_at": "2026-11-20T15:00:00+00:00"},
+        op="update",
+        record_id=note_id,
+        base_version=1,
+    )
+
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (note.body, note.is_signed) == ("Phone text.", False)
+    assert result["status"] == "conflict"
+    assert (result["version"], result["data"]["signed_at"]) == (2, None)
+    conflict = Conflict.objects.get(record_id=note_id)
+    assert (conflict.field, conflict.server_value, conflict.device_value) == (
+        "signed_at",
+        None,
+        "2026-11-20T15:00:00Z",
+    )
+
+
+def test_a_signature_sent_with_new_text_over_text_changed_since_keeps_both_and_signs_neither(
+    crew_member: CrewMember,
+) -> None:
+    """The tablet's final text and its signature meet the phone's text: the text is a conflict,
+    and so is the signature, which was given over the tablet's text, not the phone's."""
+    note_id = _draft_changed_on_the_phone(crew_member)
+
+    result = pushed(
+        crew_member,
+        "care.note",
+        {"body": "Final assessment.", "signed_at": "2026-11-20T15:00:00+00:00"},
+        op="update",
+        record_id=note_id,
+        base_version=1,
+    )
+
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (note.body, note.is_signed) == ("Phone text.", False)
+    assert result["status"] == "conflict"
+    assert sorted(Conflict.objects.values_list("field", "device_value")) == [
+        ("body", "Final assessment."),
+        ("signed_at", "2026-11-20T15:00:00Z"),
+    ]
+
+
+def test_a_signature_merges_with_text_only_its_own_device_changed(crew_member: CrewMember) -> None:
+    """The rule holds signatures to the text, not to the version: a signature over text no
+    one else changed still merges with another device's change of another field."""
+    note_id = uuid.uuid4()
+    pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
+    pushed(crew_member, "care.note", {"body": "Final."}, op="update", record_id=note_id, base_version=1)
+
+    result = pushed(
+        crew_member,
+        "care.note",
+        {"signed_at": "2026-11-20T15:00:00+00:00"},
+        op="update",
+        record_id=note_id,
+        base_version=1,
+    )
+
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (result["status"], note.body, note.is_signed) == ("applied", "Final.", True)
+
+
+def test_a_case_manager_cannot_give_a_signature_kept_as_a_conflict(program: Program, crew_member: CrewMember) -> None:
+    """Taken, the device's side would sign the text now in the note for its author, who never
+    read it: the author signs again on their device."""
+    note_id = _draft_changed_on_the_phone(crew_member)
+    pushed(
+        crew_member,
+        "care.note",
+        {"signed_at": "2026-11-20T15:00:00+00:00"},
+        op="update",
+        record_id=note_id,
+        base_version=1,
+    )
+    conflict = Conflict.objects.get(record_id=note_id, field="signed_at")
+    manager = make_crew_member(program, role=Role.CASE_MANAGER).user
+
+    with pytest.raises(DomainError) as refused:
+        conflict_resolve(conflict=conflict, choice="device", resolved_by=manager, accessor=in_the_admin(manager))
+
+    assert (refused.value.code, refused.value.field) == ("signature_is_the_authors", "choice")
+    assert not ClinicalNote.objects.get(pk=note_id).is_signed
 
 
 def test_a_colleagues_stale_edit_or_delete_of_a_draft_note_is_refused_as_not_theirs(crew_member: CrewMember) -> None:
@@ -455,6 +564,49 @@ def test_an_outcome_said_to_happen_in_the_future_is_kept_for_review_and_does_not
     )
     assert later["status"] == "applied"
     assert Referral.objects.get(pk=referral_id).status == "connected"
+
+
+@pytest.mark.parametrize(
+    ("record_type", "field"),
+    [("care.encounter", "started_at"), ("care.encounter", "ended_at"), ("care.note", "signed_at")],
+)
+@pytest.mark.parametrize("op", ["create", "update"])
+def test_an_encounter_or_signature_dated_ahead_of_the_servers_clock_is_kept_for_review(
+    crew_member: CrewMember, record_type: str, field: str, op: str
+) -> None:
+    """A device clock years ahead: an encounter ended then put its follow-up off as long (no
+    reminder for years), and a note was signed at a time not yet come."""
+    next_year = (timezone.now() + timedelta(days=365)).isoformat()
+    encounter_id = encounter(crew_member)
+    record_id = encounter_id if (record_type, op) == ("care.encounter", "update") else uuid.uuid4()
+    if (record_type, op) == ("care.note", "update"):
+        pushed(crew_member, "care.note", {"encounter_id": str(encounter_id), "body": "Draft."}, record_id=record_id)
+    if op == "create":
+        fields = (
+            encounter_fields(crew_member, **{field: next_year})
+            if record_type == "care.encounter"
+            else {"encounter_id": str(encounter_id), "body": "Calm.", field: next_year}
+        )
+        result = pushed(crew_member, record_type, fields, record_id=record_id)
+    else:
+        result = pushed(crew_member, record_type, {field: next_year}, op="update", record_id=record_id, base_version=1)
+
+    assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+        "quarantined",
+        "time_in_future",
+        f"fields.{field}",
+    )
+    model = Encounter if record_type == "care.encounter" else ClinicalNote
+    stored = model.objects.filter(pk=record_id).values_list(field, flat=True).first()
+    assert stored is None or stored < timezone.now()
+
+
+def test_an_encounter_ended_within_the_allowed_clock_skew_applies(crew_member: CrewMember) -> None:
+    soon = (timezone.now() + timedelta(seconds=60)).isoformat()
+
+    result = pushed(crew_member, "care.encounter", encounter_fields(crew_member, ended_at=soon))
+
+    assert result["status"] == "applied", result
 
 
 @pytest.mark.parametrize(
