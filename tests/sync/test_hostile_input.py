@@ -159,7 +159,7 @@ def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the
         "create",
         "care.encounter",
         encounter_id,
-        encounter_fields(crew_member, ended_at="2999-12-31T23:00:00Z", disposition="resolved_on_scene"),
+        encounter_fields(crew_member, ended_at="2026-11-20T15:00:00Z", disposition="resolved_on_scene"),
     )
     valid = person_create(device, given_name="valid")
 
@@ -173,7 +173,7 @@ def test_content_the_server_cannot_apply_is_kept_for_review_and_never_blocks_the
     assert later["status"] == "applied"
     assert not Encounter.objects.filter(pk=encounter_id).exists()
     kept = Mutation.objects.get(mutation_id=far["mutation_id"])
-    assert kept.status == MutationStatus.QUARANTINED and kept.payload["fields"]["ended_at"] == "2999-12-31T23:00:00Z"
+    assert kept.status == MutationStatus.QUARANTINED and kept.payload["fields"]["ended_at"] == "2026-11-20T15:00:00Z"
 
 
 @pytest.mark.parametrize(
