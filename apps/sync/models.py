@@ -122,6 +122,10 @@ class SyncedRecord(models.Model):
     audience = models.CharField(max_length=80, default="")
     is_deleted = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
+    # The transaction that published this version (pg_current_xact_id): a writer that took its
+    # own transaction id earlier must not publish over it (WrittenSinceTransactionBegan). Null
+    # for heads published before it was kept.
+    written_in_transaction = models.BigIntegerField(null=True)
 
     class Meta:
         indexes = [models.Index(fields=["audience", "record_id"], name="synced_record_audience")]

@@ -59,14 +59,22 @@ from apps.sync.models import (
     RecordVersion,
 )
 from apps.sync.scopes import scopes_for_user, user_scope
-from apps.sync.services import Head, PendingVersion, Publisher, lock_device, lock_records
+from apps.sync.services import (
+    Head,
+    PendingVersion,
+    Publisher,
+    WrittenSinceTransactionBegan,
+    lock_device,
+    lock_records,
+)
 
 # In characters, so every record its fields' own limits allow fits, in any script (a note of
 # 50,000 characters of Cyrillic is 100 KB); the request body's 5 MiB bounds the bytes.
 MAX_FIELDS_CHARACTERS = 64 * 1024
-# The database went away or asked for a retry (a deadlock, a serialization failure): the
-# request fails, nothing is lost, and the device's retry applies the batch.
-_TRANSIENT = (OperationalError, InterfaceError)
+# The database went away or asked for a retry (a deadlock, a serialization failure), or a
+# record was written meanwhile by a younger transaction: the request fails, nothing is lost,
+# and the device's retry applies the batch.
+_TRANSIENT = (OperationalError, InterfaceError, WrittenSinceTransactionBegan)
 _OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
 BASE_VERSION_MAX = (1 << 31) - 1  # the ledger's column: a version beyond it was never served
@@ -1182,10 +1190,7 @@ def _apply_rows(
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
     payloads as the ledger keeps them), as new rows holding their results, before the
     versions that name them."""
-    record_ids = {row.record_id for row in rows if row.record_id is not None}
-    # With the parents the creates are placed under: read after their locks, where they are
-    # is where no move of them is still under way (SyncedType.parent_field).
-    lock_records(record_ids | _parents_named_by_creates(rows))
+    record_ids = lock_records_written_by(rows)
     publisher = Publisher()
     publisher.read_heads(record_ids)
     heads = publisher.heads
@@ -1253,7 +1258,16 @@ def _apply_rows(
         raise _FallBack() from None
 
 
-def _parents_named_by_creates(rows: list[LedgerRow]) -> set[UUID]:
+def lock_records_written_by(rows: Sequence[LedgerRow]) -> set[UUID]:
+    """Take the locks of the records these rows change, and of the parents their creates are
+    placed under: read after their locks, where they are is where no move of them is still
+    under way (SyncedType.parent_field). Returns the ids of the records changed."""
+    record_ids = {row.record_id for row in rows if row.record_id is not None}
+    lock_records(record_ids | _parents_named_by_creates(rows))
+    return record_ids
+
+
+def _parents_named_by_creates(rows: Sequence[LedgerRow]) -> set[UUID]:
     parents = set()
     for row in rows:
         synced_type = registry.get(row.record_type)

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Device, User
@@ -135,6 +136,16 @@ def _apply_again(mutation_ids: list[int], device_ids: set[UUID], by_device: dict
             ).values_list("pk", flat=True)
         )
         _ensure_all_among(mutation_ids, still_kept)
+        # Their records' locks before this transaction's first write, which dates its changes
+        # in the feed (WrittenSinceTransactionBegan): with those of the devices' waiting
+        # mutations, which apply with them.
+        push.lock_records_written_by(
+            list(
+                Mutation.objects.filter(
+                    Q(pk__in=mutation_ids) | Q(device_id__in=device_ids, status=MutationStatus.RECEIVED)
+                ).only("record_type", "record_id", "operation", "payload")
+            )
+        )
         for (device_id, user_id), pks in by_device.items():
             Mutation.objects.filter(pk__in=pks).update(
                 status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None

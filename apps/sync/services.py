@@ -190,6 +190,24 @@ class _PendingHead:
     document: int
 
 
+class WrittenSinceTransactionBegan(DomainError):
+    """A record was written by a transaction younger than the one about to write it again.
+
+    The feed serves changes in the order of their transactions' ids, which a transaction
+    takes at its first write: one that wrote something before taking a record's lock, and
+    waited for it while a younger one wrote the record and committed, would have its newer
+    version served before that older one, and devices would end on the older (a record
+    removed from a unit's devices, then put back on them). Every writer takes its records'
+    locks before its first write; this refuses, without saving anything, a write that did not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This record was changed by someone else while this change was being made; nothing was saved. Try again.",
+            code="concurrent_change",
+        )
+
+
 class Publisher:
     """Collects the sync-side writes of many record changes and writes them in bulk.
 
@@ -218,6 +236,8 @@ class Publisher:
         # Per record: each health value's sealed form, so the copies of a version (head,
         # version row, feed entries, the push's result) share one sealing.
         self.sealed: dict[UUID, dict[Any, str]] = {}
+        # Heads last written by a transaction younger than this one (WrittenSinceTransactionBegan).
+        self.written_after_us: set[UUID] = set()
 
     def read_heads(self, record_ids: Iterable[UUID]) -> None:
         """Read the heads of these records (those it does not hold yet). Each head's data is
@@ -226,13 +246,18 @@ class Publisher:
         if not wanted:
             return
         with bulk.server_cursor() as cursor:
+            # Null while this transaction has written nothing: its id, taken at its first
+            # write, will be younger than that of every writer it waited for.
             cursor.execute(
-                "SELECT record_id, record_type, program_id, version, scopes, is_deleted, data::text"
+                "SELECT record_id, record_type, program_id, version, scopes, is_deleted, data::text,"
+                " written_in_transaction > pg_current_xact_id_if_assigned()::text::bigint"
                 " FROM sync_syncedrecord WHERE record_id = ANY(%b::uuid[])",
                 [list(wanted)],
             )
             stored = cursor.fetchall()
-        for record_id, record_type, program_id, version, scopes, is_deleted, data in stored:
+        for record_id, record_type, program_id, version, scopes, is_deleted, data, written_after_us in stored:
+            if written_after_us:
+                self.written_after_us.add(record_id)
             memo = self.sealed.setdefault(record_id, {})
             opened = sealing.unseal_tree(json.loads(data), memo)
             self.heads[record_id] = Head(record_id, record_type, program_id, version, opened, scopes, is_deleted)
@@ -264,6 +289,8 @@ class Publisher:
         into something the device does not have yet).
         """
         record_id: UUID = record.pk
+        if record_id in self.written_after_us:
+            raise WrittenSinceTransactionBegan()
         head = self.heads.get(record_id)
         data = synced_type.to_wire(record)
         scopes = sorted(set(synced_type.scopes_of(record)))
@@ -371,9 +398,11 @@ class Publisher:
                 "  AS a(key, scopes) ON CONFLICT DO NOTHING"
                 "), head AS ("
                 "  INSERT INTO sync_syncedrecord"
-                "  (record_id, record_type, program_id, version, data, scopes, audience, is_deleted, updated_at)"
+                "  (record_id, record_type, program_id, version, data, scopes, audience, is_deleted, updated_at,"
+                "  written_in_transaction)"
                 "  SELECT h.record_id, h.record_type, h.program_id, h.version, document.data,"
-                "  string_to_array(h.scopes, %b)::varchar[], h.audience, h.is_deleted, now()"
+                "  string_to_array(h.scopes, %b)::varchar[], h.audience, h.is_deleted, now(),"
+                "  pg_current_xact_id()::text::bigint"
                 "  FROM unnest(%b::uuid[], %b::text[], %b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],"
                 "  %b::bool[])"
                 "  AS h(record_id, record_type, program_id, version, document, scopes, audience, is_deleted)"
@@ -381,7 +410,7 @@ class Publisher:
                 "  ON CONFLICT (record_id) DO UPDATE SET record_type = EXCLUDED.record_type,"
                 "  program_id = EXCLUDED.program_id, version = EXCLUDED.version, data = EXCLUDED.data,"
                 "  scopes = EXCLUDED.scopes, audience = EXCLUDED.audience, is_deleted = EXCLUDED.is_deleted,"
-                "  updated_at = EXCLUDED.updated_at"
+                "  updated_at = EXCLUDED.updated_at, written_in_transaction = EXCLUDED.written_in_transaction"
                 "), version AS ("
                 "  INSERT INTO sync_recordversion (record_id, record_type, version, data, changed_fields,"
                 "  is_deleted, user_id, device_id, mutation_id, created_at)"
@@ -773,8 +802,11 @@ def conflict_resolve(*, conflict: Conflict, choice: str, resolved_by: User, acce
     )
     if not may_resolve:
         raise DomainError("No such conflict.", code="not_found", status_code=404)
+    # The record's lock serialises the resolutions of its conflicts. Read, not locked: a row
+    # lock is a write, and a writer's first write dates its changes in the feed, which must
+    # come after every record lock it waits for (an encounter taken back moves its notes).
     lock_records([conflict.record_id])
-    conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
+    conflict = Conflict.objects.get(pk=conflict.pk)
     if not conflict.is_open:
         raise DomainError("The conflict is already resolved.", code="conflict_resolved", field="choice")
     written: list[tuple[str, UUID, str]] = []

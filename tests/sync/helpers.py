@@ -110,10 +110,14 @@ def encounter_fields(member: CrewMember, **overrides: Any) -> dict[str, Any]:
 
 
 def run_while_another_writer_holds(
-    record_id: uuid.UUID, edit: Callable[[], None], action: Callable[[], Any]
+    record_id: uuid.UUID, edit: Callable[[], None], action: Callable[[], Any], *, edit_once_waited: bool = False
 ) -> tuple[Any, bool]:
     """Run ``action`` in a thread of its own while another transaction, having made ``edit``
     of the record under its lock, holds that lock; then let that transaction commit.
+
+    With ``edit_once_waited``, the other transaction takes the lock having written nothing,
+    and makes ``edit`` once ``action`` has waited for the lock: its transaction id, taken at
+    its first write, is younger than any ``action`` took before it waited.
 
     Returns what ``action`` returned, and whether it waited for the lock. Each thread has its
     own database connection, as two requests would.
@@ -130,9 +134,12 @@ def run_while_another_writer_holds(
         try:
             with transaction.atomic():
                 lock_records([record_id])
-                edit()
+                if not edit_once_waited:
+                    edit()
                 edited.set()
                 release.wait(10)
+                if edit_once_waited:
+                    edit()
         except BaseException as fault:  # noqa: BLE001 - re-raised in the test's own thread
             faults.append(fault)
             edited.set()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import connection, transaction
 
 from apps.accounts.models import Program, Role
 from apps.care.models import ClinicalNote, Encounter
@@ -10,12 +11,12 @@ from apps.care.services import encounter_reassign
 from apps.common.api.errors import DomainError
 from apps.sync.models import ChangeEntry, Conflict, RecordVersion, SyncedRecord
 from apps.sync.selectors import open_conflicts_visible_to
-from apps.sync.services import conflict_resolve
+from apps.sync.services import WrittenSinceTransactionBegan, conflict_resolve, lock_records, publish_record
 from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, in_the_admin, make_crew_member
-from tests.sync.helpers import now_iso, run_while_another_writer_holds
+from tests.sync.helpers import SimDevice, now_iso, run_while_another_writer_holds
 from tests.teams.factories import UnitFactory
 
 
@@ -408,3 +409,73 @@ def test_resolving_audits_what_it_wrote_as_the_resolvers_each_record_once(
         ("update", "care.encounter", conflict.record_id, program.pk, "admin"),
         ("update", "care.note", uuid.UUID(note["id"]), program.pk, "admin"),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_note_edited_while_a_resolution_moves_its_encounter_leaves_the_old_units_devices(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The resolution locked its conflict's row before it waited for the note's lock: a row lock
+    is a write, and took its transaction's id, which dates its changes in the feed. The crew's
+    edit of the note, younger, was served after the move's removal of it, and the old unit's
+    tablets kept a note that had left their unit."""
+    conflict = conflict_on_a_moved_encounters_unit(program, crew_member)
+    old_unit = Encounter.objects.get(pk=conflict.record_id).unit
+    writer, reader = (make_crew_member(program, unit=old_unit) for _ in range(2))
+    note_id = uuid.uuid4()
+    pushed(writer, "care.note", {"encounter_id": str(conflict.record_id), "body": "Draft."}, record_id=note_id)
+    tablet = SimDevice(reader)
+    _, cursor = tablet.pull()
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR).user
+
+    def edit() -> None:
+        edited = pushed(writer, "care.note", {"body": "Draft, edited."}, op="update", record_id=note_id, base_version=1)
+        assert edited["status"] == "applied", edited
+
+    _, waited = run_while_another_writer_holds(
+        note_id,
+        edit,
+        lambda: conflict_resolve(
+            conflict=conflict, choice="device", resolved_by=supervisor, accessor=in_the_admin(supervisor)
+        ),
+        edit_once_waited=True,
+    )
+    later, _ = tablet.pull(cursor)
+
+    assert waited
+    assert ClinicalNote.objects.get(pk=note_id).unit_id == crew_member.unit.pk
+    assert [(entry["op"], entry["version"]) for entry in later if entry["id"] == str(note_id)] == [
+        ("upsert", 2),
+        ("remove", 3),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_written_after_a_younger_writer_of_its_record_is_refused_saving_nothing(
+    crew_member: CrewMember,
+) -> None:
+    """The safety net for a writer that wrote before taking a record's lock: its version would
+    be served before the younger writer's, and devices would end on the older. It is refused,
+    to be tried again, instead."""
+    record_id = encounter(crew_member, assessment="Calm.")
+    colleague = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+
+    def late_writer() -> None:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_current_xact_id()")  # its id, as a first write takes it
+            lock_records([record_id])
+            record = Encounter.objects.get(pk=record_id)
+            record.assessment = "Agitated."
+            record.save()
+            publish_record(type_name="care.encounter", record=record, user=crew_member.user)
+
+    def edit() -> None:
+        pushed(colleague, "care.encounter", {"location": "Home"}, op="update", record_id=record_id, base_version=1)
+
+    with pytest.raises(WrittenSinceTransactionBegan):
+        run_while_another_writer_holds(record_id, edit, late_writer, edit_once_waited=True)
+
+    head = SyncedRecord.objects.get(record_id=record_id)
+    assert (head.version, head.data["assessment"], head.data["location"]) == (2, "Calm.", "Home")
+    assert Encounter.objects.get(pk=record_id).assessment == "Calm."

@@ -21,8 +21,8 @@ from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory
 from tests.care.factories import encounter
-from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member, revoke_device
-from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+from tests.conftest import CrewMember, audit_trail_refusing, in_the_admin, make_crew_member, revoke_device
+from tests.sync.helpers import SimDevice, encounter_fields, run_while_another_writer_holds, sync_client
 
 APPLY = "/api/v1/sync/quarantine/apply/"
 
@@ -542,3 +542,42 @@ def test_a_change_another_supervisor_set_aside_meanwhile_is_not_applied(
     assert (stored.status, stored.dismissed_by_id) == (MutationStatus.QUARANTINED, setting_aside.user.pk)
     assert Encounter.objects.get(pk=record_id).location != "written offline"
     assert not AuditEvent.objects.filter(record_id=record_id, actor_id=applying.user.pk).exclude(action="read").exists()
+
+
+@pytest.mark.django_db(transaction=True)  # two writers, each on its own connection
+def test_a_change_applied_after_review_while_a_colleague_edits_the_record_reaches_devices_after_the_edit(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The review marked the mutation received, a write that took its transaction's id, before
+    it waited for the record's lock: its newer version was served before the colleague's
+    older one, and a device keeping the last it is sent (WatermelonDB, protocol 1) ended
+    without the reviewed change."""
+    record_id = encounter(crew_member, location="as first written")
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    colleague, reader = (SimDevice(make_crew_member(program, unit=crew_member.unit)) for _ in range(2))
+    writer = SimDevice(crew_member)
+    refused = _refused_off_the_crew(writer, _change(writer, "update", record_id, "Written offline."))
+    kept = _quarantined_ids(supervisor)
+    _, cursor = reader.pull()
+
+    def edit() -> None:
+        [edited] = colleague.push(colleague.mutation("update", "care.encounter", record_id, {"location": "Home"}, 1))
+        assert edited["status"] == "applied", edited
+
+    results, waited = run_while_another_writer_holds(
+        record_id,
+        edit,
+        lambda: review.apply_after_review(
+            mutation_ids=kept, reviewer=supervisor.user, accessor=in_the_admin(supervisor.user)
+        ),
+        edit_once_waited=True,
+    )
+    entries, _ = reader.pull(cursor)
+
+    assert (refused["error"]["code"], waited, [result["status"] for result in results]) == (
+        "not_permitted",
+        True,
+        ["applied"],
+    )
+    assert [entry["version"] for entry in entries if entry["id"] == str(record_id)] == [2, 3]
+    assert entries[-1]["data"]["assessment"] == "Written offline."
