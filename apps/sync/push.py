@@ -170,7 +170,7 @@ def _holds_float(value: Any) -> bool:
 def parse_envelope(
     raw: Any, index: int, *, keyed_by_content: bool = False, plausible: tuple[datetime, datetime] | None = None
 ) -> Envelope:
-    canonical = _canonical(raw)
+    canonical = _canonical(_keyed_content(raw) if keyed_by_content else raw)
     payload_hash = hashlib.sha256(canonical).hexdigest()
     # Both are escaped in the canonical text, so only a mutation that may hold them is walked.
     unstorable = None
@@ -193,6 +193,15 @@ def parse_envelope(
             "invalid_text", "Text may not hold NUL characters or unpaired surrogates.", unstorable
         )
     return envelope
+
+
+def _keyed_content(raw: Any) -> Any:
+    """What keys a mutation identified by its content: all of it but its ``observed_at``, which
+    the WatermelonDB adapter reads from the content itself, so the key stays what releases
+    that did not send it computed."""
+    if isinstance(raw, dict) and "observed_at" in raw:
+        return {key: value for key, value in raw.items() if key != "observed_at"}
+    return raw
 
 
 def _unstorable_text_at(value: Any, path: str) -> str | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from apps.accounts.models import Device, User
@@ -331,6 +332,7 @@ def _mutations_of(
                 "op": "create",
                 "fields": fields,
                 "content": raw,
+                **_observed_at(raw),
             },
             None if type(fields.get("deleted", False)) is bool else _FLAG_NOT_BOOLEAN,
         )
@@ -351,6 +353,7 @@ def _mutations_of(
             "base_version": base,
             "fields": fields,
             "content": raw,
+            **_observed_at(raw),
         }
         if deleted is True:
             # Trap 1, push side: a clinical delete travels as a flag. The row also holds what
@@ -371,6 +374,21 @@ def _mutations_of(
             {"type": type_name, "id": record_id, "op": "delete", "content": record_id},
             None,
         )
+
+
+def _observed_at(raw: Any) -> dict[str, str]:
+    """The row's ``updated_at`` (milliseconds since 1970, WatermelonDB's clock of the local
+    change) as the mutation's ``observed_at``: the device's time of the change, kept as the
+    user observed it and checked for plausibility, as the other push's. Nothing when the row
+    has no such number."""
+    millis = raw.get("updated_at") if isinstance(raw, dict) else None
+    if not (type(millis) is int or type(millis) is float):
+        return {}
+    try:
+        moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return {}  # no time a clock shows: the row is kept as sent, without one
+    return {"observed_at": moment.isoformat()}
 
 
 def _deletes_of_created(

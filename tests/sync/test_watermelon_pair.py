@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import ANY
 
@@ -525,3 +526,43 @@ def test_timestamps_issued_before_the_feeds_retention_are_pruned_with_it(crew_me
     assert list(IssuedCursor.objects.values_list("pk", flat=True)) == [recent]
     assert client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": old}).status_code == 410
     assert client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": recent}).status_code == 200
+
+
+def test_a_records_updated_at_is_kept_as_when_it_was_observed_and_an_implausible_one_flagged(
+    crew_member: CrewMember,
+) -> None:
+    """WatermelonDB stamps each local change with the device's clock (``updated_at``, in
+    milliseconds): the device's time of the change, kept and checked as the other push's
+    ``observed_at`` is. It was dropped, and a tablet's clock years off went unnoticed."""
+    unit_id = str(crew_member.unit.pk)
+    on_time, years_ahead = str(uuid.uuid4()), str(uuid.uuid4())
+    stamp = int(timezone.now().timestamp() * 1000)
+    ahead = stamp + 3 * 365 * 24 * 3600 * 1000
+    record = {"unit_id": unit_id, "started_at": now_iso()}
+    changes = {
+        "encounters": _created(
+            {**record, "id": on_time, "updated_at": stamp}, {**record, "id": years_ahead, "updated_at": ahead}
+        )
+    }
+    client = sync_client(crew_member)
+
+    answer = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json")
+    again = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json")
+
+    assert [result["status"] for result in answer.json()["results"]] == ["applied", "applied"]
+    kept = {str(row.record_id): row for row in Mutation.objects.all()}
+    assert kept[on_time].observed_at == datetime.fromtimestamp(stamp / 1000, tz=UTC)
+    assert (kept[on_time].observed_at_plausible, kept[years_ahead].observed_at_plausible) == (True, False)
+    assert [result["status"] for result in again.json()["results"]] == ["duplicate", "duplicate"]
+    assert Mutation.objects.count() == 2
+
+
+def test_a_records_key_is_its_content_whatever_observed_at_it_is_given(crew_member: CrewMember) -> None:
+    """The time is read from the content, so the key stays what it was before it was read:
+    a push stored then, sent again after the upgrade, is still a replay."""
+    mutation = {"type": "care.encounter", "id": str(uuid.uuid4()), "op": "create", "fields": {}, "content": {"a": 1}}
+
+    keyed = push.parse_envelope(mutation, 0, keyed_by_content=True).payload_hash
+    timed = push.parse_envelope({**mutation, "observed_at": now_iso()}, 0, keyed_by_content=True).payload_hash
+
+    assert keyed == timed == hashlib.sha256(push._canonical(mutation)).hexdigest()
