@@ -753,6 +753,8 @@ def assignment_update_status(
         if _constraint_of(error) not in _EVENT_ID_CONSTRAINTS:
             raise
         raise _event_id_reused() from None
+    if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
+        _mark_served(assignment.incident, at=min(observed_at or now, now))
     if not applied:
         return StatusUpdate(assignment, False, event)
     assignment.status = status
@@ -764,15 +766,21 @@ def assignment_update_status(
     if status == AssignmentStatus.CLEARED:
         assignment.ended_at = now
     assignment.save(update_fields=["status", "checkin_due_at", "ended_at", "updated_at"])
-    if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
-        served = Incident.objects.filter(pk=assignment.incident_id, served_at=None).update(served_at=now)
-        if served:
-            assignment.incident.refresh_from_db()
-            _publish_incident(assignment.incident)
     origin = device.pk if device is not None and answered_with_assignment else None
     _publish_assignment(assignment, origin_device_id=origin)
     _refresh_units([assignment.unit_id], now=now)
     return StatusUpdate(assignment, True, event)
+
+
+def _mark_served(incident: Incident, *, at: datetime) -> None:
+    """The call was served when a unit of ours first got on scene, as its crew observed it: a
+    report made offline arrives late, and maybe after a later one, which must not date it."""
+    served = (
+        Incident.objects.filter(pk=incident.pk).filter(Q(served_at=None) | Q(served_at__gt=at)).update(served_at=at)
+    )
+    if served:
+        incident.refresh_from_db()
+        _publish_incident(incident)
 
 
 @transaction.atomic

@@ -474,3 +474,24 @@ def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_
     assert isinstance(error, DomainError), error
     assert (error.code, error.field, error.status_code) == ("event_id_reused", "event_id", 400)
     assert Assignment.objects.get(pk=assignments[1].pk).status == AssignmentStatus.ACKNOWLEDGED
+
+
+def test_a_call_is_served_when_the_crew_got_there_not_when_their_offline_report_arrived(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The crew got on scene in a dead zone and reported it 40 minutes later; meanwhile the
+    partner's phone reported transporting. The call counted as served when the reports
+    arrived, so crews working without signal looked 40 minutes slower."""
+    partner = make_crew_member(program, unit=crew_member.unit)
+    incident = make_incident(program, dispatcher)
+    body = offer(dispatcher, incident, crew_member.unit)
+    post(crew_member, body["id"], "acknowledge")
+    Assignment.objects.filter(pk=body["id"]).update(offered_at=timezone.now() - timedelta(minutes=50))
+    got_there = timezone.now() - timedelta(minutes=40)
+    left = timezone.now() - timedelta(minutes=5)
+
+    post(partner, body["id"], "status", {"status": "transporting", "observed_at": left.isoformat()})
+    late = post(crew_member, body["id"], "status", {"status": "on_scene", "observed_at": got_there.isoformat()})
+
+    assert late.json()["applied"] is False
+    assert Incident.objects.get(pk=incident.pk).served_at == got_there
