@@ -83,8 +83,10 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             status=AssignmentStatus(values["status"]),
             observed_at=values["observed_at"],
             client_event_id=change.record_id,
-            # The assignment's update is recorded as over REST, with the same transaction.
-            accessor=Accessor(
+            # The assignment's update is recorded as over REST, with the same transaction: as
+            # the reviewer's for a status time applied after review, as its writer's otherwise.
+            accessor=context.accessor
+            or Accessor(
                 user=context.user,
                 device_id=context.device.pk if context.device is not None else None,
                 channel=AccessChannel.SYNC,

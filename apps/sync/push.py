@@ -1009,6 +1009,7 @@ def apply_received(
     known: dict[int, LedgerRow] | None = None,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     reviewed: frozenset[int] = frozenset(),
+    reviewed_by: Accessor | None = None,
     accessor: Accessor | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
@@ -1016,7 +1017,8 @@ def apply_received(
     ``known`` are ledger rows the caller has in memory (the batch it just stored), so they
     are not read again; what they write is audited as ``accessor``'s. ``reviewed`` are ledger
     rows applied again after review: their device took them for refused, so what they write
-    goes back to it through the feed, and the review audits them as its reviewer's.
+    goes back to it through the feed, and the review audits them as its reviewer's,
+    ``reviewed_by`` (so does a domain service that audits what it writes with them).
     Returns the result of every mutation applied here, by row id.
     """
     known = known or {}
@@ -1028,7 +1030,7 @@ def apply_received(
             fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
-                _apply_rows(rows, device=device, user=user, sealed=sealed, reviewed=reviewed)
+                _apply_rows(rows, device=device, user=user, sealed=sealed, reviewed=reviewed, reviewed_by=reviewed_by)
                 _audit_writes(
                     rows, device=device, user=user, accessor=accessor, requested=known.keys(), reviewed=reviewed
                 )
@@ -1045,7 +1047,14 @@ def apply_received(
                 return results
             try:
                 with transaction.atomic():
-                    _apply_rows([row], device=device, user=user, raise_refusals=True, reviewed=reviewed)
+                    _apply_rows(
+                        [row],
+                        device=device,
+                        user=user,
+                        raise_refusals=True,
+                        reviewed=reviewed,
+                        reviewed_by=reviewed_by,
+                    )
             except registry.Refused as refusal:
                 _quarantine_alone(row, _refusal_error(row, refusal), user=user)
             except (IntegrityError, DataError) as fault:
@@ -1193,6 +1202,7 @@ def _apply_rows(
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     reviewed: frozenset[int] = frozenset(),
+    reviewed_by: Accessor | None = None,
     unstored_payloads: list[str] | None = None,
 ) -> None:
     """Apply the rows in order, in the caller's transaction, and write their results to the
@@ -1245,6 +1255,9 @@ def _apply_rows(
                 synced_type.prepare(state.context, fields_list)
         now = timezone.now()
         for row in rows:
+            # Who writes, for a domain service that audits a write of its own (a status time's
+            # assignment): a reviewed change's reviewer; else the service's default, the device.
+            state.context.accessor = reviewed_by if row.pk in reviewed else None
             _apply_one(row, state)
             if row.status == MutationStatus.QUARANTINED:
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())

@@ -49,7 +49,7 @@ def apply_after_review(*, mutation_ids: list[int], reviewer: User, accessor: Acc
         if not push.unreadable_as_sent(mutation):  # else it stays as it is, saying why
             by_device[(mutation.device_id, mutation.user_id)].append(mutation.pk)
     with transaction.atomic():
-        _apply_again(mutation_ids, device_ids, by_device)
+        _apply_again(mutation_ids, device_ids, by_device, accessor=accessor)
         rows = Mutation.objects.in_bulk(mutation_ids)
         # The reviewer's writes, in the transaction of their apply (P8): not kept without them.
         audit.record_ledger_writes(accessor=accessor, mutations=rows.values())
@@ -117,7 +117,13 @@ def _ensure_all_among(mutation_ids: list[int], found: set[int]) -> None:
             )
 
 
-def _apply_again(mutation_ids: list[int], device_ids: set[UUID], by_device: dict[tuple[UUID, UUID], list[int]]) -> None:
+def _apply_again(
+    mutation_ids: list[int],
+    device_ids: set[UUID],
+    by_device: dict[tuple[UUID, UUID], list[int]],
+    *,
+    accessor: Accessor,
+) -> None:
     """Put the mutations back among their device's received ones and apply them with
     whatever else the device has waiting, in its order, as a push applies them.
 
@@ -151,5 +157,8 @@ def _apply_again(mutation_ids: list[int], device_ids: set[UUID], by_device: dict
                 status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None
             )
             push.apply_received(
-                device=Device.objects.get(pk=device_id), user=User.objects.get(pk=user_id), reviewed=frozenset(pks)
+                device=Device.objects.get(pk=device_id),
+                user=User.objects.get(pk=user_id),
+                reviewed=frozenset(pks),
+                reviewed_by=accessor,
             )

@@ -11,8 +11,10 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.models import Program, Role
-from apps.audit.models import AuditEvent
+from apps.audit.models import AccessChannel, AuditEvent
+from apps.audit.services import Accessor
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
+from apps.sync import review
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
@@ -257,3 +259,31 @@ def test_a_malformed_status_time_is_kept_naming_its_field(
 
     assert (result["status"], result["error"]["code"], result["error"]["field"]) == ("quarantined", code, field)
     assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
+
+
+def test_a_status_time_applied_after_review_audits_the_assignments_update_as_the_reviewers(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, supervisor: CrewMember
+) -> None:
+    """The assignment it moves was audited as written by the crew's device, at a moment that
+    device wrote nothing (it may be lost, revoked): a reviewed change is the reviewer's."""
+    body = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+    assignment_id = uuid.UUID(body["id"])
+    device = SimDevice(crew_member)
+    # Pushed before the acknowledgement reached the server: refused, kept for review.
+    [refused] = device.push(_status_time(device, assignment_id, "en_route", timezone.now()))
+    assert post(crew_member, body["id"], "acknowledge").status_code == 200
+    reviewed_from = Accessor(user=supervisor.user, device_id=supervisor.device.pk, channel=AccessChannel.SYNC)
+    before = AuditEvent.objects.count()
+
+    [result] = review.apply_after_review(
+        mutation_ids=[Mutation.objects.get(status=MutationStatus.QUARANTINED).pk],
+        reviewer=supervisor.user,
+        accessor=reviewed_from,
+    )
+
+    assert (refused["error"]["code"], result["status"]) == ("not_acknowledged", "applied")
+    written = AuditEvent.objects.order_by("id")[before:]
+    assert {(event.record_type, event.action, event.actor_id, event.device_id) for event in written} >= {
+        ("dispatch.assignment", "update", supervisor.user.pk, supervisor.device.pk)
+    }
+    assert not [event for event in written if event.device_id == crew_member.device.pk]
