@@ -357,12 +357,13 @@ class ScopeChange(models.Model):
 class IssuedCursor(models.Model):
     """A feed position behind a plain number, for clients whose cursor must be a number
     (WatermelonDB's ``lastPulledAt``): the feed's cursor, or a snapshot's part way through a
-    first sync (``apps.sync.watermelon``)."""
+    first sync or an app's schema migration (``apps.sync.watermelon``)."""
 
     id = models.BigAutoField(primary_key=True)
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
-    # A snapshot cursor names an audience key (80 characters) besides its feed position.
-    position = models.CharField(max_length=400)
+    # A snapshot cursor names an audience key besides its feed position; a migration's holds
+    # a snapshot cursor and the position it goes on from: text of no set length.
+    position = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # pruned with the feed
 
     def __str__(self) -> str:

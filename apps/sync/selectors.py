@@ -492,10 +492,20 @@ LIMIT %s
 # An audience's first page: from its lowest id, the nil UUID included (a valid record id).
 _SNAPSHOT_FROM_START_SQL = _SNAPSHOT_SQL.replace("record_id > %s", "record_id >= %s")
 _LOWEST_UUID = UUID(int=0)
+# Of some types only (a type is not indexed: the audience's records are read past the others).
+_OF_TYPES = "AND record_type = ANY(%s::varchar[]) AND NOT is_deleted"
+_SNAPSHOT_OF_TYPES_SQL = _SNAPSHOT_SQL.replace("AND NOT is_deleted", _OF_TYPES)
+_SNAPSHOT_OF_TYPES_FROM_START_SQL = _SNAPSHOT_FROM_START_SQL.replace("AND NOT is_deleted", _OF_TYPES)
 
 
 def snapshot_page(
-    *, scopes: list[str], cursor: str | None, reader_device_id: UUID, limit: int = 1000, user_id: UUID | None = None
+    *,
+    scopes: list[str],
+    cursor: str | None,
+    reader_device_id: UUID,
+    limit: int = 1000,
+    user_id: UUID | None = None,
+    record_types: list[str] | None = None,
 ) -> SnapshotPage:
     """The next page of the snapshot of everything these scopes see, for this device.
 
@@ -505,7 +515,8 @@ def snapshot_page(
     the feed from ``feed_cursor`` brings. With ``user_id``, each page is read for the
     user's scopes as stored in the database snapshot the page is read in (the first page's
     is where the snapshot begins, ``snapshot_start``); a later change of them is the feed's
-    to bring, as any change after the snapshot began.
+    to bring, as any change after the snapshot began. With ``record_types``, only records of
+    those types (a WatermelonDB app's tables added by its schema migration).
     """
     tag = _device_tag(reader_device_id)
     position = None
@@ -524,7 +535,7 @@ def snapshot_page(
             stored_scopes = _stored_scopes(user_id)
         if stored_scopes is not None:
             scopes = stored_scopes
-        return _snapshot_page_from(position, scopes, reader_device_id, limit)
+        return _snapshot_page_from(position, scopes, reader_device_id, limit, record_types)
 
 
 @contextmanager
@@ -552,7 +563,7 @@ def _stored_scopes(user_id: UUID | None) -> list[str] | None:
 
 
 def _snapshot_page_from(
-    position: SnapshotPosition, scopes: list[str], reader_device_id: UUID, limit: int
+    position: SnapshotPosition, scopes: list[str], reader_device_id: UUID, limit: int, record_types: list[str] | None
 ) -> SnapshotPage:
     tag = _device_tag(reader_device_id)
     rows: list[tuple[str, UUID, int, str]] = []
@@ -568,10 +579,14 @@ def _snapshot_page_from(
             if audience != position.audience:
                 after = None
             current = audience
-            if after is None:
-                db.execute(_SNAPSHOT_FROM_START_SQL, [audience, _LOWEST_UUID, limit - len(rows) + 1])
+            wanted = limit - len(rows) + 1
+            if record_types is not None:
+                sql = _SNAPSHOT_OF_TYPES_FROM_START_SQL if after is None else _SNAPSHOT_OF_TYPES_SQL
+                db.execute(sql, [audience, after or _LOWEST_UUID, record_types, wanted])
+            elif after is None:
+                db.execute(_SNAPSHOT_FROM_START_SQL, [audience, _LOWEST_UUID, wanted])
             else:
-                db.execute(_SNAPSHOT_SQL, [audience, after, limit - len(rows) + 1])
+                db.execute(_SNAPSHOT_SQL, [audience, after, wanted])
             # Health fields are stored sealed: opened in the text, still never parsed.
             fetched = [(kind, record_id, version, sealing.unseal_text(data)) for kind, record_id, version, data in db]
             if len(fetched) > limit - len(rows):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,9 @@ _PULL_PAGES_PER_SYNC = 20
 # An issued timestamp's position is the feed's, or, while a first sync is under way, this
 # prefix and the snapshot's cursor (feed cursors are base64: they never hold a colon).
 _SNAPSHOT_POSITION = "snapshot:"
+# While an app's schema migration is served: this prefix and, in JSON, the migrated types, the
+# cursor of their snapshot (null at its start) and the position to go on from once it is done.
+_MIGRATION_POSITION = "migration:"
 _SNAPSHOT_READ = 2_000  # records per query of the snapshot
 
 
@@ -126,8 +130,46 @@ def _raw(record_id: str, data: dict[str, Any], version: int | None) -> dict[str,
     return raw
 
 
-def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> dict[str, Any]:
-    """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n, "has_more": b}``."""
+def parse_migration(raw: str) -> list[str]:
+    """The record types whose records a pull's ``migration`` asks for whole: those of the
+    tables the app's schema migration added, or added columns to (WatermelonDB sends
+    ``{"from": n, "tables": [...], "columns": [{"table": ..., "columns": [...]}]}``, or
+    null). Tables this server does not sync are not asked for."""
+    if raw in ("", "null"):
+        return []
+    try:
+        migration = json.loads(raw)
+    except ValueError:
+        raise InvalidMigration("migration is the JSON WatermelonDB sends, or null.") from None
+    if migration is None:
+        return []
+    tables = migration.get("tables") if isinstance(migration, dict) else None
+    columns = migration.get("columns") if isinstance(migration, dict) else None
+    if not (
+        isinstance(tables, list)
+        and all(isinstance(table, str) for table in tables)
+        and isinstance(columns, list)
+        and all(isinstance(added, dict) and isinstance(added.get("table"), str) for added in columns)
+    ):
+        raise InvalidMigration('migration is {"from": n, "tables": [...], "columns": [{"table": ...}]}, or null.')
+    named = [*tables, *(added["table"] for added in columns)]
+    types = {synced_type.name for table in named if (synced_type := registry.by_watermelon_table(table)) is not None}
+    return sorted(types)
+
+
+class InvalidMigration(ValueError):
+    """A migration parameter of another shape than WatermelonDB's."""
+
+
+def pull(
+    *, device: Device, scopes: list[str], last_pulled_at: int | None, migrated_types: list[str] | None = None
+) -> dict[str, Any]:
+    """Answer WatermelonDB's pullChanges: ``{"changes": ..., "timestamp": n, "has_more": b}``.
+
+    ``migrated_types``: the app's schema migration added their tables or columns, so the
+    app holds none of their records, or holds them without the new columns: they come
+    whole first (the snapshot of those types, in parts), then the feed from
+    ``last_pulled_at`` as usual."""
     changes = _empty_changes()
     if not last_pulled_at:
         position, has_more = _snapshot_into(changes, scopes, device, cursor=None)
@@ -135,17 +177,39 @@ def pull(*, device: Device, scopes: list[str], last_pulled_at: int | None) -> di
         issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
         if issued is None:
             raise UnknownTimestamp("This lastPulledAt was not issued to this device; reset and sync again.")
-        if issued.position.startswith(_SNAPSHOT_POSITION):
-            snapshot_cursor = issued.position.removeprefix(_SNAPSHOT_POSITION)
-            position, has_more = _snapshot_into(changes, scopes, device, cursor=snapshot_cursor)
-        else:
-            position, has_more = _feed_into(changes, scopes, issued.position, device)
+        position = issued.position
+        if migrated_types and not position.startswith(_MIGRATION_POSITION):  # else it is under way
+            position = _migration_position(migrated_types, None, then=position)
+        position, has_more = _continue_into(changes, scopes, device, position)
     timestamp = IssuedCursor.objects.create(device=device, position=position).pk
     # Only tables with changes: an app that does not sync a table is not warned about it.
     changes = {table: kinds for table, kinds in changes.items() if any(kinds.values())}
     # Beside WatermelonDB's two keys, which it ignores: a pull may bring little or nothing
     # (entries of types the app does not sync, its own writes) with more still to come.
     return {"changes": changes, "timestamp": timestamp, "has_more": has_more}
+
+
+def _continue_into(
+    changes: dict[str, dict[str, list[Any]]], scopes: list[str], device: Device, position: str
+) -> tuple[str, bool]:
+    """Fill ``changes`` from an issued position: a migration's snapshot, a first sync's, or
+    the feed's."""
+    if position.startswith(_MIGRATION_POSITION):
+        migration = json.loads(position.removeprefix(_MIGRATION_POSITION))
+        types, then = migration["types"], migration["then"]
+        cursor = _snapshot_part_into(changes, scopes, device, cursor=migration["snapshot"], types=types)
+        if cursor.more is not None:
+            return _migration_position(types, cursor.more, then=then), True
+        # The types' records are all served: what changed since last_pulled_at follows, of
+        # every type, from where the app's sync had reached (removals included).
+        return then, True
+    if position.startswith(_SNAPSHOT_POSITION):
+        return _snapshot_into(changes, scopes, device, cursor=position.removeprefix(_SNAPSHOT_POSITION))
+    return _feed_into(changes, scopes, position, device)
+
+
+def _migration_position(types: list[str], snapshot_cursor: str | None, *, then: str) -> str:
+    return _MIGRATION_POSITION + json.dumps({"types": types, "snapshot": snapshot_cursor, "then": then})
 
 
 def _snapshot_into(
@@ -159,6 +223,31 @@ def _snapshot_into(
     the next, so a dropped connection costs one part, not the whole first sync. The last part
     ends with the feed's position from the snapshot's start, as the snapshot endpoint's last
     page does, and says there is more: the feed from there is the first sync's too."""
+    part = _snapshot_part_into(changes, scopes, device, cursor=cursor)
+    if part.more is None:
+        # More to come even so: what changed since the snapshot began (a record written, a
+        # unit left) is in the feed from its start, which the next pull reads.
+        assert part.feed_cursor is not None
+        return part.feed_cursor, True
+    return _SNAPSHOT_POSITION + part.more, True
+
+
+@dataclass(frozen=True)
+class _Part:
+    more: str | None  # the snapshot's cursor to continue from; None once it is all served
+    feed_cursor: str | None  # then: the feed's position from the snapshot's start
+
+
+def _snapshot_part_into(
+    changes: dict[str, dict[str, list[Any]]],
+    scopes: list[str],
+    device: Device,
+    *,
+    cursor: str | None,
+    types: list[str] | None = None,
+) -> _Part:
+    """Fill ``changes`` with the next ``WATERMELON_FIRST_SYNC_PART`` records of the snapshot
+    (of these record ``types`` only, if given)."""
     wanted = conf.WATERMELON_FIRST_SYNC_PART
     while True:
         page = selectors.snapshot_page(
@@ -167,20 +256,18 @@ def _snapshot_into(
             reader_device_id=device.pk,
             limit=min(_SNAPSHOT_READ, wanted),
             user_id=device.user_id,
+            record_types=types,
         )
         for record_type, record_id, version, data in page.rows:
             synced_type = registry.get(record_type)
             if synced_type is not None and synced_type.watermelon_table:
                 changes[synced_type.watermelon_table]["updated"].append(_raw(str(record_id), json.loads(data), version))
         if page.cursor is None:
-            # More to come even so: what changed since the snapshot began (a record written,
-            # a unit left) is in the feed from its start, which the next pull reads.
-            assert page.feed_cursor is not None
-            return page.feed_cursor, True
+            return _Part(None, page.feed_cursor)
         cursor = page.cursor
         wanted -= len(page.rows)
         if wanted <= 0:
-            return _SNAPSHOT_POSITION + cursor, True
+            return _Part(cursor, None)
 
 
 def _feed_into(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from apps.sync import conf, push, registry, services, watermelon
 from apps.sync.models import IssuedCursor, Mutation, MutationStatus, SyncedRecord
 from apps.teams import services as teams_services
 from tests.accounts.factories import device_with_token
-from tests.care.factories import encounter
+from tests.care.factories import encounter, pushed
 from tests.conftest import CrewMember, make_crew_member, revoke_device
 from tests.sync.helpers import now_iso, respelt, sync_client
 
@@ -566,3 +567,44 @@ def test_a_records_key_is_its_content_whatever_observed_at_it_is_given(crew_memb
     timed = push.parse_envelope({**mutation, "observed_at": now_iso()}, 0, keyed_by_content=True).payload_hash
 
     assert keyed == timed == hashlib.sha256(push._canonical(mutation)).hexdigest()
+
+
+def _referral_ids(pull: dict[str, Any]) -> list[str]:
+    return [raw["id"] for raw in pull["changes"].get("referrals", {}).get("updated", [])]
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_an_apps_schema_migration_brings_the_records_of_the_tables_it_added(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app whose schema had no referrals table skipped the referrals it was sent (as
+    WatermelonDB does, warning). Once its migration adds the table, its next pull names it;
+    ignored, the referrals written before were never sent again, and the app never had them."""
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    encounter_id = encounter(teammate)
+    referral_fields = {"encounter_id": str(encounter_id), "service_type": "housing"}
+    before = {str(pushed(teammate, "care.referral", referral_fields)["id"]) for _ in range(3)}
+    client = sync_client(crew_member)
+    timestamp = _pull_until_done(client, None)[-1]["timestamp"]
+    written_after = str(encounter(teammate))
+    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 2)
+    migration = json.dumps({"from": 1, "tables": ["referrals"], "columns": []})
+
+    first = client.get("/api/v1/sync/watermelon/pull/", {"last_pulled_at": timestamp, "migration": migration}).json()
+    pulls = [first, *_pull_until_done(client, first["timestamp"])]
+
+    # The referrals, in parts of 2, then the feed from where the app's sync had reached.
+    assert [len(_referral_ids(body)) for body in pulls[:2]] == [2, 1]
+    assert {record_id for body in pulls[:2] for record_id in _referral_ids(body)} == before
+    assert not any(_encounter_ids(body) for body in pulls[:2])
+    assert written_after in {record_id for body in pulls[2:] for record_id in _encounter_ids(body)}
+    assert pulls[-1]["has_more"] is False
+
+
+@pytest.mark.parametrize("migration", ["{", "[]", '{"tables": "referrals", "columns": []}', '{"tables": []}'])
+def test_a_migration_of_another_shape_is_a_400_naming_it(crew_member: CrewMember, migration: str) -> None:
+    answer = sync_client(crew_member).get(
+        "/api/v1/sync/watermelon/pull/", {"last_pulled_at": "", "migration": migration}
+    )
+
+    assert (answer.status_code, answer.json()["errors"][0]["field"]) == (400, "migration")

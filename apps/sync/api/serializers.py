@@ -42,7 +42,8 @@ class ListQuerySerializer(QuerySerializer):
 class WatermelonPullQuerySerializer(QuerySerializer):
     # Its value is checked by the pull (a number this server issued, or empty).
     last_pulled_at = serializers.CharField(required=False, allow_blank=True)
-    # What WatermelonDB's own pullChanges example sends; not used (the server has one schema).
+    # What WatermelonDB's own pullChanges example sends. The server has one schema: the app's
+    # version is not used; its migration brings the records of the tables it added.
     schema_version = serializers.CharField(required=False, allow_blank=True)
     migration = serializers.CharField(required=False, allow_blank=True)
 

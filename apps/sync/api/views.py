@@ -320,9 +320,15 @@ class WatermelonPullView(APIView):
             last_pulled_at = watermelon.parse_last_pulled_at(request.query_params.get("last_pulled_at") or "")
         except watermelon.InvalidTimestamp as error:
             raise DomainError(str(error), code="invalid_cursor", field="last_pulled_at", status_code=400) from error
+        try:
+            migrated_types = watermelon.parse_migration(request.query_params.get("migration") or "")
+        except watermelon.InvalidMigration as error:
+            raise DomainError(str(error), code="invalid", field="migration", status_code=400) from error
         scopes = services.user_scopes_refresh(user=user)
         try:
-            body = watermelon.pull(device=token.device, scopes=scopes, last_pulled_at=last_pulled_at)
+            body = watermelon.pull(
+                device=token.device, scopes=scopes, last_pulled_at=last_pulled_at, migrated_types=migrated_types
+            )
         except selectors.InvalidCursor as error:
             raise cursor_error(error, field="last_pulled_at") from error
         ensure_still_authenticated(request)
