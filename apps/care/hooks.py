@@ -47,8 +47,9 @@ def register(event: str, hook: Hook) -> None:
 
 
 def run(event: str, record: Any, *, actor: User | None, **context: Any) -> None:
-    """Call the event's hooks. ``encounter_reassigned`` passes ``accessor`` too: a hook audits
-    the records it moves as the move's writes (P8), as care audits its own."""
+    """Call the event's hooks. Each passes ``accessor`` too (None where no one audits the
+    write, a write of the system's): a hook audits the records it writes, or moves, as the
+    writes of the change that set it off (P8), as care audits its own."""
     for hook in _hooks[event]:
         hook(record, actor=actor, **context)
 

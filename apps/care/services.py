@@ -190,20 +190,20 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
             id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values
         )
         context.insert_later(encounter)
-        hooks.run("encounter_saved", encounter, actor=context.user)
+        hooks.run("encounter_saved", encounter, actor=context.user, accessor=context.accessor)
         return encounter
     encounter = change.record  # type: ignore[assignment]
     assert isinstance(encounter, Encounter)
     if change.operation == "delete":
         _soft_delete(context, encounter)
-        hooks.run("encounter_saved", encounter, actor=context.user)
+        hooks.run("encounter_saved", encounter, actor=context.user, accessor=context.accessor)
         return encounter
     if "unit_id" in values and values.pop("unit_id") != encounter.unit_id:
         raise Refused("unit_change_not_allowed", "An encounter is moved to another unit on the server.", "unit_id")
     if person_id is not None:
         _same_program(context.parent(Person, person_id, "person_id"), encounter.program_id, "person_id")
     _save(context, encounter, values)
-    hooks.run("encounter_saved", encounter, actor=context.user)
+    hooks.run("encounter_saved", encounter, actor=context.user, accessor=context.accessor)
     return encounter
 
 
@@ -356,7 +356,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
             **values,
         )
         context.insert_later(referral)
-        hooks.run("referral_saved", referral, actor=context.user)
+        hooks.run("referral_saved", referral, actor=context.user, accessor=context.accessor)
         return referral
     referral = change.record  # type: ignore[assignment]
     assert isinstance(referral, Referral)
@@ -367,7 +367,7 @@ def referral_apply(context: WriteContext, change: Change) -> Referral:
     if "service_id" in values:
         _check_service(context, values["service_id"], referral.program_id)
     _save(context, referral, values)
-    hooks.run("referral_saved", referral, actor=context.user)
+    hooks.run("referral_saved", referral, actor=context.user, accessor=context.accessor)
     return referral
 
 
@@ -399,7 +399,7 @@ def referral_outcome_apply(context: WriteContext, change: Change) -> ReferralOut
     )
     event.save(force_insert=True)
     _refresh_referral_status(referral, context=context)
-    hooks.run("outcome_recorded", event, actor=context.user)
+    hooks.run("outcome_recorded", event, actor=context.user, accessor=context.accessor)
     return event
 
 
@@ -438,6 +438,11 @@ def _refresh_referral_status(referral: Referral, *, context: WriteContext | None
         return
     referral.status = status
     referral.save(update_fields=["status", "updated_at"])
+    if context is not None and context.accessor is not None:
+        # Its writer's, as the outcome that changed it is (P8).
+        record_access_to(
+            accessor=context.accessor, action=AccessAction.UPDATE, record_type="care.referral", record=referral
+        )
     publisher = context.publisher if context is not None else None
     if isinstance(publisher, Publisher):
         _publish_into(publisher, referral, context)
@@ -514,7 +519,7 @@ def referral_outcome_record(
             accessor=accessor, action=AccessAction.READ, record_type="care.referral_outcome", record=recorded
         )
         return recorded
-    context = WriteContext(user=actor, device=None)
+    context = WriteContext(user=actor, device=None, accessor=accessor)
     change = Change(
         "create",
         event_id,
@@ -731,7 +736,7 @@ def note_addendum_add(*, note: ClinicalNote, body: str, actor: User, accessor: A
             field="amends_id",
             status_code=400,
         )
-    context = WriteContext(user=actor, device=None)
+    context = WriteContext(user=actor, device=None, accessor=accessor)
     try:
         addendum = note_apply(
             context,

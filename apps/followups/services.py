@@ -76,18 +76,25 @@ def owner_for(*, program_id: UUID, zone_id: UUID | None) -> UUID | None:
     return assignments.get(None)
 
 
-def plan_for_encounter(*, encounter: Encounter, trigger: PlanTrigger, anchor_at: dt.datetime) -> FollowUpPlan | None:
-    """Plan the encounter's follow-up once; a second call (another referral, a re-push) changes nothing."""
+def plan_for_encounter(
+    *, encounter: Encounter, trigger: PlanTrigger, anchor_at: dt.datetime, accessor: Accessor | None = None
+) -> FollowUpPlan | None:
+    """Plan the encounter's follow-up once; a second call (another referral, a re-push) changes
+    nothing. What it writes is ``accessor``'s in the audit trail (P8), where one is given: the
+    writer of the change that set it off."""
     existing = FollowUpPlan.objects.filter(encounter_id=encounter.pk)
     if existing.exists():
         if trigger == PlanTrigger.REFERRAL:
             # The person stayed in the community and was referred: the plan is the referral's now
             # (its steps stay as planned).
+            changed = list(existing.exclude(trigger=trigger).values_list("pk", flat=True))
             existing.update(trigger=trigger)
+            _audit_writes(accessor, AccessAction.UPDATE, PLAN_RECORD, changed, encounter.program_id)
         return None
     unit = Unit.objects.only("home_zone_id").get(pk=encounter.unit_id)
     time_zone = Program.objects.values_list("time_zone", flat=True).get(pk=encounter.program_id)
     owner_id = owner_for(program_id=encounter.program_id, zone_id=unit.home_zone_id)
+    planned: list[UUID] = []
     try:
         with transaction.atomic():
             plan = FollowUpPlan.objects.create(
@@ -112,9 +119,21 @@ def plan_for_encounter(*, encounter: Encounter, trigger: PlanTrigger, anchor_at:
                 )
                 StepEvent.objects.create(step=step, action=StepAction.PLANNED, due_at=step.due_at)
                 _plan_reminders(step)
+                planned.append(step.pk)
     except IntegrityError:  # a concurrent push planned it first
         return None
+    _audit_writes(accessor, AccessAction.CREATE, PLAN_RECORD, [plan.pk], plan.program_id)
+    _audit_writes(accessor, AccessAction.CREATE, STEP_RECORD, planned, plan.program_id)
     return plan
+
+
+def _audit_writes(
+    accessor: Accessor | None, action: AccessAction, record_type: str, record_ids: list[UUID], program_id: UUID
+) -> None:
+    if accessor is not None:
+        record_access(
+            accessor=accessor, action=action, record_type=record_type, record_ids=record_ids, program_id=program_id
+        )
 
 
 def _plan_reminders(step: FollowUpStep) -> None:
@@ -138,16 +157,18 @@ def _cancel_reminders(step: FollowUpStep, *, reason: str) -> int:
     )
 
 
-def on_encounter_saved(encounter: Encounter, *, actor: User | None) -> None:
+def on_encounter_saved(encounter: Encounter, *, actor: User | None, accessor: Accessor | None = None) -> None:
     if encounter.is_deleted:
-        _cancel_follow_up(encounter, actor=actor)
+        _cancel_follow_up(encounter, actor=actor, accessor=accessor)
         return
     if encounter.ended_at is None or encounter.disposition not in COMMUNITY_DISPOSITIONS:
         return
-    plan_for_encounter(encounter=encounter, trigger=PlanTrigger.COMMUNITY, anchor_at=encounter.ended_at)
+    plan_for_encounter(
+        encounter=encounter, trigger=PlanTrigger.COMMUNITY, anchor_at=encounter.ended_at, accessor=accessor
+    )
 
 
-def _cancel_follow_up(encounter: Encounter, *, actor: User | None) -> None:
+def _cancel_follow_up(encounter: Encounter, *, actor: User | None, accessor: Accessor | None) -> None:
     """An encounter deleted (made in error) is chased by no one: its open steps are cancelled
     in their history, and nothing planned for it reminds anyone, the person included."""
     now = timezone.now()
@@ -165,17 +186,21 @@ def _cancel_follow_up(encounter: Encounter, *, actor: User | None) -> None:
             step=step, action=StepAction.CANCELLED, actor=actor, due_at=step.due_at, reason="encounter deleted"
         )
         _cancel_reminders(step, reason="encounter deleted")
+    _audit_writes(accessor, AccessAction.UPDATE, STEP_RECORD, [step.pk for step in steps], encounter.program_id)
     Reminder.objects.filter(
         referral__encounter_id=encounter.pk, kind=ReminderKind.PERSON_APPOINTMENT, sent_at=None, cancelled_at=None
     ).update(cancelled_at=now, cancel_reason="encounter deleted")
 
 
-def on_referral_saved(referral: Referral, *, actor: User | None) -> None:
+def on_referral_saved(referral: Referral, *, actor: User | None, accessor: Accessor | None = None) -> None:
     if referral.is_deleted:
         return
     encounter = referral.encounter
     plan_for_encounter(
-        encounter=encounter, trigger=PlanTrigger.REFERRAL, anchor_at=encounter.ended_at or timezone.now()
+        encounter=encounter,
+        trigger=PlanTrigger.REFERRAL,
+        anchor_at=encounter.ended_at or timezone.now(),
+        accessor=accessor,
     )
     _plan_appointment_reminder(referral)
 
@@ -229,7 +254,7 @@ def _plan_appointment_reminder(referral: Referral) -> None:
     )
 
 
-def on_outcome_recorded(event: ReferralOutcomeEvent, *, actor: User | None) -> None:
+def on_outcome_recorded(event: ReferralOutcomeEvent, *, actor: User | None, accessor: Accessor | None = None) -> None:
     """An outcome (recorded offline or by a case manager) completes the steps it answers."""
     referral = event.referral
     steps = list(
@@ -250,6 +275,7 @@ def on_outcome_recorded(event: ReferralOutcomeEvent, *, actor: User | None) -> N
             step=step, action=StepAction.COMPLETED, actor=actor, due_at=step.due_at, reason=f"outcome {event.outcome}"
         )
         _cancel_reminders(step, reason="step completed")
+    _audit_writes(accessor, AccessAction.UPDATE, STEP_RECORD, [step.pk for step in steps], referral.program_id)
     if event.outcome in APPOINTMENT_SETTLED:
         Reminder.objects.filter(
             referral_id=referral.pk, kind=ReminderKind.PERSON_APPOINTMENT, sent_at=None, cancelled_at=None

@@ -596,7 +596,12 @@ def _store_and_apply(
                 row.id = pk
             rows: list[LedgerRow] = [*new_rows]
             _apply_rows(
-                rows, device=device, user=user, sealed=sealed, unstored_payloads=_sealed_payloads(new_rows, sealed)
+                rows,
+                device=device,
+                user=user,
+                sealed=sealed,
+                unstored_payloads=_sealed_payloads(new_rows, sealed),
+                writers=_Writers(device, user, accessor, {row.pk for row in rows}),
             )
             _audit_writes(
                 rows,
@@ -1030,7 +1035,14 @@ def apply_received(
             fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
             rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             if rows:
-                _apply_rows(rows, device=device, user=user, sealed=sealed, reviewed=reviewed, reviewed_by=reviewed_by)
+                _apply_rows(
+                    rows,
+                    device=device,
+                    user=user,
+                    sealed=sealed,
+                    reviewed=reviewed,
+                    writers=_Writers(device, user, accessor, set(known), reviewed, reviewed_by),
+                )
                 _audit_writes(
                     rows, device=device, user=user, accessor=accessor, requested=known.keys(), reviewed=reviewed
                 )
@@ -1053,7 +1065,7 @@ def apply_received(
                         user=user,
                         raise_refusals=True,
                         reviewed=reviewed,
-                        reviewed_by=reviewed_by,
+                        writers=_Writers(device, user, accessor, set(known), reviewed, reviewed_by),
                     )
             except registry.Refused as refusal:
                 _quarantine_alone(row, _refusal_error(row, refusal), user=user)
@@ -1094,14 +1106,40 @@ def _audit_writes(
     which no one else audits (a retry of that request only gets duplicates): the write is the
     device's, as the push that carried it would have said. Rows a supervisor applied again
     after review are the review's to audit, as its reviewer's."""
-    requested = set(requested)
-    device_accessor = Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC)
+    writers = _Writers(device, user, accessor, set(requested), reviewed)
     by_accessor: dict[Accessor, list[LedgerRow]] = defaultdict(list)
     for row in rows:
         if row.pk not in reviewed:
-            by_accessor[accessor if accessor is not None and row.pk in requested else device_accessor].append(row)
+            by_accessor[writers.of(row)].append(row)
     for writer, written in by_accessor.items():
         sync_audit.record_ledger_writes(accessor=writer, mutations=written)
+
+
+class _Writers:
+    """Who wrote what each ledger row applies, for the audit trail (P8): the request's own
+    rows are its ``accessor``'s; rows stored by an earlier request of the device that died
+    before applying them, the device's, as the push that carried them would have said; rows
+    a supervisor applied again after review, the reviewer's (``reviewed_by``)."""
+
+    def __init__(
+        self,
+        device: Device,
+        user: User,
+        accessor: Accessor | None,
+        requested: set[int],
+        reviewed: frozenset[int] = frozenset(),
+        reviewed_by: Accessor | None = None,
+    ) -> None:
+        self.device_accessor = Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC)
+        self.accessor, self.requested = accessor, requested
+        self.reviewed, self.reviewed_by = reviewed, reviewed_by
+
+    def of(self, row: LedgerRow) -> Accessor:
+        if row.pk in self.reviewed and self.reviewed_by is not None:
+            return self.reviewed_by
+        if self.accessor is not None and row.pk in self.requested:
+            return self.accessor
+        return self.device_accessor
 
 
 def _fault_and_place(fault: Exception) -> str:
@@ -1202,8 +1240,8 @@ def _apply_rows(
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     reviewed: frozenset[int] = frozenset(),
-    reviewed_by: Accessor | None = None,
     unstored_payloads: list[str] | None = None,
+    writers: _Writers | None = None,
 ) -> None:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
@@ -1255,9 +1293,9 @@ def _apply_rows(
                 synced_type.prepare(state.context, fields_list)
         now = timezone.now()
         for row in rows:
-            # Who writes, for a domain service that audits a write of its own (a status time's
-            # assignment): a reviewed change's reviewer; else the service's default, the device.
-            state.context.accessor = reviewed_by if row.pk in reviewed else None
+            # Who writes, for what a domain service writes beside the record and audits itself
+            # (a status time's assignment, a follow-up planned): as _audit_writes names them.
+            state.context.accessor = writers.of(row) if writers is not None else None
             _apply_one(row, state)
             if row.status == MutationStatus.QUARANTINED:
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())

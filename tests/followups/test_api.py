@@ -425,7 +425,8 @@ def test_an_outcome_recorded_over_the_api_is_audited_as_the_create_of_that_outco
     """An outcome is a health record of its own (care.referral_outcome, synced to devices, its
     details sealed): the trail must say who created which outcome, as it does when a device
     pushes one or the admin records one, not that the referral, which already existed, was
-    created again."""
+    created again. What the outcome changed (the referral's status, the steps it completed)
+    is the same writer's update."""
     manager = case_manager(crew_member)
     referral_id = referral(crew_member)
 
@@ -438,9 +439,13 @@ def test_an_outcome_recorded_over_the_api_is_audited_as_the_create_of_that_outco
     assert response.status_code == 201
     outcome_id = ReferralOutcomeEvent.objects.get().pk
     written = AuditEvent.objects.filter(actor_id=manager.user.pk).exclude(action="read")
-    assert list(written.values_list("action", "record_type", "record_id", "device_id")) == [
-        ("create", "care.referral_outcome", outcome_id, manager.device.pk)
-    ]
+    completed = FollowUpStep.objects.filter(closing_outcome_id=outcome_id).values_list("pk", flat=True)
+    assert set(written.values_list("action", "record_type", "record_id", "device_id")) == {
+        ("create", "care.referral_outcome", outcome_id, manager.device.pk),
+        ("update", "care.referral", referral_id, manager.device.pk),
+        *(("update", "followups.step", step_id, manager.device.pk) for step_id in completed),
+    }
+    assert completed
 
 
 def test_a_referral_served_with_its_outcomes_records_a_read_of_each_outcome(crew_member: CrewMember) -> None:

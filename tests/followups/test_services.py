@@ -11,6 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from apps.accounts.models import Program, Role
+from apps.audit.models import AuditEvent
 from apps.care.models import Encounter, Referral, ReferralTaskEvent
 from apps.care.services import encounter_reassign, referral_outcome_record, referral_task_status_change
 from apps.common.api.errors import DomainError
@@ -808,3 +809,50 @@ def test_reminders_sent_one_at_a_time_stop_at_the_soft_time_limit(
     assert list(sent.values_list("pk", flat=True)) == ids[:1]
     assert not Reminder.objects.filter(pk__in=ids, cancelled_at__isnull=False).exists()
     assert Notification.objects.count() == 1
+
+
+def _written_since(first_event: int) -> set[tuple[str, str, uuid.UUID, uuid.UUID | None]]:
+    return {
+        (event.record_type, event.action, event.record_id, event.device_id)
+        for event in AuditEvent.objects.filter(pk__gt=first_event)
+    }
+
+
+def _last_event() -> int:
+    return AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+
+def test_what_a_pushed_change_sets_off_in_the_follow_up_is_in_the_audit_trail_as_its_writers(
+    crew_member: CrewMember,
+) -> None:
+    """A referral pushed from a tablet plans the follow-up; its outcome completes steps and
+    changes the referral's status; the encounter deleted cancels the rest. Only the pushed
+    record was audited: who caused the plan, a step's closing or the status left no trace."""
+    device = crew_member.device.pk
+    before_plan = _last_event()
+    referral_id = referral(crew_member)
+    planned = steps_of(referral_id)
+    plan = FollowUpPlan.objects.get()
+    written_by_referral = _written_since(before_plan)
+
+    before_outcome = _last_event()
+    pushed(
+        crew_member,
+        "care.referral_outcome",
+        {"referral_id": str(referral_id), "outcome": "connected", "observed_at": "2026-11-21T10:00:00+00:00"},
+    )
+    completed = [step.pk for step in steps_of(referral_id) if step.status == StepStatus.COMPLETED]
+    written_by_outcome = _written_since(before_outcome)
+
+    before_delete = _last_event()
+    encounter_id = Referral.objects.get(pk=referral_id).encounter_id
+    pushed(crew_member, "care.encounter", {}, op="delete", record_id=encounter_id, base_version=1)
+    cancelled = [step.pk for step in steps_of(referral_id) if step.status == StepStatus.CANCELLED]
+    written_by_delete = _written_since(before_delete)
+
+    assert {("followups.plan", "create", plan.pk, device)} | {
+        ("followups.step", "create", step.pk, device) for step in planned
+    } <= written_by_referral
+    assert completed and {("followups.step", "update", step, device) for step in completed} <= written_by_outcome
+    assert ("care.referral", "update", referral_id, device) in written_by_outcome
+    assert cancelled and {("followups.step", "update", step, device) for step in cancelled} <= written_by_delete
