@@ -25,6 +25,7 @@ import time
 from django.conf import settings
 
 _lock = threading.Lock()
+round_lock = threading.RLock()
 _started = False
 # Allocations (net, of container objects) between two young collections; CPython's default
 # is 700. A push of 200 mutations allocates tens of thousands: at 700 the young collections
@@ -57,13 +58,17 @@ def _run(freeze_every: int) -> None:
 
 
 def tick(*, last_full_collection: float, now: float) -> float:
-    """One round: collect, then freeze what is alive. Returns when the last full collection ran."""
-    full_every = settings.WEBSOCKET_GC_FULL_COLLECT_SECONDS
-    if full_every > 0 and now - last_full_collection >= full_every:
-        gc.unfreeze()  # this round's collection walks everything, earlier rounds' objects too
-        last_full_collection = now
-    # Garbage first: otherwise a cycle that is already garbage (a request answered, a socket
-    # gone) would be frozen with the live objects, where no collection reaches it.
-    gc.collect()
-    gc.freeze()
+    """One round: collect, then freeze what is alive. Returns when the last full collection ran.
+
+    Rounds hold ``round_lock`` (reentrant): one that ran while another was between its
+    collection and its freeze would freeze what became garbage in between."""
+    with round_lock:
+        full_every = settings.WEBSOCKET_GC_FULL_COLLECT_SECONDS
+        if full_every > 0 and now - last_full_collection >= full_every:
+            gc.unfreeze()  # this round's collection walks everything, earlier rounds' objects too
+            last_full_collection = now
+        # Garbage first: otherwise a cycle that is already garbage (a request answered, a socket
+        # gone) would be frozen with the live objects, where no collection reaches it.
+        gc.collect()
+        gc.freeze()
     return last_full_collection

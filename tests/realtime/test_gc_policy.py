@@ -29,17 +29,20 @@ def test_a_freezing_round_collects_garbage_cycles_rather_than_freeze_them(settin
         partner: Any = None
 
     settings.WEBSOCKET_GC_FULL_COLLECT_SECONDS = 3600
-    first, second = Node(), Node()
-    first.partner, second.partner = second, first  # a cycle: only the collector frees it
-    freed = weakref.ref(first)
-    del first, second
-    gc.disable()  # no automatic collection may free it before the round does
-    try:
-        gc_policy.tick(last_full_collection=100.0, now=130.0)  # no full collection due
-        garbage_frozen = freed() is not None
-    finally:
-        gc.enable()
-        gc.unfreeze()
+    # The process's own rounds (a web application loaded by an earlier test starts them) wait:
+    # one of them would freeze the cycle before this round could collect it.
+    with gc_policy.round_lock:
+        first, second = Node(), Node()
+        first.partner, second.partner = second, first  # a cycle: only the collector frees it
+        freed = weakref.ref(first)
+        del first, second
+        gc.disable()  # no automatic collection may free it before the round does
+        try:
+            gc_policy.tick(last_full_collection=100.0, now=130.0)  # no full collection due
+            garbage_frozen = freed() is not None
+        finally:
+            gc.enable()
+            gc.unfreeze()
 
     assert not garbage_frozen
 
