@@ -21,7 +21,11 @@ class DroppingProxy:
     drop_before: float = 0.15
     drop_after: float = 0.2
     port: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"forwarded": 0, "dropped_before": 0, "dropped_after": 0})
+    # Its own drops (of a request, or of a whole answer the server had sent: committed, and
+    # never told) apart from what the server's being down did to a connection.
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"forwarded": 0, "dropped_before": 0, "answer_dropped": 0, "server_down": 0}
+    )
     _listener: socket.socket | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,10 +79,13 @@ class DroppingProxy:
                     upstream.sendall(request)
                     response = _read_to_end(upstream)
             except OSError:
-                self._count("dropped_before")
-                return  # the server is down: the device sees a dropped connection
-            if fate == "dropped_after" or not response:
-                self._count("dropped_after")
+                self._count("server_down")
+                return  # the device sees a dropped connection
+            if not response:
+                self._count("server_down")  # killed while it worked: no answer
+                return
+            if fate == "dropped_after":
+                self._count("answer_dropped")
                 return
             with contextlib.suppress(OSError):
                 client.sendall(response)

@@ -13,7 +13,7 @@ from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter
 from apps.sync import conf
-from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion
+from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import publish_record
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
@@ -945,6 +945,37 @@ def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member
     assert (swept, again) == (1, 0)
     assert Mutation.objects.get().status == MutationStatus.APPLIED
     assert Encounter.objects.filter(pk=record_id).count() == 1
+
+
+def test_a_batch_stored_but_never_applied_is_applied_when_its_device_sends_it_again(crew_member: CrewMember) -> None:
+    """The server died between storing a batch and applying it; the device, never answered,
+    sends the same batch again. Each mutation applies then, once, and is answered as applied:
+    a "duplicate" that left it received would leave the device's change waiting for the sweep,
+    and tell the device it had applied when it had not."""
+    from apps.sync import push
+
+    device = SimDevice(crew_member)
+    record_id = uuid.uuid4()
+    batch = [
+        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)),
+        device.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}),
+    ]
+    push._store(
+        device=crew_member.device,
+        user=crew_member.user,
+        envelopes=[push.parse_envelope(mutation, index) for index, mutation in enumerate(batch)],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )
+    assert set(Mutation.objects.values_list("status", flat=True)) == {MutationStatus.RECEIVED}
+
+    results = device.push(*batch)
+
+    assert [result["status"] for result in results] == ["applied", "applied"]
+    assert set(Mutation.objects.values_list("status", flat=True)) == {MutationStatus.APPLIED}
+    assert Encounter.objects.get(pk=record_id).assessment == "Calm."
+    assert SyncedRecord.objects.get(record_id=record_id).version == 2
 
 
 def test_a_push_under_way_shows_as_its_device_holding_its_push_lock(crew_member: CrewMember) -> None:
