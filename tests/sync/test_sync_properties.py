@@ -8,8 +8,11 @@ sending the same batch again), replay old batches, and pull. After every step:
 - a delete destroys nothing it had not seen: a record is only ever soft-deleted, and once
   deleted, every value pushed to it was in front of a device when it deleted or edited, or
   is kept in a conflict;
-- nothing is doubled: one ledger row per mutation, none left unapplied, and a replayed batch
-  returns the stored results and writes nothing.
+- a conflict is a real collision of two writers: it keeps the device's own value, which it
+  changed from its base, beside the server's, which changed since; and an edit answered
+  as applied is the record's value at the version it names (every value written is new);
+- nothing is doubled: one ledger row per mutation sent, none left unapplied, and a replayed
+  batch returns the stored results and writes nothing.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ class Tablet:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     last_batch: list[dict[str, Any]] = field(default_factory=list)
     last_results: list[dict[str, Any]] = field(default_factory=list)
+    sent: set[int] = field(default_factory=set)  # the mutation ids it pushed
 
     def push(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.sent |= {mutation["mutation_id"] for mutation in batch}
         return push.push_mutations(device=self.member.device, user=self.member.user, mutations=batch)
 
     def take(self, record_id: uuid.UUID, data: dict[str, Any], version: int) -> None:
@@ -160,6 +165,9 @@ class SyncMachine(RuleBasedStateMachine):
         tablet.last_batch, tablet.last_results = batch, results
         for mutation, result in zip(batch, results, strict=True):
             assert result["status"] in ("applied", "conflict", "duplicate"), result
+            if result["status"] == "applied" and mutation["op"] == "update":
+                # Every value an edit writes is new: applied, it is the record's at that version.
+                assert {name: result["data"][name] for name in mutation["fields"]} == mutation["fields"], result
             if result.get("data") and result["status"] != "conflict" and mutation["op"] != "delete":
                 tablet.take(uuid.UUID(result["id"]), result["data"], result["version"])
         self._pull(tablet)
@@ -215,10 +223,23 @@ class SyncMachine(RuleBasedStateMachine):
                 ), f"{name}={value!r} of {record_id} was deleted by a device that had not seen it"
 
     @invariant()
+    def every_conflict_is_a_real_collision(self) -> None:
+        for conflict in Conflict.objects.filter(record_id__in=self.records).select_related("mutation"):
+            sent = conflict.mutation.payload["fields"]
+            if conflict.kind == "same_field":
+                assert conflict.device_value == sent[conflict.field], "a conflict keeps another's value as the device's"
+                assert conflict.device_value != conflict.server_value
+                if conflict.base_value is not None:
+                    # Both changed it since the base: else one side's value simply applies.
+                    assert conflict.base_value not in (conflict.server_value, conflict.device_value)
+            elif conflict.kind == "edit_vs_delete":
+                assert conflict.device_value == sent[conflict.field]
+
+    @invariant()
     def nothing_is_doubled_or_stuck(self) -> None:
         for tablet in self.tablets:
             stored = Mutation.objects.filter(device=tablet.member.device)
-            assert stored.count() == len(set(stored.values_list("mutation_id", flat=True)))
+            assert set(stored.values_list("mutation_id", flat=True)) == tablet.sent
             assert not stored.filter(status__in=[MutationStatus.RECEIVED, MutationStatus.QUARANTINED]).exists()
 
 
