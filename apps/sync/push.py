@@ -1530,6 +1530,17 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
     if base is None:
         _quarantine(row, "invalid_base_version", "The base version is unknown.", "base_version")
         return
+    if head.is_deleted and fields.get("deleted") is False:
+        # Answered as settled, the device would show the record live while the server keeps
+        # it deleted, and its later edits would wait in conflicts it never hears of.
+        _quarantine(
+            row,
+            "record_deleted",
+            "This record is deleted on the server; a device does not bring it back (a supervisor does). "
+            "The change is kept for review.",
+            "fields.deleted",
+        )
+        return
     if head.is_deleted:
         # An edit that meets a delete: the record stays deleted, and what the edit would
         # change of it is kept as a conflict. A value the record held when it was deleted

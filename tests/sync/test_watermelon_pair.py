@@ -608,3 +608,36 @@ def test_a_migration_of_another_shape_is_a_400_naming_it(crew_member: CrewMember
     )
 
     assert (answer.status_code, answer.json()["errors"][0]["field"]) == (400, "migration")
+
+
+def test_a_record_the_app_brings_back_while_the_server_keeps_it_deleted_is_refused_not_settled(
+    crew_member: CrewMember,
+) -> None:
+    """The app set deleted back to false on a record the server holds deleted. Answered as
+    applied (nothing to change), the app showed it live, its clinician kept writing into it,
+    and those edits waited in conflicts the app never heard of."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    assert pushed(teammate, "care.encounter", {}, op="delete", record_id=visit, base_version=1)["status"] == "applied"
+    restored = {
+        "id": str(visit),
+        "server_version": 2,
+        "deleted": False,
+        "assessment": "Written after bringing it back.",
+        "_status": "updated",
+        "_changed": "deleted,assessment",
+    }
+    changes = {"encounters": {"created": [], "updated": [restored], "deleted": []}}
+
+    response = sync_client(crew_member).post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+    )
+
+    body = response.json()
+    assert [(result["status"], result["error"]["code"], result["error"]["field"]) for result in body["results"]] == [
+        ("quarantined", "record_deleted", "changes.encounters.updated.0.deleted")
+    ]
+    assert body["experimentalRejectedIds"] == {"encounters": [str(visit)]}
+    assert Encounter.objects.get(pk=visit).is_deleted
+    kept = Mutation.objects.get(record_id=visit, status=MutationStatus.QUARANTINED)
+    assert kept.payload["fields"]["assessment"] == "Written after bringing it back."
