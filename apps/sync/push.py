@@ -1530,9 +1530,9 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
     if base is None:
         _quarantine(row, "invalid_base_version", "The base version is unknown.", "base_version")
         return
-    if head.is_deleted and fields.get("deleted") is False:
-        # Answered as settled, the device would show the record live while the server keeps
-        # it deleted, and its later edits would wait in conflicts it never hears of.
+    if head.is_deleted and _brings_back(row.payload):
+        # Answered as settled, the app would show the record live while the server keeps it
+        # deleted, and its later edits would wait in conflicts it never hears of.
         _quarantine(
             row,
             "record_deleted",
@@ -1608,6 +1608,17 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         data=new_head.data,
         conflicts=[_conflict_wire(conflict) for conflict in conflicts],
     )
+
+
+def _brings_back(payload: Any) -> bool:
+    """Whether a WatermelonDB app brought the record back: the row it sent (the mutation's
+    content) names ``deleted`` among its changed columns, and holds false. Other clients'
+    ``deleted`` is read-only, and ignored as such."""
+    content = payload.get("content") if isinstance(payload, dict) else None
+    if not isinstance(content, dict) or content.get("deleted") is not False:
+        return False
+    changed = content.get("_changed")
+    return isinstance(changed, str) and "deleted" in changed.split(",")
 
 
 def _refused_by_domain(

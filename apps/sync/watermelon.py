@@ -427,10 +427,6 @@ def _mutations_of(
         changed = _changed_columns(raw)
         fields = _fields(raw, changed)
         deleted = fields.pop("deleted", False)
-        if deleted is False and changed is not None and "deleted" in changed:
-            # The app brought back a record it had deleted, or been told was deleted: said,
-            # so the server refuses it where the record is deleted, and the app is told.
-            fields["deleted"] = False
         base = raw.get("server_version") if isinstance(raw, dict) else None
         # 0 (or none) is a record never synced: no base. Anything else goes to the push as it
         # was sent, which refuses what is not a version (text, a negative, a fraction) naming
