@@ -105,6 +105,12 @@ def _draft_changed_on_the_phone(member: CrewMember) -> uuid.UUID:
     return note_id
 
 
+def _signed_on_the_tablet(member: CrewMember, note_id: uuid.UUID, **fields: Any) -> dict[str, Any]:
+    """The tablet signs the note as it showed it (version 1), with whatever else it sends."""
+    signed = {**fields, "signed_at": "2026-11-20T15:00:00+00:00"}
+    return pushed(member, "care.note", signed, op="update", record_id=note_id, base_version=1)
+
+
 @pytest.mark.parametrize("sent", [{}, {"body": "Draft."}], ids=["signature alone", "with the text it saw"])
 def test_a_signature_over_text_changed_since_is_kept_as_a_conflict_never_signing_unseen_text(
     crew_member: CrewMember, sent: dict[str, Any]
@@ -114,14 +120,7 @@ def test_a_signature_over_text_changed_since_is_kept_as_a_conflict_never_signing
     screen, and the note could never change again."""
     note_id = _draft_changed_on_the_phone(crew_member)
 
-    result = pushed(
-        crew_member,
-        "care.note",
-        {**sent, "signed_at": "2026-11-20T15:00:00+00:00"},
-        op="update",
-        record_id=note_id,
-        base_version=1,
-    )
+    result = _signed_on_the_tablet(crew_member, note_id, **sent)
 
     note = ClinicalNote.objects.get(pk=note_id)
     assert (note.body, note.is_signed) == ("Phone text.", False)
@@ -142,14 +141,7 @@ def test_a_signature_sent_with_new_text_over_text_changed_since_keeps_both_and_s
     and so is the signature, which was given over the tablet's text, not the phone's."""
     note_id = _draft_changed_on_the_phone(crew_member)
 
-    result = pushed(
-        crew_member,
-        "care.note",
-        {"body": "Final assessment.", "signed_at": "2026-11-20T15:00:00+00:00"},
-        op="update",
-        record_id=note_id,
-        base_version=1,
-    )
+    result = _signed_on_the_tablet(crew_member, note_id, body="Final assessment.")
 
     note = ClinicalNote.objects.get(pk=note_id)
     assert (note.body, note.is_signed) == ("Phone text.", False)
@@ -167,14 +159,7 @@ def test_a_signature_merges_with_text_only_its_own_device_changed(crew_member: C
     pushed(crew_member, "care.note", {"encounter_id": str(encounter(crew_member)), "body": "Draft."}, record_id=note_id)
     pushed(crew_member, "care.note", {"body": "Final."}, op="update", record_id=note_id, base_version=1)
 
-    result = pushed(
-        crew_member,
-        "care.note",
-        {"signed_at": "2026-11-20T15:00:00+00:00"},
-        op="update",
-        record_id=note_id,
-        base_version=1,
-    )
+    result = _signed_on_the_tablet(crew_member, note_id)
 
     note = ClinicalNote.objects.get(pk=note_id)
     assert (result["status"], note.body, note.is_signed) == ("applied", "Final.", True)
@@ -184,14 +169,7 @@ def test_a_case_manager_cannot_give_a_signature_kept_as_a_conflict(program: Prog
     """Taken, the device's side would sign the text now in the note for its author, who never
     read it: the author signs again on their device."""
     note_id = _draft_changed_on_the_phone(crew_member)
-    pushed(
-        crew_member,
-        "care.note",
-        {"signed_at": "2026-11-20T15:00:00+00:00"},
-        op="update",
-        record_id=note_id,
-        base_version=1,
-    )
+    _signed_on_the_tablet(crew_member, note_id)
     conflict = Conflict.objects.get(record_id=note_id, field="signed_at")
     manager = make_crew_member(program, role=Role.CASE_MANAGER).user
 
