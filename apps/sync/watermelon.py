@@ -197,9 +197,9 @@ def _continue_into(
     if position.startswith(_MIGRATION_POSITION):
         migration = json.loads(position.removeprefix(_MIGRATION_POSITION))
         types, then = migration["types"], migration["then"]
-        cursor = _snapshot_part_into(changes, scopes, device, cursor=migration["snapshot"], types=types)
-        if cursor.more is not None:
-            return _migration_position(types, cursor.more, then=then), True
+        part = _snapshot_part_into(changes, scopes, device, cursor=migration["snapshot"], types=types)
+        if part.more is not None:
+            return _migration_position(types, part.more, then=then), True
         # The types' records are all served: what changed since last_pulled_at follows, of
         # every type, from where the app's sync had reached (removals included).
         return then, True
