@@ -15,8 +15,6 @@ from uuid import UUID
 
 from rest_framework import serializers
 
-from apps.audit.models import AccessChannel
-from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError
 from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
 from apps.dispatch import selectors, services
@@ -75,6 +73,7 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
         status_time_refuses_change(context, change.record, change.operation, change.values)
     values = change.values
     assignment = context.parent(Assignment, values["assignment_id"], "assignment_id")
+    assert context.accessor is not None, "the push names who writes each change (P8)"
     try:
         update = services.assignment_update_status(
             assignment_id=assignment.pk,
@@ -85,12 +84,7 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             client_event_id=change.record_id,
             # The assignment's update is recorded as over REST, with the same transaction: as
             # the reviewer's for a status time applied after review, as its writer's otherwise.
-            accessor=context.accessor
-            or Accessor(
-                user=context.user,
-                device_id=context.device.pk if context.device is not None else None,
-                channel=AccessChannel.SYNC,
-            ),
+            accessor=context.accessor,
             # The push answers with the status time alone: the device's feed brings the assignment.
             answered_with_assignment=False,
         )

@@ -87,9 +87,10 @@ def plan_for_encounter(
         if trigger == PlanTrigger.REFERRAL:
             # The person stayed in the community and was referred: the plan is the referral's now
             # (its steps stay as planned).
-            changed = list(existing.exclude(trigger=trigger).values_list("pk", flat=True))
-            existing.update(trigger=trigger)
-            _audit_writes(accessor, AccessAction.UPDATE, PLAN_RECORD, changed, encounter.program_id)
+            changed = existing.exclude(trigger=trigger)
+            changed_ids = list(changed.values_list("pk", flat=True))
+            changed.update(trigger=trigger)
+            _audit_writes(accessor, AccessAction.UPDATE, PLAN_RECORD, changed_ids, encounter.program_id)
         return None
     unit = Unit.objects.only("home_zone_id").get(pk=encounter.unit_id)
     time_zone = Program.objects.values_list("time_zone", flat=True).get(pk=encounter.program_id)

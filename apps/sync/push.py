@@ -595,22 +595,16 @@ def _store_and_apply(
             for row, pk in zip(new_rows, position.new_ids, strict=False):
                 row.id = pk
             rows: list[LedgerRow] = [*new_rows]
+            writers = _Writers(device, user, accessor, {row.pk for row in rows})
             _apply_rows(
                 rows,
                 device=device,
                 user=user,
                 sealed=sealed,
                 unstored_payloads=_sealed_payloads(new_rows, sealed),
-                writers=_Writers(device, user, accessor, {row.pk for row in rows}),
+                writers=writers,
             )
-            _audit_writes(
-                rows,
-                device=device,
-                user=user,
-                accessor=accessor,
-                requested=[row.pk for row in rows],
-                reviewed=frozenset(),
-            )
+            _audit_writes(rows, writers)
     except SoftTimeLimitExceeded:
         raise
     except Exception:  # noqa: BLE001 - the long way meets the fault too, with the batch stored first
@@ -1027,6 +1021,7 @@ def apply_received(
     Returns the result of every mutation applied here, by row id.
     """
     known = known or {}
+    writers = _Writers(device, user, accessor, set(known), reviewed, reviewed_by)
     try:
         with transaction.atomic():
             lock_device(device.pk)
@@ -1040,12 +1035,9 @@ def apply_received(
                     device=device,
                     user=user,
                     sealed=sealed,
-                    reviewed=reviewed,
-                    writers=_Writers(device, user, accessor, set(known), reviewed, reviewed_by),
+                    writers=writers,
                 )
-                _audit_writes(
-                    rows, device=device, user=user, accessor=accessor, requested=known.keys(), reviewed=reviewed
-                )
+                _audit_writes(rows, writers)
         return {row.pk: row.result for row in rows}
     except _FallBack:
         pass
@@ -1064,8 +1056,7 @@ def apply_received(
                         device=device,
                         user=user,
                         raise_refusals=True,
-                        reviewed=reviewed,
-                        writers=_Writers(device, user, accessor, set(known), reviewed, reviewed_by),
+                        writers=writers,
                     )
             except registry.Refused as refusal:
                 _quarantine_alone(row, _refusal_error(row, refusal), user=user)
@@ -1087,29 +1078,17 @@ def apply_received(
                     _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
                     user=user,
                 )
-            _audit_writes([row], device=device, user=user, accessor=accessor, requested=known.keys(), reviewed=reviewed)
+            _audit_writes([row], writers)
             results[row.pk] = row.result
 
 
-def _audit_writes(
-    rows: list[LedgerRow],
-    *,
-    device: Device,
-    user: User,
-    accessor: Accessor | None,
-    requested: Iterable[int],
-    reviewed: frozenset[int],
-) -> None:
+def _audit_writes(rows: list[LedgerRow], writers: _Writers) -> None:
     """Audit what these rows wrote, in the transaction of their apply (P8): a write is never
-    kept without who made it. The request's own rows (``requested``) are ``accessor``'s; the
-    others were stored by an earlier request of the device that died before applying them,
-    which no one else audits (a retry of that request only gets duplicates): the write is the
-    device's, as the push that carried it would have said. Rows a supervisor applied again
-    after review are the review's to audit, as its reviewer's."""
-    writers = _Writers(device, user, accessor, set(requested), reviewed)
+    kept without who made it, each as ``writers`` name it. Rows a supervisor applied again
+    after review are the review's to audit, as its reviewer's (with the rest of the review)."""
     by_accessor: dict[Accessor, list[LedgerRow]] = defaultdict(list)
     for row in rows:
-        if row.pk not in reviewed:
+        if row.pk not in writers.reviewed:
             by_accessor[writers.of(row)].append(row)
     for writer, written in by_accessor.items():
         sync_audit.record_ledger_writes(accessor=writer, mutations=written)
@@ -1118,8 +1097,9 @@ def _audit_writes(
 class _Writers:
     """Who wrote what each ledger row applies, for the audit trail (P8): the request's own
     rows are its ``accessor``'s; rows stored by an earlier request of the device that died
-    before applying them, the device's, as the push that carried them would have said; rows
-    a supervisor applied again after review, the reviewer's (``reviewed_by``)."""
+    before applying them, which no one else audits (a retry of that request only gets
+    duplicates), the device's, as the push that carried them would have said; rows a
+    supervisor applied again after review, the reviewer's (``reviewed_by``)."""
 
     def __init__(
         self,
@@ -1237,11 +1217,10 @@ def _apply_rows(
     *,
     device: Device,
     user: User,
+    writers: _Writers,
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
-    reviewed: frozenset[int] = frozenset(),
     unstored_payloads: list[str] | None = None,
-    writers: _Writers | None = None,
 ) -> None:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
@@ -1279,7 +1258,7 @@ def _apply_rows(
         versions=versions,
         program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
-        reviewed=reviewed,
+        reviewed=writers.reviewed,
         device_numbers={row.pk: row.mutation_id for row in rows},
     )
     fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -1295,7 +1274,7 @@ def _apply_rows(
         for row in rows:
             # Who writes, for what a domain service writes beside the record and audits itself
             # (a status time's assignment, a follow-up planned): as _audit_writes names them.
-            state.context.accessor = writers.of(row) if writers is not None else None
+            state.context.accessor = writers.of(row)
             _apply_one(row, state)
             if row.status == MutationStatus.QUARANTINED:
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
