@@ -64,13 +64,16 @@ def record_replayed_reads(*, accessor: Accessor, results: list[dict[str, Any]]) 
 def record_ledger_writes(*, accessor: Accessor, mutations: Iterable[LedgerRow]) -> None:
     """Audit the records these ledger rows wrote (applied, or kept as a conflict as far as it
     merged), each as its operation: a create that applied is a create whatever a later
-    mutation of its batch, rejected for reusing its id, meant to do."""
+    mutation of its batch, rejected for reusing its id, meant to do. A delete of a record the
+    server never had (made and deleted on the device) names no version: it touched nothing."""
     _record_written(
         accessor=accessor,
         written=(
             (row.record_type, row.record_id, row.operation)
             for row in mutations
-            if row.result.get("status") in _WRITTEN and row.record_id is not None
+            if row.result.get("status") in _WRITTEN
+            and row.record_id is not None
+            and row.result.get("version") is not None
         ),
     )
 

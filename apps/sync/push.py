@@ -1464,6 +1464,12 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             create = state.quarantined_creates.get(row.record_id) or _quarantined_create(row.user_id, row.record_id)
             if create is not None:
                 _quarantine(row, "record_quarantined", _waits_for(create, "This record's create"), "id")
+            elif row.operation == MutationOperation.DELETE:
+                # A record made and deleted on the device before it was ever pushed (what
+                # WatermelonDB's markAsDeleted sends): it is gone as the device meant, and
+                # nothing of it reached the server. Refused, the app would send it forever.
+                row.status = MutationStatus.APPLIED
+                row.result = _result(row, PushStatus.APPLIED)
             else:
                 _quarantine(row, "record_not_found", "No such record (it was never pushed, or not by this user).", "id")
             return

@@ -720,6 +720,30 @@ def test_two_devices_deleting_one_record_both_apply_and_make_no_conflict(crew_me
     assert Conflict.objects.count() == 0
 
 
+def test_a_delete_of_a_record_the_server_never_had_settles_touching_nothing(crew_member: CrewMember) -> None:
+    """A record made and deleted on the device before it was pushed: the delete holds as the
+    device meant it. Quarantined, its client would keep it and send it at every sync; an
+    update of such a record, which carries content, is still kept for review."""
+    device = SimDevice(crew_member)
+    never_pushed = uuid.uuid4()
+
+    sent = device.mutation("delete", "care.encounter", never_pushed)
+    delete, update = device.push(
+        sent, device.mutation("update", "care.encounter", uuid.uuid4(), {"location": "x"}, base_version=1)
+    )
+    [replayed] = device.push(sent)
+
+    assert (delete["id"], delete["status"], delete["version"]) == (str(never_pushed), "applied", None)
+    assert (update["status"], update["error"]["code"]) == ("quarantined", "record_not_found")
+    assert (replayed["status"], replayed["original_status"]) == ("duplicate", "applied")
+    assert not SyncedRecord.objects.filter(record_id=never_pushed).exists()
+    assert not ChangeEntry.objects.filter(record_id=never_pushed).exists()
+    assert not AuditEvent.objects.filter(record_id=never_pushed).exists()  # no record was touched
+    assert list(Mutation.objects.filter(status=MutationStatus.QUARANTINED).values_list("error_code", flat=True)) == [
+        "record_not_found"
+    ]
+
+
 def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)

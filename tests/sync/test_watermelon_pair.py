@@ -641,3 +641,26 @@ def test_a_record_the_app_brings_back_while_the_server_keeps_it_deleted_is_refus
     assert Encounter.objects.get(pk=visit).is_deleted
     kept = Mutation.objects.get(record_id=visit, status=MutationStatus.QUARANTINED)
     assert kept.payload["fields"]["assessment"] == "Written after bringing it back."
+
+
+def test_a_record_the_app_made_and_marked_deleted_before_any_push_is_settled_not_sent_forever(
+    crew_member: CrewMember,
+) -> None:
+    """WatermelonDB's markAsDeleted on a record never pushed sends only its id under
+    ``deleted``. Refused, the app keeps the record and sends its id at every sync, forever;
+    nothing of it ever reached the server, so the delete holds as the app meant it."""
+    never_pushed = str(uuid.uuid4())
+    changes = {"encounters": {"created": [], "updated": [], "deleted": [never_pushed]}}
+    client = sync_client(crew_member)
+
+    first, again = (
+        client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json").json()
+        for _ in range(2)
+    )
+
+    assert (first["experimentalRejectedIds"], again["experimentalRejectedIds"]) == ({}, {})
+    assert [(result["id"], result["status"], result["version"]) for result in first["results"]] == [
+        (never_pushed, "applied", None)
+    ]
+    assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
+    assert not SyncedRecord.objects.filter(record_id=never_pushed).exists()
