@@ -15,7 +15,9 @@ Every upsert is sent as ``updated`` (clients use ``sendCreatedAsUpdated: true``)
 device's own writes are not sent back to it, so its writes never come back as creations.
 WatermelonDB cannot number its changes, so a mutation is keyed by its content: pushing the
 same record state again is a replay. Tables need an ``updated_at`` column (WatermelonDB sets
-it on every local change) and a ``server_version`` number column (the base of the merge).
+it on every local change, and an updated row without it is refused: only it tells a value
+changed back apart from a replay) and a ``server_version`` number column (the base of the
+merge).
 """
 
 from __future__ import annotations
@@ -402,6 +404,14 @@ def _parents_first(changes: dict[str, Any]) -> list[str]:
 # value of the wrong type does: read as false, the rest of a record the app may have meant
 # to delete would apply.
 _FLAG_NOT_BOOLEAN = {"code": "invalid_fields", "detail": "Send true or false.", "field": "fields.deleted"}
+# An updated row is keyed by its content, and only its updated_at tells two local changes of
+# a record to the same values apart: without it, a value changed back and forth (A, B, A, then
+# B again) came back as a replay of the first B, answered settled and never applied.
+_NO_CHANGE_TIME = {
+    "code": "required",
+    "detail": "An updated row carries updated_at, the time of its local change in milliseconds.",
+    "field": "fields.updated_at",
+}
 
 
 def _mutations_of(
@@ -442,18 +452,19 @@ def _mutations_of(
             "content": raw,
             **_observed_at(raw),
         }
+        problem = None if _change_time(raw) is not None else _NO_CHANGE_TIME
         if deleted is True:
             # Trap 1, push side: a clinical delete travels as a flag. The row also holds what
             # the app changed before the delete (an assessment written, then the encounter
             # deleted): that edit applies first, as a record made and deleted offline is
             # created first, so the server keeps it with the deleted record.
             if fields:
-                yield f"changes.{table}.updated.{index}", mutation, None
+                yield f"changes.{table}.updated.{index}", mutation, problem
             mutation = {**mutation, "op": "delete", "fields": {}}
         yield (
             f"changes.{table}.updated.{index}",
             mutation,
-            None if type(deleted) is bool else _FLAG_NOT_BOOLEAN,
+            problem if type(deleted) is bool else _FLAG_NOT_BOOLEAN,
         )
     for index, record_id in enumerate(_list(table_changes.get("deleted"))):
         yield (
@@ -468,14 +479,20 @@ def _observed_at(raw: Any) -> dict[str, str]:
     change) as the mutation's ``observed_at``: the device's time of the change, kept as the
     user observed it and checked for plausibility, as the other push's. Nothing when the row
     has no such number."""
-    millis = raw.get("updated_at") if isinstance(raw, dict) else None
-    if not (type(millis) is int or type(millis) is float):
+    millis = _change_time(raw)
+    if millis is None:
         return {}
     try:
         moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return {}  # no time a clock shows: the row is kept as sent, without one
     return {"observed_at": moment.isoformat()}
+
+
+def _change_time(raw: Any) -> int | float | None:
+    """The row's ``updated_at``, if it is a number."""
+    millis = raw.get("updated_at") if isinstance(raw, dict) else None
+    return millis if type(millis) is int or type(millis) is float else None
 
 
 def _deletes_of_created(

@@ -169,7 +169,14 @@ def test_a_locked_out_watermelondb_push_is_kept_and_rejected_record_by_record(
     changes = {
         "encounters": {
             "created": [],
-            "updated": [{"id": str(record_id), "assessment": "written offline", "server_version": 1}],
+            "updated": [
+                {
+                    "id": str(record_id),
+                    "assessment": "written offline",
+                    "server_version": 1,
+                    "updated_at": int(timezone.now().timestamp() * 1000),
+                }
+            ],
             "deleted": [],
         },
         "notes": {

@@ -25,6 +25,11 @@ from tests.conftest import CrewMember, make_crew_member, revoke_device
 from tests.sync.helpers import now_iso, respelt, sync_client
 
 
+def _millis() -> int:
+    """Now, as WatermelonDB stamps a local change (``updated_at``)."""
+    return int(timezone.now().timestamp() * 1000)
+
+
 def _created(*records: dict[str, object]) -> dict[str, list[object]]:
     return {"created": list(records), "updated": [], "deleted": []}
 
@@ -227,7 +232,9 @@ def test_a_refusal_that_names_no_field_still_names_where_the_record_is_in_the_pu
     changes = {
         "encounters": {
             "created": [],
-            "updated": [{"id": str(visit), "assessment": "Written offline.", "server_version": 1}],
+            "updated": [
+                {"id": str(visit), "assessment": "Written offline.", "server_version": 1, "updated_at": _millis()}
+            ],
             "deleted": [],
         },
         "notes": _created({"id": note, "encounter_id": str(visit), "body": "Calm; safety plan made."}),
@@ -377,7 +384,14 @@ def test_a_note_written_under_an_encounter_the_app_then_deleted_is_created_befor
         "encounters": {
             "created": [],
             "updated": [
-                {"id": str(visit), "server_version": 1, "deleted": True, "_status": "updated", "_changed": "deleted"}
+                {
+                    "id": str(visit),
+                    "server_version": 1,
+                    "deleted": True,
+                    "updated_at": _millis(),
+                    "_status": "updated",
+                    "_changed": "deleted",
+                }
             ],
             "deleted": [],
         },
@@ -435,7 +449,13 @@ def test_a_delete_flag_that_is_not_true_or_false_quarantines_its_record_naming_t
     """Read as false, it would apply the rest of a record the app meant to delete."""
     edited, kept_live = encounter(crew_member, location="Lenox Ave"), encounter(crew_member, location="Lenox Ave")
     made = str(uuid.uuid4())
-    edit = {"server_version": 1, "location": "Harlem Hospital", "_status": "updated", "_changed": "deleted,location"}
+    edit = {
+        "server_version": 1,
+        "location": "Harlem Hospital",
+        "updated_at": _millis(),
+        "_status": "updated",
+        "_changed": "deleted,location",
+    }
     changes = {
         "encounters": {
             "created": [{"id": made, "unit_id": str(crew_member.unit.pk), "started_at": now_iso(), "deleted": flag}],
@@ -483,6 +503,7 @@ def test_an_edit_made_before_the_app_deleted_the_record_is_kept_with_the_deleted
                     "server_version": 1,
                     "assessment": "Calm; declined transport.",
                     "deleted": True,
+                    "updated_at": _millis(),
                     "_status": "updated",
                     "_changed": "assessment,deleted",
                 }
@@ -624,6 +645,7 @@ def test_a_record_the_app_brings_back_while_the_server_keeps_it_deleted_is_refus
         "server_version": 2,
         "deleted": False,
         "assessment": "Written after bringing it back.",
+        "updated_at": _millis(),
         "_status": "updated",
         "_changed": "deleted,assessment",
     }
@@ -664,3 +686,37 @@ def test_a_record_the_app_made_and_marked_deleted_before_any_push_is_settled_not
     ]
     assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
     assert not SyncedRecord.objects.filter(record_id=never_pushed).exists()
+
+
+def test_an_updated_row_without_its_change_time_is_refused_as_a_value_changed_back_would_be_lost(
+    crew_member: CrewMember,
+) -> None:
+    """A pushed row is keyed by its content: without ``updated_at``, a location changed to B,
+    back to A, then to B again came back as the replay of the first B, answered settled, and
+    the server kept A. Refused naming ``updated_at``, nothing of it applies; with it, each
+    change is its own and the last one stands."""
+    visit = encounter(crew_member, location="A")
+    client = sync_client(crew_member)
+
+    def pushed_location(location: str, **stamp: int) -> dict[str, Any]:
+        row = {"id": str(visit), "location": location, "server_version": 1, "_changed": "location", **stamp}
+        changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
+        answer: dict[str, Any] = client.post(
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+        ).json()
+        return answer
+
+    unstamped = pushed_location("B")
+    stamped = [pushed_location(location, updated_at=_millis() + n) for n, location in enumerate("BAB")]
+
+    [refused] = unstamped["results"]
+    assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == (
+        "quarantined",
+        "required",
+        "changes.encounters.updated.0.updated_at",
+    )
+    assert unstamped["experimentalRejectedIds"] == {"encounters": [str(visit)]}
+    assert [(answer["results"][0]["status"], answer["experimentalRejectedIds"]) for answer in stamped] == [
+        ("applied", {})
+    ] * 3
+    assert Encounter.objects.get(pk=visit).location == "B"
