@@ -42,10 +42,27 @@ def record_reads(*, accessor: Accessor, records: Iterable[tuple[str, Any]]) -> N
         record_access(accessor=accessor, action=AccessAction.READ, record_type=record_type, record_ids=record_ids)
 
 
+# What a kept copy that names no health record is audited as: the ledger row that keeps it,
+# its number as the record id (UUID(int=n)).
+KEPT_COPY = "sync.mutation"
+
+
 def record_kept_copy_reads(*, accessor: Accessor, kept: Iterable[Mutation | Conflict]) -> None:
     """Audit quarantined mutations or conflicts shown to someone: each holds its record's data
-    as a device sent it (and a conflict the server's too), so showing it reads that record."""
-    record_reads(accessor=accessor, records=((copy.record_type, copy.record_id) for copy in kept if copy.record_id))
+    as a device sent it (and a conflict the server's too), so showing it reads that record. A
+    mutation kept for naming no record the server could have (an id in another spelling, a
+    type it does not sync) may hold health information all the same: its read is audited as
+    the ledger row's (``KEPT_COPY``)."""
+    named: list[tuple[str, UUID]] = []
+    unnamed: list[UUID] = []
+    for copy in kept:
+        if copy.record_id is not None and _is_health_record(copy.record_type):
+            named.append((copy.record_type, copy.record_id))
+        elif isinstance(copy, Mutation):
+            unnamed.append(UUID(int=copy.pk))
+    record_reads(accessor=accessor, records=named)
+    if unnamed:
+        record_access(accessor=accessor, action=AccessAction.READ, record_type=KEPT_COPY, record_ids=unnamed)
 
 
 def record_replayed_reads(*, accessor: Accessor, results: list[dict[str, Any]]) -> None:

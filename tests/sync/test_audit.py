@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 
+from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.care.models import Encounter, Person
-from apps.sync.models import Mutation
+from apps.sync.models import Mutation, MutationStatus
+from tests.care.factories import encounter
 from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, sync_client
 
@@ -282,3 +285,28 @@ def test_a_watermelondb_push_whose_audit_row_cannot_be_written_applies_nothing(c
     assert response.status_code == 500
     assert not Person.objects.filter(pk=person_id).exists()
     assert Mutation.objects.get(device=crew_member.device, record_id=person_id).status == "received"
+
+
+@pytest.mark.parametrize(
+    ("record_type", "spell"),
+    [("care.note", lambda record_id: str(record_id).upper()), ("care.notes", str)],
+    ids=["id in another spelling", "unknown type"],
+)
+def test_listing_a_kept_change_that_names_no_synced_record_is_audited_as_a_read_of_the_change(
+    crew_member: CrewMember, record_type: str, spell: Callable[[uuid.UUID], str]
+) -> None:
+    """P8: the quarantine serves what the device sent, a note's text included, whether or not
+    it names a record the server syncs. Kept under no record id, or under a type no one
+    registered, its read left no trace."""
+    visit = encounter(crew_member)
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    body = "Hears voices telling him to hurt himself; no plan."
+    device.push(device.mutation("create", record_type, spell(uuid.uuid4()), {"encounter_id": str(visit), "body": body}))
+    kept = Mutation.objects.get(status=MutationStatus.QUARANTINED)
+
+    [listed] = sync_client(supervisor).get("/api/v1/sync/quarantine/").json()["results"]
+
+    assert listed["payload"]["fields"]["body"] == body
+    reads = AuditEvent.objects.filter(actor_id=supervisor.user.pk, action="read")
+    assert list(reads.values_list("record_type", "record_id")) == [("sync.mutation", uuid.UUID(int=kept.pk))]
