@@ -263,12 +263,14 @@ def _read_envelope(
     envelope.record_type = record_type[:64]
     # Only the server's own spelling: it serves the record under that id, which a client that
     # sent another (uppercase, say) would take for a record it does not have.
+    operation = raw.get("op")
+    operation = operation if type(operation) is str and operation in _OPERATIONS else None
     envelope.record_id = canonical_uuid(raw.get("id"))
     if envelope.record_id is None:
+        envelope.operation = operation or ""  # the quarantine lists what the mutation was to do
         envelope.problem = _error("invalid_id", f"id must be {CANONICAL_UUID}.", f"{prefix}.id")
         return envelope
-    operation = raw.get("op")
-    if type(operation) is not str or operation not in _OPERATIONS:
+    if operation is None:
         envelope.problem = _error("invalid_op", "op must be create, update or delete.", f"{prefix}.op")
         return envelope
     envelope.operation = operation
@@ -283,7 +285,9 @@ def _read_envelope(
     base_version = raw.get("base_version")
     if base_version is not None and (type(base_version) is not int or not 0 <= base_version <= BASE_VERSION_MAX):
         envelope.problem = _error(
-            "invalid_base_version", "base_version must be a non-negative integer.", f"{prefix}.base_version"
+            "invalid_base_version",
+            f"base_version is a whole number from 0 to {BASE_VERSION_MAX}.",
+            f"{prefix}.base_version",
         )
         return envelope
     envelope.base_version = base_version
@@ -880,7 +884,9 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
     record each changes, where the server has it; for a create of a new record, the program
     of the unit or parent record it names. A few statements however many rows (a locked-out
     tablet hands over its whole outbox at once)."""
-    quarantined = [row for row in rows if row.status == MutationStatus.QUARANTINED and row.record_id is not None]
+    # A create under an id spelt otherwise than the server writes ids has no record id, and is
+    # filed by the parent or unit it names all the same.
+    quarantined = [row for row in rows if row.status == MutationStatus.QUARANTINED]
     if not quarantined:
         return
     named = _programs_named_by_creates(quarantined)
@@ -894,11 +900,13 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
                 " WHERE m.id = n.id",
                 [list(named), list(named.values())],
             )
-        cursor.execute(
-            "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
-            " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id AND m.program_id IS NULL",
-            [[row.pk for row in quarantined]],
-        )
+        changes = [row.pk for row in quarantined if row.record_id is not None]
+        if changes:
+            cursor.execute(
+                "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
+                " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id AND m.program_id IS NULL",
+                [changes],
+            )
 
 
 def _programs_named_by_creates(rows: list[LedgerRow]) -> dict[int, UUID]:
@@ -1521,8 +1529,8 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         _quarantine(
             row,
             "record_deleted",
-            "This record is deleted on the server; a device does not bring it back (a supervisor does). "
-            "The change is kept for review.",
+            "This record is deleted on the server, and its deletion stands: no device brings it back. "
+            "The change is kept for a supervisor to read and set aside.",
             "fields.deleted",
         )
         return

@@ -116,7 +116,25 @@ def test_a_record_id_spelt_otherwise_than_the_server_writes_it_is_kept_for_revie
     ]
     assert not Encounter.objects.filter(pk=record_id).exists()
     quarantine = device.client().get("/api/v1/sync/quarantine/").json()["results"]
-    assert [m["mutation_id"] for m in quarantine] == [spelt["mutation_id"]]
+    # Listed as what it was to do, for the person who reviews it.
+    assert [(m["mutation_id"], m["op"], m["type"]) for m in quarantine] == [
+        (spelt["mutation_id"], "create", "care.encounter")
+    ]
+
+
+def test_a_create_under_an_id_spelt_otherwise_is_filed_for_review_under_the_program_it_names(
+    crew_member: CrewMember,
+) -> None:
+    """The program's supervisors review what its crews send: a note under an uppercase id was
+    filed under no program, and their queue in the workspace never showed it."""
+    visit = encounter(crew_member)
+    device = SimDevice(crew_member)
+    spelt = str(uuid.uuid4()).upper()
+
+    device.push(device.mutation("create", "care.note", spelt, {"encounter_id": str(visit), "body": "Calm."}))
+
+    kept = Mutation.objects.get(status=MutationStatus.QUARANTINED)
+    assert (kept.error_code, kept.program_id) == ("invalid_id", crew_member.unit.program_id)
 
 
 @respelt
