@@ -50,7 +50,8 @@ from apps.teams.selectors import crewed_unit_ids
 RESOLVER_ROLES = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
 
 
-# Who may write: the crew of the record's unit, and the program's case managers and supervisors.
+# Who may write: the crew of the record's unit, and the program's case managers, supervisors and
+# administrators (who read it too: its feed scopes, apps.care.sync.scopes_of).
 
 
 def _access(context: WriteContext) -> tuple[set[UUID], set[UUID]]:

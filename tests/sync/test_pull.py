@@ -557,29 +557,36 @@ def test_a_member_who_left_and_rejoined_a_unit_reads_it_only_while_a_member(
     assert [e["id"] for e in later if e["op"] == "upsert"].count(str(while_away)) == 1
 
 
-def test_a_change_seen_through_three_scopes_is_one_feed_entry_each_reader_gets(
+def test_a_change_seen_through_four_scopes_is_one_feed_entry_each_reader_gets(
     program: Program, crew_member: CrewMember
 ) -> None:
-    case_manager = make_crew_member(program, role=Role.CASE_MANAGER)
-    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    """The unit's crew and the program's case managers, supervisors and administrators: all
+    who may read and write the record (an administrator's device was told to drop records
+    its user still worked on, and its edits of them applied)."""
+    overseers = [make_crew_member(program, role=role) for role in (Role.CASE_MANAGER, Role.SUPERVISOR)]
+    administrator = make_crew_member(program, role=Role.ADMINISTRATOR)
     record_id = encounter(crew_member)
 
     [entry] = ChangeEntry.objects.filter(record_id=record_id)
-    readers = (make_crew_member(program, unit=crew_member.unit), case_manager, supervisor)
+    readers = (make_crew_member(program, unit=crew_member.unit), *overseers, administrator)
     received = [[e["id"] for e in SimDevice(reader).pull()[0]] for reader in readers]
 
     scopes = [
         unit_scope(crew_member.unit.pk),
         program_role_scope(program.pk, Role.CASE_MANAGER),
         program_role_scope(program.pk, Role.SUPERVISOR),
+        program_role_scope(program.pk, Role.ADMINISTRATOR),
     ]
     assert entry.scope == audience_of(scopes)
     assert Audience.objects.get(key=entry.scope).scopes == sorted(scopes)
-    assert received == [[str(record_id)]] * 3
+    assert received == [[str(record_id)]] * 4
 
 
-def test_leaving_a_unit_keeps_what_a_program_role_still_shows(program: Program, crew_member: CrewMember) -> None:
-    manager = make_crew_member(program, role=Role.CASE_MANAGER, unit=crew_member.unit)
+@pytest.mark.parametrize("role", [Role.CASE_MANAGER, Role.ADMINISTRATOR])
+def test_leaving_a_unit_keeps_what_a_program_role_still_shows(
+    program: Program, crew_member: CrewMember, role: Role
+) -> None:
+    manager = make_crew_member(program, role=role, unit=crew_member.unit)
     record_id = encounter(crew_member)
     device = SimDevice(manager)
     _, cursor = device.pull()
