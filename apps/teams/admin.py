@@ -31,6 +31,12 @@ class UnitAdmin(admin.ModelAdmin):
     list_select_related = ["program", "home_zone"]
     inlines = [UnitMemberInline]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Unit | None = None) -> Any:
+        # A unit's records are its program's, and whoever may see them is told by the unit's
+        # scope: a unit moved to another program would serve them to that program's crews. A
+        # program's units are made in it, and a unit no longer wanted is retired, not moved.
+        return ["program"] if obj is not None else []
+
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         # A place on the crew given to someone else: the one who had it left the unit.
         former = (
