@@ -537,8 +537,12 @@ def user_scopes_refresh(*, user: User, access_changed: bool = False) -> list[str
                 operation=ChangeOperation.REMOVE,
                 transaction_id__gte=RawSQL("pg_current_xact_id()::text::bigint", []),
             ).values("record_id")
+            # A record deleted before this change is not removed again: its tombstone, addressed
+            # to the scope while the user held it, is in their feed already, and a removal of a
+            # record the device never held (deleted before its first sync) is one WatermelonDB
+            # makes a row of.
             lost_records = SyncedRecord.objects.filter(
-                Q(audience__in=audiences_of(including_any_of=lost, excluding_any_of=current))
+                Q(audience__in=audiences_of(including_any_of=lost, excluding_any_of=current), is_deleted=False)
                 | Q(record_id__in=moved_out)
             ).order_by("record_id")
             _append_for_user(lost_records, target, ChangeOperation.REMOVE)

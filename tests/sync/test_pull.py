@@ -361,6 +361,32 @@ def test_a_record_moved_out_of_a_unit_before_its_member_left_is_removed_from_the
     assert [(e["id"], e["op"]) for e in later] == [(str(moved), "remove")]
 
 
+def test_leaving_a_unit_removes_no_record_deleted_before_the_change(program: Program, crew_member: CrewMember) -> None:
+    """A record deleted while the member held the unit's scope has its tombstone in their feed
+    already, and one deleted before their first sync was never on their device: removed again
+    when they left, WatermelonDB made a row of what it never held."""
+    colleague = make_crew_member(program, unit=crew_member.unit)
+    live = encounter(colleague)
+    deleted_before = encounter(colleague)
+    assert pushed(colleague, "care.encounter", {}, op="delete", record_id=deleted_before, base_version=1)["status"] == (
+        "applied"
+    )
+    device = SimDevice(crew_member)
+    first, cursor = device.pull()
+    deleted_since = encounter(colleague)
+    assert pushed(colleague, "care.encounter", {}, op="delete", record_id=deleted_since, base_version=1)["status"] == (
+        "applied"
+    )
+
+    teams_services.unit_member_remove(unit=crew_member.unit, user=crew_member.user)
+    later, _ = device.pull(cursor)
+
+    assert str(live) in [e["id"] for e in first]
+    assert sorted((e["id"], e.get("reason")) for e in later if e["op"] == "remove") == sorted(
+        [(str(deleted_since), "deleted"), (str(live), "out_of_scope")]
+    )
+
+
 def test_joining_a_unit_serves_nothing_of_what_left_it_before_the_join(
     program: Program, crew_member: CrewMember
 ) -> None:
