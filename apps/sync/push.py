@@ -261,10 +261,10 @@ def _read_envelope(
         envelope.problem = _error("required", "type is a record type name.", f"{prefix}.type")
         return envelope
     envelope.record_type = record_type[:64]
-    # Only the server's own spelling: it serves the record under that id, which a client that
-    # sent another (uppercase, say) would take for a record it does not have.
     operation = raw.get("op")
     operation = operation if type(operation) is str and operation in _OPERATIONS else None
+    # Only the server's own spelling: it serves the record under that id, which a client that
+    # sent another (uppercase, say) would take for a record it does not have.
     envelope.record_id = canonical_uuid(raw.get("id"))
     if envelope.record_id is None:
         envelope.operation = operation or ""  # the quarantine lists what the mutation was to do
