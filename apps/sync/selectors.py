@@ -319,13 +319,7 @@ def feed_page(
     position = FeedPosition.decode(cursor, reader_device_id=reader_device_id)
     _check_retention(position)
     reading = _reading_position(scopes, user_id, position)
-    if position.transaction_id >= reading.next_transaction_id:
-        # Every position served is below the oldest running transaction, so below this (read
-        # on the primary, as the horizon is: a lagging replica would refuse a served cursor).
-        raise CursorAhead(
-            "This cursor is ahead of the feed (the server's database was restored or replaced); "
-            "bootstrap again from the snapshot (keep the outbox: push it after the snapshot)."
-        )
+    _check_not_ahead(position, next_transaction_id=reading.next_transaction_id)
     readable = ChangeEntry.objects.filter(reading.readable())
     servable = readable.filter(transaction_id__lt=reading.horizon)
     rows = list(servable.filter(_after(position)).order_by("transaction_id", "id")[: limit + 1])
@@ -376,6 +370,22 @@ def _without_records_out_of_sight(entries: list[ChangeEntry], own_scope: str, sc
     )
     dropped = {entry.pk for entry in addressed if entry.record_id in out_of_sight}
     return [entry for entry in entries if entry.pk not in dropped]
+
+
+def _check_not_ahead(position: FeedPosition, *, next_transaction_id: int | None = None) -> None:
+    """Refuse a position the database has not reached: issued by a database since restored
+    from a backup, or replaced, it would skip every change until transaction ids caught up."""
+    if next_transaction_id is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+            (next_transaction_id,) = cursor.fetchone()
+    # Every position served is below the oldest running transaction, so below this (read on
+    # the primary, as the horizon is: a lagging replica would refuse a served cursor).
+    if position.transaction_id >= next_transaction_id:
+        raise CursorAhead(
+            "This cursor is ahead of the feed (the server's database was restored or replaced); "
+            "bootstrap again from the snapshot (keep the outbox: push it after the snapshot)."
+        )
 
 
 def _check_retention(position: FeedPosition) -> None:
@@ -524,9 +534,11 @@ def snapshot_page(
         position = SnapshotPosition.decode(cursor)
         if position.device_tag:
             _check_issued_to(position.device_tag, reader_device_id, "start the snapshot again, without a cursor")
-        # Its pages would end in a feed cursor the retention has expired: the device would
-        # page through every record only to be sent back to the start by the feed.
+        # Its pages would end in a feed cursor the retention has expired, or one from before a
+        # restore of the database: the device would page through every record only to be
+        # sent back to the start by the feed.
         _check_retention(position.feed)
+        _check_not_ahead(position.feed)
     with _one_database_snapshot():
         if position is None:
             start, stored_scopes = snapshot_start(user_id)

@@ -291,6 +291,27 @@ def test_a_cursor_from_a_database_since_restored_gets_410_not_an_empty_feed(crew
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
 
+def test_a_snapshot_cursor_from_a_database_since_restored_gets_410_at_once(crew_member: CrewMember) -> None:
+    """Its pages would end in a feed cursor the feed refuses: the device paged through every
+    record only to be sent back to the start."""
+    for _ in range(2):
+        encounter(crew_member)
+    first = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"limit": 1}).json()
+    issued = selectors.SnapshotPosition.decode(first["cursor"])
+    with connection.cursor() as sql:
+        sql.execute("SELECT pg_current_xact_id()::text::bigint")
+        (now,) = sql.fetchone()
+    ahead = selectors.SnapshotPosition(
+        selectors.FeedPosition(now + 1000, issued.feed.entry_id), issued.audience, issued.after, issued.device_tag
+    ).encode()
+
+    refused = sync_client(crew_member).get("/api/v1/sync/snapshot/", {"cursor": ahead})
+
+    assert first["has_more"] is True
+    assert refused.status_code == 410
+    assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("cursor_expired", "cursor")
+
+
 def test_reassigned_encounter_is_removed_from_the_old_units_devices_and_their_edits_are_quarantined(
     program: Program, crew_member: CrewMember
 ) -> None:
