@@ -205,6 +205,7 @@ def test_a_cursor_older_than_the_retention_gets_410_and_the_snapshot_recovers(cr
     pages, feed_cursor = snapshot(crew_member)
 
     assert expired.status_code == 410 and expired.json()["code"] == "cursor_expired"
+    assert expired.json()["database_restored"] is False
     assert str(record_id) in [record["id"] for record in pages[0]]
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
@@ -287,6 +288,7 @@ def test_a_cursor_from_a_database_since_restored_gets_410_not_an_empty_feed(crew
 
     assert refused.status_code == 410
     assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("cursor_expired", "cursor")
+    assert refused.json()["database_restored"] is True  # the outbox's base versions may be another timeline's
     assert str(record_id) in [record["id"] for page in pages for record in page]
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 

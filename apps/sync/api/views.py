@@ -64,7 +64,15 @@ def _accessor(request: Request) -> Accessor:
 
 def cursor_error(error: selectors.InvalidCursor, field: str = "cursor") -> DomainError:
     if isinstance(error, selectors.CursorExpired):
-        return DomainError(str(error), code="cursor_expired", field=field, status_code=status.HTTP_410_GONE)
+        # A database restored from a backup may have lost versions the device's outbox names
+        # as its bases, and given their numbers to others since: the device pushes it without.
+        return DomainError(
+            str(error),
+            code="cursor_expired",
+            field=field,
+            status_code=status.HTTP_410_GONE,
+            extra_body={"database_restored": isinstance(error, selectors.CursorAhead)},
+        )
     return DomainError(str(error), code="invalid_cursor", field=field, status_code=400)
 
 
