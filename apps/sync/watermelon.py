@@ -141,7 +141,7 @@ def parse_migration(raw: str) -> list[str]:
         return []
     try:
         migration = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser goes: no migration
         raise InvalidMigration("migration is the JSON WatermelonDB sends, or null.") from None
     if migration is None:
         return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -489,6 +490,48 @@ def test_a_tampered_feed_cursor_gets_400(crew_member: CrewMember, raw: str) -> N
     response = sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": _encoded(raw)})
 
     assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("charset", ["zlib", "bz2", "rot13", "base64", "latin-1"])
+def test_a_body_in_a_charset_other_than_unicode_is_refused_unread(crew_member: CrewMember, charset: str) -> None:
+    """Python's codecs include compressions: a body of 61 KB "in charset zlib" was read as
+    60 MB of JSON past the 5 MiB limit (one of a few megabytes, gigabytes), and one that
+    was not valid zlib answered 500. A legacy charset would garble a UTF-8 body's accents."""
+    device = SimDevice(crew_member)
+    text = json.dumps({"mutations": [person_create(device, given_name="Zoë")]}).encode()
+    inflated = text[:-1] + b" " * (8 * 1024 * 1024) + b"}"
+    body = zlib.compress(inflated, 9) if charset == "zlib" else text
+
+    response = sync_client(crew_member).generic(
+        "POST", "/api/v1/sync/push/", body, content_type=f"application/json; charset={charset}"
+    )
+
+    assert (response.status_code, response.json()["code"]) == (415, "unsupported_media_type")
+    assert not Person.objects.exists() and not Mutation.objects.exists()
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-16", "utf-32-le"])
+def test_a_body_in_a_unicode_charset_is_read_in_it(crew_member: CrewMember, charset: str) -> None:
+    device = SimDevice(crew_member)
+    body = json.dumps({"mutations": [person_create(device, given_name="Zoë")]}, ensure_ascii=False)
+
+    response = sync_client(crew_member).generic(
+        "POST", "/api/v1/sync/push/", body.encode(charset), content_type=f"application/json; charset={charset}"
+    )
+
+    assert response.status_code == 200, response.content
+    assert Person.objects.get().given_name == "Zoë"
+
+
+def test_a_review_of_more_ids_than_allowed_is_refused_before_its_items_are_read(crew_member: CrewMember) -> None:
+    """DRF checks a list's length after each item: 200,000 bad ids, which any device may
+    send, were each validated (40 seconds) and each answered an error (20 MB)."""
+    response = sync_client(crew_member).post("/api/v1/sync/quarantine/apply/", {"ids": [0] * 200_000}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "ids", "code": "max_length", "detail": "Ensure this field has no more than 200 elements."}
+    ]
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "[1E999]"])

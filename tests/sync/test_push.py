@@ -887,6 +887,21 @@ def test_a_protocol_not_written_in_plain_digits_is_a_bad_request_not_another_ver
     )
 
 
+def test_a_protocol_of_thousands_of_digits_is_one_this_server_does_not_speak_not_a_fault(
+    crew_member: CrewMember,
+) -> None:
+    """int() refuses to read more than 4,300 digits: the header answered 500, which a client
+    takes for "not answered" and sends again for ever."""
+    answer = crew_member.client().get("/api/v1/sync/feed/", headers={"Tandem-Sync-Protocol": "2" * 5000})
+
+    assert (answer.status_code, answer.json()["code"], answer.json()["errors"][0]["field"]) == (
+        426,
+        "sync_protocol_unsupported",
+        "Tandem-Sync-Protocol",
+    )
+    assert len(answer.content) < 1000
+
+
 def test_device_times_are_kept_as_observed_and_implausible_ones_flagged(crew_member: CrewMember) -> None:
     device = SimDevice(crew_member)
     mutation = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))

@@ -10,6 +10,11 @@ sealing of a push's stored copy). Both surfaced as a 500, which a client retries
 
 The standard library reads ``1e400`` as infinity, which DRF's strict mode (refusing the
 literals ``NaN`` and ``Infinity``) lets through, and a text field would store ``"inf"``.
+
+A body is read in the charset its Content-Type names, and only in a Unicode one (JSON's own):
+Python's codecs include compressions (``charset=zlib``), which turned a body of a few
+kilobytes into gigabytes past the size limit, and transforms that failed as a 500; a
+legacy charset (latin-1) would garble every non-ASCII character of a UTF-8 body unseen.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from typing import IO, Any
 
 from django.conf import settings
 from rest_framework import parsers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.utils.json import strict_constant
 
 MAX_NESTING = 32
+# By the names Python's codecs give them; JSON is UTF-8, and in its first form UTF-16 or 32.
+UNICODE_CHARSETS = frozenset(
+    {"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
+)
 
 
 def strict_loads(text: str) -> Any:
@@ -46,6 +55,10 @@ class JSONParser(parsers.JSONParser):
         self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> Any:
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        if _codec_name(encoding) not in UNICODE_CHARSETS:
+            raise UnsupportedMediaType(
+                media_type or "", detail=f"charset {encoding[:40]!r}: send JSON in UTF-8 (charset=utf-8, or none)."
+            )
         try:
             data = json.load(codecs.getreader(encoding)(stream), parse_constant=strict_constant, parse_float=_finite)
         except RecursionError:
@@ -55,6 +68,13 @@ class JSONParser(parsers.JSONParser):
         if _nested_deeper_than(data, MAX_NESTING):
             raise _too_deep()
         return data
+
+
+def _codec_name(encoding: str) -> str | None:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return None
 
 
 def _too_deep() -> ParseError:

@@ -6,7 +6,13 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.common.api.pagination import PageQuerySerializer
-from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, QuerySerializer, StrictSerializer
+from apps.common.api.serializers import (
+    BoundedListField,
+    CanonicalUUIDField,
+    OffsetDateTimeField,
+    QuerySerializer,
+    StrictSerializer,
+)
 from apps.dispatch.models import Acuity, AssignmentStatus, IncidentSource, Priority, Response, UnservedReason
 from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import UnitStatus
@@ -53,7 +59,7 @@ class SafetyScreenSerializer(StrictSerializer):
     substance_use = serializers.BooleanField(required=False, default=False)
     known_high_risk = serializers.BooleanField(required=False, default=False)
     acuity = serializers.ChoiceField(choices=Acuity.choices, required=False, default=Acuity.MODERATE)
-    hazards = serializers.ListField(
+    hazards = BoundedListField(
         child=serializers.CharField(max_length=60),
         max_length=20,
         required=False,

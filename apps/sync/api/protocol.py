@@ -10,6 +10,7 @@ from apps.sync import conf
 
 PROTOCOL_HEADER = "Tandem-Sync-Protocol"
 CLIENT_VERSION_HEADER = "Tandem-Client-Version"
+_PROTOCOL_DIGITS = 9
 
 
 def protocol_of(request: Request, *, minimum: int = 1) -> int:
@@ -23,7 +24,9 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
     if raw is None:
         version = 1
     elif raw.isascii() and raw.isdigit():
-        version = int(raw)
+        # Thousands of digits are no protocol this server speaks, and int() refuses to read
+        # them (a ValueError, which answered 500).
+        version = int(raw) if len(raw) <= _PROTOCOL_DIGITS else -1
     else:
         # Not int()'s reading: it takes "1_0" as 10 and "+2" or a full-width digit as 2.
         raise DomainError(
@@ -32,8 +35,8 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
     if version not in supported or version < minimum:
         usable = [v for v in supported if v >= minimum]
         raise DomainError(
-            f"Sync protocol {raw or 1} is not supported here; use one of {', '.join(map(str, usable))} "
-            "(update the app).",
+            f"Sync protocol {(raw or '1')[:_PROTOCOL_DIGITS]} is not supported here; "
+            f"use one of {', '.join(map(str, usable))} (update the app).",
             code="sync_protocol_unsupported",
             field=PROTOCOL_HEADER,
             status_code=426,

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.common.api.serializers import QuerySerializer, StrictSerializer
+from apps.common.api.serializers import BoundedListField, QuerySerializer, StrictSerializer
 from apps.sync import conf, review
 from apps.sync.models import Conflict, Mutation
 
@@ -108,9 +108,7 @@ class PushPositionSerializer(serializers.Serializer[dict[str, object]]):
 
 
 class ReviewedMutationsSerializer(StrictSerializer):
-    ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), min_length=1, max_length=review.MAX_REVIEWED
-    )
+    ids = BoundedListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=review.MAX_REVIEWED)
 
     def validate_ids(self, ids: list[int]) -> list[int]:
         if len(set(ids)) != len(ids):
