@@ -721,7 +721,14 @@ def assignment_update_status(
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
         if earlier is not None:
-            if earlier.client_event_id != client_event_id or earlier.assignment_id != assignment.pk:
+            if (
+                earlier.client_event_id != client_event_id
+                or earlier.assignment_id != assignment.pk
+                # Another report under the same id is not its retry: answered as one, it was
+                # dropped unseen (on scene, sent under the id of an earlier en route).
+                or earlier.kind != CREW_STATUS_EVENTS[status]
+                or (observed_at is not None and earlier.observed_at not in (None, observed_at))
+            ):
                 raise _event_id_reused()
             # A retry writes nothing and answers with the assignment as it stands: a read.
             _audit(accessor, AccessAction.READ, assignment)
@@ -754,7 +761,9 @@ def assignment_update_status(
             raise
         raise _event_id_reused() from None
     if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
-        _mark_served(assignment.incident, at=min(observed_at or now, now))
+        # Within the clocks' tolerance a crew's time may fall before the offer, or ahead of
+        # the server: the call was served no earlier than the unit was offered it.
+        _mark_served(assignment.incident, at=max(min(observed_at or now, now), assignment.offered_at))
     if not applied:
         return StatusUpdate(assignment, False, event)
     assignment.status = status

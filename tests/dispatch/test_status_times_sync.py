@@ -232,6 +232,49 @@ def test_an_event_id_that_names_another_timeline_event_is_refused_not_a_fault(
     assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
 
 
+def test_another_report_under_the_event_id_of_an_earlier_one_is_refused_not_dropped(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Taken for a retry of the first, on scene under the id of an en route was answered
+    applied (over REST, and in the push's result naming en route) and never recorded."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    on_scene = _status_time(device, assignment_id, "on_scene", timezone.now())
+    first_time = timezone.now()
+    en_route = {"status": "en_route", "event_id": on_scene["id"], "observed_at": first_time.isoformat()}
+    assert post(crew_member, assignment_id, "status", en_route).status_code == 200
+
+    over_rest = post(crew_member, assignment_id, "status", {**en_route, "status": "on_scene"})
+    retimed = post(crew_member, assignment_id, "status", {**en_route, "observed_at": timezone.now().isoformat()})
+    [synced] = device.push(on_scene)
+    retried = post(crew_member, assignment_id, "status", en_route)
+
+    assert (over_rest.status_code, over_rest.json()["code"]) == (400, "event_id_reused")
+    assert (retimed.status_code, retimed.json()["code"]) == (400, "event_id_reused")
+    assert (synced["status"], synced["error"]["code"]) == ("quarantined", "event_id_reused")
+    assert (retried.status_code, retried.json()["status"]) == (200, "en_route")  # the same report again
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.EN_ROUTE
+
+
+def test_a_crew_clock_a_little_behind_does_not_date_the_call_served_before_its_offer(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Within the clocks' tolerance, an on scene observed before the offer was taken as the
+    time the call was served: before it was received, and the dashboard's call-to-scene
+    time went negative."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    assignment = Assignment.objects.get(pk=assignment_id)
+    device = SimDevice(crew_member)
+    observed = assignment.offered_at - timedelta(seconds=100)
+
+    [result] = device.push(_status_time(device, assignment_id, "on_scene", observed))
+
+    assert result["status"] == "applied"
+    assert TimelineEvent.objects.get(pk=result["id"]).observed_at == observed  # kept as observed
+    assignment.incident.refresh_from_db()
+    assert assignment.incident.served_at == assignment.offered_at
+
+
 @pytest.mark.parametrize(
     ("fields", "code", "field"),
     [
