@@ -51,7 +51,7 @@ RESOLVER_ROLES = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRAT
 
 
 # Who may write: the crew of the record's unit, and the program's case managers, supervisors and
-# administrators (who read it too: its feed scopes, apps.care.sync.scopes_of).
+# administrators (who read it too: an administrator reads what case managers do, in the feed).
 
 
 def _access(context: WriteContext) -> tuple[set[UUID], set[UUID]]:

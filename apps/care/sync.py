@@ -8,6 +8,7 @@ from uuid import UUID
 
 from rest_framework import serializers
 
+from apps.accounts.models import Role
 from apps.care import services
 from apps.care.models import (
     CareRecord,
@@ -96,15 +97,18 @@ class ReferralOutcomeWire(CareWire):
 
 
 def scopes_of(record: CareRecord) -> tuple[str, ...]:
-    """The unit's crew, and the program's case managers, supervisors and administrators: who
-    may read and write it (``services.may_work_in``)."""
+    """The unit's crew, and the program's case managers and supervisors."""
     return _unit_and_program_scopes(record.unit_id, record.program_id)
 
 
 @functools.lru_cache(maxsize=4096)
 def _unit_and_program_scopes(unit_id: UUID, program_id: UUID) -> tuple[str, ...]:
     # Asked at every change a push publishes, and a batch's records share a few units.
-    return (unit_scope(unit_id), *(program_role_scope(program_id, role) for role in sorted(services.RESOLVER_ROLES)))
+    return (
+        unit_scope(unit_id),
+        program_role_scope(program_id, Role.CASE_MANAGER),
+        program_role_scope(program_id, Role.SUPERVISOR),
+    )
 
 
 def program_id_of(record: CareRecord) -> Any:

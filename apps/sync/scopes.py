@@ -39,7 +39,12 @@ def scopes_for_user(user: User) -> list[str]:
     program_roles = Membership.objects.filter(user=user, role__in=Role.program_wide_roles()).values_list(
         "program_id", "role"
     )
-    scopes += [program_role_scope(program_id, role) for program_id, role in program_roles]
+    for program_id, role in program_roles:
+        scopes.append(program_role_scope(program_id, role))
+        if role == Role.ADMINISTRATOR:
+            # An administrator works with the program's health records as its case managers
+            # do (reads and writes them): what is addressed to them is the administrator's too.
+            scopes.append(program_role_scope(program_id, Role.CASE_MANAGER))
     return sorted(set(scopes))
 
 

@@ -57,7 +57,6 @@ def seed_records(program_id: uuid.UUID, unit_id: uuid.UUID, user_id: uuid.UUID, 
         unit_scope(unit_id),
         program_role_scope(program_id, Role.CASE_MANAGER),
         program_role_scope(program_id, Role.SUPERVISOR),
-        program_role_scope(program_id, Role.ADMINISTRATOR),
     ]
     with connection.cursor() as cursor:
         cursor.execute(

@@ -470,7 +470,6 @@ def test_a_reassigned_encounters_follow_up_moves_to_the_new_unit_and_its_crew_wo
     assert ContactAttempt.objects.get(pk=attempt_id).unit_id == new_crew.unit.pk
     assert list(ReferralTaskEvent.objects.values_list("unit_id", flat=True)) == [new_crew.unit.pk]
     assert SyncedRecord.objects.get(record_id=attempt_id).scopes == [
-        program_role_scope(program.pk, Role.ADMINISTRATOR),
         program_role_scope(program.pk, Role.CASE_MANAGER),
         program_role_scope(program.pk, Role.SUPERVISOR),
         unit_scope(new_crew.unit.pk),

@@ -22,7 +22,7 @@ from apps.care.models import Encounter
 from apps.care.services import encounter_reassign
 from apps.sync import selectors, services
 from apps.sync.models import Audience, ChangeEntry, Mutation, MutationStatus, UserScopeState
-from apps.sync.scopes import audience_of, program_role_scope, unit_scope, user_scope
+from apps.sync.scopes import audience_of, program_role_scope, scopes_for_user, unit_scope, user_scope
 from apps.teams import services as teams_services
 from apps.teams.models import UnitMember
 from tests.accounts.factories import MembershipFactory, UserFactory, device_with_token
@@ -312,6 +312,7 @@ def test_a_snapshot_cursor_from_a_database_since_restored_gets_410_at_once(crew_
     assert first["has_more"] is True
     assert refused.status_code == 410
     assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("cursor_expired", "cursor")
+    assert refused.json()["database_restored"] is True
 
 
 def test_reassigned_encounter_is_removed_from_the_old_units_devices_and_their_edits_are_quarantined(
@@ -606,12 +607,13 @@ def test_a_member_who_left_and_rejoined_a_unit_reads_it_only_while_a_member(
     assert [e["id"] for e in later if e["op"] == "upsert"].count(str(while_away)) == 1
 
 
-def test_a_change_seen_through_four_scopes_is_one_feed_entry_each_reader_gets(
+def test_a_change_seen_through_three_scopes_is_one_feed_entry_each_reader_gets(
     program: Program, crew_member: CrewMember
 ) -> None:
-    """The unit's crew and the program's case managers, supervisors and administrators: all
-    who may read and write the record (an administrator's device was told to drop records
-    its user still worked on, and its edits of them applied)."""
+    """The unit's crew and the program's case managers and supervisors, and its administrators
+    through the case managers' scope: all who may read and write the record (an
+    administrator's device was told to drop records its user still worked on, and its edits
+    of them applied)."""
     overseers = [make_crew_member(program, role=role) for role in (Role.CASE_MANAGER, Role.SUPERVISOR)]
     administrator = make_crew_member(program, role=Role.ADMINISTRATOR)
     record_id = encounter(crew_member)
@@ -624,11 +626,29 @@ def test_a_change_seen_through_four_scopes_is_one_feed_entry_each_reader_gets(
         unit_scope(crew_member.unit.pk),
         program_role_scope(program.pk, Role.CASE_MANAGER),
         program_role_scope(program.pk, Role.SUPERVISOR),
-        program_role_scope(program.pk, Role.ADMINISTRATOR),
     ]
     assert entry.scope == audience_of(scopes)
     assert Audience.objects.get(key=entry.scope).scopes == sorted(scopes)
     assert received == [[str(record_id)]] * 4
+
+
+def test_an_administrators_device_synced_before_it_read_care_records_gets_them_at_its_next_pull(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """Administrators read what the program's case managers read. A device that synced when
+    they did not holds scopes without it: its next pull brings the records written before."""
+    record_id = encounter(crew_member)
+    administrator = make_crew_member(program, role=Role.ADMINISTRATOR)
+    device = SimDevice(administrator)
+    _, cursor = device.pull()
+    # As stored before administrators read the case managers' scope.
+    before = [scope for scope in scopes_for_user(administrator.user) if not scope.endswith(".case_manager")]
+    UserScopeState.objects.filter(user=administrator.user).update(scopes=before)
+    ChangeEntry.objects.filter(scope=user_scope(administrator.user.pk)).delete()
+
+    entries, _ = device.pull(cursor)
+
+    assert [(e["id"], e["op"]) for e in entries] == [(str(record_id), "upsert")]
 
 
 @pytest.mark.parametrize("role", [Role.CASE_MANAGER, Role.ADMINISTRATOR])
