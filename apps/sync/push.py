@@ -1405,6 +1405,14 @@ def _quarantined_create(user_id: UUID, record_id: UUID) -> Mutation | None:
     )
 
 
+def _create_kept_for_review(record_id: UUID) -> bool:
+    """Whether anyone's create of this record is in quarantine: a review may yet bring the
+    record to life, after a delete of it answered as settled."""
+    return Mutation.objects.filter(
+        record_id=record_id, operation=MutationOperation.CREATE, status=MutationStatus.QUARANTINED
+    ).exists()
+
+
 def _waits_for(create: LedgerRow, what: str) -> str:
     named = f" (mutation_id {create.mutation_id})" if create.mutation_id is not None else ""
     return f"{what}{named} is in quarantine; this change is kept with it, for review together."
@@ -1472,7 +1480,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             create = state.quarantined_creates.get(row.record_id) or _quarantined_create(row.user_id, row.record_id)
             if create is not None:
                 _quarantine(row, "record_quarantined", _waits_for(create, "This record's create"), "id")
-            elif row.operation == MutationOperation.DELETE:
+            elif row.operation == MutationOperation.DELETE and not _create_kept_for_review(row.record_id):
                 # A record made and deleted on the device before it was ever pushed (what
                 # WatermelonDB's markAsDeleted sends): it is gone as the device meant, and
                 # nothing of it reached the server. Refused, the app would send it forever.

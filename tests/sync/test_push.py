@@ -744,6 +744,22 @@ def test_a_delete_of_a_record_the_server_never_had_settles_touching_nothing(crew
     ]
 
 
+def test_a_delete_of_a_record_whose_create_anyone_has_in_quarantine_is_not_settled(crew_member: CrewMember) -> None:
+    """A review may yet apply that create: the record would come to life after a delete
+    answered as settled."""
+    colleague = teammate_device(crew_member)
+    record_id = uuid.uuid4()
+    [refused] = colleague.push(
+        colleague.mutation("create", "care.encounter", record_id, encounter_fields(colleague.member, started_at=12))
+    )
+    device = SimDevice(crew_member)
+
+    [delete] = device.push(device.mutation("delete", "care.encounter", record_id))
+
+    assert refused["status"] == "quarantined"
+    assert (delete["status"], delete["error"]["code"]) == ("quarantined", "record_not_found")
+
+
 def test_a_delete_is_soft_and_feeds_a_tombstone_and_an_edit_meeting_it_is_kept(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)
@@ -893,6 +909,7 @@ def test_a_protocol_of_thousands_of_digits_is_one_this_server_does_not_speak_not
     """int() refuses to read more than 4,300 digits: the header answered 500, which a client
     takes for "not answered" and sends again for ever."""
     answer = crew_member.client().get("/api/v1/sync/feed/", headers={"Tandem-Sync-Protocol": "2" * 5000})
+    padded = crew_member.client().get("/api/v1/sync/feed/", headers={"Tandem-Sync-Protocol": "0" * 5000 + "2"})
 
     assert (answer.status_code, answer.json()["code"], answer.json()["errors"][0]["field"]) == (
         426,
@@ -900,6 +917,7 @@ def test_a_protocol_of_thousands_of_digits_is_one_this_server_does_not_speak_not
         "Tandem-Sync-Protocol",
     )
     assert len(answer.content) < 1000
+    assert padded.status_code == 200  # protocol 2, however many zeros before it
 
 
 def test_device_times_are_kept_as_observed_and_implausible_ones_flagged(crew_member: CrewMember) -> None:

@@ -702,8 +702,9 @@ def test_an_updated_row_without_its_change_time_is_refused_as_a_value_changed_ba
     visit = encounter(crew_member, location="A")
     client = sync_client(crew_member)
 
-    def pushed_location(location: str, **stamp: int) -> dict[str, Any]:
-        row = {"id": str(visit), "location": location, "server_version": 1, "_changed": "location", **stamp}
+    def pushed_location(location: str, **stamp: Any) -> dict[str, Any]:
+        changed = "location,deleted" if stamp.get("deleted") else "location"
+        row = {"id": str(visit), "location": location, "server_version": 1, "_changed": changed, **stamp}
         changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
         answer: dict[str, Any] = client.post(
             "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
@@ -711,6 +712,8 @@ def test_an_updated_row_without_its_change_time_is_refused_as_a_value_changed_ba
         return answer
 
     unstamped = pushed_location("B")
+    # Deleted too: the edit it carries is refused with the delete, not applied unchecked.
+    unstamped_delete = pushed_location("B", deleted=True)
     stamped = [pushed_location(location, updated_at=_millis() + n) for n, location in enumerate("BAB")]
 
     [refused] = unstamped["results"]
@@ -720,6 +723,9 @@ def test_an_updated_row_without_its_change_time_is_refused_as_a_value_changed_ba
         "changes.encounters.updated.0.updated_at",
     )
     assert unstamped["experimentalRejectedIds"] == {"encounters": [str(visit)]}
+    assert [(result["status"], result["error"]["code"]) for result in unstamped_delete["results"]] == [
+        ("quarantined", "required")
+    ] * 2
     assert [(answer["results"][0]["status"], answer["experimentalRejectedIds"]) for answer in stamped] == [
         ("applied", {})
     ] * 3

@@ -32,8 +32,9 @@ from rest_framework.utils.json import strict_constant
 
 MAX_NESTING = 32
 # By the names Python's codecs give them; JSON is UTF-8, and in its first form UTF-16 or 32.
+# ASCII is UTF-8's first half: a byte beyond it is refused, never read as something else.
 UNICODE_CHARSETS = frozenset(
-    {"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
+    {"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "ascii"}
 )
 
 

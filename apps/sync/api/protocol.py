@@ -26,7 +26,8 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
     elif raw.isascii() and raw.isdigit():
         # Thousands of digits are no protocol this server speaks, and int() refuses to read
         # them (a ValueError, which answered 500).
-        version = int(raw) if len(raw) <= _PROTOCOL_DIGITS else -1
+        significant = raw.lstrip("0") or "0"
+        version = int(significant) if len(significant) <= _PROTOCOL_DIGITS else -1
     else:
         # Not int()'s reading: it takes "1_0" as 10 and "+2" or a full-width digit as 2.
         raise DomainError(
@@ -35,7 +36,7 @@ def protocol_of(request: Request, *, minimum: int = 1) -> int:
     if version not in supported or version < minimum:
         usable = [v for v in supported if v >= minimum]
         raise DomainError(
-            f"Sync protocol {(raw or '1')[:_PROTOCOL_DIGITS]} is not supported here; "
+            f"Sync protocol {version if version >= 0 else 'of that many digits'} is not supported here; "
             f"use one of {', '.join(map(str, usable))} (update the app).",
             code="sync_protocol_unsupported",
             field=PROTOCOL_HEADER,
