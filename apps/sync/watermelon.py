@@ -32,7 +32,7 @@ from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
 from apps.audit.services import Accessor
 from apps.sync import conf, push, registry, selectors
-from apps.sync.models import ChangeOperation, IssuedCursor
+from apps.sync.models import ChangeOperation, IssuedCursor, RemoveReason
 
 _LOCAL_COLUMNS = {"id", "_status", "_changed", "server_version", "updated_at", "created_at"}
 _PULL_PAGE = 500
@@ -287,9 +287,20 @@ def _feed_into(
             if synced_type is None or not synced_type.watermelon_table:
                 continue
             record_id = str(entry.record_id)
-            latest.pop(record_id, None)  # keep feed order: the last change of a record wins
+            earlier = latest.pop(record_id, None)  # keep feed order: the last change of a record wins
             if entry.operation == ChangeOperation.UPSERT:
                 latest[record_id] = (synced_type, _raw(record_id, entry.data, entry.version))
+            elif (
+                entry.reason == RemoveReason.DELETED
+                and synced_type.is_clinical
+                and earlier is not None
+                and (changed := earlier[1]) is not None
+            ):
+                # Changed, then deleted, since the device's last pull: the change comes with the
+                # flag. Alone, the flag would leave the device's deleted copy without what the
+                # server keeps of the record (an assessment written just before the delete).
+                version = entry.version or changed["server_version"]
+                latest[record_id] = (synced_type, {**changed, "deleted": True, "server_version": version})
             else:
                 latest[record_id] = (synced_type, None)
         cursor = page.position.encode(device.pk)

@@ -730,3 +730,37 @@ def test_an_updated_row_without_its_change_time_is_refused_as_a_value_changed_ba
         ("applied", {})
     ] * 3
     assert Encounter.objects.get(pk=visit).location == "B"
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_a_record_changed_then_deleted_between_two_pulls_comes_deleted_with_the_change(
+    crew_member: CrewMember,
+) -> None:
+    """The last change of a record wins in a pull, and a delete came as a bare flag: a tablet
+    holding the record kept it deleted without the assessment its colleague wrote just before
+    deleting it, which the server keeps."""
+    visit = encounter(crew_member, assessment="Calm.")
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(teammate)
+    held = _pull_until_done(client, None)[-1]["timestamp"]
+    assert (
+        pushed(
+            crew_member,
+            "care.encounter",
+            {"assessment": "Calm; left with his sister."},
+            op="update",
+            record_id=visit,
+            base_version=1,
+        )["status"]
+        == "applied"
+    )
+    assert (
+        pushed(crew_member, "care.encounter", {}, op="delete", record_id=visit, base_version=2)["status"] == "applied"
+    )
+
+    pulls = _pull_until_done(client, held)
+
+    rows = [row for pull in pulls for row in pull["changes"].get("encounters", {}).get("updated", [])]
+    assert [(row["id"], row["deleted"], row.get("assessment"), row["server_version"]) for row in rows] == [
+        (str(visit), True, "Calm; left with his sister.", 3)
+    ]
