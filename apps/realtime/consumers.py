@@ -277,8 +277,12 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 except feed.InvalidCursor as error:
                     # Older than the feed keeps (410 over HTTP): bootstrap from the snapshot.
                     self.feed_subscribed = False
-                    code = "cursor_expired" if isinstance(error, feed.CursorExpired) else "invalid_cursor"
-                    await self.send_error(code, str(error), field="cursor")
+                    if isinstance(error, feed.CursorExpired):
+                        # As the 410's body: after a restore the outbox goes without its bases.
+                        restored = isinstance(error, feed.CursorAhead)
+                        await self.send_error("cursor_expired", str(error), field="cursor", database_restored=restored)
+                    else:
+                        await self.send_error("invalid_cursor", str(error), field="cursor")
                     return
                 except TokenRejected as rejection:
                     self.feed_subscribed = False
@@ -374,7 +378,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.append(group)
 
-    async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str) -> None:
+    async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str | bool) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, "field": field, **extra})
 
     async def _close_unless_authenticated(self) -> None:

@@ -155,6 +155,7 @@ def test_a_cursor_older_than_the_feed_keeps_gets_an_error_frame(asgi: AsgiServer
         send(socket, {"type": "feed.subscribe", "cursor": first_cursor})
         error = receive(socket)
         assert (error["type"], error["code"], error["field"]) == ("error", "cursor_expired", "cursor")
+        assert error["database_restored"] is False
         send(socket, {"type": "ping"})
         assert receive(socket) == {"type": "pong"}
 
@@ -167,6 +168,8 @@ def test_a_cursor_ahead_of_the_database_gets_an_error_frame(asgi: AsgiServer, cr
         send(socket, {"type": "feed.subscribe", "cursor": ahead})
         error = receive(socket)
         assert (error["type"], error["code"], error["field"]) == ("error", "cursor_expired", "cursor")
+        # Restored from a backup: the outbox is pushed without its bases, as after the 410.
+        assert error["database_restored"] is True
 
 
 def test_a_refused_cursor_is_refused_once_and_the_socket_waits_for_a_new_subscribe(
