@@ -32,9 +32,8 @@ class UnitAdmin(admin.ModelAdmin):
     inlines = [UnitMemberInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Unit | None = None) -> Any:
-        # A unit's records are its program's, and whoever may see them is told by the unit's
-        # scope: a unit moved to another program would serve them to that program's crews. A
-        # program's units are made in it, and a unit no longer wanted is retired, not moved.
+        # A unit stays in its program (the database refuses a move: teams migration 0002);
+        # shown read-only so the form does not offer what would fail.
         return ["program"] if obj is not None else []
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:

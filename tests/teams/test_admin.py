@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+from django.db import IntegrityError, transaction
 from django.test import Client
 
 from apps.accounts.models import Program
@@ -22,3 +24,23 @@ def test_a_units_program_is_not_changed_in_the_admin(
 
     assert response.status_code == 302
     assert Unit.objects.get(pk=crew_member.unit.pk).program_id == program.pk
+
+
+@pytest.mark.parametrize("how", ["save", "queryset update"])
+def test_the_database_refuses_to_move_a_unit_to_another_program(
+    program: Program, crew_member: CrewMember, how: str
+) -> None:
+    """Not only the admin: a shell, a script or a bulk update cannot move a unit either."""
+    other = ProgramFactory.create(slug="other", name="Other")
+    unit = Unit.objects.get(pk=crew_member.unit.pk)
+
+    with pytest.raises(IntegrityError, match="stays in the program"), transaction.atomic():
+        if how == "save":
+            unit.program = other
+            unit.save()
+        else:
+            Unit.objects.filter(pk=unit.pk).update(program=other)
+
+    assert Unit.objects.get(pk=unit.pk).program_id == program.pk
+    Unit.objects.filter(pk=unit.pk).update(call_sign="B-2")  # the unit's other columns still change
+    assert Unit.objects.get(pk=unit.pk).call_sign == "B-2"
