@@ -293,6 +293,14 @@ def test_a_cursor_from_a_database_since_restored_gets_410_not_an_empty_feed(crew
     assert sync_client(crew_member).get("/api/v1/sync/feed/", {"cursor": feed_cursor}).status_code == 200
 
 
+def test_a_cursor_is_ahead_from_the_first_transaction_id_not_yet_assigned() -> None:
+    """A served position is below the oldest running transaction, so at most one below the
+    next id to be assigned: that one is the first a restored database's cursor can name."""
+    selectors._check_not_ahead(selectors.FeedPosition(99, 1), next_transaction_id=100)
+    with pytest.raises(selectors.CursorAhead):
+        selectors._check_not_ahead(selectors.FeedPosition(100, 1), next_transaction_id=100)
+
+
 def test_a_snapshot_cursor_from_a_database_since_restored_gets_410_at_once(crew_member: CrewMember) -> None:
     """Its pages would end in a feed cursor the feed refuses: the device paged through every
     record only to be sent back to the start."""
