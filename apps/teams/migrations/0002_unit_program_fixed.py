@@ -6,6 +6,9 @@ from django.db import migrations
 # another program would serve the first program's records to that program's crews. The
 # admin shows the program read-only; the database refuses the move from any other path too
 # (a shell, a bulk update, a script). A unit no longer wanted is retired, not moved.
+# AFTER, not BEFORE: for a BEFORE row trigger PostgreSQL fetches and locks the row first on
+# every update of a unit, whatever its columns, which changed the order concurrent writers
+# waiting on a unit's row were served in.
 FORBID_MOVE = """
 CREATE FUNCTION teams_unit_program_fixed() RETURNS trigger AS $$
 BEGIN
@@ -15,7 +18,7 @@ END;
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER teams_unit_program_fixed
-    BEFORE UPDATE OF program_id ON teams_unit
+    AFTER UPDATE OF program_id ON teams_unit
     FOR EACH ROW WHEN (OLD.program_id IS DISTINCT FROM NEW.program_id)
     EXECUTE FUNCTION teams_unit_program_fixed();
 """
