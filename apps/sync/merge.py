@@ -112,6 +112,9 @@ class VersionView:
     mutation_id: int | None = None
     # That mutation's number on its device (None: a client that does not number its changes).
     made_as: int | None = None
+    # Whether its writing device holds this version whole: it had pulled every earlier version
+    # when it pushed the change, which merged cleanly (RecordVersion.held_by_writer).
+    held_by_writer: bool = False
 
 
 def _made_after(view: VersionView, made_before: int, made_as: int | None) -> bool:
@@ -124,6 +127,39 @@ def _made_after(view: VersionView, made_before: int, made_as: int | None) -> boo
     return view.mutation_id is not None and view.mutation_id > made_before
 
 
+def _own_and_earlier(view: VersionView, device_id: Any, made_before: int | None, made_as: int | None) -> bool:
+    """Whether the device wrote ``view`` by a mutation it made before the edit (any of its
+    writes, without ``made_before``)."""
+    own = view.device_id is not None and view.device_id == device_id
+    return own and (
+        made_before is None
+        or (
+            view.mutation_id is not None
+            and view.mutation_id != made_before
+            and not _made_after(view, made_before, made_as)
+        )
+    )
+
+
+def held_version(
+    *,
+    base_version: int,
+    versions: Iterable[VersionView],
+    device_id: Any,
+    made_before: int | None = None,
+    made_as: int | None = None,
+) -> int:
+    """The newest version the device is known to hold whole: its base, or a later version
+    of its own earlier write that it held whole once pushed (``held_by_writer``). A client
+    that does not take the versions its pushes made (WatermelonDB) keeps sending an older
+    base, though what it edits since is that version."""
+    held = base_version
+    for view in versions:
+        if view.version > held and view.held_by_writer and _own_and_earlier(view, device_id, made_before, made_as):
+            held = view.version
+    return held
+
+
 def effective_base(
     *,
     base_version: int,
@@ -134,16 +170,20 @@ def effective_base(
 ) -> dict[str, Any] | None:
     """The field values the device's edit was made against.
 
-    That is the version it last pulled, advanced by the device's own earlier writes: a device
-    that queued two edits of one field offline sent both against the same base, and its
-    second edit must replace its first, not conflict with it. With ``made_before`` (the
-    edit's ledger row, and ``made_as``, its number on the device), only the device's writes
-    of mutations made before it count: an edit applied again after review must not take the
-    device's own later edit as its base, and replace it unseen. Without a base (0), a field
-    another writer changed after the device's own write of it is unknown again: the device
-    did not write it last. Returns None when the base version is unknown.
+    That is the version it last pulled (or a newer one it holds whole, ``held_version``),
+    advanced by the device's own earlier writes: a device that queued two edits of one field
+    offline sent both against the same base, and its second edit must replace its first, not
+    conflict with it. With ``made_before`` (the edit's ledger row, and ``made_as``, its
+    number on the device), only the device's writes of mutations made before it count: an
+    edit applied again after review must not take the device's own later edit as its base,
+    and replace it unseen. Without a base (0), a field another writer changed after the
+    device's own write of it is unknown again: the device did not write it last. Returns
+    None when the base version is unknown.
     """
     ordered = sorted(versions, key=lambda view: view.version)
+    base_version = held_version(
+        base_version=base_version, versions=ordered, device_id=device_id, made_before=made_before, made_as=made_as
+    )
     if base_version == 0:
         base: dict[str, Any] = {}
     else:
@@ -154,13 +194,7 @@ def effective_base(
     for view in ordered:
         if view.version <= base_version:
             continue
-        own = view.device_id is not None and view.device_id == device_id
-        earlier = made_before is None or (
-            view.mutation_id is not None
-            and view.mutation_id != made_before
-            and not _made_after(view, made_before, made_as)
-        )
-        if own and earlier:
+        if _own_and_earlier(view, device_id, made_before, made_as):
             for name in view.changed_fields:
                 if name in view.data:
                     base[name] = view.data[name]
@@ -184,8 +218,12 @@ def changed_by_others_since(
     device), the device's own writes of mutations made after it count as others': a delete
     applied again after review never saw its writer's later edit. A version the device's push
     wrote as a side effect (a referral's status from an outcome) names no mutation and stays
-    the device's own.
+    the device's own. Versions up to one the device holds whole (``held_version``) it saw.
     """
+    versions = list(versions)
+    base_version = held_version(
+        base_version=base_version, versions=versions, device_id=device_id, made_before=made_before, made_as=made_as
+    )
     return any(
         view.version > base_version
         and (view.device_id != device_id or (made_before is not None and _made_after(view, made_before, made_as)))

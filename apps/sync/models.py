@@ -158,6 +158,11 @@ class RecordVersion(models.Model):
         "Mutation", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Whether its writing device holds this version whole: when it pushed the change it had
+    # pulled every earlier version, and the change merged cleanly. A client that never takes
+    # the versions its own pushes made (WatermelonDB) edits this version next, while naming
+    # an older base: the merge counts its later edits from here (sync.merge.held_version).
+    held_by_writer = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["record_id", "version"], name="record_version_unique")]

@@ -59,6 +59,7 @@ from apps.sync.models import (
     RecordVersion,
 )
 from apps.sync.scopes import scopes_for_user, user_scope
+from apps.sync.selectors import FeedPosition
 from apps.sync.services import (
     Head,
     PendingVersion,
@@ -369,6 +370,7 @@ def push_mutations(
     lockout: TokenProblem | None = None,
     problems: dict[int, dict[str, Any]] | None = None,
     accessor: Accessor | None = None,
+    pulled_through: FeedPosition | None = None,
 ) -> list[dict[str, Any]]:
     """Store, apply and answer a batch of one device's mutations (see the module docstring).
 
@@ -382,7 +384,9 @@ def push_mutations(
     applied. ``problems`` are what a caller that made the mutations from a client's own form
     found wrong in them (a WatermelonDB delete flag that is not a boolean), by index, each
     an error naming its place in the mutation (``fields.deleted``): such a mutation is stored
-    and quarantined, as one the server cannot read as it was sent.
+    and quarantined, as one the server cannot read as it was sent. ``pulled_through``: where
+    in the feed the device's last pull reached, for a client that does not take the versions
+    its pushes make (``RecordVersion.held_by_writer``).
     """
     plausible = plausible_times(timezone.now())
     envelopes = [
@@ -435,6 +439,7 @@ def push_mutations(
                 known={row.pk: row for row in rows_by_index.values()},
                 sealed=sealed,
                 accessor=accessor,
+                pulled_through=pulled_through,
             )
     # Results of mutations applied by an earlier request (replays) come from the ledger.
     stored_results = {**final, **applied}
@@ -1018,6 +1023,7 @@ def apply_received(
     reviewed: frozenset[int] = frozenset(),
     reviewed_by: Accessor | None = None,
     accessor: Accessor | None = None,
+    pulled_through: FeedPosition | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
@@ -1026,6 +1032,8 @@ def apply_received(
     rows applied again after review: their device took them for refused, so what they write
     goes back to it through the feed, and the review audits them as its reviewer's,
     ``reviewed_by`` (so does a domain service that audits what it writes with them).
+    ``pulled_through``: where the device's last pull reached in the feed (see push_mutations);
+    the slow path, one mutation at a time, goes without it.
     Returns the result of every mutation applied here, by row id.
     """
     known = known or {}
@@ -1044,6 +1052,7 @@ def apply_received(
                     user=user,
                     sealed=sealed,
                     writers=writers,
+                    pulled_through=pulled_through,
                 )
                 _audit_writes(rows, writers)
         return {row.pk: row.result for row in rows}
@@ -1213,6 +1222,10 @@ class _BatchState:
     quarantined_creates: dict[UUID, LedgerRow] = field(default_factory=dict)
     # The scopes the writer reads, once a refused change needs them (_send_back_servers_copy).
     writer_scopes: set[str] | None = None
+    # Where the device's last pull reached in the feed, if it said (_held_whole_after).
+    pulled_through: FeedPosition | None = None
+    # The request's last row of each record it changes: what the device holds once answered.
+    last_of_their_record: frozenset[int] = frozenset()
 
     def scopes_of_writer(self) -> set[str]:
         if self.writer_scopes is None:
@@ -1229,6 +1242,7 @@ def _apply_rows(
     raise_refusals: bool = False,
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     unstored_payloads: list[str] | None = None,
+    pulled_through: FeedPosition | None = None,
 ) -> None:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
@@ -1268,6 +1282,10 @@ def _apply_rows(
         raise_refusals=raise_refusals,
         reviewed=writers.reviewed,
         device_numbers={row.pk: row.mutation_id for row in rows},
+        pulled_through=pulled_through,
+        last_of_their_record=frozenset(
+            {row.record_id: row.pk for row in rows if row.pk in writers.requested and row.record_id}.values()
+        ),
     )
     fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -1387,6 +1405,7 @@ def _view(version: RecordVersion | PendingVersion, made_as: int | None) -> merge
         is_deleted=version.is_deleted,
         mutation_id=version.mutation_id,
         made_as=made_as,
+        held_by_writer=version.held_by_writer,
     )
 
 
@@ -1596,6 +1615,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             state,
             changed_fields=sorted(changes),
             echo=unseen or row.pk in state.reviewed,
+            held_by_writer=not conflicts and _held_whole_after(row, head, state),
         )
     elif unseen:
         state.publisher.reannounce(head, user_scope(row.user_id))
@@ -1652,6 +1672,7 @@ def _create(row: LedgerRow, synced_type: registry.SyncedType, fields: dict[str, 
         state,
         changed_fields=None,
         echo=row.pk in state.reviewed,
+        held_by_writer=_held_whole_after(row, None, state),
     )
     row.status = MutationStatus.APPLIED
     row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
@@ -1692,6 +1713,7 @@ def _delete(
         changed_fields=["deleted"],
         echo=row.pk in state.reviewed,
         is_deleted=True,
+        held_by_writer=_held_whole_after(row, head, state),
     )
     row.status = MutationStatus.APPLIED
     row.result = _result(row, PushStatus.APPLIED, version=new_head.version, data=new_head.data)
@@ -1706,6 +1728,7 @@ def _write(
     changed_fields: list[str] | None,
     echo: bool,
     is_deleted: bool = False,
+    held_by_writer: bool = False,
 ) -> Head:
     saved = synced_type.apply(state.context, change)
     state.records[change.record_id] = saved
@@ -1721,7 +1744,24 @@ def _write(
         changed_fields=changed_fields,
         is_deleted=is_deleted,
         echo_to_origin=echo,
+        held_by_writer=held_by_writer,
     )
+
+
+def _held_whole_after(row: LedgerRow, head_before: Head | None, state: _BatchState) -> bool:
+    """Whether the device holds the version this row writes whole once answered: it said
+    where its last pull reached, which was past every version before this one (the head's
+    transaction ended below it), and this row is its request's last change of the record.
+    A WatermelonDB app then edits that version next while still naming the older
+    ``server_version`` it keeps for a record it had changed when it pulled; counted from
+    here, a colleague's value it saw is no longer taken for one it never saw."""
+    pulled = state.pulled_through
+    if pulled is None or row.pk not in state.last_of_their_record:
+        return False
+    if head_before is None:
+        return True
+    written = head_before.written_in_transaction
+    return written is not None and pulled.is_past(written)
 
 
 def _conflict(

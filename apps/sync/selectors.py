@@ -92,6 +92,13 @@ class FeedPosition:
     def of(cls, entry: ChangeEntry) -> FeedPosition:
         return cls(entry.transaction_id, entry.id)
 
+    def is_past(self, transaction_id: int) -> bool:
+        """Whether every entry this transaction wrote is behind the position: served to a
+        reader that reached it, if addressed to them."""
+        return transaction_id < self.transaction_id or (
+            transaction_id == self.transaction_id and self.entry_id == _FEED_END
+        )
+
 
 _COUNTER_MAX = (1 << 63) - 1  # transaction ids and entry ids are 64-bit
 # A cursor names its device by the first 48 bits of the id: enough to tell a tablet's
@@ -330,10 +337,11 @@ def feed_page(
     rows = rows[:limit]
     if rows:
         position = FeedPosition.of(rows[-1])
-    if not has_more and position.transaction_id < reading.horizon - 1:
+    if not has_more and (position.transaction_id, position.entry_id) < (reading.horizon - 1, _FEED_END):
         # Every transaction below the horizon has ended and this page holds all their entries
         # for this reader: the cursor moves up to it, so the cursor of a device whose scopes
-        # are quiet stays within the retention however old their last change.
+        # are quiet stays within the retention however old their last change, and says that
+        # the reader has every entry of the transaction it stopped in (FeedPosition.is_past).
         position = FeedPosition(reading.horizon - 1, _FEED_END)
     entries = [row for row in rows if reader_device_id is None or row.origin_device_id != reader_device_id]
     if user_id is not None:

@@ -169,6 +169,7 @@ class PendingVersion:
     user_id: UUID | None
     device_id: UUID | None
     mutation_id: int | None
+    held_by_writer: bool = False
 
 
 @dataclass(slots=True)
@@ -182,6 +183,8 @@ class Head:
     data: dict[str, Any]
     scopes: list[str]
     is_deleted: bool
+    # The transaction that wrote it, as read (None: written by this one, not committed yet).
+    written_in_transaction: int | None = None
 
 
 @dataclass(slots=True)
@@ -250,17 +253,19 @@ class Publisher:
             # write, will be younger than that of every writer it waited for.
             cursor.execute(
                 "SELECT record_id, record_type, program_id, version, scopes, is_deleted, data::text,"
-                " written_in_transaction > pg_current_xact_id_if_assigned()::text::bigint"
+                " written_in_transaction > pg_current_xact_id_if_assigned()::text::bigint, written_in_transaction"
                 " FROM sync_syncedrecord WHERE record_id = ANY(%b::uuid[])",
                 [list(wanted)],
             )
             stored = cursor.fetchall()
-        for record_id, record_type, program_id, version, scopes, is_deleted, data, written_after_us in stored:
+        for record_id, record_type, program_id, version, scopes, is_deleted, data, written_after_us, written in stored:
             if written_after_us:
                 self.written_after_us.add(record_id)
             memo = self.sealed.setdefault(record_id, {})
             opened = sealing.unseal_tree(json.loads(data), memo)
-            self.heads[record_id] = Head(record_id, record_type, program_id, version, opened, scopes, is_deleted)
+            self.heads[record_id] = Head(
+                record_id, record_type, program_id, version, opened, scopes, is_deleted, written
+            )
 
     def _document(self, stored: str) -> int:
         self.documents.append(stored)
@@ -281,12 +286,14 @@ class Publisher:
         changed_fields: Sequence[str] | None = None,
         is_deleted: bool = False,
         echo_to_origin: bool = False,
+        held_by_writer: bool = False,
     ) -> Head:
         """Record a new version of ``record`` (already saved by its domain service).
 
         Returns the head; an unchanged record keeps its version and writes nothing.
         With ``echo_to_origin`` the writing device gets its own change back (it merged
-        into something the device does not have yet).
+        into something the device does not have yet). ``held_by_writer``: the writing device
+        holds the new version whole (``RecordVersion.held_by_writer``).
         """
         record_id: UUID = record.pk
         if record_id in self.written_after_us:
@@ -320,6 +327,7 @@ class Publisher:
             user_id=user.pk if user is not None else None,
             device_id=device.pk if device is not None else None,
             mutation_id=mutation_id,
+            held_by_writer=held_by_writer,
         )
         self.pending_versions.setdefault(record_id, []).append(pending)
         origin = None if echo_to_origin or device is None else device.pk
@@ -413,14 +421,14 @@ class Publisher:
                 "  updated_at = EXCLUDED.updated_at, written_in_transaction = EXCLUDED.written_in_transaction"
                 "), version AS ("
                 "  INSERT INTO sync_recordversion (record_id, record_type, version, data, changed_fields,"
-                "  is_deleted, user_id, device_id, mutation_id, created_at)"
+                "  is_deleted, user_id, device_id, mutation_id, held_by_writer, created_at)"
                 "  SELECT v.record_id, v.record_type, v.version, document.data,"
                 "  string_to_array(v.changed, %b)::varchar[], v.is_deleted, v.user_id, v.device_id, v.mutation_id,"
-                "  now()"
+                "  v.held_by_writer, now()"
                 "  FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::bigint[], %b::text[], %b::bool[], %b::uuid[],"
-                "  %b::uuid[], %b::bigint[])"
+                "  %b::uuid[], %b::bigint[], %b::bool[])"
                 "  AS v(record_id, record_type, version, document, changed, is_deleted, user_id, device_id,"
-                "  mutation_id)"
+                "  mutation_id, held_by_writer)"
                 "  JOIN document ON document.n = v.document"
                 ")"
                 # In the order published: the feed's sequence follows it.
@@ -458,6 +466,7 @@ class Publisher:
                     [v.user_id for v in versions],
                     [v.device_id for v in versions],
                     [v.mutation_id for v in versions],
+                    [v.held_by_writer for v in versions],
                     *[list(column) for column in entries],
                 ],
             )

@@ -77,7 +77,7 @@ _PUSH_KEYS = frozenset({"changes", "lastPulledAt"})
 
 def push_body_changes(body: Any) -> Any:
     """The changes of a pushChanges body, once the body's own keys are checked. Its
-    ``lastPulledAt`` is not used: merges go by each record's ``server_version``."""
+    ``lastPulledAt`` (checked here) goes to ``push_changes``."""
     if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
         raise InvalidChanges('The body is {"changes": {...}, "lastPulledAt": n}.', "changes")
     unknown = sorted(set(body) - _PUSH_KEYS)
@@ -326,10 +326,12 @@ def push_changes(
     client_version: str = "",
     lockout: TokenProblem | None = None,
     accessor: Accessor | None = None,
+    last_pulled_at: int | None = None,
 ) -> dict[str, Any]:
     """Answer WatermelonDB's pushChanges: apply each record alone; name the refused ones. The
     answer's ``results`` are the push's, one per mutation its records were made into (a record
-    made and deleted offline is two)."""
+    made and deleted offline is two). ``last_pulled_at``, the body's: what the app had pulled
+    when it pushed (``_pulled_through``)."""
     change_count(changes)  # its shape
     writes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
     deletes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
@@ -362,6 +364,7 @@ def push_changes(
         lockout=lockout,
         accessor=accessor,
         problems=problems,
+        pulled_through=_pulled_through(device, last_pulled_at),
     )
     rejected: dict[str, list[str]] = {}
     for (table, place), mutation, result in zip(places, mutations, results, strict=True):
@@ -376,6 +379,24 @@ def push_changes(
         if refused and isinstance(mutation.get("id"), str) and mutation["id"] not in rejected.get(table, ()):
             rejected.setdefault(table, []).append(mutation["id"])
     return {"experimentalRejectedIds": rejected, "results": results}
+
+
+def _pulled_through(device: Device, last_pulled_at: int | None) -> selectors.FeedPosition | None:
+    """Where in the feed the app's last pull reached: it holds every version written below
+    that, of the records it may see. The app keeps an edited record's older
+    ``server_version`` through a pull (the conflictResolver the README gives), and never
+    takes the version its own push made: knowing what it had pulled, the push tells which of
+    its writes it holds whole (``RecordVersion.held_by_writer``). None when unknown, or part
+    way through a first sync or a migration, which has not brought every record yet."""
+    if not last_pulled_at:
+        return None
+    position = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).values_list("position", flat=True).first()
+    if position is None or position.startswith((_SNAPSHOT_POSITION, _MIGRATION_POSITION)):
+        return None
+    try:
+        return selectors.FeedPosition.decode(position, reader_device_id=device.pk)
+    except selectors.InvalidCursor:
+        return None
 
 
 def _field_in_body(field: str | None, table: str, place: str) -> str:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
 from apps.sync import conf, push, registry, services, watermelon
-from apps.sync.models import IssuedCursor, Mutation, MutationStatus, SyncedRecord
+from apps.sync.models import Conflict, IssuedCursor, Mutation, MutationStatus, SyncedRecord
 from apps.teams import services as teams_services
 from tests.accounts.factories import device_with_token
 from tests.care.factories import encounter, pushed
@@ -764,3 +764,79 @@ def test_a_record_changed_then_deleted_between_two_pulls_comes_deleted_with_the_
     assert [(row["id"], row["deleted"], row.get("assessment"), row["server_version"]) for row in rows] == [
         (str(visit), True, "Calm; left with his sister.", 3)
     ]
+
+
+def _push_edit(client: Any, visit: uuid.UUID, last_pulled_at: int, **fields: str) -> dict[str, Any]:
+    """A WatermelonDB push of one encounter the app changed, naming the ``server_version`` it
+    kept through its pulls (1) as the conflictResolver the README gives keeps it."""
+    row = {
+        "id": str(visit),
+        "server_version": 1,
+        **fields,
+        "updated_at": _millis(),
+        "_status": "updated",
+        "_changed": ",".join(fields),
+    }
+    changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
+    response = client.post(
+        "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": last_pulled_at}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    [result] = response.json()["results"]
+    return dict(result)
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_a_colleagues_change_the_app_pulled_is_not_taken_for_one_it_never_saw_by_its_next_edit(
+    crew_member: CrewMember,
+) -> None:
+    """The tablet had changed the assessment when its sync pulled a colleague's new location:
+    WatermelonDB kept the record's older server_version, and never takes the version its push
+    then made. Its next edit, of the location it showed (the colleague's), named that older
+    version: the server took the colleague's location for one the tablet never saw, and
+    kept a conflict for a case manager to settle for nothing."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    first = _pull_until_done(client, None)[-1]["timestamp"]
+    colleague = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
+    )
+    assert colleague["status"] == "applied"
+    pulled = _pull_until_done(client, first)[-1]["timestamp"]  # brings the colleague's location
+
+    merged = _push_edit(client, visit, pulled, assessment="Calm; oriented.")
+    after = _pull_until_done(client, pulled)[-1]["timestamp"]
+    corrected = _push_edit(client, visit, after, location="125th St & Lexington Ave")
+
+    assert (merged["status"], merged["version"]) == ("applied", 3)
+    assert (corrected["status"], corrected["version"]) == ("applied", 4)
+    stored = Encounter.objects.get(pk=visit)
+    assert (stored.location, stored.assessment) == ("125th St & Lexington Ave", "Calm; oriented.")
+    assert not Conflict.objects.filter(record_id=visit).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_colleagues_change_made_after_the_apps_pull_is_still_a_conflict_for_its_next_edit(
+    crew_member: CrewMember,
+) -> None:
+    """The same, but the colleague's location came after the tablet's pull, and its push merged
+    it unseen: the tablet's later edit of the location was made without it, and meets it as
+    a conflict, not as a base."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulled = _pull_until_done(client, None)[-1]["timestamp"]
+    colleague = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
+    )
+    assert colleague["status"] == "applied"
+
+    merged = _push_edit(client, visit, pulled, assessment="Calm; oriented.")
+    after = _pull_until_done(client, pulled)[-1]["timestamp"]
+    unseen = _push_edit(client, visit, after, location="Lenox Ave & 116th St")
+
+    assert (merged["status"], unseen["status"]) == ("applied", "conflict")
+    assert Encounter.objects.get(pk=visit).location == "125th St"
+    kept = Conflict.objects.get(record_id=visit)
+    assert (kept.field, kept.server_value, kept.device_value) == ("location", "125th St", "Lenox Ave & 116th St")

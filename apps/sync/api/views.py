@@ -370,6 +370,7 @@ class WatermelonPushView(APIView):
                 client_version=client_version_of(request),
                 lockout=lockout_of(token),
                 accessor=_accessor(request),
+                last_pulled_at=request.data.get("lastPulledAt"),
             )
         except watermelon.InvalidChanges as error:
             raise DomainError(str(error), code=error.code, field=error.field, status_code=400) from error
