@@ -2,9 +2,10 @@
 
 Every change to an incident, an assignment or a unit's status becomes a change-feed entry in
 the same transaction (apps.sync), addressed to the unit's crew and to the program's
-dispatchers and supervisors; connected devices are nudged after commit. Rows are locked in a
-fixed order — incident, then assignment, then units by primary key — so concurrent actions
-on one incident queue up instead of deadlocking.
+dispatchers and supervisors; connected devices are nudged after commit. Locks are taken in a
+fixed order — the units' boards (_lock_unit_boards), then the incident, then the assignment,
+then unit rows by primary key — so concurrent actions on one incident or unit queue up
+instead of deadlocking, and the board's entries are served in the order they were written.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
+from django.db.models.expressions import RawSQL
 from django.urls import reverse
 from django.utils import timezone
 
@@ -52,9 +54,9 @@ from apps.dispatch.payloads import (
 )
 from apps.notifications.models import Urgency
 from apps.notifications.services import NotificationRequest, notify_many
-from apps.sync.models import ChangeOperation
+from apps.sync.models import ChangeEntry, ChangeOperation
 from apps.sync.scopes import program_role_scope, unit_scope
-from apps.sync.services import record_change
+from apps.sync.services import WrittenSinceTransactionBegan, record_change
 from apps.teams.models import Unit, UnitStatus
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,76 @@ def _publish_unit(unit: Unit, *, origin_device_id: UUID | None = None) -> None:
         data=unit_payload(unit),
         origin_device_id=origin_device_id,
     )
+
+
+# The advisory-lock namespace of the unit board (apps.sync.services keeps its own apart).
+_UNIT_BOARD_LOCK_SALT = 0x0B0A_2D00_0000_0003
+
+
+def _unit_board_key(unit_id: UUID) -> int:
+    key = ((unit_id.int >> 64) ^ _UNIT_BOARD_LOCK_SALT) & ((1 << 64) - 1)
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+def _lock_unit_boards(unit_ids: Iterable[UUID]) -> None:
+    """Take the locks of these units' board entries, until the transaction ends.
+
+    The feed serves entries in the order of their transactions' ids, which a transaction
+    takes at its first write (a row lock counts), not at its commit. A writer of a unit's
+    board that took its id first and wrote the unit after a younger writer committed (an
+    offer that had locked its incident, and a crew putting the unit out of service) would
+    have its entry served first, and the board would end on a status the unit no longer has.
+    So every writer of a unit's board takes this lock before its first write: the one that
+    waits takes its id after the other has committed, and its entry, written from what the
+    other left, is served after it. Hence the fixed order: units' boards first (an advisory
+    lock, which takes no transaction id), then the incident, then the assignment.
+
+    A transaction that has written already can neither wait for the lock in that order nor
+    gain by it: it takes the lock if it is free and no younger transaction has published
+    the unit since (_try_lock_unit_board), or raises WrittenSinceTransactionBegan (the write
+    is undone; the client tries again).
+    """
+    unit_ids = set(unit_ids)
+    if not unit_ids:
+        return
+    if _written_yet():
+        if not all(_try_lock_unit_board(unit_id) for unit_id in unit_ids):
+            raise WrittenSinceTransactionBegan()
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(%s::bigint[]) AS key ORDER BY 1) AS k",
+            [sorted(_unit_board_key(unit_id) for unit_id in unit_ids)],
+        )
+
+
+def _try_lock_unit_board(unit_id: UUID) -> bool:
+    """Take the lock of the unit's board if it is free now, and, in a transaction that has
+    written already, only if no younger transaction has published the unit since: its entry
+    would be served after this one's (_lock_unit_boards). Never waits, so it may be taken
+    in any order."""
+    written = _written_yet()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_unit_board_key(unit_id)])
+        if not cursor.fetchone()[0]:
+            return False
+    # Held now, so every other writer of the board has ended.
+    return not written or not (
+        ChangeEntry.objects.filter(
+            record_type=UNIT_RECORD,
+            record_id=unit_id,
+            version=None,
+            transaction_id__gt=RawSQL("pg_current_xact_id()::text::bigint", []),
+        ).exists()
+    )
+
+
+def _written_yet() -> bool:
+    """Whether the transaction has taken its id (at its first write or row lock)."""
+    assert connection.in_atomic_block, "unit boards are locked in a transaction"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        return bool(cursor.fetchone()[0])
 
 
 def alert_supervisors(
@@ -398,6 +470,13 @@ def incident_close(
     enforces it too); any assignment still active is cancelled. The same close sent again by
     whoever closed it (its answer lost) answers with the incident as it stands; anyone else's
     close of a closed incident is refused, never answered as theirs."""
+    # Before the first lock (_lock_unit_boards). An offer committed between this read and
+    # the incident's lock has its unit's board locked by _refresh_units, or refused there.
+    _lock_unit_boards(
+        Assignment.objects.filter(incident_id=incident.pk, status__in=AssignmentStatus.active()).values_list(
+            "unit_id", flat=True
+        )
+    )
     incident = Incident.objects.select_for_update().get(pk=incident.pk)
     if incident.is_closed:
         if incident.closed_by_id == actor.pk and incident.unserved_reason == unserved_reason:
@@ -469,6 +548,7 @@ def assignment_offer(
     """Offer an incident to a unit. A unit holds one active assignment unless the dispatcher
     explicitly adds one (`additional`); the database's partial unique index decides."""
     with transaction.atomic():
+        _lock_unit_boards([unit.pk])  # before the first lock: see there
         incident = Incident.objects.select_for_update().get(pk=incident.pk)
         if incident.is_closed:
             raise DomainError("The incident is closed.", code="incident_closed")
@@ -538,6 +618,14 @@ def _offer_to_next_unit(*, incident: Incident, now: datetime) -> Assignment | No
     for recommendation in selectors.recommended_units(
         incident=incident, exclude_unit_ids=selectors.units_already_offered(incident=incident)
     ):
+        # Found after this transaction's first write: a unit whose board another writer holds,
+        # or has written since, is passed over (_try_lock_unit_board); one taken out of service
+        # since it was recommended too.
+        unit_id = recommendation.unit.pk
+        if not _try_lock_unit_board(unit_id):
+            continue
+        if not Unit.objects.filter(pk=unit_id, status=UnitStatus.AVAILABLE).exists():
+            continue
         try:
             with transaction.atomic():
                 return _offer(incident=incident, unit=recommendation.unit, actor=None, device=None, now=now)
@@ -578,9 +666,14 @@ def _end(assignment: Assignment, *, status: AssignmentStatus, reason: str, now: 
 
 
 def _refresh_units(unit_ids: Iterable[UUID], *, now: datetime) -> None:
-    """Derive each unit's board status from its active assignments; publish what changed."""
+    """Derive each unit's board status from its active assignments; publish what changed.
+
+    Each caller has locked the units' boards before its first write; one it could not know
+    of then is locked here, or the write refused (_lock_unit_boards)."""
+    unit_ids = set(unit_ids)
+    _lock_unit_boards(unit_ids)
     progress = AssignmentStatus.progress()
-    for unit in Unit.objects.select_for_update().filter(pk__in=set(unit_ids)).order_by("pk"):
+    for unit in Unit.objects.select_for_update().filter(pk__in=unit_ids).order_by("pk"):
         statuses = list(
             Assignment.objects.filter(unit=unit, status__in=AssignmentStatus.active()).values_list("status", flat=True)
         )
@@ -608,8 +701,9 @@ class Superseded(DomainError):
 
 
 def _lock_assignment(assignment_id: UUID) -> Assignment:
-    """Lock the incident, then the assignment (the fixed order)."""
-    incident_id = Assignment.objects.values_list("incident_id", flat=True).get(pk=assignment_id)
+    """Lock the unit's board, the incident, then the assignment (the fixed order)."""
+    incident_id, unit_id = Assignment.objects.values_list("incident_id", "unit_id").get(pk=assignment_id)
+    _lock_unit_boards([unit_id])
     Incident.objects.select_for_update().filter(pk=incident_id).get()
     return Assignment.objects.select_for_update().select_related("incident", "unit").get(pk=assignment_id)
 
@@ -896,6 +990,9 @@ def unit_set_availability(
 ) -> Unit:
     """A crew (or dispatcher) puts a unit in or out of service; not while it holds an assignment."""
     validate_observed_at(observed_at)
+    # Before the unit's row lock, the transaction's first write (_lock_unit_boards): an offer
+    # under way commits first, and the unit is then refused as busy.
+    _lock_unit_boards([unit.pk])
     unit = Unit.objects.select_for_update().get(pk=unit.pk)
     if Assignment.objects.filter(unit=unit, status__in=AssignmentStatus.active()).exists():
         raise DomainError("The unit holds an active assignment; clear it first.", code="unit_busy", field="status")
@@ -1096,11 +1193,12 @@ def sweep_deadlines(*, now: datetime | None = None, limit: int = 500) -> SweepRe
     """Act on every deadline that has passed: re-send, escalate, missed check-ins.
 
     Each due assignment is claimed with SELECT … FOR UPDATE SKIP LOCKED together with its
-    incident, acted on and committed in its own transaction, and its due time cleared or
-    moved in that same transaction. So two sweeps at once (two beats, a retried task) never
-    act on one deadline twice, and a sweep killed mid-way rolls back and leaves the deadline
-    due for the next one. A sweep stopped by its task's soft time limit stops at once, the
-    same way: the deadline it was on is not counted as failed.
+    incident (after its unit's board lock, taken only if free: _sweep), acted on and
+    committed in its own transaction, and its due time cleared or moved in that same
+    transaction. So two sweeps at once (two beats, a retried task) never act on one deadline
+    twice, and a sweep killed mid-way rolls back and leaves the deadline due for the next
+    one. A sweep stopped by its task's soft time limit stops at once, the same way: the
+    deadline it was on is not counted as failed.
     """
     now = now or timezone.now()
     result = SweepResult()
@@ -1148,20 +1246,39 @@ def _sweep(
 ) -> tuple[int, int]:
     handled = 0
     failed: set[UUID] = set()
+    # Due when looked at, but held by another sweep or action, or answered since: the next
+    # beat's, if still due.
+    passed: set[UUID] = set()
     while handled < limit:
         claimed: UUID | None = None
         try:
             with transaction.atomic():
+                # The next one and its unit, read before the claim: the unit's board is locked
+                # before the transaction's first lock (_lock_unit_boards), as an action of the
+                # crew or a dispatcher on it does, for a time-out frees the unit. Held by
+                # another sweep on this one or by such an action, it is passed over for now,
+                # as a claimed row is: sweeps at once go on in parallel.
+                candidate = (
+                    Assignment.objects.filter(due)
+                    .exclude(pk__in=failed | passed)
+                    .order_by(order_by or due_field, "pk")
+                    .values_list("pk", "unit_id")
+                    .first()
+                )
+                if candidate is None:
+                    break
+                if not _try_lock_unit_board(candidate[1]):
+                    passed.add(candidate[0])
+                    continue
                 assignment = (
                     Assignment.objects.select_for_update(of=("self", "incident"), skip_locked=True)
                     .select_related("incident", "unit")
-                    .filter(due)
-                    .exclude(pk__in=failed)
-                    .order_by(order_by or due_field, "pk")
+                    .filter(due, pk=candidate[0])
                     .first()
                 )
                 if assignment is None:
-                    break
+                    passed.add(candidate[0])
+                    continue
                 claimed = assignment.pk
                 act(assignment, now)
                 if assignment.sweep_failures and assignment.sweep_failing_deadline == due_field:

@@ -22,6 +22,7 @@ from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import registry
 from apps.sync.registry import Change, Refused, WriteContext
 from apps.sync.scopes import unit_scope
+from apps.sync.services import WrittenSinceTransactionBegan
 
 STATUS_TIME = "dispatch.status_time"
 # The wire field a dispatch rule's refusal is about, where the REST request names it
@@ -88,6 +89,10 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             # The push answers with the status time alone: the device's feed brings the assignment.
             answered_with_assignment=False,
         )
+    except WrittenSinceTransactionBegan:
+        # The unit's board was being written by another transaction (services._lock_unit_boards):
+        # not this report's fault; the push fails as a whole and the device's retry applies it.
+        raise
     except DomainError as refusal:
         field = _WIRE_FIELD.get(refusal.field, refusal.field) if refusal.field is not None else None
         raise Refused(refusal.code, refusal.detail, field=field) from None

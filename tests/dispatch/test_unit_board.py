@@ -1,0 +1,154 @@
+"""The unit board (the feed of the units' statuses) ends on each unit's true status when two
+transactions write one unit at once.
+
+The feed serves a transaction's entries in the order of its transaction id, which it takes
+at its first write (a row lock counts), not at commit. A writer that took its id first and
+wrote the unit's board last would have its entry served before the other's, and the board
+would end on a status the unit no longer has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.accounts.models import Program
+from apps.common.api.errors import DomainError
+from apps.dispatch import selectors, services
+from apps.dispatch.models import AlertKind, AssignmentStatus, SupervisorAlert
+from apps.sync.selectors import feed_page
+from apps.teams.models import Unit, UnitStatus
+from tests.conftest import CrewMember, make_crew_member
+from tests.dispatch.factories import make_incident
+from tests.teams.factories import UnitFactory
+
+
+def board_status(program: Program, unit: Unit) -> str:
+    """The unit's status as a dispatcher's device ends with it, reading the whole feed."""
+    page = feed_page(scopes=services.staff_scopes(program.pk), cursor=None, limit=1000)
+    assert not page.has_more and not page.held_back
+    statuses = [
+        entry.data["status"]
+        for entry in page.entries
+        if entry.record_type == services.UNIT_RECORD and entry.record_id == unit.pk
+    ]
+    assert statuses, "the unit never reached the board"
+    return statuses[-1]
+
+
+def run_until_done_or_blocked(work: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``work`` in a thread with its own database connection, as another request would,
+    and return once it has ended or waits for a lock."""
+    outcome: dict[str, Any] = {}
+    started, done = threading.Event(), threading.Event()
+
+    def run() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                outcome["pid"] = cursor.fetchone()[0]
+            started.set()
+            outcome["returned"] = work()
+        except Exception as error:  # noqa: BLE001 - judged in the test's own thread
+            outcome["error"] = error
+        finally:
+            started.set()
+            done.set()
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(5)
+    deadline = time.monotonic() + 5
+    while not done.is_set() and time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", [outcome.get("pid")])
+            if cursor.fetchone()[0]:
+                break
+        time.sleep(0.01)
+    return thread, outcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_unit_put_out_of_service_while_offered_a_call_ends_on_the_board_as_it_stands(
+    monkeypatch: pytest.MonkeyPatch, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The crew puts its unit out of service while a dispatcher's offer to it is under way,
+    the offer having locked the incident (and so taken its transaction id) first. Whatever
+    the outcome, a dispatcher's board must end showing the unit's status as stored: here the
+    unit holds the call, so the crew's change waits for the offer and is refused, and the
+    board shows the unit assigned, not out of service."""
+    unit = crew_member.unit
+    incident = make_incident(program, dispatcher)
+    offer = services._offer
+    crew: dict[str, Any] = {}
+
+    def offer_once_the_crew_had_its_go(**kwargs: Any) -> Any:
+        thread, outcome = run_until_done_or_blocked(
+            lambda: services.unit_set_availability(
+                unit=unit, actor=crew_member.user, device=crew_member.device, status=UnitStatus.OUT_OF_SERVICE
+            )
+        )
+        crew.update(thread=thread, outcome=outcome)
+        return offer(**kwargs)
+
+    monkeypatch.setattr(services, "_offer", offer_once_the_crew_had_its_go)
+    services.assignment_offer(incident=incident, unit=unit, actor=dispatcher.user)
+    crew["thread"].join(10)
+    assert not crew["thread"].is_alive(), "the crew's change never ended"
+
+    unit.refresh_from_db()
+    assert board_status(program, unit) == unit.status
+    # The offer came first: the unit holds the call, and the crew is told to clear it first.
+    assert unit.status == UnitStatus.ASSIGNED
+    refusal = crew["outcome"].get("error")
+    assert isinstance(refusal, DomainError) and refusal.code == "unit_busy", crew["outcome"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_unit_put_out_of_service_as_the_sweep_offers_it_a_call_ends_on_the_board_as_it_stands(
+    monkeypatch: pytest.MonkeyPatch, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The sweep escalates a silent offer and looks for the next free unit: it finds one only
+    after its first write, so it cannot have locked that unit's board before. The unit's crew
+    puts it out of service meanwhile, in a younger transaction that commits first. The sweep
+    must not then offer the call to the unit (its entry, served before the crew's, would
+    leave the board showing the unit out of service while it holds the call): it passes the
+    unit over, and the call waits for a unit."""
+    other = make_crew_member(program, unit=UnitFactory.create(program=program))
+    incident = make_incident(program, dispatcher)
+    silent = services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    recommended_units = selectors.recommended_units
+    crew: dict[str, Any] = {}
+
+    def recommended_once_the_crew_had_its_go(**kwargs: Any) -> Any:
+        recommended = list(recommended_units(**kwargs))
+        if not crew:
+            assert [recommendation.unit.pk for recommendation in recommended] == [other.unit.pk]
+            thread, outcome = run_until_done_or_blocked(
+                lambda: services.unit_set_availability(
+                    unit=other.unit, actor=other.user, device=other.device, status=UnitStatus.OUT_OF_SERVICE
+                )
+            )
+            crew.update(thread=thread, outcome=outcome)
+        return recommended
+
+    monkeypatch.setattr(selectors, "recommended_units", recommended_once_the_crew_had_its_go)
+    result = services.sweep_deadlines(now=timezone.now() + timedelta(hours=1))
+    crew["thread"].join(10)
+    assert not crew["thread"].is_alive(), "the crew's change never ended"
+
+    assert result.escalated == 1 and result.failed == 0
+    assert "error" not in crew["outcome"], crew["outcome"]
+    unit = Unit.objects.get(pk=other.unit.pk)
+    assert board_status(program, unit) == unit.status == UnitStatus.OUT_OF_SERVICE
+    assert not unit.assignments.exists()
+    silent.refresh_from_db()
+    assert silent.status == AssignmentStatus.OFFERED and silent.awaiting_unit_since is not None
+    assert SupervisorAlert.objects.filter(incident=incident, kind=AlertKind.NO_UNIT_AVAILABLE).exists()
