@@ -447,6 +447,10 @@ def push_mutations(
     if missing:
         stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
     put_back_version_data([stored_results[pk] for pk in final.keys() | missing])
+    if keyed_by_content and replayed:
+        _send_back_moved_on(
+            user, [(row.record_id, stored_results[row.pk]) for index, row in rows_by_index.items() if index in replayed]
+        )
     for index, row in rows_by_index.items():
         result = dict(stored_results[row.pk])
         if index in replayed:
@@ -454,6 +458,33 @@ def push_mutations(
             result["status"] = PushStatus.DUPLICATE
         results[index] = result
     return [results[envelope.index] for envelope in envelopes]
+
+
+def _send_back_moved_on(user: User, replays: list[tuple[UUID | None, dict[str, Any]]]) -> None:
+    """After replays by content (WatermelonDB sends a record again when its push's answer was
+    lost): the app marks the record synced with the values it sent again. Where the record
+    has moved on since the stored result's version, those are no longer the server's (a
+    colleague's change its pull passed over, WatermelonDB keeping its own changed column), so
+    the record as it stands goes back to the writer's devices through the feed, as after a
+    refused change; not if the writer may no longer see it."""
+    sent_at = {
+        record_id: result.get("version") or 0
+        for record_id, result in replays
+        if record_id is not None and result.get("status") in (PushStatus.APPLIED, PushStatus.CONFLICT)
+    }
+    if not sent_at:
+        return
+    with transaction.atomic():
+        # Read under the records' locks, as every writer of them does (_send_back_servers_copies).
+        lock_records(list(sent_at))
+        publisher = Publisher()
+        publisher.read_heads(sent_at)
+        scopes = set(scopes_for_user(user))
+        for record_id, version in sent_at.items():
+            head = publisher.heads.get(record_id)
+            if head is not None and head.version > version and not scopes.isdisjoint(head.scopes):
+                publisher.reannounce(head, user_scope(user.pk))
+        publisher.flush()
 
 
 def put_back_version_data(stored: list[dict[str, Any]]) -> None:
@@ -1615,7 +1646,14 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             state,
             changed_fields=sorted(changes),
             echo=unseen or row.pk in state.reviewed,
-            held_by_writer=not conflicts and _held_whole_after(row, head, state),
+            # Only where the version holds every value the device sent: one the merge left as
+            # the server's (unchanged by the device since its base, changed by someone since) is
+            # not what the app shows, WatermelonDB keeping its changed column over a pulled one.
+            held_by_writer=not conflicts
+            and all(
+                name in merged.changes or head.data.get(name, merge.MISSING) == value for name, value in wire.items()
+            )
+            and _held_whole_after(row, head, state),
         )
     elif unseen:
         state.publisher.reannounce(head, user_scope(row.user_id))

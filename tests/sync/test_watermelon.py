@@ -119,3 +119,31 @@ def test_watermelondb_takes_a_first_sync_in_parts_and_loses_nothing_written_betw
     assert summary["partsOfA"][:2] == [True, True] and summary["recordsPerPull"][0] == 2, summary
     assert max(summary["recordsPerPull"]) == 2, summary
     assert Encounter.objects.filter(pk=summary["writtenMeanwhile"], created_by=teammate.user).count() == 1
+
+
+def test_watermelondb_edits_are_merged_against_what_the_app_holds(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    """A colleague's value the app pulled while it had changed the record is no conflict for
+    its next edit; one it kept its own value over still is (sync_test.js, heldVersions)."""
+    node = node_project()
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    preseeded = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit), location="Lenox Ave")
+
+    summary = run_sync_test(
+        node,
+        SCENARIO="held-versions",
+        BASE_URL=asgi.http_url,
+        TOKEN_A=crew_member.token,
+        TOKEN_B=teammate.token,
+        UNIT_ID=str(crew_member.unit.pk),
+        PRESEEDED_ID=str(preseeded),
+    )
+
+    assert (summary["locationShownToA"], summary["locationEdit"]) == ("B: 125th St", ["applied"])
+    assert (summary["assessmentShownToA"], summary["rewrite"]) == ("A: tearful, denies SI.", ["conflict"])
+    stored = Encounter.objects.get(pk=preseeded)
+    assert (stored.location, stored.assessment) == (
+        "Lenox Ave & 116th St",
+        "B: endorses SI with plan; do not leave alone.",
+    )
+    kept = Conflict.objects.get(record_id=preseeded)
+    assert (kept.field, kept.device_value) == ("assessment", "A: tearful, denies SI. Calm at departure.")

@@ -840,3 +840,65 @@ def test_a_colleagues_change_made_after_the_apps_pull_is_still_a_conflict_for_it
     assert Encounter.objects.get(pk=visit).location == "125th St"
     kept = Conflict.objects.get(record_id=visit)
     assert (kept.field, kept.server_value, kept.device_value) == ("location", "125th St", "Lenox Ave & 116th St")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_column_the_app_kept_over_a_colleagues_later_value_is_not_taken_as_held(crew_member: CrewMember) -> None:
+    """The tablet's location reached the server while its user typed an assessment, so the
+    record stayed changed (location and assessment); a colleague then corrected the location.
+    The tablet's next sync pulled the correction but kept its own location, a changed column,
+    and pushed both: the server kept the colleague's. The tablet still shows its own location,
+    and its user's next edit of it meets the correction as a conflict, not as a base."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    first = _pull_until_done(client, None)[-1]["timestamp"]
+    assert _push_edit(client, visit, first, location="Lenox Ave & 116th St")["status"] == "applied"
+    correction = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=2
+    )
+    assert correction["status"] == "applied"
+    second = _pull_until_done(client, first)[-1]["timestamp"]
+
+    both = _push_edit(client, visit, second, location="Lenox Ave & 116th St", assessment="Calm.")
+    third = _pull_until_done(client, second)[-1]["timestamp"]
+    edit = _push_edit(client, visit, third, location="Lenox Ave & 117th St")
+
+    assert (both["status"], both["data"]["location"]) == ("applied", "125th St")
+    assert edit["status"] == "conflict"
+    assert Encounter.objects.get(pk=visit).location == "125th St"
+    kept = Conflict.objects.get(record_id=visit)
+    assert (kept.field, kept.server_value, kept.device_value) == ("location", "125th St", "Lenox Ave & 117th St")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_replayed_after_a_colleagues_change_comes_back_as_it_stands(crew_member: CrewMember) -> None:
+    """The answer to the tablet's push was lost, and a colleague corrected the location. The
+    tablet's next sync pulled the correction, kept its own location (still a changed column)
+    and sent the same row again: a replay, answered as first, after which WatermelonDB marks
+    the record synced with the location the server no longer has. Its next pull brings the
+    record as it stands, so the app shows the correction before any later edit."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    first = _pull_until_done(client, None)[-1]["timestamp"]
+    row = {
+        "id": str(visit),
+        "server_version": 1,
+        "location": "Lenox Ave & 116th St",
+        "updated_at": _millis(),
+        "_status": "updated",
+        "_changed": "location",
+    }
+    changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
+    lost = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": first}, format="json")
+    correction = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=2
+    )
+    second = _pull_until_done(client, first)[-1]["timestamp"]
+
+    again = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": second}, format="json")
+    pulled = _pull_until_done(client, second)
+
+    assert (lost.json()["results"][0]["status"], correction["status"]) == ("applied", "applied")
+    assert [result["status"] for result in again.json()["results"]] == ["duplicate"]
+    rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
+    assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 3)]
