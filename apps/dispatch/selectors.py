@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -26,7 +25,7 @@ from apps.dispatch.models import (
     TriagePolicy,
 )
 from apps.teams.models import Unit, UnitStatus
-from apps.teams.selectors import crewed_unit_ids, was_on_crew_at
+from apps.teams.selectors import crewed_unit_ids
 
 DISPATCH_ROLES = frozenset({Role.DISPATCHER, Role.SUPERVISOR})
 
@@ -42,13 +41,6 @@ def can_dispatch(*, user: User, program_id: UUID) -> bool:
 
 def is_crew_of(*, user: User, unit_id: UUID) -> bool:
     return crewed_unit_ids(user=user).filter(unit_id=unit_id).exists()
-
-
-def was_crew_of(*, user: User, unit_id: UUID, observed_at: datetime) -> bool:
-    """Whether a user no longer on the unit's crew was on it when they observed something: the
-    clocks' usual tolerance either side, as for every time a crew reports."""
-    leeway = timedelta(seconds=settings.DISPATCH_CLOCK_SKEW_SECONDS)
-    return was_on_crew_at(user=user, unit_id=unit_id, at=observed_at, leeway=leeway)
 
 
 def incidents_visible_to(*, user: User) -> QuerySet[Incident]:

@@ -53,27 +53,13 @@ def program_id_of(event: TimelineEvent) -> UUID:
 
 def may_write_status_time(context: WriteContext, event: TimelineEvent | None, values: dict[str, Any]) -> bool:
     """The assignment's crew, or its program's dispatchers (relaying a radio report), as
-    over REST; and a new one from a member who has left the crew since they observed it.
-
-    A crew member's tablet keeps what they recorded offline (on scene, in a subway) and
-    pushes it when it reconnects, which may be after their shift ended and they were taken
-    off the unit: judged now, a true time of the crew's was kept from the record for good,
-    and no review could apply it. So it is judged by the crew as it was at the time it
-    reports (kept spells: ``PastUnitMember``). The observed time can only name a moment of
-    their spell, and the dispatch rules refuse one before the assignment was offered: only
-    assignments their unit had while they were on it. Nothing is sent back to them: a
-    status time's readers are the unit's crew as it is now, and the program's staff."""
+    over REST."""
     assignment = (
         event.assignment if event is not None else context.parent(Assignment, values["assignment_id"], "assignment_id")
     )
     assert assignment is not None  # a status time always belongs to an assignment
-    return (
-        selectors.is_crew_of(user=context.user, unit_id=assignment.unit_id)
-        or selectors.can_dispatch(user=context.user, program_id=assignment.incident.program_id)
-        or (
-            event is None
-            and selectors.was_crew_of(user=context.user, unit_id=assignment.unit_id, observed_at=values["observed_at"])
-        )
+    return selectors.is_crew_of(user=context.user, unit_id=assignment.unit_id) or selectors.can_dispatch(
+        user=context.user, program_id=assignment.incident.program_id
     )
 
 

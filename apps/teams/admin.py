@@ -6,7 +6,6 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from apps.accounts.services import access_changed
-from apps.teams import services
 from apps.teams.models import Unit, UnitMember, Zone
 
 
@@ -44,10 +43,8 @@ class UnitAdmin(admin.ModelAdmin):
             if formset.model is UnitMember
             else set()
         )
-        before = services.crew_places(unit_id=form.instance.pk) if formset.model is UnitMember else {}
         super().save_formset(request, form, formset, change)
         if formset.model is UnitMember:
-            services.crew_saved(unit_id=form.instance.pk, before=before)
             # The crew changed: what its members' devices may see changes with it.
             touched = {member.user_id for member in formset.new_objects}
             touched |= {member.user_id for member in formset.deleted_objects}

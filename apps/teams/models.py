@@ -78,23 +78,3 @@ class UnitMember(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.unit}"
-
-
-class PastUnitMember(models.Model):
-    """A spell on a unit's crew that has ended (a leave deletes the ``UnitMember``, which is
-    all that what a member may see and do now asks of). Kept so that what a crew member
-    recorded while on the crew, offline, and pushed after they left, is still judged as the
-    crew's: a status time observed in a subway before the end of their shift. It grants no
-    access to anything."""
-
-    id = models.BigAutoField(primary_key=True)
-    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="+")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    joined_at = models.DateTimeField()
-    left_at = models.DateTimeField()
-
-    class Meta:
-        indexes = [models.Index(fields=["user", "unit", "left_at"], name="past_unit_member_spell")]
-
-    def __str__(self) -> str:
-        return f"{self.user} in {self.unit} until {self.left_at:%Y-%m-%d %H:%M}"

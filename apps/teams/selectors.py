@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from uuid import UUID
 
 from django.db.models import Q, QuerySet
 
 from apps.accounts.models import Membership, Role, User
 from apps.accounts.selectors import programs_of, programs_where
-from apps.teams.models import PastUnitMember, Unit, UnitMember, Zone
+from apps.teams.models import Unit, UnitMember, Zone
 
 
 def crewed_unit_ids(*, user: User) -> QuerySet[UnitMember, UUID]:
@@ -19,19 +18,6 @@ def crewed_unit_ids(*, user: User) -> QuerySet[UnitMember, UUID]:
     return UnitMember.objects.filter(
         user=user, unit__program__in=Membership.objects.filter(user=user).values("program_id")
     ).values_list("unit_id", flat=True)
-
-
-def was_on_crew_at(*, user: User, unit_id: UUID, at: datetime, leeway: timedelta) -> bool:
-    """Whether the user had left the unit's crew, and was on it at ``at`` (within ``leeway``,
-    a device's clock against the server's), in a program they still work for. For a record
-    they made then and push now; it grants no access to anything of the unit's."""
-    return PastUnitMember.objects.filter(
-        user=user,
-        unit_id=unit_id,
-        unit__program__in=Membership.objects.filter(user=user).values("program_id"),
-        joined_at__lte=at + leeway,
-        left_at__gte=at - leeway,
-    ).exists()
 
 
 def units_visible_to(*, user: User) -> QuerySet[Unit]:

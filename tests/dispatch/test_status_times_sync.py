@@ -10,15 +10,12 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from apps.accounts.models import Membership, Program, Role
+from apps.accounts.models import Program, Role
 from apps.audit.models import AccessChannel, AuditEvent
 from apps.audit.services import Accessor
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import review
 from apps.sync.models import Conflict, Mutation, MutationStatus
-from apps.teams import services as teams_services
-from apps.teams.models import PastUnitMember
-from tests.accounts.factories import ProgramFactory
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
@@ -333,105 +330,3 @@ def test_a_status_time_applied_after_review_audits_the_assignments_update_as_the
         ("dispatch.assignment", "update", supervisor.user.pk, supervisor.device.pk)
     }
     assert not [event for event in written if event.device_id == crew_member.device.pk]
-
-
-def _leaves_the_unit(member: CrewMember) -> None:
-    assert teams_services.unit_member_remove(unit=member.unit, user=member.user)
-
-
-def _en_route_now(member: CrewMember, assignment_id: uuid.UUID) -> dict[str, Any]:
-    device = SimDevice(member)
-    [result] = device.push(_status_time(device, assignment_id, "en_route", timezone.now()))
-    return result
-
-
-@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
-def test_a_status_time_recorded_before_its_writer_left_the_unit_applies_as_theirs(
-    program: Program, dispatcher: CrewMember, crew_member: CrewMember
-) -> None:
-    """On scene, recorded in a subway; the shift ends and the member is taken off the unit
-    before the tablet reconnects. The time is the crew's all the same, and its writer's; the
-    member sees nothing of the incident again for having pushed it."""
-    assignment_id = _acknowledged(program, dispatcher, crew_member)
-    device = SimDevice(crew_member)
-    _, cursor = device.pull()
-    on_scene_at = Assignment.objects.get(pk=assignment_id).offered_at + timedelta(milliseconds=300)
-    on_scene = _status_time(device, assignment_id, "on_scene", on_scene_at)
-    _leaves_the_unit(crew_member)
-    before = AuditEvent.objects.count()
-
-    [result] = device.push(on_scene)
-    entries, _ = device.pull(cursor)
-
-    assert (result["status"], result["data"]["applied"]) == ("applied", True)
-    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
-    event = TimelineEvent.objects.get(pk=on_scene["id"])
-    assert (event.actor_id, event.device_id, event.observed_at) == (
-        crew_member.user.pk,
-        crew_member.device.pk,
-        on_scene_at,
-    )
-    updates = AuditEvent.objects.order_by("id")[before:]
-    assert ("dispatch.assignment", "update", crew_member.user.pk, crew_member.device.pk) in {
-        (e.record_type, e.action, e.actor_id, e.device_id) for e in updates
-    }
-    assert [e for e in entries if e["op"] == "upsert" and e["type"].startswith("dispatch.")] == []
-
-
-def test_after_a_member_left_only_times_of_their_spell_on_that_crew_apply(
-    program: Program, dispatcher: CrewMember, crew_member: CrewMember
-) -> None:
-    """Those who never rode in the unit are refused as before, though they left a crew of
-    their own (of this program, or of another), and so is one who left the program, or who
-    reports a time after they had left."""
-    assignment_id = _acknowledged(program, dispatcher, crew_member)
-    other_unit = make_crew_member(program)
-    other_program = make_crew_member(ProgramFactory.create(slug="elsewhere", name="Elsewhere"))
-    left_program = make_crew_member(program, unit=crew_member.unit)
-    left_early = make_crew_member(program, unit=crew_member.unit)
-    for member in (other_unit, other_program, left_program, left_early, crew_member):
-        _leaves_the_unit(member)
-    Membership.objects.filter(user=left_program.user).delete()
-    # Off the crew since before the assignment was offered: a time now is not of their spell.
-    PastUnitMember.objects.filter(user=left_early.user).update(
-        joined_at=timezone.now() - timedelta(hours=9), left_at=timezone.now() - timedelta(hours=1)
-    )
-
-    refused = [_en_route_now(member, assignment_id) for member in (other_unit, other_program, left_program, left_early)]
-    rode_in_it = _en_route_now(crew_member, assignment_id)
-
-    assert [(r["status"], r["error"]["code"]) for r in refused] == [("quarantined", "not_permitted")] * 4
-    assert rode_in_it["status"] == "applied"
-    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.EN_ROUTE
-
-
-def test_a_status_time_kept_for_review_applies_after_its_writer_left_the_unit(
-    program: Program, dispatcher: CrewMember, crew_member: CrewMember, supervisor: CrewMember
-) -> None:
-    """Refused while the crew was on the unit, and reviewed after its writer left it: the
-    supervisor applies it as its writer recorded it, the review audited as theirs."""
-    body = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
-    assignment_id = uuid.UUID(body["id"])
-    device = SimDevice(crew_member)
-    en_route = _status_time(device, assignment_id, "en_route", timezone.now())
-    [refused] = device.push(en_route)  # before the acknowledgement reached the server
-    partner = make_crew_member(program, unit=crew_member.unit)
-    assert post(partner, body["id"], "acknowledge").status_code == 200
-    _leaves_the_unit(crew_member)
-    reviewed_from = Accessor(user=supervisor.user, device_id=supervisor.device.pk, channel=AccessChannel.SYNC)
-    before = AuditEvent.objects.count()
-
-    [result] = review.apply_after_review(
-        mutation_ids=[Mutation.objects.get(status=MutationStatus.QUARANTINED).pk],
-        reviewer=supervisor.user,
-        accessor=reviewed_from,
-    )
-
-    assert (refused["error"]["code"], result["status"]) == ("not_acknowledged", "applied")
-    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.EN_ROUTE
-    event = TimelineEvent.objects.get(pk=en_route["id"])
-    assert (event.actor_id, event.device_id) == (crew_member.user.pk, crew_member.device.pk)
-    written = AuditEvent.objects.order_by("id")[before:]
-    assert ("dispatch.assignment", "update", supervisor.user.pk) in {
-        (e.record_type, e.action, e.actor_id) for e in written
-    }
