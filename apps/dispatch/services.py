@@ -173,19 +173,26 @@ def _try_lock_unit_board(unit_id: UUID) -> bool:
     would be served after this one's (_lock_unit_boards). Never waits, so it may be taken
     in any order."""
     written = _written_yet()
+    if not _take_unit_board_lock_now(unit_id):
+        return False
+    # Held now, so every other writer of the board has ended.
+    return not written or not _unit_published_since_we_began(unit_id)
+
+
+def _take_unit_board_lock_now(unit_id: UUID) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_unit_board_key(unit_id)])
-        if not cursor.fetchone()[0]:
-            return False
-    # Held now, so every other writer of the board has ended.
-    return not written or not (
-        ChangeEntry.objects.filter(
-            record_type=UNIT_RECORD,
-            record_id=unit_id,
-            version=None,
-            transaction_id__gt=RawSQL("pg_current_xact_id()::text::bigint", []),
-        ).exists()
-    )
+        return bool(cursor.fetchone()[0])
+
+
+def _unit_published_since_we_began(unit_id: UUID) -> bool:
+    """Whether a transaction younger than this one (which has written) published the unit."""
+    return ChangeEntry.objects.filter(
+        record_type=UNIT_RECORD,
+        record_id=unit_id,
+        version=None,
+        transaction_id__gt=RawSQL("pg_current_xact_id()::text::bigint", []),
+    ).exists()
 
 
 def _written_yet() -> bool:
@@ -618,14 +625,20 @@ def _offer_to_next_unit(*, incident: Incident, now: datetime) -> Assignment | No
     for recommendation in selectors.recommended_units(
         incident=incident, exclude_unit_ids=selectors.units_already_offered(incident=incident)
     ):
-        # Found after this transaction's first write: a unit whose board another writer holds,
-        # or has written since, is passed over (_try_lock_unit_board); one taken out of service
-        # since it was recommended too.
+        # Found after this transaction's first write (_lock_unit_boards). A unit another
+        # action holds now is on its way to another call, and one no longer available was
+        # taken: both are passed over. One still available that a younger transaction
+        # published (put back in service as this one began) cannot be offered from here, its
+        # entry to be served first: the whole action is undone, to be tried again (the sweep
+        # at its next beat, a crew's decline answered 409), rather than the call left waiting
+        # with the supervisors told no unit is free.
         unit_id = recommendation.unit.pk
-        if not _try_lock_unit_board(unit_id):
+        if not _take_unit_board_lock_now(unit_id):
             continue
         if not Unit.objects.filter(pk=unit_id, status=UnitStatus.AVAILABLE).exists():
             continue
+        if _written_yet() and _unit_published_since_we_began(unit_id):
+            raise WrittenSinceTransactionBegan()
         try:
             with transaction.atomic():
                 return _offer(incident=incident, unit=recommendation.unit, actor=None, device=None, now=now)
@@ -1290,6 +1303,13 @@ def _sweep(
             # The deadline it was on rolled back and stays due, not counted as failed; it and
             # the ones after it are the next beat's.
             raise
+        except WrittenSinceTransactionBegan:
+            # A unit's board moved under the action (_offer_to_next_unit): undone, the deadline
+            # stays due for the next beat, not counted as failed.
+            if claimed is None:
+                raise
+            passed.add(claimed)
+            continue
         except Exception:
             if claimed is None:
                 raise

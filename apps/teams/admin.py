@@ -33,8 +33,11 @@ class UnitAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Unit | None = None) -> Any:
         # A unit stays in its program (the database refuses a move: teams migration 0002);
-        # shown read-only so the form does not offer what would fail.
-        return ["program"] if obj is not None else []
+        # shown read-only so the form does not offer what would fail. Its status is the
+        # dispatch board's, derived from its calls under the board's lock and published with
+        # each change: a page opened before an offer would save the status it showed over the
+        # board's, unpublished. Crews and dispatchers set availability through dispatch.
+        return ["program", "status", "status_changed_at"] if obj is not None else []
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         # A place on the crew given to someone else: the one who had it left the unit.

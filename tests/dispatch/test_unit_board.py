@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 
 from apps.accounts.models import Program
@@ -24,6 +25,7 @@ from apps.dispatch import selectors, services
 from apps.dispatch.models import AlertKind, AssignmentStatus, SupervisorAlert
 from apps.sync.selectors import feed_page
 from apps.teams.models import Unit, UnitStatus
+from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
 from tests.teams.factories import UnitFactory
@@ -152,3 +154,100 @@ def test_a_unit_put_out_of_service_as_the_sweep_offers_it_a_call_ends_on_the_boa
     silent.refresh_from_db()
     assert silent.status == AssignmentStatus.OFFERED and silent.awaiting_unit_since is not None
     assert SupervisorAlert.objects.filter(incident=incident, kind=AlertKind.NO_UNIT_AVAILABLE).exists()
+
+
+def _set(member: CrewMember, status: UnitStatus) -> None:
+    services.unit_set_availability(unit=member.unit, actor=member.user, device=member.device, status=status)
+
+
+def _while_the_sweep_recommends(
+    monkeypatch: pytest.MonkeyPatch, member: CrewMember, statuses: tuple[UnitStatus, ...], *, first: bool = False
+) -> dict[str, Any]:
+    """Have the crew set these availabilities, each committed by a transaction younger than
+    the sweep's, as the sweep looks for a unit to offer its call to (``first``: before it
+    reads the free units)."""
+    recommended_units = selectors.recommended_units
+    crew: dict[str, Any] = {}
+
+    def recommended_then_changed(**kwargs: Any) -> Any:
+        recommended = None if first else list(recommended_units(**kwargs))
+        if not crew:
+            for status in statuses:
+                thread, outcome = run_until_done_or_blocked(lambda status=status: _set(member, status))
+                thread.join(10)
+                assert "error" not in outcome, outcome
+            crew["done"] = True
+        return list(recommended_units(**kwargs)) if recommended is None else recommended
+
+    monkeypatch.setattr(selectors, "recommended_units", recommended_then_changed)
+    return crew
+
+
+@pytest.mark.django_db(transaction=True)  # the board is read from the feed: committed entries only
+def test_a_unit_changed_and_changed_back_as_the_sweep_offers_it_a_call_ends_on_the_board_as_it_stands(
+    monkeypatch: pytest.MonkeyPatch, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Out of service and back in service, each committed by a transaction younger than the
+    sweep's: the unit is available when the sweep reads it, and only the check for younger
+    writers of its board keeps the sweep's 'assigned' from being served before both."""
+    other = make_crew_member(program, unit=UnitFactory.create(program=program))
+    _set(other, UnitStatus.AVAILABLE)
+    incident = make_incident(program, dispatcher)
+    services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    _while_the_sweep_recommends(monkeypatch, other, (UnitStatus.OUT_OF_SERVICE, UnitStatus.AVAILABLE))
+
+    services.sweep_deadlines(now=timezone.now() + timedelta(hours=1))
+
+    unit = Unit.objects.get(pk=other.unit.pk)
+    assert board_status(program, unit) == unit.status
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_unit_put_back_in_service_as_the_sweep_escalates_gets_the_call_at_the_next_beat(
+    monkeypatch: pytest.MonkeyPatch, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The sweep's own transaction cannot tell the unit freed by a younger one from a busy
+    one: it is undone and tried again, rather than telling the supervisors no unit is free
+    and leaving the call to wait for the next search."""
+    other = make_crew_member(program, unit=UnitFactory.create(program=program))
+    _set(other, UnitStatus.OUT_OF_SERVICE)
+    incident = make_incident(program, dispatcher)
+    services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
+    _while_the_sweep_recommends(monkeypatch, other, (UnitStatus.AVAILABLE,), first=True)
+    later = timezone.now() + timedelta(hours=1)
+
+    first = services.sweep_deadlines(now=later)
+    alerts_after_the_first = set(SupervisorAlert.objects.filter(incident=incident).values_list("kind", flat=True))
+    services.sweep_deadlines(now=later + timedelta(seconds=5))
+
+    assert (first.escalated, AlertKind.NO_UNIT_AVAILABLE in alerts_after_the_first) == (0, False)
+    offered = incident.assignments.get(unit=other.unit)
+    assert offered.status == AssignmentStatus.OFFERED
+    assert board_status(program, other.unit) == Unit.objects.get(pk=other.unit.pk).status == UnitStatus.ASSIGNED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_unit_saved_in_the_admin_keeps_the_status_its_calls_gave_it(
+    superuser_client: Client, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The unit's page was opened while it was available, a call was offered to it, and the
+    page was saved to fix the call sign: the save wrote back 'available' over 'assigned',
+    unpublished, and once the call was cancelled the board kept showing the unit assigned."""
+    unit = crew_member.unit
+    _set(crew_member, UnitStatus.AVAILABLE)
+    change_url = f"/admin/teams/unit/{unit.pk}/change/"
+    data = resubmitted(superuser_client.get(change_url))
+    assignment = services.assignment_offer(
+        incident=make_incident(program, dispatcher), unit=unit, actor=dispatcher.user
+    )
+
+    saved = superuser_client.post(change_url, {**data, "call_sign": "BH-RENAMED"})
+    after_the_save = Unit.objects.get(pk=unit.pk)
+    services.assignment_cancel(
+        assignment_id=assignment.pk, actor=dispatcher.user, device=None, reason="Duplicate call."
+    )
+
+    assert saved.status_code == 302
+    assert (after_the_save.call_sign, after_the_save.status) == ("BH-RENAMED", UnitStatus.ASSIGNED)
+    unit.refresh_from_db()
+    assert board_status(program, unit) == unit.status == UnitStatus.AVAILABLE
