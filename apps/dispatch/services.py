@@ -1262,6 +1262,7 @@ def _sweep(
     # Due when looked at, but held by another sweep or action, or answered since: the next
     # beat's, if still due.
     passed: set[UUID] = set()
+    undone: dict[UUID, int] = {}  # actions undone by a unit's board moving under them
     while handled < limit:
         claimed: UUID | None = None
         try:
@@ -1304,11 +1305,15 @@ def _sweep(
             # the ones after it are the next beat's.
             raise
         except WrittenSinceTransactionBegan:
-            # A unit's board moved under the action (_offer_to_next_unit): undone, the deadline
-            # stays due for the next beat, not counted as failed.
+            # A unit's board moved under the action (_offer_to_next_unit): undone, and tried
+            # again at once in a new transaction, younger than the unit's writer. Left for the
+            # next beat, the unit just freed would go to a call escalated only later in this one.
             if claimed is None:
                 raise
-            passed.add(claimed)
+            undone[claimed] = undone.get(claimed, 0) + 1
+            if undone[claimed] >= _UNDONE_BEFORE_NEXT_BEAT:
+                logger.warning("dispatch sweep left assignment %s for the next beat (%s)", claimed, due_field)
+                passed.add(claimed)
             continue
         except Exception:
             if claimed is None:
@@ -1322,6 +1327,9 @@ def _sweep(
     return handled, len(failed)
 
 
+# An action undone by a unit's board moving under it is tried again at once, this many times
+# in all, then left for the next beat.
+_UNDONE_BEFORE_NEXT_BEAT = 3
 # A deadline whose action raised is tried again after this long, then twice as long each time
 # (up to DISPATCH_SWEEP_RETRY_MAX_SECONDS); at this many failures in a row the supervisors hear.
 SWEEP_RETRY_FIRST_SECONDS = 5

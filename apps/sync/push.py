@@ -448,7 +448,7 @@ def push_mutations(
         stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
     put_back_version_data([stored_results[pk] for pk in final.keys() | missing])
     if keyed_by_content and replayed:
-        _send_back_moved_on(
+        _send_back_replayed(
             user, [(row.record_id, stored_results[row.pk]) for index, row in rows_by_index.items() if index in replayed]
         )
     for index, row in rows_by_index.items():
@@ -460,29 +460,29 @@ def push_mutations(
     return [results[envelope.index] for envelope in envelopes]
 
 
-def _send_back_moved_on(user: User, replays: list[tuple[UUID | None, dict[str, Any]]]) -> None:
+def _send_back_replayed(user: User, replays: list[tuple[UUID | None, dict[str, Any]]]) -> None:
     """After replays by content (WatermelonDB sends a record again when its push's answer was
-    lost): the app marks the record synced with the values it sent again. Where the record
-    has moved on since the stored result's version, those are no longer the server's (a
-    colleague's change its pull passed over, WatermelonDB keeping its own changed column), so
-    the record as it stands goes back to the writer's devices through the feed, as after a
-    refused change; not if the writer may no longer see it."""
-    sent_at = {
-        record_id: result.get("version") or 0
+    lost): the app marks the record synced with the values it sent again, which need not be
+    the server's (a value the merge left as a colleague's, a conflict, a change made since,
+    the app's pull in between having kept its own changed column). So the record as it stands
+    goes back to the writer's devices through the feed, as after a refused change; not if the
+    writer may no longer see it. Such replays are rare: only after a lost answer."""
+    replayed = {
+        record_id
         for record_id, result in replays
         if record_id is not None and result.get("status") in (PushStatus.APPLIED, PushStatus.CONFLICT)
     }
-    if not sent_at:
+    if not replayed:
         return
     with transaction.atomic():
         # Read under the records' locks, as every writer of them does (_send_back_servers_copies).
-        lock_records(list(sent_at))
+        lock_records(list(replayed))
         publisher = Publisher()
-        publisher.read_heads(sent_at)
+        publisher.read_heads(replayed)
         scopes = set(scopes_for_user(user))
-        for record_id, version in sent_at.items():
+        for record_id in sorted(replayed):
             head = publisher.heads.get(record_id)
-            if head is not None and head.version > version and not scopes.isdisjoint(head.scopes):
+            if head is not None and not scopes.isdisjoint(head.scopes):
                 publisher.reannounce(head, user_scope(user.pk))
         publisher.flush()
 

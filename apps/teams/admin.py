@@ -32,12 +32,14 @@ class UnitAdmin(admin.ModelAdmin):
     inlines = [UnitMemberInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Unit | None = None) -> Any:
-        # A unit stays in its program (the database refuses a move: teams migration 0002);
-        # shown read-only so the form does not offer what would fail. Its status is the
-        # dispatch board's, derived from its calls under the board's lock and published with
-        # each change: a page opened before an offer would save the status it showed over the
-        # board's, unpublished. Crews and dispatchers set availability through dispatch.
-        return ["program", "status", "status_changed_at"] if obj is not None else []
+        # Its status is the dispatch board's, derived from its calls under the board's lock and
+        # published with each change: a page opened before an offer would save the status it
+        # showed over the board's, unpublished, and a unit made with a status would hold one
+        # no board showed. A new unit starts out of service; its crew or a dispatcher puts it in
+        # service through dispatch. A unit stays in its program (the database refuses a move:
+        # teams migration 0002), shown read-only so the form does not offer what would fail.
+        board = ["status", "status_changed_at"]
+        return ["program", *board] if obj is not None else board
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         # A place on the crew given to someone else: the one who had it left the unit.

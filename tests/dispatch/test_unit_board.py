@@ -203,26 +203,23 @@ def test_a_unit_changed_and_changed_back_as_the_sweep_offers_it_a_call_ends_on_t
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_unit_put_back_in_service_as_the_sweep_escalates_gets_the_call_at_the_next_beat(
+def test_a_unit_put_back_in_service_as_the_sweep_escalates_gets_the_call(
     monkeypatch: pytest.MonkeyPatch, program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
     """The sweep's own transaction cannot tell the unit freed by a younger one from a busy
-    one: it is undone and tried again, rather than telling the supervisors no unit is free
-    and leaving the call to wait for the next search."""
+    one: it is undone and tried again in a new one, rather than telling the supervisors no
+    unit is free and leaving the call to wait for the next search."""
     other = make_crew_member(program, unit=UnitFactory.create(program=program))
     _set(other, UnitStatus.OUT_OF_SERVICE)
     incident = make_incident(program, dispatcher)
     services.assignment_offer(incident=incident, unit=crew_member.unit, actor=dispatcher.user)
     _while_the_sweep_recommends(monkeypatch, other, (UnitStatus.AVAILABLE,), first=True)
-    later = timezone.now() + timedelta(hours=1)
 
-    first = services.sweep_deadlines(now=later)
-    alerts_after_the_first = set(SupervisorAlert.objects.filter(incident=incident).values_list("kind", flat=True))
-    services.sweep_deadlines(now=later + timedelta(seconds=5))
+    swept = services.sweep_deadlines(now=timezone.now() + timedelta(hours=1))
 
-    assert (first.escalated, AlertKind.NO_UNIT_AVAILABLE in alerts_after_the_first) == (0, False)
-    offered = incident.assignments.get(unit=other.unit)
-    assert offered.status == AssignmentStatus.OFFERED
+    alerts = set(SupervisorAlert.objects.filter(incident=incident).values_list("kind", flat=True))
+    assert (swept.escalated, swept.failed, AlertKind.NO_UNIT_AVAILABLE in alerts) == (1, 0, False)
+    assert incident.assignments.get(unit=other.unit).status == AssignmentStatus.OFFERED
     assert board_status(program, other.unit) == Unit.objects.get(pk=other.unit.pk).status == UnitStatus.ASSIGNED
 
 
@@ -251,3 +248,43 @@ def test_a_unit_saved_in_the_admin_keeps_the_status_its_calls_gave_it(
     assert (after_the_save.call_sign, after_the_save.status) == ("BH-RENAMED", UnitStatus.ASSIGNED)
     unit.refresh_from_db()
     assert board_status(program, unit) == unit.status == UnitStatus.AVAILABLE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_unit_put_back_in_service_as_the_sweep_looks_goes_to_the_call_waiting_longest(
+    monkeypatch: pytest.MonkeyPatch, program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A call waits for a unit; one is put back in service as the sweep looks again for it,
+    by a transaction younger than the sweep's. The undone search is tried again at once, not
+    at the next beat: else a call escalated only later in the same beat took the unit."""
+    freed = make_crew_member(program, unit=UnitFactory.create(program=program))
+    _set(freed, UnitStatus.OUT_OF_SERVICE)
+    other = make_crew_member(program, unit=UnitFactory.create(program=program))
+    _set(other, UnitStatus.OUT_OF_SERVICE)
+    start = timezone.now()
+    waiting = make_incident(program, dispatcher)
+    services.assignment_offer(incident=waiting, unit=crew_member.unit, actor=dispatcher.user)
+    assert services.sweep_deadlines(now=start + timedelta(hours=1)).escalated == 1  # no unit free: it waits
+    _set(other, UnitStatus.AVAILABLE)
+    later = make_incident(program, dispatcher)
+    services.assignment_offer(incident=later, unit=other.unit, actor=dispatcher.user)
+    _while_the_sweep_recommends(monkeypatch, freed, (UnitStatus.AVAILABLE,), first=True)
+
+    services.sweep_deadlines(now=start + timedelta(hours=2))
+
+    assert Unit.objects.get(pk=freed.unit.pk).assignments.get().incident_id == waiting.pk
+
+
+def test_a_unit_made_in_the_admin_starts_out_of_service_whatever_status_is_posted(
+    superuser_client: Client, program: Program
+) -> None:
+    """Made 'on scene' or 'available', it held a status no call gave it and no board showed:
+    its crew or a dispatcher puts it in service through dispatch, which publishes it."""
+    add_url = "/admin/teams/unit/add/"
+    data = resubmitted(superuser_client.get(add_url))
+    data.update({"call_sign": "BH-NEW", "program": str(program.pk), "response_model": "emt_clinician"})
+
+    saved = superuser_client.post(add_url, {**data, "status": UnitStatus.ON_SCENE})
+
+    assert saved.status_code == 302
+    assert Unit.objects.get(call_sign="BH-NEW").status == UnitStatus.OUT_OF_SERVICE

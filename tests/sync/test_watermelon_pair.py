@@ -902,3 +902,46 @@ def test_a_record_replayed_after_a_colleagues_change_comes_back_as_it_stands(cre
     assert [result["status"] for result in again.json()["results"]] == ["duplicate"]
     rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
     assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 3)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replayed_record_whose_version_kept_a_colleagues_value_comes_back_as_it_stands(
+    crew_member: CrewMember,
+) -> None:
+    """The push of a location and an assessment made a version that kept a colleague's later
+    location, and its answer was lost; the app's pull of that version kept its own location (a
+    changed column), and the row sent again is a replay, after which the app marks the record
+    synced with its own location. The record has not moved since, but the app does not hold
+    it: it comes back at the next pull."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    first = _pull_until_done(client, None)[-1]["timestamp"]
+    assert _push_edit(client, visit, first, location="Lenox Ave & 116th St")["status"] == "applied"
+    correction = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=2
+    )
+    assert correction["status"] == "applied"
+    second = _pull_until_done(client, first)[-1]["timestamp"]
+    row = {
+        "id": str(visit),
+        "server_version": 1,
+        "location": "Lenox Ave & 116th St",
+        "assessment": "Calm.",
+        "updated_at": _millis(),
+        "_status": "updated",
+        "_changed": "location,assessment",
+    }
+    changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
+    lost = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": second}, format="json")
+    third = _pull_until_done(client, second)[-1]["timestamp"]
+
+    again = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": third}, format="json")
+    pulled = _pull_until_done(client, third)
+
+    assert (lost.json()["results"][0]["status"], lost.json()["results"][0]["data"]["location"]) == (
+        "applied",
+        "125th St",
+    )
+    assert [result["status"] for result in again.json()["results"]] == ["duplicate"]
+    rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
+    assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 4)]
