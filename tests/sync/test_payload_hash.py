@@ -29,7 +29,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(json_values)
 def test_the_canonical_text_is_the_standard_librarys_for_any_json_value(value: Any) -> None:
     assert _canonical(value) == standard_library_text(value)

@@ -766,9 +766,9 @@ def test_a_record_changed_then_deleted_between_two_pulls_comes_deleted_with_the_
     ]
 
 
-def _push_edit(client: Any, visit: uuid.UUID, last_pulled_at: int, **fields: str) -> dict[str, Any]:
-    """A WatermelonDB push of one encounter the app changed, naming the ``server_version`` it
-    kept through its pulls (1) as the conflictResolver the README gives keeps it."""
+def _edited(visit: uuid.UUID, **fields: str) -> dict[str, Any]:
+    """The push body's changes of one encounter the app changed, naming the ``server_version``
+    it kept through its pulls (1) as the conflictResolver the README gives keeps it."""
     row = {
         "id": str(visit),
         "server_version": 1,
@@ -777,13 +777,21 @@ def _push_edit(client: Any, visit: uuid.UUID, last_pulled_at: int, **fields: str
         "_status": "updated",
         "_changed": ",".join(fields),
     }
-    changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
+    return {"encounters": {"created": [], "updated": [row], "deleted": []}}
+
+
+def _push(client: Any, changes: dict[str, Any], last_pulled_at: int) -> dict[str, Any]:
+    """The push's one result."""
     response = client.post(
         "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": last_pulled_at}, format="json"
     )
     assert response.status_code == 200, response.content
     [result] = response.json()["results"]
     return dict(result)
+
+
+def _push_edit(client: Any, visit: uuid.UUID, last_pulled_at: int, **fields: str) -> dict[str, Any]:
+    return _push(client, _edited(visit, **fields), last_pulled_at)
 
 
 @pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
@@ -880,26 +888,17 @@ def test_a_record_replayed_after_a_colleagues_change_comes_back_as_it_stands(cre
     visit = encounter(crew_member, location="Lenox Ave")
     client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
     first = _pull_until_done(client, None)[-1]["timestamp"]
-    row = {
-        "id": str(visit),
-        "server_version": 1,
-        "location": "Lenox Ave & 116th St",
-        "updated_at": _millis(),
-        "_status": "updated",
-        "_changed": "location",
-    }
-    changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
-    lost = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": first}, format="json")
+    changes = _edited(visit, location="Lenox Ave & 116th St")
+    lost = _push(client, changes, first)
     correction = pushed(
         crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=2
     )
     second = _pull_until_done(client, first)[-1]["timestamp"]
 
-    again = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": second}, format="json")
+    again = _push(client, changes, second)
     pulled = _pull_until_done(client, second)
 
-    assert (lost.json()["results"][0]["status"], correction["status"]) == ("applied", "applied")
-    assert [result["status"] for result in again.json()["results"]] == ["duplicate"]
+    assert (lost["status"], correction["status"], again["status"]) == ("applied", "applied", "duplicate")
     rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
     assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 3)]
 
@@ -922,26 +921,13 @@ def test_a_replayed_record_whose_version_kept_a_colleagues_value_comes_back_as_i
     )
     assert correction["status"] == "applied"
     second = _pull_until_done(client, first)[-1]["timestamp"]
-    row = {
-        "id": str(visit),
-        "server_version": 1,
-        "location": "Lenox Ave & 116th St",
-        "assessment": "Calm.",
-        "updated_at": _millis(),
-        "_status": "updated",
-        "_changed": "location,assessment",
-    }
-    changes = {"encounters": {"created": [], "updated": [row], "deleted": []}}
-    lost = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": second}, format="json")
+    changes = _edited(visit, location="Lenox Ave & 116th St", assessment="Calm.")
+    lost = _push(client, changes, second)
     third = _pull_until_done(client, second)[-1]["timestamp"]
 
-    again = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": third}, format="json")
+    again = _push(client, changes, third)
     pulled = _pull_until_done(client, third)
 
-    assert (lost.json()["results"][0]["status"], lost.json()["results"][0]["data"]["location"]) == (
-        "applied",
-        "125th St",
-    )
-    assert [result["status"] for result in again.json()["results"]] == ["duplicate"]
+    assert (lost["status"], lost["data"]["location"], again["status"]) == ("applied", "125th St", "duplicate")
     rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
     assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 4)]

@@ -88,7 +88,8 @@ def _exactly(values: dict[str, Any]) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("partial", [False, True], ids=["create", "update"])
 @pytest.mark.parametrize("synced_type", registry.all_types(), ids=lambda synced_type: synced_type.name)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 150 cases per type and operation: 300 cost the suite half a minute more on two cores.
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_what_the_plan_accepts_is_exactly_what_drf_makes_of_it(
     synced_type: registry.SyncedType, partial: bool, data: st.DataObject
