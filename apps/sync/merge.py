@@ -83,6 +83,16 @@ def merge_fields(
     return result
 
 
+def holds_all_sent(result: MergeResult, *, current: Mapping[str, Any], incoming: Mapping[str, Any]) -> bool:
+    """Whether the merged record holds every value the device sent: none kept as a conflict,
+    none left as the server's newer value (the device not having changed it since its base).
+    A value left so is not what a WatermelonDB app shows: it keeps its changed column over a
+    pulled one."""
+    return not result.conflicts and all(
+        name in result.changes or current.get(name, MISSING) == value for name, value in incoming.items()
+    )
+
+
 def _holds_what_device_had(
     names: Iterable[str],
     base: Mapping[str, Any],

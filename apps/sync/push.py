@@ -1646,13 +1646,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             state,
             changed_fields=sorted(changes),
             echo=unseen or row.pk in state.reviewed,
-            # Only where the version holds every value the device sent: one the merge left as
-            # the server's (unchanged by the device since its base, changed by someone since) is
-            # not what the app shows, WatermelonDB keeping its changed column over a pulled one.
-            held_by_writer=not conflicts
-            and all(
-                name in merged.changes or head.data.get(name, merge.MISSING) == value for name, value in wire.items()
-            )
+            held_by_writer=merge.holds_all_sent(merged, current=head.data, incoming=wire)
             and _held_whole_after(row, head, state),
         )
     elif unseen:

@@ -850,13 +850,10 @@ def test_a_colleagues_change_made_after_the_apps_pull_is_still_a_conflict_for_it
     assert (kept.field, kept.server_value, kept.device_value) == ("location", "125th St", "Lenox Ave & 116th St")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_column_the_app_kept_over_a_colleagues_later_value_is_not_taken_as_held(crew_member: CrewMember) -> None:
-    """The tablet's location reached the server while its user typed an assessment, so the
-    record stayed changed (location and assessment); a colleague then corrected the location.
-    The tablet's next sync pulled the correction but kept its own location, a changed column,
-    and pushed both: the server kept the colleague's. The tablet still shows its own location,
-    and its user's next edit of it meets the correction as a conflict, not as a base."""
+def _pushed_then_corrected_by_a_colleague(crew_member: CrewMember) -> tuple[uuid.UUID, Any, int]:
+    """A tablet's push of an encounter's location (version 2), a colleague's correction of it
+    to 125th St (version 3), and the tablet's pull since: the encounter, the tablet's client
+    and the timestamp of that pull."""
     visit = encounter(crew_member, location="Lenox Ave")
     client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
     first = _pull_until_done(client, None)[-1]["timestamp"]
@@ -865,7 +862,26 @@ def test_a_column_the_app_kept_over_a_colleagues_later_value_is_not_taken_as_hel
         crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=2
     )
     assert correction["status"] == "applied"
-    second = _pull_until_done(client, first)[-1]["timestamp"]
+    return visit, client, _pull_until_done(client, first)[-1]["timestamp"]
+
+
+def _encounter_rows(pulls: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """The encounters the pulls brought: id, location, server_version."""
+    return [
+        (raw["id"], raw["location"], raw["server_version"])
+        for body in pulls
+        for raw in body["changes"].get("encounters", {}).get("updated", [])
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_column_the_app_kept_over_a_colleagues_later_value_is_not_taken_as_held(crew_member: CrewMember) -> None:
+    """The tablet's location reached the server while its user typed an assessment, so the
+    record stayed changed (location and assessment); a colleague then corrected the location.
+    The tablet's next sync pulled the correction but kept its own location, a changed column,
+    and pushed both: the server kept the colleague's. The tablet still shows its own location,
+    and its user's next edit of it meets the correction as a conflict, not as a base."""
+    visit, client, second = _pushed_then_corrected_by_a_colleague(crew_member)
 
     both = _push_edit(client, visit, second, location="Lenox Ave & 116th St", assessment="Calm.")
     third = _pull_until_done(client, second)[-1]["timestamp"]
@@ -899,8 +915,7 @@ def test_a_record_replayed_after_a_colleagues_change_comes_back_as_it_stands(cre
     pulled = _pull_until_done(client, second)
 
     assert (lost["status"], correction["status"], again["status"]) == ("applied", "applied", "duplicate")
-    rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
-    assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 3)]
+    assert _encounter_rows(pulled) == [(str(visit), "125th St", 3)]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -912,15 +927,7 @@ def test_a_replayed_record_whose_version_kept_a_colleagues_value_comes_back_as_i
     changed column), and the row sent again is a replay, after which the app marks the record
     synced with its own location. The record has not moved since, but the app does not hold
     it: it comes back at the next pull."""
-    visit = encounter(crew_member, location="Lenox Ave")
-    client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
-    first = _pull_until_done(client, None)[-1]["timestamp"]
-    assert _push_edit(client, visit, first, location="Lenox Ave & 116th St")["status"] == "applied"
-    correction = pushed(
-        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=2
-    )
-    assert correction["status"] == "applied"
-    second = _pull_until_done(client, first)[-1]["timestamp"]
+    visit, client, second = _pushed_then_corrected_by_a_colleague(crew_member)
     changes = _edited(visit, location="Lenox Ave & 116th St", assessment="Calm.")
     lost = _push(client, changes, second)
     third = _pull_until_done(client, second)[-1]["timestamp"]
@@ -929,5 +936,4 @@ def test_a_replayed_record_whose_version_kept_a_colleagues_value_comes_back_as_i
     pulled = _pull_until_done(client, third)
 
     assert (lost["status"], lost["data"]["location"], again["status"]) == ("applied", "125th St", "duplicate")
-    rows = [raw for body in pulled for raw in body["changes"].get("encounters", {}).get("updated", [])]
-    assert [(raw["id"], raw["location"], raw["server_version"]) for raw in rows] == [(str(visit), "125th St", 4)]
+    assert _encounter_rows(pulled) == [(str(visit), "125th St", 4)]
