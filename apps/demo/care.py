@@ -118,7 +118,7 @@ def care_stories_push(*, program: Program, unit: Unit, clinician: User) -> None:
         mutations += _story_mutations(story, program=program, unit=unit, now=now)
     for mutation_id, mutation in enumerate(mutations, start=1):
         mutation["mutation_id"] = mutation_id
-    results = push_mutations(device=device, user=clinician, mutations=mutations, client_version="tandem-demo/1")
+    results = push_mutations(device=device, user=clinician, mutations=mutations, client_version="tandem-demo/1").results
     refused = [result for result in results if result["status"] != PushStatus.APPLIED]
     if refused:
         raise RuntimeError(f"The demo tablet's push was refused: {refused[0]}")

@@ -79,6 +79,9 @@ _TRANSIENT = (OperationalError, InterfaceError, WrittenSinceTransactionBegan)
 _OPERATIONS = frozenset(MutationOperation.values)
 MUTATION_ID_MAX = (1 << 63) - 1
 BASE_VERSION_MAX = (1 << 31) - 1  # the ledger's column: a version beyond it was never served
+# The code of a change kept because the record it belongs to is in quarantine: it is applied
+# when that record is created (children_waiting_on).
+_PARENT_QUARANTINED = "parent_quarantined"
 
 logger = logging.getLogger(__name__)
 
@@ -360,6 +363,16 @@ def plausible_times(now: datetime) -> tuple[datetime, datetime]:
     return now - timedelta(days=conf.MAX_OFFLINE_DAYS), now + timedelta(seconds=conf.CLOCK_SKEW_SECONDS)
 
 
+@dataclass
+class PushAnswer:
+    """The answer to a push: a result per mutation sent, in their order; and the results of
+    the device's earlier changes that this push released, kept until the record they belong
+    to was created, which a create of the push did (``children_waiting_on``)."""
+
+    results: list[dict[str, Any]]
+    released: list[dict[str, Any]] = field(default_factory=list)
+
+
 def push_mutations(
     *,
     device: Device,
@@ -371,7 +384,7 @@ def push_mutations(
     problems: dict[int, dict[str, Any]] | None = None,
     accessor: Accessor | None = None,
     pulled_through: FeedPosition | None = None,
-) -> list[dict[str, Any]]:
+) -> PushAnswer:
     """Store, apply and answer a batch of one device's mutations (see the module docstring).
 
     What the batch writes is audited as ``accessor``'s (the request's; the device's when none
@@ -417,9 +430,9 @@ def push_mutations(
         else None
     )
     final: dict[int, dict[str, Any]] = {}
-    applied: dict[int, dict[str, Any]] = {}
+    applied = Applied()
     if done_at_once is not None:
-        rows_by_index, replayed, applied = done_at_once
+        rows_by_index, replayed, applied.results = done_at_once
     else:
         rows_by_index, replayed = _store(
             device=device,
@@ -441,8 +454,10 @@ def push_mutations(
                 accessor=accessor,
                 pulled_through=pulled_through,
             )
-    # Results of mutations applied by an earlier request (replays) come from the ledger.
-    stored_results = {**final, **applied}
+    # Results of mutations applied by an earlier request (replays) come from the ledger. A
+    # replay of a change this push released answers its new result (a WatermelonDB app sends
+    # the rows of a refused record and of those under it until they are taken).
+    stored_results = {**final, **applied.results}
     missing = {row.pk for row in rows_by_index.values()} - set(stored_results)
     if missing:
         stored_results.update(Mutation.objects.filter(pk__in=missing).values_list("pk", "result"))
@@ -457,7 +472,10 @@ def push_mutations(
             result["original_status"] = result.get("status")
             result["status"] = PushStatus.DUPLICATE
         results[index] = result
-    return [results[envelope.index] for envelope in envelopes]
+    return PushAnswer(
+        results=[results[envelope.index] for envelope in envelopes],
+        released=[applied.results[pk] for pk in applied.released],
+    )
 
 
 def _send_back_replayed(user: User, replays: list[tuple[UUID | None, dict[str, Any]]]) -> None:
@@ -558,7 +576,7 @@ def _store(
             }
             highest = 0
         else:
-            position = _ledger_position(device.pk, [envelope.mutation_id for envelope in envelopes])
+            position = _ledger_position(device.pk, user.pk, [envelope.mutation_id for envelope in envelopes])
             highest = position.highest
             # Only a retried or replayed batch has rows already: they are read in full.
             existing = (
@@ -614,10 +632,14 @@ def _store_and_apply(
             if device_lockout_held(device_id=device.pk) is not None:
                 return None
             position = _ledger_position(
-                device.pk, [envelope.mutation_id for envelope in envelopes], new_ids=len(envelopes)
+                device.pk, user.pk, [envelope.mutation_id for envelope in envelopes], new_ids=len(envelopes)
             )
             if position.existing_ids or position.waiting:
                 return None
+            if position.children_waiting and any(
+                envelope.operation == MutationOperation.CREATE for envelope in envelopes
+            ):
+                return None  # a create may release them, which the long way applies (apply_received)
             batch = _ledger_rows(
                 envelopes,
                 existing={},
@@ -822,24 +844,34 @@ class _LedgerPosition:
     existing_ids: list[int]  # ledger rows of the batch's mutation ids that exist already
     waiting: bool  # whether the device has stored mutations not applied yet
     new_ids: list[int]  # ledger ids taken for the batch's new rows, ascending
+    # Whether the device has changes kept until the record they belong to is created
+    # (children_waiting_on): a create of the batch may release them.
+    children_waiting: bool
 
 
-def _ledger_position(device_id: UUID, mutation_ids: list[int | None], *, new_ids: int = 0) -> _LedgerPosition:
+def _ledger_position(
+    device_id: UUID, user_id: UUID, mutation_ids: list[int | None], *, new_ids: int = 0
+) -> _LedgerPosition:
     """Where the device stands in the ledger, and ``new_ids`` ids for its new rows: one
     statement, run at every push. An id taken and not used leaves a gap, which is harmless."""
-    # The status is written in the text, not bound: a generic plan of the prepared statement
-    # could not use the index of received rows (see _received_ids).
+    # The statuses and the code are written in the text, not bound: a generic plan of the
+    # prepared statement could not use the partial indexes of received and quarantined rows
+    # (see _received_ids). The quarantined rows are found by their user, as that index is.
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "SELECT coalesce((SELECT max(mutation_id) FROM sync_mutation WHERE device_id = %b), 0),"
             " array(SELECT id FROM sync_mutation WHERE device_id = %b AND mutation_id = ANY(%b::bigint[])),"
             " EXISTS (SELECT FROM sync_mutation WHERE device_id = %b AND status = 'received'),"
-            " array(SELECT nextval(pg_get_serial_sequence('sync_mutation', 'id')) FROM generate_series(1, %b))",
-            [device_id, device_id, mutation_ids, device_id, new_ids],
+            " array(SELECT nextval(pg_get_serial_sequence('sync_mutation', 'id')) FROM generate_series(1, %b)),"
+            " EXISTS (SELECT FROM sync_mutation WHERE user_id = %b AND status = 'quarantined'"
+            " AND error_code = 'parent_quarantined' AND dismissed_at IS NULL AND device_id = %b)",
+            [device_id, device_id, mutation_ids, device_id, new_ids, user_id, device_id],
         )
         row = cursor.fetchone()
     assert row is not None  # scalar subqueries: always one row
-    return _LedgerPosition(highest=row[0], existing_ids=row[1], waiting=row[2], new_ids=sorted(row[3]))
+    return _LedgerPosition(
+        highest=row[0], existing_ids=row[1], waiting=row[2], new_ids=sorted(row[3]), children_waiting=row[4]
+    )
 
 
 def _ledger_insert(columns: dict[str, str]) -> str:
@@ -1045,6 +1077,15 @@ class _FallBack(Exception):
     """Something in the batch failed: undo it and go one mutation per transaction."""
 
 
+@dataclass
+class Applied:
+    """What ``apply_received`` applied: each mutation's result, by ledger row, and which of
+    them were released by a create (children_waiting_on) rather than received."""
+
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    released: list[int] = field(default_factory=list)
+
+
 def apply_received(
     *,
     device: Device,
@@ -1055,7 +1096,7 @@ def apply_received(
     reviewed_by: Accessor | None = None,
     accessor: Accessor | None = None,
     pulled_through: FeedPosition | None = None,
-) -> dict[int, dict[str, Any]]:
+) -> Applied:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
     ``known`` are ledger rows the caller has in memory (the batch it just stored), so they
@@ -1065,7 +1106,11 @@ def apply_received(
     ``reviewed_by`` (so does a domain service that audits what it writes with them).
     ``pulled_through``: where the device's last pull reached in the feed (see push_mutations);
     the slow path, one mutation at a time, goes without it.
-    Returns the result of every mutation applied here, by row id.
+    Each create that applies releases the device's changes kept until its record was created
+    (children_waiting_on): they apply again right after it, in the same transaction, as their
+    writer's changes (audited so), and go back to the device, which holds them as refused.
+
+    Returns the result of every mutation applied here, those released included.
     """
     known = known or {}
     writers = _Writers(device, user, accessor, set(known), reviewed, reviewed_by)
@@ -1075,59 +1120,85 @@ def apply_received(
             ids = _received_ids(device.pk)
             unknown = [pk for pk in ids if pk not in known or known[pk].status != MutationStatus.RECEIVED]
             fetched = Mutation.objects.in_bulk(unknown) if unknown else {}
-            rows = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
+            rows: list[LedgerRow] = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
+            released: list[Mutation] = []
             if rows:
-                _apply_rows(
+                released = _apply_rows(
                     rows,
                     device=device,
                     user=user,
                     sealed=sealed,
                     writers=writers,
                     pulled_through=pulled_through,
+                    waiting=children_waiting_on(rows),
                 )
+                rows += released
                 _audit_writes(rows, writers)
-        return {row.pk: row.result for row in rows}
+        return Applied({row.pk: row.result for row in rows}, [row.pk for row in released])
     except _FallBack:
         pass
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
-    results: dict[int, dict[str, Any]] = {}
+    applied_alone = Applied()
     while True:
         with transaction.atomic():
             lock_device(device.pk)
             row = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id").first()
             if row is None:
-                return results
-            try:
-                with transaction.atomic():
-                    _apply_rows(
-                        [row],
-                        device=device,
-                        user=user,
-                        raise_refusals=True,
-                        writers=writers,
-                    )
-            except registry.Refused as refusal:
-                _quarantine_alone(row, _refusal_error(row, refusal), user=user)
-            except (IntegrityError, DataError) as fault:
-                # The database refused the content (a reference to a missing record, a
-                # value out of range): keep it for a person rather than retrying forever.
-                _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__), user=user)
-            except (*_TRANSIENT, SoftTimeLimitExceeded):
-                # Not this content's fault (the database, or the stranded sweep's soft time
-                # limit): undone, the mutation stays received for a later apply.
-                raise
-            except Exception as fault:  # noqa: BLE001 - kept and logged, never dropped
-                # A fault of the server's own code on this content: retrying would fail the
-                # same way and hold back every later mutation of the device. It is kept for
-                # a person, and the log names the fault and where, never the content.
-                logger.error("Mutation %s could not be applied: %s", row.pk, _fault_and_place(fault))
-                _quarantine_alone(
-                    row,
-                    _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
-                    user=user,
-                )
-            _audit_writes([row], writers)
-            results[row.pk] = row.result
+                return applied_alone
+            waiting = children_waiting_on([row])
+            # The records of the changes its create may release are locked before this
+            # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
+            lock_records_written_by([row, *waiting])
+            applied: list[LedgerRow] = [*_apply_alone(row, device=device, user=user, writers=writers, waiting=waiting)]
+            _audit_writes(applied, writers)
+            applied_alone.results.update((applied_row.pk, applied_row.result) for applied_row in applied)
+            applied_alone.released += [applied_row.pk for applied_row in applied[1:]]
+
+
+def _apply_alone(
+    row: Mutation,
+    *,
+    device: Device,
+    user: User,
+    writers: _Writers,
+    waiting: Sequence[Mutation],
+    released: frozenset[int] = frozenset(),
+) -> list[Mutation]:
+    """Apply one mutation in a savepoint of the caller's transaction: a refusal, or a fault of
+    its content, keeps it in quarantine alone, saying why. A create that applies releases the
+    changes ``waiting`` on its record, each then applied alone the same way (``released``).
+    Returns the row and those released."""
+    try:
+        with transaction.atomic():
+            _apply_rows([row], device=device, user=user, raise_refusals=True, writers=writers, released=released)
+    except registry.Refused as refusal:
+        _quarantine_alone(row, _refusal_error(row, refusal), user=user)
+    except (IntegrityError, DataError) as fault:
+        # The database refused the content (a reference to a missing record, a value out of
+        # range): keep it for a person rather than retrying forever.
+        _quarantine_alone(row, _error("rejected_by_database", type(fault).__name__), user=user)
+    except (*_TRANSIENT, SoftTimeLimitExceeded):
+        # Not this content's fault (the database, or the stranded sweep's soft time limit):
+        # undone, the mutation stays received for a later apply.
+        raise
+    except Exception as fault:  # noqa: BLE001 - kept and logged, never dropped
+        # A fault of the server's own code on this content: retrying would fail the same way
+        # and hold back every later mutation of the device. It is kept for a person, and the
+        # log names the fault and where, never the content.
+        logger.error("Mutation %s could not be applied: %s", row.pk, _fault_and_place(fault))
+        _quarantine_alone(
+            row,
+            _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
+            user=user,
+        )
+    applied = [row]
+    if _created_its_record(row):
+        for child in _by_parent_waited_on(waiting).get(row.record_id, []):
+            _put_back_to_apply(child)
+            applied += _apply_alone(
+                child, device=device, user=user, writers=writers, waiting=waiting, released=frozenset({child.pk})
+            )
+    return applied
 
 
 def _audit_writes(rows: list[LedgerRow], writers: _Writers) -> None:
@@ -1184,7 +1255,9 @@ def _refusal_error(row: Mutation, refusal: registry.Refused) -> dict[str, Any]:
         create = _quarantined_create(row.user_id, parent_id) if parent_id is not None else None
         if create is not None:
             return _error(
-                "parent_quarantined", _waits_for(create, "The create of the record it belongs to"), field_name
+                _PARENT_QUARANTINED,
+                _waits_for(create, "The create of the record it belongs to", "and applies once that record is created"),
+                field_name,
             )
     return _error(refusal.code, refusal.detail, field_name)
 
@@ -1247,6 +1320,9 @@ class _BatchState:
     raise_refusals: bool
     # Ledger rows applied again after review: their writes go back to their own device too.
     reviewed: frozenset[int] = frozenset()
+    # Ledger rows applied again once the record they belong to was created (_apply_rows):
+    # their device was told they were refused, so their writes go back to it too.
+    released: set[int] = field(default_factory=set)
     # The batch's ledger rows' numbers on their device (a merge orders a device's own writes so).
     device_numbers: dict[int, int | None] = field(default_factory=dict)
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
@@ -1257,6 +1333,11 @@ class _BatchState:
     pulled_through: FeedPosition | None = None
     # The request's last row of each record it changes: what the device holds once answered.
     last_of_their_record: frozenset[int] = frozenset()
+
+    def told_refused(self, row: LedgerRow) -> bool:
+        """Whether the row's device holds it as refused: it applies again after review, or
+        once the record it belongs to was created. What it writes goes back to that device."""
+        return row.pk in self.reviewed or row.pk in self.released
 
     def scopes_of_writer(self) -> set[str]:
         if self.writer_scopes is None:
@@ -1274,12 +1355,20 @@ def _apply_rows(
     sealed: dict[UUID | None, dict[Any, str]] | None = None,
     unstored_payloads: list[str] | None = None,
     pulled_through: FeedPosition | None = None,
-) -> None:
+    waiting: Sequence[Mutation] = (),
+    released: frozenset[int] = frozenset(),
+) -> list[Mutation]:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
     payloads as the ledger keeps them), as new rows holding their results, before the
-    versions that name them."""
-    record_ids = lock_records_written_by(rows)
+    versions that name them.
+
+    ``waiting``: changes kept until a record these rows create is created
+    (children_waiting_on). Each applies again right after the create it waited on, before the
+    rows after that create (the device's later changes may build on it); returns those so
+    applied. ``released``: rows that are such changes, applied again alone (_apply_alone)."""
+    assert unstored_payloads is None or not waiting, "released changes are rows of the ledger already"
+    record_ids = lock_records_written_by([*rows, *waiting])
     publisher = Publisher()
     publisher.read_heads(record_ids)
     heads = publisher.heads
@@ -1294,7 +1383,7 @@ def _apply_rows(
                 (record.pk, record)
                 for record in synced_type.model._default_manager.filter(pk__in=bulk.any_of(ids, "uuid"))
             )
-    versions = _merge_history(rows, heads)
+    versions = _merge_history([*rows, *waiting], heads)
     # What the ledger's copies already sealed, each record's own: the version reuses it.
     for sealed_id, memo in (sealed or {}).items():
         if sealed_id is not None:
@@ -1312,23 +1401,28 @@ def _apply_rows(
         program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
         reviewed=writers.reviewed,
-        device_numbers={row.pk: row.mutation_id for row in rows},
+        released=set(released),
+        device_numbers={row.pk: row.mutation_id for row in [*rows, *waiting]},
         pulled_through=pulled_through,
         last_of_their_record=frozenset(
             {row.record_id: row.pk for row in rows if row.pk in writers.requested and row.record_id}.values()
         ),
     )
     fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
+    for row in [*rows, *waiting]:
         if isinstance(row.payload, dict) and isinstance(row.payload.get("fields"), dict):
             fields_by_type[row.record_type].append(row.payload["fields"])
+    waiting_on = _by_parent_waited_on(waiting)
+    applied_again: list[Mutation] = []
     try:
         for type_name, fields_list in fields_by_type.items():
             synced_type = registry.get(type_name)
             if synced_type is not None and synced_type.prepare is not None:
                 synced_type.prepare(state.context, fields_list)
         now = timezone.now()
-        for row in rows:
+        pending: list[LedgerRow] = list(reversed(rows))
+        while pending:
+            row = pending.pop()
             # Who writes, for what a domain service writes beside the record and audits itself
             # (a status time's assignment, a follow-up planned): as _audit_writes names them.
             state.context.accessor = writers.of(row)
@@ -1336,13 +1430,19 @@ def _apply_rows(
             if row.status == MutationStatus.QUARANTINED:
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
+            children = waiting_on.pop(row.record_id, []) if _created_its_record(row) else []
+            for child in children:
+                _put_back_to_apply(child)
+                state.released.add(child.pk)
+            applied_again += children
+            pending += reversed(children)  # next, in their order, before the rows after this one
         state.context.flush_inserts()
         if unstored_payloads is None:
-            _save_results(rows)
+            _save_results([*rows, *applied_again])
         else:
             _insert_ledger(rows, unstored_payloads, with_results=True)
         state.publisher.flush()
-        _file_for_review(rows)  # after the heads: a record the batch created has its program
+        _file_for_review([*rows, *applied_again])  # after the heads: a record the batch created has its program
     except SoftTimeLimitExceeded:
         raise  # the stranded sweep's task is to stop, not to go on one mutation at a time
     except Exception:
@@ -1352,6 +1452,33 @@ def _apply_rows(
         if raise_refusals:
             raise
         raise _FallBack() from None
+    return applied_again
+
+
+def _by_parent_waited_on(waiting: Sequence[Mutation]) -> dict[UUID | None, list[Mutation]]:
+    by_parent: dict[UUID | None, list[Mutation]] = defaultdict(list)
+    for row in waiting:
+        by_parent[_parent_waited_on(row)].append(row)
+    return by_parent
+
+
+def _created_its_record(row: LedgerRow) -> bool:
+    """Whether this row is a create that left its record on the server (applied, or merged
+    with one created before): the changes waiting on that record may apply."""
+    return (
+        row.operation == MutationOperation.CREATE
+        and row.record_id is not None
+        and row.status in (MutationStatus.APPLIED, MutationStatus.CONFLICT)
+    )
+
+
+def _put_back_to_apply(row: Mutation) -> None:
+    """A quarantined change about to be applied again, as a review puts it back: received,
+    its refusal gone (its result is written when it applies, or is refused again)."""
+    row.status = MutationStatus.RECEIVED
+    row.result = {}
+    row.error_code = ""
+    row.applied_at = None
 
 
 def lock_records_written_by(rows: Sequence[LedgerRow]) -> set[UUID]:
@@ -1372,6 +1499,55 @@ def _parents_named_by_creates(rows: Sequence[LedgerRow]) -> set[UUID]:
             if parent_id is not None:
                 parents.add(parent_id)
     return parents
+
+
+def children_waiting_on(rows: Sequence[LedgerRow]) -> list[Mutation]:
+    """What the creates among these rows release once they apply: their devices' changes kept
+    in quarantine because the record they belong to was (``parent_quarantined``), naming a
+    record one of them creates, or a record such a change creates in turn (an outcome of a
+    referral of the encounter); not set aside by a review. In the order the ledger has them.
+
+    A device may fix a refused create and send it again (a WatermelonDB app sends its rows
+    until they are taken), or a supervisor may apply it after review: what the clinician wrote
+    under that record then applies with it, rather than waiting for a review of its own."""
+    created = {
+        (row.device_id, row.record_id)
+        for row in rows
+        if row.operation == MutationOperation.CREATE and row.record_id is not None
+    }
+    if not created:
+        return []
+    kept = list(
+        Mutation.objects.filter(
+            user_id__in=bulk.any_of({row.user_id for row in rows}, "uuid"),  # the index of quarantined rows
+            device_id__in=bulk.any_of({device_id for device_id, _record_id in created}, "uuid"),
+            status=MutationStatus.QUARANTINED,
+            error_code=_PARENT_QUARANTINED,
+            dismissed_at=None,
+        ).order_by("id")
+    )
+    waiting: dict[int, Mutation] = {}
+    found = True
+    while found:  # a change under one released may be older than it: look again
+        found = False
+        for row in kept:
+            if row.pk in waiting or (row.device_id, _parent_waited_on(row)) not in created:
+                continue
+            waiting[row.pk] = row
+            found = True
+            if row.operation == MutationOperation.CREATE and row.record_id is not None:
+                created.add((row.device_id, row.record_id))
+    return sorted(waiting.values(), key=lambda row: row.pk)
+
+
+def _parent_waited_on(row: LedgerRow) -> UUID | None:
+    """The record a ``parent_quarantined`` change waits on: the one the field its refusal
+    names holds (``fields.encounter_id``)."""
+    error = row.result.get("error") if isinstance(row.result, dict) else None
+    named = error.get("field") if isinstance(error, dict) else None
+    if not isinstance(named, str) or not named.startswith("fields."):
+        return None
+    return _id_named_by(row, named.removeprefix("fields."))
 
 
 def _merge_history(rows: list[LedgerRow], heads: dict[UUID, Head]) -> dict[UUID, list[merge.VersionView]]:
@@ -1463,9 +1639,9 @@ def _create_kept_for_review(record_id: UUID) -> bool:
     ).exists()
 
 
-def _waits_for(create: LedgerRow, what: str) -> str:
+def _waits_for(create: LedgerRow, what: str, then: str = "for review together") -> str:
     named = f" (mutation_id {create.mutation_id})" if create.mutation_id is not None else ""
-    return f"{what}{named} is in quarantine; this change is kept with it, for review together."
+    return f"{what}{named} is in quarantine; this change is kept with it, {then}."
 
 
 def _quarantine(row: LedgerRow, code: str, detail: str, field_name: str | None = None) -> None:
@@ -1645,7 +1821,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
             registry.Change(MutationOperation.UPDATE, row.record_id, record, changes),
             state,
             changed_fields=sorted(changes),
-            echo=unseen or row.pk in state.reviewed,
+            echo=unseen or state.told_refused(row),
             held_by_writer=merge.holds_all_sent(merged, current=head.data, incoming=wire)
             and _held_whole_after(row, head, state),
         )
@@ -1703,7 +1879,7 @@ def _create(row: LedgerRow, synced_type: registry.SyncedType, fields: dict[str, 
         registry.Change(MutationOperation.CREATE, row.record_id, None, internal),
         state,
         changed_fields=None,
-        echo=row.pk in state.reviewed,
+        echo=state.told_refused(row),
         held_by_writer=_held_whole_after(row, None, state),
     )
     row.status = MutationStatus.APPLIED
@@ -1743,7 +1919,7 @@ def _delete(
         registry.Change(MutationOperation.DELETE, head.record_id, record, {}),
         state,
         changed_fields=["deleted"],
-        echo=row.pk in state.reviewed,
+        echo=state.told_refused(row),
         is_deleted=True,
         held_by_writer=_held_whole_after(row, head, state),
     )

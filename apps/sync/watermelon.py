@@ -365,7 +365,7 @@ def push_changes(
         accessor=accessor,
         problems=problems,
         pulled_through=_pulled_through(device, last_pulled_at),
-    )
+    ).results
     rejected: dict[str, list[str]] = {}
     for (table, place), mutation, result in zip(places, mutations, results, strict=True):
         if result.get("error") is not None:

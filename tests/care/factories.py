@@ -36,7 +36,7 @@ def pushed(
                 "observed_at": now_iso(),
             }
         ],
-    )
+    ).results
     return result
 
 

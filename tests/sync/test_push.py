@@ -4,6 +4,7 @@ import base64
 import json
 import uuid
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from django.conf import settings
@@ -11,7 +12,7 @@ from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
-from apps.care.models import ClinicalNote, Encounter
+from apps.care.models import ClinicalNote, Encounter, Referral
 from apps.sync import conf
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import publish_record
@@ -394,6 +395,106 @@ def test_changes_of_a_record_whose_create_is_quarantined_say_so_and_wait_with_it
     ]
     assert f"mutation_id {refused['mutation_id']}" in same_batch[1]["error"]["detail"]
     assert f"mutation_id {refused['mutation_id']}" in later[1]["error"]["detail"]
+
+
+def _pushed_whole(device: SimDevice, *mutations: dict[str, Any]) -> dict[str, Any]:
+    """The push's whole answer: its results, and what it released."""
+    response = device.client().post("/api/v1/sync/push/", {"mutations": list(mutations)}, format="json")
+    assert response.status_code == 200, response.content
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_changes_kept_because_their_encounter_was_refused_apply_once_the_device_sends_it_again_fixed(
+    crew_member: CrewMember,
+) -> None:
+    """A clinician's note, referral and the referral's outcome, written under an encounter the
+    server refused, are not left for a supervisor once the encounter is fixed: they apply
+    with it, in the order they were made, and come to the device that holds them as refused."""
+    device, teammate = SimDevice(crew_member), teammate_device(crew_member)
+    encounter_id, note_id, referral_id, outcome_id = (uuid.uuid4() for _ in range(4))
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member, started_at=12))
+    under_it = [
+        device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Plan made."}),
+        device.mutation(
+            "create", "care.referral", referral_id, {"encounter_id": str(encounter_id), "service_type": "detox"}
+        ),
+        device.mutation(
+            "create",
+            "care.referral_outcome",
+            outcome_id,
+            {"referral_id": str(referral_id), "outcome": "scheduled", "observed_at": now_iso()},
+        ),
+    ]
+    first = device.push(refused, *under_it)
+    _, cursor = device.pull()
+    _, teammate_cursor = teammate.pull()
+    fixed = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+
+    answer = _pushed_whole(device, fixed)
+
+    assert [r["error"]["code"] for r in first] == ["invalid_fields", *["parent_quarantined"] * 3]
+    assert [(r["mutation_id"], r["status"]) for r in answer["results"]] == [(fixed["mutation_id"], "applied")]
+    assert [(r["mutation_id"], r["status"], r["version"]) for r in answer["released"]] == [
+        (m["mutation_id"], "applied", 1) for m in under_it
+    ]
+    assert answer["released"][0]["data"]["body"] == "Plan made."
+    assert ClinicalNote.objects.get(pk=note_id).encounter_id == encounter_id
+    assert Referral.objects.get(pk=referral_id).status == "scheduled"
+    # The device took them for refused: they come to it, as its own writes would not.
+    released = [
+        ("care.note", str(note_id), 1),
+        ("care.referral", str(referral_id), 1),
+        ("care.referral", str(referral_id), 2),  # its status, from the outcome
+        ("care.referral_outcome", str(outcome_id), 1),
+    ]
+    assert [(e["type"], e["id"], e["version"]) for e in device.pull(cursor)[0]] == released
+    assert [(e["type"], e["id"], e["version"]) for e in teammate.pull(teammate_cursor)[0]] == [
+        ("care.encounter", str(encounter_id), 1),
+        *released,
+    ]
+    # Its writer's own changes, released by their own fix: in the audit trail as theirs.
+    assert set(
+        AuditEvent.objects.filter(record_id__in=[note_id, referral_id, outcome_id], action="create").values_list(
+            "actor_id", "device_id"
+        )
+    ) == {(crew_member.user.pk, crew_member.device.pk)}
+    # Sent again (an answer lost), each is answered by its new result, and changes nothing.
+    again = device.push(*under_it)
+    assert [(r["status"], r["original_status"], r["version"]) for r in again] == [("duplicate", "applied", 1)] * 3
+    assert RecordVersion.objects.filter(record_id=note_id).count() == 1
+
+
+def test_a_released_change_that_cannot_apply_of_itself_is_kept_again_saying_why(crew_member: CrewMember) -> None:
+    device = SimDevice(crew_member)
+    encounter_id, signed_ahead_id, note_id = (uuid.uuid4() for _ in range(3))
+    years_ahead = "2099-01-01T00:00:00+00:00"
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member, started_at=12))
+    signed_ahead = device.mutation(
+        "create",
+        "care.note",
+        signed_ahead_id,
+        {"encounter_id": str(encounter_id), "body": "x", "signed_at": years_ahead},
+    )
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm."})
+    first = device.push(refused, signed_ahead, note)
+
+    answer = _pushed_whole(
+        device, device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    )
+
+    assert [r["error"]["code"] for r in first] == ["invalid_fields", "parent_quarantined", "parent_quarantined"]
+    assert [r["status"] for r in answer["results"]] == ["applied"]
+    assert [(r["mutation_id"], r["status"], r.get("error")) for r in answer["released"]] == [
+        (
+            signed_ahead["mutation_id"],
+            "quarantined",
+            {"code": "time_in_future", "detail": ANY, "field": "fields.signed_at"},
+        ),
+        (note["mutation_id"], "applied", None),
+    ]
+    assert list(ClinicalNote.objects.values_list("pk", flat=True)) == [note_id]
+    assert Mutation.objects.get(mutation_id=signed_ahead["mutation_id"]).error_code == "time_in_future"
 
 
 def test_a_mutation_with_oversized_fields_is_quarantined_and_one_within_the_limit_applies(

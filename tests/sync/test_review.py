@@ -95,6 +95,38 @@ def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     )
 
 
+def test_a_note_kept_with_the_encounter_a_supervisor_applies_applies_with_it_as_its_writers(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The supervisor reviews the refused encounter; the note written under it was kept only
+    because the encounter was: it applies with it, as the clinician's own write."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Plan made."})
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    first = device.push(refused, note)
+    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    encounter_kept, _note_kept = _quarantined_ids(supervisor)
+
+    [result] = _apply(supervisor, [encounter_kept])["results"]
+    [again] = device.push(note)
+
+    assert [r["error"]["code"] for r in first] == ["not_permitted", "parent_quarantined"]
+    assert result["status"] == "applied"
+    assert ClinicalNote.objects.get(pk=note_id).encounter_id == encounter_id
+    assert _quarantined_ids(supervisor) == []
+    assert (again["status"], again["original_status"]) == ("duplicate", "applied")
+    writes = AuditEvent.objects.exclude(action="read").values_list("actor_id", "device_id", "action", "record_id")
+    assert sorted(writes) == sorted(
+        [
+            (supervisor.user.pk, supervisor.device.pk, "create", encounter_id),
+            (crew_member.user.pk, crew_member.device.pk, "create", note_id),
+        ]
+    )
+
+
 def test_a_change_applied_after_review_whose_audit_row_cannot_be_written_stays_in_quarantine(
     program: Program, crew_member: CrewMember
 ) -> None:
@@ -431,7 +463,7 @@ def test_the_stranded_sweep_does_not_take_a_reviewed_change_from_under_its_revie
     Mutation.objects.filter(status=MutationStatus.QUARANTINED).update(received_at=timezone.now() - timedelta(hours=1))
     real_apply_received = push.apply_received
 
-    def apply_after_a_sweep_has_run(**arguments: Any) -> dict[int, dict[str, Any]]:
+    def apply_after_a_sweep_has_run(**arguments: Any) -> push.Applied:
         monkeypatch.setattr(push, "apply_received", real_apply_received)
 
         def sweep() -> None:

@@ -59,7 +59,7 @@ class Tablet:
 
     def push(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.sent |= {mutation["mutation_id"] for mutation in batch}
-        return push.push_mutations(device=self.member.device, user=self.member.user, mutations=batch)
+        return push.push_mutations(device=self.member.device, user=self.member.user, mutations=batch).results
 
     def take(self, record_id: uuid.UUID, data: dict[str, Any], version: int) -> None:
         """Apply a record from the server, as a client does: fields with an edit still in the

@@ -221,6 +221,41 @@ def test_a_refused_watermelon_record_is_named_where_it_is_in_the_pushed_body(cre
     assert Encounter.objects.filter(pk=good_visit).exists()
 
 
+def test_a_note_refused_with_its_encounter_is_taken_when_the_app_sends_the_encounter_fixed(
+    crew_member: CrewMember,
+) -> None:
+    """The app keeps sending refused rows until they are taken: the encounter with the time the
+    user corrected, the note under it as it was. The note, kept only because its encounter was,
+    applies with it, and its row sent again is answered as taken, not refused again."""
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+    written: dict[str, object] = {"id": note, "encounter_id": visit, "body": "Calm; safety plan made."}
+
+    def push_with_start(started_at: str) -> dict[str, Any]:
+        changes = {
+            "encounters": _created({"id": visit, "unit_id": str(crew_member.unit.pk), "started_at": started_at}),
+            "notes": _created(written),
+        }
+        response = client.post(
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+        )
+        assert response.status_code == 200, response.content
+        body: dict[str, Any] = response.json()
+        return body
+
+    refused = push_with_start("2026-11-20T14:05:00")  # no offset: refused
+    fixed = push_with_start(now_iso())
+
+    assert refused["experimentalRejectedIds"] == {"encounters": [visit], "notes": [note]}
+    assert refused["results"][1]["error"]["code"] == "parent_quarantined"
+    assert fixed["experimentalRejectedIds"] == {}
+    assert [(r["status"], r.get("original_status")) for r in fixed["results"]] == [
+        ("applied", None),
+        ("duplicate", "applied"),
+    ]
+    assert ClinicalNote.objects.get(pk=note).encounter_id == uuid.UUID(visit)
+
+
 def test_a_refusal_that_names_no_field_still_names_where_the_record_is_in_the_pushed_body(
     crew_member: CrewMember,
 ) -> None:

@@ -98,7 +98,12 @@ class PushResultSerializer(serializers.Serializer[dict[str, object]]):
 
 
 class PushOutputSerializer(serializers.Serializer[dict[str, object]]):
-    results = PushResultSerializer(many=True)
+    results = PushResultSerializer(many=True, help_text="One per mutation sent, in their order.")
+    released = PushResultSerializer(
+        many=True,
+        help_text="The new results of the device's earlier changes kept as parent_quarantined "
+        "that a create of this push released (applied again, or quarantined again saying why).",
+    )
 
 
 class PushPositionSerializer(serializers.Serializer[dict[str, object]]):

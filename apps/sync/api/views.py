@@ -187,7 +187,7 @@ class PushView(APIView):
             mutations = _mutations_of(request.data)
         except BatchTooLarge as error:
             return batch_too_large_response(error)
-        results = push.push_mutations(
+        answer = push.push_mutations(
             device=token.device,
             user=user,
             mutations=mutations,
@@ -195,8 +195,8 @@ class PushView(APIView):
             lockout=lockout_of(token),
             accessor=_accessor(request),
         )
-        audit.record_replayed_reads(accessor=_accessor(request), results=results)
-        return Response({"results": results})
+        audit.record_replayed_reads(accessor=_accessor(request), results=answer.results)
+        return Response({"results": answer.results, "released": answer.released})
 
 
 def _mutations_of(body: Any) -> list[Any]:
