@@ -256,6 +256,36 @@ def test_a_note_refused_with_its_encounter_is_taken_when_the_app_sends_the_encou
     assert ClinicalNote.objects.get(pk=note).encounter_id == uuid.UUID(visit)
 
 
+def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_not_a_conflict(
+    crew_member: CrewMember,
+) -> None:
+    """The note's first text applies with its fixed encounter, as the device's own write: the
+    text the user wrote over it since (on the copy the app kept) replaces it, as it would have
+    had the encounter never been refused."""
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def push_with(started_at: str, note_body: str) -> dict[str, Any]:
+        changes = {
+            "encounters": _created({"id": visit, "unit_id": str(crew_member.unit.pk), "started_at": started_at}),
+            "notes": _created({"id": note, "encounter_id": visit, "body": note_body}),
+        }
+        response = client.post(
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+        )
+        assert response.status_code == 200, response.content
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    push_with("2026-11-20T14:05:00", "Calm.")  # no offset: refused, and the note with it
+    fixed = push_with(now_iso(), "Calm; safety plan made.")
+
+    assert fixed["experimentalRejectedIds"] == {}
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
+    assert not Conflict.objects.exists()
+    assert set(Mutation.objects.filter(record_type="care.note").values_list("status", flat=True)) == {"applied"}
+
+
 def test_a_refusal_that_names_no_field_still_names_where_the_record_is_in_the_pushed_body(
     crew_member: CrewMember,
 ) -> None:
