@@ -1130,7 +1130,7 @@ def apply_received(
                     sealed=sealed,
                     writers=writers,
                     pulled_through=pulled_through,
-                    waiting=children_waiting_on(rows),
+                    waiting=children_waiting_on(rows, reviewed=reviewed),
                 )
                 rows += released
                 _audit_writes(rows, writers)
@@ -1139,17 +1139,20 @@ def apply_received(
         pass
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
     applied_alone = Applied()
+    released_alone: set[int] = set()
     while True:
         with transaction.atomic():
             lock_device(device.pk)
             row = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id").first()
             if row is None:
                 return applied_alone
-            waiting = children_waiting_on([row])
+            waiting = children_waiting_on([row], reviewed=reviewed)
             # The records of the changes its create may release are locked before this
             # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
             lock_records_written_by([row, *waiting])
-            applied: list[LedgerRow] = [*_apply_alone(row, device=device, user=user, writers=writers, waiting=waiting)]
+            applied: list[LedgerRow] = [
+                *_apply_alone(row, device=device, user=user, writers=writers, waiting=waiting, done=released_alone)
+            ]
             _audit_writes(applied, writers)
             applied_alone.results.update((applied_row.pk, applied_row.result) for applied_row in applied)
             applied_alone.released += [applied_row.pk for applied_row in applied[1:]]
@@ -1163,11 +1166,14 @@ def _apply_alone(
     writers: _Writers,
     waiting: Sequence[Mutation],
     released: frozenset[int] = frozenset(),
+    done: set[int] | None = None,
 ) -> list[Mutation]:
     """Apply one mutation in a savepoint of the caller's transaction: a refusal, or a fault of
     its content, keeps it in quarantine alone, saying why. A create that applies releases the
-    changes ``waiting`` on its record, each then applied alone the same way (``released``).
+    changes ``waiting`` on its record, each then applied alone the same way (``released``),
+    once: ``done`` holds those already released, should the record be created again.
     Returns the row and those released."""
+    done = set() if done is None else done
     try:
         with transaction.atomic():
             _apply_rows([row], device=device, user=user, raise_refusals=True, writers=writers, released=released)
@@ -1194,9 +1200,19 @@ def _apply_alone(
     applied = [row]
     if _created_its_record(row):
         for child in _by_parent_waited_on(waiting).get(row.record_id, []):
+            if child.pk in done:
+                continue
+            done.add(child.pk)
             _put_back_to_apply(child)
+            writers.released.add(child.pk)
             applied += _apply_alone(
-                child, device=device, user=user, writers=writers, waiting=waiting, released=frozenset({child.pk})
+                child,
+                device=device,
+                user=user,
+                writers=writers,
+                waiting=waiting,
+                released=frozenset({child.pk}),
+                done=done,
             )
     return applied
 
@@ -1218,7 +1234,9 @@ class _Writers:
     rows are its ``accessor``'s; rows stored by an earlier request of the device that died
     before applying them, which no one else audits (a retry of that request only gets
     duplicates), the device's, as the push that carried them would have said; rows a
-    supervisor applied again after review, the reviewer's (``reviewed_by``)."""
+    supervisor applied again after review, the reviewer's (``reviewed_by``). Rows a create
+    released (children_waiting_on) are their writer's: the request's accessor when its own
+    device wrote them (a push sending the parent again), else their device's."""
 
     def __init__(
         self,
@@ -1232,11 +1250,14 @@ class _Writers:
         self.device_accessor = Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC)
         self.accessor, self.requested = accessor, requested
         self.reviewed, self.reviewed_by = reviewed, reviewed_by
+        self.released: set[int] = set()
 
     def of(self, row: LedgerRow) -> Accessor:
         if row.pk in self.reviewed and self.reviewed_by is not None:
             return self.reviewed_by
-        if self.accessor is not None and row.pk in self.requested:
+        if self.accessor is not None and (
+            row.pk in self.requested or (row.pk in self.released and row.device_id == self.accessor.device_id)
+        ):
             return self.accessor
         return self.device_accessor
 
@@ -1254,11 +1275,17 @@ def _refusal_error(row: Mutation, refusal: registry.Refused) -> dict[str, Any]:
         parent_id = _id_named_by(row, refusal.field)
         create = _quarantined_create(row.user_id, parent_id) if parent_id is not None else None
         if create is not None:
-            return _error(
-                _PARENT_QUARANTINED,
-                _waits_for(create, "The create of the record it belongs to", "and applies once that record is created"),
-                field_name,
+            # Released only by its own device's create of that record, and only a create
+            # (children_waiting_on): anything else waits for review, as it is told.
+            releasable = row.operation == MutationOperation.CREATE and create.device_id == row.device_id
+            then = (
+                "and applies once this device's create of that record applies"
+                " (unless this record has other changes kept too)"
+                if releasable
+                else "for review together"
             )
+            detail = _waits_for(create, "The create of the record it belongs to", then)
+            return _error(_PARENT_QUARANTINED, detail, field_name)
     return _error(refusal.code, refusal.detail, field_name)
 
 
@@ -1434,6 +1461,7 @@ def _apply_rows(
             for child in children:
                 _put_back_to_apply(child)
                 state.released.add(child.pk)
+                writers.released.add(child.pk)
             applied_again += children
             pending += reversed(children)  # next, in their order, before the rows after this one
         state.context.flush_inserts()
@@ -1501,15 +1529,23 @@ def _parents_named_by_creates(rows: Sequence[LedgerRow]) -> set[UUID]:
     return parents
 
 
-def children_waiting_on(rows: Sequence[LedgerRow]) -> list[Mutation]:
-    """What the creates among these rows release once they apply: their devices' changes kept
+def children_waiting_on(rows: Sequence[LedgerRow], *, reviewed: frozenset[int] = frozenset()) -> list[Mutation]:
+    """What the creates among these rows release once they apply: their devices' creates kept
     in quarantine because the record they belong to was (``parent_quarantined``), naming a
-    record one of them creates, or a record such a change creates in turn (an outcome of a
-    referral of the encounter); not set aside by a review. In the order the ledger has them.
+    record one of them creates whose own create that device had refused before, or a record
+    such a create creates in turn (an outcome of a referral of the encounter). In the order
+    the ledger has them.
 
     A device may fix a refused create and send it again (a WatermelonDB app sends its rows
-    until they are taken), or a supervisor may apply it after review: what the clinician wrote
-    under that record then applies with it, rather than waiting for a review of its own."""
+    until they are taken), or a supervisor may apply it after review: the records the
+    clinician made under that record then apply with it, rather than waiting for a review of
+    their own. Only creates: the device held what it made (the server never had the record),
+    while over a record the server has it was sent the server's copy at refusal, so an update
+    or a delete released would replace what the device holds unseen (P3). Not released, kept
+    for review as before: a change set aside by a review; a create whose record has other
+    changes in quarantine (the device's later edit or delete of it, which would be lost
+    behind it); the changes of a device locked out (revoked, or its user deactivated).
+    ``reviewed``: rows a review took out of quarantine to apply again, refused creates still."""
     created = {
         (row.device_id, row.record_id)
         for row in rows
@@ -1517,27 +1553,72 @@ def children_waiting_on(rows: Sequence[LedgerRow]) -> list[Mutation]:
     }
     if not created:
         return []
+    # A parent whose create the same device had refused: the only ones a change is told it
+    # waits on to apply (_refusal_error). Found by record, as the index of quarantined rows is.
+    created &= {
+        (row.device_id, row.record_id) for row in rows if row.pk in reviewed and row.record_id is not None
+    } | set(
+        Mutation.objects.filter(
+            record_id__in=bulk.any_of({record_id for _device_id, record_id in created}, "uuid"),
+            status=MutationStatus.QUARANTINED,
+            operation=MutationOperation.CREATE,
+        ).values_list("device_id", "record_id")
+    )
+    devices = set(
+        Device.objects.filter(
+            pk__in=bulk.any_of({device_id for device_id, _record_id in created}, "uuid"),
+            revoked_at=None,
+            user__is_active=True,
+        ).values_list("pk", flat=True)
+    )
+    created = {(device_id, record_id) for device_id, record_id in created if device_id in devices}
+    if not created:
+        return []
     kept = list(
         Mutation.objects.filter(
             user_id__in=bulk.any_of({row.user_id for row in rows}, "uuid"),  # the index of quarantined rows
-            device_id__in=bulk.any_of({device_id for device_id, _record_id in created}, "uuid"),
+            device_id__in=bulk.any_of(devices, "uuid"),
             status=MutationStatus.QUARANTINED,
             error_code=_PARENT_QUARANTINED,
+            operation=MutationOperation.CREATE,
             dismissed_at=None,
         ).order_by("id")
     )
+    with_other_changes = _records_with_other_changes_kept(kept)
     waiting: dict[int, Mutation] = {}
     found = True
-    while found:  # a change under one released may be older than it: look again
+    while found:  # a create under one released may be older than it: look again
         found = False
         for row in kept:
-            if row.pk in waiting or (row.device_id, _parent_waited_on(row)) not in created:
+            if (
+                row.pk in waiting
+                or row.record_id is None
+                or row.record_id in with_other_changes
+                or (row.device_id, _parent_waited_on(row)) not in created
+            ):
                 continue
             waiting[row.pk] = row
             found = True
-            if row.operation == MutationOperation.CREATE and row.record_id is not None:
-                created.add((row.device_id, row.record_id))
+            created.add((row.device_id, row.record_id))
     return sorted(waiting.values(), key=lambda row: row.pk)
+
+
+def _records_with_other_changes_kept(creates: Sequence[Mutation]) -> set[UUID | None]:
+    """The records of these quarantined creates that have another change in quarantine, not
+    set aside, other than such a create (an edit or a delete of the record made since, a
+    change of it from elsewhere). The device's own creates of one record, each sent again
+    with what the user wrote since (as a WatermelonDB app does), apply in their order."""
+    if not creates:
+        return set()
+    return set(
+        Mutation.objects.filter(
+            record_id__in=bulk.any_of({row.record_id for row in creates if row.record_id is not None}, "uuid"),
+            status=MutationStatus.QUARANTINED,
+            dismissed_at=None,
+        )
+        .exclude(pk__in=bulk.any_of({row.pk for row in creates}, "bigint"))
+        .values_list("record_id", flat=True)
+    )
 
 
 def _parent_waited_on(row: LedgerRow) -> UUID | None:

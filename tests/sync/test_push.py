@@ -453,12 +453,13 @@ def test_changes_kept_because_their_encounter_was_refused_apply_once_the_device_
         ("care.encounter", str(encounter_id), 1),
         *released,
     ]
-    # Its writer's own changes, released by their own fix: in the audit trail as theirs.
+    # Its writer's own changes, released by their own fix: in the audit trail as theirs, from
+    # the request that released them.
     assert set(
         AuditEvent.objects.filter(record_id__in=[note_id, referral_id, outcome_id], action="create").values_list(
-            "actor_id", "device_id"
+            "actor_id", "device_id", "ip_address"
         )
-    ) == {(crew_member.user.pk, crew_member.device.pk)}
+    ) == {(crew_member.user.pk, crew_member.device.pk, "127.0.0.1")}
     # Sent again (an answer lost), each is answered by its new result, and changes nothing.
     again = device.push(*under_it)
     assert [(r["status"], r["original_status"], r["version"]) for r in again] == [("duplicate", "applied", 1)] * 3
@@ -495,6 +496,104 @@ def test_a_released_change_that_cannot_apply_of_itself_is_kept_again_saying_why(
     ]
     assert list(ClinicalNote.objects.values_list("pk", flat=True)) == [note_id]
     assert Mutation.objects.get(mutation_id=signed_ahead["mutation_id"]).error_code == "time_in_future"
+
+
+def test_an_update_kept_because_the_person_it_names_was_refused_stays_for_review_once_the_person_applies(
+    crew_member: CrewMember,
+) -> None:
+    """P3: the device was sent the encounter as the server has it when its update was refused,
+    and took that copy; the update applied later as the device's own write would be replaced
+    unseen by the edit the user made since on that copy. It waits for review instead."""
+    device = SimDevice(crew_member)
+    encounter_id, person_id = created(device, assessment="A0")[0], uuid.uuid4()
+    person = {"unit_id": str(crew_member.unit.pk), "given_name": "R."}
+    refused_person = device.mutation("create", "care.person", person_id, {**person, "date_of_birth": "not a date"})
+    naming_the_person = device.mutation(
+        "update", "care.encounter", encounter_id, {"person_id": str(person_id), "assessment": "A-D1"}, base_version=1
+    )
+    first = device.push(refused_person, naming_the_person)
+
+    answer = _pushed_whole(
+        device,
+        device.mutation("create", "care.person", person_id, person),
+        device.mutation("update", "care.encounter", encounter_id, {"assessment": "A-D2"}, base_version=1),
+    )
+
+    assert [r["error"]["code"] for r in first] == ["invalid_fields", "parent_quarantined"]
+    assert "for review together" in first[1]["error"]["detail"]
+    assert [r["status"] for r in answer["results"]] == ["applied", "applied"]
+    assert answer["released"] == []
+    kept = Mutation.objects.get(device=crew_member.device, mutation_id=naming_the_person["mutation_id"])
+    assert (kept.status, kept.error_code) == ("quarantined", "parent_quarantined")
+    encounter = Encounter.objects.get(pk=encounter_id)
+    assert (encounter.assessment, encounter.person_id) == ("A-D2", None)
+    assert [
+        data["assessment"]
+        for data in RecordVersion.objects.filter(record_id=encounter_id)
+        .order_by("version")
+        .values_list("data", flat=True)
+    ] == ["A0", "A-D2"]
+
+
+def test_a_change_kept_under_a_record_another_device_of_the_user_refused_waits_for_review(
+    crew_member: CrewMember,
+) -> None:
+    """Only its own device sending the record again releases a kept change: one under a record
+    refused from the user's other device is told it waits for review, and does."""
+    device = SimDevice(crew_member)
+    other_device, other_token = device_with_token(crew_member.user)
+    other = SimDevice(CrewMember(crew_member.user, crew_member.unit, other_device, other_token))
+    encounter_id = uuid.uuid4()
+    device.push(device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member, started_at=12)))
+    [kept] = other.push(
+        other.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(encounter_id), "body": "Seen."})
+    )
+
+    answer = _pushed_whole(
+        device, device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    )
+
+    assert kept["error"]["code"] == "parent_quarantined"
+    assert kept["error"]["detail"].endswith("this change is kept with it, for review together.")
+    assert answer["released"] == []
+    assert not ClinicalNote.objects.exists()
+
+
+def test_a_referral_sent_twice_under_a_refused_encounter_is_released_depth_first_with_its_outcome(
+    crew_member: CrewMember,
+) -> None:
+    """The referral was sent twice while its encounter stayed refused (the device's own creates
+    of one record, nothing else of it kept); the fix comes in a batch applied one mutation at
+    a time (another change in it is refused). Released depth first: the referral's first
+    create, the outcome under it, then its second create; the outcome once."""
+    device = SimDevice(crew_member)
+    encounter_id, referral_id, outcome_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    referral = {"encounter_id": str(encounter_id), "service_type": "detox"}
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member, started_at=12))
+    first_referral = device.mutation("create", "care.referral", referral_id, referral)
+    outcome = device.mutation(
+        "create",
+        "care.referral_outcome",
+        outcome_id,
+        {"referral_id": str(referral_id), "outcome": "scheduled", "observed_at": now_iso()},
+    )
+    device.push(refused, first_referral, outcome)
+    second_referral = device.mutation("create", "care.referral", referral_id, referral)
+    device.push(second_referral)
+
+    answer = _pushed_whole(
+        device,
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)),
+        device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "x"}),
+    )
+
+    assert [r["error"]["code"] for r in answer["results"] if "error" in r] == ["parent_not_found"]
+    assert [(r["mutation_id"], r["status"]) for r in answer["released"]] == [
+        (first_referral["mutation_id"], "applied"),
+        (outcome["mutation_id"], "applied"),
+        (second_referral["mutation_id"], "applied"),
+    ]
+    assert Referral.objects.get(pk=referral_id).status == "scheduled"
 
 
 def test_a_mutation_with_oversized_fields_is_quarantined_and_one_within_the_limit_applies(

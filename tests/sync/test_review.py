@@ -127,6 +127,31 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_applies_with_it_as_
     )
 
 
+def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_tablet_is_revoked(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """Least privilege: the supervisor reviewed the encounter, not the note under it; the
+    tablet that wrote the note is revoked, so nothing of its own applies by itself: the note
+    stays for review."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Plan made."})
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    device.push(refused, note)
+    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    encounter_kept, note_kept = _quarantined_ids(supervisor)
+    revoke_device(crew_member)
+
+    [result] = _apply(supervisor, [encounter_kept])["results"]
+
+    assert result["status"] == "applied"
+    assert Encounter.objects.filter(pk=encounter_id).exists()
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert _quarantined_ids(supervisor) == [note_kept]
+
+
 def test_a_change_applied_after_review_whose_audit_row_cannot_be_written_stays_in_quarantine(
     program: Program, crew_member: CrewMember
 ) -> None:

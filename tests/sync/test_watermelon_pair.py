@@ -286,6 +286,74 @@ def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_n
     assert set(Mutation.objects.filter(record_type="care.note").values_list("status", flat=True)) == {"applied"}
 
 
+def test_a_note_refused_with_its_encounter_and_edited_while_it_was_ends_with_the_edit_once_it_is_fixed(
+    crew_member: CrewMember,
+) -> None:
+    """Each sync while the encounter stays refused sends the note as the user last wrote it, a
+    new create kept with the first: once the encounter is fixed they apply in the order they
+    were made, as the device's own, and the note holds the user's last text."""
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def push_with(started_at: str, note_body: str) -> dict[str, Any]:
+        changes = {
+            "encounters": _created({"id": visit, "unit_id": str(crew_member.unit.pk), "started_at": started_at}),
+            "notes": _created({"id": note, "encounter_id": visit, "body": note_body}),
+        }
+        response = client.post(
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+        )
+        assert response.status_code == 200, response.content
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    naive = "2026-11-20T14:05:00"  # no offset: refused, and the note with it
+    push_with(naive, "Calm.")
+    edited = push_with(naive, "Calm; safety plan made.")
+    fixed = push_with(now_iso(), "Calm; safety plan made.")
+
+    assert edited["experimentalRejectedIds"] == {"encounters": [visit], "notes": [note]}
+    assert fixed["experimentalRejectedIds"] == {}
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
+    assert not Conflict.objects.exists()
+    assert set(Mutation.objects.filter(record_type="care.note").values_list("status", flat=True)) == {"applied"}
+
+
+def test_a_note_refused_with_its_encounter_and_deleted_since_stays_out_when_the_encounter_is_fixed(
+    crew_member: CrewMember,
+) -> None:
+    """The user deleted the refused note, a change kept with its create; fixing the encounter
+    must not bring the note to life with the text the user deleted (and feed it to the unit):
+    the note's changes stay together in quarantine, for review."""
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+    written: dict[str, object] = {"id": note, "encounter_id": visit, "body": "Written on the wrong person."}
+
+    def push(started_at: str, note_deleted: bool) -> dict[str, Any]:
+        changes = {
+            "encounters": _created({"id": visit, "unit_id": str(crew_member.unit.pk), "started_at": started_at}),
+            "notes": _created({**written, "deleted": note_deleted}),
+        }
+        response = client.post(
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+        )
+        assert response.status_code == 200, response.content
+        body: dict[str, Any] = response.json()
+        return body
+
+    naive = "2026-11-20T14:05:00"  # no offset: refused, and the note with it
+    push(naive, note_deleted=False)
+    deleted = push(naive, note_deleted=True)
+    fixed = push(now_iso(), note_deleted=True)
+
+    assert "record_quarantined" in {r.get("error", {}).get("code") for r in deleted["results"]}
+    assert fixed["experimentalRejectedIds"] == {"notes": [note]}
+    assert Encounter.objects.filter(pk=visit).exists()
+    assert not ClinicalNote.objects.filter(pk=note).exists()
+    assert not SyncedRecord.objects.filter(record_id=note).exists()
+    assert set(Mutation.objects.filter(record_type="care.note").values_list("status", flat=True)) == {"quarantined"}
+
+
 def test_a_refusal_that_names_no_field_still_names_where_the_record_is_in_the_pushed_body(
     crew_member: CrewMember,
 ) -> None:
