@@ -260,6 +260,13 @@ class Mutation(models.Model):
                 condition=models.Q(status="quarantined"),
                 name="mutation_quarantined_program",
             ),
+            # A record's changes in quarantine: what a create sent again may release, looked up
+            # for the records a push creates (push._ledger_position), and what waits with them.
+            models.Index(
+                fields=["record_id", "device"],
+                condition=models.Q(status="quarantined"),
+                name="mutation_quarantined_record",
+            ),
         ]
 
     def __str__(self) -> str:

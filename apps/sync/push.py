@@ -576,7 +576,7 @@ def _store(
             }
             highest = 0
         else:
-            position = _ledger_position(device.pk, user.pk, [envelope.mutation_id for envelope in envelopes])
+            position = _ledger_position(device.pk, [envelope.mutation_id for envelope in envelopes])
             highest = position.highest
             # Only a retried or replayed batch has rows already: they are read in full.
             existing = (
@@ -632,14 +632,19 @@ def _store_and_apply(
             if device_lockout_held(device_id=device.pk) is not None:
                 return None
             position = _ledger_position(
-                device.pk, user.pk, [envelope.mutation_id for envelope in envelopes], new_ids=len(envelopes)
+                device.pk,
+                [envelope.mutation_id for envelope in envelopes],
+                new_ids=len(envelopes),
+                created_ids=[
+                    envelope.record_id
+                    for envelope in envelopes
+                    if envelope.operation == MutationOperation.CREATE and envelope.record_id is not None
+                ],
             )
             if position.existing_ids or position.waiting:
                 return None
-            if position.children_waiting and any(
-                envelope.operation == MutationOperation.CREATE for envelope in envelopes
-            ):
-                return None  # a create may release them, which the long way applies (apply_received)
+            if position.creates_refused_before:
+                return None  # a create sent again may release what waits on it: the long way does
             batch = _ledger_rows(
                 envelopes,
                 existing={},
@@ -844,33 +849,34 @@ class _LedgerPosition:
     existing_ids: list[int]  # ledger rows of the batch's mutation ids that exist already
     waiting: bool  # whether the device has stored mutations not applied yet
     new_ids: list[int]  # ledger ids taken for the batch's new rows, ascending
-    # Whether the device has changes kept until the record they belong to is created
-    # (children_waiting_on): a create of the batch may release them.
-    children_waiting: bool
+    # Whether the device has a create in quarantine of a record the batch creates: that
+    # create of the batch may release changes kept under it (children_waiting_on).
+    creates_refused_before: bool
 
 
 def _ledger_position(
-    device_id: UUID, user_id: UUID, mutation_ids: list[int | None], *, new_ids: int = 0
+    device_id: UUID, mutation_ids: list[int | None], *, new_ids: int = 0, created_ids: Sequence[UUID] = ()
 ) -> _LedgerPosition:
     """Where the device stands in the ledger, and ``new_ids`` ids for its new rows: one
     statement, run at every push. An id taken and not used leaves a gap, which is harmless."""
-    # The statuses and the code are written in the text, not bound: a generic plan of the
-    # prepared statement could not use the partial indexes of received and quarantined rows
-    # (see _received_ids). The quarantined rows are found by their user, as that index is.
+    # The statuses and the operation are written in the text, not bound: a generic plan of
+    # the prepared statement could not use the partial indexes of received and of quarantined
+    # rows (see _received_ids). The creates are found by record, as the second one is: only
+    # the batch's own ids are looked at, never the device's whole quarantine.
     with bulk.server_cursor() as cursor:
         cursor.execute(
             "SELECT coalesce((SELECT max(mutation_id) FROM sync_mutation WHERE device_id = %b), 0),"
             " array(SELECT id FROM sync_mutation WHERE device_id = %b AND mutation_id = ANY(%b::bigint[])),"
             " EXISTS (SELECT FROM sync_mutation WHERE device_id = %b AND status = 'received'),"
             " array(SELECT nextval(pg_get_serial_sequence('sync_mutation', 'id')) FROM generate_series(1, %b)),"
-            " EXISTS (SELECT FROM sync_mutation WHERE user_id = %b AND status = 'quarantined'"
-            " AND error_code = 'parent_quarantined' AND dismissed_at IS NULL AND device_id = %b)",
-            [device_id, device_id, mutation_ids, device_id, new_ids, user_id, device_id],
+            " EXISTS (SELECT FROM sync_mutation WHERE record_id = ANY(%b::uuid[]) AND status = 'quarantined'"
+            " AND operation = 'create' AND device_id = %b)",
+            [device_id, device_id, mutation_ids, device_id, new_ids, list(created_ids), device_id],
         )
         row = cursor.fetchone()
     assert row is not None  # scalar subqueries: always one row
     return _LedgerPosition(
-        highest=row[0], existing_ids=row[1], waiting=row[2], new_ids=sorted(row[3]), children_waiting=row[4]
+        highest=row[0], existing_ids=row[1], waiting=row[2], new_ids=sorted(row[3]), creates_refused_before=row[4]
     )
 
 

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Referral
-from apps.sync import conf
+from apps.sync import conf, push
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import publish_record
 from tests.accounts.factories import device_with_token
@@ -533,6 +533,37 @@ def test_an_update_kept_because_the_person_it_names_was_refused_stays_for_review
         .order_by("version")
         .values_list("data", flat=True)
     ] == ["A0", "A-D2"]
+
+
+def test_a_push_with_a_create_applies_at_once_while_an_unrelated_change_waits_on_a_refused_parent(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A note stuck under a refused encounter holds back only a push that sends that encounter
+    again: any other push with a create is stored and applied in one transaction, as usual."""
+    device = SimDevice(crew_member)
+    stuck_under = uuid.uuid4()
+    device.push(
+        device.mutation("create", "care.encounter", stuck_under, encounter_fields(crew_member, started_at=12)),
+        device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(stuck_under), "body": "Seen."}),
+    )
+    applied_the_long_way: list[object] = []
+    real_apply_received = push.apply_received
+
+    def apply_received(**arguments: Any) -> push.Applied:
+        applied_the_long_way.append(arguments["device"])
+        return real_apply_received(**arguments)
+
+    monkeypatch.setattr(push, "apply_received", apply_received)
+
+    _record_id, result = created(device)
+    answer = _pushed_whole(
+        device, device.mutation("create", "care.encounter", stuck_under, encounter_fields(crew_member))
+    )
+
+    assert result["status"] == "applied"
+    assert [r["status"] for r in answer["results"]] == ["applied"]
+    assert [r["status"] for r in answer["released"]] == ["applied"]
+    assert applied_the_long_way == [crew_member.device]  # only the push sending it again
 
 
 def test_a_change_kept_under_a_record_another_device_of_the_user_refused_waits_for_review(

@@ -81,3 +81,30 @@ def test_every_statement_of_a_push_reads_the_ledger_by_index_as_a_generic_plan(
         if "Seq Scan on sync_mutation" in (plan := generic_plan(statement))
     }
     assert scans == {}
+
+
+def test_a_push_with_a_create_finds_a_refused_create_of_its_record_by_the_record(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a create sends again a record whose create the device had refused (it may
+    release what waits on it) is read at every push with a create: by the record, through the
+    index of quarantined rows by record, never by scanning the user's or everyone's quarantine."""
+    fill_ledger_with_other_devices(crew_member)
+    with connection.cursor() as cursor:  # a user with much kept for review on other tablets
+        cursor.execute("UPDATE sync_mutation SET status = 'quarantined' WHERE mutation_id % 3 = 0")
+        cursor.execute("ANALYZE sync_mutation")
+    statements: list[str] = []
+    run = bulk._ServerCursor.execute
+
+    def recorded(cursor: Any, query: Any, params: Any = None, **options: Any) -> Any:
+        statements.append(query)
+        return run(cursor, query, params, **options)
+
+    monkeypatch.setattr(bulk._ServerCursor, "execute", recorded)
+    device = SimDevice(crew_member)
+
+    [result] = device.push(device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
+
+    [position] = [statement for statement in statements if "operation = 'create'" in statement]
+    assert result["status"] == "applied"
+    assert "mutation_quarantined_record" in generic_plan(position)
