@@ -101,8 +101,9 @@ class PushOutputSerializer(serializers.Serializer[dict[str, object]]):
     results = PushResultSerializer(many=True, help_text="One per mutation sent, in their order.")
     released = PushResultSerializer(
         many=True,
-        help_text="The new results of the device's earlier changes kept as parent_quarantined "
-        "that a create of this push released (applied again, or quarantined again saying why).",
+        help_text="The new results of the device's earlier creates kept as parent_quarantined "
+        "that a create of this push released (applied again, or quarantined again saying why); "
+        "empty on a retry of this push, whose released records come through the feed.",
     )
 
 
