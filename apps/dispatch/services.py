@@ -29,6 +29,7 @@ from django.utils import timezone
 from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
+from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors
 from apps.dispatch.models import (
@@ -165,6 +166,23 @@ def _lock_unit_boards(unit_ids: Iterable[UUID]) -> None:
             "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(%s::bigint[]) AS key ORDER BY 1) AS k",
             [sorted(_unit_board_key(unit_id) for unit_id in unit_ids)],
         )
+
+
+def lock_boards_of_assignments(assignment_ids: Iterable[UUID]) -> None:
+    """Take the boards of these assignments' units, as a crew's report of them does, for a
+    writer about to report them among other changes (a push, a review), before its
+    transaction's first write (_lock_unit_boards). An id of no assignment is passed over.
+
+    The units are read before their locks, which is safe: an assignment keeps the unit it
+    was offered to (another unit gets an assignment of its own). Were it to change, the
+    report would take its new unit's board after the first write, only if free and not
+    published since, or be refused (_lock_unit_boards)."""
+    assignment_ids = set(assignment_ids)
+    if not assignment_ids:
+        return
+    _lock_unit_boards(
+        Assignment.objects.filter(pk__in=bulk.any_of(assignment_ids, "uuid")).values_list("unit_id", flat=True)
+    )
 
 
 def _try_lock_unit_board(unit_id: UUID) -> bool:

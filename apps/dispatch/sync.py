@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from apps.common.api.errors import DomainError
 from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
+from apps.common.ids import canonical_uuid
 from apps.dispatch import selectors, services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import registry
@@ -69,6 +70,17 @@ def status_time_refuses_change(context: WriteContext, event: Any, operation: str
     raise Refused("append_only", "A status time is never changed; report the next status.")
 
 
+def lock_boards_before_status_times(fields_list: list[dict[str, Any]]) -> None:
+    """The boards of the units whose assignments these status times move: a push or a review
+    takes them before its first write, as a crew's report over REST does, so that a busy
+    board is waited for rather than refusing the whole push or review."""
+    services.lock_boards_of_assignments(
+        assignment_id
+        for fields in fields_list
+        if (assignment_id := canonical_uuid(fields.get("assignment_id"))) is not None
+    )
+
+
 def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
     if change.operation != "create":
         status_time_refuses_change(context, change.record, change.operation, change.values)
@@ -90,8 +102,10 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             answered_with_assignment=False,
         )
     except WrittenSinceTransactionBegan:
-        # The unit's board was being written by another transaction (services._lock_unit_boards):
-        # not this report's fault; the push fails as a whole and the device's retry applies it.
+        # The unit's board, met only after the first write (a push or a review takes it before,
+        # lock_boards_before_status_times, where it knows the unit), was busy or written since
+        # (services._lock_unit_boards): not this report's fault; the write fails as a whole and
+        # its retry applies it.
         raise
     except DomainError as refusal:
         field = _WIRE_FIELD.get(refusal.field, refusal.field) if refusal.field is not None else None
@@ -114,6 +128,7 @@ def register_synced_types() -> None:
             may_write=may_write_status_time,
             apply=status_time_apply,
             refuses_change=status_time_refuses_change,
+            lock_before_writing=lock_boards_before_status_times,
             program_from=(Assignment, "assignment_id"),
             program_lookup="incident__program_id",
             is_clinical=False,

@@ -629,6 +629,9 @@ def _store_and_apply(
     try:
         with transaction.atomic():
             lock_device(device.pk)
+            # Before the lockout's read, which locks the device's row: the transaction's first
+            # write. (_apply_rows asks for them again, and gets them at once.)
+            _lock_what_types_name((envelope.record_type, envelope.fields) for envelope in envelopes)
             if device_lockout_held(device_id=device.pk) is not None:
                 return None
             position = _ledger_position(
@@ -1155,7 +1158,7 @@ def apply_received(
             waiting = children_waiting_on([row], reviewed=reviewed)
             # The records of the changes its create may release are locked before this
             # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
-            lock_records_written_by([row, *waiting])
+            lock_before_first_write([row, *waiting])
             applied: list[LedgerRow] = [
                 *_apply_alone(row, device=device, user=user, writers=writers, waiting=waiting, done=released_alone)
             ]
@@ -1401,7 +1404,7 @@ def _apply_rows(
     rows after that create (the device's later changes may build on it); returns those so
     applied. ``released``: rows that are such changes, applied again alone (_apply_alone)."""
     assert unstored_payloads is None or not waiting, "released changes are rows of the ledger already"
-    record_ids = lock_records_written_by([*rows, *waiting])
+    record_ids = lock_before_first_write([*rows, *waiting])
     publisher = Publisher()
     publisher.read_heads(record_ids)
     heads = publisher.heads
@@ -1515,13 +1518,32 @@ def _put_back_to_apply(row: Mutation) -> None:
     row.applied_at = None
 
 
-def lock_records_written_by(rows: Sequence[LedgerRow]) -> set[UUID]:
-    """Take the locks of the records these rows change, and of the parents their creates are
-    placed under: read after their locks, where they are is where no move of them is still
-    under way (SyncedType.parent_field). Returns the ids of the records changed."""
+def lock_before_first_write(rows: Sequence[LedgerRow]) -> set[UUID]:
+    """Take the locks applying these rows waits for, before the transaction's first write:
+    first those their types name (SyncedType.lock_before_writing: a domain's own, which its
+    writers take before any other), then those of the records they change and of the parents
+    their creates are placed under: read after their locks, where they are is where no move
+    of them is still under way (SyncedType.parent_field). Returns the ids of the records
+    changed."""
+    _lock_what_types_name((row.record_type, row.payload.get("fields")) for row in rows if isinstance(row.payload, dict))
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids | _parents_named_by_creates(rows))
     return record_ids
+
+
+def _lock_what_types_name(changes: Iterable[tuple[str, Any]]) -> None:
+    """The locks each record type takes before the first write of a transaction that applies
+    these changes (record type, incoming fields): SyncedType.lock_before_writing."""
+    fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for type_name, fields in changes:
+        if isinstance(fields, dict):
+            fields_by_type[type_name].append(fields)
+    if not fields_by_type:
+        return
+    for synced_type in registry.in_registration_order():  # one order for every writer: no deadlock
+        fields_list = fields_by_type.get(synced_type.name)
+        if fields_list and synced_type.lock_before_writing is not None:
+            synced_type.lock_before_writing(fields_list)
 
 
 def _parents_named_by_creates(rows: Sequence[LedgerRow]) -> set[UUID]:

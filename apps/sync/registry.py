@@ -243,6 +243,16 @@ class SyncedType:
     # Optional: called once per batch with the incoming fields of every mutation of this
     # type, so the app can load what it will look up (parents) in one query per table.
     prepare: Callable[[WriteContext, list[dict[str, Any]]], None] | None = None
+    # Optional: takes the app's own locks that applying these mutations of this type (their
+    # incoming fields, as sent) waits for, and that a writer must hold before its
+    # transaction's first write, as it holds the records' (dispatch: a status time's unit
+    # board, whose entries are served in transaction order as the feed's are). Sync calls it
+    # before that first write and before the records' locks, each type's in registration
+    # order. It only reads (a read takes no transaction id) and passes over what it cannot
+    # read, which the apply refuses later. It is called again once the transaction has
+    # written (by the apply of a push or a review): it must then not wait for a lock it does
+    # not hold already.
+    lock_before_writing: Callable[[list[dict[str, Any]]], None] | None = None
     # Where a new record's program comes from: a model with a ``program_id`` (its unit, its
     # parent record) and the wire field naming its row. A refused create is then reviewed by
     # that program's supervisors.

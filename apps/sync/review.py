@@ -142,15 +142,16 @@ def _apply_again(
             ).values_list("pk", flat=True)
         )
         _ensure_all_among(mutation_ids, still_kept)
-        # Their records' locks before this transaction's first write, which dates its changes
-        # in the feed (WrittenSinceTransactionBegan): with those of the devices' waiting
-        # mutations, which apply with them, and of the changes their creates release.
+        # Their locks (their records', and those their types name: a status time's unit
+        # board) before this transaction's first write, which dates its changes in the feed
+        # (WrittenSinceTransactionBegan): with those of the devices' waiting mutations, which
+        # apply with them, and of the changes their creates release.
         applied_with = list(
             Mutation.objects.filter(
                 Q(pk__in=mutation_ids) | Q(device_id__in=device_ids, status=MutationStatus.RECEIVED)
             ).only("device_id", "user_id", "record_type", "record_id", "operation", "payload")
         )
-        push.lock_records_written_by([*applied_with, *push.children_waiting_on(applied_with)])
+        push.lock_before_first_write([*applied_with, *push.children_waiting_on(applied_with)])
         for (device_id, user_id), pks in by_device.items():
             Mutation.objects.filter(pk__in=pks).update(
                 status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None

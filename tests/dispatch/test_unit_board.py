@@ -9,25 +9,32 @@ would end on a status the unit no longer has.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 
 from apps.accounts.models import Program
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors, services
-from apps.dispatch.models import AlertKind, AssignmentStatus, SupervisorAlert
+from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, SupervisorAlert
+from apps.sync.models import Mutation, MutationStatus
 from apps.sync.selectors import feed_page
 from apps.teams.models import Unit, UnitStatus
 from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
+from tests.dispatch.test_assignments import offer, post
+from tests.dispatch.test_status_times_sync import _acknowledged, _status_time
+from tests.sync.helpers import SimDevice, sync_client
 from tests.teams.factories import UnitFactory
 
 
@@ -288,3 +295,87 @@ def test_a_unit_made_in_the_admin_starts_out_of_service_whatever_status_is_poste
 
     assert saved.status_code == 302
     assert Unit.objects.get(call_sign="BH-NEW").status == UnitStatus.OUT_OF_SERVICE
+
+
+@contextlib.contextmanager
+def board_held_elsewhere(unit: Unit) -> Iterator[None]:
+    """Within this block another transaction holds the unit's board, as a crew's or a
+    dispatcher's action on the unit under way does; it commits as the block ends."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                services._lock_unit_boards([unit.pk])
+                taken.set()
+                release.wait(10)
+        finally:
+            taken.set()
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+        assert not holder.is_alive(), "the other transaction never ended"
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
+def test_a_status_time_pushed_while_its_units_board_is_held_waits_for_it_and_applies_in_the_push(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The push locked its device's row (its transaction's first write) before it reached the
+    board, so it could only try it: busy, the usual one-transaction push was undone, and the
+    batch stored, committed and applied again. The push takes the board before it writes,
+    waits for it, and applies the batch as it stores it."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+
+    with board_held_elsewhere(crew_member.unit):
+        pushing, outcome = run_until_done_or_blocked(
+            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json")
+        )
+        waited = pushing.is_alive()
+        stored_while_waiting = Mutation.objects.filter(device=crew_member.device).exists()
+    pushing.join(10)
+
+    assert (waited, stored_while_waiting, "error" in outcome) == (True, False, False)
+    response = outcome["returned"]
+    assert response.status_code == 200, response.content
+    [result] = response.json()["results"]
+    assert (result["status"], result["data"]["applied"]) == ("applied", True)
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.EN_ROUTE
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
+def test_a_status_time_applied_after_review_while_its_units_board_is_held_waits_for_it_and_applies(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember, supervisor: CrewMember
+) -> None:
+    """The review marked the mutation received (its transaction's first write) before it
+    reached the board, so it could only try it: busy, the review was answered 409
+    concurrent_change. It takes the board before it writes, and waits for it."""
+    body = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+    device = SimDevice(crew_member)
+    # Pushed before the acknowledgement reached the server: refused, kept for review.
+    [refused] = device.push(_status_time(device, uuid.UUID(body["id"]), "en_route", timezone.now()))
+    assert post(crew_member, body["id"], "acknowledge").status_code == 200
+    kept = Mutation.objects.get(status=MutationStatus.QUARANTINED)
+
+    with board_held_elsewhere(crew_member.unit):
+        reviewing, outcome = run_until_done_or_blocked(
+            lambda: sync_client(supervisor).post("/api/v1/sync/quarantine/apply/", {"ids": [kept.pk]}, format="json")
+        )
+        waited = reviewing.is_alive()
+    reviewing.join(10)
+
+    assert (refused["error"]["code"], waited, "error" in outcome) == ("not_acknowledged", True, False)
+    response = outcome["returned"]
+    assert response.status_code == 200, response.content
+    [result] = response.json()["results"]
+    assert (result["status"], result["quarantine_id"], result["data"]["applied"]) == ("applied", kept.pk, True)
+    assert Assignment.objects.get(pk=body["id"]).status == AssignmentStatus.EN_ROUTE
