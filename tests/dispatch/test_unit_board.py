@@ -13,7 +13,8 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -51,9 +52,48 @@ def board_status(program: Program, unit: Unit) -> str:
     return statuses[-1]
 
 
-def run_until_done_or_blocked(work: Any) -> tuple[threading.Thread, dict[str, Any]]:
+# How long a test waits for another thread, generously: the suite runs on busy machines.
+PATIENCE = 120.0
+
+
+def board_key(unit: Unit) -> int:
+    return services._unit_board_key(unit.pk)
+
+
+def _advisory_lock_of(key: int) -> tuple[int, int]:
+    # A bigint advisory lock shows in pg_locks as its high (classid) and low (objid) halves.
+    return (key >> 32) & 0xFFFF_FFFF, key & 0xFFFF_FFFF
+
+
+@dataclass
+class Running:
+    """Work running in a thread of its own, as another request would."""
+
+    thread: threading.Thread
+    outcome: dict[str, Any]
+    # Whether it was seen waiting for the advisory lock it was expected to wait for.
+    waited: bool
+
+    def result(self) -> Any:
+        """What the work returned, once it has ended: it must end, and without an error."""
+        self.thread.join(PATIENCE)
+        assert not self.thread.is_alive(), f"the work never ended in {PATIENCE:.0f}s"
+        assert "error" not in self.outcome, f"the work failed: {self.outcome['error']!r}"
+        assert "returned" in self.outcome, "the work never ran"
+        return self.outcome["returned"]
+
+    def error(self) -> Exception | None:
+        """The error the work ended with (None: it returned), once it has ended."""
+        self.thread.join(PATIENCE)
+        assert not self.thread.is_alive(), f"the work never ended in {PATIENCE:.0f}s"
+        return self.outcome.get("error")
+
+
+def run_until_done_or_blocked(work: Any, *, blocked_on: int | None = None) -> Running:
     """Run ``work`` in a thread with its own database connection, as another request would,
-    and return once it has ended or waits for a lock."""
+    and return once it has ended, or once it waits for the advisory lock ``blocked_on`` (a
+    bigint key; ``Running.waited`` says which). Fails when it does neither in time, naming
+    the locks it waits for: a wait for another lock is a test that holds the wrong one."""
     outcome: dict[str, Any] = {}
     started, done = threading.Event(), threading.Event()
 
@@ -71,17 +111,27 @@ def run_until_done_or_blocked(work: Any) -> tuple[threading.Thread, dict[str, An
             done.set()
             connection.close()
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    assert started.wait(5)
-    deadline = time.monotonic() + 5
-    while not done.is_set() and time.monotonic() < deadline:
+    assert started.wait(PATIENCE), "the work never started"
+    assert "pid" in outcome, f"the work never reached the database: {outcome.get('error')!r}"
+    expected = _advisory_lock_of(blocked_on) if blocked_on is not None else None
+    waits_for: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + PATIENCE
+    while not done.is_set():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", [outcome.get("pid")])
-            if cursor.fetchone()[0]:
-                break
+            cursor.execute(
+                "SELECT locktype, classid::bigint, objid::bigint, objsubid FROM pg_locks"
+                " WHERE pid = %s AND NOT granted",
+                [outcome["pid"]],
+            )
+            waits_for = cursor.fetchall()
+        if expected is not None and ("advisory", *expected, 1) in waits_for:
+            return Running(thread, outcome, waited=True)
+        if time.monotonic() > deadline:
+            pytest.fail(f"the work neither ended nor waited for the lock in {PATIENCE:.0f}s; it waits for {waits_for}")
         time.sleep(0.01)
-    return thread, outcome
+    return Running(thread, outcome, waited=False)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -99,25 +149,24 @@ def test_a_unit_put_out_of_service_while_offered_a_call_ends_on_the_board_as_it_
     crew: dict[str, Any] = {}
 
     def offer_once_the_crew_had_its_go(**kwargs: Any) -> Any:
-        thread, outcome = run_until_done_or_blocked(
+        crew["running"] = run_until_done_or_blocked(
             lambda: services.unit_set_availability(
                 unit=unit, actor=crew_member.user, device=crew_member.device, status=UnitStatus.OUT_OF_SERVICE
-            )
+            ),
+            blocked_on=board_key(unit),
         )
-        crew.update(thread=thread, outcome=outcome)
         return offer(**kwargs)
 
     monkeypatch.setattr(services, "_offer", offer_once_the_crew_had_its_go)
     services.assignment_offer(incident=incident, unit=unit, actor=dispatcher.user)
-    crew["thread"].join(10)
-    assert not crew["thread"].is_alive(), "the crew's change never ended"
+    refusal = crew["running"].error()
 
+    assert crew["running"].waited, "the crew's change never waited for the offer's lock of the board"
     unit.refresh_from_db()
     assert board_status(program, unit) == unit.status
     # The offer came first: the unit holds the call, and the crew is told to clear it first.
     assert unit.status == UnitStatus.ASSIGNED
-    refusal = crew["outcome"].get("error")
-    assert isinstance(refusal, DomainError) and refusal.code == "unit_busy", crew["outcome"]
+    assert isinstance(refusal, DomainError) and refusal.code == "unit_busy", refusal
 
 
 @pytest.mark.django_db(transaction=True)
@@ -140,21 +189,18 @@ def test_a_unit_put_out_of_service_as_the_sweep_offers_it_a_call_ends_on_the_boa
         recommended = list(recommended_units(**kwargs))
         if not crew:
             assert [recommendation.unit.pk for recommendation in recommended] == [other.unit.pk]
-            thread, outcome = run_until_done_or_blocked(
+            crew["running"] = run_until_done_or_blocked(
                 lambda: services.unit_set_availability(
                     unit=other.unit, actor=other.user, device=other.device, status=UnitStatus.OUT_OF_SERVICE
                 )
             )
-            crew.update(thread=thread, outcome=outcome)
         return recommended
 
     monkeypatch.setattr(selectors, "recommended_units", recommended_once_the_crew_had_its_go)
     result = services.sweep_deadlines(now=timezone.now() + timedelta(hours=1))
-    crew["thread"].join(10)
-    assert not crew["thread"].is_alive(), "the crew's change never ended"
+    crew["running"].result()  # ended, without an error
 
     assert result.escalated == 1 and result.failed == 0
-    assert "error" not in crew["outcome"], crew["outcome"]
     unit = Unit.objects.get(pk=other.unit.pk)
     assert board_status(program, unit) == unit.status == UnitStatus.OUT_OF_SERVICE
     assert not unit.assignments.exists()
@@ -180,9 +226,7 @@ def _while_the_sweep_recommends(
         recommended = None if first else list(recommended_units(**kwargs))
         if not crew:
             for status in statuses:
-                thread, outcome = run_until_done_or_blocked(lambda status=status: _set(member, status))
-                thread.join(10)
-                assert "error" not in outcome, outcome
+                run_until_done_or_blocked(lambda status=status: _set(member, status)).result()
             crew["done"] = True
         return list(recommended_units(**kwargs)) if recommended is None else recommended
 
@@ -298,30 +342,42 @@ def test_a_unit_made_in_the_admin_starts_out_of_service_whatever_status_is_poste
 
 
 @contextlib.contextmanager
-def board_held_elsewhere(unit: Unit) -> Iterator[None]:
-    """Within this block another transaction holds the unit's board, as a crew's or a
-    dispatcher's action on the unit under way does; it commits as the block ends."""
+def held_elsewhere(take: Callable[[], None]) -> Iterator[None]:
+    """Within this block another transaction holds the locks ``take`` takes, as another
+    writer under way does; it commits as the block ends. What goes wrong in it fails the
+    test here."""
     taken, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
 
     def hold() -> None:
         try:
             with transaction.atomic():
-                services._lock_unit_boards([unit.pk])
+                take()
                 taken.set()
-                release.wait(10)
+                assert release.wait(PATIENCE), f"held for {PATIENCE:.0f}s: the block never ended"
+        except BaseException as failure:  # noqa: BLE001 - judged in the test's own thread
+            failures.append(failure)
         finally:
             taken.set()
             connection.close()
 
-    holder = threading.Thread(target=hold)
+    holder = threading.Thread(target=hold, daemon=True)
     holder.start()
-    assert taken.wait(5)
+    assert taken.wait(PATIENCE), "the other transaction never took its locks"
+    assert not failures, f"the other transaction failed: {failures[0]!r}"
     try:
         yield
     finally:
         release.set()
-        holder.join(10)
-        assert not holder.is_alive(), "the other transaction never ended"
+        holder.join(PATIENCE)
+    assert not holder.is_alive(), "the other transaction never ended"
+    assert not failures, f"the other transaction failed: {failures[0]!r}"
+
+
+def board_held_elsewhere(unit: Unit) -> contextlib.AbstractContextManager[None]:
+    """Another transaction holds the unit's board, as a crew's or a dispatcher's action on
+    the unit under way does."""
+    return held_elsewhere(lambda: services._lock_unit_boards([unit.pk]))
 
 
 @pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
@@ -337,15 +393,14 @@ def test_a_status_time_pushed_while_its_units_board_is_held_waits_for_it_and_app
     mutation = _status_time(device, assignment_id, "en_route", timezone.now())
 
     with board_held_elsewhere(crew_member.unit):
-        pushing, outcome = run_until_done_or_blocked(
-            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json")
+        pushing = run_until_done_or_blocked(
+            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json"),
+            blocked_on=board_key(crew_member.unit),
         )
-        waited = pushing.is_alive()
         stored_while_waiting = Mutation.objects.filter(device=crew_member.device).exists()
-    pushing.join(10)
+    response = pushing.result()
 
-    assert (waited, stored_while_waiting, "error" in outcome) == (True, False, False)
-    response = outcome["returned"]
+    assert (pushing.waited, stored_while_waiting) == (True, False)
     assert response.status_code == 200, response.content
     [result] = response.json()["results"]
     assert (result["status"], result["data"]["applied"]) == ("applied", True)
@@ -367,14 +422,13 @@ def test_a_status_time_applied_after_review_while_its_units_board_is_held_waits_
     kept = Mutation.objects.get(status=MutationStatus.QUARANTINED)
 
     with board_held_elsewhere(crew_member.unit):
-        reviewing, outcome = run_until_done_or_blocked(
-            lambda: sync_client(supervisor).post("/api/v1/sync/quarantine/apply/", {"ids": [kept.pk]}, format="json")
+        reviewing = run_until_done_or_blocked(
+            lambda: sync_client(supervisor).post("/api/v1/sync/quarantine/apply/", {"ids": [kept.pk]}, format="json"),
+            blocked_on=board_key(crew_member.unit),
         )
-        waited = reviewing.is_alive()
-    reviewing.join(10)
+    response = reviewing.result()
 
-    assert (refused["error"]["code"], waited, "error" in outcome) == ("not_acknowledged", True, False)
-    response = outcome["returned"]
+    assert (refused["error"]["code"], reviewing.waited) == ("not_acknowledged", True)
     assert response.status_code == 200, response.content
     [result] = response.json()["results"]
     assert (result["status"], result["quarantine_id"], result["data"]["applied"]) == ("applied", kept.pk, True)
