@@ -7,6 +7,7 @@ sees only the assignments of the units they ride in (and the incident inside eac
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,8 +16,9 @@ from uuid import UUID
 from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 
-from apps.accounts.models import Program, Role, User
+from apps.accounts.models import Membership, Program, Role, User
 from apps.accounts.selectors import programs_where
+from apps.common import bulk
 from apps.dispatch.models import (
     Assignment,
     AssignmentStatus,
@@ -41,6 +43,26 @@ def can_dispatch(*, user: User, program_id: UUID) -> bool:
 
 def is_crew_of(*, user: User, unit_id: UUID) -> bool:
     return crewed_unit_ids(user=user).filter(unit_id=unit_id).exists()
+
+
+def units_of_assignments_reported(*, reports: Mapping[UUID, Iterable[UUID]]) -> QuerySet[Assignment, UUID]:
+    """The units of the assignments that users (by id) would report a status of, each of
+    those they may report: as a crew member of its unit or a dispatcher or supervisor of its
+    program (is_crew_of, can_dispatch), whatever its status. One query for all of them."""
+    reportable: Q | None = None
+    for user_id, assignment_ids in reports.items():
+        reported_by_user = Q(pk__in=bulk.any_of(assignment_ids, "uuid")) & (
+            Q(unit_id__in=crewed_unit_ids(user=user_id))
+            | Q(
+                incident__program_id__in=Membership.objects.filter(user_id=user_id, role__in=DISPATCH_ROLES).values(
+                    "program_id"
+                )
+            )
+        )
+        reportable = reported_by_user if reportable is None else reportable | reported_by_user
+    if reportable is None:
+        return Assignment.objects.none().values_list("unit_id", flat=True)
+    return Assignment.objects.filter(reportable).values_list("unit_id", flat=True).distinct()
 
 
 def incidents_visible_to(*, user: User) -> QuerySet[Incident]:

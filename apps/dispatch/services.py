@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,6 @@ from django.utils import timezone
 from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
-from apps.common import bulk
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors
 from apps.dispatch.models import (
@@ -168,21 +167,25 @@ def _lock_unit_boards(unit_ids: Iterable[UUID]) -> None:
         )
 
 
-def lock_boards_of_assignments(assignment_ids: Iterable[UUID]) -> None:
-    """Take the boards of these assignments' units, as a crew's report of them does, for a
-    writer about to report them among other changes (a push, a review), before its
-    transaction's first write (_lock_unit_boards). An id of no assignment is passed over.
+def lock_boards_of_assignments(reports: Mapping[UUID, Iterable[UUID]]) -> None:
+    """Take the boards of the units of the assignments that users (by id) are about to
+    report a status of among other changes (a push, a review: ``reports``, each user's
+    assignments), before the transaction's first write (_lock_unit_boards), as a crew's
+    report over REST does. Only of the assignments each user may report
+    (selectors.units_of_assignments_reported, whatever their status): a device that names
+    another unit's assignment must not hold that unit's board for as long as its push
+    takes; its report is refused (not_permitted) without the board. An id of no assignment
+    is passed over.
 
     The units are read before their locks, which is safe: an assignment keeps the unit it
-    was offered to (another unit gets an assignment of its own). Were it to change, the
-    report would take its new unit's board after the first write, only if free and not
-    published since, or be refused (_lock_unit_boards)."""
-    assignment_ids = set(assignment_ids)
-    if not assignment_ids:
+    was offered to (another unit gets an assignment of its own). Were it to change, or the
+    user gain the right to report it meanwhile, the report would take the board after the
+    first write, only if free and not published since; otherwise the write is undone
+    (WrittenSinceTransactionBegan) and tried again (_lock_unit_boards)."""
+    named = {user_id: ids for user_id, assignment_ids in reports.items() if (ids := set(assignment_ids))}
+    if not named:
         return
-    _lock_unit_boards(
-        Assignment.objects.filter(pk__in=bulk.any_of(assignment_ids, "uuid")).values_list("unit_id", flat=True)
-    )
+    _lock_unit_boards(selectors.units_of_assignments_reported(reports=named))
 
 
 def _try_lock_unit_board(unit_id: UUID) -> bool:

@@ -10,6 +10,7 @@ that has ended) is quarantined for a supervisor, never lost.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +22,7 @@ from apps.common.ids import canonical_uuid
 from apps.dispatch import selectors, services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import registry
-from apps.sync.registry import Change, Refused, WriteContext
+from apps.sync.registry import Change, IncomingWrite, Refused, WriteContext
 from apps.sync.scopes import unit_scope
 from apps.sync.services import WrittenSinceTransactionBegan
 
@@ -70,15 +71,19 @@ def status_time_refuses_change(context: WriteContext, event: Any, operation: str
     raise Refused("append_only", "A status time is never changed; report the next status.")
 
 
-def lock_boards_before_status_times(fields_list: list[dict[str, Any]]) -> None:
+def lock_boards_before_status_times(writes: list[IncomingWrite]) -> None:
     """The boards of the units whose assignments these status times move: a push or a review
     takes them before its first write, as a crew's report over REST does, so that a busy
-    board is waited for rather than refusing the whole push or review."""
-    services.lock_boards_of_assignments(
-        assignment_id
-        for fields in fields_list
-        if (assignment_id := canonical_uuid(fields.get("assignment_id"))) is not None
-    )
+    board is waited for rather than refusing the whole push or review. Only for new status
+    times (every change of one is refused without the board), each of an assignment its
+    writer may report (may_write_status_time's rule): naming another unit's assignment
+    takes nothing."""
+    reports: dict[UUID, set[UUID]] = defaultdict(set)
+    for write in writes:
+        assignment_id = canonical_uuid(write.fields.get("assignment_id"))
+        if write.operation == "create" and assignment_id is not None:
+            reports[write.writer_id].add(assignment_id)
+    services.lock_boards_of_assignments(reports)
 
 
 def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
@@ -102,10 +107,12 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             answered_with_assignment=False,
         )
     except WrittenSinceTransactionBegan:
-        # The unit's board, met only after the first write (a push or a review takes it before,
-        # lock_boards_before_status_times, where it knows the unit), was busy or written since
-        # (services._lock_unit_boards): not this report's fault; the write fails as a whole and
-        # its retry applies it.
+        # The unit's board, which a push or a review takes before its first write
+        # (lock_boards_before_status_times), was not taken then (its writer was not allowed
+        # to report the assignment when that ran, and is now), and was busy or published
+        # since (services._lock_unit_boards): not this report's fault. The write is undone,
+        # nothing of it kept: a push applies its batch again in a new transaction, which takes
+        # the board before its first write; a review is answered 409 concurrent_change.
         raise
     except DomainError as refusal:
         field = _WIRE_FIELD.get(refusal.field, refusal.field) if refusal.field is not None else None

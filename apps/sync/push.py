@@ -28,7 +28,7 @@ import json
 import logging
 import traceback
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -631,7 +631,10 @@ def _store_and_apply(
             lock_device(device.pk)
             # Before the lockout's read, which locks the device's row: the transaction's first
             # write. (_apply_rows asks for them again, and gets them at once.)
-            _lock_what_types_name((envelope.record_type, envelope.fields) for envelope in envelopes)
+            _lock_what_types_name(
+                (envelope.record_type, registry.IncomingWrite(user.pk, envelope.operation, envelope.fields))
+                for envelope in envelopes
+            )
             if device_lockout_held(device_id=device.pk) is not None:
                 return None
             position = _ledger_position(
@@ -1525,25 +1528,32 @@ def lock_before_first_write(rows: Sequence[LedgerRow]) -> set[UUID]:
     their creates are placed under: read after their locks, where they are is where no move
     of them is still under way (SyncedType.parent_field). Returns the ids of the records
     changed."""
-    _lock_what_types_name((row.record_type, row.payload.get("fields")) for row in rows if isinstance(row.payload, dict))
+    _lock_what_types_name(_writes_as_sent(rows))
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids | _parents_named_by_creates(rows))
     return record_ids
 
 
-def _lock_what_types_name(changes: Iterable[tuple[str, Any]]) -> None:
-    """The locks each record type takes before the first write of a transaction that applies
-    these changes (record type, incoming fields): SyncedType.lock_before_writing."""
-    fields_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for type_name, fields in changes:
+def _writes_as_sent(rows: Sequence[LedgerRow]) -> Iterator[tuple[str, registry.IncomingWrite]]:
+    """Each row's record type and its write, by the row's user, as its device sent it."""
+    for row in rows:
+        fields = row.payload.get("fields") if isinstance(row.payload, dict) else None
         if isinstance(fields, dict):
-            fields_by_type[type_name].append(fields)
-    if not fields_by_type:
+            yield row.record_type, registry.IncomingWrite(row.user_id, row.operation, fields)
+
+
+def _lock_what_types_name(changes: Iterable[tuple[str, registry.IncomingWrite]]) -> None:
+    """The locks each record type takes before the first write of a transaction that applies
+    these changes (record type, the write as sent): SyncedType.lock_before_writing."""
+    writes_by_type: dict[str, list[registry.IncomingWrite]] = defaultdict(list)
+    for type_name, write in changes:
+        writes_by_type[type_name].append(write)
+    if not writes_by_type:
         return
     for synced_type in registry.in_registration_order():  # one order for every writer: no deadlock
-        fields_list = fields_by_type.get(synced_type.name)
-        if fields_list and synced_type.lock_before_writing is not None:
-            synced_type.lock_before_writing(fields_list)
+        writes = writes_by_type.get(synced_type.name)
+        if writes and synced_type.lock_before_writing is not None:
+            synced_type.lock_before_writing(writes)
 
 
 def _parents_named_by_creates(rows: Sequence[LedgerRow]) -> set[UUID]:

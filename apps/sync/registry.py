@@ -199,6 +199,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class IncomingWrite:
+    """A mutation about to be applied, as ``SyncedType.lock_before_writing`` sees it: read
+    from what the device sent, not validated yet."""
+
+    writer_id: UUID  # the user it applies as, whose permissions decide it
+    operation: str  # create, update, delete
+    fields: dict[str, Any]  # its wire fields as sent
+
+
+@dataclass(frozen=True)
 class SyncedType:
     name: str
     model: type[models.Model]
@@ -243,16 +253,25 @@ class SyncedType:
     # Optional: called once per batch with the incoming fields of every mutation of this
     # type, so the app can load what it will look up (parents) in one query per table.
     prepare: Callable[[WriteContext, list[dict[str, Any]]], None] | None = None
-    # Optional: takes the app's own locks that applying these mutations of this type (their
-    # incoming fields, as sent) waits for, and that a writer must hold before its
-    # transaction's first write, as it holds the records' (dispatch: a status time's unit
-    # board, whose entries are served in transaction order as the feed's are). Sync calls it
-    # before that first write and before the records' locks, each type's in registration
-    # order. It only reads (a read takes no transaction id) and passes over what it cannot
-    # read, which the apply refuses later. It is called again once the transaction has
-    # written (by the apply of a push or a review): it must then not wait for a lock it does
-    # not hold already.
-    lock_before_writing: Callable[[list[dict[str, Any]]], None] | None = None
+    # Optional: takes the app's own locks that applying these incoming mutations of this type
+    # waits for, and that a writer must hold before its transaction's first write, as it
+    # holds the records' (dispatch: a status time's unit board, whose entries are served in
+    # transaction order as the feed's are). Sync calls it in every apply, before that first
+    # write and before the records' locks, each type's in registration order: the usual
+    # push, the push's apply of stored mutations (and its fallback, one mutation per
+    # transaction), the sweep of stranded mutations, and a supervisor's review (its
+    # mutations span several writers). Conflict resolution (services.resolve, which writes
+    # through ``apply``) does not call it: a type whose ``apply`` needs these locks must
+    # refuse every change a conflict can keep (``refuses_change``), as a status time does.
+    # It only reads (a read takes no transaction id), and takes only what the mutation's
+    # writer may do, by the rule ``may_write`` applies: a device must not hold another
+    # unit's lock by naming its record. What it cannot read, or the writer may not do, it
+    # passes over: the apply refuses it later. Each type's call runs as statements of its
+    # own, so its locks must be in a namespace of their own (never the records' of
+    # services.lock_records, nor another type's), taken in one fixed order. It is called
+    # again once the transaction has written (by the apply of a push or a review): it must
+    # then not wait for a lock it does not hold already.
+    lock_before_writing: Callable[[list[IncomingWrite]], None] | None = None
     # Where a new record's program comes from: a model with a ``program_id`` (its unit, its
     # parent record) and the wire field naming its row. A refused create is then reviewed by
     # that program's supervisors.

@@ -142,10 +142,10 @@ def _apply_again(
             ).values_list("pk", flat=True)
         )
         _ensure_all_among(mutation_ids, still_kept)
-        # Their locks (their records', and those their types name: a status time's unit
-        # board) before this transaction's first write, which dates its changes in the feed
-        # (WrittenSinceTransactionBegan): with those of the devices' waiting mutations, which
-        # apply with them, and of the changes their creates release.
+        # Their locks (their records', and those their types name for their writers: a
+        # status time's unit board) before this transaction's first write, which dates its
+        # changes in the feed (WrittenSinceTransactionBegan): with those of the devices'
+        # waiting mutations, which apply with them, and of the changes their creates release.
         applied_with = list(
             Mutation.objects.filter(
                 Q(pk__in=mutation_ids) | Q(device_id__in=device_ids, status=MutationStatus.RECEIVED)

@@ -66,8 +66,11 @@ def lock_records(record_ids: Iterable[UUID]) -> None:
     """Serialise writers of these records until the transaction ends.
 
     Every writer of a synced record (a push, a case manager in the admin, a domain service)
-    takes this lock first, in one fixed order, so versions are numbered without gaps or
-    forks and no two writers deadlock. It also covers records that do not exist yet.
+    takes this lock before it writes them, in one fixed order, so versions are numbered
+    without gaps or forks and no two writers deadlock. Only a domain's own locks, which its
+    writers take before any other, come before it: a unit's board, which a push and a review
+    take first too (SyncedType.lock_before_writing). It also covers records that do not
+    exist yet.
     """
     keys = sorted({_lock_key(record_id, _RECORD_LOCK_SALT) for record_id in record_ids})
     if not keys:

@@ -11,12 +11,14 @@ from apps.accounts.selectors import programs_of, programs_where
 from apps.teams.models import Unit, UnitMember, Zone
 
 
-def crewed_unit_ids(*, user: User) -> QuerySet[UnitMember, UUID]:
-    """The units the user rides in, in programs they still work for: a place on a crew
-    outlives the user's removal from its program (an admin deletes the membership and not
-    the crew), and grants nothing then. Every rule of what a crew may see and do asks here."""
+def crewed_unit_ids(*, user: User | UUID) -> QuerySet[UnitMember, UUID]:
+    """The units the user (or the user of this id) rides in, in programs they still work
+    for: a place on a crew outlives the user's removal from its program (an admin deletes
+    the membership and not the crew), and grants nothing then. Every rule of what a crew may
+    see and do asks here."""
+    user_id = user.pk if isinstance(user, User) else user
     return UnitMember.objects.filter(
-        user=user, unit__program__in=Membership.objects.filter(user=user).values("program_id")
+        user_id=user_id, unit__program__in=Membership.objects.filter(user_id=user_id).values("program_id")
     ).values_list("unit_id", flat=True)
 
 

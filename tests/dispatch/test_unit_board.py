@@ -29,7 +29,9 @@ from apps.dispatch import selectors, services
 from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, SupervisorAlert
 from apps.sync.models import Mutation, MutationStatus
 from apps.sync.selectors import feed_page
+from apps.sync.services import _RECORD_LOCK_SALT, _lock_key, lock_records
 from apps.teams.models import Unit, UnitStatus
+from tests.accounts.factories import ProgramFactory
 from tests.admin_pages import resubmitted
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
@@ -60,9 +62,24 @@ def board_key(unit: Unit) -> int:
     return services._unit_board_key(unit.pk)
 
 
+def record_key(record_id: uuid.UUID) -> int:
+    return _lock_key(record_id, _RECORD_LOCK_SALT)
+
+
 def _advisory_lock_of(key: int) -> tuple[int, int]:
     # A bigint advisory lock shows in pg_locks as its high (classid) and low (objid) halves.
     return (key >> 32) & 0xFFFF_FFFF, key & 0xFFFF_FFFF
+
+
+def holders_of_advisory_lock(key: int) -> list[int]:
+    """The server processes (pids) that hold this advisory lock now, read from pg_locks."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid::bigint = %s AND objid::bigint = %s",
+            _advisory_lock_of(key),
+        )
+        return [pid for (pid,) in cursor.fetchall()]
 
 
 @dataclass
@@ -433,3 +450,57 @@ def test_a_status_time_applied_after_review_while_its_units_board_is_held_waits_
     [result] = response.json()["results"]
     assert (result["status"], result["quarantine_id"], result["data"]["applied"]) == ("applied", kept.pk, True)
     assert Assignment.objects.get(pk=body["id"]).status == AssignmentStatus.EN_ROUTE
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
+@pytest.mark.parametrize(
+    ("writer", "takes_the_board"),
+    [
+        ("crew_member", True),  # the unit's crew
+        ("dispatcher", True),  # relaying a radio report
+        ("outsider", False),  # a crew member of another unit of the program
+        ("crew_of_another_program", False),
+        ("foreign_dispatcher", False),  # a dispatcher of another program
+    ],
+)
+def test_a_push_takes_the_board_of_a_status_times_unit_only_for_a_writer_who_may_report_it(
+    request: pytest.FixtureRequest,
+    program: Program,
+    dispatcher: CrewMember,
+    crew_member: CrewMember,
+    writer: str,
+    takes_the_board: bool,
+) -> None:
+    """Any device that named an assignment took its unit's board for as long as its push
+    took, and was only then refused: the unit's crew's own report waited for it, and the
+    dispatch sweep passed the unit over. The push takes the board only where its writer may
+    report the assignment, as the apply decides: a crew member of its unit or a dispatcher
+    of its program. Seen while the push waits for its status time's record lock, after the
+    boards' and before its apply."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    member = (
+        make_crew_member(ProgramFactory.create(slug="boston-pilot"))
+        if writer == "crew_of_another_program"
+        else request.getfixturevalue(writer)
+    )
+    device = SimDevice(member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    board = board_key(crew_member.unit)
+
+    with held_elsewhere(lambda: lock_records([uuid.UUID(mutation["id"])])):
+        pushing = run_until_done_or_blocked(
+            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json"),
+            blocked_on=record_key(uuid.UUID(mutation["id"])),
+        )
+        board_held_by_the_push = pushing.outcome["pid"] in holders_of_advisory_lock(board)
+    response = pushing.result()
+
+    assert (pushing.waited, board_held_by_the_push) == (True, takes_the_board)
+    assert response.status_code == 200, response.content
+    [result] = response.json()["results"]
+    if takes_the_board:
+        assert result["status"] == "applied", result
+        assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.EN_ROUTE
+    else:
+        assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted"), result
+        assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
