@@ -630,7 +630,7 @@ def _store_and_apply(
         with transaction.atomic():
             lock_device(device.pk)
             # Before the lockout's read, which locks the device's row: the transaction's first
-            # write. (_apply_rows asks for them again, and gets them at once.)
+            # write. (So _apply_rows does not take them again.)
             _lock_what_types_name(
                 (envelope.record_type, registry.IncomingWrite(user.pk, envelope.operation, envelope.fields))
                 for envelope in envelopes
@@ -676,6 +676,7 @@ def _store_and_apply(
                 sealed=sealed,
                 unstored_payloads=_sealed_payloads(new_rows, sealed),
                 writers=writers,
+                types_locked=True,
             )
             _audit_writes(rows, writers)
     except SoftTimeLimitExceeded:
@@ -1108,6 +1109,7 @@ def apply_received(
     reviewed_by: Accessor | None = None,
     accessor: Accessor | None = None,
     pulled_through: FeedPosition | None = None,
+    types_locked: bool = False,
 ) -> Applied:
     """Apply every stored, unapplied mutation of the device, in the order it made them.
 
@@ -1118,6 +1120,9 @@ def apply_received(
     ``reviewed_by`` (so does a domain service that audits what it writes with them).
     ``pulled_through``: where the device's last pull reached in the feed (see push_mutations);
     the slow path, one mutation at a time, goes without it.
+    ``types_locked``: the caller's transaction, which this one is part of, took the locks
+    these mutations' types name before its first write (lock_before_first_write, as a
+    review does), so they are not taken again.
     Each create that applies releases the device's changes kept until its record was created
     (children_waiting_on): they apply again right after it, in the same transaction, as their
     writer's changes (audited so), and go back to the device, which holds them as refused.
@@ -1143,6 +1148,7 @@ def apply_received(
                     writers=writers,
                     pulled_through=pulled_through,
                     waiting=children_waiting_on(rows, reviewed=reviewed),
+                    types_locked=types_locked,
                 )
                 rows += released
                 _audit_writes(rows, writers)
@@ -1161,7 +1167,7 @@ def apply_received(
             waiting = children_waiting_on([row], reviewed=reviewed)
             # The records of the changes its create may release are locked before this
             # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
-            lock_before_first_write([row, *waiting])
+            lock_before_first_write([row, *waiting], types_locked=types_locked)
             applied: list[LedgerRow] = [
                 *_apply_alone(row, device=device, user=user, writers=writers, waiting=waiting, done=released_alone)
             ]
@@ -1188,7 +1194,15 @@ def _apply_alone(
     done = set() if done is None else done
     try:
         with transaction.atomic():
-            _apply_rows([row], device=device, user=user, raise_refusals=True, writers=writers, released=released)
+            _apply_rows(
+                [row],
+                device=device,
+                user=user,
+                raise_refusals=True,
+                writers=writers,
+                released=released,
+                types_locked=True,  # by apply_received, in this transaction, with the records'
+            )
     except registry.Refused as refusal:
         _quarantine_alone(row, _refusal_error(row, refusal), user=user)
     except (IntegrityError, DataError) as fault:
@@ -1396,6 +1410,7 @@ def _apply_rows(
     pulled_through: FeedPosition | None = None,
     waiting: Sequence[Mutation] = (),
     released: frozenset[int] = frozenset(),
+    types_locked: bool = False,
 ) -> list[Mutation]:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
@@ -1405,9 +1420,11 @@ def _apply_rows(
     ``waiting``: changes kept until a record these rows create is created
     (children_waiting_on). Each applies again right after the create it waited on, before the
     rows after that create (the device's later changes may build on it); returns those so
-    applied. ``released``: rows that are such changes, applied again alone (_apply_alone)."""
+    applied. ``released``: rows that are such changes, applied again alone (_apply_alone).
+    ``types_locked``: the caller took the locks the rows' types name already, before its
+    transaction's first write (lock_before_first_write)."""
     assert unstored_payloads is None or not waiting, "released changes are rows of the ledger already"
-    record_ids = lock_before_first_write([*rows, *waiting])
+    record_ids = lock_before_first_write([*rows, *waiting], types_locked=types_locked)
     publisher = Publisher()
     publisher.read_heads(record_ids)
     heads = publisher.heads
@@ -1521,14 +1538,15 @@ def _put_back_to_apply(row: Mutation) -> None:
     row.applied_at = None
 
 
-def lock_before_first_write(rows: Sequence[LedgerRow]) -> set[UUID]:
+def lock_before_first_write(rows: Sequence[LedgerRow], *, types_locked: bool = False) -> set[UUID]:
     """Take the locks applying these rows waits for, before the transaction's first write:
     first those their types name (SyncedType.lock_before_writing: a domain's own, which its
-    writers take before any other), then those of the records they change and of the parents
-    their creates are placed under: read after their locks, where they are is where no move
-    of them is still under way (SyncedType.parent_field). Returns the ids of the records
-    changed."""
-    _lock_what_types_name(_writes_as_sent(rows))
+    writers take before any other; not when ``types_locked``, the caller having taken them
+    already), then those of the records they change and of the parents their creates are
+    placed under: read after their locks, where they are is where no move of them is still
+    under way (SyncedType.parent_field). Returns the ids of the records changed."""
+    if not types_locked:
+        _lock_what_types_name(_writes_as_sent(rows))
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids | _parents_named_by_creates(rows))
     return record_ids

@@ -256,7 +256,7 @@ class SyncedType:
     # Optional: takes the app's own locks that applying these incoming mutations of this type
     # waits for, and that a writer must hold before its transaction's first write, as it
     # holds the records' (dispatch: a status time's unit board, whose entries are served in
-    # transaction order as the feed's are). Sync calls it in every apply, before that first
+    # transaction order as the feed's are). Sync calls it once per apply, before that first
     # write and before the records' locks, each type's in registration order: the usual
     # push, the push's apply of stored mutations (and its fallback, one mutation per
     # transaction), the sweep of stranded mutations, and a supervisor's review (its
@@ -268,9 +268,7 @@ class SyncedType:
     # unit's lock by naming its record. What it cannot read, or the writer may not do, it
     # passes over: the apply refuses it later. Each type's call runs as statements of its
     # own, so its locks must be in a namespace of their own (never the records' of
-    # services.lock_records, nor another type's), taken in one fixed order. It is called
-    # again once the transaction has written (by the apply of a push or a review): it must
-    # then not wait for a lock it does not hold already.
+    # services.lock_records, nor another type's), taken in one fixed order.
     lock_before_writing: Callable[[list[IncomingWrite]], None] | None = None
     # Where a new record's program comes from: a model with a ``program_id`` (its unit, its
     # parent record) and the wire field naming its row. A refused create is then reviewed by

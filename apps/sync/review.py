@@ -146,6 +146,7 @@ def _apply_again(
         # status time's unit board) before this transaction's first write, which dates its
         # changes in the feed (WrittenSinceTransactionBegan): with those of the devices'
         # waiting mutations, which apply with them, and of the changes their creates release.
+        # The apply below takes the records' again (at once), not the types'.
         applied_with = list(
             Mutation.objects.filter(
                 Q(pk__in=mutation_ids) | Q(device_id__in=device_ids, status=MutationStatus.RECEIVED)
@@ -161,4 +162,5 @@ def _apply_again(
                 user=User.objects.get(pk=user_id),
                 reviewed=frozenset(pks),
                 reviewed_by=accessor,
+                types_locked=True,
             )

@@ -504,3 +504,45 @@ def test_a_push_takes_the_board_of_a_status_times_unit_only_for_a_writer_who_may
     else:
         assert (result["status"], result["error"]["code"]) == ("quarantined", "not_permitted"), result
         assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
+
+
+@pytest.mark.django_db
+def test_a_review_and_a_push_each_take_the_boards_of_their_status_times_once(
+    monkeypatch: pytest.MonkeyPatch,
+    program: Program,
+    dispatcher: CrewMember,
+    crew_member: CrewMember,
+    supervisor: CrewMember,
+) -> None:
+    """The usual push took them before its first write, and its apply asked for them again
+    (a read of the units and a try of each board, held already); so did a review's apply.
+    Each transaction takes them once, before its first write."""
+    body = offer(dispatcher, make_incident(program, dispatcher), crew_member.unit)
+    assignment_id = uuid.UUID(body["id"])
+    device = SimDevice(crew_member)
+    # Pushed before the acknowledgement reached the server: refused, kept for review.
+    [refused] = device.push(_status_time(device, assignment_id, "en_route", timezone.now()))
+    assert post(crew_member, body["id"], "acknowledge").status_code == 200
+    taken: list[dict[uuid.UUID, set[uuid.UUID]]] = []
+    lock_boards_of_assignments = services.lock_boards_of_assignments
+
+    def counted(reports: Any) -> None:
+        taken.append({user_id: set(ids) for user_id, ids in reports.items()})
+        lock_boards_of_assignments(reports)
+
+    monkeypatch.setattr(services, "lock_boards_of_assignments", counted)
+
+    reviewed = sync_client(supervisor).post(
+        "/api/v1/sync/quarantine/apply/",
+        {"ids": [Mutation.objects.get(status=MutationStatus.QUARANTINED).pk]},
+        format="json",
+    )
+    taken_by_the_review = list(taken)
+    taken.clear()
+    [pushed] = device.push(_status_time(device, assignment_id, "on_scene", timezone.now()))
+
+    assert refused["error"]["code"] == "not_acknowledged"
+    assert reviewed.status_code == 200, reviewed.content
+    assert (reviewed.json()["results"][0]["status"], pushed["status"]) == ("applied", "applied")
+    assert taken_by_the_review == taken == [{crew_member.user.pk: {assignment_id}}]
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
