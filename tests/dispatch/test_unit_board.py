@@ -27,7 +27,8 @@ from apps.accounts.models import Program
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors, services
 from apps.dispatch.models import AlertKind, Assignment, AssignmentStatus, SupervisorAlert
-from apps.sync.models import Mutation, MutationStatus
+from apps.sync import push
+from apps.sync.models import ChangeEntry, Mutation, MutationStatus
 from apps.sync.selectors import feed_page
 from apps.sync.services import _RECORD_LOCK_SALT, _lock_key, lock_records
 from apps.teams.models import Unit, UnitStatus
@@ -450,6 +451,44 @@ def test_a_status_time_applied_after_review_while_its_units_board_is_held_waits_
     [result] = response.json()["results"]
     assert (result["status"], result["quarantine_id"], result["data"]["applied"]) == ("applied", kept.pk, True)
     assert Assignment.objects.get(pk=body["id"]).status == AssignmentStatus.EN_ROUTE
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
+def test_status_times_left_stored_and_unapplied_are_applied_by_the_sweep_together_once_the_board_is_free(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The server died between storing a dispatcher's push and applying it: two status
+    times, of two units' calls. The sweep of stranded mutations applies them in a
+    transaction of its own, which takes both boards before its first write: the second
+    unit's board, busy, delays the batch and does not undo it after the first status time
+    has written (it would then go one mutation at a time, a transaction each)."""
+    other = make_crew_member(program, unit=UnitFactory.create(program=program))
+    first, second = _acknowledged(program, dispatcher, other), _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(dispatcher)
+    mutations = [_status_time(device, assignment_id, "en_route", timezone.now()) for assignment_id in (first, second)]
+    push._store(
+        device=dispatcher.device,
+        user=dispatcher.user,
+        envelopes=[push.parse_envelope(mutation, index) for index, mutation in enumerate(mutations)],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )
+
+    with board_held_elsewhere(crew_member.unit):
+        sweeping = run_until_done_or_blocked(
+            lambda: push.apply_stranded(older_than=timedelta(0)), blocked_on=board_key(crew_member.unit)
+        )
+    swept = sweeping.result()
+
+    assert (sweeping.waited, swept) == (True, 1)
+    statuses = set(Mutation.objects.filter(device=dispatcher.device).values_list("status", flat=True))
+    assert statuses == {MutationStatus.APPLIED}
+    assert {Assignment.objects.get(pk=pk).status for pk in (first, second)} == {AssignmentStatus.EN_ROUTE}
+    transactions = ChangeEntry.objects.filter(
+        record_type="dispatch.status_time", record_id__in=[uuid.UUID(mutation["id"]) for mutation in mutations]
+    ).values_list("transaction_id", flat=True)
+    assert len(set(transactions)) == 1, "applied one at a time"
 
 
 @pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
