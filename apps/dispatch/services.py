@@ -56,7 +56,7 @@ from apps.notifications.models import Urgency
 from apps.notifications.services import NotificationRequest, notify_many
 from apps.sync.models import ChangeEntry, ChangeOperation
 from apps.sync.scopes import program_role_scope, unit_scope
-from apps.sync.services import WrittenSinceTransactionBegan, record_change
+from apps.sync.services import WrittenSinceTransactionBegan, lock_records, publish_record, record_change
 from apps.teams.models import Unit, UnitStatus
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ INCIDENT_RECORD = "dispatch.incident"
 ASSIGNMENT_RECORD = "dispatch.assignment"
 ALERT_RECORD = "dispatch.alert"
 UNIT_RECORD = "teams.unit"
+# A crew's status time: a synced record (apps.dispatch.sync), however it was reported.
+STATUS_TIME_RECORD = "dispatch.status_time"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,13 +279,15 @@ def _event(
     observed_at: datetime | None = None,
     applied: bool = True,
     client_event_id: UUID | None = None,
+    event_id: UUID | None = None,
     at: datetime | None = None,
     reason: str = "",
     **detail: Any,
 ) -> TimelineEvent:
     return TimelineEvent.objects.create(
-        # A device's report is known by the id the device gave it (a synced record's too).
-        id=client_event_id or uuid.uuid4(),
+        # A device's report is known by the id the device gave it (a synced record's too), a
+        # status time by the id its writer locked before writing.
+        id=event_id or client_event_id or uuid.uuid4(),
         incident=incident,
         assignment=assignment,
         kind=kind,
@@ -816,7 +820,7 @@ class StatusUpdate:
 _EVENT_ID_CONSTRAINTS = frozenset({"dispatch_timelineevent_pkey", "dispatch_timelineevent_client_event_id_key"})
 
 
-def _event_id_reused() -> DomainError:
+def event_id_reused() -> DomainError:
     return DomainError(
         "This event id was used for another event.", code="event_id_reused", field="event_id", status_code=400
     )
@@ -832,7 +836,7 @@ def assignment_update_status(
     observed_at: datetime | None = None,
     client_event_id: UUID | None = None,
     accessor: Accessor | None = None,
-    answered_with_assignment: bool = True,
+    pushed_with_outbox: bool = False,
 ) -> StatusUpdate:
     """Move an acknowledged assignment along en route → on scene → transporting → cleared.
 
@@ -841,10 +845,20 @@ def assignment_update_status(
     the status back (`applied: false`). A retried update with the same client_event_id
     applies once and returns the same answer.
 
-    The moved assignment's feed entry skips the reporting device when its answer carries the
-    assignment (REST); a status time pushed with the outbox is answered with itself alone,
-    so that device gets the entry too (``answered_with_assignment=False``).
+    Every report is a status time (dispatch.status_time) in the feeds of the unit's crew and
+    the program's dispatchers, however it was sent. One pushed with the outbox
+    (``pushed_with_outbox``) is locked and published by the push, which answers with the
+    status time alone, so the pushing device gets the moved assignment's entry too; one
+    reported over REST is locked and published here, and the assignment's entry skips the
+    reporting device, whose answer carries the assignment.
     """
+    event_id = client_event_id or uuid.uuid4()
+    if not pushed_with_outbox:
+        # The status time's record lock, before the unit's board (_lock_assignment) and so
+        # before the first write: the push of the same id from the outbox takes its record
+        # locks before it applies them and reaches the board, so the two queue up in one order
+        # instead of deadlocking, and the second finds the event the first wrote.
+        lock_records([event_id])
     assignment = _lock_assignment(assignment_id)
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
@@ -857,7 +871,7 @@ def assignment_update_status(
                 or earlier.kind != CREW_STATUS_EVENTS[status]
                 or (observed_at is not None and earlier.observed_at not in (None, observed_at))
             ):
-                raise _event_id_reused()
+                raise event_id_reused()
             # A retry writes nothing and answers with the assignment as it stands: a read.
             _audit(accessor, AccessAction.READ, assignment)
             return StatusUpdate(assignment, earlier.applied, earlier)
@@ -880,6 +894,7 @@ def assignment_update_status(
                 observed_at=observed_at,
                 applied=applied,
                 client_event_id=client_event_id,
+                event_id=event_id,
                 at=now,
             )
     except IntegrityError as error:
@@ -887,7 +902,9 @@ def assignment_update_status(
         # its lock): the same refusal as had it come first.
         if _constraint_of(error) not in _EVENT_ID_CONSTRAINTS:
             raise
-        raise _event_id_reused() from None
+        raise event_id_reused() from None
+    if not pushed_with_outbox:
+        _publish_status_time(event, user=user, device=device, id_named_by_device=client_event_id is not None)
     if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
         # Within the clocks' tolerance a crew's time may fall before the offer, or ahead of
         # the server: the call was served no earlier than the unit was offered it.
@@ -903,10 +920,24 @@ def assignment_update_status(
     if status == AssignmentStatus.CLEARED:
         assignment.ended_at = now
     assignment.save(update_fields=["status", "checkin_due_at", "ended_at", "updated_at"])
-    origin = device.pk if device is not None and answered_with_assignment else None
+    origin = device.pk if device is not None and not pushed_with_outbox else None
     _publish_assignment(assignment, origin_device_id=origin)
     _refresh_units([assignment.unit_id], now=now)
     return StatusUpdate(assignment, True, event)
+
+
+def _publish_status_time(event: TimelineEvent, *, user: User, device: Device | None, id_named_by_device: bool) -> None:
+    """A status time reported over REST, published as a pushed one is: a device that keeps its
+    unit's timeline from the feed must not miss the times a colleague reported online (one
+    the assignment had moved past, ``applied: false``, stands in the timeline too).
+
+    As every write of a device, it does not come back to the device that reported it, which
+    holds it under the id it gave (``event_id``); reported without one, the device has no id
+    to hold it under, and gets it in its feed as its colleagues do.
+    """
+    publish_record(
+        type_name=STATUS_TIME_RECORD, record=event, user=user, device=device, echo_to_origin=not id_named_by_device
+    )
 
 
 def _mark_served(incident: Incident, *, at: datetime) -> None:

@@ -5,7 +5,8 @@ of its outbox when it is back online. Each report is a record of its own (its id
 device's event id, as over REST): created once, never changed, kept in the incident's
 timeline with the time the crew observed, and it moves the assignment on as the REST status
 update does. A report the dispatch rules refuse (a time that cannot be true, an assignment
-that has ended) is quarantined for a supervisor, never lost.
+that has ended) is quarantined for a supervisor, never lost. A report sent over REST is the
+same record, published by the status update's service (services.assignment_update_status).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from apps.sync.registry import Change, IncomingWrite, Refused, WriteContext
 from apps.sync.scopes import unit_scope
 from apps.sync.services import WrittenSinceTransactionBegan
 
-STATUS_TIME = "dispatch.status_time"
 # The wire field a dispatch rule's refusal is about, where the REST request names it
 # otherwise (None: the record's own id, which a refusal of sync names by its mutation).
 _WIRE_FIELD: dict[str, str | None] = {"event_id": None, "assignment": "assignment_id"}
@@ -67,7 +67,13 @@ def may_write_status_time(context: WriteContext, event: TimelineEvent | None, va
 
 def status_time_refuses_change(context: WriteContext, event: Any, operation: str, values: dict[str, Any]) -> None:
     """Every change of a status time is refused, whatever its values (sync asks before keeping
-    one as a conflict, which never reaches ``status_time_apply``)."""
+    one as a conflict, which never reaches ``status_time_apply``).
+
+    A create that meets one is another report under its id (the same report settles: a time
+    sent over REST, then with the outbox), refused as over REST."""
+    if operation == "create":
+        refusal = services.event_id_reused()
+        raise Refused(refusal.code, refusal.detail)
     raise Refused("append_only", "A status time is never changed; report the next status.")
 
 
@@ -103,8 +109,9 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             # The assignment's update is recorded as over REST, with the same transaction: as
             # the reviewer's for a status time applied after review, as its writer's otherwise.
             accessor=context.accessor,
-            # The push answers with the status time alone: the device's feed brings the assignment.
-            answered_with_assignment=False,
+            # The push holds the status time's lock and publishes it, and answers with it
+            # alone: the device's feed brings the assignment.
+            pushed_with_outbox=True,
         )
     except WrittenSinceTransactionBegan:
         # The unit's board, which a push or a review takes before its first write
@@ -126,7 +133,7 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
 def register_synced_types() -> None:
     registry.register(
         registry.SyncedType(
-            name=STATUS_TIME,
+            name=services.STATUS_TIME_RECORD,
             model=TimelineEvent,
             serializer=StatusTimeWire,
             to_wire=registry.representation(StatusTimeWire),

@@ -482,10 +482,12 @@ def publish_record(
     user: User | None,
     device: Device | None = None,
     is_deleted: bool = False,
+    echo_to_origin: bool = False,
 ) -> Head:
     """Publish a record a domain service has just saved: new version, feed entries, scopes.
 
-    Call it inside the service's transaction, after ``lock_records`` and the write.
+    Call it inside the service's transaction, after ``lock_records`` and the write. The
+    writing ``device``'s feed skips the change (its own write) unless ``echo_to_origin``.
     """
     synced_type = registry.get(type_name)
     if synced_type is None:
@@ -494,7 +496,9 @@ def publish_record(
     lock_records([record.pk])
     publisher = Publisher()
     publisher.read_heads([record.pk])
-    head = publisher.publish(synced_type, record, user=user, device=device, is_deleted=is_deleted)
+    head = publisher.publish(
+        synced_type, record, user=user, device=device, is_deleted=is_deleted, echo_to_origin=echo_to_origin
+    )
     publisher.flush()
     return head
 

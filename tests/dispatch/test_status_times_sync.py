@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import Program, Role
 from apps.audit.models import AccessChannel, AuditEvent
 from apps.audit.services import Accessor
+from apps.dispatch import services as dispatch_services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import review
 from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.services import lock_records
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
+from tests.dispatch.test_unit_board import run_until_done_or_blocked
 from tests.sync.helpers import SimDevice, respelt
 from tests.teams.factories import UnitFactory
 
@@ -172,11 +176,102 @@ def test_a_change_of_a_status_time_without_a_base_is_refused_not_kept_as_a_confl
     assert TimelineEvent.objects.get(pk=created["id"]).kind == "en_route"
 
 
-def test_a_status_time_sent_over_rest_and_then_synced_applies_once(
+def _status_times(entries: list[dict[str, Any]]) -> list[tuple[str, int, str, str, str | None, bool]]:
+    return [
+        (
+            entry["id"],
+            entry["version"],
+            entry["data"]["assignment_id"],
+            entry["data"]["status"],
+            entry["data"]["observed_at"],
+            entry["data"]["applied"],
+        )
+        for entry in entries
+        if entry["type"] == "dispatch.status_time"
+    ]
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_a_status_reported_over_rest_is_a_status_time_in_the_crews_and_the_dispatchers_feeds(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A tablet that keeps its unit's timeline from the feed missed every time a colleague
+    reported online. The reporting device does not get back the time it gave an id; one it
+    sent without an id it cannot hold under any, so that one comes back to it."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    reporter, partner, console = (
+        SimDevice(crew_member),
+        SimDevice(make_crew_member(program, unit=crew_member.unit)),
+        SimDevice(dispatcher),
+    )
+    _, reporter_cursor = reporter.pull()
+    _, partner_cursor = partner.pull()
+    _, console_cursor = console.pull()
+    event_id = uuid.uuid4()
+    en_route_at = Assignment.objects.get(pk=assignment_id).offered_at + timedelta(milliseconds=300)
+
+    en_route = post(
+        crew_member,
+        assignment_id,
+        "status",
+        {"status": "en_route", "observed_at": en_route_at.isoformat(), "event_id": str(event_id)},
+    )
+    on_scene = post(crew_member, assignment_id, "status", {"status": "on_scene"})
+    reporter_sees, _ = reporter.pull(reporter_cursor)
+    partner_sees, _ = partner.pull(partner_cursor)
+    console_sees, _ = console.pull(console_cursor)
+
+    assert (en_route.status_code, on_scene.status_code) == (200, 200)
+    on_scene_id = str(TimelineEvent.objects.get(assignment_id=assignment_id, kind="on_scene").pk)
+    expected = [
+        (str(event_id), 1, str(assignment_id), "en_route", _utc(en_route_at), True),
+        (on_scene_id, 1, str(assignment_id), "on_scene", None, True),
+    ]
+    assert _status_times(partner_sees) == expected
+    assert _status_times(console_sees) == expected
+    assert _status_times(reporter_sees) == expected[1:]
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_a_status_reported_over_rest_the_assignment_had_moved_past_is_in_the_feed_too(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
     assignment_id = _acknowledged(program, dispatcher, crew_member)
+    basement_phone = make_crew_member(program, unit=crew_member.unit)
+    offered_at = Assignment.objects.get(pk=assignment_id).offered_at
+    assert post(crew_member, assignment_id, "status", {"status": "on_scene"}).status_code == 200
+    console = SimDevice(dispatcher)
+    _, cursor = console.pull()
+    event_id = uuid.uuid4()
+
+    late = post(
+        basement_phone,
+        assignment_id,
+        "status",
+        {"status": "en_route", "observed_at": offered_at.isoformat(), "event_id": str(event_id)},
+    )
+    console_sees, _ = console.pull(cursor)
+
+    assert (late.status_code, late.json()["applied"]) == (200, False)
+    assert _status_times(console_sees) == [(str(event_id), 1, str(assignment_id), "en_route", _utc(offered_at), False)]
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_a_status_time_sent_over_rest_and_then_synced_applies_once_at_the_version_rest_published(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Published when it was reported over REST, the status time has a version when the
+    outbox's create of it arrives: that create is the same report, answered applied at that
+    version, never quarantined as a change of an append-only record, never a second event."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
     device = SimDevice(crew_member)
+    partner = SimDevice(make_crew_member(program, unit=crew_member.unit))
+    _, partner_cursor = partner.pull()
     mutation = _status_time(device, assignment_id, "en_route", timezone.now())
     over_rest = post(
         crew_member,
@@ -184,12 +279,42 @@ def test_a_status_time_sent_over_rest_and_then_synced_applies_once(
         "status",
         {"status": "en_route", "observed_at": mutation["fields"]["observed_at"], "event_id": mutation["id"]},
     )
+    after_rest, partner_cursor = partner.pull(partner_cursor)
 
     [synced] = device.push(mutation)
+    after_push, _ = partner.pull(partner_cursor)
 
     assert over_rest.status_code == 200
-    assert synced["status"] == "applied" and synced["data"]["applied"] is True
+    assert [(entry[0], entry[1]) for entry in _status_times(after_rest)] == [(mutation["id"], 1)]
+    assert (synced["status"], synced["version"], synced["data"]["applied"]) == ("applied", 1, True)
+    assert _status_times(after_push) == []  # nothing new
     assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="en_route").count() == 1
+    assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
+    assert not Conflict.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # a second request waits on the first's lock
+def test_a_status_reported_over_rest_takes_its_record_lock_before_the_units_board(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A push of the status time holds its record lock and, applying it, takes the unit's
+    board. The REST report of the same id must wait for the record before it takes the board:
+    the other way round, each would hold what the other waits for."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    event_id = uuid.uuid4()
+    report = {"status": "en_route", "observed_at": timezone.now().isoformat(), "event_id": str(event_id)}
+
+    with transaction.atomic():
+        lock_records([event_id])  # as the push holds it
+        thread, outcome = run_until_done_or_blocked(lambda: post(crew_member, assignment_id, "status", report))
+        board_free = dispatch_services._try_lock_unit_board(crew_member.unit.pk)
+        waited = "returned" not in outcome and "error" not in outcome
+    thread.join(10)
+
+    assert waited, outcome
+    assert board_free
+    assert outcome["returned"].status_code == 200
+    assert TimelineEvent.objects.filter(pk=event_id).count() == 1
 
 
 @respelt
