@@ -427,9 +427,9 @@ def test_an_offer_and_an_ack_committed_while_the_channel_layer_is_down_are_answe
 def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_a_fault(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
-    """Two reports under one event id, for two assignments, each waiting on the other's
-    insert: the second is refused as `event_id_reused` (as it is when they come one after
-    the other), not an IntegrityError that surfaces as a 500."""
+    """Two reports under one event id, for two assignments, at once: the second waits for the
+    first (on the event id's lock, or on its insert) and is refused as `event_id_reused` (as
+    it is when they come one after the other), not an IntegrityError that surfaces as a 500."""
     other = make_crew_member(program, unit=UnitFactory.create(program=program))
     assignments = []
     for member in (crew_member, other):
@@ -467,7 +467,7 @@ def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_
             client_event_id=event_id,
         )
         first_inserted.set()
-        time.sleep(0.5)  # the second report reaches the event's insert and waits on this one
+        time.sleep(0.5)  # the second report reaches the event's lock and waits on this one
     racer.join(timeout=10)
 
     error = outcome.get("error")

@@ -262,7 +262,7 @@ def test_a_status_reported_over_rest_the_assignment_had_moved_past_is_in_the_fee
 
 
 @pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
-def test_a_status_time_sent_over_rest_and_then_synced_applies_once_at_the_version_rest_published(
+def test_a_status_time_sent_over_rest_and_with_the_outbox_applies_once_in_either_order(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
     """Published when it was reported over REST, the status time has a version when the
@@ -291,6 +291,23 @@ def test_a_status_time_sent_over_rest_and_then_synced_applies_once_at_the_versio
     assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="en_route").count() == 1
     assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
     assert not Conflict.objects.exists()
+
+    # The other order: pushed first, then sent over REST (a retry) under the same id.
+    _, partner_cursor = partner.pull()
+    on_scene = _status_time(device, assignment_id, "on_scene", timezone.now())
+    [pushed] = device.push(on_scene)
+    retried = post(
+        crew_member,
+        assignment_id,
+        "status",
+        {"status": "on_scene", "observed_at": on_scene["fields"]["observed_at"], "event_id": on_scene["id"]},
+    )
+    partner_sees, _ = partner.pull(partner_cursor)
+
+    assert (pushed["status"], pushed["version"]) == ("applied", 1)
+    assert (retried.status_code, retried.json()["status"], retried.json()["applied"]) == (200, "on_scene", True)
+    assert [(entry[0], entry[1]) for entry in _status_times(partner_sees)] == [(on_scene["id"], 1)]
+    assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="on_scene").count() == 1
 
 
 @pytest.mark.django_db(transaction=True)  # a second request waits on the first's lock
