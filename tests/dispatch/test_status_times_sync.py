@@ -20,9 +20,9 @@ from apps.sync import review
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.sync.services import lock_records
 from tests.conftest import CrewMember, make_crew_member
+from tests.dispatch.concurrency import run_until_done_or_blocked
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
-from tests.dispatch.test_unit_board import run_until_done_or_blocked
 from tests.sync.helpers import SimDevice, respelt
 from tests.teams.factories import UnitFactory
 
