@@ -854,10 +854,12 @@ def assignment_update_status(
     """
     event_id = client_event_id or uuid.uuid4()
     if not pushed_with_outbox:
-        # The status time's record lock, before the unit's board (_lock_assignment) and so
-        # before the first write: the push of the same id from the outbox takes its record
-        # locks before it applies them and reaches the board, so the two queue up in one order
-        # instead of deadlocking, and the second finds the event the first wrote.
+        # Every writer of a status time takes the unit's board, then the status time's record
+        # lock, before its first write (a push: its type's lock_before_writing, then its
+        # records' locks), then the incident and the assignment (_lock_assignment, where the
+        # board, held, is taken again at once). A report over REST and a push of the same id
+        # so queue up in one order, and the second finds the event the first wrote.
+        lock_boards_of_assignments([assignment_id])
         lock_records([event_id])
     assignment = _lock_assignment(assignment_id)
     if client_event_id is not None:
@@ -898,8 +900,10 @@ def assignment_update_status(
                 at=now,
             )
     except IntegrityError as error:
-        # Taken since we looked, by a report of another assignment (this one's are queued on
-        # its lock): the same refusal as had it come first.
+        # Not met by two reports under one id: each (over REST, pushed, reviewed) holds the
+        # id's record lock from before the look above, so the second finds the first's event.
+        # Kept should a writer that takes no such lock ever write an event under the id between
+        # the look and the insert: refused as event_id_reused, as had it come first, not a 500.
         if _constraint_of(error) not in _EVENT_ID_CONSTRAINTS:
             raise
         raise event_id_reused() from None

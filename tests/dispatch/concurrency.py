@@ -153,3 +153,29 @@ def board_held_elsewhere(unit: Unit) -> contextlib.AbstractContextManager[None]:
     """Another transaction holds the unit's board, as a crew's or a dispatcher's action on
     the unit under way does."""
     return held_elsewhere(lambda: services._lock_unit_boards([unit.pk]))
+
+
+def waits_for_a_lock(pid: int, *, timeout: float = PATIENCE) -> bool:
+    """Whether backend ``pid`` is seen waiting for a lock (pg_locks) within ``timeout`` seconds:
+    polled, so the test goes on as soon as it is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", [pid])
+            if cursor.fetchone()[0]:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def advisory_locks(pid: int, *, granted: bool) -> set[int]:
+    """The advisory locks (their bigint keys) backend ``pid`` holds (``granted``) or waits for."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT classid::bigint, objid::bigint FROM pg_locks"
+            " WHERE pid = %s AND locktype = 'advisory' AND objsubid = 1 AND granted = %s",
+            [pid, granted],
+        )
+        halves = cursor.fetchall()
+    keys = {high << 32 | low for high, low in halves}
+    return {key - (1 << 64) if key >= 1 << 63 else key for key in keys}

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import Program
@@ -19,6 +17,7 @@ from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import ResponseModel, Unit, UnitStatus
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
+from tests.dispatch.concurrency import run_until_done_or_blocked, waits_for_a_lock
 from tests.dispatch.factories import make_incident, make_staff
 from tests.teams.factories import UnitFactory, ZoneFactory
 
@@ -428,8 +427,8 @@ def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
     """Two reports under one event id, for two assignments, at once: the second waits for the
-    first (on the event id's lock, or on its insert) and is refused as `event_id_reused` (as
-    it is when they come one after the other), not an IntegrityError that surfaces as a 500."""
+    first (on the event id's record lock) and is refused as `event_id_reused` (as it is when
+    they come one after the other), not an IntegrityError that surfaces as a 500."""
     other = make_crew_member(program, unit=UnitFactory.create(program=program))
     assignments = []
     for member in (crew_member, other):
@@ -439,25 +438,7 @@ def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_
         services.assignment_acknowledge(assignment_id=assignment.pk, user=member.user, device=member.device)
         assignments.append(assignment)
     event_id = uuid.uuid4()
-    first_inserted, outcome = threading.Event(), dict[str, Exception]()
 
-    def second_report() -> None:
-        first_inserted.wait()
-        try:
-            services.assignment_update_status(
-                assignment_id=assignments[1].pk,
-                user=other.user,
-                device=other.device,
-                status=AssignmentStatus.EN_ROUTE,
-                client_event_id=event_id,
-            )
-        except Exception as error:  # noqa: BLE001 — the fault is the finding
-            outcome["error"] = error
-        finally:
-            connection.close()
-
-    racer = threading.Thread(target=second_report)
-    racer.start()
     with transaction.atomic():
         services.assignment_update_status(
             assignment_id=assignments[0].pk,
@@ -466,10 +447,19 @@ def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_
             status=AssignmentStatus.EN_ROUTE,
             client_event_id=event_id,
         )
-        first_inserted.set()
-        time.sleep(0.5)  # the second report reaches the event's lock and waits on this one
-    racer.join(timeout=10)
+        racer, outcome = run_until_done_or_blocked(
+            lambda: services.assignment_update_status(
+                assignment_id=assignments[1].pk,
+                user=other.user,
+                device=other.device,
+                status=AssignmentStatus.EN_ROUTE,
+                client_event_id=event_id,
+            )
+        )
+        second_waited = waits_for_a_lock(outcome["pid"])
+    racer.join(60)
 
+    assert second_waited, outcome
     error = outcome.get("error")
     assert isinstance(error, DomainError), error
     assert (error.code, error.field, error.status_code) == ("event_id_reused", "event_id", 400)

@@ -17,10 +17,16 @@ from apps.audit.services import Accessor
 from apps.dispatch import services as dispatch_services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import review
+from apps.sync import services as sync_services
 from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.sync.services import lock_records
 from tests.conftest import CrewMember, make_crew_member
-from tests.dispatch.concurrency import run_until_done_or_blocked
+from tests.dispatch.concurrency import (
+    advisory_locks,
+    board_held_elsewhere,
+    run_until_done_or_blocked,
+    waits_for_a_lock,
+)
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
 from tests.sync.helpers import SimDevice, respelt
@@ -292,7 +298,8 @@ def test_a_status_time_sent_over_rest_and_with_the_outbox_applies_once_in_either
     assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
     assert not Conflict.objects.exists()
 
-    # The other order: pushed first, then sent over REST (a retry) under the same id.
+    # The other order, which held before status times were published over REST too: pushed
+    # first, then sent over REST (a retry) under the same id.
     _, partner_cursor = partner.pull()
     on_scene = _status_time(device, assignment_id, "on_scene", timezone.now())
     [pushed] = device.push(on_scene)
@@ -311,27 +318,62 @@ def test_a_status_time_sent_over_rest_and_with_the_outbox_applies_once_in_either
 
 
 @pytest.mark.django_db(transaction=True)  # a second request waits on the first's lock
-def test_a_status_reported_over_rest_takes_its_record_lock_before_the_units_board(
+def test_a_status_reported_over_rest_takes_the_units_board_before_its_record_lock(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
-    """A push of the status time holds its record lock and, applying it, takes the unit's
-    board. The REST report of the same id must wait for the record before it takes the board:
-    the other way round, each would hold what the other waits for."""
+    """A push of a status time takes the unit's board before its records' locks (the type's
+    lock_before_writing). Over REST the report took the event's record lock first, then the
+    board: with a push of the same id each could hold what the other waits for. It takes
+    the board first, and waits for the record holding it."""
     assignment_id = _acknowledged(program, dispatcher, crew_member)
     event_id = uuid.uuid4()
     report = {"status": "en_route", "observed_at": timezone.now().isoformat(), "event_id": str(event_id)}
 
     with transaction.atomic():
-        lock_records([event_id])  # as the push holds it
+        lock_records([event_id])  # another writer of the status time
         thread, outcome = run_until_done_or_blocked(lambda: post(crew_member, assignment_id, "status", report))
-        board_free = dispatch_services._try_lock_unit_board(crew_member.unit.pk)
-        waited = "returned" not in outcome and "error" not in outcome
-    thread.join(10)
+        assert waits_for_a_lock(outcome["pid"]), outcome
+        holds = advisory_locks(outcome["pid"], granted=True)
+        waits_for = advisory_locks(outcome["pid"], granted=False)
+    thread.join(60)
 
-    assert waited, outcome
-    assert board_free
-    assert outcome["returned"].status_code == 200
+    assert dispatch_services._unit_board_key(crew_member.unit.pk) in holds
+    assert waits_for == {sync_services._lock_key(event_id, sync_services._RECORD_LOCK_SALT)}
+    assert outcome["returned"].status_code == 200, outcome
     assert TimelineEvent.objects.filter(pk=event_id).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # three transactions, each on its own connection
+def test_a_status_sent_over_rest_and_pushed_at_once_under_one_id_is_applied_once_without_a_deadlock(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The push waits for the unit's board, then the same time is reported over REST: the REST
+    report took the event's record lock, then waited for the board behind the push, which got
+    the board and waited for the record: a deadlock, one of them failed. Both now queue on
+    the board, and the second is the same report as the first."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    report = {"status": "en_route", "observed_at": mutation["fields"]["observed_at"], "event_id": mutation["id"]}
+
+    with board_held_elsewhere(crew_member.unit):
+        pushing, pushed = run_until_done_or_blocked(
+            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json")
+        )
+        assert waits_for_a_lock(pushed["pid"]), pushed
+        reporting, reported = run_until_done_or_blocked(lambda: post(crew_member, assignment_id, "status", report))
+        assert waits_for_a_lock(reported["pid"]), reported
+    pushing.join(60)
+    reporting.join(60)
+
+    assert "error" not in pushed and "error" not in reported, (pushed, reported)
+    [result] = pushed["returned"].json()["results"]
+    assert (result["status"], result["version"], result["data"]["applied"]) == ("applied", 1, True)
+    answer = reported["returned"]
+    assert (answer.status_code, answer.json()["applied"]) == (200, True)
+    assert TimelineEvent.objects.filter(pk=mutation["id"]).count() == 1
+    assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="en_route").count() == 1
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.EN_ROUTE
 
 
 @respelt
