@@ -56,6 +56,7 @@ from apps.notifications.models import Urgency
 from apps.notifications.services import NotificationRequest, notify_many
 from apps.sync.models import ChangeEntry, ChangeOperation
 from apps.sync.scopes import program_role_scope, unit_scope
+from apps.sync.selectors import synced_type_of
 from apps.sync.services import WrittenSinceTransactionBegan, lock_records, publish_record, record_change
 from apps.teams.models import Unit, UnitStatus
 
@@ -861,6 +862,10 @@ def assignment_update_status(
         # so queue up in one order, and the second finds the event the first wrote.
         lock_boards_of_assignments([assignment_id])
         lock_records([event_id])
+        if client_event_id is not None and synced_type_of(event_id) not in (None, STATUS_TIME_RECORD):
+            # Another synced record's id (a person a device created): publishing a status
+            # time under it would take that record's place in every feed.
+            raise event_id_reused()
     assignment = _lock_assignment(assignment_id)
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()

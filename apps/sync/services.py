@@ -214,6 +214,15 @@ class WrittenSinceTransactionBegan(DomainError):
         )
 
 
+class RecordIdHeld(Exception):
+    """A record was about to be published under an id sync holds for another record: of another
+    type, or of another program. Published, it would take that record's place in every feed
+    and snapshot, and the other's writers would be refused as if it were theirs no more. A
+    domain service that creates a record under an id a client chose asks first
+    (selectors.synced_type_of) and refuses with an error of its own; this is the fault of one
+    that did not, raised before anything of it is written."""
+
+
 class Publisher:
     """Collects the sync-side writes of many record changes and writes them in bulk.
 
@@ -296,12 +305,19 @@ class Publisher:
         Returns the head; an unchanged record keeps its version and writes nothing.
         With ``echo_to_origin`` the writing device gets its own change back (it merged
         into something the device does not have yet). ``held_by_writer``: the writing device
-        holds the new version whole (``RecordVersion.held_by_writer``).
+        holds the new version whole (``RecordVersion.held_by_writer``). Raises ``RecordIdHeld``
+        when sync holds the id for a record of another type or program.
         """
         record_id: UUID = record.pk
         if record_id in self.written_after_us:
             raise WrittenSinceTransactionBegan()
         head = self.heads.get(record_id)
+        program_id = synced_type.program_id_of(record)
+        if head is not None and (head.record_type, head.program_id) != (synced_type.name, program_id):
+            raise RecordIdHeld(
+                f"record {record_id} is a {head.record_type} of program {head.program_id}: not published as a"
+                f" {synced_type.name} of program {program_id}"
+            )
         data = synced_type.to_wire(record)
         scopes = sorted(set(synced_type.scopes_of(record)))
         if head is not None and head.data == data and head.scopes == scopes and head.is_deleted == is_deleted:
@@ -309,7 +325,6 @@ class Publisher:
         visible_before = set() if head is None or head.is_deleted else set(head.scopes)
         visible_after = set() if is_deleted else set(scopes)
         version = (head.version if head is not None else 0) + 1
-        program_id = synced_type.program_id_of(record)
         new_head = Head(record_id, synced_type.name, program_id, version, data, scopes, is_deleted)
         document = self._document(self.stored_form(record_id, data))
         self.heads[record_id] = new_head

@@ -18,7 +18,7 @@ from apps.dispatch import services as dispatch_services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import review
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.models import Conflict, Mutation, MutationStatus, SyncedRecord
 from apps.sync.services import lock_records
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.concurrency import (
@@ -413,6 +413,37 @@ def test_an_event_id_that_names_another_timeline_event_is_refused_not_a_fault(
 
     assert (over_rest.status_code, over_rest.json()["code"]) == (400, "event_id_reused")
     assert (synced["status"], synced["error"]["code"]) == ("quarantined", "event_id_reused")
+    assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
+
+
+def test_an_event_id_that_names_another_synced_record_is_refused_and_that_record_stays(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A status under the id of a person a device had created was published over the person's
+    head: the person became a status time in every feed, left the snapshot, and its author's
+    edits were refused as not_permitted."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    person_id = uuid.uuid4()
+    [person] = device.push(
+        device.mutation("create", "care.person", person_id, {"unit_id": str(crew_member.unit.pk), "given_name": "Ana"})
+    )
+
+    response = post(crew_member, assignment_id, "status", {"status": "en_route", "event_id": str(person_id)})
+    [edited] = device.push(device.mutation("update", "care.person", person_id, {"given_name": "Ana Maria"}, 1))
+
+    assert person["status"] == "applied"
+    assert (response.status_code, response.json()["code"], response.json()["errors"][0]["field"]) == (
+        400,
+        "event_id_reused",
+        "event_id",
+    )
+    assert not TimelineEvent.objects.filter(pk=person_id).exists()
+    assert (edited["status"], edited["version"]) == ("applied", 2)
+    assert SyncedRecord.objects.filter(record_id=person_id).values_list("record_type", "version").get() == (
+        "care.person",
+        2,
+    )
     assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ACKNOWLEDGED
 
 

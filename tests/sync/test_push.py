@@ -8,15 +8,16 @@ from unittest.mock import ANY
 
 import pytest
 from django.conf import settings
+from django.db import transaction
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
-from apps.care.models import ClinicalNote, Encounter, Referral
+from apps.care.models import ClinicalNote, Encounter, Person, Referral
 from apps.sync import conf, push
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
-from apps.sync.services import publish_record
-from tests.accounts.factories import device_with_token
+from apps.sync.services import RecordIdHeld, publish_record
+from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, now_iso, run_while_another_writer_holds, sync_client
 
@@ -171,6 +172,46 @@ def test_a_refused_change_of_a_record_the_writer_sees_brings_the_servers_copy_ba
     assert [e["data"]["deleted"] for e in entries if e["id"] == str(note_id)] == [False]
     # Only the writer's devices: nothing changed for the crew.
     assert teammate.pull(teammates_cursor)[0] == []
+
+
+def test_publishing_a_record_under_an_id_another_type_or_program_holds_raises_and_writes_nothing(
+    crew_member: CrewMember,
+) -> None:
+    """A domain service that created a record under an id a client chose, without asking whose
+    it was, published over the other record's head: a person became a status time in every
+    feed, or moved to another program's. Sync refuses the publish, whatever service calls it."""
+    device = SimDevice(crew_member)
+    encounter_id, _ = created(device)
+    head_before = SyncedRecord.objects.values_list("record_type", "program_id", "version", "data").get(
+        record_id=encounter_id
+    )
+    entries_before = ChangeEntry.objects.count()
+    other_program = ProgramFactory.create(slug="boston-pilot", name="Boston pilot")
+    of_another_type = Person(
+        pk=encounter_id,
+        program=crew_member.unit.program,
+        unit=crew_member.unit,
+        created_by=crew_member.user,
+        given_name="Ana",
+    )
+    in_another_program = Encounter.objects.get(pk=encounter_id)
+    in_another_program.program = other_program
+
+    refusals = []
+    for type_name, record in (("care.person", of_another_type), ("care.encounter", in_another_program)):
+        with pytest.raises(RecordIdHeld) as refusal, transaction.atomic():
+            publish_record(type_name=type_name, record=record, user=crew_member.user)
+        refusals.append(str(refusal.value))
+
+    assert [text.split(":")[0] for text in refusals] == [
+        f"record {encounter_id} is a care.encounter of program {crew_member.unit.program_id}"
+    ] * 2
+    assert (
+        SyncedRecord.objects.values_list("record_type", "program_id", "version", "data").get(record_id=encounter_id)
+        == head_before
+    )
+    assert RecordVersion.objects.filter(record_id=encounter_id).count() == 1
+    assert ChangeEntry.objects.count() == entries_before
 
 
 def test_a_refused_change_sends_back_the_copy_a_concurrent_writer_commits_not_the_one_before(
