@@ -630,6 +630,22 @@ def synced_type_of(record_id: UUID) -> str | None:
     return SyncedRecord.objects.filter(record_id=record_id).values_list("record_type", flat=True).first()
 
 
+def record_as_served(*, record_type: str, record_id: UUID) -> dict[str, Any] | None:
+    """A live synced record of this type as the snapshot serves it, ``{"type", "id", "version",
+    "data"}``: for a service's answer to the client that wrote it, which then holds it as its
+    devices do. None when sync has no such record under the id (deleted, another type's,
+    or never published)."""
+    head = (
+        SyncedRecord.objects.filter(record_id=record_id, record_type=record_type, is_deleted=False)
+        .values_list("version", "data")
+        .first()
+    )
+    if head is None:
+        return None
+    version, data = head
+    return {"type": record_type, "id": str(record_id), "version": version, "data": data}
+
+
 def last_mutation_id(*, device_id: UUID) -> int:
     """The highest mutation id the server has stored for this device (0 before its first).
 

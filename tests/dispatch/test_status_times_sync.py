@@ -317,6 +317,40 @@ def test_a_status_time_sent_over_rest_and_with_the_outbox_applies_once_in_either
     assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="on_scene").count() == 1
 
 
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_the_rest_answer_carries_the_status_time_the_report_is_in_the_feeds_as(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """A report sent with an event_id does not come back to its device through the feed (its
+    own write), and the answer held the assignment alone: a client that keeps its timeline
+    never got its own report's version. The answer carries the status time as the feed
+    serves it, on a retry too, and for a report sent without an event_id (under the id the
+    server gave it)."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    partner = SimDevice(make_crew_member(program, unit=crew_member.unit))
+    _, cursor = partner.pull()
+    event_id = uuid.uuid4()
+    en_route = {"status": "en_route", "observed_at": timezone.now().isoformat(), "event_id": str(event_id)}
+
+    reported = post(crew_member, assignment_id, "status", en_route)
+    retried = post(crew_member, assignment_id, "status", en_route)
+    without_id = post(crew_member, assignment_id, "status", {"status": "on_scene"})
+    partner_sees, _ = partner.pull(cursor)
+
+    served = {
+        entry["id"]: {"type": entry["type"], "id": entry["id"], "version": entry["version"], "data": entry["data"]}
+        for entry in partner_sees
+        if entry["type"] == "dispatch.status_time"
+    }
+    on_scene_id = str(TimelineEvent.objects.get(assignment_id=assignment_id, kind="on_scene").pk)
+    assert [response.status_code for response in (reported, retried, without_id)] == [200] * 3
+    assert reported.json()["status_time"] == served[str(event_id)]
+    assert reported.json()["status_time"]["version"] == 1
+    assert retried.json()["status_time"] == served[str(event_id)]
+    assert without_id.json()["status_time"] == served[on_scene_id]
+    assert (reported.json()["status"], without_id.json()["status"]) == ("en_route", "on_scene")  # the assignment
+
+
 @pytest.mark.django_db(transaction=True)  # a second request waits on the first's lock
 def test_a_status_reported_over_rest_takes_the_units_board_before_its_record_lock(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
