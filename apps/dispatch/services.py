@@ -821,6 +821,23 @@ class StatusUpdate:
 _EVENT_ID_CONSTRAINTS = frozenset({"dispatch_timelineevent_pkey", "dispatch_timelineevent_client_event_id_key"})
 
 
+def repeats_report(
+    earlier: TimelineEvent, *, event_id: UUID, assignment_id: UUID, status: str, observed_at: datetime | None
+) -> bool:
+    """Whether a crew's report under ``event_id`` is a retry of ``earlier``, the event stored
+    under that id: the same report of the same assignment, with the same observed time or
+    none on one side (a status sent over REST without one, then with the outbox with the
+    device's). Another report under the id is not its retry: answered as one, it would be
+    dropped unseen (on scene, sent under the id of an earlier en route). The REST update and
+    the push (the status time's create_repeats) both judge by this."""
+    return (
+        earlier.client_event_id == event_id
+        and earlier.assignment_id == assignment_id
+        and earlier.kind == CREW_STATUS_EVENTS.get(AssignmentStatus(status))
+        and (observed_at is None or earlier.observed_at in (None, observed_at))
+    )
+
+
 def event_id_reused() -> DomainError:
     return DomainError(
         "This event id was used for another event.", code="event_id_reused", field="event_id", status_code=400
@@ -870,13 +887,8 @@ def assignment_update_status(
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
         if earlier is not None:
-            if (
-                earlier.client_event_id != client_event_id
-                or earlier.assignment_id != assignment.pk
-                # Another report under the same id is not its retry: answered as one, it was
-                # dropped unseen (on scene, sent under the id of an earlier en route).
-                or earlier.kind != CREW_STATUS_EVENTS[status]
-                or (observed_at is not None and earlier.observed_at not in (None, observed_at))
+            if not repeats_report(
+                earlier, event_id=client_event_id, assignment_id=assignment.pk, status=status, observed_at=observed_at
             ):
                 raise event_id_reused()
             # A retry writes nothing and answers with the assignment as it stands: a read.

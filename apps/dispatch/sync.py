@@ -69,12 +69,23 @@ def status_time_refuses_change(context: WriteContext, event: Any, operation: str
     """Every change of a status time is refused, whatever its values (sync asks before keeping
     one as a conflict, which never reaches ``status_time_apply``).
 
-    A create that meets one is another report under its id (the same report settles: a time
-    sent over REST, then with the outbox), refused as over REST."""
+    A create that meets one and is not the same report (``status_time_repeats``: a time sent
+    over REST, then with the outbox) is another report under its id, refused as over REST."""
     if operation == "create":
         refusal = services.event_id_reused()
         raise Refused(refusal.code, refusal.detail)
     raise Refused("append_only", "A status time is never changed; report the next status.")
+
+
+def status_time_repeats(event: TimelineEvent, values: dict[str, Any]) -> bool:
+    """Whether a create that meets this status time under its id is the same report again (sent
+    over REST, then with the outbox), by the REST update's own rule."""
+    status, assignment_id = values.get("status"), values.get("assignment_id")
+    if status is None or assignment_id is None or "observed_at" not in values:
+        return False
+    return services.repeats_report(
+        event, event_id=event.pk, assignment_id=assignment_id, status=status, observed_at=values["observed_at"]
+    )
 
 
 def lock_boards_before_status_times(writes: list[IncomingWrite]) -> None:
@@ -142,6 +153,7 @@ def register_synced_types() -> None:
             may_write=may_write_status_time,
             apply=status_time_apply,
             refuses_change=status_time_refuses_change,
+            create_repeats=status_time_repeats,
             lock_before_writing=lock_boards_before_status_times,
             program_from=(Assignment, "assignment_id"),
             program_lookup="incident__program_id",

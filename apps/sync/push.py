@@ -1884,6 +1884,16 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
     if internal and not synced_type.may_write(context, record, internal):
         _quarantine(row, "not_permitted", "This user may not make this change.", "fields")
         return
+    if (
+        row.operation == MutationOperation.CREATE
+        and not head.is_deleted
+        and synced_type.create_repeats is not None
+        and synced_type.create_repeats(record, internal)
+    ):
+        # The record as it stands, sent again (SyncedType.create_repeats): nothing to write.
+        row.status = MutationStatus.APPLIED
+        row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
+        return
     base = merge.effective_base(
         base_version=base_version,
         versions=versions,

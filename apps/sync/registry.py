@@ -229,6 +229,13 @@ class SyncedType:
     # A change the merge keeps whole as a conflict never reaches ``apply``, and must not be
     # held for a case manager as if it could apply.
     refuses_change: Callable[[WriteContext, Any, str, dict[str, Any]], None] | None = None
+    # Optional: whether a create that meets this existing record under its id is a retry of it
+    # as it stands, though its values differ from the record's wire form (a status time
+    # reported over REST without a time, then sent with the outbox with the device's):
+    # (record, the create's validated values). The push answers it applied at the record's
+    # version, with its data, and writes nothing; without it, such a create merges as an
+    # update with no base.
+    create_repeats: Callable[[Any, dict[str, Any]], bool] | None = None
     # Optional: writes the device's side of a conflict a case manager chose, where this type's
     # own rules refuse the case manager's change (a note: only its author edits a draft, and a
     # signed note takes an addendum instead): (the case manager's context, the change of the

@@ -18,7 +18,7 @@ from apps.dispatch import services as dispatch_services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import review
 from apps.sync import services as sync_services
-from apps.sync.models import Conflict, Mutation, MutationStatus, SyncedRecord
+from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import lock_records
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.concurrency import (
@@ -315,6 +315,36 @@ def test_a_status_time_sent_over_rest_and_with_the_outbox_applies_once_in_either
     assert (retried.status_code, retried.json()["status"], retried.json()["applied"]) == (200, "on_scene", True)
     assert [(entry[0], entry[1]) for entry in _status_times(partner_sees)] == [(on_scene["id"], 1)]
     assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="on_scene").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_a_status_sent_over_rest_without_a_time_then_with_the_outbox_with_one_is_the_same_report(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Over REST a report without observed_at is the same report as one under its id with a
+    time (the stored None matches any). The outbox's create of it met the status time as a
+    conflict on observed_at and was quarantined event_id_reused; it is the same report, and
+    answered applied at REST's version, writing nothing."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    partner = SimDevice(make_crew_member(program, unit=crew_member.unit))
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    over_rest = post(crew_member, assignment_id, "status", {"status": "en_route", "event_id": mutation["id"]})
+    _, partner_cursor = partner.pull()
+    versions_before, entries_before = RecordVersion.objects.count(), ChangeEntry.objects.count()
+
+    [synced] = device.push(mutation)
+    after_push, _ = partner.pull(partner_cursor)
+
+    assert over_rest.status_code == 200, over_rest.content
+    assert (synced["status"], synced["version"]) == ("applied", 1)
+    assert synced["data"] == over_rest.json()["status_time"]["data"]
+    event = TimelineEvent.objects.get(assignment_id=assignment_id, kind="en_route")
+    assert (str(event.pk), event.observed_at) == (mutation["id"], None)  # kept as reported
+    assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
+    assert not Conflict.objects.exists()
+    assert (RecordVersion.objects.count(), ChangeEntry.objects.count()) == (versions_before, entries_before)
+    assert after_push == []
 
 
 @pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
