@@ -35,12 +35,41 @@ _WIRE_FIELD: dict[str, str | None] = {"event_id": None, "assignment": "assignmen
 class StatusTimeWire(StrictSerializer):
     assignment_id = CanonicalUUIDField()
     status = serializers.ChoiceField(choices=[status.value for status in services.CREW_STATUS_EVENTS])
+    # Served as the time the server took the report when the crew gave none (_with_reported_at).
     observed_at = OffsetDateTimeField()
     # False when the assignment had already moved past it: kept in the timeline only.
     applied = serializers.BooleanField(read_only=True)
     unit_id = serializers.UUIDField(source="assignment.unit_id", read_only=True)
     program_id = serializers.UUIDField(source="incident.program_id", read_only=True)
     author_id = serializers.UUIDField(source="actor_id", read_only=True)
+
+    def to_representation(self, instance: TimelineEvent) -> dict[str, Any]:
+        return _with_reported_at(instance, super().to_representation(instance))
+
+
+class _ReportedAtWire(StrictSerializer):
+    observed_at = OffsetDateTimeField(source="at")
+
+
+_reported_at = registry.representation(_ReportedAtWire)
+
+
+def _with_reported_at(event: TimelineEvent, data: dict[str, Any]) -> dict[str, Any]:
+    """A status time reported over REST without the crew's time is served with the time the
+    server took the report: a device's timeline always has a time to place it at. The event
+    keeps none, and a later report of it with the crew's time is the same report
+    (services.repeats_report)."""
+    if data["observed_at"] is None:
+        data["observed_at"] = _reported_at(event)["observed_at"]
+    return data
+
+
+_as_sent = registry.representation(StatusTimeWire)  # compiled from the fields alone
+
+
+def status_time_to_wire(event: TimelineEvent) -> dict[str, Any]:
+    """The wire form, as StatusTimeWire renders it (checked against DRF in the wire-form tests)."""
+    return _with_reported_at(event, _as_sent(event))
 
 
 def scopes_of(event: TimelineEvent) -> list[str]:
@@ -147,7 +176,7 @@ def register_synced_types() -> None:
             name=services.STATUS_TIME_RECORD,
             model=TimelineEvent,
             serializer=StatusTimeWire,
-            to_wire=registry.representation(StatusTimeWire),
+            to_wire=status_time_to_wire,
             scopes_of=scopes_of,
             program_id_of=program_id_of,
             may_write=may_write_status_time,

@@ -232,10 +232,10 @@ def test_a_status_reported_over_rest_is_a_status_time_in_the_crews_and_the_dispa
     console_sees, _ = console.pull(console_cursor)
 
     assert (en_route.status_code, on_scene.status_code) == (200, 200)
-    on_scene_id = str(TimelineEvent.objects.get(assignment_id=assignment_id, kind="on_scene").pk)
+    on_scene = TimelineEvent.objects.get(assignment_id=assignment_id, kind="on_scene")
     expected = [
         (str(event_id), 1, str(assignment_id), "en_route", _utc(en_route_at), True),
-        (on_scene_id, 1, str(assignment_id), "on_scene", None, True),
+        (str(on_scene.pk), 1, str(assignment_id), "on_scene", _utc(on_scene.at), True),  # sent without a time
     ]
     assert _status_times(partner_sees) == expected
     assert _status_times(console_sees) == expected
@@ -345,6 +345,30 @@ def test_a_status_sent_over_rest_without_a_time_then_with_the_outbox_with_one_is
     assert not Conflict.objects.exists()
     assert (RecordVersion.objects.count(), ChangeEntry.objects.count()) == (versions_before, entries_before)
     assert after_push == []
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_a_status_reported_over_rest_without_a_time_is_served_at_the_time_the_server_took_it(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Published with observed_at null, where the record type holds a time for every status
+    time: a device's timeline had nothing to place it at."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    partner = SimDevice(make_crew_member(program, unit=crew_member.unit))
+    _, cursor = partner.pull()
+
+    response = post(crew_member, assignment_id, "status", {"status": "on_scene"})
+    partner_sees, _ = partner.pull(cursor)
+    snapshot = partner.client().get("/api/v1/sync/snapshot/").json()["records"]
+
+    assert response.status_code == 200, response.content
+    event = TimelineEvent.objects.get(assignment_id=assignment_id, kind="on_scene")
+    assert event.observed_at is None  # the crew gave none
+    served = _utc(event.at)
+    assert _status_times(partner_sees) == [(str(event.pk), 1, str(assignment_id), "on_scene", served, True)]
+    [in_snapshot] = [record for record in snapshot if record["type"] == "dispatch.status_time"]
+    assert (in_snapshot["id"], in_snapshot["data"]["observed_at"]) == (str(event.pk), served)
+    assert response.json()["status_time"]["data"]["observed_at"] == served
 
 
 @pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
