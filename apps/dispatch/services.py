@@ -877,7 +877,7 @@ def assignment_update_status(
         # records' locks), then the incident and the assignment (_lock_assignment, where the
         # board, held, is taken again at once). A report over REST and a push of the same id
         # so queue up in one order, and the second finds the event the first wrote.
-        lock_boards_of_assignments([assignment_id])
+        lock_boards_of_assignments({user.pk: [assignment_id]})
         lock_records([event_id])
         if client_event_id is not None and synced_type_of(event_id) not in (None, STATUS_TIME_RECORD):
             # Another synced record's id (a person a device created): publishing a status

@@ -17,7 +17,7 @@ from apps.dispatch.services import END_REASON_MAX_LENGTH
 from apps.teams.models import ResponseModel, Unit, UnitStatus
 from tests.accounts.factories import device_with_token
 from tests.conftest import CrewMember, make_crew_member
-from tests.dispatch.concurrency import run_until_done_or_blocked, waits_for_a_lock
+from tests.dispatch.concurrency import record_key, run_until_done_or_blocked
 from tests.dispatch.factories import make_incident, make_staff
 from tests.teams.factories import UnitFactory, ZoneFactory
 
@@ -447,20 +447,19 @@ def test_one_event_id_sent_for_two_assignments_at_once_is_refused_naming_it_not_
             status=AssignmentStatus.EN_ROUTE,
             client_event_id=event_id,
         )
-        racer, outcome = run_until_done_or_blocked(
+        racing = run_until_done_or_blocked(
             lambda: services.assignment_update_status(
                 assignment_id=assignments[1].pk,
                 user=other.user,
                 device=other.device,
                 status=AssignmentStatus.EN_ROUTE,
                 client_event_id=event_id,
-            )
+            ),
+            blocked_on=record_key(event_id),
         )
-        second_waited = waits_for_a_lock(outcome["pid"])
-    racer.join(60)
+    error = racing.error()
 
-    assert second_waited, outcome
-    error = outcome.get("error")
+    assert racing.waited  # on the event id's lock, which the first report held
     assert isinstance(error, DomainError), error
     assert (error.code, error.field, error.status_code) == ("event_id_reused", "event_id", 400)
     assert Assignment.objects.get(pk=assignments[1].pk).status == AssignmentStatus.ACKNOWLEDGED

@@ -14,18 +14,17 @@ from django.utils import timezone
 from apps.accounts.models import Program, Role
 from apps.audit.models import AccessChannel, AuditEvent
 from apps.audit.services import Accessor
-from apps.dispatch import services as dispatch_services
 from apps.dispatch.models import Assignment, AssignmentStatus, TimelineEvent
 from apps.sync import review
-from apps.sync import services as sync_services
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import lock_records
 from tests.conftest import CrewMember, make_crew_member
 from tests.dispatch.concurrency import (
     advisory_locks,
     board_held_elsewhere,
+    board_key,
+    record_key,
     run_until_done_or_blocked,
-    waits_for_a_lock,
 )
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
@@ -419,15 +418,17 @@ def test_a_status_reported_over_rest_takes_the_units_board_before_its_record_loc
 
     with transaction.atomic():
         lock_records([event_id])  # another writer of the status time
-        thread, outcome = run_until_done_or_blocked(lambda: post(crew_member, assignment_id, "status", report))
-        assert waits_for_a_lock(outcome["pid"]), outcome
-        holds = advisory_locks(outcome["pid"], granted=True)
-        waits_for = advisory_locks(outcome["pid"], granted=False)
-    thread.join(60)
+        reporting = run_until_done_or_blocked(
+            lambda: post(crew_member, assignment_id, "status", report), blocked_on=record_key(event_id)
+        )
+        holds = advisory_locks(reporting.outcome["pid"], granted=True)
+        waits_for = advisory_locks(reporting.outcome["pid"], granted=False)
+    answer = reporting.result()
 
-    assert dispatch_services._unit_board_key(crew_member.unit.pk) in holds
-    assert waits_for == {sync_services._lock_key(event_id, sync_services._RECORD_LOCK_SALT)}
-    assert outcome["returned"].status_code == 200, outcome
+    assert reporting.waited
+    assert board_key(crew_member.unit) in holds
+    assert waits_for == {record_key(event_id)}
+    assert answer.status_code == 200, answer.content
     assert TimelineEvent.objects.filter(pk=event_id).count() == 1
 
 
@@ -445,19 +446,18 @@ def test_a_status_sent_over_rest_and_pushed_at_once_under_one_id_is_applied_once
     report = {"status": "en_route", "observed_at": mutation["fields"]["observed_at"], "event_id": mutation["id"]}
 
     with board_held_elsewhere(crew_member.unit):
-        pushing, pushed = run_until_done_or_blocked(
-            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json")
+        pushing = run_until_done_or_blocked(
+            lambda: device.client().post("/api/v1/sync/push/", {"mutations": [mutation]}, format="json"),
+            blocked_on=board_key(crew_member.unit),
         )
-        assert waits_for_a_lock(pushed["pid"]), pushed
-        reporting, reported = run_until_done_or_blocked(lambda: post(crew_member, assignment_id, "status", report))
-        assert waits_for_a_lock(reported["pid"]), reported
-    pushing.join(60)
-    reporting.join(60)
+        reporting = run_until_done_or_blocked(
+            lambda: post(crew_member, assignment_id, "status", report), blocked_on=board_key(crew_member.unit)
+        )
+    pushed, answer = pushing.result(), reporting.result()  # neither failed (a deadlock would)
 
-    assert "error" not in pushed and "error" not in reported, (pushed, reported)
-    [result] = pushed["returned"].json()["results"]
+    assert pushing.waited and reporting.waited
+    [result] = pushed.json()["results"]
     assert (result["status"], result["version"], result["data"]["applied"]) == ("applied", 1, True)
-    answer = reported["returned"]
     assert (answer.status_code, answer.json()["applied"]) == (200, True)
     assert TimelineEvent.objects.filter(pk=mutation["id"]).count() == 1
     assert TimelineEvent.objects.filter(assignment_id=assignment_id, kind="en_route").count() == 1
