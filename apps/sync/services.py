@@ -214,13 +214,18 @@ class WrittenSinceTransactionBegan(DomainError):
         )
 
 
-class RecordIdHeld(Exception):
+class RecordIdHeld(DomainError):
     """A record was about to be published under an id sync holds for another record: of another
     type, or of another program. Published, it would take that record's place in every feed
     and snapshot, and the other's writers would be refused as if it were theirs no more. A
     domain service that creates a record under an id a client chose asks first
-    (selectors.synced_type_of) and refuses with an error of its own; this is the fault of one
-    that did not, raised before anything of it is written."""
+    (selectors.synced_type_of) and refuses with an error of its own; one that did not is
+    refused here, before anything of it is written: a 409 ``id_in_use`` naming the id, not a
+    500. Inside a push, whose apply checks the id before (quarantined ``not_permitted``), it
+    is a fault of the server's code: the mutation is kept for review as ``apply_failed``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, code="id_in_use", field="id")
 
 
 class Publisher:
@@ -314,10 +319,16 @@ class Publisher:
         head = self.heads.get(record_id)
         program_id = synced_type.program_id_of(record)
         if head is not None and (head.record_type, head.program_id) != (synced_type.name, program_id):
-            raise RecordIdHeld(
-                f"record {record_id} is a {head.record_type} of program {head.program_id}: not published as a"
-                f" {synced_type.name} of program {program_id}"
+            # The answer does not say whose record holds the id (another program's, maybe).
+            logger.error(
+                "Record %s is a %s of program %s: not published as a %s of program %s",
+                record_id,
+                head.record_type,
+                head.program_id,
+                synced_type.name,
+                program_id,
             )
+            raise RecordIdHeld("This id is in use by another record; use a new one.")
         data = synced_type.to_wire(record)
         scopes = sorted(set(synced_type.scopes_of(record)))
         if head is not None and head.data == data and head.scopes == scopes and head.is_deleted == is_deleted:

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Person, Referral
+from apps.common.api.errors import DomainError
 from apps.sync import conf, push
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import RecordIdHeld, publish_record
@@ -174,12 +175,14 @@ def test_a_refused_change_of_a_record_the_writer_sees_brings_the_servers_copy_ba
     assert teammate.pull(teammates_cursor)[0] == []
 
 
-def test_publishing_a_record_under_an_id_another_type_or_program_holds_raises_and_writes_nothing(
+def test_publishing_a_record_under_an_id_another_type_or_program_holds_is_refused_and_writes_nothing(
     crew_member: CrewMember,
 ) -> None:
     """A domain service that created a record under an id a client chose, without asking whose
     it was, published over the other record's head: a person became a status time in every
-    feed, or moved to another program's. Sync refuses the publish, whatever service calls it."""
+    feed, or moved to another program's. Sync refuses the publish, whatever service calls it,
+    as a domain error (409 id_in_use naming the id, not a 500) that does not say whose the
+    record holding the id is."""
     device = SimDevice(crew_member)
     encounter_id, _ = created(device)
     head_before = SyncedRecord.objects.values_list("record_type", "program_id", "version", "data").get(
@@ -201,11 +204,11 @@ def test_publishing_a_record_under_an_id_another_type_or_program_holds_raises_an
     for type_name, record in (("care.person", of_another_type), ("care.encounter", in_another_program)):
         with pytest.raises(RecordIdHeld) as refusal, transaction.atomic():
             publish_record(type_name=type_name, record=record, user=crew_member.user)
-        refusals.append(str(refusal.value))
+        refusals.append(refusal.value)
 
-    assert [text.split(":")[0] for text in refusals] == [
-        f"record {encounter_id} is a care.encounter of program {crew_member.unit.program_id}"
-    ] * 2
+    assert [(error.status_code, error.code, error.field) for error in refusals] == [(409, "id_in_use", "id")] * 2
+    assert all(isinstance(error, DomainError) for error in refusals)
+    assert not [error for error in refusals if str(crew_member.unit.program_id) in error.detail]
     assert (
         SyncedRecord.objects.values_list("record_type", "program_id", "version", "data").get(record_id=encounter_id)
         == head_before
