@@ -323,6 +323,21 @@ def _audit(accessor: Accessor | None, action: AccessAction, record: Incident | A
     )
 
 
+def _audit_status_time(
+    accessor: Accessor | None, action: AccessAction, event: TimelineEvent, assignment: Assignment
+) -> None:
+    """A status time reported over REST, created (or, on a retry, shown in the answer) as the
+    record the feeds serve it as (P8)."""
+    if accessor is not None:
+        record_access(
+            accessor=accessor,
+            action=action,
+            record_type=STATUS_TIME_RECORD,
+            record_ids=[event.pk],
+            program_id=assignment.incident.program_id,
+        )
+
+
 def _record_crew_report(
     assignment: Assignment,
     *,
@@ -893,6 +908,8 @@ def assignment_update_status(
                 raise event_id_reused()
             # A retry writes nothing and answers with the assignment as it stands: a read.
             _audit(accessor, AccessAction.READ, assignment)
+            if not pushed_with_outbox:  # the answer carries the status time too
+                _audit_status_time(accessor, AccessAction.READ, earlier, assignment)
             return StatusUpdate(assignment, earlier.applied, earlier)
     _audit(accessor, AccessAction.UPDATE, assignment)
     _refuse_ended(assignment)
@@ -924,8 +941,9 @@ def assignment_update_status(
         if _constraint_of(error) not in _EVENT_ID_CONSTRAINTS:
             raise
         raise event_id_reused() from None
-    if not pushed_with_outbox:
+    if not pushed_with_outbox:  # a push audits what it creates itself
         _publish_status_time(event, user=user, device=device, id_named_by_device=client_event_id is not None)
+        _audit_status_time(accessor, AccessAction.CREATE, event, assignment)
     if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
         # Within the clocks' tolerance a crew's time may fall before the offer, or ahead of
         # the server: the call was served no earlier than the unit was offered it.

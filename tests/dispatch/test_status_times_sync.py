@@ -346,6 +346,38 @@ def test_a_status_sent_over_rest_without_a_time_then_with_the_outbox_with_one_is
     assert after_push == []
 
 
+def _audited_status_times(events: list[AuditEvent]) -> list[tuple[str, str, Any, Any, str]]:
+    return [
+        (str(event.record_id), event.action, event.actor_id, event.device_id, event.channel)
+        for event in events
+        if event.record_type == "dispatch.status_time"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_a_status_reported_over_rest_is_audited_as_the_status_time_it_creates(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """The REST update audited the assignment's update, not the status time it created and
+    published; sent again, its answer shows that status time: a read of it."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    event_id = str(uuid.uuid4())
+    report = {"status": "en_route", "observed_at": timezone.now().isoformat(), "event_id": event_id}
+    before = AuditEvent.objects.count()
+
+    reported = post(crew_member, assignment_id, "status", report)
+    middle = AuditEvent.objects.count()
+    retried = post(crew_member, assignment_id, "status", report)
+
+    assert (reported.status_code, retried.status_code) == (200, 200)
+    member = (crew_member.user.pk, crew_member.device.pk)
+    by_report = list(AuditEvent.objects.order_by("id")[before:middle])
+    assert _audited_status_times(by_report) == [(event_id, "create", *member, AccessChannel.API)]
+    assert [event.program_id for event in by_report if event.record_type == "dispatch.status_time"] == [program.pk]
+    by_retry = list(AuditEvent.objects.order_by("id")[middle:])
+    assert _audited_status_times(by_retry) == [(event_id, "read", *member, AccessChannel.API)]
+
+
 @pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
 def test_a_status_reported_over_rest_without_a_time_is_served_at_the_time_the_server_took_it(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
