@@ -82,17 +82,20 @@ def record_ledger_writes(*, accessor: Accessor, mutations: Iterable[LedgerRow]) 
     """Audit the records these ledger rows wrote (applied, or kept as a conflict as far as it
     merged), each as its operation: a create that applied is a create whatever a later
     mutation of its batch, rejected for reusing its id, meant to do. A delete of a record the
-    server never had (made and deleted on the device) names no version: it touched nothing."""
-    _record_written(
-        accessor=accessor,
-        written=(
-            (row.record_type, row.record_id, row.operation)
-            for row in mutations
-            if row.result.get("status") in _WRITTEN
-            and row.record_id is not None
-            and row.result.get("version") is not None
-        ),
-    )
+    server never had (made and deleted on the device) names no version: it touched nothing.
+    A create that repeated the record as it stands (``repeated``) wrote nothing: its answer
+    shows the record, a read."""
+    written: list[tuple[str, Any, str | None]] = []
+    repeated: list[tuple[str, Any]] = []
+    for row in mutations:
+        if row.result.get("status") not in _WRITTEN or row.record_id is None or row.result.get("version") is None:
+            continue
+        if row.result.get("repeated"):
+            repeated.append((row.record_type, row.record_id))
+        else:
+            written.append((row.record_type, row.record_id, row.operation))
+    _record_written(accessor=accessor, written=written)
+    record_reads(accessor=accessor, records=repeated)
 
 
 def _record_written(*, accessor: Accessor, written: Iterable[tuple[str, Any, str | None]]) -> None:

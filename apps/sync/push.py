@@ -1065,6 +1065,7 @@ def _result(
     data: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     conflicts: list[dict[str, Any]] | None = None,
+    repeated: bool = False,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "mutation_id": row.mutation_id,
@@ -1079,6 +1080,8 @@ def _result(
         result["error"] = error
     if conflicts:
         result["conflicts"] = conflicts
+    if repeated:  # a create of the record as it stands (SyncedType.create_repeats): wrote nothing
+        result["repeated"] = True
     if not row.observed_at_plausible:
         result["warnings"] = [
             _error("observed_at_implausible", "The device clock looks wrong; the time is kept as observed.")
@@ -1891,8 +1894,13 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         and synced_type.create_repeats(record, internal)
     ):
         # The record as it stands, sent again (SyncedType.create_repeats): nothing to write.
+        # The device's copy may hold what the record does not (its own time, where the server
+        # kept the one it took over REST), and its own earlier write never came back to it: a
+        # client that ignores push results (WatermelonDB) gets the record through its feed.
+        if row.pk in state.reviewed or any(head.data.get(name, merge.MISSING) != value for name, value in wire.items()):
+            state.publisher.reannounce(head, user_scope(row.user_id))
         row.status = MutationStatus.APPLIED
-        row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
+        row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data, repeated=True)
         return
     base = merge.effective_base(
         base_version=base_version,

@@ -342,7 +342,9 @@ def test_a_status_sent_over_rest_without_a_time_then_with_the_outbox_with_one_is
     assert (str(event.pk), event.observed_at) == (mutation["id"], None)  # kept as reported
     assert not Mutation.objects.filter(status=MutationStatus.QUARANTINED).exists()
     assert not Conflict.objects.exists()
-    assert (RecordVersion.objects.count(), ChangeEntry.objects.count()) == (versions_before, entries_before)
+    assert RecordVersion.objects.count() == versions_before
+    # Only the record as it stands, sent back to the device whose time it does not keep.
+    assert ChangeEntry.objects.count() == entries_before + 1
     assert after_push == []
 
 
@@ -376,6 +378,61 @@ def test_a_status_reported_over_rest_is_audited_as_the_status_time_it_creates(
     assert [event.program_id for event in by_report if event.record_type == "dispatch.status_time"] == [program.pk]
     by_retry = list(AuditEvent.objects.order_by("id")[middle:])
     assert _audited_status_times(by_retry) == [(event_id, "read", *member, AccessChannel.API)]
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_after_its_repeat_the_device_pulls_the_status_time_at_the_servers_time_not_its_own(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Reported over REST without a time, the status time is served at the time the server took
+    it, and does not come back to its device (its own write). The outbox's create of it, with
+    the device's time, is answered with the server's record and writes nothing: a client that
+    ignores push results (WatermelonDB) kept its own time forever, while every other device
+    had the server's. Its next pull brings the record as it stands."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    _, cursor = device.pull()
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now() - timedelta(minutes=3))
+    over_rest = post(crew_member, assignment_id, "status", {"status": "en_route", "event_id": mutation["id"]})
+    after_rest, cursor = device.pull(cursor)
+    versions_before = RecordVersion.objects.count()
+
+    [synced] = device.push(mutation)
+    after_push, _ = device.pull(cursor)
+
+    assert over_rest.status_code == 200, over_rest.content
+    event = TimelineEvent.objects.get(assignment_id=assignment_id, kind="en_route")
+    served = _utc(event.at)
+    assert _status_times(after_rest) == []  # its own write
+    assert (synced["status"], synced["version"], synced["repeated"]) == ("applied", 1, True)
+    assert synced["data"]["observed_at"] == served != mutation["fields"]["observed_at"]
+    assert _status_times(after_push) == [(mutation["id"], 1, str(assignment_id), "en_route", served, True)]
+    assert RecordVersion.objects.count() == versions_before
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_the_outbox_create_that_repeats_a_status_time_is_audited_as_a_read_not_a_create(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Reported over REST, then pushed with the outbox under its event_id: the push writes
+    nothing, and was audited as a create it never made. Its answer shows the record: a read."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    device = SimDevice(crew_member)
+    mutation = _status_time(device, assignment_id, "en_route", timezone.now())
+    over_rest = post(
+        crew_member,
+        assignment_id,
+        "status",
+        {"status": "en_route", "observed_at": mutation["fields"]["observed_at"], "event_id": mutation["id"]},
+    )
+    before = AuditEvent.objects.count()
+
+    [synced] = device.push(mutation)
+
+    assert (over_rest.status_code, synced["status"], synced["repeated"]) == (200, "applied", True)
+    by_push = list(AuditEvent.objects.order_by("id")[before:])
+    member = (crew_member.user.pk, crew_member.device.pk)
+    assert _audited_status_times(by_push) == [(mutation["id"], "read", *member, AccessChannel.SYNC)]
 
 
 @pytest.mark.django_db(transaction=True)  # the feed serves only what has committed

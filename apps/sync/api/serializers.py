@@ -94,6 +94,7 @@ class PushResultSerializer(serializers.Serializer[dict[str, object]]):
     data = serializers.DictField(required=False)  # type: ignore[assignment]
     error = serializers.DictField(required=False)
     conflicts = serializers.ListField(child=serializers.DictField(), required=False)
+    repeated = serializers.BooleanField(required=False)
     warnings = serializers.ListField(child=serializers.DictField(), required=False)
 
 
