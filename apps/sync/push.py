@@ -1897,7 +1897,7 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
         # The device's copy may hold what the record does not (its own time, where the server
         # kept the one it took over REST), and its own earlier write never came back to it: a
         # client that ignores push results (WatermelonDB) gets the record through its feed.
-        if row.pk in state.reviewed or any(head.data.get(name, merge.MISSING) != value for name, value in wire.items()):
+        if state.told_refused(row) or any(head.data.get(name, merge.MISSING) != value for name, value in wire.items()):
             state.publisher.reannounce(head, user_scope(row.user_id))
         row.status = MutationStatus.APPLIED
         row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data, repeated=True)
