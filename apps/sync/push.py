@@ -57,6 +57,7 @@ from apps.sync.models import (
     MutationOperation,
     MutationStatus,
     RecordVersion,
+    SyncedRecord,
 )
 from apps.sync.scopes import scopes_for_user, user_scope
 from apps.sync.selectors import FeedPosition
@@ -1161,13 +1162,21 @@ def apply_received(
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
     applied_alone = Applied()
     released_alone: set[int] = set()
+    sent_with: set[tuple[UUID, UUID | None]] = set()
     while True:
         with transaction.atomic():
             lock_device(device.pk)
             row = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).order_by("id").first()
             if row is None:
                 return applied_alone
-            waiting = children_waiting_on([row], reviewed=reviewed)
+            # The device's other changes of a record, still to apply or applied already in
+            # this run, keep a create of it from being released (children_waiting_on).
+            sent_with |= set(
+                Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).values_list(
+                    "device_id", "record_id"
+                )
+            )
+            waiting = children_waiting_on([row], reviewed=reviewed, sent_with=sent_with)
             # The records of the changes its create may release are locked before this
             # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
             lock_before_first_write([row, *waiting], types_locked=types_locked)
@@ -1227,8 +1236,9 @@ def _apply_alone(
             user=user,
         )
     applied = [row]
-    if _created_its_record(row):
-        for child in _by_parent_waited_on(waiting).get(row.record_id, []):
+    children = _by_parent_waited_on(waiting).get(row.record_id, []) if row.record_id is not None else []
+    if children and _created_its_record(row, _heads_now(row.record_id)):
+        for child in children:
             if child.pk in done:
                 continue
             done.add(child.pk)
@@ -1244,6 +1254,14 @@ def _apply_alone(
                 done=done,
             )
     return applied
+
+
+def _heads_now(record_id: UUID | None) -> dict[UUID, Head]:
+    """The record's head as this transaction sees it (its own writes included), if it has one."""
+    publisher = Publisher()
+    if record_id is not None:
+        publisher.read_heads([record_id])
+    return publisher.heads
 
 
 def _audit_writes(rows: list[LedgerRow], writers: _Writers) -> None:
@@ -1489,7 +1507,7 @@ def _apply_rows(
             if row.status == MutationStatus.QUARANTINED:
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
-            children = waiting_on.pop(row.record_id, []) if _created_its_record(row) else []
+            children = waiting_on.pop(row.record_id, []) if _created_its_record(row, state.publisher.heads) else []
             for child in children:
                 _put_back_to_apply(child)
                 state.released.add(child.pk)
@@ -1522,14 +1540,15 @@ def _by_parent_waited_on(waiting: Sequence[Mutation]) -> dict[UUID | None, list[
     return by_parent
 
 
-def _created_its_record(row: LedgerRow) -> bool:
-    """Whether this row is a create that left its record on the server (applied, or merged
-    with one created before): the changes waiting on that record may apply."""
-    return (
-        row.operation == MutationOperation.CREATE
-        and row.record_id is not None
-        and row.status in (MutationStatus.APPLIED, MutationStatus.CONFLICT)
-    )
+def _created_its_record(row: LedgerRow, heads: dict[UUID, Head]) -> bool:
+    """Whether this row is a create that left its record on the server, live (applied, or
+    merged with one created before), ``heads`` holding the record's head since: the changes
+    waiting on that record may apply. Not a create that met the record deleted (a conflict):
+    what was made under it stays out, kept for review."""
+    if row.operation != MutationOperation.CREATE or row.record_id is None:
+        return False
+    head = heads.get(row.record_id)
+    return row.status in (MutationStatus.APPLIED, MutationStatus.CONFLICT) and head is not None and not head.is_deleted
 
 
 def _put_back_to_apply(row: Mutation) -> None:
@@ -1588,7 +1607,12 @@ def _parents_named_by_creates(rows: Sequence[LedgerRow]) -> set[UUID]:
     return parents
 
 
-def children_waiting_on(rows: Sequence[LedgerRow], *, reviewed: frozenset[int] = frozenset()) -> list[Mutation]:
+def children_waiting_on(
+    rows: Sequence[LedgerRow],
+    *,
+    reviewed: frozenset[int] = frozenset(),
+    sent_with: Iterable[tuple[UUID, UUID | None]] = (),
+) -> list[Mutation]:
     """What the creates among these rows release once they apply: their devices' creates kept
     in quarantine because the record they belong to was (``parent_quarantined``), naming a
     record one of them creates whose own create that device had refused before, or a record
@@ -1603,8 +1627,16 @@ def children_waiting_on(rows: Sequence[LedgerRow], *, reviewed: frozenset[int] =
     or a delete released would replace what the device holds unseen (P3). Not released, kept
     for review as before: a change set aside by a review; a create whose record has other
     changes in quarantine (the device's later edit or delete of it, which would be lost
-    behind it); the changes of a device locked out (revoked, or its user deactivated).
-    ``reviewed``: rows a review took out of quarantine to apply again, refused creates still."""
+    behind it); a create whose record the same device changes again among these rows, or
+    ``sent_with`` them (device, record), whatever the change and wherever it stands: that
+    change applies as the device's own (its parent exists now), while the old create,
+    released, would come back to the device as a version it must take over what it holds
+    (P3); a create whose record the server has by now (sent again under another record, or
+    by another writer): released, it would meet it as a stale copy; the changes of a device
+    locked out (revoked, or its user deactivated).
+    ``reviewed``: rows a review took out of quarantine to apply again, refused creates still,
+    and taken as no longer in quarantine, whether they are put back to apply yet or not (the
+    review's locks and its apply find the same changes)."""
     created = {
         (row.device_id, row.record_id)
         for row in rows
@@ -1641,9 +1673,13 @@ def children_waiting_on(rows: Sequence[LedgerRow], *, reviewed: frozenset[int] =
             error_code=_PARENT_QUARANTINED,
             operation=MutationOperation.CREATE,
             dismissed_at=None,
-        ).order_by("id")
+        )
+        .exclude(pk__in=bulk.any_of(reviewed, "bigint"))
+        .order_by("id")
     )
-    with_other_changes = _records_with_other_changes_kept(kept)
+    changed_again = {(row.device_id, row.record_id) for row in rows} | set(sent_with)
+    kept = [row for row in kept if (row.device_id, row.record_id) not in changed_again]
+    with_other_changes = _records_with_other_changes_kept(kept, reviewed=reviewed) | _records_on_the_server(kept)
     waiting: dict[int, Mutation] = {}
     found = True
     while found:  # a create under one released may be older than it: look again
@@ -1662,11 +1698,15 @@ def children_waiting_on(rows: Sequence[LedgerRow], *, reviewed: frozenset[int] =
     return sorted(waiting.values(), key=lambda row: row.pk)
 
 
-def _records_with_other_changes_kept(creates: Sequence[Mutation]) -> set[UUID | None]:
+def _records_with_other_changes_kept(
+    creates: Sequence[Mutation], *, reviewed: frozenset[int] = frozenset()
+) -> set[UUID | None]:
     """The records of these quarantined creates that have another change in quarantine, not
     set aside, other than such a create (an edit or a delete of the record made since, a
-    change of it from elsewhere). The device's own creates of one record, each sent again
-    with what the user wrote since (as a WatermelonDB app does), apply in their order."""
+    change of it from elsewhere) or one a review applies again (``reviewed``: the review's
+    own rows, which children_waiting_on finds among the rows it applies). The device's own
+    creates of one record, each sent again with what the user wrote since (as a WatermelonDB
+    app does), apply in their order."""
     if not creates:
         return set()
     return set(
@@ -1675,8 +1715,20 @@ def _records_with_other_changes_kept(creates: Sequence[Mutation]) -> set[UUID | 
             status=MutationStatus.QUARANTINED,
             dismissed_at=None,
         )
-        .exclude(pk__in=bulk.any_of({row.pk for row in creates}, "bigint"))
+        .exclude(pk__in=bulk.any_of({row.pk for row in creates} | reviewed, "bigint"))
         .values_list("record_id", flat=True)
+    )
+
+
+def _records_on_the_server(creates: Sequence[Mutation]) -> set[UUID | None]:
+    """The records of these quarantined creates that the server has by now (a head, deleted
+    or not): the device sent the record again otherwise, or another writer created it."""
+    if not creates:
+        return set()
+    return set(
+        SyncedRecord.objects.filter(
+            record_id__in=bulk.any_of({row.record_id for row in creates if row.record_id is not None}, "uuid")
+        ).values_list("record_id", flat=True)
     )
 
 

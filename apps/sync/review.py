@@ -146,13 +146,16 @@ def _apply_again(
         # status time's unit board) before this transaction's first write, which dates its
         # changes in the feed (WrittenSinceTransactionBegan): with those of the devices'
         # waiting mutations, which apply with them, and of the changes their creates release.
-        # The apply below takes the records' again (at once), not the types'.
+        # The apply below takes the records' again (at once), not the types'. The reviewed
+        # rows count as out of quarantine here as they will be there, so the changes found
+        # released here are those the apply releases (or more, never fewer).
         applied_with = list(
             Mutation.objects.filter(
                 Q(pk__in=mutation_ids) | Q(device_id__in=device_ids, status=MutationStatus.RECEIVED)
             ).only("device_id", "user_id", "record_type", "record_id", "operation", "payload")
         )
-        push.lock_before_first_write([*applied_with, *push.children_waiting_on(applied_with)])
+        released = push.children_waiting_on(applied_with, reviewed=frozenset(mutation_ids))
+        push.lock_before_first_write([*applied_with, *released])
         for (device_id, user_id), pks in by_device.items():
             Mutation.objects.filter(pk__in=pks).update(
                 status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None

@@ -634,6 +634,85 @@ def test_a_change_kept_under_a_record_another_device_of_the_user_refused_waits_f
     assert not ClinicalNote.objects.exists()
 
 
+def _note_kept_under_a_refused_encounter(device: SimDevice) -> tuple[uuid.UUID, uuid.UUID, dict[str, Any]]:
+    """The device's encounter refused (its started_at), and a note written under it kept as
+    parent_quarantined: the encounter's id, the note's, and the note's create."""
+    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(device.member, started_at=12))
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm."})
+    first = device.push(refused, note)
+    assert [r["error"]["code"] for r in first] == ["invalid_fields", "parent_quarantined"]
+    return encounter_id, note_id, note
+
+
+@pytest.mark.parametrize(
+    ("operation", "fields"),
+    [("delete", None), ("update", {"body": "Written on the wrong person."})],
+)
+def test_a_note_kept_under_a_refused_encounter_is_not_released_by_the_fix_when_the_push_also_changes_it(
+    crew_member: CrewMember, operation: str, fields: dict[str, Any] | None
+) -> None:
+    """The push deletes (or edits) the kept note, then sends its encounter fixed: the delete is
+    kept with the note's create, and the fixed encounter must not bring the note to life over
+    it (with the text the user deleted or changed): the note's changes stay for review."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+
+    answer = _pushed_whole(
+        device,
+        device.mutation(operation, "care.note", note_id, fields),
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)),
+    )
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in answer["results"]] == [
+        ("quarantined", "record_quarantined"),
+        ("applied", None),
+    ]
+    assert answer["released"] == []
+    assert Encounter.objects.filter(pk=encounter_id).exists()
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert not SyncedRecord.objects.filter(record_id=note_id).exists()
+    assert list(
+        Mutation.objects.filter(record_id=note_id).order_by("id").values_list("operation", "status", "error_code")
+    ) == [
+        ("create", "quarantined", "parent_quarantined"),
+        (operation, "quarantined", "record_quarantined"),
+    ]
+
+
+def test_a_note_kept_under_a_refused_encounter_and_written_again_elsewhere_is_not_released_over_it(
+    crew_member: CrewMember,
+) -> None:
+    """The user wrote the note again under another encounter (the same note, now on the
+    server): the refused encounter, fixed later, does not release the old create over it,
+    which would meet the note as a stale copy (a conflict a case manager could settle back
+    to the old text). It stays for review."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+    other_encounter_id, _ = created(device)
+    [moved] = device.push(
+        device.mutation(
+            "create", "care.note", note_id, {"encounter_id": str(other_encounter_id), "body": "Calm; plan made."}
+        )
+    )
+
+    answer = _pushed_whole(
+        device, device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    )
+
+    assert moved["status"] == "applied"
+    assert [r["status"] for r in answer["results"]] == ["applied"]
+    assert answer["released"] == []
+    note = ClinicalNote.objects.get(pk=note_id)
+    assert (note.encounter_id, note.body) == (other_encounter_id, "Calm; plan made.")
+    assert not Conflict.objects.exists()
+    assert RecordVersion.objects.filter(record_id=note_id).count() == 1
+    assert list(Mutation.objects.filter(record_id=note_id).order_by("id").values_list("status", flat=True)) == [
+        "quarantined",
+        "applied",
+    ]
+
+
 def test_a_referral_sent_twice_under_a_refused_encounter_is_released_depth_first_with_its_outcome(
     crew_member: CrewMember,
 ) -> None:

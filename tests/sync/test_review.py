@@ -127,6 +127,40 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_applies_with_it_as_
     )
 
 
+def test_a_note_kept_with_the_encounter_a_supervisor_applies_with_the_notes_edit_stays_for_review(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The supervisor reviews the refused encounter and the clinician's later edit of the note
+    kept under it, together: the edit is a change of the note applied with the encounter, so
+    the note's kept create is not released behind it (nor its record locked as if it were):
+    the note's changes stay in quarantine, for review together."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Plan made."})
+    UnitMember.objects.filter(user=crew_member.user).delete()
+    device.push(refused, note)
+    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    [edited] = device.push(device.mutation("update", "care.note", note_id, {"body": "Wrong person."}))
+    encounter_kept, note_kept, edit_kept = _quarantined_ids(supervisor)
+    applied_with = list(Mutation.objects.filter(pk__in=[encounter_kept, edit_kept]))
+
+    released_by_review = push.children_waiting_on(applied_with, reviewed=frozenset([encounter_kept, edit_kept]))
+    results = _apply(supervisor, [encounter_kept, edit_kept])["results"]
+
+    assert edited["error"]["code"] == "record_quarantined"
+    assert released_by_review == []
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == [
+        ("applied", None),
+        ("quarantined", "record_quarantined"),
+    ]
+    assert Encounter.objects.filter(pk=encounter_id).exists()
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert _quarantined_ids(supervisor) == [note_kept, edit_kept]
+    assert Mutation.objects.get(pk=note_kept).error_code == "parent_quarantined"
+
+
 def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_tablet_is_revoked(
     program: Program, crew_member: CrewMember
 ) -> None:

@@ -256,14 +256,10 @@ def test_a_note_refused_with_its_encounter_is_taken_when_the_app_sends_the_encou
     assert ClinicalNote.objects.get(pk=note).encounter_id == uuid.UUID(visit)
 
 
-def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_not_a_conflict(
-    crew_member: CrewMember,
-) -> None:
-    """The note's first text applies with its fixed encounter, as the device's own write: the
-    text the user wrote over it since (on the copy the app kept) replaces it, as it would have
-    had the encounter never been refused."""
-    client = sync_client(crew_member)
-    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+def _note_pusher(
+    crew_member: CrewMember, client: Any, visit: str, note: str, last_pulled_at: int | None = None
+) -> Callable[[str, str], dict[str, Any]]:
+    """A push of the encounter and its note, both as the app made them (never synced)."""
 
     def push_with(started_at: str, note_body: str) -> dict[str, Any]:
         changes = {
@@ -271,11 +267,51 @@ def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_n
             "notes": _created({"id": note, "encounter_id": visit, "body": note_body}),
         }
         response = client.post(
-            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
+            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": last_pulled_at}, format="json"
         )
         assert response.status_code == 200, response.content
         answer: dict[str, Any] = response.json()
         return answer
+
+    return push_with
+
+
+def _pulled_and_edited_once_more(
+    client: Any, note: str, body: str, last_pulled_at: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The app's next sync, from its last pull, then one more edit of the note: it takes what
+    the pull brings of the note (synced since its push), and the user adds to the text it then
+    shows. Returns the note's pulled rows and the edit's result."""
+    pulls = _pull_until_done(client, last_pulled_at)
+    rows = [row for pull in pulls for row in pull["changes"].get("notes", {}).get("updated", []) if row["id"] == note]
+    held_body, held_version = body, 0
+    for row in rows:
+        held_body, held_version = row["body"], row["server_version"]
+    edit = {
+        "id": note,
+        "body": f"{held_body} Sister called.",
+        "server_version": held_version,
+        "updated_at": _millis(),
+        "_status": "updated",
+        "_changed": "body",
+    }
+    changes = {"notes": {"created": [], "updated": [edit], "deleted": []}}
+    return rows, _push(client, changes, pulls[-1]["timestamp"])
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_not_a_conflict(
+    crew_member: CrewMember,
+) -> None:
+    """P3: the note sent again with the user's edit, with its fixed encounter, applies as the
+    device's own write, holding the user's last text; its first create, kept, is not
+    released (the app would be sent that older text as the server's, and its next edit made
+    on it would replace the user's last text unseen): it stays for review. The app's next
+    sync brings no older text, and its next edit builds on the last."""
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+    first_sync = _pull_until_done(client, None)[-1]["timestamp"]
+    push_with = _note_pusher(crew_member, client, visit, note, first_sync)
 
     push_with("2026-11-20T14:05:00", "Calm.")  # no offset: refused, and the note with it
     fixed = push_with(now_iso(), "Calm; safety plan made.")
@@ -283,40 +319,81 @@ def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_n
     assert fixed["experimentalRejectedIds"] == {}
     assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
     assert not Conflict.objects.exists()
-    assert set(Mutation.objects.filter(record_type="care.note").values_list("status", flat=True)) == {"applied"}
+    assert [
+        (body["body"], status)
+        for body, status in Mutation.objects.filter(record_type="care.note")
+        .order_by("id")
+        .values_list("payload__fields", "status")
+    ] == [("Calm.", "quarantined"), ("Calm; safety plan made.", "applied")]
+
+    pulled, edited = _pulled_and_edited_once_more(client, note, "Calm; safety plan made.", first_sync)
+
+    assert [row["body"] for row in pulled] in ([], ["Calm; safety plan made."])
+    assert edited["status"] == "applied"
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made. Sister called."
 
 
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
 def test_a_note_refused_with_its_encounter_and_edited_while_it_was_ends_with_the_edit_once_it_is_fixed(
     crew_member: CrewMember,
 ) -> None:
     """Each sync while the encounter stays refused sends the note as the user last wrote it, a
-    new create kept with the first: once the encounter is fixed they apply in the order they
-    were made, as the device's own, and the note holds the user's last text."""
+    new create kept with the first; the sync that sends the encounter fixed sends the note
+    edited once more. That create applies, as the device's own, and the note holds the
+    user's last text; the creates kept are not released over it (P3): they stay for review.
+    The app's next sync brings no older text, and its next edit builds on the last."""
     client = sync_client(crew_member)
     visit, note = str(uuid.uuid4()), str(uuid.uuid4())
-
-    def push_with(started_at: str, note_body: str) -> dict[str, Any]:
-        changes = {
-            "encounters": _created({"id": visit, "unit_id": str(crew_member.unit.pk), "started_at": started_at}),
-            "notes": _created({"id": note, "encounter_id": visit, "body": note_body}),
-        }
-        response = client.post(
-            "/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json"
-        )
-        assert response.status_code == 200, response.content
-        answer: dict[str, Any] = response.json()
-        return answer
+    first_sync = _pull_until_done(client, None)[-1]["timestamp"]
+    push_with = _note_pusher(crew_member, client, visit, note, first_sync)
 
     naive = "2026-11-20T14:05:00"  # no offset: refused, and the note with it
     push_with(naive, "Calm.")
     edited = push_with(naive, "Calm; safety plan made.")
-    fixed = push_with(now_iso(), "Calm; safety plan made.")
+    fixed = push_with(now_iso(), "Calm; safety plan made; GP told.")
 
     assert edited["experimentalRejectedIds"] == {"encounters": [visit], "notes": [note]}
+    assert fixed["experimentalRejectedIds"] == {}
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made; GP told."
+    assert not Conflict.objects.exists()
+    assert list(
+        Mutation.objects.filter(record_type="care.note").order_by("id").values_list("status", "error_code")
+    ) == [("quarantined", "parent_quarantined"), ("quarantined", "parent_quarantined"), ("applied", "")]
+
+    pulled, edited_again = _pulled_and_edited_once_more(client, note, "Calm; safety plan made; GP told.", first_sync)
+
+    assert [row["body"] for row in pulled] in ([], ["Calm; safety plan made; GP told."])
+    assert edited_again["status"] == "applied"
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made; GP told. Sister called."
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_a_note_refused_with_its_encounter_and_edited_while_it_was_is_released_whole_when_only_the_encounter_is_new(
+    crew_member: CrewMember,
+) -> None:
+    """The note's last text sent again as it was (a replay of its kept create) with the fixed
+    encounter: nothing else of the note is in the push, so its kept creates apply in the
+    order they were made, and come back to the app, ending with the user's last text."""
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+    first_sync = _pull_until_done(client, None)[-1]["timestamp"]
+    push_with = _note_pusher(crew_member, client, visit, note, first_sync)
+
+    naive = "2026-11-20T14:05:00"  # no offset: refused, and the note with it
+    push_with(naive, "Calm.")
+    push_with(naive, "Calm; safety plan made.")
+    fixed = push_with(now_iso(), "Calm; safety plan made.")
+
     assert fixed["experimentalRejectedIds"] == {}
     assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
     assert not Conflict.objects.exists()
     assert set(Mutation.objects.filter(record_type="care.note").values_list("status", flat=True)) == {"applied"}
+
+    pulled, edited_again = _pulled_and_edited_once_more(client, note, "Calm; safety plan made.", first_sync)
+
+    assert [row["body"] for row in pulled][-1:] == ["Calm; safety plan made."]
+    assert edited_again["status"] == "applied"
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made. Sister called."
 
 
 def test_a_note_refused_with_its_encounter_and_deleted_since_stays_out_when_the_encounter_is_fixed(
