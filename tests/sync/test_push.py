@@ -680,6 +680,35 @@ def test_a_note_kept_under_a_refused_encounter_is_not_released_by_the_fix_when_t
     ]
 
 
+def test_a_note_kept_under_a_refused_encounter_is_not_released_by_a_fix_sent_before_its_delete_one_at_a_time(
+    crew_member: CrewMember,
+) -> None:
+    """The same, the fix first and the note's delete after it, in a batch applied one mutation
+    at a time (another change in it is refused): the delete, still to apply when the
+    encounter is created, keeps the note from being released."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+
+    answer = _pushed_whole(
+        device,
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)),
+        device.mutation("delete", "care.note", note_id),
+        device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "x"}),
+    )
+
+    assert [(r["status"], r.get("error", {}).get("code")) for r in answer["results"]] == [
+        ("applied", None),
+        ("quarantined", "record_quarantined"),
+        ("quarantined", "parent_not_found"),
+    ]
+    assert answer["released"] == []
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert list(Mutation.objects.filter(record_id=note_id).order_by("id").values_list("error_code", flat=True)) == [
+        "parent_quarantined",
+        "record_quarantined",
+    ]
+
+
 def test_a_note_kept_under_a_refused_encounter_and_written_again_elsewhere_is_not_released_over_it(
     crew_member: CrewMember,
 ) -> None:
@@ -711,6 +740,40 @@ def test_a_note_kept_under_a_refused_encounter_and_written_again_elsewhere_is_no
         "quarantined",
         "applied",
     ]
+
+
+@pytest.mark.parametrize(
+    ("location", "answered"),
+    [("125th St & Lexington Ave", "applied"), ("Lenox Ave & 116th St", "conflict")],
+)
+def test_a_note_kept_under_a_refused_encounter_is_not_released_when_the_fix_meets_the_encounter_deleted(
+    crew_member: CrewMember, location: str, answered: str
+) -> None:
+    """The encounter was created and deleted meanwhile under the same id (from the user's other
+    device): the fixed create meets it deleted (settled when it holds what the record held, a
+    conflict otherwise) and leaves no live encounter for the note to go under. The note stays
+    kept, for review."""
+    device = SimDevice(crew_member)
+    other_device, other_token = device_with_token(crew_member.user)
+    other = SimDevice(CrewMember(crew_member.user, crew_member.unit, other_device, other_token))
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+    made_and_deleted = other.push(
+        other.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)),
+        other.mutation("delete", "care.encounter", encounter_id, base_version=1),
+    )
+
+    answer = _pushed_whole(
+        device,
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member, location=location)),
+    )
+
+    assert [r["status"] for r in made_and_deleted] == ["applied", "applied"]
+    assert [r["status"] for r in answer["results"]] == [answered]
+    assert SyncedRecord.objects.get(record_id=encounter_id).is_deleted
+    assert answer["released"] == []
+    kept = Mutation.objects.get(record_id=note_id)
+    assert (kept.status, kept.error_code) == ("quarantined", "parent_quarantined")
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
 
 
 def test_a_referral_sent_twice_under_a_refused_encounter_is_released_depth_first_with_its_outcome(
