@@ -1679,7 +1679,27 @@ def children_waiting_on(
     )
     changed_again = {(row.device_id, row.record_id) for row in rows} | set(sent_with)
     kept = [row for row in kept if (row.device_id, row.record_id) not in changed_again]
-    with_other_changes = _records_with_other_changes_kept(kept, reviewed=reviewed) | _records_on_the_server(kept)
+    held_back = _records_with_other_changes_kept(kept, reviewed=reviewed) | _records_on_the_server(kept)
+    while True:
+        waiting = _released_under(kept, created, held_back)
+        # A record is released whole or not at all: another kept create of it that stays (one
+        # the device sent again under a parent still refused) may hold what the user wrote
+        # since, which the older one must not be sent back over. Then neither is released,
+        # nor what waits under it.
+        releasing = {row.record_id for row in waiting}
+        released_pks = {row.pk for row in waiting}
+        left_behind = {row.record_id for row in kept if row.record_id in releasing and row.pk not in released_pks}
+        if not left_behind:
+            return sorted(waiting, key=lambda row: row.pk)
+        held_back |= left_behind
+
+
+def _released_under(
+    kept: Sequence[Mutation], created: set[tuple[UUID, UUID]], held_back: set[UUID | None]
+) -> list[Mutation]:
+    """The kept creates that wait, as their device's, on a record ``created`` names, or on one
+    released so in turn, but for records ``held_back``."""
+    created = set(created)
     waiting: dict[int, Mutation] = {}
     found = True
     while found:  # a create under one released may be older than it: look again
@@ -1688,32 +1708,32 @@ def children_waiting_on(
             if (
                 row.pk in waiting
                 or row.record_id is None
-                or row.record_id in with_other_changes
+                or row.record_id in held_back
                 or (row.device_id, _parent_waited_on(row)) not in created
             ):
                 continue
             waiting[row.pk] = row
             found = True
             created.add((row.device_id, row.record_id))
-    return sorted(waiting.values(), key=lambda row: row.pk)
+    return list(waiting.values())
 
 
 def _records_with_other_changes_kept(
     creates: Sequence[Mutation], *, reviewed: frozenset[int] = frozenset()
 ) -> set[UUID | None]:
-    """The records of these quarantined creates that have another change in quarantine, not
-    set aside, other than such a create (an edit or a delete of the record made since, a
-    change of it from elsewhere) or one a review applies again (``reviewed``: the review's
-    own rows, which children_waiting_on finds among the rows it applies). The device's own
-    creates of one record, each sent again with what the user wrote since (as a WatermelonDB
-    app does), apply in their order."""
+    """The records of these quarantined creates that have another change in quarantine, set
+    aside or not, other than such a create (an edit or a delete of the record made since, a
+    change of it from elsewhere: one set aside still says the user changed the record after
+    that create) or one a review applies again (``reviewed``: the review's own rows, which
+    children_waiting_on finds among the rows it applies). The device's own creates of one
+    record, each sent again with what the user wrote since (as a WatermelonDB app does),
+    apply in their order, all of them or none (children_waiting_on)."""
     if not creates:
         return set()
     return set(
         Mutation.objects.filter(
             record_id__in=bulk.any_of({row.record_id for row in creates if row.record_id is not None}, "uuid"),
             status=MutationStatus.QUARANTINED,
-            dismissed_at=None,
         )
         .exclude(pk__in=bulk.any_of({row.pk for row in creates} | reviewed, "bigint"))
         .values_list("record_id", flat=True)

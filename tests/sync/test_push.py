@@ -15,7 +15,7 @@ from apps.accounts.models import Program, Role
 from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Person, Referral
 from apps.common.api.errors import DomainError
-from apps.sync import conf, push
+from apps.sync import conf, push, review
 from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, RecordVersion, SyncedRecord
 from apps.sync.services import RecordIdHeld, publish_record
 from tests.accounts.factories import ProgramFactory, device_with_token
@@ -740,6 +740,58 @@ def test_a_note_kept_under_a_refused_encounter_and_written_again_elsewhere_is_no
         "quarantined",
         "applied",
     ]
+
+
+def test_a_note_kept_under_a_refused_encounter_whose_delete_was_set_aside_is_not_released(
+    crew_member: CrewMember,
+) -> None:
+    """The user deleted the kept note, and a supervisor set that delete aside (there was no
+    note on the server to delete). The fixed encounter must still not bring the note to life:
+    the set-aside delete says the user changed the note after its create."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+    [deleted] = device.push(device.mutation("delete", "care.note", note_id))
+    assert deleted["error"]["code"] == "record_quarantined"
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    delete = Mutation.objects.get(record_id=note_id, operation="delete")
+    review.dismiss_after_review(mutation_ids=[delete.pk], reviewer=supervisor.user, reason="No such note here")
+
+    answer = _pushed_whole(
+        device, device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    )
+
+    assert [r["status"] for r in answer["results"]] == ["applied"]
+    assert answer["released"] == []
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+
+
+def test_a_note_sent_again_under_another_refused_encounter_is_not_released_by_the_first_ones_fix(
+    crew_member: CrewMember,
+) -> None:
+    """The note, kept under one refused encounter, was sent again (as a create, with what the
+    user wrote since) under a second encounter, refused too. Fixing the first must not
+    release the older create: the server would make the note with the old text and send it
+    back over the device's newer one, and the newer create, meeting the note made, would stay
+    behind. Both stay for review."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+    second_encounter_id = uuid.uuid4()
+    second = device.push(
+        device.mutation("create", "care.encounter", second_encounter_id, encounter_fields(crew_member, started_at=12)),
+        device.mutation(
+            "create", "care.note", note_id, {"encounter_id": str(second_encounter_id), "body": "Calm; plan made."}
+        ),
+    )
+    assert [r["error"]["code"] for r in second] == ["invalid_fields", "parent_quarantined"]
+
+    answer = _pushed_whole(
+        device, device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    )
+
+    assert [r["status"] for r in answer["results"]] == ["applied"]
+    assert answer["released"] == []
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert list(Mutation.objects.filter(record_id=note_id).values_list("status", flat=True)) == ["quarantined"] * 2
 
 
 @pytest.mark.parametrize(
