@@ -95,12 +95,12 @@ def test_a_supervisor_applies_a_revoked_tablets_handed_over_work_after_review(
     )
 
 
-def test_a_note_kept_with_the_encounter_a_supervisor_applies_applies_with_it_as_its_writers(
-    program: Program, crew_member: CrewMember
-) -> None:
-    """The supervisor reviews the refused encounter; the note written under it was kept only
-    because the encounter was: it applies with it, as the clinician's own write."""
-    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+def _note_kept_with_an_encounter_refused(
+    crew_member: CrewMember,
+) -> tuple[SimDevice, uuid.UUID, uuid.UUID, dict[str, Any]]:
+    """An encounter refused while its writer was out of the unit (not_permitted), and a note
+    written under it kept as parent_quarantined; the writer back in the unit: the device, the
+    encounter's id, the note's, and the note's create."""
     device = SimDevice(crew_member)
     encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
     refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
@@ -108,12 +108,22 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_applies_with_it_as_
     UnitMember.objects.filter(user=crew_member.user).delete()
     first = device.push(refused, note)
     UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    assert [r["error"]["code"] for r in first] == ["not_permitted", "parent_quarantined"]
+    return device, encounter_id, note_id, note
+
+
+def test_a_note_kept_with_the_encounter_a_supervisor_applies_applies_with_it_as_its_writers(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """The supervisor reviews the refused encounter; the note written under it was kept only
+    because the encounter was: it applies with it, as the clinician's own write."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    device, encounter_id, note_id, note = _note_kept_with_an_encounter_refused(crew_member)
     encounter_kept, _note_kept = _quarantined_ids(supervisor)
 
     [result] = _apply(supervisor, [encounter_kept])["results"]
     [again] = device.push(note)
 
-    assert [r["error"]["code"] for r in first] == ["not_permitted", "parent_quarantined"]
     assert result["status"] == "applied"
     assert ClinicalNote.objects.get(pk=note_id).encounter_id == encounter_id
     assert _quarantined_ids(supervisor) == []
@@ -135,13 +145,7 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_with_the_notes_edit
     the note's kept create is not released behind it (nor its record locked as if it were):
     the note's changes stay in quarantine, for review together."""
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
-    device = SimDevice(crew_member)
-    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
-    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
-    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Plan made."})
-    UnitMember.objects.filter(user=crew_member.user).delete()
-    device.push(refused, note)
-    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    device, encounter_id, note_id, _note = _note_kept_with_an_encounter_refused(crew_member)
     [edited] = device.push(device.mutation("update", "care.note", note_id, {"body": "Wrong person."}))
     encounter_kept, note_kept, edit_kept = _quarantined_ids(supervisor)
     applied_with = list(Mutation.objects.filter(pk__in=[encounter_kept, edit_kept]))
@@ -168,13 +172,7 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_tabl
     tablet that wrote the note is revoked, so nothing of its own applies by itself: the note
     stays for review."""
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
-    device = SimDevice(crew_member)
-    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
-    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
-    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Plan made."})
-    UnitMember.objects.filter(user=crew_member.user).delete()
-    device.push(refused, note)
-    UnitMember.objects.create(unit=crew_member.unit, user=crew_member.user)
+    _device, encounter_id, note_id, _note = _note_kept_with_an_encounter_refused(crew_member)
     encounter_kept, note_kept = _quarantined_ids(supervisor)
     revoke_device(crew_member)
 
