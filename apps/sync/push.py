@@ -1170,12 +1170,14 @@ def apply_received(
             if row is None:
                 return applied_alone
             # The device's other changes of a record, still to apply or applied already in
-            # this run, keep a create of it from being released (children_waiting_on).
-            sent_with |= set(
-                Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).values_list(
-                    "device_id", "record_id"
+            # this run, keep a create of it from being released (children_waiting_on). Only a
+            # create releases anything, so only then are they read.
+            if row.operation == MutationOperation.CREATE:
+                sent_with |= set(
+                    Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).values_list(
+                        "device_id", "record_id"
+                    )
                 )
-            )
             waiting = children_waiting_on([row], reviewed=reviewed, sent_with=sent_with)
             # The records of the changes its create may release are locked before this
             # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
