@@ -30,6 +30,7 @@ from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.common.api.errors import DomainError
+from apps.common.locks import advisory_lock_key
 from apps.dispatch import selectors
 from apps.dispatch.models import (
     UNIT_STATUS_FOR,
@@ -130,12 +131,11 @@ def _publish_unit(unit: Unit, *, origin_device_id: UUID | None = None) -> None:
 
 
 # The advisory-lock namespace of the unit board (apps.sync.services keeps its own apart).
-_UNIT_BOARD_LOCK_SALT = 0x0B0A_2D00_0000_0003
+_UNIT_BOARD_LOCKS = b"tandem.unitboard"
 
 
 def _unit_board_key(unit_id: UUID) -> int:
-    key = ((unit_id.int >> 64) ^ _UNIT_BOARD_LOCK_SALT) & ((1 << 64) - 1)
-    return key - (1 << 64) if key >= 1 << 63 else key
+    return advisory_lock_key(_UNIT_BOARD_LOCKS, unit_id)
 
 
 def _lock_unit_boards(unit_ids: Iterable[UUID]) -> None:

@@ -29,6 +29,7 @@ from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.common import bulk, jsontext
 from apps.common.api.errors import DomainError
+from apps.common.locks import advisory_lock_key
 from apps.sync import nudges, registry, sealing
 from apps.sync.models import (
     ChangeEntry,
@@ -47,19 +48,13 @@ from apps.sync.selectors import audiences_of
 
 logger = logging.getLogger(__name__)
 
-_SIGNED_64 = 1 << 63
 _UPSERT = ChangeOperation.UPSERT.value
 _REMOVE = ChangeOperation.REMOVE.value
 # Joins a short list into one array element for unnest (never appears in scopes or names).
 _SEPARATOR = "\x1f"
 # Advisory-lock namespaces, so a device lock never collides with a record lock.
-_RECORD_LOCK_SALT = 0x5EC0_0000_0000_0001
-_DEVICE_LOCK_SALT = 0x0DE7_1CE0_0000_0002
-
-
-def _lock_key(value: UUID, salt: int) -> int:
-    key = ((value.int >> 64) ^ salt) & ((1 << 64) - 1)
-    return key - (1 << 64) if key >= _SIGNED_64 else key
+RECORD_LOCKS = b"tandem.record"
+DEVICE_LOCKS = b"tandem.device"
 
 
 def lock_records(record_ids: Iterable[UUID]) -> None:
@@ -72,7 +67,7 @@ def lock_records(record_ids: Iterable[UUID]) -> None:
     take first too (SyncedType.lock_before_writing). It also covers records that do not
     exist yet.
     """
-    keys = sorted({_lock_key(record_id, _RECORD_LOCK_SALT) for record_id in record_ids})
+    keys = sorted({advisory_lock_key(RECORD_LOCKS, record_id) for record_id in record_ids})
     if not keys:
         return
     assert connection.in_atomic_block, "lock_records needs a transaction"
@@ -87,12 +82,12 @@ def lock_device(device_id: UUID) -> None:
     """One push of a device at a time: a retry waits for the attempt it repeats."""
     assert connection.in_atomic_block, "lock_device needs a transaction"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(device_id, _DEVICE_LOCK_SALT)])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_lock_key(DEVICE_LOCKS, device_id)])
 
 
 def device_lock_held(device_id: UUID) -> bool:
     """Whether a transaction holds the device's push lock now: a push of it is under way."""
-    key = _lock_key(device_id, _DEVICE_LOCK_SALT)
+    key = advisory_lock_key(DEVICE_LOCKS, device_id)
     with connection.cursor() as cursor:
         # A bigint advisory lock shows in pg_locks as its high and low halves.
         cursor.execute(

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
+from apps.common.locks import advisory_lock_key
 from apps.dispatch import services
-from apps.sync.services import _RECORD_LOCK_SALT, _lock_key
+from apps.sync.services import RECORD_LOCKS
 from apps.teams.models import Unit
 
 # How long a test waits for another thread, generously: the suite runs on busy machines.
@@ -28,7 +29,7 @@ def board_key(unit: Unit) -> int:
 
 
 def record_key(record_id: uuid.UUID) -> int:
-    return _lock_key(record_id, _RECORD_LOCK_SALT)
+    return advisory_lock_key(RECORD_LOCKS, record_id)
 
 
 def _advisory_lock_of(key: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -451,3 +452,41 @@ def test_a_review_and_a_push_each_take_the_boards_of_their_status_times_once(
     assert (reviewed.json()["results"][0]["status"], pushed["status"]) == ("applied", "applied")
     assert taken_by_the_review == taken == [{crew_member.user.pk: {assignment_id}}]
     assert Assignment.objects.get(pk=assignment_id).status == AssignmentStatus.ON_SCENE
+
+
+def _locked_alone(record_id: uuid.UUID) -> Any:
+    def lock() -> None:
+        with transaction.atomic():
+            lock_records([record_id])
+
+    return lock
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
+def test_a_record_id_aimed_at_a_units_board_does_not_wait_for_the_board(program: Program) -> None:
+    """Clients choose record ids. Keys made of an id's high half, salted per kind, let an id
+    be chosen whose record lock was a unit's board: its push would wait for every action on
+    the unit, or deadlock with one. Keys hashed with their kind cannot be aimed."""
+    unit = UnitFactory.create(program=program)
+    record_salt, board_salt = 0x5EC0_0000_0000_0001, 0x0B0A_2D00_0000_0003
+    aimed = uuid.UUID(int=((unit.pk.int >> 64) ^ board_salt ^ record_salt) << 64 | uuid.uuid4().int >> 64)
+
+    with board_held_elsewhere(unit):
+        locking = run_until_done_or_blocked(_locked_alone(aimed), blocked_on=board_key(unit))
+    locking.result()
+
+    assert not locking.waited
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions, each on its own connection
+def test_records_whose_ids_share_their_first_half_lock_apart() -> None:
+    """A record's lock is its whole id's: a writer of one record never waits for a writer of
+    another, however alike the ids."""
+    held = uuid.uuid4()
+    alike = uuid.UUID(int=held.int ^ 1)
+
+    with held_elsewhere(lambda: lock_records([held])):
+        locking = run_until_done_or_blocked(_locked_alone(alike), blocked_on=record_key(held))
+    locking.result()
+
+    assert not locking.waited
