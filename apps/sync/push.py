@@ -385,6 +385,7 @@ def push_mutations(
     problems: dict[int, dict[str, Any]] | None = None,
     accessor: Accessor | None = None,
     pulled_through: FeedPosition | None = None,
+    bases: dict[int, int] | None = None,
 ) -> PushAnswer:
     """Store, apply and answer a batch of one device's mutations (see the module docstring).
 
@@ -400,7 +401,11 @@ def push_mutations(
     an error naming its place in the mutation (``fields.deleted``): such a mutation is stored
     and quarantined, as one the server cannot read as it was sent. ``pulled_through``: where
     in the feed the device's last pull reached, for a client that does not take the versions
-    its pushes make (``RecordVersion.held_by_writer``).
+    its pushes make (``RecordVersion.held_by_writer``). ``bases``: by index, the base version
+    of mutations that name none, where the caller knows the device held that version (a
+    WatermelonDB app's delete of a record it had pulled: its create); the ledger keeps it as
+    the mutation's base, so every later apply of it (one at a time, after review) takes it
+    too, and the mutation's key, its content as sent, stays what it was.
     """
     plausible = plausible_times(timezone.now())
     envelopes = [
@@ -411,6 +416,10 @@ def push_mutations(
         envelope = envelopes[index]
         if envelope.rejection is None and envelope.problem is None:
             envelope.problem = {**problem, "field": f"mutations.{index}.{problem['field']}"}
+    for index, base in (bases or {}).items():
+        envelope = envelopes[index]
+        if envelope.rejection is None and envelope.base_version is None:
+            envelope.base_version = base
     results: dict[int, dict[str, Any]] = {}
     for envelope in envelopes:
         if envelope.rejection is not None:

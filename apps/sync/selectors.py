@@ -8,7 +8,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +21,7 @@ from django.db.models import Exists, Max, Model, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import Membership, Role, User
+from apps.common import bulk
 from apps.sync import sealing
 from apps.sync.models import (
     Audience,
@@ -628,6 +629,18 @@ def synced_type_of(record_id: UUID) -> str | None:
     id alone, so a service creating a record under an id a client chose asks whether another
     record holds it first (publishing over it would replace that record on every device)."""
     return SyncedRecord.objects.filter(record_id=record_id).values_list("record_type", flat=True).first()
+
+
+def heads_written(*, record_ids: Iterable[UUID]) -> dict[UUID, tuple[int, int | None]]:
+    """Each synced record's version and the transaction that wrote it (None: written before
+    heads kept it), by id, in one query: what a device's pull had reached of a record
+    (``FeedPosition.is_past``) is told by the feed's order, without reading the feed."""
+    return {
+        record_id: (version, written)
+        for record_id, version, written in SyncedRecord.objects.filter(
+            record_id__in=bulk.any_of(record_ids, "uuid")
+        ).values_list("record_id", "version", "written_in_transaction")
+    }
 
 
 def record_as_served(*, record_type: str, record_id: UUID) -> dict[str, Any] | None:

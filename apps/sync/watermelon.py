@@ -31,6 +31,7 @@ from typing import Any
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
 from apps.audit.services import Accessor
+from apps.common.ids import canonical_uuid
 from apps.sync import conf, push, registry, selectors
 from apps.sync.models import ChangeOperation, IssuedCursor, RemoveReason
 
@@ -350,11 +351,15 @@ def push_changes(
     mutations: list[dict[str, Any]] = []
     places: list[tuple[str, str]] = []  # (table, where the record is in the body)
     problems: dict[int, dict[str, Any]] = {}  # by mutation
+    marked_deleted: dict[int, Any] = {}  # by mutation: the ids markAsDeleted() sent
     for table, place, mutation, problem in writes + deletes:
         if problem is not None:
             problems[len(mutations)] = problem
+        if place.split(".")[-2] == "deleted":
+            marked_deleted[len(mutations)] = mutation["id"]
         mutations.append(mutation)
         places.append((table, place))
+    pulled_through = _pulled_through(device, last_pulled_at)
     results = push.push_mutations(
         device=device,
         user=user,
@@ -364,7 +369,8 @@ def push_changes(
         lockout=lockout,
         accessor=accessor,
         problems=problems,
-        pulled_through=_pulled_through(device, last_pulled_at),
+        pulled_through=pulled_through,
+        bases=_creates_held(marked_deleted, pulled_through),
     ).results
     rejected: dict[str, list[str]] = {}
     for (table, place), mutation, result in zip(places, mutations, results, strict=True):
@@ -397,6 +403,40 @@ def _pulled_through(device: Device, last_pulled_at: int | None) -> selectors.Fee
         return selectors.FeedPosition.decode(position, reader_device_id=device.pk)
     except selectors.InvalidCursor:
         return None
+
+
+def _creates_held(marked_deleted: dict[int, Any], pulled: selectors.FeedPosition | None) -> dict[int, int]:
+    """The base of each delete ``markAsDeleted()`` sent (an id under ``deleted``, by mutation)
+    that the app is known to have held the record for: its create, version 1.
+
+    Not the version the app's last pull had reached. The push's ``lastPulledAt`` is the pull
+    its own sync made just before it, and WatermelonDB passes over a pulled change of a
+    record it holds deleted ("deletion will be pushed later"): a colleague's edit made while
+    the app was offline with the record deleted is served by that pull, and never seen. Only
+    ids come under ``deleted``, nothing of when the app deleted the record, so nothing later
+    than the record's first version is known to have been seen by the delete. That one was:
+    the app had the record, so its pull had brought it (or the app created it), at version 1
+    or later. A later version decides, as before: a colleague's edit, pulled or not, keeps
+    the delete a ``delete_vs_edit`` conflict; the app's own writes do not (and show it had
+    the record).
+
+    Where the record has no version but its create, that create must have been served to the
+    app by its last pull (written in a transaction the pull had passed): a record made since
+    the pull, which the app cannot have had, keeps the delete without a base. Without
+    ``pulled`` (no ``lastPulledAt``, one this server does not know, or one part way through a
+    first sync or a migration), the app's records are not known to have come from this
+    server as it stands (a database restored from a backup, say), and nothing is taken.
+    One query for the push's deleted ids, none for a push without them."""
+    if pulled is None or not marked_deleted:
+        return {}
+    record_ids = {index: record_id for index, sent in marked_deleted.items() if (record_id := canonical_uuid(sent))}
+    heads = selectors.heads_written(record_ids=set(record_ids.values()))
+    bases: dict[int, int] = {}
+    for index, record_id in record_ids.items():
+        version, written = heads.get(record_id, (0, None))
+        if version > 1 or (version == 1 and written is not None and pulled.is_past(written)):
+            bases[index] = 1
+    return bases
 
 
 def _field_in_body(field: str | None, table: str, place: str) -> str:

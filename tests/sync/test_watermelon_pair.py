@@ -1147,3 +1147,160 @@ def test_a_replayed_record_whose_version_kept_a_colleagues_value_comes_back_as_i
 
     assert (lost["status"], lost["data"]["location"], again["status"]) == ("applied", "125th St", "duplicate")
     assert _encounter_rows(pulled) == [(str(visit), "125th St", 4)]
+
+
+def _marked_deleted(visit: uuid.UUID) -> dict[str, Any]:
+    """The push body's changes of an encounter the app deleted with ``markAsDeleted()``: its
+    id under ``deleted``, nothing more."""
+    return {"encounters": {"created": [], "updated": [], "deleted": [str(visit)]}}
+
+
+@pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
+def test_a_colleagues_record_the_app_pulled_and_marked_deleted_is_deleted_not_a_conflict(
+    crew_member: CrewMember,
+) -> None:
+    """The tablet had the colleague's encounter from its pull, unchanged since: the delete saw
+    all there is of it, and a case manager was asked to settle a conflict for nothing."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulls = _pull_until_done(client, None)
+    assert str(visit) in _encounter_ids(pulls[0])  # the app holds it
+    pulled = pulls[-1]["timestamp"]
+
+    deleted = _push(client, _marked_deleted(visit), pulled)
+    again = _push(client, _marked_deleted(visit), pulled)  # its answer lost: sent again
+
+    assert (deleted["status"], deleted["version"], deleted["data"]["deleted"]) == ("applied", 2, True)
+    assert (again["status"], again["original_status"]) == ("duplicate", "applied")
+    assert Encounter.objects.get(pk=visit).is_deleted
+    assert not Conflict.objects.filter(record_id=visit).exists()
+    # The ledger keeps the base the delete took; its key is the id as the app sent it.
+    assert list(Mutation.objects.filter(device=tablet.device).values_list("base_version", "payload")) == [
+        (1, {"type": "care.encounter", "id": str(visit), "op": "delete", "content": str(visit)})
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pulled_again", [False, True], ids=["not pulled", "pulled while deleted"])
+def test_a_colleagues_edit_since_the_record_was_pulled_keeps_the_apps_delete_a_conflict(
+    crew_member: CrewMember, pulled_again: bool
+) -> None:
+    """A colleague changed the encounter after the tablet's pull. Not pulled yet, the change was
+    never seen. Pulled by the sync that pushes the delete, it was not seen either: the app
+    had deleted the record offline before that pull, and WatermelonDB passes over a pulled
+    change of a record it holds deleted; the push's lastPulledAt is that pull's."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulled = _pull_until_done(client, None)[-1]["timestamp"]
+    colleague = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
+    )
+    assert colleague["status"] == "applied"
+    if pulled_again:
+        later = _pull_until_done(client, pulled)
+        assert str(visit) in _encounter_ids(later[0])
+        pulled = later[-1]["timestamp"]
+
+    deleted = _push(client, _marked_deleted(visit), pulled)
+
+    assert (deleted["status"], [kept["kind"] for kept in deleted["conflicts"]]) == ("conflict", ["delete_vs_edit"])
+    stored = Encounter.objects.get(pk=visit)
+    assert (stored.is_deleted, stored.location) == (False, "125th St")
+    assert Conflict.objects.get(record_id=visit).kind == "delete_vs_edit"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sent", ["no lastPulledAt", "first sync part way"])
+def test_a_marked_delete_without_a_pull_the_server_knows_has_seen_nothing_as_before(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch, sent: str
+) -> None:
+    """Without a lastPulledAt, or with one part way through a first sync, the app's records are
+    not known to be the server's as they stand: the delete has no base, and meets the
+    colleague's create as an edit it had not seen."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    encounter(crew_member)  # a first sync of two parts
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    monkeypatch.setattr(conf, "WATERMELON_FIRST_SYNC_PART", 1)
+    first_part = client.get("/api/v1/sync/watermelon/pull/").json()
+    assert first_part["has_more"]
+    last_pulled_at = None if sent == "no lastPulledAt" else first_part["timestamp"]
+
+    response = client.post(
+        "/api/v1/sync/watermelon/push/",
+        {"changes": _marked_deleted(visit), "lastPulledAt": last_pulled_at},
+        format="json",
+    )
+
+    [deleted] = response.json()["results"]
+    assert (deleted["status"], deleted["conflicts"][0]["kind"]) == ("conflict", "delete_vs_edit")
+    assert not Encounter.objects.get(pk=visit).is_deleted
+    assert Mutation.objects.get(device=tablet.device).base_version is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_marked_delete_of_a_record_made_since_the_apps_pull_is_a_conflict(crew_member: CrewMember) -> None:
+    """A record the app's pull never brought (a colleague made it since) was never the app's to
+    have seen: its delete takes no base."""
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulled = _pull_until_done(client, None)[-1]["timestamp"]
+    visit = encounter(crew_member, location="Lenox Ave")
+
+    deleted = _push(client, _marked_deleted(visit), pulled)
+
+    assert (deleted["status"], deleted["conflicts"][0]["kind"]) == ("conflict", "delete_vs_edit")
+    assert not Encounter.objects.get(pk=visit).is_deleted
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_marked_delete_after_the_apps_own_edit_of_a_colleagues_record_is_deleted(crew_member: CrewMember) -> None:
+    """The tablet's own edit (sent by a push without lastPulledAt, so not counted as held) shows
+    it had the colleague's encounter: the delete saw its create, and nothing but the tablet
+    wrote it since."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    first = _pull_until_done(client, None)[-1]["timestamp"]
+    edited = client.post(
+        "/api/v1/sync/watermelon/push/",
+        {"changes": _edited(visit, assessment="Calm; oriented."), "lastPulledAt": None},
+        format="json",
+    ).json()["results"]
+    assert [result["status"] for result in edited] == ["applied"]
+    pulled = _pull_until_done(client, first)[-1]["timestamp"]
+
+    deleted = _push(client, _marked_deleted(visit), pulled)
+
+    assert (deleted["status"], deleted["version"]) == ("applied", 3)
+    assert Encounter.objects.get(pk=visit).is_deleted
+    assert not Conflict.objects.filter(record_id=visit).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_marked_delete_of_a_record_deleted_already_or_out_of_the_apps_sight_changes_nothing(
+    crew_member: CrewMember,
+) -> None:
+    """A colleague deleted the encounter after the tablet's pull: the delete is settled at the
+    version that deleted it. Another unit's encounter is not the tablet's user's to delete."""
+    deleted_since = encounter(crew_member, location="Lenox Ave")
+    elsewhere = encounter(make_crew_member(crew_member.unit.program), location="Bronx")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulled = _pull_until_done(client, None)[-1]["timestamp"]
+    colleague = pushed(crew_member, "care.encounter", {}, op="delete", record_id=deleted_since, base_version=1)
+    assert colleague["status"] == "applied"
+
+    settled = _push(client, _marked_deleted(deleted_since), pulled)
+    refused = client.post(
+        "/api/v1/sync/watermelon/push/", {"changes": _marked_deleted(elsewhere), "lastPulledAt": pulled}, format="json"
+    ).json()
+
+    assert (settled["status"], settled["version"], settled["data"]["deleted"]) == ("applied", 2, True)
+    assert refused["experimentalRejectedIds"] == {"encounters": [str(elsewhere)]}
+    assert refused["results"][0]["error"]["code"] == "not_permitted"
+    assert not Encounter.objects.get(pk=elsewhere).is_deleted
+    assert SyncedRecord.objects.get(record_id=elsewhere).version == 1
+    assert not Conflict.objects.exists()
