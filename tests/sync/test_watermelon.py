@@ -147,3 +147,32 @@ def test_watermelondb_edits_are_merged_against_what_the_app_holds(asgi: AsgiServ
     )
     kept = Conflict.objects.get(record_id=preseeded)
     assert (kept.field, kept.device_value) == ("assessment", "A: tearful, denies SI. Calm at departure.")
+
+
+def test_watermelondb_deletes_by_id_apply_when_seen_and_conflict_with_an_edit_pulled_after_them(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    """markAsDeleted() sends only ids. A delete of a colleague's record the app pulled and no one
+    changed since applies; one made offline before the pull that brought a colleague's edit
+    (WatermelonDB passes over a pulled change of a record it holds deleted) meets that edit
+    as a conflict (sync_test.js, markedDeleted)."""
+    node = node_project()
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    writer = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    unchanged, edited = (encounter(writer, location="Lenox Ave") for _ in range(2))
+
+    summary = run_sync_test(
+        node,
+        SCENARIO="marked-deleted",
+        BASE_URL=asgi.http_url,
+        TOKEN_A=crew_member.token,
+        TOKEN_B=teammate.token,
+        UNIT_ID=str(crew_member.unit.pk),
+        PRESEEDED_IDS=f"{unchanged},{edited}",
+    )
+
+    assert summary == {"unchanged": ["applied"], "pulledWhileDeleted": True, "editedMeanwhile": ["conflict"]}
+    assert Encounter.objects.get(pk=unchanged).is_deleted
+    kept = Encounter.objects.get(pk=edited)
+    assert (kept.is_deleted, kept.location) == (False, "B: moved to clinic")
+    assert list(Conflict.objects.values_list("record_id", "kind")) == [(edited, "delete_vs_edit")]

@@ -3,6 +3,7 @@
 //   BASE_URL=http://127.0.0.1:8000 TOKEN_A=... DEVICE_A=... TOKEN_B=... UNIT_ID=... PRESEEDED_ID=... \
 //     node sync_test.js
 //   SCENARIO=first-sync-in-parts BASE_URL=... TOKEN_A=... TOKEN_B=... PRESEEDED_IDS=<id,id,...> node sync_test.js
+//   (SCENARIO=held-versions with PRESEEDED_ID, SCENARIO=marked-deleted with PRESEEDED_IDS of two, likewise)
 //
 // Exits non-zero on the first failed expectation; prints one JSON line of what the Python
 // test checks on the server side.
@@ -179,6 +180,11 @@ async function edit(database, table, id, fields) {
   })
 }
 
+async function markAsDeleted(database, table, id) {
+  const record = await database.get(table).find(id)
+  await database.write(() => record.markAsDeleted())
+}
+
 const find = (database, table, id) => database.get(table).find(id)
 const pulledIds = (body, table) => (body.changes[table] ? body.changes[table].updated.map((raw) => raw.id) : [])
 
@@ -346,7 +352,37 @@ async function heldVersions() {
   console.log(JSON.stringify({ locationShownToA, locationEdit, assessmentShownToA, rewrite }))
 }
 
-const scenarios = { 'first-sync-in-parts': firstSyncInParts, 'held-versions': heldVersions }
+// Deletes by markAsDeleted(), which sends only the record's id. A deletes a colleague's record
+// it pulled, unchanged since: the delete applies. A deletes another one offline while B edits
+// it; A's next sync pulls B's edit, which WatermelonDB passes over for a record it holds
+// deleted, and pushes the delete with that pull's timestamp: the delete never saw the edit,
+// and meets it as a conflict.
+async function markedDeleted() {
+  const a = tablet('tablet-a', TOKEN_A)
+  const b = tablet('tablet-b', TOKEN_B)
+  const [unchangedId, editedId] = PRESEEDED_IDS.split(',')
+  await a.syncUntilDone()
+  await b.syncUntilDone()
+
+  await markAsDeleted(a.database, 'encounters', unchangedId)
+  await a.sync()
+  const unchanged = a.seen.pushes[a.seen.pushes.length - 1].results.map((result) => result.status)
+
+  await markAsDeleted(a.database, 'encounters', editedId)
+  await edit(b.database, 'encounters', editedId, { location: 'B: moved to clinic' })
+  await b.sync()
+  const pulls = a.seen.pulls.length
+  await a.sync()
+  const pulledWhileDeleted = pulledIds(a.seen.pulls[pulls], 'encounters').includes(editedId)
+  const editedMeanwhile = a.seen.pushes[a.seen.pushes.length - 1].results.map((result) => result.status)
+  console.log(JSON.stringify({ unchanged, pulledWhileDeleted, editedMeanwhile }))
+}
+
+const scenarios = {
+  'first-sync-in-parts': firstSyncInParts,
+  'held-versions': heldVersions,
+  'marked-deleted': markedDeleted,
+}
 ;(scenarios[process.env.SCENARIO] || main)().catch((error) => {
   console.error(error)
   process.exit(1)
