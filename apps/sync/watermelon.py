@@ -417,12 +417,14 @@ def _creates_held(marked_deleted: dict[int, Any], pulled: selectors.FeedPosition
     than the record's first version is known to have been seen by the delete. That one was:
     the app had the record, so its pull had brought it (or the app created it), at version 1
     or later. A later version decides, as before: a colleague's edit, pulled or not, keeps
-    the delete a ``delete_vs_edit`` conflict; the app's own writes do not (and show it had
-    the record).
+    the delete a ``delete_vs_edit`` conflict, unless a later version of the app's own holds
+    it (pushed after the pull that brought it: ``RecordVersion.held_by_writer``); the app's
+    own writes do not (and show it had the record).
 
     Where the record has no version but its create, that create must have been served to the
-    app by its last pull (written in a transaction the pull had passed): a record made since
-    the pull, which the app cannot have had, keeps the delete without a base. Without
+    app by its last pull (written in a transaction the pull had passed, or before heads kept
+    the transaction, long past): a record made since the pull, which the app cannot have
+    had, keeps the delete without a base. Without
     ``pulled`` (no ``lastPulledAt``, one this server does not know, or one part way through a
     first sync or a migration), the app's records are not known to have come from this
     server as it stands (a database restored from a backup, say), and nothing is taken.
@@ -434,7 +436,7 @@ def _creates_held(marked_deleted: dict[int, Any], pulled: selectors.FeedPosition
     bases: dict[int, int] = {}
     for index, record_id in record_ids.items():
         version, written = heads.get(record_id, (0, None))
-        if version > 1 or (version == 1 and written is not None and pulled.is_past(written)):
+        if version > 1 or (version == 1 and (written is None or pulled.is_past(written))):
             bases[index] = 1
     return bases
 

@@ -1182,6 +1182,54 @@ def test_a_colleagues_record_the_app_pulled_and_marked_deleted_is_deleted_not_a_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_record_made_before_heads_kept_their_transaction_and_marked_deleted_is_deleted(
+    crew_member: CrewMember,
+) -> None:
+    """A record last written before heads kept the transaction that wrote them (an upgraded
+    database) was made long before any pull of today: the app that holds it had it."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    SyncedRecord.objects.filter(record_id=visit).update(written_in_transaction=None)
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulled = _pull_until_done(client, None)[-1]["timestamp"]
+
+    deleted = _push(client, _marked_deleted(visit), pulled)
+
+    assert (deleted["status"], deleted["data"]["deleted"]) == ("applied", True)
+    assert not Conflict.objects.filter(record_id=visit).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writer", ["colleague", "own other device"])
+def test_a_pulled_edit_the_app_then_edited_over_is_seen_by_its_delete(crew_member: CrewMember, writer: str) -> None:
+    """The app pulled an edit, then pushed its own edit over it (a version it holds whole):
+    its delete has seen both. The same user's edit from another device is anyone else's:
+    with no edit of the tablet's own over it, the delete is not known to have seen it
+    (WatermelonDB passes over a pulled change of a record it holds deleted)."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    client = sync_client(tablet)
+    pulled = _pull_until_done(client, None)[-1]["timestamp"]
+    if writer == "colleague":
+        other = crew_member
+    else:
+        phone, token = device_with_token(tablet.user, name="Phone")
+        other = CrewMember(tablet.user, tablet.unit, phone, token)
+    assert pushed(other, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1)[
+        "status"
+    ] == ("applied")
+    pulled = _pull_until_done(client, pulled)[-1]["timestamp"]
+    if writer == "colleague":
+        assert _push(client, _edited(visit, assessment="Calm."), pulled)["status"] == "applied"
+        pulled = _pull_until_done(client, pulled)[-1]["timestamp"]
+
+    deleted = _push(client, _marked_deleted(visit), pulled)
+
+    assert deleted["status"] == ("applied" if writer == "colleague" else "conflict")
+    assert Encounter.objects.get(pk=visit).is_deleted is (writer == "colleague")
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("pulled_again", [False, True], ids=["not pulled", "pulled while deleted"])
 def test_a_colleagues_edit_since_the_record_was_pulled_keeps_the_apps_delete_a_conflict(
     crew_member: CrewMember, pulled_again: bool
