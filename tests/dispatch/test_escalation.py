@@ -507,7 +507,12 @@ def test_concurrent_sweeps_act_on_each_deadline_exactly_once(program: Program, d
 def test_concurrent_sweeps_look_once_for_each_waiting_call(program: Program, dispatcher: CrewMember) -> None:
     """Two beats over calls waiting for a unit: each call is looked at once per due time, a
     freed unit is offered one call, and the supervisors' reminder is raised once per call."""
-    assignments = [offered(program, dispatcher, UnitFactory.create(program=program)) for _ in range(6)]
+    # The silent crews' units are of another model, which the recommendation does not list. Of
+    # the call's own model, each would be free again once its call went to a spare, and would
+    # take the next call ahead of the spares left whenever one sweep got there before the
+    # others had begun: which units the calls go to would be down to the threads' timing.
+    silent = [UnitFactory.create(program=program, response_model=ResponseModel.MOBILE_TREATMENT) for _ in range(6)]
+    assignments = [offered(program, dispatcher, unit) for unit in silent]
     spare = [UnitFactory.create(program=program, status=UnitStatus.OUT_OF_SERVICE) for _ in range(3)]
     services.sweep_deadlines(now=later(121))
     for unit in spare:
@@ -533,6 +538,7 @@ def test_concurrent_sweeps_look_once_for_each_waiting_call(program: Program, dis
     assert sum(result.failed for result in results) == 0
     offers = list(Assignment.objects.filter(unit__in=spare).values_list("unit_id", flat=True))
     assert sorted(offers) == sorted(unit.pk for unit in spare)
+    still_waiting = 0
     for assignment in assignments:
         assignment.refresh_from_db()
         alerts = SupervisorAlert.objects.filter(assignment=assignment, kind=AlertKind.NO_UNIT_AVAILABLE).count()
@@ -540,6 +546,8 @@ def test_concurrent_sweeps_look_once_for_each_waiting_call(program: Program, dis
             assert alerts == 1
         else:
             assert (assignment.status, alerts) == (AssignmentStatus.OFFERED, 2)
+            still_waiting += 1
+    assert still_waiting == len(assignments) - len(spare)  # the calls no spare was left for
 
 
 @pytest.mark.django_db(transaction=True)
