@@ -424,11 +424,11 @@ def _creates_held(marked_deleted: dict[int, Any], pulled: selectors.FeedPosition
     Where the record has no version but its create, that create must have been served to the
     app by its last pull (written in a transaction the pull had passed, or before heads kept
     the transaction, long past): a record made since the pull, which the app cannot have
-    had, keeps the delete without a base. Without
-    ``pulled`` (no ``lastPulledAt``, one this server does not know, or one part way through a
-    first sync or a migration), the app's records are not known to have come from this
-    server as it stands (a database restored from a backup, say), and nothing is taken.
-    One query for the push's deleted ids, none for a push without them."""
+    had, keeps the delete without a base. Without ``pulled`` (no ``lastPulledAt``, one this
+    server does not know, or one part way through a first sync or a migration), the app's
+    records are not known to have come from this server as it stands (a database restored
+    from a backup, say), and nothing is taken. One query for the push's deleted ids, none
+    for a push without them."""
     if pulled is None or not marked_deleted:
         return {}
     record_ids = {index: record_id for index, sent in marked_deleted.items() if (record_id := canonical_uuid(sent))}
