@@ -184,6 +184,13 @@ class MutationStatus(models.TextChoices):
     QUARANTINED = "quarantined", "Kept, not applied: needs a person"
 
 
+class DismissCode(models.TextChoices):
+    """Why a quarantined mutation was set aside (``Mutation.dismissed_at``)."""
+
+    REVIEWED = "reviewed", "Set aside by a supervisor after review"
+    SUPERSEDED = "superseded", "Set aside by the server: its device's later create of the record applied"
+
+
 class Mutation(models.Model):
     """The mutation ledger: every client mutation, stored before it is applied.
 
@@ -221,8 +228,10 @@ class Mutation(models.Model):
     program = models.ForeignKey(
         Program, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
-    # Set when a supervisor reviewed a quarantined mutation and set it aside: it stays in
-    # quarantine, kept as sent, out of the reviewers' queue; its writer sees why.
+    # Set when a quarantined mutation was set aside: it stays in quarantine, kept as sent, out
+    # of the reviewers' queue; its writer sees who, when and why. A supervisor sets one aside
+    # after review (by: the supervisor); the server sets aside a create its device superseded,
+    # when that device's later create of the record applied (by: that create's writer).
     dismissed_at = models.DateTimeField(null=True, blank=True)
     dismissed_by = models.ForeignKey(
         User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
@@ -230,6 +239,14 @@ class Mutation(models.Model):
     # A sentence, which may name the person: sealed at rest like every reason. The database's
     # default fills it for the ledger's own INSERT, which names only the columns a push writes.
     dismiss_reason = EncryptedTextField(blank=True, default="", db_default="")
+    # Why, for machines: DismissCode, or empty while it is not set aside.
+    dismiss_code = models.CharField(max_length=16, choices=DismissCode.choices, blank=True, default="", db_default="")
+    # For one set aside as superseded: the later create of its record that applied. Written
+    # once, by the push that applied that create; ledger rows are never deleted, so no
+    # constraint (whose check a new column of the ledger would scan the table for) or index.
+    superseded_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
 
     class Meta:
         constraints = [

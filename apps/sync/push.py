@@ -53,6 +53,7 @@ from apps.sync import conf, merge, registry, sealing
 from apps.sync.models import (
     Conflict,
     ConflictKind,
+    DismissCode,
     Mutation,
     MutationOperation,
     MutationStatus,
@@ -78,6 +79,10 @@ MAX_FIELDS_CHARACTERS = 64 * 1024
 # and the device's retry applies the batch.
 _TRANSIENT = (OperationalError, InterfaceError, WrittenSinceTransactionBegan)
 _OPERATIONS = frozenset(MutationOperation.values)
+# The keys of a mutation the push reads; ``content`` (the client's own record state: part of
+# the key, never applied) only from a client whose mutations are keyed by their content.
+_MUTATION_KEYS = frozenset({"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at", "content"})
+_NUMBERED_MUTATION_KEYS = _MUTATION_KEYS - {"content"}
 MUTATION_ID_MAX = (1 << 63) - 1
 BASE_VERSION_MAX = (1 << 31) - 1  # the ledger's column: a version beyond it was never served
 # The code of a change kept because the record it belongs to is in quarantine: it is applied
@@ -280,9 +285,7 @@ def _read_envelope(
         return envelope
     envelope.operation = operation
     # Read after the type, id and op, so the result names the record (and its program reviews it).
-    known = {"mutation_id", "type", "id", "op", "base_version", "fields", "observed_at"}
-    if keyed_by_content:
-        known.add("content")  # the client's own record state: part of the key, never applied
+    known = _MUTATION_KEYS if keyed_by_content else _NUMBERED_MUTATION_KEYS
     unknown = sorted(set(raw) - known)
     if unknown:
         envelope.problem = _error("unknown_field", f"Unknown key {unknown[0]!r}.", f"{prefix}.{unknown[0]}")
@@ -819,9 +822,11 @@ class NewLedgerRow:
     error_code: str
     applied_at: datetime | None
     program_id: UUID | None  # set in the ledger, for a quarantined mutation (_file_for_review)
-    dismissed_at: datetime | None  # set by a supervisor's review (apps.sync.review)
+    dismissed_at: datetime | None  # set when it is set aside (apps.sync.review, _set_aside_superseded)
     dismissed_by_id: UUID | None
     dismiss_reason: str
+    dismiss_code: str
+    superseded_by_id: int | None
 
     @property
     def pk(self) -> int:
@@ -857,6 +862,8 @@ def new_ledger_row(envelope: Envelope, *, device_id: UUID, user_id: UUID, client
         None,
         None,
         "",
+        "",
+        None,
     )
 
 
@@ -1153,6 +1160,7 @@ def apply_received(
             rows: list[LedgerRow] = [fetched[pk] if pk in fetched else known[pk] for pk in ids]
             released: list[Mutation] = []
             if rows:
+                kept_creates = creates_kept_of(rows)
                 released = _apply_rows(
                     rows,
                     device=device,
@@ -1160,7 +1168,8 @@ def apply_received(
                     sealed=sealed,
                     writers=writers,
                     pulled_through=pulled_through,
-                    waiting=children_waiting_on(rows, reviewed=reviewed),
+                    waiting=children_waiting_on(rows, reviewed=reviewed, kept_creates=kept_creates),
+                    kept_creates=kept_creates,
                     types_locked=types_locked,
                 )
                 rows += released
@@ -1187,12 +1196,21 @@ def apply_received(
                         "device_id", "record_id"
                     )
                 )
-            waiting = children_waiting_on([row], reviewed=reviewed, sent_with=sent_with)
+            kept_creates = creates_kept_of([row])
+            waiting = children_waiting_on([row], reviewed=reviewed, sent_with=sent_with, kept_creates=kept_creates)
             # The records of the changes its create may release are locked before this
             # transaction's first write, as every writer's (WrittenSinceTransactionBegan).
             lock_before_first_write([row, *waiting], types_locked=types_locked)
             applied: list[LedgerRow] = [
-                *_apply_alone(row, device=device, user=user, writers=writers, waiting=waiting, done=released_alone)
+                *_apply_alone(
+                    row,
+                    device=device,
+                    user=user,
+                    writers=writers,
+                    waiting=waiting,
+                    kept_creates=kept_creates,
+                    done=released_alone,
+                )
             ]
             _audit_writes(applied, writers)
             applied_alone.results.update((applied_row.pk, applied_row.result) for applied_row in applied)
@@ -1206,13 +1224,15 @@ def _apply_alone(
     user: User,
     writers: _Writers,
     waiting: Sequence[Mutation],
+    kept_creates: Sequence[Mutation] = (),
     released: frozenset[int] = frozenset(),
     done: set[int] | None = None,
 ) -> list[Mutation]:
     """Apply one mutation in a savepoint of the caller's transaction: a refusal, or a fault of
     its content, keeps it in quarantine alone, saying why. A create that applies releases the
     changes ``waiting`` on its record, each then applied alone the same way (``released``),
-    once: ``done`` holds those already released, should the record be created again.
+    once: ``done`` holds those already released, should the record be created again; and
+    sets aside those of ``kept_creates`` it supersedes (_set_aside_superseded).
     Returns the row and those released."""
     done = set() if done is None else done
     try:
@@ -1223,6 +1243,7 @@ def _apply_alone(
                 user=user,
                 raise_refusals=True,
                 writers=writers,
+                kept_creates=kept_creates,
                 released=released,
                 types_locked=True,  # by apply_received, in this transaction, with the records'
             )
@@ -1412,6 +1433,8 @@ class _BatchState:
     device_numbers: dict[int, int | None] = field(default_factory=dict)
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
     quarantined_creates: dict[UUID, LedgerRow] = field(default_factory=dict)
+    # Rows whose create made their record, new on the server (_create).
+    created: set[int] = field(default_factory=set)
     # The scopes the writer reads, once a refused change needs them (_send_back_servers_copy).
     writer_scopes: set[str] | None = None
     # Where the device's last pull reached in the feed, if it said (_held_whole_after).
@@ -1441,6 +1464,7 @@ def _apply_rows(
     unstored_payloads: list[str] | None = None,
     pulled_through: FeedPosition | None = None,
     waiting: Sequence[Mutation] = (),
+    kept_creates: Sequence[Mutation] = (),
     released: frozenset[int] = frozenset(),
     types_locked: bool = False,
 ) -> list[Mutation]:
@@ -1452,7 +1476,9 @@ def _apply_rows(
     ``waiting``: changes kept until a record these rows create is created
     (children_waiting_on). Each applies again right after the create it waited on, before the
     rows after that create (the device's later changes may build on it); returns those so
-    applied. ``released``: rows that are such changes, applied again alone (_apply_alone).
+    applied. ``kept_creates``: the quarantined creates of the records these rows create
+    (creates_kept_of), those these rows' creates supersede set aside (_set_aside_superseded).
+    ``released``: rows that are such changes, applied again alone (_apply_alone).
     ``types_locked``: the caller took the locks the rows' types name already, before its
     transaction's first write (lock_before_first_write)."""
     assert unstored_payloads is None or not waiting, "released changes are rows of the ledger already"
@@ -1532,6 +1558,7 @@ def _apply_rows(
             _insert_ledger(rows, unstored_payloads, with_results=True)
         state.publisher.flush()
         _file_for_review([*rows, *applied_again])  # after the heads: a record the batch created has its program
+        _set_aside_superseded(rows, kept_creates, state)
     except SoftTimeLimitExceeded:
         raise  # the stranded sweep's task is to stop, not to go on one mutation at a time
     except Exception:
@@ -1623,6 +1650,7 @@ def children_waiting_on(
     *,
     reviewed: frozenset[int] = frozenset(),
     sent_with: Iterable[tuple[UUID, UUID | None]] = (),
+    kept_creates: Sequence[Mutation] | None = None,
 ) -> list[Mutation]:
     """What the creates among these rows release once they apply: their devices' creates kept
     in quarantine because the record they belong to was (``parent_quarantined``), naming a
@@ -1647,7 +1675,8 @@ def children_waiting_on(
     locked out (revoked, or its user deactivated).
     ``reviewed``: rows a review took out of quarantine to apply again, refused creates still,
     and taken as no longer in quarantine, whether they are put back to apply yet or not (the
-    review's locks and its apply find the same changes)."""
+    review's locks and its apply find the same changes). ``kept_creates``: creates_kept_of
+    these rows, when the caller has read them already."""
     created = {
         (row.device_id, row.record_id)
         for row in rows
@@ -1656,16 +1685,12 @@ def children_waiting_on(
     if not created:
         return []
     # A parent whose create the same device had refused: the only ones a change is told it
-    # waits on to apply (_refusal_error). Found by record, as the index of quarantined rows is.
-    created &= {
-        (row.device_id, row.record_id) for row in rows if row.pk in reviewed and row.record_id is not None
-    } | set(
-        Mutation.objects.filter(
-            record_id__in=bulk.any_of({record_id for _device_id, record_id in created}, "uuid"),
-            status=MutationStatus.QUARANTINED,
-            operation=MutationOperation.CREATE,
-        ).values_list("device_id", "record_id")
-    )
+    # waits on to apply (_refusal_error).
+    if kept_creates is None:
+        kept_creates = creates_kept_of(rows)
+    created &= {(row.device_id, row.record_id) for row in rows if row.pk in reviewed and row.record_id is not None} | {
+        (kept.device_id, kept.record_id) for kept in kept_creates
+    }
     devices = set(
         Device.objects.filter(
             pk__in=bulk.any_of({device_id for device_id, _record_id in created}, "uuid"),
@@ -1703,6 +1728,117 @@ def children_waiting_on(
         if not left_behind:
             return sorted(waiting, key=lambda row: row.pk)
         held_back |= left_behind
+
+
+def creates_kept_of(rows: Sequence[LedgerRow]) -> list[Mutation]:
+    """The quarantined creates (set aside or not) of the records the creates among these rows
+    make, by those rows' devices, in the ledger's order: what those creates may release
+    (children_waiting_on) or supersede (_set_aside_superseded). Found by record and device,
+    as the index of quarantined rows has them; no query when the rows create nothing, and
+    none comes back for a device with nothing of those records in quarantine (the usual push)."""
+    created = {row.record_id for row in rows if row.operation == MutationOperation.CREATE and row.record_id}
+    if not created:
+        return []
+    return list(
+        Mutation.objects.filter(
+            record_id__in=bulk.any_of(created, "uuid"),
+            device_id__in=bulk.any_of({row.device_id for row in rows}, "uuid"),
+            status=MutationStatus.QUARANTINED,
+            operation=MutationOperation.CREATE,
+        ).order_by("id")
+    )
+
+
+# What a later create need not send again to account for a kept one: when and as which
+# mutation it was sent, and the base a create ignores (_superseded_by).
+_KEYS_OF_EACH_SENDING = frozenset({"mutation_id", "base_version", "observed_at"})
+
+
+def _set_aside_superseded(rows: Sequence[LedgerRow], kept_creates: Sequence[Mutation], state: _BatchState) -> None:
+    """Set aside the device's older creates of a record kept in quarantine that its later
+    create, among these rows, has made on the server since: a WatermelonDB app sends a
+    record it made again until it is taken, with what the user wrote since, and the create
+    that applies holds it; the older ones (kept under a parent then refused, or refused
+    themselves) would only wait in the reviewers' queue for a person to set them aside.
+
+    Each stays in quarantine as it was sent, readable by its writer and kept for good (P1),
+    set aside as the server's: ``superseded``, by the later create's writer, naming that
+    create, in the transaction that applied it. Only where that create accounts for all of
+    it (_superseded_by): the same device's and user's create of the same record, older in
+    the device's order, sending every field the kept one did and nothing else besides; and
+    only by a create that made the record as its device sent it (applied, not merged into a
+    record the server had, not a conflict, not deleted since in the batch), applied as the
+    device's own (not after review, not released). Updates and deletes kept, and another
+    device's changes, are never touched: they are others' edits, or edits made since.
+    No query when nothing is kept (``kept_creates``: creates_kept_of these rows)."""
+    if not kept_creates:
+        return
+    still_kept: dict[tuple[UUID, UUID | None], list[Mutation]] = defaultdict(list)
+    for kept in kept_creates:
+        if kept.dismissed_at is None and kept.pk not in state.reviewed and kept.pk not in state.released:
+            still_kept[(kept.device_id, kept.record_id)].append(kept)
+    now = timezone.now()
+    for row in rows:
+        candidates = still_kept.get((row.device_id, row.record_id))
+        if not candidates or not _made_its_record_as_sent(row, state):
+            continue
+        superseded = [kept for kept in candidates if kept.dismissed_at is None and _superseded_by(kept, row)]
+        if not superseded:
+            continue
+        named = f" (mutation_id {row.mutation_id})" if row.mutation_id is not None else ""
+        # Under the device's lock, which every review takes too: still kept, as read.
+        Mutation.objects.filter(
+            pk__in=[kept.pk for kept in superseded],
+            device_id=row.device_id,
+            status=MutationStatus.QUARANTINED,
+            dismissed_at=None,
+        ).update(
+            dismissed_at=now,
+            dismissed_by_id=row.user_id,
+            dismiss_reason=f"Superseded: this device sent the record's create again later{named}, and that create "
+            "applied, holding every field this one sent. This one is kept as it was sent.",
+            dismiss_code=DismissCode.SUPERSEDED,
+            superseded_by_id=row.pk,
+        )
+        for kept in superseded:
+            kept.dismissed_at = now
+
+
+def _made_its_record_as_sent(row: LedgerRow, state: _BatchState) -> bool:
+    """Whether this row is a create that made its record new on the server, as its device's
+    own write (not one applied after review or released), and the record is still there."""
+    if row.pk not in state.created or row.pk in state.reviewed or row.pk in state.released:
+        return False
+    head = state.publisher.heads.get(row.record_id) if row.record_id is not None else None
+    return row.status == MutationStatus.APPLIED and head is not None and not head.is_deleted
+
+
+def _superseded_by(kept: Mutation, later: LedgerRow) -> bool:
+    """Whether ``later``, a create that applied, accounts for all of ``kept``, a create of the
+    same record kept in quarantine: the same device's and user's, of the same type, made
+    before it (in the ledger's order, in the device's numbering, and by the device's clock
+    where both carry a time: a device restored from a backup sends older text again), and
+    every field it sent is sent again, and no key besides that the push reads (_MUTATION_KEYS)."""
+    if (
+        kept.operation != MutationOperation.CREATE
+        or (kept.device_id, kept.user_id, kept.record_type, kept.record_id)
+        != (later.device_id, later.user_id, later.record_type, later.record_id)
+        or kept.pk >= later.pk
+    ):
+        return False
+    if kept.mutation_id is not None and later.mutation_id is not None and kept.mutation_id >= later.mutation_id:
+        return False
+    if kept.observed_at is not None and later.observed_at is not None and kept.observed_at > later.observed_at:
+        return False
+    sent, sent_later = kept.payload, later.payload
+    if not isinstance(sent, dict) or not isinstance(sent_later, dict):
+        return False
+    # A key the push does not read (kept as ``unknown_field``) carried what no create accounts
+    # for; so did one the later create does not send (the app's own row, ``content``).
+    if not set(sent) <= _MUTATION_KEYS or not set(sent) - _KEYS_OF_EACH_SENDING <= set(sent_later):
+        return False
+    fields, fields_later = sent.get("fields") or {}, sent_later.get("fields") or {}
+    return isinstance(fields, dict) and isinstance(fields_later, dict) and set(fields) <= set(fields_later)
 
 
 def _released_under(
@@ -2122,6 +2258,7 @@ def _create(row: LedgerRow, synced_type: registry.SyncedType, fields: dict[str, 
     )
     row.status = MutationStatus.APPLIED
     row.result = _result(row, PushStatus.APPLIED, version=head.version, data=head.data)
+    state.created.add(row.pk)
 
 
 def _delete(

@@ -24,7 +24,7 @@ from apps.accounts.models import Device, User
 from apps.audit.services import Accessor
 from apps.common.api.errors import DomainError
 from apps.sync import audit, push, selectors
-from apps.sync.models import Mutation, MutationStatus
+from apps.sync.models import DismissCode, Mutation, MutationStatus
 from apps.sync.services import lock_device
 
 MAX_REVIEWED = 200
@@ -93,7 +93,8 @@ def dismiss_after_review(*, mutation_ids: list[int], reviewer: User, reason: str
         _ensure_all_among(mutation_ids, set(still_kept.values_list("pk", flat=True)))
         for mutation in still_kept:
             mutation.dismissed_at, mutation.dismissed_by, mutation.dismiss_reason = timezone.now(), reviewer, reason
-            mutation.save(update_fields=["dismissed_at", "dismissed_by", "dismiss_reason"])
+            mutation.dismiss_code = DismissCode.REVIEWED
+            mutation.save(update_fields=["dismissed_at", "dismissed_by", "dismiss_reason", "dismiss_code"])
 
 
 def _ensure_few_enough(mutation_ids: list[int]) -> None:

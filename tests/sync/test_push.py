@@ -794,6 +794,185 @@ def test_a_note_sent_again_under_another_refused_encounter_is_not_released_by_th
     assert list(Mutation.objects.filter(record_id=note_id).values_list("status", flat=True)) == ["quarantined"] * 2
 
 
+QUARANTINE = "/api/v1/sync/quarantine/"
+
+
+def _other_tablet(member: CrewMember) -> SimDevice:
+    """The member's second device."""
+    other_device, other_token = device_with_token(member.user)
+    return SimDevice(CrewMember(member.user, member.unit, other_device, other_token))
+
+
+def _ledger_row(device: SimDevice, mutation: dict[str, Any]) -> Mutation:
+    return Mutation.objects.get(device=device.member.device, mutation_id=mutation["mutation_id"])
+
+
+def _kept_create_of(device: SimDevice, record_id: uuid.UUID) -> Mutation:
+    return Mutation.objects.get(
+        device=device.member.device, record_id=record_id, operation="create", status=MutationStatus.QUARANTINED
+    )
+
+
+def _how_kept(row: Mutation) -> tuple[str, str, uuid.UUID | None, int | None]:
+    """Whether the row is set aside, and how: its status, why, by whom, for which create."""
+    return row.status, row.dismiss_code, row.dismissed_by_id, row.superseded_by_id
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_a_note_sent_again_with_its_fixed_encounter_sets_aside_its_devices_kept_creates_not_another_devices(
+    crew_member: CrewMember, one_at_a_time: bool
+) -> None:
+    """The device sends its refused encounter fixed, and the note under it as the user last
+    wrote it (a new create, as a WatermelonDB app sends it): both apply, as the device's own
+    writes, and that device's creates of them kept before are superseded. The server sets
+    each aside in that push, as its writer's, naming the create that applied: kept as sent
+    (P1), out of the supervisors' queue, its writer told why. The note's create kept from
+    the user's other tablet is another device's change: it stays for review. The same when
+    the push applies one mutation at a time (another change in it is refused)."""
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    device, other = SimDevice(crew_member), _other_tablet(crew_member)
+    encounter_id, note_id, note = _note_kept_under_a_refused_encounter(device)
+    [others] = other.push(
+        other.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm (tablet 2)."})
+    )
+    fixed = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    edited = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm; plan."})
+    refused = device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "x"})
+    queue_before = _queue_of(supervisor)
+
+    answer = _pushed_whole(device, fixed, edited, *([refused] if one_at_a_time else []))
+
+    assert others["error"]["code"] == "parent_quarantined"
+    assert [r["status"] for r in answer["results"]] == [
+        "applied",
+        "applied",
+        *(["quarantined"] if one_at_a_time else []),
+    ]
+    assert answer["released"] == []
+    assert ClinicalNote.objects.get(pk=note_id).body == "Calm; plan."
+    kept_encounter, kept_note = _kept_create_of(device, encounter_id), _ledger_row(device, note)
+    others_note = _ledger_row(other, others)
+    assert [_how_kept(row) for row in (kept_encounter, kept_note, others_note)] == [
+        ("quarantined", "superseded", crew_member.user.pk, _ledger_row(device, fixed).pk),
+        ("quarantined", "superseded", crew_member.user.pk, _ledger_row(device, edited).pk),
+        ("quarantined", "", None, None),
+    ]
+    assert kept_note.dismissed_at is not None and others_note.dismissed_at is None
+    assert kept_note.payload["fields"]["body"] == "Calm."  # kept as it was sent
+    assert sorted(queue_before) == sorted([kept_encounter.pk, kept_note.pk, others_note.pk])
+    assert _queue_of(supervisor) == [others_note.pk, *([_ledger_row(device, refused).pk] if one_at_a_time else [])]
+    seen_by_writer = {row["id"]: row["dismissed"] for row in sync_client(crew_member).get(QUARANTINE).json()["results"]}
+    assert seen_by_writer[others_note.pk] is None
+    for kept in (kept_encounter, kept_note):
+        assert seen_by_writer[kept.pk] == {
+            "at": ANY,
+            "by": str(crew_member.user.pk),
+            "reason": ANY,
+            "code": "superseded",
+        }
+        assert seen_by_writer[kept.pk]["reason"].startswith("Superseded: this device sent the record's create again")
+
+
+def _queue_of(supervisor: CrewMember) -> list[int]:
+    """The supervisor's quarantine list: what waits for their review, oldest first."""
+    return sorted(row["id"] for row in sync_client(supervisor).get(QUARANTINE).json()["results"])
+
+
+def test_a_note_sent_again_sets_aside_its_kept_create_but_not_the_edit_of_it_kept_since(
+    crew_member: CrewMember,
+) -> None:
+    """The user edited the kept note (an update, kept with its create) before the note was
+    sent again whole: the create sent again supersedes the kept create, never the kept edit,
+    a change of the record the create does not stand for. The edit stays for review."""
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    encounter_id, note_id, note = _note_kept_under_a_refused_encounter(device)
+    edit = device.mutation("update", "care.note", note_id, {"body": "Calm; sister called."})
+    [kept_edit] = device.push(edit)
+
+    answer = _pushed_whole(
+        device,
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)),
+        device.mutation(
+            "create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm; sister called."}
+        ),
+    )
+
+    assert kept_edit["error"]["code"] == "record_quarantined"
+    assert [r["status"] for r in answer["results"]] == ["applied", "applied"]
+    assert _how_kept(_ledger_row(device, note))[:2] == ("quarantined", "superseded")
+    assert _how_kept(_ledger_row(device, edit)) == ("quarantined", "", None, None)
+    assert _ledger_row(device, edit).dismissed_at is None
+    assert _queue_of(supervisor) == [_ledger_row(device, edit).pk]
+
+
+def test_a_kept_create_holding_a_field_the_create_sent_again_left_out_stays_for_review(
+    crew_member: CrewMember,
+) -> None:
+    """The encounter's kept create holds a location; the create sent again, which applies,
+    leaves it out: it does not account for all the kept one says, so that one stays for a
+    person. The note sent again whole in the same push supersedes the note's kept create."""
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    device = SimDevice(crew_member)
+    encounter_id, note_id, note = _note_kept_under_a_refused_encounter(device)
+    without_location = {name: value for name, value in encounter_fields(crew_member).items() if name != "location"}
+
+    answer = _pushed_whole(
+        device,
+        device.mutation("create", "care.encounter", encounter_id, without_location),
+        device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm; plan."}),
+    )
+
+    kept_encounter = _kept_create_of(device, encounter_id)
+    assert [r["status"] for r in answer["results"]] == ["applied", "applied"]
+    assert kept_encounter.payload["fields"]["location"] == "125th St & Lexington Ave"
+    assert _how_kept(kept_encounter) == ("quarantined", "", None, None)
+    assert _how_kept(_ledger_row(device, note))[:2] == ("quarantined", "superseded")
+    assert _queue_of(supervisor) == [kept_encounter.pk]
+
+
+def test_a_replay_of_the_push_that_set_a_create_aside_or_of_that_create_changes_nothing(
+    crew_member: CrewMember,
+) -> None:
+    """The push that superseded the kept creates sent again (its answer lost), and the kept
+    note's own create sent again: duplicates, answered as stored; the creates stay set aside
+    as that push set them, by its writer, for its creates, and nothing else is written."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, note = _note_kept_under_a_refused_encounter(device)
+    fixed = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    edited = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm; plan."})
+    device.push(fixed, edited)
+
+    def ledger() -> list[tuple[Any, ...]]:
+        return list(
+            Mutation.objects.order_by("id").values_list(
+                "id",
+                "status",
+                "result",
+                "dismissed_at",
+                "dismissed_by",
+                "dismiss_reason",
+                "dismiss_code",
+                "superseded_by",
+            )
+        )
+
+    set_aside, versions = ledger(), RecordVersion.objects.count()
+    replayed = device.push(fixed, edited)
+    [old] = device.push(note)
+
+    assert [(r["status"], r["original_status"]) for r in replayed] == [("duplicate", "applied")] * 2
+    assert (old["status"], old["original_status"]) == ("duplicate", "quarantined")
+    assert ledger() == set_aside
+    assert [(row[6], row[7]) for row in set_aside] == [
+        ("superseded", _ledger_row(device, fixed).pk),
+        ("superseded", _ledger_row(device, edited).pk),
+        ("", None),
+        ("", None),
+    ]
+    assert RecordVersion.objects.count() == versions
+
+
 @pytest.mark.parametrize(
     ("location", "answered"),
     [("125th St & Lexington Ave", "applied"), ("Lenox Ave & 116th St", "conflict")],
@@ -826,6 +1005,8 @@ def test_a_note_kept_under_a_refused_encounter_is_not_released_when_the_fix_meet
     kept = Mutation.objects.get(record_id=note_id)
     assert (kept.status, kept.error_code) == ("quarantined", "parent_quarantined")
     assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    # Nor is the encounter's kept create superseded: the fix did not make the record, as sent.
+    assert _how_kept(_kept_create_of(device, encounter_id)) == ("quarantined", "", None, None)
 
 
 def test_a_referral_sent_twice_under_a_refused_encounter_is_released_depth_first_with_its_outcome(

@@ -581,6 +581,7 @@ def test_a_supervisor_sets_a_change_aside_saying_why_and_its_writer_sees_it(
     assert seen_by_writer["id"] == kept_id
     assert seen_by_writer["dismissed"]["by"] == str(supervisor.user.pk)
     assert seen_by_writer["dismissed"]["reason"] == "Re-entered online by the crew"
+    assert seen_by_writer["dismissed"]["code"] == "reviewed"
     stored = Mutation.objects.get(pk=kept_id)
     assert (stored.status, stored.payload["assesment_note"]) == (MutationStatus.QUARANTINED, "misspelt")
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"

@@ -15,6 +15,7 @@ import pytest
 from django.db import models
 from django.utils import timezone
 
+from apps.accounts.models import Role
 from apps.care.models import ClinicalNote, Encounter, Person, Referral, ReferralOutcomeEvent
 from apps.sync import conf, push, registry, services, watermelon
 from apps.sync.models import Conflict, IssuedCursor, Mutation, MutationStatus, SyncedRecord
@@ -276,6 +277,54 @@ def _note_pusher(
     return push_with
 
 
+def test_a_note_refused_with_its_encounter_and_sent_again_edited_sets_its_kept_creates_aside(
+    crew_member: CrewMember,
+) -> None:
+    """The app sends the note as the user last wrote it with the fixed encounter: both apply,
+    and the creates the server kept of them, which the app no longer holds, are superseded:
+    set aside by the server, as their writer's, naming the create that applied, kept as sent
+    and out of the supervisors' queue. The app sending that push again (its answer lost)
+    changes nothing."""
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    client = sync_client(crew_member)
+    visit, note = str(uuid.uuid4()), str(uuid.uuid4())
+    push_with = _note_pusher(crew_member, client, visit, note)
+
+    push_with("2026-11-20T14:05:00", "Calm.")  # no offset: refused, and the note with it
+    queued = _queue_of(supervisor)
+    fixed = push_with("2026-11-20T14:05:00+00:00", "Calm; safety plan made.")
+    ledger = list(Mutation.objects.order_by("id").values_list("dismissed_at", "dismiss_code", "superseded_by"))
+    replayed = push_with("2026-11-20T14:05:00+00:00", "Calm; safety plan made.")
+
+    assert fixed["experimentalRejectedIds"] == {}
+    assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
+    rows = list(Mutation.objects.order_by("id"))
+    assert [(row.record_type, row.status, row.dismiss_code) for row in rows] == [
+        ("care.encounter", "quarantined", "superseded"),
+        ("care.note", "quarantined", "superseded"),
+        ("care.encounter", "applied", ""),
+        ("care.note", "applied", ""),
+    ]
+    assert [(row.superseded_by_id, row.dismissed_by_id) for row in rows[:2]] == [
+        (rows[2].pk, crew_member.user.pk),
+        (rows[3].pk, crew_member.user.pk),
+    ]
+    assert rows[1].payload["fields"]["body"] == "Calm."  # kept as it was sent
+    assert (queued, _queue_of(supervisor)) == ([rows[0].pk, rows[1].pk], [])
+    writers_list = sync_client(crew_member).get("/api/v1/sync/quarantine/").json()["results"]
+    assert sorted((row["id"], row["dismissed"]["code"]) for row in writers_list) == [
+        (rows[0].pk, "superseded"),
+        (rows[1].pk, "superseded"),
+    ]
+    assert [r["status"] for r in replayed["results"]] == ["duplicate", "duplicate"]
+    assert list(Mutation.objects.order_by("id").values_list("dismissed_at", "dismiss_code", "superseded_by")) == ledger
+
+
+def _queue_of(supervisor: CrewMember) -> list[int]:
+    """The supervisor's quarantine list: what waits for their review, oldest first."""
+    return sorted(row["id"] for row in sync_client(supervisor).get("/api/v1/sync/quarantine/").json()["results"])
+
+
 def _pulled_and_edited_once_more(
     client: Any, note: str, body: str, last_pulled_at: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -306,8 +355,9 @@ def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_n
     """P3: the note sent again with the user's edit, with its fixed encounter, applies as the
     device's own write, holding the user's last text; its first create, kept, is not
     released (the app would be sent that older text as the server's, and its next edit made
-    on it would replace the user's last text unseen): it stays for review. The app's next
-    sync brings no older text, and its next edit builds on the last."""
+    on it would replace the user's last text unseen): it stays in quarantine, set aside as
+    superseded by the create that applied. The app's next sync brings no older text, and its
+    next edit builds on the last."""
     client = sync_client(crew_member)
     visit, note = str(uuid.uuid4()), str(uuid.uuid4())
     first_sync = _pull_until_done(client, None)[-1]["timestamp"]
@@ -320,11 +370,11 @@ def test_a_note_refused_with_its_encounter_and_edited_since_ends_with_the_edit_n
     assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made."
     assert not Conflict.objects.exists()
     assert [
-        (body["body"], status)
-        for body, status in Mutation.objects.filter(record_type="care.note")
+        (body["body"], status, dismiss_code)
+        for body, status, dismiss_code in Mutation.objects.filter(record_type="care.note")
         .order_by("id")
-        .values_list("payload__fields", "status")
-    ] == [("Calm.", "quarantined"), ("Calm; safety plan made.", "applied")]
+        .values_list("payload__fields", "status", "dismiss_code")
+    ] == [("Calm.", "quarantined", "superseded"), ("Calm; safety plan made.", "applied", "")]
 
     pulled, edited = _pulled_and_edited_once_more(client, note, "Calm; safety plan made.", first_sync)
 
@@ -340,8 +390,9 @@ def test_a_note_refused_with_its_encounter_and_edited_while_it_was_ends_with_the
     """Each sync while the encounter stays refused sends the note as the user last wrote it, a
     new create kept with the first; the sync that sends the encounter fixed sends the note
     edited once more. That create applies, as the device's own, and the note holds the
-    user's last text; the creates kept are not released over it (P3): they stay for review.
-    The app's next sync brings no older text, and its next edit builds on the last."""
+    user's last text; the creates kept are not released over it (P3): they stay in
+    quarantine, set aside as superseded by it. The app's next sync brings no older text, and
+    its next edit builds on the last."""
     client = sync_client(crew_member)
     visit, note = str(uuid.uuid4()), str(uuid.uuid4())
     first_sync = _pull_until_done(client, None)[-1]["timestamp"]
@@ -357,8 +408,14 @@ def test_a_note_refused_with_its_encounter_and_edited_while_it_was_ends_with_the
     assert ClinicalNote.objects.get(pk=note).body == "Calm; safety plan made; GP told."
     assert not Conflict.objects.exists()
     assert list(
-        Mutation.objects.filter(record_type="care.note").order_by("id").values_list("status", "error_code")
-    ) == [("quarantined", "parent_quarantined"), ("quarantined", "parent_quarantined"), ("applied", "")]
+        Mutation.objects.filter(record_type="care.note")
+        .order_by("id")
+        .values_list("status", "error_code", "dismiss_code")
+    ) == [
+        ("quarantined", "parent_quarantined", "superseded"),
+        ("quarantined", "parent_quarantined", "superseded"),
+        ("applied", "", ""),
+    ]
 
     pulled, edited_again = _pulled_and_edited_once_more(client, note, "Calm; safety plan made; GP told.", first_sync)
 

@@ -344,7 +344,11 @@ def test_a_supervisor_sets_a_quarantined_change_aside_from_the_admin_saying_why(
     assert untouched is None and still_waiting is None
     assert "Say why" in without_reason.content.decode()
     stored = Mutation.objects.get(pk=kept.pk)
-    assert (stored.dismissed_by, stored.dismiss_reason) == (supervisor_user, "Made on the wrong person")
+    assert (stored.dismissed_by, stored.dismiss_reason, stored.dismiss_code) == (
+        supervisor_user,
+        "Made on the wrong person",
+        "reviewed",
+    )
     assert list(supervisor.get(changelist_url(Mutation)).context["cl"].result_list) == []  # out of the queue
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"
 

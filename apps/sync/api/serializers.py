@@ -153,10 +153,17 @@ class QuarantinedMutationSerializer(serializers.ModelSerializer[Mutation]):
         ]
 
     def get_dismissed(self, mutation: Mutation) -> dict[str, Any] | None:
-        """Who set it aside after review, when and why; null while it waits for review."""
+        """Who set it aside, when and why (``code``: ``reviewed``, by a supervisor after review;
+        ``superseded``, by the server, its device's later create of the record having applied,
+        ``by`` that create's writer); null while it waits for review."""
         if mutation.dismissed_at is None:
             return None
-        return {"at": mutation.dismissed_at, "by": mutation.dismissed_by_id, "reason": mutation.dismiss_reason}
+        return {
+            "at": mutation.dismissed_at,
+            "by": mutation.dismissed_by_id,
+            "reason": mutation.dismiss_reason,
+            "code": mutation.dismiss_code,
+        }
 
     def get_error(self, mutation: Mutation) -> dict[str, Any] | None:
         error = mutation.result.get("error")
