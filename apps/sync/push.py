@@ -1181,6 +1181,7 @@ def apply_received(
     applied_alone = Applied()
     released_alone: set[int] = set()
     sent_with: set[tuple[UUID, UUID | None]] = set()
+    deleted_later: set[UUID | None] = set()
     while True:
         with transaction.atomic():
             lock_device(device.pk)
@@ -1191,11 +1192,13 @@ def apply_received(
             # this run, keep a create of it from being released (children_waiting_on). Only a
             # create releases anything, so only then are they read.
             if row.operation == MutationOperation.CREATE:
-                sent_with |= set(
-                    Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).values_list(
-                        "device_id", "record_id"
-                    )
+                still_to_apply = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).values_list(
+                    "device_id", "record_id", "operation"
                 )
+                for device_id, record_id, operation in still_to_apply:
+                    sent_with.add((device_id, record_id))
+                    if operation == MutationOperation.DELETE:
+                        deleted_later.add(record_id)
             kept_creates = creates_kept_of([row])
             waiting = children_waiting_on([row], reviewed=reviewed, sent_with=sent_with, kept_creates=kept_creates)
             # The records of the changes its create may release are locked before this
@@ -1208,7 +1211,9 @@ def apply_received(
                     user=user,
                     writers=writers,
                     waiting=waiting,
-                    kept_creates=kept_creates,
+                    # A record the device deletes in a later change is not made as sent: what
+                    # it kept of it stays for review, as on the batch's way (_made_its_record_as_sent).
+                    kept_creates=[kept for kept in kept_creates if kept.record_id not in deleted_later],
                     done=released_alone,
                 )
             ]
@@ -1752,6 +1757,13 @@ def creates_kept_of(rows: Sequence[LedgerRow]) -> list[Mutation]:
 # What a later create need not send again to account for a kept one: when and as which
 # mutation it was sent, and the base a create ignores (_superseded_by).
 _KEYS_OF_EACH_SENDING = frozenset({"mutation_id", "base_version", "observed_at"})
+# Why a kept create may be superseded: its content, or its parent's, which the device's later
+# create fixed. Never who sent it (a deactivated user's or a revoked device's handover,
+# not_permitted, not_author), a fault, or a key the push does not read: a supervisor reads
+# those, whatever the device sends after.
+_SUPERSEDABLE_REFUSALS = frozenset(
+    {_PARENT_QUARANTINED, "parent_not_found", "invalid_fields", "required", "time_in_future"}
+)
 
 
 def _set_aside_superseded(rows: Sequence[LedgerRow], kept_creates: Sequence[Mutation], state: _BatchState) -> None:
@@ -1821,6 +1833,7 @@ def _superseded_by(kept: Mutation, later: LedgerRow) -> bool:
     every field it sent is sent again, and no key besides that the push reads (_MUTATION_KEYS)."""
     if (
         kept.operation != MutationOperation.CREATE
+        or kept.error_code not in _SUPERSEDABLE_REFUSALS
         or (kept.device_id, kept.user_id, kept.record_type, kept.record_id)
         != (later.device_id, later.user_id, later.record_type, later.record_id)
         or kept.pk >= later.pk

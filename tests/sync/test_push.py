@@ -21,6 +21,7 @@ from apps.sync.services import RecordIdHeld, publish_record
 from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.conftest import CrewMember, make_crew_member
 from tests.sync.helpers import SimDevice, encounter_fields, now_iso, run_while_another_writer_holds, sync_client
+from tests.teams.factories import UnitMemberFactory
 
 # The feed serves only what every older transaction has finished, so these tests commit.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -929,6 +930,58 @@ def test_a_kept_create_holding_a_field_the_create_sent_again_left_out_stays_for_
     assert _how_kept(kept_encounter) == ("quarantined", "", None, None)
     assert _how_kept(_ledger_row(device, note))[:2] == ("quarantined", "superseded")
     assert _queue_of(supervisor) == [kept_encounter.pk]
+
+
+@pytest.mark.parametrize("kept_for", ["not_permitted", "user_deactivated"])
+def test_a_create_kept_for_who_sent_it_is_never_superseded(crew_member: CrewMember, kept_for: str) -> None:
+    """A create kept because of who sent it (a unit the user was not in; a deactivated user's
+    tablet, which may be in anyone's hands) is for a supervisor to read, whatever the device
+    sends after: the same device's later create of the record, once the user may make it,
+    applies, and the kept one stays in the queue."""
+    supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    other_unit = make_crew_member(crew_member.unit.program).unit
+    device = SimDevice(crew_member)
+    encounter_id = uuid.uuid4()
+    if kept_for == "not_permitted":
+        first = device.mutation(
+            "create", "care.encounter", encounter_id, encounter_fields(crew_member, unit_id=str(other_unit.pk))
+        )
+        [kept] = device.push(first)
+        UnitMemberFactory.create(unit=other_unit, user=crew_member.user)
+    else:
+        crew_member.user.is_active = False
+        crew_member.user.save(update_fields=["is_active"])
+        first = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+        [kept] = device.client().post("/api/v1/sync/push/", {"mutations": [first]}, format="json").json()["results"]
+        crew_member.user.is_active = True
+        crew_member.user.save(update_fields=["is_active"])
+
+    [later] = device.push(device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)))
+
+    assert (kept["status"], kept["error"]["code"], later["status"]) == ("quarantined", kept_for, "applied")
+    assert _how_kept(_ledger_row(device, first)) == ("quarantined", "", None, None)
+    assert _queue_of(supervisor) == [_ledger_row(device, first).pk]
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_a_create_whose_record_the_same_push_then_deletes_supersedes_nothing(
+    crew_member: CrewMember, one_at_a_time: bool
+) -> None:
+    """The note sent again, then deleted, in one push: the create did not leave the record as
+    sent, and the kept note stays for review, whichever way the push applies (one mutation
+    at a time when another change in it is refused)."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, note = _note_kept_under_a_refused_encounter(device)
+    fixed = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    edited = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm; plan."})
+    deleted = device.mutation("delete", "care.note", note_id)
+    refused = device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "x"})
+
+    answer = _pushed_whole(device, fixed, edited, deleted, *([refused] if one_at_a_time else []))
+
+    assert [r["status"] for r in answer["results"]][:3] == ["applied", "applied", "applied"]
+    assert _how_kept(_ledger_row(device, note)) == ("quarantined", "", None, None)
+    assert _how_kept(_kept_create_of(device, encounter_id))[:2] == ("quarantined", "superseded")
 
 
 def test_a_replay_of_the_push_that_set_a_create_aside_or_of_that_create_changes_nothing(

@@ -20,7 +20,7 @@ def name_them_reviewed(apps: Any, schema_editor: Any) -> None:
 
 def unname_them(apps: Any, schema_editor: Any) -> None:
     Mutation = apps.get_model("sync", "Mutation")
-    Mutation.objects.filter(dismiss_code="reviewed").update(dismiss_code="")
+    Mutation.objects.filter(status="quarantined", dismiss_code="reviewed").update(dismiss_code="")
 
 
 class Migration(migrations.Migration):
