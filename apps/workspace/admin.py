@@ -45,7 +45,7 @@ from apps.teams.models import Unit
 from apps.workspace import work
 from apps.workspace.access import request_program_ids
 from apps.workspace.audit import log_admin_action, record_admin_reads
-from apps.workspace.filters import QueueFilter
+from apps.workspace.filters import QueueFilter, SetAsideFilter
 from apps.workspace.scoping import AuditedAutocompleteJsonView, ProgramScopedAdmin
 from apps.workspace.work import LocalDateTimeInput
 
@@ -527,10 +527,11 @@ class DismissActionForm(ActionForm):
 @admin.register(Mutation)
 class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
     """Changes a device sent that the server kept but did not apply: read each as it was sent,
-    and apply again what should stand (a supervisor of its program only)."""
+    and apply again what should stand (a supervisor of its program only). Those set aside
+    are read through their filter."""
 
     list_display = ["received_at", "record_type", "operation", "error_code", "user", "device", "program"]
-    list_filter = [QueueFilter, "program", "error_code", "record_type"]
+    list_filter = [QueueFilter, SetAsideFilter, "program", "error_code", "record_type"]
     search_fields = ["=record_id"]
     list_select_related = ["program", "user", "device"]
     ordering = ["-received_at"]
@@ -539,13 +540,15 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
         ("Why it was kept", {"fields": ["error_code", "result"]}),
         ("As the device sent it", {"fields": ["payload", "observed_at", "observed_at_plausible"]}),
         ("From", {"fields": ["user", "device", "mutation_id", "client_version", "received_at"]}),
+        ("Set aside", {"fields": ["dismissed_at", "dismissed_by", "dismiss_code", "dismiss_reason", "superseded_by"]}),
     ]
     workspace_may_change = True  # its actions call sync's apply_after_review and dismiss_after_review
     action_form = DismissActionForm
     actions = ["apply_again", "set_aside"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Mutation]:
-        return super().get_queryset(request).filter(status=MutationStatus.QUARANTINED, dismissed_at=None)
+        # Set aside or not (SetAsideFilter): a page of one set aside opens as any other.
+        return super().get_queryset(request).filter(status=MutationStatus.QUARANTINED)
 
     @admin.action(description="Set aside after review, saying why (supervisors)", permissions=["change"])
     def set_aside(self, request: HttpRequest, queryset: QuerySet[Mutation]) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -8,7 +9,11 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from apps.accounts.models import User
+from apps.sync.models import DismissCode
 from apps.workspace import selectors
+
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
 
 
 class QueueFilter(admin.SimpleListFilter):
@@ -26,3 +31,27 @@ class QueueFilter(admin.SimpleListFilter):
             return queryset
         assert isinstance(request.user, User)
         return queryset.filter(queue.condition(request.user, timezone.now()))
+
+
+class SetAsideFilter(admin.SimpleListFilter):
+    """The kept changes that wait for review (without a choice), or those set aside: by a
+    supervisor after review, or by the server, superseded by their device's later create of
+    the record, which no supervisor may have read."""
+
+    title = "set aside"
+    parameter_name = "set_aside"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(DismissCode.REVIEWED, "By a supervisor"), (DismissCode.SUPERSEDED, "Superseded by the device")]
+
+    def choices(self, changelist: Any) -> Iterator[_ListFilterChoices]:
+        every = super().choices(changelist)
+        yield {**next(every), "display": "No: waiting for review"}  # what "All" shows here
+        yield from every
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == DismissCode.SUPERSEDED:
+            return queryset.filter(dismissed_at__isnull=False, dismiss_code=DismissCode.SUPERSEDED)
+        if self.value() == DismissCode.REVIEWED:
+            return queryset.filter(dismissed_at__isnull=False).exclude(dismiss_code=DismissCode.SUPERSEDED)
+        return queryset.filter(dismissed_at=None)

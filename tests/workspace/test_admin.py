@@ -28,7 +28,7 @@ from tests.care.factories import encounter, pushed
 from tests.conftest import audit_trail_refusing, in_the_admin, make_crew_member, revoke_device, sign_in_to_admin
 from tests.dispatch.factories import seed_default_triage_policy
 from tests.followups.factories import case_manager
-from tests.sync.helpers import SimDevice, now_iso
+from tests.sync.helpers import SimDevice, encounter_fields, now_iso
 from tests.workspace.scenario import casework, staff, workday
 
 
@@ -350,7 +350,40 @@ def test_a_supervisor_sets_a_quarantined_change_aside_from_the_admin_saying_why(
         "reviewed",
     )
     assert list(supervisor.get(changelist_url(Mutation)).context["cl"].result_list) == []  # out of the queue
+    assert list(supervisor.get(f"{changelist_url(Mutation)}?set_aside=reviewed").context["cl"].result_list) == [stored]
+    assert list(supervisor.get(f"{changelist_url(Mutation)}?set_aside=superseded").context["cl"].result_list) == []
+    assert "Made on the wrong person" in supervisor.get(change_url(Mutation, kept.pk)).content.decode()
     assert Encounter.objects.get(pk=record_id).assessment == "as first written"
+
+
+def test_a_supervisor_reads_the_creates_the_server_set_aside_as_superseded(program: Program) -> None:
+    """A tablet's refused encounter, and the note kept under it, sent again fixed: the server
+    set the kept creates aside as superseded, in that push, before any supervisor read them.
+    They leave the queue, and a supervisor reads them, with why, through the filter."""
+    crew = make_crew_member(program)
+    device = SimDevice(crew)
+    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
+    refused = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew, started_at=12))
+    note = device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm."})
+    device.push(refused, note)
+    device.push(
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew)),
+        device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Calm; plan."}),
+    )
+    kept = list(Mutation.objects.filter(status=MutationStatus.QUARANTINED).order_by("pk"))
+    supervisor = sign_in_to_admin(Client(), staff(make_crew_member(program, role=Role.SUPERVISOR).user))
+
+    superseded = supervisor.get(f"{changelist_url(Mutation)}?set_aside=superseded").context["cl"].result_list
+    page = supervisor.get(change_url(Mutation, kept[1].pk))
+
+    assert [(row.record_id, row.dismiss_code) for row in kept] == [
+        (encounter_id, "superseded"),
+        (note_id, "superseded"),
+    ]
+    assert list(supervisor.get(changelist_url(Mutation)).context["cl"].result_list) == []
+    assert sorted(superseded, key=lambda row: row.pk) == kept
+    assert page.status_code == 200
+    assert "Superseded: this device sent the record&#x27;s create again" in page.content.decode()
 
 
 def test_the_audit_trail_is_for_superusers_only_not_the_programs_staff(program: Program) -> None:
