@@ -1181,7 +1181,6 @@ def apply_received(
     applied_alone = Applied()
     released_alone: set[int] = set()
     sent_with: set[tuple[UUID, UUID | None]] = set()
-    deleted_later: set[UUID | None] = set()
     while True:
         with transaction.atomic():
             lock_device(device.pk)
@@ -1191,6 +1190,7 @@ def apply_received(
             # The device's other changes of a record, still to apply or applied already in
             # this run, keep a create of it from being released (children_waiting_on). Only a
             # create releases anything, so only then are they read.
+            deleted_later: set[UUID | None] = set()
             if row.operation == MutationOperation.CREATE:
                 still_to_apply = Mutation.objects.filter(device=device, status=MutationStatus.RECEIVED).values_list(
                     "device_id", "record_id", "operation"
@@ -1758,12 +1758,11 @@ def creates_kept_of(rows: Sequence[LedgerRow]) -> list[Mutation]:
 # mutation it was sent, and the base a create ignores (_superseded_by).
 _KEYS_OF_EACH_SENDING = frozenset({"mutation_id", "base_version", "observed_at"})
 # Why a kept create may be superseded: its content, or its parent's, which the device's later
-# create fixed. Never who sent it (a deactivated user's or a revoked device's handover,
-# not_permitted, not_author), a fault, or a key the push does not read: a supervisor reads
-# those, whatever the device sends after.
-_SUPERSEDABLE_REFUSALS = frozenset(
-    {_PARENT_QUARANTINED, "parent_not_found", "invalid_fields", "required", "time_in_future"}
-)
+# create fixed, found as it was applied. Never who sent it (a deactivated user's or a revoked
+# device's handover, not_permitted, not_author), a fault, or its shape as sent (which names
+# the first problem only: a handover's may be malformed too): a supervisor reads those,
+# whatever the device sends after.
+_SUPERSEDABLE_REFUSALS = frozenset({_PARENT_QUARANTINED, "parent_not_found", "invalid_fields", "time_in_future"})
 
 
 def _set_aside_superseded(rows: Sequence[LedgerRow], kept_creates: Sequence[Mutation], state: _BatchState) -> None:
@@ -1834,6 +1833,7 @@ def _superseded_by(kept: Mutation, later: LedgerRow) -> bool:
     if (
         kept.operation != MutationOperation.CREATE
         or kept.error_code not in _SUPERSEDABLE_REFUSALS
+        or unreadable_as_sent(kept)
         or (kept.device_id, kept.user_id, kept.record_type, kept.record_id)
         != (later.device_id, later.user_id, later.record_type, later.record_id)
         or kept.pk >= later.pk

@@ -932,12 +932,13 @@ def test_a_kept_create_holding_a_field_the_create_sent_again_left_out_stays_for_
     assert _queue_of(supervisor) == [kept_encounter.pk]
 
 
-@pytest.mark.parametrize("kept_for", ["not_permitted", "user_deactivated"])
+@pytest.mark.parametrize("kept_for", ["not_permitted", "user_deactivated", "malformed handover"])
 def test_a_create_kept_for_who_sent_it_is_never_superseded(crew_member: CrewMember, kept_for: str) -> None:
     """A create kept because of who sent it (a unit the user was not in; a deactivated user's
     tablet, which may be in anyone's hands) is for a supervisor to read, whatever the device
     sends after: the same device's later create of the record, once the user may make it,
-    applies, and the kept one stays in the queue."""
+    applies, and the kept one stays in the queue. So is one kept for its shape as sent, which
+    names its first problem only: a handover's, malformed too, says invalid_fields."""
     supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
     other_unit = make_crew_member(crew_member.unit.program).unit
     device = SimDevice(crew_member)
@@ -952,13 +953,16 @@ def test_a_create_kept_for_who_sent_it_is_never_superseded(crew_member: CrewMemb
         crew_member.user.is_active = False
         crew_member.user.save(update_fields=["is_active"])
         first = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+        if kept_for == "malformed handover":
+            first["fields"] = []
         [kept] = device.client().post("/api/v1/sync/push/", {"mutations": [first]}, format="json").json()["results"]
         crew_member.user.is_active = True
         crew_member.user.save(update_fields=["is_active"])
 
     [later] = device.push(device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member)))
 
-    assert (kept["status"], kept["error"]["code"], later["status"]) == ("quarantined", kept_for, "applied")
+    code = "invalid_fields" if kept_for == "malformed handover" else kept_for
+    assert (kept["status"], kept["error"]["code"], later["status"]) == ("quarantined", code, "applied")
     assert _how_kept(_ledger_row(device, first)) == ("quarantined", "", None, None)
     assert _queue_of(supervisor) == [_ledger_row(device, first).pk]
 
