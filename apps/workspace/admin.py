@@ -540,7 +540,10 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
         ("Why it was kept", {"fields": ["error_code", "result"]}),
         ("As the device sent it", {"fields": ["payload", "observed_at", "observed_at_plausible"]}),
         ("From", {"fields": ["user", "device", "mutation_id", "client_version", "received_at"]}),
-        ("Set aside", {"fields": ["dismissed_at", "dismissed_by", "dismiss_code", "dismiss_reason", "superseded_by"]}),
+        (
+            "Set aside",
+            {"fields": ["dismissed_at", "dismissed_by", "dismiss_code", "dismiss_reason", "superseding_create"]},
+        ),
     ]
     workspace_may_change = True  # its actions call sync's apply_after_review and dismiss_after_review
     action_form = DismissActionForm
@@ -549,6 +552,18 @@ class QuarantinedMutationAdmin(ReadOnlyWorkspaceAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Mutation]:
         # Set aside or not (SetAsideFilter): a page of one set aside opens as any other.
         return super().get_queryset(request).filter(status=MutationStatus.QUARANTINED)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), "superseding_create"]
+
+    @admin.display(description="Superseded by")
+    def superseding_create(self, mutation: Mutation) -> str:
+        # Named, not linked: the create that applied has left quarantine, and this list.
+        later = mutation.superseded_by
+        if later is None:
+            return "-"
+        numbered = f", mutation_id {later.mutation_id}" if later.mutation_id is not None else ""
+        return f"The same device's create #{later.pk}{numbered}, which applied"
 
     @admin.action(description="Set aside after review, saying why (supervisors)", permissions=["change"])
     def set_aside(self, request: HttpRequest, queryset: QuerySet[Mutation]) -> None:

@@ -384,6 +384,7 @@ def test_a_supervisor_reads_the_creates_the_server_set_aside_as_superseded(progr
     assert sorted(superseded, key=lambda row: row.pk) == kept
     assert page.status_code == 200
     assert "Superseded: this device sent the record&#x27;s create again" in page.content.decode()
+    assert f"The same device&#x27;s create #{kept[1].superseded_by_id}, mutation_id" in page.content.decode()
 
 
 def test_the_audit_trail_is_for_superusers_only_not_the_programs_staff(program: Program) -> None:
