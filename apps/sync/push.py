@@ -1682,20 +1682,22 @@ def children_waiting_on(
     and taken as no longer in quarantine, whether they are put back to apply yet or not (the
     review's locks and its apply find the same changes). ``kept_creates``: creates_kept_of
     these rows, when the caller has read them already."""
-    created = {
-        (row.device_id, row.record_id)
+    creates = {
+        (row.device_id, row.record_id, row.record_type)
         for row in rows
         if row.operation == MutationOperation.CREATE and row.record_id is not None
     }
-    if not created:
+    if not creates:
         return []
-    # A parent whose create the same device had refused: the only ones a change is told it
-    # waits on to apply (_refusal_error).
+    # A parent whose create the same device had refused, of that type (a record of another
+    # type made under its id is not the parent the change waits on): the only ones a change
+    # is told it waits on to apply (_refusal_error).
     if kept_creates is None:
         kept_creates = creates_kept_of(rows)
-    created &= {(row.device_id, row.record_id) for row in rows if row.pk in reviewed and row.record_id is not None} | {
-        (kept.device_id, kept.record_id) for kept in kept_creates
+    refused_before = {(row.device_id, row.record_id, row.record_type) for row in rows if row.pk in reviewed} | {
+        (kept.device_id, kept.record_id, kept.record_type) for kept in kept_creates
     }
+    created = {(device_id, record_id) for device_id, record_id, _type in creates & refused_before}
     devices = set(
         Device.objects.filter(
             pk__in=bulk.any_of({device_id for device_id, _record_id in created}, "uuid"),

@@ -646,6 +646,20 @@ def _note_kept_under_a_refused_encounter(device: SimDevice) -> tuple[uuid.UUID, 
     return encounter_id, note_id, note
 
 
+def test_a_record_of_another_type_made_under_a_refused_parents_id_releases_nothing(crew_member: CrewMember) -> None:
+    """The note waits on its device's encounter. A person created under the encounter's id is
+    not that encounter: the note stays kept, waiting, and the push does not say it released it."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id, _note = _note_kept_under_a_refused_encounter(device)
+    person = device.mutation("create", "care.person", encounter_id, {"unit_id": str(crew_member.unit.pk)})
+
+    answer = _pushed_whole(device, person)
+
+    assert ([r["status"] for r in answer["results"]], answer["released"]) == (["applied"], [])
+    kept = Mutation.objects.get(device=crew_member.device, record_id=note_id)
+    assert (kept.status, kept.error_code) == ("quarantined", "parent_quarantined")
+
+
 @pytest.mark.parametrize(
     ("operation", "fields"),
     [("delete", None), ("update", {"body": "Written on the wrong person."})],
