@@ -41,7 +41,7 @@ from tests.dispatch.concurrency import (
 from tests.dispatch.factories import make_incident
 from tests.dispatch.test_assignments import offer, post
 from tests.dispatch.test_status_times_sync import _acknowledged, _status_time
-from tests.sync.helpers import SimDevice, sync_client
+from tests.sync.helpers import SimDevice, stored_unapplied, sync_client
 from tests.teams.factories import UnitFactory
 
 
@@ -333,14 +333,7 @@ def test_status_times_left_stored_and_unapplied_are_applied_by_the_sweep_togethe
     first, second = _acknowledged(program, dispatcher, other), _acknowledged(program, dispatcher, crew_member)
     device = SimDevice(dispatcher)
     mutations = [_status_time(device, assignment_id, "en_route", timezone.now()) for assignment_id in (first, second)]
-    push._store(
-        device=dispatcher.device,
-        user=dispatcher.user,
-        envelopes=[push.parse_envelope(mutation, index) for index, mutation in enumerate(mutations)],
-        client_version="",
-        results={},
-        keyed_by_content=False,
-    )
+    stored_unapplied(dispatcher, mutations)
 
     with board_held_elsewhere(crew_member.unit):
         sweeping = run_until_done_or_blocked(

@@ -199,3 +199,18 @@ def younger_writes_before_the_catch_up(monkeypatch: pytest.MonkeyPatch, write: C
         yield
     finally:
         monkeypatch.setattr(services, "_wait_for_older_writers", wait)
+
+
+def stored_unapplied(member: CrewMember, mutations: list[dict[str, Any]]) -> None:
+    """What a push leaves when the server dies between storing its batch and applying it:
+    the mutations in the ledger, received, none applied."""
+    from apps.sync import push
+
+    push._store(
+        device=member.device,
+        user=member.user,
+        envelopes=[push.parse_envelope(mutation, index) for index, mutation in enumerate(mutations)],
+        client_version="",
+        results={},
+        keyed_by_content=False,
+    )

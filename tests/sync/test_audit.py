@@ -11,7 +11,7 @@ from apps.care.models import Encounter, Person
 from apps.sync.models import Mutation, MutationStatus
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, audit_trail_refusing, make_crew_member
-from tests.sync.helpers import SimDevice, encounter_fields, sync_client
+from tests.sync.helpers import SimDevice, encounter_fields, stored_unapplied, sync_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -185,16 +185,7 @@ def test_an_outsider_pull_reads_and_records_nothing(crew_member: CrewMember, out
 
 def _store_without_applying(member: CrewMember, mutation: dict[str, object]) -> None:
     """What a push leaves when the server dies between storing its batch and applying it."""
-    from apps.sync import push
-
-    push._store(
-        device=member.device,
-        user=member.user,
-        envelopes=[push.parse_envelope(mutation, 0)],
-        client_version="",
-        results={},
-        keyed_by_content=False,
-    )
+    stored_unapplied(member, [mutation])
 
 
 def test_a_write_applied_by_the_stranded_mutations_sweep_names_its_writer_and_device(crew_member: CrewMember) -> None:

@@ -26,7 +26,7 @@ from apps.teams.models import Unit
 from tests.accounts.factories import MembershipFactory, ProgramFactory
 from tests.care.factories import encounter
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, encounter_fields, respelt, sync_client
+from tests.sync.helpers import SimDevice, encounter_fields, respelt, stored_unapplied, sync_client
 from tests.teams.factories import UnitFactory, UnitMemberFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -587,14 +587,7 @@ def test_applying_stranded_mutations_stops_at_the_soft_time_limit(
 def _two_received_mutations(crew_member: CrewMember) -> None:
     """Stored and never applied: the server died between the two."""
     device = SimDevice(crew_member)
-    push._store(
-        device=crew_member.device,
-        user=crew_member.user,
-        envelopes=[push.parse_envelope(person_create(device), index) for index in range(2)],
-        client_version="",
-        results={},
-        keyed_by_content=False,
-    )
+    stored_unapplied(crew_member, [person_create(device) for _ in range(2)])
     assert list(Mutation.objects.values_list("status", flat=True)) == [MutationStatus.RECEIVED] * 2
 
 

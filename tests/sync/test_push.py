@@ -20,7 +20,14 @@ from apps.sync.models import ChangeEntry, Conflict, Mutation, MutationStatus, Re
 from apps.sync.services import RecordIdHeld, publish_record
 from tests.accounts.factories import ProgramFactory, device_with_token
 from tests.conftest import CrewMember, make_crew_member
-from tests.sync.helpers import SimDevice, encounter_fields, now_iso, run_while_another_writer_holds, sync_client
+from tests.sync.helpers import (
+    SimDevice,
+    encounter_fields,
+    now_iso,
+    run_while_another_writer_holds,
+    stored_unapplied,
+    sync_client,
+)
 from tests.teams.factories import UnitMemberFactory
 
 # The feed serves only what every older transaction has finished, so these tests commit.
@@ -1704,16 +1711,8 @@ def test_mutations_stored_but_never_applied_are_applied_by_the_sweep(crew_member
 
     device = SimDevice(crew_member)
     record_id = uuid.uuid4()
-    envelope = push.parse_envelope(
-        device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)), 0
-    )
-    push._store(
-        device=crew_member.device,
-        user=crew_member.user,
-        envelopes=[envelope],
-        client_version="",
-        results={},
-        keyed_by_content=False,
+    stored_unapplied(
+        crew_member, [device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member))]
     )
     assert Mutation.objects.get().status == MutationStatus.RECEIVED
 
@@ -1730,7 +1729,6 @@ def test_a_batch_stored_but_never_applied_is_applied_when_its_device_sends_it_ag
     sends the same batch again. Each mutation applies then, once, and is answered as applied:
     a "duplicate" that left it received would leave the device's change waiting for the sweep,
     and tell the device it had applied when it had not."""
-    from apps.sync import push
 
     device = SimDevice(crew_member)
     record_id = uuid.uuid4()
@@ -1738,14 +1736,7 @@ def test_a_batch_stored_but_never_applied_is_applied_when_its_device_sends_it_ag
         device.mutation("create", "care.encounter", record_id, encounter_fields(crew_member)),
         device.mutation("update", "care.encounter", record_id, {"assessment": "Calm."}),
     ]
-    push._store(
-        device=crew_member.device,
-        user=crew_member.user,
-        envelopes=[push.parse_envelope(mutation, index) for index, mutation in enumerate(batch)],
-        client_version="",
-        results={},
-        keyed_by_content=False,
-    )
+    stored_unapplied(crew_member, batch)
     assert set(Mutation.objects.values_list("status", flat=True)) == {MutationStatus.RECEIVED}
 
     results = device.push(*batch)

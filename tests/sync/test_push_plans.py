@@ -40,6 +40,19 @@ def fill_ledger_with_other_devices(member: CrewMember) -> None:
         cursor.execute("ANALYZE sync_mutation")
 
 
+def recorded_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the push sends through the server-side cursor from now on, as sent."""
+    statements: list[str] = []
+    run = bulk._ServerCursor.execute
+
+    def recorded(cursor: Any, query: Any, params: Any = None, **options: Any) -> Any:
+        statements.append(query)
+        return run(cursor, query, params, **options)
+
+    monkeypatch.setattr(bulk._ServerCursor, "execute", recorded)
+    return statements
+
+
 def generic_plan(statement: str) -> str:
     """The plan PostgreSQL would keep for the prepared statement whatever its parameters."""
     numbered = iter(range(1, 1000))
@@ -53,14 +66,7 @@ def test_every_statement_of_a_push_reads_the_ledger_by_index_as_a_generic_plan(
     crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill_ledger_with_other_devices(crew_member)
-    statements: list[str] = []
-    run = bulk._ServerCursor.execute
-
-    def recorded(cursor: Any, query: Any, params: Any = None, **options: Any) -> Any:
-        statements.append(query)
-        return run(cursor, query, params, **options)
-
-    monkeypatch.setattr(bulk._ServerCursor, "execute", recorded)
+    statements = recorded_statements(monkeypatch)
     device = SimDevice(crew_member)
     first = device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member))
     [result] = device.push(first)
@@ -93,14 +99,7 @@ def test_a_push_with_a_create_finds_a_refused_create_of_its_record_by_the_record
     with connection.cursor() as cursor:  # a user with much kept for review on other tablets
         cursor.execute("UPDATE sync_mutation SET status = 'quarantined' WHERE mutation_id % 3 = 0")
         cursor.execute("ANALYZE sync_mutation")
-    statements: list[str] = []
-    run = bulk._ServerCursor.execute
-
-    def recorded(cursor: Any, query: Any, params: Any = None, **options: Any) -> Any:
-        statements.append(query)
-        return run(cursor, query, params, **options)
-
-    monkeypatch.setattr(bulk._ServerCursor, "execute", recorded)
+    statements = recorded_statements(monkeypatch)
     device = SimDevice(crew_member)
 
     [result] = device.push(device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)))
