@@ -30,7 +30,7 @@ from apps.accounts.models import Device, Program, Role, User
 from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.common.api.errors import DomainError
-from apps.common.locks import advisory_lock_key
+from apps.common.locks import advisory_lock_key, lock_in_order
 from apps.dispatch import selectors
 from apps.dispatch.models import (
     UNIT_STATUS_FOR,
@@ -163,11 +163,7 @@ def _lock_unit_boards(unit_ids: Iterable[UUID]) -> None:
         if not all(_try_lock_unit_board(unit_id) for unit_id in unit_ids):
             raise WrittenSinceTransactionBegan()
         return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(%s::bigint[]) AS key ORDER BY 1) AS k",
-            [sorted(_unit_board_key(unit_id) for unit_id in unit_ids)],
-        )
+    lock_in_order(_UNIT_BOARD_LOCKS, unit_ids)
 
 
 def lock_boards_of_assignments(reports: Mapping[UUID, Iterable[UUID]]) -> None:
@@ -307,35 +303,23 @@ def _event(
 # Device-reported times
 
 
-def _audit(accessor: Accessor | None, action: AccessAction, record: Incident | Assignment) -> None:
+def _audit(accessor: Accessor | None, action: AccessAction, record: Incident | Assignment | TimelineEvent) -> None:
     """A write to a call's record, recorded in the write's own transaction (P8): a refused
     write leaves no trace and an accepted one always does. A retry that writes nothing (an
     action already taken, answered with the record as it stands) is a read, as a retried
-    intake is. Internal callers (the escalation sweep) pass no accessor."""
+    intake is. A status time reported over REST is audited as the record the feeds serve it
+    as. Internal callers (the escalation sweep) pass no accessor."""
     if accessor is None:
         return
     if isinstance(record, Incident):
         record_type, program_id = INCIDENT_RECORD, record.program_id
-    else:
+    elif isinstance(record, Assignment):
         record_type, program_id = ASSIGNMENT_RECORD, record.incident.program_id
+    else:
+        record_type, program_id = STATUS_TIME_RECORD, record.incident.program_id
     record_access(
         accessor=accessor, action=action, record_type=record_type, record_ids=[record.pk], program_id=program_id
     )
-
-
-def _audit_status_time(
-    accessor: Accessor | None, action: AccessAction, event: TimelineEvent, assignment: Assignment
-) -> None:
-    """A status time reported over REST, created (or, on a retry, shown in the answer) as the
-    record the feeds serve it as (P8)."""
-    if accessor is not None:
-        record_access(
-            accessor=accessor,
-            action=action,
-            record_type=STATUS_TIME_RECORD,
-            record_ids=[event.pk],
-            program_id=assignment.incident.program_id,
-        )
 
 
 def _record_crew_report(
@@ -909,7 +893,7 @@ def assignment_update_status(
             # A retry writes nothing and answers with the assignment as it stands: a read.
             _audit(accessor, AccessAction.READ, assignment)
             if not pushed_with_outbox:  # the answer carries the status time too
-                _audit_status_time(accessor, AccessAction.READ, earlier, assignment)
+                _audit(accessor, AccessAction.READ, earlier)
             return StatusUpdate(assignment, earlier.applied, earlier)
     _audit(accessor, AccessAction.UPDATE, assignment)
     _refuse_ended(assignment)
@@ -943,7 +927,7 @@ def assignment_update_status(
         raise event_id_reused() from None
     if not pushed_with_outbox:  # a push audits what it creates itself
         _publish_status_time(event, user=user, device=device, id_named_by_device=client_event_id is not None)
-        _audit_status_time(accessor, AccessAction.CREATE, event, assignment)
+        _audit(accessor, AccessAction.CREATE, event)
     if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
         # Within the clocks' tolerance a crew's time may fall before the offer, or ahead of
         # the server: the call was served no earlier than the unit was offered it.

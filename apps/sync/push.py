@@ -58,10 +58,9 @@ from apps.sync.models import (
     MutationOperation,
     MutationStatus,
     RecordVersion,
-    SyncedRecord,
 )
 from apps.sync.scopes import scopes_for_user, user_scope
-from apps.sync.selectors import FeedPosition
+from apps.sync.selectors import FeedPosition, heads_written
 from apps.sync.services import (
     Head,
     PendingVersion,
@@ -1788,7 +1787,7 @@ def _set_aside_superseded(rows: Sequence[LedgerRow], kept_creates: Sequence[Muta
         return
     still_kept: dict[tuple[UUID, UUID | None], list[Mutation]] = defaultdict(list)
     for kept in kept_creates:
-        if kept.dismissed_at is None and kept.pk not in state.reviewed and kept.pk not in state.released:
+        if kept.dismissed_at is None and not state.told_refused(kept):
             still_kept[(kept.device_id, kept.record_id)].append(kept)
     now = timezone.now()
     for row in rows:
@@ -1820,10 +1819,12 @@ def _set_aside_superseded(rows: Sequence[LedgerRow], kept_creates: Sequence[Muta
 def _made_its_record_as_sent(row: LedgerRow, state: _BatchState) -> bool:
     """Whether this row is a create that made its record new on the server, as its device's
     own write (not one applied after review or released), and the record is still there."""
-    if row.pk not in state.created or row.pk in state.reviewed or row.pk in state.released:
-        return False
-    head = state.publisher.heads.get(row.record_id) if row.record_id is not None else None
-    return row.status == MutationStatus.APPLIED and head is not None and not head.is_deleted
+    return (
+        row.pk in state.created
+        and not state.told_refused(row)
+        and row.status == MutationStatus.APPLIED
+        and _created_its_record(row, state.publisher.heads)
+    )
 
 
 def _superseded_by(kept: Mutation, later: LedgerRow) -> bool:
@@ -1907,11 +1908,7 @@ def _records_on_the_server(creates: Sequence[Mutation]) -> set[UUID | None]:
     or not): the device sent the record again otherwise, or another writer created it."""
     if not creates:
         return set()
-    return set(
-        SyncedRecord.objects.filter(
-            record_id__in=bulk.any_of({row.record_id for row in creates if row.record_id is not None}, "uuid")
-        ).values_list("record_id", flat=True)
-    )
+    return set(heads_written(record_ids={row.record_id for row in creates if row.record_id is not None}))
 
 
 def _parent_waited_on(row: LedgerRow) -> UUID | None:

@@ -29,7 +29,7 @@ from apps.audit.models import AccessAction
 from apps.audit.services import Accessor, record_access
 from apps.common import bulk, jsontext
 from apps.common.api.errors import DomainError
-from apps.common.locks import advisory_lock_key
+from apps.common.locks import advisory_lock_key, lock_in_order
 from apps.sync import nudges, registry, sealing
 from apps.sync.models import (
     ChangeEntry,
@@ -67,15 +67,7 @@ def lock_records(record_ids: Iterable[UUID]) -> None:
     take first too (SyncedType.lock_before_writing). It also covers records that do not
     exist yet.
     """
-    keys = sorted({advisory_lock_key(RECORD_LOCKS, record_id) for record_id in record_ids})
-    if not keys:
-        return
-    assert connection.in_atomic_block, "lock_records needs a transaction"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(%s::bigint[]) AS key ORDER BY 1) AS keys",
-            [keys],
-        )
+    lock_in_order(RECORD_LOCKS, record_ids)
 
 
 def lock_device(device_id: UUID) -> None:

@@ -355,7 +355,7 @@ def push_changes(
     for table, place, mutation, problem in writes + deletes:
         if problem is not None:
             problems[len(mutations)] = problem
-        if place.split(".")[-2] == "deleted":
+        if place.startswith(f"changes.{table}.deleted."):
             marked_deleted[len(mutations)] = mutation["id"]
         mutations.append(mutation)
         places.append((table, place))
