@@ -37,7 +37,7 @@ from uuid import UUID
 import orjson
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -1798,22 +1798,33 @@ def _set_aside_superseded(rows: Sequence[LedgerRow], kept_creates: Sequence[Muta
         if not superseded:
             continue
         named = f" (mutation_id {row.mutation_id})" if row.mutation_id is not None else ""
-        # Under the device's lock, which every review takes too: still kept, as read.
-        Mutation.objects.filter(
-            pk__in=[kept.pk for kept in superseded],
-            device_id=row.device_id,
-            status=MutationStatus.QUARANTINED,
-            dismissed_at=None,
-        ).update(
-            dismissed_at=now,
-            dismissed_by_id=row.user_id,
-            dismiss_reason=f"Superseded: this device sent the record's create again later{named}, and that create "
+        # Under the device's lock, which every review takes too.
+        set_aside(
+            Mutation.objects.filter(pk__in=[kept.pk for kept in superseded], device_id=row.device_id),
+            by=row.user_id,
+            reason=f"Superseded: this device sent the record's create again later{named}, and that create "
             "applied, holding every field this one sent. This one is kept as it was sent.",
-            dismiss_code=DismissCode.SUPERSEDED,
-            superseded_by_id=row.pk,
+            code=DismissCode.SUPERSEDED,
+            superseded_by=row.pk,
         )
         for kept in superseded:
             kept.dismissed_at = now
+
+
+def set_aside(
+    mutations: QuerySet[Mutation], *, by: UUID, reason: str, code: DismissCode, superseded_by: int | None = None
+) -> None:
+    """Set aside those of ``mutations`` still kept for review (quarantined, not set aside yet):
+    each stays in quarantine, kept as it was sent, out of the reviewers' queue, its writer
+    told who set it aside, when and why (``code``: by a supervisor after review, or
+    superseded by its device's later create, ``superseded_by``)."""
+    mutations.filter(status=MutationStatus.QUARANTINED, dismissed_at=None).update(
+        dismissed_at=timezone.now(),
+        dismissed_by_id=by,
+        dismiss_reason=reason,
+        dismiss_code=code,
+        superseded_by_id=superseded_by,
+    )
 
 
 def _made_its_record_as_sent(row: LedgerRow, state: _BatchState) -> bool:

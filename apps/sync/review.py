@@ -18,7 +18,6 @@ from uuid import UUID
 
 from django.db import transaction
 from django.db.models import Q
-from django.utils import timezone
 
 from apps.accounts.models import Device, User
 from apps.audit.services import Accessor
@@ -91,10 +90,7 @@ def dismiss_after_review(*, mutation_ids: list[int], reviewer: User, reason: str
         # Checked again under the locks: another reviewer may have applied or set one aside.
         still_kept = Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED, dismissed_at=None)
         _ensure_all_among(mutation_ids, set(still_kept.values_list("pk", flat=True)))
-        for mutation in still_kept:
-            mutation.dismissed_at, mutation.dismissed_by, mutation.dismiss_reason = timezone.now(), reviewer, reason
-            mutation.dismiss_code = DismissCode.REVIEWED
-            mutation.save(update_fields=["dismissed_at", "dismissed_by", "dismiss_reason", "dismiss_code"])
+        push.set_aside(still_kept, by=reviewer.pk, reason=reason, code=DismissCode.REVIEWED)
 
 
 def _ensure_few_enough(mutation_ids: list[int]) -> None:
