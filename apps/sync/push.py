@@ -2079,9 +2079,14 @@ def _apply_one(row: LedgerRow, state: _BatchState) -> None:
     head = state.publisher.heads.get(row.record_id)
     record = state.records.get(row.record_id)
     context = state.context
-    if head is not None and (head.record_type != synced_type.name or head.program_id not in state.program_ids):
-        # Another type's record, or another program's: the id is not this device's to use.
+    if head is not None and head.program_id not in state.program_ids:
+        # Another program's record: the id is not this device's to use.
         _quarantine(row, "not_permitted", "This record may not be changed by this user.", "id")
+        return
+    if head is not None and head.record_type != synced_type.name:
+        # Named as REST names it (409 id_in_use), saying nothing of the record that holds it:
+        # not_permitted sent the writer looking for a permission they have.
+        _quarantine(row, "id_in_use", "This id is in use by another record; use a new one.", "id")
         return
     if head is None:
         if row.operation != MutationOperation.CREATE:

@@ -208,7 +208,8 @@ class RecordIdHeld(DomainError):
     domain service that creates a record under an id a client chose asks first
     (selectors.synced_type_of) and refuses with an error of its own; one that did not is
     refused here, before anything of it is written: a 409 ``id_in_use`` naming the id, not a
-    500. Inside a push, whose apply checks the id before (quarantined ``not_permitted``), it
+    500. Inside a push, whose apply checks the id before (quarantined ``id_in_use``, or
+    ``not_permitted`` for another program's record), it
     is a fault of the server's code: the mutation is kept for review as ``apply_failed``."""
 
     def __init__(self, detail: str) -> None:

@@ -179,7 +179,10 @@ def pull(
     else:
         issued = IssuedCursor.objects.filter(pk=last_pulled_at, device=device).first()
         if issued is None:
-            raise UnknownTimestamp("This lastPulledAt was not issued to this device; reset and sync again.")
+            raise UnknownTimestamp(
+                "This lastPulledAt has expired (older than the feed keeps) or is not this device's;"
+                " push, then reset the local database and sync again."
+            )
         position = issued.position
         if migrated_types and not position.startswith(_MIGRATION_POSITION):  # else it is under way
             position = _migration_position(migrated_types, None, then=position)
@@ -486,6 +489,11 @@ _NO_CHANGE_TIME = {
     "detail": "An updated row carries updated_at, the time of its local change in milliseconds.",
     "field": "fields.updated_at",
 }
+_CHANGE_TIME_UNREADABLE = {
+    "code": "invalid_observed_at",
+    "detail": "updated_at is the time of the local change in milliseconds since 1970, within the years 1 to 9999.",
+    "field": "fields.updated_at",
+}
 
 
 def _mutations_of(
@@ -505,7 +513,7 @@ def _mutations_of(
                 "content": raw,
                 **_observed_at(raw),
             },
-            None if type(fields.get("deleted", False)) is bool else _FLAG_NOT_BOOLEAN,
+            _change_time_problem(raw) if type(fields.get("deleted", False)) is bool else _FLAG_NOT_BOOLEAN,
         )
     for index, raw in enumerate(_list(table_changes.get("updated"))):
         changed = _changed_columns(raw)
@@ -526,7 +534,7 @@ def _mutations_of(
             "content": raw,
             **_observed_at(raw),
         }
-        problem = None if _change_time(raw) is not None else _NO_CHANGE_TIME
+        problem = _change_time_problem(raw) if _change_time(raw) is not None else _NO_CHANGE_TIME
         if deleted is True:
             # Trap 1, push side: a clinical delete travels as a flag. The row also holds what
             # the app changed before the delete (an assessment written, then the encounter
@@ -552,21 +560,32 @@ def _observed_at(raw: Any) -> dict[str, str]:
     """The row's ``updated_at`` (milliseconds since 1970, WatermelonDB's clock of the local
     change) as the mutation's ``observed_at``: the device's time of the change, kept as the
     user observed it and checked for plausibility, as the other push's. Nothing when the row
-    has no such number."""
-    millis = _change_time(raw)
-    if millis is None:
-        return {}
-    try:
-        moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return {}  # no time a clock shows: the row is kept as sent, without one
-    return {"observed_at": moment.isoformat()}
+    has no such number, or one no clock shows (``_change_time_problem`` refuses it)."""
+    moment = _moment(_change_time(raw))
+    return {} if moment is None else {"observed_at": moment.isoformat()}
 
 
 def _change_time(raw: Any) -> int | float | None:
     """The row's ``updated_at``, if it is a number."""
     millis = raw.get("updated_at") if isinstance(raw, dict) else None
     return millis if type(millis) is int or type(millis) is float else None
+
+
+def _moment(millis: int | float | None) -> datetime | None:
+    if millis is None:
+        return None
+    try:
+        return datetime.fromtimestamp(millis / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _change_time_problem(raw: Any) -> dict[str, Any] | None:
+    """A row whose ``updated_at`` is a number outside the years 1 to 9999 is refused, as the
+    other push refuses an ``observed_at`` it cannot read: kept without a time, the device's
+    broken clock went unnoticed."""
+    millis = _change_time(raw)
+    return _CHANGE_TIME_UNREADABLE if millis is not None and _moment(millis) is None else None
 
 
 def _deletes_of_created(

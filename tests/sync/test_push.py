@@ -1210,6 +1210,32 @@ def test_another_units_record_cannot_be_changed(crew_member: CrewMember, outside
     assert Encounter.objects.count() == 1
 
 
+def test_an_id_another_type_of_record_holds_is_refused_as_in_use_not_as_a_missing_permission(
+    crew_member: CrewMember,
+) -> None:
+    """An encounter made or changed under the id of the user's own note was refused as
+    ``not_permitted``, which sent its writer looking for a right they have. Named as REST
+    names it, ``id_in_use``, and the note stays as it was."""
+    device = SimDevice(crew_member)
+    encounter_id, _ = created(device)
+    note_id = uuid.uuid4()
+    device.push(device.mutation("create", "care.note", note_id, {"encounter_id": str(encounter_id), "body": "Seen."}))
+
+    made, changed = device.push(
+        device.mutation("create", "care.encounter", note_id, encounter_fields(crew_member)),
+        device.mutation("update", "care.encounter", note_id, {"location": "Lenox Ave"}, 1),
+    )
+
+    for result in (made, changed):
+        assert (result["status"], result["error"]["code"], result["error"]["field"]) == (
+            "quarantined",
+            "id_in_use",
+            "id",
+        )
+    assert ClinicalNote.objects.get(pk=note_id).body == "Seen."
+    assert not Encounter.objects.filter(pk=note_id).exists()
+
+
 def test_edits_of_different_fields_merge(crew_member: CrewMember) -> None:
     device, teammate = SimDevice(crew_member), teammate_device(crew_member)
     record_id, _ = created(device)

@@ -846,6 +846,44 @@ def test_a_records_updated_at_is_kept_as_when_it_was_observed_and_an_implausible
     assert Mutation.objects.count() == 2
 
 
+@pytest.mark.parametrize("updated_at", [2**63, -1e15])
+def test_a_records_updated_at_no_clock_shows_is_refused_naming_it(crew_member: CrewMember, updated_at: float) -> None:
+    """A number beyond the years 1 to 9999 is no time a clock shows: it was dropped, the
+    record applied without one and the broken clock went unnoticed. Refused naming it, as
+    the other push refuses an ``observed_at`` it cannot read; the same record with a time
+    applies."""
+    visit = encounter(crew_member, location="A")
+    made, made_and_deleted = str(uuid.uuid4()), str(uuid.uuid4())
+    record = {"unit_id": str(crew_member.unit.pk), "started_at": now_iso(), "updated_at": updated_at}
+    changes = {
+        "encounters": {
+            "created": [{**record, "id": made}, {**record, "id": made_and_deleted, "deleted": True}],
+            "updated": [{"id": str(visit), "location": "B", "server_version": 1, "updated_at": updated_at}],
+            "deleted": [],
+        }
+    }
+    client = sync_client(crew_member)
+
+    answer = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json")
+
+    refused = [(result["id"], result["error"]["code"], result["error"]["field"]) for result in answer.json()["results"]]
+    assert refused[:3] == [
+        (made, "invalid_observed_at", "changes.encounters.created.0.updated_at"),
+        (made_and_deleted, "invalid_observed_at", "changes.encounters.created.1.updated_at"),
+        (str(visit), "invalid_observed_at", "changes.encounters.updated.0.updated_at"),
+    ]
+    rejected = answer.json()["experimentalRejectedIds"]["encounters"]
+    assert sorted(rejected) == sorted([made, made_and_deleted, str(visit)])
+    assert not Encounter.objects.filter(pk__in=[made, made_and_deleted]).exists()
+    assert Encounter.objects.get(pk=visit).location == "A"
+
+    fixed = {"id": str(visit), "location": "B", "server_version": 1, "updated_at": _millis()}
+    changes = {"encounters": {"created": [], "updated": [fixed], "deleted": []}}
+    again = client.post("/api/v1/sync/watermelon/push/", {"changes": changes, "lastPulledAt": None}, format="json")
+    assert [result["status"] for result in again.json()["results"]] == ["applied"]
+    assert Encounter.objects.get(pk=visit).location == "B"
+
+
 def test_a_records_key_is_its_content_whatever_observed_at_it_is_given(crew_member: CrewMember) -> None:
     """The time is read from the content, so the key stays what it was before it was read:
     a push stored then, sent again after the upgrade, is still a replay."""
