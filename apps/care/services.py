@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -163,6 +163,7 @@ def batch_preparer(type_name: str) -> Any:
 @remembered
 def person_apply(context: WriteContext, change: Change) -> Person:
     values = dict(change.values)
+    _refuse_birth_not_yet_come(values.get("date_of_birth"))
     if change.operation == "create":
         unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         person = Person(id=change.record_id, program_id=unit.program_id, unit=unit, created_by=context.user, **values)
@@ -183,6 +184,11 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     values = dict(change.values)
     person_id = values.get("person_id")
     _refuse_times_not_yet_come(values, "started_at", "ended_at")
+    stored = change.record if change.operation == "update" else None
+    _refuse_end_before_start(
+        values.get("started_at", getattr(stored, "started_at", None)),
+        values.get("ended_at", getattr(stored, "ended_at", None)),
+    )
     if change.operation == "create":
         unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         if person_id is not None:
@@ -412,15 +418,32 @@ def _refuse_times_not_yet_come(values: dict[str, Any], *names: str) -> None:
     ahead would put off as long; a signature dates what the note attests."""
     latest = timezone.now() + timedelta(seconds=sync_conf.CLOCK_SKEW_SECONDS)
     for name in names:
-        moment = values.get(name)
-        if isinstance(moment, str):
-            moment = parse_datetime(moment)
+        moment = _moment(values.get(name))
         if moment is not None and moment > latest:
             raise Refused(
                 "time_in_future",
                 f"{name} is ahead of the server's clock; check the device clock and record it again.",
                 field=name,
             )
+
+
+def _refuse_end_before_start(started_at: Any, ended_at: Any) -> None:
+    """An encounter ends after it starts: whichever of the two a change sets, against the
+    other as it stands. One that ended before it started dated its follow-up from a time the
+    crew was not yet there."""
+    started_at, ended_at = _moment(started_at), _moment(ended_at)
+    if started_at is not None and ended_at is not None and ended_at < started_at:
+        raise Refused("invalid_fields", "ended_at comes after started_at.", field="ended_at")
+
+
+def _refuse_birth_not_yet_come(date_of_birth: Any) -> None:
+    # A day's grace: the device's today may be the server's tomorrow (UTC+14).
+    if isinstance(date_of_birth, date) and date_of_birth > (timezone.now() + timedelta(days=1)).date():
+        raise Refused("invalid_fields", "A date of birth is not in the future.", field="date_of_birth")
+
+
+def _moment(value: Any) -> Any:
+    return parse_datetime(value) if isinstance(value, str) else value
 
 
 def referral_outcome_refuses_change(context: WriteContext, event: Any, operation: str, values: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from apps.care.models import (
     ReferralTaskStatus,
     TransportDestination,
 )
-from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, IsoDateField, OffsetDateTimeField, StrictSerializer
 from apps.directory.models import ServiceType
 from apps.sync import registry
 from apps.sync.scopes import program_role_scope, unit_scope
@@ -50,7 +50,7 @@ class PersonWire(CareWire):
     unit_id = CanonicalUUIDField()
     given_name = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
     family_name = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
-    date_of_birth = serializers.DateField(allow_null=True, required=False, default=None)
+    date_of_birth = IsoDateField(allow_null=True, required=False, default=None)
     phone_number = serializers.CharField(max_length=32, allow_blank=True, required=False, default="")
 
 

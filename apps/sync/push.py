@@ -338,8 +338,9 @@ def unreadable_as_sent(mutation: Mutation) -> bool:
 
 def _parse_observed_at(value: Any) -> datetime | None:
     """A time with an offset that is a real date and time and stays within years 1 to 9999 in
-    UTC (the ledger stores it in UTC, and a time beyond could be stored but never read back)."""
-    if not isinstance(value, str):
+    UTC (the ledger stores it in UTC, and a time beyond could be stored but never read back),
+    in ASCII digits (Django's parser reads any script's: ٢٠٢٦ as 2026)."""
+    if not isinstance(value, str) or not value.isascii():
         return None
     try:
         parsed = parse_datetime(value)

@@ -31,7 +31,7 @@ from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from apps.accounts.models import Device, User
 from apps.audit.services import Accessor
 from apps.common import bulk, calendar
-from apps.common.api.serializers import CanonicalUUIDField, OffsetDateTimeField, StrictSerializer
+from apps.common.api.serializers import CanonicalUUIDField, IsoDateField, OffsetDateTimeField, StrictSerializer
 from apps.common.ids import canonical_uuid
 
 
@@ -297,6 +297,8 @@ _ID_FIELDS = (serializers.UUIDField, CanonicalUUIDField)
 # Fields the compiled plan reads as DRF's DateTimeField: the offset field refuses only what
 # the plan already hands to DRF (a time without an offset).
 _MOMENT_FIELDS = (serializers.DateTimeField, OffsetDateTimeField)
+# Likewise DRF's DateField: the ISO one refuses only what the plan hands to DRF (another script's digits).
+_DATE_FIELDS = (serializers.DateField, IsoDateField)
 
 
 @functools.lru_cache(maxsize=256)
@@ -324,7 +326,7 @@ def _wire_value(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[[
         return str
     if kind is serializers.BooleanField:
         return bool
-    if kind is serializers.DateField and api_settings.DATE_FORMAT == ISO_8601:
+    if kind in _DATE_FIELDS and api_settings.DATE_FORMAT == ISO_8601:
         return lambda value: value if isinstance(value, str) else value.isoformat()
     zone = getattr(wire_field, "timezone", None)
     if kind in _MOMENT_FIELDS and api_settings.DATETIME_FORMAT == ISO_8601 and zone is not None:
@@ -408,7 +410,7 @@ def _bool_check(value: Any) -> Any:
 
 
 def _date_check(value: Any) -> Any:
-    if type(value) is not str:
+    if type(value) is not str or not value.isascii():  # DRF refuses another script's digits
         return _ASK_DRF
     try:
         parsed = parse_date(value)
@@ -419,7 +421,7 @@ def _date_check(value: Any) -> Any:
 
 def _moment_check(zone: Any) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
-        if type(value) is not str or "\x00" in value:
+        if type(value) is not str or "\x00" in value or not value.isascii():
             return _ASK_DRF
         try:
             parsed = parse_datetime(value)
@@ -468,9 +470,7 @@ def _input_check(wire_field: serializers.Field[Any, Any, Any, Any]) -> Callable[
         return _bool_check
     if kind is serializers.ChoiceField:
         return _choice_check(wire_field)  # type: ignore[arg-type]
-    if kind is serializers.DateField and getattr(wire_field, "input_formats", api_settings.DATE_INPUT_FORMATS) == [
-        ISO_8601
-    ]:
+    if kind in _DATE_FIELDS and getattr(wire_field, "input_formats", api_settings.DATE_INPUT_FORMATS) == [ISO_8601]:
         return _date_check
     zone = getattr(wire_field, "timezone", None)
     formats = getattr(wire_field, "input_formats", api_settings.DATETIME_INPUT_FORMATS)

@@ -587,6 +587,99 @@ def test_an_encounter_ended_within_the_allowed_clock_skew_applies(crew_member: C
     assert result["status"] == "applied", result
 
 
+def test_an_encounter_that_ends_before_it_starts_is_kept_for_review_naming_its_end(crew_member: CrewMember) -> None:
+    """Whichever of the two a change sets, against the other as it stands: an encounter
+    ended before it started dated its follow-up from before the crew was there."""
+    started = timezone.now() - timedelta(hours=2)
+    made_backwards = pushed(
+        crew_member,
+        "care.encounter",
+        encounter_fields(
+            crew_member, started_at=started.isoformat(), ended_at=(started - timedelta(minutes=1)).isoformat()
+        ),
+    )
+    visit = uuid.uuid4()
+    pushed(
+        crew_member, "care.encounter", encounter_fields(crew_member, started_at=started.isoformat()), record_id=visit
+    )
+    ended_before = pushed(
+        crew_member,
+        "care.encounter",
+        {"ended_at": (started - timedelta(minutes=5)).isoformat()},
+        op="update",
+        record_id=visit,
+        base_version=1,
+    )
+    ended = pushed(
+        crew_member,
+        "care.encounter",
+        {"ended_at": (started + timedelta(minutes=40)).isoformat()},
+        op="update",
+        record_id=visit,
+        base_version=1,
+    )
+    started_after = pushed(
+        crew_member,
+        "care.encounter",
+        {"started_at": (started + timedelta(hours=1)).isoformat()},
+        op="update",
+        record_id=visit,
+        base_version=2,
+    )
+
+    for refused in (made_backwards, ended_before, started_after):
+        assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == (
+            "quarantined",
+            "invalid_fields",
+            "fields.ended_at",
+        )
+    assert ended["status"] == "applied"
+    assert Encounter.objects.get(pk=visit).started_at == started
+
+
+def test_a_date_of_birth_in_the_future_is_kept_for_review_naming_it(crew_member: CrewMember) -> None:
+    unit_id = str(crew_member.unit.pk)
+    in_two_days = (timezone.now() + timedelta(days=2)).date().isoformat()
+
+    unborn = pushed(crew_member, "care.person", {"unit_id": unit_id, "given_name": "Ana", "date_of_birth": in_two_days})
+    born = pushed(crew_member, "care.person", {"unit_id": unit_id, "given_name": "Ana", "date_of_birth": "1990-02-03"})
+
+    assert (unborn["status"], unborn["error"]["code"], unborn["error"]["field"]) == (
+        "quarantined",
+        "invalid_fields",
+        "fields.date_of_birth",
+    )
+    assert born["status"] == "applied"
+
+
+def test_times_and_dates_in_another_scripts_digits_are_refused_naming_the_field(crew_member: CrewMember) -> None:
+    """Django's parser reads any script's digits: ٢٠٢٦ was taken for 2026, a date of birth in
+    full-width digits for 1990, a value no other reader of the record would take."""
+    unit_id = str(crew_member.unit.pk)
+    device = SimDevice(crew_member)
+
+    started, born, observed = device.push(
+        device.mutation(
+            "create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member, started_at="٢٠٢٦-11-20T14:05:00Z")
+        ),
+        device.mutation(
+            "create",
+            "care.person",
+            uuid.uuid4(),
+            {"unit_id": unit_id, "given_name": "Ana", "date_of_birth": "\uff11\uff19\uff19\uff10-01-01"},
+        ),
+        {
+            **device.mutation("create", "care.encounter", uuid.uuid4(), encounter_fields(crew_member)),
+            "observed_at": "٢٠٢٦-11-20T14:06:00Z",
+        },
+    )
+
+    assert (started["error"]["code"], started["error"]["field"]) == ("invalid_fields", "fields.started_at")
+    assert (born["error"]["code"], born["error"]["field"]) == ("invalid_fields", "fields.date_of_birth")
+    assert observed["error"]["code"] == "invalid_observed_at"
+    assert {result["status"] for result in (started, born, observed)} == {"quarantined"}
+
+
 @pytest.mark.parametrize(
     "appointment_at",
     ["0001-01-01T00:00:00+00:00", "0001-01-01T03:00:00+05:00", "9999-12-31T22:00:00-05:00", "1850-06-01T09:00:00Z"],

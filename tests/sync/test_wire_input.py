@@ -30,6 +30,7 @@ MOMENTS = [
     "20261120T140500Z",
     "soon",
     "2026-11-20T14:05:00Z\x00 or later",  # Python's parser stops reading at the NUL
+    "٢٠٢٦-11-20T14:05:00Z",  # Django's parser reads any script's digits
 ]
 TEXTS = ['Calm, oriented; été "quoted"', "", "   ", "  padded  ", "a\x00b", "bad \ud800 half", "x" * 301, "\t\n"]
 
@@ -53,7 +54,7 @@ def _values(wire_field: serializers.Field[Any, Any, Any, Any]) -> st.SearchStrat
         bad = st.one_of(st.sampled_from(MOMENTS[3:]), anything)
     elif isinstance(wire_field, serializers.DateField):
         good = st.just("1990-02-03")
-        bad = st.one_of(st.sampled_from(["1990-02-30", "03/02/1990"]), anything)
+        bad = st.one_of(st.sampled_from(["1990-02-30", "03/02/1990", "\uff11\uff19\uff19\uff10-02-03"]), anything)
     elif isinstance(wire_field, serializers.BooleanField):
         good = st.booleans()
         bad = st.one_of(st.sampled_from(["true", 1, 0]), anything)

@@ -142,6 +142,7 @@ class OffsetDateTimeField(serializers.DateTimeField):
     default_error_messages = {
         "offset_required": "Give the time with its UTC offset, e.g. 2026-11-20T14:05:00-05:00 or …Z.",
         "null_characters_not_allowed": "Null characters are not allowed.",
+        "not_ascii": "Write the time in ASCII (digits 0-9), e.g. 2026-11-20T14:05:00-05:00.",
         "time_out_of_range": calendar.OUT_OF_RANGE,
         "overflow": calendar.OUT_OF_RANGE,
     }
@@ -151,6 +152,8 @@ class OffsetDateTimeField(serializers.DateTimeField):
             # Python's ISO 8601 parser stops at a NUL: what follows it would be dropped unread.
             if "\x00" in value:
                 self.fail("null_characters_not_allowed")
+            if not value.isascii():  # Django's parser reads any script's digits: ٢٠٢٦ as 2026
+                self.fail("not_ascii")
             try:
                 parsed = parse_datetime(value)
             except ValueError:
@@ -166,6 +169,18 @@ class OffsetDateTimeField(serializers.DateTimeField):
         if not calendar.within(moment):
             self.fail("time_out_of_range")
         return moment
+
+
+class IsoDateField(serializers.DateField):
+    """A date in ISO 8601 (YYYY-MM-DD) in ASCII digits: DRF's parser reads any script's digits,
+    so ١٩٩٠-01-01 was taken for 1990-01-01."""
+
+    default_error_messages = {"not_ascii": "Write the date in ASCII (digits 0-9), e.g. 1990-01-31."}
+
+    def to_internal_value(self, value: Any) -> Any:
+        if isinstance(value, str) and not value.isascii():
+            self.fail("not_ascii")
+        return super().to_internal_value(value)
 
 
 class CanonicalUUIDField(serializers.UUIDField):
