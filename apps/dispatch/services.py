@@ -853,7 +853,6 @@ def assignment_update_status(
     observed_at: datetime | None = None,
     client_event_id: UUID | None = None,
     accessor: Accessor | None = None,
-    pushed_with_outbox: bool = False,
 ) -> StatusUpdate:
     """Move an acknowledged assignment along en route → on scene → transporting → cleared.
 
@@ -863,25 +862,87 @@ def assignment_update_status(
     applies once and returns the same answer.
 
     Every report is a status time (dispatch.status_time) in the feeds of the unit's crew and
-    the program's dispatchers, however it was sent. One pushed with the outbox
-    (``pushed_with_outbox``) is locked and published by the push, which answers with the
-    status time alone, so the pushing device gets the moved assignment's entry too; one
-    reported over REST is locked and published here, and the assignment's entry skips the
-    reporting device, whose answer carries the assignment.
+    the program's dispatchers, however it was sent. One reported over REST is locked and
+    published here, and the assignment's entry skips the reporting device, whose answer
+    carries the assignment; one pushed with the outbox goes through
+    assignment_update_status_from_outbox.
     """
     event_id = client_event_id or uuid.uuid4()
-    if not pushed_with_outbox:
-        # Every writer of a status time takes the unit's board, then the status time's record
-        # lock, before its first write (a push: its type's lock_before_writing, then its
-        # records' locks), then the incident and the assignment (_lock_assignment, where the
-        # board, held, is taken again at once). A report over REST and a push of the same id
-        # so queue up in one order, and the second finds the event the first wrote.
-        lock_boards_of_assignments({user.pk: [assignment_id]})
-        lock_records([event_id])
-        if client_event_id is not None and synced_type_of(event_id) not in (None, STATUS_TIME_RECORD):
-            # Another synced record's id (a person a device created): publishing a status
-            # time under it would take that record's place in every feed.
-            raise event_id_reused()
+    # Every writer of a status time takes the unit's board, then the status time's record
+    # lock, before its first write (a push: its type's lock_before_writing, then its
+    # records' locks), then the incident and the assignment (_lock_assignment, where the
+    # board, held, is taken again at once). A report over REST and a push of the same id
+    # so queue up in one order, and the second finds the event the first wrote.
+    lock_boards_of_assignments({user.pk: [assignment_id]})
+    lock_records([event_id])
+    if client_event_id is not None and synced_type_of(event_id) not in (None, STATUS_TIME_RECORD):
+        # Another synced record's id (a person a device created): publishing a status
+        # time under it would take that record's place in every feed.
+        raise event_id_reused()
+    return _apply_status_report(
+        assignment_id=assignment_id,
+        user=user,
+        device=device,
+        status=status,
+        observed_at=observed_at,
+        client_event_id=client_event_id,
+        event_id=event_id,
+        accessor=accessor,
+        publishes_status_time=True,
+        assignment_origin_device_id=device.pk if device is not None else None,
+    )
+
+
+@transaction.atomic
+def assignment_update_status_from_outbox(
+    *,
+    assignment_id: UUID,
+    user: User,
+    device: Device | None,
+    status: AssignmentStatus,
+    observed_at: datetime | None,
+    client_event_id: UUID,
+    accessor: Accessor | None,
+) -> StatusUpdate:
+    """A status time pushed with a device's outbox (apps.dispatch.sync), applied as over
+    REST (assignment_update_status), within the push's transaction. The push has taken the
+    unit's board and the status time's record lock before its first write, publishes and
+    audits the status time itself, and answers with it alone: the assignment's entry goes to
+    every device, the pushing one too, whose feed brings the moved assignment."""
+    return _apply_status_report(
+        assignment_id=assignment_id,
+        user=user,
+        device=device,
+        status=status,
+        observed_at=observed_at,
+        client_event_id=client_event_id,
+        event_id=client_event_id,
+        accessor=accessor,
+        publishes_status_time=False,
+        assignment_origin_device_id=None,
+    )
+
+
+def _apply_status_report(
+    *,
+    assignment_id: UUID,
+    user: User,
+    device: Device | None,
+    status: AssignmentStatus,
+    observed_at: datetime | None,
+    client_event_id: UUID | None,
+    event_id: UUID,
+    accessor: Accessor | None,
+    publishes_status_time: bool,
+    assignment_origin_device_id: UUID | None,
+) -> StatusUpdate:
+    """A crew's status report, however it was sent, once its caller holds the unit's board
+    and the status time's record lock: the incident and the assignment are locked after them.
+
+    ``publishes_status_time``: whether the status time is published and audited here (a
+    report over REST) or by the push that carries it. ``assignment_origin_device_id``: the
+    device whose feed the moved assignment's entry skips (None: every device gets it).
+    """
     assignment = _lock_assignment(assignment_id)
     if client_event_id is not None:
         earlier = TimelineEvent.objects.filter(Q(client_event_id=client_event_id) | Q(pk=client_event_id)).first()
@@ -892,7 +953,7 @@ def assignment_update_status(
                 raise event_id_reused()
             # A retry writes nothing and answers with the assignment as it stands: a read.
             _audit(accessor, AccessAction.READ, assignment)
-            if not pushed_with_outbox:  # the answer carries the status time too
+            if publishes_status_time:  # the answer carries the status time too
                 _audit(accessor, AccessAction.READ, earlier)
             return StatusUpdate(assignment, earlier.applied, earlier)
     _audit(accessor, AccessAction.UPDATE, assignment)
@@ -925,7 +986,7 @@ def assignment_update_status(
         if _constraint_of(error) not in _EVENT_ID_CONSTRAINTS:
             raise
         raise event_id_reused() from None
-    if not pushed_with_outbox:  # a push audits what it creates itself
+    if publishes_status_time:
         _publish_status_time(event, user=user, device=device, id_named_by_device=client_event_id is not None)
         _audit(accessor, AccessAction.CREATE, event)
     if status in (AssignmentStatus.ON_SCENE, AssignmentStatus.TRANSPORTING, AssignmentStatus.CLEARED):
@@ -943,8 +1004,7 @@ def assignment_update_status(
     if status == AssignmentStatus.CLEARED:
         assignment.ended_at = now
     assignment.save(update_fields=["status", "checkin_due_at", "ended_at", "updated_at"])
-    origin = device.pk if device is not None and not pushed_with_outbox else None
-    _publish_assignment(assignment, origin_device_id=origin)
+    _publish_assignment(assignment, origin_device_id=assignment_origin_device_id)
     _refresh_units([assignment.unit_id], now=now)
     return StatusUpdate(assignment, True, event)
 

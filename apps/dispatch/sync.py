@@ -139,7 +139,7 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
     assignment = context.parent(Assignment, values["assignment_id"], "assignment_id")
     assert context.accessor is not None, "the push names who writes each change (P8)"
     try:
-        update = services.assignment_update_status(
+        update = services.assignment_update_status_from_outbox(
             assignment_id=assignment.pk,
             user=context.user,
             device=context.device,
@@ -149,9 +149,6 @@ def status_time_apply(context: WriteContext, change: Change) -> TimelineEvent:
             # The assignment's update is recorded as over REST, with the same transaction: as
             # the reviewer's for a status time applied after review, as its writer's otherwise.
             accessor=context.accessor,
-            # The push holds the status time's lock and publishes it, and answers with it
-            # alone: the device's feed brings the assignment.
-            pushed_with_outbox=True,
         )
     except WrittenSinceTransactionBegan:
         # The unit's board, which a push or a review takes before its first write

@@ -103,6 +103,27 @@ def test_the_device_that_pushed_a_status_time_gets_the_assignment_it_moved_in_it
     assert moved["data"]["checkin_due_at"] is not None
 
 
+@pytest.mark.django_db(transaction=True)  # the feed serves only what has committed
+def test_the_device_that_reported_a_status_over_rest_does_not_get_the_assignment_it_moved_back(
+    program: Program, dispatcher: CrewMember, crew_member: CrewMember
+) -> None:
+    """Over REST the answer carries the moved assignment, so its entry in the feed skips the
+    reporting tablet (its own write), where a push's does not; the crew's other tablets get it."""
+    assignment_id = _acknowledged(program, dispatcher, crew_member)
+    reporter, partner = SimDevice(crew_member), SimDevice(make_crew_member(program, unit=crew_member.unit))
+    _, reporter_cursor = reporter.pull()
+    _, partner_cursor = partner.pull()
+
+    reported = post(crew_member, assignment_id, "status", {"status": "on_scene", "event_id": str(uuid.uuid4())})
+    reporter_sees, _ = reporter.pull(reporter_cursor)
+    partner_sees, _ = partner.pull(partner_cursor)
+
+    assert (reported.status_code, reported.json()["status"]) == (200, "on_scene")
+    assert [e["id"] for e in reporter_sees if e["type"] == "dispatch.assignment"] == []
+    [moved] = [e for e in partner_sees if e["type"] == "dispatch.assignment"]
+    assert (moved["id"], moved["data"]["status"]) == (str(assignment_id), "on_scene")
+
+
 def test_a_status_time_arriving_after_a_later_one_is_kept_and_moves_nothing_back(
     program: Program, dispatcher: CrewMember, crew_member: CrewMember
 ) -> None:
