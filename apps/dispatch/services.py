@@ -57,7 +57,7 @@ from apps.notifications.models import Urgency
 from apps.notifications.services import NotificationRequest, notify_many
 from apps.sync.models import ChangeEntry, ChangeOperation
 from apps.sync.scopes import program_role_scope, unit_scope
-from apps.sync.selectors import synced_type_of
+from apps.sync.selectors import record_as_served, synced_type_of
 from apps.sync.services import WrittenSinceTransactionBegan, lock_records, publish_record, record_change
 from apps.teams.models import Unit, UnitStatus
 
@@ -817,6 +817,14 @@ class StatusUpdate:
     event: TimelineEvent
 
 
+@dataclass(frozen=True)
+class StatusUpdateAnswer(StatusUpdate):
+    """A status update reported outside a push, with what its answer carries: the status time
+    as the feeds serve it, in sync's snapshot shape (``{"type", "id", "version", "data"}``)."""
+
+    status_time: dict[str, Any] | None
+
+
 _EVENT_ID_CONSTRAINTS = frozenset({"dispatch_timelineevent_pkey", "dispatch_timelineevent_client_event_id_key"})
 
 
@@ -853,7 +861,7 @@ def assignment_update_status(
     observed_at: datetime | None = None,
     client_event_id: UUID | None = None,
     accessor: Accessor | None = None,
-) -> StatusUpdate:
+) -> StatusUpdateAnswer:
     """Move an acknowledged assignment along en route → on scene → transporting → cleared.
 
     Updates recorded offline may arrive late and out of order: one that the assignment has
@@ -863,8 +871,8 @@ def assignment_update_status(
 
     Every report is a status time (dispatch.status_time) in the feeds of the unit's crew and
     the program's dispatchers, however it was sent. One reported over REST is locked and
-    published here, and the assignment's entry skips the reporting device, whose answer
-    carries the assignment; one pushed with the outbox goes through
+    published here, and the answer carries it with the assignment, so the assignment's entry
+    skips the reporting device; one pushed with the outbox goes through
     assignment_update_status_from_outbox.
     """
     event_id = client_event_id or uuid.uuid4()
@@ -879,7 +887,7 @@ def assignment_update_status(
         # Another synced record's id (a person a device created): publishing a status
         # time under it would take that record's place in every feed.
         raise event_id_reused()
-    return _apply_status_report(
+    update = _apply_status_report(
         assignment_id=assignment_id,
         user=user,
         device=device,
@@ -891,6 +899,10 @@ def assignment_update_status(
         publishes_status_time=True,
         assignment_origin_device_id=device.pk if device is not None else None,
     )
+    # The status time it is in the feeds as, for a client that keeps its timeline: its own
+    # report, under its id and version (None: one an earlier release took, never published).
+    status_time = record_as_served(record_type=STATUS_TIME_RECORD, record_id=update.event.pk)
+    return StatusUpdateAnswer(update.assignment, update.applied, update.event, status_time)
 
 
 @transaction.atomic

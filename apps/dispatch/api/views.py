@@ -38,7 +38,6 @@ from apps.dispatch.payloads import (
     unit_payload,
 )
 from apps.dispatch.services import ASSIGNMENT_RECORD, INCIDENT_RECORD
-from apps.sync import selectors as sync_selectors
 from apps.teams.models import Unit, UnitStatus, Zone
 
 
@@ -349,16 +348,11 @@ class AssignmentStatusView(APIView):
             client_event_id=data["event_id"],
             accessor=Accessor.from_request(request),
         )
-        # The status time it is in the feeds as, for a client that keeps its timeline: its own
-        # report, under its id and version (null: one an earlier release took, never published).
-        status_time = sync_selectors.record_as_served(
-            record_type=services.STATUS_TIME_RECORD, record_id=update.event.pk
-        )
         return Response(
             {
                 **assignment_payloads_as_seen_by(user, [update.assignment])[0],
                 "applied": update.applied,
-                "status_time": status_time,
+                "status_time": update.status_time,
             }
         )
 
