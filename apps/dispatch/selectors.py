@@ -37,8 +37,15 @@ def dispatch_programs(*, user: User) -> QuerySet[Program]:
     return programs_where(user=user, roles=DISPATCH_ROLES)
 
 
+def dispatch_program_ids(*, user: User | UUID) -> QuerySet[Membership, UUID]:
+    """The ids of the programs in which the user (or the user of this id) dispatches or
+    supervises, for a rule that holds only users' ids (dispatch_programs takes a user)."""
+    user_id = user.pk if isinstance(user, User) else user
+    return Membership.objects.filter(user_id=user_id, role__in=DISPATCH_ROLES).values_list("program_id", flat=True)
+
+
 def can_dispatch(*, user: User, program_id: UUID) -> bool:
-    return user.memberships.filter(program_id=program_id, role__in=DISPATCH_ROLES).exists()
+    return dispatch_program_ids(user=user).filter(program_id=program_id).exists()
 
 
 def is_crew_of(*, user: User, unit_id: UUID) -> bool:
@@ -53,11 +60,7 @@ def units_of_assignments_reported(*, reports: Mapping[UUID, Iterable[UUID]]) -> 
     for user_id, assignment_ids in reports.items():
         reported_by_user = Q(pk__in=bulk.any_of(assignment_ids, "uuid")) & (
             Q(unit_id__in=crewed_unit_ids(user=user_id))
-            | Q(
-                incident__program_id__in=Membership.objects.filter(user_id=user_id, role__in=DISPATCH_ROLES).values(
-                    "program_id"
-                )
-            )
+            | Q(incident__program_id__in=dispatch_program_ids(user=user_id))
         )
         reportable = reported_by_user if reportable is None else reportable | reported_by_user
     if reportable is None:

@@ -406,6 +406,33 @@ def test_a_push_takes_the_board_of_a_status_times_unit_only_for_a_writer_who_may
 
 
 @pytest.mark.django_db
+def test_the_boards_of_several_writers_status_times_are_read_in_one_query(
+    django_assert_num_queries: Any,
+    program: Program,
+    dispatcher: CrewMember,
+    crew_member: CrewMember,
+    outsider: CrewMember,
+    foreign_dispatcher: CrewMember,
+) -> None:
+    """A batch of several writers' status times (a review, the sweep of stranded pushes)
+    reads the units of their boards at once, each writer's by what they may report: the
+    crew, their own unit's; a dispatcher, their program's."""
+    ours, theirs = _acknowledged(program, dispatcher, crew_member), _acknowledged(program, dispatcher, outsider)
+    third_crew = make_crew_member(program)
+    third = _acknowledged(program, dispatcher, third_crew)
+    reports = {
+        crew_member.user.pk: [ours, third],  # the third unit's, not theirs to report
+        dispatcher.user.pk: [theirs],  # relaying a radio report
+        foreign_dispatcher.user.pk: [third],
+    }
+
+    with django_assert_num_queries(1):
+        units = set(selectors.units_of_assignments_reported(reports=reports))
+
+    assert units == {crew_member.unit.pk, outsider.unit.pk}
+
+
+@pytest.mark.django_db
 def test_a_review_and_a_push_each_take_the_boards_of_their_status_times_once(
     monkeypatch: pytest.MonkeyPatch,
     program: Program,
