@@ -1176,7 +1176,8 @@ def apply_received(
                 _audit_writes(rows, writers)
         return Applied({row.pk: row.result for row in rows}, [row.pk for row in released])
     except _FallBack:
-        pass
+        # Undone with the batch's transaction: what it released is released no more.
+        writers.released.clear()
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
     applied_alone = Applied()
     released_alone: set[int] = set()
@@ -1230,13 +1231,12 @@ def _apply_alone(
     writers: _Writers,
     waiting: Sequence[Mutation],
     kept_creates: Sequence[Mutation] = (),
-    released: frozenset[int] = frozenset(),
     done: set[int] | None = None,
 ) -> list[Mutation]:
     """Apply one mutation in a savepoint of the caller's transaction: a refusal, or a fault of
     its content, keeps it in quarantine alone, saying why. A create that applies releases the
-    changes ``waiting`` on its record, each then applied alone the same way (``released``),
-    once: ``done`` holds those already released, should the record be created again; and
+    changes ``waiting`` on its record, each then applied alone the same way (as released:
+    ``writers.released``), once: ``done`` holds those already released, should the record be created again; and
     sets aside those of ``kept_creates`` it supersedes (_set_aside_superseded).
     Returns the row and those released."""
     done = set() if done is None else done
@@ -1249,7 +1249,6 @@ def _apply_alone(
                 raise_refusals=True,
                 writers=writers,
                 kept_creates=kept_creates,
-                released=released,
                 types_locked=True,  # by apply_received, in this transaction, with the records'
             )
     except registry.Refused as refusal:
@@ -1287,7 +1286,6 @@ def _apply_alone(
                 user=user,
                 writers=writers,
                 waiting=waiting,
-                released=frozenset({child.pk}),
                 done=done,
             )
     return applied
@@ -1334,6 +1332,8 @@ class _Writers:
         self.device_accessor = Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC)
         self.accessor, self.requested = accessor, requested
         self.reviewed, self.reviewed_by = reviewed, reviewed_by
+        # Rows a create released in this apply, in a transaction that stands: their device
+        # holds them as refused (_BatchState.told_refused).
         self.released: set[int] = set()
 
     def of(self, row: LedgerRow) -> Accessor:
@@ -1429,11 +1429,9 @@ class _BatchState:
     versions: dict[UUID, list[merge.VersionView]]
     program_ids: set[UUID]
     raise_refusals: bool
-    # Ledger rows applied again after review: their writes go back to their own device too.
-    reviewed: frozenset[int] = frozenset()
-    # Ledger rows applied again once the record they belong to was created (_apply_rows):
-    # their device was told they were refused, so their writes go back to it too.
-    released: set[int] = field(default_factory=set)
+    # Who writes each row, and which rows apply again after review or once the record they
+    # belong to was created: their device was told they were refused (told_refused).
+    writers: _Writers
     # The batch's ledger rows' numbers on their device (a merge orders a device's own writes so).
     device_numbers: dict[int, int | None] = field(default_factory=dict)
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
@@ -1450,7 +1448,7 @@ class _BatchState:
     def told_refused(self, row: LedgerRow) -> bool:
         """Whether the row's device holds it as refused: it applies again after review, or
         once the record it belongs to was created. What it writes goes back to that device."""
-        return row.pk in self.reviewed or row.pk in self.released
+        return row.pk in self.writers.reviewed or row.pk in self.writers.released
 
     def scopes_of_writer(self) -> set[str]:
         if self.writer_scopes is None:
@@ -1470,7 +1468,6 @@ def _apply_rows(
     pulled_through: FeedPosition | None = None,
     waiting: Sequence[Mutation] = (),
     kept_creates: Sequence[Mutation] = (),
-    released: frozenset[int] = frozenset(),
     types_locked: bool = False,
 ) -> list[Mutation]:
     """Apply the rows in order, in the caller's transaction, and write their results to the
@@ -1483,7 +1480,8 @@ def _apply_rows(
     rows after that create (the device's later changes may build on it); returns those so
     applied. ``kept_creates``: the quarantined creates of the records these rows create
     (creates_kept_of), those these rows' creates supersede set aside (_set_aside_superseded).
-    ``released``: rows that are such changes, applied again alone (_apply_alone).
+    Rows released so (``writers.released``, here or before, by _apply_alone) go back to their
+    device, which holds them as refused.
     ``types_locked``: the caller took the locks the rows' types name already, before its
     transaction's first write (lock_before_first_write)."""
     assert unstored_payloads is None or not waiting, "released changes are rows of the ledger already"
@@ -1519,8 +1517,7 @@ def _apply_rows(
         versions=versions,
         program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
-        reviewed=writers.reviewed,
-        released=set(released),
+        writers=writers,
         device_numbers={row.pk: row.mutation_id for row in [*rows, *waiting]},
         pulled_through=pulled_through,
         last_of_their_record=frozenset(
@@ -1552,7 +1549,6 @@ def _apply_rows(
             children = waiting_on.pop(row.record_id, []) if _created_its_record(row, state.publisher.heads) else []
             for child in children:
                 _put_back_to_apply(child)
-                state.released.add(child.pk)
                 writers.released.add(child.pk)
             applied_again += children
             pending += reversed(children)  # next, in their order, before the rows after this one
@@ -2351,7 +2347,7 @@ def _write(
         # A change applied after review is not its device's own write to merge over: the
         # device was told it was refused and took the server's copy back, so what it made
         # since was made without it, and meeting it is a conflict, not a replacement.
-        device=None if row.pk in state.reviewed else state.context.device,
+        device=None if row.pk in state.writers.reviewed else state.context.device,
         mutation_id=row.pk,
         changed_fields=changed_fields,
         is_deleted=is_deleted,
