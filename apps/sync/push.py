@@ -1180,7 +1180,6 @@ def apply_received(
         writers.released.clear()
     # Slow path: each mutation alone, so one failure is quarantined and the rest apply.
     applied_alone = Applied()
-    released_alone: set[int] = set()
     sent_with: set[tuple[UUID, UUID | None]] = set()
     while True:
         with transaction.atomic():
@@ -1215,7 +1214,6 @@ def apply_received(
                     # A record the device deletes in a later change is not made as sent: what
                     # it kept of it stays for review, as on the batch's way (_made_its_record_as_sent).
                     kept_creates=[kept for kept in kept_creates if kept.record_id not in deleted_later],
-                    done=released_alone,
                 )
             ]
             _audit_writes(applied, writers)
@@ -1231,15 +1229,30 @@ def _apply_alone(
     writers: _Writers,
     waiting: Sequence[Mutation],
     kept_creates: Sequence[Mutation] = (),
-    done: set[int] | None = None,
 ) -> list[Mutation]:
+    """Apply one mutation alone (_apply_in_savepoint), its create setting aside those of
+    ``kept_creates`` it supersedes (_set_aside_superseded). A create that applies releases
+    the changes ``waiting`` on its record (_release): each is then applied alone the same
+    way, right after it and before the next, as on the batch's way (_apply_rows). Returns
+    the row and those released, in the order applied."""
+    waiting_on = _by_parent_waited_on(waiting)
+    applied: list[Mutation] = []
+    pending = [row]
+    while pending:
+        current = pending.pop()
+        _apply_in_savepoint(
+            current, device=device, user=user, writers=writers, kept_creates=kept_creates if current is row else ()
+        )
+        applied.append(current)
+        pending += reversed(_release(current, waiting_on, writers))  # next, in their order
+    return applied
+
+
+def _apply_in_savepoint(
+    row: Mutation, *, device: Device, user: User, writers: _Writers, kept_creates: Sequence[Mutation]
+) -> None:
     """Apply one mutation in a savepoint of the caller's transaction: a refusal, or a fault of
-    its content, keeps it in quarantine alone, saying why. A create that applies releases the
-    changes ``waiting`` on its record, each then applied alone the same way (as released:
-    ``writers.released``), once: ``done`` holds those already released, should the record be created again; and
-    sets aside those of ``kept_creates`` it supersedes (_set_aside_superseded).
-    Returns the row and those released."""
-    done = set() if done is None else done
+    its content, keeps it in quarantine alone, saying why."""
     try:
         with transaction.atomic():
             _apply_rows(
@@ -1271,24 +1284,28 @@ def _apply_alone(
             _error("apply_failed", "The server could not apply this mutation; it is kept for review."),
             user=user,
         )
-    applied = [row]
-    children = _by_parent_waited_on(waiting).get(row.record_id, []) if row.record_id is not None else []
-    if children and _created_its_record(row, _heads_now(row.record_id)):
-        for child in children:
-            if child.pk in done:
-                continue
-            done.add(child.pk)
-            _put_back_to_apply(child)
-            writers.released.add(child.pk)
-            applied += _apply_alone(
-                child,
-                device=device,
-                user=user,
-                writers=writers,
-                waiting=waiting,
-                done=done,
-            )
-    return applied
+
+
+def _release(
+    row: LedgerRow,
+    waiting_on: dict[UUID | None, list[Mutation]],
+    writers: _Writers,
+    heads: dict[UUID, Head] | None = None,
+) -> list[Mutation]:
+    """Once this row has applied: if it created a record changes wait on (``waiting_on``:
+    children_waiting_on, by that record), those changes, each put back to apply as released
+    (``writers.released``), once, should the record be created again. ``heads`` are the
+    caller's, holding the record's head since the row applied; without them it is read, and
+    only when something waits on the record."""
+    if row.record_id is None or not waiting_on.get(row.record_id):
+        return []
+    if not _created_its_record(row, _heads_now(row.record_id) if heads is None else heads):
+        return []
+    children = [child for child in waiting_on.pop(row.record_id) if child.pk not in writers.released]
+    for child in children:
+        _put_back_to_apply(child)
+        writers.released.add(child.pk)
+    return children
 
 
 def _heads_now(record_id: UUID | None) -> dict[UUID, Head]:
@@ -1546,10 +1563,7 @@ def _apply_rows(
             if row.status == MutationStatus.QUARANTINED:
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
-            children = waiting_on.pop(row.record_id, []) if _created_its_record(row, state.publisher.heads) else []
-            for child in children:
-                _put_back_to_apply(child)
-                writers.released.add(child.pk)
+            children = _release(row, waiting_on, writers, state.publisher.heads)
             applied_again += children
             pending += reversed(children)  # next, in their order, before the rows after this one
         state.context.flush_inserts()
