@@ -643,7 +643,7 @@ def _store_and_apply(
         with transaction.atomic():
             lock_device(device.pk)
             # Before the lockout's read, which locks the device's row: the transaction's first
-            # write. (So _apply_rows does not take them again.)
+            # write. (_apply_rows takes only the records'.)
             _lock_what_types_name(
                 (envelope.record_type, registry.IncomingWrite(user.pk, envelope.operation, envelope.fields))
                 for envelope in envelopes
@@ -689,7 +689,6 @@ def _store_and_apply(
                 sealed=sealed,
                 unstored_payloads=_sealed_payloads(new_rows, sealed),
                 writers=writers,
-                types_locked=True,
             )
             _audit_writes(rows, writers)
     except SoftTimeLimitExceeded:
@@ -1161,6 +1160,9 @@ def apply_received(
             released: list[Mutation] = []
             if rows:
                 kept_creates = creates_kept_of(rows)
+                waiting = children_waiting_on(rows, reviewed=reviewed, kept_creates=kept_creates)
+                if not types_locked:  # before the transaction's first write, then the records'
+                    _lock_what_types_name(_writes_as_sent([*rows, *waiting]))
                 released = _apply_rows(
                     rows,
                     device=device,
@@ -1168,9 +1170,8 @@ def apply_received(
                     sealed=sealed,
                     writers=writers,
                     pulled_through=pulled_through,
-                    waiting=children_waiting_on(rows, reviewed=reviewed, kept_creates=kept_creates),
+                    waiting=waiting,
                     kept_creates=kept_creates,
-                    types_locked=types_locked,
                 )
                 rows += released
                 _audit_writes(rows, writers)
@@ -1262,7 +1263,6 @@ def _apply_in_savepoint(
                 raise_refusals=True,
                 writers=writers,
                 kept_creates=kept_creates,
-                types_locked=True,  # by apply_received, in this transaction, with the records'
             )
     except registry.Refused as refusal:
         _quarantine_alone(row, _refusal_error(row, refusal), user=user)
@@ -1485,7 +1485,6 @@ def _apply_rows(
     pulled_through: FeedPosition | None = None,
     waiting: Sequence[Mutation] = (),
     kept_creates: Sequence[Mutation] = (),
-    types_locked: bool = False,
 ) -> list[Mutation]:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
@@ -1499,10 +1498,10 @@ def _apply_rows(
     (creates_kept_of), those these rows' creates supersede set aside (_set_aside_superseded).
     Rows released so (``writers.released``, here or before, by _apply_alone) go back to their
     device, which holds them as refused.
-    ``types_locked``: the caller took the locks the rows' types name already, before its
-    transaction's first write (lock_before_first_write)."""
+    The caller took the locks the rows' types name (and the waiting changes'), before its
+    transaction's first write (lock_before_first_write); these take their records'."""
     assert unstored_payloads is None or not waiting, "released changes are rows of the ledger already"
-    record_ids = lock_before_first_write([*rows, *waiting], types_locked=types_locked)
+    record_ids = _lock_records_changed([*rows, *waiting])
     publisher = Publisher()
     publisher.read_heads(record_ids)
     heads = publisher.heads
@@ -1622,6 +1621,13 @@ def lock_before_first_write(rows: Sequence[LedgerRow], *, types_locked: bool = F
     under way (SyncedType.parent_field). Returns the ids of the records changed."""
     if not types_locked:
         _lock_what_types_name(_writes_as_sent(rows))
+    return _lock_records_changed(rows)
+
+
+def _lock_records_changed(rows: Sequence[LedgerRow]) -> set[UUID]:
+    """The locks of the records these rows change and of the parents their creates are placed
+    under (lock_before_first_write, the locks their types name taken already). Returns the
+    ids of the records changed."""
     record_ids = {row.record_id for row in rows if row.record_id is not None}
     lock_records(record_ids | _parents_named_by_creates(rows))
     return record_ids
