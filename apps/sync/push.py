@@ -1603,13 +1603,23 @@ def _created_its_record(row: LedgerRow, heads: dict[UUID, Head]) -> bool:
     return row.status in (MutationStatus.APPLIED, MutationStatus.CONFLICT) and head is not None and not head.is_deleted
 
 
+def put_back_to_apply(mutations: QuerySet[Mutation]) -> None:
+    """Put these quarantined changes back among their device's received ones, to apply again
+    (apply_received, in the same transaction), as a review does."""
+    mutations.update(**_as_put_back_to_apply())
+
+
 def _put_back_to_apply(row: Mutation) -> None:
-    """A quarantined change about to be applied again, as a review puts it back: received,
-    its refusal gone (its result is written when it applies, or is refused again)."""
-    row.status = MutationStatus.RECEIVED
-    row.result = {}
-    row.error_code = ""
-    row.applied_at = None
+    """A quarantined change about to be applied again, released (_release), as a review puts
+    it back (put_back_to_apply)."""
+    for name, value in _as_put_back_to_apply().items():
+        setattr(row, name, value)
+
+
+def _as_put_back_to_apply() -> dict[str, Any]:
+    """A quarantined change put back to apply: received, its refusal gone (its result is
+    written when it applies, or it is refused again)."""
+    return {"status": MutationStatus.RECEIVED, "result": {}, "error_code": "", "applied_at": None}
 
 
 def lock_before_first_write(rows: Sequence[LedgerRow], *, types_locked: bool = False) -> set[UUID]:

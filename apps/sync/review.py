@@ -154,9 +154,7 @@ def _apply_again(
         released = push.children_waiting_on(applied_with, reviewed=frozenset(mutation_ids))
         push.lock_before_first_write([*applied_with, *released])
         for (device_id, user_id), pks in by_device.items():
-            Mutation.objects.filter(pk__in=pks).update(
-                status=MutationStatus.RECEIVED, result={}, error_code="", applied_at=None
-            )
+            push.put_back_to_apply(Mutation.objects.filter(pk__in=pks))
             push.apply_received(
                 device=Device.objects.get(pk=device_id),
                 user=User.objects.get(pk=user_id),
