@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -152,6 +153,11 @@ _DEVICE_LOCKOUT_HELD_SQL = (
     " JOIN accounts_user AS u ON u.id = d.user_id"
     " WHERE d.id = %b FOR NO KEY UPDATE OF d, u"
 )
+
+
+def devices_not_locked_out(*, device_ids: Iterable[UUID]) -> QuerySet[Device]:
+    """Those of these devices not locked out (``lockout_of``): not revoked, their user active."""
+    return Device.objects.filter(pk__in=bulk.any_of(device_ids, "uuid"), revoked_at=None, user__is_active=True)
 
 
 def device_list(*, user: User) -> QuerySet[Device]:

@@ -43,7 +43,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.accounts.selectors import TokenProblem, device_lockout_held
+from apps.accounts.selectors import TokenProblem, device_lockout_held, devices_not_locked_out
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common import bulk, jsontext
@@ -1725,11 +1725,7 @@ def children_waiting_on(
     }
     created = {(device_id, record_id) for device_id, record_id, _type in creates & refused_before}
     devices = set(
-        Device.objects.filter(
-            pk__in=bulk.any_of({device_id for device_id, _record_id in created}, "uuid"),
-            revoked_at=None,
-            user__is_active=True,
-        ).values_list("pk", flat=True)
+        devices_not_locked_out(device_ids={device_id for device_id, _record_id in created}).values_list("pk", flat=True)
     )
     created = {(device_id, record_id) for device_id, record_id in created if device_id in devices}
     if not created:

@@ -21,7 +21,14 @@ from apps.sync.models import Conflict, Mutation, MutationStatus
 from apps.teams.models import UnitMember
 from tests.accounts.factories import ProgramFactory
 from tests.care.factories import encounter
-from tests.conftest import CrewMember, audit_trail_refusing, in_the_admin, make_crew_member, revoke_device
+from tests.conftest import (
+    CrewMember,
+    audit_trail_refusing,
+    deactivate_user,
+    in_the_admin,
+    make_crew_member,
+    revoke_device,
+)
 from tests.sync.helpers import SimDevice, encounter_fields, run_while_another_writer_holds, sync_client
 
 APPLY = "/api/v1/sync/quarantine/apply/"
@@ -175,6 +182,24 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_tabl
     _device, encounter_id, note_id, _note = _note_kept_with_an_encounter_refused(crew_member)
     encounter_kept, note_kept = _quarantined_ids(supervisor)
     revoke_device(crew_member)
+
+    [result] = _apply(supervisor, [encounter_kept])["results"]
+
+    assert result["status"] == "applied"
+    assert Encounter.objects.filter(pk=encounter_id).exists()
+    assert not ClinicalNote.objects.filter(pk=note_id).exists()
+    assert _quarantined_ids(supervisor) == [note_kept]
+
+
+def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_writer_is_deactivated(
+    program: Program, crew_member: CrewMember
+) -> None:
+    """As for a revoked tablet: the writer's devices are locked out once the writer is
+    deactivated, so nothing of theirs applies by itself: the note stays for review."""
+    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
+    _device, encounter_id, note_id, _note = _note_kept_with_an_encounter_refused(crew_member)
+    encounter_kept, note_kept = _quarantined_ids(supervisor)
+    deactivate_user(crew_member)
 
     [result] = _apply(supervisor, [encounter_kept])["results"]
 
