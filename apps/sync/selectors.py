@@ -29,6 +29,7 @@ from apps.sync.models import (
     ChangeOperation,
     Conflict,
     ConflictKind,
+    DismissCode,
     FeedRetention,
     Mutation,
     MutationStatus,
@@ -689,6 +690,19 @@ def quarantined_mutations_reviewable_by(*, user: User) -> QuerySet[Mutation]:
     of their programs' records, whoever wrote them (a writer who is not their supervisor never
     releases their own), but those a supervisor already set aside."""
     return Mutation.objects.filter(status=MutationStatus.QUARANTINED, dismissed_at=None).filter(_reviewed_by(user))
+
+
+def quarantined_set_aside_as(mutations: QuerySet[Mutation], *, code: DismissCode | None) -> QuerySet[Mutation]:
+    """Those of these quarantined mutations set aside as ``code`` says: by the server,
+    superseded by their device's later create of the record (SUPERSEDED), which no supervisor
+    may have read; by a supervisor after review (REVIEWED: any other set aside). With no code,
+    those not set aside: waiting for review."""
+    if code is None:
+        return mutations.filter(dismissed_at=None)
+    set_aside = mutations.filter(dismissed_at__isnull=False)
+    if code == DismissCode.SUPERSEDED:
+        return set_aside.filter(dismiss_code=DismissCode.SUPERSEDED)
+    return set_aside.exclude(dismiss_code=DismissCode.SUPERSEDED)
 
 
 def _reviewed_by(user: User) -> Q:

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from apps.accounts.models import User
+from apps.sync import selectors as sync_selectors
 from apps.sync.models import DismissCode
 from apps.workspace import selectors
 
@@ -50,8 +51,6 @@ class SetAsideFilter(admin.SimpleListFilter):
         yield from every
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.value() == DismissCode.SUPERSEDED:
-            return queryset.filter(dismissed_at__isnull=False, dismiss_code=DismissCode.SUPERSEDED)
-        if self.value() == DismissCode.REVIEWED:
-            return queryset.filter(dismissed_at__isnull=False).exclude(dismiss_code=DismissCode.SUPERSEDED)
-        return queryset.filter(dismissed_at=None)
+        value = self.value()
+        code = DismissCode(value) if value in DismissCode.values else None
+        return sync_selectors.quarantined_set_aside_as(queryset, code=code)
