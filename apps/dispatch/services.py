@@ -918,9 +918,11 @@ def assignment_update_status_from_outbox(
 ) -> StatusUpdate:
     """A status time pushed with a device's outbox (apps.dispatch.sync), applied as over
     REST (assignment_update_status), within the push's transaction. The push has taken the
-    unit's board and the status time's record lock before its first write, publishes and
-    audits the status time itself, and answers with it alone: the assignment's entry goes to
-    every device, the pushing one too, whose feed brings the moved assignment."""
+    status time's record lock before its first write, and the unit's board too where its
+    writer could report the assignment then (else _lock_assignment takes the board, if it is
+    free and unpublished since); it publishes and audits the status time itself, and answers
+    with it alone: the assignment's entry goes to every device, the pushing one too, whose
+    feed brings the moved assignment."""
     return _apply_status_report(
         assignment_id=assignment_id,
         user=user,
@@ -948,8 +950,9 @@ def _apply_status_report(
     publishes_status_time: bool,
     assignment_origin_device_id: UUID | None,
 ) -> StatusUpdate:
-    """A crew's status report, however it was sent, once its caller holds the unit's board
-    and the status time's record lock: the incident and the assignment are locked after them.
+    """A crew's status report, however it was sent, once its caller holds the status time's
+    record lock (and, as a rule, the unit's board): the incident and the assignment are
+    locked after them, the board with them (at once when held).
 
     ``publishes_status_time``: whether the status time is published and audited here (a
     report over REST) or by the push that carries it. ``assignment_origin_device_id``: the
