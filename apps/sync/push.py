@@ -1161,7 +1161,7 @@ def apply_received(
             if rows:
                 kept_creates = creates_kept_of(rows)
                 waiting = children_waiting_on(rows, reviewed=reviewed, kept_creates=kept_creates)
-                if not types_locked:  # before the transaction's first write, then the records'
+                if not types_locked:  # before the transaction's first write; _apply_rows locks the records after
                     _lock_what_types_name(_writes_as_sent([*rows, *waiting]))
                 released = _apply_rows(
                     rows,
@@ -1242,7 +1242,12 @@ def _apply_alone(
     while pending:
         current = pending.pop()
         _apply_in_savepoint(
-            current, device=device, user=user, writers=writers, kept_creates=kept_creates if current is row else ()
+            current,
+            device=device,
+            user=user,
+            writers=writers,
+            kept_creates=kept_creates if current is row else (),
+            released=current is not row,
         )
         applied.append(current)
         pending += reversed(_release(current, waiting_on, writers))  # next, in their order
@@ -1250,10 +1255,17 @@ def _apply_alone(
 
 
 def _apply_in_savepoint(
-    row: Mutation, *, device: Device, user: User, writers: _Writers, kept_creates: Sequence[Mutation]
+    row: Mutation,
+    *,
+    device: Device,
+    user: User,
+    writers: _Writers,
+    kept_creates: Sequence[Mutation],
+    released: bool,
 ) -> None:
     """Apply one mutation in a savepoint of the caller's transaction: a refusal, or a fault of
-    its content, keeps it in quarantine alone, saying why."""
+    its content, keeps it in quarantine alone, saying why. ``released``: put back to apply by
+    a create just applied (_release)."""
     try:
         with transaction.atomic():
             _apply_rows(
@@ -1263,6 +1275,7 @@ def _apply_in_savepoint(
                 raise_refusals=True,
                 writers=writers,
                 kept_creates=kept_creates,
+                released=frozenset({row.pk}) if released else frozenset(),
             )
     except registry.Refused as refusal:
         _quarantine_alone(row, _refusal_error(row, refusal), user=user)
@@ -1303,7 +1316,7 @@ def _release(
         return []
     children = [child for child in waiting_on.pop(row.record_id) if child.pk not in writers.released]
     for child in children:
-        _put_back_to_apply(child)
+        _put_row_back_to_apply(child)
         writers.released.add(child.pk)
     return children
 
@@ -1349,8 +1362,9 @@ class _Writers:
         self.device_accessor = Accessor(user=user, device_id=device.pk, channel=AccessChannel.SYNC)
         self.accessor, self.requested = accessor, requested
         self.reviewed, self.reviewed_by = reviewed, reviewed_by
-        # Rows a create released in this apply, in a transaction that stands: their device
-        # holds them as refused (_BatchState.told_refused).
+        # Rows a create released in this apply, over all its transactions that stand: each is
+        # released once (_release), and written as its writer's (of). What each transaction
+        # released itself is its _BatchState.released_here.
         self.released: set[int] = set()
 
     def of(self, row: LedgerRow) -> Accessor:
@@ -1446,9 +1460,14 @@ class _BatchState:
     versions: dict[UUID, list[merge.VersionView]]
     program_ids: set[UUID]
     raise_refusals: bool
-    # Who writes each row, and which rows apply again after review or once the record they
-    # belong to was created: their device was told they were refused (told_refused).
+    # Who writes each row, and which rows apply again after review (told_refused).
     writers: _Writers
+    # Rows this apply puts back once the record they belong to was created (_release): their
+    # device was told they were refused (told_refused). Not writers.released, which keeps
+    # every row released in a one-at-a-time run, across its transactions, to release each
+    # once: one released in an earlier of them and refused again is a kept create like any
+    # other, which a later create of its record supersedes (_set_aside_superseded).
+    released_here: set[int] = field(default_factory=set)
     # The batch's ledger rows' numbers on their device (a merge orders a device's own writes so).
     device_numbers: dict[int, int | None] = field(default_factory=dict)
     # Creates this batch has quarantined, by record: the record's later changes wait with them.
@@ -1465,7 +1484,7 @@ class _BatchState:
     def told_refused(self, row: LedgerRow) -> bool:
         """Whether the row's device holds it as refused: it applies again after review, or
         once the record it belongs to was created. What it writes goes back to that device."""
-        return row.pk in self.writers.reviewed or row.pk in self.writers.released
+        return row.pk in self.writers.reviewed or row.pk in self.released_here
 
     def scopes_of_writer(self) -> set[str]:
         if self.writer_scopes is None:
@@ -1485,6 +1504,7 @@ def _apply_rows(
     pulled_through: FeedPosition | None = None,
     waiting: Sequence[Mutation] = (),
     kept_creates: Sequence[Mutation] = (),
+    released: frozenset[int] = frozenset(),
 ) -> list[Mutation]:
     """Apply the rows in order, in the caller's transaction, and write their results to the
     ledger: over their rows, or, for rows not in the ledger yet (``unstored_payloads``, their
@@ -1496,7 +1516,7 @@ def _apply_rows(
     rows after that create (the device's later changes may build on it); returns those so
     applied. ``kept_creates``: the quarantined creates of the records these rows create
     (creates_kept_of), those these rows' creates supersede set aside (_set_aside_superseded).
-    Rows released so (``writers.released``, here or before, by _apply_alone) go back to their
+    Rows released so, here or by the caller (``released``: _apply_alone's), go back to their
     device, which holds them as refused.
     The caller took the locks the rows' types name (and the waiting changes'), before its
     transaction's first write (lock_before_first_write); these take their records'."""
@@ -1534,6 +1554,7 @@ def _apply_rows(
         program_ids={program_id for program_id, _role in context.program_roles()},
         raise_refusals=raise_refusals,
         writers=writers,
+        released_here=set(released),
         device_numbers={row.pk: row.mutation_id for row in [*rows, *waiting]},
         pulled_through=pulled_through,
         last_of_their_record=frozenset(
@@ -1563,6 +1584,7 @@ def _apply_rows(
                 _send_back_servers_copy(row, state.publisher, state.scopes_of_writer())
             row.applied_at = now
             children = _release(row, waiting_on, writers, state.publisher.heads)
+            state.released_here.update(child.pk for child in children)
             applied_again += children
             pending += reversed(children)  # next, in their order, before the rows after this one
         state.context.flush_inserts()
@@ -1606,17 +1628,17 @@ def _created_its_record(row: LedgerRow, heads: dict[UUID, Head]) -> bool:
 def put_back_to_apply(mutations: QuerySet[Mutation]) -> None:
     """Put these quarantined changes back among their device's received ones, to apply again
     (apply_received, in the same transaction), as a review does."""
-    mutations.update(**_as_put_back_to_apply())
+    mutations.update(**_put_back_to_apply_values())
 
 
-def _put_back_to_apply(row: Mutation) -> None:
+def _put_row_back_to_apply(row: Mutation) -> None:
     """A quarantined change about to be applied again, released (_release), as a review puts
     it back (put_back_to_apply)."""
-    for name, value in _as_put_back_to_apply().items():
+    for name, value in _put_back_to_apply_values().items():
         setattr(row, name, value)
 
 
-def _as_put_back_to_apply() -> dict[str, Any]:
+def _put_back_to_apply_values() -> dict[str, Any]:
     """A quarantined change put back to apply: received, its refusal gone (its result is
     written when it applies, or it is refused again)."""
     return {"status": MutationStatus.RECEIVED, "result": {}, "error_code": "", "applied_at": None}

@@ -9,6 +9,7 @@ from unittest.mock import ANY
 import pytest
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Program, Role
@@ -1007,6 +1008,49 @@ def test_a_create_whose_record_the_same_push_then_deletes_supersedes_nothing(
     assert [r["status"] for r in answer["results"]][:3] == ["applied", "applied", "applied"]
     assert _how_kept(_ledger_row(device, note)) == ("quarantined", "", None, None)
     assert _how_kept(_kept_create_of(device, encounter_id))[:2] == ("quarantined", "superseded")
+
+
+def test_a_create_released_and_refused_again_earlier_in_a_one_at_a_time_run_is_superseded_later_in_it(
+    crew_member: CrewMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-at-a-time run releases each kept change once over all its transactions; a note
+    it released and refused again (signed years ahead) is a kept create like any other. The
+    device's next push stored the note fixed between two of the run's transactions: applied
+    later in the run, it set the kept one aside only had that run not released it before."""
+    device = SimDevice(crew_member)
+    encounter_id, note_id = uuid.uuid4(), uuid.uuid4()
+    note = {"encounter_id": str(encounter_id), "body": "Safety plan made."}
+    first = device.push(
+        device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member, started_at=12)),
+        device.mutation("create", "care.note", note_id, {**note, "signed_at": "2099-01-01T00:00:00+00:00"}),
+    )
+    fixed = device.mutation("create", "care.encounter", encounter_id, encounter_fields(crew_member))
+    orphan = device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(uuid.uuid4()), "body": "x"})
+    note_fixed = device.mutation("create", "care.note", note_id, {**note, "signed_at": now_iso()})
+    apply_alone = push._apply_alone
+
+    def then_the_next_push_stores(row: Any, **kwargs: Any) -> Any:
+        applied = apply_alone(row, **kwargs)
+        if row.record_id == encounter_id:
+            envelope = push.parse_envelope(note_fixed, 0, plausible=push.plausible_times(timezone.now()))
+            push._store(
+                device=crew_member.device,
+                user=crew_member.user,
+                envelopes=[envelope],
+                client_version="",
+                results={},
+                keyed_by_content=False,
+            )
+        return applied
+
+    monkeypatch.setattr(push, "_apply_alone", then_the_next_push_stores)
+    # The orphan's refusal sends the batch the one-at-a-time way.
+    answer = device.client().post("/api/v1/sync/push/", {"mutations": [fixed, orphan]}, format="json").json()
+
+    assert [result["error"]["code"] for result in first] == ["invalid_fields", "parent_quarantined"]
+    assert [result["status"] for result in answer["results"]] == ["applied", "quarantined"]
+    kept, fixed_row = Mutation.objects.filter(record_id=note_id).order_by("id")
+    assert (kept.error_code, kept.dismiss_code, fixed_row.status) == ("time_in_future", "superseded", "applied")
 
 
 def test_a_replay_of_the_push_that_set_a_create_aside_or_of_that_create_changes_nothing(
