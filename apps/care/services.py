@@ -184,11 +184,9 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     values = dict(change.values)
     person_id = values.get("person_id")
     _refuse_times_not_yet_come(values, "started_at", "ended_at")
-    stored = change.record if change.operation == "update" else None
-    _refuse_end_before_start(
-        values.get("started_at", getattr(stored, "started_at", None)),
-        values.get("ended_at", getattr(stored, "ended_at", None)),
-    )
+    if "ended_at" in values:
+        stored = change.record if change.operation == "update" else None
+        _refuse_end_before_start(values.get("started_at", getattr(stored, "started_at", None)), values["ended_at"])
     if change.operation == "create":
         unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         if person_id is not None:
@@ -428,9 +426,12 @@ def _refuse_times_not_yet_come(values: dict[str, Any], *names: str) -> None:
 
 
 def _refuse_end_before_start(started_at: Any, ended_at: Any) -> None:
-    """An encounter ends after it starts: whichever of the two a change sets, against the
-    other as it stands. One that ended before it started dated its follow-up from a time the
-    crew was not yet there."""
+    """An end a change sets comes after the start: the one it sets, or the one stored. One
+    that ended before it started dated its follow-up from a time the crew was not yet there.
+    Only an end the change sets once merged: an edit of other fields still applies to an
+    encounter stored so before this rule, and a start that moves past the stored end
+    applies, as refusing it would refuse a device's consistent start and end whose end the
+    merge kept as a conflict with a colleague's (checked when a case manager takes it)."""
     started_at, ended_at = _moment(started_at), _moment(ended_at)
     if started_at is not None and ended_at is not None and ended_at < started_at:
         raise Refused("invalid_fields", "ended_at comes after started_at.", field="ended_at")

@@ -53,7 +53,8 @@ def _observed_at(message: dict[str, Any]) -> datetime | None:
     if raw is None:
         return None
     try:
-        parsed = parse_datetime(raw) if isinstance(raw, str) else None
+        # ASCII digits only, as over REST: Django's parser reads any script's (٢٠٢٦ as 2026).
+        parsed = parse_datetime(raw) if isinstance(raw, str) and raw.isascii() else None
     except ValueError:  # well formed, yet no time at all: 30 February, hour 25
         parsed = None
     if parsed is None or parsed.tzinfo is None:

@@ -587,54 +587,79 @@ def test_an_encounter_ended_within_the_allowed_clock_skew_applies(crew_member: C
     assert result["status"] == "applied", result
 
 
-def test_an_encounter_that_ends_before_it_starts_is_kept_for_review_naming_its_end(crew_member: CrewMember) -> None:
-    """Whichever of the two a change sets, against the other as it stands: an encounter
-    ended before it started dated its follow-up from before the crew was there."""
+def test_an_encounter_end_set_before_its_start_is_kept_for_review_naming_it(crew_member: CrewMember) -> None:
+    """An end a change sets comes after the start it sets, or the one stored: an encounter
+    ended before it started dated its follow-up from before the crew was there. An edit of
+    other fields of one stored so before the rule still applies."""
     started = timezone.now() - timedelta(hours=2)
+    at = started.isoformat()
     made_backwards = pushed(
         crew_member,
         "care.encounter",
-        encounter_fields(
-            crew_member, started_at=started.isoformat(), ended_at=(started - timedelta(minutes=1)).isoformat()
-        ),
+        encounter_fields(crew_member, started_at=at, ended_at=(started - timedelta(minutes=1)).isoformat()),
     )
     visit = uuid.uuid4()
-    pushed(
-        crew_member, "care.encounter", encounter_fields(crew_member, started_at=started.isoformat()), record_id=visit
-    )
-    ended_before = pushed(
-        crew_member,
-        "care.encounter",
-        {"ended_at": (started - timedelta(minutes=5)).isoformat()},
-        op="update",
-        record_id=visit,
-        base_version=1,
-    )
-    ended = pushed(
-        crew_member,
-        "care.encounter",
-        {"ended_at": (started + timedelta(minutes=40)).isoformat()},
-        op="update",
-        record_id=visit,
-        base_version=1,
-    )
-    started_after = pushed(
-        crew_member,
-        "care.encounter",
-        {"started_at": (started + timedelta(hours=1)).isoformat()},
-        op="update",
-        record_id=visit,
-        base_version=2,
-    )
+    pushed(crew_member, "care.encounter", encounter_fields(crew_member, started_at=at), record_id=visit)
 
-    for refused in (made_backwards, ended_before, started_after):
+    def edit(version: int, **fields: Any) -> dict[str, Any]:
+        return pushed(crew_member, "care.encounter", fields, op="update", record_id=visit, base_version=version)
+
+    ended_before = edit(1, ended_at=(started - timedelta(minutes=5)).isoformat())
+    ended = edit(1, ended_at=(started + timedelta(minutes=40)).isoformat())
+    Encounter.objects.filter(pk=visit).update(ended_at=started - timedelta(minutes=10))  # stored before the rule
+    located = edit(2, location="Lenox Ave")
+
+    for refused in (made_backwards, ended_before):
         assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == (
             "quarantined",
             "invalid_fields",
             "fields.ended_at",
         )
-    assert ended["status"] == "applied"
-    assert Encounter.objects.get(pk=visit).started_at == started
+    assert (ended["status"], located["status"]) == ("applied", "applied")
+    assert Encounter.objects.get(pk=visit).location == "Lenox Ave"
+
+
+def test_a_start_and_end_whose_end_meets_a_colleagues_is_kept_as_a_conflict_not_refused(
+    crew_member: CrewMember,
+) -> None:
+    """The device moved the start and the end together, consistently; a colleague had moved
+    the end. The start applies and the end is kept as a conflict for a case manager, not the
+    whole change refused for an end the device never set against that start."""
+    started = timezone.now() - timedelta(hours=2)
+    visit = uuid.uuid4()
+    ended = (started + timedelta(minutes=60)).isoformat()
+    pushed(
+        crew_member,
+        "care.encounter",
+        encounter_fields(crew_member, started_at=started.isoformat(), ended_at=ended),
+        record_id=visit,
+    )
+    teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
+    colleague = pushed(
+        teammate,
+        "care.encounter",
+        {"ended_at": (started + timedelta(minutes=20)).isoformat()},
+        op="update",
+        record_id=visit,
+        base_version=1,
+    )
+
+    moved = pushed(
+        crew_member,
+        "care.encounter",
+        {
+            "started_at": (started + timedelta(minutes=30)).isoformat(),
+            "ended_at": (started + timedelta(minutes=90)).isoformat(),
+        },
+        op="update",
+        record_id=visit,
+        base_version=1,
+    )
+
+    assert colleague["status"] == "applied"
+    assert moved["status"] == "conflict"
+    assert [conflict["field"] for conflict in moved["conflicts"]] == ["ended_at"]
+    assert Encounter.objects.get(pk=visit).started_at == started + timedelta(minutes=30)
 
 
 def test_a_date_of_birth_in_the_future_is_kept_for_review_naming_it(crew_member: CrewMember) -> None:

@@ -266,6 +266,15 @@ def test_an_outsider_cannot_answer_another_units_assignment(
             "observed_at",
         ),
         ({"type": "assignment.acknowledge", "request_id": "\ud800"}, "invalid_message", "assignment"),
+        (  # another script's digits, which Django's parser reads as 2026
+            {
+                "type": "assignment.check_in",
+                "assignment": "00000000-0000-0000-0000-000000000000",
+                "observed_at": "\u0662\u0660\u0662\u0666-01-01T10:00:00+00:00",
+            },
+            "invalid_message",
+            "observed_at",
+        ),
     ],
 )
 def test_malformed_dispatch_messages_get_an_error_frame_and_keep_the_connection(

@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -105,6 +105,10 @@ def encounter_fields(member: CrewMember, **overrides: Any) -> dict[str, Any]:
         "assessment": "",
         "disposition": "",
     }
+    if "ended_at" in overrides and "started_at" not in overrides and isinstance(overrides["ended_at"], str):
+        # An encounter ends after it starts: one ended at a time a test chose began an hour before, at the latest.
+        ended = datetime.fromisoformat(overrides["ended_at"]) - timedelta(hours=1)
+        fields["started_at"] = min(ended, datetime.fromisoformat(fields["started_at"])).isoformat()
     fields.update(overrides)
     return fields
 
