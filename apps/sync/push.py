@@ -60,7 +60,7 @@ from apps.sync.models import (
     RecordVersion,
 )
 from apps.sync.scopes import scopes_for_user, user_scope
-from apps.sync.selectors import FeedPosition, heads_written
+from apps.sync.selectors import AWAITING_REVIEW, FeedPosition, heads_written
 from apps.sync.services import (
     Head,
     PendingVersion,
@@ -1863,7 +1863,7 @@ def set_aside(
     each stays in quarantine, kept as it was sent, out of the reviewers' queue, its writer
     told who set it aside, when and why (``code``: by a supervisor after review, or
     superseded by its device's later create, ``superseded_by``)."""
-    mutations.filter(status=MutationStatus.QUARANTINED, dismissed_at=None).update(
+    mutations.filter(AWAITING_REVIEW).update(
         dismissed_at=timezone.now(),
         dismissed_by_id=by,
         dismiss_reason=reason,

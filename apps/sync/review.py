@@ -88,7 +88,7 @@ def dismiss_after_review(*, mutation_ids: list[int], reviewer: User, reason: str
         for device_id in sorted(device_ids):  # the order of every review: no deadlock
             lock_device(device_id)
         # Checked again under the locks: another reviewer may have applied or set one aside.
-        still_kept = Mutation.objects.filter(pk__in=mutation_ids, status=MutationStatus.QUARANTINED, dismissed_at=None)
+        still_kept = Mutation.objects.filter(selectors.AWAITING_REVIEW, pk__in=mutation_ids)
         _ensure_all_among(mutation_ids, set(still_kept.values_list("pk", flat=True)))
         push.set_aside(still_kept, by=reviewer.pk, reason=reason, code=DismissCode.REVIEWED)
 
@@ -134,9 +134,7 @@ def _apply_again(
         for device_id in sorted(device_ids):  # one order for every reviewer: no deadlock
             lock_device(device_id)  # not while a push of the device applies
         still_kept = set(
-            Mutation.objects.filter(
-                pk__in=mutation_ids, status=MutationStatus.QUARANTINED, dismissed_at=None
-            ).values_list("pk", flat=True)
+            Mutation.objects.filter(selectors.AWAITING_REVIEW, pk__in=mutation_ids).values_list("pk", flat=True)
         )
         _ensure_all_among(mutation_ids, still_kept)
         # Their locks (their records', and those their types name for their writers: a

@@ -675,6 +675,10 @@ _OVERSEERS = frozenset({Role.SUPERVISOR, Role.ADMINISTRATOR})
 _CONFLICT_RESOLVERS = frozenset({Role.CASE_MANAGER, Role.SUPERVISOR, Role.ADMINISTRATOR})
 
 
+# Kept in quarantine and not set aside: what a supervisor still has to review.
+AWAITING_REVIEW = Q(status=MutationStatus.QUARANTINED, dismissed_at=None)
+
+
 def quarantined_mutations_visible_to(*, user: User) -> QuerySet[Mutation]:
     """A user sees their own quarantined mutations (those set aside too, saying why), and a
     supervisor those they review."""
@@ -689,7 +693,7 @@ def quarantined_mutations_reviewable_by(*, user: User) -> QuerySet[Mutation]:
     """The quarantined mutations a supervisor reviews (and may apply again or set aside): those
     of their programs' records, whoever wrote them (a writer who is not their supervisor never
     releases their own), but those a supervisor already set aside."""
-    return Mutation.objects.filter(status=MutationStatus.QUARANTINED, dismissed_at=None).filter(_reviewed_by(user))
+    return Mutation.objects.filter(AWAITING_REVIEW).filter(_reviewed_by(user))
 
 
 def quarantined_set_aside_as(mutations: QuerySet[Mutation], *, code: DismissCode | None) -> QuerySet[Mutation]:

@@ -32,7 +32,8 @@ from apps.dispatch.models import (
     UnservedReason,
 )
 from apps.followups.models import FollowUpStep, StepStatus
-from apps.sync.models import Conflict, Mutation, MutationStatus
+from apps.sync.models import Conflict, Mutation
+from apps.sync.selectors import AWAITING_REVIEW
 from apps.workspace.access import workspace_program_ids
 
 
@@ -109,7 +110,7 @@ def _conflicts_to_resolve(user: User, now: dt.datetime) -> Q:
 
 
 def _quarantined_to_review(user: User, now: dt.datetime) -> Q:
-    return Q(status=MutationStatus.QUARANTINED, dismissed_at=None)
+    return AWAITING_REVIEW
 
 
 def _eligible_not_served(user: User, now: dt.datetime) -> Q:
