@@ -184,9 +184,13 @@ def encounter_apply(context: WriteContext, change: Change) -> Encounter:
     values = dict(change.values)
     person_id = values.get("person_id")
     _refuse_times_not_yet_come(values, "started_at", "ended_at")
-    if "ended_at" in values:
+    if "started_at" in values or "ended_at" in values:
         stored = change.record if change.operation == "update" else None
-        _refuse_end_before_start(values.get("started_at", getattr(stored, "started_at", None)), values["ended_at"])
+        _refuse_end_before_start(
+            values.get("started_at", getattr(stored, "started_at", None)),
+            values.get("ended_at", getattr(stored, "ended_at", None)),
+            field="ended_at" if "ended_at" in values else "started_at",
+        )
     if change.operation == "create":
         unit = context.parent(Unit, values.pop("unit_id"), "unit_id")
         if person_id is not None:
@@ -425,16 +429,16 @@ def _refuse_times_not_yet_come(values: dict[str, Any], *names: str) -> None:
             )
 
 
-def _refuse_end_before_start(started_at: Any, ended_at: Any) -> None:
-    """An end a change sets comes after the start: the one it sets, or the one stored. One
-    that ended before it started dated its follow-up from a time the crew was not yet there.
-    Only an end the change sets once merged: an edit of other fields still applies to an
-    encounter stored so before this rule, and a start that moves past the stored end
-    applies, as refusing it would refuse a device's consistent start and end whose end the
-    merge kept as a conflict with a colleague's (checked when a case manager takes it)."""
+def _refuse_end_before_start(started_at: Any, ended_at: Any, *, field: str) -> None:
+    """An encounter ends after it starts, once a change sets either (as merged), the other as
+    stored: one that ended before it started dated its follow-up from a time the crew was not
+    yet there. An edit of neither still applies to an encounter stored so before this rule.
+    A start whose end the merge kept as a conflict with a colleague's is checked against
+    the colleague's, and refused whole when it would pass it: the record never holds an
+    end before its start, and the device's change stays for review."""
     started_at, ended_at = _moment(started_at), _moment(ended_at)
     if started_at is not None and ended_at is not None and ended_at < started_at:
-        raise Refused("invalid_fields", "ended_at comes after started_at.", field="ended_at")
+        raise Refused("invalid_fields", "ended_at comes after started_at.", field=field)
 
 
 def _refuse_birth_not_yet_come(date_of_birth: Any) -> None:

@@ -53,8 +53,10 @@ def _observed_at(message: dict[str, Any]) -> datetime | None:
     if raw is None:
         return None
     try:
-        # ASCII digits only, as over REST: Django's parser reads any script's (٢٠٢٦ as 2026).
-        parsed = parse_datetime(raw) if isinstance(raw, str) and raw.isascii() else None
+        # As over REST: ASCII digits only (Django's parser reads any script's, ٢٠٢٦ as 2026),
+        # and no NUL (Python's parser stops at one, dropping what follows unread).
+        readable = isinstance(raw, str) and raw.isascii() and "\x00" not in raw
+        parsed = parse_datetime(raw) if readable else None
     except ValueError:  # well formed, yet no time at all: 30 February, hour 25
         parsed = None
     if parsed is None or parsed.tzinfo is None:

@@ -587,10 +587,12 @@ def test_an_encounter_ended_within_the_allowed_clock_skew_applies(crew_member: C
     assert result["status"] == "applied", result
 
 
-def test_an_encounter_end_set_before_its_start_is_kept_for_review_naming_it(crew_member: CrewMember) -> None:
-    """An end a change sets comes after the start it sets, or the one stored: an encounter
-    ended before it started dated its follow-up from before the crew was there. An edit of
-    other fields of one stored so before the rule still applies."""
+def test_an_encounter_set_to_end_before_it_starts_is_kept_for_review_naming_the_time_set(
+    crew_member: CrewMember,
+) -> None:
+    """A change that sets the start or the end is checked against the other as stored: an
+    encounter ended before it started dated its follow-up from before the crew was there. An
+    edit of neither still applies to one stored so before the rule."""
     started = timezone.now() - timedelta(hours=2)
     at = started.isoformat()
     made_backwards = pushed(
@@ -606,60 +608,55 @@ def test_an_encounter_end_set_before_its_start_is_kept_for_review_naming_it(crew
 
     ended_before = edit(1, ended_at=(started - timedelta(minutes=5)).isoformat())
     ended = edit(1, ended_at=(started + timedelta(minutes=40)).isoformat())
+    started_after = edit(2, started_at=(started + timedelta(minutes=60)).isoformat())
     Encounter.objects.filter(pk=visit).update(ended_at=started - timedelta(minutes=10))  # stored before the rule
     located = edit(2, location="Lenox Ave")
 
-    for refused in (made_backwards, ended_before):
-        assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == (
-            "quarantined",
-            "invalid_fields",
-            "fields.ended_at",
-        )
+    refused = [
+        (r["status"], r["error"]["code"], r["error"]["field"]) for r in (made_backwards, ended_before, started_after)
+    ]
+    assert refused == [
+        ("quarantined", "invalid_fields", "fields.ended_at"),
+        ("quarantined", "invalid_fields", "fields.ended_at"),
+        ("quarantined", "invalid_fields", "fields.started_at"),
+    ]
     assert (ended["status"], located["status"]) == ("applied", "applied")
-    assert Encounter.objects.get(pk=visit).location == "Lenox Ave"
+    stored = Encounter.objects.get(pk=visit)
+    assert (stored.started_at, stored.location) == (started, "Lenox Ave")
 
 
-def test_a_start_and_end_whose_end_meets_a_colleagues_is_kept_as_a_conflict_not_refused(
-    crew_member: CrewMember,
-) -> None:
-    """The device moved the start and the end together, consistently; a colleague had moved
-    the end. The start applies and the end is kept as a conflict for a case manager, not the
-    whole change refused for an end the device never set against that start."""
+def test_a_start_whose_end_met_a_colleagues_is_checked_against_the_colleagues_end(crew_member: CrewMember) -> None:
+    """The device moved the start and the end together; a colleague had moved the end, so the
+    device's end is kept as a conflict. A start before the colleague's end applies with the
+    conflict; one past it is refused whole, kept for review: the record never holds an end
+    before its start."""
     started = timezone.now() - timedelta(hours=2)
-    visit = uuid.uuid4()
-    ended = (started + timedelta(minutes=60)).isoformat()
-    pushed(
-        crew_member,
-        "care.encounter",
-        encounter_fields(crew_member, started_at=started.isoformat(), ended_at=ended),
-        record_id=visit,
-    )
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
-    colleague = pushed(
-        teammate,
-        "care.encounter",
-        {"ended_at": (started + timedelta(minutes=20)).isoformat()},
-        op="update",
-        record_id=visit,
-        base_version=1,
-    )
 
-    moved = pushed(
-        crew_member,
-        "care.encounter",
-        {
-            "started_at": (started + timedelta(minutes=30)).isoformat(),
+    def moved_after_a_colleague_ended_it(start_after: int) -> tuple[uuid.UUID, dict[str, Any]]:
+        visit = uuid.uuid4()
+        fields = encounter_fields(
+            crew_member, started_at=started.isoformat(), ended_at=(started + timedelta(minutes=60)).isoformat()
+        )
+        pushed(crew_member, "care.encounter", fields, record_id=visit)
+        colleague = {"ended_at": (started + timedelta(minutes=20)).isoformat()}
+        assert (
+            pushed(teammate, "care.encounter", colleague, op="update", record_id=visit, base_version=1)["status"]
+            == "applied"
+        )
+        moved = {
+            "started_at": (started + timedelta(minutes=start_after)).isoformat(),
             "ended_at": (started + timedelta(minutes=90)).isoformat(),
-        },
-        op="update",
-        record_id=visit,
-        base_version=1,
-    )
+        }
+        return visit, pushed(crew_member, "care.encounter", moved, op="update", record_id=visit, base_version=1)
 
-    assert colleague["status"] == "applied"
-    assert moved["status"] == "conflict"
-    assert [conflict["field"] for conflict in moved["conflicts"]] == ["ended_at"]
-    assert Encounter.objects.get(pk=visit).started_at == started + timedelta(minutes=30)
+    before_it, merged = moved_after_a_colleague_ended_it(10)
+    past_it, refused = moved_after_a_colleague_ended_it(30)
+
+    assert (merged["status"], [conflict["field"] for conflict in merged["conflicts"]]) == ("conflict", ["ended_at"])
+    assert Encounter.objects.get(pk=before_it).started_at == started + timedelta(minutes=10)
+    assert (refused["status"], refused["error"]["field"]) == ("quarantined", "fields.started_at")
+    assert Encounter.objects.get(pk=past_it).started_at == started
 
 
 def test_a_date_of_birth_in_the_future_is_kept_for_review_naming_it(crew_member: CrewMember) -> None:

@@ -266,6 +266,15 @@ def test_an_outsider_cannot_answer_another_units_assignment(
             "observed_at",
         ),
         ({"type": "assignment.acknowledge", "request_id": "\ud800"}, "invalid_message", "assignment"),
+        (  # Python's parser stops at the NUL: what follows would be dropped unread
+            {
+                "type": "assignment.check_in",
+                "assignment": "00000000-0000-0000-0000-000000000000",
+                "observed_at": "2026-01-01T10:00:00+05:00\x00",
+            },
+            "invalid_message",
+            "observed_at",
+        ),
         (  # another script's digits, which Django's parser reads as 2026
             {
                 "type": "assignment.check_in",
