@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -172,34 +173,17 @@ def test_a_note_kept_with_the_encounter_a_supervisor_applies_with_the_notes_edit
     assert Mutation.objects.get(pk=note_kept).error_code == "parent_quarantined"
 
 
-def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_tablet_is_revoked(
-    program: Program, crew_member: CrewMember
+@pytest.mark.parametrize("locked_out_by", [revoke_device, deactivate_user], ids=["revoked", "deactivated"])
+def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_writer_is_locked_out(
+    program: Program, crew_member: CrewMember, locked_out_by: Callable[[CrewMember], Any]
 ) -> None:
     """Least privilege: the supervisor reviewed the encounter, not the note under it; the
-    tablet that wrote the note is revoked, so nothing of its own applies by itself: the note
-    stays for review."""
+    tablet that wrote the note is revoked, or its writer deactivated, so nothing of its own
+    applies by itself: the note stays for review."""
     supervisor = make_crew_member(program, role=Role.SUPERVISOR)
     _device, encounter_id, note_id, _note = _note_kept_with_an_encounter_refused(crew_member)
     encounter_kept, note_kept = _quarantined_ids(supervisor)
-    revoke_device(crew_member)
-
-    [result] = _apply(supervisor, [encounter_kept])["results"]
-
-    assert result["status"] == "applied"
-    assert Encounter.objects.filter(pk=encounter_id).exists()
-    assert not ClinicalNote.objects.filter(pk=note_id).exists()
-    assert _quarantined_ids(supervisor) == [note_kept]
-
-
-def test_a_note_kept_with_the_encounter_a_supervisor_applies_stays_when_its_writer_is_deactivated(
-    program: Program, crew_member: CrewMember
-) -> None:
-    """As for a revoked tablet: the writer's devices are locked out once the writer is
-    deactivated, so nothing of theirs applies by itself: the note stays for review."""
-    supervisor = make_crew_member(program, role=Role.SUPERVISOR)
-    _device, encounter_id, note_id, _note = _note_kept_with_an_encounter_refused(crew_member)
-    encounter_kept, note_kept = _quarantined_ids(supervisor)
-    deactivate_user(crew_member)
+    locked_out_by(crew_member)
 
     [result] = _apply(supervisor, [encounter_kept])["results"]
 
