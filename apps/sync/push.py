@@ -1516,7 +1516,7 @@ def _apply_rows(
     rows after that create (the device's later changes may build on it); returns those so
     applied. ``kept_creates``: the quarantined creates of the records these rows create
     (creates_kept_of), those these rows' creates supersede set aside (_set_aside_superseded).
-    Rows released so, here or by the caller (``released``: _apply_alone's), go back to their
+    Rows released so, here or by the caller (``released``: _apply_in_savepoint's), go back to their
     device, which holds them as refused.
     The caller took the locks the rows' types name (and the waiting changes'), before its
     transaction's first write (lock_before_first_write); these take their records'."""
