@@ -491,7 +491,7 @@ _NO_CHANGE_TIME = {
 }
 _CHANGE_TIME_UNREADABLE = {
     "code": "invalid_observed_at",
-    "detail": "updated_at is the time of the local change in milliseconds since 1970, within the years 1 to 9999.",
+    "detail": "updated_at is the time of the local change: milliseconds since 1970, in the years 1 to 9999.",
     "field": "fields.updated_at",
 }
 
@@ -534,7 +534,7 @@ def _mutations_of(
             "content": raw,
             **_observed_at(raw),
         }
-        problem = _change_time_problem(raw) if _change_time(raw) is not None else _NO_CHANGE_TIME
+        problem = _NO_CHANGE_TIME if _field_absent(raw, "updated_at") else _change_time_problem(raw)
         if deleted is True:
             # Trap 1, push side: a clinical delete travels as a flag. The row also holds what
             # the app changed before the delete (an assessment written, then the encounter
@@ -571,6 +571,10 @@ def _change_time(raw: Any) -> int | float | None:
     return millis if type(millis) is int or type(millis) is float else None
 
 
+def _field_absent(raw: Any, name: str) -> bool:
+    return not isinstance(raw, dict) or raw.get(name) is None
+
+
 def _moment(millis: int | float | None) -> datetime | None:
     if millis is None:
         return None
@@ -581,11 +585,12 @@ def _moment(millis: int | float | None) -> datetime | None:
 
 
 def _change_time_problem(raw: Any) -> dict[str, Any] | None:
-    """A row whose ``updated_at`` is a number outside the years 1 to 9999 is refused, as the
-    other push refuses an ``observed_at`` it cannot read: kept without a time, the device's
-    broken clock went unnoticed."""
-    millis = _change_time(raw)
-    return _CHANGE_TIME_UNREADABLE if millis is not None and _moment(millis) is None else None
+    """A row whose ``updated_at`` is not a number, or one outside the years 1 to 9999, is
+    refused, as the other push refuses an ``observed_at`` it cannot read: kept without a
+    time, the device's broken clock (or client) went unnoticed."""
+    if not isinstance(raw, dict) or raw.get("updated_at") is None:
+        return None
+    return _CHANGE_TIME_UNREADABLE if _moment(_change_time(raw)) is None else None
 
 
 def _deletes_of_created(

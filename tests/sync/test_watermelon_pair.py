@@ -846,7 +846,7 @@ def test_a_records_updated_at_is_kept_as_when_it_was_observed_and_an_implausible
     assert Mutation.objects.count() == 2
 
 
-@pytest.mark.parametrize("updated_at", [2**63, -1e15])
+@pytest.mark.parametrize("updated_at", [2**63, -1e15, "1700000000000"])
 def test_a_records_updated_at_no_clock_shows_is_refused_naming_it(crew_member: CrewMember, updated_at: float) -> None:
     """A number beyond the years 1 to 9999 is no time a clock shows: it was dropped, the
     record applied without one and the broken clock went unnoticed. Refused naming it, as
