@@ -243,7 +243,16 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_feed_subscribe(self, message: dict[str, Any]) -> None:
         assert self.token is not None  # handlers run once the socket is authenticated
-        cursor = message.get("cursor")
+        # A misspelt or missing cursor would read as null: the whole feed from its start,
+        # sent again over a device's records without a word.
+        unknown = sorted(set(message) - {"type", "cursor"})
+        if unknown:
+            await self.send_error("invalid_message", f"Unknown field {unknown[0]!r}.", field=unknown[0])
+            return
+        if "cursor" not in message:
+            await self.send_error("invalid_message", "Send 'cursor': the stored cursor, or null.", field="cursor")
+            return
+        cursor = message["cursor"]
         if cursor is not None and not isinstance(cursor, str):
             await self.send_error("invalid_message", "'cursor' must be a string or null.", field="cursor")
             return

@@ -90,6 +90,23 @@ def test_bad_subscribe_cursor_gets_an_error_frame(asgi: AsgiServer, crew_member:
         assert receive(socket)["code"] == "invalid_cursor"
 
 
+def test_a_subscribe_with_a_misspelt_or_missing_cursor_is_refused_not_read_as_from_the_start(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    """Read as null, it sent the whole feed again over the device's records without a word."""
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        send(socket, {"type": "feed.subscribe", "curser": "stored"})
+        misspelt = receive(socket)
+        send(socket, {"type": "feed.subscribe"})
+        missing = receive(socket)
+        send(socket, {"type": "ping"})
+        pong = receive(socket)
+
+    assert (misspelt["type"], misspelt["code"], misspelt["field"]) == ("error", "invalid_message", "curser")
+    assert (missing["type"], missing["code"], missing["field"]) == ("error", "invalid_message", "cursor")
+    assert pong == {"type": "pong"}  # nothing subscribed: no entries came before it
+
+
 def test_another_devices_cursor_gets_an_error_frame(asgi: AsgiServer, crew_member: CrewMember) -> None:
     with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
         send(socket, {"type": "feed.subscribe", "cursor": None})
