@@ -548,6 +548,18 @@ def test_a_number_beyond_a_doubles_range_is_a_parse_error_not_infinity(crew_memb
     assert not Mutation.objects.exists() and not Person.objects.exists()
 
 
+def test_a_whole_number_too_long_to_read_is_a_parse_error_in_the_apis_own_words(crew_member: CrewMember) -> None:
+    """Python's own refusal named a setting of the interpreter to change, for a programmer."""
+    body = '{"mutations": [{"mutation_id": ' + "9" * 5000 + "}]}"
+
+    response = sync_client(crew_member).post("/api/v1/sync/push/", body, content_type="application/json")
+
+    assert (response.status_code, response.json()["code"]) == (400, "parse_error")
+    assert "more than 4300 digits" in response.json()["detail"]
+    assert "sys." not in response.json()["detail"]
+    assert not Mutation.objects.exists()
+
+
 def test_a_watermelon_pull_from_before_the_retention_gets_410_naming_last_pulled_at(crew_member: CrewMember) -> None:
     client = sync_client(crew_member)
     timestamp = client.get("/api/v1/sync/watermelon/pull/").json()["timestamp"]

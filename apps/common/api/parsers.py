@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -41,7 +42,15 @@ UNICODE_CHARSETS = frozenset(
 def strict_loads(text: str) -> Any:
     """JSON text as the API reads it: no ``NaN`` or ``Infinity``, no number beyond a double.
     Raises ``ValueError`` (``RecursionError`` for nesting beyond the parser)."""
-    return json.loads(text, parse_constant=strict_constant, parse_float=_finite)
+    return json.loads(text, parse_constant=strict_constant, parse_float=_finite, parse_int=_whole)
+
+
+def _whole(text: str) -> int:
+    # Beyond Python's limit int() refuses too, but words it for a programmer, naming a setting.
+    limit = sys.get_int_max_str_digits()  # 0: none
+    if limit and len(text.lstrip("-")) > limit:
+        raise ValueError(f"a whole number of more than {limit} digits")
+    return int(text)
 
 
 def _finite(text: str) -> float:
@@ -61,7 +70,12 @@ class JSONParser(parsers.JSONParser):
                 media_type or "", detail=f"charset {encoding[:40]!r}: send JSON in UTF-8 (charset=utf-8, or none)."
             )
         try:
-            data = json.load(codecs.getreader(encoding)(stream), parse_constant=strict_constant, parse_float=_finite)
+            data = json.load(
+                codecs.getreader(encoding)(stream),
+                parse_constant=strict_constant,
+                parse_float=_finite,
+                parse_int=_whole,
+            )
         except RecursionError:
             raise _too_deep() from None
         except ValueError as error:
