@@ -438,7 +438,12 @@ def _refuse_end_before_start(started_at: Any, ended_at: Any, *, field: str) -> N
     end before its start, and the device's change stays for review."""
     started_at, ended_at = _moment(started_at), _moment(ended_at)
     if started_at is not None and ended_at is not None and ended_at < started_at:
-        raise Refused("invalid_fields", "ended_at comes after started_at.", field=field)
+        raise Refused(
+            "invalid_fields",
+            "ended_at comes after started_at. Moving both, send them in one change (resolving both"
+            " conflicts, take the one that keeps the start before the end first).",
+            field=field,
+        )
 
 
 def _refuse_birth_not_yet_come(date_of_birth: Any) -> None:

@@ -534,7 +534,11 @@ def _mutations_of(
             "content": raw,
             **_observed_at(raw),
         }
-        problem = _NO_CHANGE_TIME if _field_absent(raw, "updated_at") else _change_time_problem(raw)
+        problem = (
+            _change_time_problem(raw)
+            if isinstance(raw, dict) and raw.get("updated_at") is not None
+            else _NO_CHANGE_TIME
+        )
         if deleted is True:
             # Trap 1, push side: a clinical delete travels as a flag. The row also holds what
             # the app changed before the delete (an assessment written, then the encounter
@@ -569,10 +573,6 @@ def _change_time(raw: Any) -> int | float | None:
     """The row's ``updated_at``, if it is a number."""
     millis = raw.get("updated_at") if isinstance(raw, dict) else None
     return millis if type(millis) is int or type(millis) is float else None
-
-
-def _field_absent(raw: Any, name: str) -> bool:
-    return not isinstance(raw, dict) or raw.get(name) is None
 
 
 def _moment(millis: int | float | None) -> datetime | None:

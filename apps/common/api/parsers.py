@@ -42,15 +42,16 @@ UNICODE_CHARSETS = frozenset(
 def strict_loads(text: str) -> Any:
     """JSON text as the API reads it: no ``NaN`` or ``Infinity``, no number beyond a double.
     Raises ``ValueError`` (``RecursionError`` for nesting beyond the parser)."""
-    return json.loads(text, parse_constant=strict_constant, parse_float=_finite, parse_int=_whole)
+    return json.loads(text, parse_constant=strict_constant, parse_float=_finite)
 
 
-def _whole(text: str) -> int:
-    # Beyond Python's limit int() refuses too, but words it for a programmer, naming a setting.
-    limit = sys.get_int_max_str_digits()  # 0: none
-    if limit and len(text.lstrip("-")) > limit:
-        raise ValueError(f"a whole number of more than {limit} digits")
-    return int(text)
+def _worded(error: ValueError) -> str:
+    # Beyond Python's limit on a whole number's digits, int() names an interpreter setting to
+    # change, for a programmer. Told apart by its words: a parse_int hook of our own would
+    # cost every number of every push.
+    if "int_max_str_digits" in str(error):
+        return f"a whole number of more than {sys.get_int_max_str_digits()} digits"
+    return str(error)
 
 
 def _finite(text: str) -> float:
@@ -70,16 +71,11 @@ class JSONParser(parsers.JSONParser):
                 media_type or "", detail=f"charset {encoding[:40]!r}: send JSON in UTF-8 (charset=utf-8, or none)."
             )
         try:
-            data = json.load(
-                codecs.getreader(encoding)(stream),
-                parse_constant=strict_constant,
-                parse_float=_finite,
-                parse_int=_whole,
-            )
+            data = json.load(codecs.getreader(encoding)(stream), parse_constant=strict_constant, parse_float=_finite)
         except RecursionError:
             raise _too_deep() from None
         except ValueError as error:
-            raise ParseError(f"JSON parse error - {error}") from None
+            raise ParseError(f"JSON parse error - {_worded(error)}") from None
         if _nested_deeper_than(data, MAX_NESTING):
             raise _too_deep()
         return data
