@@ -34,12 +34,20 @@ def node_project() -> str:
     return node
 
 
-def run_sync_test(node: str, **env: str) -> dict[str, Any]:
-    """Run sync_test.js with these variables; what it printed last, once it passed."""
+def run_sync_test(base_url: str, tablet_a: CrewMember, tablet_b: CrewMember, **env: str) -> dict[str, Any]:
+    """Run sync_test.js against the server at ``base_url``, tablet A and B of one unit (A's
+    unit), with these further variables; what it printed last, once it passed."""
+    node = node_project()
+    pair = {
+        "BASE_URL": base_url,
+        "TOKEN_A": tablet_a.token,
+        "TOKEN_B": tablet_b.token,
+        "UNIT_ID": str(tablet_a.unit.pk),
+    }
     run = subprocess.run(
         [node, "sync_test.js"],
         cwd=PROJECT,
-        env={"PATH": str(Path(node).parent), **env},
+        env={"PATH": str(Path(node).parent), **pair, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -51,17 +59,14 @@ def run_sync_test(node: str, **env: str) -> dict[str, Any]:
 
 
 def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer, crew_member: CrewMember) -> None:
-    node = node_project()
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     preseeded = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit), location="preseeded")
 
     summary = run_sync_test(
-        node,
-        BASE_URL=asgi.http_url,
-        TOKEN_A=crew_member.token,
+        asgi.http_url,
+        crew_member,
+        teammate,
         DEVICE_A=str(crew_member.device.pk),
-        TOKEN_B=teammate.token,
-        UNIT_ID=str(crew_member.unit.pk),
         PRESEEDED_ID=str(preseeded),
     )
 
@@ -99,19 +104,16 @@ def test_watermelondb_syncs_without_losing_or_echoing_anything(asgi: AsgiServer,
 def test_watermelondb_takes_a_first_sync_in_parts_and_loses_nothing_written_between_them(
     django_db_setup: None, live_server_logs: Path, crew_member: CrewMember
 ) -> None:
-    node = node_project()
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     writer = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     preseeded = [str(encounter(writer)) for _ in range(5)]
 
     with asgi_server(live_server_logs, name="web-parts", SYNC_WATERMELON_FIRST_SYNC_PART="2") as server:
         summary = run_sync_test(
-            node,
+            server.http_url,
+            crew_member,
+            teammate,
             SCENARIO="first-sync-in-parts",
-            BASE_URL=server.http_url,
-            TOKEN_A=crew_member.token,
-            TOKEN_B=teammate.token,
-            UNIT_ID=str(crew_member.unit.pk),
             PRESEEDED_IDS=",".join(preseeded),
         )
 
@@ -124,17 +126,14 @@ def test_watermelondb_takes_a_first_sync_in_parts_and_loses_nothing_written_betw
 def test_watermelondb_edits_are_merged_against_what_the_app_holds(asgi: AsgiServer, crew_member: CrewMember) -> None:
     """A colleague's value the app pulled while it had changed the record is no conflict for
     its next edit; one it kept its own value over still is (sync_test.js, heldVersions)."""
-    node = node_project()
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     preseeded = encounter(make_crew_member(crew_member.unit.program, unit=crew_member.unit), location="Lenox Ave")
 
     summary = run_sync_test(
-        node,
+        asgi.http_url,
+        crew_member,
+        teammate,
         SCENARIO="held-versions",
-        BASE_URL=asgi.http_url,
-        TOKEN_A=crew_member.token,
-        TOKEN_B=teammate.token,
-        UNIT_ID=str(crew_member.unit.pk),
         PRESEEDED_ID=str(preseeded),
     )
 
@@ -156,18 +155,15 @@ def test_watermelondb_deletes_by_id_apply_when_seen_and_conflict_with_an_edit_pu
     changed since applies; one made offline before the pull that brought a colleague's edit
     (WatermelonDB passes over a pulled change of a record it holds deleted) meets that edit
     as a conflict (sync_test.js, markedDeleted)."""
-    node = node_project()
     teammate = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     writer = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
     unchanged, edited = (encounter(writer, location="Lenox Ave") for _ in range(2))
 
     summary = run_sync_test(
-        node,
+        asgi.http_url,
+        crew_member,
+        teammate,
         SCENARIO="marked-deleted",
-        BASE_URL=asgi.http_url,
-        TOKEN_A=crew_member.token,
-        TOKEN_B=teammate.token,
-        UNIT_ID=str(crew_member.unit.pk),
         PRESEEDED_IDS=f"{unchanged},{edited}",
     )
 

@@ -1099,6 +1099,19 @@ def _push_edit(client: Any, visit: uuid.UUID, last_pulled_at: int, **fields: str
     return _push(client, _edited(visit, **fields), last_pulled_at)
 
 
+def _pulled_then_moved_by_a_colleague(crew_member: CrewMember) -> tuple[uuid.UUID, Any, int]:
+    """An encounter at Lenox Ave a teammate's tablet pulled whole, then the crew member moved
+    to 125th St: the encounter, the tablet's client, and the timestamp of its pull."""
+    visit = encounter(crew_member, location="Lenox Ave")
+    client = sync_client(make_crew_member(crew_member.unit.program, unit=crew_member.unit))
+    pulled: int = _pull_until_done(client, None)[-1]["timestamp"]
+    colleague = pushed(
+        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
+    )
+    assert colleague["status"] == "applied"
+    return visit, client, pulled
+
+
 @pytest.mark.django_db(transaction=True)  # the feed serves committed changes only
 def test_a_colleagues_change_the_app_pulled_is_not_taken_for_one_it_never_saw_by_its_next_edit(
     crew_member: CrewMember,
@@ -1108,14 +1121,7 @@ def test_a_colleagues_change_the_app_pulled_is_not_taken_for_one_it_never_saw_by
     then made. Its next edit, of the location it showed (the colleague's), named that older
     version: the server took the colleague's location for one the tablet never saw, and
     kept a conflict for a case manager to settle for nothing."""
-    visit = encounter(crew_member, location="Lenox Ave")
-    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
-    client = sync_client(tablet)
-    first = _pull_until_done(client, None)[-1]["timestamp"]
-    colleague = pushed(
-        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
-    )
-    assert colleague["status"] == "applied"
+    visit, client, first = _pulled_then_moved_by_a_colleague(crew_member)
     pulled = _pull_until_done(client, first)[-1]["timestamp"]  # brings the colleague's location
 
     merged = _push_edit(client, visit, pulled, assessment="Calm; oriented.")
@@ -1136,14 +1142,7 @@ def test_a_colleagues_change_made_after_the_apps_pull_is_still_a_conflict_for_it
     """The same, but the colleague's location came after the tablet's pull, and its push merged
     it unseen: the tablet's later edit of the location was made without it, and meets it as
     a conflict, not as a base."""
-    visit = encounter(crew_member, location="Lenox Ave")
-    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
-    client = sync_client(tablet)
-    pulled = _pull_until_done(client, None)[-1]["timestamp"]
-    colleague = pushed(
-        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
-    )
-    assert colleague["status"] == "applied"
+    visit, client, pulled = _pulled_then_moved_by_a_colleague(crew_member)
 
     merged = _push_edit(client, visit, pulled, assessment="Calm; oriented.")
     after = _pull_until_done(client, pulled)[-1]["timestamp"]
@@ -1333,14 +1332,7 @@ def test_a_colleagues_edit_since_the_record_was_pulled_keeps_the_apps_delete_a_c
     never seen. Pulled by the sync that pushes the delete, it was not seen either: the app
     had deleted the record offline before that pull, and WatermelonDB passes over a pulled
     change of a record it holds deleted; the push's lastPulledAt is that pull's."""
-    visit = encounter(crew_member, location="Lenox Ave")
-    tablet = make_crew_member(crew_member.unit.program, unit=crew_member.unit)
-    client = sync_client(tablet)
-    pulled = _pull_until_done(client, None)[-1]["timestamp"]
-    colleague = pushed(
-        crew_member, "care.encounter", {"location": "125th St"}, op="update", record_id=visit, base_version=1
-    )
-    assert colleague["status"] == "applied"
+    visit, client, pulled = _pulled_then_moved_by_a_colleague(crew_member)
     if pulled_again:
         later = _pull_until_done(client, pulled)
         assert str(visit) in _encounter_ids(later[0])
