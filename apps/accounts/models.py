@@ -70,6 +70,27 @@ class Membership(TimeStampedModel):
         return f"{self.user} — {self.get_role_display()} at {self.program}"
 
 
+class ProgramDeparture(models.Model):
+    """A user who held a role in a program and holds none there now. Kept because what they
+    wrote for the program while in it (an offline edit pushed after they left) is still the
+    program's to review, and what someone never in the program writes about its records is
+    not (apps.sync.push files refused mutations by it)."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="program_departures")
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
+    # Null for a departure found afterwards, from the writes of someone who was a member (the
+    # migration that began keeping departures): when they left is not known.
+    left_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "program"], name="program_departure_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} left {self.program}"
+
+
 class DevicePlatform(models.TextChoices):
     ANDROID = "android", "Android"
     IOS = "ios", "iOS"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -11,7 +13,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from apps.accounts.models import Device, DeviceToken, Program, Role, User, hash_token
+from apps.accounts.models import Device, DeviceToken, Membership, Program, ProgramDeparture, Role, User, hash_token
 from apps.common import bulk
 
 
@@ -166,6 +168,31 @@ def device_list(*, user: User) -> QuerySet[Device]:
 
 def programs_of(*, user: User) -> QuerySet[Program]:
     return Program.objects.filter(memberships__user=user).distinct()
+
+
+@dataclass(frozen=True)
+class ProgramsJoined:
+    works_for: frozenset[UUID] = frozenset()
+    left: frozenset[UUID] = frozenset()  # holds no role there now (ProgramDeparture)
+
+    @property
+    def ever(self) -> frozenset[UUID]:
+        return self.works_for | self.left
+
+
+def programs_joined(*, user_ids: Iterable[UUID]) -> dict[UUID, ProgramsJoined]:
+    """By user: the programs each works for, and those they worked for and left. Two reads,
+    however many users."""
+    users = bulk.any_of(set(user_ids), "uuid")
+    works_for: dict[UUID, set[UUID]] = defaultdict(set)
+    left: dict[UUID, set[UUID]] = defaultdict(set)
+    for model, found in ((Membership, works_for), (ProgramDeparture, left)):
+        for user_id, program_id in model.objects.filter(user_id__in=users).values_list("user_id", "program_id"):
+            found[user_id].add(program_id)
+    return {
+        user_id: ProgramsJoined(frozenset(works_for[user_id]), frozenset(left[user_id] - works_for[user_id]))
+        for user_id in works_for.keys() | left.keys()
+    }
 
 
 def programs_where(*, user: User, roles: frozenset[Role]) -> QuerySet[Program]:

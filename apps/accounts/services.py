@@ -14,10 +14,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from apps.accounts.models import Device, DeviceToken, User, hash_token
+from apps.accounts.models import Device, DeviceToken, Membership, ProgramDeparture, User, hash_token
 from apps.accounts.selectors import TokenProblem, TokenRejected, device_token_recheck
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,38 @@ def access_changed(*, user_id: UUID) -> None:
     """Tell the listeners; call inside the transaction that changed a role or a crew."""
     for listener in _access_change_listeners:
         listener(user_id)
+
+
+# Departures from programs, kept however a membership ends: a script or service deleting
+# it, or the admin's inline deleting it or moving it to another program in place.
+
+
+def membership_deleted(*, instance: Membership, origin: object, **kwargs: object) -> None:
+    """Membership's post_delete. Not when the user or the program itself is deleted, which
+    takes their departures with them."""
+    origin_model = origin.model if isinstance(origin, QuerySet) else type(origin)
+    if origin_model is Membership:
+        _keep_departure_if_last(user_id=instance.user_id, program_id=instance.program_id, ending=instance.pk)
+
+
+def membership_saving(*, instance: Membership, raw: bool, **kwargs: object) -> None:
+    """Membership's pre_save: one moved to another program (or user) ends the tie it had."""
+    if raw or instance._state.adding:
+        return
+    stored = Membership.objects.filter(pk=instance.pk).values_list("user_id", "program_id").first()
+    if stored is not None and stored != (instance.user_id, instance.program_id):
+        _keep_departure_if_last(user_id=stored[0], program_id=stored[1], ending=instance.pk)
+
+
+def _keep_departure_if_last(*, user_id: UUID, program_id: UUID, ending: UUID) -> None:
+    if Membership.objects.filter(user_id=user_id, program_id=program_id).exclude(pk=ending).exists():
+        return  # another role there still holds
+    ProgramDeparture.objects.bulk_create(
+        [ProgramDeparture(user_id=user_id, program_id=program_id, left_at=timezone.now())],
+        update_conflicts=True,
+        unique_fields=["user", "program"],
+        update_fields=["left_at"],
+    )
 
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 — a marker that makes leaked tokens greppable, not a secret

@@ -43,7 +43,13 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
-from apps.accounts.selectors import TokenProblem, device_lockout_held, devices_not_locked_out
+from apps.accounts.selectors import (
+    ProgramsJoined,
+    TokenProblem,
+    device_lockout_held,
+    devices_not_locked_out,
+    programs_joined,
+)
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
 from apps.common import bulk, jsontext
@@ -58,6 +64,7 @@ from apps.sync.models import (
     MutationOperation,
     MutationStatus,
     RecordVersion,
+    SyncedRecord,
 )
 from apps.sync.scopes import scopes_for_user, user_scope
 from apps.sync.selectors import AWAITING_REVIEW, FeedPosition, heads_written
@@ -979,7 +986,11 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
     """Give the quarantined mutations among these rows the program whose supervisors review
     them (the writer may be in several programs, or have left this one): the program of the
     record each changes, where the server has it; for a create of a new record, the program
-    of the unit or parent record it names. A few statements however many rows (a locked-out
+    of the unit or parent record it names. Only a program the writer works for or has left:
+    what someone never in a program sends under its ids (a tablet set up wrongly) is their
+    own program's to review, not that program's to read. One naming nothing the writer was
+    ever part of goes to the program its writer works for, if only one; with several, to
+    none (``selectors._reviewed_by``). A few statements however many rows (a locked-out
     tablet hands over its whole outbox at once)."""
     # A create under an id spelt otherwise than the server writes ids has no record id, and is
     # filed by the parent or unit it names all the same.
@@ -987,23 +998,41 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
     if not quarantined:
         return
     named = _programs_named_by_creates(quarantined)
+    # A create by what it names: under an id another program's record holds, the writer's new
+    # record is still the writer's program's to review, not that program's.
+    changed = {row.record_id for row in quarantined if row.pk not in named and row.record_id is not None}
+    of_record = dict(
+        SyncedRecord.objects.filter(record_id__in=bulk.any_of(changed, "uuid")).values_list("record_id", "program_id")
+        if changed
+        else []
+    )
+    joined = programs_joined(user_ids={row.user_id for row in quarantined})
+    filed: dict[int, tuple[UUID, bool]] = {}  # by ledger row: the program, and whether it overrides one filed before
+    for row in quarantined:
+        writer = joined.get(row.user_id, ProgramsJoined())
+        if row.pk in named:
+            program_id, overrides = named[row.pk], True
+        elif row.record_id is not None and row.record_id in of_record:
+            program_id, overrides = of_record[row.record_id], False
+        else:
+            program_id, overrides = None, False
+        if program_id not in writer.ever:
+            if len(writer.works_for) != 1:
+                continue
+            [program_id] = writer.works_for
+        filed[row.pk] = (program_id, overrides)
+    if not filed:
+        return
     with bulk.server_cursor() as cursor:
-        # A create first by what it names: under an id another program's record holds, the
-        # writer's new record is still the writer's program's to review, not that program's.
-        if named:
-            cursor.execute(
-                "UPDATE sync_mutation AS m SET program_id = n.program_id"
-                " FROM unnest(%b::bigint[], %b::uuid[]) AS n(id, program_id)"
-                " WHERE m.id = n.id",
-                [list(named), list(named.values())],
-            )
-        changes = [row.pk for row in quarantined if row.record_id is not None]
-        if changes:
-            cursor.execute(
-                "UPDATE sync_mutation AS m SET program_id = s.program_id FROM sync_syncedrecord AS s"
-                " WHERE m.id = ANY(%b::bigint[]) AND s.record_id = m.record_id AND m.program_id IS NULL",
-                [changes],
-            )
+        # A mutation filed before (put back to apply, refused again) keeps its program, unless
+        # it names the program it belongs to.
+        cursor.execute(
+            "UPDATE sync_mutation AS m"
+            " SET program_id = CASE WHEN n.overrides THEN n.program_id ELSE coalesce(m.program_id, n.program_id) END"
+            " FROM unnest(%b::bigint[], %b::uuid[], %b::boolean[]) AS n(id, program_id, overrides)"
+            " WHERE m.id = n.id",
+            [list(filed), [program_id for program_id, _ in filed.values()], [over for _, over in filed.values()]],
+        )
 
 
 def _programs_named_by_creates(rows: list[LedgerRow]) -> dict[int, UUID]:

@@ -15,7 +15,8 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import OperationalError
 
-from apps.accounts.models import Program, Role
+from apps.accounts.models import Program, ProgramDeparture, Role
+from apps.accounts.selectors import ProgramsJoined, programs_joined
 from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Person
 from apps.common.encryption import UnreadableHealthInformation
@@ -339,6 +340,61 @@ def test_edits_left_behind_in_a_program_the_writer_left_go_to_that_programs_supe
     assert _quarantine_seen_by(home_supervisor) == []
     [listed] = sync_client(boston_supervisor).get("/api/v1/sync/quarantine/").json()["results"]
     assert (listed["program"], listed["payload"]["fields"]) == (str(elsewhere.pk), {"location": "Fenway, by the gate"})
+
+
+def test_what_someone_never_in_a_program_sends_under_its_ids_goes_to_their_own_programs_supervisors(
+    crew_member: CrewMember,
+) -> None:
+    """A tablet set up wrongly, or a client that mixed its accounts, may send a Boston
+    record's or unit's id under an account that was never in Boston: nothing applies, and
+    the clinical text it carries is not Boston's supervisors' to read."""
+    boston = ProgramFactory.create(slug="boston-street", name="Boston Street")
+    boston_clinician = make_crew_member(boston)
+    boston_device = SimDevice(boston_clinician)
+    boston_record = uuid.uuid4()
+    [created] = boston_device.push(_encounter_create(boston_device, boston_record, boston_clinician.unit))
+    device = SimDevice(crew_member)
+    edit = device.mutation("update", "care.encounter", boston_record, {"location": "Our own client's address"}, 1)
+    note = device.mutation("create", "care.note", uuid.uuid4(), {"encounter_id": str(boston_record), "body": "Ours."})
+    visit = _encounter_create(device, uuid.uuid4(), boston_clinician.unit)
+    results = device.push(edit, note, visit)
+    boston_supervisor = make_crew_member(boston, role=Role.SUPERVISOR)
+    home_supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+
+    assert created["status"] == "applied"
+    assert [result["status"] for result in results] == ["quarantined"] * 3
+    assert _quarantine_seen_by(boston_supervisor) == []
+    sent = sorted(mutation["mutation_id"] for mutation in (edit, note, visit))
+    assert _quarantine_seen_by(home_supervisor) == _quarantine_seen_by(crew_member) == sent
+    # Filed under the writer's program: in its supervisors' queue in the workspace too.
+    listed = sync_client(crew_member).get("/api/v1/sync/quarantine/").json()["results"]
+    assert {mutation["program"] for mutation in listed} == {str(crew_member.unit.program_id)}
+
+
+def test_a_program_left_is_remembered_however_the_last_role_there_ended(crew_member: CrewMember) -> None:
+    """The departure is what files a leaver's later edits under the program they left; a
+    role left while another there still holds is no departure."""
+    home = crew_member.unit.program_id
+    leaver, elsewhere, _boston_unit = _clinician_also_in_boston(crew_member)
+    mover = make_crew_member(crew_member.unit.program)
+    cambridge = ProgramFactory.create(slug="cambridge", name="Cambridge")
+    mover_in_cambridge = MembershipFactory.create(user=mover.user, program=cambridge, role=Role.CLINICIAN)
+    MembershipFactory.create(user=leaver.user, program=elsewhere, role=Role.CASE_MANAGER)
+
+    leaver.user.memberships.get(program=elsewhere, role=Role.CLINICIAN).delete()
+    assert not ProgramDeparture.objects.filter(user=leaver.user).exists()
+    leaver.user.memberships.filter(program=elsewhere).delete()
+    # The admin's inline changes a membership's program in place.
+    mover_in_cambridge.program = ProgramFactory.create(slug="somerville", name="Somerville")
+    mover_in_cambridge.save()
+
+    assert programs_joined(user_ids=[leaver.user.pk, mover.user.pk]) == {
+        leaver.user.pk: ProgramsJoined(works_for=frozenset({home}), left=frozenset({elsewhere.pk})),
+        mover.user.pk: ProgramsJoined(
+            works_for=frozenset({home, mover_in_cambridge.program_id}), left=frozenset({cambridge.pk})
+        ),
+    }
+    assert all(departure.left_at is not None for departure in ProgramDeparture.objects.all())
 
 
 def test_a_lone_surrogate_named_back_in_an_error_gets_an_answer(crew_member: CrewMember) -> None:
