@@ -31,7 +31,7 @@ from typing import Any
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import TokenProblem
 from apps.audit.services import Accessor
-from apps.common.ids import canonical_uuid
+from apps.common.ids import CANONICAL_UUID, canonical_uuid
 from apps.sync import conf, push, registry, selectors
 from apps.sync.models import ChangeOperation, IssuedCursor, RemoveReason
 
@@ -116,6 +116,33 @@ def change_count(changes: Any) -> int:
                 raise InvalidChanges(f"changes.{table}.{kind} is a list.", f"changes.{table}.{kind}")
             count += len(records or [])
     return count
+
+
+# Beyond any spelling of a UUID a client writes (uppercase, in braces, without dashes, or
+# after "urn:uuid:", the longest at 45 characters) and WatermelonDB's own ids (16). A
+# malformed id within it may name the app's record: it is quarantined and listed in
+# experimentalRejectedIds, so the app keeps the record unsynced. A longer one names no record
+# an app holds, and listed back it would fill the answer with whatever the body carried.
+ID_MAX_CHARACTERS = 64
+
+
+def _refuse_ids_too_long(changes: dict[str, Any]) -> None:
+    """Refuse the push whose record ids (a row's ``id``, or a ``deleted`` entry) include a
+    string over ``ID_MAX_CHARACTERS``, naming where, and never the id itself. Once the
+    shape is checked (``change_count``)."""
+    for table, table_changes in changes.items():
+        for kind in _KINDS:
+            for index, record in enumerate(_list(table_changes.get(kind))):
+                place = f"changes.{table}.{kind}.{index}"
+                if kind != "deleted":  # a deleted entry is the id itself
+                    record = record.get("id") if isinstance(record, dict) else None
+                    place = f"{place}.id"
+                if isinstance(record, str) and len(record) > ID_MAX_CHARACTERS:
+                    raise InvalidChanges(
+                        f"An id is {CANONICAL_UUID}; this one is over {ID_MAX_CHARACTERS} characters.",
+                        place,
+                        code="invalid_id",
+                    )
 
 
 def _empty_changes() -> dict[str, dict[str, list[Any]]]:
@@ -337,6 +364,7 @@ def push_changes(
     made and deleted offline is two). ``last_pulled_at``, the body's: what the app had pulled
     when it pushed (``_pulled_through``)."""
     change_count(changes)  # its shape
+    _refuse_ids_too_long(changes)
     writes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
     deletes: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
     for table in _parents_first(changes):

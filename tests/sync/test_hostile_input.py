@@ -21,7 +21,7 @@ from apps.audit.models import AuditEvent
 from apps.care.models import ClinicalNote, Encounter, Person
 from apps.common.encryption import UnreadableHealthInformation
 from apps.followups import services as followups
-from apps.sync import push, services
+from apps.sync import push, services, watermelon
 from apps.sync.models import Mutation, MutationStatus
 from apps.teams.models import Unit
 from tests.accounts.factories import MembershipFactory, ProgramFactory
@@ -422,6 +422,44 @@ def test_a_watermelon_push_whose_changes_are_not_lists_gets_400_naming_them(
 
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == f"changes.persons.{next(iter(kinds))}"
+
+
+def _person_rows(member: CrewMember, record_id: str) -> dict[str, list[Any]]:
+    """A person's create, and each other kind, all under ``record_id``."""
+    return {
+        "created": [{"id": record_id, "unit_id": str(member.unit.pk), "given_name": "Ana"}],
+        "updated": [{"id": record_id, "given_name": "Ana", "server_version": 1, "updated_at": 1_800_000_000_000}],
+        "deleted": [record_id],
+    }
+
+
+@pytest.mark.parametrize("kind", ["created", "updated", "deleted"])
+def test_a_watermelon_push_naming_an_id_longer_than_any_spelling_of_one_gets_400_without_it(
+    crew_member: CrewMember, kind: str
+) -> None:
+    """Quarantined and listed in experimentalRejectedIds, an id of 200,000 characters came
+    back whole in the answer. Within the bound, an id may be the app's own record under
+    another spelling: it is still refused alone and named, so the app keeps the record."""
+    device = SimDevice(crew_member)
+    longest = "urn:uuid:" + str(uuid.uuid4()).upper() + "-" * (watermelon.ID_MAX_CHARACTERS - 45)
+    valid = _person_rows(crew_member, str(uuid.uuid4()))[kind][0]
+    too_long = _person_rows(crew_member, "f" * 200_000)[kind][0]
+
+    def pushed(*records: Any) -> Any:
+        body = {"changes": {"persons": {kind: list(records)}}, "lastPulledAt": None}
+        return device.client().post("/api/v1/sync/watermelon/push/", body, format="json")
+
+    refused = pushed(valid, too_long)
+    named = pushed(_person_rows(crew_member, longest)[kind][0])
+
+    assert refused.status_code == 400
+    field = f"changes.persons.{kind}.1" if kind == "deleted" else f"changes.persons.{kind}.1.id"
+    assert (refused.json()["code"], refused.json()["errors"][0]["field"]) == ("invalid_id", field)
+    assert len(refused.content) < 1_000
+    assert named.status_code == 200
+    assert named.json()["experimentalRejectedIds"] == {"persons": [longest]}
+    assert [(r["status"], r["error"]["code"]) for r in named.json()["results"]] == [("quarantined", "invalid_id")]
+    assert Mutation.objects.count() == 1  # the named one's, kept for review
 
 
 @pytest.mark.parametrize("kind", ["create", "updatedd", "removed"])
