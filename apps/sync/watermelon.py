@@ -111,10 +111,15 @@ def change_count(changes: Any) -> int:
                 code="unknown_field",
             )
         for kind in _KINDS:
-            records = table_changes.get(kind)
-            if records is not None and not isinstance(records, list):
+            if kind not in table_changes:
+                continue  # none of that kind
+            records = table_changes[kind]
+            # Null too: WatermelonDB sends every kind as a list, empty when there is none of it.
+            # A null is a client's fault (a pushChanges that lost the list), and read as none,
+            # as a misspelt kind was, the records the app meant to send would be taken as pushed.
+            if not isinstance(records, list):
                 raise InvalidChanges(f"changes.{table}.{kind} is a list.", f"changes.{table}.{kind}")
-            count += len(records or [])
+            count += len(records)
     return count
 
 

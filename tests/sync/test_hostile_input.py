@@ -412,7 +412,10 @@ def test_a_lone_surrogate_named_back_in_an_error_gets_an_answer(crew_member: Cre
     assert watermelon.status_code == 400 and watermelon.json()["code"] == "invalid_input"
 
 
-@pytest.mark.parametrize("kinds", [{"created": 5}, {"updated": True}, {"deleted": "abc"}, {"created": {}}])
+@pytest.mark.parametrize(
+    "kinds",
+    [{"created": 5}, {"updated": True}, {"deleted": "abc"}, {"created": {}}, {"created": None}, {"deleted": None}],
+)
 def test_a_watermelon_push_whose_changes_are_not_lists_gets_400_naming_them(
     crew_member: CrewMember, kinds: dict[str, Any]
 ) -> None:
