@@ -4,9 +4,10 @@ Protocol (JSON text frames):
 
     client → {"type": "auth", "token": "<device token>"}   must be the first message
     server → {"type": "auth.ok", "device": "<id>", "user": "<id>"}
-    client → {"type": "feed.subscribe", "cursor": "<cursor or null>"}
+    client → {"type": "feed.subscribe", "cursor": "<cursor or null>", "request_id": "<optional tag>"}
     server → {"type": "feed.entries", "entries": [...], "cursor": "...", "has_more": false}
-             at once (possibly empty: "caught up"), then whenever the feed grows
+             at once (possibly empty: "caught up"), then whenever the feed grows; a refused
+             subscribe's error frame carries its request_id
     client → {"type": "ping"}                               server → {"type": "pong"}
     client → {"type": "<domain message>", ..., "request_id": "<optional tag>"}
     server → the domain app's reply (or an error frame), carrying the same request_id
@@ -32,6 +33,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -135,12 +137,31 @@ def _audit_delivered_now(token: DeviceToken, entries: list[ChangeEntry]) -> None
     )
 
 
+def _request_tag(message: dict[str, Any]) -> dict[str, str] | None:
+    """The tag a client may put on a request to match the answer to it, to send back as it
+    came ({} when there is none); None when it is not one (not a string, or too long)."""
+    request_id = message.get("request_id")
+    if request_id is None:
+        return {}
+    if not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH:
+        return None
+    return {"request_id": request_id}
+
+
 _authenticate = _in_thread_pool(_authenticate_now)
 _recheck_token = _in_thread_pool(_recheck_token_now)
 _refresh_scopes = _in_thread_pool(_refresh_scopes_now)
 _handle = _in_thread_pool(_handle_now)
 _read_feed = _in_thread_pool(_read_feed_now)
 _audit_delivered = _in_thread_pool(_audit_delivered_now)
+
+
+@dataclass(frozen=True)
+class _Subscribe:
+    """A ``feed.subscribe`` accepted: the cursor to read from, and the tag its errors carry."""
+
+    cursor: str | None
+    request_tag: dict[str, str]
 
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
@@ -209,13 +230,9 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         else:
             # A tagged message gets its tag back with the refusal: the client waiting on that
             # request's answer (a type a newer app sends) learns it failed.
-            request_id = message.get("request_id")
-            tag = (
-                {"request_id": request_id}
-                if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LENGTH
-                else {}
+            await self.send_error(
+                "unknown_type", f"Unknown message type {kind!r}.", field="type", **(_request_tag(message) or {})
             )
-            await self.send_error("unknown_type", f"Unknown message type {kind!r}.", field="type", **tag)
 
     async def handle_auth(self, message: dict[str, Any]) -> None:
         if self.token is not None:
@@ -243,40 +260,54 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_feed_subscribe(self, message: dict[str, Any]) -> None:
         assert self.token is not None  # handlers run once the socket is authenticated
+        tag = _request_tag(message)
+        if tag is None:
+            await self.send_error(
+                "invalid_message",
+                f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
+                field="request_id",
+            )
+            return
         # A misspelt or missing cursor would read as null: the whole feed from its start,
         # sent again over a device's records without a word.
-        unknown = sorted(set(message) - {"type", "cursor"})
+        unknown = sorted(set(message) - {"type", "cursor", "request_id"})
         if unknown:
-            await self.send_error("invalid_message", f"Unknown field {unknown[0]!r}.", field=unknown[0])
+            await self.send_error("invalid_message", f"Unknown field {unknown[0]!r}.", field=unknown[0], **tag)
             return
         if "cursor" not in message:
-            await self.send_error("invalid_message", "Send 'cursor': the stored cursor, or null.", field="cursor")
+            await self.send_error(
+                "invalid_message", "Send 'cursor': the stored cursor, or null.", field="cursor", **tag
+            )
             return
         cursor = message["cursor"]
         if cursor is not None and not isinstance(cursor, str):
-            await self.send_error("invalid_message", "'cursor' must be a string or null.", field="cursor")
+            await self.send_error("invalid_message", "'cursor' must be a string or null.", field="cursor", **tag)
             return
         try:
             feed.FeedPosition.decode(cursor, reader_device_id=self.token.device_id)
         except feed.InvalidCursor as error:
-            await self.send_error("invalid_cursor", str(error), field="cursor")
+            await self.send_error("invalid_cursor", str(error), field="cursor", **tag)
             return
-        async with self.feed_lock:
-            # Under the lock: a read running now would end by putting its cursor over this one.
-            self.feed_cursor = cursor
-            self.feed_subscribed = True
-        await self.send_feed(always_answer=True)
+        await self.send_feed(subscribe=_Subscribe(cursor, tag))
         if self.feed_poll is None and settings.FEED_SAFETY_POLL_SECONDS > 0:
             self.feed_poll = asyncio.create_task(self._poll_feed())
 
-    async def send_feed(self, *, always_answer: bool = False) -> None:
+    async def send_feed(self, *, subscribe: _Subscribe | None = None) -> None:
         """Send every servable entry after this socket's cursor, in order, once.
 
-        With always_answer, a page is sent even when empty: the reply to a subscribe tells
-        the device it is caught up.
+        For a ``subscribe``, from its cursor, and a page is sent even when empty: the reply
+        tells the device it is caught up.
         """
         assert self.token is not None
+        tag = subscribe.request_tag if subscribe is not None else {}
         async with self.feed_lock:
+            always_answer = subscribe is not None
+            if subscribe is not None:
+                # Under the lock: a read running now would end by putting its cursor over this
+                # one, and a nudge's read in between would answer for the subscribe (a refused
+                # cursor without the subscribe's request_id).
+                self.feed_cursor = subscribe.cursor
+                self.feed_subscribed = True
             # Not after its cursor was refused: the device bootstraps, then subscribes again.
             if not self.feed_subscribed:
                 return
@@ -289,9 +320,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                     if isinstance(error, feed.CursorExpired):
                         # As the 410's body: after a restore the outbox goes without its bases.
                         restored = isinstance(error, feed.CursorAhead)
-                        await self.send_error("cursor_expired", str(error), field="cursor", database_restored=restored)
+                        await self.send_error(
+                            "cursor_expired", str(error), field="cursor", database_restored=restored, **tag
+                        )
                     else:
-                        await self.send_error("invalid_cursor", str(error), field="cursor")
+                        await self.send_error("invalid_cursor", str(error), field="cursor", **tag)
                     return
                 except TokenRejected as rejection:
                     self.feed_subscribed = False
@@ -356,16 +389,14 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 logger.exception("feed safety poll could not read the feed")
 
     async def run_domain_handler(self, handler: Any, message: dict[str, Any]) -> None:
-        # A client may tag a request to match the answer to it; the tag comes back as sent.
-        request_id = message.get("request_id")
-        if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH):
+        tag = _request_tag(message)
+        if tag is None:
             await self.send_error(
                 "invalid_message",
                 f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
                 field="request_id",
             )
             return
-        tag = {"request_id": request_id} if request_id is not None else {}
         assert self.token is not None
         try:
             reply = await _handle(handler, self.token, message)

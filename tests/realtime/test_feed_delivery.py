@@ -189,6 +189,32 @@ def test_a_cursor_ahead_of_the_database_gets_an_error_frame(asgi: AsgiServer, cr
         assert error["database_restored"] is True
 
 
+def test_a_refused_subscribes_error_frame_carries_its_request_id(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    """As a domain message's does: the client waiting on that subscribe learns it failed."""
+    expired = a_cursor_the_feed_no_longer_keeps(asgi, crew_member)
+    refused: list[dict[str, object]] = [
+        {"cursor": 12},
+        {"curser": None},
+        {},
+        {"cursor": "not-a-cursor"},
+        {"cursor": expired},
+    ]
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        errors = []
+        for n, frame in enumerate(refused):
+            send(socket, {"type": "feed.subscribe", **frame, "request_id": f"subscribe-{n}"})
+            errors.append(receive(socket))
+
+    assert [(error["type"], error["code"], error["field"], error.get("request_id")) for error in errors] == [
+        ("error", "invalid_message", "cursor", "subscribe-0"),
+        ("error", "invalid_message", "curser", "subscribe-1"),
+        ("error", "invalid_message", "cursor", "subscribe-2"),
+        ("error", "invalid_cursor", "cursor", "subscribe-3"),
+        ("error", "cursor_expired", "cursor", "subscribe-4"),
+    ]
+
+
 def test_a_refused_cursor_is_refused_once_and_the_socket_waits_for_a_new_subscribe(
     live_server_logs: Path, crew_member: CrewMember
 ) -> None:
