@@ -8,6 +8,9 @@ Protocol (JSON text frames):
     server → {"type": "feed.entries", "entries": [...], "cursor": "...", "has_more": false}
              at once (possibly empty: "caught up"), then whenever the feed grows; a refused
              subscribe's error frame carries its request_id
+    server → {"type": "error", "code": "throttled", "retry_after": <whole seconds>, ...} for a
+             subscribe beyond FEED_SUBSCRIBE_LIMIT (5) in FEED_SUBSCRIBE_WINDOW_SECONDS (60):
+             the socket goes on from the cursor it had; subscribe after retry_after seconds
     client → {"type": "ping"}                               server → {"type": "pong"}
     client → {"type": "<domain message>", ..., "request_id": "<optional tag>"}
     server → the domain app's reply (or an error frame), carrying the same request_id
@@ -30,8 +33,11 @@ channel layer only carries nudges, so a lost nudge delays delivery but never los
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +86,14 @@ FEED_PAGE_SIZE = 200
 # scopes, so nothing else tells this socket.
 HELD_BACK_RETRY_SECONDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 HELD_BACK_RETRY_LATER_SECONDS = 2.0
+# Each subscribe sends the feed again from its cursor, a whole catch-up for a few bytes: 30
+# subscribes from an old cursor sent 15 MB. A device subscribes once a socket, and again after
+# bootstrapping from a refused cursor; more than this in a window of the socket's is refused.
+# Counted by the socket itself, which alone reads its frames: nothing to share through Redis,
+# as the HTTP throttles do, and the times of a few subscribes cost nothing to keep, so the
+# window slides (a fixed one lets twice the limit through across its edge).
+FEED_SUBSCRIBE_LIMIT = 5
+FEED_SUBSCRIBE_WINDOW_SECONDS = 60
 
 
 def _in_thread_pool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -180,9 +194,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     feed_sender: asyncio.Task[None] | None = None
     # Set by a nudge; cleared when a read starts. Nudges during a read make one more read.
     feed_dirty = False
+    feed_subscribed_at: collections.deque[float]  # monotonic times of the window's subscribes
 
     async def connect(self) -> None:
         self.scopes = []
+        self.feed_subscribed_at = collections.deque()
         self.groups_joined = []
         self.feed_lock = asyncio.Lock()
         self.token_lock = asyncio.Lock()
@@ -288,9 +304,31 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         except feed.InvalidCursor as error:
             await self.send_error("invalid_cursor", str(error), field="cursor", **tag)
             return
+        wait = self._subscribe_wait()
+        if wait > 0:
+            await self.send_error(
+                "throttled",
+                f"At most {FEED_SUBSCRIBE_LIMIT} subscribes in {FEED_SUBSCRIBE_WINDOW_SECONDS} seconds: the"
+                " socket goes on from the cursor it had.",
+                retry_after=math.ceil(wait),
+                **tag,
+            )
+            return
         await self.send_feed(subscribe=_Subscribe(cursor, tag))
         if self.feed_poll is None and settings.FEED_SAFETY_POLL_SECONDS > 0:
             self.feed_poll = asyncio.create_task(self._poll_feed())
+
+    def _subscribe_wait(self) -> float:
+        """Seconds until this socket may subscribe again; 0 when it may now, and the subscribe
+        is counted."""
+        now = time.monotonic()
+        subscribed_at = self.feed_subscribed_at
+        while subscribed_at and subscribed_at[0] <= now - FEED_SUBSCRIBE_WINDOW_SECONDS:
+            subscribed_at.popleft()
+        if len(subscribed_at) >= FEED_SUBSCRIBE_LIMIT:
+            return subscribed_at[0] + FEED_SUBSCRIBE_WINDOW_SECONDS - now
+        subscribed_at.append(now)
+        return 0.0
 
     async def send_feed(self, *, subscribe: _Subscribe | None = None) -> None:
         """Send every servable entry after this socket's cursor, in order, once.
@@ -418,7 +456,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.append(group)
 
-    async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str | bool) -> None:
+    async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str | bool | int) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, "field": field, **extra})
 
     async def _close_unless_authenticated(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.db import connection, transaction
 
+from apps.realtime.consumers import FEED_SUBSCRIBE_LIMIT, FEED_SUBSCRIBE_WINDOW_SECONDS
 from apps.sync import services
 from apps.sync.scopes import unit_scope
 from apps.sync.selectors import FeedPosition
@@ -213,6 +214,30 @@ def test_a_refused_subscribes_error_frame_carries_its_request_id(asgi: AsgiServe
         ("error", "invalid_cursor", "cursor", "subscribe-3"),
         ("error", "cursor_expired", "cursor", "subscribe-4"),
     ]
+
+
+def test_subscribing_over_and_over_is_throttled_and_the_socket_goes_on_from_its_cursor(
+    asgi: AsgiServer, crew_member: CrewMember
+) -> None:
+    """Each subscribe sent the feed again from its cursor: 30 frames of 50 bytes made the
+    server send 15 MB."""
+    first = record(crew_member, 1)
+
+    with authenticated_socket(asgi.ws_url, crew_member.token) as socket:
+        answers = []
+        for _ in range(FEED_SUBSCRIBE_LIMIT):
+            send(socket, {"type": "feed.subscribe", "cursor": None})
+            answers.append(receive(socket))
+        send(socket, {"type": "feed.subscribe", "cursor": None, "request_id": "once-more"})
+        throttled = receive(socket)
+        later = record(crew_member, 2)
+        delivered = receive(socket)
+
+    assert [[entry["id"] for entry in answer["entries"]] for answer in answers] == [[first]] * FEED_SUBSCRIBE_LIMIT
+    assert (throttled["type"], throttled["code"], throttled["request_id"]) == ("error", "throttled", "once-more")
+    assert 0 < throttled["retry_after"] <= FEED_SUBSCRIBE_WINDOW_SECONDS
+    # Still subscribed, from where the last subscribe's answer left it: not the feed again.
+    assert [entry["id"] for entry in delivered["entries"]] == [later]
 
 
 def test_a_refused_cursor_is_refused_once_and_the_socket_waits_for_a_new_subscribe(
