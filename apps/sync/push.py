@@ -552,13 +552,27 @@ def put_back_version_data(stored: list[dict[str, Any]]) -> None:
 def _rejected(envelope: Envelope, error: dict[str, Any]) -> dict[str, Any]:
     raw = envelope.raw if isinstance(envelope.raw, dict) else {}
     return {
-        "mutation_id": raw.get("mutation_id"),
-        "type": raw.get("type"),
-        "id": raw.get("id"),
+        "mutation_id": _echoed(raw.get("mutation_id")),
+        "type": _echoed(raw.get("type")),
+        "id": _echoed(raw.get("id")),
         "status": PushStatus.REJECTED,
         "version": None,
         "error": error,
     }
+
+
+# Longer than any record type's name or any spelling of an id a client could mean.
+_ECHO_MAX_CHARACTERS = 64
+
+
+def _echoed(sent: Any) -> Any:
+    """What a refused mutation sent, to name it back by: a value of the shape it could have
+    had, else null. A 200,000-character id, or an object, is not sent back whole."""
+    if sent is None or type(sent) is bool:
+        return sent
+    if type(sent) is int:
+        return sent if -(2**63) <= sent < 2**63 else None
+    return sent if type(sent) is str and len(sent) <= _ECHO_MAX_CHARACTERS else None
 
 
 def _store(

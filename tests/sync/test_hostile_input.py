@@ -96,6 +96,24 @@ def test_a_mutation_id_or_op_of_the_wrong_kind_gets_its_own_result_and_the_rest_
     assert [str(event.record_id) for event in created] == [valid["id"]]
 
 
+def test_a_rejected_mutation_is_named_back_by_what_it_sent_only_where_that_has_a_shape_it_could_have(
+    crew_member: CrewMember,
+) -> None:
+    device = SimDevice(crew_member)
+    huge = {**person_create(device), "mutation_id": "9" * 5, "type": "t" * 200_000, "id": "x" * 200_000}
+    nested = {**person_create(device), "mutation_id": {"n": [1] * 10_000}, "id": {"a": "b"}}
+    plain = {**person_create(device), "mutation_id": -3}
+
+    response = device.client().post("/api/v1/sync/push/", {"mutations": [huge, nested, plain]}, format="json")
+
+    assert response.status_code == 200 and len(response.content) < 2_000
+    assert [(r["status"], r["mutation_id"], r["type"], r["id"]) for r in response.json()["results"]] == [
+        ("rejected", "99999", None, None),
+        ("rejected", None, "care.person", None),
+        ("rejected", -3, "care.person", plain["id"]),
+    ]
+
+
 ID_FORM = "a UUID written in lowercase, 8-4-4-4-12 hex digits"
 
 
