@@ -65,14 +65,18 @@ def membership_saving(*, instance: Membership, raw: bool, **kwargs: object) -> N
 
 
 def _keep_departure_if_last(*, user_id: UUID, program_id: UUID, ending: UUID) -> None:
-    if Membership.objects.filter(user_id=user_id, program_id=program_id).exclude(pk=ending).exists():
-        return  # another role there still holds
-    ProgramDeparture.objects.bulk_create(
-        [ProgramDeparture(user_id=user_id, program_id=program_id, left_at=timezone.now())],
-        update_conflicts=True,
-        unique_fields=["user", "program"],
-        update_fields=["left_at"],
-    )
+    with transaction.atomic():
+        # In turn with any other change of the user's roles: two roles in one program ended
+        # at once would each see the other still there, and no departure would be kept.
+        list(User.objects.select_for_update().filter(pk=user_id).values_list("pk"))
+        if Membership.objects.filter(user_id=user_id, program_id=program_id).exclude(pk=ending).exists():
+            return  # another role there still holds
+        ProgramDeparture.objects.bulk_create(
+            [ProgramDeparture(user_id=user_id, program_id=program_id, left_at=timezone.now())],
+            update_conflicts=True,
+            unique_fields=["user", "program"],
+            update_fields=["left_at"],
+        )
 
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 — a marker that makes leaked tokens greppable, not a secret

@@ -1003,9 +1003,9 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
     of the unit or parent record it names. Only a program the writer works for or has left:
     what someone never in a program sends under its ids (a tablet set up wrongly) is their
     own program's to review, not that program's to read. One naming nothing the writer was
-    ever part of goes to the program its writer works for, if only one; with several, to
-    none (``selectors._reviewed_by``). A few statements however many rows (a locked-out
-    tablet hands over its whole outbox at once)."""
+    ever part of goes to the program its writer works for, if only one (working for none,
+    the one they left, if only one); otherwise to none (``selectors._reviewed_by``). A few
+    statements however many rows (a locked-out tablet hands over its whole outbox at once)."""
     # A create under an id spelt otherwise than the server writes ids has no record id, and is
     # filed by the parent or unit it names all the same.
     quarantined = [row for row in rows if row.status == MutationStatus.QUARANTINED]
@@ -1031,9 +1031,12 @@ def _file_for_review(rows: Iterable[LedgerRow]) -> None:
         else:
             program_id, overrides = None, False
         if program_id not in writer.ever:
-            if len(writer.works_for) != 1:
+            # Theirs to review who answer for the writer: their one program (or, working for
+            # none now, the one they left). Never one named that they were not part of.
+            answering = writer.works_for or writer.left
+            if len(answering) != 1:
                 continue
-            [program_id] = writer.works_for
+            [program_id], overrides = answering, False
         filed[row.pk] = (program_id, overrides)
     if not filed:
         return

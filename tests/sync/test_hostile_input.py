@@ -389,6 +389,43 @@ def test_what_someone_never_in_a_program_sends_under_its_ids_goes_to_their_own_p
     assert {mutation["program"] for mutation in listed} == {str(crew_member.unit.program_id)}
 
 
+def test_an_outsiders_create_put_back_and_refused_again_stays_with_the_program_it_was_filed_under(
+    crew_member: CrewMember,
+) -> None:
+    """Filed under the writer's program when it came, it stays there when that program's
+    supervisor applies it again and it is refused again, after the writer moved on."""
+    boston_unit = UnitFactory.create(program=ProgramFactory.create(slug="boston-street", name="Boston Street"))
+    home = crew_member.unit.program
+    device = SimDevice(crew_member)
+    [refused] = device.push(_encounter_create(device, uuid.uuid4(), boston_unit))
+    kept = Mutation.objects.get(mutation_id=refused["mutation_id"])
+    assert kept.program_id == home.pk
+    home_supervisor = make_crew_member(home, role=Role.SUPERVISOR)
+    crew_member.user.memberships.all().delete()
+    MembershipFactory.create(
+        user=crew_member.user, program=ProgramFactory.create(slug="cambridge"), role=Role.CLINICIAN
+    )
+
+    response = sync_client(home_supervisor).post("/api/v1/sync/quarantine/apply/", {"ids": [kept.pk]}, format="json")
+
+    assert response.status_code == 200 and response.json()["results"][0]["status"] == "quarantined"
+    kept.refresh_from_db()
+    assert kept.program_id == home.pk
+
+
+def test_an_outsider_in_no_program_now_is_answered_for_by_the_one_they_left(crew_member: CrewMember) -> None:
+    boston_unit = UnitFactory.create(program=ProgramFactory.create(slug="boston-street", name="Boston Street"))
+    home_supervisor = make_crew_member(crew_member.unit.program, role=Role.SUPERVISOR)
+    crew_member.user.memberships.all().delete()
+    device = SimDevice(crew_member)
+
+    [refused] = device.push(_encounter_create(device, uuid.uuid4(), boston_unit))
+
+    assert refused["status"] == "quarantined"
+    assert Mutation.objects.get(mutation_id=refused["mutation_id"]).program_id == crew_member.unit.program_id
+    assert _quarantine_seen_by(home_supervisor) == [refused["mutation_id"]]
+
+
 def test_a_program_left_is_remembered_however_the_last_role_there_ended(crew_member: CrewMember) -> None:
     """The departure is what files a leaver's later edits under the program they left; a
     role left while another there still holds is no departure."""
