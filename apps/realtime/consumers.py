@@ -6,11 +6,11 @@ Protocol (JSON text frames):
     server → {"type": "auth.ok", "device": "<id>", "user": "<id>"}
     client → {"type": "feed.subscribe", "cursor": "<cursor or null>", "request_id": "<optional tag>"}
     server → {"type": "feed.entries", "entries": [...], "cursor": "...", "has_more": false}
-             at once (possibly empty: "caught up"), then whenever the feed grows; a refused
-             subscribe's error frame carries its request_id
+             at once (possibly empty: "caught up"; carrying the subscribe's request_id),
+             then whenever the feed grows; a refused subscribe's error frame carries it too
     server → {"type": "error", "code": "throttled", "retry_after": <whole seconds>, ...} for a
              subscribe beyond FEED_SUBSCRIBE_LIMIT (5) in FEED_SUBSCRIBE_WINDOW_SECONDS (60):
-             the socket goes on from the cursor it had; subscribe after retry_after seconds
+             the socket stays as it was; subscribe after retry_after seconds
     client → {"type": "ping"}                               server → {"type": "pong"}
     client → {"type": "<domain message>", ..., "request_id": "<optional tag>"}
     server → the domain app's reply (or an error frame), carrying the same request_id
@@ -309,7 +309,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error(
                 "throttled",
                 f"At most {FEED_SUBSCRIBE_LIMIT} subscribes in {FEED_SUBSCRIBE_WINDOW_SECONDS} seconds: the"
-                " socket goes on from the cursor it had.",
+                " the socket stays as it was.",
                 retry_after=math.ceil(wait),
                 **tag,
             )
@@ -377,6 +377,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 # Not for a cursor that only moved up with the feed: every socket would get a
                 # message whenever any crew's change committed. It goes with the next one.
                 if page.passed_entries or always_answer:
+                    answering = tag if always_answer else {}  # a subscribe's answer: its first page
                     always_answer = False
                     # Recorded before it goes out: if the audit trail cannot take the read,
                     # the page is not sent, and the device reads it again once it can.
@@ -389,6 +390,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                             "entries": [feed.entry_as_message(entry, self.token.device_id) for entry in page.entries],
                             "cursor": cursor,
                             "has_more": page.has_more,
+                            **answering,
                         }
                     )
                 self.feed_cursor = cursor

@@ -123,12 +123,15 @@ def change_count(changes: Any) -> int:
     return count
 
 
-# Beyond any spelling of a UUID a client writes (uppercase, in braces, without dashes, or
-# after "urn:uuid:", the longest at 45 characters) and WatermelonDB's own ids (16). A
-# malformed id within it may name the app's record: it is quarantined and listed in
-# experimentalRejectedIds, so the app keeps the record unsynced. A longer one names no record
-# an app holds, and listed back it would fill the answer with whatever the body carried.
-ID_MAX_CHARACTERS = 64
+# Far beyond any spelling of a UUID a client writes (uppercase, in braces, without dashes,
+# or after "urn:uuid:", the longest at 45 characters), WatermelonDB's own ids (16) and any
+# id an app's own generator makes (setGenerator takes any string; a prefix and two UUIDs are
+# 75). A malformed id within it may name the app's record: it is quarantined and listed in
+# experimentalRejectedIds, so the app keeps the record unsynced and its other changes sync.
+# A longer one refuses the whole push, which stalls the app's every later push: no real
+# app's id should reach it, and listed back it would fill the answer with whatever the body
+# carried.
+ID_MAX_CHARACTERS = 255
 
 
 def _refuse_ids_too_long(changes: dict[str, Any]) -> None:

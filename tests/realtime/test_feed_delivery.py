@@ -190,8 +190,8 @@ def test_a_cursor_ahead_of_the_database_gets_an_error_frame(asgi: AsgiServer, cr
         assert error["database_restored"] is True
 
 
-def test_a_refused_subscribes_error_frame_carries_its_request_id(asgi: AsgiServer, crew_member: CrewMember) -> None:
-    """As a domain message's does: the client waiting on that subscribe learns it failed."""
+def test_a_subscribes_answer_or_error_frame_carries_its_request_id(asgi: AsgiServer, crew_member: CrewMember) -> None:
+    """As a domain message's does: the client waiting on that subscribe learns how it went."""
     expired = a_cursor_the_feed_no_longer_keeps(asgi, crew_member)
     refused: list[dict[str, object]] = [
         {"cursor": 12},
@@ -206,6 +206,9 @@ def test_a_refused_subscribes_error_frame_carries_its_request_id(asgi: AsgiServe
         for n, frame in enumerate(refused):
             send(socket, {"type": "feed.subscribe", **frame, "request_id": f"subscribe-{n}"})
             errors.append(receive(socket))
+        bootstrapped = sync_client(crew_member).get("/api/v1/sync/snapshot/").json()["feed_cursor"]
+        send(socket, {"type": "feed.subscribe", "cursor": bootstrapped, "request_id": "at-last"})
+        answer = receive(socket)
 
     assert [(error["type"], error["code"], error["field"], error.get("request_id")) for error in errors] == [
         ("error", "invalid_message", "cursor", "subscribe-0"),
@@ -214,6 +217,7 @@ def test_a_refused_subscribes_error_frame_carries_its_request_id(asgi: AsgiServe
         ("error", "invalid_cursor", "cursor", "subscribe-3"),
         ("error", "cursor_expired", "cursor", "subscribe-4"),
     ]
+    assert (answer["type"], answer["request_id"]) == ("feed.entries", "at-last")
 
 
 def test_subscribing_over_and_over_is_throttled_and_the_socket_goes_on_from_its_cursor(
