@@ -60,6 +60,9 @@ class Membership(TimeStampedModel):
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=32, choices=Role.choices)
+    # Set while a save moves it to another program or user: the (user, program) it leaves
+    # (apps.accounts.services.membership_saving).
+    _tie_ended: tuple[uuid.UUID, uuid.UUID] | None = None
 
     class Meta:
         constraints = [

@@ -56,19 +56,31 @@ def membership_deleted(*, instance: Membership, origin: object, **kwargs: object
 
 
 def membership_saving(*, instance: Membership, raw: bool, **kwargs: object) -> None:
-    """Membership's pre_save: one moved to another program (or user) ends the tie it had."""
+    """Membership's pre_save: note the tie a membership moved to another program (or user)
+    ends, for ``membership_saved`` to weigh once the move is written."""
+    instance._tie_ended = None
     if raw or instance._state.adding:
         return
     stored = Membership.objects.filter(pk=instance.pk).values_list("user_id", "program_id").first()
     if stored is not None and stored != (instance.user_id, instance.program_id):
-        _keep_departure_if_last(user_id=stored[0], program_id=stored[1], ending=instance.pk)
+        instance._tie_ended = stored
+
+
+def membership_saved(*, instance: Membership, **kwargs: object) -> None:
+    """Membership's post_save: after the write, as after a delete, so that two of a user's
+    roles moved at once, each in its own transaction, cannot each see the other still there."""
+    ended = instance._tie_ended
+    if ended is not None:
+        instance._tie_ended = None
+        _keep_departure_if_last(user_id=ended[0], program_id=ended[1], ending=instance.pk)
 
 
 def _keep_departure_if_last(*, user_id: UUID, program_id: UUID, ending: UUID) -> None:
     with transaction.atomic():
         # In turn with any other change of the user's roles: two roles in one program ended
         # at once would each see the other still there, and no departure would be kept.
-        list(User.objects.select_for_update().filter(pk=user_id).values_list("pk"))
+        # Not a key lock: rows that refer to the user (a device, an audit entry) go on being written.
+        list(User.objects.select_for_update(no_key=True).filter(pk=user_id).values_list("pk"))
         if Membership.objects.filter(user_id=user_id, program_id=program_id).exclude(pk=ending).exists():
             return  # another role there still holds
         ProgramDeparture.objects.bulk_create(

@@ -713,9 +713,9 @@ def _reviewed_by(user: User) -> Q:
     """A mutation's program is its record's, or for a refused create the program of the unit
     or parent record it names (apps.sync.push), the server's or its writer's quarantined
     create of it, if its writer works for that program or has left it; otherwise the one
-    program its writer works for. One with none has a writer in several programs (or none),
-    and may be any one's: it goes to supervisors of all the writer's programs, never across
-    programs."""
+    program its writer works for (working for none, the one they left). One with none has a
+    writer in several programs, and may be any one's: it goes to supervisors of all the
+    writer's programs, never across programs (a writer in none now: to no supervisor)."""
     supervised = user.memberships.filter(role__in=_OVERSEERS).values("program_id")
     outside = Membership.objects.exclude(program__in=supervised)
     within = User.objects.filter(memberships__program__in=supervised).exclude(memberships__in=outside)

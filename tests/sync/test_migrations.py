@@ -64,10 +64,11 @@ def test_departures_from_before_they_were_kept_are_found_by_every_sign_of_having
     superuser.save()
     UserScopeState.objects.update_or_create(user=served, defaults={"scopes": [unit_scope(boston_unit.pk)]})
     ScopeChange.objects.create(user=gained, scope=program_role_scope(boston.pk, Role.CASE_MANAGER), gained=True)
-    for actor in (audited, superuser):
+    deleted_program = uuid.uuid4()  # the trail keeps the id of a program since deleted
+    for actor, program_id in ((audited, boston.pk), (superuser, boston.pk), (audited, deleted_program)):
         AuditEvent.objects.create(
             actor_id=actor.pk,
-            program_id=boston.pk,
+            program_id=program_id,
             action="read",
             channel="api",
             record_type="x",

@@ -6,8 +6,9 @@ it. Someone who holds no role in a program now was in it if a change of theirs t
 its records applied (or applied as far as it merged), if their devices were served one of
 its scopes (a unit's or a program role's: served to members only), or if the audit trail
 shows them at one of its records (superusers aside, who see every program); when they
-left is not known. A crew place is no sign: anyone can be put on any unit, and it grants
-nothing without a role in the unit's program.
+left is not known. A crew place is no sign: anyone can be put on any unit, and since
+2026-12-05 it grants nothing without a role in the unit's program (before, it granted the
+unit's scope, so a crew place held then may still show as a unit scope served).
 
 Then each quarantined mutation filed under a program its writer was never part of (the
 rule before: a Boston record's id sent by someone never in Boston went to Boston) goes
@@ -46,6 +47,8 @@ SELECT user_id, program_id, NULL::timestamptz FROM was_there
 WHERE NOT EXISTS (
     SELECT 1 FROM accounts_membership AS a WHERE a.user_id = was_there.user_id AND a.program_id = was_there.program_id
 )
+  -- The audit trail and scope names keep a program's id after the program is deleted.
+  AND EXISTS (SELECT 1 FROM accounts_program AS p WHERE p.id = was_there.program_id)
 ON CONFLICT (user_id, program_id) DO NOTHING
 """
 
