@@ -276,13 +276,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_feed_subscribe(self, message: dict[str, Any]) -> None:
         assert self.token is not None  # handlers run once the socket is authenticated
-        tag = _request_tag(message)
+        tag = await self.request_tag_of(message)
         if tag is None:
-            await self.send_error(
-                "invalid_message",
-                f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
-                field="request_id",
-            )
             return
         # A misspelt or missing cursor would read as null: the whole feed from its start,
         # sent again over a device's records without a word.
@@ -429,13 +424,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 logger.exception("feed safety poll could not read the feed")
 
     async def run_domain_handler(self, handler: Any, message: dict[str, Any]) -> None:
-        tag = _request_tag(message)
+        tag = await self.request_tag_of(message)
         if tag is None:
-            await self.send_error(
-                "invalid_message",
-                f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
-                field="request_id",
-            )
             return
         assert self.token is not None
         try:
@@ -457,6 +447,18 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.append(group)
+
+    async def request_tag_of(self, message: dict[str, Any]) -> dict[str, str] | None:
+        """The message's ``_request_tag``; None, with the error sent, when its request_id is
+        not one."""
+        tag = _request_tag(message)
+        if tag is None:
+            await self.send_error(
+                "invalid_message",
+                f"'request_id' must be a string of at most {MAX_REQUEST_ID_LENGTH}.",
+                field="request_id",
+            )
+        return tag
 
     async def send_error(self, code: str, detail: str, *, field: str | None = None, **extra: str | bool | int) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, "field": field, **extra})
