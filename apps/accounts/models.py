@@ -81,7 +81,7 @@ class ProgramDeparture(models.Model):
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="program_departures")
     program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="+")
-    # Null for a departure found afterwards, from the writes of someone who was a member (the
+    # Null for a departure found afterwards, from signs of someone having been a member (the
     # migration that began keeping departures): when they left is not known.
     left_at = models.DateTimeField(null=True, blank=True)
 
