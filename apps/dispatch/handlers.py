@@ -15,11 +15,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from django.utils.dateparse import parse_datetime
-
 from apps.accounts.models import DeviceToken
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
+from apps.common import calendar
 from apps.common.api.errors import DomainError
 from apps.dispatch import selectors, services
 from apps.dispatch.payloads import assignment_payload
@@ -52,14 +51,8 @@ def _observed_at(message: dict[str, Any]) -> datetime | None:
     raw = message.get("observed_at")
     if raw is None:
         return None
-    try:
-        # As over REST: ASCII digits only (Django's parser reads any script's, ٢٠٢٦ as 2026),
-        # and no NUL (Python's parser stops at one, dropping what follows unread).
-        readable = isinstance(raw, str) and raw.isascii() and "\x00" not in raw
-        parsed = parse_datetime(raw) if readable else None
-    except ValueError:  # well formed, yet no time at all: 30 February, hour 25
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    parsed = calendar.offset_moment(raw)  # as a push reads it
+    if parsed is None:
         raise HandlerError(
             "invalid_message", "'observed_at' must be an ISO 8601 time with a UTC offset.", field="observed_at"
         )

@@ -30,7 +30,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -39,7 +39,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.accounts.models import Device, User
@@ -52,7 +51,7 @@ from apps.accounts.selectors import (
 )
 from apps.audit.models import AccessChannel
 from apps.audit.services import Accessor
-from apps.common import bulk, jsontext
+from apps.common import bulk, calendar, jsontext
 from apps.common.ids import CANONICAL_UUID, canonical_uuid
 from apps.sync import audit as sync_audit
 from apps.sync import conf, merge, registry, sealing
@@ -322,7 +321,7 @@ def _read_envelope(
     envelope.fields = fields
     observed_at = raw.get("observed_at")
     if observed_at is not None:
-        parsed = _parse_observed_at(observed_at)
+        parsed = calendar.offset_moment(observed_at)
         if parsed is None:
             envelope.problem = _error(
                 "invalid_observed_at", "observed_at is an ISO 8601 time with an offset.", f"{prefix}.observed_at"
@@ -341,22 +340,6 @@ def unreadable_as_sent(mutation: Mutation) -> bool:
     for coming out of order, which is well formed and may apply after review."""
     error = mutation.result.get("error") or {}
     return str(error.get("field") or "").startswith("mutations.") and mutation.error_code != "mutation_out_of_order"
-
-
-def _parse_observed_at(value: Any) -> datetime | None:
-    """A time with an offset that is a real date and time and stays within years 1 to 9999 in
-    UTC (the ledger stores it in UTC, and a time beyond could be stored but never read back),
-    in ASCII digits (Django's parser reads any script's: ٢٠٢٦ as 2026)."""
-    if not isinstance(value, str) or not value.isascii():
-        return None
-    try:
-        parsed = parse_datetime(value)
-        if parsed is None or parsed.tzinfo is None:
-            return None
-        parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # 30 February, hour 25, offset +25:00; year 10000 in UTC
-        return None
-    return parsed
 
 
 def _json_characters(value: Any) -> int:
